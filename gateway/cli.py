@@ -1,0 +1,191 @@
+"""The one place for commands: ``gateway serve | db | station | token | sim | scenario | evaluate | demo``.
+
+Flags override ``GATEWAY_*`` environment variables; each subcommand hands a typed
+:class:`~gateway.config.Settings` (or its parsed arguments) to the module that does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.clock import parse_rfc3339
+from gateway.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from env, overridden by every flag the user actually gave."""
+    names = (
+        "database_url", "mqtt_url", "api_key", "ocpp_host", "ocpp_port", "api_host", "api_port",
+        "tls_cert", "tls_key", "config", "time_scale", "call_timeout_s", "heartbeat_interval_s",
+        "log_level",
+    )
+    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    for flag in ("migrate", "allow_unknown_stations", "known_tokens_only", "log_json"):
+        if getattr(args, flag, False):
+            overrides[flag] = True
+    if getattr(args, "no_scheduler", False):
+        overrides["scheduler_enabled"] = False
+    if getattr(args, "sim_start", None):
+        overrides["sim_start"] = parse_rfc3339(args.sim_start)
+    return Settings(**overrides).with_site_file()
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="postgresql+asyncpg://... (env GATEWAY_DATABASE_URL)")
+    p.add_argument("--config", help="TOML site file (limits, tariff)")
+    p.add_argument("--log-level")
+    p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+
+
+def _add_time(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-scale", type=float, help="simulated seconds per real second (default 1)")
+    p.add_argument("--sim-start", help="simulated start time, RFC 3339 (default: now)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the central system until SIGTERM/SIGINT")
+    _add_common(serve)
+    _add_time(serve)
+    serve.add_argument("--ocpp-host")
+    serve.add_argument("--ocpp-port", type=int)
+    serve.add_argument("--api-host")
+    serve.add_argument("--api-port", type=int)
+    serve.add_argument("--mqtt-url", help="mqtt://host:port (env GATEWAY_MQTT_URL); MQTT is off when unset")
+    serve.add_argument("--api-key", help="operator API key (env GATEWAY_API_KEY)")
+    serve.add_argument("--tls-cert", help="server certificate (PEM) for security profile 2")
+    serve.add_argument("--tls-key", help="server private key (PEM)")
+    serve.add_argument("--migrate", action="store_true", help="apply database migrations first")
+    serve.add_argument("--allow-unknown-stations", action="store_true",
+                       help="DEV ONLY: admit stations that are not registered")
+    serve.add_argument("--known-tokens-only", action="store_true",
+                       help="accept only idTokens registered with `gateway token add`")
+    serve.add_argument("--call-timeout-s", type=float)
+    serve.add_argument("--heartbeat-interval-s", type=int)
+    serve.add_argument("--no-scheduler", action="store_true", help="run without the MPC scheduler")
+
+    db = sub.add_parser("db", help="database migrations")
+    _add_common(db)
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="apply all migrations").add_argument("revision", nargs="?", default="head")
+    dbsub.add_parser("downgrade", help="revert to a revision").add_argument("revision")
+    dbsub.add_parser("current", help="show the applied revision")
+
+    station = sub.add_parser("station", help="register and list stations")
+    _add_common(station)
+    ssub = station.add_subparsers(dest="station_command", required=True)
+    add = ssub.add_parser("add", help="register a station (password read from stdin)")
+    add.add_argument("station_id")
+    add.add_argument("--password-stdin", action="store_true", required=True)
+    add.add_argument("--security-profile", type=int, choices=(1, 2), default=1)
+    add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default="negative_limit")
+    ssub.add_parser("list", help="list registered stations")
+    dis = ssub.add_parser("disable", help="disable a station")
+    dis.add_argument("station_id")
+
+    token = sub.add_parser("token", help="idTokens accepted under --known-tokens-only")
+    _add_common(token)
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    tadd = tsub.add_parser("add")
+    tadd.add_argument("id_token")
+    tadd.add_argument("--type", default="ISO14443")
+    tsub.add_parser("list")
+
+    sim = sub.add_parser("sim", help="run a simulated fleet of stations against a gateway")
+    _add_time(sim)
+    sim.add_argument("--url", default="ws://127.0.0.1:9000/ocpp")
+    src = sim.add_mutually_exclusive_group(required=True)
+    src.add_argument("--episode", help="episode JSON file")
+    src.add_argument("--stations", type=int, help="N generic stations (workplace episode)")
+    sim.add_argument("--password", help="Basic-auth password for every station")
+    sim.add_argument("--json", help="write the end-of-run summary to this file")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--no-progress", action="store_true")
+
+    scen = sub.add_parser("scenario", help="generate episodes")
+    scsub = scen.add_subparsers(dest="scenario_command", required=True)
+    gen = scsub.add_parser("generate", help="write an episode JSON file")
+    gen.add_argument("--site", choices=("workplace", "depot", "public", "residential"), default="workplace")
+    gen.add_argument("--stations", type=int, default=50)
+    gen.add_argument("--days", type=int, default=1)
+    gen.add_argument("--seed", type=int, default=1)
+    gen.add_argument("--start", help="first day, RFC 3339 (default 2026-07-01T00:00:00Z)")
+    gen.add_argument("--bidirectional-share", type=float, default=0.5)
+    gen.add_argument("--iso15118-share", type=float, default=0.6)
+    gen.add_argument("--departure-noise-h", type=float, default=1.0)
+    gen.add_argument("--surprise-share", type=float, default=0.05)
+    gen.add_argument("--need-change-share", type=float, default=0.05)
+    gen.add_argument("--grid-event", choices=("auto", "always", "never"), default="auto")
+    gen.add_argument("--out", "-o", required=True)
+
+    ev = sub.add_parser("evaluate", help="compare charging policies on episodes offline")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--episode", action="append", help="episode JSON file (repeatable)")
+    src.add_argument("--site", choices=("workplace", "depot", "public", "residential"))
+    ev.add_argument("--stations", type=int, default=50)
+    ev.add_argument("--days", type=int, default=1)
+    ev.add_argument("--seed", type=int, default=1)
+    ev.add_argument("--policies", default="uncontrolled,greedy,edf,mpc,optimal")
+    ev.add_argument("--exact", action="store_true", help="give the MPC exact departures and needs")
+    ev.add_argument("--json", help="write results to this file")
+    ev.add_argument("--report", help="write an HTML report to this file")
+    ev.add_argument("--no-progress", action="store_true")
+
+    demo = sub.add_parser("demo", help="gateway + simulated workplace through one accelerated day")
+    _add_common(demo)
+    demo.add_argument("--stations", type=int, default=50)
+    demo.add_argument("--time-scale", type=float, default=600.0)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--api-port", type=int, default=8000)
+    demo.add_argument("--ocpp-port", type=int, default=9000)
+    demo.add_argument("--mqtt-url")
+    demo.add_argument("--report", default="demo-report.html")
+    demo.add_argument("--json", default="demo-summary.json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cmd = args.command
+    if cmd == "serve":
+        from gateway.app import serve
+
+        return serve(_settings(args))
+    if cmd == "db":
+        from gateway.db import migrate
+
+        return migrate.cli(_settings(args), args)
+    if cmd == "station":
+        from gateway.db import admin
+
+        return admin.station_cli(_settings(args), args)
+    if cmd == "token":
+        from gateway.db import admin
+
+        return admin.token_cli(_settings(args), args)
+    if cmd == "sim":
+        from simulators import fleet
+
+        return fleet.cli(args)
+    if cmd == "scenario":
+        from simulators import scenario
+
+        return scenario.cli(args)
+    if cmd == "evaluate":
+        from gateway.scheduler import evaluate
+
+        return evaluate.cli(args)
+    if cmd == "demo":
+        from gateway import demo
+
+        return demo.cli(_settings(args), args)
+    raise AssertionError(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

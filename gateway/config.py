@@ -1,0 +1,117 @@
+"""Typed settings: one object, environment prefix ``GATEWAY_``, CLI flags override env.
+
+Every fixed number (timeouts, limits, penalties) is a named setting with its unit in its name.
+An optional TOML site file (``--config site.toml``) supplies the site's limits and tariff.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.domain import SiteLimits, Tariff, TouPeriod
+
+
+class TouPeriodConfig(BaseModel):
+    start_hour: float
+    end_hour: float
+    import_price: float
+    export_price: float
+
+
+class SiteConfig(BaseModel):
+    """The site the scheduler plans: limits and tariff. Operators change these over REST too."""
+
+    name: str = "site"
+    import_limit_kw: float = 500.0
+    export_limit_kw: float = 200.0
+    demand_charge_per_kw: float = 15.0
+    wear_cost_per_kwh: float = 0.03
+    tou: list[TouPeriodConfig] = Field(
+        default_factory=lambda: [
+            TouPeriodConfig(start_hour=0, end_hour=8, import_price=0.12, export_price=0.04),
+            TouPeriodConfig(start_hour=8, end_hour=16, import_price=0.20, export_price=0.06),
+            TouPeriodConfig(start_hour=16, end_hour=21, import_price=0.38, export_price=0.12),
+            TouPeriodConfig(start_hour=21, end_hour=24, import_price=0.16, export_price=0.05),
+        ]
+    )
+
+    def limits(self) -> SiteLimits:
+        return SiteLimits(self.import_limit_kw, self.export_limit_kw)
+
+    def tariff(self) -> Tariff:
+        return Tariff(
+            periods=tuple(TouPeriod(**p.model_dump()) for p in self.tou),
+            demand_charge_per_kw=self.demand_charge_per_kw,
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    # Wiring
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    mqtt_topic_prefix: str = "gateway"
+    api_key: str | None = None
+    ocpp_host: str = "0.0.0.0"
+    ocpp_port: int = 9000
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    config: Path | None = None
+    migrate: bool = False
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    # Time (simulation)
+    time_scale: float = 1.0
+    sim_start: datetime | None = None
+
+    # OCPP transport
+    allow_unknown_stations: bool = False
+    known_tokens_only: bool = False
+    call_timeout_s: float = 30.0
+    heartbeat_interval_s: int = 300
+    max_frame_bytes: int = 65536
+    max_station_id_length: int = 48
+    auth_failures_per_minute_max: int = 10
+    auth_lockout_s: float = 60.0
+    credential_cache_s: float = 300.0
+    handshake_timeout_s: float = 10.0
+    shutdown_drain_s: float = 8.0
+    ws_ping_interval_s: float | None = 60.0
+
+    # Storage
+    db_pool_size: int = 10
+    meter_buffer_rows_max: int = 200_000
+    meter_flush_rows: int = 2_000
+    meter_flush_interval_s: float = 0.5
+    db_retry_interval_s: float = 1.0
+
+    # Scheduler
+    scheduler_enabled: bool = True
+    replan_period_s: float = 300.0
+    replan_debounce_s: float = 2.0
+    solver_time_limit_s: float = 60.0
+    horizon_h: float = 24.0
+    default_dwell_h: float = 8.0
+    default_energy_kwh: float = 20.0
+    unmet_energy_penalty_per_kwh: float = 5.0
+    safe_limit_kw: float = 3.7
+
+    site: SiteConfig = Field(default_factory=SiteConfig)
+
+    def with_site_file(self) -> Settings:
+        """Return a copy with the TOML site file (if any) applied to ``site``."""
+        if self.config is None:
+            return self
+        data: dict[str, Any] = tomllib.loads(Path(self.config).read_text())
+        site = SiteConfig.model_validate(data.get("site", data))
+        return self.model_copy(update={"site": site})

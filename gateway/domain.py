@@ -1,0 +1,166 @@
+"""Pure domain data shared by every layer. No I/O, no OCPP wire types.
+
+Units: power in kW (positive = import/charge, negative = export/discharge), energy in kWh,
+prices in currency units per kWh, demand charges per kW, times aware UTC.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+class DischargeDialect(enum.StrEnum):
+    """How a station accepts a discharge command (see gateway/ocpp/profiles.py)."""
+
+    NONE = "none"  # unidirectional: limits are never negative
+    NEGATIVE_LIMIT = "negative_limit"  # OCPP 2.0.1 stations that take a negative W limit
+    OCPP21_SETPOINT = "ocpp21_setpoint"  # OCPP 2.1 setpoint/dischargeLimit (later)
+
+
+@dataclass(frozen=True, slots=True)
+class EvseSpec:
+    station_id: str
+    evse_id: int
+    max_charge_kw: float
+    max_discharge_kw: float = 0.0
+    bidirectional: bool = False
+    phases: int = 3
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.station_id, self.evse_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLimits:
+    import_kw: float
+    export_kw: float
+
+
+@dataclass(frozen=True, slots=True)
+class TouPeriod:
+    """A time-of-use window in local site hours [start_hour, end_hour) applying every day."""
+
+    start_hour: float
+    end_hour: float
+    import_price: float
+    export_price: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tariff:
+    periods: tuple[TouPeriod, ...]
+    demand_charge_per_kw: float = 0.0
+    # Prices outside every period fall back to these.
+    default_import_price: float = 0.20
+    default_export_price: float = 0.05
+
+    def prices_at(self, when: datetime) -> tuple[float, float]:
+        """(import, export) price per kWh at ``when`` (hours taken in UTC)."""
+        hour = when.hour + when.minute / 60 + when.second / 3600
+        for p in self.periods:
+            inside = (p.start_hour <= hour < p.end_hour) if p.start_hour <= p.end_hour else (
+                hour >= p.start_hour or hour < p.end_hour
+            )
+            if inside:
+                return p.import_price, p.export_price
+        return self.default_import_price, self.default_export_price
+
+
+class GridEventKind(enum.StrEnum):
+    EXPORT_REQUEST = "export_request"  # the grid pays per kWh of net site export reduction
+    IMPORT_CAP = "import_cap"  # the site's import is capped at cap_kw during the window
+
+
+@dataclass(frozen=True, slots=True)
+class GridEvent:
+    id: str
+    start: datetime
+    end: datetime
+    kind: GridEventKind
+    payment_per_kwh: float = 0.0
+    cap_kw: float | None = None
+
+    def active_at(self, when: datetime) -> bool:
+        return self.start <= when < self.end
+
+
+class ChargeMode(enum.StrEnum):
+    SMART = "smart"  # plan for cost, deliver the need by departure
+    CHARGE_NOW = "charge_now"  # as fast as the site allows, no discharge
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """A driver's override of a session; ``None`` fields leave the EV's own values in place."""
+
+    departure_time: datetime | None = None
+    energy_kwh: float | None = None
+    target_soc: float | None = None
+    reserve_soc: float | None = None
+    allow_discharge: bool | None = None
+    mode: ChargeMode | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EvNeeds:
+    """What the EV (ISO 15118 NotifyEVChargingNeeds) or the forecast says it needs."""
+
+    departure_time: datetime | None = None
+    energy_kwh: float | None = None
+    capacity_kwh: float | None = None
+    soc: float | None = None  # 0..1
+    target_soc: float | None = None
+    min_soc: float | None = None
+    ev_max_charge_kw: float | None = None
+    ev_max_discharge_kw: float | None = None
+    source: str = "ev"  # "ev", "driver", "forecast"
+
+
+@dataclass(slots=True)
+class Session:
+    """An active charging session as the scheduler sees it."""
+
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    started_at: datetime
+    id_token: str | None = None
+    energy_in_kwh: float = 0.0
+    energy_out_kwh: float = 0.0
+    soc: float | None = None
+    power_kw: float = 0.0
+    needs: EvNeeds = field(default_factory=EvNeeds)
+    preferences: Preferences = field(default_factory=Preferences)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.station_id, self.evse_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSession:
+    """One EVSE's part of a plan: power (kW, negative = discharge) per plan step."""
+
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    power_kw: tuple[float, ...]
+    energy_by_departure_kwh: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A site plan: steps start at ``starts[i]`` and last until ``starts[i+1]`` (last until ``end``)."""
+
+    created_at: datetime
+    starts: tuple[datetime, ...]
+    end: datetime
+    sessions: tuple[PlannedSession, ...]
+    status: str = "optimal"
+    objective: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+    solve_s: float = 0.0
+    fallback: bool = False

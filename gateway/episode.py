@@ -1,0 +1,355 @@
+"""Episodes: one simulated site over a time window, as a JSON file.
+
+The simulators replay an episode over real WebSockets and the offline evaluator replays it
+through the planning code; both read it through this module so they agree on its meaning.
+The JSON Schema is ``gateway/schemas/episode.schema.json``.
+
+Meaning of an arrival's fields: ``departure`` is when the EV really leaves; ``announced_departure``
+is what the EV (ISO 15118) or driver declares, which may be earlier or later (``None``: nothing is
+declared and the gateway must forecast). ``energy_kwh`` is the energy the driver wants delivered
+by departure (``None``: derived from ``target_soc``). ``need_change`` changes the declared need
+mid-session. ``surprise`` marks an arrival no history would have predicted.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import fastjsonschema
+
+from gateway.clock import parse_rfc3339, to_rfc3339
+from gateway.domain import EvseSpec, GridEvent, GridEventKind, SiteLimits, Tariff, TouPeriod
+
+
+class EpisodeError(ValueError):
+    """An episode file that does not follow the schema or is inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class StationSpec:
+    id: str
+    evses: tuple[EvseSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NeedChange:
+    at: datetime
+    energy_kwh: float | None = None
+    departure: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    id: str
+    station_id: str
+    evse_id: int
+    arrival: datetime
+    departure: datetime
+    arrival_soc: float
+    capacity_kwh: float
+    announced_departure: datetime | None = None
+    energy_kwh: float | None = None
+    target_soc: float | None = None
+    reserve_soc: float = 0.0
+    max_charge_kw: float = 11.0
+    max_discharge_kw: float = 0.0
+    bidirectional: bool = False
+    iso15118: bool = False
+    id_token: str = ""
+    eff_charge: float = 0.92
+    eff_discharge: float = 0.92
+    surprise: bool = False
+    need_change: NeedChange | None = None
+
+    @property
+    def requested_kwh(self) -> float:
+        """Energy the driver wants delivered into the battery by departure (kWh)."""
+        if self.energy_kwh is not None:
+            return self.energy_kwh
+        if self.target_soc is not None:
+            return max(0.0, (self.target_soc - self.arrival_soc) * self.capacity_kwh)
+        return max(0.0, (1.0 - self.arrival_soc) * self.capacity_kwh)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSeries:
+    start: datetime
+    step_s: int
+    values_kw: tuple[float, ...]
+
+    def at(self, when: datetime) -> float:
+        if not self.values_kw:
+            return 0.0
+        i = int((when - self.start).total_seconds() // self.step_s)
+        return self.values_kw[min(max(i, 0), len(self.values_kw) - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    start: datetime
+    end: datetime
+    limits: SiteLimits
+    tariff: Tariff
+    stations: tuple[StationSpec, ...]
+    arrivals: tuple[Arrival, ...]
+    building_load: LoadSeries | None = None
+    grid_events: tuple[GridEvent, ...] = ()
+    wear_cost_per_kwh: float = 0.03
+    name: str = ""
+    site_type: str = ""
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def evses(self) -> list[EvseSpec]:
+        return [e for s in self.stations for e in s.evses]
+
+    def building_load_at(self, when: datetime) -> float:
+        return self.building_load.at(when) if self.building_load else 0.0
+
+    def duration(self) -> timedelta:
+        return self.end - self.start
+
+
+@cache
+def _validator() -> Any:
+    text = resources.files("gateway.schemas").joinpath("episode.schema.json").read_text()
+    return fastjsonschema.compile(json.loads(text))
+
+
+def schema() -> dict[str, Any]:
+    text = resources.files("gateway.schemas").joinpath("episode.schema.json").read_text()
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+def _opt_time(v: str | None) -> datetime | None:
+    return parse_rfc3339(v) if v else None
+
+
+def from_dict(data: dict[str, Any]) -> Episode:
+    try:
+        _validator()(data)
+    except fastjsonschema.JsonSchemaException as exc:
+        raise EpisodeError(f"episode does not follow the schema: {exc.message}") from exc
+    t = data["tariff"]
+    tariff = Tariff(
+        periods=tuple(TouPeriod(**p) for p in t["periods"]),
+        demand_charge_per_kw=t.get("demand_charge_per_kw", 0.0),
+        default_import_price=t.get("default_import_price", 0.20),
+        default_export_price=t.get("default_export_price", 0.05),
+    )
+    stations = tuple(
+        StationSpec(
+            id=s["id"],
+            evses=tuple(
+                EvseSpec(
+                    station_id=s["id"],
+                    evse_id=e["evse_id"],
+                    max_charge_kw=e["max_charge_kw"],
+                    max_discharge_kw=e.get("max_discharge_kw", 0.0),
+                    bidirectional=e.get("bidirectional", False),
+                    phases=e.get("phases", 3),
+                )
+                for e in s["evses"]
+            ),
+        )
+        for s in data["stations"]
+    )
+    arrivals = []
+    for a in data["arrivals"]:
+        nc = a.get("need_change")
+        arrivals.append(
+            Arrival(
+                id=a["id"],
+                station_id=a["station_id"],
+                evse_id=a["evse_id"],
+                arrival=parse_rfc3339(a["arrival"]),
+                departure=parse_rfc3339(a["departure"]),
+                arrival_soc=a["arrival_soc"],
+                capacity_kwh=a["capacity_kwh"],
+                announced_departure=_opt_time(a.get("announced_departure")),
+                energy_kwh=a.get("energy_kwh"),
+                target_soc=a.get("target_soc"),
+                reserve_soc=a.get("reserve_soc", 0.0),
+                max_charge_kw=a.get("max_charge_kw", 11.0),
+                max_discharge_kw=a.get("max_discharge_kw", 0.0),
+                bidirectional=a.get("bidirectional", False),
+                iso15118=a.get("iso15118", False),
+                id_token=a.get("id_token", "") or a["id"],
+                eff_charge=a.get("eff_charge", 0.92),
+                eff_discharge=a.get("eff_discharge", 0.92),
+                surprise=a.get("surprise", False),
+                need_change=(
+                    NeedChange(
+                        at=parse_rfc3339(nc["at"]),
+                        energy_kwh=nc.get("energy_kwh"),
+                        departure=_opt_time(nc.get("departure")),
+                    )
+                    if nc
+                    else None
+                ),
+            )
+        )
+    bl = data.get("building_load")
+    episode = Episode(
+        start=parse_rfc3339(data["start"]),
+        end=parse_rfc3339(data["end"]),
+        limits=SiteLimits(data["site"]["import_limit_kw"], data["site"]["export_limit_kw"]),
+        tariff=tariff,
+        stations=stations,
+        arrivals=tuple(sorted(arrivals, key=lambda x: x.arrival)),
+        building_load=(
+            LoadSeries(parse_rfc3339(bl["start"]), bl["step_s"], tuple(bl["values_kw"])) if bl else None
+        ),
+        grid_events=tuple(
+            GridEvent(
+                id=g["id"],
+                start=parse_rfc3339(g["start"]),
+                end=parse_rfc3339(g["end"]),
+                kind=GridEventKind(g["kind"]),
+                payment_per_kwh=g.get("payment_per_kwh", 0.0),
+                cap_kw=g.get("cap_kw"),
+            )
+            for g in data.get("grid_events", [])
+        ),
+        wear_cost_per_kwh=data.get("wear_cost_per_kwh", 0.03),
+        name=data.get("name", ""),
+        site_type=data.get("site_type", ""),
+        seed=data.get("seed"),
+    )
+    _check_consistency(episode)
+    return episode
+
+
+def _check_consistency(ep: Episode) -> None:
+    if ep.end <= ep.start:
+        raise EpisodeError("episode end must be after its start")
+    evses = {e.key for e in ep.evses}
+    busy: dict[tuple[str, int], list[Arrival]] = {}
+    for a in ep.arrivals:
+        if (a.station_id, a.evse_id) not in evses:
+            raise EpisodeError(f"arrival {a.id} uses unknown EVSE {a.station_id}/{a.evse_id}")
+        if a.departure <= a.arrival:
+            raise EpisodeError(f"arrival {a.id} departs before it arrives")
+        busy.setdefault((a.station_id, a.evse_id), []).append(a)
+    for key, items in busy.items():
+        items.sort(key=lambda x: x.arrival)
+        for prev, nxt in zip(items, items[1:], strict=False):
+            if nxt.arrival < prev.departure:
+                raise EpisodeError(f"arrivals {prev.id} and {nxt.id} overlap on EVSE {key[0]}/{key[1]}")
+
+
+def to_dict(ep: Episode) -> dict[str, Any]:
+    def opt(t: datetime | None) -> str | None:
+        return to_rfc3339(t) if t else None
+
+    out: dict[str, Any] = {
+        "version": 1,
+        "name": ep.name,
+        "site_type": ep.site_type,
+        "seed": ep.seed,
+        "start": to_rfc3339(ep.start),
+        "end": to_rfc3339(ep.end),
+        "wear_cost_per_kwh": ep.wear_cost_per_kwh,
+        "site": {"import_limit_kw": ep.limits.import_kw, "export_limit_kw": ep.limits.export_kw},
+        "tariff": {
+            "periods": [
+                {
+                    "start_hour": p.start_hour,
+                    "end_hour": p.end_hour,
+                    "import_price": p.import_price,
+                    "export_price": p.export_price,
+                }
+                for p in ep.tariff.periods
+            ],
+            "demand_charge_per_kw": ep.tariff.demand_charge_per_kw,
+            "default_import_price": ep.tariff.default_import_price,
+            "default_export_price": ep.tariff.default_export_price,
+        },
+        "stations": [
+            {
+                "id": s.id,
+                "evses": [
+                    {
+                        "evse_id": e.evse_id,
+                        "max_charge_kw": e.max_charge_kw,
+                        "max_discharge_kw": e.max_discharge_kw,
+                        "bidirectional": e.bidirectional,
+                        "phases": e.phases,
+                    }
+                    for e in s.evses
+                ],
+            }
+            for s in ep.stations
+        ],
+        "arrivals": [
+            {
+                "id": a.id,
+                "station_id": a.station_id,
+                "evse_id": a.evse_id,
+                "arrival": to_rfc3339(a.arrival),
+                "departure": to_rfc3339(a.departure),
+                "announced_departure": opt(a.announced_departure),
+                "energy_kwh": a.energy_kwh,
+                "target_soc": a.target_soc,
+                "arrival_soc": a.arrival_soc,
+                "reserve_soc": a.reserve_soc,
+                "capacity_kwh": a.capacity_kwh,
+                "max_charge_kw": a.max_charge_kw,
+                "max_discharge_kw": a.max_discharge_kw,
+                "bidirectional": a.bidirectional,
+                "iso15118": a.iso15118,
+                "id_token": a.id_token,
+                "eff_charge": a.eff_charge,
+                "eff_discharge": a.eff_discharge,
+                "surprise": a.surprise,
+                "need_change": (
+                    {
+                        "at": to_rfc3339(a.need_change.at),
+                        "energy_kwh": a.need_change.energy_kwh,
+                        "departure": opt(a.need_change.departure),
+                    }
+                    if a.need_change
+                    else None
+                ),
+            }
+            for a in ep.arrivals
+        ],
+        "grid_events": [
+            {
+                "id": g.id,
+                "start": to_rfc3339(g.start),
+                "end": to_rfc3339(g.end),
+                "kind": g.kind.value,
+                "payment_per_kwh": g.payment_per_kwh,
+                "cap_kw": g.cap_kw,
+            }
+            for g in ep.grid_events
+        ],
+    }
+    if ep.building_load is not None:
+        out["building_load"] = {
+            "start": to_rfc3339(ep.building_load.start),
+            "step_s": ep.building_load.step_s,
+            "values_kw": list(ep.building_load.values_kw),
+        }
+    return out
+
+
+def load(path: str | Path) -> Episode:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise EpisodeError(f"cannot read episode {path}: {exc}") from exc
+    return from_dict(data)
+
+
+def dump(ep: Episode, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(ep), indent=1))

@@ -1,0 +1,151 @@
+"""In-process domain events: the OCPP handlers, the REST API and the MQTT bridge publish them;
+the scheduler and the MQTT bridge subscribe. Publishing never blocks and never fails the publisher.
+
+Nothing polls the database to find work: an event is how one part tells another that something
+changed. Subscribers get their own bounded queue; a subscriber that falls behind loses the oldest
+events and the loss is counted (``dropped``), never the publisher's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StationConnected(Event):
+    station_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StationDisconnected(Event):
+    station_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged(Event):
+    station_id: str
+    evse_id: int
+    connector_id: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStarted(Event):
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    id_token: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated(Event):
+    """New meter readings for a session (cumulative energies, instantaneous power, SoC)."""
+
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    energy_in_kwh: float | None = None
+    energy_out_kwh: float | None = None
+    power_kw: float | None = None
+    soc: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded(Event):
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsUpdated(Event):
+    """NotifyEVChargingNeeds arrived, or a driver changed preferences."""
+
+    station_id: str
+    evse_id: int
+    transaction_id: str | None
+    source: str  # "ev" or "driver"
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInputsChanged(Event):
+    """Prices, building load, limits or grid events changed (REST or MQTT)."""
+
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSample(Event):
+    station_id: str
+    evse_id: int
+    measurand: str
+    value: float
+    unit: str | None = None
+    phase: str | None = None
+    transaction_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPublished(Event):
+    plan_id: int | None
+    status: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Subscription:
+    def __init__(self, bus: EventBus, types: tuple[type[Event], ...], maxsize: int) -> None:
+        self._bus = bus
+        self.types = types
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def offer(self, event: Event) -> None:
+        if self.types and not isinstance(event, self.types):
+            return
+        if self.queue.full():
+            # Drop the oldest: the newest state matters more to every subscriber we have.
+            try:
+                self.queue.get_nowait()
+            except asyncio.QueueEmpty:  # pragma: no cover - raced with a consumer
+                pass
+            self.dropped += 1
+        self.queue.put_nowait(event)
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class EventBus:
+    def __init__(self) -> None:
+        self._subs: list[Subscription] = []
+
+    def subscribe(self, *types: type[Event], maxsize: int = 10_000) -> Subscription:
+        sub = Subscription(self, types, maxsize)
+        self._subs.append(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    def publish(self, event: Event) -> None:
+        for sub in list(self._subs):
+            try:
+                sub.offer(event)
+            except Exception:  # pragma: no cover - a subscriber bug must not hurt the publisher
+                log.exception("event subscriber failed")
