@@ -1,0 +1,108 @@
+"""Build and re-solve time of the site LP against slots x horizon steps, on the live planning code.
+
+    .venv/bin/python bench/scheduler_scaling.py [--slots 10 100 1000 10000] [--backend highs cvxpy]
+        [--resolves 5] [--json]
+
+A synthetic workplace-like site over 24 h on the live grid (12 x 5 min, then hourly): every slot
+connected from now for 1-20 h, needing 5-45 kWh, half allowed to discharge; the site limit is 60 %
+of the sum of charger ratings so it binds; TOU prices and a demand charge. A re-solve changes
+every slot's energy and the building load forecast (what a 5-minute re-plan changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+
+from gateway.scheduler import lp_cvxpy, lp_highs
+from gateway.scheduler.problem import Planner, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
+
+
+def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[SiteInputs, list[SlotInput]]:
+    grid: TimeGrid = make_grid(now, 24 * 3600)
+    t = len(grid)
+    ends = np.cumsum(grid.durations_s) / 3600
+    hours = np.array([(s.hour + s.minute / 60) for s in grid.starts()])
+    price = np.where((hours >= 16) & (hours < 21), 0.38, np.where(hours < 8, 0.12, 0.20))
+    slots = []
+    for i in range(n_slots):
+        dwell_h = rng.uniform(1, 20)
+        slots.append(SlotInput(
+            key=("cs", i), connected=ends <= dwell_h + 1e-9, energy_kwh=float(rng.uniform(5, 30)),
+            capacity_kwh=60.0, target_energy_kwh=float(rng.uniform(30, 55)), reserve_energy_kwh=10.0,
+            max_charge_kw=11.0, max_discharge_kw=11.0, discharge_allowed=bool(i % 2),
+        ))
+    limit = 0.6 * 11.0 * n_slots + 20
+    site = SiteInputs(
+        grid=grid, import_price=price, export_price=price * 0.3,
+        building_load_kw=20 + 10 * rng.random(t), import_limit_kw=np.full(t, limit),
+        export_limit_kw=np.full(t, limit / 2), demand_charge_per_kw=15.0, peak_so_far_kw=0.3 * limit,
+        export_payment_per_kwh=np.where((hours >= 17) & (hours < 19), 0.5, 0.0),
+        wear_cost_per_kwh=0.03, unmet_penalty_per_kwh=50.0,
+    )
+    return site, slots
+
+
+def perturb(site: SiteInputs, slots: list[SlotInput], rng: np.random.Generator) -> None:
+    site.building_load_kw = site.building_load_kw * rng.uniform(0.9, 1.1, len(site.building_load_kw))
+    for sl in slots:
+        sl.energy_kwh = min(sl.capacity_kwh, sl.energy_kwh + float(rng.uniform(0, 1)))
+
+
+def measure(n_slots: int, backend: str, resolves: int) -> dict[str, object]:
+    rng = np.random.default_rng(n_slots)
+    now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+    site, slots = scenario(n_slots, rng, now)
+    t0 = time.perf_counter()
+    p = prepare(site, slots)
+    if backend == "cvxpy":
+        model = lp_cvxpy.CvxModel(p)
+        model.problem.get_problem_data(lp_cvxpy.cp.HIGHS, canon_backend=lp_cvxpy.cp.SCIPY_CANON_BACKEND)
+    else:
+        lp_highs.build(p)
+    build_s = time.perf_counter() - t0
+    planner = Planner(backend=backend, time_limit_s=120.0)
+    first = planner.solve(site, slots)
+    times, statuses = [], []
+    for _ in range(resolves):
+        perturb(site, slots, rng)
+        t0 = time.perf_counter()
+        res = planner.solve(site, slots)
+        times.append(time.perf_counter() - t0)
+        statuses.append(res.status)
+    return {
+        "slots": n_slots, "steps": len(site.grid), "backend": backend, "build_s": round(build_s, 4),
+        "first_solve_s": round(first.solve_s, 4), "resolve_s_median": round(statistics.median(times), 4),
+        "resolve_s_max": round(max(times), 4), "status": statuses[-1],
+        "fallback": any(s.startswith("fallback") for s in statuses),
+        "limit_excess_kw_max": round(res.terms["limit_excess_kw_max"], 6),
+        "unmet_kwh": round(float(res.unmet_kwh.sum()), 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slots", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    ap.add_argument("--backend", nargs="+", default=["highs"], choices=("highs", "cvxpy"))
+    ap.add_argument("--resolves", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="one JSON object per line per size")
+    args = ap.parse_args()
+    for backend in args.backend:
+        for n in args.slots:
+            row = measure(n, backend, args.resolves if n < 10000 else max(1, min(args.resolves, 3)))
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print(f"{backend:6s} slots={n:6d} steps={row['steps']} build={row['build_s']:.3f}s "
+                      f"first={row['first_solve_s']:.3f}s resolve_median={row['resolve_s_median']:.3f}s "
+                      f"status={row['status']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""Composition root: builds every part of the gateway on one event loop and shuts it down cleanly.
+
+    OcppServer ──handlers──▶ repositories ──▶ Postgres
+        │                        │
+        └──events──▶ EventBus ◀──┘──▶ SiteState ──▶ MpcScheduler ──profiles──▶ StationCommands
+                        │
+                        └──▶ MqttBridge (optional)          FastAPI (REST, /metrics) on uvicorn
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from typing import Any
+
+import uvicorn
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.clock import Clock, make_clock
+from gateway.config import Settings
+from gateway.db import migrate
+from gateway.db.engine import make_engine, sessionmaker
+from gateway.db.planning import PlanningRepository
+from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
+from gateway.db.telemetry import TelemetryWriter
+from gateway.db.transactions import TransactionRepository
+from gateway.domain import DischargeDialect, EvseSpec, Session
+from gateway.logs import setup_logging
+from gateway.ocpp.commands import StationCommands
+from gateway.ocpp.handlers import Handlers
+from gateway.ocpp.ports import StationContext
+from gateway.ocpp.server import OcppServer
+from gateway.state import SiteState
+
+log = logging.getLogger(__name__)
+
+
+class _Observer:
+    """Connection bookkeeping: the station row, the connected gauge and the domain event."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+
+    async def station_connected(self, ctx: StationContext) -> None:
+        metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
+        self._gw.bus.publish(ev.StationConnected(self._gw.clock.now(), ctx.station_id))
+        with contextlib.suppress(Exception):
+            await self._gw.stations.ensure(ctx.station_id, self._gw.clock.now())
+            await self._gw.stations.set_connected(ctx.station_id, True, self._gw.clock.now())
+
+    async def station_disconnected(self, ctx: StationContext, close_code: int | None) -> None:
+        metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
+        if self._gw.ocpp.registry.get(ctx.station_id) is not None:
+            return  # replaced by a newer connection: the station is still online
+        self._gw.bus.publish(ev.StationDisconnected(self._gw.clock.now(), ctx.station_id))
+        with contextlib.suppress(Exception):
+            await self._gw.stations.set_connected(ctx.station_id, False, self._gw.clock.now())
+
+
+class Gateway:
+    """The running central system. ``await start()``; ``await stop()``."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        if not settings.database_url:
+            raise ValueError("a database URL is required (--database-url or GATEWAY_DATABASE_URL)")
+        self.settings = settings
+        self.clock = clock or make_clock(settings.time_scale, settings.sim_start)
+        self.engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        self.sessions = sessionmaker(self.engine)
+        self.bus = ev.EventBus()
+        self.stations = StationRepository(self.sessions)
+        self.transactions = TransactionRepository(self.sessions)
+        self.planning = PlanningRepository(self.sessions)
+        self.tokens = TokenRepository(self.sessions)
+        self.security = SecurityEventRepository(self.sessions, self.clock.now)
+        self.telemetry = TelemetryWriter(
+            self.engine, max_rows=settings.meter_buffer_rows_max, flush_rows=settings.meter_flush_rows,
+            flush_interval_s=settings.meter_flush_interval_s, retry_interval_s=settings.db_retry_interval_s,
+        )
+        self.handlers = Handlers(
+            settings=settings, clock=self.clock, stations=self.stations, transactions=self.transactions,
+            planning=self.planning, tokens=self.tokens, telemetry=self.telemetry, security=self.security,
+            bus=self.bus,
+        )
+        self.ocpp = OcppServer(settings, self.clock, self.stations, self.handlers, self.security, _Observer(self))
+        self.commands = StationCommands(self.ocpp.registry, settings)
+        self.state = SiteState.from_settings(settings)
+        self.scheduler: Any = None
+        self.mqtt: Any = None
+        self._uvicorn: uvicorn.Server | None = None
+        self._api_task: asyncio.Task[None] | None = None
+        self.ocpp_port = 0
+        self.api_port = 0
+
+    async def start(self) -> None:
+        if self.settings.migrate:
+            await migrate.upgrade_async(self.settings.database_url or "")
+        await self._load_state()
+        self.telemetry.start()
+        if self.settings.scheduler_enabled:
+            from gateway.scheduler.mpc import MpcScheduler
+
+            self.scheduler = MpcScheduler(self)
+            await self.scheduler.start()
+        if self.settings.mqtt_url:
+            from gateway.bus.mqtt import MqttBridge
+
+            self.mqtt = MqttBridge(self)
+            await self.mqtt.start()
+        self.ocpp_port = await self.ocpp.start()
+        await self._start_api()
+        log.info("gateway up: OCPP on port %d, REST on port %d", self.ocpp_port, self.api_port)
+
+    async def _load_state(self) -> None:
+        """Rebuild the live picture from Postgres: EVSEs, dialects and the open sessions."""
+        stations = {s.id: s for s in await self.stations.list(limit=1_000_000)}
+        for e in await self.stations.evses():
+            st = self.state.evse(e.station_id, e.evse_id)
+            st.spec = EvseSpec(e.station_id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional,
+                               e.phases)
+            row = stations.get(e.station_id)
+            if row is not None:
+                st.dialect = DischargeDialect(row.discharge_dialect)
+        for tx in await self.transactions.active():
+            if tx.evse_id is None or tx.started_at is None:
+                continue
+            st = self.state.evse(tx.station_id, tx.evse_id)
+            st.session = Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token,
+                                 tx.energy_in_kwh, tx.energy_out_kwh, soc=tx.soc, power_kw=tx.power_kw or 0.0)
+            self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
+            needs = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
+            if needs is not None:
+                st.session.needs = needs
+            prefs = await self.planning.preferences(tx.station_id, tx.transaction_id)
+            if prefs is not None:
+                st.session.preferences = prefs
+
+    async def _start_api(self) -> None:
+        from gateway.api.app import create_api
+
+        api = create_api(self)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.api_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.api_host, self.settings.api_port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.api_port = int(sock.getsockname()[1])
+        config = uvicorn.Config(api, lifespan="off", log_config=None, access_log=False)
+        self._uvicorn = uvicorn.Server(config)
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._api_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="api")
+        while not self._uvicorn.started:
+            if self._api_task.done():
+                self._api_task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Close every station with 1001, stop planning and serving, flush telemetry."""
+        await self.ocpp.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        if self._uvicorn is not None and self._api_task is not None:
+            self._uvicorn.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._api_task, 5)
+        await self.telemetry.close()
+        await self.engine.dispose()
+
+
+async def run_until_signal(settings: Settings) -> None:
+    gw = Gateway(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await gw.start()
+    await stop.wait()
+    log.info("shutting down: closing stations with 1001")
+    await gw.stop()
+
+
+def serve(settings: Settings) -> int:
+    setup_logging(settings.log_level, settings.log_json)
+    if not settings.database_url:
+        print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)")
+        return 2
+    asyncio.run(run_until_signal(settings))
+    return 0

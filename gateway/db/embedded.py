@@ -1,0 +1,29 @@
+"""An embedded Postgres (the ``pgserver`` package) for `gateway demo` and tests when no database
+URL is given. It is a real Postgres server listening on a Unix socket in ``data_dir``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def asyncpg_url(uri: str) -> str:
+    """pgserver's ``postgresql://postgres:@/postgres?host=/dir`` as a SQLAlchemy asyncpg URL."""
+    rest = uri.split("://", 1)[1].replace("postgres:@", "postgres@", 1)
+    return "postgresql+asyncpg://" + rest
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: str | Path, *, keep: bool = False) -> Iterator[str]:
+    """Run Postgres in ``data_dir`` and yield its asyncpg URL; stop it afterwards."""
+    import pgserver
+
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    server: Any = pgserver.get_server(str(data_dir), cleanup_mode=None if keep else "stop")
+    try:
+        yield asyncpg_url(server.get_uri())
+    finally:
+        if not keep:
+            server.cleanup()

@@ -1,0 +1,78 @@
+"""The async engine and the rule for what counts as "the database is away, try again"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def normalize_url(url: str) -> str:
+    """Accept postgres:// and postgresql:// and use the asyncpg driver."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    raise ValueError("database URL must be postgresql+asyncpg://user@host:port/db")
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    return create_async_engine(
+        normalize_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,  # a pooled connection that died with the server is replaced, not used
+        pool_timeout=10,
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+
+
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the failure is the database being unreachable or restarting, not our bug."""
+    if isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        text = f"{type(exc.orig).__name__} {exc.orig}".lower()
+        markers = ("connection", "cannotconnectnow", "adminshutdown", "shutdown", "closed", "terminat")
+        return any(m in text for m in markers)
+    return False
+
+
+async def until_committed(
+    op: Callable[[], Awaitable[T]], *, retry_interval_s: float, what: str,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run ``op`` until it succeeds, retrying while the database is away (RELIABILITY.md D5).
+
+    Used where an answer must wait for durability (TransactionEvent): the caller's reply is
+    withheld meanwhile, so the station retries on its own timeout and nothing is lost.
+    Non-transient errors propagate at once.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await op()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            attempt += 1
+            if on_retry is not None:
+                on_retry(exc)
+            if attempt == 1 or attempt % 30 == 0:
+                log.warning("database unavailable while %s (attempt %d): %s", what, attempt, exc)
+            # Real seconds: this waits on an outside service, not on simulated time.
+            await asyncio.sleep(min(retry_interval_s * attempt, 5.0))

@@ -1,0 +1,135 @@
+"""What the scheduler reads and writes: EV needs, driver preferences, plans, profiles sent,
+grid events, tariffs and operator site settings."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway.db import models as m
+from gateway.domain import ChargeMode, EvNeeds, GridEvent, GridEventKind, Preferences
+
+
+class PlanningRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    # --- EV needs -------------------------------------------------------------------------
+    async def add_needs(
+        self, station_id: str, evse_id: int, transaction_id: str | None, needs: EvNeeds,
+        payload: dict[str, Any] | None, now: datetime,
+    ) -> None:
+        async with self._sessions.begin() as s:
+            s.add(m.EvNeed(
+                station_id=station_id, evse_id=evse_id, transaction_id=transaction_id, source=needs.source,
+                departure_time=needs.departure_time, energy_kwh=needs.energy_kwh,
+                capacity_kwh=needs.capacity_kwh, soc=needs.soc, target_soc=needs.target_soc,
+                min_soc=needs.min_soc, ev_max_charge_kw=needs.ev_max_charge_kw,
+                ev_max_discharge_kw=needs.ev_max_discharge_kw, payload=payload, received_at=now,
+            ))
+
+    async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None) -> EvNeeds | None:
+        async with self._sessions() as s:
+            q = select(m.EvNeed).where(m.EvNeed.station_id == station_id, m.EvNeed.evse_id == evse_id)
+            if since is not None:
+                q = q.where(m.EvNeed.received_at >= since)
+            n = (await s.execute(q.order_by(m.EvNeed.received_at.desc(), m.EvNeed.id.desc())
+                                 .limit(1))).scalar_one_or_none()
+            if n is None:
+                return None
+            return EvNeeds(n.departure_time, n.energy_kwh, n.capacity_kwh, n.soc, n.target_soc, n.min_soc,
+                           n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source)
+
+    # --- driver preferences ---------------------------------------------------------------
+    async def set_preferences(
+        self, station_id: str, transaction_id: str, prefs: Preferences, set_by: str, now: datetime
+    ) -> None:
+        async with self._sessions.begin() as s:
+            s.add(m.Preference(
+                station_id=station_id, transaction_id=transaction_id, departure_time=prefs.departure_time,
+                energy_kwh=prefs.energy_kwh, target_soc=prefs.target_soc, reserve_soc=prefs.reserve_soc,
+                allow_discharge=prefs.allow_discharge, mode=prefs.mode.value if prefs.mode else None,
+                set_by=set_by, set_at=now,
+            ))
+
+    async def preferences(self, station_id: str, transaction_id: str) -> Preferences | None:
+        async with self._sessions() as s:
+            p = (await s.execute(select(m.Preference).where(
+                m.Preference.station_id == station_id, m.Preference.transaction_id == transaction_id)
+                .order_by(m.Preference.set_at.desc(), m.Preference.id.desc()).limit(1))).scalar_one_or_none()
+            if p is None:
+                return None
+            return Preferences(p.departure_time, p.energy_kwh, p.target_soc, p.reserve_soc, p.allow_discharge,
+                               ChargeMode(p.mode) if p.mode else None)
+
+    # --- plans and profiles ---------------------------------------------------------------
+    async def add_plan(
+        self, *, created_at: datetime, trigger: str, inputs_hash: str, status: str, fallback: bool,
+        objective: float | None, terms: dict[str, float], solve_s: float, horizon_start: datetime,
+        horizon_end: datetime, sessions: dict[str, Any],
+    ) -> int:
+        async with self._sessions.begin() as s:
+            rec = m.PlanRecord(created_at=created_at, trigger=trigger, inputs_hash=inputs_hash, status=status,
+                               fallback=fallback, objective=objective, terms=terms, solve_s=solve_s,
+                               horizon_start=horizon_start, horizon_end=horizon_end, sessions=sessions)
+            s.add(rec)
+            await s.flush()
+            return rec.id
+
+    async def add_profile_sent(
+        self, *, plan_id: int | None, station_id: str, evse_id: int, transaction_id: str | None,
+        profile_id: int, stack_level: int, payload: dict[str, Any], status: str,
+        response: dict[str, Any] | None, sent_at: datetime,
+    ) -> None:
+        async with self._sessions.begin() as s:
+            s.add(m.ProfileSent(plan_id=plan_id, station_id=station_id, evse_id=evse_id,
+                                transaction_id=transaction_id, profile_id=profile_id, stack_level=stack_level,
+                                payload=payload, status=status, response=response, sent_at=sent_at))
+
+    # --- grid events, tariffs, site settings ----------------------------------------------
+    async def upsert_grid_event(self, ev: GridEvent, source: str, now: datetime) -> None:
+        async with self._sessions.begin() as s:
+            values = {"start": ev.start, "end": ev.end, "kind": ev.kind.value,
+                      "payment_per_kwh": ev.payment_per_kwh, "cap_kw": ev.cap_kw, "source": source}
+            await s.execute(insert(m.GridEventRecord).values(id=ev.id, created_at=now, **values)
+                            .on_conflict_do_update(index_elements=[m.GridEventRecord.id],
+                                                   set_={**values, "cancelled_at": None}))
+
+    async def cancel_grid_event(self, event_id: str, now: datetime) -> bool:
+        async with self._sessions.begin() as s:
+            res = await s.execute(update(m.GridEventRecord).where(
+                m.GridEventRecord.id == event_id, m.GridEventRecord.cancelled_at.is_(None))
+                .values(cancelled_at=now))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    async def grid_events(self, *, include_cancelled: bool = False) -> list[m.GridEventRecord]:
+        async with self._sessions() as s:
+            q = select(m.GridEventRecord).order_by(m.GridEventRecord.start)
+            if not include_cancelled:
+                q = q.where(m.GridEventRecord.cancelled_at.is_(None))
+            return list((await s.execute(q)).scalars())
+
+    async def active_grid_events(self, after: datetime) -> list[GridEvent]:
+        return [GridEvent(r.id, r.start, r.end, GridEventKind(r.kind), r.payment_per_kwh, r.cap_kw)
+                for r in await self.grid_events() if r.end > after]
+
+    async def set_setting(self, key: str, value: dict[str, Any], by: str, now: datetime) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(insert(m.SiteSetting).values(key=key, value=value, updated_at=now, updated_by=by)
+                            .on_conflict_do_update(index_elements=[m.SiteSetting.key],
+                                                   set_={"value": value, "updated_at": now,
+                                                         "updated_by": by}))
+
+    async def setting(self, key: str) -> dict[str, Any] | None:
+        async with self._sessions() as s:
+            rec = await s.get(m.SiteSetting, key)
+            return rec.value if rec else None
+
+
+def needs_json(needs: EvNeeds) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(needs).items()}

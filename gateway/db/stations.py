@@ -1,0 +1,211 @@
+"""Stations, their EVSEs and connectors, idTokens, security events and kept notifications."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from gateway import metrics
+from gateway.db import models as m
+from gateway.ocpp.ports import StationCredentials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StationRow:
+    id: str
+    security_profile: int
+    enabled: bool
+    discharge_dialect: str
+    vendor: str | None
+    model: str | None
+    firmware_version: str | None
+    boot_status: str
+    last_seen_at: datetime | None
+    connected: bool
+
+
+def _row(s: m.Station) -> StationRow:
+    return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
+                      s.firmware_version, s.boot_status, s.last_seen_at, s.connected)
+
+
+class StationRepository:
+    """Implements :class:`gateway.ocpp.ports.StationDirectory` and the station bookkeeping."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def credentials(self, station_id: str) -> StationCredentials | None:
+        async with self._sessions() as s:
+            st = await s.get(m.Station, station_id)
+            if st is None:
+                return None
+            return StationCredentials(st.id, st.password_hash, st.security_profile, st.enabled)
+
+    async def add(
+        self, station_id: str, password_hash: str | None, *, security_profile: int = 1,
+        discharge_dialect: str = "negative_limit", now: datetime,
+    ) -> None:
+        """Register a station, or replace its password and profile if it exists."""
+        async with self._sessions.begin() as s:
+            stmt = insert(m.Station).values(
+                id=station_id, password_hash=password_hash, security_profile=security_profile,
+                discharge_dialect=discharge_dialect, enabled=True, registered_at=now,
+            )
+            await s.execute(stmt.on_conflict_do_update(
+                index_elements=[m.Station.id],
+                set_={"password_hash": password_hash, "security_profile": security_profile,
+                      "discharge_dialect": discharge_dialect, "enabled": True},
+            ))
+
+    async def ensure(self, station_id: str, now: datetime) -> None:
+        """Create a bare row for a station admitted without registration (dev mode)."""
+        async with self._sessions.begin() as s:
+            await s.execute(insert(m.Station).values(id=station_id, registered_at=now)
+                            .on_conflict_do_nothing(index_elements=[m.Station.id]))
+
+    async def set_enabled(self, station_id: str, enabled: bool) -> bool:
+        async with self._sessions.begin() as s:
+            res = await s.execute(update(m.Station).where(m.Station.id == station_id)
+                                  .values(enabled=enabled))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    async def get(self, station_id: str) -> StationRow | None:
+        async with self._sessions() as s:
+            st = await s.get(m.Station, station_id)
+            return _row(st) if st else None
+
+    async def list(self, *, limit: int = 1000, offset: int = 0) -> list[StationRow]:
+        async with self._sessions() as s:
+            res = await s.execute(select(m.Station).order_by(m.Station.id).limit(limit).offset(offset))
+            return [_row(st) for st in res.scalars()]
+
+    async def boot(self, station_id: str, payload: dict[str, Any], now: datetime) -> str:
+        """Store a BootNotification; returns the station's boot status (Accepted/Pending/Rejected)."""
+        cs = payload.get("chargingStation", {})
+        async with self._sessions.begin() as s:
+            await s.execute(insert(m.Station).values(id=station_id, registered_at=now)
+                            .on_conflict_do_nothing(index_elements=[m.Station.id]))
+            st = await s.get(m.Station, station_id, with_for_update=True)
+            assert st is not None
+            st.vendor = cs.get("vendorName")
+            st.model = cs.get("model")
+            st.serial_number = cs.get("serialNumber")
+            st.firmware_version = cs.get("firmwareVersion")
+            st.boot_reason = payload.get("reason")
+            st.last_boot_at = now
+            st.last_seen_at = now
+            return st.boot_status
+
+    async def set_connected(self, station_id: str, connected: bool, now: datetime) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(update(m.Station).where(m.Station.id == station_id)
+                            .values(connected=connected, last_seen_at=now))
+
+    async def touch(self, station_id: str, now: datetime) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(update(m.Station).where(m.Station.id == station_id).values(last_seen_at=now))
+
+    async def set_connector_status(
+        self, station_id: str, evse_id: int, connector_id: int, status: str, ts: datetime
+    ) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(insert(m.Evse).values(station_id=station_id, evse_id=evse_id)
+                            .on_conflict_do_nothing())
+            stmt = insert(m.Connector).values(station_id=station_id, evse_id=evse_id,
+                                              connector_id=connector_id, status=status, status_at=ts)
+            await s.execute(stmt.on_conflict_do_update(
+                index_elements=[m.Connector.station_id, m.Connector.evse_id, m.Connector.connector_id],
+                set_={"status": status, "status_at": ts},
+                where=m.Connector.status_at <= ts,  # a late (offline) report never overwrites a newer one
+            ))
+
+    async def upsert_evse(
+        self, station_id: str, evse_id: int, *, max_charge_kw: float | None = None,
+        max_discharge_kw: float | None = None, bidirectional: bool | None = None,
+        phases: int | None = None,
+    ) -> None:
+        values = {k: v for k, v in {"max_charge_kw": max_charge_kw, "max_discharge_kw": max_discharge_kw,
+                                    "bidirectional": bidirectional, "phases": phases}.items()
+                  if v is not None}
+        async with self._sessions.begin() as s:
+            stmt = insert(m.Evse).values(station_id=station_id, evse_id=evse_id, **values)
+            if values:
+                await s.execute(stmt.on_conflict_do_update(
+                    index_elements=[m.Evse.station_id, m.Evse.evse_id], set_=values))
+            else:
+                await s.execute(stmt.on_conflict_do_nothing())
+
+    async def evses(self, station_ids: Sequence[str] | None = None) -> list[m.Evse]:
+        async with self._sessions() as s:
+            q = select(m.Evse)
+            if station_ids is not None:
+                q = q.where(m.Evse.station_id.in_(station_ids))
+            return list((await s.execute(q)).scalars())
+
+    async def connectors(self, station_id: str) -> list[m.Connector]:
+        async with self._sessions() as s:
+            q = select(m.Connector).where(m.Connector.station_id == station_id)
+            return list((await s.execute(q)).scalars())
+
+    async def keep_message(self, station_id: str, action: str, payload: dict[str, Any], now: datetime) -> None:
+        async with self._sessions.begin() as s:
+            s.add(m.StationMessage(station_id=station_id, action=action, payload=payload, received_at=now))
+
+    async def set_firmware_status(self, station_id: str, status: str) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(update(m.Station).where(m.Station.id == station_id)
+                            .values(firmware_status=status))
+
+
+class SecurityEventRepository:
+    """Implements :class:`gateway.ocpp.ports.SecurityEventSink`: failures are logged, never raised."""
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock_now: Any) -> None:
+        self._sessions = sessions
+        self._now = clock_now
+
+    async def security_event(
+        self, station_id: str | None, kind: str, detail: str, remote_address: str | None,
+        source: str = "gateway", ts: datetime | None = None,
+    ) -> None:
+        metrics.SECURITY_EVENTS.labels(kind).inc()
+        log.warning("security event %s station=%s remote=%s: %s", kind, station_id, remote_address, detail)
+        try:
+            async with self._sessions.begin() as s:
+                s.add(m.SecurityEventRecord(
+                    station_id=station_id, kind=kind[:50], detail=detail, remote_address=remote_address,
+                    source=source, ts=ts or self._now(),
+                ))
+        except Exception:
+            log.exception("could not store security event %s", kind)
+
+
+class TokenRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def add(self, id_token: str, type_: str, now: datetime, status: str = "Accepted") -> None:
+        async with self._sessions.begin() as s:
+            stmt = insert(m.IdTokenRecord).values(id_token=id_token, type=type_, status=status,
+                                                  created_at=now)
+            await s.execute(stmt.on_conflict_do_update(index_elements=[m.IdTokenRecord.id_token],
+                                                       set_={"type": type_, "status": status}))
+
+    async def status(self, id_token: str) -> str | None:
+        async with self._sessions() as s:
+            rec = await s.get(m.IdTokenRecord, id_token)
+            return rec.status if rec else None
+
+    async def list(self) -> list[m.IdTokenRecord]:
+        async with self._sessions() as s:
+            return list((await s.execute(select(m.IdTokenRecord).order_by(m.IdTokenRecord.id_token))).scalars())

@@ -1,0 +1,137 @@
+"""The batched telemetry writer: meter values and status history go to Postgres with COPY,
+a batch at a time, so a burst of samples costs one round-trip per batch, not one per sample.
+
+The buffer is bounded (``meter_buffer_rows_max`` rows over all tables). While the database is
+away rows wait in it; when it is full the oldest rows are dropped and counted
+(``gateway_db_dropped_rows_total``), never the OCPP path's time (RELIABILITY.md D5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway import metrics
+from gateway.db.engine import is_transient
+
+log = logging.getLogger(__name__)
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "meter_values": (
+        "ts", "station_id", "evse_id", "transaction_id", "measurand", "phase", "context", "value", "unit",
+    ),
+    "status_history": ("station_id", "evse_id", "connector_id", "status", "ts", "received_at"),
+}
+
+
+class TelemetryWriter:
+    def __init__(
+        self, engine: AsyncEngine, *, max_rows: int, flush_rows: int, flush_interval_s: float,
+        retry_interval_s: float,
+    ) -> None:
+        self._engine = engine
+        self._max_rows = max_rows
+        self._flush_rows = flush_rows
+        self._interval = flush_interval_s
+        self._retry = retry_interval_s
+        self._buffers: dict[str, deque[tuple[Any, ...]]] = {t: deque() for t in TABLES}
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.dropped: dict[str, int] = dict.fromkeys(TABLES, 0)
+        self.written: dict[str, int] = dict.fromkeys(TABLES, 0)
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    def add(self, table: str, row: tuple[Any, ...]) -> None:
+        buf = self._buffers[table]
+        if self._size >= self._max_rows:
+            # Drop the oldest row of the fullest table: keep what is newest, count what is lost.
+            victim = max(self._buffers, key=lambda t: len(self._buffers[t]))
+            self._buffers[victim].popleft()
+            self._size -= 1
+            self.dropped[victim] += 1
+            metrics.DROPPED_ROWS.labels(victim).inc()
+        buf.append(row)
+        self._size += 1
+        if self._size >= self._flush_rows:
+            self._wake.set()
+
+    def add_meter_value(
+        self, ts: datetime, station_id: str, evse_id: int, transaction_id: str | None, measurand: str,
+        phase: str | None, context: str | None, value: float, unit: str | None,
+    ) -> None:
+        self.add("meter_values", (ts, station_id, evse_id, transaction_id, measurand, phase, context,
+                                  value, unit))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="telemetry-writer")
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Flush what is buffered (within ``timeout_s``) and stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                log.warning("telemetry writer closed with %d rows unwritten", self._size)
+
+    async def flush(self) -> None:
+        """Write everything buffered now (raises if the database is away)."""
+        for table in TABLES:
+            while self._buffers[table]:
+                await self._write_batch(table)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("telemetry write failed; rows kept for retry")
+                else:
+                    log.warning("telemetry write deferred, database unavailable: %s", exc)
+                metrics.DB_RETRIES.labels("telemetry").inc()
+                if self._closing:
+                    return
+                await asyncio.sleep(self._retry)
+                continue
+            if self._closing:
+                return
+
+    async def _write_batch(self, table: str) -> None:
+        buf = self._buffers[table]
+        n = min(len(buf), self._flush_rows)
+        rows = [buf.popleft() for _ in range(n)]
+        self._size -= n
+        started = time.perf_counter()
+        try:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                driver = raw.driver_connection
+                assert driver is not None
+                await driver.copy_records_to_table(table, records=rows, columns=list(TABLES[table]))
+        except BaseException:
+            # Not durable: put the batch back in front, in order, for the next attempt.
+            buf.extendleft(reversed(rows))
+            self._size += n
+            raise
+        metrics.DB_WRITE_SECONDS.labels(f"copy_{table}").observe(time.perf_counter() - started)
+        self.written[table] += n
+        metrics.BUFFERED_ROWS.labels(table).set(len(buf))

@@ -1,0 +1,45 @@
+"""Logging: plain text or one JSON object per line; the station id on every OCPP line.
+
+Passwords, Authorization headers and tokens are never passed to the logger anywhere in the code;
+as a second guard the JSON formatter masks any ``Authorization:`` / ``password=`` text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+
+_SECRET = re.compile(r"(?i)(authorization:\s*\S+\s+|password=|token=)\S+")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": _SECRET.sub(r"\1***", record.getMessage()),
+        }
+        station = getattr(record, "station_id", None)
+        if station is not None:
+            out["station_id"] = station
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if as_json:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("websockets", "uvicorn.access", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,311 @@
+"""Answers to every CALL an OCPP 2.0.1 charging station sends, and what each one stores.
+
+The transport has validated the request against its schema before a handler runs and validates
+the reply after. Rules that come from the spec cite its requirement ids. Storage rules:
+- a TransactionEvent is answered only after its row is committed; while the database is away
+  the reply is withheld and the station retries (E01-E06, RELIABILITY.md D1, D5);
+- status and meter samples go through the batched telemetry writer (bounded, drops counted);
+- notifications the gateway keeps but does not act on are stored as received.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.clock import Clock, parse_rfc3339, to_rfc3339
+from gateway.config import Settings
+from gateway.db.engine import is_transient, until_committed
+from gateway.db.planning import PlanningRepository
+from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
+from gateway.db.telemetry import TelemetryWriter
+from gateway.db.transactions import TransactionRepository
+from gateway.domain import EvNeeds
+from gateway.ocpp.errors import NotImplementedOcpp
+from gateway.ocpp.meter import samples, summarize
+from gateway.ocpp.ports import StationContext
+
+log = logging.getLogger(__name__)
+
+Payload = dict[str, Any]
+Handler = Callable[[StationContext, Payload], Awaitable[Payload]]
+
+# Notifications kept as received; the answer is an empty object (their responses have no
+# required fields).
+KEPT_AS_RECEIVED = (
+    "NotifyChargingLimit", "ClearedChargingLimit", "ReportChargingProfiles", "NotifyReport",
+    "NotifyEvent", "LogStatusNotification", "NotifyEVChargingSchedule",
+)
+PENDING_RETRY_INTERVAL_S = 30
+TOKEN_CACHE_S = 60.0
+TOUCH_EVERY_S = 60.0
+
+
+class Handlers:
+    """Implements :class:`gateway.ocpp.ports.MessageHandler` for OCPP 2.0.1."""
+
+    def __init__(
+        self, *, settings: Settings, clock: Clock, stations: StationRepository,
+        transactions: TransactionRepository, planning: PlanningRepository, tokens: TokenRepository,
+        telemetry: TelemetryWriter, security: SecurityEventRepository, bus: ev.EventBus,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._stations = stations
+        self._tx = transactions
+        self._planning = planning
+        self._tokens = tokens
+        self._telemetry = telemetry
+        self._security = security
+        self._bus = bus
+        self._token_cache: dict[str, tuple[float, str]] = {}
+        # (station, evse) -> transactionId of the session on it; MeterValues carry no transactionId.
+        self.active_tx: dict[tuple[str, int], str] = {}
+        self._table: dict[str, Handler] = {
+            "BootNotification": self.boot_notification,
+            "Heartbeat": self.heartbeat,
+            "StatusNotification": self.status_notification,
+            "Authorize": self.authorize,
+            "TransactionEvent": self.transaction_event,
+            "MeterValues": self.meter_values,
+            "NotifyEVChargingNeeds": self.notify_ev_charging_needs,
+            "SecurityEventNotification": self.security_event_notification,
+            "FirmwareStatusNotification": self.firmware_status_notification,
+            "DataTransfer": self.data_transfer,
+        }
+        for action in KEPT_AS_RECEIVED:
+            self._table[action] = self._keeper(action)
+
+    @property
+    def actions(self) -> frozenset[str]:
+        return frozenset(self._table)
+
+    async def __call__(self, ctx: StationContext, action: str, payload: Payload) -> Payload:
+        handler = self._table.get(action)
+        if handler is None:
+            raise NotImplementedOcpp(f"{action} is not handled by this CSMS")
+        started = time.perf_counter()
+        try:
+            reply = await handler(ctx, payload)
+        except Exception:
+            metrics.MESSAGES.labels(action, "error").inc()
+            raise
+        metrics.MESSAGES.labels(action, "ok").inc()
+        metrics.HANDLER_SECONDS.labels(action).observe(time.perf_counter() - started)
+        return reply
+
+    def _now(self) -> datetime:
+        return self._clock.now()
+
+    # --- B: provisioning ------------------------------------------------------------------
+    async def boot_notification(self, ctx: StationContext, p: Payload) -> Payload:
+        now = self._now()
+        try:
+            status = await self._stations.boot(ctx.station_id, p, now)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # B02: Pending tells the station to boot again later; nothing is lost meanwhile.
+            log.warning("boot of %s answered Pending: database unavailable", ctx.station_id)
+            status = "Pending"
+        ctx.scratch["boot_status"] = status
+        interval = self._settings.heartbeat_interval_s if status == "Accepted" else PENDING_RETRY_INTERVAL_S
+        return {"currentTime": to_rfc3339(now), "interval": interval, "status": status}
+
+    async def heartbeat(self, ctx: StationContext, p: Payload) -> Payload:
+        now = self._now()
+        last = ctx.scratch.get("touched")
+        real = time.monotonic()
+        if last is None or real - last > TOUCH_EVERY_S:
+            ctx.scratch["touched"] = real
+            try:
+                await self._stations.touch(ctx.station_id, now)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+        return {"currentTime": to_rfc3339(now)}
+
+    async def status_notification(self, ctx: StationContext, p: Payload) -> Payload:
+        ts = parse_rfc3339(p["timestamp"])
+        evse_id, connector_id, status = p["evseId"], p["connectorId"], p["connectorStatus"]
+        self._telemetry.add("status_history", (ctx.station_id, evse_id, connector_id, status, ts, self._now()))
+        try:
+            await self._stations.set_connector_status(ctx.station_id, evse_id, connector_id, status, ts)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("connector status of %s kept in history only: database unavailable", ctx.station_id)
+        self._bus.publish(ev.StatusChanged(self._now(), ctx.station_id, evse_id, connector_id, status))
+        return {}
+
+    # --- C: authorization -----------------------------------------------------------------
+    async def _token_status(self, token: Payload) -> str:
+        if token.get("type") == "NoAuthorization" or not self._settings.known_tokens_only:
+            return "Accepted"
+        key = f"{token['type']}:{token['idToken']}"
+        hit = self._token_cache.get(key)
+        real = time.monotonic()
+        if hit is not None and real - hit[0] < TOKEN_CACHE_S:
+            return hit[1]
+        status = await self._tokens.status(token["idToken"]) or "Unknown"
+        self._token_cache[key] = (real, status)
+        return status
+
+    async def authorize(self, ctx: StationContext, p: Payload) -> Payload:
+        return {"idTokenInfo": {"status": await self._token_status(p["idToken"])}}
+
+    # --- E: transactions ------------------------------------------------------------------
+    async def transaction_event(self, ctx: StationContext, p: Payload) -> Payload:
+        reply: Payload = {}
+        token = p.get("idToken")
+        if token is not None:
+            # E01.FR.?? / C: idTokenInfo SHALL be given when the request carried an idToken.
+            reply["idTokenInfo"] = {"status": await self._token_status(token)}
+        now = self._now()
+        started = time.perf_counter()
+        recorded = await until_committed(
+            lambda: self._tx.record_event(ctx.station_id, p, reply, now),
+            retry_interval_s=self._settings.db_retry_interval_s,
+            what=f"storing TransactionEvent of {ctx.station_id}",
+            on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc(),
+        )
+        metrics.DB_WRITE_SECONDS.labels("transaction_event").observe(time.perf_counter() - started)
+        if not recorded.inserted:
+            return recorded.response  # D1: a replay gets the first answer and stores nothing
+        info = p["transactionInfo"]
+        tid = info["transactionId"]
+        tx = recorded.tx
+        evse_id = (p.get("evse") or {}).get("id") or (tx.evse_id if tx else None)
+        if "meterValue" in p and evse_id is not None:
+            self._queue_samples(ctx.station_id, evse_id, tid, p["meterValue"])
+        if tx is None or evse_id is None:
+            return recorded.response
+        key = (ctx.station_id, evse_id)
+        at = self._now()
+        if tx.ended_at is not None:
+            if self.active_tx.get(key) == tid:
+                del self.active_tx[key]
+            self._bus.publish(ev.SessionEnded(at, ctx.station_id, evse_id, tid, info.get("stoppedReason")))
+            return recorded.response
+        is_new = self.active_tx.get(key) != tid
+        self.active_tx[key] = tid
+        if is_new:
+            self._bus.publish(ev.SessionStarted(at, ctx.station_id, evse_id, tid, tx.id_token))
+        self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
+                                            tx.energy_out_kwh, tx.power_kw, tx.soc))
+        return recorded.response
+
+    def _queue_samples(self, station_id: str, evse_id: int, tid: str | None, mvs: list[Payload]) -> None:
+        for s in samples(mvs):
+            self._telemetry.add_meter_value(s.ts, station_id, evse_id, tid, s.measurand, s.phase, s.context,
+                                            s.value, s.unit)
+
+    async def meter_values(self, ctx: StationContext, p: Payload) -> Payload:
+        evse_id = p["evseId"]
+        tid = self.active_tx.get((ctx.station_id, evse_id))
+        self._queue_samples(ctx.station_id, evse_id, tid, p["meterValue"])
+        if tid is not None:
+            r = summarize(list(samples(p["meterValue"])))
+            self._bus.publish(ev.SessionUpdated(
+                self._now(), ctx.station_id, evse_id, tid,
+                power_kw=None if r.power_w is None else r.power_w / 1000.0, soc=r.soc))
+        return {}
+
+    # --- K: smart charging ----------------------------------------------------------------
+    async def notify_ev_charging_needs(self, ctx: StationContext, p: Payload) -> Payload:
+        evse_id = p["evseId"]
+        needs = needs_from_payload(p, phases=3)
+        tid = self.active_tx.get((ctx.station_id, evse_id))
+        now = self._now()
+        await until_committed(
+            lambda: self._planning.add_needs(ctx.station_id, evse_id, tid, needs, p, now),
+            retry_interval_s=self._settings.db_retry_interval_s,
+            what=f"storing NotifyEVChargingNeeds of {ctx.station_id}",
+        )
+        self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
+        # K15.FR.03-ish: Accepted means the CSMS will provide a schedule (the MPC does, within
+        # seconds, through SetChargingProfile).
+        return {"status": "Accepted"}
+
+    # --- A/L/N/P: security, firmware, diagnostics, data transfer --------------------------
+    async def security_event_notification(self, ctx: StationContext, p: Payload) -> Payload:
+        await self._security.security_event(
+            ctx.station_id, p["type"], p.get("techInfo", ""), ctx.remote_address, source="station",
+            ts=parse_rfc3339(p["timestamp"]),
+        )
+        return {}
+
+    async def firmware_status_notification(self, ctx: StationContext, p: Payload) -> Payload:
+        await self._best_effort(self._stations.set_firmware_status(ctx.station_id, p["status"]))
+        await self._best_effort(self._stations.keep_message(ctx.station_id, "FirmwareStatusNotification",
+                                                            p, self._now()))
+        return {}
+
+    async def data_transfer(self, ctx: StationContext, p: Payload) -> Payload:
+        await self._best_effort(self._stations.keep_message(ctx.station_id, "DataTransfer", p, self._now()))
+        # P01.FR.?: a CSMS without an extension for this vendor answers UnknownVendorId.
+        return {"status": "UnknownVendorId"}
+
+    def _keeper(self, action: str) -> Handler:
+        async def keep(ctx: StationContext, p: Payload) -> Payload:
+            await self._best_effort(self._stations.keep_message(ctx.station_id, action, p, self._now()))
+            if action == "NotifyEVChargingSchedule":
+                return {"status": "Accepted"}
+            return {}
+
+        return keep
+
+    async def _best_effort(self, op: Awaitable[None]) -> None:
+        """Notifications are answered even while the database is away (logged, not retried)."""
+        try:
+            await op
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("notification not stored, database unavailable: %s", exc)
+
+
+def needs_from_payload(p: Payload, *, phases: int) -> EvNeeds:
+    """EvNeeds from a NotifyEVChargingNeeds request (K15/K16/K17).
+
+    Energy amounts are Wh, powers W. V2X facts have no place in the 2.0.1 schema; stations that
+    know them put them in ``chargingNeeds.customData`` (``evMaxDischargePower`` W, ``evMinSoC`` %,
+    ``evTargetSoC`` %, ``stateOfCharge`` %, ``evEnergyCapacity`` Wh), which is read when present.
+    """
+    cn = p["chargingNeeds"]
+    dep = cn.get("departureTime")
+    ac, dc = cn.get("acChargingParameters"), cn.get("dcChargingParameters")
+    custom = cn.get("customData") or {}
+    energy_wh: float | None = None
+    max_w: float | None = None
+    capacity_wh: float | None = custom.get("evEnergyCapacity")
+    soc: float | None = custom.get("stateOfCharge")
+    target: float | None = custom.get("evTargetSoC")
+    if ac:
+        energy_wh = ac["energyAmount"]
+        max_w = ac["evMaxCurrent"] * 230.0 * phases
+    if dc:
+        energy_wh = dc.get("energyAmount", energy_wh)
+        max_w = dc.get("evMaxPower") or dc["evMaxCurrent"] * dc["evMaxVoltage"]
+        capacity_wh = dc.get("evEnergyCapacity", capacity_wh)
+        soc = dc.get("stateOfCharge", soc)
+        target = dc.get("fullSoC", target)
+    discharge_w = custom.get("evMaxDischargePower")
+    min_soc = custom.get("evMinSoC")
+    return EvNeeds(
+        departure_time=parse_rfc3339(dep) if dep else None,
+        energy_kwh=None if energy_wh is None else energy_wh / 1000.0,
+        capacity_kwh=None if capacity_wh is None else capacity_wh / 1000.0,
+        soc=None if soc is None else soc / 100.0,
+        target_soc=None if target is None else target / 100.0,
+        min_soc=None if min_soc is None else min_soc / 100.0,
+        ev_max_charge_kw=None if max_w is None else max_w / 1000.0,
+        ev_max_discharge_kw=None if discharge_w is None else discharge_w / 1000.0,
+        source="ev",
+    )
+

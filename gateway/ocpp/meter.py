@@ -1,0 +1,80 @@
+"""Meter values from OCPP 2.0.1 payloads, normalised to base units (Wh, W, %). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.clock import parse_rfc3339
+
+DEFAULT_MEASURAND = "Energy.Active.Import.Register"  # OCPP 2.0.1 SampledValueType default
+_UNIT_SCALE = {"kWh": ("Wh", 1000.0), "kW": ("W", 1000.0), "kvarh": ("varh", 1000.0), "kvar": ("var", 1000.0),
+               "kVA": ("VA", 1000.0)}
+_DEFAULT_UNITS = {"Energy": "Wh", "Power": "W", "SoC": "Percent", "Current": "A", "Voltage": "V"}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    ts: datetime
+    measurand: str
+    value: float  # in ``unit``, multiplier applied, k-prefixed units scaled to base units
+    unit: str | None
+    phase: str | None
+    context: str | None
+
+
+def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
+    for mv in meter_values:
+        ts = parse_rfc3339(mv["timestamp"])
+        for sv in mv.get("sampledValue", []):
+            measurand = sv.get("measurand", DEFAULT_MEASURAND)
+            uom = sv.get("unitOfMeasure") or {}
+            unit = uom.get("unit") or _DEFAULT_UNITS.get(measurand.split(".")[0])
+            value = float(sv["value"]) * (10.0 ** uom.get("multiplier", 0))
+            if unit in _UNIT_SCALE:
+                unit, scale = _UNIT_SCALE[unit]
+                value *= scale
+            yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"))
+
+
+@dataclass(slots=True)
+class Readings:
+    """The facts a session summary needs, taken from one batch of samples (phase totals only)."""
+
+    import_wh_min: float | None = None
+    import_wh_max: float | None = None
+    export_wh_min: float | None = None
+    export_wh_max: float | None = None
+    power_w: float | None = None
+    power_ts: datetime | None = None
+    soc: float | None = None
+    soc_ts: datetime | None = None
+
+
+def summarize(batch: list[Sample]) -> Readings:
+    r = Readings()
+    power_import: dict[datetime, float] = {}
+    power_export: dict[datetime, float] = {}
+    for s in batch:
+        if s.phase is not None:
+            continue  # per-phase values would double count the totals
+        if s.measurand == "Energy.Active.Import.Register":
+            r.import_wh_min = s.value if r.import_wh_min is None else min(r.import_wh_min, s.value)
+            r.import_wh_max = s.value if r.import_wh_max is None else max(r.import_wh_max, s.value)
+        elif s.measurand == "Energy.Active.Export.Register":
+            r.export_wh_min = s.value if r.export_wh_min is None else min(r.export_wh_min, s.value)
+            r.export_wh_max = s.value if r.export_wh_max is None else max(r.export_wh_max, s.value)
+        elif s.measurand == "Power.Active.Import":
+            power_import[s.ts] = s.value
+        elif s.measurand == "Power.Active.Export":
+            power_export[s.ts] = s.value
+        elif s.measurand == "SoC" and (r.soc_ts is None or s.ts >= r.soc_ts):
+            r.soc, r.soc_ts = s.value, s.ts
+    stamps = set(power_import) | set(power_export)
+    if stamps:
+        latest = max(stamps)
+        r.power_w = power_import.get(latest, 0.0) - power_export.get(latest, 0.0)
+        r.power_ts = latest
+    return r

@@ -1,0 +1,279 @@
+"""OCPP-J framing, sans I/O: text in, decisions and text out.
+
+Nothing here touches a socket, a clock or a task. ``connection.py`` feeds received frames to
+:func:`parse_frame` and sends what the builders return; every protocol rule is therefore a plain
+unit test.
+
+Malformed input never raises. :func:`parse_frame` returns one of
+
+    Call | CallResult | CallError     a well-formed OCPP-J message (Part 4 §4.2)
+    FrameError                        answer the peer with this CALLERROR, keep the socket open
+    Ignored                           a malformed *response*: log it, never answer it (answering
+                                      a response would start an error ping-pong between peers)
+
+How each malformed kind maps to a CALLERROR code (OCPP-J 2.0.1 Part 4 §4.2.3, Table "Valid
+Error Codes"); the message id is "-1" whenever it cannot be read (§4.2.3):
+
+    not UTF-8 / not JSON / nesting too deep   RpcFrameworkError   "-1"
+    binary WebSocket frame                    RpcFrameworkError   "-1"  (OCPP-J uses text frames, §3.3)
+    not a JSON array, or an empty array       RpcFrameworkError   "-1"
+    MessageTypeId not 2, 3 or 4               MessageTypeNotSupported  id if readable, else "-1"
+    message id missing, not a string, empty   RpcFrameworkError   "-1"
+    message id longer than 36 characters      RpcFrameworkError   "-1"  (§4.1.4: max 36 chars)
+    CALL with wrong number of elements        RpcFrameworkError   id
+    CALL action not a non-empty string        RpcFrameworkError   id
+    CALL payload not a JSON object            FormatViolation     id
+    action unknown to the schema set          NotImplemented      id   (decided by the caller)
+    payload violates the action's schema      see ``validation.py``
+
+The "one outstanding CALL per direction" rule (Part 4 §4.1.1) lives in :class:`OutgoingCalls`
+(ours to the station) and :class:`IncomingCalls` (the station's to us).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Final
+
+CALL: Final = 2
+CALLRESULT: Final = 3
+CALLERROR: Final = 4
+
+MAX_MESSAGE_ID_LENGTH: Final = 36  # Part 4 §4.1.4
+MAX_ERROR_DESCRIPTION_LENGTH: Final = 255  # Part 4 §4.2.3, errorDescription
+UNREADABLE_ID: Final = "-1"  # Part 4 §4.2.3
+
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity are Python extensions, not JSON
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    message_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallError:
+    message_id: str
+    code: str
+    description: str
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A malformed frame that must be answered with this CALLERROR."""
+
+    message_id: str
+    code: str
+    description: str
+
+    def reply(self) -> str:
+        return build_call_error(self.message_id, self.code, self.description)
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A malformed CALLRESULT/CALLERROR: dropped, never answered."""
+
+    reason: str
+    message_id: str | None = None
+
+
+Parsed = Call | CallResult | CallError | FrameError | Ignored
+
+
+def _readable_id(value: Any) -> str | None:
+    if type(value) is str and 0 < len(value) <= MAX_MESSAGE_ID_LENGTH:
+        return value
+    return None
+
+
+def parse_binary() -> FrameError:
+    """OCPP-J runs over text frames only (Part 4 §3.3); a binary frame is not a valid RPC."""
+    return FrameError(UNREADABLE_ID, "RpcFrameworkError", "binary frames are not supported")
+
+
+def parse_frame(text: str | bytes) -> Parsed:
+    """Decode one WebSocket text frame. Never raises."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not UTF-8")
+    try:
+        msg = _decode(text)
+    except ValueError:
+        return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not valid JSON")
+    except RecursionError:
+        return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame nesting is too deep")
+    if type(msg) is not list or not msg:
+        return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not a non-empty JSON array")
+
+    type_id = msg[0]
+    message_id = _readable_id(msg[1]) if len(msg) > 1 else None
+    if type(type_id) is not int or type_id not in (CALL, CALLRESULT, CALLERROR):
+        return FrameError(message_id or UNREADABLE_ID, "MessageTypeNotSupported",
+                          f"MessageTypeId {type_id!r} is not supported")
+    if type_id == CALL:
+        return _parse_call(msg, message_id)
+    if message_id is None:
+        return Ignored("response without a readable message id")
+    if type_id == CALLRESULT:
+        if len(msg) != 3 or type(msg[2]) is not dict:
+            return Ignored("CALLRESULT must be [3, id, {payload}]", message_id)
+        return CallResult(message_id, msg[2])
+    if len(msg) != 5 or type(msg[2]) is not str or type(msg[3]) is not str or type(msg[4]) is not dict:
+        return Ignored("CALLERROR must be [4, id, code, description, {details}]", message_id)
+    return CallError(message_id, msg[2], msg[3], msg[4])
+
+
+def _parse_call(msg: list[Any], message_id: str | None) -> Call | FrameError:
+    if message_id is None:
+        return FrameError(UNREADABLE_ID, "RpcFrameworkError", "message id missing, not a string or too long")
+    if len(msg) != 4:
+        return FrameError(message_id, "RpcFrameworkError", "CALL must be [2, id, action, {payload}]")
+    action = msg[2]
+    if type(action) is not str or not action:
+        return FrameError(message_id, "RpcFrameworkError", "CALL action must be a non-empty string")
+    payload = msg[3]
+    if type(payload) is not dict:
+        return FrameError(message_id, "FormatViolation", "CALL payload must be a JSON object")
+    return Call(message_id, action, payload)
+
+
+def build_call(message_id: str, action: str, payload: dict[str, Any]) -> str:
+    return _encode([CALL, message_id, action, payload])
+
+
+def build_call_result(message_id: str, payload: dict[str, Any]) -> str:
+    return _encode([CALLRESULT, message_id, payload])
+
+
+def build_call_error(
+    message_id: str, code: str, description: str = "", details: dict[str, Any] | None = None
+) -> str:
+    return _encode([CALLERROR, message_id, code, description[:MAX_ERROR_DESCRIPTION_LENGTH], details or {}])
+
+
+class MessageIds:
+    """Message ids for our CALLs: unique per process run, short, and cheap (no uuid per CALL)."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self._prefix = prefix if prefix is not None else os.urandom(6).hex() + "-"
+        self._counter = count(1)
+
+    def new(self) -> str:
+        message_id = f"{self._prefix}{next(self._counter)}"
+        assert len(message_id) <= MAX_MESSAGE_ID_LENGTH
+        return message_id
+
+
+@dataclass(slots=True)
+class OutgoingCall:
+    message_id: str
+    action: str
+    payload: dict[str, Any]
+
+    def frame(self) -> str:
+        return build_call(self.message_id, self.action, self.payload)
+
+
+@dataclass(slots=True)
+class OutgoingCalls:
+    """Our CALLs to one station: at most one in flight, the rest queued in order (Part 4 §4.1.1).
+
+    The owner calls :meth:`submit`, then sends whatever :meth:`next_to_send` returns, each time
+    the slot may have freed (after :meth:`submit`, :meth:`reply_for`, :meth:`abandon`).
+    """
+
+    ids: MessageIds = field(default_factory=MessageIds)
+    in_flight: OutgoingCall | None = None
+    queue: deque[OutgoingCall] = field(default_factory=deque)
+
+    def submit(self, action: str, payload: dict[str, Any]) -> OutgoingCall:
+        call = OutgoingCall(self.ids.new(), action, payload)
+        self.queue.append(call)
+        return call
+
+    def next_to_send(self) -> OutgoingCall | None:
+        """Move the head of the queue into the free slot and return it, or None."""
+        if self.in_flight is not None or not self.queue:
+            return None
+        self.in_flight = self.queue.popleft()
+        return self.in_flight
+
+    def reply_for(self, message_id: str) -> OutgoingCall | None:
+        """The in-flight call this CALLRESULT/CALLERROR answers (slot freed), or None if stray."""
+        call = self.in_flight
+        if call is None or call.message_id != message_id:
+            return None
+        self.in_flight = None
+        return call
+
+    def abandon(self, call: OutgoingCall) -> None:
+        """Forget a call whose caller gave up (timeout, cancel); a late reply is then stray."""
+        if self.in_flight is call:
+            self.in_flight = None
+        else:
+            try:
+                self.queue.remove(call)
+            except ValueError:
+                pass
+
+    def close(self) -> list[OutgoingCall]:
+        """Every call still pending (in flight first, then queued in order); empties the state."""
+        pending = ([self.in_flight] if self.in_flight is not None else []) + list(self.queue)
+        self.in_flight = None
+        self.queue.clear()
+        return pending
+
+
+@dataclass(slots=True)
+class IncomingCalls:
+    """The station's CALLs to us, answered one after another in arrival order.
+
+    A well-behaved station sends one at a time (Part 4 §4.1.1); one that pipelines still gets
+    its CALLs handled in order. A CALL whose message id equals one still queued or being
+    handled is a retransmission: it is dropped, and the single reply under that id answers it,
+    so a handler never runs twice for one message.
+    """
+
+    queue: deque[Call] = field(default_factory=deque)
+    active: set[str] = field(default_factory=set)
+
+    def receive(self, call: Call) -> bool:
+        """Queue ``call``; False when it duplicates a message id still in progress."""
+        if call.message_id in self.active:
+            return False
+        self.active.add(call.message_id)
+        self.queue.append(call)
+        return True
+
+    def next(self) -> Call | None:
+        return self.queue.popleft() if self.queue else None
+
+    def done(self, call: Call) -> None:
+        self.active.discard(call.message_id)
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.active.clear()

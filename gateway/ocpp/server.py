@@ -1,0 +1,401 @@
+"""The OCPP WebSocket server: ``ws(s)://HOST:PORT/ocpp/{stationId}``.
+
+Everything that decides whether a station may talk happens in the HTTP handshake
+(``process_request``), so no frame reaches OCPP handling before authentication
+(RELIABILITY.md S1/S2/S4):
+
+    path not /ocpp/{id}                           404
+    id empty, > max_station_id_length, ':' in it,
+    not printable, not UTF-8 after %-decoding     400   (%-encoded ids are decoded, Part 4 §3.1.1)
+    id or remote address locked out               429   (Retry-After; no hashing done)
+    id not registered (and not allow_unknown)     404
+    station disabled / no password set            401
+    profile >= 2 over plain ws                    401   (A00.FR.3xx: profile 2 needs TLS)
+    profile 3 (client certificates)               401   (not supported by this server yet)
+    no/unparsable Basic credentials               401   (WWW-Authenticate: Basic)
+    username != station id, wrong password        401   (counts toward the lock-out)
+
+After the handshake a connection without an acceptable subprotocol is closed with 1002. The
+newest *authenticated* connection for a station id replaces the live one (its pending CALLs fail
+at once and its socket closes within ``TAKEOVER_CLOSE_TIMEOUT_S``); a refused handshake never
+touches the live one.
+
+OCPP versions plug in as :class:`VersionAdapter` values keyed by subprotocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from http import HTTPStatus
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+from weakref import WeakKeyDictionary
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from gateway.clock import Clock
+from gateway.config import Settings
+from gateway.ocpp.auth import LockoutTracker, PasswordVerifier, parse_basic_auth, same_text
+from gateway.ocpp.connection import Connection
+from gateway.ocpp.ports import (
+    ConnectionObserver,
+    MessageHandler,
+    SecurityEventSink,
+    StationContext,
+    StationCredentials,
+    StationDirectory,
+)
+from gateway.ocpp.validation import V201, SchemaSet
+
+log = logging.getLogger("gateway.ocpp.server")
+
+
+class _RedactCredentials(logging.Filter):
+    """websockets logs every request header at DEBUG; the Authorization value never leaves (S2)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+ws_log = logging.getLogger("gateway.ocpp.websockets")
+ws_log.addFilter(_RedactCredentials())
+
+ENDPOINT_PREFIX: Final = "/ocpp/"
+TAKEOVER_CLOSE_TIMEOUT_S: Final = 1.0  # S6: the replaced socket is gone within 1 s
+TAKEOVER_WINDOW_S: Final = 300.0
+TAKEOVERS_BEFORE_EVENT: Final = 3  # S6: "repeated" take-overs raise a security event
+CLOSE_PROTOCOL_ERROR: Final = 1002
+
+
+@dataclass(frozen=True, slots=True)
+class VersionAdapter:
+    """What the transport needs to speak one OCPP version."""
+
+    subprotocol: str
+    ocpp_version: str
+    schemas: SchemaSet
+
+
+DEFAULT_ADAPTERS: Final = {"ocpp2.0.1": VersionAdapter("ocpp2.0.1", "2.0.1", V201)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    station_id: str
+    security_profile: int
+    remote_address: str | None
+
+
+class ConnectionRegistry:
+    """The live connection of each station id (at most one)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Connection] = {}
+
+    def get(self, station_id: str) -> Connection | None:
+        return self._by_id.get(station_id)
+
+    def connected_ids(self) -> list[str]:
+        return list(self._by_id)
+
+    def count(self) -> int:
+        return len(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(list(self._by_id.values()))
+
+    def _put(self, conn: Connection) -> Connection | None:
+        old = self._by_id.get(conn.station_id)
+        self._by_id[conn.station_id] = conn
+        return old
+
+    def _remove(self, conn: Connection) -> None:
+        if self._by_id.get(conn.station_id) is conn:
+            del self._by_id[conn.station_id]
+
+
+def valid_station_id(raw_segment: str, max_length: int) -> str | None:
+    """The decoded station id, or None when it may not be used (S1)."""
+    try:
+        station_id = unquote(raw_segment, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if not station_id or len(station_id) > max_length:
+        return None
+    # ':' separates user-id and password in Basic auth (RFC 7617 §2); '/' would change the path.
+    if ":" in station_id or "/" in station_id or not station_id.isprintable():
+        return None
+    return station_id
+
+
+class OcppServer:
+    """Owns the listening socket, the handshake policy and the connection registry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        directory: StationDirectory,
+        handler: MessageHandler,
+        security: SecurityEventSink,
+        observer: ConnectionObserver | None = None,
+        *,
+        adapters: dict[str, VersionAdapter] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.directory = directory
+        self.handler = handler
+        self.security = security
+        self.observer = observer
+        self.adapters = dict(adapters or DEFAULT_ADAPTERS)
+        self.registry = ConnectionRegistry()
+        self.ssl_context = build_ssl_context(settings)
+        self.lockout = LockoutTracker(clock, settings.auth_failures_per_minute_max, settings.auth_lockout_s)
+        self.verifier = PasswordVerifier(clock, settings.credential_cache_s)
+        self.port: int | None = None
+        self._server: Server | None = None
+        self._admitted: WeakKeyDictionary[ServerConnection, _Admission] = WeakKeyDictionary()
+        self._connection_ids = itertools.count(1)
+        self._takeovers: dict[str, deque[datetime]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_context is not None
+
+    async def start(self) -> int:
+        """Listen on ``settings.ocpp_host:ocpp_port`` (0 picks a free port); return the port."""
+        for adapter in self.adapters.values():
+            await asyncio.to_thread(adapter.schemas.warm)
+        self._server = await serve(
+            self._handle,
+            self.settings.ocpp_host,
+            self.settings.ocpp_port,
+            ssl=self.ssl_context,
+            process_request=self._process_request,
+            subprotocols=[Subprotocol(s) for s in self.adapters],
+            select_subprotocol=self._select_subprotocol,
+            compression=None,  # permessage-deflate costs ~100s of KiB per socket; OCPP frames are small
+            max_size=self.settings.max_frame_bytes,  # larger frames close with 1009
+            open_timeout=self.settings.handshake_timeout_s,
+            ping_interval=self.settings.ws_ping_interval_s,
+            ping_timeout=self.settings.ws_ping_interval_s,
+            close_timeout=TAKEOVER_CLOSE_TIMEOUT_S,
+            server_header=None,
+            logger=ws_log,
+        )
+        sockets = self._server.sockets
+        self.port = int(sockets[0].getsockname()[1]) if sockets else self.settings.ocpp_port
+        log.info("OCPP server listening on %s:%s (%s)", self.settings.ocpp_host, self.port,
+                 "wss" if self.tls else "ws")
+        return self.port
+
+    async def stop(self) -> None:
+        """Close every station with 1001 (going away) and return within ``shutdown_drain_s``."""
+        server = self._server
+        if server is None:
+            return
+        self._server = None
+        server.close(close_connections=True)
+        try:
+            async with asyncio.timeout(self.settings.shutdown_drain_s):
+                await server.wait_closed()
+        except TimeoutError:
+            log.warning("OCPP server: connections still open after %.1f s", self.settings.shutdown_drain_s)
+        for task in list(self._background):
+            task.cancel()
+
+    # --- handshake -------------------------------------------------------------------------
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        # None lets the handshake complete; the handler then closes with 1002 and a reason,
+        # which tells the station more than an HTTP 400 would.
+        for name in self.adapters:
+            if name in offered:
+                return Subprotocol(name)
+        return None
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        remote = _peer_ip(connection)
+        path = urlsplit(request.path).path
+        if not path.startswith(ENDPOINT_PREFIX) or "/" in path[len(ENDPOINT_PREFIX):]:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        station_id = valid_station_id(path[len(ENDPOINT_PREFIX):], self.settings.max_station_id_length)
+        if station_id is None:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "Invalid station id\n")
+
+        for key in (("id", station_id), ("addr", remote or "?")):
+            until = self.lockout.locked_until(key)
+            if until is not None:
+                response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many failed logins\n")
+                retry = max(1, int((until - self.clock.now()).total_seconds()) + 1)
+                response.headers["Retry-After"] = str(retry)
+                return response
+
+        creds = await self.directory.credentials(station_id)
+        if creds is None:
+            if self.settings.allow_unknown_stations:
+                self._admitted[connection] = _Admission(station_id, 1, remote)
+                return None
+            self._failure(None, remote, "unknown_station", f"unknown station id {station_id!r}")
+            return connection.respond(HTTPStatus.NOT_FOUND, "Unknown station\n")
+
+        refusal = await self._check_credentials(creds, request.headers, remote)
+        if refusal is not None:
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'
+            return response
+        self._admitted[connection] = _Admission(station_id, creds.security_profile, remote)
+        return None
+
+    async def _check_credentials(
+        self, creds: StationCredentials, headers: Headers, remote: str | None
+    ) -> str | None:
+        """None when the station may connect, else the refusal kind (already recorded)."""
+        sid = creds.station_id
+        if not creds.enabled or creds.password_hash is None:
+            return self._failure(sid, remote, "station_disabled", "disabled or no password set")
+        if creds.security_profile >= 3:
+            return self._failure(sid, remote, "client_certificate_required",
+                                 "security profile 3 is not supported by this server")
+        if creds.security_profile >= 2 and not self.tls:
+            return self._failure(sid, remote, "insecure_transport", "profile 2 station over plain ws")
+        basic = parse_basic_auth(headers.get("Authorization"))
+        if basic is None:
+            return self._failure(sid, remote, "auth_missing", "no usable Basic credentials")
+        username, password = basic
+        name_ok = same_text(username, sid)
+        # Verify even when the name is wrong so the refusal costs the same time.
+        password_ok = await self.verifier.verify(sid, creds.password_hash, password)
+        if not (name_ok and password_ok):
+            kind = "auth_failed" if name_ok else "auth_username_mismatch"
+            return self._failure(sid, remote, kind, "wrong credentials")
+        return None
+
+    def _failure(self, station_id: str | None, remote: str | None, kind: str, detail: str) -> str:
+        """Count a failed login for the id and the address; record a security event."""
+        self._event(station_id, kind, detail, remote)
+        keys = ([("id", station_id)] if station_id is not None else []) + [("addr", remote or "?")]
+        for key in keys:
+            if self.lockout.record_failure(key):
+                self._event(station_id, "auth_lockout",
+                            f"{key[0]} locked for {self.settings.auth_lockout_s:g} s", remote)
+        return kind
+
+    def _event(self, station_id: str | None, kind: str, detail: str, remote: str | None) -> None:
+        log.warning("security event %s station=%s remote=%s: %s", kind, station_id, remote, detail)
+        # Recorded in the background: a slow sink must not slow the handshake down.
+        self._spawn(self._record(station_id, kind, detail, remote))
+
+    async def _record(self, station_id: str | None, kind: str, detail: str, remote: str | None) -> None:
+        try:
+            await self.security.security_event(station_id, kind, detail, remote)
+        except Exception:
+            log.exception("security event sink failed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- live connections ------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        admission = self._admitted.pop(ws, None)
+        if admission is None:  # cannot happen: process_request admitted every handshake
+            await ws.close(1008, "not admitted")
+            return
+        adapter = self.adapters.get(ws.subprotocol or "")
+        if adapter is None:
+            offer = ", ".join(self.adapters)
+            await ws.close(CLOSE_PROTOCOL_ERROR, f"no supported subprotocol: offer {offer}")
+            return
+        ctx = StationContext(
+            station_id=admission.station_id,
+            remote_address=admission.remote_address,
+            security_profile=admission.security_profile,
+            connected_at=self.clock.now(),
+            ocpp_version=adapter.ocpp_version,
+            connection_id=next(self._connection_ids),
+        )
+        conn = Connection(ws, ctx, self.handler, adapter.schemas, call_timeout_s=self.settings.call_timeout_s)
+        old = self.registry._put(conn)
+        if old is not None:
+            old.replace()
+            self._note_takeover(ctx)
+        await self._notify_connected(ctx)
+        try:
+            await conn.run()
+        finally:
+            self.registry._remove(conn)
+            await self._notify_disconnected(ctx, ws.close_code)
+            # Let a CALL being handled finish (e.g. a commit) before the handler task ends,
+            # so stop() drains in-flight work within its deadline.
+            await conn.wait_handlers()
+
+    def _note_takeover(self, ctx: StationContext) -> None:
+        now = self.clock.now()
+        times = self._takeovers.setdefault(ctx.station_id, deque())
+        times.append(now)
+        while times and times[0] <= now - timedelta(seconds=TAKEOVER_WINDOW_S):
+            times.popleft()
+        log.info("%s: new connection %d replaced the live one", ctx.station_id, ctx.connection_id)
+        if len(times) >= TAKEOVERS_BEFORE_EVENT:
+            times.clear()
+            self._event(ctx.station_id, "repeated_takeover",
+                        f"{TAKEOVERS_BEFORE_EVENT} take-overs within {TAKEOVER_WINDOW_S:g} s",
+                        ctx.remote_address)
+
+    async def _notify_connected(self, ctx: StationContext) -> None:
+        if self.observer is not None:
+            try:
+                await self.observer.station_connected(ctx)
+            except Exception:
+                log.exception("observer.station_connected failed for %s", ctx.station_id)
+
+    async def _notify_disconnected(self, ctx: StationContext, code: int | None) -> None:
+        if self.observer is not None:
+            try:
+                await self.observer.station_disconnected(ctx, code)
+            except Exception:
+                log.exception("observer.station_disconnected failed for %s", ctx.station_id)
+
+
+def _peer_ip(connection: ServerConnection) -> str | None:
+    try:
+        addr = connection.remote_address
+    except Exception:
+        return None
+    if isinstance(addr, tuple) and addr:
+        return str(addr[0])
+    return None
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for security profile 2 when a certificate and key are configured (TLS >= 1.2, A00.FR.308)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return ctx
+

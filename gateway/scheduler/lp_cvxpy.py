@@ -1,0 +1,133 @@
+"""The site LP (see problem.py) in cvxpy with Parameters (DPP): compiled once per shape, re-solved
+by updating parameters.
+
+Every Parameter sits in an affine position (bounds, right-hand sides, cost vectors) except one
+length-T vector scaling the import in the peak epigraph: a Parameter multiplying an S x T variable
+makes DPP compilation explode. That is why the variables are energies per step (kWh), not powers:
+step lengths then only scale right-hand sides, so a new grid of the same length reuses the model.
+Efficiencies are per-slot *constants* (they change the matrix), part of the cache key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cvxpy as cp
+import numpy as np
+
+from gateway.scheduler.problem import EPS_PER_KWH, EXCESS_PENALTY_PER_KWH, Prepared, RawSolution
+
+
+def shape_key(p: Prepared) -> tuple[Any, ...]:
+    s, n = p.shape
+    return (s, n, tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)))
+
+
+class CvxModel:
+    def __init__(self, p: Prepared) -> None:
+        s, n = p.shape
+        self.amax = cp.Parameter((s, n), nonneg=True)
+        self.amin = cp.Parameter((s, n), nonneg=True)
+        self.bmax = cp.Parameter((s, n), nonneg=True)
+        self.e0 = cp.Parameter(s)
+        self.floor = cp.Parameter((s, n))
+        self.cap = cp.Parameter((s, n))
+        self.target = cp.Parameter(s)
+        self.building_h = cp.Parameter(n)
+        self.imp_lim_h = cp.Parameter(n)
+        self.exp_lim_h = cp.Parameter(n)
+        self.inv_h = cp.Parameter(n, nonneg=True)
+        self.c_imp = cp.Parameter(n)
+        self.c_exp = cp.Parameter(n)
+        self.wear = cp.Parameter(nonneg=True)
+        self.demand = cp.Parameter(nonneg=True)
+        self.peak0 = cp.Parameter()
+        self.unmet = cp.Parameter(nonneg=True)
+
+        a = cp.Variable((s, n), nonneg=True)  # AC kWh charged in the step
+        b = cp.Variable((s, n), nonneg=True)  # AC kWh discharged in the step
+        e = cp.Variable((s, n))  # battery kWh at the end of the step
+        u = cp.Variable(s, nonneg=True)
+        imp = cp.Variable(n, nonneg=True)  # kWh imported in the step
+        exp = cp.Variable(n, nonneg=True)
+        xi = cp.Variable(n, nonneg=True)
+        xe = cp.Variable(n, nonneg=True)
+        peak = cp.Variable()
+        ec = np.repeat(p.eff_c[:, None], n, axis=1)
+        ed = np.repeat(1.0 / p.eff_d[:, None], n, axis=1)
+        flow = cp.multiply(ec, a) - cp.multiply(ed, b)
+        cons = [
+            a <= self.amax,
+            a >= self.amin,
+            b <= self.bmax,
+            e[:, 0] == self.e0 + flow[:, 0],
+            e >= self.floor,
+            e <= self.cap,
+            e[:, n - 1] + u >= self.target,
+            imp - exp - cp.sum(a, axis=0) + cp.sum(b, axis=0) == self.building_h,
+            imp - xi <= self.imp_lim_h,
+            exp - xe <= self.exp_lim_h,
+            cp.multiply(self.inv_h, imp) <= peak,
+            peak >= self.peak0,
+        ]
+        if n > 1:
+            cons.append(e[:, 1:] == e[:, :-1] + flow[:, 1:])
+        obj = (
+            self.c_imp @ imp - self.c_exp @ exp
+            + self.demand * peak
+            + self.wear * cp.sum(b)
+            + self.unmet * cp.sum(u)
+            + EXCESS_PENALTY_PER_KWH * cp.sum(xi + xe)
+            + EPS_PER_KWH * (cp.sum(a) + cp.sum(b) + cp.sum(imp) + cp.sum(exp))
+        )
+        self.vars = (a, b, e, u, imp, exp, xi, xe, peak)
+        self.problem = cp.Problem(cp.Minimize(obj), cons)
+        self._compiled = False
+
+    def _set(self, p: Prepared) -> None:
+        h = p.h
+        has = p.conn.any(axis=1)
+        self.amax.value = p.cmax * h
+        self.amin.value = np.minimum(p.cmin, p.cmax) * h
+        self.bmax.value = p.dmax * h
+        self.e0.value = p.e0
+        self.floor.value = np.repeat(p.floor[:, None], len(h), axis=1)
+        self.cap.value = np.repeat(p.cap[:, None], len(h), axis=1)
+        # A slot with nothing connected must not count as unmet.
+        self.target.value = np.where(has, p.target, p.e0)
+        self.building_h.value = p.building * h
+        self.imp_lim_h.value = p.imp_lim * h
+        self.exp_lim_h.value = p.exp_lim * h
+        self.inv_h.value = 1.0 / h
+        self.c_imp.value = p.price_imp + p.pay
+        self.c_exp.value = p.price_exp + p.pay
+        self.wear.value = float(p.wear[0] / h[0]) if len(h) else 0.0
+        self.demand.value = p.demand
+        self.peak0.value = p.peak0
+        self.unmet.value = p.unmet_penalty
+
+    def solve(self, p: Prepared, time_limit_s: float) -> RawSolution:
+        self._set(p)
+        s, n = p.shape
+        try:
+            self.problem.solve(
+                solver=cp.HIGHS, warm_start=False, canon_backend=cp.SCIPY_CANON_BACKEND,
+                highs_options={"solver": "ipm", "run_crossover": "off", "time_limit": float(time_limit_s),
+                               "threads": 1},
+            )
+            status = str(self.problem.status)
+        except cp.error.SolverError as exc:
+            status = f"solver error: {exc}"
+        a, b, e, u, imp, exp, xi, xe, peak = self.vars
+        ok = status in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE) and a.value is not None
+        h = p.h
+        if not ok:
+            z = np.zeros((s, n))
+            return RawSolution(c=z, d=z, e_end=p.e0.copy(), u=np.zeros(s), imp=np.zeros(n), exp=np.zeros(n),
+                               xi=np.zeros(n), xe=np.zeros(n), peak=p.peak0, status=status, ok=False)
+        return RawSolution(
+            c=np.asarray(a.value) / h, d=np.asarray(b.value) / h, e_end=np.asarray(e.value)[:, -1],
+            u=np.asarray(u.value), imp=np.asarray(imp.value) / h, exp=np.asarray(exp.value) / h,
+            xi=np.asarray(xi.value) / h, xe=np.asarray(xe.value) / h, peak=float(peak.value),
+            status=status, ok=True,
+        )

@@ -1,0 +1,391 @@
+"""The site plan as a linear program: inputs, answer, and the planner that solves it. Pure: no I/O.
+
+One LP per site and re-plan. Decision variables per slot (one EVSE, or one EV offline) and step:
+AC charge power ``c >= 0`` and AC discharge power ``d >= 0`` (kW), battery energy at the end of
+the step ``E`` (kWh); per slot unmet energy ``u >= 0`` (kWh); per step site import/export
+``imp, exp >= 0`` (kW) and limit excess slacks ``xi, xe >= 0``; one scalar ``peak`` (kW).
+
+Objective (currency units)::
+
+    sum_t h_t (p_imp_t imp_t - p_exp_t exp_t)          energy cost
+  + demand_charge * (peak - peak_so_far)              demand charge on the rise of the period's peak
+  + wear * sum h_t d                                  battery wear per AC kWh discharged
+  - sum_t pay_t h_t (building_t - imp_t + exp_t)      grid-event revenue
+  + unmet_penalty * sum u                             mobility as a price
+  + EXCESS_PENALTY * sum h (xi + xe) + EPS * sum h (c + d + imp + exp)
+
+Grid-event revenue is settled on the *net* site import below the baseline (the building load
+forecast, i.e. the site without EV activity), both ways: each kWh below it earns the payment, each
+kWh above it (charging during the event) costs it. That is linear (the payment adds to both
+prices during the event) and pays nothing for charging and discharging at once, which paying gross
+discharge would (the LP would cycle).
+
+The site limit is hard for the EVs: ``xi``/``xe`` only take up what building load alone forces
+over the limit (their price dwarfs everything else), so the LP is never infeasible and the excess
+is reported. The reserve is a hard floor on battery energy (``min(reserve, E0)`` so an EV that
+arrives below its reserve is feasible; its target is raised to the reserve so it is charged up).
+
+Unknown capacity/SoC: callers pass ``energy_kwh`` as energy so far (0 at plug-in) with
+``capacity_kwh`` = that plus the room they assume, and targets on the same scale; the LP only uses
+differences, so that works the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArr = NDArray[np.float64]
+BoolArr = NDArray[np.bool_]
+
+# Above any plausible unmet-energy price, so the LP only exceeds a limit when building load forces it.
+EXCESS_PENALTY_PER_KWH = 1000.0
+# Breaks ties toward no needless flow; keeps charge and discharge apart under negative prices.
+EPS_PER_KWH = 1e-4
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Consecutive steps from ``start``; step ``i`` lasts ``durations_s[i]`` seconds."""
+
+    start: datetime
+    durations_s: FloatArr
+
+    def starts(self) -> list[datetime]:
+        offsets = np.concatenate(([0.0], np.cumsum(self.durations_s)[:-1]))
+        return [self.start + timedelta(seconds=float(o)) for o in offsets]
+
+    def end(self) -> datetime:
+        return self.start + timedelta(seconds=float(np.sum(self.durations_s)))
+
+    def hours(self) -> FloatArr:
+        return np.asarray(self.durations_s, dtype=float) / 3600.0
+
+    def index_at(self, when: datetime) -> int:
+        """Step containing ``when`` (clamped to the grid)."""
+        off = (when - self.start).total_seconds()
+        edges = np.cumsum(self.durations_s)
+        i = int(np.searchsorted(edges, off, side="right"))
+        return min(max(i, 0), len(self.durations_s) - 1)
+
+    def __len__(self) -> int:
+        return len(self.durations_s)
+
+
+def make_grid(
+    now: datetime,
+    horizon_s: float,
+    fine_step_s: float = 300,
+    fine_steps: int = 12,
+    coarse_step_s: float = 3600,
+    align_s: float = 300,
+) -> TimeGrid:
+    """Fine steps near ``now``, coarse ones later; boundaries fall on multiples of ``align_s``
+    (first step shortened) and coarse steps on multiples of ``coarse_step_s`` so time-of-use
+    boundaries are not smeared. The count of steps stays within one of the same for any ``now``."""
+    t0 = now.timestamp()
+    end = t0 + horizon_s
+    edges = [t0]
+    t = (math.floor(t0 / align_s) + 1) * align_s if align_s > 0 else t0 + fine_step_s
+    if align_s > 0 and t - t0 < 1e-6:
+        t += align_s
+    n_fine = 1
+    edges.append(min(t, end))
+    while edges[-1] < end and n_fine < fine_steps:
+        edges.append(min(edges[-1] + fine_step_s, end))
+        n_fine += 1
+    # Fine steps continue up to the next coarse boundary, then coarse steps.
+    while edges[-1] < end and coarse_step_s > 0 and edges[-1] % coarse_step_s > 1e-6:
+        nxt = min(edges[-1] + fine_step_s, math.ceil(edges[-1] / coarse_step_s) * coarse_step_s, end)
+        edges.append(nxt)
+    while edges[-1] < end:
+        edges.append(min(edges[-1] + coarse_step_s, end))
+    return TimeGrid(start=now, durations_s=np.diff(np.asarray(edges, dtype=float)))
+
+
+def uniform_grid(start: datetime, step_s: float, steps: int) -> TimeGrid:
+    return TimeGrid(start=start, durations_s=np.full(steps, float(step_s)))
+
+
+@dataclass
+class SiteInputs:
+    """Site-wide inputs, one value per grid step.
+
+    ``export_payment_per_kwh``: what an export request pays per kWh by which the site's net import
+    (import minus export) falls below the baseline = ``building_load_kw`` (0 outside events).
+    Export prices above the import price are clipped to it in the LP (else it would import and
+    export at once, which a meter nets anyway).
+    """
+
+    grid: TimeGrid
+    import_price: FloatArr
+    export_price: FloatArr
+    building_load_kw: FloatArr
+    import_limit_kw: FloatArr
+    export_limit_kw: FloatArr
+    demand_charge_per_kw: float
+    peak_so_far_kw: float
+    export_payment_per_kwh: FloatArr
+    wear_cost_per_kwh: float
+    unmet_penalty_per_kwh: float
+
+
+@dataclass
+class SlotInput:
+    key: tuple[str, int]
+    connected: BoolArr
+    energy_kwh: float
+    capacity_kwh: float
+    target_energy_kwh: float
+    reserve_energy_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    min_charge_kw: float = 0.0
+    eff_charge: float = 0.92
+    eff_discharge: float = 0.92
+    discharge_allowed: bool = False
+
+
+@dataclass
+class PlanResult:
+    grid: TimeGrid
+    keys: list[tuple[str, int]]
+    power_kw: FloatArr
+    status: str
+    objective: float
+    terms: dict[str, float]
+    solve_s: float
+    fallback: bool
+    delivered_kwh: FloatArr
+    unmet_kwh: FloatArr
+    site_import_kw: FloatArr = field(default_factory=lambda: np.zeros(0))
+    limit_excess_kw: FloatArr = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class Prepared:
+    """Everything the backends need, as arrays; built once per solve from the inputs."""
+
+    h: FloatArr  # hours per step (T)
+    conn: BoolArr  # (S, T)
+    cmax: FloatArr  # (S, T) AC charge bound
+    cmin: FloatArr  # (S, T) AC charge floor (min_charge_kw where it can be honoured)
+    dmax: FloatArr  # (S, T)
+    e0: FloatArr  # (S)
+    floor: FloatArr  # (S) battery energy floor
+    cap: FloatArr  # (S) battery energy ceiling
+    target: FloatArr  # (S)
+    eff_c: FloatArr
+    eff_d: FloatArr
+    building: FloatArr
+    imp_lim: FloatArr
+    exp_lim: FloatArr
+    price_imp: FloatArr  # import price per kWh
+    price_exp: FloatArr  # export price per kWh (clipped to the import price)
+    pay: FloatArr  # grid-event payment per kWh below the baseline
+    wear: FloatArr  # wear * h
+    demand: float
+    peak0: float
+    unmet_penalty: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.conn.shape[0]), int(self.conn.shape[1]))
+
+
+def _arr(x: Any, n: int) -> FloatArr:
+    a = np.asarray(x, dtype=float)
+    return np.broadcast_to(a, (n,)).astype(float) if a.ndim == 0 else a.astype(float)
+
+
+def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
+    h = site.grid.hours()
+    n = len(h)
+    s = len(slots)
+    conn = np.zeros((s, n), dtype=bool)
+    for i, sl in enumerate(slots):
+        conn[i] = np.asarray(sl.connected, dtype=bool)[:n]
+    col = lambda attr: np.array([float(getattr(sl, attr)) for sl in slots], dtype=float)  # noqa: E731
+    e0 = col("energy_kwh")
+    cap = np.maximum(col("capacity_kwh"), e0)
+    floor = np.minimum(col("reserve_energy_kwh"), e0)
+    target = np.minimum(np.maximum(col("target_energy_kwh"), col("reserve_energy_kwh")), cap)
+    eff_c = np.clip(col("eff_charge"), 0.05, 1.0)
+    eff_d = np.clip(col("eff_discharge"), 0.05, 1.0)
+    cmax = conn * np.maximum(col("max_charge_kw"), 0.0)[:, None]
+    allowed = np.array([sl.discharge_allowed for sl in slots], dtype=bool)
+    dmax = conn * (np.maximum(col("max_discharge_kw"), 0.0) * allowed)[:, None]
+    building = _arr(site.building_load_kw, n)
+    imp_lim = _arr(site.import_limit_kw, n)
+    cmin = _charge_floor(conn, np.minimum(col("min_charge_kw"), col("max_charge_kw")), h, eff_c,
+                         cap - e0, np.maximum(imp_lim - building, 0.0))
+    p_imp = _arr(site.import_price, n)
+    p_exp = np.minimum(_arr(site.export_price, n), p_imp)
+    return Prepared(
+        h=h, conn=conn, cmax=cmax, cmin=cmin, dmax=dmax, e0=e0, floor=floor, cap=cap, target=target,
+        eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
+        exp_lim=_arr(site.export_limit_kw, n), price_imp=p_imp, price_exp=p_exp,
+        pay=np.maximum(_arr(site.export_payment_per_kwh, n), 0.0),
+        wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
+        demand=float(site.demand_charge_per_kw), peak0=float(site.peak_so_far_kw),
+        unmet_penalty=float(site.unmet_penalty_per_kwh),
+    )
+
+
+def _charge_floor(conn: BoolArr, kw: FloatArr, h: FloatArr, eff: FloatArr, room: FloatArr,
+                  headroom: FloatArr) -> FloatArr:
+    """A charge floor the LP can always honour: only while the battery still has room for it and
+    scaled down where the floors alone would not fit under the site limit (a convex stand-in for
+    a pilot floor, which would otherwise need binaries)."""
+    floor = conn * kw[:, None]
+    if not floor.any():
+        return floor
+    used = np.cumsum(floor * h[None, :] * eff[:, None], axis=1)
+    floor = np.where(used <= room[:, None] + 1e-9, floor, 0.0)
+    total = floor.sum(axis=0)
+    scale = np.where(total > headroom, headroom / np.maximum(total, 1e-12), 1.0)
+    return floor * scale[None, :]
+
+
+@dataclass
+class RawSolution:
+    """A backend's answer in the variables of the module docstring."""
+
+    c: FloatArr
+    d: FloatArr
+    e_end: FloatArr
+    u: FloatArr
+    imp: FloatArr
+    exp: FloatArr
+    xi: FloatArr
+    xe: FloatArr
+    peak: float
+    status: str
+    ok: bool
+
+
+def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSolution, solve_s: float,
+           fallback: bool) -> PlanResult:
+    """Turn a raw answer into a plan: net the two flows, clip to bounds, price every term."""
+    c = np.clip(raw.c, 0.0, p.cmax)
+    d = np.clip(raw.d, 0.0, p.dmax)
+    power = c - d
+    site_kw = p.building + power.sum(axis=0)
+    imp = np.maximum(site_kw, 0.0)
+    exp = np.maximum(-site_kw, 0.0)
+    excess = np.maximum(np.maximum(imp - p.imp_lim, exp - p.exp_lim), 0.0)
+    peak = max(float(imp.max(initial=0.0)), p.peak0)
+    delivered = np.where(p.conn.any(axis=1), raw.e_end - p.e0, 0.0)
+    unmet = np.where(p.conn.any(axis=1), np.maximum(p.target - raw.e_end, 0.0), 0.0)
+    unmet = np.where(unmet < 1e-6, 0.0, unmet)
+    terms = {
+        "energy_cost": float((p.price_imp * p.h) @ imp - (p.price_exp * p.h) @ exp),
+        "demand_charge": p.demand * (peak - p.peak0),
+        "wear": float(p.wear @ d.sum(axis=0)),
+        "grid_event_revenue": float((p.pay * p.h) @ (p.building - site_kw)),
+        "unmet_penalty": p.unmet_penalty * float(unmet.sum()),
+        "limit_excess_kw_max": float(excess.max(initial=0.0)),
+        "simultaneous_kw_max": float(np.minimum(raw.c, raw.d).max(initial=0.0)),
+    }
+    objective = (terms["energy_cost"] + terms["demand_charge"] + terms["wear"]
+                 - terms["grid_event_revenue"] + terms["unmet_penalty"])
+    return PlanResult(
+        grid=site.grid, keys=[sl.key for sl in slots], power_kw=power, status=raw.status,
+        objective=objective, terms=terms, solve_s=solve_s, fallback=fallback,
+        delivered_kwh=delivered, unmet_kwh=unmet, site_import_kw=site_kw, limit_excess_kw=excess,
+    )
+
+
+def greedy_fallback(site: SiteInputs, slots: list[SlotInput]) -> PlanResult:
+    """Earliest departure first, full power within EVSE limits and the site headroom, no discharge."""
+    t0 = time.perf_counter()
+    p = prepare(site, slots)
+    raw = greedy_raw(p)
+    return finish(site, slots, p, raw, time.perf_counter() - t0, fallback=True)
+
+
+def greedy_raw(p: Prepared) -> RawSolution:
+    s, n = p.shape
+    last = np.where(p.conn.any(axis=1), n - 1 - np.argmax(p.conn[:, ::-1], axis=1), n)
+    order = np.argsort(last, kind="stable")
+    need = np.maximum(p.target - p.e0, 0.0)
+    room = p.cap - p.e0
+    c = np.zeros((s, n))
+    for t in range(n):
+        head = max(float(p.imp_lim[t] - p.building[t]), 0.0)
+        for i in order:
+            if not p.conn[i, t]:
+                continue
+            # Honour the charge floor first, then fill the remaining need.
+            want = max(need[i], min(p.cmin[i, t] * p.h[t] * p.eff_c[i], room[i])) / (p.h[t] * p.eff_c[i])
+            kw = min(p.cmax[i, t], want, room[i] / (p.h[t] * p.eff_c[i]), head)
+            if kw <= 0:
+                continue
+            c[i, t] = kw
+            head -= kw
+            got = kw * p.h[t] * p.eff_c[i]
+            need[i] = max(need[i] - got, 0.0)
+            room[i] -= got
+    e_end = p.cap - room
+    site = p.building + c.sum(axis=0)
+    z = np.zeros(n)
+    return RawSolution(c=c, d=np.zeros((s, n)), e_end=e_end, u=np.maximum(p.target - e_end, 0.0),
+                       imp=np.maximum(site, 0), exp=np.maximum(-site, 0), xi=z, xe=z,
+                       peak=max(float(site.max(initial=0.0)), p.peak0), status="greedy", ok=True)
+
+
+class Planner:
+    """Solves the site LP; holds compiled problems so a re-solve with the same shape only updates
+    parameters (cvxpy backend). ``backend``: "highs" (the LP handed to highspy directly, variables
+    only where an EV is connected), "cvxpy" (DPP, compiled once per shape), "auto" (highs).
+    ``solve`` never raises for solver trouble: it falls back to :func:`greedy_fallback`."""
+
+    def __init__(self, *, time_limit_s: float = 60.0, backend: str = "auto") -> None:
+        if backend not in ("auto", "highs", "cvxpy"):
+            raise ValueError(f"unknown backend {backend!r}")
+        self.time_limit_s = time_limit_s
+        self.backend = "highs" if backend == "auto" else backend
+        self._cvx: dict[Any, Any] = {}
+        self.last_build_s = 0.0
+
+    def solve(self, site: SiteInputs, slots: list[SlotInput]) -> PlanResult:
+        t0 = time.perf_counter()
+        p = prepare(site, slots)
+        if not slots:
+            return finish(site, slots, p, greedy_raw(p), time.perf_counter() - t0, fallback=False)
+        try:
+            raw = self._solve_raw(p)
+        except Exception as exc:  # a solver crash must never leave the site without a plan
+            raw = greedy_raw(p)
+            raw.status = f"fallback: {type(exc).__name__}: {exc}"[:200]
+            return finish(site, slots, p, raw, time.perf_counter() - t0, fallback=True)
+        if not raw.ok:
+            status = raw.status
+            raw = greedy_raw(p)
+            raw.status = f"fallback: {status}"
+            return finish(site, slots, p, raw, time.perf_counter() - t0, fallback=True)
+        return finish(site, slots, p, raw, time.perf_counter() - t0, fallback=False)
+
+    def _solve_raw(self, p: Prepared) -> RawSolution:
+        if self.backend == "cvxpy":
+            from gateway.scheduler import lp_cvxpy
+
+            key = lp_cvxpy.shape_key(p)
+            model = self._cvx.get(key)
+            if model is None:
+                tb = time.perf_counter()
+                model = lp_cvxpy.CvxModel(p)
+                self.last_build_s = time.perf_counter() - tb
+                if len(self._cvx) >= 16:  # a site has few shapes (grid length varies by a step)
+                    self._cvx.pop(next(iter(self._cvx)))
+                self._cvx[key] = model
+            return model.solve(p, self.time_limit_s)
+        from gateway.scheduler import lp_highs
+
+        return lp_highs.solve(p, self.time_limit_s)

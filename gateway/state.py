@@ -1,0 +1,177 @@
+"""The live picture of the site that the scheduler plans from and the API shows.
+
+It is a cache: Postgres holds the truth and :meth:`SiteState.load` rebuilds it at start; domain
+events keep it current in between (nothing polls the database). Pure apart from ``load``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from gateway import events as ev
+from gateway.config import Settings
+from gateway.domain import (
+    ChargeMode,
+    DischargeDialect,
+    EvNeeds,
+    EvseSpec,
+    GridEvent,
+    Preferences,
+    Session,
+    SiteLimits,
+    Tariff,
+)
+
+
+@dataclass(slots=True)
+class EvseState:
+    spec: EvseSpec
+    dialect: DischargeDialect = DischargeDialect.NEGATIVE_LIMIT
+    status: str | None = None
+    session: Session | None = None
+    online: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A session's effective plan inputs after merging EV needs, driver preferences and forecast."""
+
+    departure: datetime
+    departure_source: str  # "driver", "ev", "forecast"
+    energy_wanted_kwh: float  # total energy into the EV by departure, counted from session start
+    energy_source: str
+    reserve_soc: float
+    allow_discharge: bool
+    mode: ChargeMode
+    capacity_kwh: float | None
+    soc: float | None
+
+
+@dataclass(slots=True)
+class SiteState:
+    settings: Settings
+    limits: SiteLimits
+    tariff: Tariff
+    evses: dict[tuple[str, int], EvseState] = field(default_factory=dict)
+    grid_events: dict[str, GridEvent] = field(default_factory=dict)
+    building_load_kw: float = 0.0
+    building_load_forecast: list[tuple[datetime, float]] = field(default_factory=list)
+    price_overrides: list[tuple[datetime, datetime, float, float]] = field(default_factory=list)
+    peak_import_kw: float = 0.0  # the billing period's peak so far
+    # Energy into each EV counted at the moment its needs were declared, so "energy_kwh more"
+    # from NotifyEVChargingNeeds is measured from then on.
+    needs_baseline_kwh: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SiteState:
+        return cls(settings=settings, limits=settings.site.limits(), tariff=settings.site.tariff())
+
+    # --- EVSEs and sessions ---------------------------------------------------------------
+    def evse(self, station_id: str, evse_id: int) -> EvseState:
+        key = (station_id, evse_id)
+        st = self.evses.get(key)
+        if st is None:
+            st = EvseState(EvseSpec(station_id, evse_id, max_charge_kw=self.settings.safe_limit_kw * 3))
+            self.evses[key] = st
+        return st
+
+    def sessions(self) -> list[Session]:
+        return [e.session for e in self.evses.values() if e.session is not None]
+
+    def session_by_tx(self, transaction_id: str) -> Session | None:
+        for s in self.sessions():
+            if s.transaction_id == transaction_id:
+                return s
+        return None
+
+    def site_power_kw(self) -> float:
+        return self.building_load_kw + sum(s.power_kw for s in self.sessions())
+
+    def apply(self, event: ev.Event) -> bool:
+        """Fold an event into the picture; True when the plan should be recomputed."""
+        if isinstance(event, ev.SessionStarted):
+            st = self.evse(event.station_id, event.evse_id)
+            if st.session is None or st.session.transaction_id != event.transaction_id:
+                st.session = Session(event.station_id, event.evse_id, event.transaction_id, event.at,
+                                     id_token=event.id_token)
+            return True
+        if isinstance(event, ev.SessionUpdated):
+            st = self.evse(event.station_id, event.evse_id)
+            s = st.session
+            if s is None or s.transaction_id != event.transaction_id:
+                return False
+            if event.energy_in_kwh is not None:
+                s.energy_in_kwh = event.energy_in_kwh
+            if event.energy_out_kwh is not None:
+                s.energy_out_kwh = event.energy_out_kwh
+            if event.power_kw is not None:
+                s.power_kw = event.power_kw
+            if event.soc is not None:
+                s.soc = event.soc / 100.0 if event.soc > 1.0 else event.soc
+            self._track_peak()
+            return False
+        if isinstance(event, ev.SessionEnded):
+            st = self.evse(event.station_id, event.evse_id)
+            if st.session is not None and st.session.transaction_id == event.transaction_id:
+                self.needs_baseline_kwh.pop(event.transaction_id, None)
+                st.session = None
+                return True
+            return False
+        if isinstance(event, ev.StatusChanged):
+            self.evse(event.station_id, event.evse_id).status = event.status
+            return False
+        if isinstance(event, ev.StationConnected | ev.StationDisconnected):
+            online = isinstance(event, ev.StationConnected)
+            for (sid, _), st in self.evses.items():
+                if sid == event.station_id:
+                    st.online = online
+            return False
+        return isinstance(event, ev.NeedsUpdated | ev.SiteInputsChanged)
+
+    def set_needs(self, station_id: str, evse_id: int, needs: EvNeeds) -> None:
+        s = self.evse(station_id, evse_id).session
+        if s is not None:
+            s.needs = needs
+            self.needs_baseline_kwh[s.transaction_id] = s.energy_in_kwh - s.energy_out_kwh
+
+    def set_preferences(self, transaction_id: str, prefs: Preferences) -> None:
+        s = self.session_by_tx(transaction_id)
+        if s is not None:
+            s.preferences = prefs
+
+    def _track_peak(self) -> None:
+        self.peak_import_kw = max(self.peak_import_kw, self.site_power_kw())
+
+    # --- the inputs of one session --------------------------------------------------------
+    def resolve(self, s: Session) -> Resolved:
+        p, n, cfg = s.preferences, s.needs, self.settings
+        delivered = s.energy_in_kwh - s.energy_out_kwh
+        if p.departure_time is not None:
+            departure, dep_src = p.departure_time, "driver"
+        elif n.departure_time is not None:
+            departure, dep_src = n.departure_time, "ev"
+        else:
+            departure, dep_src = s.started_at + timedelta(hours=cfg.default_dwell_h), "forecast"
+        capacity = n.capacity_kwh
+        soc = s.soc if s.soc is not None else n.soc
+        if p.energy_kwh is not None:
+            wanted, e_src = p.energy_kwh, "driver"
+        elif p.target_soc is not None and capacity is not None and soc is not None:
+            wanted, e_src = delivered + max(0.0, (p.target_soc - soc) * capacity), "driver"
+        elif n.energy_kwh is not None:
+            wanted = self.needs_baseline_kwh.get(s.transaction_id, 0.0) + n.energy_kwh
+            e_src = "ev"
+        elif n.target_soc is not None and capacity is not None and soc is not None:
+            wanted, e_src = delivered + max(0.0, (n.target_soc - soc) * capacity), "ev"
+        else:
+            wanted, e_src = cfg.default_energy_kwh, "forecast"
+        mode = p.mode or ChargeMode.SMART
+        reserve = p.reserve_soc if p.reserve_soc is not None else (n.min_soc or 0.0)
+        allow = p.allow_discharge if p.allow_discharge is not None else True
+        return Resolved(departure, dep_src, max(0.0, wanted), e_src, reserve,
+                        allow and mode == ChargeMode.SMART, mode, capacity, soc)
+
+    def with_spec(self, station_id: str, evse_id: int, **changes: float | bool | int) -> None:
+        st = self.evse(station_id, evse_id)
+        st.spec = replace(st.spec, **changes)  # type: ignore[arg-type]

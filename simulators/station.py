@@ -1,0 +1,793 @@
+"""A simulated OCPP 2.0.1 charging station: the WebSocket link, the outbox and the EVSEs.
+
+One :class:`Station` per charging station. It connects to ``{url}/{station_id}`` with the
+``ocpp2.0.1`` subprotocol and HTTP Basic auth, boots once, heartbeats, reports connector status,
+runs transactions for the EVs it is given (:meth:`Station.run_arrivals` or :meth:`plug_in` /
+:meth:`unplug`) and obeys the charging profiles the CSMS sets. Physics and decisions live in pure
+modules (``ev``, ``evse``, ``composite``, ``messages``); this module moves messages and time.
+
+Outbound messages go through one ordered outbox with one sender, so there is never more than one
+CALL outstanding (OCPP-J). Transaction messages survive a lost link: those generated offline carry
+``offline=true`` (E04) and all are replayed, in order, after the reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import re
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ocpp.exceptions import InternalError, OCPPError
+from ocpp.routing import after, on
+from ocpp.v201 import ChargePoint, call, call_result
+from ocpp.v201.enums import Action
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.typing import Subprotocol
+
+from gateway.clock import Clock, parse_rfc3339, to_rfc3339
+from gateway.episode import Arrival, StationSpec
+from simulators import messages
+from simulators.composite import (
+    ProfileError,
+    ProfileStore,
+    Purpose,
+    Transaction,
+    composite_to_wire,
+    parse_profile,
+)
+from simulators.evse import EvResult, EvSession, EvseState, battery_for, requested_kwh
+from simulators.station_clock import StationClock
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = Subprotocol("ocpp2.0.1")
+
+# (station_id, evse_id, transaction_id, preferences) -> None: how a driver's app tells the CSMS
+# what a car without ISO 15118 cannot (departure, energy). Preference keys follow the REST API.
+DriverApp = Callable[[str, int, str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StationConfig:
+    """Every fixed number of a simulated station; names carry their units and clocks.
+
+    ``*_sim_s`` run on the simulation clock; ``*_real_s`` are network times in real seconds.
+    """
+
+    vendor: str = "OpenSim"
+    model: str = "SimCharger-AC"
+    firmware: str = "1.0.0"
+    meter_interval_sim_s: float = 60.0  # SampledDataCtrlr.TxUpdatedInterval
+    aligned_interval_sim_s: float = 900.0  # AlignedDataCtrlr.Interval; 0 turns it off
+    heartbeat_default_sim_s: float = 300.0  # until BootNotificationResponse.interval says otherwise
+    physics_step_sim_s: float = 10.0
+    physics_min_step_real_s: float = 0.25  # never tick faster than this in real time
+    call_timeout_real_s: float = 30.0  # how long a CALL waits for its CALLRESULT
+    transaction_attempts: int = 3  # OCPPCommCtrlr.MessageAttempts (TransactionEvent)
+    transaction_retry_interval_real_s: float = 2.0  # OCPPCommCtrlr.MessageAttemptInterval
+    transaction_park_real_s: float = 60.0  # after the attempts: keep queued, try again this late
+    retry_backoff_wait_minimum_real_s: float = 3.0  # OCPPCommCtrlr.RetryBackOffWaitMinimum
+    retry_backoff_random_range_real_s: float = 5.0  # OCPPCommCtrlr.RetryBackOffRandomRange
+    retry_backoff_repeat_times: int = 5  # OCPPCommCtrlr.RetryBackOffRepeatTimes
+    open_timeout_real_s: float = 10.0
+    ping_interval_real_s: float | None = 60.0  # WebSocket ping (OCPPCommCtrlr.WebSocketPingInterval)
+    outbox_max: int = 10_000  # oldest periodic samples are dropped first beyond this
+    sync_clock_from_boot: bool = True
+    validate_messages: bool = True  # schema-check every outgoing CALL (costs ~1 ms each)
+
+
+@dataclass(slots=True)
+class Faults:
+    """Ways to make a station misbehave for tests (plus :meth:`Station.drop_link` and
+    :meth:`Station.send_malformed`)."""
+
+    callerror_actions: set[str] = field(default_factory=set)  # answer these CSMS CALLs with CALLERROR
+    ignore_profiles: bool = False  # accept profiles, then charge as if none were set
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    action: str
+    payload: dict[str, Any]
+    kind: str  # "tx" (kept and retried), "needs" (kept), "status"/"meter"/"report" (dropped offline)
+    on_reply: Callable[[Any], None] | None = None
+    attempts: int = 0
+
+
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def _snake(key: str) -> str:
+    return _CAMEL.sub("_", key).lower()
+
+
+class _Link(ChargePoint):  # type: ignore[misc]
+    """One WebSocket connection's OCPP endpoint; the handlers hand over to the station."""
+
+    def __init__(self, station: Station, ws: ClientConnection) -> None:
+        super().__init__(station.id, ws, response_timeout=station.config.call_timeout_real_s)
+        self._station = station
+
+    @on(Action.set_charging_profile)
+    def _set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
+        return self._station.handle_set_charging_profile(evse_id, charging_profile)
+
+    @on(Action.clear_charging_profile)
+    def _clear_charging_profile(
+        self,
+        charging_profile_id: int | None = None,
+        charging_profile_criteria: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> Any:
+        return self._station.handle_clear_charging_profile(charging_profile_id, charging_profile_criteria)
+
+    @on(Action.get_charging_profiles)
+    def _get_charging_profiles(
+        self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
+    ) -> Any:
+        return self._station.handle_get_charging_profiles(request_id, charging_profile, evse_id)
+
+    @after(Action.get_charging_profiles)
+    def _after_get_charging_profiles(
+        self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
+    ) -> None:
+        self._station.report_charging_profiles(request_id, charging_profile, evse_id)
+
+    @on(Action.get_composite_schedule)
+    def _get_composite_schedule(
+        self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
+    ) -> Any:
+        return self._station.handle_get_composite_schedule(duration, evse_id, charging_rate_unit)
+
+
+def _camel(data: Any) -> Any:
+    """Undo the ocpp package's snake_case conversion of an incoming payload."""
+    from ocpp.charge_point import snake_to_camel_case
+
+    return snake_to_camel_case(data)
+
+
+class Station:
+    def __init__(
+        self,
+        spec: StationSpec,
+        url: str,
+        *,
+        password: str | None = None,
+        clock: Clock,
+        config: StationConfig | None = None,
+        faults: Faults | None = None,
+        driver_app: DriverApp | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.url = url.rstrip("/") + "/" + spec.id
+        self.password = password
+        self.config = config or StationConfig()
+        self.faults = faults or Faults()
+        self.clock = StationClock(clock)
+        self.driver_app = driver_app
+        self.evses: dict[int, EvseState] = {e.evse_id: EvseState(e) for e in spec.evses}
+        self.profiles = ProfileStore({e.evse_id: e.phases for e in spec.evses})
+        self.booted = asyncio.Event()  # BootNotification accepted (once per power-up)
+        self.connected = asyncio.Event()  # booted and the link is up
+        self.boot_status: str | None = None
+        self.heartbeat_interval_s = self.config.heartbeat_default_sim_s
+        self.connections = 0  # how many times the link came up
+        self.heartbeats_sent = 0
+        self.calls_failed = 0
+        self.on_arrival: Callable[[Station, Arrival], None] | None = None
+        self.on_departure: Callable[[Station, EvResult], None] | None = None
+        # Real-time lateness of periodic work (for the bench): seconds behind schedule, worst case.
+        self.max_lag_real_s = 0.0
+        self._rng = random.Random(seed if seed is not None else hash(spec.id))
+        self._outbox: deque[_Outgoing] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._stopping = False
+        self._offline_until: datetime | None = None
+        self._last_update: datetime | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._started_acked: dict[str, asyncio.Event] = {}
+
+    # ---- public API -------------------------------------------------------------------------
+
+    @property
+    def power_kw(self) -> float:
+        return sum(e.power_kw for e in self.evses.values())
+
+    @property
+    def results(self) -> list[EvResult]:
+        return [r for e in self.evses.values() for r in e.results]
+
+    @property
+    def outbox_len(self) -> int:
+        return len(self._outbox)
+
+    async def run(self, arrivals: Sequence[Arrival] = ()) -> None:
+        """Run until :meth:`stop`: the link (with reconnects), the physics and meter loops, and
+        the given arrivals."""
+        self._last_update = self.clock.now()
+        self._tasks = [
+            asyncio.create_task(self._physics_loop(), name=f"{self.id}-physics"),
+            asyncio.create_task(self._meter_loop(), name=f"{self.id}-meter"),
+        ]
+        if self.config.aligned_interval_sim_s > 0:
+            self._tasks.append(asyncio.create_task(self._aligned_loop(), name=f"{self.id}-aligned"))
+        if arrivals:
+            self._tasks.append(asyncio.create_task(self.run_arrivals(arrivals), name=f"{self.id}-evs"))
+        try:
+            await self._link_loop()
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Close the link (1000) and make :meth:`run` return."""
+        self._stopping = True
+        ws = self._ws
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def run_arrivals(self, arrivals: Iterable[Arrival]) -> None:
+        """Plug EVs in, change their needs and unplug them at their episode times."""
+        events: list[tuple[datetime, int, Arrival]] = []
+        for a in arrivals:
+            if a.station_id != self.id:
+                continue
+            events.append((a.departure, 0, a))  # a departure frees the EVSE before the next arrival
+            events.append((a.arrival, 1, a))
+            if a.need_change is not None and a.arrival < a.need_change.at < a.departure:
+                events.append((a.need_change.at, 2, a))
+        events.sort(key=lambda x: (x[0], x[1]))
+        for when, kind, a in events:
+            await self.clock.sleep_until(when)
+            if kind == 1:
+                self.plug_in(a)
+            elif kind == 2:
+                self.change_needs(a)
+            else:
+                self.unplug(a.evse_id, ev_id=a.id)
+
+    def plug_in(self, arrival: Arrival) -> None:
+        """An EV plugs in: transaction Started on cable plug-in, then authorization (E02)."""
+        now = self.clock.now()
+        self.update(now)
+        evse = self.evses[arrival.evse_id]
+        if evse.session is not None:
+            self.unplug(arrival.evse_id)
+        tx = Transaction(id=str(uuid.uuid4()), started=now)
+        s = EvSession(arrival, battery_for(arrival), tx, requested_kwh(arrival))
+        evse.session = s
+        offline = not self.connected.is_set()
+        evse.status = "Occupied"
+        self._queue_status(evse, now)
+        self._started_acked[tx.id] = acked = asyncio.Event()
+        self._queue_tx(
+            messages.transaction_event(
+                evse, event_type="Started", trigger="CablePluggedIn", when=now, offline=offline,
+                context="Transaction.Begin",
+            ),
+            on_reply=lambda _r: acked.set(),
+        )
+        if offline:
+            s.authorized = True  # offline authorization of a known token (C-block, local auth offline)
+        self._queue_tx(
+            messages.transaction_event(
+                evse, event_type="Updated", trigger="Authorized", when=now, offline=offline,
+                context=None, with_token=True,
+            ),
+            on_reply=lambda r: self._on_authorization(evse.spec.evse_id, tx.id, r),
+        )
+        if arrival.iso15118:
+            departure = arrival.announced_departure
+            self._queue(
+                "NotifyEVChargingNeeds",
+                {"evseId": evse.spec.evse_id, "chargingNeeds": messages.charging_needs(evse, departure, s.requested_kwh)},
+                kind="needs",
+            )
+        elif arrival.announced_departure is not None and self.driver_app is not None:
+            prefs = {"departure_time": to_rfc3339(arrival.announced_departure), "energy_kwh": s.requested_kwh}
+            self._spawn(self._tell_driver_app(evse.spec.evse_id, tx.id, prefs))
+        self.update(now)
+        if self.on_arrival is not None:
+            self.on_arrival(self, arrival)
+
+    def change_needs(self, arrival: Arrival) -> None:
+        """The driver changes the session mid-way (OPTIMUS's update injection)."""
+        evse = self.evses[arrival.evse_id]
+        s = evse.session
+        nc = arrival.need_change
+        if s is None or nc is None or s.arrival.id != arrival.id:
+            return
+        if nc.energy_kwh is not None:
+            s.requested_kwh = nc.energy_kwh
+        departure = nc.departure or arrival.announced_departure
+        if arrival.iso15118:
+            # An ISO 15118 EV renegotiates: a fresh NotifyEVChargingNeeds with what is still missing.
+            remaining = max(0.0, s.requested_kwh - (s.battery.stored_kwh - s.battery.drawn_kwh))
+            self._queue(
+                "NotifyEVChargingNeeds",
+                {"evseId": evse.spec.evse_id, "chargingNeeds": messages.charging_needs(evse, departure, remaining)},
+                kind="needs",
+            )
+        elif self.driver_app is not None:
+            prefs: dict[str, Any] = {"energy_kwh": s.requested_kwh}
+            if departure is not None:
+                prefs["departure_time"] = to_rfc3339(departure)
+            self._spawn(self._tell_driver_app(evse.spec.evse_id, s.transaction.id, prefs))
+
+    def unplug(self, evse_id: int, ev_id: str | None = None) -> EvResult | None:
+        """The EV leaves: TransactionEvent Ended with EVDeparted (E06), connector Available."""
+        evse = self.evses[evse_id]
+        s = evse.session
+        if s is None or (ev_id is not None and s.arrival.id != ev_id):
+            return None
+        now = self.clock.now()
+        self.update(now)
+        offline = not self.connected.is_set()
+        evse.target_kw = evse.power_kw = 0.0
+        s.charging_state = "Idle"
+        self._queue_tx(
+            messages.transaction_event(
+                evse, event_type="Ended", trigger="EVDeparted", when=now, offline=offline,
+                context="Transaction.End", stopped_reason="EVDisconnected",
+            )
+        )
+        b = s.battery
+        result = EvResult(
+            id=s.arrival.id, station_id=self.id, evse_id=evse_id, transaction_id=s.transaction.id,
+            arrival=s.transaction.started, departure=now, requested_kwh=s.requested_kwh,
+            delivered_kwh=b.stored_kwh - b.drawn_kwh, discharged_kwh=b.drawn_kwh,
+            imported_kwh=b.imported_kwh, exported_kwh=b.exported_kwh,
+            arrival_soc=s.arrival.arrival_soc, departure_soc=b.soc,
+        )
+        evse.results.append(result)
+        evse.session = None
+        evse.limit_kw = None
+        self.profiles.end_transaction(s.transaction.id)
+        self._started_acked.pop(s.transaction.id, None)
+        evse.status = "Available"
+        self._queue_status(evse, now)
+        if self.on_departure is not None:
+            self.on_departure(self, result)
+        return result
+
+    def drop_link(self, offline_for_s: float = 0.0) -> None:
+        """Cut the TCP connection without a close frame; stay away ``offline_for_s`` simulated s."""
+        self._offline_until = self.clock.now() + timedelta(seconds=offline_for_s)
+        ws = self._ws
+        if ws is not None and ws.transport is not None:
+            ws.transport.abort()
+
+    async def send_malformed(self, text: str = '[2, "broken", "Heartbeat", {') -> None:
+        """Send a frame that is not valid OCPP-J (the CSMS must answer, not hang up)."""
+        if self._ws is None:
+            raise RuntimeError("not connected")
+        await self._ws.send(text)
+
+    # ---- physics ----------------------------------------------------------------------------
+
+    def update(self, now: datetime | None = None) -> None:
+        """Integrate every EVSE up to ``now`` at its running setpoint, then apply the profiles in
+        force now and report what changed (ChargingStateChanged / ChargingRateChanged)."""
+        now = now or self.clock.now()
+        last = self._last_update or now
+        dt = (now - last).total_seconds()
+        if dt > 0:
+            for evse in self.evses.values():
+                evse.advance(dt)
+        if dt >= 0:
+            self._last_update = now
+        setpoints: dict[int, float] = {}
+        for eid, evse in self.evses.items():
+            tx = evse.session.transaction if evse.session else None
+            limit_w = None if self.faults.ignore_profiles else self.profiles.limit_w(eid, now, tx)
+            evse.limit_kw = None if limit_w is None else limit_w / 1000.0
+            setpoints[eid] = evse.setpoint_kw(evse.limit_kw)
+        self._enforce_station_max(now, setpoints)
+        for eid, evse in self.evses.items():
+            evse.target_kw = setpoints[eid]
+            evse.power_kw = setpoints[eid]
+            s = evse.session
+            if s is None:
+                continue
+            state = evse.charging_state_for(evse.target_kw, evse.limit_kw)
+            if state != s.charging_state:
+                s.charging_state = state
+                self._queue_tx(
+                    messages.transaction_event(
+                        evse, event_type="Updated", trigger="ChargingStateChanged", when=now,
+                        offline=not self.connected.is_set(), context=None,
+                    )
+                )
+
+    def _enforce_station_max(self, now: datetime, setpoints: dict[int, float]) -> None:
+        """A ChargingStationMaxProfile caps the station's total import (K01: evseId 0)."""
+        if self.faults.ignore_profiles:
+            return
+        total_w = self.profiles.limit_w(0, now, None)
+        charging = sum(p for p in setpoints.values() if p > 0)
+        if total_w is None or charging <= max(total_w / 1000.0, 0.0):
+            return
+        share = max(total_w / 1000.0, 0.0) / charging
+        for eid, p in setpoints.items():
+            if p > 0:
+                setpoints[eid] = p * share
+
+    async def _physics_loop(self) -> None:
+        step = max(self.config.physics_step_sim_s, self.config.physics_min_step_real_s * self.clock.scale)
+        while True:
+            await self.clock.sleep(step)
+            self.update()
+
+    async def _meter_loop(self) -> None:
+        """TransactionEvent Updated with MeterValuePeriodic every TxUpdatedInterval (E02 / J02)."""
+        every = self.config.meter_interval_sim_s
+        due = self.clock.now() + timedelta(seconds=every)
+        while True:
+            await self.clock.sleep_until(due)
+            now = self.clock.now()
+            self._note_lag(now, due)
+            due += timedelta(seconds=every)
+            self.update(now)
+            for evse in self.evses.values():
+                if evse.session is not None:
+                    self._queue_tx(
+                        messages.transaction_event(
+                            evse, event_type="Updated", trigger="MeterValuePeriodic", when=now,
+                            offline=not self.connected.is_set(),
+                        ),
+                        periodic=True,
+                    )
+
+    async def _aligned_loop(self) -> None:
+        """Clock-aligned MeterValues per EVSE (J01), sent only while connected."""
+        every = self.config.aligned_interval_sim_s
+        while True:
+            now = self.clock.now()
+            epoch = now.timestamp()
+            due = datetime.fromtimestamp(epoch - epoch % every + every, tz=now.tzinfo)
+            await self.clock.sleep_until(due)
+            self.update()
+            if not self.connected.is_set():
+                continue
+            for evse in self.evses.values():
+                self._queue(
+                    "MeterValues",
+                    {"evseId": evse.spec.evse_id, "meterValue": [messages.meter_value(evse, due, "Sample.Clock")]},
+                    kind="meter",
+                )
+
+    def _note_lag(self, now: datetime, due: datetime) -> None:
+        lag_real = self.clock.real_seconds((now - due).total_seconds())
+        if lag_real > self.max_lag_real_s:
+            self.max_lag_real_s = lag_real
+
+    # ---- CSMS-initiated CALLs (K01, K08, K09, K10) --------------------------------------------
+
+    def _maybe_fail(self, action: str) -> None:
+        if action in self.faults.callerror_actions:
+            raise InternalError(description=f"simulated failure answering {action}")
+
+    def _tx_on(self, evse_id: int) -> Transaction | None:
+        evse = self.evses.get(evse_id)
+        return evse.session.transaction if evse is not None and evse.session is not None else None
+
+    def handle_set_charging_profile(self, evse_id: int, profile_snake: dict[str, Any]) -> Any:
+        self._maybe_fail("SetChargingProfile")
+        try:
+            profile = parse_profile(evse_id, _camel(profile_snake))
+            has_negative = any(p.limit < 0 for p in profile.periods)
+            if has_negative and (evse_id == 0 or not self.evses[evse_id].spec.bidirectional):
+                # A unidirectional EVSE cannot honour a discharge order, so it refuses it.
+                raise ProfileError("DischargeNotSupported")
+            if has_negative and profile.purpose is Purpose.MAX:
+                raise ProfileError("NegativeMaxProfile")
+            self.profiles.install(profile, self._tx_on(evse_id))
+        except (ProfileError, KeyError) as exc:
+            reason = str(exc).split(":")[0][:20] or "InvalidProfile"
+            return call_result.SetChargingProfile(
+                status="Rejected", status_info={"reasonCode": reason, "additionalInfo": str(exc)[:512]}
+            )
+        self.update()
+        return call_result.SetChargingProfile(status="Accepted")
+
+    def handle_clear_charging_profile(
+        self, profile_id: int | None, criteria: dict[str, Any] | None
+    ) -> Any:
+        self._maybe_fail("ClearChargingProfile")
+        c = criteria or {}
+        n = self.profiles.clear(
+            profile_id=profile_id,
+            evse_id=c.get("evse_id"),
+            purpose=c.get("charging_profile_purpose"),
+            stack_level=c.get("stack_level"),
+        )
+        self.update()
+        return call_result.ClearChargingProfile(status="Accepted" if n else "Unknown")
+
+    def _matching(self, criterion: dict[str, Any], evse_id: int | None) -> list[Any]:
+        return self.profiles.matching(
+            evse_id=evse_id,
+            purpose=criterion.get("charging_profile_purpose"),
+            stack_level=criterion.get("stack_level"),
+            ids=criterion.get("charging_profile_id"),
+        )
+
+    def handle_get_charging_profiles(
+        self, request_id: int, criterion: dict[str, Any], evse_id: int | None
+    ) -> Any:
+        self._maybe_fail("GetChargingProfiles")
+        found = self._matching(criterion, evse_id)
+        return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
+
+    def report_charging_profiles(self, request_id: int, criterion: dict[str, Any], evse_id: int | None) -> None:
+        """After answering GetChargingProfiles, report the profiles per EVSE (K09); tbc on all
+        reports but the last."""
+        if "GetChargingProfiles" in self.faults.callerror_actions:
+            return
+        by_evse: dict[int, list[dict[str, Any]]] = {}
+        for p in self._matching(criterion, evse_id):
+            by_evse.setdefault(p.evse_id, []).append(dict(p.raw))
+        items = sorted(by_evse.items())
+        for i, (eid, profiles) in enumerate(items):
+            payload: dict[str, Any] = {
+                "requestId": request_id,
+                "chargingLimitSource": "CSO",
+                "chargingProfile": profiles,
+                "evseId": eid,
+            }
+            if i < len(items) - 1:
+                payload["tbc"] = True
+            self._queue("ReportChargingProfiles", payload, kind="report")
+
+    def handle_get_composite_schedule(self, duration: int, evse_id: int, unit: str | None) -> Any:
+        self._maybe_fail("GetCompositeSchedule")
+        if evse_id != 0 and evse_id not in self.evses:
+            return call_result.GetCompositeSchedule(status="Rejected", status_info={"reasonCode": "UnknownEVSE"})
+        now = self.clock.now()
+        periods = self.profiles.composite(evse_id, now, duration, self._tx_on(evse_id))
+        if evse_id == 0:
+            phases = max((e.spec.phases for e in self.evses.values()), default=3)
+            default_w = sum(e.spec.max_charge_kw for e in self.evses.values()) * 1000.0
+        else:
+            phases = self.evses[evse_id].spec.phases
+            default_w = self.evses[evse_id].spec.max_charge_kw * 1000.0
+        schedule = composite_to_wire(
+            periods, evse_id=evse_id, start=now, duration_s=duration, unit=unit or "W",
+            evse_phases=phases, default_limit_w=default_w,
+        )
+        return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
+
+    # ---- outbox -------------------------------------------------------------------------------
+
+    def _queue(self, action: str, payload: dict[str, Any], *, kind: str,
+               on_reply: Callable[[Any], None] | None = None) -> None:
+        if kind in ("status", "meter", "report") and not self.connected.is_set():
+            return  # not kept across a lost link; status is re-sent on reconnect
+        self._outbox.append(_Outgoing(action, payload, kind, on_reply))
+        self._trim_outbox()
+        self._outbox_ready.set()
+
+    def _queue_tx(self, payload: dict[str, Any], *, on_reply: Callable[[Any], None] | None = None,
+                  periodic: bool = False) -> None:
+        self._queue("TransactionEvent", payload, kind="tx-periodic" if periodic else "tx", on_reply=on_reply)
+
+    def _trim_outbox(self) -> None:
+        if len(self._outbox) <= self.config.outbox_max:
+            return
+        for i, item in enumerate(self._outbox):
+            if item.kind == "tx-periodic" and i > 0:
+                del self._outbox[i]
+                return
+
+    def _queue_status(self, evse: EvseState, now: datetime) -> None:
+        self._queue(
+            "StatusNotification",
+            {"timestamp": to_rfc3339(now), "connectorStatus": evse.status,
+             "evseId": evse.spec.evse_id, "connectorId": 1},
+            kind="status",
+        )
+
+    def _on_authorization(self, evse_id: int, tx_id: str, reply: Any) -> None:
+        evse = self.evses[evse_id]
+        s = evse.session
+        if s is None or s.transaction.id != tx_id:
+            return
+        info = getattr(reply, "id_token_info", None) or {}
+        status = info.get("status", "Accepted")
+        if s.authorized and status != "Accepted":
+            # Authorized offline and now refused: stop the energy flow (E05-style deauthorization).
+            s.authorized = False
+            self.update()
+            self._queue_tx(
+                messages.transaction_event(
+                    evse, event_type="Updated", trigger="Deauthorized", when=self.clock.now(),
+                    offline=False, context=None,
+                )
+            )
+            return
+        s.authorized = status == "Accepted"
+        self.update()
+
+    async def _tell_driver_app(self, evse_id: int, tx_id: str, prefs: dict[str, Any]) -> None:
+        acked = self._started_acked.get(tx_id)
+        if acked is not None:
+            await acked.wait()  # the CSMS must know the transaction before the app can address it
+        assert self.driver_app is not None
+        try:
+            await self.driver_app(self.id, evse_id, tx_id, prefs)
+        except Exception:  # the app failing is the driver's problem, not the station's
+            log.exception("%s: driver app failed", self.id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _call(self, link: _Link, action: str, payload: dict[str, Any]) -> Any:
+        dataclass_type = getattr(call, action)
+        request = dataclass_type(**{_snake(k): v for k, v in payload.items()})
+        return await link.call(request, suppress=False, skip_schema_validation=not self.config.validate_messages)
+
+    async def _sender_loop(self, link: _Link) -> None:
+        """Deliver the outbox in order, one CALL at a time. A TransactionEvent that gets no reply
+        is sent again with a new message id, up to ``transaction_attempts`` times (E-block,
+        MessageAttempts); after that it stays queued and is tried again later."""
+        cfg = self.config
+        while True:
+            if not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+                continue
+            item = self._outbox[0]
+            try:
+                reply = await self._call(link, item.action, item.payload)
+            except (TimeoutError, OCPPError) as exc:
+                self.calls_failed += 1
+                item.attempts += 1
+                log.debug("%s: %s failed (%s), attempt %d", self.id, item.action, exc, item.attempts)
+                if not item.kind.startswith("tx"):
+                    if self._outbox and self._outbox[0] is item:
+                        self._outbox.popleft()
+                    continue
+                if item.attempts < cfg.transaction_attempts:
+                    await asyncio.sleep(cfg.transaction_retry_interval_real_s * item.attempts)
+                else:
+                    item.attempts = 0
+                    await asyncio.sleep(cfg.transaction_park_real_s)
+                continue
+            if self._outbox and self._outbox[0] is item:
+                self._outbox.popleft()
+            if item.on_reply is not None:
+                item.on_reply(reply)
+
+    # ---- link ---------------------------------------------------------------------------------
+
+    def _auth_header(self) -> dict[str, str]:
+        if self.password is None:
+            return {}
+        token = base64.b64encode(f"{self.id}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def _backoff_s(self, attempt: int) -> float:
+        """Reconnect wait: RetryBackOffWaitMinimum doubled per failed attempt up to
+        RetryBackOffRepeatTimes doublings, plus 0..RetryBackOffRandomRange (2.0.1 Part 4, 5.3)."""
+        cfg = self.config
+        doublings = min(attempt, cfg.retry_backoff_repeat_times)
+        return cfg.retry_backoff_wait_minimum_real_s * (2**doublings) + self._rng.uniform(
+            0.0, cfg.retry_backoff_random_range_real_s
+        )
+
+    async def _link_loop(self) -> None:
+        failures = 0
+        first = True
+        while not self._stopping:
+            if self._offline_until is not None and self.clock.now() < self._offline_until:
+                await self.clock.sleep_until(self._offline_until)
+            if not first:
+                await asyncio.sleep(self._backoff_s(failures))
+            first = False
+            if self._stopping:
+                break
+            try:
+                ws = await connect(
+                    self.url,
+                    subprotocols=[SUBPROTOCOL],
+                    additional_headers=self._auth_header(),
+                    open_timeout=self.config.open_timeout_real_s,
+                    ping_interval=self.config.ping_interval_real_s,
+                    compression=None,
+                    proxy=None,
+                )
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                failures += 1
+                log.debug("%s: connect failed (%s)", self.id, exc)
+                continue
+            failures = 0
+            self._ws = ws
+            self.connections += 1
+            try:
+                await self._serve(ws)
+            finally:
+                self.connected.clear()
+                self._ws = None
+                with contextlib.suppress(Exception):
+                    await ws.close()
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        link = _Link(self, ws)
+        receiver = asyncio.create_task(link.start(), name=f"{self.id}-recv")
+        worker = asyncio.create_task(self._connected(link), name=f"{self.id}-work")
+        try:
+            await asyncio.wait({receiver, worker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (receiver, worker):
+                t.cancel()
+            for t in (receiver, worker):
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, Exception):
+                    await t
+
+    async def _connected(self, link: _Link) -> None:
+        if not self.booted.is_set():
+            await self._boot(link)
+        self.connected.set()
+        now = self.clock.now()
+        # After boot (B01) and after every reconnect, report each connector's status (G01).
+        # A reconnect needs no new BootNotification.
+        for evse in self.evses.values():
+            self._queue_status(evse, now)
+        await asyncio.gather(self._heartbeat_loop(link), self._sender_loop(link))
+
+    async def _boot(self, link: _Link) -> None:
+        """BootNotification until Accepted (B01-B03); adopt the CSMS's time and interval."""
+        while True:
+            sent = self.clock.base.now()
+            try:
+                reply = await self._call(
+                    link,
+                    "BootNotification",
+                    {"chargingStation": {"model": self.config.model, "vendorName": self.config.vendor,
+                                         "firmwareVersion": self.config.firmware,
+                                         "serialNumber": self.id[:25]},
+                     "reason": "PowerUp"},
+                )
+            except (TimeoutError, OCPPError):
+                await asyncio.sleep(self._backoff_s(0))
+                continue
+            self.boot_status = reply.status
+            if reply.interval and reply.interval > 0:
+                self.heartbeat_interval_s = float(reply.interval)
+            if self.config.sync_clock_from_boot:
+                self.clock.set_time(parse_rfc3339(reply.current_time), sent)
+                self._last_update = self.clock.now()
+            if reply.status == "Accepted":
+                self.booted.set()
+                return
+            # Pending / Rejected: try again after the interval the CSMS gave (B02, B03).
+            await self.clock.sleep(self.heartbeat_interval_s)
+
+    async def _heartbeat_loop(self, link: _Link) -> None:
+        while True:
+            due = self.clock.now() + timedelta(seconds=self.heartbeat_interval_s)
+            await self.clock.sleep_until(due)
+            self._note_lag(self.clock.now(), due)
+            try:
+                await self._call(link, "Heartbeat", {})
+                self.heartbeats_sent += 1
+            except (TimeoutError, OCPPError):
+                self.calls_failed += 1
