@@ -104,7 +104,13 @@ class Settings(BaseSettings):
     default_dwell_h: float = 8.0
     default_energy_kwh: float = 20.0
     unmet_energy_penalty_per_kwh: float = 5.0
-    safe_limit_kw: float = 3.7
+    safe_limit_kw: float = 3.7  # constant limit sent when a planned profile is refused
+    scheduler_backend: str = "auto"  # "highs" (direct) or "cvxpy" (DPP); auto = highs
+    profile_stack_level: int = 1
+    max_profile_periods: int = 24  # OCPP PeriodsPerSchedule most stations accept
+    profile_push_concurrency: int = 100
+    default_ev_room_kwh: float = 60.0  # battery room assumed when an EV does not tell its SoC
+    noncompliance_tolerance_kw: float = 1.0  # measured power above the sent limit by more: ignored
 
     site: SiteConfig = Field(default_factory=SiteConfig)
 

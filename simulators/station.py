@@ -20,6 +20,7 @@ import logging
 import random
 import re
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -118,11 +119,11 @@ class _Link(ChargePoint):  # type: ignore[misc]
         super().__init__(station.id, ws, response_timeout=station.config.call_timeout_real_s)
         self._station = station
 
-    @on(Action.set_charging_profile)
+    @on(Action.set_charging_profile)  # type: ignore[untyped-decorator]
     def _set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
         return self._station.handle_set_charging_profile(evse_id, charging_profile)
 
-    @on(Action.clear_charging_profile)
+    @on(Action.clear_charging_profile)  # type: ignore[untyped-decorator]
     def _clear_charging_profile(
         self,
         charging_profile_id: int | None = None,
@@ -131,19 +132,19 @@ class _Link(ChargePoint):  # type: ignore[misc]
     ) -> Any:
         return self._station.handle_clear_charging_profile(charging_profile_id, charging_profile_criteria)
 
-    @on(Action.get_charging_profiles)
+    @on(Action.get_charging_profiles)  # type: ignore[untyped-decorator]
     def _get_charging_profiles(
         self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
     ) -> Any:
         return self._station.handle_get_charging_profiles(request_id, charging_profile, evse_id)
 
-    @after(Action.get_charging_profiles)
+    @after(Action.get_charging_profiles)  # type: ignore[untyped-decorator]
     def _after_get_charging_profiles(
         self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
     ) -> None:
         self._station.report_charging_profiles(request_id, charging_profile, evse_id)
 
-    @on(Action.get_composite_schedule)
+    @on(Action.get_composite_schedule)  # type: ignore[untyped-decorator]
     def _get_composite_schedule(
         self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
     ) -> Any:
@@ -191,11 +192,12 @@ class Station:
         self.on_departure: Callable[[Station, EvResult], None] | None = None
         # Real-time lateness of periodic work (for the bench): seconds behind schedule, worst case.
         self.max_lag_real_s = 0.0
-        self._rng = random.Random(seed if seed is not None else hash(spec.id))
+        self._rng = random.Random(seed if seed is not None else zlib.crc32(spec.id.encode()))
         self._outbox: deque[_Outgoing] = deque()
         self._outbox_ready = asyncio.Event()
         self._ws: ClientConnection | None = None
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self._offline_until: datetime | None = None
         self._last_update: datetime | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -217,26 +219,37 @@ class Station:
 
     async def run(self, arrivals: Sequence[Arrival] = ()) -> None:
         """Run until :meth:`stop`: the link (with reconnects), the physics and meter loops, and
-        the given arrivals."""
-        self._last_update = self.clock.now()
-        self._tasks = [
-            asyncio.create_task(self._physics_loop(), name=f"{self.id}-physics"),
-            asyncio.create_task(self._meter_loop(), name=f"{self.id}-meter"),
-        ]
-        if self.config.aligned_interval_sim_s > 0:
-            self._tasks.append(asyncio.create_task(self._aligned_loop(), name=f"{self.id}-aligned"))
-        if arrivals:
-            self._tasks.append(asyncio.create_task(self.run_arrivals(arrivals), name=f"{self.id}-evs"))
+        the given arrivals. With ``sync_clock_from_boot`` the simulated world starts moving once
+        the first BootNotification is answered, so it runs on the CSMS's time."""
+        link = asyncio.create_task(self._link_loop(), name=f"{self.id}-link")
         try:
-            await self._link_loop()
+            if self.config.sync_clock_from_boot:
+                boot = asyncio.create_task(self.booted.wait())
+                await asyncio.wait({link, boot}, return_when=asyncio.FIRST_COMPLETED)
+                boot.cancel()
+            if not link.done():
+                self._last_update = self.clock.now()
+                self._tasks += [
+                    asyncio.create_task(self._physics_loop(), name=f"{self.id}-physics"),
+                    asyncio.create_task(self._meter_loop(), name=f"{self.id}-meter"),
+                ]
+                if self.config.aligned_interval_sim_s > 0:
+                    self._tasks.append(asyncio.create_task(self._aligned_loop(), name=f"{self.id}-aligned"))
+                if arrivals:
+                    self._tasks.append(
+                        asyncio.create_task(self.run_arrivals(arrivals), name=f"{self.id}-evs")
+                    )
+            await link
         finally:
+            link.cancel()
             for t in self._tasks:
                 t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(link, *self._tasks, return_exceptions=True)
 
     async def stop(self) -> None:
         """Close the link (1000) and make :meth:`run` return."""
         self._stopping = True
+        self._stop_event.set()
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
@@ -278,7 +291,11 @@ class Station:
         self._started_acked[tx.id] = acked = asyncio.Event()
         self._queue_tx(
             messages.transaction_event(
-                evse, event_type="Started", trigger="CablePluggedIn", when=now, offline=offline,
+                evse,
+                event_type="Started",
+                trigger="CablePluggedIn",
+                when=now,
+                offline=offline,
                 context="Transaction.Begin",
             ),
             on_reply=lambda _r: acked.set(),
@@ -287,8 +304,13 @@ class Station:
             s.authorized = True  # offline authorization of a known token (C-block, local auth offline)
         self._queue_tx(
             messages.transaction_event(
-                evse, event_type="Updated", trigger="Authorized", when=now, offline=offline,
-                context=None, with_token=True,
+                evse,
+                event_type="Updated",
+                trigger="Authorized",
+                when=now,
+                offline=offline,
+                context=None,
+                with_token=True,
             ),
             on_reply=lambda r: self._on_authorization(evse.spec.evse_id, tx.id, r),
         )
@@ -296,7 +318,10 @@ class Station:
             departure = arrival.announced_departure
             self._queue(
                 "NotifyEVChargingNeeds",
-                {"evseId": evse.spec.evse_id, "chargingNeeds": messages.charging_needs(evse, departure, s.requested_kwh)},
+                {
+                    "evseId": evse.spec.evse_id,
+                    "chargingNeeds": messages.charging_needs(evse, departure, s.requested_kwh),
+                },
                 kind="needs",
             )
         elif arrival.announced_departure is not None and self.driver_app is not None:
@@ -321,7 +346,10 @@ class Station:
             remaining = max(0.0, s.requested_kwh - (s.battery.stored_kwh - s.battery.drawn_kwh))
             self._queue(
                 "NotifyEVChargingNeeds",
-                {"evseId": evse.spec.evse_id, "chargingNeeds": messages.charging_needs(evse, departure, remaining)},
+                {
+                    "evseId": evse.spec.evse_id,
+                    "chargingNeeds": messages.charging_needs(evse, departure, remaining),
+                },
                 kind="needs",
             )
         elif self.driver_app is not None:
@@ -343,17 +371,30 @@ class Station:
         s.charging_state = "Idle"
         self._queue_tx(
             messages.transaction_event(
-                evse, event_type="Ended", trigger="EVDeparted", when=now, offline=offline,
-                context="Transaction.End", stopped_reason="EVDisconnected",
+                evse,
+                event_type="Ended",
+                trigger="EVDeparted",
+                when=now,
+                offline=offline,
+                context="Transaction.End",
+                stopped_reason="EVDisconnected",
             )
         )
         b = s.battery
         result = EvResult(
-            id=s.arrival.id, station_id=self.id, evse_id=evse_id, transaction_id=s.transaction.id,
-            arrival=s.transaction.started, departure=now, requested_kwh=s.requested_kwh,
-            delivered_kwh=b.stored_kwh - b.drawn_kwh, discharged_kwh=b.drawn_kwh,
-            imported_kwh=b.imported_kwh, exported_kwh=b.exported_kwh,
-            arrival_soc=s.arrival.arrival_soc, departure_soc=b.soc,
+            id=s.arrival.id,
+            station_id=self.id,
+            evse_id=evse_id,
+            transaction_id=s.transaction.id,
+            arrival=s.transaction.started,
+            departure=now,
+            requested_kwh=s.requested_kwh,
+            delivered_kwh=b.stored_kwh - b.drawn_kwh,
+            discharged_kwh=b.drawn_kwh,
+            imported_kwh=b.imported_kwh,
+            exported_kwh=b.exported_kwh,
+            arrival_soc=s.arrival.arrival_soc,
+            departure_soc=b.soc,
         )
         evse.results.append(result)
         evse.session = None
@@ -410,8 +451,12 @@ class Station:
                 s.charging_state = state
                 self._queue_tx(
                     messages.transaction_event(
-                        evse, event_type="Updated", trigger="ChargingStateChanged", when=now,
-                        offline=not self.connected.is_set(), context=None,
+                        evse,
+                        event_type="Updated",
+                        trigger="ChargingStateChanged",
+                        when=now,
+                        offline=not self.connected.is_set(),
+                        context=None,
                     )
                 )
 
@@ -448,7 +493,10 @@ class Station:
                 if evse.session is not None:
                     self._queue_tx(
                         messages.transaction_event(
-                            evse, event_type="Updated", trigger="MeterValuePeriodic", when=now,
+                            evse,
+                            event_type="Updated",
+                            trigger="MeterValuePeriodic",
+                            when=now,
                             offline=not self.connected.is_set(),
                         ),
                         periodic=True,
@@ -468,7 +516,10 @@ class Station:
             for evse in self.evses.values():
                 self._queue(
                     "MeterValues",
-                    {"evseId": evse.spec.evse_id, "meterValue": [messages.meter_value(evse, due, "Sample.Clock")]},
+                    {
+                        "evseId": evse.spec.evse_id,
+                        "meterValue": [messages.meter_value(evse, due, "Sample.Clock")],
+                    },
                     kind="meter",
                 )
 
@@ -506,9 +557,7 @@ class Station:
         self.update()
         return call_result.SetChargingProfile(status="Accepted")
 
-    def handle_clear_charging_profile(
-        self, profile_id: int | None, criteria: dict[str, Any] | None
-    ) -> Any:
+    def handle_clear_charging_profile(self, profile_id: int | None, criteria: dict[str, Any] | None) -> Any:
         self._maybe_fail("ClearChargingProfile")
         c = criteria or {}
         n = self.profiles.clear(
@@ -535,7 +584,9 @@ class Station:
         found = self._matching(criterion, evse_id)
         return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
 
-    def report_charging_profiles(self, request_id: int, criterion: dict[str, Any], evse_id: int | None) -> None:
+    def report_charging_profiles(
+        self, request_id: int, criterion: dict[str, Any], evse_id: int | None
+    ) -> None:
         """After answering GetChargingProfiles, report the profiles per EVSE (K09); tbc on all
         reports but the last."""
         if "GetChargingProfiles" in self.faults.callerror_actions:
@@ -558,7 +609,9 @@ class Station:
     def handle_get_composite_schedule(self, duration: int, evse_id: int, unit: str | None) -> Any:
         self._maybe_fail("GetCompositeSchedule")
         if evse_id != 0 and evse_id not in self.evses:
-            return call_result.GetCompositeSchedule(status="Rejected", status_info={"reasonCode": "UnknownEVSE"})
+            return call_result.GetCompositeSchedule(
+                status="Rejected", status_info={"reasonCode": "UnknownEVSE"}
+            )
         now = self.clock.now()
         periods = self.profiles.composite(evse_id, now, duration, self._tx_on(evse_id))
         if evse_id == 0:
@@ -568,23 +621,39 @@ class Station:
             phases = self.evses[evse_id].spec.phases
             default_w = self.evses[evse_id].spec.max_charge_kw * 1000.0
         schedule = composite_to_wire(
-            periods, evse_id=evse_id, start=now, duration_s=duration, unit=unit or "W",
-            evse_phases=phases, default_limit_w=default_w,
+            periods,
+            evse_id=evse_id,
+            start=now,
+            duration_s=duration,
+            unit=unit or "W",
+            evse_phases=phases,
+            default_limit_w=default_w,
         )
         return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
 
     # ---- outbox -------------------------------------------------------------------------------
 
-    def _queue(self, action: str, payload: dict[str, Any], *, kind: str,
-               on_reply: Callable[[Any], None] | None = None) -> None:
+    def _queue(
+        self,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        kind: str,
+        on_reply: Callable[[Any], None] | None = None,
+    ) -> None:
         if kind in ("status", "meter", "report") and not self.connected.is_set():
             return  # not kept across a lost link; status is re-sent on reconnect
         self._outbox.append(_Outgoing(action, payload, kind, on_reply))
         self._trim_outbox()
         self._outbox_ready.set()
 
-    def _queue_tx(self, payload: dict[str, Any], *, on_reply: Callable[[Any], None] | None = None,
-                  periodic: bool = False) -> None:
+    def _queue_tx(
+        self,
+        payload: dict[str, Any],
+        *,
+        on_reply: Callable[[Any], None] | None = None,
+        periodic: bool = False,
+    ) -> None:
         self._queue("TransactionEvent", payload, kind="tx-periodic" if periodic else "tx", on_reply=on_reply)
 
     def _trim_outbox(self) -> None:
@@ -598,8 +667,12 @@ class Station:
     def _queue_status(self, evse: EvseState, now: datetime) -> None:
         self._queue(
             "StatusNotification",
-            {"timestamp": to_rfc3339(now), "connectorStatus": evse.status,
-             "evseId": evse.spec.evse_id, "connectorId": 1},
+            {
+                "timestamp": to_rfc3339(now),
+                "connectorStatus": evse.status,
+                "evseId": evse.spec.evse_id,
+                "connectorId": 1,
+            },
             kind="status",
         )
 
@@ -616,8 +689,12 @@ class Station:
             self.update()
             self._queue_tx(
                 messages.transaction_event(
-                    evse, event_type="Updated", trigger="Deauthorized", when=self.clock.now(),
-                    offline=False, context=None,
+                    evse,
+                    event_type="Updated",
+                    trigger="Deauthorized",
+                    when=self.clock.now(),
+                    offline=False,
+                    context=None,
                 )
             )
             return
@@ -642,7 +719,9 @@ class Station:
     async def _call(self, link: _Link, action: str, payload: dict[str, Any]) -> Any:
         dataclass_type = getattr(call, action)
         request = dataclass_type(**{_snake(k): v for k, v in payload.items()})
-        return await link.call(request, suppress=False, skip_schema_validation=not self.config.validate_messages)
+        return await link.call(
+            request, suppress=False, skip_schema_validation=not self.config.validate_messages
+        )
 
     async def _sender_loop(self, link: _Link) -> None:
         """Deliver the outbox in order, one CALL at a time. A TransactionEvent that gets no reply
@@ -689,7 +768,7 @@ class Station:
         RetryBackOffRepeatTimes doublings, plus 0..RetryBackOffRandomRange (2.0.1 Part 4, 5.3)."""
         cfg = self.config
         doublings = min(attempt, cfg.retry_backoff_repeat_times)
-        return cfg.retry_backoff_wait_minimum_real_s * (2**doublings) + self._rng.uniform(
+        return cfg.retry_backoff_wait_minimum_real_s * (2.0**doublings) + self._rng.uniform(
             0.0, cfg.retry_backoff_random_range_real_s
         )
 
@@ -698,9 +777,9 @@ class Station:
         first = True
         while not self._stopping:
             if self._offline_until is not None and self.clock.now() < self._offline_until:
-                await self.clock.sleep_until(self._offline_until)
+                await self._pause(self.clock.sleep_until(self._offline_until))
             if not first:
-                await asyncio.sleep(self._backoff_s(failures))
+                await self._pause(asyncio.sleep(self._backoff_s(failures)))
             first = False
             if self._stopping:
                 break
@@ -728,6 +807,15 @@ class Station:
                 self._ws = None
                 with contextlib.suppress(Exception):
                     await ws.close()
+
+    async def _pause(self, sleeper: Awaitable[None]) -> None:
+        """Wait for ``sleeper`` unless the station is stopped first."""
+        stop = asyncio.create_task(self._stop_event.wait())
+        sleep = asyncio.ensure_future(sleeper)
+        await asyncio.wait({stop, sleep}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (stop, sleep):
+            t.cancel()
+        await asyncio.gather(stop, sleep, return_exceptions=True)
 
     async def _serve(self, ws: ClientConnection) -> None:
         link = _Link(self, ws)
@@ -761,10 +849,15 @@ class Station:
                 reply = await self._call(
                     link,
                     "BootNotification",
-                    {"chargingStation": {"model": self.config.model, "vendorName": self.config.vendor,
-                                         "firmwareVersion": self.config.firmware,
-                                         "serialNumber": self.id[:25]},
-                     "reason": "PowerUp"},
+                    {
+                        "chargingStation": {
+                            "model": self.config.model,
+                            "vendorName": self.config.vendor,
+                            "firmwareVersion": self.config.firmware,
+                            "serialNumber": self.id[:25],
+                        },
+                        "reason": "PowerUp",
+                    },
                 )
             except (TimeoutError, OCPPError):
                 await asyncio.sleep(self._backoff_s(0))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from peers import MemoryDirectory, RecordingObserver, RecordingSecuritySink, SimpleHandler
+from tests.ocpp.peers import MemoryDirectory, RecordingObserver, RecordingSecuritySink, SimpleHandler
 
 from gateway.clock import Clock, RealClock
 from gateway.config import Settings

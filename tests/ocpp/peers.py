@@ -140,7 +140,7 @@ async def open_station(
     headers = {} if password is None else {"Authorization": basic(username or station_id, password)}
     return await connect(
         f"{base_url}/{path_id or station_id}",
-        subprotocols=["ocpp2.0.1"] if subprotocols is None else subprotocols,  # type: ignore[list-item]
+        subprotocols=(["ocpp2.0.1"] if subprotocols is None else subprotocols) or None,  # type: ignore[misc]
         additional_headers=headers,
         compression=None,
         open_timeout=WAIT_S,

@@ -1,0 +1,136 @@
+"""Plan -> charging profile: the one place that turns a planned power series into an OCPP
+SetChargingProfile payload, and decides whether it differs from the one a station already has.
+
+Rules (OCPP 2.0.1 K01):
+- one Absolute TxProfile per transaction, with a fixed id and stack level, so each new one
+  replaces the last (K01.FR.05: same id replaces) and it dies with the transaction (K01.FR.?);
+- W units (the plan is in kW; A would need the phase count and voltage of every EVSE);
+- discharge is a negative limit, sent only to EVSEs whose station speaks that dialect
+  (``DischargeDialect.NEGATIVE_LIMIT``) and are bidirectional; everything else is clipped at 0;
+- periods with the same limit are merged and the schedule is cut to the number of periods the
+  station accepts (``PeriodsPerSchedule``); it is re-sent every re-plan anyway.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.clock import to_rfc3339
+from gateway.domain import DischargeDialect
+
+LIMIT_RESOLUTION_W = 10.0  # stations round limits anyway; finer steps only cause re-sends
+CHANGE_TOLERANCE_W = 100.0  # a new plan closer than this to the last one is not re-sent
+
+
+def profile_id_for(station_id: str, transaction_id: str) -> int:
+    """A stable, positive id per transaction (same id => the station replaces the profile)."""
+    return zlib.crc32(f"{station_id}/{transaction_id}".encode()) % 2_000_000_000 + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: datetime
+    limit_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class TxProfile:
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    profile_id: int
+    stack_level: int
+    periods: tuple[Period, ...]
+    end: datetime
+
+    def payload(self) -> dict[str, Any]:
+        """The SetChargingProfile request payload (camelCase, schema-valid)."""
+        start = self.periods[0].start
+        return {
+            "evseId": self.evse_id,
+            "chargingProfile": {
+                "id": self.profile_id,
+                "stackLevel": self.stack_level,
+                "chargingProfilePurpose": "TxProfile",
+                "chargingProfileKind": "Absolute",
+                "transactionId": self.transaction_id,
+                "chargingSchedule": [{
+                    "id": self.profile_id,
+                    "startSchedule": to_rfc3339(start),
+                    "duration": max(1, int(round((self.end - start).total_seconds()))),
+                    "chargingRateUnit": "W",
+                    "chargingSchedulePeriod": [
+                        {"startPeriod": int(round((p.start - start).total_seconds())), "limit": p.limit_w}
+                        for p in self.periods
+                    ],
+                }],
+            },
+        }
+
+    def limit_at(self, when: datetime) -> float | None:
+        if when < self.periods[0].start or when >= self.end:
+            return None
+        current = self.periods[0].limit_w
+        for p in self.periods:
+            if p.start <= when:
+                current = p.limit_w
+            else:
+                break
+        return current
+
+
+def build_profile(
+    *, station_id: str, evse_id: int, transaction_id: str, starts: Sequence[datetime], end: datetime,
+    power_kw: Sequence[float], max_charge_kw: float, max_discharge_kw: float, bidirectional: bool,
+    dialect: DischargeDialect, stack_level: int, max_periods: int,
+) -> TxProfile:
+    can_discharge = bidirectional and dialect == DischargeDialect.NEGATIVE_LIMIT
+    floor_w = -max_discharge_kw * 1000.0 if can_discharge else 0.0
+    periods: list[Period] = []
+    for start, kw in zip(starts, power_kw, strict=True):
+        w = min(max(kw * 1000.0, floor_w), max_charge_kw * 1000.0)
+        w = round(w / LIMIT_RESOLUTION_W) * LIMIT_RESOLUTION_W + 0.0
+        if periods and periods[-1].limit_w == w:
+            continue  # merged with the period before
+        periods.append(Period(start, w))
+    if not periods:
+        periods = [Period(starts[0] if starts else end - timedelta(seconds=1), 0.0)]
+    if len(periods) > max_periods:
+        end = periods[max_periods].start
+        periods = periods[:max_periods]
+    return TxProfile(station_id, evse_id, transaction_id, profile_id_for(station_id, transaction_id),
+                     stack_level, tuple(periods), end)
+
+
+def safe_profile(
+    *, station_id: str, evse_id: int, transaction_id: str, start: datetime, hours: float, limit_kw: float,
+    stack_level: int,
+) -> TxProfile:
+    """A constant, non-negative limit: what a station gets when its planned profile was refused."""
+    return TxProfile(station_id, evse_id, transaction_id, profile_id_for(station_id, transaction_id),
+                     stack_level, (Period(start, round(limit_kw * 1000.0)),), start + timedelta(hours=hours))
+
+
+def differs(old: TxProfile | None, new: TxProfile, *, check_until: datetime | None = None) -> bool:
+    """True when ``new`` would make the station do something else than ``old`` from now on.
+
+    Compared at every boundary of either schedule from ``new``'s start to its end (or
+    ``check_until``); a profile that expires before ``new`` ends counts as different.
+    """
+    if old is None or old.transaction_id != new.transaction_id:
+        return True
+    start = new.periods[0].start
+    until = min(new.end, check_until) if check_until else new.end
+    if old.end < until:
+        return True
+    moments = {start} | {p.start for p in new.periods if start <= p.start < until}
+    moments |= {p.start for p in old.periods if start <= p.start < until}
+    for t in moments:
+        a, b = old.limit_at(t), new.limit_at(t)
+        if a is None or b is None or abs(a - b) > CHANGE_TOLERANCE_W:
+            return True
+    return False

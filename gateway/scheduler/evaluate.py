@@ -1,0 +1,424 @@
+"""``gateway evaluate``: replay episodes through charging policies offline and price the outcome.
+
+A discrete-time loop on 5-minute steps (no sockets): the evaluator holds the truth (arrivals,
+departures, needs, building load), shows each policy only what a live gateway would know (see
+policies.View), clips its setpoints to the EV and EVSE limits, runs the batteries and meters the
+site. ``optimal`` is one LP over the whole episode with the truth: the bound no online policy beats.
+
+How results are priced (per policy, summed over episodes):
+- bill = energy cost (import at the import price, export credited at the export price, per step)
+  + demand charge on the episode's peak import; the billing period is the simulated window, so a
+  demand charge quoted per kW-month is prorated to its length (``prorated_demand_charge``).
+- grid-event revenue: during an export request, payment x (building load - site net import) per
+  kWh, both signs (charging during the event costs the payment); the same settlement the LP uses.
+- energy a policy fails to deliver is not free: ``shortfall_kwh`` = what was physically deliverable
+  (min of the request, the battery room and full EV/EVSE power over the dwell) but not delivered,
+  priced at the unmet-energy penalty. ``total_cost`` = bill - revenue + wear + shortfall price, and
+  ``savings_capture`` compares total costs; ``savings_capture_bill`` compares bills alone.
+- EV physics: the EV stops charging at its own target (the final request), never below its
+  reserve when discharging; an EV is plugged in for the whole 5-minute steps within its stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.domain import GridEventKind
+from gateway.episode import Arrival, Episode
+from gateway.episode import load as load_episode
+from gateway.scheduler.forecast import SessionForecaster
+from gateway.scheduler.inputs import prorated_demand_charge, site_inputs
+from gateway.scheduler.policies import Context, Edf, Greedy, Key, Mpc, Planned, Policy, Uncontrolled, View
+from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
+
+STEP_S = 300.0
+FULLY_SERVED_TOLERANCE_KWH = 0.5
+POLICY_NAMES = ("uncontrolled", "greedy", "edf", "mpc", "optimal")
+
+
+@dataclass
+class EvTruth:
+    arrival: Arrival
+    key: Key
+    first: int  # first step plugged in
+    last: int  # first step gone
+    e0: float
+    stop: float  # the EV stops charging here
+    reserve: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    requested: float
+    deliverable: float
+    energy: float = 0.0
+    curve: list[float] = field(default_factory=list)
+
+
+def final_request(a: Arrival) -> float:
+    if a.need_change is not None and a.need_change.energy_kwh is not None:
+        return a.need_change.energy_kwh
+    return a.requested_kwh
+
+
+def window(ep: Episode) -> tuple[datetime, int]:
+    """The simulated window: the episode, extended until the last EV has left."""
+    end = max([ep.end, *[a.departure for a in ep.arrivals]])
+    return ep.start, math.ceil((end - ep.start).total_seconds() / STEP_S)
+
+
+def truths(ep: Episode) -> list[EvTruth]:
+    evse = {e.key: e for e in ep.evses}
+    h = STEP_S / 3600.0
+    out = []
+    for a in ep.arrivals:
+        spec = evse[(a.station_id, a.evse_id)]
+        first = math.ceil((a.arrival - ep.start).total_seconds() / STEP_S)
+        last = math.floor((a.departure - ep.start).total_seconds() / STEP_S)
+        e0 = a.arrival_soc * a.capacity_kwh
+        req = final_request(a)
+        stop = min(a.capacity_kwh, e0 + req)
+        kw = min(a.max_charge_kw, spec.max_charge_kw)
+        dis = (min(a.max_discharge_kw, spec.max_discharge_kw)
+               if a.bidirectional and spec.bidirectional and a.iso15118 else 0.0)
+        deliverable = min(req, stop - e0, kw * a.eff_charge * h * max(last - first, 0))
+        out.append(EvTruth(arrival=a, key=spec.key, first=first, last=last, e0=e0, stop=stop,
+                           reserve=a.reserve_soc * a.capacity_kwh, max_charge_kw=kw, max_discharge_kw=dis,
+                           requested=req, deliverable=max(deliverable, 0.0), energy=e0))
+    return out
+
+
+def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
+    a = t.arrival
+    nc = a.need_change
+    changed = nc is not None and now >= nc.at
+    departure = a.announced_departure if a.iso15118 else None
+    need = a.requested_kwh if a.iso15118 else None
+    if changed and nc is not None:
+        departure = nc.departure or departure
+        need = nc.energy_kwh if nc.energy_kwh is not None else need
+    if exact:
+        departure, need = a.departure, t.requested
+    known = a.iso15118 or exact
+    return View(
+        key=t.key, arrival=a.arrival, delivered_kwh=t.energy - t.e0, max_charge_kw=t.max_charge_kw,
+        max_discharge_kw=t.max_discharge_kw, eff_charge=a.eff_charge, eff_discharge=a.eff_discharge,
+        full=t.energy >= t.stop - 1e-6, departure=departure,
+        energy_kwh=t.energy if known else None, capacity_kwh=a.capacity_kwh if known else None,
+        need_kwh=need, reserve_kwh=t.reserve if known else 0.0,
+    )
+
+
+def site_limits_at(ep: Episode, when: datetime) -> tuple[float, float]:
+    """(import limit, export-request payment) in force at ``when``."""
+    lim, pay = ep.limits.import_kw, 0.0
+    for g in ep.grid_events:
+        if g.active_at(when):
+            if g.kind == GridEventKind.IMPORT_CAP and g.cap_kw is not None:
+                lim = min(lim, g.cap_kw)
+            elif g.kind == GridEventKind.EXPORT_REQUEST:
+                pay = max(pay, g.payment_per_kwh)
+    return lim, pay
+
+
+@dataclass
+class Run:
+    """One policy on one episode: time series and per-EV outcomes."""
+
+    policy: str
+    episode: str
+    times: list[datetime]
+    net_kw: FloatArr
+    building_kw: FloatArr
+    limit_kw: FloatArr
+    price: FloatArr
+    evse_power: dict[Key, FloatArr]
+    evs: list[EvTruth]
+    solve_times: list[float]
+    metrics: dict[str, float]
+
+
+class Progress:
+    """A plain progress bar on stderr (no dependency)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.enabled, self._shown = max(total, 1), 0, enabled, -1
+
+    def step(self, n: int, label: str) -> None:
+        self.done += n
+        pct = int(100 * self.done / self.total)
+        if self.enabled and pct != self._shown:
+            self._shown = pct
+            bar = "#" * (pct // 4)
+            sys.stderr.write(f"\r[{bar:<25}] {pct:3d}% {label[:50]:<50}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progress: Progress) -> Run:
+    start, n = window(ep)
+    h = STEP_S / 3600.0
+    evs = truths(ep)
+    by_first: dict[int, list[EvTruth]] = {}
+    for t in evs:
+        if t.last > t.first:
+            by_first.setdefault(t.first, []).append(t)
+        t.curve = [math.nan] * n
+    keys = [e.key for e in ep.evses]
+    evse_power = {k: np.zeros(n) for k in keys}
+    net = np.zeros(n)
+    building = np.zeros(n)
+    limit = np.zeros(n)
+    price = np.zeros(n)
+    pay = np.zeros(n)
+    p_exp = np.zeros(n)
+    history: dict[datetime, float] = {}
+    present: dict[Key, EvTruth] = {}
+    policy.begin(ep)
+    peak = 0.0
+    times = [start + timedelta(seconds=STEP_S * i) for i in range(n)]
+    for i, now in enumerate(times):
+        for k in [k for k, t in present.items() if t.last <= i]:
+            gone = present.pop(k)
+            a = gone.arrival
+            policy.session_done(ep, a.arrival, a.departure, gone.requested)
+        for t in by_first.get(i, []):
+            present[t.key] = t
+        building[i] = ep.building_load_at(now)
+        limit[i], pay[i] = site_limits_at(ep, now)
+        price[i], p_exp[i] = ep.tariff.prices_at(now)
+        views = [view_of(t, now, exact) for t in present.values()]
+        ctx = Context(now=now, step_s=STEP_S, building_kw=building[i], import_limit_kw=limit[i],
+                      peak_so_far_kw=peak, views=views, building_history=history)
+        setpoints = policy.act(ctx) if views else {}
+        total = 0.0
+        for k, t in present.items():
+            kw = setpoints.get(k, 0.0)
+            a = t.arrival
+            if kw > 0:
+                kw = min(kw, t.max_charge_kw, max(t.stop - t.energy, 0.0) / (a.eff_charge * h))
+                t.energy += kw * a.eff_charge * h
+            elif kw < 0:
+                kw = -min(-kw, t.max_discharge_kw, max(t.energy - t.reserve, 0.0) * a.eff_discharge / h)
+                t.energy += kw / a.eff_discharge * h
+            evse_power[k][i] = kw
+            total += kw
+            t.curve[i] = t.energy / a.capacity_kwh
+        net[i] = building[i] + total
+        peak = max(peak, net[i])
+        history[now] = building[i]
+        progress.step(1, f"{policy.name} {ep.name}")
+    for t in present.values():
+        policy.session_done(ep, t.arrival.arrival, t.arrival.departure, t.requested)
+    metrics = price_run(ep, evs, net, building, limit, price, p_exp, pay, evse_power, penalty, n)
+    solve_times = list(getattr(policy, "solve_times", []))
+    return Run(policy=policy.name, episode=ep.name, times=times, net_kw=net, building_kw=building,
+               limit_kw=limit, price=price, evse_power=evse_power, evs=evs, solve_times=solve_times,
+               metrics=metrics)
+
+
+def price_run(ep: Episode, evs: list[EvTruth], net: FloatArr, building: FloatArr, limit: FloatArr,
+              price: FloatArr, p_exp: FloatArr, pay: FloatArr, evse_power: dict[Key, FloatArr],
+              penalty: float, n: int) -> dict[str, float]:
+    h = STEP_S / 3600.0
+    imp = np.maximum(net, 0.0)
+    exp = np.maximum(-net, 0.0)
+    demand = prorated_demand_charge(ep.tariff.demand_charge_per_kw, timedelta(seconds=STEP_S * n))
+    peak = float(imp.max(initial=0.0))
+    energy_cost = float(h * (price @ imp - p_exp @ exp))
+    demand_cost = demand * peak
+    revenue = float(h * pay @ (building - net))
+    discharged = sum(float(np.maximum(-p, 0.0).sum()) * h for p in evse_power.values())
+    wear = ep.wear_cost_per_kwh * discharged
+    delivered = np.array([max(t.energy - t.e0, 0.0) for t in evs])
+    requested = np.array([t.requested for t in evs])
+    deliverable = np.array([t.deliverable for t in evs])
+    shortfall = float(np.maximum(deliverable - delivered, 0.0).sum())
+    excess = np.maximum(np.maximum(net - limit, exp - ep.limits.export_kw), 0.0)
+    bill = energy_cost + demand_cost
+    return {
+        "bill": bill, "energy_cost": energy_cost, "demand_charge": demand_cost,
+        "grid_event_revenue": revenue, "wear_cost": wear, "discharged_kwh": discharged,
+        "energy_requested_kwh": float(requested.sum()), "energy_deliverable_kwh": float(deliverable.sum()),
+        "energy_delivered_kwh": float(np.minimum(delivered, requested).sum()),
+        "shortfall_kwh": shortfall, "shortfall_cost": shortfall * penalty,
+        "total_cost": bill - revenue + wear + shortfall * penalty,
+        "evs": float(len(evs)),
+        "evs_fully_served": float((delivered >= requested - FULLY_SERVED_TOLERANCE_KWH).sum()),
+        "evs_deliverable_served": float((delivered >= deliverable - FULLY_SERVED_TOLERANCE_KWH).sum()),
+        "peak_import_kw": peak, "limit_excess_kw_max": float(excess.max(initial=0.0)),
+        "limit_excess_steps": float((excess > 1e-6).sum()),
+        "site_import_kwh": float(imp.sum() * h),
+    }
+
+
+def optimal_policy(ep: Episode, penalty: float, time_limit_s: float) -> Planned:
+    """One LP over the whole window with the truth, one slot per EV; played back step by step."""
+    start, n = window(ep)
+    grid = uniform_grid(start, STEP_S, n)
+    evs = [t for t in truths(ep) if t.last > t.first]
+    site = site_inputs(
+        grid, tariff=ep.tariff, limits=ep.limits, events=ep.grid_events, building_kw=ep.building_load_at,
+        demand_charge_per_kw=prorated_demand_charge(ep.tariff.demand_charge_per_kw,
+                                                    timedelta(seconds=STEP_S * n)),
+        peak_so_far_kw=0.0, wear_cost_per_kwh=ep.wear_cost_per_kwh, unmet_penalty_per_kwh=penalty,
+    )
+    steps = np.arange(n)
+    slots = [
+        SlotInput(key=t.key, connected=(steps >= t.first) & (steps < t.last), energy_kwh=t.e0,
+                  capacity_kwh=t.stop, target_energy_kwh=t.stop, reserve_energy_kwh=t.reserve,
+                  max_charge_kw=t.max_charge_kw, max_discharge_kw=t.max_discharge_kw,
+                  eff_charge=t.arrival.eff_charge, eff_discharge=t.arrival.eff_discharge,
+                  discharge_allowed=t.max_discharge_kw > 0)
+        for t in evs
+    ]
+    plan = Planner(backend="highs", time_limit_s=time_limit_s).solve(site, slots)
+    pol = Planned()
+    pol.solve_times = [plan.solve_s]
+    pol.status = plan.status  # type: ignore[attr-defined]
+    times = grid.starts()
+    for i, t in enumerate(evs):
+        for j in range(t.first, t.last):
+            pol.setpoints[(t.key, times[j])] = float(plan.power_kw[i, j])
+    return pol
+
+
+def make_policy(name: str, penalty: float, forecaster: SessionForecaster) -> Policy:
+    if name == "uncontrolled":
+        return Uncontrolled()
+    if name == "greedy":
+        return Greedy()
+    if name == "edf":
+        return Edf(forecaster)
+    if name == "mpc":
+        return Mpc(unmet_penalty_per_kwh=penalty, forecaster=forecaster)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
+
+
+def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool = False,
+             penalty: float = 5.0, progress: bool = False,
+             optimal_time_limit_s: float = 600.0) -> tuple[dict[str, Any], list[Run]]:
+    """Run every policy over every episode (in order, so forecasters learn from earlier ones)."""
+    total = sum(window(ep)[1] for ep in episodes) * len(names)
+    bar = Progress(total, progress)
+    runs: list[Run] = []
+    online: dict[str, Policy] = {}
+    for name in names:
+        if name != "optimal":
+            # Each policy learns from its own history; none shares the truth with another.
+            online[name] = make_policy(name, penalty, SessionForecaster())
+    for ep in episodes:
+        for name in names:
+            if name == "optimal":
+                pol: Policy = optimal_policy(ep, penalty, optimal_time_limit_s)
+            else:
+                pol = online[name]
+                if isinstance(pol, Mpc):
+                    pol.period = timedelta(seconds=STEP_S * window(ep)[1])
+            runs.append(simulate(ep, pol, exact=exact, penalty=penalty, progress=bar))
+    bar.close()
+    return summarise(runs, names), runs
+
+
+def summarise(runs: list[Run], names: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        mine = [r for r in runs if r.policy == name]
+        tot = {k: sum(r.metrics[k] for r in mine) for k in mine[0].metrics}
+        st = np.array([s for r in mine for s in r.solve_times]) if mine else np.zeros(0)
+        out[name] = {
+            "bill": tot["bill"], "energy_cost": tot["energy_cost"], "demand_charge": tot["demand_charge"],
+            "grid_event_revenue": tot["grid_event_revenue"], "wear_cost": tot["wear_cost"],
+            "total_cost": tot["total_cost"], "shortfall_kwh": tot["shortfall_kwh"],
+            "energy_requested_kwh": tot["energy_requested_kwh"],
+            "energy_deliverable_kwh": tot["energy_deliverable_kwh"],
+            "energy_delivered_kwh": tot["energy_delivered_kwh"],
+            "deliverable_served_share": (1.0 - tot["shortfall_kwh"] / tot["energy_deliverable_kwh"]
+                                         if tot["energy_deliverable_kwh"] > 0 else 1.0),
+            "evs": int(tot["evs"]),
+            "evs_fully_served_share": tot["evs_fully_served"] / tot["evs"] if tot["evs"] else 1.0,
+            "evs_deliverable_served_share": tot["evs_deliverable_served"] / tot["evs"] if tot["evs"] else 1.0,
+            "peak_import_kw": max(r.metrics["peak_import_kw"] for r in mine),
+            "peak_import_kw_mean": float(np.mean([r.metrics["peak_import_kw"] for r in mine])),
+            "limit_excess_kw_max": max(r.metrics["limit_excess_kw_max"] for r in mine),
+            "limit_excess_steps": int(tot["limit_excess_steps"]),
+            "solve_s_p50": float(np.percentile(st, 50)) if len(st) else 0.0,
+            "solve_s_p95": float(np.percentile(st, 95)) if len(st) else 0.0,
+            "solves": len(st),
+        }
+    if "uncontrolled" in out and "optimal" in out:
+        u, o = out["uncontrolled"], out["optimal"]
+        for name, res in out.items():
+            res["savings_capture"] = _capture(u["total_cost"], res["total_cost"], o["total_cost"])
+            res["savings_capture_bill"] = _capture(u["bill"], res["bill"], o["bill"])
+            res["peak_reduction_capture"] = _capture(u["peak_import_kw_mean"], res["peak_import_kw_mean"],
+                                                     o["peak_import_kw_mean"])
+    return {"policies": out, "episodes": sorted({r.episode for r in runs})}
+
+
+def _capture(base: float, value: float, best: float) -> float | None:
+    return (base - value) / (base - best) if abs(base - best) > 1e-9 else None
+
+
+def generate_episodes(site: str, days: int, seed: int, stations: int) -> list[Episode]:
+    """``days`` one-day episodes from the scenario generator (seeds ``seed``, ``seed+1``, ...)."""
+    try:
+        from simulators import scenario  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise SystemExit("gateway evaluate --site needs simulators/scenario.py; pass --episode files") from exc
+    gen = getattr(scenario, "generate", None)
+    if gen is None:
+        raise SystemExit("simulators.scenario has no generate(); pass --episode files")
+    start = datetime.fromisoformat("2026-07-01T00:00:00+00:00")
+    out = []
+    for d in range(days):
+        ep = gen(site=site, stations=stations, days=1, seed=seed + d, start=start + timedelta(days=d))
+        out.append(ep)
+    return out
+
+
+def cli(args: argparse.Namespace) -> int:
+    if args.episode:
+        episodes = [load_episode(p) for p in args.episode]
+    else:
+        episodes = generate_episodes(args.site, args.days, args.seed, args.stations)
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    for n in names:
+        if n not in POLICY_NAMES:
+            raise SystemExit(f"unknown policy {n!r}; choose from {', '.join(POLICY_NAMES)}")
+    penalty = getattr(args, "unmet_penalty", None) or 5.0
+    result, runs = evaluate(episodes, names, exact=args.exact, penalty=penalty,
+                            progress=not args.no_progress)
+    result["settings"] = {"exact": bool(args.exact), "unmet_penalty_per_kwh": penalty, "step_s": STEP_S}
+    text = json.dumps(result, indent=1, default=str)
+    if args.json:
+        Path(args.json).write_text(text)
+    else:
+        print(text)
+    if args.report:
+        from gateway.scheduler.report import write_report
+
+        write_report(args.report, result, runs)
+    _print_table(result)
+    return 0
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    cols = ("bill", "grid_event_revenue", "total_cost", "peak_import_kw", "deliverable_served_share",
+            "evs_fully_served_share", "limit_excess_kw_max", "savings_capture", "solve_s_p50")
+    sys.stderr.write("policy        " + " ".join(f"{c[:12]:>12}" for c in cols) + "\n")
+    for name, res in result["policies"].items():
+        vals = [res.get(c) for c in cols]
+        sys.stderr.write(f"{name:<13} " + " ".join(
+            f"{v:12.3f}" if isinstance(v, float) else f"{v!s:>12}" for v in vals) + "\n")

@@ -1,0 +1,72 @@
+"""Build the planner's inputs from the site's tariff, limits and grid events. Pure: no I/O.
+
+Shared by the offline evaluator and usable by the live loop, so both price a plan the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from gateway.domain import GridEvent, GridEventKind, SiteLimits, Tariff
+from gateway.scheduler.problem import BoolArr, FloatArr, SiteInputs, TimeGrid
+
+
+def site_inputs(
+    grid: TimeGrid,
+    *,
+    tariff: Tariff,
+    limits: SiteLimits,
+    events: Sequence[GridEvent],
+    building_kw: Callable[[datetime], float],
+    demand_charge_per_kw: float,
+    peak_so_far_kw: float,
+    wear_cost_per_kwh: float,
+    unmet_penalty_per_kwh: float,
+) -> SiteInputs:
+    """Prices and events are taken at each step's start (coarse steps start on the hour, where
+    time-of-use windows change); ``building_kw`` is the forecast at a step's start."""
+    starts = grid.starts()
+    prices = np.array([tariff.prices_at(s) for s in starts], dtype=float).reshape(len(starts), 2)
+    imp_lim = np.full(len(starts), limits.import_kw)
+    pay = np.zeros(len(starts))
+    for i, s in enumerate(starts):
+        for ev in events:
+            if not ev.active_at(s):
+                continue
+            if ev.kind == GridEventKind.IMPORT_CAP and ev.cap_kw is not None:
+                imp_lim[i] = min(imp_lim[i], ev.cap_kw)
+            elif ev.kind == GridEventKind.EXPORT_REQUEST:
+                pay[i] = max(pay[i], ev.payment_per_kwh)
+    return SiteInputs(
+        grid=grid, import_price=prices[:, 0], export_price=prices[:, 1],
+        building_load_kw=np.array([building_kw(s) for s in starts], dtype=float),
+        import_limit_kw=imp_lim, export_limit_kw=np.full(len(starts), limits.export_kw),
+        demand_charge_per_kw=demand_charge_per_kw, peak_so_far_kw=peak_so_far_kw,
+        export_payment_per_kwh=pay, wear_cost_per_kwh=wear_cost_per_kwh,
+        unmet_penalty_per_kwh=unmet_penalty_per_kwh,
+    )
+
+
+def connected_mask(grid: TimeGrid, departure: datetime) -> BoolArr:
+    """Steps the EV is plugged in for all of (the first step always, if it has not left):
+    conservative, so energy is not planned into time the EV is gone."""
+    ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
+    mask = np.array([e <= departure for e in ends], dtype=bool)
+    if len(mask) and departure > grid.start:
+        mask[0] = True
+    return mask
+
+
+def target_within_horizon(energy_now: float, target: float, max_kw: float, eff: float,
+                          grid_end: datetime, departure: datetime) -> float:
+    """An EV leaving after the horizon needs by its end only what it cannot get afterwards."""
+    after_h = max((departure - grid_end).total_seconds(), 0.0) / 3600.0
+    return max(energy_now, target - max_kw * eff * after_h) if after_h > 0 else target
+
+
+def prorated_demand_charge(per_kw_month: float, period: timedelta) -> float:
+    """A demand charge quoted per kW-month, for a billing period of another length (30-day month)."""
+    return per_kw_month * period.total_seconds() / (30 * 86400.0)

@@ -1,0 +1,306 @@
+"""The live loop: when to plan, what to push.
+
+Every ``replan_period_s`` of (simulated) time, coalesced and never two at once (APScheduler),
+and within ``replan_debounce_s`` real seconds of any event that changes what the site needs
+(plug-in, departure, new needs, a driver override, a price or grid event), the whole site is
+re-planned with one LP (:class:`gateway.scheduler.problem.Planner`, run in a worker thread so the
+OCPP loop keeps answering). The first steps of the plan go to each charger as its TxProfile
+(:mod:`gateway.ocpp.profiles`), re-sent only when they change. On a solver failure or timeout the
+planner's limit-respecting fallback is pushed instead, never nothing (RELIABILITY.md M1).
+Every solve and every profile sent is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.clock import to_rfc3339
+from gateway.domain import Plan, PlannedSession
+from gateway.ocpp import profiles
+from gateway.ocpp.errors import CallFailed
+from gateway.scheduler import live_inputs
+from gateway.scheduler.problem import Planner, PlanResult, greedy_fallback
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+WATCHED = (ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded, ev.NeedsUpdated, ev.SiteInputsChanged,
+           ev.StatusChanged, ev.StationConnected, ev.StationDisconnected)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOutcome:
+    plan_id: int | None
+    plan: Plan
+    result: PlanResult
+    trigger: str
+    profiles_sent: int
+    profiles_failed: int
+
+    def session(self, transaction_id: str) -> PlannedSession | None:
+        for s in self.plan.sessions:
+            if s.transaction_id == transaction_id:
+                return s
+        return None
+
+
+class MpcScheduler:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.settings = gw.settings
+        self.planner = Planner(time_limit_s=self.settings.solver_time_limit_s,
+                               backend=self.settings.scheduler_backend)
+        self.latest: PlanOutcome | None = None
+        self.solves = 0
+        self._lock = asyncio.Lock()
+        self._sub: ev.Subscription | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        self._debounce: asyncio.TimerHandle | None = None
+        self._pending_trigger: str | None = None
+        self._aps: AsyncIOScheduler | None = None
+        self._sent: dict[tuple[str, int], profiles.TxProfile] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._sub = self.gw.bus.subscribe(*WATCHED)
+        self._events_task = asyncio.create_task(self._consume(), name="scheduler-events")
+        period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)
+        self._aps = AsyncIOScheduler()
+        self._aps.add_job(self._periodic, "interval", seconds=period_real_s, coalesce=True, max_instances=1,
+                          misfire_grace_time=None, id="replan")
+        self._aps.start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._aps is not None:
+            self._aps.shutdown(wait=False)
+        if self._debounce is not None:
+            self._debounce.cancel()
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
+        for t in list(self._tasks):
+            t.cancel()
+        if self._sub is not None:
+            self._sub.close()
+        async with self._lock:  # let a solve in progress finish before the engine goes away
+            pass
+
+    # --- triggers -------------------------------------------------------------------------
+    async def _consume(self) -> None:
+        assert self._sub is not None
+        while True:
+            event = await self._sub.get()
+            try:
+                await self._apply(event)
+            except Exception:
+                log.exception("scheduler could not apply %s", type(event).__name__)
+
+    async def _apply(self, event: ev.Event) -> None:
+        state = self.gw.state
+        if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
+            needs = await self.gw.planning.latest_needs(event.station_id, event.evse_id, None)
+            if needs is not None:
+                state.set_needs(event.station_id, event.evse_id, needs)
+        if isinstance(event, ev.SessionEnded):
+            self._sent.pop((event.station_id, event.evse_id), None)
+        if isinstance(event, ev.StationConnected):
+            # A station that reconnects may have lost its profiles (reboot): send them again.
+            for key in [k for k in self._sent if k[0] == event.station_id]:
+                self._sent.pop(key, None)
+        if state.apply(event) or isinstance(event, ev.StationConnected):
+            self.request_replan(type(event).__name__)
+        metrics.EVENTS_DROPPED.labels("scheduler").set(self._sub.dropped if self._sub else 0)
+
+    def request_replan(self, trigger: str) -> None:
+        """Re-plan within ``replan_debounce_s`` real seconds; a burst of events makes one solve."""
+        if self._stopping:
+            return
+        self._pending_trigger = trigger
+        if self._debounce is None:
+            loop = asyncio.get_running_loop()
+            self._debounce = loop.call_later(self.settings.replan_debounce_s, self._fire)
+
+    def _fire(self) -> None:
+        self._debounce = None
+        trigger = self._pending_trigger or "event"
+        self._pending_trigger = None
+        task = asyncio.create_task(self._replan_logged(trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _periodic(self) -> None:
+        await self._replan_logged("periodic")
+
+    async def _replan_logged(self, trigger: str) -> None:
+        try:
+            await self.replan(trigger)
+        except Exception:
+            log.exception("re-plan (%s) failed", trigger)
+
+    # --- one re-plan ----------------------------------------------------------------------
+    async def replan(self, trigger: str) -> PlanOutcome | None:
+        """Solve now, push what changed, store it all; returns the outcome."""
+        if self._stopping:
+            return None
+        async with self._lock:
+            now = self.gw.clock.now()
+            limits_sent = {}
+            for key, prof in self._sent.items():
+                lim = prof.limit_at(now)
+                if lim is not None:
+                    limits_sent[key] = lim / 1000.0
+            site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent)
+            started = time.perf_counter()
+            try:
+                result = await asyncio.wait_for(
+                    asyncio.to_thread(self.planner.solve, site, slots),
+                    timeout=self.settings.solver_time_limit_s + 5.0,
+                )
+            except Exception as exc:  # timeout or crash outside the planner's own guard
+                log.error("solver failed (%s): pushing the fallback plan", exc)
+                result = greedy_fallback(site, slots)
+                result.status = f"fallback: {type(exc).__name__}"
+            solve_s = time.perf_counter() - started
+            self.solves += 1
+            metrics.SOLVES.labels("fallback" if result.fallback else "ok", trigger).inc()
+            metrics.SOLVE_SECONDS.observe(solve_s)
+            plan = self._to_plan(now, result, metas, solve_s)
+            plan_id = await self._store_plan(now, trigger, site, slots, result, plan, solve_s)
+            sent, failed = await self._push(now, plan, metas, plan_id)
+            outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
+            self.latest = outcome
+            self.gw.bus.publish(ev.PlanPublished(now, plan_id, result.status, {
+                "trigger": trigger, "sessions": len(plan.sessions), "solve_s": round(solve_s, 4),
+                "fallback": result.fallback, "objective": round(result.objective, 4),
+                "profiles_sent": sent, "profiles_failed": failed,
+            }))
+            return outcome
+
+    def session_plan(self, transaction_id: str) -> PlannedSession | None:
+        return self.latest.session(transaction_id) if self.latest else None
+
+    def _to_plan(self, now: datetime, result: PlanResult, metas: list[live_inputs.SlotMeta],
+                 solve_s: float) -> Plan:
+        starts = tuple(result.grid.starts())
+        sessions = []
+        for i, meta in enumerate(metas):
+            if meta.session is None:
+                continue
+            sessions.append(PlannedSession(
+                meta.session.station_id, meta.session.evse_id, meta.session.transaction_id,
+                tuple(float(x) for x in result.power_kw[i]),
+                energy_by_departure_kwh=float(meta.delivered_kwh + result.delivered_kwh[i]),
+            ))
+        return Plan(created_at=now, starts=starts, end=result.grid.end(), sessions=tuple(sessions),
+                    status=result.status, objective=float(result.objective), terms=dict(result.terms),
+                    solve_s=solve_s, fallback=result.fallback)
+
+    async def _store_plan(self, now: datetime, trigger: str, site: Any, slots: Any, result: PlanResult,
+                          plan: Plan, solve_s: float) -> int | None:
+        starts = [to_rfc3339(t) for t in plan.starts]
+        body = {
+            "starts": starts,
+            "sessions": {
+                s.transaction_id: {"station_id": s.station_id, "evse_id": s.evse_id,
+                                   "power_kw": [round(x, 3) for x in s.power_kw],
+                                   "energy_by_departure_kwh": round(s.energy_by_departure_kwh, 3)}
+                for s in plan.sessions
+            },
+        }
+        try:
+            return await self.gw.planning.add_plan(
+                created_at=now, trigger=trigger[:40], inputs_hash=live_inputs.inputs_digest(site, slots),
+                status=result.status[:40], fallback=result.fallback, objective=float(result.objective),
+                terms={k: float(v) for k, v in result.terms.items()}, solve_s=solve_s,
+                horizon_start=plan.starts[0] if plan.starts else now, horizon_end=plan.end, sessions=body,
+            )
+        except Exception as exc:
+            # Planning goes on while the database is away; the plan is pushed, just not stored.
+            log.warning("plan not stored: %s", exc)
+            return None
+
+    async def _push(self, now: datetime, plan: Plan, metas: list[live_inputs.SlotMeta],
+                    plan_id: int | None) -> tuple[int, int]:
+        by_key = {(s.station_id, s.evse_id): s for s in plan.sessions}
+        sem = asyncio.Semaphore(self.settings.profile_push_concurrency)
+        jobs = []
+        for meta in metas:
+            ps = by_key.get(meta.key)
+            if ps is None or meta.session is None:
+                continue
+            st = self.gw.state.evses[meta.key]
+            if self.gw.ocpp.registry.get(meta.key[0]) is None:
+                continue  # offline: it gets its profile when it is back (StationConnected)
+            prof = profiles.build_profile(
+                station_id=ps.station_id, evse_id=ps.evse_id, transaction_id=ps.transaction_id,
+                starts=plan.starts, end=plan.end, power_kw=ps.power_kw, max_charge_kw=st.spec.max_charge_kw,
+                max_discharge_kw=st.spec.max_discharge_kw, bidirectional=st.spec.bidirectional,
+                dialect=st.dialect, stack_level=self.settings.profile_stack_level,
+                max_periods=self.settings.max_profile_periods,
+            )
+            if not profiles.differs(self._sent.get(meta.key), prof):
+                continue
+            jobs.append(self._send(sem, prof, plan_id, now))
+        results = await asyncio.gather(*jobs)
+        sent = sum(1 for r in results if r)
+        return sent, len(results) - sent
+
+    async def _send(self, sem: asyncio.Semaphore, prof: profiles.TxProfile, plan_id: int | None,
+                    now: datetime) -> bool:
+        key = (prof.station_id, prof.evse_id)
+        async with sem:
+            status, response = await self._call_set_profile(prof)
+            ok = status == "Accepted"
+            if ok:
+                self._sent[key] = prof
+            else:
+                self._sent.pop(key, None)
+            metrics.PROFILES.labels("accepted" if ok else status.lower()[:20]).inc()
+            await self._record(prof, plan_id, status, response, now)
+            if status == "Rejected":
+                # The station refused the plan (e.g. a negative limit): give it a safe constant
+                # limit so it does not charge unmanaged (K01: the TxProfile id is replaced).
+                safe = profiles.safe_profile(
+                    station_id=prof.station_id, evse_id=prof.evse_id, transaction_id=prof.transaction_id,
+                    start=prof.periods[0].start, hours=1.0, limit_kw=self.settings.safe_limit_kw,
+                    stack_level=prof.stack_level)
+                s2, r2 = await self._call_set_profile(safe)
+                if s2 == "Accepted":
+                    self._sent[key] = safe
+                await self._record(safe, plan_id, f"fallback:{s2}", r2, now)
+            return ok
+
+    async def _call_set_profile(self, prof: profiles.TxProfile) -> tuple[str, dict[str, Any] | None]:
+        payload = prof.payload()
+        try:
+            resp = await self.gw.commands.set_charging_profile(
+                prof.station_id, prof.evse_id, payload["chargingProfile"])
+        except CallFailed as exc:
+            return type(exc).__name__, {"error": str(exc)}
+        return str(resp.get("status", "Unknown")), resp
+
+    async def _record(self, prof: profiles.TxProfile, plan_id: int | None, status: str,
+                      response: dict[str, Any] | None, now: datetime) -> None:
+        try:
+            await self.gw.planning.add_profile_sent(
+                plan_id=plan_id, station_id=prof.station_id, evse_id=prof.evse_id,
+                transaction_id=prof.transaction_id, profile_id=prof.profile_id, stack_level=prof.stack_level,
+                payload=prof.payload(), status=status[:40], response=response, sent_at=now)
+        except Exception as exc:
+            log.warning("profile record not stored: %s", exc)

@@ -1,0 +1,223 @@
+"""Charging policies the offline evaluator compares. Each sees only what a live gateway would.
+
+A policy gets a :class:`Context` once per 5-minute step and answers a setpoint (kW, + charge,
+- discharge) per EVSE; the evaluator clips it to the EV and EVSE limits and applies it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import numpy as np
+
+from gateway.episode import Episode
+from gateway.scheduler.forecast import SessionForecaster, believed_departure
+from gateway.scheduler.inputs import connected_mask, prorated_demand_charge, site_inputs, target_within_horizon
+from gateway.scheduler.problem import PlanResult, Planner, SlotInput, TimeGrid, make_grid
+
+Key = tuple[str, int]
+
+
+@dataclass
+class View:
+    """An EV as the gateway sees it. ``None`` means the gateway does not know it."""
+
+    key: Key
+    arrival: datetime
+    delivered_kwh: float  # battery side, since plug-in (the meter and EV losses give this)
+    max_charge_kw: float  # EV and EVSE together
+    max_discharge_kw: float  # 0 unless both sides can discharge and the EV talks ISO 15118
+    eff_charge: float
+    eff_discharge: float
+    full: bool  # the EV stopped accepting energy (reached its own target)
+    departure: datetime | None  # announced by the EV / driver (maybe wrong)
+    energy_kwh: float | None  # battery energy now (ISO 15118 EVs)
+    capacity_kwh: float | None
+    need_kwh: float | None  # energy asked for in total since plug-in
+    reserve_kwh: float
+
+
+@dataclass
+class Context:
+    now: datetime
+    step_s: float
+    building_kw: float  # measured now
+    import_limit_kw: float  # with any import cap in force now
+    peak_so_far_kw: float
+    views: list[View]
+    building_history: dict[datetime, float]  # what the meter showed at past step starts
+
+
+class Policy(Protocol):
+    name: str
+
+    def begin(self, episode: Episode) -> None: ...
+
+    def act(self, ctx: Context) -> dict[Key, float]: ...
+
+    def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
+                     requested_kwh: float | None) -> None: ...
+
+
+class _Base:
+    name = "base"
+    solve_times: list[float]
+
+    def __init__(self) -> None:
+        self.solve_times = []
+
+    def begin(self, episode: Episode) -> None:
+        self.episode = episode
+
+    def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
+                     requested_kwh: float | None) -> None:
+        return None
+
+
+class Uncontrolled(_Base):
+    """Full power from plug-in until the EV stops, whatever the site limit."""
+
+    name = "uncontrolled"
+
+    def act(self, ctx: Context) -> dict[Key, float]:
+        return {v.key: (0.0 if v.full else v.max_charge_kw) for v in ctx.views}
+
+
+def _fill(order: list[View], headroom_kw: float) -> dict[Key, float]:
+    out: dict[Key, float] = {}
+    for v in order:
+        kw = 0.0 if v.full else min(v.max_charge_kw, max(headroom_kw, 0.0))
+        out[v.key] = kw
+        headroom_kw -= kw
+    return out
+
+
+class Greedy(_Base):
+    """Full power, first come first served, within the site's headroom now."""
+
+    name = "greedy"
+
+    def act(self, ctx: Context) -> dict[Key, float]:
+        order = sorted(ctx.views, key=lambda v: v.arrival)
+        return _fill(order, ctx.import_limit_kw - ctx.building_kw)
+
+
+class Edf(_Base):
+    """Earliest (believed) departure first, full power within the site's headroom now."""
+
+    name = "edf"
+
+    def __init__(self, forecaster: SessionForecaster | None = None) -> None:
+        super().__init__()
+        self.forecaster = forecaster or SessionForecaster()
+
+    def act(self, ctx: Context) -> dict[Key, float]:
+        site = self.episode.site_type or self.episode.name
+
+        def deadline(v: View) -> datetime:
+            fc = self.forecaster.forecast(site, v.arrival, ctx.now)
+            return believed_departure(v.departure, fc.departure, ctx.now)
+
+        return _fill(sorted(ctx.views, key=deadline), ctx.import_limit_kw - ctx.building_kw)
+
+    def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
+                     requested_kwh: float | None) -> None:
+        self.forecaster.observe(episode.site_type or episode.name, arrival, departure, requested_kwh)
+
+
+# An EV that still accepts energy once its forecast need is met is assumed to want this much more.
+TOPUP_KWH = 5.0
+
+
+@dataclass
+class Mpc(_Base):
+    """Re-plans the whole site every step with the LP over 24 h and applies the first step."""
+
+    unmet_penalty_per_kwh: float = 5.0
+    horizon_s: float = 24 * 3600.0
+    time_limit_s: float = 60.0
+    forecaster: SessionForecaster = field(default_factory=SessionForecaster)
+    name: str = "mpc"
+    # The billing period the demand charge is prorated to (the evaluator sets the episode's).
+    period: timedelta = timedelta(days=30)
+    last_plan: PlanResult | None = None
+
+    def __post_init__(self) -> None:
+        self.solve_times = []
+        self.planner = Planner(time_limit_s=self.time_limit_s)
+        self.fallbacks = 0
+
+    def begin(self, episode: Episode) -> None:
+        self.episode = episode
+        self.keys = [e.key for e in episode.evses]
+        self.evse = {e.key: e for e in episode.evses}
+
+    def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
+                     requested_kwh: float | None) -> None:
+        self.forecaster.observe(episode.site_type or episode.name, arrival, departure, requested_kwh)
+
+    def act(self, ctx: Context) -> dict[Key, float]:
+        ep = self.episode
+        grid = make_grid(ctx.now, self.horizon_s)
+        hist = ctx.building_history
+
+        def building(when: datetime) -> float:
+            # Measured now; later, what the meter showed a day earlier (naive day-ahead), else now.
+            if when <= ctx.now:
+                return ctx.building_kw
+            return hist.get(when - timedelta(days=1), ctx.building_kw)
+
+        site = site_inputs(
+            grid, tariff=ep.tariff, limits=ep.limits, events=ep.grid_events, building_kw=building,
+            demand_charge_per_kw=prorated_demand_charge(ep.tariff.demand_charge_per_kw, self.period),
+            peak_so_far_kw=ctx.peak_so_far_kw, wear_cost_per_kwh=ep.wear_cost_per_kwh,
+            unmet_penalty_per_kwh=self.unmet_penalty_per_kwh,
+        )
+        views = {v.key: v for v in ctx.views}
+        slots = [self._slot(k, views.get(k), grid, ctx.now) for k in self.keys]
+        plan = self.planner.solve(site, slots)
+        self.solve_times.append(plan.solve_s)
+        self.fallbacks += int(plan.fallback)
+        self.last_plan = plan
+        return {k: float(plan.power_kw[i, 0]) for i, k in enumerate(self.keys) if k in views}
+
+    def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
+        n = len(grid)
+        if v is None or (v.full and v.max_discharge_kw <= 0):
+            return SlotInput(key=key, connected=np.zeros(n, dtype=bool), energy_kwh=0.0, capacity_kwh=0.0,
+                             target_energy_kwh=0.0, reserve_energy_kwh=0.0, max_charge_kw=0.0,
+                             max_discharge_kw=0.0)
+        site = self.episode.site_type or self.episode.name
+        fc = self.forecaster.forecast(site, v.arrival, now)
+        dep = believed_departure(v.departure, fc.departure, now)
+        need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + TOPUP_KWH)
+        if v.energy_kwh is not None and v.capacity_kwh is not None:
+            e_now, cap = v.energy_kwh, v.capacity_kwh
+        else:  # energy so far, on a 0-based scale with room for the need and some more
+            e_now, cap = v.delivered_kwh, max(need, v.delivered_kwh) + TOPUP_KWH
+        start = e_now - v.delivered_kwh
+        target = min(start + need, cap)
+        if v.full:
+            target = min(target, e_now)
+        target = target_within_horizon(e_now, target, v.max_charge_kw, v.eff_charge, grid.end(), dep)
+        return SlotInput(
+            key=key, connected=connected_mask(grid, dep), energy_kwh=e_now, capacity_kwh=cap,
+            target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
+            max_charge_kw=0.0 if v.full else v.max_charge_kw, max_discharge_kw=v.max_discharge_kw,
+            eff_charge=v.eff_charge, eff_discharge=v.eff_discharge, discharge_allowed=v.max_discharge_kw > 0,
+        )
+
+
+class Planned(_Base):
+    """Plays back a plan computed in advance (the perfect-foresight optimum)."""
+
+    name = "optimal"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setpoints: dict[tuple[Key, datetime], float] = {}
+
+    def act(self, ctx: Context) -> dict[Key, float]:
+        return {v.key: self.setpoints.get((v.key, ctx.now), 0.0) for v in ctx.views}
