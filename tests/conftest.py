@@ -174,7 +174,8 @@ async def gateway_factory(clean_db: str) -> AsyncIterator[Any]:
     made: list[GatewayHarness] = []
 
     async def make(clock: Clock | None = None, **overrides: Any) -> GatewayHarness:
-        h = GatewayHarness(clean_db, gateway_settings(clean_db, **overrides), clock=clock)
+        url = overrides.pop("database_url", clean_db)
+        h = GatewayHarness(clean_db, gateway_settings(url, **overrides), clock=clock)
         await h.start()
         made.append(h)
         return h

@@ -115,18 +115,19 @@ def safe_profile(
                      stack_level, (Period(start, round(limit_kw * 1000.0)),), start + timedelta(hours=hours))
 
 
-def differs(old: TxProfile | None, new: TxProfile, *, check_until: datetime | None = None) -> bool:
+def differs(old: TxProfile | None, new: TxProfile, *, min_remaining: timedelta = timedelta(hours=1)) -> bool:
     """True when ``new`` would make the station do something else than ``old`` from now on.
 
-    Compared at every boundary of either schedule from ``new``'s start to its end (or
-    ``check_until``); a profile that expires before ``new`` ends counts as different.
+    Compared at every boundary of either schedule from ``new``'s start until the earlier of
+    the two ends; an ``old`` profile with less than ``min_remaining`` left counts as different
+    (it is renewed before it runs out).
     """
     if old is None or old.transaction_id != new.transaction_id:
         return True
     start = new.periods[0].start
-    until = min(new.end, check_until) if check_until else new.end
-    if old.end < until:
+    if old.end - start < min_remaining:
         return True
+    until = min(new.end, old.end)
     moments = {start} | {p.start for p in new.periods if start <= p.start < until}
     moments |= {p.start for p in old.periods if start <= p.start < until}
     for t in moments:

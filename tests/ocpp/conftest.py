@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from tests.ocpp.peers import MemoryDirectory, RecordingObserver, RecordingSecuritySink, SimpleHandler
 
 from gateway.clock import Clock, RealClock
 from gateway.config import Settings
 from gateway.ocpp.auth import hash_password
 from gateway.ocpp.server import OcppServer
+from tests.ocpp.peers import MemoryDirectory, RecordingObserver, RecordingSecuritySink, SimpleHandler
 
 PASSWORD = "correct-horse-battery-staple-1"
 PASSWORD_HASH = hash_password(PASSWORD)
@@ -30,7 +30,10 @@ class Gateway:
 
 def test_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {
-        "ocpp_host": "127.0.0.1", "ocpp_port": 0, "ws_ping_interval_s": None, "call_timeout_s": 5.0,
+        "ocpp_host": "127.0.0.1",
+        "ocpp_port": 0,
+        "ws_ping_interval_s": None,
+        "call_timeout_s": 5.0,
         "shutdown_drain_s": 3.0,
     }
     base.update(overrides)
@@ -44,13 +47,18 @@ StartGateway = Callable[..., Awaitable[Gateway]]
 async def start_gateway() -> AsyncIterator[StartGateway]:
     started: list[OcppServer] = []
 
-    async def start(directory: MemoryDirectory | None = None, clock: Clock | None = None,
-                    scheme: str = "ws", **overrides: Any) -> Gateway:
+    async def start(
+        directory: MemoryDirectory | None = None,
+        clock: Clock | None = None,
+        scheme: str = "ws",
+        **overrides: Any,
+    ) -> Gateway:
         directory = directory or MemoryDirectory()
         security, observer = RecordingSecuritySink(), RecordingObserver()
         handler = SimpleHandler()
-        server = OcppServer(test_settings(**overrides), clock or RealClock(), directory, handler, security,
-                            observer)
+        server = OcppServer(
+            test_settings(**overrides), clock or RealClock(), directory, handler, security, observer
+        )
         port = await server.start()
         started.append(server)
         return Gateway(server, directory, security, handler, observer, f"{scheme}://127.0.0.1:{port}/ocpp")

@@ -30,8 +30,15 @@ class MemoryDirectory:
         self.stations: dict[str, StationCredentials] = {}
         self.lookups = 0
 
-    def add(self, station_id: str, password: str | None, *, profile: int = 1, enabled: bool = True,
-            password_hash: str | None = None) -> None:
+    def add(
+        self,
+        station_id: str,
+        password: str | None,
+        *,
+        profile: int = 1,
+        enabled: bool = True,
+        password_hash: str | None = None,
+    ) -> None:
         h = password_hash or (hash_password(password) if password is not None else None)
         self.stations[station_id] = StationCredentials(station_id, h, profile, enabled)
 
@@ -53,8 +60,9 @@ class RecordingSecuritySink:
         self.events: list[SecurityEvent] = []
         self._changed = asyncio.Event()
 
-    async def security_event(self, station_id: str | None, kind: str, detail: str,
-                             remote_address: str | None) -> None:
+    async def security_event(
+        self, station_id: str | None, kind: str, detail: str, remote_address: str | None
+    ) -> None:
         self.events.append(SecurityEvent(station_id, kind, detail, remote_address))
         self._changed.set()
 
@@ -133,8 +141,14 @@ def basic(username: str, password: str) -> str:
 
 
 async def open_station(
-    base_url: str, station_id: str, password: str | None, *, path_id: str | None = None,
-    subprotocols: list[str] | None = None, username: str | None = None, **kwargs: Any,
+    base_url: str,
+    station_id: str,
+    password: str | None,
+    *,
+    path_id: str | None = None,
+    subprotocols: list[str] | None = None,
+    username: str | None = None,
+    **kwargs: Any,
 ) -> ClientConnection:
     """A raw OCPP-J WebSocket client for ``station_id`` (``path_id`` overrides the URL segment)."""
     headers = {} if password is None else {"Authorization": basic(username or station_id, password)}
@@ -216,4 +230,5 @@ def boot_payload() -> dict[str, Any]:
 def raise_ocpp(err: OcppError) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def reply(_: dict[str, Any]) -> dict[str, Any]:
         raise err
+
     return reply

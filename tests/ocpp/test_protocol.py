@@ -69,7 +69,14 @@ def test_well_formed_messages_parse() -> None:
 
 @pytest.mark.parametrize(
     "frame",
-    ['[3, "1"]', '[3, "1", null]', '[3, 5, {}]', '[4, "1", "X"]', '[4, "1", 3, "d", {}]', '[4, "1", "X", "d", []]'],
+    [
+        '[3, "1"]',
+        '[3, "1", null]',
+        "[3, 5, {}]",
+        '[4, "1", "X"]',
+        '[4, "1", 3, "d", {}]',
+        '[4, "1", "X", "d", []]',
+    ],
 )
 def test_malformed_responses_are_ignored_never_answered(frame: str) -> None:
     assert isinstance(p.parse_frame(frame), p.Ignored)
@@ -78,7 +85,9 @@ def test_malformed_responses_are_ignored_never_answered(frame: str) -> None:
 def test_builders_round_trip_and_cap_description() -> None:
     call = p.build_call("9", "Reset", {"type": "Immediate"})
     assert p.parse_frame(call) == p.Call("9", "Reset", {"type": "Immediate"})
-    assert p.parse_frame(p.build_call_result("9", {"status": "Accepted"})) == p.CallResult("9", {"status": "Accepted"})
+    assert p.parse_frame(p.build_call_result("9", {"status": "Accepted"})) == p.CallResult(
+        "9", {"status": "Accepted"}
+    )
     err = json.loads(p.build_call_error("9", "GenericError", "d" * 1000, {"k": 1}))
     assert err[0:3] == [4, "9", "GenericError"] and len(err[3]) == 255 and err[4] == {"k": 1}
     assert "ü" in p.build_call_result("1", {"n": "ü"})  # UTF-8 text frames, no \\u escapes

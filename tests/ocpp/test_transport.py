@@ -50,6 +50,7 @@ async def _close_code(ws: Any) -> int | None:
 
 # --- the happy path --------------------------------------------------------------------------
 
+
 async def test_boot_and_heartbeat_are_answered_and_observed(gw: Gateway) -> None:
     st = await _station(gw)
     boot = await st.call("BootNotification", boot_payload())
@@ -65,6 +66,7 @@ async def test_boot_and_heartbeat_are_answered_and_observed(gw: Gateway) -> None
 
 
 # --- S1: the handshake -----------------------------------------------------------------------
+
 
 async def test_s1_unknown_id_is_404_and_reaches_nothing(gw: Gateway) -> None:
     assert await _refused(gw, "NOPE", PASSWORD) == 404
@@ -110,6 +112,7 @@ async def test_s1_no_acceptable_subprotocol_is_closed_1002_after_handshake(
 
 # --- S2: Basic auth --------------------------------------------------------------------------
 
+
 async def test_s2_missing_wrong_or_mismatched_credentials_are_401(start_gateway: StartGateway) -> None:
     directory = MemoryDirectory()
     for sid, profile, enabled in (("CS1", 1, True), ("CS2", 1, True), ("P2", 2, True), ("OFF", 1, False)):
@@ -127,7 +130,8 @@ async def test_s2_missing_wrong_or_mismatched_credentials_are_401(start_gateway:
     assert await _refused(gw, "NOPW", "") == 401
     await gw.security.wait_for("station_disabled", count=2)
     assert {"auth_missing", "auth_failed", "auth_username_mismatch", "insecure_transport"} <= set(
-        gw.security.kinds())
+        gw.security.kinds()
+    )
     assert gw.handler.calls == [] and gw.observer.connected == []
 
 
@@ -142,12 +146,17 @@ async def test_s2_authorization_header_and_password_are_never_logged(
 
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gateway"))
     assert "< Authorization: [redacted]" in ours  # the handshake really was logged at DEBUG
-    for secret in (PASSWORD, "wrong-password-123456", basic("CS1", PASSWORD).split()[1],
-                   basic("CS1", "wrong-password-123456").split()[1]):
+    for secret in (
+        PASSWORD,
+        "wrong-password-123456",
+        basic("CS1", PASSWORD).split()[1],
+        basic("CS1", "wrong-password-123456").split()[1],
+    ):
         assert secret not in ours
 
 
 # --- S4: lock-out ----------------------------------------------------------------------------
+
 
 async def test_s4_lockout_per_station_id_and_address(start_gateway: StartGateway) -> None:
     clock = ManualClock(datetime(2026, 7, 1, 8, 0, tzinfo=UTC))
@@ -183,6 +192,7 @@ async def test_s4_unknown_ids_from_one_address_lock_the_address(start_gateway: S
 
 
 # --- S5 / S6: a second connection for the same id --------------------------------------------
+
 
 async def test_s5_unauthenticated_second_connection_leaves_live_one_untouched(gw: Gateway) -> None:
     st = await _station(gw)
@@ -237,17 +247,33 @@ MALFORMED: list[tuple[str | bytes, str, str]] = [
     (json.dumps([2, "r5", "BootNotification", {"reason": "PowerUp"}]), "OccurrenceConstraintViolation", "r5"),
     (json.dumps([2, "r6", "BootNotification", {**BOOT, "extra": 1}]), "FormatViolation", "r6"),
     (json.dumps([2, "r7", "BootNotification", {**BOOT, "reason": 5}]), "TypeConstraintViolation", "r7"),
-    (json.dumps([2, "r8", "BootNotification", {**BOOT, "reason": "Bored"}]), "PropertyConstraintViolation", "r8"),
-    (json.dumps([2, "r9", "BootNotification", {**BOOT, "chargingStation": {"model": "m" * 30000,
-                                                                         "vendorName": "V"}}]),
-     "PropertyConstraintViolation", "r9"),
+    (
+        json.dumps([2, "r8", "BootNotification", {**BOOT, "reason": "Bored"}]),
+        "PropertyConstraintViolation",
+        "r8",
+    ),
+    (
+        json.dumps(
+            [
+                2,
+                "r9",
+                "BootNotification",
+                {**BOOT, "chargingStation": {"model": "m" * 30000, "vendorName": "V"}},
+            ]
+        ),
+        "PropertyConstraintViolation",
+        "r9",
+    ),
     (b"\x00\x01binary", "RpcFrameworkError", "-1"),
     ("[" * 20000 + "]" * 20000, "RpcFrameworkError", "-1"),
     ('[2, "r10", "Heartbeat", null]', "FormatViolation", "r10"),
     ('[2, 42, "Heartbeat", {}]', "RpcFrameworkError", "-1"),
     ('[2, "r11", null, {}]', "RpcFrameworkError", "r11"),
-    (json.dumps([2, "r12", "MeterValues", {"evseId": 1, "meterValue": []}]), "OccurrenceConstraintViolation",
-     "r12"),
+    (
+        json.dumps([2, "r12", "MeterValues", {"evseId": 1, "meterValue": []}]),
+        "OccurrenceConstraintViolation",
+        "r12",
+    ),
 ]
 
 
@@ -319,8 +345,19 @@ async def test_slow_handler_blocks_neither_other_stations_nor_our_call_replies(
     gw = await start_gateway(directory)
     slow, fast = await _station(gw, "CS1"), await _station(gw, "CS2")
     gate = gw.handler.stall["MeterValues"] = asyncio.Event()
-    await slow.ws.send(json.dumps([2, "mv", "MeterValues", {"evseId": 1, "meterValue": [
-        {"timestamp": "2026-07-01T10:00:00Z", "sampledValue": [{"value": 1}]}]}]))
+    await slow.ws.send(
+        json.dumps(
+            [
+                2,
+                "mv",
+                "MeterValues",
+                {
+                    "evseId": 1,
+                    "meterValue": [{"timestamp": "2026-07-01T10:00:00Z", "sampledValue": [{"value": 1}]}],
+                },
+            ]
+        )
+    )
     await asyncio.wait_for(gw.handler.started.wait(), WAIT_S)
     assert (await fast.call("Heartbeat", {}))[0] == 3
     slow.answer = lambda action, payload: {"status": "Accepted"}
@@ -332,6 +369,7 @@ async def test_slow_handler_blocks_neither_other_stations_nor_our_call_replies(
 
 
 # --- our CALLs to the station ----------------------------------------------------------------
+
 
 async def test_outgoing_calls_one_in_flight_queued_in_order(gw: Gateway) -> None:
     st = await _station(gw)
@@ -377,8 +415,11 @@ async def test_outgoing_callerror_and_invalid_result_are_raised(gw: Gateway) -> 
     await st.ws.send(json.dumps([4, msg[1], "NotSupported", "no reset here", {"x": 1}]))
     with pytest.raises(CallErrorReceived) as info:
         await asyncio.wait_for(call, WAIT_S)
-    assert (info.value.code, info.value.description, info.value.details) == ("NotSupported", "no reset here",
-                                                                             {"x": 1})
+    assert (info.value.code, info.value.description, info.value.details) == (
+        "NotSupported",
+        "no reset here",
+        {"x": 1},
+    )
     call = asyncio.ensure_future(conn.call("Reset", {"type": "Immediate"}))
     msg = await st.next_incoming()
     await st.ws.send(json.dumps([3, msg[1], {"status": "Maybe"}]))
@@ -400,22 +441,36 @@ async def test_commands_build_wire_payloads_and_fail_fast_offline(gw: Gateway) -
         return {"status": "Accepted"}
 
     st.answer = answer
-    profile = {"id": 7, "stackLevel": 1, "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Absolute",
-               "transactionId": "T1", "chargingSchedule": [{
-                   "id": 1, "chargingRateUnit": "W", "startSchedule": "2026-07-01T10:00:00Z",
-                   "chargingSchedulePeriod": [{"startPeriod": 0, "limit": -3700.0}]}]}
+    profile = {
+        "id": 7,
+        "stackLevel": 1,
+        "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Absolute",
+        "transactionId": "T1",
+        "chargingSchedule": [
+            {
+                "id": 1,
+                "chargingRateUnit": "W",
+                "startSchedule": "2026-07-01T10:00:00Z",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": -3700.0}],
+            }
+        ],
+    }
     assert await commands.set_charging_profile("CS1", 1, profile) == {"status": "Accepted"}
     await commands.trigger_message("CS1", "StatusNotification", evse_id=1, connector_id=1)
     await commands.change_availability("CS1", "Inoperative", evse_id=2)
     await commands.reset("CS1", "OnIdle")
     assert received[0] == ("SetChargingProfile", {"evseId": 1, "chargingProfile": profile})
-    assert received[1] == ("TriggerMessage", {"requestedMessage": "StatusNotification",
-                                              "evse": {"id": 1, "connectorId": 1}})
+    assert received[1] == (
+        "TriggerMessage",
+        {"requestedMessage": "StatusNotification", "evse": {"id": 1, "connectorId": 1}},
+    )
     assert received[2] == ("ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 2}})
     assert received[3] == ("Reset", {"type": "OnIdle"})
 
 
 # --- shutdown --------------------------------------------------------------------------------
+
 
 async def test_stop_closes_every_station_with_1001_and_fails_pending_calls(
     start_gateway: StartGateway,
@@ -438,3 +493,16 @@ async def test_stop_closes_every_station_with_1001_and_fails_pending_calls(
         await asyncio.wait_for(pending, WAIT_S)
     with pytest.raises((ConnectionClosed, OSError)):
         await open_station(gw.url, "CS1", PASSWORD)
+
+
+async def test_directory_outage_is_503_not_a_credential_failure(start_gateway: StartGateway) -> None:
+    class DownDirectory(MemoryDirectory):
+        async def credentials(self, station_id: str) -> Any:
+            raise ConnectionRefusedError("database down")
+
+    gw = await start_gateway(DownDirectory())
+    with pytest.raises(InvalidStatus) as info:
+        await open_station(gw.url, "CS1", PASSWORD)
+    assert info.value.response.status_code == 503
+    assert "Retry-After" in info.value.response.headers
+    assert gw.server.lockout.failures(("id", "CS1")) == 0

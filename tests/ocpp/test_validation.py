@@ -43,6 +43,7 @@ def _with(base: dict[str, Any], path: list[Any], value: Any) -> dict[str, Any]:
 
 
 _DELETE = object()
+OCC, TYPE, PROP = "OccurrenceConstraintViolation", "TypeConstraintViolation", "PropertyConstraintViolation"
 
 
 def test_valid_payloads_pass() -> None:
@@ -50,26 +51,47 @@ def test_valid_payloads_pass() -> None:
     assert _code("MeterValues", METER) is None
     assert _code("Heartbeat", {}) is None
     assert _code("Heartbeat", {"customData": {"vendorId": "x", "anything": [1, 2]}}) is None
-    assert _code("BootNotification", {"currentTime": "2026-07-01T10:00:00Z", "interval": 300,
-                                      "status": "Accepted"}, request=False) is None
+    assert (
+        _code(
+            "BootNotification",
+            {"currentTime": "2026-07-01T10:00:00Z", "interval": 300, "status": "Accepted"},
+            request=False,
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(
     ("action", "payload", "code"),
     [
-        ("BootNotification", _with(BOOT, ["reason"], _DELETE), "OccurrenceConstraintViolation"),
-        ("BootNotification", _with(BOOT, ["chargingStation", "model"], _DELETE), "OccurrenceConstraintViolation"),
-        ("MeterValues", _with(METER, ["meterValue"], []), "OccurrenceConstraintViolation"),
-        ("MeterValues", _with(METER, ["meterValue", 0, "sampledValue"], []), "OccurrenceConstraintViolation"),
-        ("BootNotification", _with(BOOT, ["chargingStation", "model"], 12), "TypeConstraintViolation"),
-        ("MeterValues", _with(METER, ["evseId"], "1"), "TypeConstraintViolation"),
-        ("MeterValues", _with(METER, ["evseId"], 1.5), "TypeConstraintViolation"),
-        ("BootNotification", _with(BOOT, ["chargingStation"], None), "TypeConstraintViolation"),
-        ("BootNotification", _with(BOOT, ["reason"], "Bored"), "PropertyConstraintViolation"),
-        ("BootNotification", _with(BOOT, ["chargingStation", "model"], "m" * 21), "PropertyConstraintViolation"),
-        ("BootNotification", _with(BOOT, ["chargingStation", "model"], "m" * 60_000),
-         "PropertyConstraintViolation"),
-        ("MeterValues", _with(METER, ["meterValue", 0, "timestamp"], "yesterday"), "PropertyConstraintViolation"),
+        ("BootNotification", _with(BOOT, ["reason"], _DELETE), OCC),
+        (
+            "BootNotification",
+            _with(BOOT, ["chargingStation", "model"], _DELETE),
+            OCC,
+        ),
+        ("MeterValues", _with(METER, ["meterValue"], []), OCC),
+        ("MeterValues", _with(METER, ["meterValue", 0, "sampledValue"], []), OCC),
+        ("BootNotification", _with(BOOT, ["chargingStation", "model"], 12), TYPE),
+        ("MeterValues", _with(METER, ["evseId"], "1"), TYPE),
+        ("MeterValues", _with(METER, ["evseId"], 1.5), TYPE),
+        ("BootNotification", _with(BOOT, ["chargingStation"], None), TYPE),
+        ("BootNotification", _with(BOOT, ["reason"], "Bored"), PROP),
+        (
+            "BootNotification",
+            _with(BOOT, ["chargingStation", "model"], "m" * 21),
+            PROP,
+        ),
+        (
+            "BootNotification",
+            _with(BOOT, ["chargingStation", "model"], "m" * 60_000),
+            PROP,
+        ),
+        (
+            "MeterValues",
+            _with(METER, ["meterValue", 0, "timestamp"], "yesterday"),
+            PROP,
+        ),
         ("BootNotification", _with(BOOT, ["surprise"], 1), "FormatViolation"),
         ("BootNotification", _with(BOOT, ["chargingStation", "colour"], "red"), "FormatViolation"),
     ],
@@ -105,7 +127,9 @@ _json = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(action=st.sampled_from(sorted(V201_STATION_ACTIONS)), payload=st.dictionaries(st.text(max_size=20), _json))
+@given(
+    action=st.sampled_from(sorted(V201_STATION_ACTIONS)), payload=st.dictionaries(st.text(max_size=20), _json)
+)
 def test_arbitrary_payloads_only_raise_ocpp_errors(action: str, payload: dict[str, Any]) -> None:
     code = _code(action, payload)
     assert code is None or code != "InternalError"

@@ -1,0 +1,88 @@
+"""D5: Postgres goes away under a live station and comes back (a real TCP cut in front of it)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.conftest import EVENT_TIMEOUT_S
+from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
+from tests.ocpp_client import RawStation
+from tests.tcp_proxy import proxied_database_url
+
+
+@pytest.fixture
+async def proxy_and_url(clean_db: str) -> Any:
+    proxy, _ = proxied_database_url(clean_db)
+    port = await proxy.start()
+    yield proxy, proxy.url_for(port)  # type: ignore[attr-defined]
+    await proxy.close()
+
+
+async def test_postgres_outage_withholds_replies_and_recovers(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], clean_db: str
+) -> None:
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1)
+    await h.add_station("CS-D", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-D", PASSWORD)
+    await st.ok("TransactionEvent", tx_event("Started", 0, tid="TX-D", meterValue=energy(0.0)))
+
+    await proxy.cut()
+    # The station stays connected and is answered where no durability is promised...
+    assert "currentTime" in await st.ok("Heartbeat", {})
+    await st.ok("StatusNotification", {"timestamp": "2026-07-01T08:01:00Z", "connectorStatus": "Occupied",
+                                       "evseId": 1, "connectorId": 1})
+    # ...but a TransactionEvent is not acknowledged while it cannot be committed.
+    pending = asyncio.create_task(st.call("TransactionEvent", tx_event("Updated", 1, tid="TX-D",
+                                                                        meterValue=energy(2_000.0))))
+    await st.ok("MeterValues", {"evseId": 1, "meterValue": energy(2_500.0)})  # buffered, not lost
+
+    async def retried() -> bool:
+        from gateway import metrics
+
+        return metrics.DB_RETRIES.labels("transaction_event")._value.get() > 0  # type: ignore[attr-defined]
+
+    await wait_for(retried)
+    assert not pending.done()
+    assert h.gw.telemetry.buffered > 0
+
+    await proxy.restore()
+    reply = await asyncio.wait_for(pending, EVENT_TIMEOUT_S)
+    assert reply[0] == 3
+    rows = await fetch(clean_db, "SELECT seq_no FROM transaction_events WHERE transaction_id='TX-D' ORDER BY seq_no")
+    assert [r["seq_no"] for r in rows] == [0, 1]
+
+    async def backlog_cleared() -> bool:
+        return h.gw.telemetry.buffered == 0 and len(await fetch(
+            clean_db, "SELECT 1 FROM meter_values WHERE station_id='CS-D'")) == 3
+
+    await wait_for(backlog_cleared)
+    assert await fetch(clean_db, "SELECT status FROM status_history WHERE station_id='CS-D'")
+    await st.close()
+
+
+async def test_telemetry_buffer_is_bounded_and_counts_drops(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], clean_db: str
+) -> None:
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, meter_buffer_rows_max=50, meter_flush_rows=10)
+    await h.add_station("CS-B", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-B", PASSWORD)
+    await proxy.cut()
+    for i in range(80):
+        await st.ok("MeterValues", {"evseId": 1, "meterValue": energy(float(i))})
+    assert h.gw.telemetry.buffered == 50
+    assert h.gw.telemetry.dropped["meter_values"] == 30
+    await proxy.restore()
+
+    async def written() -> bool:
+        return len(await fetch(clean_db, "SELECT 1 FROM meter_values WHERE station_id='CS-B'")) == 50
+
+    await wait_for(written)
+    # The newest samples are the ones kept.
+    rows = await fetch(clean_db, "SELECT min(value) AS lo, max(value) AS hi FROM meter_values WHERE station_id='CS-B'")
+    assert (rows[0]["lo"], rows[0]["hi"]) == (30.0, 79.0)
+    await st.close()

@@ -1,0 +1,264 @@
+"""Every station-to-CSMS message over real WebSockets against real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+from tests.ocpp_client import RawStation
+
+PASSWORD = "correct-horse-battery"
+T0 = "2026-07-01T08:00:00.000Z"
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float = EVENT_TIMEOUT_S) -> None:
+    """Poll a condition that depends on another task's progress (no fixed sleeps)."""
+    async with asyncio.timeout(timeout):
+        while not await cond():
+            await asyncio.sleep(0.02)
+
+
+async def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+def tx_event(event_type: str, seq: int, tid: str = "TX-1", **extra: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "eventType": event_type, "timestamp": f"2026-07-01T08:{seq:02d}:00.000Z",
+        "triggerReason": {"Started": "CablePluggedIn", "Ended": "EVDeparted"}.get(event_type, "MeterValuePeriodic"),
+        "seqNo": seq, "transactionInfo": {"transactionId": tid}, "evse": {"id": 1, "connectorId": 1},
+    }
+    p.update(extra)
+    return p
+
+
+def energy(wh: float, ts: str = T0, power_w: float | None = None, soc: float | None = None) -> list[dict[str, Any]]:
+    sv: list[dict[str, Any]] = [{"value": wh, "measurand": "Energy.Active.Import.Register",
+                                 "unitOfMeasure": {"unit": "Wh"}}]
+    if power_w is not None:
+        sv.append({"value": power_w, "measurand": "Power.Active.Import", "unitOfMeasure": {"unit": "W"}})
+    if soc is not None:
+        sv.append({"value": soc, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}})
+    return [{"timestamp": ts, "sampledValue": sv}]
+
+
+@pytest.fixture
+async def station(gateway_server: GatewayHarness) -> AsyncIterator[RawStation]:
+    await gateway_server.add_station("CS-1", PASSWORD)
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-1", PASSWORD)
+    yield st
+    await st.close()
+
+
+async def test_boot_accepted_with_interval_and_stored(gateway_server: GatewayHarness, station: RawStation) -> None:
+    reply = await station.ok("BootNotification", {
+        "reason": "PowerUp",
+        "chargingStation": {"model": "Wallbox-X", "vendorName": "Acme", "firmwareVersion": "1.2.3"}})
+    assert reply["status"] == "Accepted"
+    assert reply["interval"] == gateway_server.settings.heartbeat_interval_s
+    rows = await fetch(gateway_server.database_url, "SELECT vendor, model, firmware_version, last_boot_at FROM stations")
+    assert (rows[0]["vendor"], rows[0]["model"], rows[0]["firmware_version"]) == ("Acme", "Wallbox-X", "1.2.3")
+    assert rows[0]["last_boot_at"] is not None
+
+
+async def test_boot_pending_per_station_state(gateway_server: GatewayHarness, station: RawStation) -> None:
+    await fetch(gateway_server.database_url, "UPDATE stations SET boot_status='Pending' WHERE id='CS-1'")
+    reply = await station.ok("BootNotification", {"reason": "PowerUp",
+                                                  "chargingStation": {"model": "M", "vendorName": "V"}})
+    assert reply["status"] == "Pending"
+    assert reply["interval"] > 0
+
+
+async def test_heartbeat_and_reconnect_without_boot(gateway_server: GatewayHarness, station: RawStation) -> None:
+    # No BootNotification on this connection: the station is still served (state from the DB).
+    reply = await station.ok("Heartbeat", {})
+    assert reply["currentTime"].endswith("Z")
+
+
+async def test_status_notification_history_and_current(gateway_server: GatewayHarness, station: RawStation) -> None:
+    for status, ts in (("Available", "2026-07-01T08:00:00Z"), ("Occupied", "2026-07-01T08:05:00Z")):
+        assert await station.ok("StatusNotification", {"timestamp": ts, "connectorStatus": status,
+                                                       "evseId": 1, "connectorId": 1}) == {}
+    # A late (older) report must not overwrite the newer current status.
+    await station.ok("StatusNotification", {"timestamp": "2026-07-01T07:00:00Z", "connectorStatus": "Faulted",
+                                            "evseId": 1, "connectorId": 1})
+
+    async def history_written() -> bool:
+        return len(await fetch(gateway_server.database_url, "SELECT 1 FROM status_history")) == 3
+
+    await wait_for(history_written)
+    cur = await fetch(gateway_server.database_url, "SELECT status FROM connectors")
+    assert [r["status"] for r in cur] == ["Occupied"]
+
+
+async def test_authorize_accept_any_by_default(station: RawStation) -> None:
+    reply = await station.ok("Authorize", {"idToken": {"idToken": "RFID-1", "type": "ISO14443"}})
+    assert reply == {"idTokenInfo": {"status": "Accepted"}}
+
+
+async def test_known_tokens_only_policy(gateway_factory: Any) -> None:
+    h = await gateway_factory(known_tokens_only=True)
+    await h.add_station("CS-K", PASSWORD)
+    await h.gw.tokens.add("KNOWN-1", "ISO14443", h.gw.clock.now())
+    st = await RawStation.connect(h.ocpp_url, "CS-K", PASSWORD)
+    known = await st.ok("Authorize", {"idToken": {"idToken": "KNOWN-1", "type": "ISO14443"}})
+    unknown = await st.ok("Authorize", {"idToken": {"idToken": "STRANGER", "type": "ISO14443"}})
+    assert known["idTokenInfo"]["status"] == "Accepted"
+    assert unknown["idTokenInfo"]["status"] == "Unknown"
+    te = await st.ok("TransactionEvent", tx_event("Started", 0, idToken={"idToken": "STRANGER", "type": "ISO14443"}))
+    assert te["idTokenInfo"]["status"] == "Unknown"
+    await st.close()
+
+
+async def test_transaction_lifecycle_energy_and_meter_values(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    token = {"idToken": "DRIVER-7", "type": "ISO14443"}
+    r0 = await station.ok("TransactionEvent", tx_event("Started", 0, idToken=token, meterValue=energy(10_000.0)))
+    assert r0["idTokenInfo"]["status"] == "Accepted"
+    await station.ok("TransactionEvent", tx_event("Updated", 1, meterValue=energy(14_000.0, power_w=7_400.0, soc=55)))
+    await station.ok("MeterValues", {"evseId": 1, "meterValue": energy(15_000.0, power_w=7_000.0)})
+    await station.ok("TransactionEvent", tx_event("Ended", 2, meterValue=energy(22_500.0),
+                                                  transactionInfo={"transactionId": "TX-1",
+                                                                   "stoppedReason": "EVDisconnected"}))
+    tx = (await fetch(gateway_server.database_url, "SELECT * FROM transactions"))[0]
+    assert tx["id_token"] == "DRIVER-7" and tx["evse_id"] == 1
+    assert tx["energy_in_kwh"] == pytest.approx(12.5)
+    assert tx["last_soc"] == 55 and tx["ended_at"] is not None and tx["stopped_reason"] == "EVDisconnected"
+
+    async def meter_rows() -> bool:
+        rows = await fetch(gateway_server.database_url, "SELECT transaction_id FROM meter_values")
+        return len(rows) == 7
+
+    await wait_for(meter_rows)
+    # MeterValues carry no transactionId: the gateway attributes them to the EVSE's session.
+    rows = await fetch(gateway_server.database_url,
+                       "SELECT transaction_id FROM meter_values WHERE value = 15000")
+    assert rows[0]["transaction_id"] == "TX-1"
+
+
+async def test_d1_replays_store_once_and_get_the_same_answer(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    payload = tx_event("Started", 0, idToken={"idToken": "A", "type": "ISO14443"}, meterValue=energy(1_000.0))
+    replies = [await station.call("TransactionEvent", payload, message_id=f"retry-{i}") for i in range(4)]
+    assert all(r[0] == 3 for r in replies)
+    assert len({str(r[2]) for r in replies}) == 1
+    rows = await fetch(gateway_server.database_url, "SELECT count(*) AS n FROM transaction_events")
+    assert rows[0]["n"] == 1
+
+
+async def test_d2_seq_gap_flagged_then_closed_and_ordered(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    for seq in (0, 1, 3):
+        await station.ok("TransactionEvent", tx_event("Started" if seq == 0 else "Updated", seq))
+    gaps = await gateway_server.gw.transactions.open_gaps("CS-1", "TX-1")  # type: ignore[union-attr]
+    assert gaps == [2]
+    await station.ok("TransactionEvent", tx_event("Updated", 2, offline=True))
+    assert await gateway_server.gw.transactions.open_gaps("CS-1", "TX-1") == []  # type: ignore[union-attr]
+    events = await gateway_server.gw.transactions.events("CS-1", "TX-1")  # type: ignore[union-attr]
+    assert [e.seq_no for e in events] == [0, 1, 2, 3]
+    assert [e.offline for e in events] == [False, False, True, False]
+
+
+async def test_notify_ev_charging_needs_stored(gateway_server: GatewayHarness, station: RawStation) -> None:
+    await station.ok("TransactionEvent", tx_event("Started", 0))
+    reply = await station.ok("NotifyEVChargingNeeds", {
+        "evseId": 1,
+        "chargingNeeds": {
+            "requestedEnergyTransfer": "AC_three_phase", "departureTime": "2026-07-01T17:30:00Z",
+            "acChargingParameters": {"energyAmount": 30_000, "evMinCurrent": 6, "evMaxCurrent": 16,
+                                     "evMaxVoltage": 400},
+            "customData": {"vendorId": "org.example.v2x", "evMaxDischargePower": 7_000, "evMinSoC": 20,
+                           "stateOfCharge": 40, "evEnergyCapacity": 60_000},
+        }})
+    assert reply["status"] == "Accepted"
+    row = (await fetch(gateway_server.database_url, "SELECT * FROM ev_needs"))[0]
+    assert row["transaction_id"] == "TX-1"
+    assert row["energy_kwh"] == pytest.approx(30.0)
+    assert row["departure_time"].isoformat().startswith("2026-07-01T17:30")
+    assert row["ev_max_charge_kw"] == pytest.approx(16 * 230 * 3 / 1000)
+    assert row["ev_max_discharge_kw"] == pytest.approx(7.0)
+    assert row["min_soc"] == pytest.approx(0.2) and row["capacity_kwh"] == pytest.approx(60.0)
+
+
+NOTIFICATIONS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("NotifyEVChargingSchedule", {
+        "timeBase": T0, "evseId": 1,
+        "chargingSchedule": {"id": 1, "chargingRateUnit": "W",
+                             "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 7000.0}]}},
+     {"status": "Accepted"}),
+    ("NotifyChargingLimit", {"chargingLimit": {"chargingLimitSource": "EMS", "isGridCritical": False}}, {}),
+    ("ClearedChargingLimit", {"chargingLimitSource": "EMS", "evseId": 1}, {}),
+    ("ReportChargingProfiles", {
+        "requestId": 1, "chargingLimitSource": "CSO", "evseId": 1,
+        "chargingProfile": [{"id": 5, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+                             "chargingProfileKind": "Absolute",
+                             "chargingSchedule": [{"id": 1, "chargingRateUnit": "A",
+                                                   "chargingSchedulePeriod": [{"startPeriod": 0,
+                                                                               "limit": 16.0}]}]}]}, {}),
+    ("NotifyReport", {"requestId": 1, "generatedAt": T0, "seqNo": 0, "tbc": False}, {}),
+    ("NotifyEvent", {"generatedAt": T0, "seqNo": 0, "eventData": [{
+        "eventId": 1, "timestamp": T0, "trigger": "Alerting", "actualValue": "Faulted",
+        "eventNotificationType": "HardWiredNotification", "component": {"name": "Connector"},
+        "variable": {"name": "Problem"}}]}, {}),
+    ("LogStatusNotification", {"status": "Uploaded", "requestId": 3}, {}),
+    ("FirmwareStatusNotification", {"status": "Installed", "requestId": 4}, {}),
+    ("DataTransfer", {"vendorId": "com.example", "messageId": "x", "data": {"a": 1}}, {"status": "UnknownVendorId"}),
+]
+
+
+@pytest.mark.parametrize(("action", "payload", "expected"), NOTIFICATIONS, ids=[n[0] for n in NOTIFICATIONS])
+async def test_notifications_answered_and_kept(
+    gateway_server: GatewayHarness, station: RawStation, action: str, payload: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
+    assert await station.ok(action, payload) == expected
+    rows = await fetch(gateway_server.database_url, "SELECT payload FROM station_messages WHERE action=$1", action)
+    assert len(rows) == 1
+
+
+async def test_security_event_notification_stored(gateway_server: GatewayHarness, station: RawStation) -> None:
+    await station.ok("SecurityEventNotification", {"type": "TamperDetectionActivated", "timestamp": T0,
+                                                   "techInfo": "lid opened"})
+    rows = await fetch(gateway_server.database_url, "SELECT kind, source, detail FROM security_events")
+    assert [(r["kind"], r["source"], r["detail"]) for r in rows] == [("TamperDetectionActivated", "station",
+                                                                       "lid opened")]
+
+
+async def test_unhandled_action_is_not_implemented(station: RawStation) -> None:
+    reply = await station.call("Get15118EVCertificate", {"iso15118SchemaVersion": "urn:iso:15118:2:2013:MsgDef",
+                                                         "action": "Install", "exiRequest": "AAAA"})
+    assert reply[0] == 4 and reply[2] == "NotImplemented"
+    # The socket lives on.
+    assert "currentTime" in await station.ok("Heartbeat", {})
+
+
+async def test_restart_mid_transaction(gateway_server: GatewayHarness) -> None:
+    await gateway_server.add_station("CS-R", PASSWORD)
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-R", PASSWORD)
+    await st.ok("TransactionEvent", tx_event("Started", 0, tid="TX-R", meterValue=energy(0.0)))
+    await gateway_server.restart()
+    await st.close()
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-R", PASSWORD)
+    # No BootNotification after the restart: the gateway knows the open session from Postgres.
+    assert gateway_server.gw is not None
+    assert gateway_server.gw.handlers.active_tx[("CS-R", 1)] == "TX-R"
+    assert gateway_server.gw.state.evses[("CS-R", 1)].session is not None
+    await st.ok("MeterValues", {"evseId": 1, "meterValue": energy(3_000.0)})
+    await st.ok("TransactionEvent", tx_event("Ended", 1, tid="TX-R", meterValue=energy(5_000.0)))
+    tx = (await fetch(gateway_server.database_url, "SELECT * FROM transactions WHERE transaction_id='TX-R'"))[0]
+    assert tx["ended_at"] is not None and tx["energy_in_kwh"] == pytest.approx(5.0)
+    events = await fetch(gateway_server.database_url, "SELECT seq_no FROM transaction_events ORDER BY seq_no")
+    assert [e["seq_no"] for e in events] == [0, 1]
+    await st.close()

@@ -1,0 +1,154 @@
+"""The live scheduler loop against a real gateway, real Postgres and real HiGHS solves; the
+station side is a raw OCPP-J client that records every SetChargingProfile it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from gateway import events as ev
+from gateway.domain import GridEvent, GridEventKind
+from tests.conftest import GatewayHarness
+from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
+from tests.ocpp_client import RawStation
+
+
+class ProfileSink:
+    """Answers every SetChargingProfile with ``status`` and keeps the profiles."""
+
+    def __init__(self, st: RawStation, status: str = "Accepted") -> None:
+        self.st = st
+        self.status = status
+        self.profiles: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            call = await self.st.incoming_calls.get()
+            if call[2] == "SetChargingProfile":
+                self.profiles.append(call[3])
+                await self.st.answer(call, {"status": self.status})
+            else:
+                await self.st.answer(call, {"status": "Accepted"})
+
+    def first_limits_w(self) -> list[float]:
+        return [p["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"]
+                for p in self.profiles]
+
+
+@pytest.fixture
+async def site(gateway_factory: Any) -> AsyncIterator[GatewayHarness]:
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0)
+    yield h
+
+
+async def plug_in(h: GatewayHarness, station_id: str, *, bidi: bool = True, tid: str | None = None,
+                  status: str = "Accepted") -> tuple[RawStation, ProfileSink]:
+    await h.add_station(station_id, PASSWORD, evses=[(1, 11.0, 11.0 if bidi else 0.0, bidi)])
+    st = await RawStation.connect(h.ocpp_url, station_id, PASSWORD)
+    sink = ProfileSink(st, status)
+    await st.ok("TransactionEvent", tx_event("Started", 0, tid=tid or f"TX-{station_id}",
+                                             meterValue=energy(0.0)))
+    return st, sink
+
+
+async def test_plug_in_gets_a_profile_within_seconds_and_it_is_stored(site: GatewayHarness) -> None:
+    st, sink = await plug_in(site, "CS-A")
+
+    async def got() -> bool:
+        return len(sink.profiles) >= 1
+
+    await wait_for(got)
+    prof = sink.profiles[0]["chargingProfile"]
+    assert prof["transactionId"] == "TX-CS-A" and prof["chargingProfilePurpose"] == "TxProfile"
+
+    async def stored() -> bool:
+        return len(await fetch(site.database_url, "SELECT status FROM profiles_sent")) >= 1
+
+    await wait_for(stored)
+    plans = await fetch(site.database_url, "SELECT status, fallback, inputs_hash, solve_s FROM plans")
+    assert plans and not plans[-1]["fallback"] and len(plans[-1]["inputs_hash"]) == 64
+    # Nothing changed: a new solve sends nothing new.
+    n = len(sink.profiles)
+    outcome = await site.gw.scheduler.replan("test")  # type: ignore[union-attr]
+    assert outcome is not None and outcome.profiles_sent == 0
+    assert len(sink.profiles) == n
+    await st.close()
+
+
+async def test_site_limit_holds_across_evses(gateway_factory: Any) -> None:
+    from gateway.config import SiteConfig
+
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0,
+                              default_energy_kwh=60.0,
+                              site=SiteConfig(import_limit_kw=12.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
+    sinks = [await plug_in(h, f"CS-{i}") for i in range(3)]
+    outcome = await h.gw.scheduler.replan("test")  # type: ignore[union-attr]
+    assert outcome is not None
+    total_first_step = sum(max(s.power_kw[0], 0.0) for s in outcome.plan.sessions)
+    assert total_first_step <= 12.0 + 1e-6
+    assert max(outcome.result.site_import_kw) <= 12.0 + 1e-6
+    for st, _ in sinks:
+        await st.close()
+
+
+async def test_rejected_profile_falls_back_to_a_safe_limit(site: GatewayHarness) -> None:
+    st, sink = await plug_in(site, "CS-R", status="Rejected")
+
+    async def two() -> bool:
+        return len(sink.profiles) >= 2
+
+    await wait_for(two)
+    safe = sink.profiles[1]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
+    assert safe == [{"startPeriod": 0, "limit": site.settings.safe_limit_kw * 1000.0}]
+    rows = await fetch(site.database_url, "SELECT status FROM profiles_sent ORDER BY id")
+    assert [r["status"] for r in rows][:2] == ["Rejected", "fallback:Rejected"]
+    await st.close()
+
+
+async def test_solver_timeout_still_pushes_a_fallback_plan(gateway_factory: Any) -> None:
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0,
+                              solver_time_limit_s=1e-9)
+    st, sink = await plug_in(h, "CS-F")
+
+    async def got() -> bool:
+        return len(sink.profiles) >= 1
+
+    await wait_for(got)
+    plans = await fetch(h.database_url, "SELECT fallback, status FROM plans")
+    assert plans[-1]["fallback"] is True
+    assert sink.first_limits_w()[0] > 0  # the fallback charges, within limits
+    await st.close()
+
+
+async def test_grid_event_discharges_only_where_allowed(site: GatewayHarness) -> None:
+    gw = site.gw
+    assert gw is not None
+    bidi, sink_b = await plug_in(site, "CS-V2G", bidi=True)
+    uni, sink_u = await plug_in(site, "CS-UNI", bidi=False)
+    now = gw.clock.now()
+    # Both EVs say they are 80 % full of 60 kWh and stay all day.
+    for sid in ("CS-V2G", "CS-UNI"):
+        s = gw.state.evses[(sid, 1)].session
+        assert s is not None
+        s.soc = 0.8
+        from gateway.domain import EvNeeds
+
+        gw.state.set_needs(sid, 1, EvNeeds(departure_time=now + timedelta(hours=12), energy_kwh=0.0,
+                                           capacity_kwh=60.0, soc=0.8, ev_max_discharge_kw=11.0))
+    gw.state.grid_events["dr-1"] = GridEvent("dr-1", now, now + timedelta(hours=2), GridEventKind.EXPORT_REQUEST,
+                                             payment_per_kwh=2.0)
+    gw.bus.publish(ev.SiteInputsChanged(now, "grid_events"))
+
+    async def discharging() -> bool:
+        return any(lim < 0 for lim in sink_b.first_limits_w())
+
+    await wait_for(discharging)
+    assert all(lim >= 0 for p in sink_u.profiles
+               for lim in (x["limit"] for x in p["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]))
+    await bidi.close()
+    await uni.close()

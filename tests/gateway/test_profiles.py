@@ -1,0 +1,68 @@
+"""Plan -> TxProfile translation (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from gateway.domain import DischargeDialect
+from gateway.ocpp import profiles
+from gateway.ocpp.validation import V201
+
+T0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+
+
+def starts(n: int, step_min: int = 5) -> list[datetime]:
+    return [T0 + timedelta(minutes=step_min * i) for i in range(n)]
+
+
+def build(power: list[float], *, bidi: bool = True, dialect: DischargeDialect = DischargeDialect.NEGATIVE_LIMIT,
+          max_periods: int = 24, t: list[datetime] | None = None) -> profiles.TxProfile:
+    s = t or starts(len(power))
+    return profiles.build_profile(
+        station_id="CS", evse_id=1, transaction_id="TX", starts=s, end=s[-1] + timedelta(minutes=5),
+        power_kw=power, max_charge_kw=11.0, max_discharge_kw=7.0, bidirectional=bidi, dialect=dialect,
+        stack_level=1, max_periods=max_periods)
+
+
+def test_merges_equal_periods_caps_and_uses_watts() -> None:
+    p = build([5.0, 5.0, 20.0, 0.0, 0.0, -3.0])
+    assert [(round((x.start - T0).total_seconds()), x.limit_w) for x in p.periods] == [
+        (0, 5000.0), (600, 11000.0), (900, 0.0), (1500, -3000.0)]
+    payload = p.payload()
+    cp = payload["chargingProfile"]
+    assert cp["chargingProfilePurpose"] == "TxProfile" and cp["chargingProfileKind"] == "Absolute"
+    assert cp["chargingSchedule"][0]["chargingRateUnit"] == "W"
+    assert cp["transactionId"] == "TX"
+
+
+def test_payload_is_schema_valid() -> None:
+    V201.check("SetChargingProfile", build([5.0, -2.0, 0.0]).payload(), request=True)
+
+
+def test_discharge_only_where_the_dialect_and_hardware_allow() -> None:
+    assert min(x.limit_w for x in build([-5.0, 2.0], bidi=False).periods) == 0.0
+    assert min(x.limit_w for x in build([-5.0, 2.0], dialect=DischargeDialect.NONE).periods) == 0.0
+    assert min(x.limit_w for x in build([-9.0, 2.0]).periods) == -7000.0  # capped at max discharge
+
+
+def test_fixed_id_per_transaction() -> None:
+    a, b = build([1.0]), build([2.0])
+    assert a.profile_id == b.profile_id == profiles.profile_id_for("CS", "TX")
+    assert profiles.profile_id_for("CS", "TX2") != a.profile_id
+
+
+def test_cut_to_station_period_limit() -> None:
+    p = build([float(i % 7) for i in range(40)], max_periods=10)
+    assert len(p.periods) == 10
+    # The schedule ends where the first dropped period would have begun.
+    assert p.end == T0 + timedelta(minutes=5 * 10)
+
+
+def test_differs_only_when_the_station_would_act_differently() -> None:
+    old = build([5.0] * 12 + [0.0] * 12)
+    later = build([5.0] * 11 + [0.0] * 12, t=starts(24)[1:])  # same plan, five minutes on
+    assert not profiles.differs(old, later)
+    changed = build([5.0] * 6 + [7.0] * 5 + [0.0] * 12, t=starts(24)[1:])
+    assert profiles.differs(old, changed)
+    assert profiles.differs(None, later)
+    assert profiles.differs(old, build([5.05] * 12 + [0.0] * 12)) is False  # within tolerance

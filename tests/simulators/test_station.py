@@ -1,0 +1,341 @@
+"""The station's protocol behaviour against a scriptable loopback CSMS (real WebSockets).
+
+These cover what the real gateway cannot be made to do on purpose (withhold replies, watch
+message ids); ``test_against_gateway.py`` runs the same station against the real gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gateway.clock import ScaledClock, to_rfc3339
+from gateway.domain import EvseSpec
+from gateway.episode import Arrival, StationSpec
+from simulators.loopback_csms import LoopbackCsms
+from simulators.station import Faults, Station, StationConfig
+
+WAIT_S = 30.0
+SCALE = 600.0  # one real second = ten simulated minutes
+START = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+FAST = StationConfig(
+    call_timeout_real_s=0.4,
+    transaction_retry_interval_real_s=0.05,
+    transaction_park_real_s=0.3,
+    retry_backoff_wait_minimum_real_s=0.05,
+    retry_backoff_random_range_real_s=0.05,
+    aligned_interval_sim_s=0,
+)
+
+
+@pytest.fixture
+def clock() -> ScaledClock:
+    return ScaledClock(START, SCALE)
+
+
+@pytest.fixture
+async def csms(clock: ScaledClock) -> AsyncIterator[LoopbackCsms]:
+    c = LoopbackCsms(clock, password="pw-1", heartbeat_interval_s=120)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+def spec(sid: str = "CS-1", bidirectional: bool = True) -> StationSpec:
+    return StationSpec(sid, (EvseSpec(sid, 1, 11.0, 11.0 if bidirectional else 0.0, bidirectional),))
+
+
+def arrival(clock: ScaledClock, *, after_s: float = 60, dwell_s: float = 4 * 3600, **kw: Any) -> Arrival:
+    t = clock.now() + timedelta(seconds=after_s)
+    base: dict[str, Any] = dict(
+        id="EV-1",
+        station_id="CS-1",
+        evse_id=1,
+        arrival=t,
+        departure=t + timedelta(seconds=dwell_s),
+        arrival_soc=0.3,
+        capacity_kwh=60.0,
+        energy_kwh=20.0,
+        max_charge_kw=11.0,
+        id_token="TOK-1",
+        announced_departure=t + timedelta(seconds=dwell_s),
+        iso15118=True,
+    )
+    base.update(kw)
+    return Arrival(**base)
+
+
+async def started(station: Station, arrivals: list[Arrival] | None = None) -> asyncio.Task[None]:
+    task = asyncio.create_task(station.run(arrivals or []))
+    await asyncio.wait_for(station.connected.wait(), WAIT_S)
+    return task
+
+
+async def finish(station: Station, task: asyncio.Task[None]) -> None:
+    await station.stop()
+    await asyncio.wait_for(task, WAIT_S)
+
+
+def tx_events(csms: LoopbackCsms) -> list[dict[str, Any]]:
+    return [r.payload for r in csms.calls("TransactionEvent")]
+
+
+async def test_boot_status_and_heartbeat(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st)
+    boots = csms.calls("BootNotification")
+    assert len(boots) == 1 and boots[0].payload["reason"] == "PowerUp"
+    await csms.wait_for(lambda: len(csms.calls("StatusNotification")) >= 1)
+    assert csms.calls("StatusNotification")[0].payload["connectorStatus"] == "Available"
+    # The interval came from the boot reply (120 s simulated = 0.2 s real): two beats come quickly.
+    await csms.wait_for(lambda: len(csms.calls("Heartbeat")) >= 2)
+    assert st.heartbeat_interval_s == 120
+    await finish(st, task)
+
+
+async def test_wrong_password_never_boots(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st = Station(spec(), csms.url, password="wrong", clock=clock, config=FAST)
+    task = asyncio.create_task(st.run())
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(st.booted.wait(), 0.5)
+    assert csms.calls("BootNotification") == []
+    await finish(st, task)
+
+
+async def test_full_transaction(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    a = arrival(clock, dwell_s=3 * 3600)
+    done = asyncio.Event()
+    st.on_departure = lambda _s, _r: done.set()
+    task = await started(st, [a])
+    await asyncio.wait_for(done.wait(), WAIT_S)
+    await csms.wait_for(lambda: any(e["eventType"] == "Ended" for e in tx_events(csms)))
+    events = tx_events(csms)
+    assert [e["seqNo"] for e in events] == list(range(len(events)))
+    assert len({e["transactionInfo"]["transactionId"] for e in events}) == 1
+    assert events[0]["eventType"] == "Started" and events[0]["triggerReason"] == "CablePluggedIn"
+    assert events[1]["triggerReason"] == "Authorized" and events[1]["idToken"]["idToken"] == "TOK-1"
+    assert events[-1]["triggerReason"] == "EVDeparted"
+    assert events[-1]["transactionInfo"]["stoppedReason"] == "EVDisconnected"
+    periodic = [e for e in events if e["triggerReason"] == "MeterValuePeriodic"]
+    assert periodic
+    measurands = {s["measurand"] for s in periodic[-1]["meterValue"][0]["sampledValue"]}
+    assert {
+        "Energy.Active.Import.Register",
+        "Energy.Active.Export.Register",
+        "Power.Active.Import",
+        "SoC",
+    } <= measurands
+    # 20 kWh at 11 kW takes < 3 h: the request is met, and the meter saw it (with losses).
+    result = st.results[0]
+    assert result.delivered_kwh == pytest.approx(20.0, abs=0.6) or result.delivered_kwh > 20.0
+    end_import = next(
+        s["value"]
+        for s in events[-1]["meterValue"][0]["sampledValue"]
+        if s["measurand"] == "Energy.Active.Import.Register"
+    )
+    assert end_import == pytest.approx(result.imported_kwh * 1000, rel=1e-3)
+    # ISO 15118 EV: its needs went out with the departure and energy.
+    needs = csms.calls("NotifyEVChargingNeeds")
+    assert len(needs) == 1
+    ac = needs[0].payload["chargingNeeds"]["acChargingParameters"]
+    assert ac["energyAmount"] == 20000
+    assert needs[0].payload["chargingNeeds"]["departureTime"] == to_rfc3339(
+        a.announced_departure or a.departure
+    )
+    assert not any(e.get("offline") for e in events)
+    await finish(st, task)
+
+
+async def test_ev_without_15118_sends_no_needs(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st, [arrival(clock, iso15118=False, announced_departure=None, dwell_s=1800)])
+    await csms.wait_for(lambda: any(e["eventType"] == "Ended" for e in tx_events(csms)))
+    assert csms.calls("NotifyEVChargingNeeds") == []
+    assert tx_events(csms)[1]["idToken"]["type"] == "ISO14443"
+    await finish(st, task)
+
+
+def profile(limit_w: float, *, tx: str, start: datetime, pid: int = 1) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "stackLevel": 1,
+        "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Absolute",
+        "transactionId": tx,
+        "chargingSchedule": [
+            {
+                "id": pid,
+                "startSchedule": to_rfc3339(start),
+                "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit_w}],
+            }
+        ],
+    }
+
+
+async def plugged(
+    csms: LoopbackCsms, clock: ScaledClock, bidirectional: bool, **kw: Any
+) -> tuple[Station, Any, str]:
+    st = Station(spec(bidirectional=bidirectional), csms.url, password="pw-1", clock=clock, config=FAST)
+    a = arrival(clock, dwell_s=10 * 3600, bidirectional=True, max_discharge_kw=7.0, **kw)
+    task = await started(st, [a])
+    await csms.wait_for(lambda: any(e["triggerReason"] == "Authorized" for e in tx_events(csms)))
+    await asyncio.wait_for(_until(lambda: st.evses[1].power_kw > 0), WAIT_S)
+    return st, task, tx_events(csms)[0]["transactionInfo"]["transactionId"]
+
+
+async def _until(pred: Any) -> None:
+    while not pred():  # noqa: ASYNC110 - the station's power has no event; polled briefly
+        await asyncio.sleep(0.01)
+
+
+async def test_profile_is_applied_and_reported(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st, task, tx = await plugged(csms, clock, bidirectional=True)
+    reply = await csms.call(
+        "CS-1",
+        "SetChargingProfile",
+        {"evseId": 1, "chargingProfile": profile(4000, tx=tx, start=clock.now())},
+    )
+    assert reply[2]["status"] == "Accepted"
+    assert st.evses[1].power_kw == pytest.approx(4.0)
+    assert st.evses[1].limit_kw == pytest.approx(4.0)
+    comp = await csms.call(
+        "CS-1", "GetCompositeSchedule", {"duration": 3600, "evseId": 1, "chargingRateUnit": "W"}
+    )
+    assert comp[2]["status"] == "Accepted"
+    assert comp[2]["schedule"]["chargingSchedulePeriod"][0]["limit"] == 4000
+    got = await csms.call(
+        "CS-1",
+        "GetChargingProfiles",
+        {"requestId": 7, "chargingProfile": {"chargingProfilePurpose": "TxProfile"}},
+    )
+    assert got[2]["status"] == "Accepted"
+    await csms.wait_for(lambda: bool(csms.calls("ReportChargingProfiles")))
+    rep = csms.calls("ReportChargingProfiles")[0].payload
+    assert rep["requestId"] == 7 and rep["chargingProfile"][0]["id"] == 1
+    # The rate change was reported as a transaction event.
+    cleared = await csms.call("CS-1", "ClearChargingProfile", {"chargingProfileId": 1})
+    assert cleared[2]["status"] == "Accepted"
+    assert st.evses[1].power_kw == pytest.approx(11.0)
+    await finish(st, task)
+
+
+async def test_negative_limit_discharges_a_bidirectional_evse(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st, task, tx = await plugged(csms, clock, bidirectional=True)
+    reply = await csms.call(
+        "CS-1",
+        "SetChargingProfile",
+        {"evseId": 1, "chargingProfile": profile(-5000, tx=tx, start=clock.now())},
+    )
+    assert reply[2]["status"] == "Accepted"
+    assert st.evses[1].power_kw == pytest.approx(-5.0)
+    soc0 = st.evses[1].session.battery.soc  # type: ignore[union-attr]
+    await asyncio.wait_for(_until(lambda: st.evses[1].export_wh > 1000), WAIT_S)
+    assert st.evses[1].session.battery.soc < soc0  # type: ignore[union-attr]
+    await finish(st, task)
+
+
+async def test_unidirectional_evse_rejects_a_discharge_profile(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    st, task, tx = await plugged(csms, clock, bidirectional=False)
+    reply = await csms.call(
+        "CS-1",
+        "SetChargingProfile",
+        {"evseId": 1, "chargingProfile": profile(-5000, tx=tx, start=clock.now())},
+    )
+    assert reply[2]["status"] == "Rejected"
+    assert st.evses[1].power_kw == pytest.approx(11.0)
+    await finish(st, task)
+
+
+async def test_drop_queues_offline_and_replays_without_new_boot(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    st, task, _tx = await plugged(csms, clock, bidirectional=True)
+    before = len(tx_events(csms))
+    st.drop_link(offline_for_s=1800)  # 30 simulated minutes (3 real seconds) away
+    await asyncio.wait_for(_until(lambda: not st.connected.is_set()), WAIT_S)
+    await asyncio.wait_for(_until(lambda: st.outbox_len >= 3), WAIT_S)  # periodic samples pile up
+    await asyncio.wait_for(st.connected.wait(), WAIT_S)
+    await csms.wait_for(lambda: sum(1 for e in tx_events(csms)[before:] if e.get("offline")) >= 3)
+    replayed = tx_events(csms)[before:]
+    seqs = [e["seqNo"] for e in tx_events(csms)]
+    assert seqs == sorted(seqs)  # in order, nothing lost
+    assert any(e.get("offline") for e in replayed)
+    assert len(csms.calls("BootNotification")) == 1
+    assert st.connections == 2
+    await finish(st, task)
+
+
+async def test_unanswered_transaction_event_is_retried_with_new_message_ids(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st)
+    csms.silence["TransactionEvent"] = 2
+    st.plug_in(arrival(clock, after_s=0))
+    await csms.wait_for(lambda: len([e for e in tx_events(csms) if e["eventType"] == "Started"]) >= 3)
+    starts = [r for r in csms.calls("TransactionEvent") if r.payload["eventType"] == "Started"]
+    assert len({r.message_id for r in starts}) == 3  # three attempts, three message ids
+    assert len({r.payload["seqNo"] for r in starts}) == 1  # of the same message
+    await csms.wait_for(lambda: any(e["triggerReason"] == "Authorized" for e in tx_events(csms)))
+    await finish(st, task)
+
+
+async def test_after_three_failed_attempts_the_message_stays_queued(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st)
+    csms.silence["TransactionEvent"] = 3
+    st.plug_in(arrival(clock, after_s=0))
+    await csms.wait_for(lambda: len(csms.calls("TransactionEvent")) >= 3)
+    assert st.outbox_len >= 1  # not dropped after its three attempts
+    # After the park interval it is tried again, answered, and the rest follows.
+    await csms.wait_for(lambda: any(e["triggerReason"] == "Authorized" for e in tx_events(csms)))
+    assert len([e for e in tx_events(csms) if e["eventType"] == "Started"]) == 4
+    await finish(st, task)
+
+
+async def test_misbehaviour_callerror_ignore_profile_and_malformed_frame(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    faults = Faults(callerror_actions={"GetCompositeSchedule"}, ignore_profiles=True)
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST, faults=faults)
+    a = arrival(clock, after_s=0, dwell_s=10 * 3600)
+    task = await started(st, [a])
+    await csms.wait_for(lambda: any(e["triggerReason"] == "Authorized" for e in tx_events(csms)))
+    tx = tx_events(csms)[0]["transactionInfo"]["transactionId"]
+    err = await csms.call("CS-1", "GetCompositeSchedule", {"duration": 60, "evseId": 1})
+    assert err[0] == 4 and err[2] == "InternalError"
+    ok = await csms.call(
+        "CS-1",
+        "SetChargingProfile",
+        {"evseId": 1, "chargingProfile": profile(2000, tx=tx, start=clock.now())},
+    )
+    assert ok[2]["status"] == "Accepted"
+    await asyncio.wait_for(_until(lambda: st.evses[1].power_kw > 0), WAIT_S)
+    assert st.evses[1].power_kw == pytest.approx(11.0)  # ignored
+    beats = len(csms.calls("Heartbeat"))
+    await st.send_malformed()
+    await csms.wait_for(lambda: len(csms.calls("Heartbeat")) > beats)  # the link survived
+    assert st.connections == 1
+    await finish(st, task)
+
+
+async def test_refused_token_stops_energy(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    csms.token_status["BLOCKED"] = "Blocked"
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st)
+    st.plug_in(arrival(clock, after_s=0, id_token="BLOCKED"))
+    await csms.wait_for(lambda: any(e["triggerReason"] == "Authorized" for e in tx_events(csms)))
+    await csms.wait_for(lambda: st.evses[1].session is not None and st.evses[1].session.authorized is False)
+    st.update()
+    assert st.evses[1].power_kw == 0.0
+    await finish(st, task)

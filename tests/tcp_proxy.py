@@ -1,0 +1,89 @@
+"""A real TCP proxy for fault injection: put it between the gateway and Postgres (or a broker),
+then ``await proxy.cut()`` to drop every connection and refuse new ones, ``await proxy.restore()``
+to accept again on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+
+class TcpProxy:
+    def __init__(self, target_host: str, target_port: int, unix_path: str | None = None) -> None:
+        self.target = (target_host, target_port)
+        self.unix_path = unix_path
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.unix_path:
+                up_r, up_w = await asyncio.open_unix_connection(self.unix_path)
+            else:
+                up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+        for src, dst in ((reader, up_w), (up_r, writer)):
+            task = asyncio.create_task(self._pipe(src, dst))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                dst.close()
+
+    async def cut(self) -> None:
+        """Refuse new connections and reset the live ones, as a crashed server would."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for w in list(self._writers):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._writers.clear()
+        for t in list(self._pipes):
+            t.cancel()
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+
+def proxied_database_url(url: str) -> tuple[TcpProxy, str]:
+    """A proxy in front of the database of ``url`` and the URL that goes through it."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    user = parts.username or "postgres"
+    if "host" in query:  # Unix socket (embedded Postgres)
+        sock_dir = query["host"][0]
+        proxy = TcpProxy("", 0, unix_path=f"{sock_dir}/.s.PGSQL.{parts.port or 5432}")
+    else:
+        proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    path = parts.path
+
+    def url_for(port: int) -> str:
+        return f"postgresql+asyncpg://{user}@127.0.0.1:{port}{path}"
+
+    proxy.url_for = url_for  # type: ignore[attr-defined]
+    return proxy, ""
