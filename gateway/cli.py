@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("station_id")
     add.add_argument("--password-stdin", action="store_true", required=True)
     add.add_argument("--security-profile", type=int, choices=(1, 2), default=1)
-    add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default="negative_limit")
+    add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default="negative_limit",
+                     help="how the station takes a discharge command (negative W limit on 2.0.1)")
+    add.add_argument("--evse", action="append", metavar="ID:CHARGE_KW[:DISCHARGE_KW]",
+                     help="an EVSE and its power limits (repeatable), e.g. 1:11:11")
     ssub.add_parser("list", help="list registered stations")
     dis = ssub.add_parser("disable", help="disable a station")
     dis.add_argument("station_id")
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", help="write the end-of-run summary to this file")
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--no-progress", action="store_true")
+    sim.add_argument("--until", help="stop at this simulated time, RFC 3339 (default: the episode's end)")
 
     scen = sub.add_parser("scenario", help="generate episodes")
     scsub = scen.add_subparsers(dest="scenario_command", required=True)
