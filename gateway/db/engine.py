@@ -27,7 +27,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         normalize_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,  # a pooled connection that died with the server is replaced, not used
+        # No pre-ping (a round trip per checkout on the hot path): a connection that died with
+        # the server fails its first use, is discarded, and the caller's retry takes a new one.
+        pool_pre_ping=False,
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
     )

@@ -3,13 +3,13 @@ seqNo gaps flagged and closed (D2), offline events kept as offline."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
 from gateway.db import models as m
@@ -43,28 +43,16 @@ def _snapshot(t: m.Transaction) -> TxSnapshot:
                       t.energy_in_kwh, t.energy_out_kwh, t.last_power_kw, t.last_soc)
 
 
-def _apply_readings(t: m.Transaction, r: Readings) -> None:
-    # Registers are monotonic, so min/max over every event seen gives the session's energy
-    # whatever order the (possibly offline, late) events arrive in.
-    if r.import_wh_min is not None and r.import_wh_max is not None:
-        start = r.import_wh_min if t.meter_start_import_wh is None else min(t.meter_start_import_wh,
-                                                                            r.import_wh_min)
-        t.meter_start_import_wh = start
-        t.energy_in_kwh = max(t.energy_in_kwh, (r.import_wh_max - start) / 1000.0)
-    if r.export_wh_min is not None and r.export_wh_max is not None:
-        start = r.export_wh_min if t.meter_start_export_wh is None else min(t.meter_start_export_wh,
-                                                                            r.export_wh_min)
-        t.meter_start_export_wh = start
-        t.energy_out_kwh = max(t.energy_out_kwh, (r.export_wh_max - start) / 1000.0)
-    if r.power_w is not None:
-        t.last_power_kw = r.power_w / 1000.0
-    if r.soc is not None:
-        t.last_soc = r.soc
+_RECORD = """
+SELECT * FROM record_transaction_event($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13, $14,
+                                       $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
+MAX_GAP_ROWS = 1000  # a seqNo jump larger than this is recorded only for its first 1,000 numbers
 
 
 class TransactionRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        self._engine: AsyncEngine = sessions.kw["bind"]
 
     async def record_event(
         self, station_id: str, payload: dict[str, Any], response: dict[str, Any], now: datetime
@@ -73,70 +61,34 @@ class TransactionRepository:
 
         A replay (same station, transactionId, seqNo) stores nothing and returns the answer
         given the first time, so every retry of the station gets the same reply (D1).
+        This is the hottest write of the gateway: one call of the SQL function
+        ``record_transaction_event`` (migration 0002), one round trip, one implicit transaction.
         """
         info = payload["transactionInfo"]
         tid: str = info["transactionId"]
-        seq: int = payload["seqNo"]
-        ts = parse_rfc3339(payload["timestamp"])
         event_type: str = payload["eventType"]
-        async with self._sessions.begin() as s:
-            ins = (
-                insert(m.TransactionEvent)
-                .values(station_id=station_id, transaction_id=tid, seq_no=seq, event_type=event_type,
-                        trigger_reason=payload["triggerReason"], ts=ts,
-                        offline=bool(payload.get("offline", False)), received_at=now,
-                        payload=payload, response=response)
-                .on_conflict_do_nothing(index_elements=["station_id", "transaction_id", "seq_no"])
-                .returning(m.TransactionEvent.id)
-            )
-            if (await s.execute(ins)).scalar_one_or_none() is None:
-                stored = (await s.execute(
-                    select(m.TransactionEvent.response).where(
-                        m.TransactionEvent.station_id == station_id,
-                        m.TransactionEvent.transaction_id == tid, m.TransactionEvent.seq_no == seq)
-                )).scalar_one()
-                return Recorded(False, stored, None, event_type)
-
-            await s.execute(insert(m.Transaction).values(
-                station_id=station_id, transaction_id=tid, updated_at=now,
-            ).on_conflict_do_nothing(index_elements=["station_id", "transaction_id"]))
-            tx = (await s.execute(select(m.Transaction).where(
-                m.Transaction.station_id == station_id, m.Transaction.transaction_id == tid,
-            ).with_for_update())).scalar_one()
-
-            evse = payload.get("evse")
-            if evse:
-                tx.evse_id = evse["id"]
-                tx.connector_id = evse.get("connectorId", tx.connector_id)
-            token = payload.get("idToken")
-            if token and token.get("type") != "NoAuthorization":
-                tx.id_token, tx.id_token_type = token["idToken"], token["type"]
-            if event_type == "Started" or tx.started_at is None:
-                tx.started_at = ts if tx.started_at is None else min(tx.started_at, ts)
-            if event_type == "Ended":
-                tx.ended_at = ts
-                tx.stopped_reason = info.get("stoppedReason", "Local")
-            if "chargingState" in info:
-                tx.charging_state = info["chargingState"]
-            if "meterValue" in payload:
-                _apply_readings(tx, summarize(list(samples(payload["meterValue"]))))
-
-            # D2: remember skipped seqNos; a late event closes its gap.
-            if seq > tx.max_seq_no + 1 and tx.max_seq_no >= -1:
-                missing = range(tx.max_seq_no + 1, seq)
-                if len(missing) > 0:
-                    await s.execute(insert(m.TransactionSeqGap).values([
-                        {"station_id": station_id, "transaction_id": tid, "seq_no": n, "detected_at": now}
-                        for n in missing[:1000]
-                    ]).on_conflict_do_nothing())
-            elif seq < tx.max_seq_no:
-                await s.execute(update(m.TransactionSeqGap).where(
-                    m.TransactionSeqGap.station_id == station_id, m.TransactionSeqGap.transaction_id == tid,
-                    m.TransactionSeqGap.seq_no == seq, m.TransactionSeqGap.closed_at.is_(None),
-                ).values(closed_at=now))
-            tx.max_seq_no = max(tx.max_seq_no, seq)
-            tx.updated_at = now
-            return Recorded(True, response, _snapshot(tx), event_type)
+        evse = payload.get("evse") or {}
+        token = payload.get("idToken")
+        if token is not None and token.get("type") == "NoAuthorization":
+            token = None
+        r = summarize(list(samples(payload["meterValue"]))) if "meterValue" in payload else Readings()
+        async with self._engine.connect() as sa_conn:
+            raw = await sa_conn.get_raw_connection()
+            c: Any = raw.driver_connection
+            row = await c.fetchrow(
+                _RECORD, station_id, tid, payload["seqNo"], event_type, payload["triggerReason"],
+                parse_rfc3339(payload["timestamp"]), bool(payload.get("offline", False)), now,
+                json.dumps(payload), json.dumps(response), evse.get("id"), evse.get("connectorId"),
+                token["idToken"] if token else None, token["type"] if token else None,
+                info.get("stoppedReason"), info.get("chargingState"), r.import_wh_min, r.import_wh_max,
+                r.export_wh_min, r.export_wh_max, None if r.power_w is None else r.power_w / 1000.0, r.soc,
+                MAX_GAP_ROWS)
+        if not row["inserted"]:
+            stored = row["response"]  # SQLAlchemy's asyncpg codec already decodes jsonb
+            return Recorded(False, json.loads(stored) if isinstance(stored, str) else stored, None, event_type)
+        snap = TxSnapshot(station_id, tid, row["evse_id"], row["id_token"], row["started_at"], row["ended_at"],
+                          row["energy_in_kwh"], row["energy_out_kwh"], row["last_power_kw"], row["last_soc"])
+        return Recorded(True, response, snap, event_type)
 
     async def open_gaps(self, station_id: str, transaction_id: str) -> list[int]:
         async with self._sessions() as s:

@@ -262,3 +262,13 @@ async def test_restart_mid_transaction(gateway_server: GatewayHarness) -> None:
     events = await fetch(gateway_server.database_url, "SELECT seq_no FROM transaction_events ORDER BY seq_no")
     assert [e["seq_no"] for e in events] == [0, 1]
     await st.close()
+
+
+async def test_event_payload_and_reply_are_stored_as_json_objects(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    await station.ok("TransactionEvent", tx_event("Started", 0, idToken={"idToken": "J", "type": "ISO14443"}))
+    rows = await fetch(gateway_server.database_url,
+                       "SELECT jsonb_typeof(payload) AS p, jsonb_typeof(response) AS r, payload->>'eventType' AS e "
+                       "FROM transaction_events")
+    assert (rows[0]["p"], rows[0]["r"], rows[0]["e"]) == ("object", "object", "Started")
