@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -59,6 +60,14 @@ class _Observer:
         self._gw.bus.publish(ev.StationDisconnected(self._gw.clock.now(), ctx.station_id))
         with contextlib.suppress(Exception):
             await self._gw.stations.set_connected(ctx.station_id, False, self._gw.clock.now())
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn on our loop: signals belong to the gateway (close stations first), not to uvicorn."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class Gateway:
@@ -150,8 +159,7 @@ class Gateway:
         sock.setblocking(False)
         self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(api, lifespan="off", log_config=None, access_log=False)
-        self._uvicorn = uvicorn.Server(config)
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._uvicorn = _EmbeddedUvicorn(config)
         self._api_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="api")
         while not self._uvicorn.started:
             if self._api_task.done():

@@ -13,6 +13,7 @@ mid-session. ``surprise`` marks an arrival no history would have predicted.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -137,7 +138,7 @@ def from_dict(data: dict[str, Any]) -> Episode:
     try:
         _validator()(data)
     except fastjsonschema.JsonSchemaException as exc:
-        raise EpisodeError(f"episode does not follow the schema: {exc.message}") from exc
+        raise EpisodeError(f"episode does not follow the schema: {exc}") from exc
     t = data["tariff"]
     tariff = Tariff(
         periods=tuple(TouPeriod(**p) for p in t["periods"]),
@@ -241,7 +242,7 @@ def _check_consistency(ep: Episode) -> None:
         busy.setdefault((a.station_id, a.evse_id), []).append(a)
     for key, items in busy.items():
         items.sort(key=lambda x: x.arrival)
-        for prev, nxt in zip(items, items[1:], strict=False):
+        for prev, nxt in itertools.pairwise(items):
             if nxt.arrival < prev.departure:
                 raise EpisodeError(f"arrivals {prev.id} and {nxt.id} overlap on EVSE {key[0]}/{key[1]}")
 

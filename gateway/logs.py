@@ -41,5 +41,7 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("websockets", "uvicorn.access", "apscheduler"):
+    for noisy in ("websockets", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A periodic re-plan skipped because the previous one still runs is the coalescing we asked for.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

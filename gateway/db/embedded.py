@@ -18,10 +18,11 @@ def asyncpg_url(uri: str) -> str:
 @contextlib.contextmanager
 def embedded_postgres(data_dir: str | Path, *, keep: bool = False) -> Iterator[str]:
     """Run Postgres in ``data_dir`` and yield its asyncpg URL; stop it afterwards."""
-    import pgserver
+    import pgserver  # type: ignore[attr-defined,unused-ignore]
 
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    server: Any = pgserver.get_server(str(data_dir), cleanup_mode=None if keep else "stop")
+    server: Any = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
+       str(data_dir), cleanup_mode=None if keep else "stop")
     try:
         yield asyncpg_url(server.get_uri())
     finally:

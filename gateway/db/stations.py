@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class StationRepository:
             st = await s.get(m.Station, station_id)
             return _row(st) if st else None
 
-    async def list(self, *, limit: int = 1000, offset: int = 0) -> list[StationRow]:
+    async def list(self, *, limit: int = 1000, offset: int = 0) -> builtins.list[StationRow]:
         async with self._sessions() as s:
             res = await s.execute(select(m.Station).order_by(m.Station.id).limit(limit).offset(offset))
             return [_row(st) for st in res.scalars()]
@@ -145,14 +146,14 @@ class StationRepository:
             else:
                 await s.execute(stmt.on_conflict_do_nothing())
 
-    async def evses(self, station_ids: Sequence[str] | None = None) -> list[m.Evse]:
+    async def evses(self, station_ids: Sequence[str] | None = None) -> builtins.list[m.Evse]:
         async with self._sessions() as s:
             q = select(m.Evse)
             if station_ids is not None:
                 q = q.where(m.Evse.station_id.in_(station_ids))
             return list((await s.execute(q)).scalars())
 
-    async def connectors(self, station_id: str) -> list[m.Connector]:
+    async def connectors(self, station_id: str) -> builtins.list[m.Connector]:
         async with self._sessions() as s:
             q = select(m.Connector).where(m.Connector.station_id == station_id)
             return list((await s.execute(q)).scalars())
@@ -206,6 +207,6 @@ class TokenRepository:
             rec = await s.get(m.IdTokenRecord, id_token)
             return rec.status if rec else None
 
-    async def list(self) -> list[m.IdTokenRecord]:
+    async def list(self) -> builtins.list[m.IdTokenRecord]:
         async with self._sessions() as s:
             return list((await s.execute(select(m.IdTokenRecord).order_by(m.IdTokenRecord.id_token))).scalars())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
@@ -130,7 +130,7 @@ class TransactionRepository:
         self, *, active: bool | None = None, id_token: str | None = None, station_id: str | None = None,
         limit: int = 100, offset: int = 0,
     ) -> tuple[list[TxSnapshot], int]:
-        conds = []
+        conds: list[ColumnElement[bool]] = []
         if active is True:
             conds.append(m.Transaction.ended_at.is_(None))
         elif active is False:

@@ -61,10 +61,10 @@ class TxProfile:
                 "chargingSchedule": [{
                     "id": self.profile_id,
                     "startSchedule": to_rfc3339(start),
-                    "duration": max(1, int(round((self.end - start).total_seconds()))),
+                    "duration": max(1, round((self.end - start).total_seconds())),
                     "chargingRateUnit": "W",
                     "chargingSchedulePeriod": [
-                        {"startPeriod": int(round((p.start - start).total_seconds())), "limit": p.limit_w}
+                        {"startPeriod": round((p.start - start).total_seconds()), "limit": p.limit_w}
                         for p in self.periods
                     ],
                 }],

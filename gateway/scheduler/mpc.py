@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEBOUNCE_MAX_SIM_S = 30.0
 WATCHED = (ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded, ev.NeedsUpdated, ev.SiteInputsChanged,
            ev.StatusChanged, ev.StationConnected, ev.StationDisconnected)
 
@@ -133,8 +134,10 @@ class MpcScheduler:
             return
         self._pending_trigger = trigger
         if self._debounce is None:
-            loop = asyncio.get_running_loop()
-            self._debounce = loop.call_later(self.settings.replan_debounce_s, self._fire)
+            # Real seconds, but never more than DEBOUNCE_MAX_SIM_S of simulated time, so an
+            # accelerated clock does not turn a short pause into minutes of unplanned charging.
+            delay = min(self.settings.replan_debounce_s, self.gw.clock.real_seconds(DEBOUNCE_MAX_SIM_S))
+            self._debounce = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._debounce = None

@@ -16,9 +16,9 @@ PASSWORD = "correct-horse-battery"
 T0 = "2026-07-01T08:00:00.000Z"
 
 
-async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float = EVENT_TIMEOUT_S) -> None:
+async def wait_for(cond: Callable[[], Awaitable[bool]], limit_s: float = EVENT_TIMEOUT_S) -> None:
     """Poll a condition that depends on another task's progress (no fixed sleeps)."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit_s):
         while not await cond():
             await asyncio.sleep(0.02)
 
@@ -65,7 +65,8 @@ async def test_boot_accepted_with_interval_and_stored(gateway_server: GatewayHar
         "chargingStation": {"model": "Wallbox-X", "vendorName": "Acme", "firmwareVersion": "1.2.3"}})
     assert reply["status"] == "Accepted"
     assert reply["interval"] == gateway_server.settings.heartbeat_interval_s
-    rows = await fetch(gateway_server.database_url, "SELECT vendor, model, firmware_version, last_boot_at FROM stations")
+    rows = await fetch(gateway_server.database_url,
+                       "SELECT vendor, model, firmware_version, last_boot_at FROM stations")
     assert (rows[0]["vendor"], rows[0]["model"], rows[0]["firmware_version"]) == ("Acme", "Wallbox-X", "1.2.3")
     assert rows[0]["last_boot_at"] is not None
 
