@@ -23,6 +23,7 @@ from gateway import events as ev
 from gateway import metrics
 from gateway.clock import Clock, make_clock
 from gateway.config import Settings
+from gateway.bus.site_inputs import restore as restore_site_inputs
 from gateway.db import migrate
 from gateway.db.engine import make_engine, sessionmaker
 from gateway.db.planning import PlanningRepository
@@ -35,6 +36,7 @@ from gateway.ocpp.commands import StationCommands
 from gateway.ocpp.handlers import Handlers
 from gateway.ocpp.ports import StationContext
 from gateway.ocpp.server import OcppServer
+from gateway.site_sync import SiteSync
 from gateway.state import SiteState
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class Gateway:
         self.ocpp = OcppServer(settings, self.clock, self.stations, self.handlers, self.security, _Observer(self))
         self.commands = StationCommands(self.ocpp.registry, settings)
         self.state = SiteState.from_settings(settings)
+        self.site_sync = SiteSync(self)
         self.scheduler: Any = None
         self.mqtt: Any = None
         self._uvicorn: uvicorn.Server | None = None
@@ -110,10 +113,12 @@ class Gateway:
             await migrate.upgrade_async(self.settings.database_url or "")
         await self._load_state()
         self.telemetry.start()
+        self.site_sync.start()
         if self.settings.scheduler_enabled:
             from gateway.scheduler.mpc import MpcScheduler
 
             self.scheduler = MpcScheduler(self)
+            self.site_sync.listeners.append(self.scheduler.on_event)
             await self.scheduler.start()
         if self.settings.mqtt_url:
             from gateway.bus.mqtt import MqttBridge
@@ -125,7 +130,9 @@ class Gateway:
         log.info("gateway up: OCPP on port %d, REST on port %d", self.ocpp_port, self.api_port)
 
     async def _load_state(self) -> None:
-        """Rebuild the live picture from Postgres: EVSEs, dialects and the open sessions."""
+        """Rebuild the live picture from Postgres: site inputs set over REST/MQTT, EVSEs, dialects
+        and the open sessions with their needs and preferences."""
+        await restore_site_inputs(self)
         stations = {s.id: s for s in await self.stations.list(limit=1_000_000)}
         for e in await self.stations.evses():
             st = self.state.evse(e.station_id, e.evse_id)
@@ -171,6 +178,7 @@ class Gateway:
         await self.ocpp.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        await self.site_sync.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self._uvicorn is not None and self._api_task is not None:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     mqtt_url: str | None = None
     mqtt_topic_prefix: str = "gateway"
+    mqtt_buffer_messages_max: int = 10_000
+    mqtt_reconnect_min_s: float = 0.5
+    mqtt_reconnect_max_s: float = 10.0
     api_key: str | None = None
     ocpp_host: str = "0.0.0.0"
     ocpp_port: int = 9000

@@ -13,7 +13,6 @@ Every solve and every profile sent is stored.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEBOUNCE_MAX_SIM_S = 30.0
-WATCHED = (ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded, ev.NeedsUpdated, ev.SiteInputsChanged,
-           ev.StatusChanged, ev.StationConnected, ev.StationDisconnected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +63,6 @@ class MpcScheduler:
         self.latest: PlanOutcome | None = None
         self.solves = 0
         self._lock = asyncio.Lock()
-        self._sub: ev.Subscription | None = None
-        self._events_task: asyncio.Task[None] | None = None
         self._debounce: asyncio.TimerHandle | None = None
         self._pending_trigger: str | None = None
         self._aps: AsyncIOScheduler | None = None
@@ -77,8 +72,6 @@ class MpcScheduler:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        self._sub = self.gw.bus.subscribe(*WATCHED)
-        self._events_task = asyncio.create_task(self._consume(), name="scheduler-events")
         period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)
         self._aps = AsyncIOScheduler()
         self._aps.add_job(self._periodic, "interval", seconds=period_real_s, coalesce=True, max_instances=1,
@@ -91,42 +84,24 @@ class MpcScheduler:
             self._aps.shutdown(wait=False)
         if self._debounce is not None:
             self._debounce.cancel()
-        if self._events_task is not None:
-            self._events_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events_task
         for t in list(self._tasks):
             t.cancel()
-        if self._sub is not None:
-            self._sub.close()
         async with self._lock:  # let a solve in progress finish before the engine goes away
             pass
 
-    # --- triggers -------------------------------------------------------------------------
-    async def _consume(self) -> None:
-        assert self._sub is not None
-        while True:
-            event = await self._sub.get()
-            try:
-                await self._apply(event)
-            except Exception:
-                log.exception("scheduler could not apply %s", type(event).__name__)
-
-    async def _apply(self, event: ev.Event) -> None:
-        state = self.gw.state
-        if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
-            needs = await self.gw.planning.latest_needs(event.station_id, event.evse_id, None)
-            if needs is not None:
-                state.set_needs(event.station_id, event.evse_id, needs)
+    # --- triggers ---------------------------------------------------------------------------
+    def on_event(self, event: ev.Event, replan: bool) -> None:
+        """Called by :class:`gateway.site_sync.SiteSync` after the event is in the site state."""
+        key = (getattr(event, "station_id", ""), getattr(event, "evse_id", 0))
         if isinstance(event, ev.SessionEnded):
-            self._sent.pop((event.station_id, event.evse_id), None)
+            self._sent.pop(key, None)
         if isinstance(event, ev.StationConnected):
             # A station that reconnects may have lost its profiles (reboot): send them again.
-            for key in [k for k in self._sent if k[0] == event.station_id]:
-                self._sent.pop(key, None)
-        if state.apply(event) or isinstance(event, ev.StationConnected):
+            for k in [k for k in self._sent if k[0] == event.station_id]:
+                self._sent.pop(k, None)
+            replan = True
+        if replan:
             self.request_replan(type(event).__name__)
-        metrics.EVENTS_DROPPED.labels("scheduler").set(self._sub.dropped if self._sub else 0)
 
     def request_replan(self, trigger: str) -> None:
         """Re-plan within ``replan_debounce_s`` real seconds; a burst of events makes one solve."""

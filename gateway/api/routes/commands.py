@@ -1,0 +1,134 @@
+"""Commands to one station. The answer is the station's own CALLRESULT payload; when it does
+not carry the command out the error says why:
+
+- 404 ``not_found``: no such station registered
+- 409 ``station_offline``: the station is not connected (nothing was sent)
+- 502 ``station_error``: the station answered with a CALLERROR (``details.ocpp_error_code``)
+- 503 ``station_disconnected``: its connection closed while the call was pending
+- 504 ``station_timeout``: no answer within ``call_timeout_s``
+
+Commands to one station queue behind each other (one CALL in flight per station).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Any, Literal
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, Field
+
+from gateway import metrics
+from gateway.api.deps import GatewayDep, Operator
+from gateway.api.errors import NotFound, responses
+from gateway.api.schemas import Model, StationId
+from gateway.app import Gateway
+from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, StationOffline
+
+router = APIRouter(prefix="/stations/{station_id}/commands", tags=["commands"],
+                   responses=responses(401, 403, 404, 409, 422, 502, 503, 504))
+
+StationPath = Path(description="The station to command")
+EvseId = Field(default=None, ge=0, le=1000)
+
+MessageTrigger = Literal[
+    "BootNotification", "LogStatusNotification", "FirmwareStatusNotification", "Heartbeat", "MeterValues",
+    "SignChargingStationCertificate", "SignV2GCertificate", "StatusNotification", "TransactionEvent",
+    "SignCombinedCertificate", "PublishFirmwareStatusNotification",
+]
+
+
+class ResetIn(Model):
+    type: Literal["Immediate", "OnIdle"] = "Immediate"
+    evse_id: int | None = EvseId
+
+
+class TriggerIn(Model):
+    requested_message: MessageTrigger
+    evse_id: int | None = EvseId
+    connector_id: int | None = Field(default=None, ge=0, le=1000)
+
+
+class UnlockIn(Model):
+    evse_id: int = Field(ge=1, le=1000)
+    connector_id: int = Field(ge=1, le=1000)
+
+
+class AvailabilityIn(Model):
+    operational_status: Literal["Operative", "Inoperative"]
+    evse_id: int | None = EvseId
+    connector_id: int | None = Field(default=None, ge=0, le=1000)
+
+
+class ClearProfilesIn(Model):
+    charging_profile_id: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    evse_id: int | None = EvseId
+    purpose: Literal["ChargingStationExternalConstraints", "ChargingStationMaxProfile", "TxDefaultProfile",
+                     "TxProfile"] | None = None
+    stack_level: int | None = Field(default=None, ge=0, le=1000)
+
+
+class CommandResult(BaseModel):
+    station_id: str
+    action: str
+    response: dict[str, Any] = Field(description="The station's CALLRESULT payload, as on the wire")
+
+
+async def _run(gw: Gateway, station_id: str, action: str, call: Awaitable[dict[str, Any]]) -> CommandResult:
+    started = time.perf_counter()
+    try:
+        reply = await call
+    except CallFailed as exc:
+        outcome = {StationOffline: "offline", CallTimeout: "timeout", CallErrorReceived: "callerror"}.get(
+            type(exc), "failed")
+        metrics.CALLS_SENT.labels(action, outcome).inc()
+        raise
+    metrics.CALLS_SENT.labels(action, "ok").inc()
+    metrics.CALL_SECONDS.labels(action).observe(time.perf_counter() - started)
+    return CommandResult(station_id=station_id, action=action, response=reply)
+
+
+async def _known(gw: Gateway, station_id: str) -> None:
+    if await gw.stations.get(station_id) is None:
+        raise NotFound(f"no station {station_id!r}")
+
+
+@router.post("/reset")
+async def reset(body: ResetIn, gw: GatewayDep, _: Operator,
+                station_id: StationId = StationPath) -> CommandResult:
+    await _known(gw, station_id)
+    return await _run(gw, station_id, "Reset", gw.commands.reset(station_id, body.type, body.evse_id))
+
+
+@router.post("/trigger-message")
+async def trigger_message(body: TriggerIn, gw: GatewayDep, _: Operator,
+                          station_id: StationId = StationPath) -> CommandResult:
+    await _known(gw, station_id)
+    return await _run(gw, station_id, "TriggerMessage", gw.commands.trigger_message(
+        station_id, body.requested_message, body.evse_id, body.connector_id))
+
+
+@router.post("/unlock-connector")
+async def unlock_connector(body: UnlockIn, gw: GatewayDep, _: Operator,
+                           station_id: StationId = StationPath) -> CommandResult:
+    await _known(gw, station_id)
+    return await _run(gw, station_id, "UnlockConnector",
+                      gw.commands.unlock_connector(station_id, body.evse_id, body.connector_id))
+
+
+@router.post("/change-availability")
+async def change_availability(body: AvailabilityIn, gw: GatewayDep, _: Operator,
+                              station_id: StationId = StationPath) -> CommandResult:
+    await _known(gw, station_id)
+    return await _run(gw, station_id, "ChangeAvailability", gw.commands.change_availability(
+        station_id, body.operational_status, body.evse_id, body.connector_id))
+
+
+@router.post("/clear-charging-profile")
+async def clear_charging_profile(body: ClearProfilesIn, gw: GatewayDep, _: Operator,
+                                 station_id: StationId = StationPath) -> CommandResult:
+    await _known(gw, station_id)
+    return await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
+        station_id, body.charging_profile_id, evse_id=body.evse_id, purpose=body.purpose,
+        stack_level=body.stack_level))

@@ -1,0 +1,104 @@
+"""Grid events (an import cap or a paid export request over a window): create, list, cancel."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field, model_validator
+
+from gateway.api.deps import Operator, QueriesDep, SiteInputsDep
+from gateway.api.errors import NotFound, responses
+from gateway.api.schemas import AwareDateTime, Ident, Limit, Model, Offset, Page, UtcDateTime
+from gateway.db import models as m
+from gateway.domain import GridEvent, GridEventKind
+
+router = APIRouter(prefix="/grid-events", tags=["grid events"], responses=responses(401, 403, 422))
+
+GRID_EVENT_SPAN_MAX_DAYS = 31
+
+
+class GridEventIn(Model):
+    id: Ident | None = Field(default=None, description="Your id (an upsert); a UUID is made when left out")
+    start: AwareDateTime
+    end: AwareDateTime
+    kind: GridEventKind = Field(strict=False)
+    payment_per_kwh: float = Field(default=0.0, ge=0, le=100,
+                                   description="export_request: paid per kWh of export")
+    cap_kw: float | None = Field(default=None, ge=0, le=100_000,
+                                 description="import_cap: most the site may draw")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GridEventIn:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if (self.end - self.start).days > GRID_EVENT_SPAN_MAX_DAYS:
+            raise ValueError(f"a grid event lasts at most {GRID_EVENT_SPAN_MAX_DAYS} days")
+        if self.kind == GridEventKind.IMPORT_CAP and self.cap_kw is None:
+            raise ValueError("an import_cap event needs cap_kw")
+        return self
+
+
+class GridEventOut(BaseModel):
+    id: str
+    start: UtcDateTime
+    end: UtcDateTime
+    kind: GridEventKind
+    payment_per_kwh: float
+    cap_kw: float | None
+    source: str
+    created_at: UtcDateTime
+    cancelled_at: UtcDateTime | None
+
+
+def _out(r: m.GridEventRecord) -> GridEventOut:
+    return GridEventOut(id=r.id, start=r.start, end=r.end, kind=GridEventKind(r.kind),
+                        payment_per_kwh=r.payment_per_kwh, cap_kw=r.cap_kw, source=r.source,
+                        created_at=r.created_at, cancelled_at=r.cancelled_at)
+
+
+IdPath = Path(description="The grid event's id")
+
+
+@router.post("", status_code=201)
+async def create_grid_event(body: GridEventIn, q: QueriesDep, site: SiteInputsDep,
+                            _: Operator) -> GridEventOut:
+    """Stored, applied to the plan inputs, and the site is re-planned."""
+    event = GridEvent(body.id or str(uuid.uuid4()), body.start, body.end, body.kind, body.payment_per_kwh,
+                      body.cap_kw)
+    await site.add_grid_event(event, "rest")
+    rec = await q.grid_event(event.id)
+    assert rec is not None
+    return _out(rec)
+
+
+@router.get("")
+async def list_grid_events(
+    q: QueriesDep, _: Operator,
+    include_cancelled: bool = Query(default=False), limit: Limit = 100, offset: Offset = 0,
+) -> Page[GridEventOut]:
+    rows, total = await q.grid_events(include_cancelled=include_cancelled, limit=limit, offset=offset)
+    return Page(items=[_out(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{event_id}", responses=responses(404))
+async def get_grid_event(
+    q: QueriesDep, _: Operator, event_id: Ident = IdPath,
+    include_cancelled: bool = Query(default=False, description="Also find a cancelled event"),
+) -> GridEventOut:
+    """A cancelled event is gone unless asked for with include_cancelled."""
+    rec = await q.grid_event(event_id)
+    if rec is None or (rec.cancelled_at is not None and not include_cancelled):
+        raise NotFound(f"no grid event {event_id!r}")
+    return _out(rec)
+
+
+@router.delete("/{event_id}", responses=responses(404))
+async def cancel_grid_event(q: QueriesDep, site: SiteInputsDep, _: Operator,
+                            event_id: Ident = IdPath) -> GridEventOut:
+    """Cancel an event (kept, with its cancel time); the site is re-planned without it."""
+    if not await site.cancel_grid_event(event_id):
+        raise NotFound(f"no open grid event {event_id!r}")
+    rec = await q.grid_event(event_id)
+    assert rec is not None
+    return _out(rec)

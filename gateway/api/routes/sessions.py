@@ -1,0 +1,312 @@
+"""Sessions, addressed by their OCPP transactionId: list (operator: all; driver: their own),
+one session with its energy, needs, preferences and current plan, and the driver's
+preferences (``PUT .../preferences``), which re-plan the site before the answer is sent.
+
+A driver asking for a session that is not theirs gets the same 404 as for one that does not
+exist, so a token cannot probe which transaction ids are in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, Field
+
+from gateway import events as ev
+from gateway.api.deps import CurrentPrincipal, GatewayDep, Principal, QueriesDep
+from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
+from gateway.api.schemas import AwareDateTime, Limit, Model, Offset, Page, TransactionId, UtcDateTime
+from gateway.app import Gateway
+from gateway.db import models as m
+from gateway.db.queries import Queries
+from gateway.db.transactions import TxSnapshot
+from gateway.domain import ChargeMode, EvNeeds, PlannedSession, Preferences, Session
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=responses(401, 422))
+
+# A request further out than this is a typo, not a plan (the planner looks 24 h ahead).
+DEPARTURE_AHEAD_MAX_DAYS = 14
+# No passenger EV battery holds more; an energy wish beyond it is refused when the EV did not
+# report its capacity.
+SESSION_ENERGY_MAX_KWH = 300.0
+# The re-plan a driver's change triggers is awaited at most this long before answering.
+REPLAN_WAIT_S = 30.0
+# "Fully met" allows for the solver's rounding.
+MET_TOLERANCE_KWH = 0.05
+
+TxPath = Path(description="The OCPP transactionId the station assigned")
+
+
+class PreferencesIn(Model):
+    """Every field is optional: fields left out keep their current value, ``null`` clears one."""
+
+    departure_time: AwareDateTime | None = Field(default=None, description="When the EV leaves (RFC 3339)")
+    energy_kwh: float | None = Field(default=None, ge=0, le=SESSION_ENERGY_MAX_KWH,
+                                     description="Energy wanted in this session, counted from its start")
+    target_soc: float | None = Field(default=None, ge=0, le=1, description="Wanted state of charge, 0..1")
+    reserve_soc: float | None = Field(default=None, ge=0, le=1,
+                                      description="Never discharge below this state of charge, 0..1")
+    allow_discharge: bool | None = None
+    mode: ChargeMode | None = Field(default=None, strict=False,
+                                    description="smart: plan for cost; charge_now: as fast as the site "
+                                                "allows, no discharge")
+
+
+class PreferencesOut(BaseModel):
+    departure_time: UtcDateTime | None
+    energy_kwh: float | None
+    target_soc: float | None
+    reserve_soc: float | None
+    allow_discharge: bool | None
+    mode: ChargeMode | None
+    set_by: str
+    set_at: UtcDateTime
+
+
+class NeedsOut(BaseModel):
+    departure_time: UtcDateTime | None
+    energy_kwh: float | None
+    capacity_kwh: float | None
+    soc: float | None
+    target_soc: float | None
+    min_soc: float | None
+    ev_max_charge_kw: float | None
+    ev_max_discharge_kw: float | None
+    source: str
+
+
+class ResolvedOut(BaseModel):
+    """What the planner works with after merging EV needs, driver preferences and forecast."""
+
+    departure_time: UtcDateTime
+    departure_source: str
+    energy_wanted_kwh: float
+    energy_source: str
+    reserve_soc: float
+    allow_discharge: bool
+    mode: ChargeMode
+
+
+class SessionPlanOut(BaseModel):
+    plan_id: int | None
+    created_at: UtcDateTime
+    status: str
+    energy_by_departure_kwh: float = Field(description="Energy into the EV from session start to departure "
+                                                       "if the plan is followed")
+    step_starts: list[UtcDateTime]
+    power_kw: list[float] = Field(description="Planned power per step (negative = discharge)")
+
+
+class SessionOut(BaseModel):
+    transaction_id: str
+    station_id: str
+    evse_id: int | None
+    id_token: str | None
+    active: bool
+    started_at: UtcDateTime | None
+    ended_at: UtcDateTime | None
+    energy_in_kwh: float
+    energy_out_kwh: float
+    power_kw: float | None
+    soc: float | None = Field(description="State of charge, 0..1, as last reported")
+
+
+class SessionDetail(SessionOut):
+    needs: NeedsOut | None
+    preferences: PreferencesOut | None
+    resolved: ResolvedOut | None
+    plan: SessionPlanOut | None = Field(description="null when the session is over, not in the latest plan, "
+                                                    "or the scheduler is disabled")
+    scheduler_enabled: bool
+
+
+class Delivery(BaseModel):
+    departure_time: UtcDateTime
+    energy_wanted_kwh: float
+    energy_by_departure_kwh: float | None
+    fully_met: bool | None = Field(description="null when no plan could be made (scheduler disabled)")
+    replanned: bool
+
+
+class PreferencesResult(BaseModel):
+    session: SessionDetail
+    delivery: Delivery
+
+
+def _out(tx: TxSnapshot) -> dict[str, Any]:
+    return {"transaction_id": tx.transaction_id, "station_id": tx.station_id, "evse_id": tx.evse_id,
+            "id_token": tx.id_token, "active": tx.ended_at is None and tx.started_at is not None,
+            "started_at": tx.started_at, "ended_at": tx.ended_at, "energy_in_kwh": tx.energy_in_kwh,
+            "energy_out_kwh": tx.energy_out_kwh, "power_kw": tx.power_kw, "soc": _soc(tx)}
+
+
+def _soc(tx: TxSnapshot) -> float | None:
+    """Stations report SoC in percent (OCPP SampledValue unit Percent); the API speaks 0..1."""
+    return None if tx.soc is None else tx.soc / 100.0
+
+
+async def _visible(gw: Gateway, who: Principal, transaction_id: str) -> TxSnapshot:
+    tx = await gw.transactions.find(transaction_id)
+    if tx is None or (not who.is_operator and (tx.id_token is None or tx.id_token != who.id_token)):
+        raise NotFound(f"no session {transaction_id!r}")
+    return tx
+
+
+def _session(gw: Gateway, tx: TxSnapshot, needs: EvNeeds | None, prefs: Preferences | None) -> Session | None:
+    """The live session (kept current by events), or one rebuilt from storage."""
+    live = gw.state.session_by_tx(tx.transaction_id)
+    if live is not None and live.station_id == tx.station_id:
+        return live
+    if tx.evse_id is None or tx.started_at is None or tx.ended_at is not None:
+        return None
+    return Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token, tx.energy_in_kwh,
+                   tx.energy_out_kwh, _soc(tx), tx.power_kw or 0.0, needs or EvNeeds(), prefs or Preferences())
+
+
+def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
+    sched = gw.scheduler
+    if sched is None or sched.latest is None:
+        return None
+    ps: PlannedSession | None = sched.session_plan(tx.transaction_id)
+    if ps is None or ps.station_id != tx.station_id:
+        return None
+    return ps, sched.latest
+
+
+async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot) -> SessionDetail:
+    needs = None
+    if tx.evse_id is not None and tx.started_at is not None:
+        needs = await gw.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
+    pref_rec = await q.preference_record(tx.station_id, tx.transaction_id)
+    prefs = _prefs(pref_rec) if pref_rec is not None else None
+    live = _session(gw, tx, needs, prefs)
+    resolved = None
+    if live is not None:
+        r = gw.state.resolve(live)
+        resolved = ResolvedOut(departure_time=r.departure, departure_source=r.departure_source,
+                               energy_wanted_kwh=round(r.energy_wanted_kwh, 4), energy_source=r.energy_source,
+                               reserve_soc=r.reserve_soc, allow_discharge=r.allow_discharge, mode=r.mode)
+    plan = None
+    hit = _planned(gw, tx) if tx.ended_at is None else None
+    if hit is not None:
+        ps, outcome = hit
+        plan = SessionPlanOut(plan_id=outcome.plan_id, created_at=outcome.plan.created_at,
+                              status=outcome.plan.status,
+                              energy_by_departure_kwh=round(ps.energy_by_departure_kwh, 4),
+                              step_starts=list(outcome.plan.starts),
+                              power_kw=[round(p, 4) for p in ps.power_kw])
+    return SessionDetail(
+        **_out(tx),
+        needs=None if needs is None else NeedsOut(**{f: getattr(needs, f) for f in NeedsOut.model_fields}),
+        preferences=None if pref_rec is None or prefs is None else PreferencesOut(
+            departure_time=prefs.departure_time, energy_kwh=prefs.energy_kwh, target_soc=prefs.target_soc,
+            reserve_soc=prefs.reserve_soc, allow_discharge=prefs.allow_discharge, mode=prefs.mode,
+            set_by=pref_rec.set_by, set_at=pref_rec.set_at),
+        resolved=resolved, plan=plan, scheduler_enabled=gw.scheduler is not None,
+    )
+
+
+def _prefs(rec: m.Preference) -> Preferences:
+    return Preferences(rec.departure_time, rec.energy_kwh, rec.target_soc, rec.reserve_soc,
+                       rec.allow_discharge, ChargeMode(rec.mode) if rec.mode else None)
+
+
+@router.get("")
+async def list_sessions(
+    gw: GatewayDep, who: CurrentPrincipal,
+    active: bool | None = Query(default=None, description="true: open sessions; false: ended ones"),
+    limit: Limit = 100, offset: Offset = 0,
+) -> Page[SessionOut]:
+    """Operator: every session; driver: the sessions started with their idToken."""
+    id_token = None if who.is_operator else who.id_token
+    rows, total = await gw.transactions.listing(active=active, id_token=id_token, limit=limit, offset=offset)
+    return Page(items=[SessionOut(**_out(t)) for t in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{transaction_id}", responses=responses(404))
+async def get_session(gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
+                      transaction_id: TransactionId = TxPath) -> SessionDetail:
+    return await _detail(gw, q, await _visible(gw, who, transaction_id))
+
+
+def _merge(old: Preferences, body: PreferencesIn) -> Preferences:
+    given = body.model_fields_set
+    return Preferences(**{f: getattr(body, f) if f in given else getattr(old, f)
+                          for f in ("departure_time", "energy_kwh", "target_soc", "reserve_soc",
+                                    "allow_discharge", "mode")})
+
+
+def _validate(p: Preferences, now: datetime, needs: EvNeeds | None, delivered_kwh: float) -> None:
+    if p.departure_time is not None:
+        if p.departure_time <= now:
+            raise Unprocessable("departure_time is in the past", {"field": "departure_time",
+                                                                   "now": now.isoformat()})
+        if p.departure_time > now + timedelta(days=DEPARTURE_AHEAD_MAX_DAYS):
+            raise Unprocessable(f"departure_time is more than {DEPARTURE_AHEAD_MAX_DAYS} days ahead",
+                                {"field": "departure_time"})
+    capacity = needs.capacity_kwh if needs is not None else None
+    if p.energy_kwh is not None and capacity is not None:
+        # The wish counts from session start, so what is already in the battery adds to its room.
+        room = capacity + delivered_kwh
+        soc = needs.soc if needs is not None else None
+        if soc is not None:
+            room = capacity * (1.0 - soc) + delivered_kwh
+        if p.energy_kwh > room + 1e-6:
+            raise Unprocessable(f"energy_kwh {p.energy_kwh:g} exceeds what the battery can take "
+                                f"({room:.1f} kWh)",
+                                {"field": "energy_kwh", "battery_capacity_kwh": capacity})
+    if p.reserve_soc is not None and p.target_soc is not None and p.reserve_soc > p.target_soc:
+        raise Unprocessable("reserve_soc is above target_soc", {"field": "reserve_soc"})
+
+
+@router.put("/{transaction_id}/preferences", responses=responses(404, 409))
+async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
+                          transaction_id: TransactionId = TxPath) -> PreferencesResult:
+    """Change departure, energy or SoC wanted, reserve, discharge permission or mode.
+
+    The change is stored (with who and when), applied, and the site is re-planned before the
+    answer, which says what the new plan delivers by departure.
+    """
+    tx = await _visible(gw, who, transaction_id)
+    if tx.ended_at is not None or tx.evse_id is None or tx.started_at is None:
+        raise Conflict("the session is not active", {"transaction_id": transaction_id})
+    now = gw.clock.now()
+    needs = await gw.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
+    rec = await q.preference_record(tx.station_id, tx.transaction_id)
+    prefs = _merge(_prefs(rec) if rec is not None else Preferences(), body)
+    _validate(prefs, now, needs, tx.energy_in_kwh - tx.energy_out_kwh)
+
+    await gw.planning.set_preferences(tx.station_id, tx.transaction_id, prefs, who.name, now)
+    if gw.scheduler is not None and gw.state.session_by_tx(tx.transaction_id) is None:
+        # The scheduler folds SessionStarted in from its queue; a change that comes first must
+        # not be lost, so the session enters the live state here (the later event keeps it).
+        live = _session(gw, tx, needs, prefs)
+        if live is not None:
+            gw.state.evse(tx.station_id, tx.evse_id).session = live
+    gw.state.set_preferences(tx.transaction_id, prefs)
+    gw.bus.publish(ev.NeedsUpdated(now, tx.station_id, tx.evse_id, tx.transaction_id, "driver"))
+    log.info("preferences of session %s set by %s", tx.transaction_id, who.name)
+
+    replanned = False
+    if gw.scheduler is not None:
+        try:
+            replanned = await asyncio.wait_for(gw.scheduler.replan("driver"), REPLAN_WAIT_S) is not None
+        except Exception:
+            # The change is stored and the debounced re-plan will still come: report, do not fail.
+            log.exception("re-plan after the driver's change of %s failed", tx.transaction_id)
+    detail = await _detail(gw, q, tx)
+    assert detail.resolved is not None  # an active session always resolves
+    planned = detail.plan.energy_by_departure_kwh if detail.plan is not None else None
+    wanted = detail.resolved.energy_wanted_kwh
+    return PreferencesResult(session=detail, delivery=Delivery(
+        departure_time=detail.resolved.departure_time,
+        energy_wanted_kwh=wanted,
+        energy_by_departure_kwh=planned,
+        fully_met=None if planned is None else planned + MET_TOLERANCE_KWH >= wanted,
+        replanned=replanned,
+    ))

@@ -1,0 +1,148 @@
+"""Stations: register (password hashed with argon2id, never returned or logged), list, get,
+enable/disable."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, Field
+
+from gateway.api.deps import GatewayDep, Operator, QueriesDep
+from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
+from gateway.api.schemas import Limit, Model, Offset, Page, StationId, UtcDateTime
+from gateway.app import Gateway
+from gateway.db.queries import Queries
+from gateway.db.stations import StationRow
+from gateway.domain import DischargeDialect, EvseSpec
+from gateway.ocpp.auth import hash_password
+
+router = APIRouter(prefix="/stations", tags=["stations"], responses=responses(401, 403, 422))
+
+StationPath = Path(description="The station id (as in ws://host/ocpp/{id})")
+
+
+class EvseIn(Model):
+    evse_id: int = Field(ge=1, le=1000)
+    max_charge_kw: float = Field(ge=0, le=2000)
+    max_discharge_kw: float = Field(default=0.0, ge=0, le=2000)
+    bidirectional: bool = False
+    phases: int = Field(default=3, ge=1, le=3)
+
+
+class StationIn(Model):
+    id: StationId
+    password: str = Field(min_length=16, max_length=40,
+                          description="HTTP Basic password (OCPP 2.0.1 A00.FR.205: 16..40 chars)")
+    security_profile: Literal[1, 2] = Field(default=1, description="1: Basic auth over ws; 2: over wss")
+    discharge_dialect: DischargeDialect = Field(default=DischargeDialect.NEGATIVE_LIMIT, strict=False)
+    evses: list[EvseIn] = Field(default_factory=list, max_length=100)
+
+
+class EvseOut(BaseModel):
+    evse_id: int
+    max_charge_kw: float
+    max_discharge_kw: float
+    bidirectional: bool
+    phases: int
+    status: str | None
+
+
+class StationOut(BaseModel):
+    id: str
+    security_profile: int
+    enabled: bool
+    connected: bool
+    discharge_dialect: str
+    vendor: str | None
+    model: str | None
+    firmware_version: str | None
+    boot_status: str
+    last_seen_at: UtcDateTime | None
+    evses: list[EvseOut]
+
+
+async def _out(gw: Gateway, q: Queries, rows: list[StationRow]) -> list[StationOut]:
+    evses = await q.evses([r.id for r in rows])
+    out = []
+    for r in rows:
+        mine = sorted((e for e in evses if e.station_id == r.id), key=lambda e: e.evse_id)
+        out.append(StationOut(
+            id=r.id, security_profile=r.security_profile, enabled=r.enabled,
+            connected=gw.ocpp.registry.get(r.id) is not None, discharge_dialect=r.discharge_dialect,
+            vendor=r.vendor, model=r.model, firmware_version=r.firmware_version, boot_status=r.boot_status,
+            last_seen_at=r.last_seen_at,
+            evses=[EvseOut(evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
+                           max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
+                           phases=e.phases,
+                           status=gw.state.evses[(r.id, e.evse_id)].status
+                           if (r.id, e.evse_id) in gw.state.evses else None)
+                   for e in mine]))
+    return out
+
+
+async def _one(gw: Gateway, q: Queries, station_id: str) -> StationOut:
+    row = await gw.stations.get(station_id)
+    if row is None:
+        raise NotFound(f"no station {station_id!r}")
+    return (await _out(gw, q, [row]))[0]
+
+
+@router.post("", status_code=201, responses=responses(409))
+async def register_station(body: StationIn, gw: GatewayDep, q: QueriesDep, _: Operator) -> StationOut:
+    """Register a station with its password, security profile and EVSEs."""
+    if len({e.evse_id for e in body.evses}) != len(body.evses):
+        raise Unprocessable("evse ids must be unique", {"field": "evses"})
+    if await gw.stations.get(body.id) is not None:
+        raise Conflict(f"station {body.id!r} already exists")
+    # argon2 takes tens of milliseconds of CPU: off the event loop, which serves every station.
+    pw_hash = await asyncio.to_thread(hash_password, body.password)
+    await gw.stations.add(body.id, pw_hash, security_profile=body.security_profile,
+                          discharge_dialect=body.discharge_dialect.value, now=gw.clock.now())
+    for e in body.evses:
+        await gw.stations.upsert_evse(body.id, e.evse_id, max_charge_kw=e.max_charge_kw,
+                                      max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
+                                      phases=e.phases)
+        gw.state.evse(body.id, e.evse_id).spec = EvseSpec(body.id, e.evse_id, e.max_charge_kw,
+                                                          e.max_discharge_kw, e.bidirectional, e.phases)
+        gw.state.evse(body.id, e.evse_id).dialect = body.discharge_dialect
+    return await _one(gw, q, body.id)
+
+
+@router.get("")
+async def list_stations(gw: GatewayDep, q: QueriesDep, _: Operator, limit: Limit = 100,
+                        offset: Offset = 0) -> Page[StationOut]:
+    rows = await gw.stations.list(limit=limit, offset=offset)
+    return Page(items=await _out(gw, q, rows), total=await q.station_count(), limit=limit, offset=offset)
+
+
+@router.get("/{station_id}", responses=responses(404))
+async def get_station(gw: GatewayDep, q: QueriesDep, _: Operator,
+                      station_id: StationId = StationPath) -> StationOut:
+    return await _one(gw, q, station_id)
+
+
+async def _set_enabled(gw: Gateway, q: Queries, station_id: str, enabled: bool) -> StationOut:
+    if not await gw.stations.set_enabled(station_id, enabled):
+        raise NotFound(f"no station {station_id!r}")
+    if not enabled:
+        conn = gw.ocpp.registry.get(station_id)
+        if conn is not None:
+            # A disabled station is refused at its next login; end the current one now too.
+            await conn.close(1008, "station disabled")
+    return await _one(gw, q, station_id)
+
+
+@router.post("/{station_id}/disable", responses=responses(404))
+async def disable_station(gw: GatewayDep, q: QueriesDep, _: Operator,
+                          station_id: StationId = StationPath) -> StationOut:
+    """Refuse the station's logins from now on (and close its live connection)."""
+    return await _set_enabled(gw, q, station_id, False)
+
+
+@router.post("/{station_id}/enable", responses=responses(404))
+async def enable_station(gw: GatewayDep, q: QueriesDep, _: Operator,
+                         station_id: StationId = StationPath) -> StationOut:
+    return await _set_enabled(gw, q, station_id, True)
+

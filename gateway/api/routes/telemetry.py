@@ -1,0 +1,106 @@
+"""Meter values by station or session over a time range, raw or averaged into buckets."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+
+from gateway.api.deps import GatewayDep, Operator, QueriesDep
+from gateway.api.errors import Unprocessable, responses
+from gateway.api.schemas import AwareDateTime, Limit, Offset, Page, StationId, TransactionId, UtcDateTime
+
+router = APIRouter(prefix="/telemetry", tags=["telemetry"], responses=responses(401, 403, 422))
+
+DEFAULT_WINDOW_H = 24
+MEASURAND_PATTERN = r"^[A-Za-z0-9.]{1,50}$"
+
+
+class MeterValueOut(BaseModel):
+    ts: UtcDateTime
+    station_id: str
+    evse_id: int
+    transaction_id: str | None
+    measurand: str
+    phase: str | None
+    context: str | None
+    value: float
+    unit: str | None
+
+
+class BucketOut(BaseModel):
+    start: UtcDateTime
+    station_id: str
+    evse_id: int
+    measurand: str
+    phase: str | None
+    unit: str | None
+    avg: float
+    min: float
+    max: float
+    count: int
+
+
+class Filters:
+    """The query every telemetry read shares: who (station or session) and when."""
+
+    def __init__(
+        self,
+        station_id: StationId | None = Query(default=None),
+        transaction_id: TransactionId | None = Query(default=None),
+        evse_id: int | None = Query(default=None, ge=0, le=1000),
+        measurand: str | None = Query(default=None, pattern=MEASURAND_PATTERN,
+                                      description="e.g. Power.Active.Import"),
+        start: AwareDateTime | None = Query(default=None, description=f"Default: end - {DEFAULT_WINDOW_H} h"),
+        end: AwareDateTime | None = Query(default=None, description="Default: now (exclusive)"),
+    ) -> None:
+        self.station_id, self.transaction_id, self.evse_id, self.measurand = (
+            station_id, transaction_id, evse_id, measurand)
+        self._start, self._end = start, end
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        if self.station_id is None and self.transaction_id is None:
+            raise Unprocessable("give station_id or transaction_id", {"field": "station_id"})
+        end = self._end or now
+        start = self._start or end - timedelta(hours=DEFAULT_WINDOW_H)
+        if end <= start:
+            raise Unprocessable("end must be after start", {"field": "end"})
+        return start, end
+
+
+FiltersDep = Annotated[Filters, Depends()]
+
+
+@router.get("/meter-values")
+async def meter_values(gw: GatewayDep, q: QueriesDep, _: Operator, f: FiltersDep,
+                       limit: Limit = 1000, offset: Offset = 0) -> Page[MeterValueOut]:
+    """Raw samples, oldest first."""
+    start, end = f.window(gw.clock.now())
+    rows, total = await q.meter_values(station_id=f.station_id, transaction_id=f.transaction_id,
+                                       evse_id=f.evse_id, measurand=f.measurand, start=start, end=end,
+                                       limit=limit, offset=offset)
+    items = [MeterValueOut(ts=r.ts, station_id=r.station_id, evse_id=r.evse_id,
+                           transaction_id=r.transaction_id, measurand=r.measurand, phase=r.phase,
+                           context=r.context, value=r.value, unit=r.unit)
+             for r in rows]
+    return Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/meter-values/buckets")
+async def meter_value_buckets(
+    gw: GatewayDep, q: QueriesDep, _: Operator, f: FiltersDep,
+    bucket_s: int = Query(ge=1, le=7 * 86400, description="Bucket width in seconds (Postgres date_bin), "
+                                                           "aligned on start"),
+    limit: Limit = 1000, offset: Offset = 0,
+) -> Page[BucketOut]:
+    """Samples averaged per bucket, per station, EVSE, measurand and phase."""
+    start, end = f.window(gw.clock.now())
+    rows, total = await q.meter_buckets(station_id=f.station_id, transaction_id=f.transaction_id,
+                                        evse_id=f.evse_id, measurand=f.measurand, start=start, end=end,
+                                        bucket_s=bucket_s, limit=limit, offset=offset)
+    items = [BucketOut(start=b.start, station_id=b.station_id, evse_id=b.evse_id, measurand=b.measurand,
+                       phase=b.phase, unit=b.unit, avg=b.avg, min=b.min, max=b.max, count=b.count)
+             for b in rows]
+    return Page(items=items, total=total, limit=limit, offset=offset)

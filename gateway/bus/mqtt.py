@@ -1,0 +1,261 @@
+"""The MQTT bridge: domain events out, prices / building load / grid events in.
+
+It never stands in the OCPP path's way (RELIABILITY.md M2): events reach it through its own
+bus subscription, become messages in a bounded buffer, and a single sender task drains the
+buffer while the broker is there. While it is not, the buffer fills to ``buffer_max`` and then
+drops its oldest message (counted in ``gateway_mqtt_dropped_total``); the connection loop
+reconnects with exponential back-off and jitter, and the buffer drains on reconnect.
+
+A message leaves the buffer only after the broker accepted it (PUBACK for QoS 1), so a broker
+that dies mid-publish costs a duplicate at worst, never a loss within the bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.bus import inbound, topics
+from gateway.bus.site_inputs import PriceOverride, SiteInputs
+from gateway.clock import to_rfc3339
+from gateway.domain import GridEvent
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+# Defaults for settings the bridge reads when ``Settings`` has them (named with their units).
+KEEPALIVE_S = 30
+PUBLISH_TIMEOUT_S = 10.0
+
+PUBLISHED_EVENTS = (ev.StationConnected, ev.StationDisconnected, ev.StatusChanged, ev.SessionStarted,
+                    ev.SessionUpdated, ev.SessionEnded, ev.PlanPublished, ev.SiteInputsChanged)
+
+
+def broker_address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
+        raise ValueError("MQTT URL must look like mqtt://host:port")
+    return parts.hostname, parts.port or 1883
+
+
+class MqttBridge:
+    def __init__(self, gw: Gateway) -> None:
+        settings = gw.settings
+        if not settings.mqtt_url:
+            raise ValueError("the MQTT bridge needs Settings.mqtt_url")
+        self.gw = gw
+        self.host, self.port = broker_address(settings.mqtt_url)
+        self.prefix = settings.mqtt_topic_prefix.rstrip("/")
+        self.buffer_max: int = settings.mqtt_buffer_messages_max
+        self.reconnect_min_s: float = settings.mqtt_reconnect_min_s
+        self.reconnect_max_s: float = settings.mqtt_reconnect_max_s
+        self.connected = False
+        self.dropped = 0
+        self.published = 0
+        self.invalid = 0
+        self.connects = 0
+        self._site_inputs = SiteInputs(gw)
+        self._buf: deque[topics.Outgoing] = deque()
+        self._ready = asyncio.Event()  # set while the buffer has something
+        self._sub: ev.Subscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client_id = f"{self.prefix}-gateway-{uuid.uuid4().hex[:8]}"
+        # EV power per (station, evse), folded from the same events this bridge publishes, so the
+        # site power it reports never lags behind the meter message it follows.
+        self._ev_power_kw: dict[tuple[str, int], float] = {}
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Returns at once: the broker may well be down, which only delays publishing."""
+        self._sub = self.gw.bus.subscribe(*PUBLISHED_EVENTS)
+        metrics.MQTT_CONNECTED.set(0)
+        self._tasks = [asyncio.create_task(self._events(), name="mqtt-events"),
+                       asyncio.create_task(self._connection(), name="mqtt-connection")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._sub is not None:
+            self._sub.close()
+        self._set_connected(False)
+
+    # --- out ------------------------------------------------------------------------------
+    def enqueue(self, msg: topics.Outgoing) -> None:
+        if len(self._buf) >= self.buffer_max:
+            # Keep the newest: retained status and power topics only matter in their last value.
+            self._buf.popleft()
+            self.dropped += 1
+            metrics.MQTT_DROPPED.inc()
+        self._buf.append(msg)
+        metrics.MQTT_BUFFERED.set(len(self._buf))
+        self._ready.set()
+
+    async def _events(self) -> None:
+        assert self._sub is not None
+        while True:
+            e = await self._sub.get()
+            try:
+                for msg in self._messages_for(e):
+                    self.enqueue(msg)
+            except Exception:
+                log.exception("could not turn %s into MQTT messages", type(e).__name__)
+            metrics.EVENT_QUEUE_DEPTH.labels("mqtt").set(self._sub.queue.qsize())
+            metrics.EVENTS_DROPPED.labels("mqtt").set(self._sub.dropped)
+
+    def _messages_for(self, e: ev.Event) -> list[topics.Outgoing]:
+        if isinstance(e, ev.PlanPublished):
+            return [topics.plan(self.prefix, e, self._plan_sessions(e))]
+        out = topics.for_event(self.prefix, e)
+        changes_power = isinstance(e, ev.SiteInputsChanged) and e.what == "building_load"
+        if isinstance(e, ev.SessionUpdated) and e.power_kw is not None:
+            self._ev_power_kw[(e.station_id, e.evse_id)] = e.power_kw
+            changes_power = True
+        elif isinstance(e, ev.SessionEnded):
+            changes_power = self._ev_power_kw.pop((e.station_id, e.evse_id), None) is not None
+        if changes_power:
+            out.append(self._site_power())
+        return out
+
+    def _site_power(self) -> topics.Outgoing:
+        ev_kw = sum(self._ev_power_kw.values())
+        return topics.site_power(self.prefix, to_rfc3339(self.gw.clock.now()), self.gw.state.building_load_kw,
+                                 ev_kw)
+
+    def _plan_sessions(self, e: ev.PlanPublished) -> list[dict[str, Any]]:
+        sched = self.gw.scheduler
+        latest = None if sched is None else sched.latest
+        if latest is None or latest.plan_id != e.plan_id:
+            return []
+        return [{"transaction_id": s.transaction_id, "station_id": s.station_id, "evse_id": s.evse_id,
+                 "power_kw_now": round(s.power_kw[0], 4) if s.power_kw else 0.0,
+                 "energy_by_departure_kwh": round(s.energy_by_departure_kwh, 4)}
+                for s in latest.plan.sessions]
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        while True:
+            if not self._buf:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            msg = self._buf[0]
+            await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                                 timeout=PUBLISH_TIMEOUT_S)
+            # Only now is it the broker's: a failure above leaves it first in line for the next try.
+            if self._buf and self._buf[0] is msg:
+                self._buf.popleft()
+            self.published += 1
+            metrics.MQTT_PUBLISHED.inc()
+            metrics.MQTT_BUFFERED.set(len(self._buf))
+
+    # --- in -------------------------------------------------------------------------------
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            await self.handle_input(str(message.topic), message.payload)
+
+    async def handle_input(self, topic: str, payload: Any) -> bool:
+        """Validate and apply one input message; a bad one is logged and counted, never raised."""
+        name = topics.input_name(self.prefix, topic)
+        if name is None:
+            self._refuse("unknown", topic, "not an input topic")
+            return False
+        try:
+            value = inbound.parse(name, payload)
+        except inbound.Invalid as exc:
+            self._refuse(name, topic, str(exc))
+            return False
+        try:
+            await self._apply(value)
+        except Exception:
+            # Stored state could not be written (database away): the input is lost, say so.
+            log.exception("MQTT input on %s could not be applied", topic)
+            metrics.MQTT_INVALID.labels(name).inc()
+            return False
+        metrics.MQTT_RECEIVED.labels(name).inc()
+        return True
+
+    def _refuse(self, name: str, topic: str, reason: str) -> None:
+        self.invalid += 1
+        metrics.MQTT_INVALID.labels(name).inc()
+        log.warning("MQTT message on %s refused: %s", topic, reason)
+
+    async def _apply(self, value: Any) -> None:
+        site = self._site_inputs
+        if isinstance(value, inbound.Prices):
+            prices = [PriceOverride(p.start, p.end, p.import_price_per_kwh, p.export_price_per_kwh)
+                      for p in value.prices]
+            await site.set_price_overrides(prices, "mqtt")
+        elif isinstance(value, inbound.BuildingLoad):
+            forecast = None if value.forecast is None else [(p.start, p.power_kw) for p in value.forecast]
+            await site.set_building_load(value.power_kw, forecast, "mqtt")
+        elif isinstance(value, inbound.GridEventMsg):
+            if value.cancel:
+                await site.cancel_grid_event(value.id)
+            else:
+                assert value.start is not None and value.end is not None and value.kind is not None
+                await site.add_grid_event(GridEvent(value.id, value.start, value.end, value.kind,
+                                                    value.payment_per_kwh, value.cap_kw), "mqtt")
+
+    # --- the connection -------------------------------------------------------------------
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        metrics.MQTT_CONNECTED.set(1 if up else 0)
+
+    async def _connection(self) -> None:
+        delay = self.reconnect_min_s
+        while True:
+            try:
+                async with aiomqtt.Client(self.host, self.port, identifier=self._client_id,
+                                          keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S) as client:
+                    self.connects += 1
+                    metrics.MQTT_RECONNECTS.labels("ok").inc()
+                    for name in topics.INPUTS:
+                        await client.subscribe(topics.input_topic(self.prefix, name), qos=1)
+                    self._set_connected(True)
+                    log.info("MQTT connected to %s:%d", self.host, self.port)
+                    delay = self.reconnect_min_s
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                if self.connected:
+                    log.warning("MQTT connection lost: %s (%d messages buffered)", exc, len(self._buf))
+                else:
+                    metrics.MQTT_RECONNECTS.labels("failed").inc()
+                    log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
+            self._set_connected(False)
+            # Real seconds: this waits on an outside service, not on simulated time. Jitter keeps a
+            # fleet of gateways from reconnecting in step after a broker restart.
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Send and receive until either fails (the broker went away); then both stop."""
+        tasks = [asyncio.create_task(self._send(client)), asyncio.create_task(self._receive(client))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await t
+        for t in done:
+            t.result()
+        raise aiomqtt.MqttError("message stream ended")

@@ -1,0 +1,70 @@
+"""Keeps the live site picture (:class:`gateway.state.SiteState`) current from domain events,
+whether or not the scheduler runs, and tells the scheduler (when there is one) what changed.
+
+One subscriber applies every event in order, so the REST API, the MQTT bridge and the scheduler
+all read the same picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gateway import events as ev
+from gateway import metrics
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+WATCHED = (ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded, ev.NeedsUpdated, ev.SiteInputsChanged,
+           ev.StatusChanged, ev.StationConnected, ev.StationDisconnected)
+
+# Called with each applied event and whether it changes what the site should plan.
+Listener = Callable[[ev.Event, bool], None]
+
+
+class SiteSync:
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+        self._sub: ev.Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.listeners: list[Listener] = []
+        self.applied = 0
+
+    def start(self) -> None:
+        self._sub = self._gw.bus.subscribe(*WATCHED)
+        self._task = asyncio.create_task(self._run(), name="site-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sub is not None:
+            self._sub.close()
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        while True:
+            event = await self._sub.get()
+            try:
+                await self.apply(event)
+            except Exception:
+                log.exception("site state could not apply %s", type(event).__name__)
+            metrics.EVENTS_DROPPED.labels("site_sync").set(self._sub.dropped)
+
+    async def apply(self, event: ev.Event) -> None:
+        state = self._gw.state
+        if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
+            needs = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
+            if needs is not None:
+                state.set_needs(event.station_id, event.evse_id, needs)
+        replan = state.apply(event)
+        self.applied += 1
+        for listener in self.listeners:
+            listener(event, replan)

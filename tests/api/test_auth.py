@@ -1,0 +1,96 @@
+"""Operator key, driver tokens and what each one reaches."""
+
+from __future__ import annotations
+
+import hashlib
+
+import asyncpg
+import httpx
+
+from tests.api.conftest import OPERATOR, plug_in
+from tests.conftest import GatewayHarness
+
+
+async def test_health_needs_no_auth_and_everything_else_does(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/api/v1/health")).status_code == 200
+    for path in ("/api/v1/stations", "/api/v1/sessions", "/api/v1/site", "/api/v1/tariff"):
+        missing = await api.get(path)
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "unauthorized"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = await api.get(path, headers={"Authorization": "Bearer not-the-key"})
+        assert wrong.status_code == 401
+        basic = await api.get(path, headers={"Authorization": "Basic dGVzdDp0ZXN0"})
+        assert basic.status_code == 401
+        assert (await api.get(path, headers=OPERATOR)).status_code == 200
+
+
+async def test_driver_token_sees_only_its_own_sessions(
+    gateway_server: GatewayHarness,
+    api: httpx.AsyncClient,
+    database_url: str,
+) -> None:
+    alice_st = await plug_in(gateway_server, "CS-A", "tx-alice", "ALICE")
+    bob_st = await plug_in(gateway_server, "CS-B", "tx-bob", "BOB")
+
+    issued = await api.post(
+        "/api/v1/driver-tokens", headers=OPERATOR, json={"id_token": "ALICE", "label": "app"}
+    )
+    assert issued.status_code == 201, issued.text
+    token = issued.json()["token"]
+    alice = {"Authorization": f"Bearer {token}"}
+
+    # Only the token's sha256 is stored.
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        stored = await conn.fetchval(
+            "SELECT token_hash FROM driver_tokens WHERE id = $1", issued.json()["id"]
+        )
+    finally:
+        await conn.close()
+    assert stored == hashlib.sha256(token.encode()).hexdigest()
+    listed = await api.get("/api/v1/driver-tokens", headers=OPERATOR)
+    assert token not in listed.text
+
+    mine = await api.get("/api/v1/sessions/tx-alice", headers=alice)
+    assert mine.status_code == 200 and mine.json()["id_token"] == "ALICE"
+    other = await api.get("/api/v1/sessions/tx-bob", headers=alice)
+    absent = await api.get("/api/v1/sessions/tx-nobody", headers=alice)
+    # Someone else's session looks exactly like one that does not exist.
+    assert other.status_code == absent.status_code == 404
+    assert other.json()["error"]["code"] == absent.json()["error"]["code"] == "not_found"
+    put_other = await api.put("/api/v1/sessions/tx-bob/preferences", headers=alice, json={"energy_kwh": 5})
+    assert put_other.status_code == 404
+
+    listing = await api.get("/api/v1/sessions", headers=alice)
+    assert [s["transaction_id"] for s in listing.json()["items"]] == ["tx-alice"]
+    everyone = await api.get("/api/v1/sessions", headers=OPERATOR)
+    assert {s["transaction_id"] for s in everyone.json()["items"]} == {"tx-alice", "tx-bob"}
+    assert (await api.get("/api/v1/sessions/tx-bob", headers=OPERATOR)).status_code == 200
+
+    # A driver token is not an operator key.
+    forbidden = await api.get("/api/v1/stations", headers=alice)
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "forbidden"
+
+    # Revoked: it stops working at once.
+    revoked = await api.delete(f"/api/v1/driver-tokens/{issued.json()['id']}", headers=OPERATOR)
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"].endswith("Z")
+    assert (await api.get("/api/v1/sessions/tx-alice", headers=alice)).status_code == 401
+    await alice_st.ws.close()
+    await bob_st.ws.close()
+
+
+async def test_errors_have_one_shape(api: httpx.AsyncClient) -> None:
+    unknown_route = await api.get("/api/v1/nothing-here", headers=OPERATOR)
+    assert unknown_route.status_code == 404 and set(unknown_route.json()["error"]) == {
+        "code",
+        "message",
+        "details",
+    }
+    wrong_method = await api.patch("/api/v1/stations", headers=OPERATOR)
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "method_not_allowed"
+    bad = await api.get("/api/v1/stations?limit=0", headers=OPERATOR)
+    assert bad.status_code == 422
+    err = bad.json()["error"]
+    assert err["code"] == "validation_error" and "limit" in err["message"]
+    assert err["details"]["errors"][0]["loc"] == ["query", "limit"]

@@ -1,0 +1,201 @@
+"""Sessions over REST: energy from TransactionEvents, driver preferences (validation, who/when),
+and with the scheduler on, a re-plan whose profile reaches the charger."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from gateway.clock import parse_rfc3339, to_rfc3339
+from tests.api.conftest import OPERATOR, PluggedStation, eventually, plug_in
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+
+DC_NEEDS = {
+    "evseId": 1,
+    "chargingNeeds": {
+        "requestedEnergyTransfer": "DC",
+        "dcChargingParameters": {
+            "evMaxCurrent": 100,
+            "evMaxVoltage": 400,
+            "energyAmount": 20000,
+            "evEnergyCapacity": 60000,
+            "stateOfCharge": 50,
+        },
+    },
+}
+
+
+async def test_session_shows_with_energy_after_updates(
+    gateway_server: GatewayHarness, api: httpx.AsyncClient
+) -> None:
+    st = await plug_in(gateway_server, "CS-S1", "tx-s1", "TOKEN-S1")
+    await st.tx_event("Updated", "tx-s1", energy_wh=2500.0, power_w=7200.0, offset_s=60)
+    await st.tx_event("Updated", "tx-s1", energy_wh=5000.0, power_w=7100.0, offset_s=120)
+
+    got = await api.get("/api/v1/sessions/tx-s1", headers=OPERATOR)
+    assert got.status_code == 200, got.text
+    s = got.json()
+    assert s["active"] is True and s["station_id"] == "CS-S1" and s["evse_id"] == 1
+    assert s["energy_in_kwh"] == 5.0 and s["power_kw"] == 7.1
+    assert s["started_at"].endswith("Z") and s["plan"] is None and s["scheduler_enabled"] is False
+    assert s["resolved"]["energy_source"] == "forecast"
+
+    active = await api.get("/api/v1/sessions?active=true", headers=OPERATOR)
+    assert [x["transaction_id"] for x in active.json()["items"]] == ["tx-s1"]
+    await st.tx_event("Ended", "tx-s1", energy_wh=6000.0, trigger="EVCommunicationLost", offset_s=180)
+    past = await api.get("/api/v1/sessions?active=false", headers=OPERATOR)
+    assert past.json()["total"] == 1
+    ended = past.json()["items"][0]
+    assert ended["energy_in_kwh"] == 6.0 and ended["active"] is False and ended["ended_at"].endswith("Z")
+    late = await api.put("/api/v1/sessions/tx-s1/preferences", headers=OPERATOR, json={"energy_kwh": 1})
+    assert late.status_code == 409
+    await st.ws.close()
+
+
+async def test_preferences_validation_and_who_when(
+    gateway_server: GatewayHarness,
+    api: httpx.AsyncClient,
+    database_url: str,
+) -> None:
+    assert gateway_server.gw is not None
+    st = await plug_in(gateway_server, "CS-P1", "tx-p1", "TOKEN-P1")
+    await st.ws.ok("NotifyEVChargingNeeds", DC_NEEDS)
+    now = gateway_server.gw.clock.now()
+    url = "/api/v1/sessions/tx-p1/preferences"
+
+    async def refused(body: dict[str, Any], field: str) -> str:
+        r = await api.put(url, headers=OPERATOR, json=body)
+        assert r.status_code == 422, (body, r.text)
+        err = r.json()["error"]
+        assert err["code"] == "validation_error"
+        assert field in err["message"] or err["details"].get("field") == field, err
+        return str(err["message"])
+
+    assert "past" in await refused(
+        {"departure_time": to_rfc3339(now - timedelta(minutes=5))}, "departure_time"
+    )
+    await refused({"departure_time": "2026-01-01T08:00:00"}, "departure_time")  # no offset
+    assert "battery" in await refused({"energy_kwh": 45.0}, "energy_kwh")  # 60 kWh at 50%: room for 30
+    await refused({"energy_kwh": -1.0}, "energy_kwh")
+    await refused({"energy_kwh": 1e9}, "energy_kwh")
+    await refused({"target_soc": 1.5}, "target_soc")
+    await refused({"reserve_soc": -0.1}, "reserve_soc")
+    await refused({"target_soc": 0.5, "reserve_soc": 0.6}, "reserve_soc")
+    await refused({"mode": "turbo"}, "mode")
+    await refused({"energy_kwh": 5, "colour": "red"}, "colour")
+
+    departure = now + timedelta(hours=3)
+    ok = await api.put(
+        url,
+        headers=OPERATOR,
+        json={
+            "departure_time": to_rfc3339(departure),
+            "energy_kwh": 20.0,
+            "reserve_soc": 0.2,
+            "allow_discharge": False,
+            "mode": "smart",
+        },
+    )
+    assert ok.status_code == 200, ok.text
+    body = ok.json()
+    assert body["delivery"]["energy_wanted_kwh"] == 20.0
+    assert abs((parse_rfc3339(body["delivery"]["departure_time"]) - departure).total_seconds()) < 0.01
+    assert body["delivery"]["energy_by_departure_kwh"] is None and body["delivery"]["fully_met"] is None
+    prefs = body["session"]["preferences"]
+    assert (
+        prefs["set_by"] == "operator" and prefs["set_at"].endswith("Z") and prefs["allow_discharge"] is False
+    )
+
+    # Fields left out keep their value; the driver's own change is recorded as theirs.
+    token = (await api.post("/api/v1/driver-tokens", headers=OPERATOR, json={"id_token": "TOKEN-P1"})).json()
+    driver = {"Authorization": f"Bearer {token['token']}"}
+    charge_now = await api.put(url, headers=driver, json={"mode": "charge_now"})
+    assert charge_now.status_code == 200, charge_now.text
+    p = charge_now.json()["session"]["preferences"]
+    assert p["mode"] == "charge_now" and p["energy_kwh"] == 20.0 and p["set_by"] == f"driver:{token['id']}"
+    assert charge_now.json()["session"]["resolved"]["allow_discharge"] is False
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT set_by, set_at, mode, energy_kwh FROM preferences "
+            "WHERE transaction_id = 'tx-p1' ORDER BY id"
+        )
+    finally:
+        await conn.close()
+    assert [(r["set_by"], r["mode"], r["energy_kwh"]) for r in rows] == [
+        ("operator", "smart", 20.0),
+        (f"driver:{token['id']}", "charge_now", 20.0),
+    ]
+    assert all(abs((r["set_at"] - now).total_seconds()) < 60 for r in rows)
+    await st.ws.close()
+
+
+async def _answer_profiles(st: PluggedStation, seen: asyncio.Queue[dict[str, Any]]) -> None:
+    while True:
+        call = await st.ws.incoming_calls.get()
+        if call[2] == "SetChargingProfile":
+            await seen.put(call[3])
+            await st.ws.answer(call, {"status": "Accepted"})
+        else:
+            await st.ws.answer(call, {"status": "Accepted"})
+
+
+async def test_driver_change_replans_and_reaches_the_charger(gateway_factory: Any) -> None:
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    assert h.gw is not None and h.gw.scheduler is not None
+    st = await plug_in(h, "CS-MPC", "tx-mpc", "TOKEN-MPC", evses=[(1, 11.0, 0.0, False)])
+    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answering = asyncio.create_task(_answer_profiles(st, seen))
+    gw = h.gw
+
+    async def in_state() -> bool:
+        return gw.state.session_by_tx("tx-mpc") is not None
+
+    await eventually(in_state, "the scheduler to see the session")
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        # Whatever the plug-in already triggered is drained, so the next profile is the driver's.
+        await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+        departure = gw.clock.now() + timedelta(hours=4)
+        r = await api.put(
+            "/api/v1/sessions/tx-mpc/preferences",
+            headers=OPERATOR,
+            json={"departure_time": to_rfc3339(departure), "energy_kwh": 12.0},
+        )
+        assert r.status_code == 200, r.text
+        delivery = r.json()["delivery"]
+        assert delivery["replanned"] is True
+        # 11 kW for 4 h is plenty: the plan delivers the 12 kWh asked for.
+        assert delivery["energy_by_departure_kwh"] is not None
+        assert abs(delivery["energy_by_departure_kwh"] - 12.0) < 0.5, delivery
+        assert delivery["fully_met"] is True
+        plan = r.json()["session"]["plan"]
+        assert plan is not None and len(plan["power_kw"]) == len(plan["step_starts"]) > 0
+
+        profile = await asyncio.wait_for(seen.get(), EVENT_TIMEOUT_S)
+        assert profile["evseId"] == 1
+        assert profile["chargingProfile"]["transactionId"] == "tx-mpc"
+
+        # Now ask for more than 4 h at 11 kW can give: the answer says it is not fully met.
+        r2 = await api.put(
+            "/api/v1/sessions/tx-mpc/preferences",
+            headers=OPERATOR,
+            json={"departure_time": to_rfc3339(gw.clock.now() + timedelta(hours=1)), "energy_kwh": 40.0},
+        )
+        assert r2.status_code == 200, r2.text
+        d2 = r2.json()["delivery"]
+        assert d2["fully_met"] is False and d2["energy_by_departure_kwh"] < 40.0
+    answering.cancel()
+    await st.ws.close()
+
+
+async def _quiet(seen: asyncio.Queue[dict[str, Any]]) -> bool:
+    """True once no profile arrived for a while (drains what came)."""
+    while not seen.empty():
+        seen.get_nowait()
+    await asyncio.sleep(1.0)
+    return seen.empty()

@@ -1,0 +1,167 @@
+"""Site limits, tariff and grid events round-trip through REST into the planner's inputs, and
+telemetry reads (raw and downsampled with date_bin)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+
+from gateway import events as ev
+from gateway.clock import to_rfc3339
+from gateway.domain import GridEventKind
+from tests.api.conftest import OPERATOR, eventually, plug_in
+from tests.conftest import GatewayHarness
+
+
+async def test_limits_tariff_building_load_round_trip(
+    gateway_server: GatewayHarness, api: httpx.AsyncClient
+) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    sub = gw.bus.subscribe(ev.SiteInputsChanged)
+    put = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 120.0, "export_kw": 30.0})
+    assert put.status_code == 200 and put.json() == {"import_kw": 120.0, "export_kw": 30.0}
+    assert (await api.get("/api/v1/site/limits", headers=OPERATOR)).json() == put.json()
+    assert gw.state.limits.import_kw == 120.0
+    assert (await sub.get()).what == "limits"  # type: ignore[attr-defined]
+    assert (
+        await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": -1, "export_kw": 0})
+    ).status_code == 422
+
+    tariff = {
+        "periods": [
+            {"start_hour": 0, "end_hour": 12, "import_price": 0.1, "export_price": 0.05},
+            {"start_hour": 12, "end_hour": 24, "import_price": 0.3, "export_price": 0.1},
+        ],
+        "demand_charge_per_kw": 9.5,
+    }
+    t = await api.put("/api/v1/tariff", headers=OPERATOR, json=tariff)
+    assert t.status_code == 200, t.text
+    got = (await api.get("/api/v1/tariff", headers=OPERATOR)).json()
+    assert got["periods"][1]["import_price"] == 0.3 and got["demand_charge_per_kw"] == 9.5
+    assert gw.state.tariff.demand_charge_per_kw == 9.5 and len(gw.state.tariff.periods) == 2
+    assert (await sub.get()).what == "tariff"  # type: ignore[attr-defined]
+    empty = await api.put(
+        "/api/v1/tariff",
+        headers=OPERATOR,
+        json={
+            **tariff,
+            "periods": [{"start_hour": 5, "end_hour": 5, "import_price": 0.1, "export_price": 0.0}],
+        },
+    )
+    assert empty.status_code == 422
+
+    now = gw.clock.now()
+    load = await api.put(
+        "/api/v1/site/building-load",
+        headers=OPERATOR,
+        json={
+            "power_kw": 42.5,
+            "forecast": [{"start": to_rfc3339(now + timedelta(hours=1)), "power_kw": 60.0}],
+        },
+    )
+    assert load.status_code == 200, load.text
+    site = load.json()
+    assert site["building_load_kw"] == 42.5 and site["site_power_kw"] == 42.5
+    assert site["building_load_forecast"][0]["power_kw"] == 60.0
+    assert site["building_load_forecast"][0]["start"].endswith("Z")
+    assert (await sub.get()).what == "building_load"  # type: ignore[attr-defined]
+
+    # Stored: a restarted gateway plans with them (the lead wires restore() into start-up).
+    from gateway.bus.site_inputs import restore
+
+    gw.state.limits = gw.settings.site.limits()
+    await restore(gw)
+    assert gw.state.limits.import_kw == 120.0 and gw.state.tariff.demand_charge_per_kw == 9.5
+    assert gw.state.building_load_kw == 42.5
+    sub.close()
+
+
+async def test_grid_events_create_list_cancel(gateway_server: GatewayHarness, api: httpx.AsyncClient) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    sub = gw.bus.subscribe(ev.SiteInputsChanged)
+    now = gw.clock.now()
+    body = {
+        "start": to_rfc3339(now + timedelta(hours=1)),
+        "end": to_rfc3339(now + timedelta(hours=2)),
+        "kind": "import_cap",
+        "cap_kw": 50.0,
+    }
+    created = await api.post("/api/v1/grid-events", headers=OPERATOR, json=body)
+    assert created.status_code == 201, created.text
+    event_id = created.json()["id"]
+    assert created.json()["source"] == "rest" and created.json()["cancelled_at"] is None
+    assert gw.state.grid_events[event_id].kind == GridEventKind.IMPORT_CAP
+    assert gw.state.grid_events[event_id].cap_kw == 50.0
+    assert (await sub.get()).what == "grid_events"  # type: ignore[attr-defined]
+
+    named = await api.post(
+        "/api/v1/grid-events",
+        headers=OPERATOR,
+        json={**body, "id": "dr-7", "kind": "export_request", "cap_kw": None, "payment_per_kwh": 0.5},
+    )
+    assert named.status_code == 201 and named.json()["id"] == "dr-7"
+    listed = await api.get("/api/v1/grid-events?limit=1", headers=OPERATOR)
+    assert listed.json()["total"] == 2 and len(listed.json()["items"]) == 1
+
+    bad = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**body, "cap_kw": None})
+    assert bad.status_code == 422 and "cap_kw" in bad.json()["error"]["message"]
+    backwards = await api.post(
+        "/api/v1/grid-events", headers=OPERATOR, json={**body, "end": body["start"], "start": body["end"]}
+    )
+    assert backwards.status_code == 422
+
+    cancelled = await api.delete(f"/api/v1/grid-events/{event_id}", headers=OPERATOR)
+    assert cancelled.status_code == 200 and cancelled.json()["cancelled_at"].endswith("Z")
+    assert event_id not in gw.state.grid_events
+    assert (await api.get(f"/api/v1/grid-events/{event_id}", headers=OPERATOR)).status_code == 404
+    kept = await api.get(f"/api/v1/grid-events/{event_id}?include_cancelled=true", headers=OPERATOR)
+    assert kept.status_code == 200
+    assert (await api.delete(f"/api/v1/grid-events/{event_id}", headers=OPERATOR)).status_code == 404
+    open_only = await api.get("/api/v1/grid-events", headers=OPERATOR)
+    assert [e["id"] for e in open_only.json()["items"]] == ["dr-7"]
+    sub.close()
+
+
+async def test_telemetry_raw_and_downsampled(gateway_server: GatewayHarness, api: httpx.AsyncClient) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    st = await plug_in(gateway_server, "CS-T1", "tx-t1", "TOKEN-T1")
+    # Six samples a minute apart, from 9 minutes ago.
+    origin = gw.clock.now().replace(microsecond=0) - timedelta(seconds=600)
+    for i in range(1, 7):
+        await st.tx_event(
+            "Updated",
+            "tx-t1",
+            energy_wh=1000.0 * i,
+            power_w=1000.0 * i,
+            at=origin + timedelta(seconds=60 * i),
+        )
+    start, end = to_rfc3339(origin), to_rfc3339(origin + timedelta(seconds=400))
+    # The window leaves out the 7 kW sample the Started event carried a moment ago.
+    query = f"station_id=CS-T1&measurand=Power.Active.Import&start={start}&end={end}"
+
+    async def stored() -> bool:
+        r = await api.get(f"/api/v1/telemetry/meter-values?{query}", headers=OPERATOR)
+        return bool(r.json()["total"] == 6)
+
+    await eventually(stored, "the meter values to be written")
+    raw = (await api.get(f"/api/v1/telemetry/meter-values?{query}&limit=2&offset=1", headers=OPERATOR)).json()
+    assert [v["value"] for v in raw["items"]] == [2000.0, 3000.0] and raw["items"][0]["ts"].endswith("Z")
+    by_tx = await api.get(
+        "/api/v1/telemetry/meter-values?transaction_id=tx-t1&measurand=Power.Active.Import", headers=OPERATOR
+    )
+    assert by_tx.json()["total"] == 7  # with the 7 kW sample of the Started event
+
+    buckets = await api.get(f"/api/v1/telemetry/meter-values/buckets?{query}&bucket_s=120", headers=OPERATOR)
+    assert buckets.status_code == 200, buckets.text
+    items = buckets.json()["items"]
+    # Samples at +60..+360 s from start, buckets of 120 s aligned on start: [60], [120,180], [240,300], [360].
+    assert [b["count"] for b in items] == [1, 2, 2, 1]
+    assert [b["avg"] for b in items] == [1000.0, 2500.0, 4500.0, 6000.0]
+    assert items[1]["min"] == 2000.0 and items[1]["max"] == 3000.0 and items[0]["start"] == start
+    no_filter = await api.get("/api/v1/telemetry/meter-values", headers=OPERATOR)
+    assert no_filter.status_code == 422
+    await st.ws.close()

@@ -1,0 +1,79 @@
+"""Station registration over REST, then a real OCPP connection with that password."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.api.conftest import OPERATOR, PASSWORD, eventually
+from tests.conftest import GatewayHarness
+from tests.ocpp_client import RawStation
+
+
+async def test_register_list_get_connect_disable(
+    gateway_server: GatewayHarness,
+    api: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = {
+        "id": "CS-REST-1",
+        "password": PASSWORD,
+        "security_profile": 1,
+        "evses": [
+            {"evse_id": 1, "max_charge_kw": 22.0, "max_discharge_kw": 11.0, "bidirectional": True},
+            {"evse_id": 2, "max_charge_kw": 11.0},
+        ],
+    }
+    created = await api.post("/api/v1/stations", headers=OPERATOR, json=body)
+    assert created.status_code == 201, created.text
+    st = created.json()
+    assert "password" not in created.text and PASSWORD not in created.text
+    assert [e["evse_id"] for e in st["evses"]] == [1, 2]
+    assert st["evses"][0]["max_discharge_kw"] == 11.0 and st["connected"] is False
+    assert (await api.post("/api/v1/stations", headers=OPERATOR, json=body)).status_code == 409
+
+    no_pw = await api.post("/api/v1/stations", headers=OPERATOR, json={"id": "CS-X", "security_profile": 1})
+    assert no_pw.status_code == 422 and "password" in no_pw.json()["error"]["message"]
+
+    ws = await RawStation.connect(gateway_server.ocpp_url, "CS-REST-1", PASSWORD)
+    await ws.ok(
+        "BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
+    )
+
+    async def connected() -> bool:
+        got = await api.get("/api/v1/stations/CS-REST-1", headers=OPERATOR)
+        return bool(got.json()["connected"]) and got.json()["vendor"] == "V"
+
+    await eventually(connected, "the station to show as connected")
+    page = await api.get("/api/v1/stations?limit=1&offset=0", headers=OPERATOR)
+    assert page.json()["total"] == 1 and page.json()["items"][0]["id"] == "CS-REST-1"
+    assert (await api.get("/api/v1/stations/nope", headers=OPERATOR)).status_code == 404
+
+    disabled = await api.post("/api/v1/stations/CS-REST-1/disable", headers=OPERATOR)
+    assert disabled.status_code == 200 and disabled.json()["enabled"] is False
+    await asyncio.wait_for(ws.ws.wait_closed(), 30)
+    with pytest.raises(InvalidStatus):
+        await RawStation.connect(gateway_server.ocpp_url, "CS-REST-1", PASSWORD)
+    enabled = await api.post("/api/v1/stations/CS-REST-1/enable", headers=OPERATOR)
+    assert enabled.json()["enabled"] is True
+    again = await RawStation.connect(gateway_server.ocpp_url, "CS-REST-1", PASSWORD)
+    await again.close()
+    assert PASSWORD not in caplog.text
+
+
+async def test_wrong_password_after_rest_registration_is_refused(
+    gateway_server: GatewayHarness,
+    api: httpx.AsyncClient,
+) -> None:
+    created = await api.post(
+        "/api/v1/stations", headers=OPERATOR, json={"id": "CS-REST-2", "password": PASSWORD}
+    )
+    assert created.status_code == 201
+    with pytest.raises(InvalidStatus) as refused:
+        await RawStation.connect(gateway_server.ocpp_url, "CS-REST-2", "another-password-000000")
+    assert refused.value.response.status_code == 401

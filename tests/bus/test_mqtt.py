@@ -1,0 +1,162 @@
+"""The MQTT bridge against the real broker: what it publishes, and inputs it applies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.clock import to_rfc3339
+from gateway.domain import GridEventKind
+from tests.api.conftest import PluggedStation, eventually, plug_in
+from tests.bus.conftest import publish, recording
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+
+
+async def _answer(st: PluggedStation) -> None:
+    while True:
+        call = await st.ws.incoming_calls.get()
+        await st.ws.answer(call, {"status": "Accepted"})
+
+
+async def test_published_topics_reach_a_subscriber(gateway_factory: Any, mqtt_url: str, prefix: str) -> None:
+    h: GatewayHarness = await gateway_factory(
+        mqtt_url=mqtt_url, mqtt_topic_prefix=prefix, scheduler_enabled=True, replan_debounce_s=0.2
+    )
+    assert h.gw is not None and h.gw.mqtt is not None
+    bridge = h.gw.mqtt
+
+    async def up() -> bool:
+        return bool(bridge.connected)
+
+    await eventually(up, "the bridge to connect")
+    assert metrics.REGISTRY.get_sample_value("gateway_mqtt_connected") == 1.0
+    async with recording(mqtt_url, prefix) as rec:
+        st = await plug_in(h, "CS-MQ1", "tx-mq1", "TOKEN-MQ1")
+        answering = asyncio.create_task(_answer(st))
+        await st.ws.ok(
+            "StatusNotification",
+            {"timestamp": st.ts(), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1},
+        )
+        await st.tx_event("Updated", "tx-mq1", energy_wh=1500.0, power_w=7400.0, offset_s=30)
+
+        status = await rec.wait_for(f"{prefix}/stations/CS-MQ1/status", connected=True)
+        assert status["ts"].endswith("Z")
+        assert (await rec.wait_for(f"{prefix}/stations/CS-MQ1/evses/1/status"))["status"] == "Occupied"
+        started = await rec.wait_for(f"{prefix}/sessions/tx-mq1/started")
+        assert started == {
+            "transaction_id": "tx-mq1",
+            "station_id": "CS-MQ1",
+            "evse_id": 1,
+            "ts": started["ts"],
+        }
+        meter = await rec.wait_for(f"{prefix}/stations/CS-MQ1/evses/1/meter", energy_in_kwh=1.5)
+        assert meter["power_kw"] == 7.4 and meter["transaction_id"] == "tx-mq1"
+        power = await rec.wait_for(f"{prefix}/site/power", ev_power_kw=7.4)
+        assert power["power_kw"] == 7.4 and power["building_load_kw"] == 0.0
+        plan = await rec.wait_for(f"{prefix}/plans/latest")
+        assert plan["plan_id"] is not None and plan["created_at"].endswith("Z")
+        assert {s["transaction_id"] for s in plan["sessions"]} <= {"tx-mq1"}
+
+        await st.tx_event("Ended", "tx-mq1", energy_wh=2000.0, trigger="EVCommunicationLost", offset_s=60)
+        ended = await rec.wait_for(f"{prefix}/sessions/tx-mq1/ended")
+        assert ended["reason"] == "EVDisconnected"
+        await st.ws.close()
+        assert (await rec.wait_for(f"{prefix}/stations/CS-MQ1/status", connected=False))[
+            "station_id"
+        ] == "CS-MQ1"
+        answering.cancel()
+    # The id token identifies a person and never goes out on the bus.
+    assert all("TOKEN-MQ1" not in json.dumps(p) for _, p, _ in rec.messages)
+
+
+async def test_inputs_update_state_and_trigger_replans(
+    gateway_factory: Any,
+    mqtt_url: str,
+    prefix: str,
+    database_url: str,
+) -> None:
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    gw = h.gw
+    assert gw is not None and gw.mqtt is not None
+    bridge = gw.mqtt
+
+    async def up() -> bool:
+        return bool(bridge.connected)
+
+    await eventually(up, "the bridge to connect")
+    changes = gw.bus.subscribe(ev.SiteInputsChanged)
+
+    async def next_change() -> str:
+        e = await asyncio.wait_for(changes.get(), EVENT_TIMEOUT_S)
+        assert isinstance(e, ev.SiteInputsChanged)
+        return e.what
+
+    now = gw.clock.now()
+    start, end = to_rfc3339(now + timedelta(hours=1)), to_rfc3339(now + timedelta(hours=2))
+    await publish(
+        mqtt_url,
+        f"{prefix}/in/grid_events",
+        json.dumps({"id": "flex-1", "start": start, "end": end, "kind": "import_cap", "cap_kw": 80.0}),
+    )
+    assert await next_change() == "grid_events"
+    assert gw.state.grid_events["flex-1"].kind == GridEventKind.IMPORT_CAP
+    assert gw.state.grid_events["flex-1"].cap_kw == 80.0
+
+    await publish(
+        mqtt_url,
+        f"{prefix}/in/prices",
+        json.dumps(
+            {
+                "prices": [
+                    {"start": start, "end": end, "import_price_per_kwh": 0.55, "export_price_per_kwh": 0.2}
+                ]
+            }
+        ),
+    )
+    assert await next_change() == "prices"
+    ((lo, hi, imp, exp),) = gw.state.price_overrides
+    assert (to_rfc3339(lo), to_rfc3339(hi), imp, exp) == (start, end, 0.55, 0.2)
+
+    await publish(
+        mqtt_url,
+        f"{prefix}/in/building_load",
+        json.dumps({"power_kw": 33.0, "forecast": [{"start": start, "power_kw": 50.0}]}),
+    )
+    assert await next_change() == "building_load"
+    assert gw.state.building_load_kw == 33.0 and gw.state.building_load_forecast[0][1] == 50.0
+
+    # Bad input is refused, logged and counted; the bridge keeps going.
+    refused_before = bridge.invalid
+    await publish(mqtt_url, f"{prefix}/in/prices", b"\xff not json")
+    await publish(mqtt_url, f"{prefix}/in/building_load", json.dumps({"power_kw": "lots"}))
+    await publish(
+        mqtt_url,
+        f"{prefix}/in/grid_events",
+        json.dumps({"id": "x", "start": end, "end": start, "kind": "import_cap", "cap_kw": 1}),
+    )
+    await publish(mqtt_url, f"{prefix}/in/grid_events", json.dumps({"id": "flex-1", "cancel": True}))
+    assert await next_change() == "grid_events"  # the valid one after three bad ones
+    assert bridge.invalid == refused_before + 3
+    assert "flex-1" not in gw.state.grid_events and bridge.connected
+    assert (metrics.REGISTRY.get_sample_value("gateway_mqtt_invalid_total", {"input": "prices"}) or 0) >= 1
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        grid = await conn.fetchrow("SELECT source, cancelled_at FROM grid_events WHERE id = 'flex-1'")
+        tariff = await conn.fetchrow("SELECT source, periods FROM tariffs ORDER BY id DESC LIMIT 1")
+        load = await conn.fetchrow("SELECT value, updated_by FROM site_settings WHERE key = 'building_load'")
+    finally:
+        await conn.close()
+    assert grid["source"] == "mqtt" and grid["cancelled_at"] is not None
+    assert (
+        tariff["source"] == "mqtt"
+        and json.loads(tariff["periods"])["overrides"][0]["import_price_per_kwh"] == 0.55
+    )
+    assert json.loads(load["value"])["power_kw"] == 33.0 and load["updated_by"] == "mqtt"
+    changes.close()

@@ -1,0 +1,82 @@
+"""RELIABILITY.md M2: the broker goes away. OCPP carries on, the bridge buffers to its bound and
+counts what it drops, and reconnects by itself when the broker is back; the newest messages
+(here: the station's last status) are delivered then."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway import metrics
+from tests.api.conftest import eventually, plug_in
+from tests.bus.conftest import Mosquitto, recording
+from tests.conftest import GatewayHarness
+
+BUFFER_MAX = 5
+
+
+def _dropped() -> float:
+    return metrics.REGISTRY.get_sample_value("gateway_mqtt_dropped_total") or 0.0
+
+
+async def test_broker_outage_buffers_drops_and_reconnects(
+    gateway_factory: Any, private_broker: Mosquitto, prefix: str
+) -> None:
+    await private_broker.start()
+    h: GatewayHarness = await gateway_factory(
+        mqtt_url=private_broker.url, mqtt_topic_prefix=prefix, mqtt_buffer_messages_max=BUFFER_MAX
+    )
+    assert h.gw is not None and h.gw.mqtt is not None
+    bridge = h.gw.mqtt
+    assert bridge.buffer_max == BUFFER_MAX
+
+    async def up() -> bool:
+        return bool(bridge.connected)
+
+    async def down() -> bool:
+        return not bridge.connected
+
+    await eventually(up, "the bridge to connect")
+    connects = bridge.connects
+
+    await private_broker.kill()
+    await eventually(down, "the bridge to notice the broker is gone")
+    assert metrics.REGISTRY.get_sample_value("gateway_mqtt_connected") == 0.0
+
+    # The OCPP path is unaffected: every CALL is answered at once while MQTT is down.
+    dropped_before = _dropped()
+    st = await plug_in(h, "CS-OUT", "tx-out", "TOKEN-OUT")
+    started = time.perf_counter()
+    for i in range(1, 11):
+        await st.tx_event("Updated", "tx-out", energy_wh=100.0 * i, power_w=5000.0, offset_s=i)
+    await st.ws.ok(
+        "StatusNotification",
+        {"timestamp": st.ts(20), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1},
+    )
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5.0, f"11 OCPP round trips took {elapsed:.1f} s during the MQTT outage"
+
+    async def full() -> bool:
+        return bool(bridge.buffered == BUFFER_MAX and _dropped() > dropped_before)
+
+    await eventually(full, "the buffer to fill to its bound and drop the oldest")
+    assert metrics.REGISTRY.get_sample_value("gateway_mqtt_buffered_messages") == BUFFER_MAX
+    assert bridge.dropped >= 10  # 20+ messages (meter + site power per update) into 5 places
+
+    await private_broker.start()  # same port
+    await eventually(up, "the bridge to reconnect by itself")
+    assert bridge.connects == connects + 1
+
+    async def drained() -> bool:
+        return bool(bridge.buffered == 0)
+
+    await eventually(drained, "the buffer to drain")
+    async with recording(private_broker.url, prefix) as rec:
+        # Retained, so it is there for a subscriber that arrives after the flush.
+        status = await rec.wait_for(f"{prefix}/stations/CS-OUT/evses/1/status")
+        assert status["status"] == "Occupied"
+        # And the bridge publishes live again.
+        await st.tx_event("Updated", "tx-out", energy_wh=5000.0, power_w=6000.0, offset_s=30)
+        live = await rec.wait_for(f"{prefix}/stations/CS-OUT/evses/1/meter", energy_in_kwh=5.0)
+        assert live["power_kw"] == 6.0
+    await st.ws.close()
