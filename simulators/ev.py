@@ -3,7 +3,8 @@
 Power is grid side (what the EVSE meter sees), positive = charge, negative = discharge. The battery
 stores ``grid * eff_charge`` when charging and gives ``grid / eff_discharge`` when discharging.
 Above ``cv_soc`` the charger is in the constant-voltage phase: the power the EV accepts falls
-linearly to ``taper_floor`` of its maximum at ``max_soc`` and to zero once the battery is full.
+linearly towards ``taper_floor`` of its maximum at 100 %; it stops at ``max_soc`` (the car's own
+charge limit, e.g. the driver's target).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class EvBattery:
             return 0.0
         if self.soc <= self.cv_soc:
             return self.max_charge_kw
-        span = max(self.max_soc - self.cv_soc, 1e-9)
-        share = max(self.taper_floor, (self.max_soc - self.soc) / span)
+        # The taper is cell physics: it runs towards 100 %, whatever charge limit the car has.
+        span = max(1.0 - self.cv_soc, 1e-9)
+        share = max(self.taper_floor, (1.0 - self.soc) / span)
         return self.max_charge_kw * share
 
     def discharge_limit_kw(self) -> float:
@@ -60,14 +62,27 @@ class EvBattery:
 
     def step(self, power_kw: float, dt_s: float) -> float:
         """Run ``dt_s`` seconds at (at most) ``power_kw`` grid side; return the average grid power."""
-        if dt_s <= 0:
+        if dt_s <= 0 or power_kw == 0:
             return 0.0
         done = 0.0
         grid_kwh = 0.0
         while done < dt_s - 1e-9:
             h = min(SUBSTEP_S, dt_s - done) / 3600.0
+            if power_kw < 0 or (power_kw > 0 and self.soc < min(self.cv_soc, self.max_soc)):
+                # Constant power until the CV point (charging) or the reserve (discharging, where
+                # the clamp below stops it exactly): one step covers the whole stretch.
+                p = abs(power_kw)
+                if power_kw > 0:
+                    p = min(p, self.max_charge_kw)
+                    to_cv = (min(self.cv_soc, self.max_soc) - self.soc) * self.capacity_kwh
+                    stretch_h = to_cv / max(p * self.eff_charge, 1e-9)
+                else:
+                    stretch_h = (dt_s - done) / 3600.0
+                h = min((dt_s - done) / 3600.0, max(h, stretch_h))
             if power_kw > 0:
                 p = min(power_kw, self.charge_limit_kw())
+                if p <= 0:
+                    break  # full (at its charge limit): nothing more flows
                 room = (self.max_soc - self.soc) * self.capacity_kwh
                 e_batt = min(p * self.eff_charge * h, max(room, 0.0))
                 e_grid = e_batt / self.eff_charge
@@ -77,6 +92,8 @@ class EvBattery:
                 grid_kwh += e_grid
             elif power_kw < 0:
                 p = min(-power_kw, self.discharge_limit_kw())
+                if p <= 0:
+                    break  # at the reserve
                 room = (self.soc - self.reserve_soc) * self.capacity_kwh
                 e_batt = min(p / self.eff_discharge * h, max(room, 0.0))
                 e_grid = e_batt * self.eff_discharge

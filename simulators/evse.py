@@ -25,6 +25,12 @@ def requested_kwh(arrival: Arrival) -> float:
     return arrival.requested_kwh
 
 
+def charge_limit_soc(arrival: Arrival, requested: float) -> float:
+    """The SoC at which the car itself stops charging: its driver's target (the in-car charge
+    limit), i.e. arrival SoC + the requested energy, at most full."""
+    return min(1.0, arrival.arrival_soc + requested / arrival.capacity_kwh)
+
+
 def battery_for(arrival: Arrival) -> EvBattery:
     return EvBattery(
         capacity_kwh=arrival.capacity_kwh,
@@ -34,6 +40,7 @@ def battery_for(arrival: Arrival) -> EvBattery:
         eff_charge=arrival.eff_charge,
         eff_discharge=arrival.eff_discharge,
         reserve_soc=arrival.reserve_soc,
+        max_soc=max(arrival.arrival_soc, charge_limit_soc(arrival, requested_kwh(arrival))),
     )
 
 
@@ -47,6 +54,7 @@ class EvSession:
     authorized: bool | None = None  # None: waiting for the CSMS to answer the idToken
     charging_state: str = "EVConnected"
     time_charging_s: float = 0.0
+    reported_limit_kw: float | None = None  # the limit last reported with ChargingRateChanged
 
     def next_seq(self) -> int:
         """seqNo starts at 0 and rises by one per TransactionEvent of the transaction (E01, E02)."""

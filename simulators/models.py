@@ -196,7 +196,7 @@ def building_load(
     cooling) + AR(1) noise, the way metered building load wanders around its daily pattern."""
     out: list[float] = []
     noise = 0.0
-    days = int(math.ceil(steps * step_s / 86_400)) + 2
+    days = math.ceil(steps * step_s / 86_400) + 2
     heat = rng.normal(0.0, 1.0, size=days)
     for i in range(steps):
         hour = start_hour + i * step_s / 3600.0

@@ -16,20 +16,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
+import itertools
+import json
 import logging
 import random
-import re
 import uuid
 import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib import resources
 from typing import Any
 
-from ocpp.exceptions import InternalError, OCPPError
+import fastjsonschema
+from ocpp.exceptions import OCPPError
+from ocpp.messages import MessageType
 from ocpp.routing import after, on
-from ocpp.v201 import ChargePoint, call, call_result
+from ocpp.v201 import ChargePoint
 from ocpp.v201.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -39,19 +44,22 @@ from gateway.clock import Clock, parse_rfc3339, to_rfc3339
 from gateway.episode import Arrival, StationSpec
 from simulators import messages
 from simulators.composite import (
-    ProfileError,
     ProfileStore,
-    Purpose,
     Transaction,
-    composite_to_wire,
-    parse_profile,
 )
-from simulators.evse import EvResult, EvSession, EvseState, battery_for, requested_kwh
+from simulators.evse import EvResult, EvSession, EvseState, battery_for, charge_limit_soc, requested_kwh
+from simulators.faults import Faults
+from simulators.smart_charging import SmartCharging
 from simulators.station_clock import StationClock
+
+__all__ = ["DriverApp", "Faults", "Station", "StationConfig"]
 
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = Subprotocol("ocpp2.0.1")
+# Transaction ids must not repeat across runs against the same database: seeded once from the OS.
+_TX_IDS = random.Random()
+_window_warned = False
 
 # (station_id, evse_id, transaction_id, preferences) -> None: how a driver's app tells the CSMS
 # what a car without ISO 15118 cannot (departure, energy). Preference keys follow the REST API.
@@ -88,40 +96,62 @@ class StationConfig:
 
 
 @dataclass(slots=True)
-class Faults:
-    """Ways to make a station misbehave for tests (plus :meth:`Station.drop_link` and
-    :meth:`Station.send_malformed`)."""
-
-    callerror_actions: set[str] = field(default_factory=set)  # answer these CSMS CALLs with CALLERROR
-    ignore_profiles: bool = False  # accept profiles, then charge as if none were set
-
-
-@dataclass(slots=True)
 class _Outgoing:
     action: str
     payload: dict[str, Any]
     kind: str  # "tx" (kept and retried), "needs" (kept), "status"/"meter"/"report" (dropped offline)
-    on_reply: Callable[[Any], None] | None = None
+    on_reply: Callable[[dict[str, Any]], None] | None = None
     attempts: int = 0
 
 
-_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+def _changed(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return (a is None) != (b is None)
+    return abs(a - b) > 0.001  # kW: ignore float noise below a watt
 
 
-def _snake(key: str) -> str:
-    return _CAMEL.sub("_", key).lower()
+@functools.cache
+def _request_validator(action: str) -> Callable[[Any], Any]:
+    """A compiled validator for an OCPP 2.0.1 request schema (the ocpp package's own schema files);
+    about 17x cheaper than the package's per-call jsonschema run in a thread."""
+    text = resources.files("ocpp.v201.schemas").joinpath(f"{action}Request.json").read_text()
+    schema = json.loads(text)
+    schema.pop("$id", None)
+    validator: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    return validator
 
 
 class _Link(ChargePoint):  # type: ignore[misc]
     """One WebSocket connection's OCPP endpoint; the handlers hand over to the station."""
 
-    def __init__(self, station: Station, ws: ClientConnection) -> None:
+    def __init__(self, station: Station, ws: ClientConnection, connection_no: int) -> None:
         super().__init__(station.id, ws, response_timeout=station.config.call_timeout_real_s)
         self._station = station
+        # Message ids: unique per station and connection; uuid4 costs an urandom call each.
+        counter = itertools.count(1)
+        self._next_id: Callable[[], str] = lambda: f"{connection_no}-{next(counter)}"
+        self._unique_id_generator = self._next_id
+
+    async def call_json(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send one CALL built from a wire-form payload and return the CALLRESULT payload.
+
+        The package's ``call()`` turns dataclasses into dicts with deep copies and validates in a
+        thread; a station that already holds wire-form dicts skips both. A CALLERROR raises its
+        OCPPError, no reply within the timeout raises TimeoutError (never swallowed).
+        """
+        message_id = self._next_id()
+        frame = json.dumps([MessageType.Call, message_id, action, payload], separators=(",", ":"))
+        async with self._call_lock:
+            await self._send(frame)
+            response = await self._get_specific_response(message_id, self._response_timeout)
+        if response.message_type_id == MessageType.CallError:
+            raise response.to_exception()
+        result: dict[str, Any] = response.payload
+        return result
 
     @on(Action.set_charging_profile)  # type: ignore[untyped-decorator]
     def _set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
-        return self._station.handle_set_charging_profile(evse_id, charging_profile)
+        return self._station.smart.set_charging_profile(evse_id, charging_profile)
 
     @on(Action.clear_charging_profile)  # type: ignore[untyped-decorator]
     def _clear_charging_profile(
@@ -130,32 +160,25 @@ class _Link(ChargePoint):  # type: ignore[misc]
         charging_profile_criteria: dict[str, Any] | None = None,
         **_: Any,
     ) -> Any:
-        return self._station.handle_clear_charging_profile(charging_profile_id, charging_profile_criteria)
+        return self._station.smart.clear_charging_profile(charging_profile_id, charging_profile_criteria)
 
     @on(Action.get_charging_profiles)  # type: ignore[untyped-decorator]
     def _get_charging_profiles(
         self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
     ) -> Any:
-        return self._station.handle_get_charging_profiles(request_id, charging_profile, evse_id)
+        return self._station.smart.get_charging_profiles(request_id, charging_profile, evse_id)
 
     @after(Action.get_charging_profiles)  # type: ignore[untyped-decorator]
     def _after_get_charging_profiles(
         self, request_id: int, charging_profile: dict[str, Any], evse_id: int | None = None, **_: Any
     ) -> None:
-        self._station.report_charging_profiles(request_id, charging_profile, evse_id)
+        self._station.smart.report_charging_profiles(request_id, charging_profile, evse_id)
 
     @on(Action.get_composite_schedule)  # type: ignore[untyped-decorator]
     def _get_composite_schedule(
         self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
     ) -> Any:
-        return self._station.handle_get_composite_schedule(duration, evse_id, charging_rate_unit)
-
-
-def _camel(data: Any) -> Any:
-    """Undo the ocpp package's snake_case conversion of an incoming payload."""
-    from ocpp.charge_point import snake_to_camel_case
-
-    return snake_to_camel_case(data)
+        return self._station.smart.get_composite_schedule(duration, evse_id, charging_rate_unit)
 
 
 class Station:
@@ -181,6 +204,14 @@ class Station:
         self.driver_app = driver_app
         self.evses: dict[int, EvseState] = {e.evse_id: EvseState(e) for e in spec.evses}
         self.profiles = ProfileStore({e.evse_id: e.phases for e in spec.evses})
+        self.smart = SmartCharging(
+            self.evses,
+            self.profiles,
+            self.faults,
+            self.clock,
+            on_change=self.update,
+            send=lambda action, payload: self._queue(action, payload, kind="report"),
+        )
         self.booted = asyncio.Event()  # BootNotification accepted (once per power-up)
         self.connected = asyncio.Event()  # booted and the link is up
         self.boot_status: str | None = None
@@ -188,6 +219,9 @@ class Station:
         self.connections = 0  # how many times the link came up
         self.heartbeats_sent = 0
         self.calls_failed = 0
+        # Adopt the CSMS's time at boot only inside this window (a fleet passes its episode's):
+        # a gateway on another calendar would otherwise put every arrival in the past or future.
+        self.clock_window: tuple[datetime, datetime] | None = None
         self.on_arrival: Callable[[Station, Arrival], None] | None = None
         self.on_departure: Callable[[Station, EvResult], None] | None = None
         # Real-time lateness of periodic work (for the bench): seconds behind schedule, worst case.
@@ -195,6 +229,7 @@ class Station:
         self._rng = random.Random(seed if seed is not None else zlib.crc32(spec.id.encode()))
         self._outbox: deque[_Outgoing] = deque()
         self._outbox_ready = asyncio.Event()
+        self.drained = asyncio.Event()  # the outbox is empty (set by the sender)
         self._ws: ClientConnection | None = None
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -236,9 +271,7 @@ class Station:
                 if self.config.aligned_interval_sim_s > 0:
                     self._tasks.append(asyncio.create_task(self._aligned_loop(), name=f"{self.id}-aligned"))
                 if arrivals:
-                    self._tasks.append(
-                        asyncio.create_task(self.run_arrivals(arrivals), name=f"{self.id}-evs")
-                    )
+                    self._tasks.append(asyncio.create_task(self.run_arrivals(arrivals), name=f"{self.id}-evs"))
             await link
         finally:
             link.cancel()
@@ -282,7 +315,7 @@ class Station:
         evse = self.evses[arrival.evse_id]
         if evse.session is not None:
             self.unplug(arrival.evse_id)
-        tx = Transaction(id=str(uuid.uuid4()), started=now)
+        tx = Transaction(id=str(uuid.UUID(int=_TX_IDS.getrandbits(128), version=4)), started=now)
         s = EvSession(arrival, battery_for(arrival), tx, requested_kwh(arrival))
         evse.session = s
         offline = not self.connected.is_set()
@@ -340,6 +373,8 @@ class Station:
             return
         if nc.energy_kwh is not None:
             s.requested_kwh = nc.energy_kwh
+            # The driver moves the car's charge limit with the request (energy counted from arrival).
+            s.battery.max_soc = max(s.battery.soc, charge_limit_soc(arrival, nc.energy_kwh))
         departure = nc.departure or arrival.announced_departure
         if arrival.iso15118:
             # An ISO 15118 EV renegotiates: a fresh NotifyEVChargingNeeds with what is still missing.
@@ -446,6 +481,18 @@ class Station:
             s = evse.session
             if s is None:
                 continue
+            if _changed(evse.limit_kw, s.reported_limit_kw) and s.authorized:
+                # The applied limit moved (a profile was set, cleared or entered a new period).
+                s.reported_limit_kw = evse.limit_kw
+                self._queue_tx(
+                    messages.transaction_event(
+                        evse,
+                        event_type="Updated",
+                        trigger="ChargingRateChanged",
+                        when=now,
+                        offline=not self.connected.is_set(),
+                    )
+                )
             state = evse.charging_state_for(evse.target_kw, evse.limit_kw)
             if state != s.charging_state:
                 s.charging_state = state
@@ -482,12 +529,16 @@ class Station:
     async def _meter_loop(self) -> None:
         """TransactionEvent Updated with MeterValuePeriodic every TxUpdatedInterval (E02 / J02)."""
         every = self.config.meter_interval_sim_s
-        due = self.clock.now() + timedelta(seconds=every)
+        # Stations power up at scattered moments, so their sample timers are out of phase.
+        due = self.clock.now() + timedelta(seconds=every * (0.5 + self._rng.random()))
         while True:
             await self.clock.sleep_until(due)
             now = self.clock.now()
             self._note_lag(now, due)
             due += timedelta(seconds=every)
+            if due <= now:
+                # Fell behind by more than an interval: skip the missed samples, never burst.
+                due = now + timedelta(seconds=every)
             self.update(now)
             for evse in self.evses.values():
                 if evse.session is not None:
@@ -528,109 +579,6 @@ class Station:
         if lag_real > self.max_lag_real_s:
             self.max_lag_real_s = lag_real
 
-    # ---- CSMS-initiated CALLs (K01, K08, K09, K10) --------------------------------------------
-
-    def _maybe_fail(self, action: str) -> None:
-        if action in self.faults.callerror_actions:
-            raise InternalError(description=f"simulated failure answering {action}")
-
-    def _tx_on(self, evse_id: int) -> Transaction | None:
-        evse = self.evses.get(evse_id)
-        return evse.session.transaction if evse is not None and evse.session is not None else None
-
-    def handle_set_charging_profile(self, evse_id: int, profile_snake: dict[str, Any]) -> Any:
-        self._maybe_fail("SetChargingProfile")
-        try:
-            profile = parse_profile(evse_id, _camel(profile_snake))
-            has_negative = any(p.limit < 0 for p in profile.periods)
-            if has_negative and (evse_id == 0 or not self.evses[evse_id].spec.bidirectional):
-                # A unidirectional EVSE cannot honour a discharge order, so it refuses it.
-                raise ProfileError("DischargeNotSupported")
-            if has_negative and profile.purpose is Purpose.MAX:
-                raise ProfileError("NegativeMaxProfile")
-            self.profiles.install(profile, self._tx_on(evse_id))
-        except (ProfileError, KeyError) as exc:
-            reason = str(exc).split(":")[0][:20] or "InvalidProfile"
-            return call_result.SetChargingProfile(
-                status="Rejected", status_info={"reasonCode": reason, "additionalInfo": str(exc)[:512]}
-            )
-        self.update()
-        return call_result.SetChargingProfile(status="Accepted")
-
-    def handle_clear_charging_profile(self, profile_id: int | None, criteria: dict[str, Any] | None) -> Any:
-        self._maybe_fail("ClearChargingProfile")
-        c = criteria or {}
-        n = self.profiles.clear(
-            profile_id=profile_id,
-            evse_id=c.get("evse_id"),
-            purpose=c.get("charging_profile_purpose"),
-            stack_level=c.get("stack_level"),
-        )
-        self.update()
-        return call_result.ClearChargingProfile(status="Accepted" if n else "Unknown")
-
-    def _matching(self, criterion: dict[str, Any], evse_id: int | None) -> list[Any]:
-        return self.profiles.matching(
-            evse_id=evse_id,
-            purpose=criterion.get("charging_profile_purpose"),
-            stack_level=criterion.get("stack_level"),
-            ids=criterion.get("charging_profile_id"),
-        )
-
-    def handle_get_charging_profiles(
-        self, request_id: int, criterion: dict[str, Any], evse_id: int | None
-    ) -> Any:
-        self._maybe_fail("GetChargingProfiles")
-        found = self._matching(criterion, evse_id)
-        return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
-
-    def report_charging_profiles(
-        self, request_id: int, criterion: dict[str, Any], evse_id: int | None
-    ) -> None:
-        """After answering GetChargingProfiles, report the profiles per EVSE (K09); tbc on all
-        reports but the last."""
-        if "GetChargingProfiles" in self.faults.callerror_actions:
-            return
-        by_evse: dict[int, list[dict[str, Any]]] = {}
-        for p in self._matching(criterion, evse_id):
-            by_evse.setdefault(p.evse_id, []).append(dict(p.raw))
-        items = sorted(by_evse.items())
-        for i, (eid, profiles) in enumerate(items):
-            payload: dict[str, Any] = {
-                "requestId": request_id,
-                "chargingLimitSource": "CSO",
-                "chargingProfile": profiles,
-                "evseId": eid,
-            }
-            if i < len(items) - 1:
-                payload["tbc"] = True
-            self._queue("ReportChargingProfiles", payload, kind="report")
-
-    def handle_get_composite_schedule(self, duration: int, evse_id: int, unit: str | None) -> Any:
-        self._maybe_fail("GetCompositeSchedule")
-        if evse_id != 0 and evse_id not in self.evses:
-            return call_result.GetCompositeSchedule(
-                status="Rejected", status_info={"reasonCode": "UnknownEVSE"}
-            )
-        now = self.clock.now()
-        periods = self.profiles.composite(evse_id, now, duration, self._tx_on(evse_id))
-        if evse_id == 0:
-            phases = max((e.spec.phases for e in self.evses.values()), default=3)
-            default_w = sum(e.spec.max_charge_kw for e in self.evses.values()) * 1000.0
-        else:
-            phases = self.evses[evse_id].spec.phases
-            default_w = self.evses[evse_id].spec.max_charge_kw * 1000.0
-        schedule = composite_to_wire(
-            periods,
-            evse_id=evse_id,
-            start=now,
-            duration_s=duration,
-            unit=unit or "W",
-            evse_phases=phases,
-            default_limit_w=default_w,
-        )
-        return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
-
     # ---- outbox -------------------------------------------------------------------------------
 
     def _queue(
@@ -639,19 +587,20 @@ class Station:
         payload: dict[str, Any],
         *,
         kind: str,
-        on_reply: Callable[[Any], None] | None = None,
+        on_reply: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         if kind in ("status", "meter", "report") and not self.connected.is_set():
             return  # not kept across a lost link; status is re-sent on reconnect
         self._outbox.append(_Outgoing(action, payload, kind, on_reply))
         self._trim_outbox()
+        self.drained.clear()
         self._outbox_ready.set()
 
     def _queue_tx(
         self,
         payload: dict[str, Any],
         *,
-        on_reply: Callable[[Any], None] | None = None,
+        on_reply: Callable[[dict[str, Any]], None] | None = None,
         periodic: bool = False,
     ) -> None:
         self._queue("TransactionEvent", payload, kind="tx-periodic" if periodic else "tx", on_reply=on_reply)
@@ -676,12 +625,12 @@ class Station:
             kind="status",
         )
 
-    def _on_authorization(self, evse_id: int, tx_id: str, reply: Any) -> None:
+    def _on_authorization(self, evse_id: int, tx_id: str, reply: dict[str, Any]) -> None:
         evse = self.evses[evse_id]
         s = evse.session
         if s is None or s.transaction.id != tx_id:
             return
-        info = getattr(reply, "id_token_info", None) or {}
+        info = reply.get("idTokenInfo") or {}
         status = info.get("status", "Accepted")
         if s.authorized and status != "Accepted":
             # Authorized offline and now refused: stop the energy flow (E05-style deauthorization).
@@ -716,12 +665,10 @@ class Station:
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
-    async def _call(self, link: _Link, action: str, payload: dict[str, Any]) -> Any:
-        dataclass_type = getattr(call, action)
-        request = dataclass_type(**{_snake(k): v for k, v in payload.items()})
-        return await link.call(
-            request, suppress=False, skip_schema_validation=not self.config.validate_messages
-        )
+    async def _call(self, link: _Link, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.config.validate_messages:
+            _request_validator(action)(payload)  # only schema-valid messages leave the station
+        return await link.call_json(action, payload)
 
     async def _sender_loop(self, link: _Link) -> None:
         """Deliver the outbox in order, one CALL at a time. A TransactionEvent that gets no reply
@@ -731,11 +678,18 @@ class Station:
         while True:
             if not self._outbox:
                 self._outbox_ready.clear()
+                self.drained.set()
                 await self._outbox_ready.wait()
                 continue
             item = self._outbox[0]
             try:
                 reply = await self._call(link, item.action, item.payload)
+            except fastjsonschema.JsonSchemaException as exc:
+                # Our own bug: never send it, never retry it, say so loudly.
+                log.error("%s: dropping schema-invalid %s: %s", self.id, item.action, exc)
+                if self._outbox and self._outbox[0] is item:
+                    self._outbox.popleft()
+                continue
             except (TimeoutError, OCPPError) as exc:
                 self.calls_failed += 1
                 item.attempts += 1
@@ -818,7 +772,7 @@ class Station:
         await asyncio.gather(stop, sleep, return_exceptions=True)
 
     async def _serve(self, ws: ClientConnection) -> None:
-        link = _Link(self, ws)
+        link = _Link(self, ws, self.connections)
         receiver = asyncio.create_task(link.start(), name=f"{self.id}-recv")
         worker = asyncio.create_task(self._connected(link), name=f"{self.id}-work")
         try:
@@ -862,21 +816,39 @@ class Station:
             except (TimeoutError, OCPPError):
                 await asyncio.sleep(self._backoff_s(0))
                 continue
-            self.boot_status = reply.status
-            if reply.interval and reply.interval > 0:
-                self.heartbeat_interval_s = float(reply.interval)
+            self.boot_status = reply["status"]
+            if reply.get("interval", 0) > 0:
+                self.heartbeat_interval_s = float(reply["interval"])
             if self.config.sync_clock_from_boot:
-                self.clock.set_time(parse_rfc3339(reply.current_time), sent)
-                self._last_update = self.clock.now()
-            if reply.status == "Accepted":
+                self._adopt_time(parse_rfc3339(reply["currentTime"]), sent)
+            if reply["status"] == "Accepted":
                 self.booted.set()
                 return
             # Pending / Rejected: try again after the interval the CSMS gave (B02, B03).
             await self.clock.sleep(self.heartbeat_interval_s)
 
+    def _adopt_time(self, current: datetime, sent: datetime) -> None:
+        global _window_warned
+        window = self.clock_window
+        if window is not None and not window[0] <= current <= window[1]:
+            (log.debug if _window_warned else log.warning)(
+                "%s: the CSMS's time %s is outside the simulated window %s..%s; keeping the simulation "
+                "clock (start the gateway with the same --sim-start and --time-scale)",
+                self.id,
+                to_rfc3339(current),
+                to_rfc3339(window[0]),
+                to_rfc3339(window[1]),
+            )
+            return
+        self.clock.set_time(current, sent)
+        self._last_update = self.clock.now()
+
     async def _heartbeat_loop(self, link: _Link) -> None:
+        first = True
         while True:
-            due = self.clock.now() + timedelta(seconds=self.heartbeat_interval_s)
+            wait = self.heartbeat_interval_s * ((0.5 + self._rng.random()) if first else 1.0)
+            first = False
+            due = self.clock.now() + timedelta(seconds=wait)
             await self.clock.sleep_until(due)
             self._note_lag(self.clock.now(), due)
             try:

@@ -128,9 +128,7 @@ def test_amps_convert_with_phases_times_230_volts() -> None:
 def test_relative_profile_counts_from_transaction_start() -> None:
     tx = Transaction("tx-1", at(20))
     st = ProfileStore({1: 3})
-    st.install(
-        parse_profile(1, prof(1, "TxProfile", [(0, 3000), (900, 8000)], kind="Relative", tx="tx-1")), tx
-    )
+    st.install(parse_profile(1, prof(1, "TxProfile", [(0, 3000), (900, 8000)], kind="Relative", tx="tx-1")), tx)
     assert st.limit_w(1, at(30), tx) == 3000  # 10 min into the transaction
     assert st.limit_w(1, at(36), tx) == 8000  # 16 min in
 
@@ -164,9 +162,7 @@ def test_valid_from_and_valid_to_bound_a_profile() -> None:
     st = store_with(
         (
             1,
-            prof(
-                1, "TxDefaultProfile", [(0, 5000)], validFrom=to_rfc3339(at(10)), validTo=to_rfc3339(at(20))
-            ),
+            prof(1, "TxDefaultProfile", [(0, 5000)], validFrom=to_rfc3339(at(10)), validTo=to_rfc3339(at(20))),
         ),
     )
     assert st.limit_w(1, at(5), TX) is None
@@ -180,9 +176,7 @@ def test_valid_from_and_valid_to_bound_a_profile() -> None:
 
 
 def test_evse_specific_default_beats_station_wide_default_at_equal_level() -> None:
-    st = store_with(
-        (0, prof(1, "TxDefaultProfile", [(0, 6000)])), (1, prof(2, "TxDefaultProfile", [(0, 4000)]))
-    )
+    st = store_with((0, prof(1, "TxDefaultProfile", [(0, 6000)])), (1, prof(2, "TxDefaultProfile", [(0, 4000)])))
     assert st.limit_w(1, at(1), TX) == 4000
     assert st.limit_w(2, at(1), None) == 6000  # EVSE 2 only has the station-wide default
 

@@ -34,9 +34,7 @@ def test_taper_above_cv_soc_slows_charging_and_stops_at_full() -> None:
 
 
 def test_discharge_efficiency_and_reserve_floor() -> None:
-    b = EvBattery(
-        capacity_kwh=60, soc=0.5, max_charge_kw=11, max_discharge_kw=10, eff_discharge=0.8, reserve_soc=0.3
-    )
+    b = EvBattery(capacity_kwh=60, soc=0.5, max_charge_kw=11, max_discharge_kw=10, eff_discharge=0.8, reserve_soc=0.3)
     avg = b.step(-10, 1800)  # 5 kWh at the grid = 6.25 kWh out of the battery
     assert avg == pytest.approx(-10)
     assert b.drawn_kwh == pytest.approx(6.25)

@@ -96,10 +96,7 @@ def test_requests_are_mostly_but_not_always_deliverable() -> None:
     for a in ep.arrivals:
         pmax = min(a.max_charge_kw, kw[(a.station_id, a.evse_id)])
         dwell = (a.departure - a.arrival).total_seconds()
-        ok += (
-            a.requested_kwh
-            <= models.deliverable_kwh(a.capacity_kwh, a.arrival_soc, pmax, a.eff_charge, dwell) + 1e-6
-        )
+        ok += a.requested_kwh <= models.deliverable_kwh(a.capacity_kwh, a.arrival_soc, pmax, a.eff_charge, dwell) + 1e-6
     share = ok / len(ep.arrivals)
     assert 0.7 < share < 1.0
 
@@ -147,12 +144,7 @@ def test_summer_weekday_demand_response_in_the_late_afternoon() -> None:
         assert g.kind.value == "export_request" and g.payment_per_kwh > 0
         assert 15.0 <= g.start.hour + g.start.minute / 60 <= 17.0
         assert 17.0 <= g.end.hour + g.end.minute / 60 <= 20.0
-    assert (
-        generate(
-            ScenarioOptions(site="workplace", stations=5, days=5, seed=4, grid_event="never")
-        ).grid_events
-        == ()
-    )
+    assert generate(ScenarioOptions(site="workplace", stations=5, days=5, seed=4, grid_event="never")).grid_events == ()
 
 
 def test_ev_mix_is_realistic(episodes: dict[str, Episode]) -> None:

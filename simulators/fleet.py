@@ -1,0 +1,339 @@
+"""Fleet runner: every station of an episode in one process against a gateway (``gateway sim``).
+
+As a library::
+
+    fleet = Fleet(episode, "ws://127.0.0.1:9000/ocpp", password="secret", clock=clock)
+    summary = await fleet.run()            # until the episode's end
+    await fleet.departed["EV-00001"].wait()  # hooks: arrived / departed events per EV
+    fleet.evse("WORK-0001", 1).power_kw      # per-EVSE power and applied limit (limit_kw)
+
+The summary (also ``--json FILE``) is ``{"evs": [...], "site": {...}, "stations": {...}}``; an EV is
+``fully_served`` when the net energy stored in its battery reached its (final) request within
+``FULLY_SERVED_TOLERANCE_KWH`` (0.5 kWh). Site import is building load + the sum of EVSE powers,
+sampled every ``sample_interval_s`` of simulated time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.clock import Clock, ScaledClock, parse_rfc3339, to_rfc3339
+from gateway.episode import Arrival, Episode, EpisodeError, load
+from simulators.evse import FULLY_SERVED_TOLERANCE_KWH, EvResult, EvseState
+from simulators.models import deliverable_kwh
+from simulators.station import DriverApp, Faults, Station, StationConfig
+from simulators.station_clock import StationClock
+
+PasswordSource = str | Callable[[str], str | None] | None
+DEMAND_WINDOW_S = 900  # demand charges bill the average over 15 minutes
+DRAIN_REAL_S = 10.0  # at the end, how long to wait for stations to deliver their outboxes
+
+
+class Fleet:
+    def __init__(
+        self,
+        episode: Episode,
+        url: str,
+        *,
+        password: PasswordSource = None,
+        clock: Clock | None = None,
+        config: StationConfig | None = None,
+        faults: Callable[[str], Faults] | None = None,
+        driver_app: DriverApp | None = None,
+        sample_interval_s: float = 60.0,
+        stagger_real_s: float | None = None,
+        progress: bool = False,
+        progress_stream: TextIO | None = None,
+        freeze_gc: bool = True,
+    ) -> None:
+        self.episode = episode
+        self.url = url
+        base = clock or ScaledClock(episode.start, 1.0)
+        self.clock = StationClock(base)  # adopts the first station's boot-time offset
+        self.sample_interval_s = sample_interval_s
+        self.progress = progress
+        self.freeze_gc = freeze_gc
+        self._stream = progress_stream or sys.stderr
+        self.stations: dict[str, Station] = {}
+        self.arrivals: dict[str, Arrival] = {a.id: a for a in episode.arrivals}
+        self.arrived: dict[str, asyncio.Event] = {a.id: asyncio.Event() for a in episode.arrivals}
+        self.departed: dict[str, asyncio.Event] = {a.id: asyncio.Event() for a in episode.arrivals}
+        self.results: dict[str, EvResult] = {}
+        self.booted = asyncio.Event()  # every station has booted
+        self.peak_import_kw = 0.0
+        self.peak_export_kw = 0.0
+        self.peak_import_15min_kw = 0.0
+        self.import_kwh = 0.0
+        self.samples = 0
+        self._bucket: tuple[int, float, int] | None = None  # (window index, kW sum, samples)
+        self._started_real: float | None = None
+        n = len(episode.stations)
+        self.stagger_real_s = stagger_real_s if stagger_real_s is not None else min(5.0, 0.002 * n)
+        for spec in episode.stations:
+            pw = password(spec.id) if callable(password) else password
+            st = Station(
+                spec,
+                url,
+                password=pw,
+                clock=base,
+                config=config,
+                faults=faults(spec.id) if faults else None,
+                driver_app=driver_app,
+            )
+            st.clock_window = (episode.start - timedelta(days=1), episode.end)
+            st.on_arrival = self._on_arrival
+            st.on_departure = self._on_departure
+            self.stations[spec.id] = st
+        self._by_station: dict[str, list[Arrival]] = {sid: [] for sid in self.stations}
+        for a in episode.arrivals:
+            self._by_station.setdefault(a.station_id, []).append(a)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    def station(self, station_id: str) -> Station:
+        return self.stations[station_id]
+
+    def evse(self, station_id: str, evse_id: int) -> EvseState:
+        """Live EVSE state: ``power_kw`` (negative: discharging), ``limit_kw`` (None: no profile)."""
+        return self.stations[station_id].evses[evse_id]
+
+    def site_import_kw(self, now: datetime | None = None) -> float:
+        now = now or self.clock.now()
+        return self.episode.building_load_at(now) + sum(s.power_kw for s in self.stations.values())
+
+    def _on_arrival(self, station: Station, arrival: Arrival) -> None:
+        ev = self.arrived.get(arrival.id)
+        if ev is not None:
+            ev.set()
+
+    def _on_departure(self, station: Station, result: EvResult) -> None:
+        self.results[result.id] = result
+        ev = self.departed.get(result.id)
+        if ev is not None:
+            ev.set()
+
+    # ---- running ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every station (staggered so a thousand do not knock at once)."""
+        loop = asyncio.get_running_loop()
+        self._started_real = loop.time()
+        per = self.stagger_real_s / max(1, len(self.stations))
+        for i, (sid, st) in enumerate(self.stations.items()):
+            self._tasks.append(asyncio.create_task(self._run_station(st, i * per), name=f"fleet-{sid}"))
+        self._tasks.append(asyncio.create_task(self._watch_boots(), name="fleet-boots"))
+        self._tasks.append(asyncio.create_task(self._sampler(), name="fleet-sampler"))
+        if self.progress:
+            self._tasks.append(asyncio.create_task(self._progress_loop(), name="fleet-progress"))
+
+    async def _run_station(self, st: Station, delay_real_s: float) -> None:
+        if delay_real_s > 0:
+            await asyncio.sleep(delay_real_s)
+        await st.run(self._by_station.get(st.id, []))
+
+    async def _watch_boots(self) -> None:
+        first = True
+        for st in self.stations.values():
+            await st.booted.wait()
+            if first:
+                self.clock.offset = st.clock.offset
+                first = False
+        if self.freeze_gc:
+            # Thousands of long-lived connection objects make full collections pause the loop
+            # for hundreds of ms (measured in bench/sim_fleet.py); frozen, they are not rescanned.
+            gc.freeze()
+        self.booted.set()
+
+    async def run(self, until: datetime | None = None) -> dict[str, Any]:
+        """Run the episode until ``until`` (default: its end), end what is still plugged in,
+        let the stations deliver their messages, stop them, and return :meth:`summary`."""
+        if not self._tasks:
+            await self.start()
+        end = until or self.episode.end
+        try:
+            while self.clock.now() < end:
+                remaining = (end - self.clock.now()).total_seconds()
+                # Re-check in slices: the fleet's clock may be corrected when the stations boot.
+                await self.clock.sleep(min(remaining, max(1.0, 5.0 * self.clock.scale)))
+        finally:
+            await self.stop()
+        return self.summary()
+
+    async def stop(self) -> None:
+        """Unplug every EV still connected, drain the outboxes (briefly), close every link."""
+        for st in self.stations.values():
+            for eid, e in st.evses.items():
+                if e.session is not None:
+                    st.unplug(eid)
+        waiting = [st.drained.wait() for st in self.stations.values() if st.connected.is_set()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waiting), DRAIN_REAL_S)
+        await asyncio.gather(*(st.stop() for st in self.stations.values()), return_exceptions=True)
+        for t in self._tasks:
+            if t.get_name() in ("fleet-sampler", "fleet-progress", "fleet-boots"):
+                t.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), DRAIN_REAL_S)
+        if self.progress:
+            self._stream.write("\n")
+            self._stream.flush()
+
+    async def _sampler(self) -> None:
+        while True:
+            now = self.clock.now()
+            kw = self.site_import_kw(now)
+            self.samples += 1
+            self.peak_import_kw = max(self.peak_import_kw, kw)
+            self.peak_export_kw = max(self.peak_export_kw, -kw)
+            self.import_kwh += max(kw, 0.0) * self.sample_interval_s / 3600.0
+            window = int(now.timestamp() // DEMAND_WINDOW_S)
+            if self._bucket is None or self._bucket[0] != window:
+                if self._bucket is not None and self._bucket[2]:
+                    self.peak_import_15min_kw = max(self.peak_import_15min_kw, self._bucket[1] / self._bucket[2])
+                self._bucket = (window, 0.0, 0)
+            w, total, count = self._bucket
+            self._bucket = (w, total + kw, count + 1)
+            await self.clock.sleep(self.sample_interval_s)
+
+    async def _progress_loop(self) -> None:
+        start, end = self.episode.start, self.episode.end
+        span = max((end - start).total_seconds(), 1.0)
+        while True:
+            now = self.clock.now()
+            frac = min(max((now - start).total_seconds() / span, 0.0), 1.0)
+            bar = "#" * int(frac * 30)
+            plugged = sum(1 for s in self.stations.values() for e in s.evses.values() if e.session)
+            up = sum(1 for s in self.stations.values() if s.connected.is_set())
+            self._stream.write(
+                f"\r[{bar:<30}] {frac * 100:5.1f}% {to_rfc3339(now)[:16]}Z  up {up}/{len(self.stations)}"
+                f"  plugged {plugged}  done {len(self.results)}/{len(self.arrivals)}"
+                f"  import {self.site_import_kw(now):7.1f} kW (peak {self.peak_import_kw:.1f})"
+            )
+            self._stream.flush()
+            await asyncio.sleep(1.0)
+
+    # ---- results ----------------------------------------------------------------------------
+
+    def _deliverable(self, a: Arrival, r: EvResult) -> float:
+        return _deliverable_kwh(a, r, self.stations[r.station_id].evses[r.evse_id].spec.max_charge_kw)
+
+    def summary(self) -> dict[str, Any]:
+        evs = []
+        for a in self.episode.arrivals:
+            r = self.results.get(a.id)
+            if r is None:
+                continue
+            evs.append(
+                {
+                    "id": r.id,
+                    "station_id": r.station_id,
+                    "evse_id": r.evse_id,
+                    "transaction_id": r.transaction_id,
+                    "energy_requested_kwh": round(r.requested_kwh, 3),
+                    "energy_delivered_kwh": round(r.delivered_kwh, 3),
+                    "energy_discharged_kwh": round(r.discharged_kwh, 3),
+                    "energy_imported_kwh": round(r.imported_kwh, 3),
+                    "energy_exported_kwh": round(r.exported_kwh, 3),
+                    "energy_deliverable_kwh": round(self._deliverable(a, r), 3),
+                    "arrival_soc": round(r.arrival_soc, 4),
+                    "departure_soc": round(r.departure_soc, 4),
+                    "fully_served": r.fully_served,
+                    "departed_at": to_rfc3339(r.departure),
+                    "planned_departure": to_rfc3339(a.departure),
+                }
+            )
+        stations = list(self.stations.values())
+        return {
+            "evs": evs,
+            "site": {
+                "peak_import_kw": round(self.peak_import_kw, 3),
+                "peak_import_15min_kw": round(self.peak_import_15min_kw, 3),
+                "peak_export_kw": round(max(self.peak_export_kw, 0.0), 3),
+                "limit_kw": self.episode.limits.import_kw,
+                "export_limit_kw": self.episode.limits.export_kw,
+                "import_kwh": round(self.import_kwh, 3),
+                "samples": self.samples,
+                "sample_interval_s": self.sample_interval_s,
+            },
+            "stations": {
+                "count": len(stations),
+                "booted": sum(1 for s in stations if s.booted.is_set()),
+                "connections": sum(s.connections for s in stations),
+                "calls_failed": sum(s.calls_failed for s in stations),
+                "max_lag_real_s": round(max((s.max_lag_real_s for s in stations), default=0.0), 4),
+            },
+            "fully_served_tolerance_kwh": FULLY_SERVED_TOLERANCE_KWH,
+            "evs_not_arrived": len(self.episode.arrivals) - len(evs),
+        }
+
+
+def _deliverable_kwh(a: Arrival, r: EvResult, evse_max_kw: float) -> float:
+    dwell = (r.departure - r.arrival).total_seconds()
+    return deliverable_kwh(a.capacity_kwh, a.arrival_soc, min(a.max_charge_kw, evse_max_kw), a.eff_charge, dwell)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{'ev':<12} {'req kWh':>8} {'got kWh':>8} {'out kWh':>8} {'SoC':>5}  served"]
+    for e in summary["evs"]:
+        lines.append(
+            f"{e['id']:<12} {e['energy_requested_kwh']:8.2f} {e['energy_delivered_kwh']:8.2f} "
+            f"{e['energy_discharged_kwh']:8.2f} {e['departure_soc'] * 100:4.0f}%  "
+            + ("yes" if e["fully_served"] else "NO")
+        )
+    site = summary["site"]
+    served = sum(1 for e in summary["evs"] if e["fully_served"])
+    lines.append(
+        f"fully served {served}/{len(summary['evs'])} "
+        f"(tolerance {summary['fully_served_tolerance_kwh']} kWh); "
+        f"site peak import {site['peak_import_kw']:.1f} kW (15-min {site['peak_import_15min_kw']:.1f}) "
+        f"vs limit {site['limit_kw']:g} kW"
+    )
+    return "\n".join(lines)
+
+
+def cli(args: argparse.Namespace) -> int:
+    """``gateway sim``: run an episode's stations against a gateway and report what the EVs got."""
+    from simulators.scenario import ScenarioOptions, generate
+
+    try:
+        if args.episode:
+            episode = load(args.episode)
+        else:
+            episode = generate(ScenarioOptions(site="workplace", stations=args.stations, seed=args.seed))
+    except (EpisodeError, ValueError) as exc:
+        print(f"gateway sim: {exc}", file=sys.stderr)
+        return 2
+    scale = args.time_scale or 1.0
+    start = parse_rfc3339(args.sim_start) if args.sim_start else episode.start
+    clock = ScaledClock(start, scale)
+    until = parse_rfc3339(args.until) if getattr(args, "until", None) else None
+    fleet = Fleet(episode, args.url, password=args.password, clock=clock, progress=not args.no_progress)
+
+    async def main() -> dict[str, Any]:
+        return await fleet.run(until=until)
+
+    try:
+        summary = asyncio.run(main())
+    except KeyboardInterrupt:
+        summary = fleet.summary()
+    print(format_summary(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    if summary["stations"]["booted"] < summary["stations"]["count"]:
+        booted, count = summary["stations"]["booted"], summary["stations"]["count"]
+        print(f"gateway sim: only {booted}/{count} stations booted", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["Fleet", "PasswordSource", "cli", "format_summary"]

@@ -1,0 +1,150 @@
+"""The station's answers to the CSMS's smart-charging CALLs (OCPP 2.0.1 K01, K08, K09, K10).
+
+The rules live in :mod:`simulators.composite`; this class adapts them to the ``ocpp`` package's
+handler arguments (snake_case) and replies, and tells the station when its limits changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.exceptions import InternalError
+from ocpp.v201 import call_result
+
+from gateway.clock import Clock
+from simulators.composite import (
+    ProfileError,
+    ProfileStore,
+    Purpose,
+    Transaction,
+    composite_to_wire,
+    parse_profile,
+)
+from simulators.evse import EvseState
+from simulators.faults import Faults
+
+# statusInfo.reasonCode is at most 20 characters: the specific cause goes in additionalInfo.
+REASON_CODES = {
+    "TxProfileEvseHasNoActiveTransaction": "TxNotFound",
+    "TxProfileTransactionNotOnEvse": "TxNotFound",
+    "EvseDoesNotExist": "UnknownEvse",
+    "UnsupportedChargingRateUnit": "UnsupportedRateUnit",
+    "DischargeNotSupported": "NoDischarge",
+}
+
+
+class SmartCharging:
+    def __init__(
+        self,
+        evses: dict[int, EvseState],
+        profiles: ProfileStore,
+        faults: Faults,
+        clock: Clock,
+        *,
+        on_change: Callable[[], None],
+        send: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        self.evses = evses
+        self.profiles = profiles
+        self.faults = faults
+        self.clock = clock
+        self._on_change = on_change
+        self._send = send
+
+    def _maybe_fail(self, action: str) -> None:
+        if action in self.faults.callerror_actions:
+            raise InternalError(description=f"simulated failure answering {action}")
+
+    def tx_on(self, evse_id: int) -> Transaction | None:
+        evse = self.evses.get(evse_id)
+        return evse.session.transaction if evse is not None and evse.session is not None else None
+
+    def set_charging_profile(self, evse_id: int, profile_snake: dict[str, Any]) -> Any:
+        self._maybe_fail("SetChargingProfile")
+        try:
+            profile = parse_profile(evse_id, snake_to_camel_case(profile_snake))
+            has_negative = any(p.limit < 0 for p in profile.periods)
+            if has_negative and (evse_id == 0 or not self.evses[evse_id].spec.bidirectional):
+                # A unidirectional EVSE cannot honour a discharge order, so it refuses it.
+                raise ProfileError("DischargeNotSupported")
+            if has_negative and profile.purpose is Purpose.MAX:
+                raise ProfileError("NegativeMaxProfile")
+            self.profiles.install(profile, self.tx_on(evse_id))
+        except (ProfileError, KeyError) as exc:
+            detail = str(exc).strip("'")
+            reason = REASON_CODES.get(detail.split(":")[0], "InvalidProfile")
+            return call_result.SetChargingProfile(
+                status="Rejected", status_info={"reasonCode": reason, "additionalInfo": detail[:512]}
+            )
+        self._on_change()
+        return call_result.SetChargingProfile(status="Accepted")
+
+    def clear_charging_profile(self, profile_id: int | None, criteria: dict[str, Any] | None) -> Any:
+        self._maybe_fail("ClearChargingProfile")
+        c = criteria or {}
+        n = self.profiles.clear(
+            profile_id=profile_id,
+            evse_id=c.get("evse_id"),
+            purpose=c.get("charging_profile_purpose"),
+            stack_level=c.get("stack_level"),
+        )
+        self._on_change()
+        return call_result.ClearChargingProfile(status="Accepted" if n else "Unknown")
+
+    def _matching(self, criterion: dict[str, Any], evse_id: int | None) -> list[Any]:
+        return self.profiles.matching(
+            evse_id=evse_id,
+            purpose=criterion.get("charging_profile_purpose"),
+            stack_level=criterion.get("stack_level"),
+            ids=criterion.get("charging_profile_id"),
+        )
+
+    def get_charging_profiles(self, request_id: int, criterion: dict[str, Any], evse_id: int | None) -> Any:
+        self._maybe_fail("GetChargingProfiles")
+        found = self._matching(criterion, evse_id)
+        return call_result.GetChargingProfiles(status="Accepted" if found else "NoProfiles")
+
+    def report_charging_profiles(self, request_id: int, criterion: dict[str, Any], evse_id: int | None) -> None:
+        """After answering GetChargingProfiles, report the profiles per EVSE (K09); tbc on all
+        reports but the last."""
+        if "GetChargingProfiles" in self.faults.callerror_actions:
+            return
+        by_evse: dict[int, list[dict[str, Any]]] = {}
+        for p in self._matching(criterion, evse_id):
+            by_evse.setdefault(p.evse_id, []).append(dict(p.raw))
+        items = sorted(by_evse.items())
+        for i, (eid, profiles) in enumerate(items):
+            payload: dict[str, Any] = {
+                "requestId": request_id,
+                "chargingLimitSource": "CSO",
+                "chargingProfile": profiles,
+                "evseId": eid,
+            }
+            if i < len(items) - 1:
+                payload["tbc"] = True
+            self._send("ReportChargingProfiles", payload)
+
+    def get_composite_schedule(self, duration: int, evse_id: int, unit: str | None) -> Any:
+        self._maybe_fail("GetCompositeSchedule")
+        if evse_id != 0 and evse_id not in self.evses:
+            return call_result.GetCompositeSchedule(status="Rejected", status_info={"reasonCode": "UnknownEVSE"})
+        now = self.clock.now()
+        periods = self.profiles.composite(evse_id, now, duration, self.tx_on(evse_id))
+        if evse_id == 0:
+            phases = max((e.spec.phases for e in self.evses.values()), default=3)
+            default_w = sum(e.spec.max_charge_kw for e in self.evses.values()) * 1000.0
+        else:
+            phases = self.evses[evse_id].spec.phases
+            default_w = self.evses[evse_id].spec.max_charge_kw * 1000.0
+        schedule = composite_to_wire(
+            periods,
+            evse_id=evse_id,
+            start=now,
+            duration_s=duration,
+            unit=unit or "W",
+            evse_phases=phases,
+            default_limit_w=default_w,
+        )
+        return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)
