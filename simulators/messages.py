@@ -48,10 +48,15 @@ def id_token(token: str, iso15118: bool) -> dict[str, Any]:
     return {"idToken": token[:36], "type": "eMAID" if iso15118 else "ISO14443"}
 
 
+V2X_VENDOR_ID = "org.ocpp-site-gateway.v2x"  # see gateway/ocpp/handlers.py needs_from_payload
+
+
 def charging_needs(evse: EvseState, departure: datetime | None, energy_kwh: float) -> dict[str, Any]:
     """NotifyEVChargingNeeds.chargingNeeds for an ISO 15118 EV (AC parameters, 2.0.1 schema).
 
-    2.0.1 has no V2X fields; an AC EV states its energy request, current range and voltage.
+    2.0.1 has no V2X fields; an AC EV states its energy request, current range and voltage. What an
+    ISO 15118-20 EV also knows (battery size, state of charge, its discharge limit and the minimum
+    SoC it keeps) goes in ``customData`` under ``V2X_VENDOR_ID``, the convention the gateway reads.
     """
     s = evse.session
     assert s is not None
@@ -68,6 +73,16 @@ def charging_needs(evse: EvseState, departure: datetime | None, energy_kwh: floa
     }
     if departure is not None:
         needs["departureTime"] = to_rfc3339(departure)
+    battery = s.battery
+    v2x: dict[str, Any] = {
+        "vendorId": V2X_VENDOR_ID,
+        "evEnergyCapacity": round(s.arrival.capacity_kwh * 1000.0),
+        "stateOfCharge": round(100.0 * battery.soc),
+        "evMinSoC": round(100.0 * s.arrival.reserve_soc),
+    }
+    if s.arrival.bidirectional and evse.spec.bidirectional:
+        v2x["evMaxDischargePower"] = round(s.arrival.max_discharge_kw * 1000.0)
+    needs["customData"] = v2x
     return needs
 
 

@@ -4,6 +4,8 @@ URL is given. It is a real Postgres server listening on a Unix socket in ``data_
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,11 @@ def asyncpg_url(uri: str) -> str:
 @contextlib.contextmanager
 def embedded_postgres(data_dir: str | Path, *, keep: bool = False) -> Iterator[str]:
     """Run Postgres in ``data_dir`` and yield its asyncpg URL; stop it afterwards."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        # pgserver's platform lookups warn without it (and tests turn warnings into errors).
+        runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(runtime)
     import pgserver  # type: ignore[attr-defined,unused-ignore]
 
     Path(data_dir).mkdir(parents=True, exist_ok=True)

@@ -219,7 +219,7 @@ class Handlers:
     # --- K: smart charging ----------------------------------------------------------------
     async def notify_ev_charging_needs(self, ctx: StationContext, p: Payload) -> Payload:
         evse_id = p["evseId"]
-        needs = needs_from_payload(p, phases=3)
+        needs = needs_from_payload(p)
         tid = self.active_tx.get((ctx.station_id, evse_id))
         now = self._now()
         await until_committed(
@@ -270,13 +270,20 @@ class Handlers:
             log.warning("notification not stored, database unavailable: %s", exc)
 
 
-def needs_from_payload(p: Payload, *, phases: int) -> EvNeeds:
+PHASES = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3}
+PHASE_VOLTAGE_V = 230.0
+V2X_VENDOR_ID = "org.ocpp-site-gateway.v2x"
+
+
+def needs_from_payload(p: Payload) -> EvNeeds:
     """EvNeeds from a NotifyEVChargingNeeds request (K15/K16/K17).
 
     Energy amounts are Wh, powers W. V2X facts have no place in the 2.0.1 schema; stations that
     know them put them in ``chargingNeeds.customData`` (``evMaxDischargePower`` W, ``evMinSoC`` %,
     ``evTargetSoC`` %, ``stateOfCharge`` %, ``evEnergyCapacity`` Wh), which is read when present.
+    AC power is the per-phase current times 230 V times the phases of ``requestedEnergyTransfer``.
     """
+    phases = PHASES.get(p["chargingNeeds"]["requestedEnergyTransfer"], 3)
     cn = p["chargingNeeds"]
     dep = cn.get("departureTime")
     ac, dc = cn.get("acChargingParameters"), cn.get("dcChargingParameters")
@@ -288,7 +295,7 @@ def needs_from_payload(p: Payload, *, phases: int) -> EvNeeds:
     target: float | None = custom.get("evTargetSoC")
     if ac:
         energy_wh = ac["energyAmount"]
-        max_w = ac["evMaxCurrent"] * 230.0 * phases
+        max_w = ac["evMaxCurrent"] * PHASE_VOLTAGE_V * phases
     if dc:
         energy_wh = dc.get("energyAmount", energy_wh)
         max_w = dc.get("evMaxPower") or dc["evMaxCurrent"] * dc["evMaxVoltage"]
