@@ -20,6 +20,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -34,6 +35,7 @@ ARGON2_TIME_COST: Final = 2
 ARGON2_MEMORY_COST_KIB: Final = 19_456
 ARGON2_PARALLELISM: Final = 1
 CREDENTIAL_CACHE_ENTRIES_MAX: Final = 100_000
+VERIFICATIONS_PENDING_MAX: Final = 1_000  # hard cap; the real bound adapts to the measured cost
 
 _hasher = PasswordHasher(
     time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_COST_KIB, parallelism=ARGON2_PARALLELISM
@@ -88,23 +90,57 @@ def same_text(a: str, b: str) -> bool:
 def _pool() -> ThreadPoolExecutor:
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="argon2")
+        _executor = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="argon2")
     return _executor
 
 
-class PasswordVerifier:
-    """argon2 verification off the event loop, with a short-lived cache of successes."""
+class VerifierBusy(Exception):
+    """Too much verification work is queued; the station should retry shortly."""
 
-    def __init__(self, clock: Clock, cache_s: float) -> None:
+
+def _workers() -> int:
+    return os.cpu_count() or 2
+
+
+def _verify_before(deadline: float, password_hash: str | None, password: str) -> tuple[bool, float] | None:
+    """Runs on the pool: skip work whose handshake has given up meanwhile (None)."""
+    start = time.monotonic()
+    if start > deadline:
+        return None
+    ok = verify_password(password_hash, password)
+    return ok, time.monotonic() - start
+
+
+class PasswordVerifier:
+    """argon2 verification off the event loop, with a short-lived cache of successes.
+
+    Admission control for reconnect storms (RELIABILITY.md L3/L4): a verification is accepted
+    only if the work queued ahead of it can finish within ``budget_s`` at the measured cost per
+    hash, and work still queued when its budget is over is skipped, so the pool never burns CPU
+    on handshakes that already timed out. Refused work raises :class:`VerifierBusy` (HTTP 503).
+    """
+
+    def __init__(self, clock: Clock, cache_s: float, *, budget_s: float = 5.0,
+                 pending_max: int = VERIFICATIONS_PENDING_MAX) -> None:
         self._clock = clock
         self._cache_s = cache_s
+        self._budget_s = budget_s
+        self._pending_max = pending_max
+        self._hash_s = 0.03  # running estimate of one verification's wall time on the pool
+        self.pending = 0
         self._key = os.urandom(32)
         self._cache: dict[tuple[str, str, bytes], datetime] = {}
 
     def _digest(self, password: str) -> bytes:
         return hmac.new(self._key, password.encode("utf-8"), hashlib.sha256).digest()
 
+    def admissible(self) -> int:
+        """How many verifications may be queued now."""
+        fits = int(self._budget_s * _workers() / max(self._hash_s, 1e-3))
+        return max(1, min(self._pending_max, fits))
+
     async def verify(self, station_id: str, password_hash: str | None, password: str) -> bool:
+        """True when the password matches; raises VerifierBusy when the pool is saturated."""
         # The stored hash is part of the key: a changed password invalidates the entry at once.
         key = (station_id, password_hash or "", self._digest(password))
         now = self._clock.now()
@@ -113,8 +149,19 @@ class PasswordVerifier:
             if expires > now:
                 return True
             del self._cache[key]
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(_pool(), verify_password, password_hash, password)
+        if self.pending >= self.admissible():
+            raise VerifierBusy
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = time.monotonic() + self._budget_s
+            done = await loop.run_in_executor(_pool(), _verify_before, deadline, password_hash, password)
+        finally:
+            self.pending -= 1
+        if done is None:
+            raise VerifierBusy
+        ok, took_s = done
+        self._hash_s += 0.1 * (took_s - self._hash_s)
         if ok and self._cache_s > 0:
             if len(self._cache) >= CREDENTIAL_CACHE_ENTRIES_MAX:
                 self._evict(now)

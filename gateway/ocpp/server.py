@@ -8,7 +8,10 @@ Everything that decides whether a station may talk happens in the HTTP handshake
     id empty, > max_station_id_length, ':' in it,
     not printable, not UTF-8 after %-decoding     400   (%-encoded ids are decoded, Part 4 §3.1.1)
     id or remote address locked out               429   (Retry-After; no hashing done)
-    id not registered (and not allow_unknown)     404
+    station directory unavailable                 503   (Retry-After)
+    too many password checks queued (restart)     503   (Retry-After; admission control)
+    id not registered (and not allow_unknown)     404   (allow_unknown: admitted, also when
+                                                        registered without a password)
     station disabled / no password set            401
     profile >= 2 over plain ws                    401   (A00.FR.3xx: profile 2 needs TLS)
     profile 3 (client certificates)               401   (not supported by this server yet)
@@ -45,7 +48,13 @@ from websockets.typing import Subprotocol
 
 from gateway.clock import Clock
 from gateway.config import Settings
-from gateway.ocpp.auth import LockoutTracker, PasswordVerifier, parse_basic_auth, same_text
+from gateway.ocpp.auth import (
+    LockoutTracker,
+    PasswordVerifier,
+    VerifierBusy,
+    parse_basic_auth,
+    same_text,
+)
 from gateway.ocpp.connection import Connection
 from gateway.ocpp.ports import (
     ConnectionObserver,
@@ -78,6 +87,7 @@ TAKEOVER_CLOSE_TIMEOUT_S: Final = 1.0  # S6: the replaced socket is gone within 
 TAKEOVER_WINDOW_S: Final = 300.0
 TAKEOVERS_BEFORE_EVENT: Final = 3  # S6: "repeated" take-overs raise a security event
 CLOSE_PROTOCOL_ERROR: Final = 1002
+BUSY_RETRY_AFTER_S: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +178,9 @@ class OcppServer:
         self.registry = ConnectionRegistry()
         self.ssl_context = build_ssl_context(settings)
         self.lockout = LockoutTracker(clock, settings.auth_failures_per_minute_max, settings.auth_lockout_s)
-        self.verifier = PasswordVerifier(clock, settings.credential_cache_s)
+        # Half the handshake timeout for queueing + hashing leaves room for the rest of it.
+        self.verifier = PasswordVerifier(clock, settings.credential_cache_s,
+                                         budget_s=settings.handshake_timeout_s / 2)
         self.port: int | None = None
         self._server: Server | None = None
         self._admitted: WeakKeyDictionary[ServerConnection, _Admission] = WeakKeyDictionary()
@@ -251,7 +263,15 @@ class OcppServer:
                 response.headers["Retry-After"] = str(retry)
                 return response
 
-        creds = await self.directory.credentials(station_id)
+        try:
+            creds = await self.directory.credentials(station_id)
+        except Exception:
+            # The directory (database) is unavailable: tell the station to retry later rather
+            # than refusing its credentials.
+            log.exception("station directory lookup failed for %s", station_id)
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Try again later\n")
+            response.headers["Retry-After"] = "10"
+            return response
         if creds is None:
             if self.settings.allow_unknown_stations:
                 self._admitted[connection] = _Admission(station_id, 1, remote)
@@ -259,7 +279,17 @@ class OcppServer:
             self._failure(None, remote, "unknown_station", f"unknown station id {station_id!r}")
             return connection.respond(HTTPStatus.NOT_FOUND, "Unknown station\n")
 
-        refusal = await self._check_credentials(creds, request.headers, remote)
+        if creds.password_hash is None and creds.enabled and self.settings.allow_unknown_stations:
+            # DEV mode: a station registered without a password (e.g. auto-registered on an
+            # earlier visit) is admitted like an unknown one.
+            self._admitted[connection] = _Admission(station_id, 1, remote)
+            return None
+        try:
+            refusal = await self._check_credentials(creds, request.headers, remote)
+        except VerifierBusy:
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Busy, try again later\n")
+            response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+            return response
         if refusal is not None:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
             response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'

@@ -14,6 +14,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from gateway.clock import Clock, RealClock, to_rfc3339
 from gateway.ocpp.auth import hash_password
@@ -152,9 +153,10 @@ async def open_station(
 ) -> ClientConnection:
     """A raw OCPP-J WebSocket client for ``station_id`` (``path_id`` overrides the URL segment)."""
     headers = {} if password is None else {"Authorization": basic(username or station_id, password)}
+    offered = ["ocpp2.0.1"] if subprotocols is None else subprotocols
     return await connect(
         f"{base_url}/{path_id or station_id}",
-        subprotocols=(["ocpp2.0.1"] if subprotocols is None else subprotocols) or None,  # type: ignore[misc]
+        subprotocols=[Subprotocol(s) for s in offered] or None,
         additional_headers=headers,
         compression=None,
         open_timeout=WAIT_S,

@@ -33,18 +33,18 @@ def test_hash_is_salted_argon2id_and_verifies() -> None:
     assert not verify_password("not-a-hash", PW)
 
 
-async def test_thousand_reconnects_fit_in_sixty_seconds_on_this_machine() -> None:
-    """Measure the pool's verification throughput; 1,000 stations must verify well within 60 s."""
+async def test_thousand_reconnects_fit_in_sixty_seconds_on_two_cores() -> None:
+    """CPU cost per login (immune to other processes sharing the box): 1,000 on 2 cores < 60 s."""
     h = hash_password(PW)
     verifier = PasswordVerifier(ManualClock(T0), cache_s=0)  # no cache: every login pays argon2
     n = 16
-    start = time.perf_counter()
+    cpu0 = time.process_time()
     results = await asyncio.gather(*(verifier.verify(f"CS{i}", h, PW) for i in range(n)))
-    per_login = (time.perf_counter() - start) / n
+    cpu_per_login = (time.process_time() - cpu0) / n
     assert all(results)
-    # ~16 s measured on an idle 2-core box; the bound is the requirement itself (other test
-    # processes may share the CPU).
-    assert per_login * 1000 < 60.0, f"1,000 logins would take {per_login * 1000:.1f} s"
+    seconds_for_1000 = cpu_per_login * 1000 / 2
+    assert seconds_for_1000 < 60.0, f"1,000 logins need {seconds_for_1000:.1f} s of 2 cores"
+    assert cpu_per_login > 0.005  # and the hash is still slow enough to resist offline guessing
 
 
 def _hdr(text: bytes) -> str:
@@ -123,3 +123,22 @@ def test_failures_spread_over_more_than_a_minute_do_not_lock() -> None:
         assert not tracker.record_failure(("addr", "10.0.0.9"))
         clock.advance(7)  # ~8.6 failures per sliding minute
     assert not tracker.is_locked(("addr", "10.0.0.9"))
+
+
+async def test_verifier_refuses_work_beyond_its_queue_bound() -> None:
+    h = hash_password(PW)
+    verifier = PasswordVerifier(ManualClock(T0), cache_s=0, pending_max=2)
+    results = await asyncio.gather(*(verifier.verify(f"CS{i}", h, PW) for i in range(3)),
+                                   return_exceptions=True)
+    assert results[:2] == [True, True]
+    assert isinstance(results[2], auth.VerifierBusy)
+    assert verifier.pending == 0
+    assert await verifier.verify("CS9", h, PW)  # capacity is back once the queue drained
+
+
+async def test_work_whose_budget_expired_in_the_queue_is_skipped() -> None:
+    h = hash_password(PW)
+    verifier = PasswordVerifier(ManualClock(T0), cache_s=0, budget_s=0.0)
+    with pytest.raises(auth.VerifierBusy):
+        await verifier.verify("CS1", h, PW)
+    assert verifier.pending == 0

@@ -506,3 +506,14 @@ async def test_directory_outage_is_503_not_a_credential_failure(start_gateway: S
     assert info.value.response.status_code == 503
     assert "Retry-After" in info.value.response.headers
     assert gw.server.lockout.failures(("id", "CS1")) == 0
+
+
+async def test_allow_unknown_stations_admits_unknown_and_passwordless_only(start_gateway: StartGateway) -> None:
+    directory = MemoryDirectory()
+    directory.add("NOPW", None)
+    directory.add("CS1", PASSWORD, password_hash=PASSWORD_HASH)
+    gw = await start_gateway(directory, allow_unknown_stations=True)
+    for sid in ("NEW1", "NOPW"):
+        st = Station(await open_station(gw.url, sid, None))
+        assert (await st.call("Heartbeat", {}))[0] == 3
+    assert await _refused(gw, "CS1", "wrong-password-123456") == 401  # a password still counts

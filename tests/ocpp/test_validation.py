@@ -126,7 +126,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     action=st.sampled_from(sorted(V201_STATION_ACTIONS)), payload=st.dictionaries(st.text(max_size=20), _json)
 )
