@@ -49,3 +49,5 @@ MQTT_RECONNECTS = Counter("gateway_mqtt_connects_total", "MQTT connection attemp
                           registry=REGISTRY)
 EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Domain events waiting in a subscriber's queue",
                           ["subscriber"], registry=REGISTRY)
+OUTGOING_QUEUED = Gauge("gateway_ocpp_outgoing_calls", "CALLs to stations queued or in flight (all stations)",
+                        registry=REGISTRY)

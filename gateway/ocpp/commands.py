@@ -13,6 +13,7 @@ given, never re-cased.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol
@@ -20,9 +21,10 @@ from typing import Any, Literal, Protocol
 from ocpp.charge_point import remove_nones, snake_to_camel_case
 from ocpp.v201 import call, datatypes, enums
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.ocpp.connection import Connection
-from gateway.ocpp.errors import StationOffline
+from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, StationOffline
 
 Payload = dict[str, Any]
 
@@ -84,10 +86,24 @@ class StationCommands:
     async def call(
         self, station_id: str, action: str, payload: Payload, timeout_s: float | None = None
     ) -> Payload:
+        """Every command goes through here, so every CALL we send is counted and timed once."""
         conn = self._registry.get(station_id)
         if conn is None or conn.closed:
+            metrics.CALLS_SENT.labels(action, "offline").inc()
             raise StationOffline(station_id, action)
-        return await conn.call(action, payload, timeout_s)
+        started = time.perf_counter()
+        metrics.OUTGOING_QUEUED.inc()
+        try:
+            reply = await conn.call(action, payload, timeout_s)
+        except CallFailed as exc:
+            outcome = {CallTimeout: "timeout", CallErrorReceived: "callerror"}.get(type(exc), "failed")
+            metrics.CALLS_SENT.labels(action, outcome).inc()
+            raise
+        finally:
+            metrics.OUTGOING_QUEUED.dec()
+        metrics.CALLS_SENT.labels(action, "ok").inc()
+        metrics.CALL_SECONDS.labels(action).observe(time.perf_counter() - started)
+        return reply
 
     async def set_charging_profile(
         self, station_id: str, evse_id: int, profile: Payload, timeout_s: float | None = None

@@ -26,7 +26,7 @@ from gateway import metrics
 from gateway.clock import to_rfc3339
 from gateway.domain import Plan, PlannedSession
 from gateway.ocpp import profiles
-from gateway.ocpp.errors import CallFailed
+from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
 from gateway.scheduler.problem import Planner, PlanResult, greedy_fallback
 
@@ -269,7 +269,9 @@ class MpcScheduler:
         try:
             resp = await self.gw.commands.set_charging_profile(
                 prof.station_id, prof.evse_id, payload["chargingProfile"])
-        except CallFailed as exc:
+        except GatewayOcppError as exc:  # CallFailed, or our own payload refused by validation (a bug)
+            if not isinstance(exc, CallFailed):
+                log.error("SetChargingProfile payload for %s refused by validation: %s", prof.station_id, exc)
             return type(exc).__name__, {"error": str(exc)}
         return str(resp.get("status", "Unknown")), resp
 

@@ -12,19 +12,16 @@ Commands to one station queue behind each other (one CALL in flight per station)
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
-from gateway import metrics
 from gateway.api.deps import GatewayDep, Operator
 from gateway.api.errors import NotFound, responses
 from gateway.api.schemas import Model, StationId
 from gateway.app import Gateway
-from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, StationOffline
 
 router = APIRouter(prefix="/stations/{station_id}/commands", tags=["commands"],
                    responses=responses(401, 403, 404, 409, 422, 502, 503, 504))
@@ -76,17 +73,8 @@ class CommandResult(BaseModel):
 
 
 async def _run(gw: Gateway, station_id: str, action: str, call: Awaitable[dict[str, Any]]) -> CommandResult:
-    started = time.perf_counter()
-    try:
-        reply = await call
-    except CallFailed as exc:
-        outcome = {StationOffline: "offline", CallTimeout: "timeout", CallErrorReceived: "callerror"}.get(
-            type(exc), "failed")
-        metrics.CALLS_SENT.labels(action, outcome).inc()
-        raise
-    metrics.CALLS_SENT.labels(action, "ok").inc()
-    metrics.CALL_SECONDS.labels(action).observe(time.perf_counter() - started)
-    return CommandResult(station_id=station_id, action=action, response=reply)
+    # StationCommands counts and times every CALL; failures become JSON errors in gateway/api/errors.py.
+    return CommandResult(station_id=station_id, action=action, response=await call)
 
 
 async def _known(gw: Gateway, station_id: str) -> None:
