@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import random
 import resource
 import socket
@@ -37,6 +39,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PASSWORD = "load-test-password-0001"
@@ -277,16 +282,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise SystemExit(f"gateway did not listen on {port} within {timeout_s:g} s")
-
-
 def spawn(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
     if args.inprocess:
         cmd = [sys.executable, __file__, "--serve-memory", "--stations", str(args.stations),
@@ -297,13 +292,15 @@ def spawn(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
         if not line.startswith("PORT "):
             raise SystemExit("in-memory server failed to start")
         return proc, f"ws://127.0.0.1:{int(line.split()[1])}/ocpp"
-    port = free_port()
-    cmd = [str(ROOT / ".venv/bin/gateway"), "serve", "--ocpp-host", "127.0.0.1", "--ocpp-port", str(port),
-           "--api-port", str(free_port()), "--allow-unknown-stations", "--no-scheduler", "--migrate"]
-    if args.database_url:
-        cmd += ["--database-url", args.database_url]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True)
-    wait_port(port, 60)
+    # The whole gateway on its own fresh database, every station registered with the password,
+    # so the run pays for real Basic-auth checks (argon2) as a restart would.
+    database_url = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+    if not database_url:
+        raise SystemExit("--spawn needs --database-url (or GATEWAY_DATABASE_URL): a Postgres server to use")
+    url = args._stack.enter_context(benchlib.fresh_database(database_url))
+    benchlib.register_stations(url, [f"{args.id_prefix}{i:05d}" for i in range(1, args.stations + 1)],
+                               args.password)
+    proc, port = benchlib.spawn_gateway(url, "--no-scheduler")
     return proc, f"ws://127.0.0.1:{port}/ocpp"
 
 
@@ -320,7 +317,8 @@ def main() -> int:
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument("--connect-attempts", type=int, default=10)
     parser.add_argument("--gateway-pid", type=int)
-    parser.add_argument("--spawn", action="store_true", help="start `gateway serve` (admits unknown ids)")
+    parser.add_argument("--spawn", action="store_true",
+                        help="start `gateway serve` on a fresh database with the stations registered")
     parser.add_argument("--database-url")
     parser.add_argument("--inprocess", action="store_true",
                         help="start the OCPP transport alone with in-memory peers (child process)")
@@ -332,17 +330,19 @@ def main() -> int:
     raise_fd_limit(args.stations + 1000)
     proc = None
     url, pid = args.url, args.gateway_pid
-    if args.spawn or args.inprocess:
-        proc, url = spawn(args)
-        pid = proc.pid
-    try:
-        return asyncio.run(run(args, url, pid))
-    finally:
-        if proc is not None:
-            if proc.stdin is not None:
-                proc.stdin.close()
-            proc.terminate()
-            proc.wait(timeout=20)
+    with contextlib.ExitStack() as stack:
+        args._stack = stack
+        if args.spawn or args.inprocess:
+            proc, url = spawn(args)
+            pid = proc.pid
+        try:
+            return asyncio.run(run(args, url, pid))
+        finally:
+            if proc is not None:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+                proc.terminate()
+                proc.wait(timeout=20)
 
 
 if __name__ == "__main__":

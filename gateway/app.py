@@ -52,7 +52,6 @@ class _Observer:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
         self._gw.bus.publish(ev.StationConnected(self._gw.clock.now(), ctx.station_id))
         with contextlib.suppress(Exception):
-            await self._gw.stations.ensure(ctx.station_id, self._gw.clock.now())
             await self._gw.stations.set_connected(ctx.station_id, True, self._gw.clock.now())
 
     async def station_disconnected(self, ctx: StationContext, close_code: int | None) -> None:

@@ -70,14 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-scheduler", action="store_true", help="run without the MPC scheduler")
 
     db = sub.add_parser("db", help="database migrations")
-    _add_common(db)
     dbsub = db.add_subparsers(dest="db_command", required=True)
-    dbsub.add_parser("upgrade", help="apply all migrations").add_argument("revision", nargs="?", default="head")
-    dbsub.add_parser("downgrade", help="revert to a revision").add_argument("revision")
-    dbsub.add_parser("current", help="show the applied revision")
+    up = dbsub.add_parser("upgrade", help="apply all migrations")
+    up.add_argument("revision", nargs="?", default="head")
+    down = dbsub.add_parser("downgrade", help="revert to a revision")
+    down.add_argument("revision")
+    cur = dbsub.add_parser("current", help="show the applied revision")
+    for leaf in (up, down, cur):
+        _add_common(leaf)
 
     station = sub.add_parser("station", help="register and list stations")
-    _add_common(station)
     ssub = station.add_subparsers(dest="station_command", required=True)
     add = ssub.add_parser("add", help="register a station (password read from stdin)")
     add.add_argument("station_id")
@@ -87,17 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how the station takes a discharge command (negative W limit on 2.0.1)")
     add.add_argument("--evse", action="append", metavar="ID:CHARGE_KW[:DISCHARGE_KW]",
                      help="an EVSE and its power limits (repeatable), e.g. 1:11:11")
-    ssub.add_parser("list", help="list registered stations")
+    slist = ssub.add_parser("list", help="list registered stations")
     dis = ssub.add_parser("disable", help="disable a station")
     dis.add_argument("station_id")
+    for leaf in (add, slist, dis):
+        _add_common(leaf)
 
     token = sub.add_parser("token", help="idTokens accepted under --known-tokens-only")
-    _add_common(token)
     tsub = token.add_subparsers(dest="token_command", required=True)
     tadd = tsub.add_parser("add")
     tadd.add_argument("id_token")
     tadd.add_argument("--type", default="ISO14443")
-    tsub.add_parser("list")
+    tlist = tsub.add_parser("list")
+    for leaf in (tadd, tlist):
+        _add_common(leaf)
 
     sim = sub.add_parser("sim", help="run a simulated fleet of stations against a gateway")
     _add_time(sim)

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float | None = 60.0
 
     # Storage
-    db_pool_size: int = 10
+    db_pool_size: int = 20  # plus as many again on overflow; Postgres allows 100 by default
     meter_buffer_rows_max: int = 200_000
     meter_flush_rows: int = 2_000
     meter_flush_interval_s: float = 0.5

@@ -68,12 +68,6 @@ class StationRepository:
                       "discharge_dialect": discharge_dialect, "enabled": True},
             ))
 
-    async def ensure(self, station_id: str, now: datetime) -> None:
-        """Create a bare row for a station admitted without registration (dev mode)."""
-        async with self._sessions.begin() as s:
-            await s.execute(insert(m.Station).values(id=station_id, registered_at=now)
-                            .on_conflict_do_nothing(index_elements=[m.Station.id]))
-
     async def set_enabled(self, station_id: str, enabled: bool) -> bool:
         async with self._sessions.begin() as s:
             res = await s.execute(update(m.Station).where(m.Station.id == station_id)
@@ -108,9 +102,11 @@ class StationRepository:
             return st.boot_status
 
     async def set_connected(self, station_id: str, connected: bool, now: datetime) -> None:
+        """One statement: creates the row of a station admitted unregistered (dev mode) too."""
         async with self._sessions.begin() as s:
-            await s.execute(update(m.Station).where(m.Station.id == station_id)
-                            .values(connected=connected, last_seen_at=now))
+            stmt = insert(m.Station).values(id=station_id, registered_at=now, connected=connected, last_seen_at=now)
+            await s.execute(stmt.on_conflict_do_update(index_elements=[m.Station.id],
+                                                       set_={"connected": connected, "last_seen_at": now}))
 
     async def touch(self, station_id: str, now: datetime) -> None:
         async with self._sessions.begin() as s:

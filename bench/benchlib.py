@@ -1,0 +1,87 @@
+"""Shared by the benchmarks: a fresh database on a Postgres server, registered stations, and a
+`gateway serve` child process on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEWAY = str(ROOT / ".venv/bin/gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, migrated database on the server of ``server_url``; dropped afterwards."""
+    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_plain(server_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        subprocess.run([GATEWAY, "db", "upgrade", "--database-url", url], check=True)
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def register_stations(database_url: str, ids: list[str], password: str) -> None:
+    """Register stations the way `gateway station add` does (one argon2 hash shared, for speed)."""
+    from gateway.ocpp.auth import hash_password
+
+    hashed = hash_password(password)
+
+    async def insert() -> None:
+        conn = await asyncpg.connect(_plain(database_url))
+        try:
+            await conn.executemany(
+                "INSERT INTO stations (id, password_hash, security_profile, enabled, discharge_dialect) "
+                "VALUES ($1, $2, 1, true, 'negative_limit') ON CONFLICT (id) DO UPDATE SET password_hash = $2",
+                [(i, hashed) for i in ids])
+        finally:
+            await conn.close()
+
+    asyncio.run(insert())
+
+
+def spawn_gateway(database_url: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
+    """`gateway serve` on a free OCPP port (REST on another); returns (process, OCPP port)."""
+    port = free_port()
+    cmd = [GATEWAY, "serve", "--ocpp-host", "127.0.0.1", "--ocpp-port", str(port), "--api-host", "127.0.0.1",
+           "--api-port", str(free_port()), "--database-url", database_url, "--log-level", "WARNING", *extra]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port
+        if proc.poll() is not None:
+            raise SystemExit("gateway exited during start-up")
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"gateway did not listen on {port} within 60 s")
