@@ -69,9 +69,9 @@ def register_stations(database_url: str, ids: list[str], password: str) -> None:
     asyncio.run(insert())
 
 
-def spawn_gateway(database_url: str, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    """`gateway serve` on a free OCPP port (REST on another); returns (process, OCPP port)."""
-    port = free_port()
+def spawn_gateway(database_url: str, *extra: str, port: int | None = None) -> tuple[subprocess.Popen[str], int]:
+    """`gateway serve` on ``port`` or a free one (REST on another); returns (process, OCPP port)."""
+    port = port or free_port()
     cmd = [GATEWAY, "serve", "--ocpp-host", "127.0.0.1", "--ocpp-port", str(port), "--api-host", "127.0.0.1",
            "--api-port", str(free_port()), "--database-url", database_url, "--log-level", "WARNING", *extra]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, text=True, env=os.environ.copy())
