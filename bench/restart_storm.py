@@ -50,8 +50,8 @@ async def run(args: argparse.Namespace, database_url: str) -> int:
     # A few hours of the day: enough EVs plugged in to keep transactions flowing through the restart.
     episode = replace(episode, start=episode.start + timedelta(hours=7))
     await asyncio.to_thread(benchlib.register_stations, database_url, [s.id for s in episode.stations], PASSWORD)
-    proc, port = await asyncio.to_thread(benchlib.spawn_gateway, database_url, "--no-scheduler", "--time-scale", str(args.time_scale),
-                                        "--sim-start", episode.start.isoformat())
+    proc, port = await asyncio.to_thread(benchlib.spawn_gateway, database_url, "--no-scheduler", "--time-scale",
+                                         str(args.time_scale), "--sim-start", episode.start.isoformat())
     cfg = StationConfig(heartbeat_default_sim_s=300.0)
     if args.zero_backoff:
         cfg = replace(cfg, retry_backoff_wait_minimum_real_s=0.0, retry_backoff_random_range_real_s=0.0)
