@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 import numpy as np
 
 MIN_SAMPLES = 5  # fewer sessions in an hour bucket than this and the site-wide figure is used
-OVERSTAY_EXTENSION = timedelta(hours=1)
+OVERSTAY_EXTENSION = timedelta(minutes=30)
+DUE_EXTENSION = timedelta(minutes=15)
 
 
 @dataclass
@@ -33,13 +34,26 @@ class SessionForecaster:
     dwell_quantile: float = 0.5
     _dwell: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _energy: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
+    _early: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
-    def observe(self, site: str, arrival: datetime, departure: datetime, energy_kwh: float | None) -> None:
-        """Record a completed session (true departure; requested energy when it became known)."""
+    def observe(self, site: str, arrival: datetime, departure: datetime, energy_kwh: float | None,
+                announced: datetime | None = None) -> None:
+        """Record a completed session (true departure; requested energy when it became known;
+        the departure the EV had announced, to learn how far announcements are off)."""
         key = (site, arrival.hour)
         self._dwell[key].append((departure - arrival).total_seconds() / 3600.0)
         if energy_kwh is not None:
             self._energy[key].append(energy_kwh)
+        if announced is not None:
+            self._early[site].append((announced - departure).total_seconds() / 3600.0)
+
+    def announcement_margin(self, site: str, default: timedelta, quantile: float = 0.95) -> timedelta:
+        """How long before an announced departure to plan to finish: the ``quantile`` of how much
+        earlier than announced EVs of this site have left (the default until there is history)."""
+        early = self._early.get(site, [])
+        if len(early) < MIN_SAMPLES:
+            return default
+        return timedelta(hours=max(float(np.quantile(early, quantile)), 0.0))
 
     def _pick(self, table: dict[tuple[str, int], list[float]], site: str, hour: int, q: float,
               default: float) -> tuple[float, str]:
@@ -53,14 +67,72 @@ class SessionForecaster:
 
     def forecast(self, site: str, arrival: datetime, now: datetime) -> Forecast:
         dwell_h, src = self._pick(self._dwell, site, arrival.hour, self.dwell_quantile, self.default_dwell_h)
-        energy, _ = self._pick(self._energy, site, arrival.hour, self.energy_quantile, self.default_energy_kwh)
+        energy, _ = self._pick(self._energy, site, arrival.hour, self.energy_quantile,
+                               self.default_energy_kwh)
         dep = arrival + timedelta(hours=dwell_h)
         if dep <= now:
             dep = now + OVERSTAY_EXTENSION
         return Forecast(departure=dep, energy_kwh=energy, source=src)
 
 
-def believed_departure(announced: datetime | None, forecast: datetime, now: datetime) -> datetime:
-    """An announced departure wins over the forecast; one already past means the EV stays longer."""
-    dep = announced if announced is not None else forecast
-    return dep if dep > now else now + OVERSTAY_EXTENSION
+def believed_departure(announced: datetime | None, forecast: datetime, now: datetime,
+                       margin: timedelta = timedelta(0)) -> tuple[datetime, bool]:
+    """(departure to plan for, still free to discharge).
+
+    An announced departure wins over the forecast and is planned ``margin`` early (announcements
+    run late as often as early). Once that point has passed the EV is due: whatever it still
+    lacks is planned for a short rolling deadline (as soon as possible), with no discharge;
+    spreading it to the announced time would bet on the EV staying that long. A forecast that has
+    passed means the EV stays longer than its like usually do: a rolling extension.
+    """
+    if announced is not None:
+        if announced - margin > now:
+            return announced - margin, True
+        return now + DUE_EXTENSION, False
+    return (forecast if forecast > now else now + OVERSTAY_EXTENSION), True
+
+
+@dataclass
+class ExpectedArrivals:
+    per_day: float  # sessions starting in this hour of day, per day observed
+    energy_kwh: float  # mean energy per session
+    dwell_h: float  # median dwell
+    max_kw: float  # mean charging power limit
+
+
+@dataclass
+class ArrivalModel:
+    """How many EVs arrive in each hour of the day and what they want, from completed sessions.
+
+    The planner uses it to keep room (and the peak) for EVs that have not arrived yet: without it
+    an MPC spends the morning's low peak on the first EVs and pays for the later rush."""
+
+    _days: dict[str, set[object]] = field(default_factory=lambda: defaultdict(set))
+    _by_hour: dict[tuple[str, int], list[tuple[float, float, float]]] = field(
+        default_factory=lambda: defaultdict(list))
+
+    def observe(self, site: str, arrival: datetime, departure: datetime, energy_kwh: float,
+                max_kw: float) -> None:
+        kind = _day_kind(site, arrival)
+        self._days[kind].add(arrival.date())
+        dwell_h = (departure - arrival).total_seconds() / 3600.0
+        self._by_hour[(kind, arrival.hour)].append((energy_kwh, dwell_h, max_kw))
+
+    def note_day(self, site: str, day: datetime) -> None:
+        """Count a day the site was watched, even if nobody came."""
+        self._days[_day_kind(site, day)].add(day.date())
+
+    def expected(self, site: str, when: datetime) -> ExpectedArrivals | None:
+        """Arrivals expected in the hour starting at ``when`` (weekdays and weekends apart)."""
+        kind = _day_kind(site, when)
+        days = len(self._days.get(kind, ()))
+        rows = self._by_hour.get((kind, when.hour), [])
+        if days == 0 or not rows:
+            return None
+        a = np.asarray(rows, dtype=float)
+        return ExpectedArrivals(per_day=len(rows) / days, energy_kwh=float(a[:, 0].mean()),
+                                dwell_h=float(np.median(a[:, 1])), max_kw=float(a[:, 2].mean()))
+
+
+def _day_kind(site: str, when: datetime) -> str:
+    return f"{site}/{'weekend' if when.weekday() >= 5 else 'weekday'}"

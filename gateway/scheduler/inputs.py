@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from gateway.domain import GridEvent, GridEventKind, SiteLimits, Tariff
-from gateway.scheduler.problem import BoolArr, FloatArr, SiteInputs, TimeGrid
+from gateway.scheduler.problem import BoolArr, SiteInputs, TimeGrid
 
 
 def site_inputs(
@@ -25,6 +25,7 @@ def site_inputs(
     peak_so_far_kw: float,
     wear_cost_per_kwh: float,
     unmet_penalty_per_kwh: float,
+    period_end: datetime | None = None,
 ) -> SiteInputs:
     """Prices and events are taken at each step's start (coarse steps start on the hour, where
     time-of-use windows change); ``building_kw`` is the forecast at a step's start."""
@@ -47,6 +48,7 @@ def site_inputs(
         demand_charge_per_kw=demand_charge_per_kw, peak_so_far_kw=peak_so_far_kw,
         export_payment_per_kwh=pay, wear_cost_per_kwh=wear_cost_per_kwh,
         unmet_penalty_per_kwh=unmet_penalty_per_kwh,
+        demand_mask=None if period_end is None else np.array([s < period_end for s in starts], dtype=bool),
     )
 
 

@@ -7,6 +7,8 @@ makes DPP compilation explode. That is why the variables are energies per step (
 step lengths then only scale right-hand sides, so a new grid of the same length reuses the model.
 Efficiencies are per-slot *constants* (they change the matrix), part of the cache key.
 """
+# cvxpy's atoms are re-exported in ways mypy cannot see, and its solve() is untyped.
+# mypy: disable-error-code="attr-defined,no-untyped-call"
 
 from __future__ import annotations
 
@@ -37,12 +39,16 @@ class CvxModel:
         self.imp_lim_h = cp.Parameter(n)
         self.exp_lim_h = cp.Parameter(n)
         self.inv_h = cp.Parameter(n, nonneg=True)
+        # 0 inside the billing period; a bound no import reaches outside it (a Parameter cannot
+        # select rows, and a Parameter times a variable would break fast DPP compilation).
+        self.peak_slack = cp.Parameter(n, nonneg=True)
         self.c_imp = cp.Parameter(n)
         self.c_exp = cp.Parameter(n)
+        self.c_charge = cp.Parameter(n, nonneg=True)
         self.wear = cp.Parameter(nonneg=True)
         self.demand = cp.Parameter(nonneg=True)
         self.peak0 = cp.Parameter()
-        self.unmet = cp.Parameter(nonneg=True)
+        self.unmet = cp.Parameter(s, nonneg=True)
 
         a = cp.Variable((s, n), nonneg=True)  # AC kWh charged in the step
         b = cp.Variable((s, n), nonneg=True)  # AC kWh discharged in the step
@@ -67,16 +73,17 @@ class CvxModel:
             imp - exp - cp.sum(a, axis=0) + cp.sum(b, axis=0) == self.building_h,
             imp - xi <= self.imp_lim_h,
             exp - xe <= self.exp_lim_h,
-            cp.multiply(self.inv_h, imp) <= peak,
+            cp.multiply(self.inv_h, imp) <= peak + self.peak_slack,
             peak >= self.peak0,
         ]
         if n > 1:
             cons.append(e[:, 1:] == e[:, :-1] + flow[:, 1:])
         obj = (
             self.c_imp @ imp - self.c_exp @ exp
+            + self.c_charge @ cp.sum(a, axis=0)
             + self.demand * peak
             + self.wear * cp.sum(b)
-            + self.unmet * cp.sum(u)
+            + self.unmet @ u
             + EXCESS_PENALTY_PER_KWH * cp.sum(xi + xe)
             + EPS_PER_KWH * (cp.sum(a) + cp.sum(b) + cp.sum(imp) + cp.sum(exp))
         )
@@ -99,8 +106,11 @@ class CvxModel:
         self.imp_lim_h.value = p.imp_lim * h
         self.exp_lim_h.value = p.exp_lim * h
         self.inv_h.value = 1.0 / h
+        big = 10.0 * (float(np.max(p.imp_lim)) + float(np.max(np.abs(p.building))) + 1.0)
+        self.peak_slack.value = np.where(p.demand_mask, 0.0, big)
         self.c_imp.value = p.price_imp + p.pay
         self.c_exp.value = p.price_exp + p.pay
+        self.c_charge.value = p.charge_bias
         self.wear.value = float(p.wear[0] / h[0]) if len(h) else 0.0
         self.demand.value = p.demand
         self.peak0.value = p.peak0
@@ -128,6 +138,6 @@ class CvxModel:
         return RawSolution(
             c=np.asarray(a.value) / h, d=np.asarray(b.value) / h, e_end=np.asarray(e.value)[:, -1],
             u=np.asarray(u.value), imp=np.asarray(imp.value) / h, exp=np.asarray(exp.value) / h,
-            xi=np.asarray(xi.value) / h, xe=np.asarray(xe.value) / h, peak=float(peak.value),
+            xi=np.asarray(xi.value) / h, xe=np.asarray(xe.value) / h, peak=float(np.asarray(peak.value)),
             status=status, ok=True,
         )

@@ -7,6 +7,7 @@ long episode costs nothing; cvxpy's canonicalisation, the wall at thousands of s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import highspy
 import numpy as np
@@ -30,10 +31,11 @@ class Built:
 
     lp: highspy.HighsLp
     p: Prepared
-    si: NDArray[np.int64]
-    ti: NDArray[np.int64]
-    lk: NDArray[np.int64]
-    ls: NDArray[np.int64]
+    si: NDArray[np.int64]  # slot of each connected cell (charge columns)
+    ti: NDArray[np.int64]  # step of each connected cell
+    dk: NDArray[np.int64]  # cells of slots that may discharge (discharge and energy columns)
+    lk: NDArray[np.int64]  # per dischargeable slot, its last cell's index into dk
+    ls: NDArray[np.int64]  # and that slot
     offsets: tuple[int, ...]
 
 
@@ -41,14 +43,25 @@ def solve(p: Prepared, time_limit_s: float) -> RawSolution:
     return run(build(p), time_limit_s)
 
 
-def build(p: Prepared) -> Built:
+def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
+    """Columns: charge, discharge and battery energy per connected cell; unmet energy per slot;
+    site import, export and the two limit slacks per step; the peak.
+
+    ``reduce_charge_only``: slots that cannot discharge get no discharge or energy columns (their
+    floor holds by itself and only the final energy can reach the ceiling, so two rows replace
+    the dynamics). Same optimum, a third fewer columns at half bidirectional slots."""
     s, n = p.shape
     si, ti = np.nonzero(p.conn)  # connected cells, slot-major then time order
     k = len(si)
     hk = p.h[ti]
-    # Column layout.
-    oc, od, oe = 0, k, 2 * k
-    ou = 3 * k
+    # Measured: the reduced charge-only form is slower in HiGHS' IPM (the per-slot sum rows fill
+    # the normal equations more than the banded dynamics do), so it is off by default.
+    dis_slot: NDArray[np.bool_] = p.dmax.any(axis=1) | np.full(s, not reduce_charge_only)
+    dk = np.flatnonzero(dis_slot[si])
+    kd = len(dk)
+    sd, td = si[dk], ti[dk]
+    oc, od, oe = 0, k, k + kd
+    ou = k + 2 * kd
     oimp = ou + s
     oexp, oxi, oxe = oimp + n, oimp + 2 * n, oimp + 3 * n
     opk = oimp + 4 * n
@@ -57,8 +70,8 @@ def build(p: Prepared) -> Built:
     cost = np.zeros(ncol)
     lo = np.zeros(ncol)
     hi = np.full(ncol, INF)
-    cost[oc:od] = EPS_PER_KWH * hk
-    cost[od:oe] = (p.wear[ti] + EPS_PER_KWH * hk)
+    cost[oc:od] = (EPS_PER_KWH + p.charge_bias[ti]) * hk
+    cost[od:oe] = (p.wear[td] + EPS_PER_KWH * p.h[td])
     cost[ou:oimp] = p.unmet_penalty
     # The grid-event payment adds to both prices (see problem.py); its constant part is left out.
     cost[oimp:oexp] = (p.price_imp + p.pay + EPS_PER_KWH) * p.h
@@ -67,52 +80,67 @@ def build(p: Prepared) -> Built:
     cost[opk] = p.demand
     lo[oc:od] = p.cmin[si, ti]
     hi[oc:od] = p.cmax[si, ti]
-    hi[od:oe] = p.dmax[si, ti]
-    lo[oe:ou] = p.floor[si]
-    hi[oe:ou] = p.cap[si]
+    hi[od:oe] = p.dmax[sd, td]
+    lo[oe:ou] = p.floor[sd]
+    hi[oe:ou] = p.cap[sd]
     has = p.conn.any(axis=1)
     hi[ou:oimp] = np.where(has, INF, 0.0)
     lo[opk] = p.peak0
 
-    rows: list[FloatArr] = []
-    cols: list[FloatArr] = []
+    rows: list[NDArray[np.int64]] = []
+    cols: list[NDArray[np.int64]] = []
     vals: list[FloatArr] = []
 
-    def add(r: FloatArr, c: FloatArr, v: FloatArr) -> None:
+    def add(r: NDArray[Any], c: NDArray[Any], v: NDArray[Any]) -> None:
         rows.append(np.asarray(r, dtype=np.int64))
         cols.append(np.asarray(c, dtype=np.int64))
         vals.append(np.asarray(v, dtype=float))
 
-    kk = np.arange(k)
-    first = np.ones(k, dtype=bool)
-    first[1:] = si[1:] != si[:-1]
-    # Dynamics: E_k - E_prev - h eff_c c_k + h / eff_d d_k = (E0 if first else 0).
-    add(kk, oe + kk, np.ones(k))
-    prev = kk[~first]
+    jj = np.arange(kd)
+    first = np.ones(kd, dtype=bool)
+    first[1:] = sd[1:] != sd[:-1]
+    # Dynamics: E_j - E_prev - h eff_c c + h / eff_d d_j = (E0 if first else 0).
+    add(jj, oe + jj, np.ones(kd))
+    prev = jj[~first]
     add(prev, oe + prev - 1, -np.ones(len(prev)))
-    add(kk, oc + kk, -hk * p.eff_c[si])
-    add(kk, od + kk, hk / p.eff_d[si])
-    rlo = [np.where(first, p.e0[si], 0.0)]
+    add(jj, oc + dk, -p.h[td] * p.eff_c[sd])
+    add(jj, od + jj, p.h[td] / p.eff_d[sd])
+    rlo = [np.where(first, p.e0[sd], 0.0)]
     rhi = [rlo[0].copy()]
-    r0 = k
-    # Target: E_last + u >= target, for connected slots.
-    last = np.ones(k, dtype=bool)
-    last[:-1] = si[:-1] != si[1:]
-    lk = kk[last]
-    ls = si[last]
+    r0 = kd
+    # Target, dischargeable slots: E_last + u >= target.
+    last = np.ones(kd, dtype=bool)
+    last[:-1] = sd[:-1] != sd[1:]
+    lk = jj[last]
+    ls = sd[last]
     nt = len(lk)
     add(r0 + np.arange(nt), oe + lk, np.ones(nt))
     add(r0 + np.arange(nt), ou + ls, np.ones(nt))
     rlo.append(p.target[ls])
     rhi.append(np.full(nt, INF))
     r0 += nt
+    # Charge-only slots: energy added + u >= target - E0, energy added <= cap - E0.
+    mk = np.flatnonzero(~dis_slot[si])
+    ms = np.unique(si[mk])
+    nm = len(ms)
+    mrow = np.searchsorted(ms, si[mk])
+    gain = hk[mk] * p.eff_c[si[mk]]
+    add(r0 + mrow, oc + mk, gain)
+    add(r0 + np.arange(nm), ou + ms, np.ones(nm))
+    rlo.append(p.target[ms] - p.e0[ms])
+    rhi.append(np.full(nm, INF))
+    r0 += nm
+    add(r0 + mrow, oc + mk, gain)
+    rlo.append(np.full(nm, -INF))
+    rhi.append(p.cap[ms] - p.e0[ms])
+    r0 += nm
     tt = np.arange(n)
     one = np.ones(n)
     # Balance: imp - exp - sum c + sum d = building.
     add(r0 + tt, oimp + tt, one)
     add(r0 + tt, oexp + tt, -one)
-    add(r0 + ti, oc + kk, -np.ones(k))
-    add(r0 + ti, od + kk, np.ones(k))
+    add(r0 + ti, oc + np.arange(k), -np.ones(k))
+    add(r0 + td, od + jj, np.ones(kd))
     rlo.append(p.building)
     rhi.append(p.building)
     r0 += n
@@ -127,12 +155,14 @@ def build(p: Prepared) -> Built:
     rlo.append(np.full(n, -INF))
     rhi.append(p.exp_lim)
     r0 += n
-    # Peak epigraph.
-    add(r0 + tt, oimp + tt, one)
-    add(r0 + tt, np.full(n, opk), -one)
-    rlo.append(np.full(n, -INF))
-    rhi.append(np.zeros(n))
-    r0 += n
+    # Peak epigraph, over the steps of this billing period.
+    tm = np.flatnonzero(p.demand_mask)
+    nm_ = len(tm)
+    add(r0 + np.arange(nm_), oimp + tm, np.ones(nm_))
+    add(r0 + np.arange(nm_), np.full(nm_, opk), -np.ones(nm_))
+    rlo.append(np.full(nm_, -INF))
+    rhi.append(np.zeros(nm_))
+    r0 += nm_
 
     a = sp.csc_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r0, ncol)
@@ -149,14 +179,15 @@ def build(p: Prepared) -> Built:
     lp.a_matrix_.start_ = a.indptr
     lp.a_matrix_.index_ = a.indices
     lp.a_matrix_.value_ = a.data
-    return Built(lp=lp, p=p, si=si, ti=ti, lk=lk, ls=ls, offsets=(oc, od, oe, ou, oimp, oexp, oxi, oxe, opk, ncol))
+    offsets = (oc, od, oe, ou, oimp, oexp, oxi, oxe, opk, ncol)
+    return Built(lp=lp, p=p, si=si, ti=ti, dk=dk, lk=lk, ls=ls, offsets=offsets)
 
 
 def run(b: Built, time_limit_s: float) -> RawSolution:
     p, si, ti, lk, ls = b.p, b.si, b.ti, b.lk, b.ls
     s, n = p.shape
     oc, od, oe, ou, oimp, oexp, oxi, oxe, opk, ncol = b.offsets
-    h = highspy.Highs()
+    h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
     h.setOptionValue("solver", "ipm")
     h.setOptionValue("run_crossover", "off")
@@ -170,8 +201,9 @@ def run(b: Built, time_limit_s: float) -> RawSolution:
     c = np.zeros((s, n))
     d = np.zeros((s, n))
     c[si, ti] = x[oc:od]
-    d[si, ti] = x[od:oe]
-    e_end = p.e0.copy()
+    d[si[b.dk], ti[b.dk]] = x[od:oe]
+    # Charge-only slots: the energy added; dischargeable ones: the last energy column.
+    e_end = p.e0 + (c * p.h[None, :] * p.eff_c[:, None]).sum(axis=1)
     e_end[ls] = x[oe + lk]
     return RawSolution(
         c=c, d=d, e_end=e_end, u=x[ou:oimp], imp=x[oimp:oexp], exp=x[oexp:oxi], xi=x[oxi:oxe],

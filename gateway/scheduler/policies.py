@@ -6,6 +6,8 @@ A policy gets a :class:`Context` once per 5-minute step and answers a setpoint (
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -13,9 +15,14 @@ from typing import Protocol
 import numpy as np
 
 from gateway.episode import Episode
-from gateway.scheduler.forecast import SessionForecaster, believed_departure
-from gateway.scheduler.inputs import connected_mask, prorated_demand_charge, site_inputs, target_within_horizon
-from gateway.scheduler.problem import PlanResult, Planner, SlotInput, TimeGrid, make_grid
+from gateway.scheduler.forecast import ArrivalModel, SessionForecaster, believed_departure
+from gateway.scheduler.inputs import (
+    connected_mask,
+    prorated_demand_charge,
+    site_inputs,
+    target_within_horizon,
+)
+from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 
 Key = tuple[str, int]
 
@@ -58,7 +65,7 @@ class Policy(Protocol):
     def act(self, ctx: Context) -> dict[Key, float]: ...
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None) -> None: ...
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None: ...
 
 
 class _Base:
@@ -72,7 +79,7 @@ class _Base:
         self.episode = episode
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None) -> None:
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
         return None
 
 
@@ -118,17 +125,20 @@ class Edf(_Base):
 
         def deadline(v: View) -> datetime:
             fc = self.forecaster.forecast(site, v.arrival, ctx.now)
-            return believed_departure(v.departure, fc.departure, ctx.now)
+            return believed_departure(v.departure, fc.departure, ctx.now)[0]
 
         return _fill(sorted(ctx.views, key=deadline), ctx.import_limit_kw - ctx.building_kw)
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None) -> None:
-        self.forecaster.observe(episode.site_type or episode.name, arrival, departure, requested_kwh)
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
+        site = episode.site_type or episode.name
+        self.forecaster.observe(site, arrival, departure, requested_kwh, announced)
 
 
 # An EV that still accepts energy once its forecast need is met is assumed to want this much more.
 TOPUP_KWH = 5.0
+# Plan to finish this long before an announced departure: announcements are often late.
+ANNOUNCED_MARGIN = timedelta(minutes=90)
 
 
 @dataclass
@@ -138,14 +148,20 @@ class Mpc(_Base):
     unmet_penalty_per_kwh: float = 5.0
     horizon_s: float = 24 * 3600.0
     time_limit_s: float = 60.0
-    forecaster: SessionForecaster = field(default_factory=SessionForecaster)
+    announced_margin: timedelta = ANNOUNCED_MARGIN  # used until history shows how late EVs announce
+    learn_margin: bool = True
+    forecaster: SessionForecaster = field(default_factory=lambda: SessionForecaster(dwell_quantile=0.25))
     name: str = "mpc"
     # The billing period the demand charge is prorated to (the evaluator sets the episode's).
     period: timedelta = timedelta(days=30)
+    period_end: datetime | None = None
     last_plan: PlanResult | None = None
+    anticipate_arrivals: bool = True
 
     def __post_init__(self) -> None:
         self.solve_times = []
+        self.arrivals = ArrivalModel()
+        self._profile: dict[int, list[float]] = {}
         self.planner = Planner(time_limit_s=self.time_limit_s)
         self.fallbacks = 0
 
@@ -155,33 +171,80 @@ class Mpc(_Base):
         self.evse = {e.key: e for e in episode.evses}
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None) -> None:
-        self.forecaster.observe(episode.site_type or episode.name, arrival, departure, requested_kwh)
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
+        site = episode.site_type or episode.name
+        self.forecaster.observe(site, arrival, departure, requested_kwh, announced)
+        energy = requested_kwh if requested_kwh is not None else self.forecaster.forecast(
+            site, arrival, arrival).energy_kwh
+        self.arrivals.observe(site, arrival, departure, energy, max_kw)
+
+    def _building_forecast(self, ctx: Context) -> Callable[[datetime], float]:
+        """The mean load seen at the same time of day, shifted toward the measurement now by a
+        weight that fades over a few hours; plain persistence until there is a profile."""
+        self._profile.setdefault(_tod(ctx.now), []).append(ctx.building_kw)
+        prof = {k: float(np.mean(v)) for k, v in self._profile.items()}
+        now_prof = prof.get(_tod(ctx.now), ctx.building_kw)
+
+        def building(when: datetime) -> float:
+            if when <= ctx.now or _tod(when) not in prof:
+                return ctx.building_kw
+            w = math.exp(-(when - ctx.now).total_seconds() / (3 * 3600.0))
+            return prof[_tod(when)] + w * (ctx.building_kw - now_prof)
+
+        return building
 
     def act(self, ctx: Context) -> dict[Key, float]:
         ep = self.episode
+        self.arrivals.note_day(ep.site_type or ep.name, ctx.now)
+        building = self._building_forecast(ctx)
+        if not ctx.views:
+            return {}
         grid = make_grid(ctx.now, self.horizon_s)
-        hist = ctx.building_history
-
-        def building(when: datetime) -> float:
-            # Measured now; later, what the meter showed a day earlier (naive day-ahead), else now.
-            if when <= ctx.now:
-                return ctx.building_kw
-            return hist.get(when - timedelta(days=1), ctx.building_kw)
 
         site = site_inputs(
             grid, tariff=ep.tariff, limits=ep.limits, events=ep.grid_events, building_kw=building,
             demand_charge_per_kw=prorated_demand_charge(ep.tariff.demand_charge_per_kw, self.period),
             peak_so_far_kw=ctx.peak_so_far_kw, wear_cost_per_kwh=ep.wear_cost_per_kwh,
-            unmet_penalty_per_kwh=self.unmet_penalty_per_kwh,
+            unmet_penalty_per_kwh=self.unmet_penalty_per_kwh, period_end=self.period_end,
         )
         views = {v.key: v for v in ctx.views}
         slots = [self._slot(k, views.get(k), grid, ctx.now) for k in self.keys]
+        if self.anticipate_arrivals:
+            slots += self._future(grid, ctx.now)
         plan = self.planner.solve(site, slots)
         self.solve_times.append(plan.solve_s)
         self.fallbacks += int(plan.fallback)
         self.last_plan = plan
         return {k: float(plan.power_kw[i, 0]) for i, k in enumerate(self.keys) if k in views}
+
+    def _future(self, grid: TimeGrid, now: datetime) -> list[SlotInput]:
+        """One aggregate slot per coming hour of the day for EVs expected to arrive then (never
+        applied; it only keeps their energy, power and peak in the plan). Always 24 slots, so
+        the problem's shape does not change."""
+        site = self.episode.site_type or self.episode.name
+        n = len(grid)
+        starts = np.array([s.timestamp() for s in grid.starts()])
+        ends = starts + grid.durations_s
+        hour0 = now.replace(minute=0, second=0, microsecond=0)
+        out = []
+        for j in range(24):
+            b0 = hour0 + timedelta(hours=j)
+            exp = self.arrivals.expected(site, b0)
+            share = 1.0 - (now - b0).total_seconds() / 3600.0 if j == 0 else 1.0
+            conn = np.zeros(n, dtype=bool)
+            need = kw = 0.0
+            if exp is not None and exp.per_day * share * exp.energy_kwh > 0.1:
+                arrive = max(b0 + timedelta(minutes=30), now).timestamp()
+                leave = arrive + exp.dwell_h * 3600.0
+                conn = (starts >= arrive - 1e-6) & (ends <= leave + 1e-6)
+                # Only the part of their stay inside the horizon is theirs to charge in it.
+                inside = (min(leave, ends[-1]) - arrive) / max(leave - arrive, 1.0)
+                need = exp.per_day * share * exp.energy_kwh * max(inside, 0.0)
+                kw = exp.per_day * share * exp.max_kw
+            out.append(SlotInput(key=("~expected", j), connected=conn, energy_kwh=0.0, capacity_kwh=need,
+                                 target_energy_kwh=need, reserve_energy_kwh=0.0, max_charge_kw=kw,
+                                 max_discharge_kw=0.0))
+        return out
 
     def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
         n = len(grid)
@@ -191,7 +254,9 @@ class Mpc(_Base):
                              max_discharge_kw=0.0)
         site = self.episode.site_type or self.episode.name
         fc = self.forecaster.forecast(site, v.arrival, now)
-        dep = believed_departure(v.departure, fc.departure, now)
+        margin = self.forecaster.announcement_margin(site, self.announced_margin) if self.learn_margin \
+            else self.announced_margin
+        dep, may_discharge = believed_departure(v.departure, fc.departure, now, margin)
         need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + TOPUP_KWH)
         if v.energy_kwh is not None and v.capacity_kwh is not None:
             e_now, cap = v.energy_kwh, v.capacity_kwh
@@ -199,15 +264,22 @@ class Mpc(_Base):
             e_now, cap = v.delivered_kwh, max(need, v.delivered_kwh) + TOPUP_KWH
         start = e_now - v.delivered_kwh
         target = min(start + need, cap)
+        cap = max(target, e_now)  # the EV stops taking energy at its target
         if v.full:
             target = min(target, e_now)
         target = target_within_horizon(e_now, target, v.max_charge_kw, v.eff_charge, grid.end(), dep)
         return SlotInput(
             key=key, connected=connected_mask(grid, dep), energy_kwh=e_now, capacity_kwh=cap,
             target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
-            max_charge_kw=0.0 if v.full else v.max_charge_kw, max_discharge_kw=v.max_discharge_kw,
-            eff_charge=v.eff_charge, eff_discharge=v.eff_discharge, discharge_allowed=v.max_discharge_kw > 0,
+            max_charge_kw=v.max_charge_kw, max_discharge_kw=v.max_discharge_kw,
+            eff_charge=v.eff_charge, eff_discharge=v.eff_discharge,
+            discharge_allowed=may_discharge and v.max_discharge_kw > 0,
         )
+
+
+def _tod(when: datetime) -> int:
+    """Five-minute slot of the day."""
+    return (when.hour * 60 + when.minute) // 5
 
 
 class Planned(_Base):

@@ -11,8 +11,9 @@ Objective (currency units)::
   + demand_charge * (peak - peak_so_far)              demand charge on the rise of the period's peak
   + wear * sum h_t d                                  battery wear per AC kWh discharged
   - sum_t pay_t h_t (building_t - imp_t + exp_t)      grid-event revenue
-  + unmet_penalty * sum u                             mobility as a price
+  + sum_i unmet_penalty_i u_i                         mobility as a price (site's, or the slot's own)
   + EXCESS_PENALTY * sum h (xi + xe) + EPS * sum h (c + d + imp + exp)
+  + early_bias * sum h_t c_t * (hours from now to the middle of step t)
 
 Grid-event revenue is settled on the *net* site import below the baseline (the building load
 forecast, i.e. the site without EV activity), both ways: each kWh below it earns the payment, each
@@ -24,6 +25,10 @@ The site limit is hard for the EVs: ``xi``/``xe`` only take up what building loa
 over the limit (their price dwarfs everything else), so the LP is never infeasible and the excess
 is reported. The reserve is a hard floor on battery energy (``min(reserve, E0)`` so an EV that
 arrives below its reserve is feasible; its target is raised to the reserve so it is charged up).
+
+The peak covers the steps of the current billing period (``SiteInputs.demand_mask``).
+``min_charge_kw`` (a pilot floor) is a lower bound on charge only while the battery has room for
+it and scaled down where the floors alone would break the site limit: convex, so no binaries.
 
 Unknown capacity/SoC: callers pass ``energy_kwh`` as energy so far (0 at plug-in) with
 ``capacity_kwh`` = that plus the room they assume, and targets on the same scale; the LP only uses
@@ -118,7 +123,8 @@ class SiteInputs:
     """Site-wide inputs, one value per grid step.
 
     ``export_payment_per_kwh``: what an export request pays per kWh by which the site's net import
-    (import minus export) falls below the baseline = ``building_load_kw`` (0 outside events).
+    (import minus export) falls below the baseline = ``building_load_kw``, and charges per kWh above
+    it (0 outside events). ``import_limit_kw`` already includes any import cap event.
     Export prices above the import price are clipped to it in the LP (else it would import and
     export at once, which a meter nets anyway).
     """
@@ -134,6 +140,12 @@ class SiteInputs:
     export_payment_per_kwh: FloatArr
     wear_cost_per_kwh: float
     unmet_penalty_per_kwh: float
+    # A small cost per kWh charged and hour from now: when prices tie, charge early, which leaves
+    # slack for an EV that leaves before it said (too small to override a price difference).
+    early_charge_bias_per_kwh_h: float = 1e-3
+    # Steps whose import counts toward this billing period's peak (None: all). A horizon that runs
+    # into the next period must not let that period's peak excuse a higher one in this period.
+    demand_mask: BoolArr | None = None
 
 
 @dataclass
@@ -150,6 +162,9 @@ class SlotInput:
     eff_charge: float = 0.92
     eff_discharge: float = 0.92
     discharge_allowed: bool = False
+    # This slot's price of energy missing at departure (None: the site's). Lower for a need that
+    # is only a guess, so the plan does not buy it at any price.
+    unmet_penalty_per_kwh: float | None = None
 
 
 @dataclass
@@ -189,10 +204,12 @@ class Prepared:
     price_imp: FloatArr  # import price per kWh
     price_exp: FloatArr  # export price per kWh (clipped to the import price)
     pay: FloatArr  # grid-event payment per kWh below the baseline
+    charge_bias: FloatArr  # cost per AC kWh charged in each step (early-charge preference)
+    demand_mask: BoolArr  # steps in the current billing period
     wear: FloatArr  # wear * h
     demand: float
     peak0: float
-    unmet_penalty: float
+    unmet_penalty: FloatArr  # (S) per kWh not delivered
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -211,7 +228,10 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
     conn = np.zeros((s, n), dtype=bool)
     for i, sl in enumerate(slots):
         conn[i] = np.asarray(sl.connected, dtype=bool)[:n]
-    col = lambda attr: np.array([float(getattr(sl, attr)) for sl in slots], dtype=float)  # noqa: E731
+
+    def col(attr: str) -> FloatArr:
+        return np.array([float(getattr(sl, attr)) for sl in slots], dtype=float)
+
     e0 = col("energy_kwh")
     cap = np.maximum(col("capacity_kwh"), e0)
     floor = np.minimum(col("reserve_energy_kwh"), e0)
@@ -232,9 +252,13 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
         exp_lim=_arr(site.export_limit_kw, n), price_imp=p_imp, price_exp=p_exp,
         pay=np.maximum(_arr(site.export_payment_per_kwh, n), 0.0),
+        charge_bias=site.early_charge_bias_per_kwh_h * (np.cumsum(h) - h / 2),
+        demand_mask=(np.ones(n, dtype=bool) if site.demand_mask is None
+                     else np.asarray(site.demand_mask, dtype=bool)[:n]),
         wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
         demand=float(site.demand_charge_per_kw), peak0=float(site.peak_so_far_kw),
-        unmet_penalty=float(site.unmet_penalty_per_kwh),
+        unmet_penalty=np.array([site.unmet_penalty_per_kwh if sl.unmet_penalty_per_kwh is None
+                                else sl.unmet_penalty_per_kwh for sl in slots], dtype=float),
     )
 
 
@@ -280,7 +304,7 @@ def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSoluti
     imp = np.maximum(site_kw, 0.0)
     exp = np.maximum(-site_kw, 0.0)
     excess = np.maximum(np.maximum(imp - p.imp_lim, exp - p.exp_lim), 0.0)
-    peak = max(float(imp.max(initial=0.0)), p.peak0)
+    peak = max(float(imp[p.demand_mask].max(initial=0.0)), p.peak0)
     delivered = np.where(p.conn.any(axis=1), raw.e_end - p.e0, 0.0)
     unmet = np.where(p.conn.any(axis=1), np.maximum(p.target - raw.e_end, 0.0), 0.0)
     unmet = np.where(unmet < 1e-6, 0.0, unmet)
@@ -289,7 +313,7 @@ def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSoluti
         "demand_charge": p.demand * (peak - p.peak0),
         "wear": float(p.wear @ d.sum(axis=0)),
         "grid_event_revenue": float((p.pay * p.h) @ (p.building - site_kw)),
-        "unmet_penalty": p.unmet_penalty * float(unmet.sum()),
+        "unmet_penalty": float(p.unmet_penalty @ unmet),
         "limit_excess_kw_max": float(excess.max(initial=0.0)),
         "simultaneous_kw_max": float(np.minimum(raw.c, raw.d).max(initial=0.0)),
     }

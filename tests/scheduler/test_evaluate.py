@@ -1,0 +1,93 @@
+"""The offline evaluator on tiny episodes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.episode import dump
+from gateway.scheduler import evaluate as ev
+
+from .episodes import small_episode
+
+KEYS = {"bill", "energy_requested_kwh", "energy_delivered_kwh", "evs_fully_served_share", "peak_import_kw",
+        "limit_excess_kw_max", "grid_event_revenue", "solve_s_p50", "solve_s_p95", "savings_capture"}
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, dict[str, float]]:
+    out, _ = ev.evaluate([small_episode(4, seed=3)], list(ev.POLICY_NAMES))
+    pol: dict[str, dict[str, float]] = out["policies"]
+    return pol
+
+
+def test_bill_ordering_optimal_mpc_uncontrolled(result: dict[str, dict[str, float]]) -> None:
+    opt, mpc, unc = result["optimal"], result["mpc"], result["uncontrolled"]
+    assert opt["total_cost"] <= mpc["total_cost"] + 1e-6
+    assert mpc["total_cost"] <= unc["total_cost"] + 1e-6
+    assert opt["total_cost"] <= min(r["total_cost"] for r in result.values()) + 1e-6
+    assert opt["savings_capture"] == pytest.approx(1.0) and unc["savings_capture"] == pytest.approx(0.0)
+
+
+def test_controlled_policies_keep_the_site_limit(result: dict[str, dict[str, float]]) -> None:
+    assert result["uncontrolled"]["limit_excess_kw_max"] > 0  # the episode's limit binds
+    for name in ("greedy", "edf", "mpc", "optimal"):
+        assert result[name]["limit_excess_kw_max"] <= 1e-6, name
+
+
+def test_energy_accounting(result: dict[str, dict[str, float]]) -> None:
+    for r in result.values():
+        assert r["energy_delivered_kwh"] <= r["energy_requested_kwh"] + 1e-6
+        assert r["energy_deliverable_kwh"] <= r["energy_requested_kwh"] + 1e-6
+        assert 0.0 <= r["evs_fully_served_share"] <= 1.0
+    assert result["optimal"]["deliverable_served_share"] == pytest.approx(1.0, abs=1e-4)
+    assert result["mpc"]["solves"] > 0 and result["mpc"]["solve_s_p95"] >= result["mpc"]["solve_s_p50"]
+
+
+def test_physics_clips_setpoints() -> None:
+    class Wild:
+        name = "wild"
+
+        def begin(self, episode: object) -> None:
+            return None
+
+        def act(self, ctx: ev.Context) -> dict[ev.Key, float]:
+            return {v.key: 1000.0 for v in ctx.views}
+
+        def session_done(self, *args: object) -> None:
+            return None
+
+    ep = small_episode(3, seed=1)
+    run = ev.simulate(ep, Wild(), exact=False, penalty=5.0, progress=ev.Progress(1, False))
+    for t in run.evs:
+        assert t.energy <= t.stop + 1e-9
+    assert max(p.max() for p in run.evse_power.values()) <= 11.0 + 1e-9
+
+
+def test_cli_writes_json_and_report(tmp_path: Path) -> None:
+    path = tmp_path / "ep.json"
+    dump(small_episode(3, seed=2), path)
+    args = argparse.Namespace(episode=[str(path)], site=None, stations=50, days=1, seed=1,
+                              policies="uncontrolled,greedy,mpc,optimal", exact=False,
+                              json=str(tmp_path / "r.json"), report=str(tmp_path / "r.html"),
+                              no_progress=True)
+    assert ev.cli(args) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert set(data["policies"]) == {"uncontrolled", "greedy", "mpc", "optimal"}
+    for res in data["policies"].values():
+        assert KEYS <= set(res)
+    html = (tmp_path / "r.html").read_text()
+    assert "<html>" in html and "Plotly.newPlot" in html
+    assert "<script src=" not in html  # plotly.js inlined: viewable offline
+
+
+def test_unknown_policy_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ep.json"
+    dump(small_episode(2, seed=2), path)
+    args = argparse.Namespace(episode=[str(path)], site=None, stations=50, days=1, seed=1, policies="magic",
+                              exact=False, json=None, report=None, no_progress=True)
+    with pytest.raises(SystemExit):
+        ev.cli(args)
