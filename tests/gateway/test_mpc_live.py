@@ -140,8 +140,9 @@ async def test_grid_event_discharges_only_where_allowed(site: GatewayHarness) ->
 
         gw.state.set_needs(sid, 1, EvNeeds(departure_time=now + timedelta(hours=12), energy_kwh=0.0,
                                            capacity_kwh=60.0, soc=0.8, ev_max_discharge_kw=11.0))
+    # The payment must beat the demand charge of charging the energy back before departure.
     gw.state.grid_events["dr-1"] = GridEvent("dr-1", now, now + timedelta(hours=2), GridEventKind.EXPORT_REQUEST,
-                                             payment_per_kwh=2.0)
+                                             payment_per_kwh=5.0)
     gw.bus.publish(ev.SiteInputsChanged(now, "grid_events"))
 
     async def discharging() -> bool:
