@@ -33,6 +33,7 @@ from gateway.db.transactions import TransactionRepository
 from gateway.domain import DischargeDialect, EvseSpec, Session
 from gateway.logs import setup_logging
 from gateway.ocpp.commands import StationCommands
+from gateway.ocpp.defaults import DefaultProfiles
 from gateway.ocpp.handlers import Handlers
 from gateway.ocpp.ports import StationContext
 from gateway.ocpp.server import OcppServer
@@ -100,6 +101,7 @@ class Gateway:
         self.commands = StationCommands(self.ocpp.registry, settings)
         self.state = SiteState.from_settings(settings)
         self.site_sync = SiteSync(self)
+        self.default_profiles = DefaultProfiles(self)
         self.scheduler: Any = None
         self.mqtt: Any = None
         self._uvicorn: uvicorn.Server | None = None
@@ -113,6 +115,9 @@ class Gateway:
         await self._load_state()
         self.telemetry.start()
         self.site_sync.start()
+        if self.settings.scheduler_enabled:
+            # Only a planning gateway caps chargers until their plan arrives; a plain CSMS doesn't.
+            self.default_profiles.start()
         if self.settings.scheduler_enabled:
             from gateway.scheduler.mpc import MpcScheduler
 
@@ -178,6 +183,7 @@ class Gateway:
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.site_sync.stop()
+        await self.default_profiles.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self._uvicorn is not None and self._api_task is not None:

@@ -33,6 +33,13 @@ class StationDisconnected(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class StationBooted(Event):
+    """A BootNotification was accepted (the station may now be sent commands, B02.FR.??)."""
+
+    station_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatusChanged(Event):
     station_id: str
     evse_id: int

@@ -114,6 +114,8 @@ class Handlers:
             log.warning("boot of %s answered Pending: database unavailable", ctx.station_id)
             status = "Pending"
         ctx.scratch["boot_status"] = status
+        if status == "Accepted":
+            self._bus.publish(ev.StationBooted(now, ctx.station_id))
         interval = self._settings.heartbeat_interval_s if status == "Accepted" else PENDING_RETRY_INTERVAL_S
         return {"currentTime": to_rfc3339(now), "interval": interval, "status": status}
 

@@ -1,0 +1,93 @@
+"""A safe default for every station that boots (when the scheduler runs): a TxDefaultProfile on EVSE 0 (all EVSEs).
+
+Between a plug-in and the first planned TxProfile (a re-plan takes a moment, and a station can be
+unreachable for longer) a charger would otherwise draw its full power. The default caps each EVSE
+at ``safe_limit_kw``, and lower when the site limit shared by every known EVSE is lower, so the
+site limit holds however many EVs plug in at once. The planned TxProfile replaces it for the
+transaction (K01: a TxProfile overrules the TxDefaultProfile); it is sent again after every boot
+because a reboot may have cleared it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.ocpp.errors import GatewayOcppError
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILE_ID = 1  # one per station; TxProfiles use ids derived from their transaction
+DEFAULT_STACK_LEVEL = 0
+
+
+def default_limit_kw(safe_limit_kw: float, import_limit_kw: float, evse_count: int) -> float:
+    return max(0.0, min(safe_limit_kw, import_limit_kw / max(evse_count, 1)))
+
+
+def default_profile(limit_kw: float) -> dict[str, Any]:
+    """A Relative TxDefaultProfile: it starts with each transaction and needs no clock."""
+    return {
+        "id": DEFAULT_PROFILE_ID,
+        "stackLevel": DEFAULT_STACK_LEVEL,
+        "chargingProfilePurpose": "TxDefaultProfile",
+        "chargingProfileKind": "Relative",
+        "chargingSchedule": [{
+            "id": DEFAULT_PROFILE_ID,
+            "chargingRateUnit": "W",
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": round(limit_kw * 1000.0)}],
+        }],
+    }
+
+
+class DefaultProfiles:
+    def __init__(self, gw: Gateway) -> None:
+        self._gw = gw
+        self._sub: ev.Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+        self.sent: dict[str, str] = {}  # station -> last answer (status or error)
+
+    def start(self) -> None:
+        self._sub = self._gw.bus.subscribe(ev.StationBooted)
+        self._task = asyncio.create_task(self._run(), name="default-profiles")
+
+    async def stop(self) -> None:
+        for t in [self._task, *self._sends]:
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        if self._sub is not None:
+            self._sub.close()
+
+    async def _run(self) -> None:
+        assert self._sub is not None
+        while True:
+            event = await self._sub.get()
+            if isinstance(event, ev.StationBooted):
+                # Never from inside the BootNotification handler: the reply must go out first.
+                task = asyncio.create_task(self.send(event.station_id))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+
+    async def send(self, station_id: str) -> str:
+        state = self._gw.state
+        limit = default_limit_kw(self._gw.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+        try:
+            reply = await self._gw.commands.set_charging_profile(station_id, 0, default_profile(limit))
+            status = str(reply.get("status", "Unknown"))
+        except GatewayOcppError as exc:
+            status = type(exc).__name__
+        metrics.PROFILES.labels("default_" + status.lower()[:20]).inc()
+        if status != "Accepted":
+            log.warning("%s did not take the default profile: %s", station_id, status)
+        self.sent[station_id] = status
+        return status
