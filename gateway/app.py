@@ -116,11 +116,10 @@ class Gateway:
         self.telemetry.start()
         self.site_sync.start()
         if self.settings.scheduler_enabled:
-            # Only a planning gateway caps chargers until their plan arrives; a plain CSMS doesn't.
-            self.default_profiles.start()
-        if self.settings.scheduler_enabled:
             from gateway.scheduler.mpc import MpcScheduler
 
+            # Only a planning gateway caps chargers until their plan arrives; a plain CSMS doesn't.
+            self.default_profiles.start()
             self.scheduler = MpcScheduler(self)
             self.site_sync.listeners.append(self.scheduler.on_event)
             await self.scheduler.start()
