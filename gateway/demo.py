@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import secrets
+import socket
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from gateway.app import Gateway
@@ -31,6 +34,8 @@ from gateway.episode import Episode
 from gateway.logs import setup_logging
 from gateway.ocpp.auth import hash_password
 from simulators.fleet import Fleet
+
+log = logging.getLogger(__name__)
 
 STEP_S = 300  # the bill is computed on 5-minute averages, as the evaluator does
 SAMPLE_S = 60
@@ -84,6 +89,16 @@ class SiteMeter:
                 "limit_excess_kw_max": float(np.maximum(net - ep.limits.import_kw, 0.0).max(initial=0.0))}
 
 
+def _port_or_any(port: int) -> int:
+    """The asked port if it is free, else 0 (any free port; the demo prints the one it got)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+    return port
+
+
 def site_config(ep: Episode) -> SiteConfig:
     return SiteConfig(
         name=ep.name or "demo", import_limit_kw=ep.limits.import_kw, export_limit_kw=ep.limits.export_kw,
@@ -123,8 +138,8 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     clock = ScaledClock(episode.start, args.time_scale)
     cfg = settings.model_copy(update={
         "database_url": url, "api_key": api_key, "site": site_config(episode), "time_scale": args.time_scale,
-        "ocpp_host": "127.0.0.1", "api_host": "127.0.0.1", "ocpp_port": args.ocpp_port,
-        "api_port": args.api_port, "mqtt_url": args.mqtt_url or settings.mqtt_url,
+        "ocpp_host": "127.0.0.1", "api_host": "127.0.0.1", "ocpp_port": _port_or_any(args.ocpp_port),
+        "api_port": _port_or_any(args.api_port), "mqtt_url": args.mqtt_url or settings.mqtt_url,
         "replan_debounce_s": 0.5, "heartbeat_interval_s": 300,
     })
     gw = Gateway(cfg, clock)
@@ -136,21 +151,73 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
           f"{len(episode.arrivals)} EVs, site limit {episode.limits.import_kw:.0f} kW, "
           f"{len(episode.grid_events)} grid event(s), at {args.time_scale:g}x", flush=True)
     meter = SiteMeter(episode)
-    fleet = Fleet(episode, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", password=password, clock=clock, progress=True)
+    app = DriverApp(f"http://127.0.0.1:{gw.api_port}", api_key, clock)
+    fleet = Fleet(episode, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", password=password, clock=clock, progress=True,
+                  driver_app=app)
+    app.fleet = fleet
     feeder = asyncio.create_task(_feed_site(gw, episode, clock, meter, fleet))
     try:
         summary = await fleet.run(until=episode.end)
     finally:
         feeder.cancel()
         plans = gw.scheduler.solves if gw.scheduler is not None else 0
+        await app.close()
         await gw.stop()
     meter.finish()
     live = meter.bill()
-    print(format_summary(summary))
+    print(format_summary(summary).splitlines()[-1])
+    print(f"driver app: {app.updates} preference updates over REST ({app.failures} refused)")
     baseline = _offline_baseline(episode)
     result = _report(args, episode, summary, live, baseline, plans)
     print(_summary_text(result))
     return 0 if live["limit_excess_kw_max"] <= 1e-6 else 1
+
+
+class DriverApp:
+    """Drivers without ISO 15118 tell their departure and energy through the REST API, each with a
+    driver token the operator issued for their idToken (what a real driver app does)."""
+
+    def __init__(self, api_url: str, api_key: str, clock: ScaledClock) -> None:
+        self._http = httpx.AsyncClient(base_url=api_url, timeout=60.0)
+        self._operator = {"Authorization": f"Bearer {api_key}"}
+        self._clock = clock
+        self._tokens: dict[str, str] = {}
+        self.fleet: Fleet | None = None
+        self.updates = 0
+        self.failures = 0
+
+    async def _token(self, id_token: str) -> str:
+        if id_token not in self._tokens:
+            r = await self._http.post("/api/v1/driver-tokens", headers=self._operator,
+                                      json={"id_token": id_token, "label": "demo driver app"})
+            r.raise_for_status()
+            self._tokens[id_token] = r.json()["token"]
+        return self._tokens[id_token]
+
+    async def __call__(self, station_id: str, evse_id: int, transaction_id: str, prefs: dict[str, Any]) -> None:
+        assert self.fleet is not None
+        session = self.fleet.evse(station_id, evse_id).session
+        if session is None:
+            return
+        try:
+            token = await self._token(session.arrival.id_token)
+            for _ in range(5):
+                r = await self._http.put(f"/api/v1/sessions/{transaction_id}/preferences", json=prefs,
+                                         headers={"Authorization": f"Bearer {token}"})
+                if r.status_code != 404:
+                    break
+                await self._clock.sleep(60)  # the gateway has not seen the session start yet
+            if r.status_code == 200:
+                self.updates += 1
+            else:
+                self.failures += 1
+                log.info("driver app refused (%s): %s", r.status_code, r.text[:200])
+        except httpx.HTTPError as exc:
+            self.failures += 1
+            log.warning("driver app could not reach the gateway: %s", exc)
+
+    async def close(self) -> None:
+        await self._http.aclose()
 
 
 async def _register(gw: Gateway, episode: Episode, password: str) -> None:
