@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--no-progress", action="store_true")
     sim.add_argument("--until", help="stop at this simulated time, RFC 3339 (default: the episode's end)")
+    sim.add_argument("--register", action="store_true",
+                     help="first register the episode's stations (with --password) in the gateway's database")
+    sim.add_argument("--database-url", help="the gateway's database for --register (env GATEWAY_DATABASE_URL)")
 
     scen = sub.add_parser("scenario", help="generate episodes")
     scsub = scen.add_subparsers(dest="scenario_command", required=True)

@@ -29,10 +29,10 @@ from gateway.app import Gateway
 from gateway.clock import ScaledClock, to_rfc3339
 from gateway.config import Settings, SiteConfig, TouPeriodConfig
 from gateway.db import migrate
+from gateway.db.admin import register_stations
 from gateway.db.embedded import embedded_postgres
 from gateway.episode import Episode
 from gateway.logs import setup_logging
-from gateway.ocpp.auth import hash_password
 from simulators.fleet import Fleet
 
 log = logging.getLogger(__name__)
@@ -221,14 +221,8 @@ class DriverApp:
 
 
 async def _register(gw: Gateway, episode: Episode, password: str) -> None:
-    hashed = hash_password(password)
     now = gw.clock.now()
-    for st in episode.stations:
-        await gw.stations.add(st.id, hashed, security_profile=1, now=now)
-        for e in st.evses:
-            await gw.stations.upsert_evse(st.id, e.evse_id, max_charge_kw=e.max_charge_kw,
-                                          max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
-                                          phases=e.phases)
+    await register_stations(gw.stations, episode.stations, password, now)
     for g in episode.grid_events:
         await gw.planning.upsert_grid_event(g, "demo", now)
 

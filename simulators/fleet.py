@@ -313,6 +313,17 @@ def cli(args: argparse.Namespace) -> int:
     except (EpisodeError, ValueError) as exc:
         print(f"gateway sim: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "register", False):
+        import os
+
+        from gateway.db.admin import register_for_sim
+
+        url = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+        if not url or not args.password:
+            print("gateway sim: --register needs --password and --database-url (or GATEWAY_DATABASE_URL)",
+                  file=sys.stderr)
+            return 2
+        asyncio.run(register_for_sim(url, episode.stations, args.password))
     scale = args.time_scale or 1.0
     start = parse_rfc3339(args.sim_start) if args.sim_start else episode.start
     clock = ScaledClock(start, scale)

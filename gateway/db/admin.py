@@ -5,15 +5,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
+from datetime import datetime
 
 from gateway.clock import RealClock
 from gateway.config import Settings
 from gateway.db.engine import make_engine, sessionmaker
 from gateway.db.stations import StationRepository, TokenRepository
+from gateway.episode import StationSpec
 from gateway.ocpp.auth import hash_password
 from gateway.ocpp.server import valid_station_id
 
 MIN_PASSWORD_LENGTH = 16  # OCPP 2.0.1 A00.FR.205: BasicAuthPassword is 16 to 40 characters
+
+
+async def register_stations(
+    repo: StationRepository, stations: Sequence[StationSpec], password: str, now: datetime,
+) -> None:
+    """Register simulated (or surveyed) stations with one password and their EVSE limits."""
+    hashed = hash_password(password)
+    for st in stations:
+        await repo.add(st.id, hashed, security_profile=1, now=now)
+        for e in st.evses:
+            await repo.upsert_evse(st.id, e.evse_id, max_charge_kw=e.max_charge_kw,
+                                   max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
+                                   phases=e.phases)
+
+
+async def register_for_sim(database_url: str, stations: Sequence[StationSpec], password: str) -> None:
+    engine = make_engine(database_url, pool_size=2)
+    try:
+        await register_stations(StationRepository(sessionmaker(engine)), stations, password, RealClock().now())
+    finally:
+        await engine.dispose()
 
 
 def _parse_evse(text: str) -> tuple[int, float, float]:

@@ -52,7 +52,7 @@ class DefaultProfiles:
         self._gw = gw
         self._sub: ev.Subscription | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends: set[asyncio.Task[str]] = set()
         self.sent: dict[str, str] = {}  # station -> last answer (status or error)
 
     def start(self) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway.cli import main
 from gateway.clock import RealClock
@@ -59,3 +61,22 @@ async def test_gateway_sim_writes_the_summary(tmp_path: Path) -> None:
     # Every transaction reached the CSMS, Started to Ended.
     ended = [r for r in csms.calls("TransactionEvent") if r.payload["eventType"] == "Ended"]
     assert len({r.payload["transactionInfo"]["transactionId"] for r in ended}) == len(episode.arrivals)
+
+
+async def test_gateway_sim_registers_its_stations_with_the_real_gateway(tmp_path: Path, gateway_server: Any) -> None:
+    """`--register` puts the episode's stations in the gateway's database so Basic auth admits them."""
+    ep_path = tmp_path / "ep.json"
+    gen = ["scenario", "generate", "--site", "workplace", "--stations", "2", "--seed", "4", "-o", str(ep_path)]
+    assert main(gen) == 0
+    episode = load(ep_path)
+    until = (episode.start + timedelta(hours=2)).isoformat()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "sim", "--url", gateway_server.ocpp_url, "--episode", str(ep_path),
+        "--time-scale", "3600", "--password", "fleet-password-000001", "--register", "--database-url",
+        gateway_server.database_url, "--until", until, "--no-progress",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, stderr.decode()
+    for spec in episode.stations:
+        row = await gateway_server.gw.stations.get(spec.id)
+        assert row is not None and row.vendor is not None  # registered, then booted with its password
