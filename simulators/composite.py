@@ -333,6 +333,22 @@ class ProfileStore:
         ]
         return min(limits) if limits else None
 
+    def station_max_w(self, t: datetime) -> float | None:
+        """The cap on the whole station's import: ChargingStationMaxProfile (and external
+        constraints) on evseId 0. A TxDefaultProfile on evseId 0 is *not* a station total: it is
+        the default of every EVSE (K01.FR.?), and applies per EVSE through :meth:`limit_w`."""
+        phases = self.evse_phases.get(0, DEFAULT_PHASES)
+        station = [p for p in self.profiles.values() if p.evse_id == 0]
+        limits = [
+            v
+            for v in (
+                _winner([p for p in station if p.purpose == Purpose.MAX], t, None, phases),
+                _winner([p for p in station if p.purpose == Purpose.EXTERNAL], t, None, phases),
+            )
+            if v is not None
+        ]
+        return min(limits) if limits else None
+
     def composite(
         self, evse_id: int, start: datetime, duration_s: int, tx: Transaction | None
     ) -> list[CompositePeriod]:

@@ -511,7 +511,7 @@ class Station:
         """A ChargingStationMaxProfile caps the station's total import (K01: evseId 0)."""
         if self.faults.ignore_profiles:
             return
-        total_w = self.profiles.limit_w(0, now, None)
+        total_w = self.profiles.station_max_w(now)
         charging = sum(p for p in setpoints.values() if p > 0)
         if total_w is None or charging <= max(total_w / 1000.0, 0.0):
             return

@@ -236,3 +236,14 @@ def test_composite_on_the_wire_in_amps() -> None:
         {"startPeriod": 1800, "limit": 0.0, "numberPhases": 3},
     ]
     assert wire["scheduleStart"] == "2026-07-01T08:00:00.000Z"
+
+
+def test_tx_default_on_evse_0_is_a_per_evse_default_not_a_station_total() -> None:
+    """A TxDefaultProfile installed on evseId 0 caps each EVSE; only ChargingStationMaxProfile
+    caps the station's sum."""
+    store = ProfileStore({0: 3, 1: 3})
+    store.install(parse_profile(0, prof(1, "TxDefaultProfile", [(0, 3700)], kind="Relative")), None)
+    assert store.station_max_w(T0) is None
+    assert store.limit_w(1, T0, TX) == 3700
+    store.install(parse_profile(0, prof(2, "ChargingStationMaxProfile", [(0, 20000)])), None)
+    assert store.station_max_w(T0) == 20000
