@@ -21,9 +21,9 @@ import uvicorn
 
 from gateway import events as ev
 from gateway import metrics
+from gateway.bus.site_inputs import restore as restore_site_inputs
 from gateway.clock import Clock, make_clock
 from gateway.config import Settings
-from gateway.bus.site_inputs import restore as restore_site_inputs
 from gateway.db import migrate
 from gateway.db.engine import make_engine, sessionmaker
 from gateway.db.planning import PlanningRepository
