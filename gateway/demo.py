@@ -168,7 +168,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     print(format_summary(summary).splitlines()[-1])
     print(f"driver app: {app.updates} preference updates over REST ({app.failures} refused)")
     baseline = _offline_baseline(episode)
-    result = _report(args, episode, summary, live, baseline, plans)
+    result = _report(args, episode, summary, live, baseline, plans, meter)
     print(_summary_text(result))
     return 0 if live["limit_excess_kw_max"] <= 1e-6 else 1
 
@@ -253,7 +253,7 @@ def _offline_baseline(episode: Episode) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any], live: dict[str, float],
-            baseline: dict[str, Any], plans: int) -> dict[str, Any]:
+            baseline: dict[str, Any], plans: int, meter: SiteMeter) -> dict[str, Any]:
     evs = summary.get("evs", [])
     requested = sum(e["energy_requested_kwh"] for e in evs)
     delivered = sum(e["energy_delivered_kwh"] for e in evs)
@@ -269,13 +269,27 @@ def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any],
         "fleet": summary,
     }
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
-    _write_html(Path(args.report), result)
+    _write_html(Path(args.report), result, episode, meter)
     return result
 
 
-def _write_html(path: Path, result: dict[str, Any]) -> None:
+def _write_html(path: Path, result: dict[str, Any], episode: Episode, meter: SiteMeter) -> None:
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
+    site = make_subplots(specs=[[{"secondary_y": True}]])
+    building = [episode.building_load_at(t) for t in meter.times]
+    site.add_trace(go.Scatter(x=meter.times, y=meter.net_kw, name="site import (kW)"))
+    site.add_trace(go.Scatter(x=meter.times, y=building, name="building load (kW)"))
+    site.add_trace(go.Scatter(x=meter.times, y=meter.ev_kw, name="EV charging - discharging (kW)"))
+    site.add_trace(go.Scatter(x=meter.times, y=[episode.limits.import_kw] * len(meter.times), name="site limit",
+                              line={"dash": "dash"}))
+    site.add_trace(go.Scatter(x=meter.times, y=[episode.tariff.prices_at(t)[0] for t in meter.times],
+                              name="import price (per kWh)", line={"shape": "hv"}), secondary_y=True)
+    for g in episode.grid_events:
+        site.add_vrect(x0=g.start, x1=g.end, fillcolor="orange", opacity=0.15, line_width=0,
+                       annotation_text=f"grid event {g.id}")
+    site.update_layout(title="Site power (5-minute averages) against the limit, with the grid event shaded")
     live, base = result["live"], result["uncontrolled"]
     parts = ["energy_cost", "demand_charge", "grid_event_revenue"]
     fig = go.Figure([go.Bar(name=name, x=parts, y=[float(d.get(p, 0.0)) for p in parts])
@@ -287,8 +301,8 @@ def _write_html(path: Path, result: dict[str, Any]) -> None:
     path.write_text(
         "<html><head><meta charset='utf-8'><title>Demo report</title></head><body>"
         f"<h1>Demo: {result['episode']['name']}</h1><table border=1><tr><th></th><th>gateway (live)</th>"
-        f"<th>uncontrolled</th></tr>{rows}</table>" + fig.to_html(full_html=False, include_plotlyjs=True)
-        + "</body></html>")
+        f"<th>uncontrolled</th></tr>{rows}</table>" + site.to_html(full_html=False, include_plotlyjs=True)
+        + fig.to_html(full_html=False, include_plotlyjs=False) + "</body></html>")
 
 
 def _summary_text(result: dict[str, Any]) -> str:

@@ -1,0 +1,29 @@
+"""`gateway demo` end to end on a small site at a high time scale: the newcomer's command stays honest."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.test_cli import GATEWAY
+
+
+def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
+    summary, report = tmp_path / "summary.json", tmp_path / "report.html"
+    env = {**os.environ, "GATEWAY_DATABASE_URL": clean_db}
+    result = subprocess.run(
+        [GATEWAY, "demo", "--stations", "6", "--time-scale", "4000", "--api-port", "0", "--ocpp-port", "0",
+         "--json", str(summary), "--report", str(report)],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "=== demo summary ===" in result.stdout
+    data = json.loads(summary.read_text())
+    live, base = data["live"], data["uncontrolled"]
+    assert data["episode"]["stations"] == 6 and data["fleet"]["evs"]
+    assert live["energy_delivered_kwh"] > 0 and live["plans"] > 0
+    assert live["limit_excess_kw_max"] == 0.0
+    assert {"bill", "peak_import_kw", "grid_event_revenue"} <= set(live) & set(base)
+    html = report.read_text()
+    assert "Site power" in html and "plotly" in html.lower()
