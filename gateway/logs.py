@@ -10,7 +10,11 @@ import json
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
+
+# Set by the OCPP server for each connection; asyncio copies it into every task the connection starts.
+STATION_ID: ContextVar[str | None] = ContextVar("station_id", default=None)
 
 _SECRET = re.compile(r"(?i)(authorization:\s*\S+\s+|password=|token=)\S+")
 
@@ -24,7 +28,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": _SECRET.sub(r"\1***", record.getMessage()),
         }
-        station = getattr(record, "station_id", None)
+        station = getattr(record, "station_id", None) or STATION_ID.get()
         if station is not None:
             out["station_id"] = station
         if record.exc_info:
@@ -32,12 +36,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out)
 
 
+def _station_field(record: logging.LogRecord) -> bool:
+    station = STATION_ID.get()
+    record.station = f" [{station}]" if station else ""
+    return True
+
+
 def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s%(station)s: %(message)s"))
+        handler.addFilter(_station_field)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -48,6 +48,7 @@ from websockets.typing import Subprotocol
 
 from gateway.clock import Clock
 from gateway.config import Settings
+from gateway.logs import STATION_ID
 from gateway.ocpp.auth import (
     LockoutTracker,
     PasswordVerifier,
@@ -354,6 +355,8 @@ class OcppServer:
         if admission is None:  # cannot happen: process_request admitted every handshake
             await ws.close(1008, "not admitted")
             return
+        # Every log line of this connection and of the handler tasks it starts carries the id.
+        STATION_ID.set(admission.station_id)
         adapter = self.adapters.get(ws.subprotocol or "")
         if adapter is None:
             offer = ", ".join(self.adapters)
