@@ -24,8 +24,17 @@ def utc(dt: datetime) -> datetime:
 
 
 def parse_rfc3339(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp (``Z`` or an offset) into an aware UTC datetime."""
-    return utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    """Parse an RFC 3339 timestamp (``Z`` or an offset) into an aware UTC datetime.
+
+    Everything RFC 3339 allows is accepted (schema validation lets it through): a lower-case
+    ``t``/``z`` (§5.6 note) and a leap second ``:60`` (read as the last microsecond of the minute).
+    """
+    text = text.upper().replace("Z", "+00:00")
+    leap = len(text) > 19 and text[17:19] == "60"
+    if leap:
+        text = text[:17] + "59" + text[19:]
+    parsed = utc(datetime.fromisoformat(text))
+    return parsed.replace(microsecond=999_999) if leap else parsed
 
 
 def to_rfc3339(dt: datetime) -> str:

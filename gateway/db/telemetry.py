@@ -104,9 +104,11 @@ class TelemetryWriter:
                 await self.flush()
             except Exception as exc:
                 if not is_transient(exc):
-                    log.exception("telemetry write failed; rows kept for retry")
-                else:
-                    log.warning("telemetry write deferred, database unavailable: %s", exc)
+                    # Not the database being away: a row it refuses. Find it, or it would block
+                    # every row behind it forever.
+                    await self._drop_poison()
+                    continue
+                log.warning("telemetry write deferred, database unavailable: %s", exc)
                 metrics.DB_RETRIES.labels("telemetry").inc()
                 if self._closing:
                     return
@@ -114,6 +116,30 @@ class TelemetryWriter:
                 continue
             if self._closing:
                 return
+
+    async def _drop_poison(self) -> None:
+        """Write the head batch of each table row by row; rows the database refuses are dropped
+        and counted (they are the ones that made the batch fail)."""
+        for table in TABLES:
+            buf = self._buffers[table]
+            for _ in range(min(len(buf), self._flush_rows)):
+                row = buf.popleft()
+                self._size -= 1
+                try:
+                    async with self._engine.connect() as conn:
+                        raw = await conn.get_raw_connection()
+                        driver = raw.driver_connection
+                        assert driver is not None
+                        await driver.copy_records_to_table(table, records=[row], columns=list(TABLES[table]))
+                    self.written[table] += 1
+                except Exception as exc:
+                    if is_transient(exc):
+                        buf.appendleft(row)
+                        self._size += 1
+                        return
+                    self.dropped[table] += 1
+                    metrics.DROPPED_ROWS.labels(table).inc()
+                    log.error("telemetry row refused by the database and dropped (%s): %s", table, exc)
 
     async def _write_batch(self, table: str) -> None:
         buf = self._buffers[table]

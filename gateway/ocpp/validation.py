@@ -134,6 +134,34 @@ class SchemaSet:
             raise error_for(exc) from None
         except RecursionError:
             raise FormatViolation("payload nesting is too deep") from None
+        field = _int32_overflow(payload, "")
+        if field is not None:
+            # OCPP 2.0.1 Part 2 §2.1 (primitive datatypes): integer is 32 bit; the JSON schemas
+            # leave it unbounded, so the bound is checked here, before anything is stored.
+            raise PropertyConstraintViolation(f"{field or '(payload)'}: integer outside 32 bits",
+                                              {"field": field, "rule": "int32"})
+
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _int32_overflow(value: Any, path: str) -> str | None:
+    """The path of the first integer outside 32 bits, or None (payloads are small: a full walk)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path if not INT32_MIN <= value <= INT32_MAX else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _int32_overflow(v, f"{path}.{k}" if path else k)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _int32_overflow(v, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 V201: Final = SchemaSet("ocpp.v201.schemas", V201_STATION_ACTIONS)

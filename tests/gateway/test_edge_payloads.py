@@ -1,0 +1,49 @@
+"""Unusual payloads that the JSON schemas let through: every one is answered with a schema-valid CALLRESULT or a
+Part 4 CALLERROR (never InternalError), nothing is half-stored, and the socket lives on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.ocpp.validation import V201
+from tests.conftest import GatewayHarness
+from tests.gateway.test_handlers import PASSWORD, fetch, tx_event
+from tests.ocpp_client import RawStation
+
+HUGE = 2**40  # valid JSON Schema "integer", past Postgres int4 and OCPP's 32-bit integers
+
+CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("leap second", "StatusNotification", {"timestamp": "2026-06-30T23:59:60Z", "connectorStatus": "Available",
+                                           "evseId": 1, "connectorId": 1}),
+    ("lower-case t and z", "StatusNotification", {"timestamp": "2026-07-01t08:00:00z",
+                                                  "connectorStatus": "Available", "evseId": 1, "connectorId": 1}),
+    ("nanoseconds", "TransactionEvent", tx_event("Started", 0, timestamp="2026-07-01T08:00:00.123456789Z")),
+    ("huge evseId", "StatusNotification", {"timestamp": "2026-07-01T08:00:00Z", "connectorStatus": "Available",
+                                           "evseId": HUGE, "connectorId": 1}),
+    ("huge seqNo", "TransactionEvent", tx_event("Started", 0, seqNo=HUGE, transactionInfo={"transactionId": "T-H"})),
+    ("negative seqNo", "TransactionEvent", tx_event("Started", 0, seqNo=-5, transactionInfo={"transactionId": "T-N"})),
+    ("huge meter value", "MeterValues", {"evseId": 1, "meterValue": [
+        {"timestamp": "2026-07-01T08:00:00Z", "sampledValue": [{"value": 1e308}]}]}),
+    ("needs far future", "NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "AC_three_phase", "departureTime": "9999-12-31T23:59:59Z",
+        "acChargingParameters": {"energyAmount": HUGE, "evMinCurrent": 0, "evMaxCurrent": HUGE,
+                                 "evMaxVoltage": HUGE}}}),
+]
+
+
+@pytest.mark.parametrize(("name", "action", "payload"), CASES, ids=[c[0] for c in CASES])
+async def test_unusual_but_valid_payloads(gateway_server: GatewayHarness, name: str, action: str,
+                                          payload: dict[str, Any]) -> None:
+    await gateway_server.add_station("CS-EDGE", PASSWORD)
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-EDGE", PASSWORD)
+    reply = await st.call(action, payload)
+    if reply[0] == 3:
+        V201.check(action, reply[2], request=False)
+    else:
+        assert reply[0] == 4 and reply[2] not in ("InternalError", "GenericError"), reply
+        if action == "TransactionEvent":  # refused means not stored
+            assert await fetch(gateway_server.database_url, "SELECT 1 FROM transaction_events") == []
+    assert "currentTime" in await st.ok("Heartbeat", {})
+    await st.close()
