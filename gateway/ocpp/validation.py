@@ -134,31 +134,36 @@ class SchemaSet:
             raise error_for(exc) from None
         except RecursionError:
             raise FormatViolation("payload nesting is too deep") from None
-        field = _int32_overflow(payload, "")
-        if field is not None:
-            # OCPP 2.0.1 Part 2 §2.1 (primitive datatypes): integer is 32 bit; the JSON schemas
-            # leave it unbounded, so the bound is checked here, before anything is stored.
-            raise PropertyConstraintViolation(f"{field or '(payload)'}: integer outside 32 bits",
-                                              {"field": field, "rule": "int32"})
+        found = _out_of_range(payload, "")
+        if found is not None:
+            # OCPP 2.0.1 Part 2 (primitive datatypes): integer is 32 bit and strings are printable
+            # text; the JSON schemas check neither, so it is done here, before anything is stored
+            # (Postgres refuses NUL in text and jsonb, and int4 past 32 bits).
+            field, rule = found
+            raise PropertyConstraintViolation(f"{field or '(payload)'}: {rule} violated",
+                                              {"field": field, "rule": rule})
 
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
-def _int32_overflow(value: Any, path: str) -> str | None:
-    """The path of the first integer outside 32 bits, or None (payloads are small: a full walk)."""
+def _out_of_range(value: Any, path: str) -> tuple[str, str] | None:
+    """(path, rule) of the first integer outside 32 bits or string with a NUL, else None.
+    Payloads are small: a full walk costs microseconds."""
+    if isinstance(value, str):
+        return (path, "no NUL character") if "\x00" in value else None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return path if not INT32_MIN <= value <= INT32_MAX else None
+        return (path, "32-bit integer") if not INT32_MIN <= value <= INT32_MAX else None
     if isinstance(value, dict):
         for k, v in value.items():
-            found = _int32_overflow(v, f"{path}.{k}" if path else k)
+            found = _out_of_range(v, f"{path}.{k}" if path else k) or _out_of_range(k, path)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            found = _int32_overflow(v, f"{path}[{i}]")
+            found = _out_of_range(v, f"{path}[{i}]")
             if found is not None:
                 return found
     return None

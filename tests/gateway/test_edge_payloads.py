@@ -24,6 +24,8 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
                                            "evseId": HUGE, "connectorId": 1}),
     ("huge seqNo", "TransactionEvent", tx_event("Started", 0, seqNo=HUGE, transactionInfo={"transactionId": "T-H"})),
     ("negative seqNo", "TransactionEvent", tx_event("Started", 0, seqNo=-5, transactionInfo={"transactionId": "T-N"})),
+    ("NUL in a token", "TransactionEvent", tx_event("Started", 0, idToken={"idToken": "A\u0000B", "type": "ISO14443"})),
+    ("NUL in vendor data", "DataTransfer", {"vendorId": "com.example", "data": {"note": "x\u0000y"}}),
     ("huge meter value", "MeterValues", {"evseId": 1, "meterValue": [
         {"timestamp": "2026-07-01T08:00:00Z", "sampledValue": [{"value": 1e308}]}]}),
     ("needs far future", "NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {
