@@ -6,6 +6,7 @@ events keep it current in between (nothing polls the database). Pure apart from 
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -22,6 +23,7 @@ from gateway.domain import (
     SiteLimits,
     Tariff,
 )
+from gateway.scheduler.forecast import SessionForecaster
 
 
 @dataclass(slots=True)
@@ -48,6 +50,24 @@ class Resolved:
     soc: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class CompletedSession:
+    """What a finished session teaches the forecasts: when it came and left, the energy it asked
+    for (``None`` when only a guess was known: what it took is a lower bound that would bias the
+    forecast low) and the departure it had announced (driver or EV), to learn how late they run."""
+
+    evse: tuple[str, int]
+    arrival: datetime
+    departure: datetime
+    requested_kwh: float | None
+    announced: datetime | None
+    max_kw: float
+
+
+# Completed sessions kept for the scheduler to learn from; bounded so a gateway without one does not grow.
+COMPLETED_KEPT = 1000
+
+
 @dataclass(slots=True)
 class SiteState:
     settings: Settings
@@ -62,6 +82,11 @@ class SiteState:
     # Energy into each EV counted at the moment its needs were declared, so "energy_kwh more"
     # from NotifyEVChargingNeeds is measured from then on.
     needs_baseline_kwh: dict[str, float] = field(default_factory=dict)
+    # Sessions that ended, oldest first, until the scheduler takes them (``take_completed``).
+    completed: deque[CompletedSession] = field(default_factory=lambda: deque(maxlen=COMPLETED_KEPT))
+    # The scheduler's forecaster once it runs: what the API shows as a forecast is then what the
+    # plan assumes (else the configured default dwell and energy).
+    forecaster: SessionForecaster | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SiteState:
@@ -114,6 +139,7 @@ class SiteState:
         if isinstance(event, ev.SessionEnded):
             st = self.evse(event.station_id, event.evse_id)
             if st.session is not None and st.session.transaction_id == event.transaction_id:
+                self.completed.append(self.completion(st, st.session, event.at))
                 self.needs_baseline_kwh.pop(event.transaction_id, None)
                 st.session = None
                 return True
@@ -128,6 +154,21 @@ class SiteState:
                     st.online = online
             return False
         return isinstance(event, ev.NeedsUpdated | ev.SiteInputsChanged)
+
+    def completion(self, st: EvseState, s: Session, ended_at: datetime) -> CompletedSession:
+        r = self.resolve(s)
+        max_kw = st.spec.max_charge_kw
+        if s.needs.ev_max_charge_kw is not None:
+            max_kw = min(max_kw, s.needs.ev_max_charge_kw)
+        return CompletedSession(
+            st.spec.key, s.started_at, ended_at,
+            r.energy_wanted_kwh if r.energy_source != "forecast" else None,
+            r.departure if r.departure_source != "forecast" else None, max_kw)
+
+    def take_completed(self) -> list[CompletedSession]:
+        out = list(self.completed)
+        self.completed.clear()
+        return out
 
     def set_needs(self, station_id: str, evse_id: int, needs: EvNeeds) -> None:
         s = self.evse(station_id, evse_id).session
@@ -151,6 +192,9 @@ class SiteState:
             departure, dep_src = p.departure_time, "driver"
         elif n.departure_time is not None:
             departure, dep_src = n.departure_time, "ev"
+        elif self.forecaster is not None:
+            departure, dep_src = self.forecaster.forecast(cfg.site.name, s.started_at, s.started_at).departure, \
+                "forecast"
         else:
             departure, dep_src = s.started_at + timedelta(hours=cfg.default_dwell_h), "forecast"
         capacity = n.capacity_kwh
@@ -164,6 +208,8 @@ class SiteState:
             e_src = "ev"
         elif n.target_soc is not None and capacity is not None and soc is not None:
             wanted, e_src = delivered + max(0.0, (n.target_soc - soc) * capacity), "ev"
+        elif self.forecaster is not None:
+            wanted, e_src = self.forecaster.forecast(cfg.site.name, s.started_at, s.started_at).energy_kwh, "forecast"
         else:
             wanted, e_src = cfg.default_energy_kwh, "forecast"
         mode = p.mode or ChargeMode.SMART

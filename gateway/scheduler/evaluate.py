@@ -36,7 +36,7 @@ import numpy as np
 from gateway.domain import GridEventKind
 from gateway.episode import Arrival, Episode
 from gateway.episode import load as load_episode
-from gateway.scheduler.forecast import SessionForecaster
+from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.inputs import prorated_demand_charge, site_inputs
 from gateway.scheduler.policies import Context, Edf, Greedy, Key, Mpc, Planned, Policy, Uncontrolled, View
 from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
@@ -44,11 +44,11 @@ from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
 STEP_S = 300.0
 FULLY_SERVED_TOLERANCE_KWH = 0.5
 POLICY_NAMES = ("uncontrolled", "greedy", "edf", "mpc", "optimal")
-# Unknown EVs are planned for a short stay and a large need (before any history: as leaving
-# now, i.e. as soon as possible on a rolling half hour): leaving early with too little costs the
-# unmet-energy price, charging a little earlier than needed costs a few cents.
+
+
 def mpc_forecaster() -> SessionForecaster:
-    return SessionForecaster(dwell_quantile=0.05, energy_quantile=0.9, default_dwell_h=0.0)
+    """The live scheduler's (:func:`planning_forecaster`), so the evaluator measures what runs."""
+    return planning_forecaster()
 
 
 @dataclass

@@ -75,6 +75,15 @@ class SessionForecaster:
         return Forecast(departure=dep, energy_kwh=energy, source=src)
 
 
+def planning_forecaster(default_energy_kwh: float = 20.0) -> SessionForecaster:
+    """The forecaster the MPC plans with, live and offline: unknown EVs are planned for a short
+    stay and a large need (before any history: as leaving now, i.e. as soon as possible on a
+    rolling half hour), because leaving early with too little costs the unmet-energy price while
+    charging a little earlier than needed costs a few cents."""
+    return SessionForecaster(dwell_quantile=0.05, energy_quantile=0.9, default_dwell_h=0.0,
+                             default_energy_kwh=default_energy_kwh)
+
+
 def believed_departure(announced: datetime | None, forecast: datetime, now: datetime,
                        margin: timedelta = timedelta(0)) -> tuple[datetime, bool]:
     """(departure to plan for, still free to discharge).

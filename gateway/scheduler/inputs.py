@@ -26,21 +26,32 @@ def site_inputs(
     wear_cost_per_kwh: float,
     unmet_penalty_per_kwh: float,
     period_end: datetime | None = None,
+    price_overrides: Sequence[tuple[datetime, datetime, float, float]] = (),
 ) -> SiteInputs:
-    """Prices and events are taken at each step's start (coarse steps start on the hour, where
-    time-of-use windows change); ``building_kw`` is the forecast at a step's start."""
+    """Prices are taken at each step's start (coarse steps start on the hour, where time-of-use
+    windows change), a price override ``(from, to, import, export)`` replacing the tariff there;
+    ``building_kw`` is the forecast at a step's start. An import cap holds on every step it
+    touches (the limit must hold all through); an export request pays on a step in proportion to
+    the part of the step it covers."""
     starts = grid.starts()
     prices = np.array([tariff.prices_at(s) for s in starts], dtype=float).reshape(len(starts), 2)
+    for i, s in enumerate(starts):
+        for lo, hi, ip, xp in price_overrides:
+            if lo <= s < hi:
+                prices[i] = (ip, xp)
     imp_lim = np.full(len(starts), limits.import_kw)
     pay = np.zeros(len(starts))
     for i, s in enumerate(starts):
+        dur = float(grid.durations_s[i])
+        end = s + timedelta(seconds=dur)
         for ev in events:
-            if not ev.active_at(s):
+            overlap = (min(end, ev.end) - max(s, ev.start)).total_seconds()
+            if overlap <= 0:
                 continue
             if ev.kind == GridEventKind.IMPORT_CAP and ev.cap_kw is not None:
                 imp_lim[i] = min(imp_lim[i], ev.cap_kw)
             elif ev.kind == GridEventKind.EXPORT_REQUEST:
-                pay[i] = max(pay[i], ev.payment_per_kwh)
+                pay[i] = max(pay[i], ev.payment_per_kwh * min(overlap / dur, 1.0))
     return SiteInputs(
         grid=grid, import_price=prices[:, 0], export_price=prices[:, 1],
         building_load_kw=np.array([building_kw(s) for s in starts], dtype=float),

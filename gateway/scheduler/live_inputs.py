@@ -1,24 +1,38 @@
 """From the live site picture (:class:`gateway.state.SiteState`) to the LP's inputs. Pure.
 
-One slot per known EVSE, so the problem's shape changes only when the site does. An EVSE with no
-session is a slot that is never connected. A session's departure and need come from the driver,
-else the EV (ISO 15118), else the forecast (``SiteState.resolve``).
+One slot per known EVSE in sorted key order, so the problem's shape changes only when the site
+does. An EVSE with no session is a slot that is never connected. What the gateway knows about a
+session (driver preferences over the EV's ISO 15118 needs, ``SiteState.announced``) becomes a
+:class:`gateway.scheduler.slots.SessionView`, and the same :func:`gateway.scheduler.slots.slot_input`
+the offline evaluator's MPC uses turns it into a slot, filling what nobody said from the
+:class:`gateway.scheduler.forecast.SessionForecaster` that the live scheduler feeds with every
+completed session. Site prices, limits and events go through the evaluator's
+:func:`gateway.scheduler.inputs.site_inputs` too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 
 from gateway.config import Settings
-from gateway.domain import ChargeMode, DischargeDialect, GridEventKind, Session
+from gateway.domain import ChargeMode, DischargeDialect, Session
+from gateway.scheduler import inputs
+from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
+from gateway.scheduler.slots import SessionView, SlotRules, slot_input
 from gateway.state import EvseState, Resolved, SiteState
 
-# An EV past its declared departure is still here: plan it as leaving within this.
-OVERSTAY_GRACE_S = 900.0
+# Efficiency assumed for an EV that does not tell (SlotInput's default; ISO 15118 does not carry it).
+DEFAULT_EFFICIENCY = 0.92
+
+
+def new_forecaster(settings: Settings) -> SessionForecaster:
+    """The evaluator's MPC forecaster, with the site's configured default need."""
+    return planning_forecaster(settings.default_energy_kwh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,114 +46,87 @@ class SlotMeta:
     fixed_kw: float | None  # measured power of an EVSE ignoring its limit (planned as fixed)
 
 
+def building_forecast(state: SiteState) -> Callable[[datetime], float]:
+    """The building-load forecast pushed to the site (step function), else the load measured now."""
+    fc = sorted(state.building_load_forecast)
+    now_kw = state.building_load_kw
+
+    def at(when: datetime) -> float:
+        if not fc:
+            return now_kw
+        vals = [kw for ts, kw in fc if ts <= when]
+        return vals[-1] if vals else fc[0][1]
+
+    return at
+
+
 def site_inputs(state: SiteState, now: datetime, settings: Settings) -> SiteInputs:
-    grid = make_grid(now, settings.horizon_h * 3600.0)
-    starts = grid.starts()
-    n = len(starts)
-    imp_price = np.empty(n)
-    exp_price = np.empty(n)
-    for i, t in enumerate(starts):
-        imp_price[i], exp_price[i] = state.tariff.prices_at(t)
-        for lo, hi, ip, xp in state.price_overrides:
-            if lo <= t < hi:
-                imp_price[i], exp_price[i] = ip, xp
-    building = np.full(n, state.building_load_kw)
-    if state.building_load_forecast:
-        fc = sorted(state.building_load_forecast)
-        for i, t in enumerate(starts):
-            vals = [kw for ts, kw in fc if ts <= t]
-            building[i] = vals[-1] if vals else fc[0][1]
-    imp_lim = np.full(n, state.limits.import_kw)
-    exp_lim = np.full(n, state.limits.export_kw)
-    pay = np.zeros(n)
-    for g in state.grid_events.values():
-        for i, t in enumerate(starts):
-            step_end = t + timedelta(seconds=float(grid.durations_s[i]))
-            if g.start < step_end and t < g.end:
-                if g.kind == GridEventKind.IMPORT_CAP and g.cap_kw is not None:
-                    imp_lim[i] = min(imp_lim[i], g.cap_kw)
-                elif g.kind == GridEventKind.EXPORT_REQUEST:
-                    pay[i] = max(pay[i], g.payment_per_kwh)
-    return SiteInputs(
-        grid=grid, import_price=imp_price, export_price=exp_price, building_load_kw=building,
-        import_limit_kw=imp_lim, export_limit_kw=exp_lim,
+    # The live demand charge is the tariff's per kW of the billing period's peak (``peak_import_kw``
+    # is that period's peak so far), so a rise is priced in full, unprorated.
+    return inputs.site_inputs(
+        make_grid(now, settings.horizon_h * 3600.0), tariff=state.tariff, limits=state.limits,
+        events=list(state.grid_events.values()), building_kw=building_forecast(state),
         demand_charge_per_kw=state.tariff.demand_charge_per_kw, peak_so_far_kw=state.peak_import_kw,
-        export_payment_per_kwh=pay, wear_cost_per_kwh=settings.site.wear_cost_per_kwh,
-        unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh,
+        wear_cost_per_kwh=settings.site.wear_cost_per_kwh,
+        unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh, price_overrides=state.price_overrides,
     )
 
 
-def _connected_until(grid: TimeGrid, now: datetime, departure: datetime) -> np.ndarray:
-    starts = grid.starts()
-    return np.array([t < departure for t in starts], dtype=bool)
-
-
-def slot_for(
-    st: EvseState, state: SiteState, grid: TimeGrid, now: datetime, settings: Settings,
-    limit_sent_kw: float | None,
-) -> tuple[SlotInput, SlotMeta]:
+def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
+                 limit_sent_kw: float | None) -> SessionView:
+    """What the gateway knows about the session ``s`` on ``st``; guesses are left ``None``."""
     spec = st.spec
-    s = st.session
-    n = len(grid)
-    if s is None:
-        slot = SlotInput(key=spec.key, connected=np.zeros(n, dtype=bool), energy_kwh=0.0, capacity_kwh=1.0,
-                         target_energy_kwh=0.0, reserve_energy_kwh=0.0, max_charge_kw=spec.max_charge_kw,
-                         max_discharge_kw=0.0)
-        return slot, SlotMeta(spec.key, None, None, 0.0, None)
-    r = state.resolve(s)
     delivered = s.energy_in_kwh - s.energy_out_kwh
     max_c = spec.max_charge_kw
     if s.needs.ev_max_charge_kw is not None:
         max_c = min(max_c, s.needs.ev_max_charge_kw)
-    can_discharge = (spec.bidirectional and st.dialect == DischargeDialect.NEGATIVE_LIMIT and r.allow_discharge)
     max_d = 0.0
-    if can_discharge:
+    if spec.bidirectional and st.dialect == DischargeDialect.NEGATIVE_LIMIT and r.allow_discharge:
         max_d = spec.max_discharge_kw
         if s.needs.ev_max_discharge_kw is not None:
             max_d = min(max_d, s.needs.ev_max_discharge_kw)
-    remaining = max(0.0, r.energy_wanted_kwh - delivered)
-    if r.capacity_kwh is not None and r.soc is not None:
-        cap = r.capacity_kwh
-        e0 = min(max(r.soc, 0.0), 1.0) * cap
-        target = min(cap, e0 + remaining)
-        reserve = r.reserve_soc * cap
-    else:
-        # Unknown battery: count energy from plug-in; never discharge below what it came with.
-        cap = max(r.energy_wanted_kwh, delivered) + settings.default_ev_room_kwh
-        e0 = max(delivered, 0.0)
-        target = e0 + remaining
-        reserve = 0.0
-    departure = r.departure
-    if departure <= now:
-        departure = now + timedelta(seconds=OVERSTAY_GRACE_S)
-    if r.mode == ChargeMode.CHARGE_NOW and max_c > 0:
-        # "As fast as the site allows": a deadline as early as full power could make it.
-        hours = remaining / (max_c * 0.92) if remaining > 0 else 0.25
-        departure = min(departure, now + timedelta(hours=max(hours, 0.25)))
-        max_d = 0.0
+    known = r.capacity_kwh is not None and r.soc is not None
+    cap = r.capacity_kwh if known else None
+    e_now = min(max(r.soc or 0.0, 0.0), 1.0) * (cap or 0.0) if known else None
     fixed: float | None = None
     if limit_sent_kw is not None and s.power_kw > limit_sent_kw + settings.noncompliance_tolerance_kw:
-        # The EVSE draws more than it was told: plan its measured draw as fixed so the other
-        # slots make room for it and the site limit still holds.
         fixed = min(s.power_kw, spec.max_charge_kw)
-    slot = SlotInput(
-        key=spec.key, connected=_connected_until(grid, now, departure), energy_kwh=e0, capacity_kwh=cap,
-        target_energy_kwh=target, reserve_energy_kwh=min(reserve, e0), max_charge_kw=max(max_c, 0.0),
-        max_discharge_kw=max_d, min_charge_kw=fixed or 0.0, discharge_allowed=max_d > 0,
+    return SessionView(
+        key=spec.key, arrival=s.started_at, delivered_kwh=max(delivered, 0.0), max_charge_kw=max(max_c, 0.0),
+        max_discharge_kw=max(max_d, 0.0), eff_charge=DEFAULT_EFFICIENCY, eff_discharge=DEFAULT_EFFICIENCY,
+        full=False, departure=r.departure if r.departure_source != "forecast" else None,
+        energy_kwh=e_now, capacity_kwh=cap,
+        need_kwh=r.energy_wanted_kwh if r.energy_source != "forecast" else None,
+        # Unknown battery: energy is counted from plug-in, so a floor of 0 is what it came with.
+        reserve_kwh=r.reserve_soc * cap if cap is not None else 0.0,
+        charge_now=r.mode == ChargeMode.CHARGE_NOW, fixed_kw=fixed, departure_firm=r.departure_source == "driver",
     )
-    if fixed is not None:
-        slot.max_charge_kw = max(fixed, 0.0)
-    return slot, SlotMeta(spec.key, s, r, delivered, fixed)
+
+
+def slot_for(
+    st: EvseState, state: SiteState, grid: TimeGrid, now: datetime, settings: Settings,
+    limit_sent_kw: float | None, forecaster: SessionForecaster, rules: SlotRules = SlotRules(),
+) -> tuple[SlotInput, SlotMeta]:
+    s = st.session
+    if s is None:
+        return slot_input(None, st.spec.key, grid, now, forecaster, settings.site.name), \
+            SlotMeta(st.spec.key, None, None, 0.0, None)
+    r = state.resolve(s)
+    v = session_view(st, s, r, settings, limit_sent_kw)
+    slot = slot_input(v, st.spec.key, grid, now, forecaster, settings.site.name, rules)
+    return slot, SlotMeta(st.spec.key, s, r, v.delivered_kwh, v.fixed_kw)
 
 
 def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
+    forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
+    fc = forecaster if forecaster is not None else new_forecaster(settings)
     site = site_inputs(state, now, settings)
     slots: list[SlotInput] = []
     metas: list[SlotMeta] = []
     for key in sorted(state.evses):
-        slot, meta = slot_for(state.evses[key], state, site.grid, now, settings, limits_sent_kw.get(key))
+        slot, meta = slot_for(state.evses[key], state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules)
         slots.append(slot)
         metas.append(meta)
     return site, slots, metas

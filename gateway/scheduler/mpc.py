@@ -28,7 +28,9 @@ from gateway.domain import Plan, PlannedSession
 from gateway.ocpp import profiles
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
+from gateway.scheduler.forecast import SessionForecaster
 from gateway.scheduler.problem import Planner, PlanResult, greedy_fallback
+from gateway.state import CompletedSession
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEBOUNCE_MAX_SIM_S = 30.0
+# Completed transactions read from Postgres at start to seed the departure forecast.
+BOOTSTRAP_SESSIONS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +73,38 @@ class MpcScheduler:
         self._sent: dict[tuple[str, int], profiles.TxProfile] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        # What a session nobody described will do (dwell, energy, how late announcements run):
+        # learned from every session that ends here, as the offline evaluator's MPC learns it.
+        self.forecaster: SessionForecaster = live_inputs.new_forecaster(self.settings)
+        self.observed = 0
+
+    def observe(self, done: CompletedSession) -> None:
+        self.forecaster.observe(self.settings.site.name, done.arrival, done.departure, done.requested_kwh,
+                                done.announced)
+        self.observed += 1
+
+    async def bootstrap(self) -> int:
+        """Seed the forecast from the last completed transactions in Postgres (their dwell only:
+        what a driver asked for is not kept with the transaction, and what an EV took is a lower
+        bound that would bias the energy forecast low). Returns how many were read."""
+        try:
+            rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS)
+        except Exception as exc:  # planning starts without history rather than not at all
+            log.warning("no session history for the forecast: %s", exc)
+            return 0
+        n = 0
+        for t in reversed(rows):
+            if t.started_at is None or t.ended_at is None or t.ended_at <= t.started_at:
+                continue
+            self.forecaster.observe(self.settings.site.name, t.started_at, t.ended_at, None, None)
+            n += 1
+        self.observed += n
+        return n
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.bootstrap()
+        self.gw.state.forecaster = self.forecaster
         period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)
         self._aps = AsyncIOScheduler()
         self._aps.add_job(self._periodic, "interval", seconds=period_real_s, coalesce=True, max_instances=1,
@@ -95,6 +128,8 @@ class MpcScheduler:
         key = (getattr(event, "station_id", ""), getattr(event, "evse_id", 0))
         if isinstance(event, ev.SessionEnded):
             self._sent.pop(key, None)
+            for done in self.gw.state.take_completed():
+                self.observe(done)
         if isinstance(event, ev.StationConnected):
             # A station that reconnects may have lost its profiles (reboot): send them again.
             for k in [k for k in self._sent if k[0] == event.station_id]:
@@ -143,7 +178,8 @@ class MpcScheduler:
                 lim = prof.limit_at(now)
                 if lim is not None:
                     limits_sent[key] = lim / 1000.0
-            site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent)
+            site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent,
+                                                   self.forecaster)
             started = time.perf_counter()
             try:
                 result = await asyncio.wait_for(

@@ -16,34 +16,15 @@ import numpy as np
 
 from gateway.episode import Episode
 from gateway.scheduler.forecast import ArrivalModel, SessionForecaster, believed_departure
-from gateway.scheduler.inputs import (
-    connected_mask,
-    prorated_demand_charge,
-    site_inputs,
-    target_within_horizon,
-)
+from gateway.scheduler.inputs import prorated_demand_charge, site_inputs
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
+from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
 
 Key = tuple[str, int]
 
 
-@dataclass
-class View:
-    """An EV as the gateway sees it. ``None`` means the gateway does not know it."""
-
-    key: Key
-    arrival: datetime
-    delivered_kwh: float  # battery side, since plug-in (the meter and EV losses give this)
-    max_charge_kw: float  # EV and EVSE together
-    max_discharge_kw: float  # 0 unless both sides can discharge and the EV talks ISO 15118
-    eff_charge: float
-    eff_discharge: float
-    full: bool  # the EV stopped accepting energy (reached its own target)
-    departure: datetime | None  # announced by the EV / driver (maybe wrong)
-    energy_kwh: float | None  # battery energy now (ISO 15118 EVs)
-    capacity_kwh: float | None
-    need_kwh: float | None  # energy asked for in total since plug-in
-    reserve_kwh: float
+# An EV as the gateway sees it: the same view the live loop builds (gateway.scheduler.slots).
+View = SessionView
 
 
 @dataclass
@@ -133,12 +114,6 @@ class Edf(_Base):
                      requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
         site = episode.site_type or episode.name
         self.forecaster.observe(site, arrival, departure, requested_kwh, announced)
-
-
-# An EV that still accepts energy once its forecast need is met is assumed to want this much more.
-TOPUP_KWH = 5.0
-# Plan to finish this long before an announced departure: announcements are often late.
-ANNOUNCED_MARGIN = timedelta(minutes=90)
 
 
 @dataclass
@@ -247,34 +222,9 @@ class Mpc(_Base):
         return out
 
     def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
-        n = len(grid)
-        if v is None or (v.full and v.max_discharge_kw <= 0):
-            return SlotInput(key=key, connected=np.zeros(n, dtype=bool), energy_kwh=0.0, capacity_kwh=0.0,
-                             target_energy_kwh=0.0, reserve_energy_kwh=0.0, max_charge_kw=0.0,
-                             max_discharge_kw=0.0)
         site = self.episode.site_type or self.episode.name
-        fc = self.forecaster.forecast(site, v.arrival, now)
-        margin = self.forecaster.announcement_margin(site, self.announced_margin) if self.learn_margin \
-            else self.announced_margin
-        dep, may_discharge = believed_departure(v.departure, fc.departure, now, margin)
-        need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + TOPUP_KWH)
-        if v.energy_kwh is not None and v.capacity_kwh is not None:
-            e_now, cap = v.energy_kwh, v.capacity_kwh
-        else:  # energy so far, on a 0-based scale with room for the need and some more
-            e_now, cap = v.delivered_kwh, max(need, v.delivered_kwh) + TOPUP_KWH
-        start = e_now - v.delivered_kwh
-        target = min(start + need, cap)
-        cap = max(target, e_now)  # the EV stops taking energy at its target
-        if v.full:
-            target = min(target, e_now)
-        target = target_within_horizon(e_now, target, v.max_charge_kw, v.eff_charge, grid.end(), dep)
-        return SlotInput(
-            key=key, connected=connected_mask(grid, dep), energy_kwh=e_now, capacity_kwh=cap,
-            target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
-            max_charge_kw=v.max_charge_kw, max_discharge_kw=v.max_discharge_kw,
-            eff_charge=v.eff_charge, eff_discharge=v.eff_discharge,
-            discharge_allowed=may_discharge and v.max_discharge_kw > 0,
-        )
+        rules = SlotRules(announced_margin=self.announced_margin, learn_margin=self.learn_margin)
+        return slot_input(v, key, grid, now, self.forecaster, site, rules)
 
 
 def _tod(when: datetime) -> int:

@@ -153,3 +153,37 @@ async def test_grid_event_discharges_only_where_allowed(site: GatewayHarness) ->
                for lim in (x["limit"] for x in p["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]))
     await bidi.close()
     await uni.close()
+
+
+async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: GatewayHarness) -> None:
+    from gateway.scheduler.mpc import MpcScheduler
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    name = site.settings.site.name
+    st, sink = await plug_in(site, "CS-F", tid="TX-F")
+
+    async def planned() -> bool:
+        return len(sink.profiles) >= 1
+
+    await wait_for(planned)
+    before = sched.observed
+    await st.ok("TransactionEvent", tx_event("Ended", 1, tid="TX-F", meterValue=energy(4000.0)))
+
+    async def fed() -> bool:
+        return sched.observed > before
+
+    await wait_for(fed)
+    # The completed session is in the forecaster's history (nothing is kept for a later one).
+    assert sum(len(v) for (s, _), v in sched.forecaster._dwell.items() if s == name) == 1
+    assert not site.gw.state.completed
+
+    async def ended_in_db() -> bool:
+        return bool(await fetch(site.database_url, "SELECT 1 FROM transactions WHERE ended_at IS NOT NULL"))
+
+    await wait_for(ended_in_db)
+    # A scheduler that starts later (restart, failover) reads the same history from Postgres.
+    fresh = MpcScheduler(site.gw)
+    assert await fresh.bootstrap() == 1
+    assert sum(len(v) for (s, _), v in fresh.forecaster._dwell.items() if s == name) == 1
+    await st.close()

@@ -1,0 +1,135 @@
+"""One EV session as the gateway knows it -> the LP's slot. Pure: no I/O.
+
+The single rule set for what the planner assumes about a session, used by the live loop
+(:mod:`gateway.scheduler.live_inputs`) and by the offline evaluator's MPC
+(:class:`gateway.scheduler.policies.Mpc`), so what the evaluator measures is what runs live:
+
+- departure: an announced one (the driver's, else the EV's) wins over the forecast; the EV's is
+  planned ``margin`` early (learned from how late announcements ran at this site); once that point has
+  passed the EV is due (short rolling deadline, no discharge); no announcement: the forecast from
+  history (:class:`gateway.scheduler.forecast.SessionForecaster`), rolled forward past overstay;
+- energy: the announced need (driver or EV), else the forecast need, and at least a top-up more
+  for an EV that still takes energy once the guess is met;
+- battery scale: SoC x capacity when the EV tells (ISO 15118), else energy since plug-in;
+- an EV leaving after the horizon needs by its end only what it cannot get afterwards;
+- charge-now: a deadline as early as full power could make it, no discharge;
+- a charger drawing more than it was told is planned at its measured draw (fixed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from gateway.scheduler.forecast import SessionForecaster, believed_departure
+from gateway.scheduler.inputs import connected_mask, target_within_horizon
+from gateway.scheduler.problem import SlotInput, TimeGrid
+
+Key = tuple[str, int]
+
+# An EV that still accepts energy once its forecast need is met is assumed to want this much more.
+TOPUP_KWH = 5.0
+# Plan to finish this long before an announced departure until history shows how late EVs announce.
+ANNOUNCED_MARGIN = timedelta(minutes=90)
+# Charge-now: the shortest deadline planned, so a nearly full EV still gets a few steps.
+CHARGE_NOW_MIN = timedelta(minutes=15)
+
+
+@dataclass
+class SessionView:
+    """An EV session as the gateway sees it. ``None`` means the gateway does not know it."""
+
+    key: Key
+    arrival: datetime
+    delivered_kwh: float  # battery side, since plug-in (the meter and EV losses give this)
+    max_charge_kw: float  # EV and EVSE together
+    max_discharge_kw: float  # 0 unless both sides can discharge (hardware, dialect and driver allow)
+    eff_charge: float
+    eff_discharge: float
+    full: bool  # the EV stopped accepting energy (reached its own target)
+    departure: datetime | None  # announced by the EV / driver (maybe wrong)
+    energy_kwh: float | None  # battery energy now (ISO 15118 EVs: SoC x capacity)
+    capacity_kwh: float | None
+    need_kwh: float | None  # energy asked for in total since plug-in
+    reserve_kwh: float
+    charge_now: bool = False  # the driver wants it as fast as the site allows
+    fixed_kw: float | None = None  # measured draw of a charger ignoring its limit
+    # The departure is the driver's own, set for this session (the app): planned as given, with no
+    # margin, so "by 18:00" means by 18:00 and not 90 minutes before under a demand charge.
+    departure_firm: bool = False
+
+
+@dataclass(frozen=True)
+class SlotRules:
+    """The knobs of :func:`slot_input` (the same defaults live and offline)."""
+
+    announced_margin: timedelta = ANNOUNCED_MARGIN  # used until history shows how late EVs announce
+    learn_margin: bool = True
+    # How early, among past sessions, an EV left against its announcement that the plan still covers.
+    # 0.99 was measured too (docs/benchmarks-scheduler.md): +0 to +2 points on workplace draws,
+    # -0.4 on the depot, so not adopted.
+    margin_quantile: float = 0.95
+    topup_kwh: float = TOPUP_KWH
+
+
+def empty_slot(key: Key, n: int, max_charge_kw: float = 0.0) -> SlotInput:
+    """A slot with nothing plugged in: never connected, so it costs the LP nothing but keeps the shape."""
+    return SlotInput(key=key, connected=np.zeros(n, dtype=bool), energy_kwh=0.0, capacity_kwh=0.0,
+                     target_energy_kwh=0.0, reserve_energy_kwh=0.0, max_charge_kw=max_charge_kw,
+                     max_discharge_kw=0.0)
+
+
+def departure_for(v: SessionView, now: datetime, forecaster: SessionForecaster, site: str,
+                  rules: SlotRules) -> tuple[datetime, bool]:
+    """(departure to plan for, still free to discharge)."""
+    fc = forecaster.forecast(site, v.arrival, now)
+    if v.departure_firm:
+        margin = timedelta(0)
+    else:
+        margin = rules.announced_margin
+        if rules.learn_margin:
+            margin = forecaster.announcement_margin(site, rules.announced_margin, rules.margin_quantile)
+    return believed_departure(v.departure, fc.departure, now, margin)
+
+
+def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, forecaster: SessionForecaster,
+               site: str, rules: SlotRules = SlotRules()) -> SlotInput:
+    """The LP slot for the session ``v`` on the EVSE ``key`` (``None``: nothing plugged in)."""
+    n = len(grid)
+    if v is None or (v.full and v.max_discharge_kw <= 0 and v.fixed_kw is None):
+        return empty_slot(key, n)
+    fc = forecaster.forecast(site, v.arrival, now)
+    dep, may_discharge = departure_for(v, now, forecaster, site, rules)
+    need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + rules.topup_kwh)
+    if v.energy_kwh is not None and v.capacity_kwh is not None:
+        e_now, cap = v.energy_kwh, v.capacity_kwh
+    else:  # energy so far, on a 0-based scale with room for the need and some more
+        e_now, cap = v.delivered_kwh, max(need, v.delivered_kwh) + rules.topup_kwh
+    start = e_now - v.delivered_kwh
+    target = min(start + need, cap)
+    cap = max(target, e_now)  # the EV stops taking energy at its target
+    if v.full:
+        target = min(target, e_now)
+    max_c, max_d = v.max_charge_kw, v.max_discharge_kw
+    if v.charge_now:
+        # "As fast as the site allows": a deadline as early as full power could make it.
+        remaining = max(target - e_now, 0.0)
+        hours = remaining / (max_c * v.eff_charge) if max_c > 0 and remaining > 0 else 0.0
+        dep = min(dep, now + max(timedelta(hours=hours), CHARGE_NOW_MIN))
+        may_discharge, max_d = False, 0.0
+    target = target_within_horizon(e_now, target, max_c, v.eff_charge, grid.end(), dep)
+    min_c = 0.0
+    if v.fixed_kw is not None:
+        # The charger draws more than it was told: plan its measured draw as fixed so the other
+        # slots make room for it and the site limit still holds.
+        min_c = max_c = max(v.fixed_kw, 0.0)
+        cap = max(cap, e_now + max_c * float(np.sum(grid.hours())))
+    return SlotInput(
+        key=key, connected=connected_mask(grid, dep), energy_kwh=e_now, capacity_kwh=cap,
+        target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
+        max_charge_kw=max(max_c, 0.0), max_discharge_kw=max_d, min_charge_kw=min_c,
+        eff_charge=v.eff_charge, eff_discharge=v.eff_discharge,
+        discharge_allowed=may_discharge and max_d > 0,
+    )
