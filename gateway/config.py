@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     profile_stack_level: int = 1
     max_profile_periods: int = 24  # OCPP PeriodsPerSchedule most stations accept
     profile_push_concurrency: int = 100
+    ev_efficiency: float = 0.92  # charge and discharge efficiency assumed between meter and battery
     default_ev_room_kwh: float = 60.0  # battery room assumed when an EV does not tell its SoC
     noncompliance_tolerance_kw: float = 1.0  # measured power above the sent limit by more: ignored
 

@@ -139,6 +139,12 @@ class Session:
     def key(self) -> tuple[str, int]:
         return (self.station_id, self.evse_id)
 
+    def stored_kwh(self, efficiency: float) -> float:
+        """Energy into the battery since plug-in, from the EVSE meter: what goes in loses
+        ``efficiency`` on the way, what comes out cost more than was metered. Requests (ISO 15118
+        EnergyAmount, a driver's kWh) are counted on this, battery, side."""
+        return self.energy_in_kwh * efficiency - self.energy_out_kwh / efficiency
+
 
 @dataclass(frozen=True, slots=True)
 class PlannedSession:

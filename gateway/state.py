@@ -174,7 +174,7 @@ class SiteState:
         s = self.evse(station_id, evse_id).session
         if s is not None:
             s.needs = needs
-            self.needs_baseline_kwh[s.transaction_id] = s.energy_in_kwh - s.energy_out_kwh
+            self.needs_baseline_kwh[s.transaction_id] = s.stored_kwh(self.settings.ev_efficiency)
 
     def set_preferences(self, transaction_id: str, prefs: Preferences) -> None:
         s = self.session_by_tx(transaction_id)
@@ -187,7 +187,7 @@ class SiteState:
     # --- the inputs of one session --------------------------------------------------------
     def resolve(self, s: Session) -> Resolved:
         p, n, cfg = s.preferences, s.needs, self.settings
-        delivered = s.energy_in_kwh - s.energy_out_kwh
+        delivered = s.stored_kwh(cfg.ev_efficiency)
         if p.departure_time is not None:
             departure, dep_src = p.departure_time, "driver"
         elif n.departure_time is not None:

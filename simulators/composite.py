@@ -333,6 +333,15 @@ class ProfileStore:
         ]
         return min(limits) if limits else None
 
+    def next_change(self, after: datetime, within: timedelta, txs: Mapping[int, Transaction | None]) -> datetime | None:
+        """The first moment in (after, after + within) at which any installed profile may change
+        the limit of an EVSE, so the station can switch exactly then (real chargers do)."""
+        end = after + within
+        moments: set[datetime] = set()
+        for p in self.profiles.values():
+            moments |= _breakpoints(p, after, end, txs.get(p.evse_id))
+        return min(moments) if moments else None
+
     def station_max_w(self, t: datetime) -> float | None:
         """The cap on the whole station's import: ChargingStationMaxProfile (and external
         constraints) on evseId 0. A TxDefaultProfile on evseId 0 is *not* a station total: it is

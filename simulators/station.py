@@ -523,7 +523,13 @@ class Station:
     async def _physics_loop(self) -> None:
         step = max(self.config.physics_step_sim_s, self.config.physics_min_step_real_s * self.clock.scale)
         while True:
-            await self.clock.sleep(step)
+            now = self.clock.now()
+            wake = now + timedelta(seconds=step)
+            # A profile period that starts before the next tick takes effect at its boundary, not
+            # up to a tick late (at a high time scale a tick is minutes of simulated time).
+            txs = {eid: e.session.transaction if e.session else None for eid, e in self.evses.items()}
+            boundary = self.profiles.next_change(now, timedelta(seconds=step), txs)
+            await self.clock.sleep_until(min(wake, boundary) if boundary is not None else wake)
             self.update()
 
     async def _meter_loop(self) -> None:

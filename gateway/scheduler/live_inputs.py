@@ -20,6 +20,7 @@ import numpy as np
 
 from gateway.config import Settings
 from gateway.domain import ChargeMode, DischargeDialect, Session
+from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler import inputs
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
@@ -27,7 +28,6 @@ from gateway.scheduler.slots import SessionView, SlotRules, slot_input
 from gateway.state import EvseState, Resolved, SiteState
 
 # Efficiency assumed for an EV that does not tell (SlotInput's default; ISO 15118 does not carry it).
-DEFAULT_EFFICIENCY = 0.92
 
 
 def new_forecaster(settings: Settings) -> SessionForecaster:
@@ -76,7 +76,7 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
                  limit_sent_kw: float | None) -> SessionView:
     """What the gateway knows about the session ``s`` on ``st``; guesses are left ``None``."""
     spec = st.spec
-    delivered = s.energy_in_kwh - s.energy_out_kwh
+    delivered = s.stored_kwh(settings.ev_efficiency)
     max_c = spec.max_charge_kw
     if s.needs.ev_max_charge_kw is not None:
         max_c = min(max_c, s.needs.ev_max_charge_kw)
@@ -93,7 +93,7 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
         fixed = min(s.power_kw, spec.max_charge_kw)
     return SessionView(
         key=spec.key, arrival=s.started_at, delivered_kwh=max(delivered, 0.0), max_charge_kw=max(max_c, 0.0),
-        max_discharge_kw=max(max_d, 0.0), eff_charge=DEFAULT_EFFICIENCY, eff_discharge=DEFAULT_EFFICIENCY,
+        max_discharge_kw=max(max_d, 0.0), eff_charge=settings.ev_efficiency, eff_discharge=settings.ev_efficiency,
         full=False, departure=r.departure if r.departure_source != "forecast" else None,
         energy_kwh=e_now, capacity_kwh=cap,
         need_kwh=r.energy_wanted_kwh if r.energy_source != "forecast" else None,
@@ -123,6 +123,7 @@ def build(
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
     fc = forecaster if forecaster is not None else new_forecaster(settings)
     site = site_inputs(state, now, settings)
+    reserve_for_plug_ins(site, state, settings)
     slots: list[SlotInput] = []
     metas: list[SlotMeta] = []
     for key in sorted(state.evses):
@@ -130,6 +131,19 @@ def build(
         slots.append(slot)
         metas.append(meta)
     return site, slots, metas
+
+
+def reserve_for_plug_ins(site: SiteInputs, state: SiteState, settings: Settings) -> None:
+    """Keep room under the import limit for EVs that plug into idle EVSEs: each draws its
+    TxDefaultProfile limit (gateway/ocpp/defaults.py) until its own plan arrives, and the profiles
+    already sent to the others hold until the re-plan, at whatever step the plug-in falls. So the
+    room is kept over the whole horizon; it shrinks as EVSEs fill, and the next re-plan after a
+    plug-in gives it to the newcomer."""
+    idle = sum(1 for e in state.evses.values() if e.session is None)
+    if idle == 0:
+        return
+    per_evse = default_limit_kw(settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+    site.import_limit_kw = np.maximum(site.import_limit_kw - idle * per_evse, 0.0)
 
 
 def inputs_digest(site: SiteInputs, slots: list[SlotInput]) -> str:

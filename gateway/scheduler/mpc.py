@@ -26,6 +26,7 @@ from gateway import metrics
 from gateway.clock import to_rfc3339
 from gateway.domain import Plan, PlannedSession
 from gateway.ocpp import profiles
+from gateway.ocpp.defaults import default_limit_kw
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
 from gateway.scheduler.forecast import SessionForecaster
@@ -253,7 +254,10 @@ class MpcScheduler:
                     plan_id: int | None) -> tuple[int, int]:
         by_key = {(s.station_id, s.evse_id): s for s in plan.sessions}
         sem = asyncio.Semaphore(self.settings.profile_push_concurrency)
-        jobs = []
+        down: list[profiles.TxProfile] = []
+        up: list[profiles.TxProfile] = []
+        state = self.gw.state
+        default_w = 1000.0 * default_limit_kw(self.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
         for meta in metas:
             ps = by_key.get(meta.key)
             if ps is None or meta.session is None:
@@ -268,10 +272,17 @@ class MpcScheduler:
                 dialect=st.dialect, stack_level=self.settings.profile_stack_level,
                 max_periods=self.settings.max_profile_periods,
             )
-            if not profiles.differs(self._sent.get(meta.key), prof):
+            old = self._sent.get(meta.key)
+            if not profiles.differs(old, prof):
                 continue
-            jobs.append(self._send(sem, prof, plan_id, now))
-        results = await asyncio.gather(*jobs)
+            # Without a planned profile the EVSE runs on its TxDefaultProfile.
+            old_now = old.limit_at(now) if old is not None else None
+            before_w = old_now if old_now is not None else default_w
+            (down if prof.periods[0].limit_w <= before_w else up).append(prof)
+        # Lower limits first, higher ones after they are in force: while profiles travel, the
+        # sum of what stations may draw never passes the plan's site total.
+        results = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in down)))
+        results += await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in up))
         sent = sum(1 for r in results if r)
         return sent, len(results) - sent
 
