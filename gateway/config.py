@@ -106,12 +106,17 @@ class Settings(BaseSettings):
     horizon_h: float = 24.0
     default_dwell_h: float = 8.0
     default_energy_kwh: float = 20.0
+    # Mobility as a price: what a kWh a driver asked for and did not get costs the plan (the same
+    # value the offline evaluator prices shortfalls at).
     unmet_energy_penalty_per_kwh: float = 5.0
     safe_limit_kw: float = 3.7  # constant limit sent when a planned profile is refused
     scheduler_backend: str = "auto"  # "highs" (direct) or "cvxpy" (DPP); auto = highs
     profile_stack_level: int = 1
     max_profile_periods: int = 24  # OCPP PeriodsPerSchedule most stations accept
     profile_push_concurrency: int = 100
+    # Plan discharge only inside grid-event windows (export requests). Arbitrage on time-of-use
+    # spreads against uncertain departures drained parked cars in the 50-station demo.
+    discharge_only_in_grid_events: bool = True
     ev_efficiency: float = 0.92  # charge and discharge efficiency assumed between meter and battery
     default_ev_room_kwh: float = 60.0  # battery room assumed when an EV does not tell its SoC
     noncompliance_tolerance_kw: float = 1.0  # measured power above the sent limit by more: ignored

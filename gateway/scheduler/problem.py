@@ -146,6 +146,9 @@ class SiteInputs:
     # Steps whose import counts toward this billing period's peak (None: all). A horizon that runs
     # into the next period must not let that period's peak excuse a higher one in this period.
     demand_mask: BoolArr | None = None
+    # Steps in which any EV may discharge (None: all). The live loop limits discharge to grid
+    # events (Settings.discharge_only_in_grid_events).
+    discharge_mask: BoolArr | None = None
 
 
 @dataclass
@@ -241,6 +244,8 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
     cmax = conn * np.maximum(col("max_charge_kw"), 0.0)[:, None]
     allowed = np.array([sl.discharge_allowed for sl in slots], dtype=bool)
     dmax = conn * (np.maximum(col("max_discharge_kw"), 0.0) * allowed)[:, None]
+    if site.discharge_mask is not None:
+        dmax = dmax * np.asarray(site.discharge_mask, dtype=bool)[None, :n]
     building = _arr(site.building_load_kw, n)
     imp_lim = _arr(site.import_limit_kw, n)
     cmin = _charge_floor(conn, np.minimum(col("min_charge_kw"), col("max_charge_kw")), h, eff_c,
