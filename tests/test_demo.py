@@ -7,16 +7,19 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli import GATEWAY
 
 
+@pytest.mark.timeout(600)
 def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     summary, report = tmp_path / "summary.json", tmp_path / "report.html"
     env = {**os.environ, "GATEWAY_DATABASE_URL": clean_db}
     result = subprocess.run(
         [GATEWAY, "demo", "--stations", "6", "--time-scale", "4000", "--api-port", "0", "--ocpp-port", "0",
          "--json", str(summary), "--report", str(report)],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
+        capture_output=True, text=True, env=env, timeout=540, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "=== demo summary ===" in result.stdout
     data = json.loads(summary.read_text())

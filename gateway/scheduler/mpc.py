@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEBOUNCE_MAX_SIM_S = 30.0
+STOP_WAIT_S = 5.0
 # Completed transactions read from Postgres at start to seed the departure forecast.
 BOOTSTRAP_SESSIONS = 500
 
@@ -120,8 +121,13 @@ class MpcScheduler:
             self._debounce.cancel()
         for t in list(self._tasks):
             t.cancel()
-        async with self._lock:  # let a solve in progress finish before the engine goes away
-            pass
+        # Let a re-plan in progress finish before the engine goes away, but never hold up the
+        # shutdown deadline for it (its pushes fail fast once the stations are gone).
+        try:
+            await asyncio.wait_for(self._lock.acquire(), STOP_WAIT_S)
+            self._lock.release()
+        except TimeoutError:
+            log.warning("scheduler stopped with a re-plan still running")
 
     # --- triggers ---------------------------------------------------------------------------
     def on_event(self, event: ev.Event, replan: bool) -> None:
