@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.clock import RealClock
 from gateway.config import Settings
@@ -51,66 +53,69 @@ def _parse_evse(text: str) -> tuple[int, float, float]:
         raise argparse.ArgumentTypeError(f"bad --evse {text!r}: {exc}") from exc
 
 
-def station_cli(settings: Settings, args: argparse.Namespace) -> int:
+def _run(settings: Settings, args: argparse.Namespace,
+         command: Callable[[Settings, argparse.Namespace, async_sessionmaker[AsyncSession]], Awaitable[int]]) -> int:
+    """One short-lived engine per command; a clear error without a database URL."""
     if not settings.database_url:
         print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)", file=sys.stderr)
         return 2
-    return asyncio.run(_station(settings, args))
+
+    async def main() -> int:
+        engine = make_engine(settings.database_url or "", pool_size=2)
+        try:
+            return await command(settings, args, sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
 
 
-async def _station(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url or "", pool_size=2)
-    repo = StationRepository(sessionmaker(engine))
-    try:
-        if args.station_command == "add":
-            sid = valid_station_id(args.station_id, settings.max_station_id_length)
-            if sid is None:
-                print(f"error: invalid station id {args.station_id!r}", file=sys.stderr)
-                return 2
-            password = sys.stdin.readline().rstrip("\r\n")
-            if len(password) < MIN_PASSWORD_LENGTH or len(password) > 40:
-                print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
-                return 2
-            await repo.add(sid, hash_password(password), security_profile=args.security_profile,
-                           discharge_dialect=args.discharge_dialect, now=RealClock().now())
-            for spec in args.evse or []:
-                evse_id, charge, discharge = _parse_evse(spec)
-                await repo.upsert_evse(sid, evse_id, max_charge_kw=charge, max_discharge_kw=discharge,
-                                       bidirectional=discharge > 0)
-            print(f"station {sid} registered (security profile {args.security_profile})")
-        elif args.station_command == "list":
-            print(f"{'id':<24} {'profile':>7} {'enabled':>7} {'online':>6}  {'vendor/model':<30} last seen")
-            for s in await repo.list():
-                vm = f"{s.vendor or '-'}/{s.model or '-'}"
-                seen = s.last_seen_at.isoformat() if s.last_seen_at else "-"
-                print(f"{s.id:<24} {s.security_profile:>7} {s.enabled!s:>7} {s.connected!s:>6}  {vm:<30} {seen}")
-        elif args.station_command == "disable":
-            if not await repo.set_enabled(args.station_id, False):
-                print(f"error: no station {args.station_id!r}", file=sys.stderr)
-                return 1
-            print(f"station {args.station_id} disabled")
-        return 0
-    finally:
-        await engine.dispose()
+def station_cli(settings: Settings, args: argparse.Namespace) -> int:
+    return _run(settings, args, _station)
+
+
+async def _station(settings: Settings, args: argparse.Namespace, sessions: async_sessionmaker[AsyncSession]) -> int:
+    repo = StationRepository(sessions)
+    if args.station_command == "add":
+        sid = valid_station_id(args.station_id, settings.max_station_id_length)
+        if sid is None:
+            print(f"error: invalid station id {args.station_id!r}", file=sys.stderr)
+            return 2
+        password = sys.stdin.readline().rstrip("\r\n")
+        if len(password) < MIN_PASSWORD_LENGTH or len(password) > 40:
+            print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
+            return 2
+        await repo.add(sid, hash_password(password), security_profile=args.security_profile,
+                       discharge_dialect=args.discharge_dialect, now=RealClock().now())
+        for spec in args.evse or []:
+            evse_id, charge, discharge = _parse_evse(spec)
+            await repo.upsert_evse(sid, evse_id, max_charge_kw=charge, max_discharge_kw=discharge,
+                                   bidirectional=discharge > 0)
+        print(f"station {sid} registered (security profile {args.security_profile})")
+    elif args.station_command == "list":
+        print(f"{'id':<24} {'profile':>7} {'enabled':>7} {'online':>6}  {'vendor/model':<30} last seen")
+        for s in await repo.list():
+            vm = f"{s.vendor or '-'}/{s.model or '-'}"
+            seen = s.last_seen_at.isoformat() if s.last_seen_at else "-"
+            print(f"{s.id:<24} {s.security_profile:>7} {s.enabled!s:>7} {s.connected!s:>6}  {vm:<30} {seen}")
+    elif args.station_command == "disable":
+        if not await repo.set_enabled(args.station_id, False):
+            print(f"error: no station {args.station_id!r}", file=sys.stderr)
+            return 1
+        print(f"station {args.station_id} disabled")
+    return 0
 
 
 def token_cli(settings: Settings, args: argparse.Namespace) -> int:
-    if not settings.database_url:
-        print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)", file=sys.stderr)
-        return 2
-    return asyncio.run(_token(settings, args))
+    return _run(settings, args, _token)
 
 
-async def _token(settings: Settings, args: argparse.Namespace) -> int:
-    engine = make_engine(settings.database_url or "", pool_size=2)
-    repo = TokenRepository(sessionmaker(engine))
-    try:
-        if args.token_command == "add":
-            await repo.add(args.id_token, args.type, RealClock().now())
-            print(f"idToken {args.id_token} accepted")
-        else:
-            for t in await repo.list():
-                print(f"{t.id_token:<36} {t.type:<14} {t.status}")
-        return 0
-    finally:
-        await engine.dispose()
+async def _token(settings: Settings, args: argparse.Namespace, sessions: async_sessionmaker[AsyncSession]) -> int:
+    repo = TokenRepository(sessions)
+    if args.token_command == "add":
+        await repo.add(args.id_token, args.type, RealClock().now())
+        print(f"idToken {args.id_token} accepted")
+    else:
+        for t in await repo.list():
+            print(f"{t.id_token:<36} {t.type:<14} {t.status}")
+    return 0
