@@ -50,6 +50,9 @@ def broker_address(url: str) -> tuple[str, int]:
     return parts.hostname, parts.port or 1883
 
 
+STOP_WAIT_S = 5.0
+
+
 class MqttBridge:
     def __init__(self, gw: Gateway) -> None:
         settings = gw.settings
@@ -91,9 +94,10 @@ class MqttBridge:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        # A client stuck in its disconnect must not hold up the gateway's shutdown deadline.
+        _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+        if pending:
+            log.warning("MQTT bridge: %d task(s) did not stop within %g s", len(pending), STOP_WAIT_S)
         if self._sub is not None:
             self._sub.close()
         self._set_connected(False)
