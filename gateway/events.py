@@ -94,17 +94,6 @@ class SiteInputsChanged(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class MeterSample(Event):
-    station_id: str
-    evse_id: int
-    measurand: str
-    value: float
-    unit: str | None = None
-    phase: str | None = None
-    transaction_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class PlanPublished(Event):
     plan_id: int | None
     status: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class TcpProxy:
@@ -68,8 +69,8 @@ class TcpProxy:
         await self.cut()
 
 
-def proxied_database_url(url: str) -> tuple[TcpProxy, str]:
-    """A proxy in front of the database of ``url`` and the URL that goes through it."""
+def proxied_database_url(url: str) -> tuple[TcpProxy, Callable[[int], str]]:
+    """A proxy in front of the database of ``url``, and the URL through it once it has a port."""
     from urllib.parse import parse_qs, urlsplit
 
     parts = urlsplit(url)
@@ -85,5 +86,4 @@ def proxied_database_url(url: str) -> tuple[TcpProxy, str]:
     def url_for(port: int) -> str:
         return f"postgresql+asyncpg://{user}@127.0.0.1:{port}{path}"
 
-    proxy.url_for = url_for  # type: ignore[attr-defined]
-    return proxy, ""
+    return proxy, url_for

@@ -3,7 +3,6 @@ grid events, tariffs and operator site settings."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -130,6 +129,3 @@ class PlanningRepository:
             rec = await s.get(m.SiteSetting, key)
             return rec.value if rec else None
 
-
-def needs_json(needs: EvNeeds) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in asdict(needs).items()}

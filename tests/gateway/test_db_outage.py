@@ -15,9 +15,9 @@ from tests.tcp_proxy import proxied_database_url
 
 @pytest.fixture
 async def proxy_and_url(clean_db: str) -> Any:
-    proxy, _ = proxied_database_url(clean_db)
+    proxy, url_for = proxied_database_url(clean_db)
     port = await proxy.start()
-    yield proxy, proxy.url_for(port)  # type: ignore[attr-defined]
+    yield proxy, url_for(port)
     await proxy.close()
 
 
