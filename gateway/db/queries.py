@@ -27,6 +27,18 @@ class Bucket:
     count: int
 
 
+def _meter_filter(station_id: str | None, transaction_id: str | None, evse_id: int | None,
+                  measurand: str | None, start: datetime, end: datetime) -> ColumnElement[bool]:
+    mv = m.MeterValue
+    return _where(
+        mv.station_id == station_id if station_id is not None else None,
+        mv.transaction_id == transaction_id if transaction_id is not None else None,
+        mv.evse_id == evse_id if evse_id is not None else None,
+        mv.measurand == measurand if measurand is not None else None,
+        mv.ts >= start, mv.ts < end,
+    )
+
+
 def _where(*conds: ColumnElement[bool] | None) -> ColumnElement[bool]:
     return and_(literal(True), *(c for c in conds if c is not None))
 
@@ -89,13 +101,7 @@ class Queries:
         measurand: str | None, start: datetime, end: datetime, limit: int, offset: int,
     ) -> tuple[list[m.MeterValue], int]:
         mv = m.MeterValue
-        where = _where(
-            mv.station_id == station_id if station_id is not None else None,
-            mv.transaction_id == transaction_id if transaction_id is not None else None,
-            mv.evse_id == evse_id if evse_id is not None else None,
-            mv.measurand == measurand if measurand is not None else None,
-            mv.ts >= start, mv.ts < end,
-        )
+        where = _meter_filter(station_id, transaction_id, evse_id, measurand, start, end)
         async with self._sessions() as s:
             total = (await s.execute(select(func.count()).select_from(mv).where(where))).scalar_one()
             rows = (await s.execute(select(mv).where(where).order_by(mv.ts, mv.id)
@@ -109,13 +115,7 @@ class Queries:
         """Samples averaged per ``bucket_s`` window with Postgres ``date_bin``; buckets are
         aligned on ``start`` so the first one begins exactly where the query does."""
         mv = m.MeterValue
-        where = _where(
-            mv.station_id == station_id if station_id is not None else None,
-            mv.transaction_id == transaction_id if transaction_id is not None else None,
-            mv.evse_id == evse_id if evse_id is not None else None,
-            mv.measurand == measurand if measurand is not None else None,
-            mv.ts >= start, mv.ts < end,
-        )
+        where = _meter_filter(station_id, transaction_id, evse_id, measurand, start, end)
         bucket = func.date_bin(timedelta(seconds=bucket_s), mv.ts, start).label("bucket")
         keys = (bucket, mv.station_id, mv.evse_id, mv.measurand, mv.phase, mv.unit)
         grouped = (select(*keys, func.avg(mv.value), func.min(mv.value), func.max(mv.value), func.count())
