@@ -9,21 +9,34 @@ is assumed to stay a little longer (a rolling extension) rather than to have lef
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
+from numpy.typing import NDArray
+
+FloatArr = NDArray[np.float64]
 
 MIN_SAMPLES = 5  # fewer sessions in an hour bucket than this and the site-wide figure is used
+NEAR_HOURS = 3  # how far from an arrival hour with too little history to look for similar sessions
 OVERSTAY_EXTENSION = timedelta(minutes=30)
 DUE_EXTENSION = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Possible departures (POSIX seconds, ascending) with their relative weights."""
+
+    times: FloatArr
+    weights: FloatArr
 
 
 @dataclass
 class Forecast:
     departure: datetime
     energy_kwh: float
-    source: str  # "history-hour", "history-site", "default"
+    source: str  # "history-hour", "history-near" (hours around it), "history-site", "default"
 
 
 @dataclass
@@ -35,12 +48,17 @@ class SessionForecaster:
     _dwell: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _energy: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _early: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # Both caches are cleared by every observation (the planner asks per EV and step).
+    _cache: dict[tuple[object, ...], FloatArr] = field(default_factory=dict)
+    _picked: dict[tuple[object, ...], tuple[float, str]] = field(default_factory=dict)
 
     def observe(self, site: str, arrival: datetime, departure: datetime, energy_kwh: float | None,
                 announced: datetime | None = None) -> None:
         """Record a completed session (true departure; requested energy when it became known;
         the departure the EV had announced, to learn how far announcements are off)."""
         key = (site, arrival.hour)
+        self._cache.clear()
+        self._picked.clear()
         self._dwell[key].append((departure - arrival).total_seconds() / 3600.0)
         if energy_kwh is not None:
             self._energy[key].append(energy_kwh)
@@ -55,15 +73,52 @@ class SessionForecaster:
             return default
         return timedelta(hours=max(float(np.quantile(early, quantile)), 0.0))
 
+    def departure_samples(self, site: str, arrival: datetime, announced: datetime | None) -> Samples | None:
+        """Where a session like this one may end, from history; ``None`` when there is too little.
+
+        Not announced: the arrival plus the dwells of sessions that arrived at the same hour (or
+        near it). Announced: the announcement shifted by how much earlier than announced this
+        site's EVs left. (Weighting the dwell history by how likely each made the announcement
+        was measured too and did no better: docs/benchmarks-scheduler.md.) The planner prices a
+        shortfall at each by its probability (:func:`gateway.scheduler.slots.departure_scenarios`)."""
+        if announced is not None:
+            early = self._sorted(("early", site), lambda: self._early.get(site, []))
+            if len(early) < MIN_SAMPLES:
+                return None
+            return Samples(announced.timestamp() - early[::-1] * 3600.0, np.ones(len(early)))
+        dwell = self._sorted(("dwell", site, arrival.hour),
+                             lambda: self._similar(self._dwell, site, arrival.hour)[0])
+        if len(dwell) < MIN_SAMPLES:
+            return None
+        return Samples(arrival.timestamp() + dwell * 3600.0, np.ones(len(dwell)))
+
+    def _sorted(self, key: tuple[object, ...], values: Callable[[], list[float]]) -> FloatArr:
+        """Sorted history, cached until the next observation."""
+        got = self._cache.get(key)
+        if got is None:
+            got = np.sort(np.asarray(values(), dtype=float))
+            self._cache[key] = got
+        return got
+
+    def _similar(self, table: dict[tuple[str, int], list[float]], site: str, hour: int) -> tuple[list[float], str]:
+        """Sessions that arrived in the same hour; too few: widen to the hours around it (an
+        evening arrival is not like a morning one), then the whole site."""
+        for width in range(NEAR_HOURS + 1):
+            hours = {(hour + d) % 24 for d in range(-width, width + 1)}
+            vals = [v for h in hours for v in table.get((site, h), [])]
+            if len(vals) >= MIN_SAMPLES:
+                return vals, "history-hour" if width == 0 else "history-near"
+        return [v for (s, _), vals in table.items() if s == site for v in vals], "history-site"
+
     def _pick(self, table: dict[tuple[str, int], list[float]], site: str, hour: int, q: float,
               default: float) -> tuple[float, str]:
-        same = table.get((site, hour), [])
-        if len(same) >= MIN_SAMPLES:
-            return float(np.quantile(same, q)), "history-hour"
-        pooled = [v for (s, _), vals in table.items() if s == site for v in vals]
-        if len(pooled) >= MIN_SAMPLES:
-            return float(np.quantile(pooled, q)), "history-site"
-        return default, "default"
+        key = ("quantile", id(table), site, hour, q)
+        got = self._picked.get(key)
+        if got is None:
+            vals, src = self._similar(table, site, hour)
+            got = (float(np.quantile(vals, q)), src) if len(vals) >= MIN_SAMPLES else (default, "default")
+            self._picked[key] = got
+        return got
 
     def forecast(self, site: str, arrival: datetime, now: datetime) -> Forecast:
         dwell_h, src = self._pick(self._dwell, site, arrival.hour, self.dwell_quantile, self.default_dwell_h)

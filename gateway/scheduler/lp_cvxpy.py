@@ -49,11 +49,17 @@ class CvxModel:
         self.demand = cp.Parameter(nonneg=True)
         self.peak0 = cp.Parameter()
         self.unmet = cp.Parameter(s, nonneg=True)
+        # Earlier possible departures, dense over (slot, step): the target where there is one and
+        # the floor elsewhere (always met), and the price per kWh short there (EPS elsewhere, so the
+        # unused shortfall variables stay bounded for the interior-point solver).
+        self.risk_target = cp.Parameter((s, n))
+        self.risk_price = cp.Parameter((s, n), nonneg=True)
 
         a = cp.Variable((s, n), nonneg=True)  # AC kWh charged in the step
         b = cp.Variable((s, n), nonneg=True)  # AC kWh discharged in the step
         e = cp.Variable((s, n))  # battery kWh at the end of the step
         u = cp.Variable(s, nonneg=True)
+        r = cp.Variable((s, n), nonneg=True)  # kWh short at an earlier possible departure
         imp = cp.Variable(n, nonneg=True)  # kWh imported in the step
         exp = cp.Variable(n, nonneg=True)
         xi = cp.Variable(n, nonneg=True)
@@ -70,6 +76,7 @@ class CvxModel:
             e >= self.floor,
             e <= self.cap,
             e[:, n - 1] + u >= self.target,
+            e + r >= self.risk_target,
             imp - exp - cp.sum(a, axis=0) + cp.sum(b, axis=0) == self.building_h,
             imp - xi <= self.imp_lim_h,
             exp - xe <= self.exp_lim_h,
@@ -84,6 +91,7 @@ class CvxModel:
             + self.demand * peak
             + self.wear * cp.sum(b)
             + self.unmet @ u
+            + cp.sum(cp.multiply(self.risk_price, r))
             + EXCESS_PENALTY_PER_KWH * cp.sum(xi + xe)
             + EPS_PER_KWH * (cp.sum(a) + cp.sum(b) + cp.sum(imp) + cp.sum(exp))
         )
@@ -115,6 +123,12 @@ class CvxModel:
         self.demand.value = p.demand
         self.peak0.value = p.peak0
         self.unmet.value = p.unmet_penalty
+        risk_target = np.repeat(p.floor[:, None], len(h), axis=1)
+        risk_price = np.full((len(p.e0), len(h)), EPS_PER_KWH)
+        risk_target[p.risk_slot, p.risk_step] = p.risk_target
+        risk_price[p.risk_slot, p.risk_step] = p.risk_penalty
+        self.risk_target.value = risk_target
+        self.risk_price.value = risk_price
 
     def solve(self, p: Prepared, time_limit_s: float) -> RawSolution:
         self._set(p)

@@ -2,7 +2,8 @@
 
 One LP per site and re-plan. Decision variables per slot (one EVSE, or one EV offline) and step:
 AC charge power ``c >= 0`` and AC discharge power ``d >= 0`` (kW), battery energy at the end of
-the step ``E`` (kWh); per slot unmet energy ``u >= 0`` (kWh); per step site import/export
+the step ``E`` (kWh); per slot unmet energy ``u >= 0`` (kWh) and the shortfall ``r >= 0`` at each
+of its earlier possible departures; per step site import/export
 ``imp, exp >= 0`` (kW) and limit excess slacks ``xi, xe >= 0``; one scalar ``peak`` (kW).
 
 Objective (currency units)::
@@ -11,9 +12,18 @@ Objective (currency units)::
   + demand_charge * (peak - peak_so_far)              demand charge on the rise of the period's peak
   + wear * sum h_t d                                  battery wear per AC kWh discharged
   - sum_t pay_t h_t (building_t - imp_t + exp_t)      grid-event revenue
-  + sum_i unmet_penalty_i u_i                         mobility as a price (site's, or the slot's own)
+  + sum_i unmet_penalty_i w_i u_i                     mobility as a price (site's, or the slot's own)
+  + sum_(i,k) unmet_penalty_i w_ik r_ik               the same at each earlier possible departure k
   + EXCESS_PENALTY * sum h (xi + xe) + EPS * sum h (c + d + imp + exp)
   + early_bias * sum h_t c_t * (hours from now to the middle of step t)
+
+Departures are uncertain: a slot may carry earlier possible departures (``early_targets``), each
+a step at whose end the EV might leave with its probability ``w_ik``; ``r_ik >= target - E``
+there is the shortfall if it does, and the target at the last connected step carries the rest of
+the probability (``unmet_weight`` = ``w_i``). So the plan defers an EV's energy only where what
+deferring saves beats the expected price of leaving it short (the expected unmet energy over
+the departure distribution, in one LP; see gateway/scheduler/slots.py for where the points
+come from).
 
 Grid-event revenue is settled on the *net* site import below the baseline (the building load
 forecast, i.e. the site without EV activity), both ways: each kWh below it earns the payment, each
@@ -51,6 +61,9 @@ BoolArr = NDArray[np.bool_]
 
 # Above any plausible unmet-energy price, so the LP only exceeds a limit when building load forces it.
 EXCESS_PENALTY_PER_KWH = 1000.0
+# Above this many slots one LP no longer re-plans within seconds (docs/benchmarks-scheduler.md):
+# the site is planned as groups (gateway/scheduler/decompose.py).
+DECOMPOSE_ABOVE_SLOTS = 1000
 # Breaks ties toward no needless flow; keeps charge and discharge apart under negative prices.
 EPS_PER_KWH = 1e-4
 
@@ -168,6 +181,11 @@ class SlotInput:
     # This slot's price of energy missing at departure (None: the site's). Lower for a need that
     # is only a guess, so the plan does not buy it at any price.
     unmet_penalty_per_kwh: float | None = None
+    # Earlier possible departures: (step at whose end the EV may leave, energy it wants then, the
+    # probability); a shortfall there costs the unmet price times that probability. The target
+    # at the connected mask's end is weighted ``unmet_weight`` (the rest of the probability).
+    early_targets: tuple[tuple[int, float, float], ...] = ()
+    unmet_weight: float = 1.0
 
 
 @dataclass
@@ -212,7 +230,12 @@ class Prepared:
     wear: FloatArr  # wear * h
     demand: float
     peak0: float
-    unmet_penalty: FloatArr  # (S) per kWh not delivered
+    unmet_penalty: FloatArr  # (S) per kWh not delivered at the last connected step
+    # Earlier possible departures, one entry each: slot, step, target energy, price per kWh short.
+    risk_slot: NDArray[np.int64]
+    risk_step: NDArray[np.int64]
+    risk_target: FloatArr
+    risk_penalty: FloatArr
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -252,6 +275,21 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
                          cap - e0, np.maximum(imp_lim - building, 0.0))
     p_imp = _arr(site.import_price, n)
     p_exp = np.minimum(_arr(site.export_price, n), p_imp)
+    penalty = np.array([site.unmet_penalty_per_kwh if sl.unmet_penalty_per_kwh is None
+                        else sl.unmet_penalty_per_kwh for sl in slots], dtype=float)
+    merged: dict[tuple[int, int], tuple[float, float]] = {}
+    for i, sl in enumerate(slots):
+        steps = np.flatnonzero(conn[i])
+        if not len(steps):
+            continue
+        for step, tgt, w in sl.early_targets:
+            # Only steps the EV is connected through; a target above the ceiling cannot be met.
+            at = int(min(max(step, steps[0]), steps[-1]))
+            goal = min(max(float(tgt), float(floor[i])), float(cap[i]))
+            if w > 0 and goal > e0[i] + 1e-9:
+                _, price = merged.get((i, at), (goal, 0.0))
+                merged[(i, at)] = (goal, price + penalty[i] * float(w))
+    risks = [(i, at, goal, price) for (i, at), (goal, price) in merged.items()]
     return Prepared(
         h=h, conn=conn, cmax=cmax, cmin=cmin, dmax=dmax, e0=e0, floor=floor, cap=cap, target=target,
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
@@ -262,8 +300,11 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
                      else np.asarray(site.demand_mask, dtype=bool)[:n]),
         wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
         demand=float(site.demand_charge_per_kw), peak0=float(site.peak_so_far_kw),
-        unmet_penalty=np.array([site.unmet_penalty_per_kwh if sl.unmet_penalty_per_kwh is None
-                                else sl.unmet_penalty_per_kwh for sl in slots], dtype=float),
+        unmet_penalty=penalty * np.array([sl.unmet_weight for sl in slots], dtype=float),
+        risk_slot=np.array([r[0] for r in risks], dtype=np.int64),
+        risk_step=np.array([r[1] for r in risks], dtype=np.int64),
+        risk_target=np.array([r[2] for r in risks], dtype=float),
+        risk_penalty=np.array([r[3] for r in risks], dtype=float),
     )
 
 
@@ -313,17 +354,23 @@ def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSoluti
     delivered = np.where(p.conn.any(axis=1), raw.e_end - p.e0, 0.0)
     unmet = np.where(p.conn.any(axis=1), np.maximum(p.target - raw.e_end, 0.0), 0.0)
     unmet = np.where(unmet < 1e-6, 0.0, unmet)
+    # Energy over time from the flows, for the shortfall at each earlier possible departure.
+    e_path = p.e0[:, None] + np.cumsum((c * p.eff_c[:, None] - d / p.eff_d[:, None]) * p.h[None, :], axis=1)
+    risk_kwh = (np.maximum(p.risk_target - e_path[p.risk_slot, p.risk_step], 0.0)
+                if len(p.risk_slot) else np.zeros(0))
     terms = {
         "energy_cost": float((p.price_imp * p.h) @ imp - (p.price_exp * p.h) @ exp),
         "demand_charge": p.demand * (peak - p.peak0),
         "wear": float(p.wear @ d.sum(axis=0)),
         "grid_event_revenue": float((p.pay * p.h) @ (p.building - site_kw)),
         "unmet_penalty": float(p.unmet_penalty @ unmet),
+        # Expected price of leaving short at an earlier possible departure.
+        "departure_risk": float(p.risk_penalty @ risk_kwh),
         "limit_excess_kw_max": float(excess.max(initial=0.0)),
         "simultaneous_kw_max": float(np.minimum(raw.c, raw.d).max(initial=0.0)),
     }
     objective = (terms["energy_cost"] + terms["demand_charge"] + terms["wear"]
-                 - terms["grid_event_revenue"] + terms["unmet_penalty"])
+                 - terms["grid_event_revenue"] + terms["unmet_penalty"] + terms["departure_risk"])
     return PlanResult(
         grid=site.grid, keys=[sl.key for sl in slots], power_kw=power, status=raw.status,
         objective=objective, terms=terms, solve_s=solve_s, fallback=fallback,
@@ -375,15 +422,29 @@ class Planner:
     only where an EV is connected), "cvxpy" (DPP, compiled once per shape), "auto" (highs).
     ``solve`` never raises for solver trouble: it falls back to :func:`greedy_fallback`."""
 
-    def __init__(self, *, time_limit_s: float = 60.0, backend: str = "auto") -> None:
+    def __init__(self, *, time_limit_s: float = 60.0, backend: str = "auto",
+                 decompose_above_slots: int | None = DECOMPOSE_ABOVE_SLOTS) -> None:
         if backend not in ("auto", "highs", "cvxpy"):
             raise ValueError(f"unknown backend {backend!r}")
         self.time_limit_s = time_limit_s
+        self.decompose_above_slots = decompose_above_slots
+        self._groups: Any = None  # the DecomposedPlanner, made on first need
         self.backend = "highs" if backend == "auto" else backend
         self._cvx: dict[Any, Any] = {}
         self.last_build_s = 0.0
 
     def solve(self, site: SiteInputs, slots: list[SlotInput]) -> PlanResult:
+        if self.decompose_above_slots is not None and len(slots) > self.decompose_above_slots:
+            # One LP grows faster than its slots: a very large site is planned as groups that share
+            # its headroom (decompose.py), each solved as one LP by a planner that never splits.
+            from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
+
+            if self._groups is None:
+                one_lp = Planner(time_limit_s=self.time_limit_s, backend=self.backend, decompose_above_slots=None)
+                size = min(DEFAULT_MAX_SLOTS_PER_LP, self.decompose_above_slots)
+                self._groups = DecomposedPlanner(max_slots_per_lp=size, planner=one_lp)
+            result: PlanResult = self._groups.solve(site, slots)
+            return result
         t0 = time.perf_counter()
         p = prepare(site, slots)
         if not slots:

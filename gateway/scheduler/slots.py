@@ -4,10 +4,14 @@ The single rule set for what the planner assumes about a session, used by the li
 (:mod:`gateway.scheduler.live_inputs`) and by the offline evaluator's MPC
 (:class:`gateway.scheduler.policies.Mpc`), so what the evaluator measures is what runs live:
 
-- departure: an announced one (the driver's, else the EV's) wins over the forecast; the EV's is
-  planned ``margin`` early (learned from how late announcements ran at this site); once that point has
-  passed the EV is due (short rolling deadline, no discharge); no announcement: the forecast from
-  history (:class:`gateway.scheduler.forecast.SessionForecaster`), rolled forward past overstay;
+- departure: a driver's own departure is planned as given. Otherwise, once the site has history,
+  as a spread (:func:`departure_scenarios`): where sessions like this one ended (the EV's
+  announcement shifted by how far this site's announcements were off, or, with no announcement,
+  the dwells of sessions arriving at the same hour), given the EV is still here; the plan runs
+  to the 75th percentile and prices a shortfall at earlier points by their probability. Without
+  history: one believed departure, the EV's announcement ``margin`` early or a short forecast
+  dwell. Once the believed departure has passed the EV is due (no discharge; with no spread
+  left, a short rolling deadline);
 - energy: the announced need (driver or EV), else the forecast need, and at least a top-up more
   for an EV that still takes energy once the guess is met;
 - battery scale: SoC x capacity when the EV tells (ISO 15118), else energy since plug-in;
@@ -23,7 +27,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
-from gateway.scheduler.forecast import SessionForecaster, believed_departure
+from gateway.scheduler.forecast import Samples, SessionForecaster, believed_departure
 from gateway.scheduler.inputs import connected_mask, target_within_horizon
 from gateway.scheduler.problem import SlotInput, TimeGrid
 
@@ -72,6 +76,46 @@ class SlotRules:
     # -0.4 on the depot, so not adopted.
     margin_quantile: float = 0.95
     topup_kwh: float = TOPUP_KWH
+    # Plan against the spread of departures that history shows (a shortfall priced at each by its
+    # probability) instead of one cautious believed departure, once there is history.
+    departure_scenarios: bool = True
+
+
+# The departure distribution (conditional on the EV still being here) in buckets, each planned
+# for at one point: (quantile of the point, probability of the bucket). Points at the buckets'
+# lower edges (pessimistic) and finer in the early tail, where a plan that spreads charging out is
+# likeliest to leave an EV short.
+SCENARIOS: tuple[tuple[float, float], ...] = (
+    (0.0, 0.05), (0.05, 0.10), (0.15, 0.20), (0.35, 0.20), (0.55, 0.20), (0.75, 0.25))
+
+
+@dataclass(frozen=True)
+class Scenarios:
+    """Where the EV may leave: ``times`` ascending, ``weights`` their probabilities (sum 1)."""
+
+    times: list[datetime]
+    weights: list[float]
+
+
+def departure_scenarios(samples: Samples | None, now: datetime) -> Scenarios | None:
+    """The departure distribution from ``samples`` given the EV is still here at ``now``; ``None``
+    with no history, or when the EV has outstayed all of it (then it is due, see
+    :func:`gateway.scheduler.forecast.believed_departure`)."""
+    if samples is None:
+        return None
+    i = int(np.searchsorted(samples.times, now.timestamp(), side="right"))
+    times, w = samples.times[i:], samples.weights[i:]
+    total = float(w.sum())
+    if len(times) == 0 or total <= 1e-12:
+        return None
+    cum = np.cumsum(w) / total
+    merged: dict[float, float] = {}
+    for q, p in SCENARIOS:
+        # The earliest departure with at least a share q of the probability before or at it.
+        t = float(times[min(int(np.searchsorted(cum, q, side="left")), len(times) - 1)])
+        merged[t] = merged.get(t, 0.0) + p
+    ts = sorted(merged)
+    return Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in ts], weights=[merged[t] for t in ts])
 
 
 def empty_slot(key: Key, n: int, max_charge_kw: float = 0.0) -> SlotInput:
@@ -94,6 +138,15 @@ def departure_for(v: SessionView, now: datetime, forecaster: SessionForecaster, 
     return believed_departure(v.departure, fc.departure, now, margin)
 
 
+def scenarios_for(v: SessionView, now: datetime, forecaster: SessionForecaster, site: str,
+                  rules: SlotRules) -> Scenarios | None:
+    """The departure spread to plan against, or ``None`` to plan for one believed departure: a
+    driver's own departure is planned as given, and without history there is no spread."""
+    if not rules.departure_scenarios or v.departure_firm or v.charge_now:
+        return None
+    return departure_scenarios(forecaster.departure_samples(site, v.arrival, v.departure), now)
+
+
 def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, forecaster: SessionForecaster,
                site: str, rules: SlotRules = SlotRules()) -> SlotInput:
     """The LP slot for the session ``v`` on the EVSE ``key`` (``None``: nothing plugged in)."""
@@ -101,7 +154,12 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
     if v is None or (v.full and v.max_discharge_kw <= 0 and v.fixed_kw is None):
         return empty_slot(key, n)
     fc = forecaster.forecast(site, v.arrival, now)
+    scen = scenarios_for(v, now, forecaster, site, rules)
     dep, may_discharge = departure_for(v, now, forecaster, site, rules)
+    if scen is not None:
+        # Planned until the last scenario; discharge stays off once the one believed departure
+        # has passed (an EV that may leave any minute is not a battery to lend).
+        dep = scen.times[-1]
     need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + rules.topup_kwh)
     if v.energy_kwh is not None and v.capacity_kwh is not None:
         e_now, cap = v.energy_kwh, v.capacity_kwh
@@ -119,7 +177,22 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         hours = remaining / (max_c * v.eff_charge) if max_c > 0 and remaining > 0 else 0.0
         dep = min(dep, now + max(timedelta(hours=hours), CHARGE_NOW_MIN))
         may_discharge, max_d = False, 0.0
+    full_target = target
     target = target_within_horizon(e_now, target, max_c, v.eff_charge, grid.end(), dep)
+    connected = connected_mask(grid, dep)
+    early: tuple[tuple[int, float, float], ...] = ()
+    main_weight = 1.0
+    if scen is not None and len(scen.times) > 1:
+        # A shortfall at each earlier possible departure, priced by its probability; the last
+        # (the connected mask's end) carries the rest.
+        last = int(np.flatnonzero(connected)[-1]) if connected.any() else 0
+        ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
+        # The energy the EV leaves with at ``t`` is the energy at the end of the last whole step before it.
+        early = tuple(
+            (min(max(int(np.searchsorted(ends, t.timestamp(), side="right")) - 1, 0), last), full_target, w)
+            for t, w in zip(scen.times[:-1], scen.weights[:-1], strict=True) if t < grid.end()
+        )
+        main_weight = 1.0 - sum(w for _, _, w in early)
     min_c = 0.0
     if v.fixed_kw is not None:
         # The charger draws more than it was told: plan its measured draw as fixed so the other
@@ -127,9 +200,9 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         min_c = max_c = max(v.fixed_kw, 0.0)
         cap = max(cap, e_now + max_c * float(np.sum(grid.hours())))
     return SlotInput(
-        key=key, connected=connected_mask(grid, dep), energy_kwh=e_now, capacity_kwh=cap,
+        key=key, connected=connected, energy_kwh=e_now, capacity_kwh=cap,
         target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
         max_charge_kw=max(max_c, 0.0), max_discharge_kw=max_d, min_charge_kw=min_c,
         eff_charge=v.eff_charge, eff_discharge=v.eff_discharge,
-        discharge_allowed=may_discharge and max_d > 0,
+        discharge_allowed=may_discharge and max_d > 0, early_targets=early, unmet_weight=main_weight,
     )

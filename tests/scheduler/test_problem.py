@@ -227,7 +227,10 @@ def test_reduced_charge_only_form_has_the_same_optimum() -> None:
     s = site([0.3, 0.1, 0.2, 0.4], limit=15.0, building=3.0, demand=5.0, pay=[0, 0, 0, 0.6])
     slots = [ev(4, key=1, energy=20, target=35, reserve=10, discharge=True, eff=0.9),
              ev(4, key=2, steps=3, energy=5, target=25, eff=0.9), ev(4, key=3, steps=2, energy=0, target=8)]
+    slots[1].early_targets = ((1, 25.0, 0.2),)  # an earlier possible departure on a charge-only slot
+    slots[1].unmet_weight = 0.8
     p = prepare(s, slots)
+    assert len(p.risk_slot) == 1
     full = lp_highs.run(lp_highs.build(p), 10.0)
     reduced = lp_highs.run(lp_highs.build(p, reduce_charge_only=True), 10.0)
     assert full.ok and reduced.ok
@@ -244,3 +247,25 @@ def test_a_slots_own_unmet_price_caps_what_it_pays(backend: str) -> None:
     assert res.power_kw[0, 0] == pytest.approx(5.0, abs=1e-3)
     assert res.power_kw[1, 0] == pytest.approx(0.0, abs=1e-3)
     assert res.terms["unmet_penalty"] == pytest.approx(3.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_earlier_possible_departure_prices_deferral(backend: str) -> None:
+    # Cheap energy at the end; the EV may leave after step 1 with probability 0.3.
+    s = site([0.30, 0.30, 0.10, 0.10], penalty=10.0)
+    sure = ev(4, energy=0, target=10)
+    risky = ev(4, energy=0, target=10)
+    risky.early_targets = ((1, 10.0, 0.3),)
+    risky.unmet_weight = 0.7
+    a = Planner(backend=backend).solve(s, [sure])
+    b = Planner(backend=backend).solve(s, [risky])
+    assert a.power_kw[0, :2].sum() == pytest.approx(0.0, abs=1e-3)  # one sure deadline: wait for cheap hours
+    # 3/kWh expected shortfall at step 1 outweighs 0.2/kWh saved: charged by then.
+    assert b.power_kw[0, :2].sum() == pytest.approx(10.0, abs=1e-3)
+    assert b.terms["departure_risk"] == pytest.approx(0.0, abs=1e-3)
+    # Too cheap a risk to act on: 0.01 x 10 = 0.1/kWh < 0.2/kWh saved.
+    risky.early_targets = ((1, 10.0, 0.01),)
+    risky.unmet_weight = 0.99
+    c = Planner(backend=backend).solve(s, [risky])
+    assert c.power_kw[0, :2].sum() == pytest.approx(0.0, abs=1e-3)
+    assert c.terms["departure_risk"] == pytest.approx(1.0, abs=1e-3)

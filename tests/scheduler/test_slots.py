@@ -8,15 +8,16 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from gateway import events as ev
 from gateway.config import Settings
 from gateway.domain import ChargeMode, EvNeeds, EvseSpec, Preferences
 from gateway.scheduler import live_inputs
-from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
+from gateway.scheduler.forecast import Samples, SessionForecaster, planning_forecaster
 from gateway.scheduler.policies import Mpc
 from gateway.scheduler.problem import SlotInput, make_grid
-from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
+from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, departure_scenarios, slot_input
 from gateway.state import SiteState
 
 NOW = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
@@ -142,3 +143,49 @@ def test_an_ended_session_is_kept_for_the_forecast_with_only_what_was_told() -> 
 
 def test_the_default_rules_are_the_ones_the_evaluator_uses() -> None:
     assert Mpc().announced_margin == SlotRules().announced_margin
+
+
+def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
+    grid = make_grid(NOW, 24 * 3600.0)
+    fc = planning_forecaster()
+    for day, dwell in enumerate([3, 5, 6, 7, 8, 8, 9, 9, 9, 10]):  # EVs arriving at 08:00
+        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
+        fc.observe(SITE, arr, arr + timedelta(hours=dwell), 30.0, None)
+    slot = slot_input(view(), KEY, grid, NOW, fc, SITE)
+    # Still here at 09:00 (plugged in at 08:00): the 3-h dwell is possible, the 10-h one is the end.
+    assert slot.early_targets and slot.early_targets[0][2] >= 0.05
+    ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
+    assert ends[slot.early_targets[0][0]] <= NOW + timedelta(hours=2)
+    assert all(t == slot.target_energy_kwh for _, t, _ in slot.early_targets)
+    assert sum(w for _, _, w in slot.early_targets) + slot.unmet_weight == pytest.approx(1.0)
+    assert last_connected(slot) <= NOW - timedelta(hours=1) + timedelta(hours=10)
+    # Without the spread (rule off), one deadline carries the whole price.
+    single = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(departure_scenarios=False))
+    assert single.early_targets == () and single.unmet_weight == 1.0
+
+
+def test_departure_scenarios_condition_on_the_ev_still_being_here() -> None:
+    times = np.array([(NOW + timedelta(hours=h)).timestamp() for h in (-2, -1, 1, 2, 3, 4)])
+    sc = departure_scenarios(Samples(times, np.ones(6)), NOW)
+    assert sc is not None and sc.times[0] == NOW + timedelta(hours=1) and sc.times[-1] <= NOW + timedelta(hours=4)
+    assert sum(sc.weights) == pytest.approx(1.0)
+    # Weights move the quantiles: nearly all the probability on the 4-h departure.
+    heavy = departure_scenarios(Samples(times, np.array([1, 1, 0.01, 0.01, 0.01, 10.0])), NOW)
+    assert heavy is not None and heavy.times[-1] == NOW + timedelta(hours=4) and heavy.weights[-1] > 0.5
+    # Outstayed every past session: no spread (the EV is planned as due).
+    assert departure_scenarios(Samples(times, np.ones(6)), NOW + timedelta(hours=5)) is None
+    assert departure_scenarios(None, NOW) is None
+
+
+def test_an_announced_departure_is_spread_by_how_early_evs_left_against_theirs() -> None:
+    fc = SessionForecaster()
+    ann = NOW + timedelta(hours=6)
+    assert fc.departure_samples(SITE, NOW, ann) is None  # no history yet
+    for day, early_h in enumerate([-1.0, 0.0, 0.5, 1.0, 2.0]):
+        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
+        dep = arr + timedelta(hours=8)
+        fc.observe(SITE, arr, dep, 20.0, dep + timedelta(hours=early_h))
+    got = fc.departure_samples(SITE, NOW, ann)
+    assert got is not None
+    expect = sorted((ann - timedelta(hours=h)).timestamp() for h in (-1.0, 0.0, 0.5, 1.0, 2.0))
+    np.testing.assert_allclose(got.times, expect)
