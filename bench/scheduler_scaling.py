@@ -1,12 +1,16 @@
 """Build and re-solve time of the site LP against slots x horizon steps, on the live planning code.
 
     .venv/bin/python bench/scheduler_scaling.py [--slots 10 100 1000 10000] [--backend highs cvxpy]
-        [--resolves 5] [--json]
+        [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP]]
 
 A synthetic workplace-like site over 24 h on the live grid (12 x 5 min, then hourly): every slot
 connected from now for 1-20 h, needing 5-45 kWh, half allowed to discharge; the site limit is 60 %
 of the sum of charger ratings so it binds; TOU prices and a demand charge. A re-solve changes
 every slot's energy and the building load forecast (what a 5-minute re-plan changes).
+
+``--decompose``: one site planned by :class:`gateway.scheduler.decompose.DecomposedPlanner`, as LPs of
+at most SLOTS_PER_LP slots sharing the site's headroom (sizes at or below it stay one LP); the row
+then also gives ``lps`` (LPs solved per round of the last re-plan).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from gateway.scheduler import lp_cvxpy, lp_highs
-from gateway.scheduler.problem import Planner, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
+from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
+from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
 
 
 def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[SiteInputs, list[SlotInput]]:
@@ -61,7 +66,7 @@ def measure_sites(n_slots: int, sites: int, backend: str, resolves: int) -> dict
     now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
     per = n_slots // sites
     cases = [scenario(per, rng, now) for _ in range(sites)]
-    planners = [Planner(backend=backend, time_limit_s=120.0) for _ in range(sites)]
+    planners = [Planner(backend=backend, time_limit_s=120.0, decompose_above_slots=None) for _ in range(sites)]
     t0 = time.perf_counter()
     for site, slots in cases:
         prepare(site, slots)
@@ -81,19 +86,29 @@ def measure_sites(n_slots: int, sites: int, backend: str, resolves: int) -> dict
             "resolve_s_max": round(max(times), 4), "fallback": fallback}
 
 
-def measure(n_slots: int, backend: str, resolves: int) -> dict[str, object]:
-    rng = np.random.default_rng(n_slots)
-    now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
-    site, slots = scenario(n_slots, rng, now)
-    t0 = time.perf_counter()
-    p = prepare(site, slots)
+def assemble(p: Prepared, backend: str) -> None:
+    """Builds the model a solve starts from (cvxpy: constructs and compiles the DPP problem)."""
     if backend == "cvxpy":
         model = lp_cvxpy.CvxModel(p)
         model.problem.get_problem_data(lp_cvxpy.cp.HIGHS, canon_backend=lp_cvxpy.cp.SCIPY_CANON_BACKEND)
     else:
         lp_highs.build(p)
+
+
+def measure(n_slots: int, backend: str, resolves: int, decompose: int | None = None) -> dict[str, object]:
+    rng = np.random.default_rng(n_slots)
+    now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+    site, slots = scenario(n_slots, rng, now)
+    base = Planner(backend=backend, time_limit_s=120.0, decompose_above_slots=None)
+    split = DecomposedPlanner(max_slots_per_lp=decompose, planner=base) if decompose else None
+    t0 = time.perf_counter()
+    if split is not None:  # what a decomposed plan assembles: the shares, then one LP per group
+        for idx, gsite in split.split(site, slots):
+            assemble(prepare(gsite, [slots[i] for i in idx]), backend)
+    else:
+        assemble(prepare(site, slots), backend)
     build_s = time.perf_counter() - t0
-    planner = Planner(backend=backend, time_limit_s=120.0)
+    planner: Planner | DecomposedPlanner = split if split is not None else base
     first = planner.solve(site, slots)
     times, statuses = [], []
     for _ in range(resolves):
@@ -102,7 +117,7 @@ def measure(n_slots: int, backend: str, resolves: int) -> dict[str, object]:
         res = planner.solve(site, slots)
         times.append(time.perf_counter() - t0)
         statuses.append(res.status)
-    return {
+    row: dict[str, object] = {
         "slots": n_slots, "steps": len(site.grid), "backend": backend, "build_s": round(build_s, 4),
         "first_solve_s": round(first.solve_s, 4), "resolve_s_median": round(statistics.median(times), 4),
         "resolve_s_max": round(max(times), 4), "status": statuses[-1],
@@ -110,6 +125,10 @@ def measure(n_slots: int, backend: str, resolves: int) -> dict[str, object]:
         "limit_excess_kw_max": round(res.terms["limit_excess_kw_max"], 6),
         "unmet_kwh": round(float(res.unmet_kwh.sum()), 2),
     }
+    if split is not None:
+        row["max_slots_per_lp"] = decompose
+        row["lps"] = split.last_solves_per_round
+    return row
 
 
 def main() -> int:
@@ -120,6 +139,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="one JSON object per line per size")
     ap.add_argument("--sites", type=int, default=1,
                     help="split each size over this many independent sites (re-planned in turn)")
+    ap.add_argument("--decompose", type=int, nargs="?", const=DEFAULT_MAX_SLOTS_PER_LP, default=None,
+                    metavar="SLOTS_PER_LP",
+                    help=f"plan one site as LPs of at most this many slots (default {DEFAULT_MAX_SLOTS_PER_LP})")
     args = ap.parse_args()
     for backend in args.backend:
         for n in args.slots:
@@ -128,13 +150,13 @@ def main() -> int:
                 row = measure_sites(n, args.sites, backend, reps)
                 print(json.dumps(row) if args.json else row, flush=True)
                 continue
-            row = measure(n, backend, reps)
+            row = measure(n, backend, reps, args.decompose)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
                 print(f"{backend:6s} slots={n:6d} steps={row['steps']} build={row['build_s']:.3f}s "
                       f"first={row['first_solve_s']:.3f}s resolve_median={row['resolve_s_median']:.3f}s "
-                      f"status={row['status']}", flush=True)
+                      f"status={row['status']}" + (f" lps={row['lps']}" if "lps" in row else ""), flush=True)
     return 0
 
 

@@ -302,7 +302,8 @@ def optimal_policy(ep: Episode, penalty: float, time_limit_s: float) -> Planned:
                   discharge_allowed=t.max_discharge_kw > 0)
         for t in evs
     ]
-    plan = Planner(backend="highs", time_limit_s=time_limit_s).solve(site, slots)
+    # The bound: one LP over every EV, never split into groups.
+    plan = Planner(backend="highs", time_limit_s=time_limit_s, decompose_above_slots=None).solve(site, slots)
     pol = Planned()
     pol.solve_times = [plan.solve_s]
     pol.status = plan.status  # type: ignore[attr-defined]
