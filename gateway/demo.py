@@ -26,13 +26,15 @@ import httpx
 import numpy as np
 
 from gateway.app import Gateway
-from gateway.clock import ScaledClock, to_rfc3339
+from gateway.clock import ScaledClock, parse_rfc3339, to_rfc3339
 from gateway.config import Settings, SiteConfig, TouPeriodConfig
 from gateway.db import migrate
 from gateway.db.admin import register_stations
 from gateway.db.embedded import embedded_postgres
 from gateway.episode import Episode
 from gateway.logs import setup_logging
+from gateway.scheduler.slots import SlotRules
+from simulators.evse import FULLY_SERVED_TOLERANCE_KWH
 from simulators.fleet import Fleet
 from simulators.station import StationConfig
 
@@ -40,6 +42,62 @@ log = logging.getLogger(__name__)
 
 STEP_S = 300  # the bill is computed on 5-minute averages, as the evaluator does
 SAMPLE_S = 60
+# Simulated seconds between heartbeats. A station has one CALL in flight at a time, so at 600x a
+# 300 s heartbeat (two a real second per station) queued ahead of its TransactionEvents: measured,
+# the gateway heard of plug-ins, meter values and departures 30-60 simulated minutes late in the
+# afternoon. An hour is 6 real seconds at 600x, and liveness needs no more.
+HEARTBEAT_SIM_S = 3600
+
+
+@dataclass
+class Belief:
+    """What the gateway knew of one session, sampled from its live site state while it ran."""
+
+    seen_at: datetime  # first sample with the session in the gateway's state
+    planned_at: datetime | None = None  # first sample with the session in the latest plan
+    gone_at: datetime | None = None  # first sample without it, after it was seen
+    departure: datetime | None = None
+    departure_source: str = ""
+    plan_by: datetime | None = None  # the departure less the margin kept for EV announcements
+    need_kwh: float | None = None
+    need_source: str = ""
+    delivered_kwh: float = 0.0  # battery side, from the gateway's meter readings
+
+
+@dataclass
+class Beliefs:
+    """Per transaction id, what the gateway believed (sampled every STEP_S)."""
+
+    by_tx: dict[str, Belief] = field(default_factory=dict)
+    _last: datetime | None = None
+
+    def sample(self, gw: Gateway, now: datetime) -> None:
+        if self._last is not None and (now - self._last).total_seconds() < STEP_S:
+            return
+        self._last = now
+        state = gw.state
+        rules = SlotRules()
+        margin = rules.announced_margin
+        if gw.scheduler is not None:
+            margin = gw.scheduler.forecaster.announcement_margin(gw.settings.site.name, margin,
+                                                                 rules.margin_quantile)
+        live: set[str] = set()
+        for s in state.sessions():
+            tx = s.transaction_id
+            live.add(tx)
+            b = self.by_tx.get(tx)
+            if b is None:
+                b = self.by_tx[tx] = Belief(seen_at=now)
+            if b.planned_at is None and gw.scheduler is not None and gw.scheduler.session_plan(tx) is not None:
+                b.planned_at = now
+            r = state.resolve(s)
+            b.departure, b.departure_source = r.departure, r.departure_source
+            b.plan_by = r.departure - margin if r.departure_source == "ev" else r.departure
+            b.need_kwh, b.need_source = r.energy_wanted_kwh, r.energy_source
+            b.delivered_kwh = s.stored_kwh(gw.settings.ev_efficiency)
+        for tx, b in self.by_tx.items():
+            if b.gone_at is None and tx not in live:
+                b.gone_at = now
 
 
 @dataclass
@@ -141,7 +199,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
         "database_url": url, "api_key": api_key, "site": site_config(episode), "time_scale": args.time_scale,
         "ocpp_host": "127.0.0.1", "api_host": "127.0.0.1", "ocpp_port": _port_or_any(args.ocpp_port),
         "api_port": _port_or_any(args.api_port), "mqtt_url": args.mqtt_url or settings.mqtt_url,
-        "replan_debounce_s": 0.5, "heartbeat_interval_s": 300,
+        "replan_debounce_s": 0.5, "heartbeat_interval_s": HEARTBEAT_SIM_S,
     })
     gw = Gateway(cfg, clock)
     await _register(gw, episode, password)
@@ -152,6 +210,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
           f"{len(episode.arrivals)} EVs, site limit {episode.limits.import_kw:.0f} kW, "
           f"{len(episode.grid_events)} grid event(s), at {args.time_scale:g}x", flush=True)
     meter = SiteMeter(episode)
+    beliefs = Beliefs()
     app = DriverApp(f"http://127.0.0.1:{gw.api_port}", api_key, clock)
     # Sampling every 15 simulated minutes: at 600x a 1-minute cadence would be 1,000 TransactionEvents
     # a second from 100 EVSEs, more than one gateway core commits (docs/benchmarks.md), and every
@@ -160,7 +219,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     fleet = Fleet(episode, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", password=password, clock=clock, progress=True,
                   driver_app=app, config=stations)
     app.fleet = fleet
-    feeder = asyncio.create_task(_feed_site(gw, episode, clock, meter, fleet))
+    feeder = asyncio.create_task(_feed_site(gw, episode, clock, meter, fleet, beliefs))
     try:
         summary = await fleet.run(until=episode.end)
     finally:
@@ -173,7 +232,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     print(format_summary(summary).splitlines()[-1])
     print(f"driver app: {app.updates} preference updates over REST ({app.failures} refused)")
     baseline = _offline_baseline(episode)
-    result = _report(args, episode, summary, live, baseline, plans, meter)
+    result = _report(args, episode, summary, live, baseline, plans, meter, beliefs)
     print(_summary_text(result))
     return 0 if live["limit_excess_kw_max"] <= 1e-6 else 1
 
@@ -232,7 +291,8 @@ async def _register(gw: Gateway, episode: Episode, password: str) -> None:
         await gw.planning.upsert_grid_event(g, "demo", now)
 
 
-async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: SiteMeter, fleet: Fleet) -> None:
+async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: SiteMeter, fleet: Fleet,
+                     beliefs: Beliefs) -> None:
     """What a building energy system would send over MQTT: the load now and a day-ahead forecast."""
     from gateway import events as ev
 
@@ -247,6 +307,7 @@ async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: S
         now = clock.now()
         gw.state.building_load_kw = episode.building_load_at(now)
         meter.sample(now, sum(st.power_kw for st in fleet.stations.values()))
+        beliefs.sample(gw, now)
         await clock.sleep(SAMPLE_S)
 
 
@@ -257,11 +318,76 @@ def _offline_baseline(episode: Episode) -> dict[str, Any]:
     return dict(result["policies"]["uncontrolled"])
 
 
+def _minutes(a: datetime | None, b: datetime) -> float | None:
+    return None if a is None else round((a - b).total_seconds() / 60.0, 1)
+
+
+def ev_breakdown(episode: Episode, summary: dict[str, Any], beliefs: Beliefs) -> list[dict[str, Any]]:
+    """One row per EV: what it was, what it got, what the gateway believed, and why it fell short.
+
+    The shortfall (``requested - delivered``) is split into what no policy could deliver
+    (``undeliverable_kwh``: above what the battery takes at full power over the real stay) and the
+    rest, put down to one cause: ``left_before_planned`` (it left before the departure it announced
+    less the margin the plan keeps for announcements that run late), ``unannounced`` (the gateway
+    only had a forecast of its departure or need) or ``scheduled_short`` (it stayed as long as the
+    plan assumed and still fell short: capacity, deferral, late data).
+    """
+    arrivals = {a.id: a for a in episode.arrivals}
+    rows = []
+    for e in summary.get("evs", []):
+        a = arrivals[e["id"]]
+        b = beliefs.by_tx.get(e["transaction_id"])
+        departed = parse_rfc3339(e["departed_at"])
+        requested, delivered = e["energy_requested_kwh"], e["energy_delivered_kwh"]
+        short = max(requested - delivered, 0.0)
+        undeliverable = min(max(requested - e["energy_deliverable_kwh"], 0.0), short)
+        rest = short - undeliverable
+        cause = None
+        if rest > FULLY_SERVED_TOLERANCE_KWH:
+            if b is not None and b.departure_source != "forecast" and b.plan_by is not None \
+                    and b.plan_by > departed:
+                cause = "left_before_planned"
+            elif b is None or b.departure_source == "forecast" or b.need_source == "forecast":
+                cause = "unannounced"
+            else:
+                cause = "scheduled_short"
+        rows.append({
+            "id": a.id, "station_id": a.station_id, "evse_id": a.evse_id, "transaction_id": e["transaction_id"],
+            "arrival": to_rfc3339(a.arrival), "departure": e["departed_at"],
+            "announced_departure": to_rfc3339(a.announced_departure) if a.announced_departure else None,
+            "iso15118": a.iso15118, "surprise": a.surprise, "need_changed": a.need_change is not None,
+            "energy_requested_kwh": requested, "energy_deliverable_kwh": e["energy_deliverable_kwh"],
+            "energy_delivered_kwh": delivered, "energy_discharged_kwh": e["energy_discharged_kwh"],
+            "shortfall_kwh": round(short, 3), "undeliverable_kwh": round(undeliverable, 3),
+            "shortfall_cause": cause,
+            "gateway": None if b is None else {
+                "seen_after_min": _minutes(b.seen_at, a.arrival),
+                "first_planned_after_min": _minutes(b.planned_at, a.arrival),
+                "gone_after_departure_min": _minutes(b.gone_at, departed),
+                "believed_departure": to_rfc3339(b.departure) if b.departure else None,
+                "departure_source": b.departure_source,
+                "planned_by": to_rfc3339(b.plan_by) if b.plan_by else None,
+                "believed_need_kwh": None if b.need_kwh is None else round(b.need_kwh, 3),
+                "need_source": b.need_source, "delivered_kwh": round(b.delivered_kwh, 3)},
+        })
+    return rows
+
+
+def shortfall_by_cause(rows: list[dict[str, Any]]) -> dict[str, float]:
+    out = {"undeliverable": round(sum(r["undeliverable_kwh"] for r in rows), 1)}
+    for r in rows:
+        cause = r["shortfall_cause"]
+        if cause is not None:
+            out[cause] = round(out.get(cause, 0.0) + r["shortfall_kwh"] - r["undeliverable_kwh"], 1)
+    return out
+
+
 def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any], live: dict[str, float],
-            baseline: dict[str, Any], plans: int, meter: SiteMeter) -> dict[str, Any]:
+            baseline: dict[str, Any], plans: int, meter: SiteMeter, beliefs: Beliefs) -> dict[str, Any]:
     evs = summary.get("evs", [])
     requested = sum(e["energy_requested_kwh"] for e in evs)
     delivered = sum(e["energy_delivered_kwh"] for e in evs)
+    rows = ev_breakdown(episode, summary, beliefs)
     result = {
         "episode": {"name": episode.name, "start": to_rfc3339(episode.start), "end": to_rfc3339(episode.end),
                     "stations": len(episode.stations), "evs": len(evs),
@@ -269,8 +395,11 @@ def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any],
         "live": {**live, "energy_requested_kwh": requested, "energy_delivered_kwh": delivered,
                  "energy_discharged_kwh": sum(e["energy_discharged_kwh"] for e in evs),
                  "evs_fully_served_share": (sum(1 for e in evs if e["fully_served"]) / len(evs)) if evs else 1.0,
-                 "plans": plans},
+                 "plans": plans, "shortfall_by_cause_kwh": shortfall_by_cause(rows)},
         "uncontrolled": baseline,
+        "evs": rows,
+        "site_series": {"times": [to_rfc3339(t) for t in meter.times],
+                        "net_kw": [round(x, 2) for x in meter.net_kw], "ev_kw": [round(x, 2) for x in meter.ev_kw]},
         "fleet": summary,
     }
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
@@ -324,6 +453,7 @@ def _summary_text(result: dict[str, Any]) -> str:
         f"uncontrolled (limit {result['episode']['import_limit_kw']:.0f} kW)",
         f"grid-event revenue           : {live['grid_event_revenue']:.2f}"
         f" ({live['energy_discharged_kwh']:.1f} kWh discharged)",
+        "shortfall by cause (kWh)    : " + ", ".join(f"{k} {v:.1f}" for k, v in live["shortfall_by_cause_kwh"].items()),
         f"plans solved                 : {live['plans']}",
         "report: see --report / --json files",
     ])

@@ -54,7 +54,7 @@ class EvSession:
     authorized: bool | None = None  # None: waiting for the CSMS to answer the idToken
     charging_state: str = "EVConnected"
     time_charging_s: float = 0.0
-    reported_limit_kw: float | None = None  # the limit last reported with ChargingRateChanged
+    reported_limit_kw: float | None = None  # the applied limit as of the last change reported
 
     def next_seq(self) -> int:
         """seqNo starts at 0 and rises by one per TransactionEvent of the transaction (E01, E02)."""

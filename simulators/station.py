@@ -31,6 +31,7 @@ from importlib import resources
 from typing import Any
 
 import fastjsonschema
+import ocpp.messages
 from ocpp.exceptions import OCPPError
 from ocpp.messages import MessageType
 from ocpp.routing import after, on
@@ -57,6 +58,11 @@ __all__ = ["DriverApp", "Faults", "Station", "StationConfig"]
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = Subprotocol("ocpp2.0.1")
+# The ocpp package checks each CALL a station receives (and its answer) against the schema in the
+# default thread pool. The check holds the GIL either way, so a thread only adds a hand-off, and in
+# one process with the gateway (``gateway demo``) a burst of SetChargingProfile filled the pool
+# ahead of the gateway's solver (measured: a re-plan held up about a second). Checked inline.
+ocpp.messages.ASYNC_VALIDATION = False
 # Transaction ids must not repeat across runs against the same database: seeded once from the OS.
 _TX_IDS = random.Random()
 _window_warned = False
@@ -459,7 +465,8 @@ class Station:
 
     def update(self, now: datetime | None = None) -> None:
         """Integrate every EVSE up to ``now`` at its running setpoint, then apply the profiles in
-        force now and report what changed (ChargingStateChanged / ChargingRateChanged)."""
+        force now and report what changed: ChargingStateChanged when the charging state moved, else
+        ChargingRateChanged when a new limit moved the power (both with a meter value)."""
         now = now or self.clock.now()
         last = self._last_update or now
         dt = (now - last).total_seconds()
@@ -476,34 +483,31 @@ class Station:
             setpoints[eid] = evse.setpoint_kw(evse.limit_kw)
         self._enforce_station_max(now, setpoints)
         for eid, evse in self.evses.items():
+            before_kw = evse.power_kw
             evse.target_kw = setpoints[eid]
             evse.power_kw = setpoints[eid]
             s = evse.session
             if s is None:
                 continue
-            if _changed(evse.limit_kw, s.reported_limit_kw) and s.authorized:
-                # The applied limit moved (a profile was set, cleared or entered a new period).
+            # The applied limit moved (a profile was set, cleared or entered a new period); that
+            # changes the charging rate only if the EV takes more than the new limit (a full or
+            # tapering EV takes the same). One event per change, carrying the new state and power:
+            # TransactionEvents are the CSMS's busiest message and each costs a round trip.
+            limit_moved = _changed(evse.limit_kw, s.reported_limit_kw)
+            if limit_moved:
                 s.reported_limit_kw = evse.limit_kw
-                self._queue_tx(
-                    messages.transaction_event(
-                        evse,
-                        event_type="Updated",
-                        trigger="ChargingRateChanged",
-                        when=now,
-                        offline=not self.connected.is_set(),
-                    )
-                )
+            rate_moved = limit_moved and s.authorized and _changed(evse.power_kw, before_kw)
             state = evse.charging_state_for(evse.target_kw, evse.limit_kw)
-            if state != s.charging_state:
-                s.charging_state = state
+            state_moved = state != s.charging_state
+            s.charging_state = state
+            if state_moved or rate_moved:
                 self._queue_tx(
                     messages.transaction_event(
                         evse,
                         event_type="Updated",
-                        trigger="ChargingStateChanged",
+                        trigger="ChargingStateChanged" if state_moved else "ChargingRateChanged",
                         when=now,
                         offline=not self.connected.is_set(),
-                        context=None,
                     )
                 )
 

@@ -94,6 +94,14 @@ def build_profile(
     for start, kw in zip(starts, power_kw, strict=True):
         w = min(max(kw * 1000.0, floor_w), max_charge_kw * 1000.0)
         w = round(w / LIMIT_RESOLUTION_W) * LIMIT_RESOLUTION_W + 0.0
+        if periods and (round((start - periods[0].start).total_seconds())
+                        == round((periods[-1].start - periods[0].start).total_seconds())):
+            # Both would get the same whole-second startPeriod (the one before lasts under a
+            # second), which the station rejects (K01.FR.35: increasing). This one wins.
+            periods[-1] = Period(periods[-1].start, w)
+            if len(periods) > 1 and periods[-2].limit_w == w:
+                periods.pop()
+            continue
         if periods and periods[-1].limit_w == w:
             continue  # merged with the period before
         periods.append(Period(start, w))

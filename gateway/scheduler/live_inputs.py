@@ -12,7 +12,7 @@ completed session. Site prices, limits and events go through the evaluator's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -33,6 +33,48 @@ from gateway.state import EvseState, Resolved, SiteState
 def new_forecaster(settings: Settings) -> SessionForecaster:
     """The evaluator's MPC forecaster, with the site's configured default need."""
     return planning_forecaster(settings.default_energy_kwh)
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the live loop saw of a session besides the site state (:class:`gateway.scheduler.mpc.MpcScheduler`)."""
+
+    full: bool = False  # the EV stopped taking the energy it was offered (its station said SuspendedEV)
+    read_at: datetime | None = None  # when its meter was last read (the gateway's clock)
+    # The limit (kW, None: no planned profile) in force from each moment on, since ``read_at``.
+    limits: tuple[tuple[datetime, float | None], ...] = ()
+
+
+# No more than this is extrapolated past a meter reading.
+EXTRAPOLATE_MAX = timedelta(hours=1)
+
+
+def flow_since_reading(obs: Observed, now: datetime, power_kw: float, max_charge_kw: float,
+                       max_discharge_kw: float, eff: float) -> float:
+    """Battery-side energy (kWh, negative: out) that flowed since the last meter reading, from the
+    limits the EVSE had and the power last measured. Meter values come every few minutes (every 15
+    in the demo, and later under load): planned from the reading alone, an EV being discharged looks
+    full for a quarter of an hour, and the plan went on discharging EVs that were about to leave.
+    Leaning to what is safe for the driver: a discharge order counts as obeyed in full, a charge
+    as no more than the EV was last seen taking."""
+    if obs.read_at is None or obs.read_at >= now:
+        return 0.0
+    start = max(obs.read_at, now - EXTRAPOLATE_MAX)
+    points = sorted((t, lim) for t, lim in obs.limits if t < now)
+    if not points or points[0][0] > start:
+        points.insert(0, (start, None))
+    kwh = 0.0
+    for i, (t, lim) in enumerate(points):
+        a = max(t, start)
+        b = points[i + 1][0] if i + 1 < len(points) else now
+        if b <= a:
+            continue
+        h = (b - a).total_seconds() / 3600.0
+        if lim is not None and lim < 0:
+            kwh -= min(-lim, max_discharge_kw) / eff * h
+        else:
+            kwh += min(max(power_kw, 0.0), max_charge_kw if lim is None else lim) * eff * h
+    return kwh
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +119,9 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings) -> SiteInpu
 
 
 def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
-                 limit_sent_kw: float | None) -> SessionView:
-    """What the gateway knows about the session ``s`` on ``st``; guesses are left ``None``."""
+                 limit_sent_kw: float | None, obs: Observed = Observed(), now: datetime | None = None) -> SessionView:
+    """What the gateway knows about the session ``s`` on ``st``; guesses are left ``None``. With
+    ``obs`` and ``now``, the energy is carried forward from the last meter reading."""
     spec = st.spec
     delivered = s.stored_kwh(settings.ev_efficiency)
     max_c = spec.max_charge_kw
@@ -92,13 +135,19 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
     known = r.capacity_kwh is not None and r.soc is not None
     cap = r.capacity_kwh if known else None
     e_now = min(max(r.soc or 0.0, 0.0), 1.0) * (cap or 0.0) if known else None
+    if now is not None:
+        flow = flow_since_reading(obs, now, s.power_kw, max(max_c, 0.0), max(max_d, 0.0), settings.ev_efficiency)
+        delivered += flow
+        if e_now is not None and cap is not None:
+            e_now = min(max(e_now + flow, 0.0), cap)
+    full = obs.full
     fixed: float | None = None
-    if limit_sent_kw is not None and s.power_kw > limit_sent_kw + settings.noncompliance_tolerance_kw:
+    if not full and limit_sent_kw is not None and s.power_kw > limit_sent_kw + settings.noncompliance_tolerance_kw:
         fixed = min(s.power_kw, spec.max_charge_kw)
     return SessionView(
         key=spec.key, arrival=s.started_at, delivered_kwh=max(delivered, 0.0), max_charge_kw=max(max_c, 0.0),
         max_discharge_kw=max(max_d, 0.0), eff_charge=settings.ev_efficiency, eff_discharge=settings.ev_efficiency,
-        full=False, departure=r.departure if r.departure_source != "forecast" else None,
+        full=full, departure=r.departure if r.departure_source != "forecast" else None,
         energy_kwh=e_now, capacity_kwh=cap,
         need_kwh=r.energy_wanted_kwh if r.energy_source != "forecast" else None,
         # Unknown battery: energy is counted from plug-in, so a floor of 0 is what it came with.
@@ -110,13 +159,14 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
 def slot_for(
     st: EvseState, state: SiteState, grid: TimeGrid, now: datetime, settings: Settings,
     limit_sent_kw: float | None, forecaster: SessionForecaster, rules: SlotRules = SlotRules(),
+    obs: Observed = Observed(),
 ) -> tuple[SlotInput, SlotMeta]:
     s = st.session
     if s is None:
         return slot_input(None, st.spec.key, grid, now, forecaster, settings.site.name), \
             SlotMeta(st.spec.key, None, None, 0.0, None)
     r = state.resolve(s)
-    v = session_view(st, s, r, settings, limit_sent_kw)
+    v = session_view(st, s, r, settings, limit_sent_kw, obs, now)
     slot = slot_input(v, st.spec.key, grid, now, forecaster, settings.site.name, rules)
     return slot, SlotMeta(st.spec.key, s, r, v.delivered_kwh, v.fixed_kw)
 
@@ -124,7 +174,10 @@ def slot_for(
 def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
     forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
+    observed: Mapping[str, Observed] | None = None,
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
+    """The LP's inputs for the site now; ``observed``: what the live loop saw of each session
+    (by transaction id)."""
     fc = forecaster if forecaster is not None else new_forecaster(settings)
     site = site_inputs(state, now, settings)
     if settings.discharge_only_in_grid_events:
@@ -133,7 +186,9 @@ def build(
     slots: list[SlotInput] = []
     metas: list[SlotMeta] = []
     for key in sorted(state.evses):
-        slot, meta = slot_for(state.evses[key], state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules)
+        st = state.evses[key]
+        obs = observed.get(st.session.transaction_id, Observed()) if observed and st.session else Observed()
+        slot, meta = slot_for(st, state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules, obs)
         slots.append(slot)
         metas.append(meta)
     return site, slots, metas

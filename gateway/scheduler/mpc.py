@@ -7,7 +7,13 @@ re-planned with one LP (:class:`gateway.scheduler.problem.Planner`, run in a wor
 OCPP loop keeps answering). The first steps of the plan go to each charger as its TxProfile
 (:mod:`gateway.ocpp.profiles`), re-sent only when they change. On a solver failure or timeout the
 planner's limit-respecting fallback is pushed instead, never nothing (RELIABILITY.md M1).
-Every solve and every profile sent is stored.
+Every solve and every profile sent is stored (profile records in the background, in order).
+
+What the loop adds to the site state from how each session behaves (:class:`live_inputs.Observed`):
+an EV whose station reports it takes nothing although offered (SuspendedEV) is planned as full;
+the energy since the last meter reading is carried forward over the limits the EVSE had; a draw
+counts as ignoring the limit only above every limit of the last NONCOMPLIANCE_WINDOW. Triggers
+that arrive while a re-plan runs make one more re-plan, not one each.
 """
 
 from __future__ import annotations
@@ -16,14 +22,16 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import select
 
 from gateway import events as ev
 from gateway import metrics
 from gateway.clock import to_rfc3339
+from gateway.db import models as m
 from gateway.domain import Plan, PlannedSession
 from gateway.ocpp import profiles
 from gateway.ocpp.defaults import default_limit_kw
@@ -40,6 +48,18 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE_MAX_SIM_S = 30.0
 STOP_WAIT_S = 5.0
+# chargingState of an EV that does not take the energy its EVSE offers (OCPP 2.0.1: full, or
+# holding at its own charge limit).
+SUSPENDED_EV = "SuspendedEV"
+# An EV planned as full is offered energy again after this long (simulated), in case it only paused.
+FULL_RECHECK = timedelta(hours=2)
+# A charger counts as ignoring its limit only if it draws more than every limit it had over this
+# long (simulated): a reading may predate the last profile or period change (meter values arrive
+# every few minutes, later under load), and a draw that was allowed then is no proof of anything.
+NONCOMPLIANCE_WINDOW = timedelta(minutes=15)
+# How long the profiles each EVSE accepted are remembered (the energy since the last meter reading
+# is carried forward over them, up to live_inputs.EXTRAPOLATE_MAX).
+LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
 # Completed transactions read from Postgres at start to seed the departure forecast.
 BOOTSTRAP_SESSIONS = 500
 
@@ -73,12 +93,24 @@ class MpcScheduler:
         self._pending_trigger: str | None = None
         self._aps: AsyncIOScheduler | None = None
         self._sent: dict[tuple[str, int], profiles.TxProfile] = {}
+        # Profiles each EVSE accepted, with when, over the last LIMITS_KEPT (and the one before).
+        self._accepted: dict[tuple[str, int], list[tuple[datetime, profiles.TxProfile]]] = {}
+        # When each session's meter was last read, and what it said (energy in, out, SoC).
+        self._read: dict[str, tuple[datetime, tuple[float | None, ...]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._queued = False  # a re-plan is waiting for the running one
+        # Profile records being written (in the background, in order per EVSE).
+        self._writes: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._stopping = False
         # What a session nobody described will do (dwell, energy, how late announcements run):
         # learned from every session that ends here, as the offline evaluator's MPC learns it.
         self.forecaster: SessionForecaster = live_inputs.new_forecaster(self.settings)
         self.observed = 0
+        # Sessions whose EV stopped taking energy (transaction id -> since when): planned as full,
+        # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
+        # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
+        # needs change, or after FULL_RECHECK.
+        self.full: dict[str, datetime] = {}
 
     def observe(self, done: CompletedSession) -> None:
         self.forecaster.observe(self.settings.site.name, done.arrival, done.departure, done.requested_kwh,
@@ -128,15 +160,27 @@ class MpcScheduler:
             self._lock.release()
         except TimeoutError:
             log.warning("scheduler stopped with a re-plan still running")
+        if self._writes:  # the last profile records, briefly
+            await asyncio.wait(list(self._writes.values()), timeout=STOP_WAIT_S)
 
     # --- triggers ---------------------------------------------------------------------------
     def on_event(self, event: ev.Event, replan: bool) -> None:
         """Called by :class:`gateway.site_sync.SiteSync` after the event is in the site state."""
         key = (getattr(event, "station_id", ""), getattr(event, "evse_id", 0))
+        if isinstance(event, ev.SessionUpdated):
+            self._note_reading(event)
         if isinstance(event, ev.SessionEnded):
             self._sent.pop(key, None)
+            self._accepted.pop(key, None)
+            self._read.pop(event.transaction_id, None)
+            self.full.pop(event.transaction_id, None)
             for done in self.gw.state.take_completed():
                 self.observe(done)
+        if isinstance(event, ev.NeedsUpdated):
+            # A new need (EV or driver) may move the car's own charge limit: offer energy again.
+            st = self.gw.state.evses.get(key)
+            if st is not None and st.session is not None:
+                self.full.pop(st.session.transaction_id, None)
         if isinstance(event, ev.StationConnected):
             # A station that reconnects may have lost its profiles (reboot): send them again.
             for k in [k for k in self._sent if k[0] == event.station_id]:
@@ -168,10 +212,22 @@ class MpcScheduler:
         await self._replan_logged("periodic")
 
     async def _replan_logged(self, trigger: str) -> None:
+        # One re-plan waiting behind the running one is enough: it plans from the newest state when
+        # its turn comes. (Measured in the demo: without this, triggers queued up by the dozen
+        # behind a slow push and each ran a full re-plan, tens of seconds after its cause.)
+        if self._queued:
+            return
+        self._queued = True
         try:
-            await self.replan(trigger)
+            await self._lock.acquire()
+        finally:
+            self._queued = False  # acquired (or cancelled): the next trigger may wait
+        try:
+            await self._replan_locked(trigger)
         except Exception:
             log.exception("re-plan (%s) failed", trigger)
+        finally:
+            self._lock.release()
 
     # --- one re-plan ----------------------------------------------------------------------
     async def replan(self, trigger: str) -> PlanOutcome | None:
@@ -179,39 +235,127 @@ class MpcScheduler:
         if self._stopping:
             return None
         async with self._lock:
-            now = self.gw.clock.now()
-            limits_sent = {}
-            for key, prof in self._sent.items():
-                lim = prof.limit_at(now)
-                if lim is not None:
-                    limits_sent[key] = lim / 1000.0
-            site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent,
-                                                   self.forecaster)
-            started = time.perf_counter()
-            try:
-                result = await asyncio.wait_for(
-                    asyncio.to_thread(self.planner.solve, site, slots),
-                    timeout=self.settings.solver_time_limit_s + 5.0,
-                )
-            except Exception as exc:  # timeout or crash outside the planner's own guard
-                log.error("solver failed (%s): pushing the fallback plan", exc)
-                result = greedy_fallback(site, slots)
-                result.status = f"fallback: {type(exc).__name__}"
-            solve_s = time.perf_counter() - started
-            self.solves += 1
-            metrics.SOLVES.labels("fallback" if result.fallback else "ok", trigger).inc()
-            metrics.SOLVE_SECONDS.observe(solve_s)
-            plan = self._to_plan(now, result, metas, solve_s)
-            plan_id = await self._store_plan(now, trigger, site, slots, result, plan, solve_s)
-            sent, failed = await self._push(now, plan, metas, plan_id)
-            outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
-            self.latest = outcome
-            self.gw.bus.publish(ev.PlanPublished(now, plan_id, result.status, {
-                "trigger": trigger, "sessions": len(plan.sessions), "solve_s": round(solve_s, 4),
-                "fallback": result.fallback, "objective": round(result.objective, 4),
-                "profiles_sent": sent, "profiles_failed": failed,
-            }))
-            return outcome
+            return await self._replan_locked(trigger)
+
+    async def _replan_locked(self, trigger: str) -> PlanOutcome | None:
+        if self._stopping:
+            return None
+        now = self.gw.clock.now()
+        limits_sent = {}
+        for key in self._sent:
+            lim = self._highest_recent_limit_kw(key, now)
+            if lim is not None:
+                limits_sent[key] = lim
+        observed = await self._observed(now)
+        site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent,
+                                               self.forecaster, observed=observed)
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(self.planner.solve, site, slots),
+                timeout=self.settings.solver_time_limit_s + 5.0,
+            )
+        except Exception as exc:  # timeout or crash outside the planner's own guard
+            log.error("solver failed (%s): pushing the fallback plan", exc)
+            result = greedy_fallback(site, slots)
+            result.status = f"fallback: {type(exc).__name__}"
+        solve_s = time.perf_counter() - started
+        self.solves += 1
+        metrics.SOLVES.labels("fallback" if result.fallback else "ok", trigger).inc()
+        metrics.SOLVE_SECONDS.observe(solve_s)
+        plan = self._to_plan(now, result, metas, solve_s)
+        plan_id = await self._store_plan(now, trigger, site, slots, result, plan, solve_s)
+        sent, failed = await self._push(now, plan, metas, plan_id)
+        outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
+        self.latest = outcome
+        self.gw.bus.publish(ev.PlanPublished(now, plan_id, result.status, {
+            "trigger": trigger, "sessions": len(plan.sessions), "solve_s": round(solve_s, 4),
+            "fallback": result.fallback, "objective": round(result.objective, 4),
+            "profiles_sent": sent, "profiles_failed": failed,
+        }))
+        return outcome
+
+    def _note_accepted(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> None:
+        self._sent[key] = prof
+        hist = self._accepted.setdefault(key, [])
+        hist.append((now, prof))
+        # Keep what may still be in force over LIMITS_KEPT: the newest entry older than it, and after.
+        old = [i for i, (at, _) in enumerate(hist) if at <= now - LIMITS_KEPT]
+        if len(old) > 1:
+            del hist[:old[-1]]
+
+    def _limits_kw(self, key: tuple[str, int], lo: datetime, now: datetime) -> list[tuple[datetime, float | None]]:
+        """The limit (kW; None: no accepted profile in force) the EVSE had from each moment of
+        [lo, now] on, from the profiles it accepted."""
+        hist = self._accepted.get(key, [])
+        moments = {lo} | {at for at, _ in hist if lo < at <= now}
+        for _, prof in hist:
+            moments |= {p.start for p in prof.periods if lo < p.start <= now}
+            if lo < prof.end <= now:
+                moments.add(prof.end)
+        out: list[tuple[datetime, float | None]] = []
+        for t in sorted(moments):
+            in_force = [prof for at, prof in hist if at <= t]
+            lim = in_force[-1].limit_at(t) if in_force else None
+            out.append((t, None if lim is None else lim / 1000.0))
+        return out
+
+    def _highest_recent_limit_kw(self, key: tuple[str, int], now: datetime) -> float | None:
+        """The highest limit (kW) the EVSE had at any moment of the last NONCOMPLIANCE_WINDOW from
+        the profiles it accepted (None: none in force)."""
+        lims = [lim for _, lim in self._limits_kw(key, now - NONCOMPLIANCE_WINDOW, now) if lim is not None]
+        now_lim = self._limits_kw(key, now, now)[0][1]
+        if now_lim is not None:
+            lims.append(now_lim)
+        return max(lims) if lims else None
+
+    def _note_reading(self, event: ev.SessionUpdated) -> None:
+        """A new meter reading when the energy or SoC moved, or nothing flows (an event that only
+        repeats the last reading while power flows is no news)."""
+        if event.energy_in_kwh is None:
+            return  # MeterValues: power and SoC without the transaction's energy registers
+        values = (event.energy_in_kwh, event.energy_out_kwh, event.soc)
+        last = self._read.get(event.transaction_id)
+        flowing = event.power_kw is not None and abs(event.power_kw) > 1e-3
+        if last is None or last[1] != values or not flowing:
+            self._read[event.transaction_id] = (event.at, values)
+
+    async def _observed(self, now: datetime) -> dict[str, live_inputs.Observed]:
+        full = await self._full_sessions(now)
+        out: dict[str, live_inputs.Observed] = {}
+        for s in self.gw.state.sessions():
+            read = self._read.get(s.transaction_id)
+            read_at = read[0] if read is not None else None
+            limits: tuple[tuple[datetime, float | None], ...] = ()
+            if read_at is not None and read_at < now:
+                limits = tuple(self._limits_kw(s.key, max(read_at, now - live_inputs.EXTRAPOLATE_MAX), now))
+            out[s.transaction_id] = live_inputs.Observed(full=s.transaction_id in full, read_at=read_at,
+                                                         limits=limits)
+        return out
+
+    async def _full_sessions(self, now: datetime) -> set[str]:
+        """Transactions whose EV does not take the energy offered, from the chargingState the
+        stations last reported (SuspendedEV). Measured in the 50-station demo: without it, EVs
+        that had reached their own charge limit kept a third of the site's capacity in every plan
+        while drawing nothing, and the EVs that did need energy were deferred into the evening."""
+        live = {s.transaction_id for s in self.gw.state.sessions()}
+        for tx in [tx for tx, since in self.full.items() if tx not in live or now - since >= FULL_RECHECK]:
+            del self.full[tx]
+        try:
+            async with self.gw.sessions() as db:
+                rows = (await db.execute(select(m.Transaction.transaction_id, m.Transaction.charging_state).where(
+                    m.Transaction.ended_at.is_(None), m.Transaction.started_at.is_not(None)))).all()
+        except Exception as exc:  # planning goes on with what was known
+            log.warning("charging states not read: %s", exc)
+            return set(self.full)
+        for tx, state in rows:
+            if tx not in live:
+                continue
+            if state == SUSPENDED_EV:
+                self.full.setdefault(tx, now)
+            elif state == "Charging":
+                self.full.pop(tx, None)
+        return set(self.full)
 
     def session_plan(self, transaction_id: str) -> PlannedSession | None:
         return self.latest.session(transaction_id) if self.latest else None
@@ -299,22 +443,24 @@ class MpcScheduler:
             status, response = await self._call_set_profile(prof)
             ok = status == "Accepted"
             if ok:
-                self._sent[key] = prof
+                self._note_accepted(key, prof, now)
             else:
                 self._sent.pop(key, None)
             metrics.PROFILES.labels("accepted" if ok else status.lower()[:20]).inc()
-            await self._record(prof, plan_id, status, response, now)
-            if status == "Rejected":
+            self._record_later(prof, plan_id, status, response, now)
+            gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
+            if status == "Rejected" and not gone:
                 # The station refused the plan (e.g. a negative limit): give it a safe constant
-                # limit so it does not charge unmanaged (K01: the TxProfile id is replaced).
+                # limit so it does not charge unmanaged (K01: the TxProfile id is replaced). Not
+                # when the transaction is gone (the EV left before the gateway heard).
                 safe = profiles.safe_profile(
                     station_id=prof.station_id, evse_id=prof.evse_id, transaction_id=prof.transaction_id,
                     start=prof.periods[0].start, hours=1.0, limit_kw=self.settings.safe_limit_kw,
                     stack_level=prof.stack_level)
                 s2, r2 = await self._call_set_profile(safe)
                 if s2 == "Accepted":
-                    self._sent[key] = safe
-                await self._record(safe, plan_id, f"fallback:{s2}", r2, now)
+                    self._note_accepted(key, safe, now)
+                self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
             return ok
 
     async def _call_set_profile(self, prof: profiles.TxProfile) -> tuple[str, dict[str, Any] | None]:
@@ -327,6 +473,27 @@ class MpcScheduler:
                 log.error("SetChargingProfile payload for %s refused by validation: %s", prof.station_id, exc)
             return type(exc).__name__, {"error": str(exc)}
         return str(resp.get("status", "Unknown")), resp
+
+    def _record_later(self, prof: profiles.TxProfile, plan_id: int | None, status: str,
+                      response: dict[str, Any] | None, now: datetime) -> None:
+        """Store a profile sent without holding up the push (a commit under load takes longer than
+        the station's answer), in the order they were sent per EVSE."""
+        key = (prof.station_id, prof.evse_id)
+        before = self._writes.get(key)
+
+        async def write() -> None:
+            if before is not None:
+                await asyncio.wait({before})  # whatever became of it
+            await self._record(prof, plan_id, status, response, now)
+
+        task = asyncio.create_task(write())
+        self._writes[key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._writes.get(key) is t:
+                del self._writes[key]
+
+        task.add_done_callback(done)
 
     async def _record(self, prof: profiles.TxProfile, plan_id: int | None, status: str,
                       response: dict[str, Any] | None, now: datetime) -> None:

@@ -96,6 +96,9 @@ class TimeGrid:
         return len(self.durations_s)
 
 
+MIN_FIRST_STEP_S = 30.0  # a shorter first step is merged into the next one
+
+
 def make_grid(
     now: datetime,
     horizon_s: float,
@@ -111,7 +114,9 @@ def make_grid(
     end = t0 + horizon_s
     edges = [t0]
     t = (math.floor(t0 / align_s) + 1) * align_s if align_s > 0 else t0 + fine_step_s
-    if align_s > 0 and t - t0 < 1e-6:
+    if align_s > 0 and t - t0 < MIN_FIRST_STEP_S:
+        # A first step of a few seconds would become a profile period whose whole-second
+        # startPeriod collides with the next one's (K01.FR.35: the station rejects the profile).
         t += align_s
     n_fine = 1
     edges.append(min(t, end))

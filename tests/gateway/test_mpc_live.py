@@ -105,6 +105,11 @@ async def test_rejected_profile_falls_back_to_a_safe_limit(site: GatewayHarness)
     await wait_for(two)
     safe = sink.profiles[1]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
     assert safe == [{"startPeriod": 0, "limit": site.settings.safe_limit_kw * 1000.0}]
+
+    async def recorded() -> bool:  # profile records are written after the push, in order
+        return len(await fetch(site.database_url, "SELECT status FROM profiles_sent")) >= 2
+
+    await wait_for(recorded)
     rows = await fetch(site.database_url, "SELECT status FROM profiles_sent ORDER BY id")
     assert [r["status"] for r in rows][:2] == ["Rejected", "fallback:Rejected"]
     await st.close()
@@ -186,4 +191,81 @@ async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: 
     fresh = MpcScheduler(site.gw)
     assert await fresh.bootstrap() == 1
     assert sum(len(v) for (s, _), v in fresh.forecaster._dwell.items() if s == name) == 1
+    await st.close()
+
+
+async def test_an_ev_that_stops_taking_energy_is_planned_full_until_it_draws_again(site: GatewayHarness) -> None:
+    sched = site.gw.scheduler
+    assert sched is not None
+    st, sink = await plug_in(site, "CS-S", tid="TX-S")
+
+    async def planned() -> bool:
+        return len(sink.profiles) >= 1
+
+    await wait_for(planned)
+    outcome = await sched.replan("test")
+    assert outcome is not None and outcome.plan.sessions[0].power_kw[0] > 0
+    # The station says the EV takes nothing although offered (its own charge limit): no capacity is
+    # kept for it, and it stays so while its EVSE is held at zero.
+    for seq, state in ((1, "SuspendedEV"), (2, "SuspendedEVSE")):
+        await st.ok("TransactionEvent", tx_event("Updated", seq, tid="TX-S", triggerReason="ChargingStateChanged",
+                                                 transactionInfo={"transactionId": "TX-S", "chargingState": state},
+                                                 meterValue=energy(4000.0, power_w=0.0)))
+        outcome = await sched.replan("test")
+        assert outcome is not None and max(outcome.plan.sessions[0].power_kw) <= 1e-6
+        assert sched.full.keys() == {"TX-S"}
+    # It draws again (a new need, or it only paused): planned as before.
+    await st.ok("TransactionEvent", tx_event("Updated", 3, tid="TX-S", triggerReason="ChargingStateChanged",
+                                             transactionInfo={"transactionId": "TX-S", "chargingState": "Charging"},
+                                             meterValue=energy(4100.0, power_w=3000.0)))
+    outcome = await sched.replan("test")
+    assert outcome is not None and outcome.plan.sessions[0].power_kw[0] > 0 and not sched.full
+    await st.close()
+
+
+async def test_a_draw_counts_as_ignoring_the_limit_only_above_every_recent_limit(site: GatewayHarness) -> None:
+    from gateway.ocpp.profiles import Period, TxProfile
+    from gateway.scheduler.mpc import NONCOMPLIANCE_WINDOW
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    key, t0 = ("CS-N", 1), site.gw.clock.now()
+
+    def prof(*limits_w: float) -> TxProfile:
+        periods = tuple(Period(t0 + timedelta(minutes=10 * i), w) for i, w in enumerate(limits_w))
+        return TxProfile("CS-N", 1, "TX-N", 7, 1, periods, t0 + timedelta(hours=3))
+
+    # 11 kW for ten minutes, then 2 kW: a reading of 11 kW a few minutes later may be older than the cut.
+    sched._note_accepted(key, prof(11000.0, 2000.0), t0)
+    assert sched._highest_recent_limit_kw(key, t0 + timedelta(minutes=15)) == 11.0
+    assert sched._highest_recent_limit_kw(key, t0 + timedelta(minutes=10) + NONCOMPLIANCE_WINDOW) == 2.0
+    # A new profile replaces it: the old one's higher limit still counts inside the window.
+    sched._note_accepted(key, prof(0.0), t0 + timedelta(minutes=40))
+    assert sched._highest_recent_limit_kw(key, t0 + timedelta(minutes=45)) == 2.0
+    assert sched._highest_recent_limit_kw(key, t0 + timedelta(minutes=40) + NONCOMPLIANCE_WINDOW) == 0.0
+
+
+async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile(site: GatewayHarness) -> None:
+    from gateway.domain import Plan, PlannedSession
+    from gateway.scheduler.live_inputs import SlotMeta
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    st, sink = await plug_in(site, "CS-T", tid="TX-T")
+
+    async def planned() -> bool:
+        return len(sink.profiles) >= 1
+
+    await wait_for(planned)
+    session = site.gw.state.evses[("CS-T", 1)].session
+    assert session is not None
+    # A plan whose first step lasts 0.4 s: its period is merged into the next one.
+    now = site.gw.clock.now()
+    starts = (now, now + timedelta(seconds=0.4), now + timedelta(seconds=300.4))
+    plan = Plan(created_at=now, starts=starts, end=now + timedelta(seconds=3600.4),
+                sessions=(PlannedSession("CS-T", 1, "TX-T", (9.0, 4.0, 6.0)),))
+    sent, failed = await sched._push(now, plan, [SlotMeta(("CS-T", 1), session, None, 0.0, None)], None)
+    assert (sent, failed) == (1, 0)
+    periods = sink.profiles[-1]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
+    assert [p["startPeriod"] for p in periods] == [0, 300] and [p["limit"] for p in periods] == [4000.0, 6000.0]
     await st.close()

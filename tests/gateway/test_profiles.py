@@ -66,3 +66,19 @@ def test_differs_only_when_the_station_would_act_differently() -> None:
     assert profiles.differs(old, changed)
     assert profiles.differs(None, later)
     assert profiles.differs(old, build([5.05] * 12 + [0.0] * 12)) is False  # within tolerance
+
+
+def test_periods_a_fraction_of_a_second_apart_never_share_a_start_period() -> None:
+    t = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    starts = [t, t + timedelta(seconds=0.4), t + timedelta(seconds=1.6), t + timedelta(seconds=2.4),
+              t + timedelta(seconds=300)]
+    p = profiles.build_profile(
+        station_id="CS", evse_id=1, transaction_id="TX", starts=starts, end=t + timedelta(minutes=10),
+        power_kw=[9.0, 4.0, 5.0, 6.0, 4.0], max_charge_kw=11.0, max_discharge_kw=7.0, bidirectional=True,
+        dialect=DischargeDialect.NEGATIVE_LIMIT, stack_level=1, max_periods=10)
+    sched = p.payload()["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
+    offsets = [round((q.start - p.periods[0].start).total_seconds()) for q in p.periods]
+    assert offsets == sorted(set(offsets))  # strictly increasing whole seconds (K01.FR.35)
+    # 0.4 s replaces the first; 1.6 s and 2.4 s both round to 2 s: the later one wins.
+    assert [q.limit_w for q in p.periods] == [4000.0, 6000.0, 4000.0]
+    assert [x["startPeriod"] for x in sched] == offsets

@@ -207,6 +207,10 @@ def test_make_grid_is_fine_near_now_and_hourly_later() -> None:
     assert g.end() == now + timedelta(hours=24)
     assert g.index_at(now) == 0 and g.index_at(starts[5] + timedelta(seconds=1)) == 5
     assert len(make_grid(T0, 24 * 3600)) - len(make_grid(now, 24 * 3600)) in (-1, 0, 1)
+    # Just before a boundary the first step runs on to the next one: a step of a few seconds would
+    # give two profile periods the same whole-second startPeriod.
+    late = T0 + timedelta(minutes=4, seconds=59, milliseconds=700)
+    assert make_grid(late, 24 * 3600).durations_s[0] == pytest.approx(300.3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

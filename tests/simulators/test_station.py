@@ -383,3 +383,27 @@ async def test_rate_change_is_reported_as_a_transaction_event(csms: LoopbackCsms
     power = next(s["value"] for s in ev["meterValue"][0]["sampledValue"] if s["measurand"] == "Power.Active.Import")
     assert power == 2500
     await finish(st, task)
+
+
+async def test_a_limit_that_moves_nothing_is_not_reported_and_a_state_change_is_one_event(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    st, task, tx = await plugged(csms, clock, bidirectional=True)
+    before = len(tx_events(csms))
+
+    async def limit(w: float) -> None:
+        body = {"evseId": 1, "chargingProfile": profile(w, tx=tx, start=clock.now())}
+        await csms.call("CS-1", "SetChargingProfile", body)
+
+    # Above what the 11 kW car takes: the charging rate does not change, so nothing is sent.
+    await limit(22000)
+    assert st.evses[1].power_kw == pytest.approx(11.0)
+    # Zero: the state changes (SuspendedEVSE) and the power with it, in one event with the meter value.
+    await limit(0)
+    await csms.wait_for(lambda: any(e["triggerReason"] == "ChargingStateChanged" for e in tx_events(csms)[before:]))
+    moved = [e for e in tx_events(csms)[before:] if e["triggerReason"] != "MeterValuePeriodic"]
+    assert [e["triggerReason"] for e in moved] == ["ChargingStateChanged"]
+    assert moved[0]["transactionInfo"]["chargingState"] == "SuspendedEVSE"
+    sampled = moved[0]["meterValue"][0]["sampledValue"]
+    assert next(s["value"] for s in sampled if s["measurand"] == "Power.Active.Import") == 0
+    await finish(st, task)

@@ -1,0 +1,36 @@
+"""The live loop's own rules on top of the shared slot rules (gateway/scheduler/live_inputs.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.scheduler.live_inputs import EXTRAPOLATE_MAX, Observed, flow_since_reading
+
+T0 = datetime(2026, 7, 1, 17, 0, tzinfo=UTC)
+
+
+def minutes(m: float) -> datetime:
+    return T0 + timedelta(minutes=m)
+
+
+def test_nothing_is_carried_forward_without_a_reading() -> None:
+    assert flow_since_reading(Observed(), minutes(10), 11.0, 11.0, 11.0, 0.9) == 0.0
+    assert flow_since_reading(Observed(read_at=minutes(10)), minutes(10), 11.0, 11.0, 11.0, 0.9) == 0.0
+
+
+def test_a_discharge_order_counts_as_obeyed_and_a_charge_as_no_more_than_was_seen() -> None:
+    # Read at 17:00 charging at 4 kW; 11 kW allowed until 17:30, then a discharge order of -20 kW.
+    obs = Observed(read_at=T0, limits=((T0, 11.0), (minutes(30), -20.0)))
+    flow = flow_since_reading(obs, minutes(45), 4.0, 11.0, 7.0, 0.9)
+    # +4 kW x 0.5 h x 0.9 in, then the EV's 7 kW (not the 20 ordered) x 0.25 h / 0.9 out.
+    assert flow == pytest.approx(4.0 * 0.5 * 0.9 - 7.0 * 0.25 / 0.9)
+    # Before any planned profile: what the EV was seen taking, within its limit.
+    assert flow_since_reading(Observed(read_at=T0), minutes(30), 20.0, 11.0, 0.0, 1.0) == pytest.approx(5.5)
+
+
+def test_no_more_than_an_hour_is_extrapolated() -> None:
+    obs = Observed(read_at=T0 - timedelta(hours=5), limits=((T0 - timedelta(hours=5), -10.0),))
+    hours = EXTRAPOLATE_MAX / timedelta(hours=1)
+    assert flow_since_reading(obs, T0, 0.0, 11.0, 10.0, 1.0) == pytest.approx(-10.0 * hours)
