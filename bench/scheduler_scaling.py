@@ -4,7 +4,8 @@
         [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP]]
 
 A synthetic workplace-like site over 24 h on the live grid (12 x 5 min, then hourly): every slot
-connected from now for 1-20 h, needing 5-45 kWh, half allowed to discharge; the site limit is 60 %
+connected from now for 1-20 h, needing 5-45 kWh, with five earlier possible departures priced by
+probability as the live slots carry them, half allowed to discharge; the site limit is 60 %
 of the sum of charger ratings so it binds; TOU prices and a demand charge. A re-solve changes
 every slot's energy and the building load forecast (what a 5-minute re-plan changes).
 
@@ -27,6 +28,9 @@ from gateway.scheduler import lp_cvxpy, lp_highs
 from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
 from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
 
+# (share of the stay, probability): where each slot may leave early (gateway/scheduler/slots.py).
+EARLY_DEPARTURES = ((0.3, 0.05), (0.45, 0.10), (0.6, 0.20), (0.75, 0.20), (0.9, 0.20))
+
 
 def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[SiteInputs, list[SlotInput]]:
     grid: TimeGrid = make_grid(now, 24 * 3600)
@@ -37,10 +41,16 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[Sit
     slots = []
     for i in range(n_slots):
         dwell_h = rng.uniform(1, 20)
+        conn = ends <= dwell_h + 1e-9
+        target = float(rng.uniform(30, 55))
+        # Earlier possible departures, as the live slots carry them once the site has history.
+        last = max(int(np.count_nonzero(conn)) - 1, 0)
+        early = tuple((int(last * f), target, w) for f, w in EARLY_DEPARTURES)
         slots.append(SlotInput(
-            key=("cs", i), connected=ends <= dwell_h + 1e-9, energy_kwh=float(rng.uniform(5, 30)),
-            capacity_kwh=60.0, target_energy_kwh=float(rng.uniform(30, 55)), reserve_energy_kwh=10.0,
+            key=("cs", i), connected=conn, energy_kwh=float(rng.uniform(5, 30)),
+            capacity_kwh=60.0, target_energy_kwh=target, reserve_energy_kwh=10.0,
             max_charge_kw=11.0, max_discharge_kw=11.0, discharge_allowed=bool(i % 2),
+            early_targets=early, unmet_weight=1.0 - sum(w for _, w in EARLY_DEPARTURES),
         ))
     limit = 0.6 * 11.0 * n_slots + 20
     site = SiteInputs(

@@ -347,9 +347,10 @@ def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool =
                 if isinstance(pol, Mpc):
                     pol.period = timedelta(seconds=STEP_S * window(ep)[1])
                     pol.period_end = window(ep)[0] + pol.period
-                    if exact:  # announcements are the truth: no need to finish early
+                    if exact:  # announcements are the truth: no need to finish early, no spread
                         pol.announced_margin = timedelta(0)
                         pol.learn_margin = False
+                        pol.departure_scenarios = False
             runs.append(simulate(ep, pol, exact=exact, penalty=penalty, progress=bar))
     bar.close()
     return summarise(runs, names), runs

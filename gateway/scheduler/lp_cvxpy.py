@@ -20,9 +20,14 @@ import numpy as np
 from gateway.scheduler.problem import EPS_PER_KWH, EXCESS_PENALTY_PER_KWH, Prepared, RawSolution
 
 
+def risks_per_slot(p: Prepared) -> int:
+    """The most earlier possible departures any one slot has (the model's risk columns per slot)."""
+    return int(np.bincount(p.risk_slot).max()) if len(p.risk_slot) else 0
+
+
 def shape_key(p: Prepared) -> tuple[Any, ...]:
     s, n = p.shape
-    return (s, n, tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)))
+    return (s, n, risks_per_slot(p), tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)))
 
 
 class CvxModel:
@@ -52,14 +57,21 @@ class CvxModel:
         # Earlier possible departures, dense over (slot, step): the target where there is one and
         # the floor elsewhere (always met), and the price per kWh short there (EPS elsewhere, so the
         # unused shortfall variables stay bounded for the interior-point solver).
-        self.risk_target = cp.Parameter((s, n))
-        self.risk_price = cp.Parameter((s, n), nonneg=True)
+        # Up to k per slot. Which step each one is at changes between solves, and a Parameter that
+        # selects a step would multiply a variable: so the j-th shortfall of a slot holds against
+        # every step, with the target as right-hand side at its step and the floor (always met)
+        # elsewhere; presolve drops the rows that cannot bind. Its price is a vector of s x k
+        # entries: a Parameter cost vector compiles in time that grows with the square of its
+        # size (s x T entries took 130 s at 1,000 slots; s x k with k <= 5 takes seconds).
+        self.k = k = risks_per_slot(p)
+        self.risk_target = [cp.Parameter((s, n)) for _ in range(k)]
+        self.risk_price = cp.Parameter(s * k, nonneg=True) if k else None
 
         a = cp.Variable((s, n), nonneg=True)  # AC kWh charged in the step
         b = cp.Variable((s, n), nonneg=True)  # AC kWh discharged in the step
         e = cp.Variable((s, n))  # battery kWh at the end of the step
         u = cp.Variable(s, nonneg=True)
-        r = cp.Variable((s, n), nonneg=True)  # kWh short at an earlier possible departure
+        r = cp.Variable((s, k), nonneg=True) if k else None  # kWh short at an earlier possible departure
         imp = cp.Variable(n, nonneg=True)  # kWh imported in the step
         exp = cp.Variable(n, nonneg=True)
         xi = cp.Variable(n, nonneg=True)
@@ -76,7 +88,6 @@ class CvxModel:
             e >= self.floor,
             e <= self.cap,
             e[:, n - 1] + u >= self.target,
-            e + r >= self.risk_target,
             imp - exp - cp.sum(a, axis=0) + cp.sum(b, axis=0) == self.building_h,
             imp - xi <= self.imp_lim_h,
             exp - xe <= self.exp_lim_h,
@@ -85,13 +96,17 @@ class CvxModel:
         ]
         if n > 1:
             cons.append(e[:, 1:] == e[:, :-1] + flow[:, 1:])
+        across = np.ones((1, n))
+        if r is not None:
+            for j in range(k):
+                cons.append(e + cp.reshape(r[:, j], (s, 1), order="F") @ across >= self.risk_target[j])
         obj = (
             self.c_imp @ imp - self.c_exp @ exp
             + self.c_charge @ cp.sum(a, axis=0)
             + self.demand * peak
             + self.wear * cp.sum(b)
             + self.unmet @ u
-            + cp.sum(cp.multiply(self.risk_price, r))
+            + (self.risk_price @ cp.vec(r, order="F") if r is not None and self.risk_price is not None else 0.0)
             + EXCESS_PENALTY_PER_KWH * cp.sum(xi + xe)
             + EPS_PER_KWH * (cp.sum(a) + cp.sum(b) + cp.sum(imp) + cp.sum(exp))
         )
@@ -123,12 +138,22 @@ class CvxModel:
         self.demand.value = p.demand
         self.peak0.value = p.peak0
         self.unmet.value = p.unmet_penalty
-        risk_target = np.repeat(p.floor[:, None], len(h), axis=1)
-        risk_price = np.full((len(p.e0), len(h)), EPS_PER_KWH)
-        risk_target[p.risk_slot, p.risk_step] = p.risk_target
-        risk_price[p.risk_slot, p.risk_step] = p.risk_penalty
-        self.risk_target.value = risk_target
-        self.risk_price.value = risk_price
+        if self.k and self.risk_price is not None:
+            s = len(p.e0)
+            # The j-th earlier departure of each slot, in the order prepare() listed them.
+            nth = np.zeros(len(p.risk_slot), dtype=int)
+            seen: dict[int, int] = {}
+            for i, slot in enumerate(p.risk_slot):
+                nth[i] = seen.get(int(slot), 0)
+                seen[int(slot)] = nth[i] + 1
+            price = np.full((s, self.k), EPS_PER_KWH)  # unused shortfall columns stay bounded
+            for j in range(self.k):
+                tgt = np.repeat(p.floor[:, None], len(h), axis=1)
+                sel = nth == j
+                tgt[p.risk_slot[sel], p.risk_step[sel]] = p.risk_target[sel]
+                price[p.risk_slot[sel], j] = p.risk_penalty[sel]
+                self.risk_target[j].value = tgt
+            self.risk_price.value = price.flatten(order="F")
 
     def solve(self, p: Prepared, time_limit_s: float) -> RawSolution:
         self._set(p)

@@ -132,6 +132,8 @@ class Mpc(_Base):
     period_end: datetime | None = None
     last_plan: PlanResult | None = None
     anticipate_arrivals: bool = True
+    # Plan against the spread of past departures (off when the evaluator hands the truth).
+    departure_scenarios: bool = True
 
     def __post_init__(self) -> None:
         self.solve_times = []
@@ -223,7 +225,8 @@ class Mpc(_Base):
 
     def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
         site = self.episode.site_type or self.episode.name
-        rules = SlotRules(announced_margin=self.announced_margin, learn_margin=self.learn_margin)
+        rules = SlotRules(announced_margin=self.announced_margin, learn_margin=self.learn_margin,
+                          departure_scenarios=self.departure_scenarios)
         return slot_input(v, key, grid, now, self.forecaster, site, rules)
 
 
