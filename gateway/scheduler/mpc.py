@@ -209,7 +209,14 @@ class MpcScheduler:
         task.add_done_callback(self._tasks.discard)
 
     async def _periodic(self) -> None:
-        await self._replan_logged("periodic")
+        # A task of ours, not APScheduler's job: stop() cancels a re-plan still waiting for the lock
+        # without the job runner logging the cancellation as a failure. Re-plans never overlap and
+        # queue at most one deep (_replan_logged), so the job need not wait for it.
+        if self._stopping:
+            return
+        task = asyncio.create_task(self._replan_logged("periodic"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _replan_logged(self, trigger: str) -> None:
         # One re-plan waiting behind the running one is enough: it plans from the newest state when
