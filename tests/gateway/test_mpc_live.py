@@ -56,6 +56,17 @@ async def plug_in(h: GatewayHarness, station_id: str, *, bidi: bool = True, tid:
     return st, sink
 
 
+async def planned_plug_in(h: GatewayHarness, station_id: str, tid: str) -> tuple[RawStation, ProfileSink]:
+    """An EV plugged in on a new station, once its first profile has arrived."""
+    st, sink = await plug_in(h, station_id, tid=tid)
+
+    async def planned() -> bool:
+        return len(sink.profiles) >= 1
+
+    await wait_for(planned)
+    return st, sink
+
+
 async def test_plug_in_gets_a_profile_within_seconds_and_it_is_stored(site: GatewayHarness) -> None:
     st, sink = await plug_in(site, "CS-A")
 
@@ -166,12 +177,7 @@ async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: 
     sched = site.gw.scheduler
     assert sched is not None
     name = site.settings.site.name
-    st, sink = await plug_in(site, "CS-F", tid="TX-F")
-
-    async def planned() -> bool:
-        return len(sink.profiles) >= 1
-
-    await wait_for(planned)
+    st, _ = await planned_plug_in(site, "CS-F", "TX-F")
     before = sched.observed
     await st.ok("TransactionEvent", tx_event("Ended", 1, tid="TX-F", meterValue=energy(4000.0)))
 
@@ -197,12 +203,7 @@ async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: 
 async def test_an_ev_that_stops_taking_energy_is_planned_full_until_it_draws_again(site: GatewayHarness) -> None:
     sched = site.gw.scheduler
     assert sched is not None
-    st, sink = await plug_in(site, "CS-S", tid="TX-S")
-
-    async def planned() -> bool:
-        return len(sink.profiles) >= 1
-
-    await wait_for(planned)
+    st, _ = await planned_plug_in(site, "CS-S", "TX-S")
     outcome = await sched.replan("test")
     assert outcome is not None and outcome.plan.sessions[0].power_kw[0] > 0
     # The station says the EV takes nothing although offered (its own charge limit): no capacity is
@@ -251,12 +252,7 @@ async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile
 
     sched = site.gw.scheduler
     assert sched is not None
-    st, sink = await plug_in(site, "CS-T", tid="TX-T")
-
-    async def planned() -> bool:
-        return len(sink.profiles) >= 1
-
-    await wait_for(planned)
+    st, sink = await planned_plug_in(site, "CS-T", "TX-T")
     session = site.gw.state.evses[("CS-T", 1)].session
     assert session is not None
     # A plan whose first step lasts 0.4 s: its period is merged into the next one.
