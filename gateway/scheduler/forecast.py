@@ -24,14 +24,6 @@ OVERSTAY_EXTENSION = timedelta(minutes=30)
 DUE_EXTENSION = timedelta(minutes=15)
 
 
-@dataclass(frozen=True)
-class Samples:
-    """Possible departures (POSIX seconds, ascending) with their relative weights."""
-
-    times: FloatArr
-    weights: FloatArr
-
-
 @dataclass
 class Forecast:
     departure: datetime
@@ -73,8 +65,9 @@ class SessionForecaster:
             return default
         return timedelta(hours=max(float(np.quantile(early, quantile)), 0.0))
 
-    def departure_samples(self, site: str, arrival: datetime, announced: datetime | None) -> Samples | None:
-        """Where a session like this one may end, from history; ``None`` when there is too little.
+    def departure_samples(self, site: str, arrival: datetime, announced: datetime | None) -> FloatArr | None:
+        """Where a session like this one may end (POSIX seconds, ascending), from history; ``None``
+        when there is too little.
 
         Not announced: the arrival plus the dwells of sessions that arrived at the same hour (or
         near it). Announced: the announcement shifted by how much earlier than announced this
@@ -85,12 +78,12 @@ class SessionForecaster:
             early = self._sorted(("early", site), lambda: self._early.get(site, []))
             if len(early) < MIN_SAMPLES:
                 return None
-            return Samples(announced.timestamp() - early[::-1] * 3600.0, np.ones(len(early)))
+            return announced.timestamp() - early[::-1] * 3600.0
         dwell = self._sorted(("dwell", site, arrival.hour),
                              lambda: self._similar(self._dwell, site, arrival.hour)[0])
         if len(dwell) < MIN_SAMPLES:
             return None
-        return Samples(arrival.timestamp() + dwell * 3600.0, np.ones(len(dwell)))
+        return arrival.timestamp() + dwell * 3600.0
 
     def _sorted(self, key: tuple[object, ...], values: Callable[[], list[float]]) -> FloatArr:
         """Sorted history, cached until the next observation."""

@@ -22,12 +22,13 @@ The single rule set for what the planner assumes about a session, used by the li
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 
-from gateway.scheduler.forecast import Samples, SessionForecaster, believed_departure
+from gateway.scheduler.forecast import FloatArr, SessionForecaster, believed_departure
 from gateway.scheduler.inputs import connected_mask, target_within_horizon
 from gateway.scheduler.problem import SlotInput, TimeGrid
 
@@ -97,22 +98,19 @@ class Scenarios:
     weights: list[float]
 
 
-def departure_scenarios(samples: Samples | None, now: datetime) -> Scenarios | None:
-    """The departure distribution from ``samples`` given the EV is still here at ``now``; ``None``
-    with no history, or when the EV has outstayed all of it (then it is due, see
-    :func:`gateway.scheduler.forecast.believed_departure`)."""
+def departure_scenarios(samples: FloatArr | None, now: datetime) -> Scenarios | None:
+    """The departure distribution from ``samples`` (POSIX seconds, ascending) given the EV is still
+    here at ``now``; ``None`` with no history, or when the EV has outstayed all of it (then it is
+    due, see :func:`gateway.scheduler.forecast.believed_departure`)."""
     if samples is None:
         return None
-    i = int(np.searchsorted(samples.times, now.timestamp(), side="right"))
-    times, w = samples.times[i:], samples.weights[i:]
-    total = float(w.sum())
-    if len(times) == 0 or total <= 1e-12:
+    left = samples[int(np.searchsorted(samples, now.timestamp(), side="right")):]
+    if len(left) == 0:
         return None
-    cum = np.cumsum(w) / total
     merged: dict[float, float] = {}
     for q, p in SCENARIOS:
-        # The earliest departure with at least a share q of the probability before or at it.
-        t = float(times[min(int(np.searchsorted(cum, q, side="left")), len(times) - 1)])
+        # The earliest departure with at least a share q of the sessions left at or before it.
+        t = float(left[min(max(math.ceil(q * len(left)) - 1, 0), len(left) - 1)])
         merged[t] = merged.get(t, 0.0) + p
     ts = sorted(merged)
     return Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in ts], weights=[merged[t] for t in ts])
