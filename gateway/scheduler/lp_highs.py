@@ -214,7 +214,6 @@ def run(b: Built, time_limit_s: float) -> RawSolution:
     # about even at 10,000 slots (45 s). Looser feasibility tolerances (1e-6) made it slower, other edge
     # weights or scaling no faster. This highspy build has no HiPO ("hipo" is refused: no BLAS/METIS).
     h.setOptionValue("solver", "simplex")
-    h.setOptionValue("run_crossover", "off")  # only read by the IPM, kept should the solver change back
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("threads", 1)
     h.passModel(b.lp)
