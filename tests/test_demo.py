@@ -15,9 +15,12 @@ from tests.test_cli import GATEWAY
 @pytest.mark.timeout(600)
 def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     summary, report = tmp_path / "summary.json", tmp_path / "report.html"
+    # 2000x: a simulated 5 minutes is 150 ms here. Much faster and a re-plan (tens of ms of solve and
+    # push on a loaded machine) lags the building load by simulated minutes: the site limit check
+    # below would measure the machine, not the gateway (seen once at 4000x in a full CI run).
     env = {**os.environ, "GATEWAY_DATABASE_URL": clean_db}
     result = subprocess.run(
-        [GATEWAY, "demo", "--stations", "6", "--time-scale", "4000", "--api-port", "0", "--ocpp-port", "0",
+        [GATEWAY, "demo", "--stations", "6", "--time-scale", "2000", "--api-port", "0", "--ocpp-port", "0",
          "--json", str(summary), "--report", str(report)],
         capture_output=True, text=True, env=env, timeout=540, check=False)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
