@@ -1,0 +1,101 @@
+"""The MPC's design choices measured against each other on the evaluator's episodes.
+
+    .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|mid|off]
+        [--peak-floor none|oracle|learned] [--solver simplex|ipm]
+
+Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
+prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
+- ``--scenarios``: where the departure buckets are planned (``slots.SCENARIOS``): at their lower
+  edges (the default), at their middles, or not at all (one believed departure).
+- ``--peak-floor``: the peak the MPC may reach at no demand charge. ``oracle``: the optimum's peak of
+  the same day (what knowing the day's arrivals is worth, not something a gateway can know);
+  ``learned``: the median of the optimum's peaks of the last five days of the same kind (weekday
+  or weekend), which a gateway could compute from its own records.
+- ``--solver``: HiGHS' dual simplex (the default) or its interior-point method without crossover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+import highspy
+import numpy as np
+
+from gateway.scheduler import evaluate as ev
+from gateway.scheduler import slots
+from gateway.scheduler.policies import Context, Mpc
+
+MID_SCENARIOS = ((0.025, 0.05), (0.1, 0.10), (0.25, 0.20), (0.45, 0.20), (0.65, 0.20), (0.875, 0.25))
+
+
+def use_solver(name: str) -> None:
+    if name == "simplex":
+        return
+    original = highspy.Highs.setOptionValue
+
+    def set_option(self: Any, key: str, value: Any) -> Any:
+        return original(self, key, name if key == "solver" else value)
+
+    highspy.Highs.setOptionValue = set_option  # type: ignore[method-assign]
+
+
+def use_peak_floor(kind: str, episodes: list[Any]) -> None:
+    if kind == "none":
+        return
+    peaks = []
+    for e in episodes:  # the optimum's peak of each day, played back as the evaluator does
+        run = ev.simulate(e, ev.optimal_policy(e, 5.0, 600.0), exact=False, penalty=5.0,
+                          progress=ev.Progress(1, False))
+        peaks.append(run.metrics["peak_import_kw"])
+    index = {e.name: i for i, e in enumerate(episodes)}
+
+    def weekend(i: int) -> bool:
+        return bool(episodes[i].start.weekday() >= 5)
+
+    act: Callable[[Mpc, Context], dict[Any, float]] = Mpc.act
+
+    def act_with_floor(self: Mpc, ctx: Context) -> dict[Any, float]:
+        i = index[self.episode.name]
+        if kind == "oracle":
+            floor = peaks[i]
+        else:
+            past = [peaks[j] for j in range(i) if weekend(j) == weekend(i)][-5:]
+            floor = float(np.median(past)) if past else 0.0
+        ctx.peak_so_far_kw = max(ctx.peak_so_far_kw, floor)
+        return act(self, ctx)
+
+    Mpc.act = act_with_floor  # type: ignore[method-assign]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--site", default="workplace")
+    ap.add_argument("--days", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--stations", type=int, default=50)
+    ap.add_argument("--scenarios", choices=("lower", "mid", "off"), default="lower")
+    ap.add_argument("--peak-floor", choices=("none", "oracle", "learned"), default="none")
+    ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
+    a = ap.parse_args()
+    if a.scenarios == "mid":
+        slots.SCENARIOS = MID_SCENARIOS
+    elif a.scenarios == "off":
+        slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
+    use_solver(a.solver)
+    episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
+    use_peak_floor(a.peak_floor, episodes)
+    result, _ = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"])
+    mpc = result["policies"]["mpc"]
+    keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
+            "shortfall_cost", "total_cost", "deliverable_served_share")
+    print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
+                      "peak_floor": a.peak_floor, "solver": a.solver,
+                      **{k: round(float(mpc[k]), 4) for k in keys},
+                      "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
+
+
+if __name__ == "__main__":
+    main()
