@@ -33,7 +33,7 @@ from gateway.db.admin import register_stations
 from gateway.db.embedded import embedded_postgres
 from gateway.episode import Episode
 from gateway.logs import setup_logging
-from gateway.scheduler.slots import SlotRules
+from gateway.scheduler.slots import SlotRules, announcement_margin
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH
 from simulators.fleet import Fleet
 from simulators.station import StationConfig
@@ -76,11 +76,9 @@ class Beliefs:
             return
         self._last = now
         state = gw.state
-        rules = SlotRules()
-        margin = rules.announced_margin
+        margin = SlotRules().announced_margin
         if gw.scheduler is not None:
-            margin = gw.scheduler.forecaster.announcement_margin(gw.settings.site.name, margin,
-                                                                 rules.margin_quantile)
+            margin = announcement_margin(gw.scheduler.forecaster, gw.settings.site.name)
         live: set[str] = set()
         for s in state.sessions():
             tx = s.transaction_id
@@ -453,7 +451,8 @@ def _summary_text(result: dict[str, Any]) -> str:
         f"uncontrolled (limit {result['episode']['import_limit_kw']:.0f} kW)",
         f"grid-event revenue           : {live['grid_event_revenue']:.2f}"
         f" ({live['energy_discharged_kwh']:.1f} kWh discharged)",
-        "shortfall by cause (kWh)    : " + ", ".join(f"{k} {v:.1f}" for k, v in live["shortfall_by_cause_kwh"].items()),
+        "shortfall by cause (kWh)     : "
+        + ", ".join(f"{k} {v:.1f}" for k, v in live["shortfall_by_cause_kwh"].items()),
         f"plans solved                 : {live['plans']}",
         "report: see --report / --json files",
     ])

@@ -127,13 +127,15 @@ def departure_for(v: SessionView, now: datetime, forecaster: SessionForecaster, 
                   rules: SlotRules) -> tuple[datetime, bool]:
     """(departure to plan for, still free to discharge)."""
     fc = forecaster.forecast(site, v.arrival, now)
-    if v.departure_firm:
-        margin = timedelta(0)
-    else:
-        margin = rules.announced_margin
-        if rules.learn_margin:
-            margin = forecaster.announcement_margin(site, rules.announced_margin, rules.margin_quantile)
+    margin = timedelta(0) if v.departure_firm else announcement_margin(forecaster, site, rules)
     return believed_departure(v.departure, fc.departure, now, margin)
+
+
+def announcement_margin(forecaster: SessionForecaster, site: str, rules: SlotRules = SlotRules()) -> timedelta:
+    """How long before an EV's announced departure the plan aims to finish (no history: the default)."""
+    if not rules.learn_margin:
+        return rules.announced_margin
+    return forecaster.announcement_margin(site, rules.announced_margin, rules.margin_quantile)
 
 
 def scenarios_for(v: SessionView, now: datetime, forecaster: SessionForecaster, site: str,
