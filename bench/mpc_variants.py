@@ -1,7 +1,7 @@
 """The MPC's design choices measured against each other on the evaluator's episodes.
 
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|mid|off]
-        [--peak-floor none|oracle|learned] [--solver simplex|ipm]
+        [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -12,6 +12,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   ``learned``: the median of the optimum's peaks of the last five days of the same kind (weekday
   or weekend), which a gateway could compute from its own records.
 - ``--solver``: HiGHS' dual simplex (the default) or its interior-point method without crossover.
+- ``--arrivals``: plan the EVs expected to arrive (``gateway/scheduler/arrivals.py``) or not;
+  ``--arrival-scale``: plan that many times the expected count (a hedge against busy days).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler import slots
+from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
 
 MID_SCENARIOS = ((0.025, 0.05), (0.1, 0.10), (0.25, 0.20), (0.45, 0.20), (0.65, 0.20), (0.875, 0.25))
@@ -70,6 +73,27 @@ def use_peak_floor(kind: str, episodes: list[Any]) -> None:
     Mpc.act = act_with_floor  # type: ignore[method-assign]
 
 
+def use_arrivals(on: bool, scale: float) -> None:
+    if not on:
+        original_init = Mpc.__post_init__
+
+        def init_without(self: Mpc) -> None:
+            original_init(self)
+            self.anticipate_arrivals = False
+
+        Mpc.__post_init__ = init_without  # type: ignore[method-assign]
+    if scale != 1.0:
+        expected = ArrivalModel.expected
+
+        def scaled(self: ArrivalModel, site: str, when: Any) -> Any:
+            exp = expected(self, site, when)
+            if exp is not None:
+                exp.per_day *= scale
+            return exp
+
+        ArrivalModel.expected = scaled  # type: ignore[method-assign]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--site", default="workplace")
@@ -79,12 +103,15 @@ def main() -> None:
     ap.add_argument("--scenarios", choices=("lower", "mid", "off"), default="lower")
     ap.add_argument("--peak-floor", choices=("none", "oracle", "learned"), default="none")
     ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
+    ap.add_argument("--arrivals", choices=("on", "off"), default="on")
+    ap.add_argument("--arrival-scale", type=float, default=1.0)
     a = ap.parse_args()
     if a.scenarios == "mid":
         slots.SCENARIOS = MID_SCENARIOS
     elif a.scenarios == "off":
         slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
     use_solver(a.solver)
+    use_arrivals(a.arrivals == "on", a.arrival_scale)
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
     use_peak_floor(a.peak_floor, episodes)
     result, _ = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"])
@@ -92,7 +119,8 @@ def main() -> None:
     keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")
     print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
-                      "peak_floor": a.peak_floor, "solver": a.solver,
+                      "peak_floor": a.peak_floor, "solver": a.solver, "arrivals": a.arrivals,
+                      "arrival_scale": a.arrival_scale,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 

@@ -7,7 +7,9 @@ A synthetic workplace-like site over 24 h on the live grid (12 x 5 min, then hou
 connected from now for 1-20 h, needing 5-45 kWh, with five earlier possible departures priced by
 probability as the live slots carry them, half allowed to discharge; the site limit is 60 %
 of the sum of charger ratings so it binds; TOU prices and a demand charge. A re-solve changes
-every slot's energy and the building load forecast (what a 5-minute re-plan changes).
+every slot's energy and the building load forecast (what a 5-minute re-plan changes). Each site
+also carries the 72 aggregate slots of the EVs expected to arrive (gateway/scheduler/arrivals.py),
+as the live loop plans them; ``slots`` counts the EVSE slots only.
 
 ``--decompose``: one site planned by :class:`gateway.scheduler.decompose.DecomposedPlanner`, as LPs of
 at most SLOTS_PER_LP slots sharing the site's headroom (sizes at or below it stay one LP); the row
@@ -20,11 +22,12 @@ import argparse
 import json
 import statistics
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from gateway.scheduler import lp_cvxpy, lp_highs
+from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
 from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
 
@@ -52,6 +55,7 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[Sit
             max_charge_kw=11.0, max_discharge_kw=11.0, discharge_allowed=bool(i % 2),
             early_targets=early, unmet_weight=1.0 - sum(w for _, w in EARLY_DEPARTURES),
         ))
+    slots += expected_arrivals(n_slots, rng, grid, now)
     limit = 0.6 * 11.0 * n_slots + 20
     site = SiteInputs(
         grid=grid, import_price=price, export_price=price * 0.3,
@@ -61,6 +65,21 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[Sit
         wear_cost_per_kwh=0.03, unmet_penalty_per_kwh=50.0,
     )
     return site, slots
+
+
+def expected_arrivals(n_slots: int, rng: np.random.Generator, grid: TimeGrid, now: datetime) -> list[SlotInput]:
+    """The aggregate slots the live loop adds for EVs expected to arrive (``ArrivalModel.slots``),
+    from a week of history in which a tenth of the site's EVSEs filled every hour of 7-18 h."""
+    model = ArrivalModel()
+    model.watched("bench", now - timedelta(days=7), now)
+    for d in range(1, 8):
+        for hour in range(7, 19):
+            for k in range(max(1, n_slots // 10)):
+                arr = (now - timedelta(days=d)).replace(hour=hour, minute=int(rng.integers(60)))
+                model.arrived("bench", (d, hour, k), arr)
+                model.observe("bench", arr, arr + timedelta(hours=float(rng.uniform(1, 10))),
+                              float(rng.uniform(5, 40)), 11.0)
+    return model.slots("bench", grid, now)
 
 
 def perturb(site: SiteInputs, slots: list[SlotInput], rng: np.random.Generator) -> None:

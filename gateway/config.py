@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     # Plan discharge only inside grid-event windows (export requests). Arbitrage on time-of-use
     # spreads against uncertain departures drained parked cars in the 50-station demo.
     discharge_only_in_grid_events: bool = True
+    # Keep room (and the peak) in every plan for the EVs expected to plug in over the horizon, as
+    # counted per hour of the day from the sessions seen here (gateway/scheduler/arrivals.py).
+    anticipate_arrivals: bool = True
     ev_efficiency: float = 0.92  # charge and discharge efficiency assumed between meter and battery
     default_ev_room_kwh: float = 60.0  # battery room assumed when an EV does not tell its SoC
     noncompliance_tolerance_kw: float = 1.0  # measured power above the sent limit by more: ignored

@@ -62,6 +62,7 @@ class CompletedSession:
     requested_kwh: float | None
     announced: datetime | None
     max_kw: float
+    delivered_kwh: float = 0.0  # into the battery, net, from the meter (what the session took)
 
 
 # Completed sessions kept for the scheduler to learn from; bounded so a gateway without one does not grow.
@@ -163,7 +164,8 @@ class SiteState:
         return CompletedSession(
             st.spec.key, s.started_at, ended_at,
             r.energy_wanted_kwh if r.energy_source != "forecast" else None,
-            r.departure if r.departure_source != "forecast" else None, max_kw)
+            r.departure if r.departure_source != "forecast" else None, max_kw,
+            max(s.stored_kwh(self.settings.ev_efficiency), 0.0))
 
     def take_completed(self) -> list[CompletedSession]:
         out = list(self.completed)

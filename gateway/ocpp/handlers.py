@@ -192,6 +192,9 @@ class Handlers:
         if tx.ended_at is not None:
             if self.active_tx.get(key) == tid:
                 del self.active_tx[key]
+            # The final meter reading first: what the session took is what the forecasts learn.
+            self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
+                                                tx.energy_out_kwh, tx.power_kw, tx.soc))
             self._bus.publish(ev.SessionEnded(at, ctx.station_id, evse_id, tid, info.get("stoppedReason")))
             return recorded.response
         is_new = self.active_tx.get(key) != tid

@@ -210,7 +210,8 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         for k in [k for k, t in present.items() if t.last <= i]:
             gone = present.pop(k)
             a = gone.arrival
-            policy.session_done(ep, a.arrival, a.departure, _known_need(gone), _announced(a), gone.max_charge_kw)
+            policy.session_done(ep, a.arrival, a.departure, _known_need(gone), _announced(a), gone.max_charge_kw,
+                                gone.energy - gone.e0)
         for t in by_first.get(i, []):
             present[t.key] = t
         building[i] = ep.building_load_at(now)
@@ -239,7 +240,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         progress.step(1, f"{policy.name} {ep.name}")
     for t in present.values():
         policy.session_done(ep, t.arrival.arrival, t.arrival.departure, _known_need(t), _announced(t.arrival),
-                            t.max_charge_kw)
+                            t.max_charge_kw, t.energy - t.e0)
     metrics = price_run(ep, evs, net, building, limit, price, p_exp, pay, evse_power, penalty, n)
     solve_times = list(getattr(policy, "solve_times", []))
     return Run(policy=policy.name, episode=ep.name, times=times, net_kw=net, building_kw=building,

@@ -37,8 +37,9 @@ from gateway.ocpp import profiles
 from gateway.ocpp.defaults import default_limit_kw
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
+from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.forecast import SessionForecaster
-from gateway.scheduler.problem import Planner, PlanResult, greedy_fallback
+from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, greedy_fallback
 from gateway.state import CompletedSession
 
 if TYPE_CHECKING:
@@ -106,6 +107,9 @@ class MpcScheduler:
         # learned from every session that ends here, as the offline evaluator's MPC learns it.
         self.forecaster: SessionForecaster = live_inputs.new_forecaster(self.settings)
         self.observed = 0
+        # How many EVs arrive per hour of the day and what they want: planned as aggregate slots
+        # so the morning's first EVs do not spend the peak the later ones will need.
+        self.arrivals = ArrivalModel()
         # Sessions whose EV stopped taking energy (transaction id -> since when): planned as full,
         # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
@@ -113,8 +117,9 @@ class MpcScheduler:
         self.full: dict[str, datetime] = {}
 
     def observe(self, done: CompletedSession) -> None:
-        self.forecaster.observe(self.settings.site.name, done.arrival, done.departure, done.requested_kwh,
-                                done.announced)
+        name = self.settings.site.name
+        self.forecaster.observe(name, done.arrival, done.departure, done.requested_kwh, done.announced)
+        self.arrivals.observe(name, done.arrival, done.departure, done.delivered_kwh, done.max_kw)
         self.observed += 1
 
     async def bootstrap(self) -> int:
@@ -126,12 +131,24 @@ class MpcScheduler:
         except Exception as exc:  # planning starts without history rather than not at all
             log.warning("no session history for the forecast: %s", exc)
             return 0
+        name = self.settings.site.name
         n = 0
         for t in reversed(rows):
             if t.started_at is None or t.ended_at is None or t.ended_at <= t.started_at:
                 continue
-            self.forecaster.observe(self.settings.site.name, t.started_at, t.ended_at, None, None)
+            self.forecaster.observe(name, t.started_at, t.ended_at, None, None)
+            spec = self.gw.state.evses.get((t.station_id, t.evse_id or 0))
+            max_kw = spec.spec.max_charge_kw if spec is not None else self.settings.safe_limit_kw
+            eff = self.settings.ev_efficiency
+            took = max(t.energy_in_kwh * eff - t.energy_out_kwh / eff, 0.0)
+            self.arrivals.observe(name, t.started_at, t.ended_at, took, max_kw)
+            self.arrivals.arrived(name, t.transaction_id, t.started_at)
             n += 1
+        if rows:
+            # Every session that started after the oldest of these ended is among them or still
+            # open (counted when the scheduler sees it): those hours' arrivals are complete.
+            oldest_end = min(t.ended_at for t in rows if t.ended_at is not None)
+            self.arrivals.watched(name, oldest_end, self.gw.clock.now())
         self.observed += n
         return n
 
@@ -256,6 +273,7 @@ class MpcScheduler:
         observed = await self._observed(now)
         site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent,
                                                self.forecaster, observed=observed)
+        slots += self._expected_arrivals(site.grid, now)
         started = time.perf_counter()
         try:
             result = await asyncio.wait_for(
@@ -281,6 +299,16 @@ class MpcScheduler:
             "profiles_sent": sent, "profiles_failed": failed,
         }))
         return outcome
+
+    def _expected_arrivals(self, grid: TimeGrid, now: datetime) -> list[SlotInput]:
+        """Slots for the EVs expected to plug in over the horizon (after the real ones, so a
+        plan's rows still line up with the slot metas)."""
+        name = self.settings.site.name
+        self.arrivals.watch(name, now)
+        for st in self.gw.state.evses.values():
+            if st.session is not None and st.session.started_at is not None:
+                self.arrivals.arrived(name, st.session.transaction_id, st.session.started_at)
+        return self.arrivals.slots(name, grid, now) if self.settings.anticipate_arrivals else []
 
     def _note_accepted(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> None:
         self._sent[key] = prof

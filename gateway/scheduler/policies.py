@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from gateway.episode import Episode
-from gateway.scheduler.forecast import ArrivalModel, SessionForecaster, believed_departure
+from gateway.scheduler.arrivals import ArrivalModel
+from gateway.scheduler.forecast import SessionForecaster, believed_departure
 from gateway.scheduler.inputs import prorated_demand_charge, site_inputs
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
@@ -46,7 +47,8 @@ class Policy(Protocol):
     def act(self, ctx: Context) -> dict[Key, float]: ...
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None: ...
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float,
+                     delivered_kwh: float) -> None: ...
 
 
 class _Base:
@@ -60,7 +62,8 @@ class _Base:
         self.episode = episode
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float,
+                     delivered_kwh: float) -> None:
         return None
 
 
@@ -111,7 +114,8 @@ class Edf(_Base):
         return _fill(sorted(ctx.views, key=deadline), ctx.import_limit_kw - ctx.building_kw)
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float,
+                     delivered_kwh: float) -> None:
         site = episode.site_type or episode.name
         self.forecaster.observe(site, arrival, departure, requested_kwh, announced)
 
@@ -148,12 +152,11 @@ class Mpc(_Base):
         self.evse = {e.key: e for e in episode.evses}
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
-                     requested_kwh: float | None, announced: datetime | None, max_kw: float) -> None:
+                     requested_kwh: float | None, announced: datetime | None, max_kw: float,
+                     delivered_kwh: float) -> None:
         site = episode.site_type or episode.name
         self.forecaster.observe(site, arrival, departure, requested_kwh, announced)
-        energy = requested_kwh if requested_kwh is not None else self.forecaster.forecast(
-            site, arrival, arrival).energy_kwh
-        self.arrivals.observe(site, arrival, departure, energy, max_kw)
+        self.arrivals.observe(site, arrival, departure, delivered_kwh, max_kw)
 
     def _building_forecast(self, ctx: Context) -> Callable[[datetime], float]:
         """The mean load seen at the same time of day, shifted toward the measurement now by a
@@ -172,7 +175,10 @@ class Mpc(_Base):
 
     def act(self, ctx: Context) -> dict[Key, float]:
         ep = self.episode
-        self.arrivals.note_day(ep.site_type or ep.name, ctx.now)
+        site_name = ep.site_type or ep.name
+        self.arrivals.watch(site_name, ctx.now)
+        for v in ctx.views:
+            self.arrivals.arrived(site_name, (v.key, v.arrival), v.arrival)
         building = self._building_forecast(ctx)
         if not ctx.views:
             return {}
@@ -187,41 +193,12 @@ class Mpc(_Base):
         views = {v.key: v for v in ctx.views}
         slots = [self._slot(k, views.get(k), grid, ctx.now) for k in self.keys]
         if self.anticipate_arrivals:
-            slots += self._future(grid, ctx.now)
+            slots += self.arrivals.slots(site_name, grid, ctx.now)
         plan = self.planner.solve(site, slots)
         self.solve_times.append(plan.solve_s)
         self.fallbacks += int(plan.fallback)
         self.last_plan = plan
         return {k: float(plan.power_kw[i, 0]) for i, k in enumerate(self.keys) if k in views}
-
-    def _future(self, grid: TimeGrid, now: datetime) -> list[SlotInput]:
-        """One aggregate slot per coming hour of the day for EVs expected to arrive then (never
-        applied; it only keeps their energy, power and peak in the plan). Always 24 slots, so
-        the problem's shape does not change."""
-        site = self.episode.site_type or self.episode.name
-        n = len(grid)
-        starts = np.array([s.timestamp() for s in grid.starts()])
-        ends = starts + grid.durations_s
-        hour0 = now.replace(minute=0, second=0, microsecond=0)
-        out = []
-        for j in range(24):
-            b0 = hour0 + timedelta(hours=j)
-            exp = self.arrivals.expected(site, b0)
-            share = 1.0 - (now - b0).total_seconds() / 3600.0 if j == 0 else 1.0
-            conn = np.zeros(n, dtype=bool)
-            need = kw = 0.0
-            if exp is not None and exp.per_day * share * exp.energy_kwh > 0.1:
-                arrive = max(b0 + timedelta(minutes=30), now).timestamp()
-                leave = arrive + exp.dwell_h * 3600.0
-                conn = (starts >= arrive - 1e-6) & (ends <= leave + 1e-6)
-                # Only the part of their stay inside the horizon is theirs to charge in it.
-                inside = (min(leave, ends[-1]) - arrive) / max(leave - arrive, 1.0)
-                need = exp.per_day * share * exp.energy_kwh * max(inside, 0.0)
-                kw = exp.per_day * share * exp.max_kw
-            out.append(SlotInput(key=("~expected", j), connected=conn, energy_kwh=0.0, capacity_kwh=need,
-                                 target_energy_kwh=need, reserve_energy_kwh=0.0, max_charge_kw=kw,
-                                 max_discharge_kw=0.0))
-        return out
 
     def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
         site = self.episode.site_type or self.episode.name

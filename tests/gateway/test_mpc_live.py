@@ -197,6 +197,38 @@ async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: 
     fresh = MpcScheduler(site.gw)
     assert await fresh.bootstrap() == 1
     assert sum(len(v) for (s, _), v in fresh.forecaster._dwell.items() if s == name) == 1
+    # Both learned what arrivals in that hour want (what the EV took: 4 kWh at the meter).
+    took = pytest.approx(4.0 * site.settings.ev_efficiency)
+    assert [[r[0] for r in v] for v in sched.arrivals._stats.values()] == [[took]]
+    assert [[r[0] for r in v] for v in fresh.arrivals._stats.values()] == [[took]]
+    await st.close()
+
+
+async def test_the_plan_keeps_room_for_the_evs_expected_to_arrive(site: GatewayHarness) -> None:
+    from gateway.scheduler.arrivals import DWELL_GROUPS, EXPECTED_SLOTS
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    name = site.settings.site.name
+    now = site.gw.clock.now()
+    nxt = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    # Three watched days on which four EVs plugged in at the coming hour, 30 kWh each.
+    sched.arrivals.watched(name, nxt - timedelta(days=3), nxt - timedelta(hours=1))
+    for d in (1, 2, 3):
+        for j in range(4):
+            arr = nxt - timedelta(days=d, minutes=-5 * j)
+            sched.arrivals.arrived(name, f"old-{d}-{j}", arr)
+            sched.arrivals.observe(name, arr, arr + timedelta(hours=6), 30.0, 11.0)
+    st, sink = await planned_plug_in(site, "CS-X", "TX-X")
+    out = await sched.replan("test")
+    assert out is not None
+    rows = dict(zip(out.result.keys, out.result.power_kw.sum(axis=1), strict=True))
+    expected = {k: v for k, v in rows.items() if k[0] == "~expected"}
+    assert len(expected) == EXPECTED_SLOTS * DWELL_GROUPS
+    assert {k[1] // DWELL_GROUPS for k, v in expected.items() if v > 0} == {1}  # the coming hour only
+    # The real EV is planned and sent its profile; nothing is sent for the expected ones.
+    assert [s.transaction_id for s in out.plan.sessions] == ["TX-X"]
+    assert all(p["evseId"] == 1 for p in sink.profiles)
     await st.close()
 
 

@@ -76,24 +76,3 @@ def test_announcement_margin_is_learned() -> None:
         dep = arr + timedelta(hours=8)
         f.observe("w", arr, dep, 10.0, announced=dep + timedelta(minutes=30))  # always 30 min late
     assert f.announcement_margin("w", default) == timedelta(minutes=30)
-
-
-def test_arrival_model_counts_per_day_and_keeps_weekends_apart() -> None:
-    from gateway.scheduler.forecast import ArrivalModel
-
-    m = ArrivalModel()
-    monday = datetime(2026, 7, 6, tzinfo=UTC)
-    for d in range(5):  # Monday to Friday: two EVs at 8 h, none on day 4
-        day = monday + timedelta(days=d)
-        m.note_day("w", day)
-        if d == 4:
-            continue
-        for j in range(2):
-            arr = day + timedelta(hours=8, minutes=10 * j)
-            m.observe("w", arr, arr + timedelta(hours=6 + j), 10.0 * (j + 1), 11.0)
-    exp = m.expected("w", monday + timedelta(days=7, hours=8))
-    assert exp is not None
-    assert exp.per_day == pytest.approx(8 / 5) and exp.energy_kwh == pytest.approx(15.0)
-    assert exp.dwell_h == pytest.approx(6.5) and exp.max_kw == pytest.approx(11.0)
-    assert m.expected("w", monday + timedelta(days=5, hours=8)) is None  # a Saturday
-    assert m.expected("w", monday + timedelta(days=7, hours=9)) is None
