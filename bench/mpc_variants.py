@@ -1,12 +1,13 @@
 """The MPC's design choices measured against each other on the evaluator's episodes.
 
-    .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|mid|off]
+    .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
-- ``--scenarios``: where the departure buckets are planned (``slots.SCENARIOS``): at their lower
-  edges (the default), at their middles, or not at all (one believed departure).
+- ``--scenarios``: where the departure buckets are planned: at the lower edges of the six
+  buckets of ``slots.SCENARIOS`` (the default), at the lower edges of eleven narrower ones
+  (``fine``), at the six buckets' middles (``mid``), or not at all (one believed departure).
 - ``--peak-floor``: the peak the MPC may reach at no demand charge. ``oracle``: the optimum's peak of
   the same day (what knowing the day's arrivals is worth, not something a gateway can know);
   ``learned``: the median of the optimum's peaks of the last five days of the same kind (weekday
@@ -32,6 +33,10 @@ from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
 
 MID_SCENARIOS = ((0.025, 0.05), (0.1, 0.10), (0.25, 0.20), (0.45, 0.20), (0.65, 0.20), (0.875, 0.25))
+# The lower edges of eleven narrower buckets (less pessimistic than slots.SCENARIOS' six, the same
+# tail and plan end).
+FINE_SCENARIOS = ((0.0, 0.02), (0.02, 0.03), (0.05, 0.05), (0.10, 0.05), (0.15, 0.10), (0.25, 0.10), (0.35, 0.10),
+                  (0.45, 0.10), (0.55, 0.10), (0.65, 0.10), (0.75, 0.25))
 
 
 def use_solver(name: str) -> None:
@@ -100,7 +105,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stations", type=int, default=50)
-    ap.add_argument("--scenarios", choices=("lower", "mid", "off"), default="lower")
+    ap.add_argument("--scenarios", choices=("lower", "fine", "mid", "off"), default="lower")
     ap.add_argument("--peak-floor", choices=("none", "oracle", "learned"), default="none")
     ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
     ap.add_argument("--arrivals", choices=("on", "off"), default="on")
@@ -108,6 +113,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.scenarios == "mid":
         slots.SCENARIOS = MID_SCENARIOS
+    elif a.scenarios == "fine":
+        slots.SCENARIOS = FINE_SCENARIOS
     elif a.scenarios == "off":
         slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
     use_solver(a.solver)
