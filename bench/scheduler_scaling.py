@@ -3,7 +3,7 @@
     .venv/bin/python bench/scheduler_scaling.py [--slots 10 100 1000 10000] [--backend highs cvxpy]
         [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP]]
 
-A synthetic workplace-like site over 24 h on the live grid (12 x 5 min, then hourly): every slot
+A synthetic workplace-like site over 24 h on the live grid (6 x 5 min, 15 min to the hour, then hourly): every slot
 connected from now for 1-20 h, needing 5-45 kWh, with five earlier possible departures priced by
 probability as the live slots carry them, half allowed to discharge; the site limit is 60 %
 of the sum of charger ratings so it binds; TOU prices and a demand charge. A re-solve changes

@@ -173,7 +173,10 @@ class ArrivalModel:
                     # Never in the first step: that one is applied to the EVs that are here.
                     arrive = max((b0 + ARRIVAL_OFFSET).timestamp(), float(ends[0]))
                     leave = arrive + grp.dwell_h * 3600.0
-                    conn = (starts >= arrive - 1e-6) & (ends <= leave + 1e-6)
+                    # Present in the steps they spend at least half of (hourly steps later on:
+                    # an EV due at half past is there for half of its hour).
+                    overlap = np.minimum(ends, leave) - np.maximum(starts, arrive)
+                    conn = overlap >= 0.5 * grid.durations_s - 1e-6
                     # Only the part of their stay inside the horizon is theirs to charge in it.
                     inside = (min(leave, ends[-1]) - arrive) / max(leave - arrive, 1.0)
                     need = count * grp.energy_kwh * max(inside, 0.0)

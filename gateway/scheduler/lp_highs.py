@@ -208,8 +208,9 @@ def run(b: Built, time_limit_s: float) -> RawSolution:
     oc, od, oe, ou, orisk, oimp, oexp, oxi, oxe, opk, ncol = b.offsets
     h = highspy.Highs()  # type: ignore[no-untyped-call]
     h.setOptionValue("output_flag", False)
-    # Dual simplex (serial): on bench/scheduler_scaling.py at 1,000 slots x 35 steps it took 1.3-1.5 s
-    # of CPU per re-solve against 2.2-2.4 s for the IPM (ipx, crossover off), same objective to 1e-9;
+    # Dual simplex (serial): on bench/scheduler_scaling.py at 1,000 slots x 35 steps (the grid then) it
+    # took 1.3-1.5 s of CPU per re-solve against 2.2-2.4 s for the IPM (ipx, crossover off), same
+    # objective to 1e-9 (on a slower machine later: 2.55 s against 2.79 s; the primal simplex 22 s);
     # also faster at 10 and 100 slots, within 10 % either way on the evaluator's 5-minute offline LPs,
     # about even at 10,000 slots (45 s). Looser feasibility tolerances (1e-6) made it slower, other edge
     # weights or scaling no faster. This highspy build has no HiPO ("hipo" is refused: no BLAS/METIS).

@@ -97,19 +97,27 @@ class TimeGrid:
 
 
 MIN_FIRST_STEP_S = 30.0  # a shorter first step is merged into the next one
+# The planning grid: 5-minute steps for the first half hour (the re-plan period is 5 minutes and
+# profiles are followed to the minute there), 15-minute steps to the next full hour, then hourly.
+FINE_STEP_S = 300.0
+FINE_STEPS = 6
+MEDIUM_STEP_S = 900.0
 
 
 def make_grid(
     now: datetime,
     horizon_s: float,
-    fine_step_s: float = 300,
-    fine_steps: int = 12,
+    fine_step_s: float = FINE_STEP_S,
+    fine_steps: int = FINE_STEPS,
+    medium_step_s: float = MEDIUM_STEP_S,
     coarse_step_s: float = 3600,
     align_s: float = 300,
 ) -> TimeGrid:
-    """Fine steps near ``now``, coarse ones later; boundaries fall on multiples of ``align_s``
-    (first step shortened) and coarse steps on multiples of ``coarse_step_s`` so time-of-use
-    boundaries are not smeared. The count of steps stays within one of the same for any ``now``."""
+    """Fine steps near ``now``, medium ones up to the next coarse boundary, coarse ones after;
+    boundaries fall on multiples of ``align_s`` (first step shortened), medium steps on multiples of
+    ``medium_step_s`` and coarse steps on multiples of ``coarse_step_s``, so time-of-use boundaries
+    are not smeared. The count of steps stays within a few of the same for any ``now`` (the LP's
+    size, and its solve time, barely depend on the minute of the hour)."""
     t0 = now.timestamp()
     end = t0 + horizon_s
     edges = [t0]
@@ -123,10 +131,16 @@ def make_grid(
     while edges[-1] < end and n_fine < fine_steps:
         edges.append(min(edges[-1] + fine_step_s, end))
         n_fine += 1
-    # Fine steps continue up to the next coarse boundary, then coarse steps.
-    while edges[-1] < end and coarse_step_s > 0 and edges[-1] % coarse_step_s > 1e-6:
-        nxt = min(edges[-1] + fine_step_s, math.ceil(edges[-1] / coarse_step_s) * coarse_step_s, end)
-        edges.append(nxt)
+
+    def up_to(step_s: float, boundary_s: float) -> None:
+        """Steps of at most ``step_s`` ending on multiples of it, until a multiple of ``boundary_s``."""
+        while edges[-1] < end and boundary_s > 0 and edges[-1] % boundary_s > 1e-6:
+            nxt = min(math.floor(edges[-1] / step_s + 1e-9) * step_s + step_s,
+                      math.ceil(edges[-1] / boundary_s) * boundary_s, end)
+            edges.append(nxt)
+
+    up_to(fine_step_s, medium_step_s)  # onto the medium step's boundary,
+    up_to(medium_step_s, coarse_step_s)  # then medium steps onto the coarse one
     while edges[-1] < end:
         edges.append(min(edges[-1] + coarse_step_s, end))
     return TimeGrid(start=now, durations_s=np.diff(np.asarray(edges, dtype=float)))

@@ -94,8 +94,9 @@ def test_expected_slots_keep_room_from_the_second_step_on() -> None:
     assert sum(s.target_energy_kwh for s in nine) == pytest.approx((3 * 6.0 + 3 * 20.0) * 40 / 60)
     assert sum(s.max_charge_kw for s in nine) == pytest.approx(6 * 11.0 * 40 / 60)
     assert all(not s.connected[0] and s.connected.any() for s in nine)
-    # The short visits are gone an hour after they come; the long stays charge for six.
+    # The short visits (9:30-10:30) are gone an hour after they come, the long stays (to 15:30)
+    # charge for six; from 10:00 on the steps are hourly and a step half spent here counts.
     stays = [float(grid.durations_s[s.connected].sum()) / 3600.0 for s in nine]
-    assert stays[0] == pytest.approx(1.0) and stays[-1] == pytest.approx(5.5)  # 15:00-16:00 is one hourly step
+    assert stays[0] == pytest.approx(1.5) and stays[-1] == pytest.approx(6.5)
     assert not any(s.connected.any() or s.target_energy_kwh for s in slots[DWELL_GROUPS:])
     assert np.all([s.max_discharge_kw == 0.0 for s in slots])
