@@ -31,6 +31,10 @@ class SiteConfig(BaseModel):
     import_limit_kw: float = 500.0
     export_limit_kw: float = 200.0
     demand_charge_per_kw: float = 15.0
+    # The demand charge is on the billing period's highest average import over any demand interval;
+    # periods are calendar months starting on this day at 00:00 UTC (gateway/billing.py).
+    billing_day: int = Field(default=1, ge=1, le=28)
+    demand_interval_min: float = Field(default=15.0, gt=0.0, le=60.0)
     wear_cost_per_kwh: float = 0.03
     tou: list[TouPeriodConfig] = Field(
         default_factory=lambda: [

@@ -35,12 +35,16 @@ class SiteSync:
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
         self.applied = 0
+        self._peak_write: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._sub = self._gw.bus.subscribe(*WATCHED)
         self._task = asyncio.create_task(self._run(), name="site-sync")
 
     async def stop(self) -> None:
+        if self._peak_write is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._peak_write), 2.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -66,5 +70,23 @@ class SiteSync:
                 state.set_needs(event.station_id, event.evse_id, needs)
         replan = state.apply(event)
         self.applied += 1
+        if state.demand.unsaved and (self._peak_write is None or self._peak_write.done()):
+            self._peak_write = asyncio.create_task(self._store_peak(), name="billing-peak")
         for listener in self.listeners:
             listener(event, replan)
+
+    async def _store_peak(self) -> None:
+        """Keep the billing period's new peak in Postgres (in the background: a reading is never
+        held up by it). Another node's higher peak, if stored, comes back and is adopted."""
+        gw, demand = self._gw, self._gw.state.demand
+        if demand.period is None:
+            return
+        demand.unsaved = False
+        period, kw = demand.period, demand.peak_kw
+        try:
+            stored = await gw.planning.raise_peak(gw.settings.site.name, period, kw, gw.clock.now())
+        except Exception as exc:  # kept in memory; the next rise tries again
+            demand.unsaved = True
+            log.warning("billing peak not stored: %s", exc)
+            return
+        demand.restore(period, stored)

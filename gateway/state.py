@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from gateway import events as ev
+from gateway.billing import DemandMeter
 from gateway.config import Settings
 from gateway.domain import (
     ChargeMode,
@@ -79,7 +80,8 @@ class SiteState:
     building_load_kw: float = 0.0
     building_load_forecast: list[tuple[datetime, float]] = field(default_factory=list)
     price_overrides: list[tuple[datetime, datetime, float, float]] = field(default_factory=list)
-    peak_import_kw: float = 0.0  # the billing period's peak so far
+    # The billing period's peak demand so far (average import over demand intervals).
+    demand: DemandMeter = field(default_factory=DemandMeter)
     # Energy into each EV counted at the moment its needs were declared, so "energy_kwh more"
     # from NotifyEVChargingNeeds is measured from then on.
     needs_baseline_kwh: dict[str, float] = field(default_factory=dict)
@@ -91,7 +93,14 @@ class SiteState:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SiteState:
-        return cls(settings=settings, limits=settings.site.limits(), tariff=settings.site.tariff())
+        demand = DemandMeter(interval_s=settings.site.demand_interval_min * 60.0,
+                             billing_day=settings.site.billing_day)
+        return cls(settings=settings, limits=settings.site.limits(), tariff=settings.site.tariff(), demand=demand)
+
+    @property
+    def peak_import_kw(self) -> float:
+        """The current billing period's peak demand so far."""
+        return self.demand.peak_kw
 
     # --- EVSEs and sessions ---------------------------------------------------------------
     def evse(self, station_id: str, evse_id: int) -> EvseState:
@@ -135,7 +144,7 @@ class SiteState:
                 s.power_kw = event.power_kw
             if event.soc is not None:
                 s.soc = event.soc / 100.0 if event.soc > 1.0 else event.soc
-            self._track_peak()
+            self.track_peak(event.at)
             return False
         if isinstance(event, ev.SessionEnded):
             st = self.evse(event.station_id, event.evse_id)
@@ -143,6 +152,7 @@ class SiteState:
                 self.completed.append(self.completion(st, st.session, event.at))
                 self.needs_baseline_kwh.pop(event.transaction_id, None)
                 st.session = None
+                self.track_peak(event.at)
                 return True
             return False
         if isinstance(event, ev.StatusChanged):
@@ -183,8 +193,9 @@ class SiteState:
         if s is not None:
             s.preferences = prefs
 
-    def _track_peak(self) -> None:
-        self.peak_import_kw = max(self.peak_import_kw, self.site_power_kw())
+    def track_peak(self, at: datetime) -> None:
+        """The site's import changed at ``at`` (a reading, a session's end, the building load)."""
+        self.demand.sample(at, self.site_power_kw())
 
     # --- the inputs of one session --------------------------------------------------------
     def resolve(self, s: Session) -> Resolved:

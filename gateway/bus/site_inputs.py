@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from gateway import billing
 from gateway import events as ev
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.db.queries import Queries
@@ -82,6 +83,7 @@ class SiteInputs:
                                 by: str) -> None:
         gw = self._gw
         gw.state.building_load_kw = power_kw
+        gw.state.track_peak(gw.clock.now())
         if forecast is not None:
             gw.state.building_load_forecast = sorted(forecast)
         # The live value changes every few seconds: stored so a restart starts from the last one,
@@ -108,12 +110,17 @@ class SiteInputs:
 
 
 async def restore(gw: Gateway) -> None:
-    """Load stored limits, tariff, price overrides, building load and open grid events into
-    ``gw.state`` (meant for :meth:`Gateway._load_state`; the site file gives the defaults)."""
+    """Load stored limits, the billing period's peak so far, tariff, price overrides, building load
+    and open grid events into ``gw.state`` (meant for :meth:`Gateway._load_state`; the site file
+    gives the defaults)."""
     q = Queries(gw.sessions)
     limits = await gw.planning.setting(LIMITS_KEY)
     if limits is not None:
         gw.state.limits = SiteLimits(float(limits["import_kw"]), float(limits["export_kw"]))
+    period = billing.period_start(gw.clock.now(), gw.settings.site.billing_day)
+    peak = await gw.planning.peak(gw.settings.site.name, period)
+    if peak is not None:
+        gw.state.demand.restore(period, peak)
     load = await gw.planning.setting(BUILDING_LOAD_KEY)
     if load is not None:
         gw.state.building_load_kw = float(load.get("power_kw", 0.0))

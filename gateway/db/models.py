@@ -290,6 +290,18 @@ class SiteSetting(Base):
     updated_by: Mapped[str] = mapped_column(String(80))
 
 
+class BillingPeak(Base):
+    """The highest demand-interval average import of a site's billing period (gateway/billing.py);
+    only ever raised, so nodes that write it at once keep the highest."""
+
+    __tablename__ = "billing_peaks"
+
+    site: Mapped[str] = mapped_column(String(80), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    peak_kw: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(TS)
+
+
 class SecurityEventRecord(Base):
     __tablename__ = "security_events"
     __table_args__ = (Index(None, "ts"),)

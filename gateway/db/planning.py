@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -116,6 +116,21 @@ class PlanningRepository:
     async def active_grid_events(self, after: datetime) -> list[GridEvent]:
         return [GridEvent(r.id, r.start, r.end, GridEventKind(r.kind), r.payment_per_kwh, r.cap_kw)
                 for r in await self.grid_events() if r.end > after]
+
+    async def raise_peak(self, site: str, period_start: datetime, peak_kw: float, now: datetime) -> float:
+        """Store ``peak_kw`` as the period's peak unless a higher one is stored; returns the stored one."""
+        t = m.BillingPeak.__table__
+        async with self._sessions.begin() as s:
+            stmt = (insert(m.BillingPeak).values(site=site, period_start=period_start, peak_kw=peak_kw, updated_at=now)
+                    .on_conflict_do_update(index_elements=[t.c.site, t.c.period_start],
+                                           set_={"peak_kw": func.greatest(t.c.peak_kw, peak_kw), "updated_at": now})
+                    .returning(t.c.peak_kw))
+            return float((await s.execute(stmt)).scalar_one())
+
+    async def peak(self, site: str, period_start: datetime) -> float | None:
+        async with self._sessions() as s:
+            rec = await s.get(m.BillingPeak, (site, period_start))
+            return rec.peak_kw if rec else None
 
     async def set_setting(self, key: str, value: dict[str, Any], by: str, now: datetime) -> None:
         async with self._sessions.begin() as s:

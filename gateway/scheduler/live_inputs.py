@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from gateway import billing
 from gateway.config import Settings
 from gateway.domain import ChargeMode, DischargeDialect, Session
 from gateway.ocpp.defaults import default_limit_kw
@@ -112,7 +113,8 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings) -> SiteInpu
         make_grid(now, settings.horizon_h * 3600.0), tariff=state.tariff, limits=state.limits,
         events=list(state.grid_events.values()), building_kw=building_forecast(state),
         demand_charge_per_kw=inputs.prorated_demand_charge(state.tariff.demand_charge_per_kw, horizon),
-        peak_so_far_kw=state.peak_import_kw,
+        peak_so_far_kw=state.demand.peak_at(now),
+        period_end=billing.period_end(now, settings.site.billing_day),
         wear_cost_per_kwh=settings.site.wear_cost_per_kwh,
         unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh, price_overrides=state.price_overrides,
     )

@@ -48,7 +48,8 @@ class SiteOut(BaseModel):
     limits: Limits
     site_power_kw: float = Field(description="Building load plus every session's power now")
     building_load_kw: float
-    peak_import_kw: float = Field(description="Highest import seen in this billing period")
+    peak_import_kw: float = Field(description="This billing period's peak demand so far: the highest average "
+                                  "import over a demand interval (15 minutes by default)")
     building_load_forecast: list[LoadPointOut]
     active_sessions: int
     stations_connected: int

@@ -1,0 +1,49 @@
+"""The billing period's peak demand is kept in Postgres and planned against after a restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from gateway.bus.site_inputs import SiteInputs
+from gateway.clock import ManualClock
+from gateway.scheduler import live_inputs
+from tests.gateway.test_handlers import fetch, wait_for
+
+T0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+
+
+async def test_the_peak_so_far_survives_a_restart_and_reaches_the_plan(gateway_factory: Any) -> None:
+    clock = ManualClock(T0)
+    h = await gateway_factory(clock=clock)
+    assert h.gw is not None
+    inputs = SiteInputs(h.gw)
+    await inputs.set_building_load(300.0, None, "test")
+    clock.advance(15 * 60)
+    await inputs.set_building_load(120.0, None, "test")
+
+    async def stored() -> bool:
+        rows = await fetch(h.database_url, "SELECT peak_kw FROM billing_peaks")
+        return bool(rows) and rows[0]["peak_kw"] == pytest.approx(300.0)
+
+    await wait_for(stored)
+    await h.restart()
+    gw = h.gw
+    assert gw is not None and gw.state.peak_import_kw == pytest.approx(300.0)
+    site, _, _ = live_inputs.build(gw.state, clock.now(), gw.settings, {})
+    assert site.peak_so_far_kw == pytest.approx(300.0)
+    # The plan's peak covers this billing period only (a calendar month from the 1st).
+    assert bool(site.demand_mask.all())
+    # In the next billing period the plan starts from no peak.
+    late = datetime(2026, 7, 31, 20, 0, tzinfo=UTC)
+    site, _, _ = live_inputs.build(gw.state, late, gw.settings, {})
+    assert site.peak_so_far_kw == pytest.approx(300.0)
+    assert not site.demand_mask.all() and site.demand_mask.any()
+    next_month = datetime(2026, 8, 2, tzinfo=UTC)
+    site, _, _ = live_inputs.build(gw.state, next_month, gw.settings, {})
+    assert site.peak_so_far_kw == 0.0
+    # A lower peak stored later (another node's, say) never replaces a higher one.
+    assert await gw.planning.raise_peak(gw.settings.site.name, T0.replace(hour=0), 100.0, clock.now()) == 300.0
+    assert gw.state.demand.period == T0.replace(hour=0) + timedelta(0)
