@@ -78,6 +78,7 @@ class ArrivalModel:
     # the hour being watched now: (site, start of the hour, first look, last look)
     _open: dict[str, tuple[datetime, datetime, datetime]] = field(default_factory=dict)
     _seen: dict[object, datetime] = field(default_factory=dict)
+    _forgot_on: date | None = None
 
     def arrived(self, site: str, session: object, arrival: datetime) -> None:
         """An EV plugged in (``session`` identifies it, so a session seen at every re-plan counts
@@ -124,10 +125,16 @@ class ArrivalModel:
             self._watched[(day_kind(site, block), block.hour)].add(block.date())
 
     def _forget(self, now: datetime) -> None:
+        """Once a day: drop the hours, counts and sessions that arrived more than KEEP_DAYS ago
+        (a long-running gateway keeps a bounded history; a session still plugged in after that
+        would only count toward a day no longer used)."""
+        if self._forgot_on == now.date():
+            return
+        self._forgot_on = now.date()
         oldest = (now - timedelta(days=KEEP_DAYS)).date()
-        if len(self._seen) > 10_000:
-            cut = now - timedelta(days=2)
-            self._seen = {k: v for k, v in self._seen.items() if v >= cut}
+        self._seen = {k: v for k, v in self._seen.items() if v.date() >= oldest}
+        for key in [k for k in self._counts if k[1] < oldest]:
+            del self._counts[key]
         for dates in self._watched.values():
             for d in [d for d in dates if d < oldest]:
                 dates.discard(d)

@@ -100,3 +100,22 @@ def test_expected_slots_keep_room_from_the_second_step_on() -> None:
     assert stays[0] == pytest.approx(1.5) and stays[-1] == pytest.approx(6.5)
     assert not any(s.connected.any() or s.target_energy_kwh for s in slots[DWELL_GROUPS:])
     assert np.all([s.max_discharge_kw == 0.0 for s in slots])
+
+
+def test_a_session_seen_for_days_counts_once_and_old_history_is_forgotten() -> None:
+    from gateway.scheduler.arrivals import KEEP_DAYS
+
+    m = ArrivalModel()
+    arr = MONDAY + timedelta(hours=8, minutes=10)
+    for step in range(5 * 24 * 12):  # five days, one look every 5 minutes, the same EV plugged in
+        now = MONDAY + timedelta(minutes=5 * step)
+        m.watch("w", now)
+        if now >= arr:
+            m.arrived("w", "TX-LONG", arr)
+    m.observe("w", arr, arr + timedelta(days=5), 50.0, 11.0)
+    exp = m.expected("w", MONDAY + timedelta(days=7, hours=8))
+    assert exp is not None and exp.per_day == pytest.approx(1 / 5)  # one arrival in five watched weekdays
+    later = MONDAY + timedelta(days=KEEP_DAYS + 7)
+    m.watch("w", later)
+    assert not m._counts and not m._seen
+    assert m.expected("w", later.replace(hour=8)) is None
