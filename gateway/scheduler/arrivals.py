@@ -50,10 +50,6 @@ class ExpectedArrivals:
     per_day: float  # sessions starting in this hour of day, per watched day of the same kind
     groups: list[ArrivalGroup]  # by length of stay, shortest first
 
-    @property
-    def energy_kwh(self) -> float:
-        return sum(g.share * g.energy_kwh for g in self.groups)
-
 
 def day_kind(site: str, when: datetime) -> str:
     """Weekdays and weekends are counted apart."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -46,4 +46,4 @@ async def test_the_peak_so_far_survives_a_restart_and_reaches_the_plan(gateway_f
     assert site.peak_so_far_kw == 0.0
     # A lower peak stored later (another node's, say) never replaces a higher one.
     assert await gw.planning.raise_peak(gw.settings.site.name, T0.replace(hour=0), 100.0, clock.now()) == 300.0
-    assert gw.state.demand.period == T0.replace(hour=0) + timedelta(0)
+    assert gw.state.demand.period == T0.replace(hour=0)

@@ -1,0 +1,47 @@
+"""Where in the day the MPC's peak comes from: per day, its highest import against the optimum's,
+and both days' highest import in each hour from 06 h to 19 h.
+
+    .venv/bin/python bench/mpc_days.py --site workplace --days 8 --seed 1 [--exact]
+
+Runs the evaluator's MPC and perfect-foresight optimum (``gateway.scheduler.evaluate``) over the
+days in order (the MPC learns from the earlier ones) and prints one JSON line per day.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from gateway.scheduler import evaluate as ev
+
+HOURS = range(6, 20)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--site", default="workplace")
+    ap.add_argument("--days", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--stations", type=int, default=50)
+    ap.add_argument("--exact", action="store_true", help="every policy knows the true departures and needs")
+    a = ap.parse_args()
+    episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
+    _, runs = ev.evaluate(episodes, ["mpc", "optimal"], exact=a.exact)
+    by_day: dict[str, dict[str, ev.Run]] = {}
+    for r in runs:
+        by_day.setdefault(r.episode, {})[r.policy] = r
+    for day, pair in by_day.items():
+        row: dict[str, object] = {"day": day, "weekday": pair["mpc"].times[0].weekday()}
+        for name, run in pair.items():
+            hours = np.array([t.hour for t in run.times])
+            row[f"{name}_peak_kw"] = round(float(run.net_kw.max()), 1)
+            row[f"{name}_peak_at"] = run.times[int(run.net_kw.argmax())].strftime("%H:%M")
+            row[f"{name}_hourly_max_kw"] = [round(float(run.net_kw[hours == h].max(initial=0.0))) for h in HOURS]
+        row["mpc_shortfall_kwh"] = round(float(pair["mpc"].metrics["shortfall_kwh"]), 1)
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
