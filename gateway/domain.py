@@ -134,6 +134,8 @@ class Session:
     power_kw: float = 0.0
     needs: EvNeeds = field(default_factory=EvNeeds)
     preferences: Preferences = field(default_factory=Preferences)
+    # The station's last TransactionEvent chargingState (OCPP 2.0.1 ChargingStateEnumType).
+    charging_state: str | None = None
 
     @property
     def key(self) -> tuple[str, int]:

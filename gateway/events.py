@@ -66,6 +66,8 @@ class SessionUpdated(Event):
     energy_out_kwh: float | None = None
     power_kw: float | None = None
     soc: float | None = None
+    # TransactionEvent's chargingState when the station reported one (None: unchanged).
+    charging_state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

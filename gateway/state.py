@@ -144,6 +144,8 @@ class SiteState:
                 s.power_kw = event.power_kw
             if event.soc is not None:
                 s.soc = event.soc / 100.0 if event.soc > 1.0 else event.soc
+            if event.charging_state is not None:
+                s.charging_state = event.charging_state
             self.track_peak(event.at)
             return False
         if isinstance(event, ev.SessionEnded):

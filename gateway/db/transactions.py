@@ -28,6 +28,7 @@ class TxSnapshot:
     energy_out_kwh: float
     power_kw: float | None
     soc: float | None
+    charging_state: str | None = None  # read from the table (the recording function does not return it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Recorded:
 
 def _snapshot(t: m.Transaction) -> TxSnapshot:
     return TxSnapshot(t.station_id, t.transaction_id, t.evse_id, t.id_token, t.started_at, t.ended_at,
-                      t.energy_in_kwh, t.energy_out_kwh, t.last_power_kw, t.last_soc)
+                      t.energy_in_kwh, t.energy_out_kwh, t.last_power_kw, t.last_soc, t.charging_state)
 
 
 _RECORD = """

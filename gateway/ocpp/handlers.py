@@ -202,7 +202,7 @@ class Handlers:
         if is_new:
             self._bus.publish(ev.SessionStarted(at, ctx.station_id, evse_id, tid, tx.id_token))
         self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
-                                            tx.energy_out_kwh, tx.power_kw, tx.soc))
+                                            tx.energy_out_kwh, tx.power_kw, tx.soc, info.get("chargingState")))
         return recorded.response
 
     def _queue_samples(self, station_id: str, evse_id: int, tid: str | None, mvs: list[Payload]) -> None:

@@ -26,12 +26,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import select
 
 from gateway import events as ev
 from gateway import metrics
 from gateway.clock import to_rfc3339
-from gateway.db import models as m
 from gateway.domain import Plan, PlannedSession
 from gateway.ocpp import profiles
 from gateway.ocpp.defaults import default_limit_kw
@@ -356,7 +354,7 @@ class MpcScheduler:
             self._read[event.transaction_id] = (event.at, values)
 
     async def _observed(self, now: datetime) -> dict[str, live_inputs.Observed]:
-        full = await self._full_sessions(now)
+        full = self._full_sessions(now)
         out: dict[str, live_inputs.Observed] = {}
         for s in self.gw.state.sessions():
             read = self._read.get(s.transaction_id)
@@ -368,27 +366,19 @@ class MpcScheduler:
                                                          limits=limits)
         return out
 
-    async def _full_sessions(self, now: datetime) -> set[str]:
+    def _full_sessions(self, now: datetime) -> set[str]:
         """Transactions whose EV does not take the energy offered, from the chargingState the
-        stations last reported (SuspendedEV). Measured in the 50-station demo: without it, EVs
-        that had reached their own charge limit kept a third of the site's capacity in every plan
-        while drawing nothing, and the EVs that did need energy were deferred into the evening."""
-        live = {s.transaction_id for s in self.gw.state.sessions()}
-        for tx in [tx for tx, since in self.full.items() if tx not in live or now - since >= FULL_RECHECK]:
+        stations last reported (SuspendedEV; kept with the session in the site state, and read
+        from Postgres at start). Measured in the 50-station demo: without it, EVs that had
+        reached their own charge limit kept a third of the site's capacity in every plan while
+        drawing nothing, and the EVs that did need energy were deferred into the evening."""
+        sessions = {s.transaction_id: s for s in self.gw.state.sessions()}
+        for tx in [tx for tx, since in self.full.items() if tx not in sessions or now - since >= FULL_RECHECK]:
             del self.full[tx]
-        try:
-            async with self.gw.sessions() as db:
-                rows = (await db.execute(select(m.Transaction.transaction_id, m.Transaction.charging_state).where(
-                    m.Transaction.ended_at.is_(None), m.Transaction.started_at.is_not(None)))).all()
-        except Exception as exc:  # planning goes on with what was known
-            log.warning("charging states not read: %s", exc)
-            return set(self.full)
-        for tx, state in rows:
-            if tx not in live:
-                continue
-            if state == SUSPENDED_EV:
+        for tx, s in sessions.items():
+            if s.charging_state == SUSPENDED_EV:
                 self.full.setdefault(tx, now)
-            elif state == "Charging":
+            elif s.charging_state == "Charging":
                 self.full.pop(tx, None)
         return set(self.full)
 

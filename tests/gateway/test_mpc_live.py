@@ -240,17 +240,34 @@ async def test_an_ev_that_stops_taking_energy_is_planned_full_until_it_draws_aga
     assert outcome is not None and outcome.plan.sessions[0].power_kw[0] > 0
     # The station says the EV takes nothing although offered (its own charge limit): no capacity is
     # kept for it, and it stays so while its EVSE is held at zero.
+    def reported(state: str) -> Any:
+        async def seen() -> bool:  # the site state has the station's report (events apply in the background)
+            s = site.gw.state.session_by_tx("TX-S")
+            return s is not None and s.charging_state == state
+
+        return seen
+
     for seq, state in ((1, "SuspendedEV"), (2, "SuspendedEVSE")):
         await st.ok("TransactionEvent", tx_event("Updated", seq, tid="TX-S", triggerReason="ChargingStateChanged",
                                                  transactionInfo={"transactionId": "TX-S", "chargingState": state},
                                                  meterValue=energy(4000.0, power_w=0.0)))
+        await wait_for(reported(state))
         outcome = await sched.replan("test")
         assert outcome is not None and max(outcome.plan.sessions[0].power_kw) <= 1e-6
         assert sched.full.keys() == {"TX-S"}
+    # A restarted gateway reads the last chargingState from Postgres.
+    await st.close()
+    await site.restart()
+    sched = site.gw.scheduler
+    assert sched is not None
+    await wait_for(reported("SuspendedEVSE"))
+    st = await RawStation.connect(site.ocpp_url, "CS-S", PASSWORD)
+    ProfileSink(st)
     # It draws again (a new need, or it only paused): planned as before.
     await st.ok("TransactionEvent", tx_event("Updated", 3, tid="TX-S", triggerReason="ChargingStateChanged",
                                              transactionInfo={"transactionId": "TX-S", "chargingState": "Charging"},
                                              meterValue=energy(4100.0, power_w=3000.0)))
+    await wait_for(reported("Charging"))
     outcome = await sched.replan("test")
     assert outcome is not None and outcome.plan.sessions[0].power_kw[0] > 0 and not sched.full
     await st.close()
