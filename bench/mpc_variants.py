@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
+        [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -15,6 +16,11 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - ``--solver``: HiGHS' dual simplex (the default) or its interior-point method without crossover.
 - ``--arrivals``: plan the EVs expected to arrive (``gateway/scheduler/arrivals.py``) or not;
   ``--arrival-scale``: plan that many times the expected count (a hedge against busy days).
+- ``--need-quantile``: the quantile of past needs an EV that announced none is planned for (0.9).
+- ``--plan-penalty``: the unmet-energy price the MPC plans with (it is scored at 5/kWh all the same).
+- Oracles, to split the MPC's gap to the optimum by what it does not know: ``--oracle-needs``
+  (every EV's true need), ``--oracle-building`` (the true building load instead of the forecast),
+  ``--exact`` (true departures and needs for every policy, as ``gateway evaluate --exact``).
 """
 
 from __future__ import annotations
@@ -99,6 +105,49 @@ def use_arrivals(on: bool, scale: float) -> None:
         ArrivalModel.expected = scaled  # type: ignore[method-assign]
 
 
+def use_need_quantile(q: float) -> None:
+    """Plan an unannounced need without levels at this quantile of past needs."""
+    made = ev.mpc_forecaster
+
+    def forecaster() -> Any:
+        f = made()
+        f.energy_quantile = q
+        return f
+
+    ev.mpc_forecaster = forecaster
+
+
+def use_oracle_needs() -> None:
+    """Every EV's true need known to the MPC (departures as usual): what a perfect need forecast is worth."""
+    made = ev.view_of
+
+    def view_of(t: Any, now: Any, exact: bool) -> Any:
+        v = made(t, now, exact)
+        v.need_kwh = t.requested if v.need_kwh is None else v.need_kwh
+        return v
+
+    ev.view_of = view_of
+
+
+def use_oracle_building() -> None:
+    """The MPC forecasts the building load perfectly (the episode's own)."""
+
+    def forecast(self: Mpc, ctx: Context) -> Callable[[Any], float]:
+        return self.episode.building_load_at  # type: ignore[no-any-return]
+
+    Mpc._building_forecast = forecast  # type: ignore[method-assign]
+
+
+def use_plan_penalty(price: float) -> None:
+    """The MPC plans with another unmet-energy price than the one it is scored with."""
+    made = ev.make_policy
+
+    def make(name: str, penalty: float, forecaster: Any) -> Any:
+        return made(name, price if name == "mpc" else penalty, forecaster)
+
+    ev.make_policy = make
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--site", default="workplace")
@@ -110,7 +159,20 @@ def main() -> None:
     ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
     ap.add_argument("--arrivals", choices=("on", "off"), default="on")
     ap.add_argument("--arrival-scale", type=float, default=1.0)
+    ap.add_argument("--need-quantile", type=float, default=0.9)
+    ap.add_argument("--oracle-needs", action="store_true")
+    ap.add_argument("--oracle-building", action="store_true")
+    ap.add_argument("--plan-penalty", type=float, default=None,
+                    help="the MPC's price per kWh short at departure (scored at 5/kWh whatever it is)")
+    ap.add_argument("--exact", action="store_true", help="every policy knows the true departures and needs")
     a = ap.parse_args()
+    use_need_quantile(a.need_quantile)
+    if a.oracle_needs:
+        use_oracle_needs()
+    if a.oracle_building:
+        use_oracle_building()
+    if a.plan_penalty is not None:
+        use_plan_penalty(a.plan_penalty)
     if a.scenarios == "mid":
         slots.SCENARIOS = MID_SCENARIOS
     elif a.scenarios == "fine":
@@ -121,13 +183,15 @@ def main() -> None:
     use_arrivals(a.arrivals == "on", a.arrival_scale)
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
     use_peak_floor(a.peak_floor, episodes)
-    result, _ = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"])
+    result, _ = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact)
     mpc = result["policies"]["mpc"]
     keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")
     print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
                       "peak_floor": a.peak_floor, "solver": a.solver, "arrivals": a.arrivals,
-                      "arrival_scale": a.arrival_scale,
+                      "arrival_scale": a.arrival_scale, "need_quantile": a.need_quantile,
+                      "oracle_needs": a.oracle_needs, "oracle_building": a.oracle_building, "exact": a.exact,
+                      "plan_penalty": a.plan_penalty,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 

@@ -296,7 +296,7 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
     p_exp = np.minimum(_arr(site.export_price, n), p_imp)
     penalty = np.array([site.unmet_penalty_per_kwh if sl.unmet_penalty_per_kwh is None
                         else sl.unmet_penalty_per_kwh for sl in slots], dtype=float)
-    merged: dict[tuple[int, int], tuple[float, float]] = {}
+    merged: dict[tuple[int, int, float], float] = {}
     for i, sl in enumerate(slots):
         steps = np.flatnonzero(conn[i])
         if not len(steps):
@@ -306,9 +306,8 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
             at = int(min(max(step, steps[0]), steps[-1]))
             goal = min(max(float(tgt), float(floor[i])), float(cap[i]))
             if w > 0 and goal > e0[i] + 1e-9:
-                _, price = merged.get((i, at), (goal, 0.0))
-                merged[(i, at)] = (goal, price + penalty[i] * float(w))
-    risks = [(i, at, goal, price) for (i, at), (goal, price) in merged.items()]
+                merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i] * float(w)
+    risks = [(i, at, goal, price) for (i, at, goal), price in merged.items()]
     return Prepared(
         h=h, conn=conn, cmax=cmax, cmin=cmin, dmax=dmax, e0=e0, floor=floor, cap=cap, target=target,
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,

@@ -279,3 +279,21 @@ def test_an_earlier_possible_departure_prices_deferral(backend: str) -> None:
     c = Planner(backend=backend).solve(s, [risky])
     assert c.power_kw[0, :2].sum() == pytest.approx(0.0, abs=1e-3)
     assert c.terms["departure_risk"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_needs_at_one_departure_are_priced_level_by_level(backend: str) -> None:
+    # The EV wants 10 kWh for sure and 20 with probability 0.5; a shortfall costs 10/kWh. At
+    # 3/kWh both levels are worth buying (10 and 0.5 x 10 = 5 > 3); at 6/kWh only the first.
+    s = site([3.0], penalty=10.0)
+    slot = ev(1, energy=0, target=20, kw=30)
+    slot.early_targets = ((0, 10.0, 0.5),)  # the same step as the main target, a lower level
+    slot.unmet_weight = 0.5
+    res = Planner(backend=backend).solve(s, [slot])
+    assert res.power_kw[0, 0] == pytest.approx(20.0, abs=1e-3)
+    s.import_price = np.array([6.0])
+    res = Planner(backend=backend).solve(s, [slot])
+    assert res.power_kw[0, 0] == pytest.approx(10.0, abs=1e-3)
+    assert res.terms["unmet_penalty"] == pytest.approx(50.0, abs=1e-3)  # 0.5 x 10/kWh x 10 kWh
+
+
