@@ -15,7 +15,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   or weekend), which a gateway could compute from its own records.
 - ``--solver``: HiGHS' dual simplex (the default) or its interior-point method without crossover.
 - ``--arrivals``: plan the EVs expected to arrive (``gateway/scheduler/arrivals.py``) or not;
-  ``--arrival-scale``: plan that many times the expected count (a hedge against busy days).
+  ``--arrival-scale``: plan that many times the count the MPC plans for (``arrivals.PLANNED_SHARE``
+  of the expected count).
 - ``--need-quantile``: the quantile of past needs an EV that announced none is planned for (0.9).
 - ``--plan-penalty``: the unmet-energy price the MPC plans with (it is scored at 5/kWh all the same).
 - Oracles, to split the MPC's gap to the optimum by what it does not know: ``--oracle-needs``
