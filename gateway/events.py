@@ -53,6 +53,9 @@ class SessionStarted(Event):
     evse_id: int
     transaction_id: str
     id_token: str | None
+    # When the station says it started, if that was while it was offline (the event queued and
+    # sent on reconnection, so ``at`` is late); None: at ``at``.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,8 @@ class SessionEnded(Event):
     evse_id: int
     transaction_id: str
     reason: str | None = None
+    # When the station says it ended, if that was while it was offline (see SessionStarted).
+    ended_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

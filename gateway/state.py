@@ -128,8 +128,8 @@ class SiteState:
         if isinstance(event, ev.SessionStarted):
             st = self.evse(event.station_id, event.evse_id)
             if st.session is None or st.session.transaction_id != event.transaction_id:
-                st.session = Session(event.station_id, event.evse_id, event.transaction_id, event.at,
-                                     id_token=event.id_token)
+                st.session = Session(event.station_id, event.evse_id, event.transaction_id,
+                                     event.started_at or event.at, id_token=event.id_token)
             return True
         if isinstance(event, ev.SessionUpdated):
             st = self.evse(event.station_id, event.evse_id)
@@ -151,7 +151,7 @@ class SiteState:
         if isinstance(event, ev.SessionEnded):
             st = self.evse(event.station_id, event.evse_id)
             if st.session is not None and st.session.transaction_id == event.transaction_id:
-                self.completed.append(self.completion(st, st.session, event.at))
+                self.completed.append(self.completion(st, st.session, event.ended_at or event.at))
                 self.needs_baseline_kwh.pop(event.transaction_id, None)
                 st.session = None
                 self.track_peak(event.at)

@@ -189,18 +189,25 @@ class Handlers:
             return recorded.response
         key = (ctx.station_id, evse_id)
         at = self._now()
+        # E04 (offline transactions): a queued event is sent on reconnection, so the gateway's
+        # clock would put the start or end of the session at the reconnection; the station's
+        # timestamp says when it happened (never later than now, whatever the station's clock).
+        queued = bool(p.get("offline", False))
         if tx.ended_at is not None:
             if self.active_tx.get(key) == tid:
                 del self.active_tx[key]
             # The final meter reading first: what the session took is what the forecasts learn.
             self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
                                                 tx.energy_out_kwh, tx.power_kw, tx.soc))
-            self._bus.publish(ev.SessionEnded(at, ctx.station_id, evse_id, tid, info.get("stoppedReason")))
+            self._bus.publish(ev.SessionEnded(at, ctx.station_id, evse_id, tid, info.get("stoppedReason"),
+                                              min(tx.ended_at, at) if queued else None))
             return recorded.response
         is_new = self.active_tx.get(key) != tid
         self.active_tx[key] = tid
         if is_new:
-            self._bus.publish(ev.SessionStarted(at, ctx.station_id, evse_id, tid, tx.id_token))
+            began = tx.started_at if queued else None
+            self._bus.publish(ev.SessionStarted(at, ctx.station_id, evse_id, tid, tx.id_token,
+                                                None if began is None else min(began, at)))
         self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
                                             tx.energy_out_kwh, tx.power_kw, tx.soc, info.get("chargingState")))
         return recorded.response

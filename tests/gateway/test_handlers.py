@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -273,3 +274,33 @@ async def test_event_payload_and_reply_are_stored_as_json_objects(
                        "SELECT jsonb_typeof(payload) AS p, jsonb_typeof(response) AS r, payload->>'eventType' AS e "
                        "FROM transaction_events")
     assert (rows[0]["p"], rows[0]["r"], rows[0]["e"]) == ("object", "object", "Started")
+
+
+async def test_a_session_queued_offline_keeps_the_stations_start_and_end(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    # E04: the station was offline from 08:00 to 08:03 and sends the queued events on reconnection.
+    await station.ok("TransactionEvent", tx_event("Started", 0, offline=True, meterValue=energy(1_000.0)))
+    await station.ok("TransactionEvent", tx_event("Ended", 3, offline=True, meterValue=energy(9_000.0),
+                                                  triggerReason="EVDeparted"))
+
+    async def ended() -> bool:
+        return len(gw.state.completed) == 1
+
+    await wait_for(ended)
+    done = gw.state.completed[0]
+    # What the forecasts learn is the stay the station saw, not the moment it reconnected.
+    assert done.arrival == datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    assert done.departure == datetime(2026, 7, 1, 8, 3, tzinfo=UTC)
+    # Sent live, the gateway's own clock is the time (a station's clock may be off).
+    await station.ok("TransactionEvent", tx_event("Started", 0, tid="TX-2", meterValue=energy(1_000.0)))
+
+    async def started() -> bool:
+        s = gw.state.evse("CS-1", 1).session
+        return s is not None and s.transaction_id == "TX-2"
+
+    await wait_for(started)
+    s = gw.state.evse("CS-1", 1).session
+    assert s is not None and s.started_at > datetime(2026, 7, 2, tzinfo=UTC)
