@@ -305,7 +305,9 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
             # Only steps the EV is connected through; a target above the ceiling cannot be met.
             at = int(min(max(step, steps[0]), steps[-1]))
             goal = min(max(float(tgt), float(floor[i])), float(cap[i]))
-            if w > 0 and goal > e0[i] + 1e-9:
+            # A target the EV is already at still binds if it may discharge: without the row, an
+            # EV at its target was lent to a grid event as if it could not leave before the end.
+            if w > 0 and (goal > e0[i] + 1e-9 or (dmax[i].any() and goal > floor[i] + 1e-9)):
                 merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i] * float(w)
     risks = [(i, at, goal, price) for (i, at, goal), price in merged.items()]
     return Prepared(

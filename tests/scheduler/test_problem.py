@@ -297,3 +297,21 @@ def test_needs_at_one_departure_are_priced_level_by_level(backend: str) -> None:
     assert res.terms["unmet_penalty"] == pytest.approx(50.0, abs=1e-3)  # 0.5 x 10/kWh x 10 kWh
 
 
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_ev_at_its_target_is_not_lent_to_an_event_it_may_leave_during(backend: str) -> None:
+    # A paid export request in the first hour; the EV is at its target, may discharge, and leaves
+    # after the first hour with probability 0.8 (else after the third).
+    s = site([0.1, 0.1, 0.1], pay=[2.0, 0.0, 0.0], penalty=10.0)
+    slot = ev(3, energy=20, target=20, discharge=True, eff=0.95)
+    slot.early_targets = ((0, 20.0, 0.8),)
+    slot.unmet_weight = 0.2
+    res = Planner(backend=backend).solve(s, [slot])
+    # 2/kWh earned is less than 0.8 x 10/kWh risked: it stays charged.
+    assert res.power_kw[0, 0] == pytest.approx(0.0, abs=1e-3)
+    # Likely to stay (probability 0.05 of leaving then), it is lent and charged back after.
+    slot.early_targets = ((0, 20.0, 0.05),)
+    slot.unmet_weight = 0.95
+    res = Planner(backend=backend).solve(s, [slot])
+    assert res.power_kw[0, 0] < -1.0 and res.delivered_kwh[0] == pytest.approx(0.0, abs=1e-3)
