@@ -37,8 +37,19 @@ from gateway.domain import GridEventKind
 from gateway.episode import Arrival, Episode
 from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
-from gateway.scheduler.inputs import prorated_demand_charge, site_inputs
-from gateway.scheduler.policies import Context, Edf, Greedy, Key, Mpc, Planned, Policy, Uncontrolled, View
+from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
+from gateway.scheduler.policies import (
+    DISCHARGE_ONLY_IN_GRID_EVENTS,
+    Context,
+    Edf,
+    Greedy,
+    Key,
+    Mpc,
+    Planned,
+    Policy,
+    Uncontrolled,
+    View,
+)
 from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
 
 STEP_S = 300.0
@@ -294,6 +305,8 @@ def optimal_policy(ep: Episode, penalty: float, time_limit_s: float) -> Planned:
                                                     timedelta(seconds=STEP_S * n)),
         peak_so_far_kw=0.0, wear_cost_per_kwh=ep.wear_cost_per_kwh, unmet_penalty_per_kwh=penalty,
     )
+    if DISCHARGE_ONLY_IN_GRID_EVENTS:  # the bound has the MPC's choices, no more
+        discharge_in_events_only(site)
     steps = np.arange(n)
     slots = [
         SlotInput(key=t.key, connected=(steps >= t.first) & (steps < t.last), energy_kwh=t.e0,

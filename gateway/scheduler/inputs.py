@@ -63,6 +63,12 @@ def site_inputs(
     )
 
 
+def discharge_in_events_only(site: SiteInputs) -> None:
+    """EVs discharge only while an export request pays for it (``Settings.discharge_only_in_grid_events``,
+    live and offline): a driver lends the battery to the grid's events, not to the day's price spread."""
+    site.discharge_mask = np.asarray(site.export_payment_per_kwh, dtype=float) > 0
+
+
 def connected_mask(grid: TimeGrid, departure: datetime) -> BoolArr:
     """Steps the EV is plugged in for all of (the first step always, if it has not left):
     conservative, so energy is not planned into time the EV is gone."""

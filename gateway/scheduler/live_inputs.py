@@ -183,7 +183,7 @@ def build(
     fc = forecaster if forecaster is not None else new_forecaster(settings)
     site = site_inputs(state, now, settings)
     if settings.discharge_only_in_grid_events:
-        site.discharge_mask = site.export_payment_per_kwh > 0
+        inputs.discharge_in_events_only(site)
     reserve_for_plug_ins(site, state, settings)
     slots: list[SlotInput] = []
     metas: list[SlotMeta] = []

@@ -14,14 +14,17 @@ from typing import Protocol
 
 import numpy as np
 
+from gateway.config import Settings
 from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
-from gateway.scheduler.inputs import prorated_demand_charge, site_inputs
+from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
 
 Key = tuple[str, int]
+# The live gateway's default, so the evaluator's MPC and optimum discharge when the live one would.
+DISCHARGE_ONLY_IN_GRID_EVENTS: bool = Settings.model_fields["discharge_only_in_grid_events"].default
 
 
 # An EV as the gateway sees it: the same view the live loop builds (gateway.scheduler.slots).
@@ -138,6 +141,8 @@ class Mpc(_Base):
     anticipate_arrivals: bool = True
     # Plan against the spread of past departures (off when the evaluator hands the truth).
     departure_scenarios: bool = True
+    # As the live gateway's default (Settings.discharge_only_in_grid_events).
+    discharge_only_in_grid_events: bool = DISCHARGE_ONLY_IN_GRID_EVENTS
 
     def __post_init__(self) -> None:
         self.solve_times = []
@@ -190,6 +195,8 @@ class Mpc(_Base):
             peak_so_far_kw=ctx.peak_so_far_kw, wear_cost_per_kwh=ep.wear_cost_per_kwh,
             unmet_penalty_per_kwh=self.unmet_penalty_per_kwh, period_end=self.period_end,
         )
+        if self.discharge_only_in_grid_events:
+            discharge_in_events_only(site)
         views = {v.key: v for v in ctx.views}
         slots = [self._slot(k, views.get(k), grid, ctx.now) for k in self.keys]
         if self.anticipate_arrivals:

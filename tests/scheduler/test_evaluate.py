@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from gateway.domain import Tariff, TouPeriod
 from gateway.episode import dump
 from gateway.scheduler import evaluate as ev
 
@@ -91,3 +93,18 @@ def test_unknown_policy_is_refused(tmp_path: Path) -> None:
                               exact=False, json=None, report=None, no_progress=True)
     with pytest.raises(SystemExit):
         ev.cli(args)
+
+
+def test_the_mpc_and_the_optimum_discharge_only_in_grid_events() -> None:
+    # As the live gateway does by default (Settings.discharge_only_in_grid_events). Energy is
+    # cheap all day but for two dear hours at noon, which would pay for lending the batteries.
+    spread = Tariff(periods=(TouPeriod(0, 12, 0.05, 0.02), TouPeriod(12, 14, 0.9, 0.3),
+                             TouPeriod(14, 24, 0.05, 0.02)))
+    ep = replace(small_episode(6, seed=5), tariff=spread)
+    _, runs = ev.evaluate([ep], ["mpc", "optimal"])
+    event = ep.grid_events[0]
+    for run in runs:
+        for power in run.evse_power.values():
+            for when, kw in zip(run.times, power, strict=True):
+                if kw < -1e-6:
+                    assert event.active_at(when), (run.policy, when, kw)

@@ -143,6 +143,9 @@ def test_an_ended_session_is_kept_for_the_forecast_with_only_what_was_told() -> 
 
 def test_the_default_rules_are_the_ones_the_evaluator_uses() -> None:
     assert Mpc().announced_margin == SlotRules().announced_margin
+    # Discharge only in grid events unless the operator says otherwise: live, the evaluator's
+    # MPC and its optimum alike.
+    assert Mpc().discharge_only_in_grid_events == Settings().discharge_only_in_grid_events
 
 
 def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
