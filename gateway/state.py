@@ -97,11 +97,6 @@ class SiteState:
                              billing_day=settings.site.billing_day)
         return cls(settings=settings, limits=settings.site.limits(), tariff=settings.site.tariff(), demand=demand)
 
-    @property
-    def peak_import_kw(self) -> float:
-        """The current billing period's peak demand so far."""
-        return self.demand.peak_kw
-
     # --- EVSEs and sessions ---------------------------------------------------------------
     def evse(self, station_id: str, evse_id: int) -> EvseState:
         key = (station_id, evse_id)

@@ -62,10 +62,13 @@ def _limits_out(limits: SiteLimits) -> Limits:
 @router.get("")
 async def get_site(gw: GatewayDep, _: Operator) -> SiteOut:
     st = gw.state
+    now = gw.clock.now()
     forecast = [LoadPointOut(start=t, power_kw=kw) for t, kw in st.building_load_forecast]
-    return SiteOut(time=gw.clock.now(), limits=_limits_out(st.limits),
+    # The peak of the period holding ``now``: 0 from the first instant of a new month, not only
+    # once its first demand interval has closed.
+    return SiteOut(time=now, limits=_limits_out(st.limits),
                    site_power_kw=round(st.site_power_kw(), 4), building_load_kw=st.building_load_kw,
-                   peak_import_kw=st.peak_import_kw, building_load_forecast=forecast,
+                   peak_import_kw=st.demand.peak_at(now), building_load_forecast=forecast,
                    active_sessions=len(st.sessions()), stations_connected=gw.ocpp.registry.count())
 
 
