@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -17,6 +18,18 @@ import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEWAY = str(ROOT / ".venv/bin/gateway")
+
+
+def episode_parser(doc: str | None, days: int) -> argparse.ArgumentParser:
+    """A parser with the evaluator's episode set (``gateway evaluate``'s site, days, seed, stations,
+    exact); each script adds its own choices."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--site", default="workplace")
+    ap.add_argument("--days", type=int, default=days)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--stations", type=int, default=50)
+    ap.add_argument("--exact", action="store_true", help="every policy knows the true departures and needs")
+    return ap
 
 
 def free_port() -> int:

@@ -9,10 +9,10 @@ days in order (the MPC learns from the earlier ones) and prints one JSON line pe
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
+from benchlib import episode_parser
 
 from gateway.scheduler import evaluate as ev
 
@@ -20,13 +20,7 @@ HOURS = range(6, 20)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--site", default="workplace")
-    ap.add_argument("--days", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--stations", type=int, default=50)
-    ap.add_argument("--exact", action="store_true", help="every policy knows the true departures and needs")
-    a = ap.parse_args()
+    a = episode_parser(__doc__, days=8).parse_args()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
     _, runs = ev.evaluate(episodes, ["mpc", "optimal"], exact=a.exact)
     by_day: dict[str, dict[str, ev.Run]] = {}

@@ -26,13 +26,13 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 from typing import Any
 
 import highspy
 import numpy as np
+from benchlib import episode_parser
 
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler import slots
@@ -150,11 +150,7 @@ def use_plan_penalty(price: float) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--site", default="workplace")
-    ap.add_argument("--days", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--stations", type=int, default=50)
+    ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("lower", "fine", "mid", "off"), default="lower")
     ap.add_argument("--peak-floor", choices=("none", "oracle", "learned"), default="none")
     ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
@@ -165,7 +161,6 @@ def main() -> None:
     ap.add_argument("--oracle-building", action="store_true")
     ap.add_argument("--plan-penalty", type=float, default=None,
                     help="the MPC's price per kWh short at departure (scored at 5/kWh whatever it is)")
-    ap.add_argument("--exact", action="store_true", help="every policy knows the true departures and needs")
     a = ap.parse_args()
     use_need_quantile(a.need_quantile)
     if a.oracle_needs:

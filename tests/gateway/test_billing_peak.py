@@ -16,7 +16,8 @@ from tests.gateway.test_handlers import fetch, wait_for
 T0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
 
 
-async def test_the_peak_so_far_survives_a_restart_and_reaches_the_plan(gateway_factory: Any) -> None:
+async def metered_peak(gateway_factory: Any) -> tuple[Any, ManualClock]:
+    """A gateway whose site drew 300 kW for the first 15-minute interval of July, then 120 kW."""
     clock = ManualClock(T0)
     h = await gateway_factory(clock=clock)
     assert h.gw is not None
@@ -24,6 +25,11 @@ async def test_the_peak_so_far_survives_a_restart_and_reaches_the_plan(gateway_f
     await inputs.set_building_load(300.0, None, "test")
     clock.advance(15 * 60)
     await inputs.set_building_load(120.0, None, "test")
+    return h, clock
+
+
+async def test_the_peak_so_far_survives_a_restart_and_reaches_the_plan(gateway_factory: Any) -> None:
+    h, clock = await metered_peak(gateway_factory)
 
     async def stored() -> bool:
         rows = await fetch(h.database_url, "SELECT peak_kw FROM billing_peaks")
@@ -51,13 +57,7 @@ async def test_the_peak_so_far_survives_a_restart_and_reaches_the_plan(gateway_f
 
 
 async def test_the_api_shows_a_new_months_peak_from_its_first_instant(gateway_factory: Any) -> None:
-    clock = ManualClock(T0)
-    h = await gateway_factory(clock=clock)
-    assert h.gw is not None
-    inputs = SiteInputs(h.gw)
-    await inputs.set_building_load(300.0, None, "test")
-    clock.advance(15 * 60)
-    await inputs.set_building_load(120.0, None, "test")
+    h, clock = await metered_peak(gateway_factory)
     auth = {"Authorization": f"Bearer {h.settings.api_key}"}
     async with httpx.AsyncClient(base_url=h.api_url) as api:
         assert (await api.get("/api/v1/site", headers=auth)).json()["peak_import_kw"] == pytest.approx(300.0)
