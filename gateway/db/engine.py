@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from asyncpg import exceptions as pg_exc
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -47,6 +48,13 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
         return True
+    # asyncpg's own errors, where the driver is used directly (the telemetry writer's COPY): the
+    # connection lost (class 08), the server shutting down or refusing connections for now
+    # (57P01-03), or a pooled connection found closed. Dropping rows over these lost data.
+    if isinstance(exc, (pg_exc.PostgresConnectionError, pg_exc.OperatorInterventionError)):
+        return True
+    if isinstance(exc, pg_exc.InterfaceError):
+        return "connection is closed" in str(exc).lower()
     if isinstance(exc, sa_exc.DBAPIError):
         text = f"{type(exc.orig).__name__} {exc.orig}".lower()
         markers = ("connection", "cannotconnectnow", "adminshutdown", "shutdown", "closed", "terminat")

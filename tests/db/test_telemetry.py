@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from gateway.db.engine import make_engine
+from asyncpg import exceptions as pg_exc
+
+from gateway.db.engine import is_transient, make_engine
 from gateway.db.telemetry import TelemetryWriter
 from tests.gateway.test_handlers import fetch, wait_for
 
@@ -32,3 +34,14 @@ async def test_poison_row_is_isolated_and_the_rest_is_written(clean_db: str) -> 
     finally:
         await writer.close()
         await engine.dispose()
+
+
+def test_a_lost_connection_is_transient_a_refused_row_is_not() -> None:
+    # The telemetry writer uses asyncpg directly: its own errors for a connection that went away
+    # must mean "try again", or buffered rows are dropped as poison during an outage.
+    assert is_transient(pg_exc.InterfaceError("connection is closed"))
+    assert is_transient(pg_exc.ConnectionDoesNotExistError("connection was closed in the middle of operation"))
+    assert is_transient(pg_exc.CannotConnectNowError("the database system is starting up"))
+    assert is_transient(pg_exc.AdminShutdownError("terminating connection due to administrator command"))
+    assert not is_transient(pg_exc.InterfaceError("cannot perform operation: another operation is in progress"))
+    assert not is_transient(pg_exc.NotNullViolationError("null value in column"))
