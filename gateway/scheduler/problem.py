@@ -56,8 +56,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.scheduler import highs_banner
+
 FloatArr = NDArray[np.float64]
 BoolArr = NDArray[np.bool_]
+
+highs_banner.silence()  # at import, while single-threaded: see the module
 
 # Above any plausible unmet-energy price, so the LP only exceeds a limit when building load forces it.
 EXCESS_PENALTY_PER_KWH = 1000.0

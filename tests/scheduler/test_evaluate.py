@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,3 +110,13 @@ def test_the_mpc_and_the_optimum_discharge_only_in_grid_events() -> None:
             for when, kw in zip(run.times, power, strict=True):
                 if kw < -1e-6:
                     assert event.active_at(when), (run.policy, when, kw)
+
+
+def test_the_cli_prints_json_a_program_can_read() -> None:
+    # Nothing else on stdout: HiGHS's banner is printed from C on the first solver made (1.16 on).
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "evaluate", "--site", "workplace", "--days", "1", "--stations", "4",
+         "--policies", "uncontrolled,mpc", "--no-progress"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )
+    assert set(json.loads(out.stdout)["policies"]) == {"uncontrolled", "mpc"}
