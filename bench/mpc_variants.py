@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
-        [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact]
+        [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -22,6 +22,7 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - Oracles, to split the MPC's gap to the optimum by what it does not know: ``--oracle-needs``
   (every EV's true need), ``--oracle-building`` (the true building load instead of the forecast),
   ``--exact`` (true departures and needs for every policy, as ``gateway evaluate --exact``).
+- ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def use_arrivals(on: bool, scale: float) -> None:
 
 
 def use_need_quantile(q: float) -> None:
-    """Plan an unannounced need without levels at this quantile of past needs."""
+    """Plan an unannounced need at this quantile of past needs (instead of the live forecaster's)."""
     made = ev.mpc_forecaster
 
     def forecaster() -> Any:
@@ -149,6 +150,23 @@ def use_plan_penalty(price: float) -> None:
     ev.make_policy = make
 
 
+def print_short(runs: Any) -> None:
+    """Who the MPC left short, and what it knew of them (what docs/benchmarks-scheduler.md cites)."""
+    for run in runs:
+        for t in run.evs:
+            got = t.energy - t.e0
+            if t.deliverable - got <= ev.FULLY_SERVED_TOLERANCE_KWH:
+                continue
+            a = t.arrival
+            early = (None if a.announced_departure is None
+                     else round((a.announced_departure - a.departure).total_seconds() / 3600.0, 2))
+            print(json.dumps({"episode": run.episode, "arrival": a.arrival.isoformat(),
+                              "stay_h": round((a.departure - a.arrival).total_seconds() / 3600.0, 2),
+                              "announced_h_late": early, "need_told": a.iso15118,
+                              "requested_kwh": round(t.requested, 1), "deliverable_kwh": round(t.deliverable, 1),
+                              "delivered_kwh": round(got, 1), "short_kwh": round(t.deliverable - got, 1)}))
+
+
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("lower", "fine", "mid", "off"), default="lower")
@@ -156,13 +174,16 @@ def main() -> None:
     ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
     ap.add_argument("--arrivals", choices=("on", "off"), default="on")
     ap.add_argument("--arrival-scale", type=float, default=1.0)
-    ap.add_argument("--need-quantile", type=float, default=0.9)
+    ap.add_argument("--need-quantile", type=float, default=None)
     ap.add_argument("--oracle-needs", action="store_true")
     ap.add_argument("--oracle-building", action="store_true")
     ap.add_argument("--plan-penalty", type=float, default=None,
                     help="the MPC's price per kWh short at departure (scored at 5/kWh whatever it is)")
+    ap.add_argument("--list-short", action="store_true",
+                    help="also print one JSON line per EV the MPC left short of its deliverable energy")
     a = ap.parse_args()
-    use_need_quantile(a.need_quantile)
+    if a.need_quantile is not None:
+        use_need_quantile(a.need_quantile)
     if a.oracle_needs:
         use_oracle_needs()
     if a.oracle_building:
@@ -179,7 +200,9 @@ def main() -> None:
     use_arrivals(a.arrivals == "on", a.arrival_scale)
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
     use_peak_floor(a.peak_floor, episodes)
-    result, _ = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact)
+    result, runs = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact)
+    if a.list_short:
+        print_short(r for r in runs if r.policy == "mpc")
     mpc = result["policies"]["mpc"]
     keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")

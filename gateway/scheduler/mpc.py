@@ -268,7 +268,7 @@ class MpcScheduler:
             lim = self._highest_recent_limit_kw(key, now)
             if lim is not None:
                 limits_sent[key] = lim
-        observed = await self._observed(now)
+        observed = self._observed(now)
         site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent,
                                                self.forecaster, observed=observed)
         slots += self._expected_arrivals(site.grid, now)
@@ -353,7 +353,7 @@ class MpcScheduler:
         if last is None or last[1] != values or not flowing:
             self._read[event.transaction_id] = (event.at, values)
 
-    async def _observed(self, now: datetime) -> dict[str, live_inputs.Observed]:
+    def _observed(self, now: datetime) -> dict[str, live_inputs.Observed]:
         full = self._full_sessions(now)
         out: dict[str, live_inputs.Observed] = {}
         for s in self.gw.state.sessions():

@@ -297,8 +297,6 @@ def test_needs_at_one_departure_are_priced_level_by_level(backend: str) -> None:
     assert res.terms["unmet_penalty"] == pytest.approx(50.0, abs=1e-3)  # 0.5 x 10/kWh x 10 kWh
 
 
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_ev_at_its_target_is_not_lent_to_an_event_it_may_leave_during(backend: str) -> None:
     # A paid export request in the first hour; the EV is at its target, may discharge, and leaves
