@@ -3,7 +3,8 @@ site import over any demand interval (15 minutes by default) of the period. Pure
 
 The site's import is known as a series of readings (building load, every EV's power); between
 readings it is taken as constant. Each interval's average closes when the first reading after
-its end arrives. The billing period is a calendar month starting on ``billing_day`` at 00:00 UTC;
+its end arrives. The billing period is a calendar month starting on ``billing_day`` at 00:00 on the
+site's clock (its time zone, gateway/sitetime.py);
 its peak starts at zero and is kept in Postgres (``billing_peaks``) so a restart, or another node,
 plans against the same peak so far.
 """
@@ -13,22 +14,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from gateway import sitetime
+
 # Of an interval the gateway did not watch whole (it started, or readings stopped), the average
 # is taken over the part it watched, if at least this share; a shorter look says too little.
 MIN_WATCHED_SHARE = 0.5
 
 
-def period_start(at: datetime, billing_day: int) -> datetime:
-    """Start of the billing period holding ``at`` (months start on ``billing_day``, 1-28, UTC)."""
-    at = at.astimezone(UTC)
-    start = at.replace(day=billing_day, hour=0, minute=0, second=0, microsecond=0)
-    if start > at:
+def period_start(at: datetime, billing_day: int, tz: str = sitetime.UTC_NAME) -> datetime:
+    """Start of the billing period holding ``at`` (months start on ``billing_day``, 1-28, at local
+    midnight in ``tz``), in UTC."""
+    here = sitetime.local(at, tz)
+    start = here.replace(day=billing_day, hour=0, minute=0, second=0, microsecond=0)
+    if start > here:
         start = _add_month(start, -1)
-    return start
+    return start.astimezone(UTC)
 
 
-def period_end(at: datetime, billing_day: int) -> datetime:
-    return _add_month(period_start(at, billing_day), 1)
+def period_end(at: datetime, billing_day: int, tz: str = sitetime.UTC_NAME) -> datetime:
+    start = sitetime.local(period_start(at, billing_day, tz), tz)
+    return _add_month(start, 1).astimezone(UTC)
 
 
 def _add_month(d: datetime, months: int) -> datetime:
@@ -40,6 +45,7 @@ def _add_month(d: datetime, months: int) -> datetime:
 class DemandMeter:
     interval_s: float = 900.0
     billing_day: int = 1
+    timezone: str = sitetime.UTC_NAME  # the site's: the billing month starts at its midnight
     period: datetime | None = None  # start of the billing period ``peak_kw`` belongs to
     peak_kw: float = 0.0
     # The peak rose since it was last stored (the caller stores it and clears this).
@@ -76,7 +82,7 @@ class DemandMeter:
 
     def peak_at(self, at: datetime) -> float:
         """The peak so far of the billing period holding ``at`` (0 once a new one has begun)."""
-        return self.peak_kw if self.period == period_start(at, self.billing_day) else 0.0
+        return self.peak_kw if self.period == period_start(at, self.billing_day, self.timezone) else 0.0
 
     def _add(self, t0: float, t1: float, kw: float) -> None:
         if self._interval is None or t1 <= t0:
@@ -91,7 +97,7 @@ class DemandMeter:
         if self._watched_s >= MIN_WATCHED_SHARE * self.interval_s:
             avg = self._kws / self._watched_s
             start = datetime.fromtimestamp(self._interval, tz=UTC)
-            period = period_start(start, self.billing_day)
+            period = period_start(start, self.billing_day, self.timezone)
             if self.period is None or period > self.period:
                 self.period, self.peak_kw, self.unsaved = period, 0.0, True
             if period == self.period and avg > self.peak_kw:

@@ -11,9 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway import sitetime
 from gateway.domain import SiteLimits, Tariff, TouPeriod
 
 
@@ -28,11 +29,14 @@ class SiteConfig(BaseModel):
     """The site the scheduler plans: limits and tariff. Operators change these over REST too."""
 
     name: str = "site"
+    # The site's IANA time zone: the tariff's hours, the billing month's midnight and the hours of
+    # the day arrivals and dwells are learned by are on this clock (gateway/sitetime.py).
+    timezone: str = "UTC"
     import_limit_kw: float = 500.0
     export_limit_kw: float = 200.0
     demand_charge_per_kw: float = 15.0
     # The demand charge is on the billing period's highest average import over any demand interval;
-    # periods are calendar months starting on this day at 00:00 UTC (gateway/billing.py).
+    # periods are calendar months starting on this day at 00:00 site time (gateway/billing.py).
     billing_day: int = Field(default=1, ge=1, le=28)
     demand_interval_min: float = Field(default=15.0, gt=0.0, le=60.0)
     wear_cost_per_kwh: float = 0.03
@@ -45,6 +49,12 @@ class SiteConfig(BaseModel):
         ]
     )
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        sitetime.zone(v)  # raises with the reason
+        return v
+
     def limits(self) -> SiteLimits:
         return SiteLimits(self.import_limit_kw, self.export_limit_kw)
 
@@ -52,6 +62,7 @@ class SiteConfig(BaseModel):
         return Tariff(
             periods=tuple(TouPeriod(**p.model_dump()) for p in self.tou),
             demand_charge_per_kw=self.demand_charge_per_kw,
+            timezone=self.timezone,
         )
 
 

@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway import sitetime
+
 
 class DischargeDialect(enum.StrEnum):
     """How a station accepts a discharge command (see gateway/ocpp/profiles.py)."""
@@ -41,7 +43,7 @@ class SiteLimits:
 
 @dataclass(frozen=True, slots=True)
 class TouPeriod:
-    """A time-of-use window in local site hours [start_hour, end_hour) applying every day."""
+    """A time-of-use window in the site's local hours [start_hour, end_hour), every day."""
 
     start_hour: float
     end_hour: float
@@ -56,10 +58,12 @@ class Tariff:
     # Prices outside every period fall back to these.
     default_import_price: float = 0.20
     default_export_price: float = 0.05
+    # The IANA zone the periods' hours are in (the site's, gateway/sitetime.py).
+    timezone: str = "UTC"
 
     def prices_at(self, when: datetime) -> tuple[float, float]:
-        """(import, export) price per kWh at ``when`` (hours taken in UTC)."""
-        hour = when.hour + when.minute / 60 + when.second / 3600
+        """(import, export) price per kWh at ``when`` (its hour on the site's clock)."""
+        hour = sitetime.hour_of_day(when, self.timezone)
         for p in self.periods:
             inside = (p.start_hour <= hour < p.end_hour) if p.start_hour <= p.end_hour else (
                 hour >= p.start_hour or hour < p.end_hour

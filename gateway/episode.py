@@ -24,6 +24,7 @@ from typing import Any
 
 import fastjsonschema
 
+from gateway import sitetime
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.domain import EvseSpec, GridEvent, GridEventKind, SiteLimits, Tariff, TouPeriod
 
@@ -140,10 +141,16 @@ def from_dict(data: dict[str, Any]) -> Episode:
     except fastjsonschema.JsonSchemaException as exc:
         raise EpisodeError(f"episode does not follow the schema: {exc}") from exc
     t = data["tariff"]
+    tz = t.get("timezone", sitetime.UTC_NAME)
+    try:
+        sitetime.zone(tz)
+    except sitetime.UnknownTimezoneError as exc:
+        raise EpisodeError(f"tariff.timezone: {exc}") from exc
     tariff = Tariff(
         periods=tuple(TouPeriod(**p) for p in t["periods"]),
         demand_charge_per_kw=t.get("demand_charge_per_kw", 0.0),
         default_import_price=t.get("default_import_price", 0.20),
+        timezone=tz,
         default_export_price=t.get("default_export_price", 0.05),
     )
     stations = tuple(
@@ -273,6 +280,7 @@ def to_dict(ep: Episode) -> dict[str, Any]:
             "demand_charge_per_kw": ep.tariff.demand_charge_per_kw,
             "default_import_price": ep.tariff.default_import_price,
             "default_export_price": ep.tariff.default_export_price,
+            "timezone": ep.tariff.timezone,
         },
         "stations": [
             {

@@ -94,7 +94,7 @@ class SiteState:
     @classmethod
     def from_settings(cls, settings: Settings) -> SiteState:
         demand = DemandMeter(interval_s=settings.site.demand_interval_min * 60.0,
-                             billing_day=settings.site.billing_day)
+                             billing_day=settings.site.billing_day, timezone=settings.site.timezone)
         return cls(settings=settings, limits=settings.site.limits(), tariff=settings.site.tariff(), demand=demand)
 
     # --- EVSEs and sessions ---------------------------------------------------------------

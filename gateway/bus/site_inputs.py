@@ -36,6 +36,7 @@ class PriceOverride:
 
 def _tariff_json(t: Tariff, overrides: list[tuple[datetime, datetime, float, float]]) -> dict[str, Any]:
     return {
+        "timezone": t.timezone,
         "periods": [{"start_hour": p.start_hour, "end_hour": p.end_hour, "import_price": p.import_price,
                      "export_price": p.export_price} for p in t.periods],
         "default_import_price": t.default_import_price,
@@ -117,7 +118,7 @@ async def restore(gw: Gateway) -> None:
     limits = await gw.planning.setting(LIMITS_KEY)
     if limits is not None:
         gw.state.limits = SiteLimits(float(limits["import_kw"]), float(limits["export_kw"]))
-    period = billing.period_start(gw.clock.now(), gw.settings.site.billing_day)
+    period = billing.period_start(gw.clock.now(), gw.settings.site.billing_day, gw.settings.site.timezone)
     peak = await gw.planning.peak(gw.settings.site.name, period)
     if peak is not None:
         gw.state.demand.restore(period, peak)
@@ -134,6 +135,7 @@ async def restore(gw: Gateway) -> None:
             demand_charge_per_kw=rec.demand_charge_per_kw,
             default_import_price=float(data.get("default_import_price", old.default_import_price)),
             default_export_price=float(data.get("default_export_price", old.default_export_price)),
+            timezone=gw.settings.site.timezone,
         )
         gw.state.price_overrides = [
             (parse_rfc3339(o["start"]), parse_rfc3339(o["end"]), float(o["import_price_per_kwh"]),

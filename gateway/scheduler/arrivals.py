@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 
 import numpy as np
 
+from gateway import sitetime
 from gateway.scheduler.problem import SlotInput, TimeGrid
 
 HOUR = timedelta(hours=1)
@@ -58,7 +59,7 @@ class ExpectedArrivals:
 
 
 def day_kind(site: str, when: datetime) -> str:
-    """Weekdays and weekends are counted apart."""
+    """Weekdays and weekends are counted apart (``when`` on the site's clock)."""
     return f"{site}/{'weekend' if when.weekday() >= 5 else 'weekday'}"
 
 
@@ -69,7 +70,10 @@ def _block(when: datetime) -> datetime:
 @dataclass
 class ArrivalModel:
     """Arrivals per (day kind, hour of day), from plug-ins seen in hours watched whole, and the
-    energy, dwell and power of completed sessions by arrival hour."""
+    energy, dwell and power of completed sessions by arrival hour. Days, weekdays and hours are
+    the site's (``tz``): a morning rush stays at 08:00 across a change of daylight saving time."""
+
+    tz: str = sitetime.UTC_NAME
 
     # (kind, date, hour) -> EVs that plugged in then
     _counts: dict[tuple[str, date, int], int] = field(default_factory=lambda: defaultdict(int))
@@ -88,7 +92,8 @@ class ArrivalModel:
         if session in self._seen:
             return
         self._seen[session] = arrival
-        self._counts[(day_kind(site, arrival), arrival.date(), arrival.hour)] += 1
+        at = self._local(arrival)
+        self._counts[(day_kind(site, at), at.date(), at.hour)] += 1
 
     def observe(self, site: str, arrival: datetime, departure: datetime, energy_kwh: float,
                 max_kw: float) -> None:
@@ -97,7 +102,8 @@ class ArrivalModel:
         could meet, and a forecast need is a high quantile; either would keep room for energy
         that never flows."""
         dwell_h = (departure - arrival).total_seconds() / 3600.0
-        rows = self._stats[(day_kind(site, arrival), arrival.hour)]
+        at = self._local(arrival)
+        rows = self._stats[(day_kind(site, at), at.hour)]
         rows.append((energy_kwh, dwell_h, max_kw))
         del rows[:-KEEP_DAYS * 20]  # a bounded, recent sample per hour
 
@@ -119,12 +125,19 @@ class ArrivalModel:
         if block < start:
             block += HOUR
         while block + HOUR <= end:
-            self._watched[(day_kind(site, block), block.hour)].add(block.date())
+            self._mark_watched(site, block)
             block += HOUR
+
+    def _local(self, when: datetime) -> datetime:
+        return sitetime.local(when, self.tz)
+
+    def _mark_watched(self, site: str, block: datetime) -> None:
+        at = self._local(block)
+        self._watched[(day_kind(site, at), at.hour)].add(at.date())
 
     def _close(self, site: str, block: datetime, first: datetime, last: datetime) -> None:
         if first - block <= WATCH_TOLERANCE and block + HOUR - last <= WATCH_TOLERANCE:
-            self._watched[(day_kind(site, block), block.hour)].add(block.date())
+            self._mark_watched(site, block)
 
     def _forget(self, now: datetime) -> None:
         """Once a day: drop the hours, counts and sessions that arrived more than KEEP_DAYS ago
@@ -143,7 +156,8 @@ class ArrivalModel:
 
     def expected(self, site: str, when: datetime) -> ExpectedArrivals | None:
         """Arrivals expected in the hour starting at ``when``."""
-        kind, hour = day_kind(site, when), when.hour
+        at = self._local(when)
+        kind, hour = day_kind(site, at), at.hour
         days = self._watched.get((kind, hour), set())
         rows = self._stats.get((kind, hour), [])
         if not days or not rows:

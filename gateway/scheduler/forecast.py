@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway import sitetime
+
 FloatArr = NDArray[np.float64]
 
 MIN_SAMPLES = 5  # fewer sessions in an hour bucket than this and the site-wide figure is used
@@ -37,6 +39,7 @@ class SessionForecaster:
     default_energy_kwh: float = 20.0
     energy_quantile: float = 0.5
     dwell_quantile: float = 0.5
+    tz: str = sitetime.UTC_NAME  # the site's: arrival hours are hours of its day
     _dwell: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _energy: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _early: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -48,7 +51,7 @@ class SessionForecaster:
                 announced: datetime | None = None) -> None:
         """Record a completed session (true departure; requested energy when it became known;
         the departure the EV had announced, to learn how far announcements are off)."""
-        key = (site, arrival.hour)
+        key = (site, self._hour(arrival))
         self._cache.clear()
         self._picked.clear()
         self._dwell[key].append((departure - arrival).total_seconds() / 3600.0)
@@ -79,11 +82,14 @@ class SessionForecaster:
             if len(early) < MIN_SAMPLES:
                 return None
             return announced.timestamp() - early[::-1] * 3600.0
-        dwell = self._sorted(("dwell", site, arrival.hour),
-                             lambda: self._similar(self._dwell, site, arrival.hour)[0])
+        hour = self._hour(arrival)
+        dwell = self._sorted(("dwell", site, hour), lambda: self._similar(self._dwell, site, hour)[0])
         if len(dwell) < MIN_SAMPLES:
             return None
         return arrival.timestamp() + dwell * 3600.0
+
+    def _hour(self, when: datetime) -> int:
+        return sitetime.local(when, self.tz).hour
 
     def _sorted(self, key: tuple[object, ...], values: Callable[[], list[float]]) -> FloatArr:
         """Sorted history, cached until the next observation."""
@@ -114,8 +120,9 @@ class SessionForecaster:
         return got
 
     def forecast(self, site: str, arrival: datetime, now: datetime) -> Forecast:
-        dwell_h, src = self._pick(self._dwell, site, arrival.hour, self.dwell_quantile, self.default_dwell_h)
-        energy, _ = self._pick(self._energy, site, arrival.hour, self.energy_quantile,
+        hour = self._hour(arrival)
+        dwell_h, src = self._pick(self._dwell, site, hour, self.dwell_quantile, self.default_dwell_h)
+        energy, _ = self._pick(self._energy, site, hour, self.energy_quantile,
                                self.default_energy_kwh)
         dep = arrival + timedelta(hours=dwell_h)
         if dep <= now:

@@ -32,8 +32,10 @@ from gateway.state import EvseState, Resolved, SiteState
 
 
 def new_forecaster(settings: Settings) -> SessionForecaster:
-    """The evaluator's MPC forecaster, with the site's configured default need."""
-    return planning_forecaster(settings.default_energy_kwh)
+    """The evaluator's MPC forecaster, with the site's configured default need and time zone."""
+    fc = planning_forecaster(settings.default_energy_kwh)
+    fc.tz = settings.site.timezone
+    return fc
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,7 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings) -> SiteInpu
         events=list(state.grid_events.values()), building_kw=building_forecast(state),
         demand_charge_per_kw=inputs.prorated_demand_charge(state.tariff.demand_charge_per_kw, horizon),
         peak_so_far_kw=state.demand.peak_at(now),
-        period_end=billing.period_end(now, settings.site.billing_day),
+        period_end=billing.period_end(now, settings.site.billing_day, settings.site.timezone),
         wear_cost_per_kwh=settings.site.wear_cost_per_kwh,
         unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh, price_overrides=state.price_overrides,
     )

@@ -107,7 +107,7 @@ class MpcScheduler:
         self.observed = 0
         # How many EVs arrive per hour of the day and what they want: planned as aggregate slots
         # so the morning's first EVs do not spend the peak the later ones will need.
-        self.arrivals = ArrivalModel()
+        self.arrivals = ArrivalModel(tz=self.settings.site.timezone)
         # Sessions whose EV stopped taking energy (transaction id -> since when): planned as full,
         # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from gateway import sitetime
 from gateway.config import Settings
 from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
@@ -107,6 +108,10 @@ class Edf(_Base):
         super().__init__()
         self.forecaster = forecaster or SessionForecaster()
 
+    def begin(self, episode: Episode) -> None:
+        super().begin(episode)
+        self.forecaster.tz = episode.tariff.timezone
+
     def act(self, ctx: Context) -> dict[Key, float]:
         site = self.episode.site_type or self.episode.name
 
@@ -153,6 +158,8 @@ class Mpc(_Base):
 
     def begin(self, episode: Episode) -> None:
         self.episode = episode
+        # Hours of the day and weekdays on the site's clock, as the live scheduler keeps them.
+        self.arrivals.tz = self.forecaster.tz = episode.tariff.timezone
         self.keys = [e.key for e in episode.evses]
         self.evse = {e.key: e for e in episode.evses}
 
@@ -166,15 +173,16 @@ class Mpc(_Base):
     def _building_forecast(self, ctx: Context) -> Callable[[datetime], float]:
         """The mean load seen at the same time of day, shifted toward the measurement now by a
         weight that fades over a few hours; plain persistence until there is a profile."""
-        self._profile.setdefault(_tod(ctx.now), []).append(ctx.building_kw)
+        tz = self.episode.tariff.timezone
+        self._profile.setdefault(_tod(ctx.now, tz), []).append(ctx.building_kw)
         prof = {k: float(np.mean(v)) for k, v in self._profile.items()}
-        now_prof = prof.get(_tod(ctx.now), ctx.building_kw)
+        now_prof = prof.get(_tod(ctx.now, tz), ctx.building_kw)
 
         def building(when: datetime) -> float:
-            if when <= ctx.now or _tod(when) not in prof:
+            if when <= ctx.now or _tod(when, tz) not in prof:
                 return ctx.building_kw
             w = math.exp(-(when - ctx.now).total_seconds() / (3 * 3600.0))
-            return prof[_tod(when)] + w * (ctx.building_kw - now_prof)
+            return prof[_tod(when, tz)] + w * (ctx.building_kw - now_prof)
 
         return building
 
@@ -214,9 +222,10 @@ class Mpc(_Base):
         return slot_input(v, key, grid, now, self.forecaster, site, rules)
 
 
-def _tod(when: datetime) -> int:
-    """Five-minute slot of the day."""
-    return (when.hour * 60 + when.minute) // 5
+def _tod(when: datetime, tz: str) -> int:
+    """Five-minute slot of the site's day."""
+    at = sitetime.local(when, tz)
+    return (at.hour * 60 + at.minute) // 5
 
 
 class Planned(_Base):

@@ -40,6 +40,7 @@ async def test_limits_tariff_building_load_round_trip(
     assert t.status_code == 200, t.text
     got = (await api.get("/api/v1/tariff", headers=OPERATOR)).json()
     assert got["periods"][1]["import_price"] == 0.3 and got["demand_charge_per_kw"] == 9.5
+    assert got["timezone"] == "UTC" == gw.state.tariff.timezone  # the site's (its configuration)
     assert gw.state.tariff.demand_charge_per_kw == 9.5 and len(gw.state.tariff.periods) == 2
     assert (await sub.get()).what == "tariff"  # type: ignore[attr-defined]
     empty = await api.put(

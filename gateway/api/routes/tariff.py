@@ -18,7 +18,8 @@ PRICE_MAX_PER_KWH = 100.0  # currency units; far above any real price, below non
 
 
 class Period(Model):
-    start_hour: float = Field(ge=0, le=24, description="Start of the window, UTC hours")
+    start_hour: float = Field(ge=0, le=24, description="Start of the window, hours on the site's clock "
+                              "(its time zone: see `timezone`)")
     end_hour: float = Field(ge=0, le=24, description="End of the window (before start: wraps midnight)")
     import_price: float = Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH, description="Per kWh imported")
     export_price: float = Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH, description="Per kWh exported")
@@ -46,6 +47,8 @@ class PriceOverrideOut(BaseModel):
 
 
 class TariffOut(BaseModel):
+    timezone: str = Field(description="The site's IANA time zone (set in the site's configuration): the "
+                                      "periods' hours are on its clock")
     periods: list[Period]
     demand_charge_per_kw: float
     default_import_price: float
@@ -56,6 +59,7 @@ class TariffOut(BaseModel):
 
 def _out(t: Tariff, overrides: list[tuple[datetime, datetime, float, float]]) -> TariffOut:
     return TariffOut(
+        timezone=t.timezone,
         periods=[Period(start_hour=p.start_hour, end_hour=p.end_hour, import_price=p.import_price,
                         export_price=p.export_price) for p in t.periods],
         demand_charge_per_kw=t.demand_charge_per_kw, default_import_price=t.default_import_price,
@@ -76,6 +80,6 @@ async def put_tariff(body: TariffIn, gw: GatewayDep, site: SiteInputsDep, _: Ope
                                   for p in body.periods),
                     demand_charge_per_kw=body.demand_charge_per_kw,
                     default_import_price=body.default_import_price,
-                    default_export_price=body.default_export_price)
+                    default_export_price=body.default_export_price, timezone=gw.settings.site.timezone)
     await site.set_tariff(tariff, "rest")
     return _out(gw.state.tariff, list(gw.state.price_overrides))
