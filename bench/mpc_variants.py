@@ -3,6 +3,7 @@
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
+        [--iso15118-share F]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -22,6 +23,10 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - Oracles, to split the MPC's gap to the optimum by what it does not know: ``--oracle-needs``
   (every EV's true need), ``--oracle-building`` (the true building load instead of the forecast),
   ``--exact`` (true departures and needs for every policy, as ``gateway evaluate --exact``).
+- ``--iso15118-share``: the share of EVs that announce a departure (noisy) and their need (the
+  scenario generator's ``iso15118_share``, 0.6 by default; 1.0 = every EV announces, the "noisy
+  departures and needs" information model of the quality target). V2G needs ISO 15118 in the
+  simulator, so it changes the discharge-capable fleet too (every policy sees the same episodes).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
 """
 
@@ -150,6 +155,17 @@ def use_plan_penalty(price: float) -> None:
     ev.make_policy = make
 
 
+def iso_episodes(site: str, days: int, seed: int, stations: int, share: float) -> list[Any]:
+    """The evaluator's episode set (``ev.generate_episodes``) with another share of announcing EVs."""
+    from datetime import timedelta
+
+    from simulators.scenario import DEFAULT_START, ScenarioOptions, generate
+
+    return [generate(ScenarioOptions(site=site, stations=stations, days=1, seed=seed + d, iso15118_share=share,
+                                     start=DEFAULT_START + timedelta(days=d)))
+            for d in range(days)]
+
+
 def print_short(runs: Any) -> None:
     """Who the MPC left short, and what it knew of them (what docs/benchmarks-scheduler.md cites)."""
     for run in runs:
@@ -179,6 +195,8 @@ def main() -> None:
     ap.add_argument("--oracle-building", action="store_true")
     ap.add_argument("--plan-penalty", type=float, default=None,
                     help="the MPC's price per kWh short at departure (scored at 5/kWh whatever it is)")
+    ap.add_argument("--iso15118-share", type=float, default=None,
+                    help="share of EVs that announce departure and need (the generator's default: 0.6)")
     ap.add_argument("--list-short", action="store_true",
                     help="also print one JSON line per EV the MPC left short of its deliverable energy")
     a = ap.parse_args()
@@ -198,7 +216,8 @@ def main() -> None:
         slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
     use_solver(a.solver)
     use_arrivals(a.arrivals == "on", a.arrival_scale)
-    episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
+    episodes = (ev.generate_episodes(a.site, a.days, a.seed, a.stations) if a.iso15118_share is None
+                else iso_episodes(a.site, a.days, a.seed, a.stations, a.iso15118_share))
     use_peak_floor(a.peak_floor, episodes)
     result, runs = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact)
     if a.list_short:
@@ -210,7 +229,7 @@ def main() -> None:
                       "peak_floor": a.peak_floor, "solver": a.solver, "arrivals": a.arrivals,
                       "arrival_scale": a.arrival_scale, "need_quantile": a.need_quantile,
                       "oracle_needs": a.oracle_needs, "oracle_building": a.oracle_building, "exact": a.exact,
-                      "plan_penalty": a.plan_penalty,
+                      "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 
