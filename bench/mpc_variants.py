@@ -3,7 +3,7 @@
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
-        [--iso15118-share F]
+        [--iso15118-share F] [--oracle-arrival-counts]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -22,7 +22,9 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - ``--plan-penalty``: the unmet-energy price the MPC plans with (it is scored at 5/kWh all the same).
 - Oracles, to split the MPC's gap to the optimum by what it does not know: ``--oracle-needs``
   (every EV's true need), ``--oracle-building`` (the true building load instead of the forecast),
-  ``--exact`` (true departures and needs for every policy, as ``gateway evaluate --exact``).
+  ``--exact`` (true departures and needs for every policy, as ``gateway evaluate --exact``),
+  ``--oracle-arrival-counts`` (the expected-arrival slots planned for the day's true count of
+  arrivals in each hour, with the energy and stay history gives them).
 - ``--iso15118-share``: the share of EVs that announce a departure (noisy) and their need (the
   scenario generator's ``iso15118_share``, 0.6 by default; 1.0 = every EV announces, the "noisy
   departures and needs" information model of the quality target). V2G needs ISO 15118 in the
@@ -33,6 +35,7 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -40,8 +43,8 @@ import highspy
 import numpy as np
 from benchlib import episode_parser
 
+from gateway.scheduler import arrivals, slots
 from gateway.scheduler import evaluate as ev
-from gateway.scheduler import slots
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
 
@@ -145,6 +148,21 @@ def use_oracle_building() -> None:
     Mpc._building_forecast = forecast  # type: ignore[method-assign]
 
 
+def use_oracle_arrival_counts(episodes: list[Any]) -> None:
+    """The expected-arrival slots plan each hour's true count (history's energies and stays)."""
+    counts: Counter[Any] = Counter(a.arrival.replace(minute=0, second=0, microsecond=0)
+                                   for e in episodes for a in e.arrivals)
+    expected = ArrivalModel.expected
+
+    def oracle(self: ArrivalModel, site: str, when: Any) -> Any:
+        exp = expected(self, site, when)
+        if exp is not None:  # planned at arrivals.PLANNED_SHARE of per_day: undo it
+            exp.per_day = counts.get(when.replace(minute=0, second=0, microsecond=0), 0) / arrivals.PLANNED_SHARE
+        return exp
+
+    ArrivalModel.expected = oracle  # type: ignore[method-assign]
+
+
 def use_plan_penalty(price: float) -> None:
     """The MPC plans with another unmet-energy price than the one it is scored with."""
     made = ev.make_policy
@@ -195,6 +213,8 @@ def main() -> None:
     ap.add_argument("--oracle-building", action="store_true")
     ap.add_argument("--plan-penalty", type=float, default=None,
                     help="the MPC's price per kWh short at departure (scored at 5/kWh whatever it is)")
+    ap.add_argument("--oracle-arrival-counts", action="store_true",
+                    help="plan each hour's true count of arrivals (not something a gateway can know)")
     ap.add_argument("--iso15118-share", type=float, default=None,
                     help="share of EVs that announce departure and need (the generator's default: 0.6)")
     ap.add_argument("--list-short", action="store_true",
@@ -219,6 +239,8 @@ def main() -> None:
     episodes = (ev.generate_episodes(a.site, a.days, a.seed, a.stations) if a.iso15118_share is None
                 else iso_episodes(a.site, a.days, a.seed, a.stations, a.iso15118_share))
     use_peak_floor(a.peak_floor, episodes)
+    if a.oracle_arrival_counts:
+        use_oracle_arrival_counts(episodes)
     result, runs = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact)
     if a.list_short:
         print_short(r for r in runs if r.policy == "mpc")
@@ -230,6 +252,7 @@ def main() -> None:
                       "arrival_scale": a.arrival_scale, "need_quantile": a.need_quantile,
                       "oracle_needs": a.oracle_needs, "oracle_building": a.oracle_building, "exact": a.exact,
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
+                      "oracle_arrival_counts": a.oracle_arrival_counts,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 
