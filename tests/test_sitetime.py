@@ -87,5 +87,5 @@ def test_an_episode_carries_its_zone_and_refuses_an_unknown_one() -> None:
     data["tariff"]["timezone"] = BERLIN
     assert to_dict(from_dict(data))["tariff"]["timezone"] == BERLIN
     data["tariff"]["timezone"] = "Nowhere/Special"
-    with pytest.raises(EpisodeError, match="tariff.timezone: unknown time zone"):
+    with pytest.raises(EpisodeError, match=r"tariff\.timezone: unknown time zone"):
         from_dict(data)

@@ -89,3 +89,13 @@ def target_within_horizon(energy_now: float, target: float, max_kw: float, eff: 
 def prorated_demand_charge(per_kw_month: float, period: timedelta) -> float:
     """A demand charge quoted per kW-month, for a billing period of another length (30-day month)."""
     return per_kw_month * period.total_seconds() / (30 * 86400.0)
+
+
+def planned_demand_charge(per_kw_month: float, horizon: timedelta, period: timedelta) -> float:
+    """What the plan prices a rise of the billing period's peak at, live and in the evaluator: the
+    share of the charge one horizon of the period carries (a day of a 30-day month), the whole
+    period's if it is shorter. Priced in full, a rise of the peak would outweigh any driver's
+    missed kWh and the plan would drain parked cars to shave the building's peak (measured: the
+    demo delivered a third of the energy asked for). On a billing period of many days that
+    undervalues a rise; docs/benchmarks-scheduler.md measures what that costs over 20 days."""
+    return prorated_demand_charge(per_kw_month, min(horizon, period))

@@ -106,18 +106,16 @@ def building_forecast(state: SiteState) -> Callable[[datetime], float]:
 
 
 def site_inputs(state: SiteState, now: datetime, settings: Settings) -> SiteInputs:
-    # The demand charge is quoted per kW-month; the plan sees one horizon of it (a day of a 30-day
-    # month), as the offline evaluator does per simulated day. Priced in full, a rise of the peak
-    # would outweigh any driver's missed kWh and the plan would drain parked cars to shave the
-    # building's peak (measured: the demo delivered a third of the energy asked for).
     horizon = timedelta(hours=settings.horizon_h)
+    site = settings.site
+    start, end = (billing.period_start(now, site.billing_day, site.timezone),
+                  billing.period_end(now, site.billing_day, site.timezone))
     return inputs.site_inputs(
         make_grid(now, settings.horizon_h * 3600.0), tariff=state.tariff, limits=state.limits,
         events=list(state.grid_events.values()), building_kw=building_forecast(state),
-        demand_charge_per_kw=inputs.prorated_demand_charge(state.tariff.demand_charge_per_kw, horizon),
+        demand_charge_per_kw=inputs.planned_demand_charge(state.tariff.demand_charge_per_kw, horizon, end - start),
         peak_so_far_kw=state.demand.peak_at(now),
-        period_end=billing.period_end(now, settings.site.billing_day, settings.site.timezone),
-        wear_cost_per_kwh=settings.site.wear_cost_per_kwh,
+        period_end=end, wear_cost_per_kwh=site.wear_cost_per_kwh,
         unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh, price_overrides=state.price_overrides,
     )
 

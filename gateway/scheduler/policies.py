@@ -19,7 +19,7 @@ from gateway.config import Settings
 from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
-from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
+from gateway.scheduler.inputs import discharge_in_events_only, planned_demand_charge, site_inputs
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
 
@@ -199,7 +199,8 @@ class Mpc(_Base):
 
         site = site_inputs(
             grid, tariff=ep.tariff, limits=ep.limits, events=ep.grid_events, building_kw=building,
-            demand_charge_per_kw=prorated_demand_charge(ep.tariff.demand_charge_per_kw, self.period),
+            demand_charge_per_kw=planned_demand_charge(ep.tariff.demand_charge_per_kw,
+                                                       timedelta(seconds=self.horizon_s), self.period),
             peak_so_far_kw=ctx.peak_so_far_kw, wear_cost_per_kwh=ep.wear_cost_per_kwh,
             unmet_penalty_per_kwh=self.unmet_penalty_per_kwh, period_end=self.period_end,
         )

@@ -120,3 +120,28 @@ def test_the_cli_prints_json_a_program_can_read() -> None:
         capture_output=True, text=True, check=True, timeout=600,
     )
     assert set(json.loads(out.stdout)["policies"]) == {"uncontrolled", "mpc"}
+
+
+def test_the_mpc_prices_a_rise_of_the_peak_as_the_live_loop_does() -> None:
+    # One horizon's share of the billing period (inputs.planned_demand_charge), the whole period's
+    # only when it is shorter: a 6-hour horizon over a one-day episode sees a quarter of its charge.
+    from datetime import timedelta
+
+    from gateway.scheduler.policies import Mpc
+
+    ep = small_episode(2, seed=3, grid_event=False)
+    pol = ev.make_policy("mpc", 5.0, ev.mpc_forecaster())
+    assert isinstance(pol, Mpc)
+    pol.horizon_s = 6 * 3600.0
+    pol.period, pol.period_end = ep.end - ep.start, ep.end
+    priced: list[float] = []
+    solve = pol.planner.solve
+
+    def recording(site, slots):  # type: ignore[no-untyped-def]
+        priced.append(site.demand_charge_per_kw)
+        return solve(site, slots)
+
+    pol.planner.solve = recording  # type: ignore[method-assign]
+    ev.simulate(ep, pol, exact=False, penalty=5.0, progress=ev.Progress(1, False))
+    assert priced and priced == pytest.approx([15.0 * 0.25 / 30] * len(priced))
+    assert timedelta(seconds=pol.horizon_s) < pol.period

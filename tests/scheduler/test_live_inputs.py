@@ -34,3 +34,18 @@ def test_no_more_than_an_hour_is_extrapolated() -> None:
     obs = Observed(read_at=T0 - timedelta(hours=5), limits=((T0 - timedelta(hours=5), -10.0),))
     hours = EXTRAPOLATE_MAX / timedelta(hours=1)
     assert flow_since_reading(obs, T0, 0.0, 11.0, 10.0, 1.0) == pytest.approx(-10.0 * hours)
+
+
+
+def test_a_rise_of_the_peak_is_priced_at_one_horizon_of_the_billing_period() -> None:
+    from gateway.config import Settings, SiteConfig
+    from gateway.scheduler.inputs import planned_demand_charge
+    from gateway.scheduler.live_inputs import site_inputs
+    from gateway.state import SiteState
+
+    day = timedelta(days=1)
+    assert planned_demand_charge(15.0, day, timedelta(days=30)) == pytest.approx(0.5)
+    assert planned_demand_charge(15.0, day, timedelta(hours=6)) == pytest.approx(15.0 / 120)  # shorter: all of it
+    settings = Settings(site=SiteConfig(demand_charge_per_kw=15.0))
+    live = site_inputs(SiteState.from_settings(settings), T0, settings)
+    assert live.demand_charge_per_kw == pytest.approx(0.5)  # one day of (a 30-day share of) July
