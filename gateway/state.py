@@ -78,6 +78,7 @@ class SiteState:
     evses: dict[tuple[str, int], EvseState] = field(default_factory=dict)
     grid_events: dict[str, GridEvent] = field(default_factory=dict)
     building_load_kw: float = 0.0
+    building_load_at: datetime | None = None  # when the last reading arrived (None: none since start)
     building_load_forecast: list[tuple[datetime, float]] = field(default_factory=list)
     price_overrides: list[tuple[datetime, datetime, float, float]] = field(default_factory=list)
     # The billing period's peak demand so far (average import over demand intervals).

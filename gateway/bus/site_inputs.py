@@ -84,6 +84,7 @@ class SiteInputs:
                                 by: str) -> None:
         gw = self._gw
         gw.state.building_load_kw = power_kw
+        gw.state.building_load_at = gw.clock.now()
         gw.state.track_peak(gw.clock.now())
         if forecast is not None:
             gw.state.building_load_forecast = sorted(forecast)

@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.domain import ChargeMode, DischargeDialect, Session
 from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler import inputs
+from gateway.scheduler.building import BuildingProfile
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import SessionView, SlotRules, slot_input
@@ -91,28 +92,32 @@ class SlotMeta:
     fixed_kw: float | None  # measured power of an EVSE ignoring its limit (planned as fixed)
 
 
-def building_forecast(state: SiteState) -> Callable[[datetime], float]:
-    """The building-load forecast pushed to the site (step function), else the load measured now."""
+def building_forecast(state: SiteState, now: datetime,
+                      learned: BuildingProfile | None = None) -> Callable[[datetime], float]:
+    """The building-load forecast pushed to the site (step function); without one, the profile
+    learned from the site's readings (what the evaluator's MPC plans with), else the load
+    measured now."""
     fc = sorted(state.building_load_forecast)
     now_kw = state.building_load_kw
+    if not fc:
+        return learned.forecast(now, now_kw) if learned is not None else (lambda when: now_kw)
 
     def at(when: datetime) -> float:
-        if not fc:
-            return now_kw
         vals = [kw for ts, kw in fc if ts <= when]
         return vals[-1] if vals else fc[0][1]
 
     return at
 
 
-def site_inputs(state: SiteState, now: datetime, settings: Settings) -> SiteInputs:
+def site_inputs(state: SiteState, now: datetime, settings: Settings,
+                building: BuildingProfile | None = None) -> SiteInputs:
     horizon = timedelta(hours=settings.horizon_h)
     site = settings.site
     start, end = (billing.period_start(now, site.billing_day, site.timezone),
                   billing.period_end(now, site.billing_day, site.timezone))
     return inputs.site_inputs(
         make_grid(now, settings.horizon_h * 3600.0), tariff=state.tariff, limits=state.limits,
-        events=list(state.grid_events.values()), building_kw=building_forecast(state),
+        events=list(state.grid_events.values()), building_kw=building_forecast(state, now, building),
         demand_charge_per_kw=inputs.planned_demand_charge(state.tariff.demand_charge_per_kw, horizon, end - start),
         peak_so_far_kw=state.demand.peak_at(now),
         period_end=end, wear_cost_per_kwh=site.wear_cost_per_kwh,
@@ -176,12 +181,12 @@ def slot_for(
 def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
     forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
-    observed: Mapping[str, Observed] | None = None,
+    observed: Mapping[str, Observed] | None = None, building: BuildingProfile | None = None,
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
     """The LP's inputs for the site now; ``observed``: what the live loop saw of each session
-    (by transaction id)."""
+    (by transaction id); ``building``: the building's learned profile."""
     fc = forecaster if forecaster is not None else new_forecaster(settings)
-    site = site_inputs(state, now, settings)
+    site = site_inputs(state, now, settings, building)
     if settings.discharge_only_in_grid_events:
         inputs.discharge_in_events_only(site)
     reserve_for_plug_ins(site, state, settings)

@@ -36,6 +36,7 @@ from gateway.ocpp.defaults import default_limit_kw
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
+from gateway.scheduler.building import BuildingProfile
 from gateway.scheduler.forecast import SessionForecaster
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, greedy_fallback
 from gateway.state import CompletedSession
@@ -61,6 +62,8 @@ NONCOMPLIANCE_WINDOW = timedelta(minutes=15)
 LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
 # Completed transactions read from Postgres at start to seed the departure forecast.
 BOOTSTRAP_SESSIONS = 500
+# A building reading older than this at a re-plan is not learned from (the energy system went quiet).
+BUILDING_READING_FRESH = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,10 @@ class MpcScheduler:
         # How many EVs arrive per hour of the day and what they want: planned as aggregate slots
         # so the morning's first EVs do not spend the peak the later ones will need.
         self.arrivals = ArrivalModel(tz=self.settings.site.timezone)
+        # The building's load by time of day, learned from its readings: the forecast when the
+        # energy system pushes none (as the evaluator's MPC plans). Kept in memory: a restart
+        # learns it again over a day, on persistence meanwhile.
+        self.building = BuildingProfile(tz=self.settings.site.timezone)
         # Sessions whose EV stopped taking energy (transaction id -> since when): planned as full,
         # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
@@ -269,8 +276,11 @@ class MpcScheduler:
             if lim is not None:
                 limits_sent[key] = lim
         observed = self._observed(now)
-        site, slots, metas = live_inputs.build(self.gw.state, now, self.settings, limits_sent,
-                                               self.forecaster, observed=observed)
+        state = self.gw.state
+        if state.building_load_at is not None and now - state.building_load_at <= BUILDING_READING_FRESH:
+            self.building.observe(now, state.building_load_kw)
+        site, slots, metas = live_inputs.build(state, now, self.settings, limits_sent, self.forecaster,
+                                               observed=observed, building=self.building)
         slots += self._expected_arrivals(site.grid, now)
         started = time.perf_counter()
         try:

@@ -6,18 +6,15 @@ A policy gets a :class:`Context` once per 5-minute step and answers a setpoint (
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-import numpy as np
-
-from gateway import sitetime
 from gateway.config import Settings
 from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
+from gateway.scheduler.building import BuildingProfile
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
 from gateway.scheduler.inputs import discharge_in_events_only, planned_demand_charge, site_inputs
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
@@ -152,14 +149,14 @@ class Mpc(_Base):
     def __post_init__(self) -> None:
         self.solve_times = []
         self.arrivals = ArrivalModel()
-        self._profile: dict[int, list[float]] = {}
+        self.building = BuildingProfile()
         self.planner = Planner(time_limit_s=self.time_limit_s)
         self.fallbacks = 0
 
     def begin(self, episode: Episode) -> None:
         self.episode = episode
         # Hours of the day and weekdays on the site's clock, as the live scheduler keeps them.
-        self.arrivals.tz = self.forecaster.tz = episode.tariff.timezone
+        self.arrivals.tz = self.forecaster.tz = self.building.tz = episode.tariff.timezone
         self.keys = [e.key for e in episode.evses]
         self.evse = {e.key: e for e in episode.evses}
 
@@ -171,20 +168,9 @@ class Mpc(_Base):
         self.arrivals.observe(site, arrival, departure, delivered_kwh, max_kw)
 
     def _building_forecast(self, ctx: Context) -> Callable[[datetime], float]:
-        """The mean load seen at the same time of day, shifted toward the measurement now by a
-        weight that fades over a few hours; plain persistence until there is a profile."""
-        tz = self.episode.tariff.timezone
-        self._profile.setdefault(_tod(ctx.now, tz), []).append(ctx.building_kw)
-        prof = {k: float(np.mean(v)) for k, v in self._profile.items()}
-        now_prof = prof.get(_tod(ctx.now, tz), ctx.building_kw)
-
-        def building(when: datetime) -> float:
-            if when <= ctx.now or _tod(when, tz) not in prof:
-                return ctx.building_kw
-            w = math.exp(-(when - ctx.now).total_seconds() / (3 * 3600.0))
-            return prof[_tod(when, tz)] + w * (ctx.building_kw - now_prof)
-
-        return building
+        """The live scheduler's forecast without a pushed one (gateway/scheduler/building.py)."""
+        self.building.observe(ctx.now, ctx.building_kw)
+        return self.building.forecast(ctx.now, ctx.building_kw)
 
     def act(self, ctx: Context) -> dict[Key, float]:
         ep = self.episode
@@ -221,12 +207,6 @@ class Mpc(_Base):
         rules = SlotRules(announced_margin=self.announced_margin, learn_margin=self.learn_margin,
                           departure_scenarios=self.departure_scenarios)
         return slot_input(v, key, grid, now, self.forecaster, site, rules)
-
-
-def _tod(when: datetime, tz: str) -> int:
-    """Five-minute slot of the site's day."""
-    at = sitetime.local(when, tz)
-    return (at.hour * 60 + at.minute) // 5
 
 
 class Planned(_Base):

@@ -314,3 +314,26 @@ async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile
     periods = sink.profiles[-1]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
     assert [p["startPeriod"] for p in periods] == [0, 300] and [p["limit"] for p in periods] == [4000.0, 6000.0]
     await st.close()
+
+
+async def test_without_a_pushed_forecast_the_plan_expects_the_buildings_usual_day(site: GatewayHarness) -> None:
+    # Yesterday the building drew 300 kW from 5 to 8 hours from now, 10 kW otherwise; today's
+    # reading (10 kW) comes in without a forecast: the plan expects the same afternoon.
+    from gateway.bus.site_inputs import SiteInputs
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    now = site.gw.clock.now()
+    for step in range(288):
+        when = now - timedelta(days=1) + timedelta(minutes=5 * step)
+        sched.building.observe(when, 300.0 if timedelta(hours=5) <= when - now + timedelta(days=1) < timedelta(hours=8)
+                               else 10.0)
+    await SiteInputs(site.gw).set_building_load(10.0, None, "test")
+    st, _ = await planned_plug_in(site, "CS-B", "TX-B")
+    out = await sched.replan("test")
+    assert out is not None
+    imp = out.result.site_import_kw
+    assert imp[0] < 100.0 and imp.max() >= 300.0
+    # ... and today's reading is learned for this time of day.
+    assert sched.building.profile()[sched.building.slot(site.gw.clock.now())] == pytest.approx(10.0)
+    await st.close()

@@ -1,0 +1,70 @@
+"""The building's load profile learned from readings (gateway/scheduler/building.py), and how the
+live inputs choose between a pushed forecast, that profile and the reading now."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.config import Settings
+from gateway.scheduler.building import KEEP_DAYS, BuildingProfile
+from gateway.scheduler.live_inputs import building_forecast
+from gateway.state import SiteState
+
+DAY = datetime(2026, 7, 6, tzinfo=UTC)
+
+
+def office(p: BuildingProfile, days: int, noon_kw: float = 100.0) -> None:
+    """Readings every 5 minutes: 20 kW at night, ``noon_kw`` from 08:00 to 18:00."""
+    for d in range(days):
+        for step in range(288):
+            when = DAY + timedelta(days=d, minutes=5 * step)
+            p.observe(when, noon_kw if 8 <= when.hour < 18 else 20.0)
+
+
+def test_no_profile_yet_means_the_reading_now() -> None:
+    fc = BuildingProfile().forecast(DAY, 42.0)
+    assert fc(DAY + timedelta(hours=10)) == 42.0
+
+
+def test_the_profile_is_the_mean_of_past_days_and_a_deviation_fades() -> None:
+    p = BuildingProfile()
+    office(p, 2, noon_kw=100.0)
+    now = DAY + timedelta(days=2, hours=6)  # 06:00, a reading 10 kW above the usual 20
+    fc = p.forecast(now, 30.0)
+    assert fc(now) == 30.0
+    assert fc(now + timedelta(hours=6)) == pytest.approx(100.0 + 10.0 * 0.1353352832, rel=1e-6)  # e^-2
+    assert fc(now + timedelta(hours=20)) == pytest.approx(20.0 + 10.0 * 0.0012726338, rel=1e-6)  # e^-20/3
+
+
+def test_one_reading_per_slot_and_day_and_only_the_last_days_count() -> None:
+    p = BuildingProfile()
+    t = DAY + timedelta(hours=9, minutes=1)
+    p.observe(t, 50.0)
+    p.observe(t + timedelta(minutes=2), 70.0)  # the same slot, the same day: replaces
+    p.observe(t + timedelta(days=1), 90.0)
+    assert p.profile()[p.slot(t)] == pytest.approx(80.0)
+    for d in range(KEEP_DAYS):
+        p.observe(t + timedelta(days=2 + d), 10.0)
+    assert p.profile()[p.slot(t)] == pytest.approx(10.0)
+
+
+def test_slots_are_the_sites_time_of_day() -> None:
+    p = BuildingProfile(tz="Europe/Berlin")
+    p.observe(datetime(2026, 7, 6, 7, 0, tzinfo=UTC), 80.0)  # 09:00 in Berlin
+    assert p.slot(datetime(2026, 12, 7, 8, 0, tzinfo=UTC)) == p.slot(datetime(2026, 7, 6, 7, 0, tzinfo=UTC))
+    assert p.slot(datetime(2026, 7, 6, 7, 0, tzinfo=UTC)) == 9 * 12
+
+
+def test_live_inputs_use_a_pushed_forecast_else_the_learned_profile_else_the_reading() -> None:
+    state = SiteState.from_settings(Settings())
+    state.building_load_kw = 25.0
+    now = DAY + timedelta(days=3, hours=6)
+    learned = BuildingProfile()
+    office(learned, 3)
+    later = now + timedelta(hours=6)
+    assert building_forecast(state, now)(later) == 25.0
+    assert building_forecast(state, now, learned)(later) == pytest.approx(100.0 + 5.0 * 0.1353352832, rel=1e-6)
+    state.building_load_forecast = [(now, 60.0), (now + timedelta(hours=3), 70.0)]
+    assert building_forecast(state, now, learned)(later) == 70.0
