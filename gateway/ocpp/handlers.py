@@ -39,8 +39,20 @@ Handler = Callable[[StationContext, Payload], Awaitable[Payload]]
 # required fields).
 KEPT_AS_RECEIVED = (
     "NotifyChargingLimit", "ClearedChargingLimit", "ReportChargingProfiles", "NotifyReport",
-    "NotifyEvent", "LogStatusNotification", "NotifyEVChargingSchedule",
+    "NotifyEvent", "LogStatusNotification", "NotifyEVChargingSchedule", "NotifyCustomerInformation",
+    "NotifyMonitoringReport", "NotifyDisplayMessages", "ReservationStatusUpdate",
+    "PublishFirmwareStatusNotification",
 )
+# Certificate requests, kept as received and refused: this CSMS runs no certificate authority and
+# no OCSP or 15118 contract-certificate backend (A02/A03 SignCertificate, M02/M03
+# Get15118EVCertificate, M06 GetCertificateStatus). A clear refusal, not a CALLERROR: the request
+# is well formed, the service is what is missing.
+NO_PKI = {"reasonCode": "NoCertificateService", "additionalInfo": "this CSMS runs no certificate authority"}
+CERTIFICATE_REFUSALS: dict[str, Payload] = {
+    "SignCertificate": {"status": "Rejected", "statusInfo": NO_PKI},
+    "Get15118EVCertificate": {"status": "Failed", "exiResponse": "", "statusInfo": NO_PKI},
+    "GetCertificateStatus": {"status": "Failed", "statusInfo": NO_PKI},
+}
 PENDING_RETRY_INTERVAL_S = 30
 TOKEN_CACHE_S = 60.0
 TOUCH_EVERY_S = 60.0
@@ -78,7 +90,7 @@ class Handlers:
             "FirmwareStatusNotification": self.firmware_status_notification,
             "DataTransfer": self.data_transfer,
         }
-        for action in KEPT_AS_RECEIVED:
+        for action in (*KEPT_AS_RECEIVED, *CERTIFICATE_REFUSALS):
             self._table[action] = self._keeper(action)
 
     @property
@@ -268,7 +280,7 @@ class Handlers:
             await self._best_effort(self._stations.keep_message(ctx.station_id, action, p, self._now()))
             if action == "NotifyEVChargingSchedule":
                 return {"status": "Accepted"}
-            return {}
+            return dict(CERTIFICATE_REFUSALS.get(action, {}))
 
         return keep
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +15,8 @@ DEFAULT_MEASURAND = "Energy.Active.Import.Register"  # OCPP 2.0.1 SampledValueTy
 _UNIT_SCALE = {"kWh": ("Wh", 1000.0), "kW": ("W", 1000.0), "kvarh": ("varh", 1000.0), "kvar": ("var", 1000.0),
                "kVA": ("VA", 1000.0)}
 _DEFAULT_UNITS = {"Energy": "Wh", "Power": "W", "SoC": "Percent", "Current": "A", "Voltage": "V"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +36,20 @@ def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
             measurand = sv.get("measurand", DEFAULT_MEASURAND)
             uom = sv.get("unitOfMeasure") or {}
             unit = uom.get("unit") or _DEFAULT_UNITS.get(measurand.split(".")[0])
-            value = float(sv["value"]) * (10.0 ** uom.get("multiplier", 0))
+            try:
+                value = float(sv["value"]) * (10.0 ** uom.get("multiplier", 0))
+            except OverflowError:
+                value = math.inf
             if unit in _UNIT_SCALE:
                 unit, scale = _UNIT_SCALE[unit]
                 value *= scale
+            if not math.isfinite(value):
+                # A schema-valid reading no float can hold (a multiplier of 10^400, say): it says
+                # nothing about the session; the message is still answered (and a TransactionEvent
+                # still stored as received).
+                log.warning("meter value %r x 10^%r %r out of range: sample skipped", sv["value"],
+                            uom.get("multiplier", 0), unit)
+                continue
             yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"))
 
 

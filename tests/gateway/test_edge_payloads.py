@@ -28,6 +28,13 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("NUL in vendor data", "DataTransfer", {"vendorId": "com.example", "data": {"note": "x\u0000y"}}),
     ("huge meter value", "MeterValues", {"evseId": 1, "meterValue": [
         {"timestamp": "2026-07-01T08:00:00Z", "sampledValue": [{"value": 1e308}]}]}),
+    ("multiplier past any float", "MeterValues", {"evseId": 1, "meterValue": [
+        {"timestamp": "2026-07-01T08:00:00Z",
+         "sampledValue": [{"value": 5.0, "unitOfMeasure": {"multiplier": 2**31 - 1}}]}]}),
+    ("kWh past any float", "TransactionEvent", tx_event(
+        "Started", 0, transactionInfo={"transactionId": "T-K"}, meterValue=[
+            {"timestamp": "2026-07-01T08:00:00Z",
+             "sampledValue": [{"value": 1e308, "unitOfMeasure": {"unit": "kWh"}}]}])),
     ("needs far future", "NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {
         "requestedEnergyTransfer": "AC_three_phase", "departureTime": "9999-12-31T23:59:59Z",
         "acChargingParameters": {"energyAmount": HUGE, "evMinCurrent": 0, "evMaxCurrent": HUGE,
@@ -49,3 +56,13 @@ async def test_unusual_but_valid_payloads(gateway_server: GatewayHarness, name: 
             assert await fetch(gateway_server.database_url, "SELECT 1 FROM transaction_events") == []
     assert "currentTime" in await st.ok("Heartbeat", {})
     await st.close()
+
+
+def test_a_reading_no_float_can_hold_is_skipped_not_fatal() -> None:
+    from gateway.ocpp.meter import samples
+
+    mv = [{"timestamp": "2026-07-01T08:00:00Z", "sampledValue": [
+        {"value": 5.0, "unitOfMeasure": {"multiplier": 2**31 - 1}},
+        {"value": 1e308, "unitOfMeasure": {"unit": "kWh"}},
+        {"value": 7.0, "unitOfMeasure": {"unit": "kWh", "multiplier": -1}}]}]
+    assert [(s.value, s.unit) for s in samples(mv)] == [(pytest.approx(700.0), "Wh")]

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.ocpp.handlers import NO_PKI
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.ocpp_client import RawStation
 
@@ -217,6 +218,19 @@ NOTIFICATIONS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("LogStatusNotification", {"status": "Uploaded", "requestId": 3}, {}),
     ("FirmwareStatusNotification", {"status": "Installed", "requestId": 4}, {}),
     ("DataTransfer", {"vendorId": "com.example", "messageId": "x", "data": {"a": 1}}, {"status": "UnknownVendorId"}),
+    ("NotifyCustomerInformation", {"data": "no data", "seqNo": 0, "generatedAt": T0, "requestId": 5}, {}),
+    ("NotifyMonitoringReport", {"requestId": 6, "seqNo": 0, "generatedAt": T0}, {}),
+    ("NotifyDisplayMessages", {"requestId": 7}, {}),
+    ("ReservationStatusUpdate", {"reservationId": 8, "reservationUpdateStatus": "Expired"}, {}),
+    ("PublishFirmwareStatusNotification", {"status": "Published"}, {}),
+    # No certificate authority here: refused with the reason (A02, M02, M06), kept all the same.
+    ("SignCertificate", {"csr": "-----BEGIN CERTIFICATE REQUEST-----"}, {"status": "Rejected", "statusInfo": NO_PKI}),
+    ("Get15118EVCertificate", {"iso15118SchemaVersion": "urn:iso:15118:2:2013:MsgDef", "action": "Install",
+                               "exiRequest": "AAAA"}, {"status": "Failed", "exiResponse": "", "statusInfo": NO_PKI}),
+    ("GetCertificateStatus", {"ocspRequestData": {"hashAlgorithm": "SHA256", "issuerNameHash": "a",
+                                                  "issuerKeyHash": "b", "serialNumber": "c",
+                                                  "responderURL": "http://ocsp.example"}},
+     {"status": "Failed", "statusInfo": NO_PKI}),
 ]
 
 
@@ -238,12 +252,12 @@ async def test_security_event_notification_stored(gateway_server: GatewayHarness
                                                                        "lid opened")]
 
 
-async def test_unhandled_action_is_not_implemented(station: RawStation) -> None:
-    reply = await station.call("Get15118EVCertificate", {"iso15118SchemaVersion": "urn:iso:15118:2:2013:MsgDef",
-                                                         "action": "Install", "exiRequest": "AAAA"})
-    assert reply[0] == 4 and reply[2] == "NotImplemented"
-    # The socket lives on.
-    assert "currentTime" in await station.ok("Heartbeat", {})
+async def test_every_station_action_has_a_handler(gateway_server: GatewayHarness) -> None:
+    # RELIABILITY R2: a valid CALL of any station-to-CSMS action is answered with a CALLRESULT.
+    from gateway.ocpp.validation import V201_STATION_ACTIONS
+
+    assert gateway_server.gw is not None
+    assert V201_STATION_ACTIONS <= gateway_server.gw.handlers.actions
 
 
 async def test_restart_mid_transaction(gateway_server: GatewayHarness) -> None:
