@@ -19,7 +19,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     """Settings from env, overridden by every flag the user actually gave."""
     names = (
         "database_url", "mqtt_url", "api_key", "ocpp_host", "ocpp_port", "api_host", "api_port",
-        "tls_cert", "tls_key", "config", "time_scale", "call_timeout_s", "heartbeat_interval_s",
+        "tls_cert", "tls_key", "tls_client_ca", "config", "time_scale", "call_timeout_s", "heartbeat_interval_s",
         "log_level",
     )
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key", help="operator API key (env GATEWAY_API_KEY)")
     serve.add_argument("--tls-cert", help="server certificate (PEM) for security profile 2")
     serve.add_argument("--tls-key", help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", help="CA bundle (PEM) of station certificates, for security profile 3")
     serve.add_argument("--migrate", action="store_true", help="apply database migrations first")
     serve.add_argument("--allow-unknown-stations", action="store_true",
                        help="DEV ONLY: admit stations that are not registered")
@@ -83,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = station.add_subparsers(dest="station_command", required=True)
     add = ssub.add_parser("add", help="register a station (password read from stdin)")
     add.add_argument("station_id")
-    add.add_argument("--password-stdin", action="store_true", required=True)
-    add.add_argument("--security-profile", type=int, choices=(1, 2), default=1)
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the Basic-auth password from stdin (profiles 1 and 2: required)")
+    add.add_argument("--security-profile", type=int, choices=(1, 2, 3), default=1,
+                     help="1: Basic over ws; 2: Basic over wss; 3: TLS client certificate (no password)")
     add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default="negative_limit",
                      help="how the station takes a discharge command (negative W limit on 2.0.1)")
     add.add_argument("--evse", action="append", metavar="ID:CHARGE_KW[:DISCHARGE_KW]",

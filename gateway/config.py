@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     api_port: int = 8000
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # CA bundle (PEM) that signs station certificates: security profile 3 (TLS client certificates)
+    tls_client_ca: Path | None = None
     config: Path | None = None
     migrate: bool = False
     log_json: bool = False

@@ -49,6 +49,18 @@ def test_station_add_refuses_short_password_and_bad_id(clean_db: str) -> None:
     assert bad.returncode == 2 and "invalid station id" in bad.stderr
 
 
+def test_a_profile_3_station_is_registered_without_a_password(clean_db: str) -> None:
+    added = run(["station", "add", "CS-CERT", "--security-profile", "3"], clean_db)
+    assert added.returncode == 0, added.stderr
+    listed = run(["station", "list"], clean_db).stdout
+    assert [line.split()[:2] for line in listed.splitlines() if line.startswith("CS-CERT")] == [["CS-CERT", "3"]]
+    both = run(["station", "add", "CS-CERT", "--security-profile", "3", "--password-stdin"], clean_db,
+               stdin=PASSWORD + "\n")
+    assert both.returncode == 2 and "certificate" in both.stderr
+    none = run(["station", "add", "CS-PW"], clean_db)
+    assert none.returncode == 2 and "--password-stdin" in none.stderr
+
+
 def test_db_upgrade_is_idempotent(clean_db: str) -> None:
     result = run(["db", "upgrade"], clean_db)
     assert result.returncode == 0, result.stderr

@@ -81,11 +81,24 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
         if sid is None:
             print(f"error: invalid station id {args.station_id!r}", file=sys.stderr)
             return 2
-        password = sys.stdin.readline().rstrip("\r\n")
-        if len(password) < MIN_PASSWORD_LENGTH or len(password) > 40:
-            print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
-            return 2
-        await repo.add(sid, hash_password(password), security_profile=args.security_profile,
+        hashed: str | None = None
+        if args.security_profile >= 3:
+            # The certificate is the credential (its commonName is the station id); a password
+            # would never be asked for.
+            if args.password_stdin:
+                print("error: a profile 3 station logs in with its certificate: no --password-stdin",
+                      file=sys.stderr)
+                return 2
+        else:
+            if not args.password_stdin:
+                print("error: profiles 1 and 2 need a password (--password-stdin)", file=sys.stderr)
+                return 2
+            password = sys.stdin.readline().rstrip("\r\n")
+            if len(password) < MIN_PASSWORD_LENGTH or len(password) > 40:
+                print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
+                return 2
+            hashed = hash_password(password)
+        await repo.add(sid, hashed, security_profile=args.security_profile,
                        discharge_dialect=args.discharge_dialect, now=RealClock().now())
         for spec in args.evse or []:
             evse_id, charge, discharge = _parse_evse(spec)

@@ -14,7 +14,11 @@ Everything that decides whether a station may talk happens in the HTTP handshake
                                                         registered without a password)
     station disabled / no password set            401
     profile >= 2 over plain ws                    401   (A00.FR.3xx: profile 2 needs TLS)
-    profile 3 (client certificates)               401   (not supported by this server yet)
+    profile 3 without a verified client
+    certificate, or its commonName != station id  401   (A00.FR.4xx; no Basic auth needed)
+    a client certificate the station CA does not
+    vouch for (foreign CA, expired)               TLS handshake refused (before HTTP: no
+                                                        security event row can be written)
     no/unparsable Basic credentials               401   (WWW-Authenticate: Basic)
     username != station id, wrong password        401   (counts toward the lock-out)
 
@@ -280,6 +284,12 @@ class OcppServer:
             self._failure(None, remote, "unknown_station", f"unknown station id {station_id!r}")
             return connection.respond(HTTPStatus.NOT_FOUND, "Unknown station\n")
 
+        if creds.security_profile >= 3:
+            refusal = self._check_certificate(creds, connection, remote)
+            if refusal is not None:
+                return connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            self._admitted[connection] = _Admission(station_id, creds.security_profile, remote)
+            return None
         if creds.password_hash is None and creds.enabled and self.settings.allow_unknown_stations:
             # DEV mode: a station registered without a password (e.g. auto-registered on an
             # earlier visit) is admitted like an unknown one.
@@ -305,9 +315,6 @@ class OcppServer:
         sid = creds.station_id
         if not creds.enabled or creds.password_hash is None:
             return self._failure(sid, remote, "station_disabled", "disabled or no password set")
-        if creds.security_profile >= 3:
-            return self._failure(sid, remote, "client_certificate_required",
-                                 "security profile 3 is not supported by this server")
         if creds.security_profile >= 2 and not self.tls:
             return self._failure(sid, remote, "insecure_transport", "profile 2 station over plain ws")
         basic = parse_basic_auth(headers.get("Authorization"))
@@ -320,6 +327,26 @@ class OcppServer:
         if not (name_ok and password_ok):
             kind = "auth_failed" if name_ok else "auth_username_mismatch"
             return self._failure(sid, remote, kind, "wrong credentials")
+        return None
+
+    def _check_certificate(self, creds: StationCredentials, connection: ServerConnection,
+                           remote: str | None) -> str | None:
+        """Security profile 3 (A00.FR.4xx): the station proves its identity with a TLS client
+        certificate signed by the configured CA, whose subject commonName is its id. TLS has
+        already verified the chain and validity (a certificate that fails that never gets here:
+        the handshake is refused); this checks that there was one and whose it is."""
+        sid = creds.station_id
+        if not creds.enabled:
+            return self._failure(sid, remote, "station_disabled", "disabled")
+        if self.ssl_context is None or self.settings.tls_client_ca is None:
+            return self._failure(sid, remote, "client_certificate_required",
+                                 "profile 3 needs wss with a station CA (--tls-client-ca)")
+        cert = connection.transport.get_extra_info("peercert")
+        if not cert:
+            return self._failure(sid, remote, "client_certificate_required", "no client certificate")
+        names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+        if not any(same_text(n, sid) for n in names):
+            return self._failure(sid, remote, "certificate_id_mismatch", "certificate commonName is not the station id")
         return None
 
     def _failure(self, station_id: str | None, remote: str | None, kind: str, detail: str) -> str:
@@ -424,11 +451,18 @@ def _peer_ip(connection: ServerConnection) -> str | None:
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """TLS for security profile 2 when a certificate and key are configured (TLS >= 1.2, A00.FR.308)."""
+    """TLS for security profiles 2 and 3 when a certificate and key are configured (TLS >= 1.2,
+    A00.FR.308); station certificates are requested when a station CA is configured."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    if settings.tls_client_ca is not None:
+        # Profile 3: ask every station for a certificate and verify any it presents against the
+        # station CA; profile 1 and 2 stations on the same port present none and log in with
+        # Basic auth as before.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cafile=str(settings.tls_client_ca))
     return ctx
 
