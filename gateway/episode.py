@@ -150,8 +150,8 @@ def from_dict(data: dict[str, Any]) -> Episode:
         periods=tuple(TouPeriod(**p) for p in t["periods"]),
         demand_charge_per_kw=t.get("demand_charge_per_kw", 0.0),
         default_import_price=t.get("default_import_price", 0.20),
-        timezone=tz,
         default_export_price=t.get("default_export_price", 0.05),
+        timezone=tz,
     )
     stations = tuple(
         StationSpec(

@@ -27,7 +27,7 @@ SHIFT_FADE_S = 3 * 3600.0  # how fast a deviation from the profile is expected t
 class BuildingProfile:
     tz: str = sitetime.UTC_NAME
     _days: dict[int, deque[tuple[date, float]]] = field(default_factory=dict)
-    _mean: dict[int, float] | None = None
+    _mean: dict[int, float] = field(default_factory=dict)  # per slot, kept up to date by observe
 
     def slot(self, when: datetime) -> int:
         """Five-minute slot of the site's day."""
@@ -38,15 +38,15 @@ class BuildingProfile:
         """The building drew ``kw`` at ``when`` (a later reading in the same slot of the same day
         replaces the earlier one, so re-plans in quick succession do not outweigh a quiet day)."""
         day = sitetime.local(when, self.tz).date()
-        rows = self._days.setdefault(self.slot(when), deque(maxlen=KEEP_DAYS))
+        k = self.slot(when)
+        rows = self._days.setdefault(k, deque(maxlen=KEEP_DAYS))
         if rows and rows[-1][0] == day:
             rows.pop()
         rows.append((day, float(kw)))
-        self._mean = None
+        self._mean[k] = sum(v for _, v in rows) / len(rows)
 
     def profile(self) -> dict[int, float]:
-        if self._mean is None:
-            self._mean = {k: sum(kw for _, kw in v) / len(v) for k, v in self._days.items() if v}
+        """Mean load per five-minute slot of the day (slots never seen are absent)."""
         return self._mean
 
     def forecast(self, now: datetime, now_kw: float) -> Callable[[datetime], float]:
