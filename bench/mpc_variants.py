@@ -173,17 +173,6 @@ def use_plan_penalty(price: float) -> None:
     ev.make_policy = make
 
 
-def iso_episodes(site: str, days: int, seed: int, stations: int, share: float) -> list[Any]:
-    """The evaluator's episode set (``ev.generate_episodes``) with another share of announcing EVs."""
-    from datetime import timedelta
-
-    from simulators.scenario import DEFAULT_START, ScenarioOptions, generate
-
-    return [generate(ScenarioOptions(site=site, stations=stations, days=1, seed=seed + d, iso15118_share=share,
-                                     start=DEFAULT_START + timedelta(days=d)))
-            for d in range(days)]
-
-
 def print_short(runs: Any) -> None:
     """Who the MPC left short, and what it knew of them (what docs/benchmarks-scheduler.md cites)."""
     for run in runs:
@@ -236,8 +225,8 @@ def main() -> None:
         slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
     use_solver(a.solver)
     use_arrivals(a.arrivals == "on", a.arrival_scale)
-    episodes = (ev.generate_episodes(a.site, a.days, a.seed, a.stations) if a.iso15118_share is None
-                else iso_episodes(a.site, a.days, a.seed, a.stations, a.iso15118_share))
+    options = {} if a.iso15118_share is None else {"iso15118_share": a.iso15118_share}
+    episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
     if a.oracle_arrival_counts:
         use_oracle_arrival_counts(episodes)

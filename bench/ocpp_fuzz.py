@@ -24,9 +24,8 @@ from typing import Any
 from benchlib import fresh_database, register_stations, spawn_gateway
 from websockets.asyncio.client import connect
 
-from gateway.ocpp.errors import OcppError
-from gateway.ocpp.validation import V201, V201_STATION_ACTIONS
-from simulators.frames import MUTATION_CODES, FrameFuzzer
+from gateway.ocpp.validation import V201_STATION_ACTIONS
+from simulators.frames import FrameFuzzer, wrong_answer
 
 STATION = "FUZZ0001"
 PASSWORD = "fuzz-password-0123456789"
@@ -53,24 +52,12 @@ async def run(port: int, frames: int, seed: int, valid_share: float) -> dict[str
                     await ws.send(json.dumps([4, reply[1], "NotImplemented", "fuzzer", {}]))
                     continue
                 break
-            if reply[1] != mid:
-                wrong.append(f"{i} {action}: answer to another id {reply[:3]}")
-                continue
-            if kind == "valid":
-                if reply[0] != 3:
-                    wrong.append(f"{i} {action} (valid): {reply[2:4]}")
-                    continue
-                try:
-                    V201.check(action, reply[2], request=False)
-                except OcppError as exc:
-                    wrong.append(f"{i} {action}: answer fails its schema: {exc}")
-                    continue
-                answers["CALLRESULT (valid)"] += 1
+            problem = (f"{action}: answer to another id {reply[:3]}" if reply[1] != mid
+                       else wrong_answer(action, kind, reply))
+            if problem is not None:
+                wrong.append(f"{i} {problem}")
             else:
-                if reply[0] != 4 or reply[2] != MUTATION_CODES[kind]:
-                    wrong.append(f"{i} {action} ({kind}): {reply[:4]}")
-                    continue
-                answers[f"{reply[2]} ({kind})"] += 1
+                answers[f"{'CALLRESULT' if kind == 'valid' else reply[2]} ({kind})"] += 1
         await ws.send(json.dumps([2, "last", "Heartbeat", {}]))
         alive = json.loads(await asyncio.wait_for(ws.recv(), 30))[0] == 3
     took = time.perf_counter() - started

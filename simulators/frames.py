@@ -39,6 +39,25 @@ MUTATION_CODES = {
 Path = tuple[str | int, ...]
 
 
+def wrong_answer(action: str, kind: str, reply: list[Any]) -> str | None:
+    """What is wrong with the CSMS's ``reply`` to a frame of ``kind`` ("valid" or a mutation),
+    or None: a valid frame wants a CALLRESULT its response schema accepts, a broken one the
+    CALLERROR of its fault."""
+    from gateway.ocpp.errors import OcppError
+    from gateway.ocpp.validation import V201
+
+    if kind != "valid":
+        ok = reply[0] == 4 and reply[2] == MUTATION_CODES[kind]
+        return None if ok else f"{action} ({kind}) answered {reply[:4]}"
+    if reply[0] != 3:
+        return f"{action} (valid) answered {reply[2:4]}"
+    try:
+        V201.check(action, reply[2], request=False)
+    except OcppError as exc:
+        return f"{action}: the answer fails its schema: {exc}"
+    return None
+
+
 @cache
 def request_schema(action: str) -> dict[str, Any]:
     text = resources.files(SCHEMAS).joinpath(f"{action}Request.json").read_text(encoding="utf-8")

@@ -411,15 +411,16 @@ def _capture(base: float, value: float, best: float) -> float | None:
     return (base - value) / (base - best) if abs(base - best) > 1e-9 else None
 
 
-def generate_episodes(site: str, days: int, seed: int, stations: int) -> list[Episode]:
+def generate_episodes(site: str, days: int, seed: int, stations: int, **options: Any) -> list[Episode]:
     """``days`` one-day episodes from the scenario generator (seeds ``seed``, ``seed+1``, ...,
     consecutive days): each day is its own billing period, so the perfect-foresight LP stays one
-    day long and the days are comparable samples (as OPTIMUS samples days)."""
+    day long and the days are comparable samples (as OPTIMUS samples days). ``options``: more
+    ``ScenarioOptions`` fields (the benchmarks vary, e.g., ``iso15118_share``)."""
     from simulators.scenario import DEFAULT_START, ScenarioOptions, generate
 
     return [
         generate(ScenarioOptions(site=site, stations=stations, days=1, seed=seed + d,
-                                 start=DEFAULT_START + timedelta(days=d)))
+                                 start=DEFAULT_START + timedelta(days=d), **options))
         for d in range(days)
     ]
 
