@@ -302,6 +302,18 @@ class BillingPeak(Base):
     updated_at: Mapped[datetime] = mapped_column(TS)
 
 
+class BuildingReading(Base):
+    """The building's load in one five-minute slot (the last reading the scheduler planned with in
+    it): what the learned building profile (gateway/scheduler/building.py) is rebuilt from at start,
+    so a restart or another node does not forget weeks of readings."""
+
+    __tablename__ = "building_readings"
+
+    site: Mapped[str] = mapped_column(String(80), primary_key=True)
+    slot_start: Mapped[datetime] = mapped_column(TS, primary_key=True)
+    power_kw: Mapped[float] = mapped_column(Float)
+
+
 class SecurityEventRecord(Base):
     __tablename__ = "security_events"
     __table_args__ = (Index(None, "ts"),)

@@ -1,12 +1,12 @@
 """What the scheduler reads and writes: EV needs, driver preferences, plans, profiles sent,
-grid events, tariffs and operator site settings."""
+grid events, tariffs, operator site settings, billing peaks and the building's readings."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -131,6 +131,31 @@ class PlanningRepository:
         async with self._sessions() as s:
             rec = await s.get(m.BillingPeak, (site, period_start))
             return rec.peak_kw if rec else None
+
+    # --- building readings (the learned building profile) -------------------------------
+    async def record_building(self, site: str, slot_start: datetime, power_kw: float) -> None:
+        """The building's load in the five-minute slot starting at ``slot_start`` (a later write
+        for the same slot replaces it, as the profile keeps a slot's last reading)."""
+        t = m.BuildingReading.__table__
+        async with self._sessions.begin() as s:
+            await s.execute(insert(m.BuildingReading).values(site=site, slot_start=slot_start, power_kw=power_kw)
+                            .on_conflict_do_update(index_elements=[t.c.site, t.c.slot_start],
+                                                   set_={"power_kw": power_kw}))
+
+    async def building_readings(self, site: str, since: datetime) -> list[tuple[datetime, float]]:
+        """The site's building readings from ``since`` on, oldest first."""
+        async with self._sessions() as s:
+            rows = await s.execute(select(m.BuildingReading.slot_start, m.BuildingReading.power_kw)
+                                   .where(m.BuildingReading.site == site, m.BuildingReading.slot_start >= since)
+                                   .order_by(m.BuildingReading.slot_start))
+            return [(ts, float(kw)) for ts, kw in rows.all()]
+
+    async def prune_building_readings(self, site: str, before: datetime) -> int:
+        """Forget the site's readings older than ``before``; returns how many."""
+        async with self._sessions.begin() as s:
+            res = await s.execute(delete(m.BuildingReading)
+                                  .where(m.BuildingReading.site == site, m.BuildingReading.slot_start < before))
+            return int(getattr(res, "rowcount", 0) or 0)
 
     async def set_setting(self, key: str, value: dict[str, Any], by: str, now: datetime) -> None:
         async with self._sessions.begin() as s:

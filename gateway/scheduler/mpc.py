@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,7 +36,7 @@ from gateway.ocpp.defaults import default_limit_kw
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
-from gateway.scheduler.building import BuildingProfile
+from gateway.scheduler.building import KEEP_DAYS, SLOT_MIN, BuildingProfile
 from gateway.scheduler.forecast import SessionForecaster
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, greedy_fallback
 from gateway.state import CompletedSession
@@ -64,6 +64,8 @@ LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
 BOOTSTRAP_SESSIONS = 500
 # A building reading older than this at a re-plan is not learned from (the energy system went quiet).
 BUILDING_READING_FRESH = timedelta(hours=1)
+# Building readings older than this are deleted at start (the profile uses KEEP_DAYS of them).
+BUILDING_READINGS_KEPT = timedelta(days=KEEP_DAYS + 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +114,12 @@ class MpcScheduler:
         # so the morning's first EVs do not spend the peak the later ones will need.
         self.arrivals = ArrivalModel(tz=self.settings.site.timezone)
         # The building's load by time of day, learned from its readings: the forecast when the
-        # energy system pushes none (as the evaluator's MPC plans). Kept in memory: a restart
-        # learns it again over a day, on persistence meanwhile.
+        # energy system pushes none (as the evaluator's MPC plans). Each five-minute slot's last
+        # reading goes to Postgres once the slot is over, and the profile is rebuilt from them at
+        # start, so a restart (or another node) keeps what weeks of readings taught it.
         self.building = BuildingProfile(tz=self.settings.site.timezone)
+        self._building_slot: tuple[datetime, float] | None = None  # this slot's reading, not yet stored
+        self._building_writes: set[asyncio.Task[None]] = set()  # finished at stop, not cancelled
         # Sessions whose EV stopped taking energy (transaction id -> since when): planned as full,
         # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
@@ -157,9 +162,46 @@ class MpcScheduler:
         self.observed += n
         return n
 
+    async def bootstrap_building(self) -> int:
+        """Rebuild the building profile from the readings stored in Postgres (the last KEEP_DAYS
+        days) and forget older ones. Returns how many slots were read."""
+        name = self.settings.site.name
+        now = self.gw.clock.now()
+        try:
+            await self.gw.planning.prune_building_readings(name, now - BUILDING_READINGS_KEPT)
+            rows = await self.gw.planning.building_readings(name, now - timedelta(days=KEEP_DAYS))
+        except Exception as exc:  # planning starts with an empty profile rather than not at all
+            log.warning("no building readings for the profile: %s", exc)
+            return 0
+        for at, kw in rows:
+            self.building.observe(at, kw)
+        return len(rows)
+
+    def _note_building(self, now: datetime, kw: float) -> None:
+        """Learn the reading now; store the previous slot's last reading once its slot is over
+        (one write per slot, never two racing for the same row)."""
+        self.building.observe(now, kw)
+        slot = slot_start(now)
+        done = self._building_slot
+        if done is not None and done[0] != slot:
+            self._store_building(*done)
+        self._building_slot = (slot, kw)
+
+    def _store_building(self, slot: datetime, kw: float) -> None:
+        async def write() -> None:
+            try:
+                await self.gw.planning.record_building(self.settings.site.name, slot, kw)
+            except Exception as exc:  # the profile in memory has it; only a restart would miss it
+                log.warning("building reading of %s not stored: %s", to_rfc3339(slot), exc)
+
+        task = asyncio.create_task(write())
+        self._building_writes.add(task)
+        task.add_done_callback(self._building_writes.discard)
+
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.bootstrap()
+        await self.bootstrap_building()
         self.gw.state.forecaster = self.forecaster
         period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)
         self._aps = AsyncIOScheduler()
@@ -184,6 +226,14 @@ class MpcScheduler:
             log.warning("scheduler stopped with a re-plan still running")
         if self._writes:  # the last profile records, briefly
             await asyncio.wait(list(self._writes.values()), timeout=STOP_WAIT_S)
+        if self._building_writes:
+            await asyncio.wait(list(self._building_writes), timeout=STOP_WAIT_S)
+        if self._building_slot is not None:  # the slot in progress: its reading so far
+            try:
+                await asyncio.wait_for(self.gw.planning.record_building(self.settings.site.name,
+                                                                         *self._building_slot), STOP_WAIT_S)
+            except Exception as exc:
+                log.warning("last building reading not stored: %s", exc)
 
     # --- triggers ---------------------------------------------------------------------------
     def on_event(self, event: ev.Event, replan: bool) -> None:
@@ -278,7 +328,7 @@ class MpcScheduler:
         observed = self._observed(now)
         state = self.gw.state
         if state.building_load_at is not None and now - state.building_load_at <= BUILDING_READING_FRESH:
-            self.building.observe(now, state.building_load_kw)
+            self._note_building(now, state.building_load_kw)
         site, slots, metas = live_inputs.build(state, now, self.settings, limits_sent, self.forecaster,
                                                observed=observed, building=self.building)
         slots += self._expected_arrivals(site.grid, now)
@@ -539,3 +589,11 @@ class MpcScheduler:
                 payload=prof.payload(), status=status[:40], response=response, sent_at=now)
         except Exception as exc:
             log.warning("profile record not stored: %s", exc)
+
+
+def slot_start(when: datetime) -> datetime:
+    """Start of the five-minute slot ``when`` falls in (UTC-aligned: every zone's offset is a
+    whole number of slots, so it is the same slot of the site's day)."""
+    step = SLOT_MIN * 60
+    ts = when.timestamp()
+    return datetime.fromtimestamp(ts - ts % step, tz=UTC)

@@ -337,3 +337,52 @@ async def test_without_a_pushed_forecast_the_plan_expects_the_buildings_usual_da
     # ... and today's reading is learned for this time of day.
     assert sched.building.profile()[sched.building.slot(site.gw.clock.now())] == pytest.approx(10.0)
     await st.close()
+
+
+async def test_the_learned_building_profile_survives_a_restart(gateway_factory: Any) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.bus.site_inputs import SiteInputs
+    from gateway.clock import ManualClock
+    from gateway.scheduler.building import KEEP_DAYS
+    from gateway.scheduler.mpc import BUILDING_READINGS_KEPT, slot_start
+
+    t0 = datetime(2026, 7, 1, 8, 2, 30, tzinfo=UTC)
+    clock = ManualClock(t0)
+    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0)
+    gw = h.gw
+    assert gw is not None and gw.scheduler is not None
+    name = h.settings.site.name
+    # A reading older than the profile keeps, planted as an earlier run would have left it.
+    stale = slot_start(t0 - BUILDING_READINGS_KEPT - timedelta(days=1))
+    await gw.planning.record_building(name, stale, 999.0)
+    # Three slots of readings; two re-plans in the first slot (the later reading wins).
+    readings = [(0, 100.0), (60, 110.0), (300, 150.0), (600, 180.0)]
+    for offset_s, kw in readings:
+        clock.set(t0 + timedelta(seconds=offset_s))
+        await SiteInputs(gw).set_building_load(kw, None, "test")
+        await gw.scheduler.replan("test")
+    learned = dict(gw.scheduler.building.profile())
+    assert sorted(learned.values()) == [110.0, 150.0, 180.0]
+
+    async def two_stored() -> bool:  # the finished slots go to Postgres while the gateway runs
+        rows = await fetch(h.database_url, "SELECT power_kw FROM building_readings WHERE power_kw < 999")
+        return len(rows) == 2
+
+    await wait_for(two_stored)
+    await h.restart()  # the slot in progress is stored at stop
+    gw = h.gw
+    assert gw is not None and gw.scheduler is not None
+    assert gw.scheduler.building.profile() == learned
+    rows = await fetch(h.database_url, "SELECT slot_start, power_kw FROM building_readings ORDER BY slot_start")
+    assert [(r["slot_start"], r["power_kw"]) for r in rows] == [
+        (datetime(2026, 7, 1, 8, 0, tzinfo=UTC), 110.0), (datetime(2026, 7, 1, 8, 5, tzinfo=UTC), 150.0),
+        (datetime(2026, 7, 1, 8, 10, tzinfo=UTC), 180.0)]  # the stale row was pruned at start
+    # A day later the profile forecasts 08:05 from what it learned, not from the reading now.
+    clock.set(t0 + timedelta(days=1))
+    forecast = gw.scheduler.building.forecast(clock.now(), 100.0)
+    assert forecast(t0 + timedelta(days=1, hours=12)) == pytest.approx(100.0)  # 20:02: never seen
+    later = t0 + timedelta(days=1, seconds=300)
+    fade = forecast(later) - 150.0
+    assert 0.0 > fade > -10.0  # the profile's 150 kW, pulled a little toward the 100 kW now
+    assert KEEP_DAYS < BUILDING_READINGS_KEPT.days
