@@ -17,8 +17,9 @@ Everything that decides whether a station may talk happens in the HTTP handshake
     profile 3 without a verified client
     certificate, or its commonName != station id  401   (A00.FR.4xx; no Basic auth needed)
     a client certificate the station CA does not
-    vouch for (foreign CA, expired)               TLS handshake refused (before HTTP: no
-                                                        security event row can be written)
+    vouch for (foreign CA, expired)               TLS handshake refused (before HTTP); a
+                                                        security event with TLS's reason, no id
+                                                        or address (not counted for lock-out)
     no/unparsable Basic credentials               401   (WWW-Authenticate: Basic)
     username != station id, wrong password        401   (counts toward the lock-out)
 
@@ -37,7 +38,7 @@ import itertools
 import logging
 import ssl
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
@@ -182,6 +183,8 @@ class OcppServer:
         self.adapters = dict(adapters or DEFAULT_ADAPTERS)
         self.registry = ConnectionRegistry()
         self.ssl_context = build_ssl_context(settings)
+        if self.ssl_context is not None and settings.tls_client_ca is not None:
+            self.ssl_context.sslobject_class = reporting_refusals(self._certificate_refused)
         self.lockout = LockoutTracker(clock, settings.auth_failures_per_minute_max, settings.auth_lockout_s)
         # Half the handshake timeout for queueing + hashing leaves room for the rest of it.
         self.verifier = PasswordVerifier(clock, settings.credential_cache_s,
@@ -349,6 +352,13 @@ class OcppServer:
             return self._failure(sid, remote, "certificate_id_mismatch", "certificate commonName is not the station id")
         return None
 
+    def _certificate_refused(self, exc: ssl.SSLCertVerificationError) -> None:
+        """TLS refused a station's certificate (another CA's, expired, revoked...): the handshake
+        fails before any HTTP, so no id is known, and the TLS layer does not tell us the peer's
+        address either; the refusal is still a security event (RELIABILITY S3)."""
+        self._event(None, "client_certificate_refused", f"TLS refused a client certificate: {exc.verify_message}",
+                    None)
+
     def _failure(self, station_id: str | None, remote: str | None, kind: str, detail: str) -> str:
         """Count a failed login for the id and the address; record a security event."""
         self._event(station_id, kind, detail, remote)
@@ -448,6 +458,22 @@ def _peer_ip(connection: ServerConnection) -> str | None:
     if isinstance(addr, tuple) and addr:
         return str(addr[0])
     return None
+
+
+def reporting_refusals(on_refused: Callable[[ssl.SSLCertVerificationError], None]) -> type[ssl.SSLObject]:
+    """An SSLObject class (``SSLContext.sslobject_class``) that reports every peer certificate
+    the TLS handshake refuses before re-raising: asyncio's TLS layer drops those connections
+    silently, and a refused station certificate must leave a trace."""
+
+    class RefusalReporting(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except ssl.SSLCertVerificationError as exc:
+                on_refused(exc)
+                raise
+
+    return RefusalReporting
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:

@@ -96,12 +96,18 @@ async def test_profile3_station_logs_in_with_its_certificate_and_nothing_else_do
     assert info.value.response.status_code == 401
     await gw.security.wait_for("certificate_id_mismatch")
 
-    # Refused by TLS itself: a certificate another CA signed, and an expired one.
+    # Refused by TLS itself, each a security event with TLS's reason: a certificate another CA
+    # signed, and an expired one.
     expired = station_ca.issue_cert("p3.example", common_name="P3", not_before=datetime(2020, 1, 1, tzinfo=UTC),
                                     not_after=datetime(2021, 1, 1, tzinfo=UTC))
-    for leaf in (foreign_ca.issue_cert("p3.example", common_name="P3"), expired):
+    refusals = ((foreign_ca.issue_cert("p3.example", common_name="P3"), "unable to get local issuer certificate"),
+                (expired, "certificate has expired"))
+    for n, (leaf, reason) in enumerate(refusals, start=1):
         with pytest.raises((ssl.SSLError, ConnectionError, InvalidMessage)):
             await open_station(gw.url, "P3", None, ssl=_client_ctx(server_ca, leaf))
+        events = await gw.security.wait_for("client_certificate_refused", count=n)
+        assert events[-1].detail == f"TLS refused a client certificate: {reason}"
+        assert events[-1].station_id is None
     assert len(gw.observer.connected) == 2  # only the two good ones ever got in
     assert (await st.call("Heartbeat", {}))[0] == 3  # and the first is untouched
 
