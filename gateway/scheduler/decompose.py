@@ -181,6 +181,7 @@ def _initial_groups(site: SiteInputs, p: Prepared, n_groups: int) -> list[_Group
         gsite = dataclasses.replace(
             site, building_load_kw=w_imp[g] * p.building, import_limit_kw=w_imp[g] * p.imp_lim,
             export_limit_kw=w_exp[g] * p.exp_lim, peak_so_far_kw=float(w_peak[g] * p.peak0),
+            peak_price_steps=tuple((float(w_peak[g] * lv), x) for lv, x in site.peak_price_steps),
         )
         groups.append(_Group(idx=members, site=gsite))
     return groups
@@ -228,7 +229,8 @@ def _reshare(groups: list[_Group], p: Prepared) -> list[int]:
         room_c[g] = spare_c.sum(axis=0)
         room_d[g] = np.maximum(p.dmax[grp.idx] - np.maximum(-res.power_kw, 0.0), 0.0).sum(axis=0)
     cap = p.imp_lim.copy()
-    if p.demand > 0:
+    priced = p.demand > 0 or bool(p.peak_extra.any())  # the peak has a price
+    if priced:
         peak = max(p.peak0, float(imp.sum(axis=0)[p.demand_mask].max(initial=0.0)))
         cap = np.where(p.demand_mask, np.minimum(cap, peak), cap)
     extra = np.maximum(cap - imp.sum(axis=0), 0.0)
@@ -244,15 +246,15 @@ def _reshare(groups: list[_Group], p: Prepared) -> list[int]:
     # Only a group that received headroom someone wanted can do better; the rest keep their plans, which
     # fit their new limits (re-solving them all doubled the time at 10,000 slots for no gain).
     again: BoolArr = np.any((wanted > GAIN_TOL_KW) | (moved > GAIN_TOL_KW), axis=1)
-    if p.demand > 0:
+    if priced:
         # A group that paid for its own peak while it had EVs short of energy with chargers to spare was
         # held back by a peak the site need not have: with its new peak floor it may draw more.
-        paid = np.array([g.result is not None and g.result.terms["demand_charge"] > GAIN_TOL_KW * p.demand
+        paid = np.array([g.result is not None and g.result.terms["demand_charge"] > GAIN_TOL_KW * max(p.demand, 1e-3)
                          for g in groups])
         again = again | (paid & (short > GAIN_TOL_KW).any(axis=1))
     for g, grp in enumerate(groups):
         floor = grp.site.peak_so_far_kw
-        if p.demand > 0 and again[g]:
+        if priced and again[g]:
             floor = max(floor, float(new_imp[g][p.demand_mask].max(initial=0.0)))
         grp.site = dataclasses.replace(grp.site, import_limit_kw=new_imp[g], export_limit_kw=new_exp[g],
                                        peak_so_far_kw=floor)

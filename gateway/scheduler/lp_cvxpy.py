@@ -27,7 +27,7 @@ def risks_per_slot(p: Prepared) -> int:
 
 def shape_key(p: Prepared) -> tuple[Any, ...]:
     s, n = p.shape
-    return (s, n, risks_per_slot(p), tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)))
+    return (s, n, risks_per_slot(p), len(p.peak_levels), tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)))
 
 
 class CvxModel:
@@ -53,6 +53,9 @@ class CvxModel:
         self.wear = cp.Parameter(nonneg=True)
         self.demand = cp.Parameter(nonneg=True)
         self.peak0 = cp.Parameter()
+        nz = len(p.peak_levels)  # priced peak levels (part of the shape key)
+        self.peak_levels = cp.Parameter(nz) if nz else None
+        self.peak_extra = cp.Parameter(nz, nonneg=True) if nz else None
         self.unmet = cp.Parameter(s, nonneg=True)
         # Earlier possible departures, dense over (slot, step): the target where there is one and
         # the floor elsewhere (always met), and the price per kWh short there (EPS elsewhere, so the
@@ -77,6 +80,7 @@ class CvxModel:
         xi = cp.Variable(n, nonneg=True)
         xe = cp.Variable(n, nonneg=True)
         peak = cp.Variable()
+        above = cp.Variable(nz, nonneg=True) if nz else None  # the peak above each priced level
         ec = np.repeat(p.eff_c[:, None], n, axis=1)
         ed = np.repeat(1.0 / p.eff_d[:, None], n, axis=1)
         flow = cp.multiply(ec, a) - cp.multiply(ed, b)
@@ -94,6 +98,8 @@ class CvxModel:
             cp.multiply(self.inv_h, imp) <= peak + self.peak_slack,
             peak >= self.peak0,
         ]
+        if above is not None:
+            cons.append(above >= peak - self.peak_levels)
         if n > 1:
             cons.append(e[:, 1:] == e[:, :-1] + flow[:, 1:])
         across = np.ones((1, n))
@@ -104,6 +110,7 @@ class CvxModel:
             self.c_imp @ imp - self.c_exp @ exp
             + self.c_charge @ cp.sum(a, axis=0)
             + self.demand * peak
+            + (self.peak_extra @ above if above is not None and self.peak_extra is not None else 0.0)
             + self.wear * cp.sum(b)
             + self.unmet @ u
             + (self.risk_price @ cp.vec(r, order="F") if r is not None and self.risk_price is not None else 0.0)
@@ -137,6 +144,9 @@ class CvxModel:
         self.wear.value = float(p.wear[0] / h[0]) if len(h) else 0.0
         self.demand.value = p.demand
         self.peak0.value = p.peak0
+        if self.peak_levels is not None and self.peak_extra is not None:
+            self.peak_levels.value = p.peak_levels
+            self.peak_extra.value = p.peak_extra
         self.unmet.value = p.unmet_penalty
         if self.k and self.risk_price is not None:
             s = len(p.e0)

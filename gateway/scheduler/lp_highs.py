@@ -45,7 +45,8 @@ def solve(p: Prepared, time_limit_s: float) -> RawSolution:
 
 def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
     """Columns: charge, discharge and battery energy per connected cell; unmet energy per slot;
-    the shortfall at each earlier possible departure; site import, export and the two limit slacks per step; the peak.
+    the shortfall at each earlier possible departure; site import, export and the two limit slacks per step; the peak;
+    the peak above each priced level.
 
     ``reduce_charge_only``: slots that cannot discharge get no discharge or energy columns (their
     floor holds by itself and only the final energy can reach the ceiling, so two rows replace
@@ -67,7 +68,8 @@ def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
     oimp = orisk + nr
     oexp, oxi, oxe = oimp + n, oimp + 2 * n, oimp + 3 * n
     opk = oimp + 4 * n
-    ncol = opk + 1
+    nz = len(p.peak_levels)
+    ncol = opk + 1 + nz  # then the peak above each priced level
 
     cost = np.zeros(ncol)
     lo = np.zeros(ncol)
@@ -81,6 +83,7 @@ def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
     cost[oexp:oxi] = (-p.price_exp - p.pay + EPS_PER_KWH) * p.h
     cost[oxi:opk] = EXCESS_PENALTY_PER_KWH * np.tile(p.h, 2)
     cost[opk] = p.demand
+    cost[opk + 1:] = p.peak_extra
     lo[oc:od] = p.cmin[si, ti]
     hi[oc:od] = p.cmax[si, ti]
     hi[od:oe] = p.dmax[sd, td]
@@ -182,6 +185,14 @@ def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
     rlo.append(np.full(nm_, -INF))
     rhi.append(np.zeros(nm_))
     r0 += nm_
+    # The peak above each priced level: z_j - peak >= -level_j.
+    if nz:
+        zz = np.arange(nz)
+        add(r0 + zz, opk + 1 + zz, np.ones(nz))
+        add(r0 + zz, np.full(nz, opk), -np.ones(nz))
+        rlo.append(-p.peak_levels)
+        rhi.append(np.full(nz, INF))
+        r0 += nz
 
     a = sp.csc_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r0, ncol)

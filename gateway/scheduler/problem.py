@@ -10,6 +10,7 @@ Objective (currency units)::
 
     sum_t h_t (p_imp_t imp_t - p_exp_t exp_t)          energy cost
   + demand_charge * (peak - peak_so_far)              demand charge on the rise of the period's peak
+  + sum_j extra_j * max(0, peak - level_j)            its price rising with the level (peak_price_steps)
   + wear * sum h_t d                                  battery wear per AC kWh discharged
   - sum_t pay_t h_t (building_t - imp_t + exp_t)      grid-event revenue
   + sum_i unmet_penalty_i w_i u_i                     mobility as a price (site's, or the slot's own)
@@ -185,6 +186,11 @@ class SiteInputs:
     # Steps in which any EV may discharge (None: all). The live loop limits discharge to grid
     # events (Settings.discharge_only_in_grid_events).
     discharge_mask: BoolArr | None = None
+    # (level kW, extra price per kW of peak above it): a price of the period's peak that rises with
+    # the level (convex: extras >= 0), on top of ``demand_charge_per_kw`` from the peak so far. A
+    # monthly bill's peak is cheap to raise early in the month up to where later days would take
+    # it anyway, and dear above (gateway/scheduler/peak_price.py).
+    peak_price_steps: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass
@@ -253,6 +259,8 @@ class Prepared:
     wear: FloatArr  # wear * h
     demand: float
     peak0: float
+    peak_levels: FloatArr  # (J) levels above which the peak costs peak_extra more per kW
+    peak_extra: FloatArr  # (J)
     unmet_penalty: FloatArr  # (S) per kWh not delivered at the last connected step
     # Earlier possible departures, one entry each: slot, step, target energy, price per kWh short.
     risk_slot: NDArray[np.int64]
@@ -314,6 +322,7 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
             if w > 0 and (goal > e0[i] + 1e-9 or (dmax[i].any() and goal > floor[i] + 1e-9)):
                 merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i] * float(w)
     risks = [(i, at, goal, price) for (i, at, goal), price in merged.items()]
+    priced = [(lv, x) for lv, x in site.peak_price_steps if x > 0 and math.isfinite(lv)]
     return Prepared(
         h=h, conn=conn, cmax=cmax, cmin=cmin, dmax=dmax, e0=e0, floor=floor, cap=cap, target=target,
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
@@ -324,12 +333,20 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
                      else np.asarray(site.demand_mask, dtype=bool)[:n]),
         wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
         demand=float(site.demand_charge_per_kw), peak0=float(site.peak_so_far_kw),
+        # Levels under the peak so far would only add a constant: priced from the peak so far.
+        peak_levels=np.array([max(float(lv), float(site.peak_so_far_kw)) for lv, _ in priced], dtype=np.float64),
+        peak_extra=np.array([float(x) for _, x in priced], dtype=np.float64),
         unmet_penalty=penalty * np.array([sl.unmet_weight for sl in slots], dtype=float),
         risk_slot=np.array([r[0] for r in risks], dtype=np.int64),
         risk_step=np.array([r[1] for r in risks], dtype=np.int64),
         risk_target=np.array([r[2] for r in risks], dtype=float),
         risk_penalty=np.array([r[3] for r in risks], dtype=float),
     )
+
+
+def peak_cost(p: Prepared, peak: float) -> float:
+    """What the plan pays for raising the period's peak to ``peak``."""
+    return p.demand * (peak - p.peak0) + float(p.peak_extra @ np.maximum(peak - p.peak_levels, 0.0))
 
 
 def _charge_floor(conn: BoolArr, kw: FloatArr, h: FloatArr, eff: FloatArr, room: FloatArr,
@@ -384,7 +401,7 @@ def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSoluti
                 if len(p.risk_slot) else np.zeros(0))
     terms = {
         "energy_cost": float((p.price_imp * p.h) @ imp - (p.price_exp * p.h) @ exp),
-        "demand_charge": p.demand * (peak - p.peak0),
+        "demand_charge": peak_cost(p, peak),
         "wear": float(p.wear @ d.sum(axis=0)),
         "grid_event_revenue": float((p.pay * p.h) @ (p.building - site_kw)),
         "unmet_penalty": float(p.unmet_penalty @ unmet),

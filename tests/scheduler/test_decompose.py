@@ -83,6 +83,20 @@ def test_combined_plan_keeps_the_site_limit_and_is_near_the_joint_lp(seed: int) 
     assert res.objective <= joint.objective + GAP_AT_GROUPS_OF_20 * abs(joint.objective)
 
 
+def test_priced_peak_levels_are_shared_like_the_peak_so_far() -> None:
+    s, slots = busy_site(60, 0)
+    s.peak_price_steps = ((0.5 * float(np.max(s.import_limit_kw)), 3.0),)
+    groups = DecomposedPlanner(max_slots_per_lp=20).split(s, slots)
+    level = sum(g.peak_price_steps[0][0] for _, g in groups)
+    assert level == pytest.approx(s.peak_price_steps[0][0], rel=1e-12)
+    assert all(g.peak_price_steps[0][1] == 3.0 for _, g in groups)
+    joint = Planner().solve(s, slots)
+    res = DecomposedPlanner(max_slots_per_lp=20).solve(s, slots)
+    assert_within_site_limits(s, res)
+    assert res.objective >= joint.objective - 1e-6 * abs(joint.objective)
+    assert res.objective <= joint.objective + GAP_AT_GROUPS_OF_20 * abs(joint.objective)
+
+
 def test_coordination_moves_headroom_a_group_cannot_use_to_one_that_is_short() -> None:
     # One hour, 12 kW. Dealt by need in snake order, the groups are {0, 3} and {1, 2}. Shares follow
     # the power each group needs (EV 1's idle 100 kW charger counts 5 %): 7.44 kW for EV 3, which

@@ -148,6 +148,30 @@ def test_demand_charge_only_on_the_rise_above_the_peak_so_far() -> None:
     assert res.terms["demand_charge"] == pytest.approx(0.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("extra", "first_kw", "charge"), [(1.0, 10.0, 0.0), (0.2, 20.0, 2.0)])
+def test_a_priced_peak_level_holds_the_peak_only_where_it_pays(backend: str, extra: float, first_kw: float,
+                                                              charge: float) -> None:
+    # 20 kWh at 0.10 now or 0.40 next hour, 10 kW of building: all now sets a 30 kW peak. Above
+    # 20 kW each kW costs `extra`: at 1.0 a 10-kW rise (10) costs more than the 3 it saves, so
+    # the load is split 10 / 10; at 0.2 (2) less, so it is all charged now.
+    s = site([0.10, 0.40], building=10.0)
+    s.peak_price_steps = ((20.0, extra), (1e9, 0.0))  # a zero price adds nothing
+    res = Planner(backend=backend).solve(s, [ev(2, energy=0, target=20, kw=20)])
+    assert res.power_kw[0, 0] == pytest.approx(first_kw, abs=1e-3)
+    assert res.delivered_kwh[0] == pytest.approx(20.0, abs=1e-3)
+    assert res.terms["demand_charge"] == pytest.approx(charge, abs=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_priced_level_under_the_peak_so_far_costs_only_above_it(backend: str) -> None:
+    s = site([0.10, 0.40], building=10.0, demand=0.05, peak0=25.0)
+    s.peak_price_steps = ((15.0, 0.2),)  # priced from 25 kW, the peak already paid
+    res = Planner(backend=backend).solve(s, [ev(2, energy=0, target=20, kw=20)])
+    assert res.power_kw[0, 0] == pytest.approx(20.0, abs=1e-3)
+    assert res.terms["demand_charge"] == pytest.approx(0.25 * 5.0, abs=1e-3)
+
+
 def test_charge_floor_is_honoured_while_there_is_room() -> None:
     s = site([0.5, 0.5, 0.1])
     slot = ev(3, energy=10, target=12, kw=11)
