@@ -3,7 +3,7 @@
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
-        [--iso15118-share F] [--oracle-arrival-counts]
+        [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -20,6 +20,10 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   of the expected count).
 - ``--need-quantile``: the quantile of past needs an EV that announced none is planned for (0.9).
 - ``--plan-penalty``: the unmet-energy price the MPC plans with (it is scored at 5/kWh all the same).
+- ``--building-forecast``: what the MPC plans the building with: ``learned`` (the profile learned
+  from the readings, the default), ``ems`` (the episode's day-ahead forecast, as a building energy
+  system would push it, anchored to the reading now as the live gateway anchors a pushed one) or
+  ``oracle`` (the true load, as ``--oracle-building``).
 - Oracles, to split the MPC's gap to the optimum by what it does not know: ``--oracle-needs``
   (every EV's true need), ``--oracle-building`` (the true building load instead of the forecast),
   ``--exact`` (true departures and needs for every policy, as ``gateway evaluate --exact``),
@@ -199,7 +203,9 @@ def main() -> None:
     ap.add_argument("--arrival-scale", type=float, default=1.0)
     ap.add_argument("--need-quantile", type=float, default=None)
     ap.add_argument("--oracle-needs", action="store_true")
-    ap.add_argument("--oracle-building", action="store_true")
+    ap.add_argument("--oracle-building", action="store_true", help="the same as --building-forecast oracle")
+    ap.add_argument("--building-forecast", choices=("learned", "ems", "oracle"), default=None,
+                    help="what the MPC plans the building with (default: learned)")
     ap.add_argument("--plan-penalty", type=float, default=None,
                     help="the MPC's price per kWh short at departure (scored at 5/kWh whatever it is)")
     ap.add_argument("--oracle-arrival-counts", action="store_true",
@@ -209,11 +215,14 @@ def main() -> None:
     ap.add_argument("--list-short", action="store_true",
                     help="also print one JSON line per EV the MPC left short of its deliverable energy")
     a = ap.parse_args()
+    building = a.building_forecast or ("oracle" if a.oracle_building else "learned")
+    if a.oracle_building and building != "oracle":
+        ap.error(f"--oracle-building contradicts --building-forecast {building}")
     if a.need_quantile is not None:
         use_need_quantile(a.need_quantile)
     if a.oracle_needs:
         use_oracle_needs()
-    if a.oracle_building:
+    if building == "oracle":
         use_oracle_building()
     if a.plan_penalty is not None:
         use_plan_penalty(a.plan_penalty)
@@ -230,7 +239,8 @@ def main() -> None:
     use_peak_floor(a.peak_floor, episodes)
     if a.oracle_arrival_counts:
         use_oracle_arrival_counts(episodes)
-    result, runs = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact)
+    result, runs = ev.evaluate(episodes, ["uncontrolled", "mpc", "optimal"], exact=a.exact,
+                               building_forecast="learned" if building == "oracle" else building)
     if a.list_short:
         print_short(r for r in runs if r.policy == "mpc")
     mpc = result["policies"]["mpc"]
@@ -239,7 +249,8 @@ def main() -> None:
     print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
                       "peak_floor": a.peak_floor, "solver": a.solver, "arrivals": a.arrivals,
                       "arrival_scale": a.arrival_scale, "need_quantile": a.need_quantile,
-                      "oracle_needs": a.oracle_needs, "oracle_building": a.oracle_building, "exact": a.exact,
+                      "oracle_needs": a.oracle_needs, "oracle_building": building == "oracle",
+                      "building_forecast": building, "exact": a.exact,
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
                       "oracle_arrival_counts": a.oracle_arrival_counts,
                       **{k: round(float(mpc[k]), 4) for k in keys},

@@ -2,9 +2,11 @@
 
 A generated workplace day (50 bidirectional chargers, a grid event in the afternoon) runs through
 the real gateway (OCPP over WebSockets, Postgres, the MPC) at ``--time-scale`` (600: a day in
-2.4 minutes). The simulated fleet and the gateway share one scaled clock. At the end it prints
-what the drivers got, what the site paid and earned, the same day under uncontrolled charging
-(the offline evaluator on the same episode), and writes an HTML report and a JSON summary.
+2.4 minutes). The simulated fleet and the gateway share one scaled clock; a simulated building
+energy system sends the building's load now and the episode's day-ahead forecast of it (never the
+true load to come). At the end it prints what the drivers got, what the site paid and earned, the
+same day under uncontrolled charging (the offline evaluator on the same episode), and writes an
+HTML report and a JSON summary.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from gateway.logs import setup_logging
 from gateway.scheduler.slots import SlotRules, announcement_margin
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH
 from simulators.fleet import Fleet
+from simulators.models import FORECAST_HEAT_SD
 from simulators.station import StationConfig
 
 log = logging.getLogger(__name__)
@@ -292,17 +295,31 @@ async def _register(gw: Gateway, episode: Episode, password: str) -> None:
         await gw.planning.upsert_grid_event(g, "demo", now)
 
 
+def pushed_forecast(episode: Episode) -> list[tuple[datetime, float]]:
+    """The day-ahead forecast the building's energy system pushes: the episode's (never its true
+    load, which no energy system knows in advance); none when the episode has none, and the gateway
+    plans with the profile it learns and the reading now."""
+    bl = episode.building_load
+    if bl is None or bl.forecast_kw is None:
+        return []
+    return [(bl.start + timedelta(seconds=bl.step_s * i), kw) for i, kw in enumerate(bl.forecast_kw)]
+
+
+def forecast_label(episode: Episode) -> str:
+    """Which building forecast the demo pushed, for its report."""
+    if not pushed_forecast(episode):
+        return "none"
+    return f"energy system day-ahead (heat forecast error sd {FORECAST_HEAT_SD:g})"
+
+
 async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: SiteMeter, fleet: Fleet,
                      beliefs: Beliefs) -> None:
-    """What a building energy system would send over MQTT: the load now and a day-ahead forecast."""
+    """What a building energy system would send over MQTT: the load now and its day-ahead forecast."""
     from gateway import events as ev
 
     for g in episode.grid_events:
         gw.state.grid_events[g.id] = g
-    if episode.building_load is not None:
-        bl = episode.building_load
-        gw.state.building_load_forecast = [(bl.start + timedelta(seconds=bl.step_s * i), kw)
-                                           for i, kw in enumerate(bl.values_kw)]
+    gw.state.building_load_forecast = pushed_forecast(episode)
     gw.bus.publish(ev.SiteInputsChanged(clock.now(), "demo site"))
     while True:
         now = clock.now()
@@ -392,7 +409,7 @@ def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any],
     result = {
         "episode": {"name": episode.name, "start": to_rfc3339(episode.start), "end": to_rfc3339(episode.end),
                     "stations": len(episode.stations), "evs": len(evs),
-                    "import_limit_kw": episode.limits.import_kw},
+                    "import_limit_kw": episode.limits.import_kw, "building_forecast": forecast_label(episode)},
         "live": {**live, "energy_requested_kwh": requested, "energy_delivered_kwh": delivered,
                  "energy_discharged_kwh": sum(e["energy_discharged_kwh"] for e in evs),
                  "evs_fully_served_share": (sum(1 for e in evs if e["fully_served"]) / len(evs)) if evs else 1.0,
@@ -416,6 +433,9 @@ def _write_html(path: Path, result: dict[str, Any], episode: Episode, meter: Sit
     building = [episode.building_load_at(t) for t in meter.times]
     site.add_trace(go.Scatter(x=meter.times, y=meter.net_kw, name="site import (kW)"))
     site.add_trace(go.Scatter(x=meter.times, y=building, name="building load (kW)"))
+    if episode.has_building_forecast:
+        site.add_trace(go.Scatter(x=meter.times, y=[episode.building_forecast_at(t) for t in meter.times],
+                                  name="building forecast pushed (kW)", line={"dash": "dot"}))
     site.add_trace(go.Scatter(x=meter.times, y=meter.ev_kw, name="EV charging - discharging (kW)"))
     site.add_trace(go.Scatter(x=meter.times, y=[episode.limits.import_kw] * len(meter.times), name="site limit",
                               line={"dash": "dash"}))
@@ -435,7 +455,9 @@ def _write_html(path: Path, result: dict[str, Any], episode: Episode, meter: Sit
                              "energy_delivered_kwh", "evs_fully_served_share", "limit_excess_kw_max"))
     path.write_text(
         "<html><head><meta charset='utf-8'><title>Demo report</title></head><body>"
-        f"<h1>Demo: {result['episode']['name']}</h1><table border=1><tr><th></th><th>gateway (live)</th>"
+        f"<h1>Demo: {result['episode']['name']}</h1>"
+        f"<p>Building forecast pushed: {result['episode']['building_forecast']}</p>"
+        "<table border=1><tr><th></th><th>gateway (live)</th>"
         f"<th>uncontrolled</th></tr>{rows}</table>" + site.to_html(full_html=False, include_plotlyjs=True)
         + fig.to_html(full_html=False, include_plotlyjs=False) + "</body></html>")
 
@@ -457,6 +479,7 @@ def _summary_text(result: dict[str, Any]) -> str:
         "shortfall by cause (kWh)     : "
         + ", ".join(f"{k} {v:.1f}" for k, v in live["shortfall_by_cause_kwh"].items()),
         f"plans solved                 : {live['plans']}",
+        f"building forecast pushed     : {result['episode']['building_forecast']}",
         "report: see --report / --json files",
     ])
 

@@ -9,6 +9,10 @@ is what the EV (ISO 15118) or driver declares, which may be earlier or later (``
 declared and the gateway must forecast). ``energy_kwh`` is the energy the driver wants delivered
 by departure (``None``: derived from ``target_soc``). ``need_change`` changes the declared need
 mid-session. ``surprise`` marks an arrival no history would have predicted.
+
+The building load is the truth the site meter shows (``values_kw``); ``forecast_kw``, when
+present, is the day-ahead forecast the building's energy system sends, on the same grid: what a
+gateway may plan with, where the truth is only for metering and scoring.
 """
 
 from __future__ import annotations
@@ -81,15 +85,28 @@ class Arrival:
 
 @dataclass(frozen=True, slots=True)
 class LoadSeries:
+    """A load on a regular grid; ``forecast_kw`` (None: none sent) is its forecast on the same grid."""
+
     start: datetime
     step_s: int
     values_kw: tuple[float, ...]
+    forecast_kw: tuple[float, ...] | None = None
+
+    def _index(self, when: datetime, n: int) -> int:
+        """The step holding ``when``; before the first or after the last, the nearest."""
+        i = int((when - self.start).total_seconds() // self.step_s)
+        return min(max(i, 0), n - 1)
 
     def at(self, when: datetime) -> float:
         if not self.values_kw:
             return 0.0
-        i = int((when - self.start).total_seconds() // self.step_s)
-        return self.values_kw[min(max(i, 0), len(self.values_kw) - 1)]
+        return self.values_kw[self._index(when, len(self.values_kw))]
+
+    def forecast_at(self, when: datetime) -> float | None:
+        """The forecast for ``when`` (None: no forecast)."""
+        if not self.forecast_kw:
+            return None
+        return self.forecast_kw[self._index(when, len(self.forecast_kw))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,14 @@ class Episode:
 
     def building_load_at(self, when: datetime) -> float:
         return self.building_load.at(when) if self.building_load else 0.0
+
+    @property
+    def has_building_forecast(self) -> bool:
+        return self.building_load is not None and bool(self.building_load.forecast_kw)
+
+    def building_forecast_at(self, when: datetime) -> float | None:
+        """The energy system's forecast of the building load at ``when`` (None: it sent none)."""
+        return self.building_load.forecast_at(when) if self.building_load else None
 
     def duration(self) -> timedelta:
         return self.end - self.start
@@ -205,7 +230,6 @@ def from_dict(data: dict[str, Any]) -> Episode:
                 ),
             )
         )
-    bl = data.get("building_load")
     episode = Episode(
         start=parse_rfc3339(data["start"]),
         end=parse_rfc3339(data["end"]),
@@ -213,9 +237,7 @@ def from_dict(data: dict[str, Any]) -> Episode:
         tariff=tariff,
         stations=stations,
         arrivals=tuple(sorted(arrivals, key=lambda x: x.arrival)),
-        building_load=(
-            LoadSeries(parse_rfc3339(bl["start"]), bl["step_s"], tuple(bl["values_kw"])) if bl else None
-        ),
+        building_load=_load_series(data.get("building_load")),
         grid_events=tuple(
             GridEvent(
                 id=g["id"],
@@ -234,6 +256,19 @@ def from_dict(data: dict[str, Any]) -> Episode:
     )
     _check_consistency(episode)
     return episode
+
+
+def _load_series(bl: dict[str, Any] | None) -> LoadSeries | None:
+    if not bl:
+        return None
+    values = tuple(bl["values_kw"])
+    fc = bl.get("forecast_kw")
+    if fc is not None and len(fc) != len(values):
+        # Both are on one grid: a forecast of another length would be read at the wrong times.
+        raise EpisodeError(
+            f"building_load.forecast_kw has {len(fc)} values, values_kw {len(values)}: they share one grid"
+        )
+    return LoadSeries(parse_rfc3339(bl["start"]), bl["step_s"], values, tuple(fc) if fc is not None else None)
 
 
 def _check_consistency(ep: Episode) -> None:
@@ -349,6 +384,8 @@ def to_dict(ep: Episode) -> dict[str, Any]:
             "step_s": ep.building_load.step_s,
             "values_kw": list(ep.building_load.values_kw),
         }
+        if ep.building_load.forecast_kw is not None:
+            out["building_load"]["forecast_kw"] = list(ep.building_load.forecast_kw)
     return out
 
 

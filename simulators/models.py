@@ -189,21 +189,51 @@ def building_shape(kind: str, hour: float) -> float:
     return 0.3 + 0.3 * bump(7.5, 1.0) + 0.7 * bump(19.5, 1.8)
 
 
+# A day-ahead temperature forecast misses the day's heat by about 40 % of the day-to-day spread
+# (so the heat factor, N(0, 1) per day, is forecast with an error of N(0, 0.4)).
+FORECAST_HEAT_SD = 0.4
+
+
+def _cooling(heat: float, h: float) -> float:
+    """Afternoon cooling on a day of ``heat`` (0: a usual day) at local hour ``h``."""
+    return 1.0 + 0.12 * max(0.0, heat + 0.5) * math.exp(-0.5 * ((h - 15.5) / 2.5) ** 2)
+
+
 def building_load(
     rng: np.random.Generator, kind: str, peak_kw: float, start_hour: float, steps: int, step_s: int
 ) -> list[float]:
     """A load series: daily shape x a weather factor per day (hotter days, more afternoon
     cooling) + AR(1) noise, the way metered building load wanders around its daily pattern."""
-    out: list[float] = []
+    return building_load_and_forecast(rng, None, kind, peak_kw, start_hour, steps, step_s)[0]
+
+
+def building_load_and_forecast(
+    rng: np.random.Generator,
+    forecast_rng: np.random.Generator | None,
+    kind: str,
+    peak_kw: float,
+    start_hour: float,
+    steps: int,
+    step_s: int,
+) -> tuple[list[float], list[float]]:
+    """The load series of :func:`building_load` (the same draws from ``rng``) and the day-ahead
+    forecast a building energy system would send for it: the same shape, the cooling of a
+    forecast of each day's heat (``heat + N(0, FORECAST_HEAT_SD)``, drawn from ``forecast_rng`` so
+    that ``rng`` and every episode drawn from it stay as they were) and no noise, which no
+    forecast knows in advance. Without ``forecast_rng`` the forecast is the weather-exact shape."""
+    load: list[float] = []
+    forecast: list[float] = []
     noise = 0.0
     days = math.ceil(steps * step_s / 86_400) + 2
     heat = rng.normal(0.0, 1.0, size=days)
+    heat_fc = heat + (forecast_rng.normal(0.0, FORECAST_HEAT_SD, size=days) if forecast_rng is not None else 0.0)
+    floor = 0.05 * peak_kw
     for i in range(steps):
         hour = start_hour + i * step_s / 3600.0
         day = int(hour // 24)
         h = hour % 24
-        cooling = 1.0 + 0.12 * max(0.0, heat[day] + 0.5) * math.exp(-0.5 * ((h - 15.5) / 2.5) ** 2)
+        base = peak_kw * building_shape(kind, h)
         noise = 0.92 * noise + rng.normal(0.0, 0.025)
-        value = peak_kw * building_shape(kind, h) * cooling * (1.0 + noise)
-        out.append(round(max(value, 0.05 * peak_kw), 2))
-    return out
+        load.append(round(max(base * _cooling(heat[day], h) * (1.0 + noise), floor), 2))
+        forecast.append(round(max(base * _cooling(heat_fc[day], h), floor), 2))
+    return load, forecast

@@ -3,7 +3,9 @@
 An episode (``gateway/episode.py``) is drawn from the models in :mod:`simulators.models` with one
 seeded ``numpy.random.Generator``, so the same arguments give the same file. On top of the
 expected behaviour it injects OPTIMUS-style uncertainty: departures earlier or later than
-announced, surprise arrivals, and needs that change mid-session.
+announced, surprise arrivals, and needs that change mid-session. The building load comes with the
+day-ahead forecast a building energy system would send (``building_load.forecast_kw``), its
+errors drawn from a second generator so that they change no other draw.
 
 Two choices keep episodes useful for comparing policies:
 - most requests are physically deliverable in the dwell at the EV's and EVSE's power limit, but
@@ -32,6 +34,7 @@ from simulators import models
 DEFAULT_START = datetime(2026, 7, 1, tzinfo=UTC)
 STEP_S = 900  # building load resolution (15 min, the billing interval of demand charges)
 MIN_DWELL_S = 15 * 60
+FORECAST_STREAM = 0xB17D  # with the seed, names the generator of the building forecast's errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,12 @@ class ScenarioOptions:
     grid_event: str = "auto"  # auto: summer weekday afternoons, about every other day
     keep_undeliverable_share: float = 0.3
     limit_position: float = 0.4  # 0: the feasible floor, 1: the uncontrolled peak
+
+
+def _forecast_rng(seed: int) -> np.random.Generator:
+    """The draws of the energy system's forecast error: a generator of their own, so the forecast
+    changes no other draw of an episode (arrivals, load, limits, events are those of the seed)."""
+    return np.random.default_rng([seed, FORECAST_STREAM])
 
 
 def _round_up(x: float, step: float) -> float:
@@ -99,7 +108,9 @@ def generate_dict(opts: ScenarioOptions) -> dict[str, Any]:
     steps = int((end - start).total_seconds() // STEP_S)
     peak_kw = site.building_peak_kw_per_evse * len(evses)
     start_hour = start.hour + start.minute / 60
-    load = models.building_load(rng, site.building_shape, peak_kw, start_hour, steps, STEP_S)
+    load, forecast = models.building_load_and_forecast(
+        rng, _forecast_rng(opts.seed), site.building_shape, peak_kw, start_hour, steps, STEP_S
+    )
 
     import_limit = _import_limit(arrivals, evses, load, start, opts.limit_position)
     grid_events = _grid_events(rng, opts, start, end, import_limit)
@@ -123,7 +134,7 @@ def generate_dict(opts: ScenarioOptions) -> dict[str, Any]:
             "default_import_price": 0.20,
             "default_export_price": 0.05,
         },
-        "building_load": {"start": to_rfc3339(start), "step_s": STEP_S, "values_kw": load},
+        "building_load": {"start": to_rfc3339(start), "step_s": STEP_S, "values_kw": load, "forecast_kw": forecast},
         "stations": stations,
         "arrivals": arrivals,
         "grid_events": grid_events,

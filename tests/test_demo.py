@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -31,5 +32,23 @@ def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     assert live["energy_delivered_kwh"] > 0 and live["plans"] > 0
     assert live["limit_excess_kw_max"] == 0.0
     assert {"bill", "peak_import_kw", "grid_event_revenue"} <= set(live) & set(base)
+    assert data["episode"]["building_forecast"] == "energy system day-ahead (heat forecast error sd 0.4)"
+    assert "building forecast pushed     : energy system day-ahead" in result.stdout
     html = report.read_text()
     assert "Site power" in html and "plotly" in html.lower()
+
+
+def test_the_energy_system_pushes_its_forecast_never_the_true_load() -> None:
+    from dataclasses import replace
+
+    from gateway.demo import forecast_label, pushed_forecast
+    from simulators.scenario import ScenarioOptions, generate
+
+    ep = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=1))
+    assert ep.building_load is not None and ep.building_load.forecast_kw is not None
+    pushed = pushed_forecast(ep)
+    assert [kw for _, kw in pushed] == list(ep.building_load.forecast_kw) != list(ep.building_load.values_kw)
+    assert pushed[0][0] == ep.start and pushed[1][0] - pushed[0][0] == timedelta(seconds=ep.building_load.step_s)
+    assert forecast_label(ep) == "energy system day-ahead (heat forecast error sd 0.4)"
+    none = replace(ep, building_load=replace(ep.building_load, forecast_kw=None))
+    assert pushed_forecast(none) == [] and forecast_label(none) == "none"

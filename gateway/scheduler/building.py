@@ -1,11 +1,18 @@
-"""What the building will draw: a profile by time of day learned from the site's own readings.
+"""What the building will draw: a forecast anchored to the reading now, and a profile by time of
+day learned from the site's own readings.
 
-Used by the live scheduler whenever the energy system has not pushed a forecast, and by the
-evaluator's MPC, so both plan with the same forecast. A reading is kept per five-minute slot of
-the site's day (its time zone) and per day, the latest of the day winning, for the last
-``KEEP_DAYS`` days: the profile is their mean. The forecast is that profile, shifted toward the
-reading now by a weight that fades over a few hours (building load wanders around its daily
-pattern and comes back to it); before there is a profile, the reading now (persistence).
+One rule turns any base forecast into the one planned with (:func:`anchored`): the base, shifted
+toward the reading now by a weight that fades over ``SHIFT_FADE_S`` (building load wanders around
+its daily pattern and comes back to it, so the reading now says most about the next hour and
+little about tomorrow). The base is the energy system's pushed day-ahead forecast when there is
+one (:func:`gateway.scheduler.live_inputs.building_forecast`), else the learned profile.
+
+The learned profile is used by the live scheduler whenever the energy system has not pushed a
+forecast, and by the evaluator's MPC (unless it is told to plan with the episode's energy-system
+forecast), so both plan with the same forecast. A reading is kept per
+five-minute slot of the site's day (its time zone) and per day, the latest of the day winning,
+for the last ``KEEP_DAYS`` days: the profile is their mean. Before there is a profile, the
+forecast is the reading now (persistence).
 """
 
 from __future__ import annotations
@@ -20,7 +27,25 @@ from gateway import sitetime
 
 SLOT_MIN = 5
 KEEP_DAYS = 28  # long enough to average out a day's weather, short enough to follow the seasons
-SHIFT_FADE_S = 3 * 3600.0  # how fast a deviation from the profile is expected to die out
+SHIFT_FADE_S = 3 * 3600.0  # how fast a deviation from the base forecast is expected to die out
+
+
+def anchored(base: Callable[[datetime], float | None], now: datetime, now_kw: float) -> Callable[[datetime], float]:
+    """``base`` pulled toward the reading now: at ``now`` and before, ``now_kw``; later, the base
+    plus today's deviation from it (``now_kw - base(now)``), fading with ``exp(-dt / SHIFT_FADE_S)``.
+    Where the base knows nothing (None), the reading now."""
+    at_now = base(now)
+    shift = 0.0 if at_now is None else now_kw - at_now
+
+    def building(when: datetime) -> float:
+        if when <= now:
+            return now_kw
+        b = base(when)
+        if b is None:
+            return now_kw
+        return b + math.exp(-(when - now).total_seconds() / SHIFT_FADE_S) * shift
+
+    return building
 
 
 @dataclass
@@ -50,13 +75,7 @@ class BuildingProfile:
         return self._mean
 
     def forecast(self, now: datetime, now_kw: float) -> Callable[[datetime], float]:
+        """The learned profile anchored to the reading now (:func:`anchored`); a slot never seen
+        is forecast at the reading now."""
         prof = self.profile()
-        shift = now_kw - prof.get(self.slot(now), now_kw)
-
-        def building(when: datetime) -> float:
-            k = self.slot(when)
-            if when <= now or k not in prof:
-                return now_kw
-            return prof[k] + math.exp(-(when - now).total_seconds() / SHIFT_FADE_S) * shift
-
-        return building
+        return anchored(lambda when: prof.get(self.slot(when)), now, now_kw)

@@ -39,6 +39,7 @@ from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
 from gateway.scheduler.policies import (
+    BUILDING_FORECASTS,
     DISCHARGE_ONLY_IN_GRID_EVENTS,
     Context,
     Edf,
@@ -341,9 +342,14 @@ def make_policy(name: str, penalty: float, forecaster: SessionForecaster) -> Pol
 
 
 def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool = False,
-             penalty: float = 5.0, progress: bool = False,
-             optimal_time_limit_s: float = 600.0) -> tuple[dict[str, Any], list[Run]]:
-    """Run every policy over every episode (in order, so forecasters learn from earlier ones)."""
+             penalty: float = 5.0, progress: bool = False, optimal_time_limit_s: float = 600.0,
+             building_forecast: str = "learned") -> tuple[dict[str, Any], list[Run]]:
+    """Run every policy over every episode (in order, so forecasters learn from earlier ones).
+    ``building_forecast``: what the MPC plans the building with (``policies.BUILDING_FORECASTS``:
+    the profile it learns, or the episode's energy-system forecast where there is one)."""
+    if building_forecast not in BUILDING_FORECASTS:
+        raise ValueError(f"unknown building forecast {building_forecast!r}; "
+                         f"choose from {', '.join(BUILDING_FORECASTS)}")
     total = sum(window(ep)[1] for ep in episodes) * len(names)
     bar = Progress(total, progress)
     runs: list[Run] = []
@@ -351,7 +357,10 @@ def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool =
     for name in names:
         if name != "optimal":
             # Each policy learns from its own history; none shares the truth with another.
-            online[name] = make_policy(name, penalty, mpc_forecaster())
+            made = make_policy(name, penalty, mpc_forecaster())
+            if isinstance(made, Mpc):
+                made.building_forecast = building_forecast
+            online[name] = made
     for ep in episodes:
         for name in names:
             if name == "optimal":

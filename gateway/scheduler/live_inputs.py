@@ -23,7 +23,7 @@ from gateway.config import Settings
 from gateway.domain import ChargeMode, DischargeDialect, Session
 from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler import inputs
-from gateway.scheduler.building import BuildingProfile
+from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import SessionView, SlotRules, slot_input
@@ -92,21 +92,29 @@ class SlotMeta:
     fixed_kw: float | None  # measured power of an EVSE ignoring its limit (planned as fixed)
 
 
-def building_forecast(state: SiteState, now: datetime,
-                      learned: BuildingProfile | None = None) -> Callable[[datetime], float]:
-    """The building-load forecast pushed to the site (step function); without one, the profile
-    learned from the site's readings (what the evaluator's MPC plans with), else the load
-    measured now."""
-    fc = sorted(state.building_load_forecast)
-    now_kw = state.building_load_kw
-    if not fc:
-        return learned.forecast(now, now_kw) if learned is not None else (lambda when: now_kw)
+def pushed_forecast(points: list[tuple[datetime, float]]) -> Callable[[datetime], float]:
+    """A pushed forecast as a step function: each value holds from its time to the next one's;
+    before the first, the first."""
+    fc = sorted(points)
 
     def at(when: datetime) -> float:
         vals = [kw for ts, kw in fc if ts <= when]
         return vals[-1] if vals else fc[0][1]
 
     return at
+
+
+def building_forecast(state: SiteState, now: datetime,
+                      learned: BuildingProfile | None = None) -> Callable[[datetime], float]:
+    """The building-load forecast planned with: the one the energy system pushed (a step
+    function), anchored to the load measured now as the learned profile is
+    (:func:`gateway.scheduler.building.anchored`), since a day-ahead forecast misses what the
+    building does today and the reading now shows how much; without one, the profile learned from
+    the site's readings (what the evaluator's MPC plans with by default), else the load measured now."""
+    now_kw = state.building_load_kw
+    if not state.building_load_forecast:
+        return learned.forecast(now, now_kw) if learned is not None else (lambda when: now_kw)
+    return anchored(pushed_forecast(state.building_load_forecast), now, now_kw)
 
 
 def site_inputs(state: SiteState, now: datetime, settings: Settings,

@@ -14,7 +14,7 @@ from typing import Protocol
 from gateway.config import Settings
 from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
-from gateway.scheduler.building import BuildingProfile
+from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
 from gateway.scheduler.inputs import discharge_in_events_only, planned_demand_charge, site_inputs
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
@@ -23,6 +23,10 @@ from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, sl
 Key = tuple[str, int]
 # The live gateway's default, so the evaluator's MPC and optimum discharge when the live one would.
 DISCHARGE_ONLY_IN_GRID_EVENTS: bool = Settings.model_fields["discharge_only_in_grid_events"].default
+# What the MPC plans the building with: the profile learned from the readings it saw (what a live
+# gateway has without an energy system) or the episode's day-ahead forecast (what an energy system
+# pushes), either anchored to the reading now.
+BUILDING_FORECASTS = ("learned", "ems")
 
 
 # An EV as the gateway sees it: the same view the live loop builds (gateway.scheduler.slots).
@@ -145,8 +149,12 @@ class Mpc(_Base):
     departure_scenarios: bool = True
     # As the live gateway's default (Settings.discharge_only_in_grid_events).
     discharge_only_in_grid_events: bool = DISCHARGE_ONLY_IN_GRID_EVENTS
+    building_forecast: str = "learned"  # one of BUILDING_FORECASTS
 
     def __post_init__(self) -> None:
+        if self.building_forecast not in BUILDING_FORECASTS:
+            raise ValueError(f"unknown building forecast {self.building_forecast!r}; "
+                             f"choose from {', '.join(BUILDING_FORECASTS)}")
         self.solve_times = []
         self.arrivals = ArrivalModel()
         self.building = BuildingProfile()
@@ -168,8 +176,13 @@ class Mpc(_Base):
         self.arrivals.observe(site, arrival, departure, delivered_kwh, max_kw)
 
     def _building_forecast(self, ctx: Context) -> Callable[[datetime], float]:
-        """The live scheduler's forecast without a pushed one (gateway/scheduler/building.py)."""
+        """The live scheduler's forecast (gateway/scheduler/live_inputs.py): with ``"ems"`` the
+        episode's day-ahead forecast as if pushed, anchored to the reading now; else (or when the
+        episode has none) the profile learned from the readings. The profile learns either way,
+        as the live one does."""
         self.building.observe(ctx.now, ctx.building_kw)
+        if self.building_forecast == "ems" and self.episode.has_building_forecast:
+            return anchored(self.episode.building_forecast_at, ctx.now, ctx.building_kw)
         return self.building.forecast(ctx.now, ctx.building_kw)
 
     def act(self, ctx: Context) -> dict[Key, float]:

@@ -1,14 +1,16 @@
-"""The building's load profile learned from readings (gateway/scheduler/building.py), and how the
-live inputs choose between a pushed forecast, that profile and the reading now."""
+"""The building's load profile learned from readings and the one rule that anchors a forecast to
+the reading now (gateway/scheduler/building.py), and how the live inputs choose between a pushed
+forecast, that profile and the reading now."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from gateway.config import Settings
-from gateway.scheduler.building import KEEP_DAYS, BuildingProfile
+from gateway.scheduler.building import KEEP_DAYS, SHIFT_FADE_S, BuildingProfile, anchored
 from gateway.scheduler.live_inputs import building_forecast
 from gateway.state import SiteState
 
@@ -36,6 +38,39 @@ def test_the_profile_is_the_mean_of_past_days_and_a_deviation_fades() -> None:
     assert fc(now) == 30.0
     assert fc(now + timedelta(hours=6)) == pytest.approx(100.0 + 10.0 * 0.1353352832, rel=1e-6)  # e^-2
     assert fc(now + timedelta(hours=20)) == pytest.approx(20.0 + 10.0 * 0.0012726338, rel=1e-6)  # e^-20/3
+
+
+def test_anchored_holds_the_reading_now_and_fades_to_the_base() -> None:
+    now = DAY + timedelta(hours=9)
+    fc = anchored(lambda when: 100.0, now, 130.0)
+    assert fc(now - timedelta(hours=1)) == 130.0
+    assert fc(now) == 130.0
+    assert SHIFT_FADE_S == 3 * 3600.0
+    assert fc(now + timedelta(hours=3)) == pytest.approx(100.0 + 30.0 * math.exp(-1.0), rel=1e-12)
+    assert fc(now + timedelta(hours=1)) == pytest.approx(100.0 + 30.0 * math.exp(-1.0 / 3.0), rel=1e-12)
+    assert fc(now + timedelta(hours=24)) == pytest.approx(100.0 + 30.0 * math.exp(-8.0), rel=1e-12)  # 0.01 kW off
+    # The shift is the deviation now: a base that rises later keeps its shape under it.
+    ramp = anchored(lambda when: 100.0 if when.hour < 12 else 200.0, now, 70.0)
+    assert ramp(DAY + timedelta(hours=15)) == pytest.approx(200.0 - 30.0 * math.exp(-2.0), rel=1e-12)
+
+
+def test_anchored_is_the_reading_now_where_the_base_knows_nothing() -> None:
+    now = DAY + timedelta(hours=9)
+    fc = anchored(lambda when: None if when.hour >= 20 else 50.0, now, 80.0)
+    assert fc(now + timedelta(hours=3)) == pytest.approx(50.0 + 30.0 * math.exp(-1.0))
+    assert fc(DAY + timedelta(hours=21)) == 80.0
+    assert anchored(lambda when: None, now, 80.0)(now + timedelta(hours=3)) == 80.0
+
+
+def test_the_learned_forecast_is_the_profile_anchored() -> None:
+    p = BuildingProfile()
+    office(p, 2)
+    now = DAY + timedelta(days=2, hours=6)
+    prof = p.profile()
+    learned, by_rule = p.forecast(now, 30.0), anchored(lambda when: prof.get(p.slot(when)), now, 30.0)
+    for minutes in range(0, 48 * 60, 35):
+        when = now + timedelta(minutes=minutes)
+        assert learned(when) == by_rule(when)
 
 
 def test_one_reading_per_slot_and_day_and_only_the_last_days_count() -> None:
@@ -67,4 +102,5 @@ def test_live_inputs_use_a_pushed_forecast_else_the_learned_profile_else_the_rea
     assert building_forecast(state, now)(later) == 25.0
     assert building_forecast(state, now, learned)(later) == pytest.approx(100.0 + 5.0 * 0.1353352832, rel=1e-6)
     state.building_load_forecast = [(now, 60.0), (now + timedelta(hours=3), 70.0)]
-    assert building_forecast(state, now, learned)(later) == 70.0
+    # The pushed forecast wins, anchored to the reading now (25 kW against its 60).
+    assert building_forecast(state, now, learned)(later) == pytest.approx(70.0 - 35.0 * math.exp(-2.0), rel=1e-12)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from gateway.domain import Tariff, TouPeriod
-from gateway.episode import dump
+from gateway.episode import Episode, dump
 from gateway.scheduler import evaluate as ev
+from gateway.scheduler.forecast import SessionForecaster
+from gateway.scheduler.policies import Context, Mpc, Policy
 
 from .episodes import small_episode
 
@@ -145,3 +149,59 @@ def test_the_mpc_prices_a_rise_of_the_peak_as_the_live_loop_does() -> None:
     ev.simulate(ep, pol, exact=False, penalty=5.0, progress=ev.Progress(1, False))
     assert priced and priced == pytest.approx([15.0 * 0.25 / 30] * len(priced))
     assert timedelta(seconds=pol.horizon_s) < pol.period
+
+
+def _with_forecast(seed: int = 3) -> Episode:
+    """The small episode with an energy system's forecast: 100 kW all day, whatever the truth."""
+    ep = small_episode(2, seed=seed, grid_event=False)
+    assert ep.building_load is not None
+    fc = tuple(100.0 for _ in ep.building_load.values_kw)
+    return replace(ep, building_load=replace(ep.building_load, forecast_kw=fc))
+
+
+def _ctx(now: datetime, building_kw: float) -> Context:
+    return Context(now=now, step_s=ev.STEP_S, building_kw=building_kw, import_limit_kw=40.0, peak_so_far_kw=0.0,
+                   views=[], building_history={})
+
+
+def test_the_mpc_plans_with_the_energy_systems_forecast_anchored_as_live() -> None:
+    ep = _with_forecast()
+    pol = Mpc(building_forecast="ems")
+    pol.begin(ep)
+    now = ep.start + timedelta(hours=9)
+    fc = pol._building_forecast(_ctx(now, 130.0))
+    assert fc(now) == 130.0
+    assert fc(now + timedelta(hours=3)) == pytest.approx(100.0 + 30.0 * math.exp(-1.0), rel=1e-12)
+    # The learned profile still learns from the readings, as the live one does.
+    assert pol.building.profile()[pol.building.slot(now)] == 130.0
+
+
+def test_without_a_forecast_the_ems_mpc_plans_with_the_learned_profile() -> None:
+    ep = small_episode(2, seed=3, grid_event=False)
+    assert not ep.has_building_forecast
+    ems, learned = Mpc(building_forecast="ems"), Mpc()
+    now = ep.start + timedelta(hours=9)
+    for pol in (ems, learned):
+        pol.begin(ep)
+        pol.building.observe(now - timedelta(days=1, hours=-3), 50.0)  # yesterday at noon
+    a, b = ems._building_forecast(_ctx(now, 20.0)), learned._building_forecast(_ctx(now, 20.0))
+    for h in (0, 3, 6):
+        assert a(now + timedelta(hours=h)) == b(now + timedelta(hours=h))
+    assert a(now + timedelta(hours=3)) == 50.0  # the reading now is all the profile has at 09:00: no shift
+
+
+def test_the_building_forecast_option_reaches_the_mpc(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[Policy] = []
+    make = ev.make_policy
+
+    def recording(name: str, penalty: float, forecaster: SessionForecaster) -> Policy:
+        made.append(make(name, penalty, forecaster))
+        return made[-1]
+
+    monkeypatch.setattr(ev, "make_policy", recording)
+    ev.evaluate([_with_forecast()], ["uncontrolled", "mpc"], building_forecast="ems")
+    assert [p.building_forecast for p in made if isinstance(p, Mpc)] == ["ems"]
+    with pytest.raises(ValueError, match="building forecast"):
+        ev.evaluate([_with_forecast()], ["mpc"], building_forecast="psychic")
+    with pytest.raises(ValueError, match="building forecast"):
+        Mpc(building_forecast="psychic")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.scheduler.live_inputs import EXTRAPOLATE_MAX, Observed, flow_since_reading
+from gateway.config import Settings
+from gateway.scheduler.live_inputs import (
+    EXTRAPOLATE_MAX,
+    Observed,
+    building_forecast,
+    flow_since_reading,
+    pushed_forecast,
+)
+from gateway.state import SiteState
 
 T0 = datetime(2026, 7, 1, 17, 0, tzinfo=UTC)
 
@@ -35,6 +44,31 @@ def test_no_more_than_an_hour_is_extrapolated() -> None:
     hours = EXTRAPOLATE_MAX / timedelta(hours=1)
     assert flow_since_reading(obs, T0, 0.0, 11.0, 10.0, 1.0) == pytest.approx(-10.0 * hours)
 
+
+def test_a_pushed_forecast_is_a_step_function() -> None:
+    at = pushed_forecast([(minutes(60), 120.0), (minutes(0), 100.0)])  # out of order: sorted
+    assert at(minutes(-30)) == 100.0  # before the first point: the first
+    assert at(minutes(59)) == 100.0
+    assert at(minutes(60)) == 120.0
+    assert at(minutes(600)) == 120.0
+
+
+def test_a_pushed_forecast_is_anchored_to_the_reading_now() -> None:
+    state = SiteState.from_settings(Settings())
+    state.building_load_forecast = [(T0 - timedelta(hours=1), 100.0)]
+    state.building_load_kw = 130.0
+    fc = building_forecast(state, T0)
+    assert fc(T0) == 130.0
+    assert fc(T0 + timedelta(hours=3)) == pytest.approx(100.0 + 30.0 * math.exp(-1.0), rel=1e-12)
+    assert fc(T0 + timedelta(hours=12)) == pytest.approx(100.0 + 30.0 * math.exp(-4.0), rel=1e-12)
+    # The forecast's own steps are kept, under the fading shift.
+    state.building_load_forecast.append((T0 + timedelta(hours=6), 150.0))
+    assert building_forecast(state, T0)(T0 + timedelta(hours=6)) == pytest.approx(
+        150.0 + 30.0 * math.exp(-2.0), rel=1e-12)
+    # A reading below the forecast pulls it down.
+    state.building_load_kw = 80.0
+    assert building_forecast(state, T0)(T0 + timedelta(hours=3)) == pytest.approx(
+        100.0 - 20.0 * math.exp(-1.0), rel=1e-12)
 
 
 def test_a_rise_of_the_peak_is_priced_at_one_horizon_of_the_billing_period() -> None:

@@ -1,15 +1,20 @@
-"""The scenario generator: reproducible, schema-valid, and the site types differ as claimed."""
+"""The scenario generator: reproducible, schema-valid, and the site types differ as claimed; the
+building forecast it writes and how an episode carries it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.episode import Episode, from_dict, load
+from gateway.episode import Episode, EpisodeError, from_dict, load, schema, to_dict
 from simulators import models
 from simulators.evse import requested_kwh
 from simulators.scenario import ScenarioOptions, generate, generate_dict
@@ -154,3 +159,105 @@ def test_ev_mix_is_realistic(episodes: dict[str, Episode]) -> None:
     assert {a.max_charge_kw for a in arrivals} <= {7.4, 11.0, 22.0}
     assert all(a.max_discharge_kw > 0 for a in arrivals if a.bidirectional)
     assert all(a.max_discharge_kw == 0 for a in arrivals if not a.bidirectional)
+
+
+def _digest_without_forecast(data: dict[str, Any]) -> str:
+    data = json.loads(json.dumps(data))
+    data["building_load"].pop("forecast_kw")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def test_the_forecast_changes_no_other_draw_of_an_episode() -> None:
+    # Digests of these episodes as generated before they carried a forecast: arrivals, load, limits
+    # and grid events must stay those of the seed (benchmarks and stored episodes rely on it).
+    assert _digest_without_forecast(generate_dict(ScenarioOptions(site="depot", stations=6, days=2, seed=3))) \
+        == "aee599cdc4a2730d1e07a3f673e66571815c30b0c89315d6ccd1defe383243a7"
+    assert _digest_without_forecast(
+        generate_dict(ScenarioOptions(site="workplace", stations=6, days=2, seed=4, grid_event="always"))
+    ) == "4873bbca60d3f3b8a52ba58b17b7b0404b646748b8c192998df9a77940a3e52f"
+
+
+def test_the_load_draws_the_same_numbers_with_or_without_a_forecast() -> None:
+    plain, with_fc = np.random.default_rng(8), np.random.default_rng(8)
+    load = models.building_load(plain, "office", 200.0, 0.0, 96 * 3, 900)
+    same, forecast = models.building_load_and_forecast(with_fc, np.random.default_rng(99), "office", 200.0, 0.0,
+                                                       96 * 3, 900)
+    assert same == load
+    assert plain.bit_generator.state == with_fc.bit_generator.state  # nothing more was drawn
+    assert len(forecast) == len(load) and forecast != load
+
+
+def test_the_energy_systems_forecast_is_the_shape_with_a_forecast_heat_and_no_wander() -> None:
+    ep = generate_dict(ScenarioOptions(site="workplace", stations=6, days=3, seed=4))
+    bl = ep["building_load"]
+    values, forecast = bl["values_kw"], bl["forecast_kw"]
+    assert len(forecast) == len(values) == 3 * 96
+    assert forecast != values
+    peak = models.SITES["workplace"].building_peak_kw_per_evse * 12
+    for i in range(0, 3 * 96, 96):  # 03:00 of each day: far from the afternoon's cooling, no noise
+        assert forecast[i + 12] == pytest.approx(peak * models.building_shape("office", 3.0), abs=0.01)
+        assert values[i + 12] != forecast[i + 12]
+    err = np.abs(np.array(forecast) - np.array(values))
+    assert err.mean() < 0.1 * np.mean(values)  # a forecast, not noise
+    # Another seed, other errors; the same seed, the same forecast.
+    assert generate_dict(ScenarioOptions(site="workplace", stations=6, days=3, seed=4))["building_load"] == bl
+    assert generate_dict(ScenarioOptions(site="workplace", stations=6, days=3, seed=5))["building_load"][
+        "forecast_kw"] != forecast
+
+
+def test_the_forecast_error_is_that_of_a_day_ahead_heat_forecast() -> None:
+    # At 15:30 the cooling is 1 + 0.12 max(0, heat + 0.5): read back each day's heat from the
+    # forecast and from the weather-exact shape (no forecast generator), and their difference is
+    # the heat forecast's error, N(0, FORECAST_HEAT_SD).
+    days, peak = 400, 100.0
+    _, forecast = models.building_load_and_forecast(np.random.default_rng(1), np.random.default_rng(2), "office",
+                                                    peak, 0.0, 96 * days, 900)
+    _, exact = models.building_load_and_forecast(np.random.default_rng(1), None, "office", peak, 0.0, 96 * days, 900)
+    base = peak * models.building_shape("office", 15.5)
+    errors = []
+    for d in range(days):
+        i = d * 96 + 62  # 15:30
+        heat_fc, heat = (forecast[i] / base - 1) / 0.12, (exact[i] / base - 1) / 0.12
+        if heat_fc > 0.05 and heat > 0.05:  # both above the cut at heat -0.5
+            errors.append(heat_fc - heat)
+    assert len(errors) > days / 2
+    assert abs(float(np.mean(errors))) < 0.15  # keeping days above the cut leans it a little positive
+    assert float(np.std(errors)) == pytest.approx(models.FORECAST_HEAT_SD, rel=0.15)
+
+
+def _episode_dict(**building: Any) -> dict[str, Any]:
+    data = generate_dict(ScenarioOptions(site="workplace", stations=2, days=1, seed=3))
+    data["building_load"].update(building)
+    return data
+
+
+def test_an_episode_round_trips_with_and_without_a_forecast() -> None:
+    data = _episode_dict()
+    ep = from_dict(data)
+    assert ep.building_load is not None and ep.building_load.forecast_kw is not None
+    assert list(ep.building_load.forecast_kw) == data["building_load"]["forecast_kw"]
+    assert to_dict(ep)["building_load"] == data["building_load"]
+    assert from_dict(to_dict(ep)) == ep
+    assert ep.has_building_forecast
+    step = data["building_load"]["forecast_kw"]
+    assert ep.building_forecast_at(ep.start + timedelta(minutes=31)) == step[2]
+    assert ep.building_forecast_at(ep.start - timedelta(hours=1)) == step[0]  # outside: the nearest
+    assert ep.building_forecast_at(ep.end + timedelta(hours=5)) == step[-1]
+
+    del data["building_load"]["forecast_kw"]  # an episode file from before forecasts
+    old = from_dict(data)
+    assert old.building_load is not None and old.building_load.forecast_kw is None
+    assert not old.has_building_forecast and old.building_forecast_at(old.start) is None
+    assert "forecast_kw" not in to_dict(old)["building_load"]
+    assert from_dict(to_dict(old)) == old
+
+
+def test_a_forecast_must_be_numbers_on_the_loads_grid() -> None:
+    values = _episode_dict()["building_load"]["values_kw"]
+    with pytest.raises(EpisodeError, match="forecast_kw has 95 values, values_kw 96"):
+        from_dict(_episode_dict(forecast_kw=values[:-1]))
+    with pytest.raises(EpisodeError, match="schema"):
+        from_dict(_episode_dict(forecast_kw=["high"] * len(values)))
+    with pytest.raises(EpisodeError, match="schema"):
+        from_dict(_episode_dict(forecast_kw=None))
+    assert "forecast_kw" in schema()["properties"]["building_load"]["properties"]
