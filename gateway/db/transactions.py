@@ -127,13 +127,14 @@ class TransactionRepository:
                                                               m.Transaction.started_at.is_not(None)))
             return [_snapshot(t) for t in res.scalars()]
 
-    async def recently_ended(self, limit: int = 500) -> list[TxSnapshot]:
-        """The last ``limit`` completed transactions (start and end known), newest first: the
-        history the scheduler's forecasts start from. Read-only."""
+    async def recently_ended(self, limit: int = 500, since: datetime | None = None) -> list[TxSnapshot]:
+        """The last ``limit`` completed transactions (start and end known; ended at or after
+        ``since`` if given), newest first: the history the scheduler's forecasts start from. Read-only."""
         async with self._sessions() as s:
-            res = await s.execute(select(m.Transaction).where(
-                m.Transaction.ended_at.is_not(None), m.Transaction.started_at.is_not(None))
-                .order_by(m.Transaction.ended_at.desc(), m.Transaction.id.desc()).limit(limit))
+            q = select(m.Transaction).where(m.Transaction.ended_at.is_not(None), m.Transaction.started_at.is_not(None))
+            if since is not None:
+                q = q.where(m.Transaction.ended_at >= since)
+            res = await s.execute(q.order_by(m.Transaction.ended_at.desc(), m.Transaction.id.desc()).limit(limit))
             return [_snapshot(t) for t in res.scalars()]
 
     async def listing(

@@ -70,6 +70,18 @@ class BuildingProfile:
         rows.append((day, float(kw)))
         self._mean[k] = sum(v for _, v in rows) / len(rows)
 
+    def reading(self, when: datetime) -> float | None:
+        """What the building drew in ``when``'s slot on its day (a past reading), else the slot's
+        mean, else None."""
+        day = sitetime.local(when, self.tz).date()
+        k = self.slot(when)
+        for d, kw in reversed(self._days.get(k, ())):
+            if d == day:
+                return kw
+            if d < day:
+                break
+        return self._mean.get(k)
+
     def profile(self) -> dict[int, float]:
         """Mean load per five-minute slot of the day (slots never seen are absent)."""
         return self._mean

@@ -27,6 +27,7 @@ def site_inputs(
     unmet_penalty_per_kwh: float,
     period_end: datetime | None = None,
     price_overrides: Sequence[tuple[datetime, datetime, float, float]] = (),
+    peak_price_steps: tuple[tuple[float, float], ...] = (),
 ) -> SiteInputs:
     """Prices are taken at each step's start (coarse steps start on the hour, where time-of-use
     windows change), a price override ``(from, to, import, export)`` replacing the tariff there;
@@ -60,6 +61,7 @@ def site_inputs(
         export_payment_per_kwh=pay, wear_cost_per_kwh=wear_cost_per_kwh,
         unmet_penalty_per_kwh=unmet_penalty_per_kwh,
         demand_mask=None if period_end is None else np.array([s < period_end for s in starts], dtype=bool),
+        peak_price_steps=peak_price_steps,
     )
 
 
@@ -97,5 +99,6 @@ def planned_demand_charge(per_kw_month: float, horizon: timedelta, period: timed
     period's if it is shorter. Priced in full, a rise of the peak would outweigh any driver's
     missed kWh and the plan would drain parked cars to shave the building's peak (measured: the
     demo delivered a third of the energy asked for). On a billing period of many days that
-    undervalues a rise; docs/benchmarks-scheduler.md measures what that costs over 20 days."""
+    undervalues a rise, day after day: once a week of finished days is known, the price comes
+    from the peaks they needed instead (gateway/scheduler/peak_price.py)."""
     return prorated_demand_charge(per_kw_month, min(horizon, period))

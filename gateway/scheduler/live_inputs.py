@@ -12,7 +12,7 @@ completed session. Site prices, limits and events go through the evaluator's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,6 +25,7 @@ from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler import inputs
 from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
+from gateway.scheduler.peak_price import demand_pricing
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import SessionView, SlotRules, slot_input
 from gateway.state import EvseState, Resolved, SiteState
@@ -118,16 +119,19 @@ def building_forecast(state: SiteState, now: datetime,
 
 
 def site_inputs(state: SiteState, now: datetime, settings: Settings,
-                building: BuildingProfile | None = None) -> SiteInputs:
+                building: BuildingProfile | None = None, needed_peaks: Sequence[float] = ()) -> SiteInputs:
+    """``needed_peaks``: the peaks the site's finished days needed (peak_price.NeededPeaks), which
+    price a rise of the billing period's peak (peak_price.demand_pricing)."""
     horizon = timedelta(hours=settings.horizon_h)
     site = settings.site
     start, end = (billing.period_start(now, site.billing_day, site.timezone),
                   billing.period_end(now, site.billing_day, site.timezone))
+    peak0 = state.demand.peak_at(now)
+    demand, steps = demand_pricing(state.tariff.demand_charge_per_kw, now, horizon, start, end, peak0, needed_peaks)
     return inputs.site_inputs(
         make_grid(now, settings.horizon_h * 3600.0), tariff=state.tariff, limits=state.limits,
         events=list(state.grid_events.values()), building_kw=building_forecast(state, now, building),
-        demand_charge_per_kw=inputs.planned_demand_charge(state.tariff.demand_charge_per_kw, horizon, end - start),
-        peak_so_far_kw=state.demand.peak_at(now),
+        demand_charge_per_kw=demand, peak_price_steps=steps, peak_so_far_kw=peak0,
         period_end=end, wear_cost_per_kwh=site.wear_cost_per_kwh,
         unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh, price_overrides=state.price_overrides,
     )
@@ -190,11 +194,13 @@ def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
     forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
     observed: Mapping[str, Observed] | None = None, building: BuildingProfile | None = None,
+    needed_peaks: Sequence[float] = (),
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
     """The LP's inputs for the site now; ``observed``: what the live loop saw of each session
-    (by transaction id); ``building``: the building's learned profile."""
+    (by transaction id); ``building``: the building's learned profile; ``needed_peaks``: the
+    peaks finished days needed."""
     fc = forecaster if forecaster is not None else new_forecaster(settings)
-    site = site_inputs(state, now, settings, building)
+    site = site_inputs(state, now, settings, building, needed_peaks)
     if settings.discharge_only_in_grid_events:
         inputs.discharge_in_events_only(site)
     reserve_for_plug_ins(site, state, settings)

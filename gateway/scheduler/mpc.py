@@ -38,11 +38,14 @@ from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.building import KEEP_DAYS, SLOT_MIN, BuildingProfile
 from gateway.scheduler.forecast import SessionForecaster
+from gateway.scheduler.peak_price import KEEP_DAYS as PEAK_KEEP_DAYS
+from gateway.scheduler.peak_price import DoneSession, NeededPeaks
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, greedy_fallback
 from gateway.state import CompletedSession
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.db.transactions import TxSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,10 @@ LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
 BOOTSTRAP_SESSIONS = 500
 # A building reading older than this at a re-plan is not learned from (the energy system went quiet).
 BUILDING_READING_FRESH = timedelta(hours=1)
+# Days of finished sessions the needed peaks are seeded from at start (peak_price.KEEP_DAYS), and
+# at most this many of them.
+NEEDED_PEAK_DAYS = PEAK_KEEP_DAYS
+PEAK_BOOTSTRAP_SESSIONS_MAX = 20_000
 # Building readings older than this are deleted at start (the profile uses KEEP_DAYS of them).
 BUILDING_READINGS_KEPT = timedelta(days=KEEP_DAYS + 7)
 
@@ -120,6 +127,9 @@ class MpcScheduler:
         self.building = BuildingProfile(tz=self.settings.site.timezone)
         self._building_slot: tuple[datetime, float] | None = None  # this slot's reading, not yet stored
         self._building_writes: set[asyncio.Task[None]] = set()  # finished at stop, not cancelled
+        # The peak each finished day needed (hindsight LP over its sessions and building readings):
+        # what a rise of a month's peak is priced by (gateway/scheduler/peak_price.py).
+        self.peaks = NeededPeaks(tz=self.settings.site.timezone, eff=self.settings.ev_efficiency)
         # Sessions whose EV stopped taking energy (transaction id -> since when): planned as full,
         # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
@@ -130,6 +140,7 @@ class MpcScheduler:
         name = self.settings.site.name
         self.forecaster.observe(name, done.arrival, done.departure, done.requested_kwh, done.announced)
         self.arrivals.observe(name, done.arrival, done.departure, done.delivered_kwh, done.max_kw)
+        self.peaks.observe(DoneSession(done.arrival, done.departure, max(done.delivered_kwh, 0.0), done.max_kw))
         self.observed += 1
 
     async def bootstrap(self) -> int:
@@ -147,11 +158,7 @@ class MpcScheduler:
             if t.started_at is None or t.ended_at is None or t.ended_at <= t.started_at:
                 continue
             self.forecaster.observe(name, t.started_at, t.ended_at, None, None)
-            spec = self.gw.state.evses.get((t.station_id, t.evse_id or 0))
-            max_kw = spec.spec.max_charge_kw if spec is not None else self.settings.safe_limit_kw
-            eff = self.settings.ev_efficiency
-            took = max(t.energy_in_kwh * eff - t.energy_out_kwh / eff, 0.0)
-            self.arrivals.observe(name, t.started_at, t.ended_at, took, max_kw)
+            self.arrivals.observe(name, t.started_at, t.ended_at, self._took(t), self._max_kw(t))
             self.arrivals.arrived(name, t.transaction_id, t.started_at)
             n += 1
         if rows:
@@ -161,6 +168,36 @@ class MpcScheduler:
             self.arrivals.watched(name, oldest_end, self.gw.clock.now())
         self.observed += n
         return n
+
+    async def bootstrap_peaks(self) -> int:
+        """Seed the needed peaks' sessions from the transactions that ended in the last
+        NEEDED_PEAK_DAYS days (the days are worked out at the first re-plan, with the building
+        readings). Returns how many sessions were read."""
+        now = self.gw.clock.now()
+        since = now - timedelta(days=NEEDED_PEAK_DAYS + 1)
+        try:
+            rows = await self.gw.transactions.recently_ended(PEAK_BOOTSTRAP_SESSIONS_MAX, since=since)
+        except Exception as exc:
+            log.warning("no session history for the needed peaks: %s", exc)
+            return 0
+        first_day = self.peaks.day(since)
+        n = 0
+        for t in reversed(rows):
+            if t.started_at is None or t.ended_at is None or t.ended_at <= t.started_at:
+                continue
+            if self.peaks.day(t.started_at) <= first_day:
+                continue  # that day's sessions that ended before ``since`` are not among these
+            self.peaks.observe(DoneSession(t.started_at, t.ended_at, self._took(t), self._max_kw(t)))
+            n += 1
+        return n
+
+    def _took(self, t: TxSnapshot) -> float:
+        eff = self.settings.ev_efficiency
+        return max(t.energy_in_kwh * eff - t.energy_out_kwh / eff, 0.0)
+
+    def _max_kw(self, t: TxSnapshot) -> float:
+        spec = self.gw.state.evses.get((t.station_id, t.evse_id or 0))
+        return spec.spec.max_charge_kw if spec is not None else self.settings.safe_limit_kw
 
     async def bootstrap_building(self) -> int:
         """Rebuild the building profile from the readings stored in Postgres (the last KEEP_DAYS
@@ -176,6 +213,22 @@ class MpcScheduler:
         for at, kw in rows:
             self.building.observe(at, kw)
         return len(rows)
+
+    async def _close_days(self, now: datetime) -> None:
+        """Work out the needed peak of every day that has finished (one small LP each, once; in a
+        thread, under the re-plan lock, which is all that touches the profile and the peaks)."""
+        state = self.gw.state
+        self.peaks.watch(now)
+
+        def building(when: datetime) -> float:
+            kw = self.building.reading(when)
+            return 0.0 if kw is None else kw
+
+        plugged = [s.started_at for s in state.sessions()]
+        try:
+            await asyncio.to_thread(self.peaks.close_days, now, plugged, building, state.limits.import_kw)
+        except Exception:  # a failed hindsight LP costs the price's accuracy, never the plan
+            log.exception("needed peak of a finished day not worked out")
 
     def _note_building(self, now: datetime, kw: float) -> None:
         """Learn the reading now; store the previous slot's last reading once its slot is over
@@ -201,6 +254,7 @@ class MpcScheduler:
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await self.bootstrap()
+        await self.bootstrap_peaks()
         await self.bootstrap_building()
         self.gw.state.forecaster = self.forecaster
         period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)
@@ -329,8 +383,10 @@ class MpcScheduler:
         state = self.gw.state
         if state.building_load_at is not None and now - state.building_load_at <= BUILDING_READING_FRESH:
             self._note_building(now, state.building_load_kw)
+        await self._close_days(now)
         site, slots, metas = live_inputs.build(state, now, self.settings, limits_sent, self.forecaster,
-                                               observed=observed, building=self.building)
+                                               observed=observed, building=self.building,
+                                               needed_peaks=self.peaks.values())
         slots += self._expected_arrivals(site.grid, now)
         started = time.perf_counter()
         try:

@@ -16,7 +16,8 @@ from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
-from gateway.scheduler.inputs import discharge_in_events_only, planned_demand_charge, site_inputs
+from gateway.scheduler.inputs import discharge_in_events_only, site_inputs
+from gateway.scheduler.peak_price import DoneSession, NeededPeaks, demand_pricing
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
 
@@ -150,6 +151,9 @@ class Mpc(_Base):
     # As the live gateway's default (Settings.discharge_only_in_grid_events).
     discharge_only_in_grid_events: bool = DISCHARGE_ONLY_IN_GRID_EVENTS
     building_forecast: str = "learned"  # one of BUILDING_FORECASTS
+    # Price a rise of a billing period longer than the horizon by the peaks past days needed
+    # (gateway/scheduler/peak_price.py); off: a day's share of the charge, the rule before.
+    price_peak_levels: bool = True
 
     def __post_init__(self) -> None:
         if self.building_forecast not in BUILDING_FORECASTS:
@@ -158,13 +162,15 @@ class Mpc(_Base):
         self.solve_times = []
         self.arrivals = ArrivalModel()
         self.building = BuildingProfile()
+        # The peaks finished days needed: what a rise of a long billing period's peak is priced by.
+        self.peaks = NeededPeaks()
         self.planner = Planner(time_limit_s=self.time_limit_s)
         self.fallbacks = 0
 
     def begin(self, episode: Episode) -> None:
         self.episode = episode
         # Hours of the day and weekdays on the site's clock, as the live scheduler keeps them.
-        self.arrivals.tz = self.forecaster.tz = self.building.tz = episode.tariff.timezone
+        self.arrivals.tz = self.forecaster.tz = self.building.tz = self.peaks.tz = episode.tariff.timezone
         self.keys = [e.key for e in episode.evses]
         self.evse = {e.key: e for e in episode.evses}
 
@@ -174,6 +180,7 @@ class Mpc(_Base):
         site = episode.site_type or episode.name
         self.forecaster.observe(site, arrival, departure, requested_kwh, announced)
         self.arrivals.observe(site, arrival, departure, delivered_kwh, max_kw)
+        self.peaks.observe(DoneSession(arrival, departure, max(delivered_kwh, 0.0), max_kw))
 
     def _building_forecast(self, ctx: Context) -> Callable[[datetime], float]:
         """The live scheduler's forecast (gateway/scheduler/live_inputs.py): with ``"ems"`` the
@@ -192,14 +199,20 @@ class Mpc(_Base):
         for v in ctx.views:
             self.arrivals.arrived(site_name, (v.key, v.arrival), v.arrival)
         building = self._building_forecast(ctx)
+        self.peaks.watch(ctx.now)
+        self.peaks.close_days(ctx.now, [v.arrival for v in ctx.views], self._building_reading, ep.limits.import_kw)
         if not ctx.views:
             return {}
         grid = make_grid(ctx.now, self.horizon_s)
-
+        horizon = timedelta(seconds=self.horizon_s)
+        # With no period end known, a day's share of the charge (no needed peaks passed).
+        period_end = self.period_end if self.period_end is not None else ctx.now + self.period
+        use_levels = self.price_peak_levels and self.period_end is not None
+        demand, peak_steps = demand_pricing(ep.tariff.demand_charge_per_kw, ctx.now, horizon, period_end - self.period,
+                                            period_end, ctx.peak_so_far_kw, self.peaks.values() if use_levels else ())
         site = site_inputs(
             grid, tariff=ep.tariff, limits=ep.limits, events=ep.grid_events, building_kw=building,
-            demand_charge_per_kw=planned_demand_charge(ep.tariff.demand_charge_per_kw,
-                                                       timedelta(seconds=self.horizon_s), self.period),
+            demand_charge_per_kw=demand, peak_price_steps=peak_steps,
             peak_so_far_kw=ctx.peak_so_far_kw, wear_cost_per_kwh=ep.wear_cost_per_kwh,
             unmet_penalty_per_kwh=self.unmet_penalty_per_kwh, period_end=self.period_end,
         )
@@ -214,6 +227,11 @@ class Mpc(_Base):
         self.fallbacks += int(plan.fallback)
         self.last_plan = plan
         return {k: float(plan.power_kw[i, 0]) for i, k in enumerate(self.keys) if k in views}
+
+    def _building_reading(self, when: datetime) -> float:
+        """The building's past load (for the finished days' hindsight LP)."""
+        kw = self.building.reading(when)
+        return 0.0 if kw is None else kw
 
     def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
         site = self.episode.site_type or self.episode.name

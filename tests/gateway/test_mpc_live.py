@@ -67,7 +67,15 @@ async def planned_plug_in(h: GatewayHarness, station_id: str, tid: str) -> tuple
     return st, sink
 
 
-async def test_plug_in_gets_a_profile_within_seconds_and_it_is_stored(site: GatewayHarness) -> None:
+async def test_plug_in_gets_a_profile_within_seconds_and_it_is_stored(gateway_factory: Any) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.clock import ManualClock
+
+    # A clock that stands still: on the wall clock a 5-minute boundary between the two solves
+    # below shifts the plan's grid, and a changed profile would rightly be sent again.
+    site = await gateway_factory(clock=ManualClock(datetime(2026, 7, 1, 8, 2, 30, tzinfo=UTC)),
+                                 scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0)
     st, sink = await plug_in(site, "CS-A")
 
     async def got() -> bool:
@@ -196,6 +204,9 @@ async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: 
     # A scheduler that starts later (restart, failover) reads the same history from Postgres.
     fresh = MpcScheduler(site.gw)
     assert await fresh.bootstrap() == 1
+    # The needed peaks read only the last four weeks: this session (stamped July 1st by the
+    # station) is older than that, by the gateway's clock.
+    assert await fresh.bootstrap_peaks() == 0
     assert sum(len(v) for (s, _), v in fresh.forecaster._dwell.items() if s == name) == 1
     # Both learned what arrivals in that hour want (what the EV took: 4 kWh at the meter).
     took = pytest.approx(4.0 * site.settings.ev_efficiency)
@@ -386,3 +397,43 @@ async def test_the_learned_building_profile_survives_a_restart(gateway_factory: 
     fade = forecast(later) - 150.0
     assert 0.0 > fade > -10.0  # the profile's 150 kW, pulled a little toward the 100 kW now
     assert KEEP_DAYS < BUILDING_READINGS_KEPT.days
+
+
+async def test_finished_days_price_a_rise_of_the_months_peak(gateway_factory: Any) -> None:
+    from datetime import UTC, datetime
+
+    from gateway.bus.site_inputs import SiteInputs
+    from gateway.clock import ManualClock
+    from gateway.scheduler import live_inputs
+    from gateway.scheduler.peak_price import MIN_DAYS
+    from gateway.state import CompletedSession
+
+    t0 = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    clock = ManualClock(t0)
+    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0)
+    gw = h.gw
+    assert gw is not None and gw.scheduler is not None
+    sched = gw.scheduler
+    eff = h.settings.ev_efficiency
+    # A week of days: 100 kW of building from 08:00 to 10:00 and one EV taking 11 kWh in that hour.
+    for day in range(MIN_DAYS + 1):
+        for minutes in range(0, 120, 5):
+            clock.set(t0 + timedelta(days=day, minutes=minutes))
+            await SiteInputs(gw).set_building_load(100.0, None, "test")
+            await sched.replan("test")
+        arrival = t0 + timedelta(days=day, hours=1)
+        sched.observe(CompletedSession(("CS", 1), arrival, arrival + timedelta(hours=1), 11.0, None, 11.0 / eff, 11.0))
+    # Each finished day needed the building's 100 kW plus the EV's 11 kWh / eff in its hour.
+    assert len(sched.peaks.values()) == MIN_DAYS
+    assert sched.peaks.values() == [pytest.approx(100.0 + 11.0 / eff, abs=1e-3)] * MIN_DAYS
+    now = clock.now()
+    site, _, _ = live_inputs.build(gw.state, now, gw.settings, {}, needed_peaks=sched.peaks.values())
+    # Three weeks of July left after the horizon: up to the level every day needed a rise is
+    # free, above it it costs the month's whole charge (a rise no later day will pay for).
+    monthly = gw.state.tariff.demand_charge_per_kw * 31 / 30
+    assert site.demand_charge_per_kw == 0.0
+    assert site.peak_price_steps == ((pytest.approx(100.0 + 11.0 / eff, abs=1e-3), pytest.approx(monthly)),)
+    # Without the days (a new site), a day's share of it, the rule before there is history.
+    site, _, _ = live_inputs.build(gw.state, now, gw.settings, {})
+    assert site.demand_charge_per_kw == pytest.approx(gw.state.tariff.demand_charge_per_kw / 30)
+    assert site.peak_price_steps == ()
