@@ -130,6 +130,11 @@ class Settings(BaseSettings):
     scheduler_backend: str = "auto"  # "highs" (direct) or "cvxpy" (DPP); auto = highs
     profile_stack_level: int = 1
     max_profile_periods: int = 24  # OCPP PeriodsPerSchedule most stations accept
+    # A period that raises an EVSE's limit starts this long (simulated seconds) after the plan's
+    # boundary, one that lowers it on time: stations switch a little apart (clocks, their own
+    # control loops), and a rise here meeting a late fall there would pass the site limit. At
+    # least 0.1 s of real time when the clock is scaled (simulations).
+    profile_rise_delay_s: float = 10.0
     profile_push_concurrency: int = 100
     # Plan discharge only inside grid-event windows (export requests). Arbitrage on time-of-use
     # spreads against uncertain departures drained parked cars in the 50-station demo.

@@ -24,6 +24,12 @@ from gateway.domain import DischargeDialect
 
 LIMIT_RESOLUTION_W = 10.0  # stations round limits anyway; finer steps only cause re-sends
 CHANGE_TOLERANCE_W = 100.0  # a new plan closer than this to the last one is not re-sent
+# The first period reaches back this far before the plan's start. A station's clock is only as
+# good as the boot round trip it was set from (B01) or its own NTP: one running behind the
+# gateway's would otherwise hold an Absolute profile starting "now" as not yet in force and run
+# on its TxDefaultProfile until its clock got there, drawing more than the plan allows meanwhile
+# (the site limit is planned on every EVSE obeying its new profile at once).
+CLOCK_SKEW_ALLOWANCE_S = 300
 
 
 def profile_id_for(station_id: str, transaction_id: str) -> int:
@@ -48,8 +54,14 @@ class TxProfile:
     end: datetime
 
     def payload(self) -> dict[str, Any]:
-        """The SetChargingProfile request payload (camelCase, schema-valid)."""
-        start = self.periods[0].start
+        """The SetChargingProfile request payload (camelCase, schema-valid); the schedule starts
+        CLOCK_SKEW_ALLOWANCE_S before the first period, which covers that time too."""
+        first = self.periods[0].start
+        start = first - timedelta(seconds=CLOCK_SKEW_ALLOWANCE_S)
+
+        def offset(p: Period) -> int:
+            return 0 if p is self.periods[0] else round((p.start - first).total_seconds()) + CLOCK_SKEW_ALLOWANCE_S
+
         return {
             "evseId": self.evse_id,
             "chargingProfile": {
@@ -64,8 +76,7 @@ class TxProfile:
                     "duration": max(1, round((self.end - start).total_seconds())),
                     "chargingRateUnit": "W",
                     "chargingSchedulePeriod": [
-                        {"startPeriod": round((p.start - start).total_seconds()), "limit": p.limit_w}
-                        for p in self.periods
+                        {"startPeriod": offset(p), "limit": p.limit_w} for p in self.periods
                     ],
                 }],
             },
@@ -86,8 +97,11 @@ class TxProfile:
 def build_profile(
     *, station_id: str, evse_id: int, transaction_id: str, starts: Sequence[datetime], end: datetime,
     power_kw: Sequence[float], max_charge_kw: float, max_discharge_kw: float, bidirectional: bool,
-    dialect: DischargeDialect, stack_level: int, max_periods: int,
+    dialect: DischargeDialect, stack_level: int, max_periods: int, rise_delay_s: float = 0.0,
 ) -> TxProfile:
+    """``rise_delay_s``: a period that raises the limit starts this much later than planned (never
+    past the next period's start), one that lowers it on time, so that EVSEs trading power at a
+    boundary never both draw the larger share while their stations switch a little apart."""
     can_discharge = bidirectional and dialect == DischargeDialect.NEGATIVE_LIMIT
     floor_w = -max_discharge_kw * 1000.0 if can_discharge else 0.0
     periods: list[Period] = []
@@ -107,11 +121,28 @@ def build_profile(
         periods.append(Period(start, w))
     if not periods:
         periods = [Period(starts[0] if starts else end - timedelta(seconds=1), 0.0)]
+    if rise_delay_s > 0:
+        periods = _delay_rises(periods, end, rise_delay_s)
     if len(periods) > max_periods:
         end = periods[max_periods].start
         periods = periods[:max_periods]
     return TxProfile(station_id, evse_id, transaction_id, profile_id_for(station_id, transaction_id),
                      stack_level, tuple(periods), end)
+
+
+def _delay_rises(periods: list[Period], end: datetime, delay_s: float) -> list[Period]:
+    first = periods[0].start
+    out = [periods[0]]
+    for i, p in enumerate(periods[1:], start=1):
+        if p.limit_w > periods[i - 1].limit_w:
+            nxt = periods[i + 1].start if i + 1 < len(periods) else end
+            later = min(p.start + timedelta(seconds=delay_s), nxt - timedelta(seconds=1))
+            # Whole-second offsets must keep increasing (K01.FR.35): else the rise stays on time.
+            after_last = round((later - first).total_seconds()) > round((out[-1].start - first).total_seconds())
+            if after_last and later > p.start:
+                p = Period(later, p.limit_w)
+        out.append(p)
+    return out
 
 
 def safe_profile(

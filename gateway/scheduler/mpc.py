@@ -230,6 +230,11 @@ class MpcScheduler:
         except Exception:  # a failed hindsight LP costs the price's accuracy, never the plan
             log.exception("needed peak of a finished day not worked out")
 
+    def _rise_delay_s(self) -> float:
+        """How late a raised limit starts (Settings.profile_rise_delay_s, or 0.1 s of real time
+        on a scaled clock, where a tenth of a second of loop latency is many simulated seconds)."""
+        return max(self.settings.profile_rise_delay_s, 0.1 * self.gw.clock.scale)
+
     def _note_building(self, now: datetime, kw: float) -> None:
         """Learn the reading now; store the previous slot's last reading once its slot is over
         (one write per slot, never two racing for the same row)."""
@@ -561,7 +566,7 @@ class MpcScheduler:
                 starts=plan.starts, end=plan.end, power_kw=ps.power_kw, max_charge_kw=st.spec.max_charge_kw,
                 max_discharge_kw=st.spec.max_discharge_kw, bidirectional=st.spec.bidirectional,
                 dialect=st.dialect, stack_level=self.settings.profile_stack_level,
-                max_periods=self.settings.max_profile_periods,
+                max_periods=self.settings.max_profile_periods, rise_delay_s=self._rise_delay_s(),
             )
             old = self._sent.get(meta.key)
             if not profiles.differs(old, prof):

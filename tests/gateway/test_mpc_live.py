@@ -308,6 +308,7 @@ async def test_a_draw_counts_as_ignoring_the_limit_only_above_every_recent_limit
 
 async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile(site: GatewayHarness) -> None:
     from gateway.domain import Plan, PlannedSession
+    from gateway.ocpp import profiles
     from gateway.scheduler.live_inputs import SlotMeta
 
     sched = site.gw.scheduler
@@ -323,7 +324,9 @@ async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile
     sent, failed = await sched._push(now, plan, [SlotMeta(("CS-T", 1), session, None, 0.0, None)], None)
     assert (sent, failed) == (1, 0)
     periods = sink.profiles[-1]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"]
-    assert [p["startPeriod"] for p in periods] == [0, 300] and [p["limit"] for p in periods] == [4000.0, 6000.0]
+    skew = profiles.CLOCK_SKEW_ALLOWANCE_S  # the schedule starts that much early (profiles.py)
+    rise = round(300.4 + sched._rise_delay_s())  # and a rise a little after its boundary
+    assert [p["startPeriod"] for p in periods] == [0, rise + skew] and [p["limit"] for p in periods] == [4000.0, 6000.0]
     await st.close()
 
 

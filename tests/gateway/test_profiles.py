@@ -81,4 +81,26 @@ def test_periods_a_fraction_of_a_second_apart_never_share_a_start_period() -> No
     assert offsets == sorted(set(offsets))  # strictly increasing whole seconds (K01.FR.35)
     # 0.4 s replaces the first; 1.6 s and 2.4 s both round to 2 s: the later one wins.
     assert [q.limit_w for q in p.periods] == [4000.0, 6000.0, 4000.0]
-    assert [x["startPeriod"] for x in sched] == offsets
+    # The schedule starts CLOCK_SKEW_ALLOWANCE_S early (a station whose clock runs behind still
+    # applies it at once): the first period covers that too, the others move by as much.
+    assert [x["startPeriod"] for x in sched] == [0] + [o + profiles.CLOCK_SKEW_ALLOWANCE_S for o in offsets[1:]]
+
+
+def test_a_raised_limit_starts_late_and_a_lowered_one_on_time() -> None:
+    t = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
+    starts = [t + timedelta(minutes=5 * i) for i in range(5)]
+    p = profiles.build_profile(
+        station_id="CS", evse_id=1, transaction_id="TX", starts=starts, end=t + timedelta(minutes=25),
+        power_kw=[9.0, 4.0, 6.0, -3.0, 0.0], max_charge_kw=11.0, max_discharge_kw=7.0, bidirectional=True,
+        dialect=DischargeDialect.NEGATIVE_LIMIT, stack_level=1, max_periods=10, rise_delay_s=60.0)
+    # Falls (9 -> 4, 6 -> -3 kW) at the boundary; rises (4 -> 6, -3 -> 0 kW) a minute after it.
+    assert [(q.start - t, q.limit_w) for q in p.periods] == [
+        (timedelta(0), 9000.0), (timedelta(minutes=5), 4000.0), (timedelta(minutes=11), 6000.0),
+        (timedelta(minutes=15), -3000.0), (timedelta(minutes=21), 0.0)]
+    # A rise never passes the next period's start (here a 30-second step).
+    short = profiles.build_profile(
+        station_id="CS", evse_id=1, transaction_id="TX", starts=[t, t + timedelta(seconds=300),
+                                                                 t + timedelta(seconds=330)],
+        end=t + timedelta(minutes=10), power_kw=[2.0, 5.0, 1.0], max_charge_kw=11.0, max_discharge_kw=0.0,
+        bidirectional=False, dialect=DischargeDialect.NONE, stack_level=1, max_periods=10, rise_delay_s=60.0)
+    assert [(q.start - t).total_seconds() for q in short.periods] == [0.0, 329.0, 330.0]
