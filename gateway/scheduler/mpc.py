@@ -219,6 +219,8 @@ class MpcScheduler:
         thread, under the re-plan lock, which is all that touches the profile and the peaks)."""
         state = self.gw.state
         self.peaks.watch(now)
+        if not self.peaks.due(now):
+            return
 
         def building(when: datetime) -> float:
             kw = self.building.reading(when)

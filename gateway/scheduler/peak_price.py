@@ -119,6 +119,13 @@ class NeededPeaks:
         if self._first is None or d < self._first:
             self._first = d
 
+    def due(self, now: datetime) -> bool:
+        """Whether a day before today is still to be finished (cheap: the re-plan asks each time)."""
+        if self._first is None:
+            return False
+        nxt = self._first if self._closed is None else self._closed + timedelta(days=1)
+        return nxt < self.day(now)
+
     def close_days(self, now: datetime, still_plugged: Iterable[datetime],
                    building_kw: Callable[[datetime], float], import_limit_kw: float) -> int:
         """Finish every past day none of whose EVs is still plugged in (``still_plugged``: the
@@ -131,8 +138,7 @@ class NeededPeaks:
         done = 0
         while d < today and d not in busy:
             sessions = self._open.pop(d, [])
-            start = sitetime.zone(self.tz)
-            day_start = datetime.combine(d, time(0), tzinfo=start)
+            day_start = datetime.combine(d, time(0), tzinfo=sitetime.zone(self.tz))
             if sessions:
                 span_start = min(s.arrival for s in sessions)
                 span_end = max(s.departure for s in sessions)

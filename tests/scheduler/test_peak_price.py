@@ -70,12 +70,14 @@ def test_days_finish_once_none_of_their_evs_is_plugged_in() -> None:
     peaks = NeededPeaks(eff=1.0)
     peaks.observe(DoneSession(at(0, 8), at(0, 10), 10.0, 11.0))
     flat = lambda when: 50.0  # noqa: E731
+    assert not peaks.due(at(0, 23)) and peaks.due(at(2, 9))
     # Day 1's van is still plugged in on day 2: day 0 finishes, day 1 waits.
     assert peaks.close_days(at(2, 9), [at(1, 18)], flat, 500.0) == 1
     assert peaks.values() == [pytest.approx(55.0, abs=1e-3)]
     peaks.observe(DoneSession(at(1, 18), at(2, 10), 20.0, 11.0))
     # Then day 1 (the van's 20 kWh over 16 h) and day 2 (no EV arrived: the building) finish.
     assert peaks.close_days(at(3, 1), [], flat, 500.0) == 2
+    assert not peaks.due(at(3, 23))
     assert peaks.values() == [pytest.approx(55.0, abs=1e-3), pytest.approx(51.25, abs=1e-3), 50.0]
     # A late record of a finished day changes nothing.
     peaks.observe(DoneSession(at(1, 8), at(1, 9), 50.0, 50.0))
