@@ -44,8 +44,7 @@ def main() -> None:
     bar = ev.Progress(1, False)
     runs = []
     for i, ep in enumerate(periods):
-        mpc.period = timedelta(seconds=ev.STEP_S * ev.window(ep)[1])
-        mpc.period_end = ev.window(ep)[0] + mpc.period
+        ev.bill_by(mpc, ep)
         run = ev.simulate(ep, mpc, exact=False, penalty=PENALTY, progress=bar)
         if i == 1:
             runs.append(run)

@@ -70,9 +70,9 @@ class BuildingProfile:
         rows.append((day, float(kw)))
         self._mean[k] = sum(v for _, v in rows) / len(rows)
 
-    def reading(self, when: datetime) -> float | None:
+    def reading(self, when: datetime) -> float:
         """What the building drew in ``when``'s slot on its day (a past reading), else the slot's
-        mean, else None."""
+        mean, else 0 (never seen: the hindsight LP of a finished day counts no building load)."""
         day = sitetime.local(when, self.tz).date()
         k = self.slot(when)
         for d, kw in reversed(self._days.get(k, ())):
@@ -80,7 +80,7 @@ class BuildingProfile:
                 return kw
             if d < day:
                 break
-        return self._mean.get(k)
+        return self._mean.get(k, 0.0)
 
     def profile(self) -> dict[int, float]:
         """Mean load per five-minute slot of the day (slots never seen are absent)."""

@@ -39,7 +39,6 @@ from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
 from gateway.scheduler.policies import (
-    BUILDING_FORECASTS,
     DISCHARGE_ONLY_IN_GRID_EVENTS,
     Context,
     Edf,
@@ -50,6 +49,7 @@ from gateway.scheduler.policies import (
     Policy,
     Uncontrolled,
     View,
+    check_building_forecast,
 )
 from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
 
@@ -341,15 +341,19 @@ def make_policy(name: str, penalty: float, forecaster: SessionForecaster) -> Pol
     raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
 
 
+def bill_by(mpc: Mpc, ep: Episode) -> None:
+    """The MPC plans the demand charge of ``ep``'s billing period (the whole episode)."""
+    mpc.period = timedelta(seconds=STEP_S * window(ep)[1])
+    mpc.period_end = window(ep)[0] + mpc.period
+
+
 def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool = False,
              penalty: float = 5.0, progress: bool = False, optimal_time_limit_s: float = 600.0,
              building_forecast: str = "learned") -> tuple[dict[str, Any], list[Run]]:
     """Run every policy over every episode (in order, so forecasters learn from earlier ones).
     ``building_forecast``: what the MPC plans the building with (``policies.BUILDING_FORECASTS``:
     the profile it learns, or the episode's energy-system forecast where there is one)."""
-    if building_forecast not in BUILDING_FORECASTS:
-        raise ValueError(f"unknown building forecast {building_forecast!r}; "
-                         f"choose from {', '.join(BUILDING_FORECASTS)}")
+    check_building_forecast(building_forecast)
     total = sum(window(ep)[1] for ep in episodes) * len(names)
     bar = Progress(total, progress)
     runs: list[Run] = []
@@ -368,8 +372,7 @@ def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool =
             else:
                 pol = online[name]
                 if isinstance(pol, Mpc):
-                    pol.period = timedelta(seconds=STEP_S * window(ep)[1])
-                    pol.period_end = window(ep)[0] + pol.period
+                    bill_by(pol, ep)
                     if exact:  # announcements are the truth: no need to finish early, no spread
                         pol.announced_margin = timedelta(0)
                         pol.learn_margin = False

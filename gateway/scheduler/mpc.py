@@ -67,9 +67,7 @@ LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
 BOOTSTRAP_SESSIONS = 500
 # A building reading older than this at a re-plan is not learned from (the energy system went quiet).
 BUILDING_READING_FRESH = timedelta(hours=1)
-# Days of finished sessions the needed peaks are seeded from at start (peak_price.KEEP_DAYS), and
-# at most this many of them.
-NEEDED_PEAK_DAYS = PEAK_KEEP_DAYS
+# At most this many finished sessions of the last peak_price.KEEP_DAYS seed the needed peaks at start.
 PEAK_BOOTSTRAP_SESSIONS_MAX = 20_000
 # Building readings older than this are deleted at start (the profile uses KEEP_DAYS of them).
 BUILDING_READINGS_KEPT = timedelta(days=KEEP_DAYS + 7)
@@ -171,10 +169,10 @@ class MpcScheduler:
 
     async def bootstrap_peaks(self) -> int:
         """Seed the needed peaks' sessions from the transactions that ended in the last
-        NEEDED_PEAK_DAYS days (the days are worked out at the first re-plan, with the building
+        peak_price.KEEP_DAYS days (the days are worked out at the first re-plan, with the building
         readings). Returns how many sessions were read."""
         now = self.gw.clock.now()
-        since = now - timedelta(days=NEEDED_PEAK_DAYS + 1)
+        since = now - timedelta(days=PEAK_KEEP_DAYS + 1)
         try:
             rows = await self.gw.transactions.recently_ended(PEAK_BOOTSTRAP_SESSIONS_MAX, since=since)
         except Exception as exc:
@@ -222,13 +220,10 @@ class MpcScheduler:
         if not self.peaks.due(now):
             return
 
-        def building(when: datetime) -> float:
-            kw = self.building.reading(when)
-            return 0.0 if kw is None else kw
-
         plugged = [s.started_at for s in state.sessions()]
         try:
-            await asyncio.to_thread(self.peaks.close_days, now, plugged, building, state.limits.import_kw)
+            await asyncio.to_thread(self.peaks.close_days, now, plugged, self.building.reading,
+                                    state.limits.import_kw)
         except Exception:  # a failed hindsight LP costs the price's accuracy, never the plan
             log.exception("needed peak of a finished day not worked out")
 

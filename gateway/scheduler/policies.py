@@ -30,6 +30,12 @@ DISCHARGE_ONLY_IN_GRID_EVENTS: bool = Settings.model_fields["discharge_only_in_g
 BUILDING_FORECASTS = ("learned", "ems")
 
 
+def check_building_forecast(name: str) -> str:
+    if name not in BUILDING_FORECASTS:
+        raise ValueError(f"unknown building forecast {name!r}; choose from {', '.join(BUILDING_FORECASTS)}")
+    return name
+
+
 # An EV as the gateway sees it: the same view the live loop builds (gateway.scheduler.slots).
 View = SessionView
 
@@ -156,9 +162,7 @@ class Mpc(_Base):
     price_peak_levels: bool = True
 
     def __post_init__(self) -> None:
-        if self.building_forecast not in BUILDING_FORECASTS:
-            raise ValueError(f"unknown building forecast {self.building_forecast!r}; "
-                             f"choose from {', '.join(BUILDING_FORECASTS)}")
+        check_building_forecast(self.building_forecast)
         self.solve_times = []
         self.arrivals = ArrivalModel()
         self.building = BuildingProfile()
@@ -200,7 +204,7 @@ class Mpc(_Base):
             self.arrivals.arrived(site_name, (v.key, v.arrival), v.arrival)
         building = self._building_forecast(ctx)
         self.peaks.watch(ctx.now)
-        self.peaks.close_days(ctx.now, [v.arrival for v in ctx.views], self._building_reading, ep.limits.import_kw)
+        self.peaks.close_days(ctx.now, [v.arrival for v in ctx.views], self.building.reading, ep.limits.import_kw)
         if not ctx.views:
             return {}
         grid = make_grid(ctx.now, self.horizon_s)
@@ -227,11 +231,6 @@ class Mpc(_Base):
         self.fallbacks += int(plan.fallback)
         self.last_plan = plan
         return {k: float(plan.power_kw[i, 0]) for i, k in enumerate(self.keys) if k in views}
-
-    def _building_reading(self, when: datetime) -> float:
-        """The building's past load (for the finished days' hindsight LP)."""
-        kw = self.building.reading(when)
-        return 0.0 if kw is None else kw
 
     def _slot(self, key: Key, v: View | None, grid: TimeGrid, now: datetime) -> SlotInput:
         site = self.episode.site_type or self.episode.name
