@@ -1,15 +1,19 @@
 """The MPC's design choices measured against each other on the evaluator's episodes.
 
-    .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1 [--scenarios lower|fine|mid|off]
+    .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1
+        [--scenarios merged|lower|fine|mid|off] [--departure-points K]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
-- ``--scenarios``: where the departure buckets are planned: at the lower edges of the six
-  buckets of ``slots.SCENARIOS`` (the default), at the lower edges of eleven narrower ones
-  (``fine``), at the six buckets' middles (``mid``), or not at all (one believed departure).
+- ``--scenarios``: the points a departure spread is planned at: ``merged`` (the code's,
+  ``gateway/scheduler/departure_points.py``: the samples merged greedily into at most
+  ``--departure-points`` points, 6 by default); the earlier rule, fixed quantile buckets planned
+  at their lower edges: six (``lower``: 5 % at the earliest, 10 % at the 5th percentile, 20 % each at
+  the 15th, 35th and 55th, 25 % at the 75th, where the plan ends) or eleven narrower ones (``fine``),
+  or the six buckets' middles (``mid``); ``off``: one believed departure.
 - ``--peak-floor``: the peak the MPC may reach at no demand charge. ``oracle``: the optimum's peak of
   the same day (what knowing the day's arrivals is worth, not something a gateway can know);
   ``learned``: the median of the optimum's peaks of the last five days of the same kind (weekday
@@ -39,24 +43,57 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import highspy
 import numpy as np
 from benchlib import episode_parser
 
-from gateway.scheduler import arrivals, slots
+from gateway.scheduler import arrivals, departure_points, slots
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
 
+# The earlier rule: (quantile of the point, probability of the bucket), lower edges.
+LOWER_SCENARIOS = ((0.0, 0.05), (0.05, 0.10), (0.15, 0.20), (0.35, 0.20), (0.55, 0.20), (0.75, 0.25))
 MID_SCENARIOS = ((0.025, 0.05), (0.1, 0.10), (0.25, 0.20), (0.45, 0.20), (0.65, 0.20), (0.875, 0.25))
-# The lower edges of eleven narrower buckets (less pessimistic than slots.SCENARIOS' six, the same
+# The lower edges of eleven narrower buckets (less pessimistic than LOWER_SCENARIOS' six, the same
 # tail and plan end).
 FINE_SCENARIOS = ((0.0, 0.02), (0.02, 0.03), (0.05, 0.05), (0.10, 0.05), (0.15, 0.10), (0.25, 0.10), (0.35, 0.10),
                   (0.45, 0.10), (0.55, 0.10), (0.65, 0.10), (0.75, 0.25))
+
+
+QUANTILE_SCENARIOS = {"lower": LOWER_SCENARIOS, "mid": MID_SCENARIOS, "fine": FINE_SCENARIOS}
+
+
+def use_quantile_buckets(buckets: tuple[tuple[float, float], ...]) -> None:
+    """The earlier rule: each bucket of the conditional departure distribution planned at one point."""
+
+    def scenarios(samples: Any, now: Any) -> slots.Scenarios | None:
+        if samples is None:
+            return None
+        left = samples[int(np.searchsorted(samples, now.timestamp(), side="right")):]
+        if len(left) == 0:
+            return None
+        merged: dict[float, float] = {}
+        for q, p in buckets:
+            # The earliest departure with at least a share q of the sessions left at or before it.
+            t = float(left[min(max(math.ceil(q * len(left)) - 1, 0), len(left) - 1)])
+            merged[t] = merged.get(t, 0.0) + p
+        ts = sorted(merged)
+        return slots.Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in ts],
+                               weights=[merged[t] for t in ts])
+
+    slots.departure_scenarios = scenarios  # type: ignore[assignment]
+
+
+def use_departure_points(points: int) -> None:
+    merge = departure_points.departure_points
+    slots.departure_points = lambda samples: merge(samples, points)  # type: ignore[assignment]
 
 
 def use_solver(name: str) -> None:
@@ -196,7 +233,9 @@ def print_short(runs: Any) -> None:
 
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
-    ap.add_argument("--scenarios", choices=("lower", "fine", "mid", "off"), default="lower")
+    ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
+    ap.add_argument("--departure-points", type=int, default=None,
+                    help="with --scenarios merged: the most points per departure spread (the code's: 6)")
     ap.add_argument("--peak-floor", choices=("none", "oracle", "learned"), default="none")
     ap.add_argument("--solver", choices=("simplex", "ipm"), default="simplex")
     ap.add_argument("--arrivals", choices=("on", "off"), default="on")
@@ -226,11 +265,11 @@ def main() -> None:
         use_oracle_building()
     if a.plan_penalty is not None:
         use_plan_penalty(a.plan_penalty)
-    if a.scenarios == "mid":
-        slots.SCENARIOS = MID_SCENARIOS
-    elif a.scenarios == "fine":
-        slots.SCENARIOS = FINE_SCENARIOS
-    elif a.scenarios == "off":
+    if a.scenarios in QUANTILE_SCENARIOS:
+        use_quantile_buckets(QUANTILE_SCENARIOS[a.scenarios])
+    elif a.departure_points is not None:
+        use_departure_points(a.departure_points)
+    if a.scenarios == "off":
         slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
     use_solver(a.solver)
     use_arrivals(a.arrivals == "on", a.arrival_scale)
@@ -247,6 +286,7 @@ def main() -> None:
     keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")
     print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
+                      "departure_points": a.departure_points,
                       "peak_floor": a.peak_floor, "solver": a.solver, "arrivals": a.arrivals,
                       "arrival_scale": a.arrival_scale, "need_quantile": a.need_quantile,
                       "oracle_needs": a.oracle_needs, "oracle_building": building == "oracle",

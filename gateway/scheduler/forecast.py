@@ -22,6 +22,8 @@ FloatArr = NDArray[np.float64]
 
 MIN_SAMPLES = 5  # fewer sessions in an hour bucket than this and the site-wide figure is used
 NEAR_HOURS = 3  # how far from an arrival hour with too little history to look for similar sessions
+# Announced stays of EVs present, kept per (site, arrival hour) for a new site (the newest this many).
+PEERS_KEPT = 200
 OVERSTAY_EXTENSION = timedelta(minutes=30)
 DUE_EXTENSION = timedelta(minutes=15)
 
@@ -43,6 +45,10 @@ class SessionForecaster:
     _dwell: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _energy: dict[tuple[str, int], list[float]] = field(default_factory=lambda: defaultdict(list))
     _early: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    # Stays (h) and needs (kWh) announced by EVs plugged in, by (site, arrival hour) and session:
+    # what a new site plans its unannounced EVs with until enough sessions have ended.
+    _peer_stays: dict[tuple[str, int], dict[object, float]] = field(default_factory=lambda: defaultdict(dict))
+    _peer_needs: dict[tuple[str, int], dict[object, float]] = field(default_factory=lambda: defaultdict(dict))
     # Both caches are cleared by every observation (the planner asks per EV and step).
     _cache: dict[tuple[object, ...], FloatArr] = field(default_factory=dict)
     _picked: dict[tuple[object, ...], tuple[float, str]] = field(default_factory=dict)
@@ -60,6 +66,35 @@ class SessionForecaster:
         if announced is not None:
             self._early[site].append((announced - departure).total_seconds() / 3600.0)
 
+    def note_present(self, site: str, session: object, arrival: datetime, departure: datetime | None,
+                     need_kwh: float | None) -> None:
+        """What an EV plugged in now told (ISO 15118 or its driver): when it leaves, how much it
+        needs. Until enough sessions have ended at the site, the stays and needs its EVs announce
+        are the best guess for the ones that say nothing: far better than "leaving any minute,
+        20 kWh" for a depot's first night, which charged every such van at the evening's price."""
+        hour = self._hour(arrival)
+        changed = False
+        for table, value in ((self._peer_stays, None if departure is None else
+                              (departure - arrival).total_seconds() / 3600.0),
+                             (self._peer_needs, need_kwh)):
+            if value is None:
+                continue
+            mine = table[(site, hour)]
+            if mine.get(session) == value:
+                continue
+            mine.pop(session, None)
+            mine[session] = value
+            if len(mine) > PEERS_KEPT:
+                del mine[next(iter(mine))]
+            changed = True
+        if changed:
+            self._cache.clear()
+            self._picked.clear()
+
+    def _peer_lists(self, table: dict[tuple[str, int], dict[object, float]],
+                    site: str) -> dict[tuple[str, int], list[float]]:
+        return {key: list(vals.values()) for key, vals in table.items() if key[0] == site}
+
     def announcement_margin(self, site: str, default: timedelta, quantile: float = 0.95) -> timedelta:
         """How long before an announced departure to plan to finish: the ``quantile`` of how much
         earlier than announced EVs of this site have left (the default until there is history)."""
@@ -68,15 +103,18 @@ class SessionForecaster:
             return default
         return timedelta(hours=max(float(np.quantile(early, quantile)), 0.0))
 
-    def departure_samples(self, site: str, arrival: datetime, announced: datetime | None) -> FloatArr | None:
+    def departure_samples(self, site: str, arrival: datetime, announced: datetime | None,
+                          peer_margin: timedelta = timedelta(0)) -> FloatArr | None:
         """Where a session like this one may end (POSIX seconds, ascending), from history; ``None``
         when there is too little.
 
         Not announced: the arrival plus the dwells of sessions that arrived at the same hour (or
-        near it). Announced: the announcement shifted by how much earlier than announced this
-        site's EVs left. (Weighting the dwell history by how likely each made the announcement
-        was measured too and did no better: docs/benchmarks-scheduler.md.) The planner prices a
-        shortfall at each by its probability (:func:`gateway.scheduler.slots.departure_scenarios`)."""
+        near it); on a new site, with too few of them, the stays EVs present announced, each
+        ``peer_margin`` shorter (announcements run late as often as early). Announced:
+        the announcement shifted by how much earlier than announced this site's EVs left.
+        (Weighting the dwell history by how likely each made the announcement was measured too
+        and did no better: docs/benchmarks-scheduler.md.) The planner prices a shortfall at each
+        by its probability (:func:`gateway.scheduler.slots.departure_scenarios`)."""
         if announced is not None:
             early = self._sorted(("early", site), lambda: self._early.get(site, []))
             if len(early) < MIN_SAMPLES:
@@ -84,6 +122,11 @@ class SessionForecaster:
             return announced.timestamp() - early[::-1] * 3600.0
         hour = self._hour(arrival)
         dwell = self._sorted(("dwell", site, hour), lambda: self._similar(self._dwell, site, hour)[0])
+        if len(dwell) < MIN_SAMPLES:
+            # A new site: what the EVs plugged in now announced (noisy, but the stays of this site).
+            dwell = self._sorted(("peers", site, hour, peer_margin), lambda: np.maximum(np.asarray(self._similar(
+                self._peer_lists(self._peer_stays, site), site, hour, site_wide=False)[0], dtype=float)
+                - peer_margin.total_seconds() / 3600.0, 0.0).tolist())
         if len(dwell) < MIN_SAMPLES:
             return None
         return arrival.timestamp() + dwell * 3600.0
@@ -99,31 +142,38 @@ class SessionForecaster:
             self._cache[key] = got
         return got
 
-    def _similar(self, table: dict[tuple[str, int], list[float]], site: str, hour: int) -> tuple[list[float], str]:
+    def _similar(self, table: dict[tuple[str, int], list[float]], site: str, hour: int,
+                 site_wide: bool = True) -> tuple[list[float], str]:
         """Sessions that arrived in the same hour; too few: widen to the hours around it (an
-        evening arrival is not like a morning one), then the whole site."""
+        evening arrival is not like a morning one), then (``site_wide``) the whole site."""
         for width in range(NEAR_HOURS + 1):
             hours = {(hour + d) % 24 for d in range(-width, width + 1)}
             vals = [v for h in hours for v in table.get((site, h), [])]
             if len(vals) >= MIN_SAMPLES:
                 return vals, "history-hour" if width == 0 else "history-near"
+        if not site_wide:
+            return [], "history-site"
         return [v for (s, _), vals in table.items() if s == site for v in vals], "history-site"
 
-    def _pick(self, table: dict[tuple[str, int], list[float]], site: str, hour: int, q: float,
-              default: float) -> tuple[float, str]:
-        key = ("quantile", id(table), site, hour, q)
+    def _pick(self, name: str, table: Callable[[], dict[tuple[str, int], list[float]]], site: str, hour: int,
+              q: float, default: float) -> tuple[float, str]:
+        key = (name, site, hour, q)
         got = self._picked.get(key)
         if got is None:
-            vals, src = self._similar(table, site, hour)
+            vals, src = self._similar(table(), site, hour)
             got = (float(np.quantile(vals, q)), src) if len(vals) >= MIN_SAMPLES else (default, "default")
             self._picked[key] = got
         return got
 
     def forecast(self, site: str, arrival: datetime, now: datetime) -> Forecast:
         hour = self._hour(arrival)
-        dwell_h, src = self._pick(self._dwell, site, hour, self.dwell_quantile, self.default_dwell_h)
-        energy, _ = self._pick(self._energy, site, hour, self.energy_quantile,
-                               self.default_energy_kwh)
+        dwell_h, src = self._pick("dwell", lambda: self._dwell, site, hour, self.dwell_quantile,
+                                  self.default_dwell_h)
+        energy, got = self._pick("energy", lambda: self._energy, site, hour, self.energy_quantile,
+                                 self.default_energy_kwh)
+        if got == "default":  # a new site: what the EVs plugged in now asked for
+            energy, _ = self._pick("peer-energy", lambda: self._peer_lists(self._peer_needs, site), site, hour,
+                                   self.energy_quantile, self.default_energy_kwh)
         dep = arrival + timedelta(hours=dwell_h)
         if dep <= now:
             dep = now + OVERSTAY_EXTENSION

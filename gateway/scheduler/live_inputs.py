@@ -186,6 +186,7 @@ def slot_for(
             SlotMeta(st.spec.key, None, None, 0.0, None)
     r = state.resolve(s)
     v = session_view(st, s, r, settings, limit_sent_kw, obs, now)
+    forecaster.note_present(settings.site.name, s.transaction_id, v.arrival, v.departure, v.need_kwh)
     slot = slot_input(v, st.spec.key, grid, now, forecaster, settings.site.name, rules)
     return slot, SlotMeta(st.spec.key, s, r, v.delivered_kwh, v.fixed_kw)
 

@@ -236,6 +236,8 @@ class Mpc(_Base):
         site = self.episode.site_type or self.episode.name
         rules = SlotRules(announced_margin=self.announced_margin, learn_margin=self.learn_margin,
                           departure_scenarios=self.departure_scenarios)
+        if v is not None:
+            self.forecaster.note_present(site, (key, v.arrival), v.arrival, v.departure, v.need_kwh)
         return slot_input(v, key, grid, now, self.forecaster, site, rules)
 
 

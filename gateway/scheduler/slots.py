@@ -7,8 +7,9 @@ The single rule set for what the planner assumes about a session, used by the li
 - departure: a driver's own departure is planned as given. Otherwise, once the site has history,
   as a spread (:func:`departure_scenarios`): where sessions like this one ended (the EV's
   announcement shifted by how far this site's announcements were off, or, with no announcement,
-  the dwells of sessions arriving at the same hour), given the EV is still here; the plan runs
-  to the 75th percentile and prices a shortfall at earlier points by their probability. Without
+  the dwells of sessions arriving at the same hour), given the EV is still here, cut down to a
+  few points (:mod:`gateway.scheduler.departure_points`); the plan runs to the last and prices a
+  shortfall at the earlier ones by their probability. Without
   history: one believed departure, the EV's announcement ``margin`` early or a short forecast
   dwell. Once the believed departure has passed the EV is due (no discharge; with no spread
   left, a short rolling deadline);
@@ -22,12 +23,12 @@ The single rule set for what the planner assumes about a session, used by the li
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
 
+from gateway.scheduler.departure_points import departure_points
 from gateway.scheduler.forecast import FloatArr, SessionForecaster, believed_departure
 from gateway.scheduler.inputs import connected_mask, target_within_horizon
 from gateway.scheduler.problem import SlotInput, TimeGrid
@@ -82,14 +83,6 @@ class SlotRules:
     departure_scenarios: bool = True
 
 
-# The departure distribution (conditional on the EV still being here) in buckets, each planned
-# for at one point: (quantile of the point, probability of the bucket). Points at the buckets'
-# lower edges (pessimistic) and finer in the early tail, where a plan that spreads charging out is
-# likeliest to leave an EV short.
-SCENARIOS: tuple[tuple[float, float], ...] = (
-    (0.0, 0.05), (0.05, 0.10), (0.15, 0.20), (0.35, 0.20), (0.55, 0.20), (0.75, 0.25))
-
-
 @dataclass(frozen=True)
 class Scenarios:
     """Where the EV may leave: ``times`` ascending, ``weights`` their probabilities (sum 1)."""
@@ -107,13 +100,8 @@ def departure_scenarios(samples: FloatArr | None, now: datetime) -> Scenarios | 
     left = samples[int(np.searchsorted(samples, now.timestamp(), side="right")):]
     if len(left) == 0:
         return None
-    merged: dict[float, float] = {}
-    for q, p in SCENARIOS:
-        # The earliest departure with at least a share q of the sessions left at or before it.
-        t = float(left[min(max(math.ceil(q * len(left)) - 1, 0), len(left) - 1)])
-        merged[t] = merged.get(t, 0.0) + p
-    ts = sorted(merged)
-    return Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in ts], weights=[merged[t] for t in ts])
+    times, weights = departure_points(left)
+    return Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in times], weights=weights)
 
 
 def empty_slot(key: Key, n: int, max_charge_kw: float = 0.0) -> SlotInput:
@@ -144,7 +132,11 @@ def scenarios_for(v: SessionView, now: datetime, forecaster: SessionForecaster, 
     driver's own departure is planned as given, and without history there is no spread."""
     if not rules.departure_scenarios or v.departure_firm or v.charge_now:
         return None
-    return departure_scenarios(forecaster.departure_samples(site, v.arrival, v.departure), now)
+    # On a new site an unannounced EV is planned against the stays others announced, each planned
+    # as early as an announcement is (the same margin).
+    samples = forecaster.departure_samples(site, v.arrival, v.departure,
+                                           peer_margin=announcement_margin(forecaster, site, rules))
+    return departure_scenarios(samples, now)
 
 
 def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, forecaster: SessionForecaster,

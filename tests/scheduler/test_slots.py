@@ -14,7 +14,8 @@ from gateway import events as ev
 from gateway.config import Settings
 from gateway.domain import ChargeMode, EvNeeds, EvseSpec, Preferences
 from gateway.scheduler import live_inputs
-from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
+from gateway.scheduler.departure_points import BIN_S, POINTS, departure_points
+from gateway.scheduler.forecast import MIN_SAMPLES, SessionForecaster, planning_forecaster
 from gateway.scheduler.policies import Mpc
 from gateway.scheduler.problem import SlotInput, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, departure_scenarios, slot_input
@@ -170,14 +171,41 @@ def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
 def test_departure_scenarios_condition_on_the_ev_still_being_here() -> None:
     times = np.array([(NOW + timedelta(hours=h)).timestamp() for h in (-2, -1, 1, 2, 3, 4)])
     sc = departure_scenarios(times, NOW)
-    assert sc is not None and sum(sc.weights) == pytest.approx(1.0)
-    # Of the four sessions that lasted longer than this one so far, the earliest is at or below the
-    # 0th, 5th and 15th percentiles (0.05 + 0.10 + 0.20); the last point, the 75th, is the 3-h one.
-    assert sc.times[0] == NOW + timedelta(hours=1) and sc.weights[0] == pytest.approx(0.35)
-    assert sc.times[-1] == NOW + timedelta(hours=3)
+    # Four sessions lasted longer than this one so far: each is a point of its own (no more than
+    # the plan's six), equally likely; the plan runs to the last.
+    assert sc is not None
+    assert sc.times == [NOW + timedelta(hours=h) for h in (1, 2, 3, 4)]
+    assert sc.weights == pytest.approx([0.25] * 4)
     # Outstayed every past session: no spread (the EV is planned as due).
     assert departure_scenarios(times, NOW + timedelta(hours=5)) is None
     assert departure_scenarios(None, NOW) is None
+
+
+def test_a_rare_short_stay_keeps_its_own_small_weight() -> None:
+    # A depot's evening arrivals: one van in a hundred stayed 1.5 h, the rest left at dawn. Fixed
+    # quantile buckets planned 5 % of the mass at the 1.5-h stay (so every van was charged at the
+    # evening's price); merged points give it its 1 %.
+    rng = np.random.default_rng(3)
+    dwell_h = np.sort(np.concatenate([[1.5], rng.uniform(11.0, 13.0, 99)]))
+    times, weights = departure_points(NOW.timestamp() + dwell_h * 3600.0)
+    assert len(times) <= POINTS and sum(weights) == pytest.approx(1.0)
+    assert times[0] == pytest.approx(NOW.timestamp() + 1.5 * 3600.0, abs=BIN_S)
+    assert weights[0] == pytest.approx(0.01)
+    assert times[1] >= NOW.timestamp() + 10.9 * 3600.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_departure_points_never_plan_a_departure_later_than_history_shows(seed: int) -> None:
+    # Cautious: by any time t, the points say at least as many EVs have left as the samples do.
+    rng = np.random.default_rng(seed)
+    samples = np.sort(NOW.timestamp() + rng.lognormal(1.5, 0.6, int(rng.integers(1, 400))) * 3600.0)
+    times, weights = departure_points(samples)
+    assert len(times) <= POINTS and times == sorted(times) and sum(weights) == pytest.approx(1.0)
+    assert times[0] <= samples[0] and times[-1] <= samples[-1]
+    planned = np.cumsum(weights)
+    for t in samples:
+        seen = np.searchsorted(samples, t, side="right") / len(samples)
+        assert planned[np.searchsorted(times, t, side="right") - 1] >= seen - 1e-9
 
 
 def test_an_announced_departure_is_spread_by_how_early_evs_left_against_theirs() -> None:
@@ -192,3 +220,34 @@ def test_an_announced_departure_is_spread_by_how_early_evs_left_against_theirs()
     assert got is not None
     expect = sorted((ann - timedelta(hours=h)).timestamp() for h in (-1.0, 0.0, 0.5, 1.0, 2.0))
     np.testing.assert_allclose(got, expect)
+
+
+def test_a_new_site_plans_unannounced_evs_against_what_the_others_announced() -> None:
+    # No session has ended yet: an EV that says nothing would be planned as leaving any minute
+    # (as soon as possible) with a default need. Five EVs that came at the same hour announced
+    # 9-11-h stays and 30-38 kWh.
+    fc = planning_forecaster()
+    arr = NOW - timedelta(hours=1)
+    assert fc.departure_samples(SITE, arr, None) is None
+    stays, needs = [9, 10, 10, 11, 9.5], [30.0, 32.0, 34.0, 36.0, 38.0]
+    for i, (h, kwh) in enumerate(zip(stays, needs, strict=True)):
+        fc.note_present(SITE, ("peer", i), arr, arr + timedelta(hours=h), kwh)
+    fc.note_present(SITE, ("peer", 0), arr, arr + timedelta(hours=9), 30.0)  # seen again: counted once
+    got = fc.departure_samples(SITE, arr, None)
+    assert got is not None
+    np.testing.assert_allclose(got, sorted((arr + timedelta(hours=h)).timestamp() for h in stays))
+    # Planned as early as an announcement is (90 min before the announced stays, no history yet).
+    margin = fc.departure_samples(SITE, arr, None, peer_margin=ANNOUNCED_MARGIN)
+    assert margin is not None
+    np.testing.assert_allclose(margin, got - ANNOUNCED_MARGIN.total_seconds())
+    slot = slot_input(view(), KEY, make_grid(NOW, 24 * 3600.0), NOW, fc, SITE)
+    latest = arr + timedelta(hours=11) - ANNOUNCED_MARGIN  # the plan ends at the last whole step before it
+    assert latest - timedelta(hours=1) <= last_connected(slot) <= latest
+    assert slot.target_energy_kwh == pytest.approx(float(np.quantile(needs, 0.9)))
+    # Once sessions have ended, their stays and needs are what counts.
+    for day in range(MIN_SAMPLES):
+        a = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
+        fc.observe(SITE, a, a + timedelta(hours=2), 20.0, None)
+    got = fc.departure_samples(SITE, arr, None)
+    assert got is not None and max(got) == pytest.approx((arr + timedelta(hours=2)).timestamp())
+    assert fc.forecast(SITE, arr, NOW).energy_kwh == pytest.approx(20.0)
