@@ -22,7 +22,7 @@ FloatArr = NDArray[np.float64]
 
 MIN_SAMPLES = 5  # fewer sessions in an hour bucket than this and the site-wide figure is used
 NEAR_HOURS = 3  # how far from an arrival hour with too little history to look for similar sessions
-# Announced stays of EVs present, kept per (site, arrival hour) for a new site (the newest this many).
+# Stays and needs announced by EVs present, kept per (site, arrival hour) for a new site (the newest this many).
 PEERS_KEPT = 200
 OVERSTAY_EXTENSION = timedelta(minutes=30)
 DUE_EXTENSION = timedelta(minutes=15)
@@ -91,6 +91,13 @@ class SessionForecaster:
             self._cache.clear()
             self._picked.clear()
 
+    def _peer_dwells(self, site: str, hour: int, margin: timedelta) -> list[float]:
+        """Stays announced by EVs present that arrived near ``hour`` (never the whole site's: a
+        surprise visit at noon is not planned like the depot's evening vans), ``margin`` shorter."""
+        stays, _ = self._similar(self._peer_lists(self._peer_stays, site), site, hour, site_wide=False)
+        cut = margin.total_seconds() / 3600.0
+        return [max(h - cut, 0.0) for h in stays]
+
     def _peer_lists(self, table: dict[tuple[str, int], dict[object, float]],
                     site: str) -> dict[tuple[str, int], list[float]]:
         return {key: list(vals.values()) for key, vals in table.items() if key[0] == site}
@@ -124,9 +131,7 @@ class SessionForecaster:
         dwell = self._sorted(("dwell", site, hour), lambda: self._similar(self._dwell, site, hour)[0])
         if len(dwell) < MIN_SAMPLES:
             # A new site: what the EVs plugged in now announced (noisy, but the stays of this site).
-            dwell = self._sorted(("peers", site, hour, peer_margin), lambda: np.maximum(np.asarray(self._similar(
-                self._peer_lists(self._peer_stays, site), site, hour, site_wide=False)[0], dtype=float)
-                - peer_margin.total_seconds() / 3600.0, 0.0).tolist())
+            dwell = self._sorted(("peers", site, hour, peer_margin), lambda: self._peer_dwells(site, hour, peer_margin))
         if len(dwell) < MIN_SAMPLES:
             return None
         return arrival.timestamp() + dwell * 3600.0
