@@ -1,7 +1,7 @@
 """The MPC's design choices measured against each other on the evaluator's episodes.
 
     .venv/bin/python bench/mpc_variants.py --site workplace --days 20 --seed 1
-        [--scenarios merged|lower|fine|mid|off] [--departure-points K]
+        [--scenarios merged|lower|fine|mid|off] [--departure-points K] [--reveal-weight W]
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
@@ -14,6 +14,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   at their lower edges: six (``lower``: 5 % at the earliest, 10 % at the 5th percentile, 20 % each at
   the 15th, 35th and 55th, 25 % at the 75th, where the plan ends) or eleven narrower ones (``fine``),
   or the six buckets' middles (``mid``); ``off``: one believed departure.
+- ``--reveal-weight``: the price (share of the unmet price) of a guessed need not in by two thirds
+  of the way to the earliest departure (``slots.REVEAL_WEIGHT``, 0.02; 0: off).
 - ``--peak-floor``: the peak the MPC may reach at no demand charge. ``oracle``: the optimum's peak of
   the same day (what knowing the day's arrivals is worth, not something a gateway can know);
   ``learned``: the median of the optimum's peaks of the last five days of the same kind (weekday
@@ -22,7 +24,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - ``--arrivals``: plan the EVs expected to arrive (``gateway/scheduler/arrivals.py``) or not;
   ``--arrival-scale``: plan that many times the count the MPC plans for (``arrivals.PLANNED_SHARE``
   of the expected count).
-- ``--need-quantile``: the quantile of past needs an EV that announced none is planned for (0.9).
+- ``--need-quantile``: the quantile of past needs an EV that announced none is planned for
+  (``forecast.PLANNED_NEED_QUANTILE``, 0.75; 0.9 until this version).
 - ``--plan-penalty``: the unmet-energy price the MPC plans with (it is scored at 5/kWh all the same).
 - ``--building-forecast``: what the MPC plans the building with: ``learned`` (the profile learned
   from the readings, the default), ``ems`` (the episode's day-ahead forecast, as a building energy
@@ -42,6 +45,7 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -53,7 +57,7 @@ import highspy
 import numpy as np
 from benchlib import episode_parser
 
-from gateway.scheduler import arrivals, departure_points, slots
+from gateway.scheduler import arrivals, departure_points, policies, slots
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
@@ -89,6 +93,10 @@ def use_quantile_buckets(buckets: tuple[tuple[float, float], ...]) -> None:
                                weights=[merged[t] for t in ts])
 
     slots.departure_scenarios = scenarios  # type: ignore[assignment]
+
+
+def use_reveal_weight(weight: float) -> None:
+    policies.SlotRules = functools.partial(slots.SlotRules, reveal_weight=weight)  # type: ignore[misc]
 
 
 def use_departure_points(points: int) -> None:
@@ -234,6 +242,8 @@ def print_short(runs: Any) -> None:
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
+    ap.add_argument("--reveal-weight", type=float, default=None,
+                    help="price share of a guessed need not in two thirds of the way (the code's: 0.02)")
     ap.add_argument("--departure-points", type=int, default=None,
                     help="with --scenarios merged: the most points per departure spread (the code's: 6)")
     ap.add_argument("--peak-floor", choices=("none", "oracle", "learned"), default="none")
@@ -265,6 +275,8 @@ def main() -> None:
         use_oracle_building()
     if a.plan_penalty is not None:
         use_plan_penalty(a.plan_penalty)
+    if a.reveal_weight is not None:
+        use_reveal_weight(a.reveal_weight)
     if a.scenarios in QUANTILE_SCENARIOS:
         use_quantile_buckets(QUANTILE_SCENARIOS[a.scenarios])
     elif a.departure_points is not None:
@@ -286,7 +298,7 @@ def main() -> None:
     keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")
     print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
-                      "departure_points": a.departure_points,
+                      "departure_points": a.departure_points, "reveal_weight": a.reveal_weight,
                       "peak_floor": a.peak_floor, "solver": a.solver, "arrivals": a.arrivals,
                       "arrival_scale": a.arrival_scale, "need_quantile": a.need_quantile,
                       "oracle_needs": a.oracle_needs, "oracle_building": building == "oracle",

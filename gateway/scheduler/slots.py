@@ -39,6 +39,15 @@ Key = tuple[str, int]
 TOPUP_KWH = 5.0
 # Plan to finish this long before an announced departure until history shows how late EVs announce.
 ANNOUNCED_MARGIN = timedelta(minutes=90)
+# A need the gateway guessed (the EV and driver told none) is learned only when the EV stops
+# taking energy. Spread to the departure, it shows at the end: too late for an EV that needs more,
+# and the night's peak was set for energy most EVs never take (the guess is a high percentile).
+# So the plan is asked, at a small price per kWh short (this share of the unmet price), to have
+# the guess in by this share of the way to the earliest possible departure: the EVs that need less
+# show it early, those that need more still have the rest of the stay. Measured:
+# docs/benchmarks-scheduler.md ("A guessed need, wanted early").
+REVEAL_WEIGHT = 0.02
+REVEAL_AT = 2.0 / 3.0
 # Charge-now: the shortest deadline planned, so a nearly full EV still gets a few steps.
 CHARGE_NOW_MIN = timedelta(minutes=15)
 
@@ -81,6 +90,9 @@ class SlotRules:
     # Plan against the spread of departures that history shows (a shortfall priced at each by its
     # probability) instead of one cautious believed departure, once there is history.
     departure_scenarios: bool = True
+    # The price (share of the unmet price) of a guessed need not in by REVEAL_AT of the way to the
+    # earliest departure; 0: none.
+    reveal_weight: float = REVEAL_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,17 @@ def departure_scenarios(samples: FloatArr | None, now: datetime) -> Scenarios | 
         return None
     times, weights = departure_points(left)
     return Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in times], weights=weights)
+
+
+def reveal_step(grid: TimeGrid, now: datetime, connected: np.ndarray,
+                early: tuple[tuple[int, float, float], ...]) -> int:
+    """The step by whose end a guessed need is wanted (:data:`REVEAL_AT` of the way to the
+    earliest possible departure, or to the plan's end without a spread)."""
+    ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
+    last = int(np.flatnonzero(connected)[-1])
+    first = ends[early[0][0]] if early else ends[last]
+    at = now.timestamp() + REVEAL_AT * (first - now.timestamp())
+    return min(max(int(np.searchsorted(ends, at, side="right")) - 1, 0), last)
 
 
 def empty_slot(key: Key, n: int, max_charge_kw: float = 0.0) -> SlotInput:
@@ -185,6 +208,10 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
             for t, w in zip(scen.times[:-1], scen.weights[:-1], strict=True) if t < grid.end()
         )
         main_weight = 1.0 - sum(w for _, _, w in early)
+    if (rules.reveal_weight > 0 and v.need_kwh is None and not v.charge_now and connected.any()
+            and target > e_now + 1e-6):
+        reveal = (reveal_step(grid, now, connected, early), target, rules.reveal_weight)
+        early = tuple(sorted((*early, reveal)))
     min_c = 0.0
     if v.fixed_kw is not None:
         # The charger draws more than it was told: plan its measured draw as fixed so the other

@@ -15,10 +15,17 @@ from gateway.config import Settings
 from gateway.domain import ChargeMode, EvNeeds, EvseSpec, Preferences
 from gateway.scheduler import live_inputs
 from gateway.scheduler.departure_points import BIN_S, POINTS, departure_points
-from gateway.scheduler.forecast import MIN_SAMPLES, SessionForecaster, planning_forecaster
+from gateway.scheduler.forecast import MIN_SAMPLES, PLANNED_NEED_QUANTILE, SessionForecaster, planning_forecaster
 from gateway.scheduler.policies import Mpc
 from gateway.scheduler.problem import SlotInput, make_grid
-from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, departure_scenarios, slot_input
+from gateway.scheduler.slots import (
+    ANNOUNCED_MARGIN,
+    REVEAL_WEIGHT,
+    SessionView,
+    SlotRules,
+    departure_scenarios,
+    slot_input,
+)
 from gateway.state import SiteState
 
 NOW = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
@@ -155,7 +162,7 @@ def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
     for day, dwell in enumerate([3, 5, 6, 7, 8, 8, 9, 9, 9, 10]):  # EVs arriving at 08:00
         arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
         fc.observe(SITE, arr, arr + timedelta(hours=dwell), 30.0, None)
-    slot = slot_input(view(), KEY, grid, NOW, fc, SITE)
+    slot = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(reveal_weight=0.0))
     # Still here at 09:00 (plugged in at 08:00): the 3-h dwell is possible, the 10-h one is the end.
     assert slot.early_targets and slot.early_targets[0][2] >= 0.05
     ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
@@ -164,7 +171,7 @@ def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
     assert sum(w for _, _, w in slot.early_targets) + slot.unmet_weight == pytest.approx(1.0)
     assert last_connected(slot) <= NOW - timedelta(hours=1) + timedelta(hours=10)
     # Without the spread (rule off), one deadline carries the whole price.
-    single = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(departure_scenarios=False))
+    single = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(departure_scenarios=False, reveal_weight=0.0))
     assert single.early_targets == () and single.unmet_weight == 1.0
 
 
@@ -243,7 +250,7 @@ def test_a_new_site_plans_unannounced_evs_against_what_the_others_announced() ->
     slot = slot_input(view(), KEY, make_grid(NOW, 24 * 3600.0), NOW, fc, SITE)
     latest = arr + timedelta(hours=11) - ANNOUNCED_MARGIN  # the plan ends at the last whole step before it
     assert latest - timedelta(hours=1) <= last_connected(slot) <= latest
-    assert slot.target_energy_kwh == pytest.approx(float(np.quantile(needs, 0.9)))
+    assert slot.target_energy_kwh == pytest.approx(float(np.quantile(needs, PLANNED_NEED_QUANTILE)))
     # Once sessions have ended, their stays and needs are what counts.
     for day in range(MIN_SAMPLES):
         a = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
@@ -251,3 +258,27 @@ def test_a_new_site_plans_unannounced_evs_against_what_the_others_announced() ->
     got = fc.departure_samples(SITE, arr, None)
     assert got is not None and max(got) == pytest.approx((arr + timedelta(hours=2)).timestamp())
     assert fc.forecast(SITE, arr, NOW).energy_kwh == pytest.approx(20.0)
+
+
+def test_a_guessed_need_is_wanted_two_thirds_of_the_way_to_the_earliest_departure() -> None:
+    # The EV told no need: the plan is asked to have the guess in early (at a small price), so an
+    # EV that needs less shows it while an EV that needs more still has time.
+    grid = make_grid(NOW, 24 * 3600.0)
+    fc = planning_forecaster()
+    for day, dwell in enumerate([4, 5, 6, 7, 8, 8, 9, 9, 9, 10]):  # EVs arriving at 08:00
+        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
+        fc.observe(SITE, arr, arr + timedelta(hours=dwell), 30.0, None)
+    off = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(reveal_weight=0.0))
+    slot = slot_input(view(), KEY, grid, NOW, fc, SITE)
+    added = sorted(set(slot.early_targets) - set(off.early_targets))
+    assert len(added) == 1 and len(slot.early_targets) == len(off.early_targets) + 1
+    step, target, weight = added[0]
+    assert weight == REVEAL_WEIGHT and target == off.target_energy_kwh
+    # The earliest departure is 12:00 (a 4-h stay from 08:00): two thirds of the way from 09:00.
+    ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
+    assert ends[step] <= NOW + timedelta(hours=2) < ends[step + 1]
+    assert slot.unmet_weight == off.unmet_weight  # the departure's own price is unchanged
+    # A need the EV or driver told, or an EV that stopped taking energy: nothing is guessed.
+    told = slot_input(view(need_kwh=30.0), KEY, grid, NOW, fc, SITE)
+    assert all(w != REVEAL_WEIGHT for _, _, w in told.early_targets)
+    assert slot_input(view(full=True), KEY, grid, NOW, fc, SITE).early_targets == ()
