@@ -1,6 +1,7 @@
 """What the planner assumes about an EV until the EV or its driver says: departure and energy need.
 
-History is kept per (site, arrival hour): the dwell and the energy asked of completed sessions.
+History is kept per (site, arrival hour): the dwell and the energy asked of completed sessions
+(and, for a new site until sessions have ended, the stays and needs EVs present announced).
 A forecast uses the median of the same arrival hour when that hour has enough sessions, else the
 site's median, else the configured defaults. An EV still plugged in after its forecast departure
 is assumed to stay a little longer (a rolling extension) rather than to have left.
@@ -70,8 +71,9 @@ class SessionForecaster:
                      need_kwh: float | None) -> None:
         """What an EV plugged in now told (ISO 15118 or its driver): when it leaves, how much it
         needs. Until enough sessions have ended at the site, the stays and needs its EVs announce
-        are the best guess for the ones that say nothing: far better than "leaving any minute,
-        20 kWh" for a depot's first night, which charged every such van at the evening's price."""
+        are the guess for the ones that say nothing, instead of "leaving any minute, 20 kWh",
+        which charged every such van of a depot's first night at the evening's price (measured:
+        docs/benchmarks-scheduler.md, "A spread cut to its points")."""
         hour = self._hour(arrival)
         changed = False
         for table, value in ((self._peer_stays, None if departure is None else
@@ -194,9 +196,10 @@ PLANNED_NEED_QUANTILE = 0.75
 
 def planning_forecaster(default_energy_kwh: float = 20.0) -> SessionForecaster:
     """The forecaster the MPC plans with, live and offline: unknown EVs are planned for a short
-    stay and a large need (before any history: as leaving now, i.e. as soon as possible on a
-    rolling half hour), because leaving early with too little costs the unmet-energy price while
-    charging a little earlier than needed costs a few cents."""
+    stay and a large need (before any session has ended: from what the EVs present announced;
+    with nothing announced either, as leaving now, i.e. as soon as possible on a rolling half
+    hour), because leaving early with too little costs the unmet-energy price while charging a
+    little earlier than needed costs a few cents."""
     return SessionForecaster(dwell_quantile=0.05, energy_quantile=PLANNED_NEED_QUANTILE, default_dwell_h=0.0,
                              default_energy_kwh=default_energy_kwh)
 

@@ -40,6 +40,15 @@ def view(**changes: object) -> SessionView:
     return replace(v, **changes)  # type: ignore[arg-type]
 
 
+def morning_history(dwells_h: list[float]) -> SessionForecaster:
+    """The planning forecaster after sessions that arrived at 08:00 on past days and stayed so long."""
+    fc = planning_forecaster()
+    for day, dwell in enumerate(dwells_h):
+        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
+        fc.observe(SITE, arr, arr + timedelta(hours=dwell), 30.0, None)
+    return fc
+
+
 def last_connected(slot: SlotInput, grid_start: datetime = NOW) -> datetime:
     grid = make_grid(grid_start, 24 * 3600.0)
     ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
@@ -158,10 +167,7 @@ def test_the_default_rules_are_the_ones_the_evaluator_uses() -> None:
 
 def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
     grid = make_grid(NOW, 24 * 3600.0)
-    fc = planning_forecaster()
-    for day, dwell in enumerate([3, 5, 6, 7, 8, 8, 9, 9, 9, 10]):  # EVs arriving at 08:00
-        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
-        fc.observe(SITE, arr, arr + timedelta(hours=dwell), 30.0, None)
+    fc = morning_history([3, 5, 6, 7, 8, 8, 9, 9, 9, 10])
     slot = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(reveal_weight=0.0))
     # Still here at 09:00 (plugged in at 08:00): the 3-h dwell is possible, the 10-h one is the end.
     assert slot.early_targets and slot.early_targets[0][2] >= 0.05
@@ -264,10 +270,7 @@ def test_a_guessed_need_is_wanted_two_thirds_of_the_way_to_the_earliest_departur
     # The EV told no need: the plan is asked to have the guess in early (at a small price), so an
     # EV that needs less shows it while an EV that needs more still has time.
     grid = make_grid(NOW, 24 * 3600.0)
-    fc = planning_forecaster()
-    for day, dwell in enumerate([4, 5, 6, 7, 8, 8, 9, 9, 9, 10]):  # EVs arriving at 08:00
-        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
-        fc.observe(SITE, arr, arr + timedelta(hours=dwell), 30.0, None)
+    fc = morning_history([4, 5, 6, 7, 8, 8, 9, 9, 9, 10])
     off = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(reveal_weight=0.0))
     slot = slot_input(view(), KEY, grid, NOW, fc, SITE)
     added = sorted(set(slot.early_targets) - set(off.early_targets))
