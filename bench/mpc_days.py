@@ -1,5 +1,6 @@
 """Where in the day the MPC's peak comes from: per day, its highest import against the optimum's,
-and both days' highest import in each hour from 06 h to 19 h.
+and both days' highest import in each hour of the episode, in its order (a workplace day from
+00 h, a depot's from noon to noon).
 
     .venv/bin/python bench/mpc_days.py --site workplace --days 8 --seed 1 [--exact]
 
@@ -16,8 +17,6 @@ from benchlib import episode_parser
 
 from gateway.scheduler import evaluate as ev
 
-HOURS = range(6, 20)
-
 
 def main() -> None:
     a = episode_parser(__doc__, days=8).parse_args()
@@ -30,9 +29,11 @@ def main() -> None:
         row: dict[str, object] = {"day": day, "weekday": pair["mpc"].times[0].weekday()}
         for name, run in pair.items():
             hours = np.array([t.hour for t in run.times])
+            order = list(dict.fromkeys(int(h) for h in hours))  # the episode's hours, in its order
             row[f"{name}_peak_kw"] = round(float(run.net_kw.max()), 1)
             row[f"{name}_peak_at"] = run.times[int(run.net_kw.argmax())].strftime("%H:%M")
-            row[f"{name}_hourly_max_kw"] = [round(float(run.net_kw[hours == h].max(initial=0.0))) for h in HOURS]
+            row[f"{name}_hourly_max_kw"] = [round(float(run.net_kw[hours == h].max(initial=0.0))) for h in order]
+            row["hours"] = order
         row["mpc_shortfall_kwh"] = round(float(pair["mpc"].metrics["shortfall_kwh"]), 1)
         print(json.dumps(row))
 
