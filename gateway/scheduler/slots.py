@@ -116,15 +116,17 @@ def departure_scenarios(samples: FloatArr | None, now: datetime) -> Scenarios | 
     return Scenarios(times=[datetime.fromtimestamp(t, tz=now.tzinfo) for t in times], weights=weights)
 
 
-def reveal_step(grid: TimeGrid, now: datetime, connected: np.ndarray,
-                early: tuple[tuple[int, float, float], ...]) -> int:
+def step_ending_by(ends: FloatArr, t: float, last: int) -> int:
+    """The last whole step (of those ending at ``ends``, POSIX seconds) ending by ``t``, within
+    [0, ``last``]: the energy an EV leaves with at ``t`` is the energy at that step's end."""
+    return min(max(int(np.searchsorted(ends, t, side="right")) - 1, 0), last)
+
+
+def reveal_step(ends: FloatArr, now: datetime, last: int, early: tuple[tuple[int, float, float], ...]) -> int:
     """The step by whose end a guessed need is wanted (:data:`REVEAL_AT` of the way to the
     earliest possible departure, or to the plan's end without a spread)."""
-    ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
-    last = int(np.flatnonzero(connected)[-1])
     first = ends[early[0][0]] if early else ends[last]
-    at = now.timestamp() + REVEAL_AT * (first - now.timestamp())
-    return min(max(int(np.searchsorted(ends, at, side="right")) - 1, 0), last)
+    return step_ending_by(ends, now.timestamp() + REVEAL_AT * (first - now.timestamp()), last)
 
 
 def empty_slot(key: Key, n: int, max_charge_kw: float = 0.0) -> SlotInput:
@@ -197,20 +199,19 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
     connected = connected_mask(grid, dep)
     early: tuple[tuple[int, float, float], ...] = ()
     main_weight = 1.0
+    last = int(np.flatnonzero(connected)[-1]) if connected.any() else 0
+    ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
     if scen is not None and len(scen.times) > 1:
         # A shortfall at each earlier possible departure, priced by its probability; the last
         # (the connected mask's end) carries the rest.
-        last = int(np.flatnonzero(connected)[-1]) if connected.any() else 0
-        ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
-        # The energy the EV leaves with at ``t`` is the energy at the end of the last whole step before it.
         early = tuple(
-            (min(max(int(np.searchsorted(ends, t.timestamp(), side="right")) - 1, 0), last), full_target, w)
+            (step_ending_by(ends, t.timestamp(), last), full_target, w)
             for t, w in zip(scen.times[:-1], scen.weights[:-1], strict=True) if t < grid.end()
         )
         main_weight = 1.0 - sum(w for _, _, w in early)
     if (rules.reveal_weight > 0 and v.need_kwh is None and not v.charge_now and connected.any()
             and target > e_now + 1e-6):
-        reveal = (reveal_step(grid, now, connected, early), target, rules.reveal_weight)
+        reveal = (reveal_step(ends, now, last, early), target, rules.reveal_weight)
         early = tuple(sorted((*early, reveal)))
     min_c = 0.0
     if v.fixed_kw is not None:
