@@ -70,6 +70,9 @@ class Fleet:
         self.results: dict[str, EvResult] = {}
         self.booted = asyncio.Event()  # every station has booted
         self.peak_import_kw = 0.0
+        # When the peak was sampled and what each station drew then: a site-limit excess says who.
+        self.peak_import_at: datetime | None = None
+        self.peak_import_stations: dict[str, float] = {}
         self.peak_export_kw = 0.0
         self.peak_import_15min_kw = 0.0
         self.import_kwh = 0.0
@@ -193,7 +196,11 @@ class Fleet:
             now = self.clock.now()
             kw = self.site_import_kw(now)
             self.samples += 1
-            self.peak_import_kw = max(self.peak_import_kw, kw)
+            if kw > self.peak_import_kw:
+                self.peak_import_kw = kw
+                self.peak_import_at = now
+                self.peak_import_stations = {sid: round(s.power_kw, 3) for sid, s in self.stations.items()
+                                             if abs(s.power_kw) > 1e-6}
             self.peak_export_kw = max(self.peak_export_kw, -kw)
             self.import_kwh += max(kw, 0.0) * self.sample_interval_s / 3600.0
             window = int(now.timestamp() // DEMAND_WINDOW_S)
@@ -257,6 +264,8 @@ class Fleet:
             "evs": evs,
             "site": {
                 "peak_import_kw": round(self.peak_import_kw, 3),
+                "peak_import_at": to_rfc3339(self.peak_import_at) if self.peak_import_at else None,
+                "peak_import_stations_kw": self.peak_import_stations,
                 "peak_import_15min_kw": round(self.peak_import_15min_kw, 3),
                 "peak_export_kw": round(max(self.peak_export_kw, 0.0), 3),
                 "limit_kw": self.episode.limits.import_kw,

@@ -34,7 +34,12 @@ class StationClock(Clock):
     def set_time(self, current: datetime, sent_at_base: datetime) -> None:
         """Adopt ``current`` as the time at the midpoint of the round trip begun at ``sent_at_base``."""
         received = self.base.now()
-        midpoint = sent_at_base + (received - sent_at_base) / 2
+        half_trip = (received - sent_at_base) / 2
+        midpoint = sent_at_base + half_trip
         offset = utc(current) - midpoint
-        if abs((offset - self.offset).total_seconds()) >= self.min_step_s:
+        # The CSMS read ``current`` somewhere in the round trip, so the true offset lies within half
+        # the trip of this estimate: a clock already that close is kept, or a slow answer would set it
+        # wrong by up to half the trip (simulated minutes at a high time scale).
+        change = abs((offset - self.offset).total_seconds())
+        if change >= max(self.min_step_s, half_trip.total_seconds()):
             self.offset = offset

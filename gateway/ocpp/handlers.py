@@ -129,7 +129,10 @@ class Handlers:
         if status == "Accepted":
             self._bus.publish(ev.StationBooted(now, ctx.station_id))
         interval = self._settings.heartbeat_interval_s if status == "Accepted" else PENDING_RETRY_INTERVAL_S
-        return {"currentTime": to_rfc3339(now), "interval": interval, "status": status}
+        # B01: currentTime is the time as the CSMS answers, read after the boot is stored: a station
+        # sets its clock from it, and a time read before a slow write would set it behind by that write
+        # (at a high --time-scale, by simulated minutes, enough to shift its profiles against its peers').
+        return {"currentTime": to_rfc3339(self._now()), "interval": interval, "status": status}
 
     async def heartbeat(self, ctx: StationContext, p: Payload) -> Payload:
         now = self._now()
