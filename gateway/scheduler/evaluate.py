@@ -52,6 +52,7 @@ from gateway.scheduler.policies import (
     check_building_forecast,
 )
 from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
+from gateway.scheduler.slots import MIN_DRAW_KW, DrawSeen
 
 STEP_S = 300.0
 FULLY_SERVED_TOLERANCE_KWH = 0.5
@@ -72,11 +73,13 @@ class EvTruth:
     e0: float
     stop: float  # the EV stops charging here
     reserve: float
-    max_charge_kw: float
+    max_charge_kw: float  # EV and EVSE together: what physics allows
     max_discharge_kw: float
     requested: float
     deliverable: float
+    evse_max_kw: float = 0.0  # what the gateway knows of the power of an EV that does not tell its own
     energy: float = 0.0
+    drawn: DrawSeen = field(default_factory=DrawSeen)  # what it drew against what it was offered
     curve: list[float] = field(default_factory=list)
 
 
@@ -109,7 +112,8 @@ def truths(ep: Episode) -> list[EvTruth]:
         deliverable = min(req, stop - e0, kw * a.eff_charge * h * max(last - first, 0))
         out.append(EvTruth(arrival=a, key=spec.key, first=first, last=last, e0=e0, stop=stop,
                            reserve=a.reserve_soc * a.capacity_kwh, max_charge_kw=kw, max_discharge_kw=dis,
-                           requested=req, deliverable=max(deliverable, 0.0), energy=e0))
+                           requested=req, deliverable=max(deliverable, 0.0), evse_max_kw=spec.max_charge_kw,
+                           energy=e0))
     return out
 
 
@@ -126,6 +130,17 @@ def _known_need(t: EvTruth) -> float | None:
     return t.requested if a.iso15118 or told else None
 
 
+def known_max_kw(t: EvTruth, known: bool) -> float:
+    """The charging power the gateway believes ``t`` can take. Live, it knows an EV's own limit
+    only when ISO 15118 tells it; otherwise the EVSE's rating, until the EV has drawn clearly less
+    than it was offered (:class:`gateway.scheduler.slots.DrawSeen`)."""
+    if known:
+        return t.max_charge_kw
+    evse = max(t.evse_max_kw, t.max_charge_kw)
+    seen = t.drawn.limit_kw()
+    return evse if seen is None else min(evse, max(seen, MIN_DRAW_KW))
+
+
 def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
     a = t.arrival
     nc = a.need_change
@@ -139,7 +154,7 @@ def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
         departure, need = a.departure, t.requested
     known = a.iso15118 or exact
     return View(
-        key=t.key, arrival=a.arrival, delivered_kwh=t.energy - t.e0, max_charge_kw=t.max_charge_kw,
+        key=t.key, arrival=a.arrival, delivered_kwh=t.energy - t.e0, max_charge_kw=known_max_kw(t, known),
         max_discharge_kw=t.max_discharge_kw, eff_charge=a.eff_charge, eff_discharge=a.eff_discharge,
         full=t.energy >= t.stop - 1e-6, departure=departure,
         energy_kwh=t.energy if known else None, capacity_kwh=a.capacity_kwh if known else None,
@@ -238,8 +253,10 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
             kw = setpoints.get(k, 0.0)
             a = t.arrival
             if kw > 0:
+                offered = min(kw, max(t.evse_max_kw, t.max_charge_kw))
                 kw = min(kw, t.max_charge_kw, max(t.stop - t.energy, 0.0) / (a.eff_charge * h))
                 t.energy += kw * a.eff_charge * h
+                t.drawn.note(kw, offered)
             elif kw < 0:
                 kw = -min(-kw, t.max_discharge_kw, max(t.energy - t.reserve, 0.0) * a.eff_discharge / h)
                 t.energy += kw / a.eff_discharge * h

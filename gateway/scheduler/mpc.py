@@ -41,6 +41,7 @@ from gateway.scheduler.forecast import SessionForecaster
 from gateway.scheduler.peak_price import KEEP_DAYS as PEAK_KEEP_DAYS
 from gateway.scheduler.peak_price import DoneSession, NeededPeaks
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, greedy_fallback
+from gateway.scheduler.slots import DrawSeen
 from gateway.state import CompletedSession
 
 if TYPE_CHECKING:
@@ -54,6 +55,9 @@ STOP_WAIT_S = 5.0
 # chargingState of an EV that does not take the energy its EVSE offers (OCPP 2.0.1: full, or
 # holding at its own charge limit).
 SUSPENDED_EV = "SuspendedEV"
+# A limit must have been in force this long before a meter reading for a lower draw to count as
+# the EV's own limit (slots.DrawSeen): a car takes a moment to follow a rise.
+DRAW_SETTLE = timedelta(minutes=2)
 # An EV planned as full is offered energy again after this long (simulated), in case it only paused.
 FULL_RECHECK = timedelta(hours=2)
 # A charger counts as ignoring its limit only if it draws more than every limit it had over this
@@ -133,6 +137,9 @@ class MpcScheduler:
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
         # needs change, or after FULL_RECHECK.
         self.full: dict[str, datetime] = {}
+        # What each session's EV drew against the limit in force (transaction id): an EV that does
+        # not tell its own power limit is planned at the EVSE's rating until it shows a lower one.
+        self._drawn: dict[str, DrawSeen] = {}
 
     def observe(self, done: CompletedSession) -> None:
         name = self.settings.site.name
@@ -301,6 +308,7 @@ class MpcScheduler:
             self._sent.pop(key, None)
             self._accepted.pop(key, None)
             self._read.pop(event.transaction_id, None)
+            self._drawn.pop(event.transaction_id, None)
             self.full.pop(event.transaction_id, None)
             for done in self.gw.state.take_completed():
                 self.observe(done)
@@ -463,6 +471,13 @@ class MpcScheduler:
     def _note_reading(self, event: ev.SessionUpdated) -> None:
         """A new meter reading when the energy or SoC moved, or nothing flows (an event that only
         repeats the last reading while power flows is no news)."""
+        if event.power_kw is not None and event.power_kw >= 0:
+            # Offered: the lowest limit in force over the last DRAW_SETTLE, so an EV still ramping
+            # up to a limit that has just risen is not taken for one that cannot draw more.
+            lims = [lim for _, lim in self._limits_kw((event.station_id, event.evse_id), event.at - DRAW_SETTLE,
+                                                      event.at)]
+            offered = None if not lims or None in lims else min(lim for lim in lims if lim is not None)
+            self._drawn.setdefault(event.transaction_id, DrawSeen()).note(event.power_kw, offered)
         if event.energy_in_kwh is None:
             return  # MeterValues: power and SoC without the transaction's energy registers
         values = (event.energy_in_kwh, event.energy_out_kwh, event.soc)
@@ -480,8 +495,10 @@ class MpcScheduler:
             limits: tuple[tuple[datetime, float | None], ...] = ()
             if read_at is not None and read_at < now:
                 limits = tuple(self._limits_kw(s.key, max(read_at, now - live_inputs.EXTRAPOLATE_MAX), now))
+            drawn = self._drawn.get(s.transaction_id)
             out[s.transaction_id] = live_inputs.Observed(full=s.transaction_id in full, read_at=read_at,
-                                                         limits=limits)
+                                                         limits=limits,
+                                                         ev_max_kw=drawn.limit_kw() if drawn is not None else None)
         return out
 
     def _full_sessions(self, now: datetime) -> set[str]:

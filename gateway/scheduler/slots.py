@@ -76,6 +76,31 @@ class SessionView:
     departure_firm: bool = False
 
 
+# An EV drawing at least this much less than it is offered shows its own power limit (AC EVs
+# that say nothing of themselves: the gateway knows only the EVSE's rating).
+EV_LIMIT_TOLERANCE_KW = 1.0
+MIN_DRAW_KW = 0.5  # below this the EV is paused or full (SuspendedEV), not limited
+
+
+@dataclass
+class DrawSeen:
+    """What an EV drew against what it was offered, live (meter values against the profile in
+    force) and offline alike. The plan assumes the EVSE's rating for an EV that does not tell its
+    own limit; a 7.4-kW car on a 22-kW EVSE planned at 22 kW leaves the rest of the site short and
+    itself behind. Once it has drawn clearly less than it was offered, its highest draw is its limit."""
+
+    max_kw: float = 0.0
+    limited_by_ev: bool = False
+
+    def note(self, drawn_kw: float, offered_kw: float | None) -> None:
+        self.max_kw = max(self.max_kw, drawn_kw)
+        if offered_kw is not None and drawn_kw > MIN_DRAW_KW and offered_kw - drawn_kw > EV_LIMIT_TOLERANCE_KW:
+            self.limited_by_ev = True
+
+    def limit_kw(self) -> float | None:
+        return self.max_kw if self.limited_by_ev else None
+
+
 @dataclass(frozen=True)
 class SlotRules:
     """The knobs of :func:`slot_input` (the same defaults live and offline)."""

@@ -306,6 +306,28 @@ async def test_a_draw_counts_as_ignoring_the_limit_only_above_every_recent_limit
     assert sched._highest_recent_limit_kw(key, t0 + timedelta(minutes=40) + NONCOMPLIANCE_WINDOW) == 0.0
 
 
+async def test_an_evs_own_power_limit_is_learned_from_its_draw_once_a_limit_has_settled(site: GatewayHarness) -> None:
+    from gateway import events as gev
+    from gateway.ocpp.profiles import Period, TxProfile
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    key, t0 = ("CS-P", 1), site.gw.clock.now()
+    # 3 kW for ten minutes, then 22 kW (the EVSE's rating).
+    prof = TxProfile("CS-P", 1, "TX-P", 7, 1, (Period(t0, 3000.0), Period(t0 + timedelta(minutes=10), 22000.0)),
+                     t0 + timedelta(hours=3))
+    sched._note_accepted(key, prof, t0)
+
+    def reading(minutes: float, kw: float) -> gev.SessionUpdated:
+        return gev.SessionUpdated(t0 + timedelta(minutes=minutes), "CS-P", 1, "TX-P", power_kw=kw)
+
+    sched._note_reading(reading(5, 2.9))  # held by its 3-kW limit
+    sched._note_reading(reading(11, 3.1))  # the limit rose a minute ago: the car may still be ramping
+    assert sched._drawn["TX-P"].limit_kw() is None
+    sched._note_reading(reading(15, 7.4))  # offered 22 kW for five minutes, takes 7.4: a 7.4-kW car
+    assert sched._drawn["TX-P"].limit_kw() == 7.4
+
+
 async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile(site: GatewayHarness) -> None:
     from gateway.domain import Plan, PlannedSession
     from gateway.ocpp import profiles

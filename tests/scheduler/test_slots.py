@@ -15,12 +15,14 @@ from gateway.config import Settings
 from gateway.domain import ChargeMode, EvNeeds, EvseSpec, Preferences
 from gateway.scheduler import live_inputs
 from gateway.scheduler.departure_points import BIN_S, POINTS, departure_points
+from gateway.scheduler.evaluate import EvTruth, known_max_kw
 from gateway.scheduler.forecast import MIN_SAMPLES, PLANNED_NEED_QUANTILE, SessionForecaster, planning_forecaster
 from gateway.scheduler.policies import Mpc
 from gateway.scheduler.problem import SlotInput, make_grid
 from gateway.scheduler.slots import (
     ANNOUNCED_MARGIN,
     REVEAL_WEIGHT,
+    DrawSeen,
     SessionView,
     SlotRules,
     departure_scenarios,
@@ -285,3 +287,37 @@ def test_a_guessed_need_is_wanted_two_thirds_of_the_way_to_the_earliest_departur
     told = slot_input(view(need_kwh=30.0), KEY, grid, NOW, fc, SITE)
     assert all(w != REVEAL_WEIGHT for _, _, w in told.early_targets)
     assert slot_input(view(full=True), KEY, grid, NOW, fc, SITE).early_targets == ()
+
+
+def test_an_ev_that_draws_less_than_it_is_offered_shows_its_own_limit() -> None:
+    seen = DrawSeen()
+    seen.note(6.0, None)  # no planned limit in force (the station's default): nothing learned
+    seen.note(7.2, 7.4)  # held by its limit: nothing learned
+    seen.note(0.1, 22.0)  # paused or full (SuspendedEV's business), not limited
+    assert seen.limit_kw() is None
+    seen.note(7.4, 22.0)  # offered 22 kW, took 7.4: a 7.4-kW car
+    assert seen.limit_kw() == 7.4
+    seen.note(3.0, 22.0)  # tapering near full: the highest draw still stands
+    assert seen.limit_kw() == 7.4
+
+
+def test_a_silent_ev_is_planned_at_the_evse_rating_until_its_draw_shows_less() -> None:
+    settings = Settings()
+    state = SiteState.from_settings(settings)
+    state.evses[KEY] = live_inputs.EvseState(EvseSpec("CS-1", 1, max_charge_kw=22.0))
+    state.apply(ev.SessionStarted(NOW - timedelta(hours=1), "CS-1", 1, "TX-1", None))
+    s = state.evses[KEY].session
+    assert s is not None
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.max_charge_kw == 22.0
+    shown = {"TX-1": live_inputs.Observed(ev_max_kw=7.4)}
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), observed=shown)[1][0]
+    assert slot.max_charge_kw == 7.4
+    # Offline the same: the evaluator's MPC sees the EVSE's rating for an EV that does not tell
+    # its own, and the EV's limit once it has drawn less than it was offered.
+    a = SimpleNamespace(iso15118=False)
+    t = EvTruth(arrival=a, key=KEY, first=0, last=10, e0=0.0, stop=30.0, reserve=0.0,  # type: ignore[arg-type]
+                max_charge_kw=7.4, max_discharge_kw=0.0, requested=30.0, deliverable=30.0, evse_max_kw=22.0)
+    assert known_max_kw(t, known=False) == 22.0 and known_max_kw(t, known=True) == 7.4
+    t.drawn.note(7.4, 22.0)
+    assert known_max_kw(t, known=False) == 7.4
