@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway.clock import ManualClock, parse_rfc3339
 from gateway.ocpp.handlers import NO_PKI
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.ocpp_client import RawStation
@@ -318,3 +319,30 @@ async def test_a_session_queued_offline_keeps_the_stations_start_and_end(
     await wait_for(started)
     s = gw.state.evse("CS-1", 1).session
     assert s is not None and s.started_at > datetime(2026, 7, 2, tzinfo=UTC)
+
+
+async def test_boot_current_time_is_read_as_the_gateway_answers(gateway_factory: Any) -> None:
+    """B01: a station sets its clock from currentTime, so it must be the time of the answer, not the
+    time the BootNotification arrived: a slow write of the boot in between (here one simulated
+    minute, as 0.07 s of real time is at 900x) would set the station's clock behind by that much."""
+    clock = ManualClock(datetime(2026, 7, 1, 8, tzinfo=UTC))
+    h = await gateway_factory(clock=clock)
+    assert h.gw is not None
+    repo = h.gw.handlers._stations
+    real_boot = repo.boot
+
+    async def slow_boot(station_id: str, payload: dict[str, Any], now: datetime) -> str:
+        status = await real_boot(station_id, payload, now)
+        clock.advance(60.0)  # the write took a (simulated) minute
+        return status
+
+    repo.boot = slow_boot  # type: ignore[method-assign]
+    await h.add_station("CS-1", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-1", PASSWORD)
+    try:
+        reply = await st.ok("BootNotification", {"reason": "PowerUp",
+                                                 "chargingStation": {"model": "M", "vendorName": "V"}})
+    finally:
+        await st.close()
+    assert reply["status"] == "Accepted"
+    assert parse_rfc3339(reply["currentTime"]) == clock.now()
