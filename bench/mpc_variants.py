@@ -239,6 +239,23 @@ def print_short(runs: Any) -> None:
                               "delivered_kwh": round(got, 1), "short_kwh": round(t.deliverable - got, 1)}))
 
 
+def print_days(runs: list[Any]) -> None:
+    """Where the MPC's gap to the optimum lies, day by day: the day's savings range (uncontrolled's
+    total cost minus the optimum's), the MPC's gap to the optimum and its parts, and the two peaks."""
+    by: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        by.setdefault(run.episode, {})[run.policy] = run
+    parts = ("energy_cost", "demand_charge", "grid_event_revenue", "shortfall_cost")
+    for name, day in by.items():
+        u, m, o = (day[p].metrics for p in ("uncontrolled", "mpc", "optimal"))
+        start = day["mpc"].times[0]
+        print(json.dumps({"episode": name, "day": start.strftime("%a %Y-%m-%d"),
+                          "savings_range": round(u["total_cost"] - o["total_cost"], 1),
+                          "gap": round(m["total_cost"] - o["total_cost"], 1),
+                          **{f"gap_{k}": round(m[k] - o[k], 1) for k in parts},
+                          "peak_kw": round(m["peak_import_kw"]), "peak_kw_optimal": round(o["peak_import_kw"])}))
+
+
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
@@ -263,6 +280,8 @@ def main() -> None:
                     help="share of EVs that announce departure and need (the generator's default: 0.6)")
     ap.add_argument("--list-short", action="store_true",
                     help="also print one JSON line per EV the MPC left short of its deliverable energy")
+    ap.add_argument("--per-day", action="store_true",
+                    help="also print one JSON line per day: its savings range and the MPC's gap by part")
     a = ap.parse_args()
     building = a.building_forecast or ("oracle" if a.oracle_building else "learned")
     if a.oracle_building and building != "oracle":
@@ -294,6 +313,8 @@ def main() -> None:
                                building_forecast="learned" if building == "oracle" else building)
     if a.list_short:
         print_short(r for r in runs if r.policy == "mpc")
+    if a.per_day:
+        print_days(runs)
     mpc = result["policies"]["mpc"]
     keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")
