@@ -52,7 +52,7 @@ from gateway.scheduler.policies import (
     check_building_forecast,
 )
 from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
-from gateway.scheduler.slots import MIN_DRAW_KW, DrawSeen
+from gateway.scheduler.slots import DrawSeen
 
 STEP_S = 300.0
 FULLY_SERVED_TOLERANCE_KWH = 0.5
@@ -81,6 +81,11 @@ class EvTruth:
     energy: float = 0.0
     drawn: DrawSeen = field(default_factory=DrawSeen)  # what it drew against what it was offered
     curve: list[float] = field(default_factory=list)
+
+    @property
+    def offerable_kw(self) -> float:
+        """The most its EVSE can offer it (the EVSE's rating; the EV's own limit where unknown)."""
+        return max(self.evse_max_kw, self.max_charge_kw)
 
 
 def final_request(a: Arrival) -> float:
@@ -136,9 +141,8 @@ def known_max_kw(t: EvTruth, known: bool) -> float:
     than it was offered (:class:`gateway.scheduler.slots.DrawSeen`)."""
     if known:
         return t.max_charge_kw
-    evse = max(t.evse_max_kw, t.max_charge_kw)
     seen = t.drawn.limit_kw()
-    return evse if seen is None else min(evse, max(seen, MIN_DRAW_KW))
+    return t.offerable_kw if seen is None else min(t.offerable_kw, seen)
 
 
 def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
@@ -253,7 +257,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
             kw = setpoints.get(k, 0.0)
             a = t.arrival
             if kw > 0:
-                offered = min(kw, max(t.evse_max_kw, t.max_charge_kw))
+                offered = min(kw, t.offerable_kw)
                 kw = min(kw, t.max_charge_kw, max(t.stop - t.energy, 0.0) / (a.eff_charge * h))
                 t.energy += kw * a.eff_charge * h
                 t.drawn.note(kw, offered)

@@ -27,7 +27,7 @@ from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.peak_price import demand_pricing
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
-from gateway.scheduler.slots import MIN_DRAW_KW, SessionView, SlotRules, slot_input
+from gateway.scheduler.slots import SessionView, SlotRules, slot_input
 from gateway.state import EvseState, Resolved, SiteState
 
 # Efficiency assumed for an EV that does not tell (SlotInput's default; ISO 15118 does not carry it).
@@ -148,7 +148,7 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
     if s.needs.ev_max_charge_kw is not None:
         max_c = min(max_c, s.needs.ev_max_charge_kw)
     if obs.ev_max_kw is not None:
-        max_c = min(max_c, max(obs.ev_max_kw, MIN_DRAW_KW))
+        max_c = min(max_c, obs.ev_max_kw)
     max_d = 0.0
     if spec.bidirectional and st.dialect == DischargeDialect.NEGATIVE_LIMIT and r.allow_discharge:
         max_d = spec.max_discharge_kw

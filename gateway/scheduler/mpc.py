@@ -476,7 +476,9 @@ class MpcScheduler:
             # up to a limit that has just risen is not taken for one that cannot draw more.
             lims = [lim for _, lim in self._limits_kw((event.station_id, event.evse_id), event.at - DRAW_SETTLE,
                                                       event.at)]
-            offered = None if not lims or None in lims else min(lim for lim in lims if lim is not None)
+            planned = [lim for lim in lims if lim is not None]
+            # Nothing learned while no planned limit was in force (the station's default applies).
+            offered = min(planned) if planned and len(planned) == len(lims) else None
             self._drawn.setdefault(event.transaction_id, DrawSeen()).note(event.power_kw, offered)
         if event.energy_in_kwh is None:
             return  # MeterValues: power and SoC without the transaction's energy registers

@@ -98,6 +98,7 @@ class DrawSeen:
             self.limited_by_ev = True
 
     def limit_kw(self) -> float | None:
+        """The EV's own limit once its draw showed one (then above ``MIN_DRAW_KW``), else None."""
         return self.max_kw if self.limited_by_ev else None
 
 
