@@ -5,6 +5,7 @@
         [--peak-floor none|oracle|learned] [--solver simplex|ipm] [--arrivals on|off] [--arrival-scale F]
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
+        [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -40,11 +41,19 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   scenario generator's ``iso15118_share``, 0.6 by default; 1.0 = every EV announces, the "noisy
   departures and needs" information model of the quality target). V2G needs ISO 15118 in the
   simulator, so it changes the discharge-capable fleet too (every policy sees the same episodes).
+- How the building forecast is anchored to the reading now (``building.anchored``):
+  ``--building-anchor ratio`` scales the base by today's ratio to it instead of shifting it by
+  today's difference; ``--building-fade H``: the deviation fades over H hours (3 in the code);
+  ``--building-hold H``: the building is never planned below the reading now for the next H hours.
+- ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
+  (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
+- ``--per-day``: one more JSON line per day: its savings range and the MPC's gap by part.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -57,10 +66,11 @@ import highspy
 import numpy as np
 from benchlib import episode_parser
 
-from gateway.scheduler import arrivals, departure_points, policies, slots
+from gateway.scheduler import arrivals, building, departure_points, policies, slots
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
+from gateway.scheduler.problem import Planner, PlanResult, SiteInputs, SlotInput
 
 # The earlier rule: (quantile of the point, probability of the bucket), lower edges.
 LOWER_SCENARIOS = ((0.0, 0.05), (0.05, 0.10), (0.15, 0.20), (0.35, 0.20), (0.55, 0.20), (0.75, 0.25))
@@ -222,6 +232,41 @@ def use_plan_penalty(price: float) -> None:
     ev.make_policy = make
 
 
+def use_building_anchor(kind: str, fade_h: float | None, hold_h: float | None) -> None:
+    """Another rule for pulling the building's base forecast toward the reading now, for the MPC."""
+    fade_s = building.SHIFT_FADE_S if fade_h is None else fade_h * 3600.0
+    hold_s = 0.0 if hold_h is None else hold_h * 3600.0
+
+    def anchored(base: Callable[[datetime], float | None], now: datetime,
+                 now_kw: float) -> Callable[[datetime], float]:
+        at_now = base(now)
+        ratio = now_kw / at_now if at_now is not None and at_now > 1e-6 else 1.0
+        shift = 0.0 if at_now is None else now_kw - at_now
+
+        def load(when: datetime) -> float:
+            b = base(when)
+            if when <= now or b is None:
+                return now_kw
+            fade = math.exp(-(when - now).total_seconds() / fade_s)
+            kw = b * (1.0 + (ratio - 1.0) * fade) if kind == "ratio" else b + fade * shift
+            return max(kw, now_kw) if (when - now).total_seconds() < hold_s else kw
+
+        return load
+
+    building.anchored = anchored  # the learned profile's forecast (BuildingProfile.forecast)
+    policies.anchored = anchored  # the episode's day-ahead forecast (imported by name)
+
+
+def use_charge_bias(bias: float) -> None:
+    """The MPC's cost per kWh charged and hour from now (the optimum's planner keeps the code's)."""
+
+    class Biased(Planner):
+        def solve(self, site: SiteInputs, slots: list[SlotInput]) -> PlanResult:  # type: ignore[override]
+            return super().solve(dataclasses.replace(site, early_charge_bias_per_kwh_h=bias), slots)
+
+    policies.Planner = Biased  # type: ignore[misc]
+
+
 def print_short(runs: Any) -> None:
     """Who the MPC left short, and what it knew of them (what docs/benchmarks-scheduler.md cites)."""
     for run in runs:
@@ -280,6 +325,10 @@ def main() -> None:
                     help="share of EVs that announce departure and need (the generator's default: 0.6)")
     ap.add_argument("--list-short", action="store_true",
                     help="also print one JSON line per EV the MPC left short of its deliverable energy")
+    ap.add_argument("--building-anchor", choices=("shift", "ratio"), default="shift")
+    ap.add_argument("--building-fade", type=float, default=None, help="hours (the code's: 3)")
+    ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
+    ap.add_argument("--charge-bias", type=float, default=None, help="per kWh and hour (the code's: 0.001)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
     a = ap.parse_args()
@@ -302,6 +351,10 @@ def main() -> None:
         use_departure_points(a.departure_points)
     if a.scenarios == "off":
         slots.scenarios_for = lambda *args, **kw: None  # type: ignore[assignment]
+    if a.building_anchor != "shift" or a.building_fade is not None or a.building_hold is not None:
+        use_building_anchor(a.building_anchor, a.building_fade, a.building_hold)
+    if a.charge_bias is not None:
+        use_charge_bias(a.charge_bias)
     use_solver(a.solver)
     use_arrivals(a.arrivals == "on", a.arrival_scale)
     options = {} if a.iso15118_share is None else {"iso15118_share": a.iso15118_share}
@@ -325,7 +378,9 @@ def main() -> None:
                       "oracle_needs": a.oracle_needs, "oracle_building": building == "oracle",
                       "building_forecast": building, "exact": a.exact,
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
-                      "oracle_arrival_counts": a.oracle_arrival_counts,
+                      "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
+                      "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
+                      "charge_bias": a.charge_bias,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 
