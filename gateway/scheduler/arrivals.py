@@ -154,6 +154,10 @@ class ArrivalModel:
             for d in [d for d in dates if d < oldest]:
                 dates.discard(d)
 
+    def remembered(self) -> int:
+        """Plug-ins counted plus sessions remembered: bounded by KEEP_DAYS on a long-running gateway."""
+        return sum(self._counts.values()) + len(self._seen)
+
     def expected(self, site: str, when: datetime) -> ExpectedArrivals | None:
         """Arrivals expected in the hour starting at ``when``."""
         at = self._local(when)

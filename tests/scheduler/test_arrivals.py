@@ -118,7 +118,8 @@ def test_a_session_seen_for_days_counts_once_and_old_history_is_forgotten() -> N
     m.observe("w", arr, arr + timedelta(days=5), 50.0, 11.0)
     exp = m.expected("w", MONDAY + timedelta(days=7, hours=8))
     assert exp is not None and exp.per_day == pytest.approx(1 / 5)  # one arrival in five watched weekdays
+    assert m.remembered() == 2  # one plug-in counted, one session remembered
     later = MONDAY + timedelta(days=KEEP_DAYS + 7)
     m.watch("w", later)
-    assert not m._counts and not m._seen
+    assert m.remembered() == 0
     assert m.expected("w", later.replace(hour=8)) is None
