@@ -6,6 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
+        [--building-weekend F] [--building-profile by-kind|all-days]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -45,6 +46,10 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   ``--building-anchor ratio`` scales the base by today's ratio to it instead of shifting it by
   today's difference; ``--building-fade H``: the deviation fades over H hours (3 in the code);
   ``--building-hold H``: the building is never planned below the reading now for the next H hours.
+- ``--building-weekend F``: episodes whose building draws F times a weekday's load on Saturdays and
+  Sundays (the generator's ``building_weekend_factor``; 1.0 by default, every day alike);
+  ``--building-profile all-days``: the MPC's learned building profile averages every day, as
+  before weekdays and weekends were kept apart (``building.BuildingProfile.base``).
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
@@ -267,6 +272,15 @@ def use_charge_bias(bias: float) -> None:
     policies.Planner = Biased  # type: ignore[misc]
 
 
+def use_one_building_profile() -> None:
+    """The learned building profile as before weekdays and weekends were kept apart: one mean."""
+
+    def base(self: building.BuildingProfile, when: datetime) -> float | None:
+        return self.profile().get(self.slot(when))
+
+    building.BuildingProfile.base = base  # type: ignore[method-assign]
+
+
 def print_short(runs: Any) -> None:
     """Who the MPC left short, and what it knew of them (what docs/benchmarks-scheduler.md cites)."""
     for run in runs:
@@ -326,6 +340,10 @@ def main() -> None:
     ap.add_argument("--list-short", action="store_true",
                     help="also print one JSON line per EV the MPC left short of its deliverable energy")
     ap.add_argument("--building-anchor", choices=("shift", "ratio"), default="shift")
+    ap.add_argument("--building-weekend", type=float, default=None,
+                    help="the episodes' building load on weekends against a weekday's (the generator's: 1.0)")
+    ap.add_argument("--building-profile", choices=("by-kind", "all-days"), default="by-kind",
+                    help="the learned building profile: weekdays and weekends apart (the code's) or one mean")
     ap.add_argument("--building-fade", type=float, default=None, help="hours (the code's: 3)")
     ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
     ap.add_argument("--charge-bias", type=float, default=None, help="per kWh and hour (the code's: 0.001)")
@@ -357,7 +375,11 @@ def main() -> None:
         use_charge_bias(a.charge_bias)
     use_solver(a.solver)
     use_arrivals(a.arrivals == "on", a.arrival_scale)
-    options = {} if a.iso15118_share is None else {"iso15118_share": a.iso15118_share}
+    options: dict[str, Any] = {} if a.iso15118_share is None else {"iso15118_share": a.iso15118_share}
+    if a.building_weekend is not None:
+        options["building_weekend_factor"] = a.building_weekend
+    if a.building_profile == "all-days":
+        use_one_building_profile()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
     if a.oracle_arrival_counts:
@@ -380,7 +402,8 @@ def main() -> None:
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
                       "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
-                      "charge_bias": a.charge_bias,
+                      "charge_bias": a.charge_bias, "building_weekend": a.building_weekend,
+                      "building_profile": a.building_profile,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 

@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--surprise-share", type=float, default=0.05)
     gen.add_argument("--need-change-share", type=float, default=0.05)
     gen.add_argument("--grid-event", choices=("auto", "always", "never"), default="auto")
+    gen.add_argument("--building-weekend-factor", type=float, default=1.0,
+                     help="the building's weekend load against a weekday's (default 1.0: every day alike)")
     gen.add_argument("--out", "-o", required=True)
 
     ev = sub.add_parser("evaluate", help="compare charging policies on episodes offline")

@@ -215,12 +215,16 @@ def building_load_and_forecast(
     start_hour: float,
     steps: int,
     step_s: int,
+    weekend_factor: float = 1.0,
+    first_weekday: int = 0,
 ) -> tuple[list[float], list[float]]:
     """The load series of :func:`building_load` (the same draws from ``rng``) and the day-ahead
     forecast a building energy system would send for it: the same shape, the cooling of a
     forecast of each day's heat (``heat + N(0, FORECAST_HEAT_SD)``, drawn from ``forecast_rng`` so
-    that ``rng`` and every episode drawn from it stay as they were) and no noise, which no
-    forecast knows in advance. Without ``forecast_rng`` the forecast is the weather-exact shape."""
+    that ``rng`` and every episode drawn from it stay as they were) and no noise,     which no
+    forecast knows in advance. Without ``forecast_rng`` the forecast is the weather-exact shape.
+    ``weekend_factor`` scales Saturdays and Sundays (``first_weekday``: the weekday of the day
+    ``start_hour`` counts from, Monday 0); it draws nothing, so every other draw stays the seed's."""
     load: list[float] = []
     forecast: list[float] = []
     noise = 0.0
@@ -232,7 +236,7 @@ def building_load_and_forecast(
         hour = start_hour + i * step_s / 3600.0
         day = int(hour // 24)
         h = hour % 24
-        base = peak_kw * building_shape(kind, h)
+        base = peak_kw * building_shape(kind, h) * (weekend_factor if (first_weekday + day) % 7 >= 5 else 1.0)
         noise = 0.92 * noise + rng.normal(0.0, 0.025)
         load.append(round(max(base * _cooling(heat[day], h) * (1.0 + noise), floor), 2))
         forecast.append(round(max(base * _cooling(heat_fc[day], h), floor), 2))

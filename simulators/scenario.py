@@ -52,6 +52,9 @@ class ScenarioOptions:
     grid_event: str = "auto"  # auto: summer weekday afternoons, about every other day
     keep_undeliverable_share: float = 0.3
     limit_position: float = 0.4  # 0: the feasible floor, 1: the uncontrolled peak
+    # The building's load on Saturdays and Sundays against a weekday's (an office draws about half).
+    # 1.0 by default: every day alike, the episodes docs/benchmarks-scheduler.md was measured on.
+    building_weekend_factor: float = 1.0
 
 
 def _forecast_rng(seed: int) -> np.random.Generator:
@@ -109,7 +112,8 @@ def generate_dict(opts: ScenarioOptions) -> dict[str, Any]:
     peak_kw = site.building_peak_kw_per_evse * len(evses)
     start_hour = start.hour + start.minute / 60
     load, forecast = models.building_load_and_forecast(
-        rng, _forecast_rng(opts.seed), site.building_shape, peak_kw, start_hour, steps, STEP_S
+        rng, _forecast_rng(opts.seed), site.building_shape, peak_kw, start_hour, steps, STEP_S,
+        weekend_factor=opts.building_weekend_factor, first_weekday=start.weekday(),
     )
 
     import_limit = _import_limit(arrivals, evses, load, start, opts.limit_position)
@@ -356,6 +360,7 @@ def cli(args: argparse.Namespace) -> int:
         surprise_share=args.surprise_share,
         need_change_share=args.need_change_share,
         grid_event=args.grid_event,
+        building_weekend_factor=args.building_weekend_factor,
     )
     try:
         data = generate_dict(opts)

@@ -11,8 +11,10 @@ The learned profile is used by the live scheduler whenever the energy system has
 forecast, and by the evaluator's MPC (unless it is told to plan with the episode's energy-system
 forecast), so both plan with the same forecast. A reading is kept per
 five-minute slot of the site's day (its time zone) and per day, the latest of the day winning,
-for the last ``KEEP_DAYS`` days: the profile is their mean. Before there is a profile, the
-forecast is the reading now (persistence).
+for the last ``KEEP_DAYS`` days: the profile is their mean, weekdays and weekends apart once the
+window holds ``MIN_DAYS_OF_KIND`` days of the kind asked for (an office draws far less on a
+Saturday, and Saturdays averaged into Monday's profile make Monday look emptier than it is),
+else over all of them. Before there is a profile, the forecast is the reading now (persistence).
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ from gateway import sitetime
 SLOT_MIN = 5
 KEEP_DAYS = 28  # long enough to average out a day's weather, short enough to follow the seasons
 SHIFT_FADE_S = 3 * 3600.0  # how fast a deviation from the base forecast is expected to die out
+# A weekday's or a weekend day's own mean once the window holds this many days of its kind (28 days
+# hold 8 weekend days; a new site's first weekend is planned from its weekdays, anchored to the
+# reading now).
+MIN_DAYS_OF_KIND = 2
+
+
+def is_weekend(day: date) -> bool:
+    return day.weekday() >= 5
 
 
 def anchored(base: Callable[[datetime], float | None], now: datetime, now_kw: float) -> Callable[[datetime], float]:
@@ -53,6 +63,8 @@ class BuildingProfile:
     tz: str = sitetime.UTC_NAME
     _days: dict[int, deque[tuple[date, float]]] = field(default_factory=dict)
     _mean: dict[int, float] = field(default_factory=dict)  # per slot, kept up to date by observe
+    # (weekend?, slot) -> mean of that kind's days, where the window holds MIN_DAYS_OF_KIND of them
+    _kind_mean: dict[tuple[bool, int], float] = field(default_factory=dict)
 
     def slot(self, when: datetime) -> int:
         """Five-minute slot of the site's day."""
@@ -69,6 +81,19 @@ class BuildingProfile:
             rows.pop()
         rows.append((day, float(kw)))
         self._mean[k] = sum(v for _, v in rows) / len(rows)
+        for weekend in (False, True):
+            kind = [v for d, v in rows if is_weekend(d) == weekend]
+            if len(kind) >= MIN_DAYS_OF_KIND:
+                self._kind_mean[(weekend, k)] = sum(kind) / len(kind)
+            else:
+                self._kind_mean.pop((weekend, k), None)
+
+    def base(self, when: datetime) -> float | None:
+        """The profile at ``when``: its slot's mean over the days of its kind (weekday or
+        weekend) where there are enough of them, else over all days; None for a slot never seen."""
+        k = self.slot(when)
+        mean = self._kind_mean.get((is_weekend(sitetime.local(when, self.tz).date()), k))
+        return mean if mean is not None else self._mean.get(k)
 
     def reading(self, when: datetime) -> float:
         """What the building drew in ``when``'s slot on its day (a past reading), else the slot's
@@ -80,14 +105,15 @@ class BuildingProfile:
                 return kw
             if d < day:
                 break
-        return self._mean.get(k, 0.0)
+        base = self.base(when)
+        return 0.0 if base is None else base
 
     def profile(self) -> dict[int, float]:
-        """Mean load per five-minute slot of the day (slots never seen are absent)."""
+        """Mean load per five-minute slot of the day over all days kept (slots never seen are
+        absent)."""
         return self._mean
 
     def forecast(self, now: datetime, now_kw: float) -> Callable[[datetime], float]:
-        """The learned profile anchored to the reading now (:func:`anchored`); a slot never seen
-        is forecast at the reading now."""
-        prof = self.profile()
-        return anchored(lambda when: prof.get(self.slot(when)), now, now_kw)
+        """The learned profile (:meth:`base`: weekdays and weekends apart) anchored to the
+        reading now (:func:`anchored`); a slot never seen is forecast at the reading now."""
+        return anchored(self.base, now, now_kw)

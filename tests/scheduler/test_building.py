@@ -85,6 +85,38 @@ def test_one_reading_per_slot_and_day_and_only_the_last_days_count() -> None:
     assert p.profile()[p.slot(t)] == pytest.approx(10.0)
 
 
+def test_weekdays_and_weekends_are_profiled_apart_once_there_are_enough_of_each() -> None:
+    from gateway.scheduler.building import MIN_DAYS_OF_KIND
+
+    noon = timedelta(hours=12)
+    saturday, monday = DAY + timedelta(days=12), DAY + timedelta(days=14)
+
+    def office_days(days: int) -> BuildingProfile:  # 100 kW at noon on weekdays, 40 kW at weekends
+        p = BuildingProfile()
+        for d in range(days):
+            day = DAY + timedelta(days=d)
+            p.observe(day + noon, 40.0 if day.weekday() >= 5 else 100.0)
+        return p
+
+    assert DAY.weekday() == 0 and MIN_DAYS_OF_KIND == 2
+    # Monday to Saturday: one weekend day is not enough, the weekend is planned from every day.
+    six = office_days(6)
+    assert six.base(saturday + noon) == pytest.approx((5 * 100.0 + 40.0) / 6)
+    assert six.base(monday + noon) == pytest.approx(100.0)
+    # A whole week: each kind its own mean; the all-days profile is still there.
+    week = office_days(7)
+    assert week.base(saturday + noon) == pytest.approx(40.0)
+    assert week.base(monday + noon) == pytest.approx(100.0)
+    assert week.profile()[week.slot(DAY + noon)] == pytest.approx((5 * 100.0 + 2 * 40.0) / 7)
+    # Planned on a Friday evening (reading as usual): Saturday low, Monday high.
+    friday_night = DAY + timedelta(days=11, hours=23)
+    fc = week.forecast(friday_night, week.reading(friday_night))
+    assert fc(saturday + noon) == pytest.approx(40.0)
+    assert fc(monday + noon) == pytest.approx(100.0)
+    # A finished day's slot with no reading of its own is read as its kind's mean.
+    assert week.reading(saturday + noon) == pytest.approx(40.0)
+
+
 def test_slots_are_the_sites_time_of_day() -> None:
     p = BuildingProfile(tz="Europe/Berlin")
     p.observe(datetime(2026, 7, 6, 7, 0, tzinfo=UTC), 80.0)  # 09:00 in Berlin

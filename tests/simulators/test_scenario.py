@@ -261,3 +261,21 @@ def test_a_forecast_must_be_numbers_on_the_loads_grid() -> None:
     with pytest.raises(EpisodeError, match="schema"):
         from_dict(_episode_dict(forecast_kw=None))
     assert "forecast_kw" in schema()["properties"]["building_load"]["properties"]
+
+
+def test_a_weekend_factor_scales_saturdays_and_sundays_and_nothing_else() -> None:
+    opts = ScenarioOptions(site="workplace", stations=6, days=7, seed=5)  # from Wednesday 2026-07-01
+    every_day = generate(opts)
+    office = generate(ScenarioOptions(site="workplace", stations=6, days=7, seed=5, building_weekend_factor=0.5))
+    assert office.arrivals == every_day.arrivals  # no other draw moves
+    floor = 0.05 * models.SITES["workplace"].building_peak_kw_per_evse * len(office.evses)
+    weekend_steps = 0
+    for i, (half, whole) in enumerate(zip(office.building_load.values_kw, every_day.building_load.values_kw,
+                                          strict=True)):
+        when = office.building_load.start + timedelta(seconds=i * office.building_load.step_s)
+        if when.weekday() >= 5:
+            weekend_steps += 1
+            assert half == pytest.approx(max(whole / 2, floor), abs=0.01)
+        else:
+            assert half == whole
+    assert weekend_steps == 2 * 96
