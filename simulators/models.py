@@ -221,7 +221,7 @@ def building_load_and_forecast(
     """The load series of :func:`building_load` (the same draws from ``rng``) and the day-ahead
     forecast a building energy system would send for it: the same shape, the cooling of a
     forecast of each day's heat (``heat + N(0, FORECAST_HEAT_SD)``, drawn from ``forecast_rng`` so
-    that ``rng`` and every episode drawn from it stay as they were) and no noise,     which no
+    that ``rng`` and every episode drawn from it stay as they were) and no noise, which no
     forecast knows in advance. Without ``forecast_rng`` the forecast is the weather-exact shape.
     ``weekend_factor`` scales Saturdays and Sundays (``first_weekday``: the weekday of the day
     ``start_hour`` counts from, Monday 0); it draws nothing, so every other draw stays the seed's."""

@@ -96,8 +96,9 @@ class BuildingProfile:
         return mean if mean is not None else self._mean.get(k)
 
     def reading(self, when: datetime) -> float:
-        """What the building drew in ``when``'s slot on its day (a past reading), else the slot's
-        mean, else 0 (never seen: the hindsight LP of a finished day counts no building load)."""
+        """What the building drew in ``when``'s slot on its day (a past reading), else the
+        profile there (:meth:`base`), else 0 (never seen: the hindsight LP of a finished day
+        counts no building load)."""
         day = sitetime.local(when, self.tz).date()
         k = self.slot(when)
         for d, kw in reversed(self._days.get(k, ())):
