@@ -6,7 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
-        [--building-weekend F] [--building-profile by-kind|all-days]
+        [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -49,7 +49,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - ``--building-weekend F``: episodes whose building draws F times a weekday's load on Saturdays and
   Sundays (the generator's ``building_weekend_factor``; 1.0 by default, every day alike);
   ``--building-profile all-days``: the MPC's learned building profile averages every day, as
-  before weekdays and weekends were kept apart (``building.BuildingProfile.base``).
+  before weekdays and weekends were kept apart (``building.BuildingProfile.base``);
+  ``--building-quantile Q``: the profile at the Q quantile of its days instead of their mean.
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
@@ -71,6 +72,7 @@ import highspy
 import numpy as np
 from benchlib import episode_parser
 
+from gateway import sitetime
 from gateway.scheduler import arrivals, building, departure_points, policies, slots
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
@@ -272,6 +274,20 @@ def use_charge_bias(bias: float) -> None:
     policies.Planner = Biased  # type: ignore[misc]
 
 
+def use_building_quantile(q: float) -> None:
+    """The learned building profile at a quantile of its days (of the same kind) instead of their mean."""
+
+    def base(self: building.BuildingProfile, when: datetime) -> float | None:
+        rows = self._days.get(self.slot(when))
+        if not rows:
+            return None
+        weekend = building.is_weekend(sitetime.local(when, self.tz).date())
+        kind = [v for d, v in rows if building.is_weekend(d) == weekend]
+        return float(np.quantile(kind if len(kind) >= building.MIN_DAYS_OF_KIND else [v for _, v in rows], q))
+
+    building.BuildingProfile.base = base  # type: ignore[method-assign]
+
+
 def use_one_building_profile() -> None:
     """The learned building profile as before weekdays and weekends were kept apart: one mean."""
 
@@ -345,6 +361,8 @@ def main() -> None:
     ap.add_argument("--building-profile", choices=("by-kind", "all-days"), default="by-kind",
                     help="the learned building profile: weekdays and weekends apart (the code's) or one mean")
     ap.add_argument("--building-fade", type=float, default=None, help="hours (the code's: 3)")
+    ap.add_argument("--building-quantile", type=float, default=None,
+                    help="plan the building at this quantile of the profile's days (the code's: their mean)")
     ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
     ap.add_argument("--charge-bias", type=float, default=None, help="per kWh and hour (the code's: 0.001)")
     ap.add_argument("--per-day", action="store_true",
@@ -380,6 +398,8 @@ def main() -> None:
         options["building_weekend_factor"] = a.building_weekend
     if a.building_profile == "all-days":
         use_one_building_profile()
+    if a.building_quantile is not None:
+        use_building_quantile(a.building_quantile)
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
     if a.oracle_arrival_counts:
@@ -403,7 +423,7 @@ def main() -> None:
                       "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
                       "charge_bias": a.charge_bias, "building_weekend": a.building_weekend,
-                      "building_profile": a.building_profile,
+                      "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 
