@@ -27,6 +27,16 @@ NEAR_HOURS = 3  # how far from an arrival hour with too little history to look f
 PEERS_KEPT = 200
 OVERSTAY_EXTENSION = timedelta(minutes=30)
 DUE_EXTENSION = timedelta(minutes=15)
+# The newest this many dwells and needs per (site, arrival hour), and announcement errors per site:
+# a long-running gateway's history stays bounded (a year of a busy hour is far more than the
+# quantiles need) and follows the site as it changes.
+HISTORY_KEPT = 5_000
+
+
+def _keep(history: list[float], value: float) -> None:
+    history.append(value)
+    if len(history) > HISTORY_KEPT:
+        del history[: len(history) - HISTORY_KEPT]
 
 
 @dataclass
@@ -61,11 +71,11 @@ class SessionForecaster:
         key = (site, self._hour(arrival))
         self._cache.clear()
         self._picked.clear()
-        self._dwell[key].append((departure - arrival).total_seconds() / 3600.0)
+        _keep(self._dwell[key], (departure - arrival).total_seconds() / 3600.0)
         if energy_kwh is not None:
-            self._energy[key].append(energy_kwh)
+            _keep(self._energy[key], energy_kwh)
         if announced is not None:
-            self._early[site].append((announced - departure).total_seconds() / 3600.0)
+            _keep(self._early[site], (announced - departure).total_seconds() / 3600.0)
 
     def note_present(self, site: str, session: object, arrival: datetime, departure: datetime | None,
                      need_kwh: float | None) -> None:

@@ -67,12 +67,17 @@ NONCOMPLIANCE_WINDOW = timedelta(minutes=15)
 # How long the profiles each EVSE accepted are remembered (the energy since the last meter reading
 # is carried forward over them, up to live_inputs.EXTRAPOLATE_MAX).
 LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
-# Completed transactions read from Postgres at start to seed the departure forecast.
+# Completed transactions read from Postgres at start to seed the departure forecast and the
+# arrival model: those that ended in the last BOOTSTRAP_DAYS (at most BOOTSTRAP_SESSIONS_MAX),
+# or the last BOOTSTRAP_SESSIONS whatever their age where those are fewer (a quiet site). A fixed
+# count alone was half a day of a 1,000-EVSE site: no weekend, most hours of the day unseen.
+BOOTSTRAP_DAYS = 28
 BOOTSTRAP_SESSIONS = 500
+# At most this many finished sessions seed the forecast and arrivals, and (those of the last
+# peak_price.KEEP_DAYS) the needed peaks, at start.
+BOOTSTRAP_SESSIONS_MAX = 20_000
 # A building reading older than this at a re-plan is not learned from (the energy system went quiet).
 BUILDING_READING_FRESH = timedelta(hours=1)
-# At most this many finished sessions of the last peak_price.KEEP_DAYS seed the needed peaks at start.
-PEAK_BOOTSTRAP_SESSIONS_MAX = 20_000
 # Building readings older than this are deleted at start (the profile uses KEEP_DAYS of them).
 BUILDING_READINGS_KEPT = timedelta(days=KEEP_DAYS + 7)
 
@@ -151,9 +156,13 @@ class MpcScheduler:
     async def bootstrap(self) -> int:
         """Seed the forecast from the last completed transactions in Postgres (their dwell only:
         what a driver asked for is not kept with the transaction, and what an EV took is a lower
-        bound that would bias the energy forecast low). Returns how many were read."""
+        bound that would bias the energy forecast low): those of the last BOOTSTRAP_DAYS, or the
+        last BOOTSTRAP_SESSIONS if that is more. Returns how many were read."""
+        since = self.gw.clock.now() - timedelta(days=BOOTSTRAP_DAYS)
         try:
-            rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS)
+            rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS_MAX, since=since)
+            if len(rows) < BOOTSTRAP_SESSIONS:
+                rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS)
         except Exception as exc:  # planning starts without history rather than not at all
             log.warning("no session history for the forecast: %s", exc)
             return 0
@@ -181,7 +190,7 @@ class MpcScheduler:
         now = self.gw.clock.now()
         since = now - timedelta(days=PEAK_KEEP_DAYS + 1)
         try:
-            rows = await self.gw.transactions.recently_ended(PEAK_BOOTSTRAP_SESSIONS_MAX, since=since)
+            rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS_MAX, since=since)
         except Exception as exc:
             log.warning("no session history for the needed peaks: %s", exc)
             return 0

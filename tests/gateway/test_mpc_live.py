@@ -179,6 +179,36 @@ async def test_grid_event_discharges_only_where_allowed(site: GatewayHarness) ->
     await uni.close()
 
 
+async def test_a_restart_reads_the_last_four_weeks_of_sessions_however_many(site: GatewayHarness) -> None:
+    """At start the forecast and the arrival model read every session that ended in the last
+    BOOTSTRAP_DAYS (a fixed count was half a day of a 1,000-EVSE site), and a quiet site's last
+    BOOTSTRAP_SESSIONS whatever their age."""
+    import asyncpg
+
+    from gateway.scheduler.mpc import BOOTSTRAP_DAYS, BOOTSTRAP_SESSIONS, MpcScheduler
+
+    await site.add_station("CS-H", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    now = site.gw.clock.now()
+    recent = BOOTSTRAP_SESSIONS + 100  # over the last 20 days
+    ends = [now - timedelta(days=20) * (i / recent) - timedelta(minutes=1) for i in range(recent)]
+    old = [now - timedelta(days=BOOTSTRAP_DAYS + 2 + i) for i in range(3)]
+    rows = [("CS-H", f"TX-H{i}", end - timedelta(hours=8), end) for i, end in enumerate([*ends, *old])]
+    conn = await asyncpg.connect(site.database_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.executemany(
+            "INSERT INTO transactions (station_id, transaction_id, evse_id, started_at, ended_at, energy_in_kwh,"
+            " updated_at) VALUES ($1, $2, 1, $3, $4, 10.0, $4)", rows)
+        fresh = MpcScheduler(site.gw)
+        assert await fresh.bootstrap() == recent  # all of the four weeks, none older
+        # A quiet site (ten sessions in four weeks): its last BOOTSTRAP_SESSIONS, the older ones too.
+        await conn.execute("DELETE FROM transactions WHERE station_id = 'CS-H' AND ended_at > $1",
+                           now - timedelta(days=20) * ((recent - 10) / recent))
+        quiet = MpcScheduler(site.gw)
+        assert await quiet.bootstrap() == 10 + 3
+    finally:
+        await conn.close()
+
+
 async def test_ended_sessions_feed_the_live_forecaster_and_seed_a_new_one(site: GatewayHarness) -> None:
     from gateway.scheduler.mpc import MpcScheduler
 

@@ -37,6 +37,22 @@ def test_hour_bucket_median_then_site_wide() -> None:
     assert f.forecast("depot", arr, arr).source == "default"
 
 
+def test_history_keeps_the_newest_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.scheduler import forecast
+
+    monkeypatch.setattr(forecast, "HISTORY_KEPT", MIN_SAMPLES)
+    f = SessionForecaster()
+    for i in range(2 * MIN_SAMPLES):  # the older half stays 10 h and takes 30 kWh, the newer 2 h and 5
+        arr = DAY + timedelta(days=i, hours=8)
+        old = i < MIN_SAMPLES
+        f.observe("w", arr, arr + timedelta(hours=10 if old else 2), 30.0 if old else 5.0,
+                  announced=arr + timedelta(hours=14 if old else 3))  # 4 h late, then 1 h
+    arr = DAY + timedelta(days=30, hours=8)
+    fc = f.forecast("w", arr, arr)
+    assert fc.source == "history-hour" and fc.departure == arr + timedelta(hours=2) and fc.energy_kwh == 5.0
+    assert f.announcement_margin("w", timedelta(minutes=90)) == timedelta(hours=1)  # the newer errors only
+
+
 def test_quantiles_make_it_cautious() -> None:
     f = SessionForecaster(dwell_quantile=0.1, energy_quantile=0.9)
     for i in range(10):
