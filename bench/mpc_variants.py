@@ -281,8 +281,8 @@ def use_building_quantile(q: float) -> None:
         rows = self._days.get(self.slot(when))
         if not rows:
             return None
-        weekend = building.is_weekend(sitetime.local(when, self.tz).date())
-        kind = [v for d, v in rows if building.is_weekend(d) == weekend]
+        weekend = sitetime.is_weekend(sitetime.local(when, self.tz).date())
+        kind = [v for d, v in rows if sitetime.is_weekend(d) == weekend]
         return float(np.quantile(kind if len(kind) >= building.MIN_DAYS_OF_KIND else [v for _, v in rows], q))
 
     building.BuildingProfile.base = base  # type: ignore[method-assign]

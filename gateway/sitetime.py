@@ -8,7 +8,7 @@ peak window at 16:00 local all year; counted in UTC it would move by an hour twi
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,6 +34,11 @@ def local(when: datetime, tz: str) -> datetime:
     if when.tzinfo is None:
         when = when.replace(tzinfo=zone(UTC_NAME))
     return when.astimezone(zone(tz))
+
+
+def is_weekend(day: date) -> bool:
+    """Saturday or Sunday (of a site's local date): the history kept by day kind splits here."""
+    return day.weekday() >= 5
 
 
 def hour_of_day(when: datetime, tz: str) -> float:

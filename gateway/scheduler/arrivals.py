@@ -60,7 +60,7 @@ class ExpectedArrivals:
 
 def day_kind(site: str, when: datetime) -> str:
     """Weekdays and weekends are counted apart (``when`` on the site's clock)."""
-    return f"{site}/{'weekend' if when.weekday() >= 5 else 'weekday'}"
+    return f"{site}/{'weekend' if sitetime.is_weekend(when.date()) else 'weekday'}"
 
 
 def _block(when: datetime) -> datetime:

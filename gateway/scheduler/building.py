@@ -36,10 +36,6 @@ SHIFT_FADE_S = 3 * 3600.0  # how fast a deviation from the base forecast is expe
 MIN_DAYS_OF_KIND = 2
 
 
-def is_weekend(day: date) -> bool:
-    return day.weekday() >= 5
-
-
 def anchored(base: Callable[[datetime], float | None], now: datetime, now_kw: float) -> Callable[[datetime], float]:
     """``base`` pulled toward the reading now: at ``now`` and before, ``now_kw``; later, the base
     plus today's deviation from it (``now_kw - base(now)``), fading with ``exp(-dt / SHIFT_FADE_S)``.
@@ -82,7 +78,7 @@ class BuildingProfile:
         rows.append((day, float(kw)))
         self._mean[k] = sum(v for _, v in rows) / len(rows)
         for weekend in (False, True):
-            kind = [v for d, v in rows if is_weekend(d) == weekend]
+            kind = [v for d, v in rows if sitetime.is_weekend(d) == weekend]
             if len(kind) >= MIN_DAYS_OF_KIND:
                 self._kind_mean[(weekend, k)] = sum(kind) / len(kind)
             else:
@@ -92,7 +88,7 @@ class BuildingProfile:
         """The profile at ``when``: its slot's mean over the days of its kind (weekday or
         weekend) where there are enough of them, else over all days; None for a slot never seen."""
         k = self.slot(when)
-        mean = self._kind_mean.get((is_weekend(sitetime.local(when, self.tz).date()), k))
+        mean = self._kind_mean.get((sitetime.is_weekend(sitetime.local(when, self.tz).date()), k))
         return mean if mean is not None else self._mean.get(k)
 
     def reading(self, when: datetime) -> float:
