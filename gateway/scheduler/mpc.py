@@ -67,14 +67,13 @@ NONCOMPLIANCE_WINDOW = timedelta(minutes=15)
 # How long the profiles each EVSE accepted are remembered (the energy since the last meter reading
 # is carried forward over them, up to live_inputs.EXTRAPOLATE_MAX).
 LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
-# Completed transactions read from Postgres at start to seed the departure forecast and the
-# arrival model: those that ended in the last BOOTSTRAP_DAYS (at most BOOTSTRAP_SESSIONS_MAX),
-# or the last BOOTSTRAP_SESSIONS whatever their age where those are fewer (a quiet site). A fixed
-# count alone was half a day of a 1,000-EVSE site: no weekend, most hours of the day unseen.
-BOOTSTRAP_DAYS = 28
+# Completed transactions read from Postgres at start (one read) to seed the departure forecast,
+# the arrival model and the needed peaks: those that ended in the last BOOTSTRAP_DAYS (the needed
+# peaks' days and the one before; at most BOOTSTRAP_SESSIONS_MAX), or the last BOOTSTRAP_SESSIONS
+# whatever their age where those are fewer (a quiet site). A fixed count alone was half a day of a
+# 1,000-EVSE site: no weekend, most hours of the day unseen.
+BOOTSTRAP_DAYS = PEAK_KEEP_DAYS + 1
 BOOTSTRAP_SESSIONS = 500
-# At most this many finished sessions seed the forecast and arrivals, and (those of the last
-# peak_price.KEEP_DAYS) the needed peaks, at start.
 BOOTSTRAP_SESSIONS_MAX = 20_000
 # A building reading older than this at a re-plan is not learned from (the energy system went quiet).
 BUILDING_READING_FRESH = timedelta(hours=1)
@@ -153,18 +152,25 @@ class MpcScheduler:
         self.peaks.observe(DoneSession(done.arrival, done.departure, max(done.delivered_kwh, 0.0), done.max_kw))
         self.observed += 1
 
-    async def bootstrap(self) -> int:
-        """Seed the forecast from the last completed transactions in Postgres (their dwell only:
-        what a driver asked for is not kept with the transaction, and what an EV took is a lower
-        bound that would bias the energy forecast low): those of the last BOOTSTRAP_DAYS, or the
-        last BOOTSTRAP_SESSIONS if that is more. Returns how many were read."""
+    async def history(self) -> list[TxSnapshot] | None:
+        """The completed transactions start-up learns from (see BOOTSTRAP_DAYS), newest first;
+        None if Postgres cannot give them (planning then starts without history, not at all)."""
         since = self.gw.clock.now() - timedelta(days=BOOTSTRAP_DAYS)
         try:
             rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS_MAX, since=since)
             if len(rows) < BOOTSTRAP_SESSIONS:
                 rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS)
-        except Exception as exc:  # planning starts without history rather than not at all
-            log.warning("no session history for the forecast: %s", exc)
+        except Exception as exc:
+            log.warning("no session history for the forecast and the needed peaks: %s", exc)
+            return None
+        return rows
+
+    async def bootstrap(self, rows: list[TxSnapshot] | None = None) -> int:
+        """Seed the forecast and the arrival model from ``rows`` (default: :meth:`history`): their
+        dwell only, since what a driver asked for is not kept with the transaction, and what an EV
+        took is a lower bound that would bias the energy forecast low. Returns how many were read."""
+        rows = await self.history() if rows is None else rows
+        if rows is None:
             return 0
         name = self.settings.site.name
         n = 0
@@ -183,17 +189,14 @@ class MpcScheduler:
         self.observed += n
         return n
 
-    async def bootstrap_peaks(self) -> int:
-        """Seed the needed peaks' sessions from the transactions that ended in the last
-        peak_price.KEEP_DAYS days (the days are worked out at the first re-plan, with the building
-        readings). Returns how many sessions were read."""
-        now = self.gw.clock.now()
-        since = now - timedelta(days=PEAK_KEEP_DAYS + 1)
-        try:
-            rows = await self.gw.transactions.recently_ended(BOOTSTRAP_SESSIONS_MAX, since=since)
-        except Exception as exc:
-            log.warning("no session history for the needed peaks: %s", exc)
+    async def bootstrap_peaks(self, rows: list[TxSnapshot] | None = None) -> int:
+        """Seed the needed peaks' sessions from those of ``rows`` (default: :meth:`history`) that
+        started in the last peak_price.KEEP_DAYS days (the days are worked out at the first
+        re-plan, with the building readings). Returns how many sessions were read."""
+        rows = await self.history() if rows is None else rows
+        if rows is None:
             return 0
+        since = self.gw.clock.now() - timedelta(days=PEAK_KEEP_DAYS + 1)
         first_day = self.peaks.day(since)
         n = 0
         for t in reversed(rows):
@@ -271,8 +274,9 @@ class MpcScheduler:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.bootstrap()
-        await self.bootstrap_peaks()
+        rows = await self.history() or []  # one read for both (none: no history, not a second try)
+        await self.bootstrap(rows)
+        await self.bootstrap_peaks(rows)
         await self.bootstrap_building()
         self.gw.state.forecaster = self.forecaster
         period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)

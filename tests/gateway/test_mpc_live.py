@@ -199,7 +199,10 @@ async def test_a_restart_reads_the_last_four_weeks_of_sessions_however_many(site
             "INSERT INTO transactions (station_id, transaction_id, evse_id, started_at, ended_at, energy_in_kwh,"
             " updated_at) VALUES ($1, $2, 1, $3, $4, 10.0, $4)", rows)
         fresh = MpcScheduler(site.gw)
-        assert await fresh.bootstrap() == recent  # all of the four weeks, none older
+        history = await fresh.history()
+        assert history is not None and len(history) == recent  # all of the four weeks, none older
+        assert await fresh.bootstrap(history) == recent
+        assert await fresh.bootstrap_peaks(history) == recent  # the same read feeds the needed peaks
         # A quiet site (ten sessions in four weeks): its last BOOTSTRAP_SESSIONS, the older ones too.
         await conn.execute("DELETE FROM transactions WHERE station_id = 'CS-H' AND ended_at > $1",
                            now - timedelta(days=20) * ((recent - 10) / recent))
