@@ -6,7 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
-        [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q]
+        [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -51,6 +51,9 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   ``--building-profile all-days``: the MPC's learned building profile averages every day, as
   before weekdays and weekends were kept apart (``building.BuildingProfile.base``);
   ``--building-quantile Q``: the profile at the Q quantile of its days instead of their mean.
+- ``--discharge-with-spread``: an announced EV past its believed departure (announcement less the
+  learned margin) may still discharge into an export request while its departure spread has
+  points left (the code: no discharge once the believed departure has passed).
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
@@ -288,6 +291,20 @@ def use_building_quantile(q: float) -> None:
     building.BuildingProfile.base = base  # type: ignore[method-assign]
 
 
+def use_discharge_with_spread() -> None:
+    """An announced EV past its believed departure may still be lent to an export request while
+    its departure spread has points left (the LP prices the risk), instead of never."""
+    made = slots.departure_for
+
+    def departure_for(v: Any, now: Any, forecaster: Any, site: str, rules: Any) -> Any:
+        dep, may = made(v, now, forecaster, site, rules)
+        if not may and slots.scenarios_for(v, now, forecaster, site, rules) is not None:
+            may = True
+        return dep, may
+
+    slots.departure_for = departure_for  # type: ignore[assignment]
+
+
 def use_one_building_profile() -> None:
     """The learned building profile as before weekdays and weekends were kept apart: one mean."""
 
@@ -361,6 +378,8 @@ def main() -> None:
     ap.add_argument("--building-profile", choices=("by-kind", "all-days"), default="by-kind",
                     help="the learned building profile: weekdays and weekends apart (the code's) or one mean")
     ap.add_argument("--building-fade", type=float, default=None, help="hours (the code's: 3)")
+    ap.add_argument("--discharge-with-spread", action="store_true",
+                    help="an announced EV past its believed departure may still discharge while its spread lasts")
     ap.add_argument("--building-quantile", type=float, default=None,
                     help="plan the building at this quantile of the profile's days (the code's: their mean)")
     ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
@@ -400,6 +419,8 @@ def main() -> None:
         use_one_building_profile()
     if a.building_quantile is not None:
         use_building_quantile(a.building_quantile)
+    if a.discharge_with_spread:
+        use_discharge_with_spread()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
     if a.oracle_arrival_counts:
@@ -424,6 +445,7 @@ def main() -> None:
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
                       "charge_bias": a.charge_bias, "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
+                      "discharge_with_spread": a.discharge_with_spread,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 
