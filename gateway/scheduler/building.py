@@ -36,11 +36,12 @@ SHIFT_FADE_S = 3 * 3600.0  # how fast a deviation from the base forecast is expe
 MIN_DAYS_OF_KIND = 2
 
 
-def anchored(base: Callable[[datetime], float | None], now: datetime, now_kw: float) -> Callable[[datetime], float]:
+def anchored(base: Callable[[datetime], float | None], now: datetime, now_kw: float,
+             base_now: float | None = None) -> Callable[[datetime], float]:
     """``base`` pulled toward the reading now: at ``now`` and before, ``now_kw``; later, the base
-    plus today's deviation from it (``now_kw - base(now)``), fading with ``exp(-dt / SHIFT_FADE_S)``.
-    Where the base knows nothing (None), the reading now."""
-    at_now = base(now)
+    plus today's deviation from it (``now_kw - base(now)``, or ``now_kw - base_now`` where given),
+    fading with ``exp(-dt / SHIFT_FADE_S)``. Where the base knows nothing (None), the reading now."""
+    at_now = base(now) if base_now is None else base_now
     shift = 0.0 if at_now is None else now_kw - at_now
 
     def building(when: datetime) -> float:
@@ -91,6 +92,16 @@ class BuildingProfile:
         mean = self._kind_mean.get((sitetime.is_weekend(sitetime.local(when, self.tz).date()), k))
         return mean if mean is not None else self._mean.get(k)
 
+    def base_before(self, when: datetime) -> float | None:
+        """:meth:`base` from the days before ``when``'s day only: what the profile said of this
+        slot before today's reading of it was taken."""
+        day = sitetime.local(when, self.tz).date()
+        rows = [(d, v) for d, v in self._days.get(self.slot(when), ()) if d < day]
+        kind = [v for d, v in rows if sitetime.is_weekend(d) == sitetime.is_weekend(day)]
+        if len(kind) >= MIN_DAYS_OF_KIND:
+            return sum(kind) / len(kind)
+        return sum(v for _, v in rows) / len(rows) if rows else None
+
     def reading(self, when: datetime) -> float:
         """What the building drew in ``when``'s slot on its day (a past reading), else the
         profile there (:meth:`base`), else 0 (never seen: the hindsight LP of a finished day
@@ -112,5 +123,12 @@ class BuildingProfile:
 
     def forecast(self, now: datetime, now_kw: float) -> Callable[[datetime], float]:
         """The learned profile (:meth:`base`: weekdays and weekends apart) anchored to the
-        reading now (:func:`anchored`); a slot never seen is forecast at the reading now."""
-        return anchored(self.base, now, now_kw)
+        reading now (:func:`anchored`); a slot never seen is forecast at the reading now.
+
+        The deviation is measured against the profile of the days before today (:meth:`base_before`):
+        the reading now is already in its slot's mean (it is observed before each plan), and the
+        next slots' means do not hold today yet, so measured against that mean the deviation
+        shrank by one part in (days + 1) and the forecast fell by as much from now to five minutes
+        later. Early in a site's life (or with a day of a kind just counted) the plan saw headroom
+        in the next slot at every re-plan and kept putting charging off."""
+        return anchored(self.base, now, now_kw, self.base_before(now))

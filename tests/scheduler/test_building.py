@@ -73,6 +73,26 @@ def test_the_learned_forecast_is_the_profile_anchored() -> None:
         assert learned(when) == by_rule(when)
 
 
+def test_the_deviation_is_measured_against_the_days_before_today() -> None:
+    # The loop learns the reading now before it plans: the slot's mean then holds today's reading,
+    # the next slot's does not. Measured against that mean, the deviation would shrink by a
+    # quarter here and the forecast fall from 160 to 144 kW in five minutes.
+    p = BuildingProfile()
+    office(p, 3)
+    now = DAY + timedelta(days=3, hours=12)
+    p.observe(now, 160.0)
+    assert p.base(now) == pytest.approx((3 * 100.0 + 160.0) / 4)
+    assert p.base_before(now) == pytest.approx(100.0)
+    fc = p.forecast(now, 160.0)
+    assert fc(now) == 160.0
+    assert fc(now + timedelta(minutes=5)) == pytest.approx(100.0 + 60.0 * math.exp(-300.0 / SHIFT_FADE_S), rel=1e-12)
+    # Nothing before today: the profile knows nothing yet, the forecast is the reading now.
+    first = BuildingProfile()
+    first.observe(DAY, 50.0)
+    assert first.base_before(DAY) is None
+    assert first.forecast(DAY, 50.0)(DAY + timedelta(hours=2)) == 50.0
+
+
 def test_one_reading_per_slot_and_day_and_only_the_last_days_count() -> None:
     p = BuildingProfile()
     t = DAY + timedelta(hours=9, minutes=1)
