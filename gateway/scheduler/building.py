@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
@@ -55,13 +55,23 @@ def anchored(base: Callable[[datetime], float | None], now: datetime, now_kw: fl
     return building
 
 
+def _of_kind(rows: Iterable[tuple[date, float]], weekend: bool) -> float | None:
+    """The mean of ``rows`` (day, reading) over the days of one kind where there are
+    MIN_DAYS_OF_KIND of them, else over all days; None with no rows."""
+    rows = list(rows)
+    kind = [v for d, v in rows if sitetime.is_weekend(d) == weekend]
+    if len(kind) >= MIN_DAYS_OF_KIND:
+        return sum(kind) / len(kind)
+    return sum(v for _, v in rows) / len(rows) if rows else None
+
+
 @dataclass
 class BuildingProfile:
     tz: str = sitetime.UTC_NAME
     _days: dict[int, deque[tuple[date, float]]] = field(default_factory=dict)
     _mean: dict[int, float] = field(default_factory=dict)  # per slot, kept up to date by observe
-    # (weekend?, slot) -> mean of that kind's days, where the window holds MIN_DAYS_OF_KIND of them
-    _kind_mean: dict[tuple[bool, int], float] = field(default_factory=dict)
+    # (weekend?, slot) -> the profile there (_of_kind), kept up to date by observe
+    _base: dict[tuple[bool, int], float] = field(default_factory=dict)
 
     def slot(self, when: datetime) -> int:
         """Five-minute slot of the site's day."""
@@ -79,28 +89,20 @@ class BuildingProfile:
         rows.append((day, float(kw)))
         self._mean[k] = sum(v for _, v in rows) / len(rows)
         for weekend in (False, True):
-            kind = [v for d, v in rows if sitetime.is_weekend(d) == weekend]
-            if len(kind) >= MIN_DAYS_OF_KIND:
-                self._kind_mean[(weekend, k)] = sum(kind) / len(kind)
-            else:
-                self._kind_mean.pop((weekend, k), None)
+            mean = _of_kind(rows, weekend)
+            if mean is not None:  # always: the rows hold this reading
+                self._base[(weekend, k)] = mean
 
     def base(self, when: datetime) -> float | None:
         """The profile at ``when``: its slot's mean over the days of its kind (weekday or
         weekend) where there are enough of them, else over all days; None for a slot never seen."""
-        k = self.slot(when)
-        mean = self._kind_mean.get((sitetime.is_weekend(sitetime.local(when, self.tz).date()), k))
-        return mean if mean is not None else self._mean.get(k)
+        return self._base.get((sitetime.is_weekend(sitetime.local(when, self.tz).date()), self.slot(when)))
 
     def base_before(self, when: datetime) -> float | None:
         """:meth:`base` from the days before ``when``'s day only: what the profile said of this
         slot before today's reading of it was taken."""
         day = sitetime.local(when, self.tz).date()
-        rows = [(d, v) for d, v in self._days.get(self.slot(when), ()) if d < day]
-        kind = [v for d, v in rows if sitetime.is_weekend(d) == sitetime.is_weekend(day)]
-        if len(kind) >= MIN_DAYS_OF_KIND:
-            return sum(kind) / len(kind)
-        return sum(v for _, v in rows) / len(rows) if rows else None
+        return _of_kind(((d, v) for d, v in self._days.get(self.slot(when), ()) if d < day), sitetime.is_weekend(day))
 
     def reading(self, when: datetime) -> float:
         """What the building drew in ``when``'s slot on its day (a past reading), else the
@@ -127,8 +129,8 @@ class BuildingProfile:
 
         The deviation is measured against the profile of the days before today (:meth:`base_before`):
         the reading now is already in its slot's mean (it is observed before each plan), and the
-        next slots' means do not hold today yet, so measured against that mean the deviation
-        shrank by one part in (days + 1) and the forecast fell by as much from now to five minutes
-        later. Early in a site's life (or with a day of a kind just counted) the plan saw headroom
-        in the next slot at every re-plan and kept putting charging off."""
+        next slots' means do not hold today yet: measured against that mean the deviation would
+        shrink by one part in (days + 1) and the forecast fall by as much from now to five minutes
+        later, so every re-plan would see room in its next step that is not there and put charging
+        off into it (most early in a site's life, or on the first days of a kind)."""
         return anchored(self.base, now, now_kw, self.base_before(now))
