@@ -6,6 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
+        [--coarse-step S]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
@@ -56,6 +57,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   points left (the code: no discharge once the believed departure has passed).
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
+- ``--coarse-step S``: the MPC's planning grid with steps of S seconds after the first hour
+  (``problem.make_grid``'s ``coarse_step_s``, 3600 in the code; 900: quarter hours to the end).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
 - ``--per-day``: one more JSON line per day: its savings range and the MPC's gap by part.
 """
@@ -351,6 +354,8 @@ def print_days(runs: list[Any]) -> None:
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
+    ap.add_argument("--coarse-step", type=float, default=None,
+                    help="seconds per step after the first hour (the code's: 3600)")
     ap.add_argument("--reveal-weight", type=float, default=None,
                     help="price share of a guessed need not in two thirds of the way (the code's: 0.02)")
     ap.add_argument("--departure-points", type=int, default=None,
@@ -400,6 +405,8 @@ def main() -> None:
         use_plan_penalty(a.plan_penalty)
     if a.reveal_weight is not None:
         use_reveal_weight(a.reveal_weight)
+    if a.coarse_step is not None:
+        policies.make_grid = functools.partial(policies.make_grid, coarse_step_s=a.coarse_step)  # type: ignore[assignment]
     if a.scenarios in QUANTILE_SCENARIOS:
         use_quantile_buckets(QUANTILE_SCENARIOS[a.scenarios])
     elif a.departure_points is not None:
@@ -443,7 +450,8 @@ def main() -> None:
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
                       "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
-                      "charge_bias": a.charge_bias, "building_weekend": a.building_weekend,
+                      "charge_bias": a.charge_bias, "coarse_step_s": a.coarse_step,
+                      "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread,
                       **{k: round(float(mpc[k]), 4) for k in keys},
