@@ -309,12 +309,9 @@ def use_discharge_with_spread() -> None:
 
 
 def use_one_building_profile() -> None:
-    """The learned building profile as before weekdays and weekends were kept apart: one mean."""
-
-    def base(self: building.BuildingProfile, when: datetime) -> float | None:
-        return self.profile().get(self.slot(when))
-
-    building.BuildingProfile.base = base  # type: ignore[method-assign]
+    """The learned building profile as before weekdays and weekends were kept apart: one mean
+    (a kind never has enough days of its own, so every slot's profile is its all-days mean)."""
+    building.MIN_DAYS_OF_KIND = 10**9
 
 
 def print_short(runs: Any) -> None:

@@ -69,7 +69,6 @@ def _of_kind(rows: Iterable[tuple[date, float]], weekend: bool) -> float | None:
 class BuildingProfile:
     tz: str = sitetime.UTC_NAME
     _days: dict[int, deque[tuple[date, float]]] = field(default_factory=dict)
-    _mean: dict[int, float] = field(default_factory=dict)  # per slot, kept up to date by observe
     # (weekend?, slot) -> the profile there (_of_kind), kept up to date by observe
     _base: dict[tuple[bool, int], float] = field(default_factory=dict)
 
@@ -87,7 +86,6 @@ class BuildingProfile:
         if rows and rows[-1][0] == day:
             rows.pop()
         rows.append((day, float(kw)))
-        self._mean[k] = sum(v for _, v in rows) / len(rows)
         for weekend in (False, True):
             mean = _of_kind(rows, weekend)
             if mean is not None:  # always: the rows hold this reading
@@ -121,7 +119,7 @@ class BuildingProfile:
     def profile(self) -> dict[int, float]:
         """Mean load per five-minute slot of the day over all days kept (slots never seen are
         absent)."""
-        return self._mean
+        return {k: sum(v for _, v in rows) / len(rows) for k, rows in self._days.items() if rows}
 
     def forecast(self, now: datetime, now_kw: float) -> Callable[[datetime], float]:
         """The learned profile (:meth:`base`: weekdays and weekends apart) anchored to the
