@@ -5,7 +5,7 @@ Shared by the offline evaluator and usable by the live loop, so both price a pla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -63,6 +63,13 @@ def site_inputs(
         demand_mask=None if period_end is None else np.array([s < period_end for s in starts], dtype=bool),
         peak_price_steps=peak_price_steps,
     )
+
+
+def breakpoints(events: Iterable[GridEvent],
+                price_overrides: Iterable[tuple[datetime, datetime, float, float]] = ()) -> list[datetime]:
+    """Where the site's inputs change off the hour: grid events' and price overrides' edges, for
+    ``problem.make_grid`` to put step boundaries on."""
+    return [t for ev in events for t in (ev.start, ev.end)] + [t for lo, hi, _, _ in price_overrides for t in (lo, hi)]
 
 
 def discharge_in_events_only(site: SiteInputs) -> None:

@@ -128,10 +128,11 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings,
     start, end = (billing.period_start(now, site.billing_day, site.timezone),
                   billing.period_end(now, site.billing_day, site.timezone))
     peak0 = state.demand.peak_at(now)
+    events = list(state.grid_events.values())
     demand, steps = demand_pricing(state.tariff.demand_charge_per_kw, now, horizon, start, end, peak0, needed_peaks)
     return inputs.site_inputs(
-        make_grid(now, settings.horizon_h * 3600.0), tariff=state.tariff, limits=state.limits,
-        events=list(state.grid_events.values()), building_kw=building_forecast(state, now, building),
+        make_grid(now, settings.horizon_h * 3600.0, breakpoints=inputs.breakpoints(events, state.price_overrides)),
+        tariff=state.tariff, limits=state.limits, events=events, building_kw=building_forecast(state, now, building),
         demand_charge_per_kw=demand, peak_price_steps=steps, peak_so_far_kw=peak0,
         period_end=end, wear_cost_per_kwh=site.wear_cost_per_kwh,
         unmet_penalty_per_kwh=settings.unmet_energy_penalty_per_kwh, price_overrides=state.price_overrides,

@@ -16,7 +16,7 @@ from gateway.episode import Episode
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
-from gateway.scheduler.inputs import discharge_in_events_only, site_inputs
+from gateway.scheduler.inputs import breakpoints, discharge_in_events_only, site_inputs
 from gateway.scheduler.peak_price import DoneSession, NeededPeaks, demand_pricing
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
@@ -207,7 +207,7 @@ class Mpc(_Base):
         self.peaks.close_days(ctx.now, [v.arrival for v in ctx.views], self.building.reading, ep.limits.import_kw)
         if not ctx.views:
             return {}
-        grid = make_grid(ctx.now, self.horizon_s)
+        grid = make_grid(ctx.now, self.horizon_s, breakpoints=breakpoints(ep.grid_events))
         horizon = timedelta(seconds=self.horizon_s)
         # With no period end known, a day's share of the charge (no needed peaks passed).
         period_end = self.period_end if self.period_end is not None else ctx.now + self.period

@@ -48,8 +48,10 @@ differences, so that works the same.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,6 +109,7 @@ MIN_FIRST_STEP_S = 30.0  # a shorter first step is merged into the next one
 FINE_STEP_S = 300.0
 FINE_STEPS = 6
 MEDIUM_STEP_S = 900.0
+MIN_BREAK_S = 60.0  # a breakpoint closer than this to a step boundary is left out
 
 
 def make_grid(
@@ -117,12 +120,16 @@ def make_grid(
     medium_step_s: float = MEDIUM_STEP_S,
     coarse_step_s: float = 3600,
     align_s: float = 300,
+    breakpoints: Iterable[datetime] = (),
 ) -> TimeGrid:
     """Fine steps near ``now``, medium ones up to the next coarse boundary, coarse ones after;
     boundaries fall on multiples of ``align_s`` (first step shortened), medium steps on multiples of
     ``medium_step_s`` and coarse steps on multiples of ``coarse_step_s``, so time-of-use boundaries
     are not smeared. The count of steps stays within a few of the same for any ``now`` (the LP's
-    size, and its solve time, barely depend on the minute of the hour)."""
+    size, and its solve time, barely depend on the minute of the hour). ``breakpoints`` (a grid
+    event's start and end, a price override's) become step boundaries too, so an export request
+    from 16:30 does not price half of the 16:00-17:00 step at half its payment, nor an import cap
+    hold on the whole hour it touches; one within a minute of a boundary moves nothing."""
     t0 = now.timestamp()
     end = t0 + horizon_s
     edges = [t0]
@@ -148,6 +155,10 @@ def make_grid(
     up_to(medium_step_s, coarse_step_s)  # then medium steps onto the coarse one
     while edges[-1] < end:
         edges.append(min(edges[-1] + coarse_step_s, end))
+    for b in sorted({b.timestamp() for b in breakpoints}):
+        i = bisect.bisect(edges, b)
+        if 0 < i < len(edges) and b - edges[i - 1] >= MIN_BREAK_S and edges[i] - b >= MIN_BREAK_S:
+            edges.insert(i, b)
     return TimeGrid(start=now, durations_s=np.diff(np.asarray(edges, dtype=float)))
 
 

@@ -83,3 +83,21 @@ def test_a_rise_of_the_peak_is_priced_at_one_horizon_of_the_billing_period() -> 
     settings = Settings(site=SiteConfig(demand_charge_per_kw=15.0))
     live = site_inputs(SiteState.from_settings(settings), T0, settings)
     assert live.demand_charge_per_kw == pytest.approx(0.5)  # one day of (a 30-day share of) July
+
+
+def test_an_export_request_is_paid_on_its_own_steps() -> None:
+    from gateway.config import SiteConfig
+    from gateway.domain import GridEvent, GridEventKind
+    from gateway.scheduler.live_inputs import site_inputs
+
+    settings = Settings(site=SiteConfig())
+    state = SiteState.from_settings(settings)
+    start, end = T0 + timedelta(hours=2, minutes=30), T0 + timedelta(hours=4, minutes=45)
+    state.grid_events["DR-1"] = GridEvent("DR-1", start, end, GridEventKind.EXPORT_REQUEST, payment_per_kwh=2.0)
+    live = site_inputs(state, T0, settings)
+    starts = live.grid.starts()
+    paid = [s for s, p in zip(starts, live.export_payment_per_kwh, strict=True) if p > 0]
+    # The whole payment on the steps inside the window, none on the half hours beside it.
+    assert paid[0] == start and paid[-1] < end
+    assert all(p in (0.0, 2.0) for p in live.export_payment_per_kwh)
+    assert end in starts

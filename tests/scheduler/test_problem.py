@@ -243,6 +243,25 @@ def test_make_grid_is_fine_near_now_and_hourly_later() -> None:
     assert make_grid(late, 24 * 3600).durations_s[0] == pytest.approx(300.3)
 
 
+def test_grid_events_edges_are_step_boundaries() -> None:
+    now = T0 + timedelta(hours=6, minutes=3)
+    plain = make_grid(now, 24 * 3600)
+    # An export request 16:30-18:45 (hourly steps there), one edge 20 s off a boundary (left out).
+    edges = [T0 + timedelta(hours=16, minutes=30), T0 + timedelta(hours=18, minutes=45),
+             T0 + timedelta(hours=20, seconds=20), T0 + timedelta(days=3)]
+    g = make_grid(now, 24 * 3600, breakpoints=edges)
+    assert len(g) == len(plain) + 2
+    assert g.durations_s.sum() == pytest.approx(24 * 3600)
+    starts = g.starts()
+    assert edges[0] in starts and edges[1] in starts and edges[2] not in starts
+    i = starts.index(edges[0])
+    assert list(g.durations_s[i - 1:i + 1]) == [1800, 1800]
+    assert starts[i + 3] == edges[1] and g.durations_s[i + 3] == 900
+    # Within the fine steps an edge on a 5-minute boundary changes nothing.
+    assert list(make_grid(now, 24 * 3600, breakpoints=[T0 + timedelta(hours=6, minutes=20)]).durations_s) == list(
+        plain.durations_s)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_peak_outside_the_billing_period_does_not_count(backend: str) -> None:
     s = site([0.1, 0.1, 0.1], building=10.0, demand=10.0)
