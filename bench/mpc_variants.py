@@ -6,7 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
-        [--coarse-step S]
+        [--coarse-step S] [--medium-hours H] [--new-site-margin MIN]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
@@ -59,6 +59,9 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--coarse-step S``: the MPC's planning grid with steps of S seconds after the first hour
   (``problem.make_grid``'s ``coarse_step_s``, 3600 in the code; 900: quarter hours to the end).
+- ``--medium-hours H``: quarter-hour steps for H hours from now, hourly after (``medium_span_s``).
+- ``--new-site-margin MIN``: how early an announced departure is planned until the site has
+  history of announcement errors (``slots.ANNOUNCED_MARGIN``, 90 minutes).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
 - ``--per-day``: one more JSON line per day: its savings range and the MPC's gap by part.
 """
@@ -71,7 +74,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import highspy
@@ -79,7 +82,7 @@ import numpy as np
 from benchlib import episode_parser
 
 from gateway import sitetime
-from gateway.scheduler import arrivals, building, departure_points, policies, slots
+from gateway.scheduler import arrivals, building, departure_points, forecast, policies, slots
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
@@ -120,6 +123,16 @@ def use_quantile_buckets(buckets: tuple[tuple[float, float], ...]) -> None:
 
 def use_reveal_weight(weight: float) -> None:
     policies.SlotRules = functools.partial(slots.SlotRules, reveal_weight=weight)  # type: ignore[misc]
+
+
+def use_new_site_margin(margin: timedelta) -> None:
+    learned = forecast.SessionForecaster.announcement_margin
+
+    def announcement_margin(self: forecast.SessionForecaster, site: str, default: timedelta,
+                            quantile: float = 0.95) -> timedelta:
+        return learned(self, site, margin, quantile)
+
+    forecast.SessionForecaster.announcement_margin = announcement_margin  # type: ignore[method-assign]
 
 
 def use_departure_points(points: int) -> None:
@@ -351,6 +364,10 @@ def print_days(runs: list[Any]) -> None:
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
+    ap.add_argument("--medium-hours", type=float, default=None,
+                    help="quarter-hour steps for this many hours from now, hourly after")
+    ap.add_argument("--new-site-margin", type=float, default=None,
+                    help="minutes an announced departure is planned early until the site has history")
     ap.add_argument("--coarse-step", type=float, default=None,
                     help="seconds per step after the first hour (the code's: 3600)")
     ap.add_argument("--reveal-weight", type=float, default=None,
@@ -402,6 +419,10 @@ def main() -> None:
         use_plan_penalty(a.plan_penalty)
     if a.reveal_weight is not None:
         use_reveal_weight(a.reveal_weight)
+    if a.medium_hours is not None:
+        policies.make_grid = functools.partial(policies.make_grid, medium_span_s=a.medium_hours * 3600.0)  # type: ignore[assignment]
+    if a.new_site_margin is not None:
+        use_new_site_margin(timedelta(minutes=a.new_site_margin))
     if a.coarse_step is not None:
         policies.make_grid = functools.partial(policies.make_grid, coarse_step_s=a.coarse_step)  # type: ignore[assignment]
     if a.scenarios in QUANTILE_SCENARIOS:
@@ -447,7 +468,8 @@ def main() -> None:
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
                       "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
-                      "charge_bias": a.charge_bias, "coarse_step_s": a.coarse_step,
+                      "charge_bias": a.charge_bias, "coarse_step_s": a.coarse_step, "medium_hours": a.medium_hours,
+                      "new_site_margin_min": a.new_site_margin,
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread,

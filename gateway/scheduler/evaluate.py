@@ -162,7 +162,7 @@ def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
         max_discharge_kw=t.max_discharge_kw, eff_charge=a.eff_charge, eff_discharge=a.eff_discharge,
         full=t.energy >= t.stop - 1e-6, departure=departure,
         energy_kwh=t.energy if known else None, capacity_kwh=a.capacity_kwh if known else None,
-        need_kwh=need, reserve_kwh=t.reserve if known else 0.0,
+        need_kwh=need, reserve_kwh=t.reserve if known else 0.0, departure_firm=exact,
     )
 
 

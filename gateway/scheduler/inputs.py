@@ -5,8 +5,9 @@ Shared by the offline evaluator and usable by the live loop, so both price a pla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -65,11 +66,27 @@ def site_inputs(
     )
 
 
+# A firm departure becomes a step boundary at the quarter hour before it: the plan finishes up to
+# 15 minutes early rather than up to an hour (hourly steps). The nearest this many such quarter
+# hours are used, so a site of many drivers adds at most that many steps to the LP (the later ones
+# get theirs as the horizon moves on).
+FIRM_DEPARTURE_STEP_S = 900.0
+MAX_FIRM_BREAKPOINTS = 24
+
+
 def breakpoints(events: Iterable[GridEvent],
-                price_overrides: Iterable[tuple[datetime, datetime, float, float]] = ()) -> list[datetime]:
-    """Where the site's inputs change off the hour: grid events' and price overrides' edges, for
-    ``problem.make_grid`` to put step boundaries on."""
-    return [t for ev in events for t in (ev.start, ev.end)] + [t for lo, hi, _, _ in price_overrides for t in (lo, hi)]
+                price_overrides: Iterable[tuple[datetime, datetime, float, float]] = (),
+                firm_departures: Iterable[datetime] = (), now: datetime | None = None) -> list[datetime]:
+    """Where the plan's inputs change off the hour, for ``problem.make_grid`` to put step
+    boundaries on: grid events' and price overrides' edges, and departures a driver set after
+    ``now`` (an EV is planned plugged in for the whole steps before it leaves, so on hourly steps
+    a driver leaving at 17:50 would be planned as leaving at 17:00 until the fine steps reach it)."""
+    out = [t for ev in events for t in (ev.start, ev.end)] + [t for lo, hi, _, _ in price_overrides for t in (lo, hi)]
+    step = FIRM_DEPARTURE_STEP_S
+    quarters = sorted({math.floor(t.timestamp() / step) * step for t in firm_departures
+                       if now is None or t > now})
+    out += [datetime.fromtimestamp(q, tz=UTC) for q in quarters[:MAX_FIRM_BREAKPOINTS]]
+    return out
 
 
 def discharge_in_events_only(site: SiteInputs) -> None:

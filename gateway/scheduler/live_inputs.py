@@ -129,9 +129,14 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings,
                   billing.period_end(now, site.billing_day, site.timezone))
     peak0 = state.demand.peak_at(now)
     events = list(state.grid_events.values())
+    # A departure a driver set is firm (no margin, no spread: SessionView.departure_firm); the quarter
+    # hour before it becomes a step boundary, so hourly steps do not plan the EV gone up to an hour early.
+    firm = [r.departure for r in (state.resolve(st.session) for st in state.evses.values() if st.session is not None)
+            if r.departure_source == "driver"]
+    cuts = inputs.breakpoints(events, state.price_overrides, firm, now)
     demand, steps = demand_pricing(state.tariff.demand_charge_per_kw, now, horizon, start, end, peak0, needed_peaks)
     return inputs.site_inputs(
-        make_grid(now, settings.horizon_h * 3600.0, breakpoints=inputs.breakpoints(events, state.price_overrides)),
+        make_grid(now, settings.horizon_h * 3600.0, breakpoints=cuts),
         tariff=state.tariff, limits=state.limits, events=events, building_kw=building_forecast(state, now, building),
         demand_charge_per_kw=demand, peak_price_steps=steps, peak_so_far_kw=peak0,
         period_end=end, wear_cost_per_kwh=site.wear_cost_per_kwh,

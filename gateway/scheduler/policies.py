@@ -207,7 +207,9 @@ class Mpc(_Base):
         self.peaks.close_days(ctx.now, [v.arrival for v in ctx.views], self.building.reading, ep.limits.import_kw)
         if not ctx.views:
             return {}
-        grid = make_grid(ctx.now, self.horizon_s, breakpoints=breakpoints(ep.grid_events))
+        firm = [v.departure for v in ctx.views if v.departure_firm and v.departure is not None]
+        cuts = breakpoints(ep.grid_events, firm_departures=firm, now=ctx.now)
+        grid = make_grid(ctx.now, self.horizon_s, breakpoints=cuts)
         horizon = timedelta(seconds=self.horizon_s)
         # With no period end known, a day's share of the charge (no needed peaks passed).
         period_end = self.period_end if self.period_end is not None else ctx.now + self.period

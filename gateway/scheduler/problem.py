@@ -121,6 +121,7 @@ def make_grid(
     coarse_step_s: float = 3600,
     align_s: float = 300,
     breakpoints: Iterable[datetime] = (),
+    medium_span_s: float = 0.0,
 ) -> TimeGrid:
     """Fine steps near ``now``, medium ones up to the next coarse boundary, coarse ones after;
     boundaries fall on multiples of ``align_s`` (first step shortened), medium steps on multiples of
@@ -129,7 +130,9 @@ def make_grid(
     size, and its solve time, barely depend on the minute of the hour). ``breakpoints`` (a grid
     event's start and end, a price override's) become step boundaries too, so an export request
     from 16:30 does not price half of the 16:00-17:00 step at half its payment, nor an import cap
-    hold on the whole hour it touches; one within a minute of a boundary moves nothing."""
+    hold on the whole hour it touches; one within a minute of a boundary moves nothing.
+    ``medium_span_s``: medium steps on to at least that long from now (0 in the code; measured as a
+    variant, ``bench/mpc_variants.py --medium-hours``)."""
     t0 = now.timestamp()
     end = t0 + horizon_s
     edges = [t0]
@@ -153,6 +156,8 @@ def make_grid(
 
     up_to(fine_step_s, medium_step_s)  # onto the medium step's boundary,
     up_to(medium_step_s, coarse_step_s)  # then medium steps onto the coarse one
+    while edges[-1] < min(t0 + medium_span_s, end):  # (and on, ``medium_span_s`` from now)
+        edges.append(min(edges[-1] + medium_step_s, end))
     while edges[-1] < end:
         edges.append(min(edges[-1] + coarse_step_s, end))
     for b in sorted({b.timestamp() for b in breakpoints}):

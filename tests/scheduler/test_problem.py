@@ -262,6 +262,17 @@ def test_grid_events_edges_are_step_boundaries() -> None:
         plain.durations_s)
 
 
+def test_firm_departures_become_the_nearest_quarter_hours_before_them() -> None:
+    from gateway.scheduler.inputs import MAX_FIRM_BREAKPOINTS, breakpoints
+
+    now = T0 + timedelta(hours=6)
+    deps = [now - timedelta(minutes=5)] + [now + timedelta(minutes=20 + 10 * i) for i in range(200)]
+    cuts = breakpoints((), firm_departures=deps, now=now)
+    assert len(cuts) == MAX_FIRM_BREAKPOINTS
+    assert cuts[0] == now + timedelta(minutes=15) and all(c.minute % 15 == 0 and c.second == 0 for c in cuts)
+    assert cuts == sorted(cuts) and len(set(cuts)) == len(cuts)  # the nearest ones, each once
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_peak_outside_the_billing_period_does_not_count(backend: str) -> None:
     s = site([0.1, 0.1, 0.1], building=10.0, demand=10.0)

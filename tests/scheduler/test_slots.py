@@ -143,6 +143,27 @@ def test_a_driver_preference_reaches_the_live_slot() -> None:
     assert not now_slot.discharge_allowed and last_connected(now_slot) < NOW + timedelta(hours=3)
 
 
+def test_a_driver_departure_is_planned_to_the_quarter_hour_before_it() -> None:
+    settings = Settings()
+    state = SiteState.from_settings(settings)
+    state.evses[KEY] = live_inputs.EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0))
+    state.apply(ev.SessionStarted(NOW, "CS-1", 1, "TX-1", None))
+    dep = NOW + timedelta(hours=5, minutes=50)  # 14:50, in the grid's hourly part
+    s = state.evses[KEY].session
+    assert s is not None
+    # Announced by the EV (noisy): whole hourly steps, so planned as leaving at 14:00.
+    s.needs = EvNeeds(departure_time=dep, energy_kwh=12.0)
+    site, slots, _ = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), SlotRules(learn_margin=False,
+                                       announced_margin=timedelta(0), departure_scenarios=False))
+    ends = [site.grid.start + timedelta(seconds=float(e)) for e in np.cumsum(site.grid.durations_s)]
+    assert ends[int(np.flatnonzero(slots[0].connected)[-1])] == NOW + timedelta(hours=5)
+    # Set by the driver: a step ends at 14:45, and the plan has the EV until then.
+    state.set_preferences("TX-1", Preferences(departure_time=dep, energy_kwh=12.0))
+    site, slots, _ = live_inputs.build(state, NOW, settings, {}, planning_forecaster())
+    ends = [site.grid.start + timedelta(seconds=float(e)) for e in np.cumsum(site.grid.durations_s)]
+    assert ends[int(np.flatnonzero(slots[0].connected)[-1])] == NOW + timedelta(hours=5, minutes=45)
+
+
 def test_an_ended_session_is_kept_for_the_forecast_with_only_what_was_told() -> None:
     settings = Settings()
     state = SiteState.from_settings(settings)
