@@ -1,7 +1,7 @@
 """Build and re-solve time of the site LP against slots x horizon steps, on the live planning code.
 
     .venv/bin/python bench/scheduler_scaling.py [--slots 10 100 1000 10000] [--backend highs cvxpy]
-        [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP]]
+        [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP]] [--breakpoints N]
 
 A synthetic workplace-like site over 24 h on the live grid (6 x 5 min, 15 min to the hour, then hourly): every slot
 connected from now for 1-20 h, needing 5-45 kWh, with five earlier possible departures priced by
@@ -14,6 +14,10 @@ as the live loop plans them; ``slots`` counts the EVSE slots only.
 ``--decompose``: one site planned by :class:`gateway.scheduler.decompose.DecomposedPlanner`, as LPs of
 at most SLOTS_PER_LP slots sharing the site's headroom (sizes at or below it stay one LP); the row
 then also gives ``lps`` (LPs solved per round of the last re-plan).
+
+``--breakpoints N``: N more step boundaries on quarter hours off the hour from 08:15 on, as grid
+events' edges and drivers' departures add them (``inputs.breakpoints``: at most 24 for drivers'
+departures, two per event).
 """
 
 from __future__ import annotations
@@ -35,8 +39,14 @@ from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, 
 EARLY_DEPARTURES = ((0.3, 0.05), (0.45, 0.10), (0.6, 0.20), (0.75, 0.20), (0.9, 0.20))
 
 
-def scenario(n_slots: int, rng: np.random.Generator, now: datetime) -> tuple[SiteInputs, list[SlotInput]]:
-    grid: TimeGrid = make_grid(now, 24 * 3600)
+def quarter_hours(now: datetime, n: int) -> list[datetime]:
+    """``n`` quarter hours off the hour from an hour after ``now``."""
+    return [t for t in (now + timedelta(hours=1, minutes=15 * j) for j in range(2 * n)) if t.minute][:n]
+
+
+def scenario(n_slots: int, rng: np.random.Generator, now: datetime,
+             breaks: int = 0) -> tuple[SiteInputs, list[SlotInput]]:
+    grid: TimeGrid = make_grid(now, 24 * 3600, breakpoints=quarter_hours(now, breaks))
     t = len(grid)
     ends = np.cumsum(grid.durations_s) / 3600
     hours = np.array([(s.hour + s.minute / 60) for s in grid.starts()])
@@ -124,10 +134,11 @@ def assemble(p: Prepared, backend: str) -> None:
         lp_highs.build(p)
 
 
-def measure(n_slots: int, backend: str, resolves: int, decompose: int | None = None) -> dict[str, object]:
+def measure(n_slots: int, backend: str, resolves: int, decompose: int | None = None,
+            breaks: int = 0) -> dict[str, object]:
     rng = np.random.default_rng(n_slots)
     now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
-    site, slots = scenario(n_slots, rng, now)
+    site, slots = scenario(n_slots, rng, now, breaks)
     base = Planner(backend=backend, time_limit_s=120.0, decompose_above_slots=None)
     split = DecomposedPlanner(max_slots_per_lp=decompose, planner=base) if decompose else None
     t0 = time.perf_counter()
@@ -171,6 +182,8 @@ def main() -> int:
     ap.add_argument("--decompose", type=int, nargs="?", const=DEFAULT_MAX_SLOTS_PER_LP, default=None,
                     metavar="SLOTS_PER_LP",
                     help=f"plan one site as LPs of at most this many slots (default {DEFAULT_MAX_SLOTS_PER_LP})")
+    ap.add_argument("--breakpoints", type=int, default=0,
+                    help="this many more step boundaries (grid events' edges, drivers' departures)")
     args = ap.parse_args()
     for backend in args.backend:
         for n in args.slots:
@@ -179,7 +192,7 @@ def main() -> int:
                 row = measure_sites(n, args.sites, backend, reps)
                 print(json.dumps(row) if args.json else row, flush=True)
                 continue
-            row = measure(n, backend, reps, args.decompose)
+            row = measure(n, backend, reps, args.decompose, args.breakpoints)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
