@@ -59,7 +59,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--coarse-step S``: the MPC's planning grid with steps of S seconds after the first hour
   (``problem.make_grid``'s ``coarse_step_s``, 3600 in the code; 900: quarter hours to the end).
-- ``--medium-hours H``: quarter-hour steps for H hours from now, hourly after (``medium_span_s``).
+- ``--medium-hours H``: quarter-hour steps for H hours from now and on to the full hour, hourly
+  after (``problem.make_grid``'s ``medium_span_s``).
 - ``--new-site-margin MIN``: how early an announced departure is planned until the site has
   history of announcement errors (``slots.ANNOUNCED_MARGIN``, 90 minutes).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).

@@ -156,8 +156,10 @@ def make_grid(
 
     up_to(fine_step_s, medium_step_s)  # onto the medium step's boundary,
     up_to(medium_step_s, coarse_step_s)  # then medium steps onto the coarse one
-    while edges[-1] < min(t0 + medium_span_s, end):  # (and on, ``medium_span_s`` from now)
-        edges.append(min(edges[-1] + medium_step_s, end))
+    if edges[-1] < min(t0 + medium_span_s, end):  # (and on, ``medium_span_s`` from now, to a coarse boundary)
+        while edges[-1] < min(t0 + medium_span_s, end):
+            edges.append(min(edges[-1] + medium_step_s, end))
+        up_to(medium_step_s, coarse_step_s)
     while edges[-1] < end:
         edges.append(min(edges[-1] + coarse_step_s, end))
     for b in sorted({b.timestamp() for b in breakpoints}):

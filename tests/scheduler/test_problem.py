@@ -241,6 +241,10 @@ def test_make_grid_is_fine_near_now_and_hourly_later() -> None:
     # give two profile periods the same whole-second startPeriod.
     late = T0 + timedelta(minutes=4, seconds=59, milliseconds=700)
     assert make_grid(late, 24 * 3600).durations_s[0] == pytest.approx(300.3)
+    # Quarter hours for longer (a measured variant) still end on a full hour.
+    longer = make_grid(now, 24 * 3600, medium_span_s=8 * 3600)
+    hourly = [s for s, d in zip(longer.starts(), longer.durations_s, strict=True) if d == 3600]
+    assert hourly[0] == T0 + timedelta(hours=15) and all(s.minute == 0 for s in hourly)
 
 
 def test_grid_events_edges_are_step_boundaries() -> None:
