@@ -393,11 +393,7 @@ def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool =
             else:
                 pol = online[name]
                 if isinstance(pol, Mpc):
-                    bill_by(pol, ep)
-                    if exact:  # announcements are the truth: no need to finish early, no spread
-                        pol.announced_margin = timedelta(0)
-                        pol.learn_margin = False
-                        pol.departure_scenarios = False
+                    bill_by(pol, ep)  # (with ``exact`` every view's departure is firm: no margin, no spread)
             runs.append(simulate(ep, pol, exact=exact, penalty=penalty, progress=bar))
     bar.close()
     return summarise(runs, names), runs

@@ -131,8 +131,10 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings,
     events = list(state.grid_events.values())
     # A departure a driver set is firm (no margin, no spread: SessionView.departure_firm); the quarter
     # hour before it becomes a step boundary, so hourly steps do not plan the EV gone up to an hour early.
-    firm = [r.departure for r in (state.resolve(st.session) for st in state.evses.values() if st.session is not None)
-            if r.departure_source == "driver"]
+    # (A driver's departure is the preference itself, SiteState.resolve's first rule; read directly,
+    # since resolving every session here would forecast the others' departures for nothing.)
+    firm = [st.session.preferences.departure_time for st in state.evses.values()
+            if st.session is not None and st.session.preferences.departure_time is not None]
     cuts = inputs.breakpoints(events, state.price_overrides, firm, now)
     demand, steps = demand_pricing(state.tariff.demand_charge_per_kw, now, horizon, start, end, peak0, needed_peaks)
     return inputs.site_inputs(
