@@ -6,7 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
-        [--coarse-step S] [--medium-hours H] [--new-site-margin MIN]
+        [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
@@ -63,6 +63,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   after (``problem.make_grid``'s ``medium_span_s``).
 - ``--new-site-margin MIN``: how early an announced departure is planned until the site has
   history of announcement errors (``slots.ANNOUNCED_MARGIN``, 90 minutes).
+- ``--reveal-at F``: how far to the earliest possible departure a guessed need is wanted
+  (``slots.REVEAL_AT``, 2/3).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
 - ``--per-day``: one more JSON line per day: its savings range and the MPC's gap by part.
 """
@@ -365,6 +367,8 @@ def print_days(runs: list[Any]) -> None:
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
+    ap.add_argument("--reveal-at", type=float, default=None,
+                    help="share of the way to the earliest departure a guessed need is wanted by")
     ap.add_argument("--medium-hours", type=float, default=None,
                     help="quarter-hour steps for this many hours from now, hourly after")
     ap.add_argument("--new-site-margin", type=float, default=None,
@@ -420,6 +424,8 @@ def main() -> None:
         use_plan_penalty(a.plan_penalty)
     if a.reveal_weight is not None:
         use_reveal_weight(a.reveal_weight)
+    if a.reveal_at is not None:
+        slots.REVEAL_AT = a.reveal_at  # type: ignore[misc]
     if a.medium_hours is not None:
         policies.make_grid = functools.partial(policies.make_grid, medium_span_s=a.medium_hours * 3600.0)  # type: ignore[assignment]
     if a.new_site_margin is not None:
@@ -470,7 +476,7 @@ def main() -> None:
                       "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
                       "charge_bias": a.charge_bias, "coarse_step_s": a.coarse_step, "medium_hours": a.medium_hours,
-                      "new_site_margin_min": a.new_site_margin,
+                      "new_site_margin_min": a.new_site_margin, "reveal_at": a.reveal_at,
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread,
