@@ -65,6 +65,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   history of announcement errors (``slots.ANNOUNCED_MARGIN``, 90 minutes).
 - ``--reveal-at F``: how far to the earliest possible departure a guessed need is wanted
   (``slots.REVEAL_AT``, 2/3).
+- ``grid_steps_p50_p95_max`` in the output: the steps of the MPC's planning grids (its LP's
+  size; grid events' edges and, with ``--exact``, firm departures add to the plain grid's).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
 - ``--per-day``: one more JSON line per day: its savings range and the MPC's gap by part.
 """
@@ -89,7 +91,7 @@ from gateway.scheduler import arrivals, building, departure_points, forecast, po
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
-from gateway.scheduler.problem import Planner, PlanResult, SiteInputs, SlotInput
+from gateway.scheduler.problem import Planner, PlanResult, SiteInputs, SlotInput, TimeGrid
 
 # The earlier rule: (quantile of the point, probability of the bucket), lower edges.
 LOWER_SCENARIOS = ((0.0, 0.05), (0.05, 0.10), (0.15, 0.20), (0.35, 0.20), (0.55, 0.20), (0.75, 0.25))
@@ -126,6 +128,20 @@ def use_quantile_buckets(buckets: tuple[tuple[float, float], ...]) -> None:
 
 def use_reveal_weight(weight: float) -> None:
     policies.SlotRules = functools.partial(slots.SlotRules, reveal_weight=weight)  # type: ignore[misc]
+
+
+def count_grid_steps() -> list[int]:
+    """The steps of every planning grid the MPC makes from now on (its LP's size), in a list."""
+    sizes: list[int] = []
+    make = policies.make_grid
+
+    def counted(*args: Any, **kwargs: Any) -> TimeGrid:
+        grid = make(*args, **kwargs)
+        sizes.append(len(grid))
+        return grid
+
+    policies.make_grid = counted  # type: ignore[assignment]
+    return sizes
 
 
 def use_new_site_margin(margin: timedelta) -> None:
@@ -370,7 +386,7 @@ def main() -> None:
     ap.add_argument("--reveal-at", type=float, default=None,
                     help="share of the way to the earliest departure a guessed need is wanted by")
     ap.add_argument("--medium-hours", type=float, default=None,
-                    help="quarter-hour steps for this many hours from now, hourly after")
+                    help="quarter-hour steps for this many hours from now and on to the full hour, hourly after")
     ap.add_argument("--new-site-margin", type=float, default=None,
                     help="minutes an announced departure is planned early until the site has history")
     ap.add_argument("--coarse-step", type=float, default=None,
@@ -453,6 +469,7 @@ def main() -> None:
         use_building_quantile(a.building_quantile)
     if a.discharge_with_spread:
         use_discharge_with_spread()
+    steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
     if a.oracle_arrival_counts:
@@ -481,6 +498,7 @@ def main() -> None:
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread,
                       **{k: round(float(mpc[k]), 4) for k in keys},
+                      "grid_steps_p50_p95_max": [float(np.percentile(steps, q)) for q in (50, 95, 100)],
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 
 
