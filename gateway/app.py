@@ -148,9 +148,10 @@ class Gateway:
             if tx.evse_id is None or tx.started_at is None:
                 continue
             st = self.state.evse(tx.station_id, tx.evse_id)
+            # The table keeps SoC in percent as stations report it; the live session holds 0..1.
             st.session = Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token,
-                                 tx.energy_in_kwh, tx.energy_out_kwh, soc=tx.soc, power_kw=tx.power_kw or 0.0,
-                                 charging_state=tx.charging_state)
+                                 tx.energy_in_kwh, tx.energy_out_kwh, soc=tx.soc_fraction,
+                                 power_kw=tx.power_kw or 0.0, charging_state=tx.charging_state)
             self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
             needs = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
             if needs is not None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.clock import parse_rfc3339
-from gateway.config import Settings
+from gateway.config import Settings, SiteFileError
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -168,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SiteFileError as exc:
+        # A typo in the site file is the operator's to fix: say where, not how Python got there.
+        print(f"gateway: bad site file:\n{exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "serve":
         from gateway.app import serve

@@ -1,7 +1,10 @@
 """Typed settings: one object, environment prefix ``GATEWAY_``, CLI flags override env.
 
 Every fixed number (timeouts, limits, penalties) is a named setting with its unit in its name.
-An optional TOML site file (``--config site.toml``) supplies the site's limits and tariff.
+An optional TOML site file (``--config site.toml``) supplies the site's limits and tariff; it is
+checked as strictly as the REST API checks the same inputs (unknown keys, non-finite numbers and
+out-of-range values are errors naming the file and the key), since a typo there would otherwise
+plan the site with a default limit.
 """
 
 from __future__ import annotations
@@ -11,36 +14,61 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway import sitetime
+from gateway.api.schemas import (
+    PRICE_MAX_PER_KWH,
+    TOU_PERIODS_MAX,
+    DemandChargePerKw,
+    HourOfDay,
+    PricePerKwh,
+    SiteName,
+    SitePowerLimitKw,
+    check_tou_window,
+)
 from gateway.domain import SiteLimits, Tariff, TouPeriod
 
 
-class TouPeriodConfig(BaseModel):
-    start_hour: float
-    end_hour: float
-    import_price: float
-    export_price: float
+class _SiteFileModel(BaseModel):
+    # As strict as the REST bodies: a misspelt key would silently leave the default in force,
+    # a quoted number or a boolean is a mistake, and NaN or an infinity is no limit or price.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-class SiteConfig(BaseModel):
+class TouPeriodConfig(_SiteFileModel):
+    """One time-of-use window, bounded as ``PUT /api/v1/tariff`` bounds its periods."""
+
+    start_hour: HourOfDay
+    end_hour: HourOfDay
+    import_price: PricePerKwh
+    export_price: PricePerKwh
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> TouPeriodConfig:
+        check_tou_window(self.start_hour, self.end_hour)
+        return self
+
+
+class SiteConfig(_SiteFileModel):
     """The site the scheduler plans: limits and tariff. Operators change these over REST too."""
 
-    name: str = "site"
+    name: SiteName = "site"
     # The site's IANA time zone: the tariff's hours, the billing month's midnight and the hours of
     # the day arrivals and dwells are learned by are on this clock (gateway/sitetime.py).
     timezone: str = "UTC"
-    import_limit_kw: float = 500.0
-    export_limit_kw: float = 200.0
-    demand_charge_per_kw: float = 15.0
+    import_limit_kw: SitePowerLimitKw = 500.0
+    export_limit_kw: SitePowerLimitKw = 200.0
+    demand_charge_per_kw: DemandChargePerKw = 15.0
     # The demand charge is on the billing period's highest average import over any demand interval;
     # periods are calendar months starting on this day at 00:00 site time (gateway/billing.py).
     billing_day: int = Field(default=1, ge=1, le=28)
     demand_interval_min: float = Field(default=15.0, gt=0.0, le=60.0)
-    wear_cost_per_kwh: float = 0.03
+    # A cost per kWh cycled through a battery: never a gain.
+    wear_cost_per_kwh: float = Field(default=0.03, ge=0, le=PRICE_MAX_PER_KWH)
     tou: list[TouPeriodConfig] = Field(
+        max_length=TOU_PERIODS_MAX,
         default_factory=lambda: [
             TouPeriodConfig(start_hour=0, end_hour=8, import_price=0.12, export_price=0.04),
             TouPeriodConfig(start_hour=8, end_hour=16, import_price=0.20, export_price=0.06),
@@ -54,6 +82,7 @@ class SiteConfig(BaseModel):
     def _known_zone(cls, v: str) -> str:
         sitetime.zone(v)  # raises with the reason
         return v
+
 
     def limits(self) -> SiteLimits:
         return SiteLimits(self.import_limit_kw, self.export_limit_kw)
@@ -149,9 +178,46 @@ class Settings(BaseSettings):
     site: SiteConfig = Field(default_factory=SiteConfig)
 
     def with_site_file(self) -> Settings:
-        """Return a copy with the TOML site file (if any) applied to ``site``."""
+        """Return a copy with the TOML site file (if any) applied to ``site``.
+
+        Raises :class:`SiteFileError` naming the file and every offending key."""
         if self.config is None:
             return self
-        data: dict[str, Any] = tomllib.loads(Path(self.config).read_text())
-        site = SiteConfig.model_validate(data.get("site", data))
-        return self.model_copy(update={"site": site})
+        return self.model_copy(update={"site": load_site_file(Path(self.config))})
+
+
+class SiteFileError(ValueError):
+    """The TOML site file cannot be read or holds a key or value the gateway refuses."""
+
+
+def load_site_file(path: Path) -> SiteConfig:
+    """The site in ``path``: its keys under ``[site]`` (or at the top level when there is no
+    ``[site]`` table)."""
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise SiteFileError(f"{path}: {e}") from e
+    prefix: tuple[str | int, ...] = ()
+    if "site" in data:
+        # Everything the file says belongs under [site]: another table is a typo, not a comment.
+        others = sorted(k for k in data if k != "site")
+        if others:
+            raise SiteFileError(f"{path}: {others[0]}: unknown key (the site's settings go under [site])")
+        data, prefix = data["site"], ("site",)
+        if not isinstance(data, dict):
+            raise SiteFileError(f"{path}: site: must be a table")
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as e:
+        problems = [f"{path}: {_key((*prefix, *err['loc']))}: "
+                    + ("unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, "))
+                    for err in e.errors()]
+        raise SiteFileError("\n".join(problems)) from None
+
+
+def _key(loc: tuple[str | int, ...]) -> str:
+    """A pydantic location as the file spells it: ``site.tou[1].start_hour``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"

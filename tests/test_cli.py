@@ -107,3 +107,12 @@ def test_missing_database_url_is_a_clear_error(cmd: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_DATABASE_URL"}
     result = subprocess.run([GATEWAY, *cmd], capture_output=True, text=True, env=env, timeout=60, check=False)
     assert result.returncode == 2 and "database URL" in (result.stdout + result.stderr)
+
+
+def test_a_typo_in_the_site_file_is_named_without_a_traceback(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("[site]\nimport_limit_kW = 80\n")
+    result = subprocess.run([GATEWAY, "serve", "--config", str(site), "--database-url", "postgresql+asyncpg://x/y"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "site.import_limit_kW: unknown key" in result.stderr and "Traceback" not in result.stderr

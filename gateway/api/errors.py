@@ -6,7 +6,8 @@
     ├── NotFound              404 (also what a driver gets for a session that is not theirs)
     ├── Unauthorized          401 (no or unknown bearer token)
     ├── Forbidden             403 (a driver token on an operator endpoint)
-    ├── Conflict              409
+    ├── Conflict              409 (e.g. a session that ended, a station id taken, a transactionId
+    │                         several stations use: code ambiguous_session)
     └── Unprocessable         422 (a rule a JSON schema cannot express, e.g. departure in the past)
 
 FastAPI's own validation errors and Starlette's 404/405 are rewritten to the same shape so a

@@ -1,16 +1,28 @@
-"""Building blocks shared by every router's request and response models.
+"""Building blocks shared by every router's request and response models, and the bounds of site
+inputs shared with the TOML site file (:mod:`gateway.config`): a limit or price refused over
+REST is refused in the file too.
 
-Times: inputs must carry an offset (RFC 3339) and are turned into UTC; outputs are UTC with
-``Z``. Strings that reach Postgres refuse NUL and control characters (Postgres text cannot
-hold NUL, and an id with a newline in it is a mistake, not data).
+Times: inputs must be RFC 3339 strings with an offset and are turned into UTC; outputs are UTC
+with ``Z``. Numbers must be finite. Strings that reach Postgres refuse NUL and control
+characters (Postgres text cannot hold NUL, and an id with a newline in it is a mistake, not data).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    Strict,
+    StringConstraints,
+)
 
 from gateway.clock import to_rfc3339
 
@@ -34,8 +46,23 @@ def _aware_utc(value: datetime) -> datetime:
     return out
 
 
-# Accepted on input: RFC 3339 with an offset; held as aware UTC.
-AwareDateTime = Annotated[datetime, Strict(False), AfterValidator(_aware_utc)]
+# The shape of an RFC 3339 date-time; the offset is checked after parsing (_aware_utc), with a
+# message that says what is missing.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})?")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # Lax datetime parsing would also take a number (or a string of digits) as Unix time: the
+    # API's times are RFC 3339 strings, so anything else is refused before it is parsed.
+    if isinstance(value, datetime):
+        return value  # built in Python, not parsed from a request
+    if not isinstance(value, str) or _RFC3339.fullmatch(value) is None:
+        raise ValueError("a time must be an RFC 3339 string with a UTC offset, e.g. 2026-01-01T08:00:00Z")
+    return value
+
+
+# Accepted on input: an RFC 3339 string with an offset; held as aware UTC.
+AwareDateTime = Annotated[datetime, BeforeValidator(_rfc3339_text), Strict(False), AfterValidator(_aware_utc)]
 # Written on output: RFC 3339 UTC with ``Z``.
 UtcDateTime = Annotated[datetime, PlainSerializer(to_rfc3339, return_type=str, when_used="json")]
 
@@ -46,6 +73,26 @@ StationId = Annotated[str, StringConstraints(min_length=1, max_length=48, patter
 TransactionId = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=_NO_SLASH)]
 Label = Annotated[str, StringConstraints(max_length=80, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
+# --- site inputs (REST and the TOML site file) ------------------------------------------------
+SITE_POWER_MAX_KW = 100_000.0  # 100 MW: far above any site this gateway plans
+PRICE_MAX_PER_KWH = 100.0  # currency units; far above any real price, below nonsense
+DEMAND_CHARGE_MAX_PER_KW = 10_000.0
+SITE_NAME_MAX_LENGTH = 80  # the billing and building tables key on it (VARCHAR(80))
+
+SitePowerLimitKw = Annotated[float, Field(ge=0, le=SITE_POWER_MAX_KW, allow_inf_nan=False)]
+PricePerKwh = Annotated[float, Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH, allow_inf_nan=False)]
+DemandChargePerKw = Annotated[float, Field(ge=0, le=DEMAND_CHARGE_MAX_PER_KW, allow_inf_nan=False)]
+HourOfDay = Annotated[float, Field(ge=0, le=24, allow_inf_nan=False)]
+SiteName = Annotated[str, StringConstraints(min_length=1, max_length=SITE_NAME_MAX_LENGTH, pattern=_PRINTABLE)]
+TOU_PERIODS_MAX = 96
+
+
+def check_tou_window(start_hour: float, end_hour: float) -> None:
+    """A window whose end is its start is empty (one ending before its start wraps midnight)."""
+    if start_hour == end_hour:
+        raise ValueError("the window is empty (start_hour == end_hour)")
+
+
 Limit = Annotated[int, Field(ge=1, le=1000, description="Page size")]
 Offset = Annotated[int, Field(ge=0, le=1_000_000_000, description="Items to skip")]
 
@@ -53,9 +100,11 @@ Offset = Annotated[int, Field(ge=0, le=1_000_000_000, description="Items to skip
 class Model(BaseModel):
     """Request bodies refuse unknown fields and take JSON types as they are (``false`` is not 0,
     ``"3"`` is not 3): a typo should be a 422, not silently read as something else. Times and
-    enums are parsed from their JSON strings (``strict=False`` on those fields)."""
+    enums are parsed from their JSON strings (``strict=False`` on those fields). ``NaN`` and
+    ``Infinity`` (which Python's JSON reader accepts) are refused as not finite, before any
+    bound is checked, so the message says what is wrong."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Page(BaseModel, Generic[T]):

@@ -34,6 +34,15 @@ class StationRow:
     connected: bool
 
 
+@dataclass(frozen=True, slots=True)
+class EvseRow:
+    evse_id: int
+    max_charge_kw: float
+    max_discharge_kw: float
+    bidirectional: bool
+    phases: int
+
+
 def _row(s: m.Station) -> StationRow:
     return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
                       s.firmware_version, s.boot_status, s.last_seen_at, s.connected)
@@ -56,7 +65,8 @@ class StationRepository:
         self, station_id: str, password_hash: str | None, *, security_profile: int = 1,
         discharge_dialect: str = "negative_limit", now: datetime,
     ) -> None:
-        """Register a station, or replace its password and profile if it exists."""
+        """Register a station, or replace its password and profile if it exists (the CLI's
+        ``station add``; the REST API registers with :meth:`create`, which never replaces)."""
         async with self._sessions.begin() as s:
             stmt = insert(m.Station).values(
                 id=station_id, password_hash=password_hash, security_profile=security_profile,
@@ -67,6 +77,26 @@ class StationRepository:
                 set_={"password_hash": password_hash, "security_profile": security_profile,
                       "discharge_dialect": discharge_dialect, "enabled": True},
             ))
+
+    async def create(
+        self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,
+        evses: Sequence[EvseRow] = (), now: datetime,
+    ) -> bool:
+        """Register a new station with its EVSEs, in one commit; ``False`` (nothing written) if the
+        id is taken. The insert itself decides, not an earlier look-up: of two concurrent
+        registrations of one id exactly one is stored, and the other's password never is."""
+        async with self._sessions.begin() as s:
+            created = (await s.execute(insert(m.Station).values(
+                id=station_id, password_hash=password_hash, security_profile=security_profile,
+                discharge_dialect=discharge_dialect, enabled=True, registered_at=now,
+            ).on_conflict_do_nothing(index_elements=[m.Station.id]).returning(m.Station.id))).scalar_one_or_none()
+            if created is None:
+                return False
+            for e in evses:
+                await s.execute(insert(m.Evse).values(
+                    station_id=station_id, evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
+                    max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional, phases=e.phases))
+            return True
 
     async def set_enabled(self, station_id: str, enabled: bool) -> bool:
         async with self._sessions.begin() as s:

@@ -4,15 +4,17 @@ seqNo gaps flagged and closed (D2), offline events kept as offline."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
 from gateway.db import models as m
+from gateway.domain import ChargeMode, Preferences
 from gateway.ocpp.meter import Readings, samples, summarize
 
 
@@ -27,8 +29,13 @@ class TxSnapshot:
     energy_in_kwh: float
     energy_out_kwh: float
     power_kw: float | None
-    soc: float | None
+    soc: float | None  # percent, as the station reports it and the table stores it
     charging_state: str | None = None  # read from the table (the recording function does not return it)
+
+    @property
+    def soc_fraction(self) -> float | None:
+        """The state of charge as 0..1, the unit the live state, the planner and the API use."""
+        return None if self.soc is None else self.soc / 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +55,14 @@ _RECORD = """
 SELECT * FROM record_transaction_event($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10::jsonb, $11, $12, $13, $14,
                                        $15, $16, $17, $18, $19, $20, $21, $22, $23)"""
 MAX_GAP_ROWS = 1000  # a seqNo jump larger than this is recorded only for its first 1,000 numbers
+# Rows one transactionId lookup returns (open ones first): more than one is already ambiguous, and
+# an answer naming the stations that share an id names at most this many.
+FIND_ROWS_MAX = 20
+
+
+def preferences_of(rec: m.Preference) -> Preferences:
+    return Preferences(rec.departure_time, rec.energy_kwh, rec.target_soc, rec.reserve_soc,
+                       rec.allow_discharge, ChargeMode(rec.mode) if rec.mode else None)
 
 
 class TransactionRepository:
@@ -113,13 +128,58 @@ class TransactionRepository:
                 m.Transaction.transaction_id == transaction_id))).scalar_one_or_none()
             return _snapshot(t) if t else None
 
-    async def find(self, transaction_id: str) -> TxSnapshot | None:
-        """A transaction by its OCPP id alone (ids are station-assigned UUIDs in practice)."""
+    async def find(
+        self, transaction_id: str, *, id_token: str | None = None, station_id: str | None = None,
+    ) -> list[TxSnapshot]:
+        """Every transaction with this OCPP id (narrowed to one idToken and/or station), open ones
+        first, then newest first. Only (station, transactionId) is unique: two stations may use
+        the same id, so the caller decides what an id that matches several rows means."""
+        conds: list[ColumnElement[bool]] = [m.Transaction.transaction_id == transaction_id]
+        if id_token is not None:
+            conds.append(m.Transaction.id_token == id_token)
+        if station_id is not None:
+            conds.append(m.Transaction.station_id == station_id)
+        open_first = case((m.Transaction.ended_at.is_(None), 0), else_=1)
         async with self._sessions() as s:
-            t = (await s.execute(select(m.Transaction).where(
-                m.Transaction.transaction_id == transaction_id).order_by(m.Transaction.id.desc())
-                .limit(1))).scalar_one_or_none()
-            return _snapshot(t) if t else None
+            res = await s.execute(select(m.Transaction).where(*conds)
+                                  .order_by(open_first, m.Transaction.id.desc()).limit(FIND_ROWS_MAX))
+            return [_snapshot(t) for t in res.scalars()]
+
+    async def change_preferences(
+        self, station_id: str, transaction_id: str, change: Callable[[Preferences], Preferences], *,
+        set_by: str, now: datetime, applied: Callable[[Preferences], None] | None = None,
+    ) -> m.Preference | None:
+        """Read the preferences in force, ``change`` them, store the result: one DB transaction
+        holding the transaction row's lock (``SELECT ... FOR UPDATE``), so concurrent changes of
+        one session, from this process or another gateway on the same database, apply one after
+        the other and none is lost. ``change`` may raise to refuse (nothing is stored).
+
+        ``applied`` runs under the lock once the row is written, so a caller's in-memory copy
+        takes the changes in the order they are stored. Returns the stored row, or ``None`` when
+        the transaction is unknown or has ended (checked under the lock)."""
+        async with self._sessions.begin() as s:
+            tx = (await s.execute(select(m.Transaction).where(
+                m.Transaction.station_id == station_id, m.Transaction.transaction_id == transaction_id)
+                .with_for_update())).scalar_one_or_none()
+            if tx is None or tx.ended_at is not None:
+                return None
+            prev = (await s.execute(select(m.Preference).where(
+                m.Preference.station_id == station_id, m.Preference.transaction_id == transaction_id)
+                .order_by(m.Preference.set_at.desc(), m.Preference.id.desc()).limit(1))).scalar_one_or_none()
+            prefs = change(Preferences() if prev is None else preferences_of(prev))
+            # The newest row (by set_at, then id) is the one in force. ``now`` was read before the
+            # lock, so a change that waited behind a later-stamped one must not sort before it.
+            set_at = now if prev is None else max(now, prev.set_at)
+            rec = m.Preference(
+                station_id=station_id, transaction_id=transaction_id, departure_time=prefs.departure_time,
+                energy_kwh=prefs.energy_kwh, target_soc=prefs.target_soc, reserve_soc=prefs.reserve_soc,
+                allow_discharge=prefs.allow_discharge, mode=prefs.mode.value if prefs.mode else None,
+                set_by=set_by, set_at=set_at)
+            s.add(rec)
+            await s.flush()
+            if applied is not None:
+                applied(prefs)
+            return rec
 
     async def active(self) -> list[TxSnapshot]:
         async with self._sessions() as s:

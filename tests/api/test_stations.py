@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.api.conftest import OPERATOR, PASSWORD, eventually
-from tests.conftest import GatewayHarness
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.ocpp_client import RawStation
 
 
@@ -76,4 +77,41 @@ async def test_wrong_password_after_rest_registration_is_refused(
     assert created.status_code == 201
     with pytest.raises(InvalidStatus) as refused:
         await RawStation.connect(gateway_server.ocpp_url, "CS-REST-2", "another-password-000000")
+    assert refused.value.response.status_code == 401
+
+
+async def test_concurrent_registrations_of_one_id_store_exactly_one(
+    gateway_server: GatewayHarness,
+    api: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.api.routes import stations as route
+
+    # Both requests are past the existence check before either stores anything: each waits in
+    # the (threaded) password hash until the other has arrived there too.
+    arrived = threading.Barrier(2, timeout=EVENT_TIMEOUT_S)
+    real_hash = route.hash_password
+
+    def hash_together(password: str) -> str:
+        arrived.wait()
+        return real_hash(password)
+
+    monkeypatch.setattr(route, "hash_password", hash_together)
+    passwords = ["password-AAAAAAAAAAAAAAAA", "password-BBBBBBBBBBBBBBBB"]
+    answers = await asyncio.gather(*[
+        api.post("/api/v1/stations", headers=OPERATOR,
+                 json={"id": "CS-RACE", "password": p, "evses": [{"evse_id": 1, "max_charge_kw": 11 + i}]})
+        for i, p in enumerate(passwords)])
+    assert sorted(r.status_code for r in answers) == [201, 409], [r.text for r in answers]
+    loser = next(r for r in answers if r.status_code == 409).json()["error"]
+    assert loser["code"] == "conflict" and "already exists" in loser["message"]
+    winner = next(i for i, r in enumerate(answers) if r.status_code == 201)
+
+    # Only the password (and EVSEs) of the registration that answered 201 were stored.
+    stored = (await api.get("/api/v1/stations/CS-RACE", headers=OPERATOR)).json()
+    assert stored["evses"][0]["max_charge_kw"] == 11 + winner
+    ws = await RawStation.connect(gateway_server.ocpp_url, "CS-RACE", passwords[winner])
+    await ws.close()
+    with pytest.raises(InvalidStatus) as refused:
+        await RawStation.connect(gateway_server.ocpp_url, "CS-RACE", passwords[1 - winner])
     assert refused.value.response.status_code == 401

@@ -4,12 +4,18 @@ preferences (``PUT .../preferences``), which re-plan the site before the answer 
 
 A driver asking for a session that is not theirs gets the same 404 as for one that does not
 exist, so a token cannot probe which transaction ids are in use.
+
+Only (station, transactionId) is unique: stations assign the ids and two of them may use the
+same one. A lookup sees only the rows the caller may see (a driver: their idToken's), takes the
+open session over ended ones, and answers 409 naming the stations when that still leaves more
+than one; ``?station_id=`` picks one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,11 +25,11 @@ from pydantic import BaseModel, Field
 from gateway import events as ev
 from gateway.api.deps import CurrentPrincipal, GatewayDep, Principal, QueriesDep
 from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
-from gateway.api.schemas import AwareDateTime, Limit, Model, Offset, Page, TransactionId, UtcDateTime
+from gateway.api.schemas import AwareDateTime, Limit, Model, Offset, Page, StationId, TransactionId, UtcDateTime
 from gateway.app import Gateway
 from gateway.db import models as m
 from gateway.db.queries import Queries
-from gateway.db.transactions import TxSnapshot
+from gateway.db.transactions import TxSnapshot, preferences_of
 from gateway.domain import ChargeMode, EvNeeds, PlannedSession, Preferences, Session
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,8 @@ REPLAN_WAIT_S = 30.0
 MET_TOLERANCE_KWH = 0.05
 
 TxPath = Path(description="The OCPP transactionId the station assigned")
+StationQuery = Query(default=None, description="The station that assigned the transactionId: needed only "
+                                               "when several stations used the same id (409 otherwise)")
 
 
 class PreferencesIn(Model):
@@ -142,30 +150,47 @@ def _out(tx: TxSnapshot) -> dict[str, Any]:
     return {"transaction_id": tx.transaction_id, "station_id": tx.station_id, "evse_id": tx.evse_id,
             "id_token": tx.id_token, "active": tx.ended_at is None and tx.started_at is not None,
             "started_at": tx.started_at, "ended_at": tx.ended_at, "energy_in_kwh": tx.energy_in_kwh,
-            "energy_out_kwh": tx.energy_out_kwh, "power_kw": tx.power_kw, "soc": _soc(tx)}
+            "energy_out_kwh": tx.energy_out_kwh, "power_kw": tx.power_kw, "soc": tx.soc_fraction}
 
 
-def _soc(tx: TxSnapshot) -> float | None:
-    """Stations report SoC in percent (OCPP SampledValue unit Percent); the API speaks 0..1."""
-    return None if tx.soc is None else tx.soc / 100.0
-
-
-async def _visible(gw: Gateway, who: Principal, transaction_id: str) -> TxSnapshot:
-    tx = await gw.transactions.find(transaction_id)
-    if tx is None or (not who.is_operator and (tx.id_token is None or tx.id_token != who.id_token)):
+async def _visible(gw: Gateway, who: Principal, transaction_id: str, station_id: str | None) -> TxSnapshot:
+    """The one session ``transaction_id`` names for this caller (see the module's docstring)."""
+    if not who.is_operator and who.id_token is None:
         raise NotFound(f"no session {transaction_id!r}")
-    return tx
+    # A driver's lookup never looks past their own idToken: another station's session with the
+    # same id can neither hide theirs nor be seen.
+    rows = await gw.transactions.find(transaction_id, id_token=None if who.is_operator else who.id_token,
+                                      station_id=station_id)
+    if not rows:
+        raise NotFound(f"no session {transaction_id!r}")
+    open_rows = [t for t in rows if t.ended_at is None]
+    candidates = open_rows or rows
+    if len(candidates) > 1:
+        stations = sorted({t.station_id for t in candidates})
+        raise Conflict(f"transactionId {transaction_id!r} is in use at stations {', '.join(stations)}: "
+                       "add ?station_id= to choose one",
+                       {"transaction_id": transaction_id, "station_ids": stations}, code="ambiguous_session")
+    return candidates[0]
+
+
+def _live(gw: Gateway, tx: TxSnapshot) -> Session | None:
+    """The live session of ``tx``, by its station and EVSE: the transactionId alone may be another
+    station's too."""
+    st = gw.state.evses.get((tx.station_id, tx.evse_id)) if tx.evse_id is not None else None
+    live = st.session if st is not None else None
+    return live if live is not None and live.transaction_id == tx.transaction_id else None
 
 
 def _session(gw: Gateway, tx: TxSnapshot, needs: EvNeeds | None, prefs: Preferences | None) -> Session | None:
     """The live session (kept current by events), or one rebuilt from storage."""
-    live = gw.state.session_by_tx(tx.transaction_id)
-    if live is not None and live.station_id == tx.station_id:
+    live = _live(gw, tx)
+    if live is not None:
         return live
     if tx.evse_id is None or tx.started_at is None or tx.ended_at is not None:
         return None
     return Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token, tx.energy_in_kwh,
-                   tx.energy_out_kwh, _soc(tx), tx.power_kw or 0.0, needs or EvNeeds(), prefs or Preferences())
+                   tx.energy_out_kwh, tx.soc_fraction, tx.power_kw or 0.0, needs or EvNeeds(),
+                   prefs or Preferences())
 
 
 def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
@@ -178,12 +203,14 @@ def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
     return ps, sched.latest
 
 
-async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot) -> SessionDetail:
+async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot, pref_rec: m.Preference | None = None) -> SessionDetail:
+    """The session as GET shows it; ``pref_rec``: the preferences to show (default: those stored last)."""
     needs = None
     if tx.evse_id is not None and tx.started_at is not None:
         needs = await gw.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
-    pref_rec = await q.preference_record(tx.station_id, tx.transaction_id)
-    prefs = _prefs(pref_rec) if pref_rec is not None else None
+    if pref_rec is None:
+        pref_rec = await q.preference_record(tx.station_id, tx.transaction_id)
+    prefs = preferences_of(pref_rec) if pref_rec is not None else None
     live = _session(gw, tx, needs, prefs)
     resolved = None
     if live is not None:
@@ -211,11 +238,6 @@ async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot) -> SessionDetail:
     )
 
 
-def _prefs(rec: m.Preference) -> Preferences:
-    return Preferences(rec.departure_time, rec.energy_kwh, rec.target_soc, rec.reserve_soc,
-                       rec.allow_discharge, ChargeMode(rec.mode) if rec.mode else None)
-
-
 @router.get("")
 async def list_sessions(
     gw: GatewayDep, who: CurrentPrincipal,
@@ -228,10 +250,12 @@ async def list_sessions(
     return Page(items=[SessionOut(**_out(t)) for t in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{transaction_id}", responses=responses(404))
+@router.get("/{transaction_id}", responses=responses(404, 409))
 async def get_session(gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
-                      transaction_id: TransactionId = TxPath) -> SessionDetail:
-    return await _detail(gw, q, await _visible(gw, who, transaction_id))
+                      transaction_id: TransactionId = TxPath,
+                      station_id: StationId | None = StationQuery) -> SessionDetail:
+    """409 (``ambiguous_session``) when stations share the id and none of them is picked."""
+    return await _detail(gw, q, await _visible(gw, who, transaction_id, station_id))
 
 
 def _merge(old: Preferences, body: PreferencesIn) -> Preferences:
@@ -241,8 +265,11 @@ def _merge(old: Preferences, body: PreferencesIn) -> Preferences:
                                     "allow_discharge", "mode")})
 
 
-def _validate(p: Preferences, now: datetime, needs: EvNeeds | None, delivered_kwh: float) -> None:
-    if p.departure_time is not None:
+def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | None,
+              delivered_kwh: float) -> None:
+    """The rules a schema cannot state, on the fields this request sets: a stored value is not
+    this client's to fix (a departure stored earlier is in the past once it has gone by)."""
+    if "departure_time" in given and p.departure_time is not None:
         if p.departure_time <= now:
             raise Unprocessable("departure_time is in the past", {"field": "departure_time",
                                                                    "now": now.isoformat()})
@@ -250,7 +277,7 @@ def _validate(p: Preferences, now: datetime, needs: EvNeeds | None, delivered_kw
             raise Unprocessable(f"departure_time is more than {DEPARTURE_AHEAD_MAX_DAYS} days ahead",
                                 {"field": "departure_time"})
     capacity = needs.capacity_kwh if needs is not None else None
-    if p.energy_kwh is not None and capacity is not None:
+    if "energy_kwh" in given and p.energy_kwh is not None and capacity is not None:
         # The wish counts from session start, so what is already in the battery adds to its room.
         room = capacity + delivered_kwh
         soc = needs.soc if needs is not None else None
@@ -260,37 +287,74 @@ def _validate(p: Preferences, now: datetime, needs: EvNeeds | None, delivered_kw
             raise Unprocessable(f"energy_kwh {p.energy_kwh:g} exceeds what the battery can take "
                                 f"({room:.1f} kWh)",
                                 {"field": "energy_kwh", "battery_capacity_kwh": capacity})
-    if p.reserve_soc is not None and p.target_soc is not None and p.reserve_soc > p.target_soc:
+    if ({"reserve_soc", "target_soc"} & given and p.reserve_soc is not None and p.target_soc is not None
+            and p.reserve_soc > p.target_soc):
         raise Unprocessable("reserve_soc is above target_soc", {"field": "reserve_soc"})
+
+
+def _apply_live(gw: Gateway, tx: TxSnapshot, needs: EvNeeds | None, prefs: Preferences) -> Callable[[], None]:
+    """Put ``prefs`` on the live session; returns what undoes it (if the change is not stored)."""
+    assert tx.evse_id is not None
+    st = gw.state.evse(tx.station_id, tx.evse_id)
+    live = _live(gw, tx)
+    if live is None:
+        if gw.scheduler is None:
+            return lambda: None
+        # The scheduler folds SessionStarted in from its queue; a change that comes first must
+        # not be lost, so the session enters the live state here (the later event keeps it).
+        replaced = st.session
+        st.session = _session(gw, tx, needs, prefs)
+
+        def undo_insert() -> None:
+            st.session = replaced
+        return undo_insert
+    before = live.preferences
+    live.preferences = prefs
+
+    def undo() -> None:
+        live.preferences = before
+    return undo
 
 
 @router.put("/{transaction_id}/preferences", responses=responses(404, 409))
 async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
-                          transaction_id: TransactionId = TxPath) -> PreferencesResult:
+                          transaction_id: TransactionId = TxPath,
+                          station_id: StationId | None = StationQuery) -> PreferencesResult:
     """Change departure, energy or SoC wanted, reserve, discharge permission or mode.
 
-    The change is stored (with who and when), applied, and the site is re-planned before the
-    answer, which says what the new plan delivers by departure.
+    The change is merged into the preferences in force and stored (with who and when) under the
+    session's row lock, so concurrent changes of different fields all survive; it is applied,
+    and the site is re-planned before the answer, which shows what was stored and what the new
+    plan delivers by departure.
     """
-    tx = await _visible(gw, who, transaction_id)
+    tx = await _visible(gw, who, transaction_id, station_id)
     if tx.ended_at is not None or tx.evse_id is None or tx.started_at is None:
         raise Conflict("the session is not active", {"transaction_id": transaction_id})
     now = gw.clock.now()
     needs = await gw.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
-    rec = await q.preference_record(tx.station_id, tx.transaction_id)
-    prefs = _merge(_prefs(rec) if rec is not None else Preferences(), body)
-    _validate(prefs, now, needs, tx.energy_in_kwh - tx.energy_out_kwh)
+    given = set(body.model_fields_set)
+    undo: list[Callable[[], None]] = []
 
-    await gw.planning.set_preferences(tx.station_id, tx.transaction_id, prefs, who.name, now)
-    if gw.scheduler is not None and gw.state.session_by_tx(tx.transaction_id) is None:
-        # The scheduler folds SessionStarted in from its queue; a change that comes first must
-        # not be lost, so the session enters the live state here (the later event keeps it).
-        live = _session(gw, tx, needs, prefs)
-        if live is not None:
-            gw.state.evse(tx.station_id, tx.evse_id).session = live
-    gw.state.set_preferences(tx.transaction_id, prefs)
+    def change(old: Preferences) -> Preferences:
+        prefs = _merge(old, body)
+        _validate(prefs, given, now, needs, tx.energy_in_kwh - tx.energy_out_kwh)
+        return prefs
+
+    def applied(prefs: Preferences) -> None:
+        # Under the row lock: the live state takes concurrent changes in the order they are stored.
+        undo.append(_apply_live(gw, tx, needs, prefs))
+
+    try:
+        rec = await gw.transactions.change_preferences(tx.station_id, tx.transaction_id, change,
+                                                       set_by=who.name, now=now, applied=applied)
+    except BaseException:
+        for u in undo:  # applied, then the commit failed: the live state must not run ahead of storage
+            u()
+        raise
+    if rec is None:
+        raise Conflict("the session is not active", {"transaction_id": transaction_id})
     gw.bus.publish(ev.NeedsUpdated(now, tx.station_id, tx.evse_id, tx.transaction_id, "driver"))
-    log.info("preferences of session %s set by %s", tx.transaction_id, who.name)
+    log.info("preferences of session %s at %s set by %s", tx.transaction_id, tx.station_id, who.name)
 
     replanned = False
     if gw.scheduler is not None:
@@ -299,7 +363,7 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
         except Exception:
             # The change is stored and the debounced re-plan will still come: report, do not fail.
             log.exception("re-plan after the driver's change of %s failed", tx.transaction_id)
-    detail = await _detail(gw, q, tx)
+    detail = await _detail(gw, q, tx, rec)
     assert detail.resolved is not None  # an active session always resolves
     planned = detail.plan.energy_by_departure_kwh if detail.plan is not None else None
     wanted = detail.resolved.energy_wanted_kwh

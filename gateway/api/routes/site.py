@@ -7,17 +7,14 @@ from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import GatewayDep, Operator, SiteInputsDep
 from gateway.api.errors import responses
-from gateway.api.schemas import AwareDateTime, Model, UtcDateTime
+from gateway.api.schemas import SITE_POWER_MAX_KW, AwareDateTime, Model, SitePowerLimitKw, UtcDateTime
 from gateway.domain import SiteLimits
 
 router = APIRouter(prefix="/site", tags=["site"], responses=responses(401, 403))
 
-SITE_POWER_MAX_KW = 100_000.0  # 100 MW: far above any site this gateway plans
-
-
 class Limits(Model):
-    import_kw: float = Field(ge=0, le=SITE_POWER_MAX_KW, description="Most the site may draw from the grid")
-    export_kw: float = Field(ge=0, le=SITE_POWER_MAX_KW, description="Most the site may feed into the grid")
+    import_kw: SitePowerLimitKw = Field(description="Most the site may draw from the grid")
+    export_kw: SitePowerLimitKw = Field(description="Most the site may feed into the grid")
 
 
 class LoadPoint(Model):

@@ -14,7 +14,7 @@ from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
 from gateway.api.schemas import Limit, Model, Offset, Page, StationId, UtcDateTime
 from gateway.app import Gateway
 from gateway.db.queries import Queries
-from gateway.db.stations import StationRow
+from gateway.db.stations import EvseRow, StationRow
 from gateway.domain import DischargeDialect, EvseSpec
 from gateway.ocpp.auth import hash_password
 
@@ -94,16 +94,18 @@ async def register_station(body: StationIn, gw: GatewayDep, q: QueriesDep, _: Op
     """Register a station with its password, security profile and EVSEs."""
     if len({e.evse_id for e in body.evses}) != len(body.evses):
         raise Unprocessable("evse ids must be unique", {"field": "evses"})
+    exists = Conflict(f"station {body.id!r} already exists", {"station_id": body.id})
     if await gw.stations.get(body.id) is not None:
-        raise Conflict(f"station {body.id!r} already exists")
+        raise exists  # cheap early answer; the insert below is what decides
     # argon2 takes tens of milliseconds of CPU: off the event loop, which serves every station.
     pw_hash = await asyncio.to_thread(hash_password, body.password)
-    await gw.stations.add(body.id, pw_hash, security_profile=body.security_profile,
-                          discharge_dialect=body.discharge_dialect.value, now=gw.clock.now())
+    evses = [EvseRow(e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases)
+             for e in body.evses]
+    if not await gw.stations.create(body.id, pw_hash, security_profile=body.security_profile,
+                                    discharge_dialect=body.discharge_dialect.value, evses=evses,
+                                    now=gw.clock.now()):
+        raise exists  # registered meanwhile by a concurrent request: its password stands
     for e in body.evses:
-        await gw.stations.upsert_evse(body.id, e.evse_id, max_charge_kw=e.max_charge_kw,
-                                      max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
-                                      phases=e.phases)
         gw.state.evse(body.id, e.evse_id).spec = EvseSpec(body.id, e.evse_id, e.max_charge_kw,
                                                           e.max_discharge_kw, e.bidirectional, e.phases)
         gw.state.evse(body.id, e.evse_id).dialect = body.discharge_dialect

@@ -9,33 +9,40 @@ from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import GatewayDep, Operator, SiteInputsDep
 from gateway.api.errors import responses
-from gateway.api.schemas import Model, UtcDateTime
+from gateway.api.schemas import (
+    TOU_PERIODS_MAX,
+    DemandChargePerKw,
+    HourOfDay,
+    Model,
+    PricePerKwh,
+    UtcDateTime,
+    check_tou_window,
+)
 from gateway.domain import Tariff, TouPeriod
 
 router = APIRouter(prefix="/tariff", tags=["tariff"], responses=responses(401, 403))
 
-PRICE_MAX_PER_KWH = 100.0  # currency units; far above any real price, below nonsense
-
-
 class Period(Model):
-    start_hour: float = Field(ge=0, le=24, description="Start of the window, hours on the site's clock "
-                              "(its time zone: see `timezone`)")
-    end_hour: float = Field(ge=0, le=24, description="End of the window (before start: wraps midnight)")
-    import_price: float = Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH, description="Per kWh imported")
-    export_price: float = Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH, description="Per kWh exported")
+    start_hour: HourOfDay = Field(description="Start of the window, hours on the site's clock "
+                                  "(its time zone: see `timezone`)")
+    end_hour: HourOfDay = Field(description="End of the window (before start: wraps midnight)")
+    import_price: PricePerKwh = Field(description="Per kWh imported")
+    export_price: PricePerKwh = Field(description="Per kWh exported")
 
 
 class TariffIn(Model):
-    periods: list[Period] = Field(max_length=96)
-    demand_charge_per_kw: float = Field(ge=0, le=10_000)
-    default_import_price: float = Field(default=0.20, ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH)
-    default_export_price: float = Field(default=0.05, ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH)
+    periods: list[Period] = Field(max_length=TOU_PERIODS_MAX)
+    demand_charge_per_kw: DemandChargePerKw
+    default_import_price: PricePerKwh = 0.20
+    default_export_price: PricePerKwh = 0.05
 
     @model_validator(mode="after")
     def _non_empty_windows(self) -> TariffIn:
         for i, p in enumerate(self.periods):
-            if p.start_hour == p.end_hour:
-                raise ValueError(f"periods[{i}] is empty (start_hour == end_hour)")
+            try:
+                check_tou_window(p.start_hour, p.end_hour)
+            except ValueError as exc:
+                raise ValueError(f"periods[{i}]: {exc}") from None
         return self
 
 

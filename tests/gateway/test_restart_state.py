@@ -1,0 +1,59 @@
+"""What a restart rebuilds from Postgres must plan like the state it replaces: the open sessions'
+state of charge is 0..1 in the live state, though the table keeps the station's percent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.api.conftest import OPERATOR, plug_in
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+
+# A 60 kWh EV at 40 % that wants 80 %: 24 kWh to go.
+NEEDS = {
+    "evseId": 1,
+    "chargingNeeds": {
+        "requestedEnergyTransfer": "DC",
+        "dcChargingParameters": {"evMaxCurrent": 100, "evMaxVoltage": 400, "evEnergyCapacity": 60000,
+                                 "stateOfCharge": 40, "fullSoC": 80},
+    },
+}
+
+
+async def test_open_sessions_keep_their_energy_need_across_a_restart(gateway_factory: Any) -> None:
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    st = await plug_in(h, "CS-RS", "tx-rs", "TOKEN-RS", evses=[(1, 50.0, 0.0, False)])
+    await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
+    # The SoC reading reaches the transaction row with a TransactionEvent's meter values.
+    soc_sample = {"timestamp": st.ts(1), "sampledValue": [
+        {"value": 40, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}},
+        {"value": 0, "measurand": "Energy.Active.Import.Register"}]}
+    await st.ws.ok("TransactionEvent", {
+        "eventType": "Updated", "timestamp": st.ts(1), "triggerReason": "MeterValuePeriodic", "seqNo": 1,
+        "transactionInfo": {"transactionId": "tx-rs", "chargingState": "Charging"},
+        "evse": {"id": 1, "connectorId": 1}, "meterValue": [soc_sample]})
+
+    async def resolved() -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+            got = await api.get("/api/v1/sessions/tx-rs", headers=OPERATOR)
+            assert got.status_code == 200, got.text
+            body: dict[str, Any] = got.json()
+            return body
+
+    before = await resolved()
+    assert before["soc"] == 0.4
+    assert before["resolved"]["energy_source"] == "ev"
+    assert abs(before["resolved"]["energy_wanted_kwh"] - 24.0) < 1e-6, before["resolved"]
+
+    await h.restart()
+    assert h.gw is not None
+    after = await resolved()
+    assert after["soc"] == 0.4
+    assert after["resolved"]["energy_source"] == "ev"
+    assert abs(after["resolved"]["energy_wanted_kwh"] - 24.0) < 1e-6, after["resolved"]
+    # The answer came from the rebuilt live session, which the planner reads too.
+    live = h.gw.state.evses[("CS-RS", 1)].session
+    assert live is not None and live.transaction_id == "tx-rs" and live.soc == 0.4
+    assert h.gw.state.resolve(live).energy_wanted_kwh == after["resolved"]["energy_wanted_kwh"]
