@@ -28,12 +28,18 @@ def parse_rfc3339(text: str) -> datetime:
 
     Everything RFC 3339 allows is accepted (schema validation lets it through): a lower-case
     ``t``/``z`` (§5.6 note) and a leap second ``:60`` (read as the last microsecond of the minute).
+    An instant a datetime cannot hold (year 0000, or an offset moving it before 0001-01-01 or
+    after 9999-12-31 UTC) raises ValueError, like any other unparsable text: RFC 3339 allows
+    it, so callers must treat it as bad input, never as a bug.
     """
     text = text.upper().replace("Z", "+00:00")
     leap = len(text) > 19 and text[17:19] == "60"
     if leap:
         text = text[:17] + "59" + text[19:]
-    parsed = utc(datetime.fromisoformat(text))
+    try:
+        parsed = utc(datetime.fromisoformat(text))
+    except OverflowError as exc:  # astimezone past the year range
+        raise ValueError(f"timestamp out of range: {exc}") from None
     return parsed.replace(microsecond=999_999) if leap else parsed
 
 

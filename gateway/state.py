@@ -139,7 +139,11 @@ class SiteState:
             if event.power_kw is not None:
                 s.power_kw = event.power_kw
             if event.soc is not None:
-                s.soc = event.soc / 100.0 if event.soc > 1.0 else event.soc
+                # SessionUpdated.soc is in percent, always: it comes from SoC samples whose unit is
+                # Percent (gateway/ocpp/meter.py keeps no other), as transactions.last_soc and the
+                # bus's soc_percent. Session.soc is 0..1. Converted here, once, by that unit, never
+                # guessed from the magnitude (1 % is not 100 %).
+                s.soc = event.soc / 100.0
             if event.charging_state is not None:
                 s.charging_state = event.charging_state
             self.track_peak(event.at)

@@ -42,8 +42,11 @@ class TxSnapshot:
 class Recorded:
     inserted: bool  # False: a replay; nothing new was stored
     response: dict[str, Any]
-    tx: TxSnapshot | None
+    tx: TxSnapshot | None  # the transaction as stored (also on a replay); None if it has no row
     event_type: str
+    # When the stored event was received: ``now`` of the call that stored it. A replay whose
+    # stored_at is the caller's own ``now`` is the caller's own earlier commit (its result lost).
+    stored_at: datetime | None = None
 
 
 def _snapshot(t: m.Transaction) -> TxSnapshot:
@@ -76,9 +79,11 @@ class TransactionRepository:
         """Store one TransactionEvent and update its transaction, in one commit.
 
         A replay (same station, transactionId, seqNo) stores nothing and returns the answer
-        given the first time, so every retry of the station gets the same reply (D1).
+        given the first time, so every retry of the station gets the same reply (D1), with the
+        transaction as it stands and the stored event's ``received_at`` (``stored_at``).
         This is the hottest write of the gateway: one call of the SQL function
-        ``record_transaction_event`` (migration 0002), one round trip, one implicit transaction.
+        ``record_transaction_event`` (migrations 0002, 0005), one round trip, one implicit
+        transaction.
         """
         info = payload["transactionInfo"]
         tid: str = info["transactionId"]
@@ -99,12 +104,15 @@ class TransactionRepository:
                 info.get("stoppedReason"), info.get("chargingState"), r.import_wh_min, r.import_wh_max,
                 r.export_wh_min, r.export_wh_max, None if r.power_w is None else r.power_w / 1000.0, r.soc,
                 MAX_GAP_ROWS)
+        snap = None if row["energy_in_kwh"] is None else TxSnapshot(
+            station_id, tid, row["evse_id"], row["id_token"], row["started_at"], row["ended_at"],
+            row["energy_in_kwh"], row["energy_out_kwh"], row["last_power_kw"], row["last_soc"],
+            row["charging_state"])
         if not row["inserted"]:
             stored = row["response"]  # SQLAlchemy's asyncpg codec already decodes jsonb
-            return Recorded(False, json.loads(stored) if isinstance(stored, str) else stored, None, event_type)
-        snap = TxSnapshot(station_id, tid, row["evse_id"], row["id_token"], row["started_at"], row["ended_at"],
-                          row["energy_in_kwh"], row["energy_out_kwh"], row["last_power_kw"], row["last_soc"])
-        return Recorded(True, response, snap, event_type)
+            return Recorded(False, json.loads(stored) if isinstance(stored, str) else stored, snap, event_type,
+                            row["stored_at"])
+        return Recorded(True, response, snap, event_type, row["stored_at"])
 
     async def open_gaps(self, station_id: str, transaction_id: str) -> list[int]:
         async with self._sessions() as s:

@@ -179,11 +179,68 @@ class PasswordVerifier:
             del self._cache[next(iter(self._cache))]
 
 
+class LockedOut(Exception):
+    """The id or address is locked out until ``until``."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"locked until {until.isoformat()}")
+        self.until = until
+
+
+class AdmissionTimeout(Exception):
+    """No login slot freed up within the wait allowed; the station should retry shortly."""
+
+
+Key = tuple[str, str]
+
+
+class LoginAttempt:
+    """The login slots one handshake holds, one per key, from admission until it is settled.
+
+    Settle it with :meth:`succeeded` or :meth:`failed`; :meth:`close` releases whatever is
+    still held (an exception, a 503), so a slot can never leak.
+    """
+
+    def __init__(self, tracker: LockoutTracker, keys: list[Key]) -> None:
+        self._tracker = tracker
+        self._held = list(keys)
+
+    def succeeded(self) -> None:
+        self.close()
+
+    def failed(self, counted: list[Key]) -> list[Key]:
+        """Settle as a failed login, counted against the ``counted`` keys (the others are
+        released uncounted); returns the keys whose lock-out this failure started."""
+        started: list[Key] = []
+        for key in self._held:
+            if key in counted:
+                if self._tracker._settle_failure(key):
+                    started.append(key)
+            else:
+                self._tracker._release(key)
+        self._held = []
+        return started
+
+    def close(self) -> None:
+        for key in self._held:
+            self._tracker._release(key)
+        self._held = []
+
+
 class LockoutTracker:
     """At most ``failures_max`` failed logins per minute per key, then locked for ``lockout_s``.
 
     Keys are station ids and remote addresses (RELIABILITY.md S4), tracked separately, e.g.
     ``("id", "CS1")`` and ``("addr", "10.0.0.7")``. Time comes from the Clock.
+
+    S4 must hold under concurrency too: an attempt is counted when it is *admitted*
+    (:meth:`admit`), before the directory lookup and the password hash, not when its slow check
+    fails. A key admits at most ``failures_max`` attempts minus its failures in the window at
+    once; further attempts wait for a slot (a success frees its slot at once, a failure keeps it
+    as a failure) and are refused when the key locks. So 200 concurrent wrong passwords for one
+    id cost at most ``failures_max`` checks, where counting at failure let 101 through, while a
+    reconnect storm of good stations behind one address keeps ``failures_max`` checks in flight,
+    more than the hashing pool runs at once.
     """
 
     WINDOW_S: Final = 60.0
@@ -194,10 +251,12 @@ class LockoutTracker:
         self._max = max(1, failures_max)
         self._lockout = timedelta(seconds=lockout_s)
         self._window = timedelta(seconds=self.WINDOW_S)
-        self._failures: dict[tuple[str, str], deque[datetime]] = {}
-        self._locked: dict[tuple[str, str], datetime] = {}
+        self._failures: dict[Key, deque[datetime]] = {}
+        self._locked: dict[Key, datetime] = {}
+        self._in_flight: dict[Key, int] = {}
+        self._waiters: dict[Key, deque[asyncio.Future[None]]] = {}
 
-    def locked_until(self, key: tuple[str, str]) -> datetime | None:
+    def locked_until(self, key: Key) -> datetime | None:
         until = self._locked.get(key)
         if until is None:
             return None
@@ -206,10 +265,10 @@ class LockoutTracker:
             return None
         return until
 
-    def is_locked(self, key: tuple[str, str]) -> bool:
+    def is_locked(self, key: Key) -> bool:
         return self.locked_until(key) is not None
 
-    def record_failure(self, key: tuple[str, str]) -> bool:
+    def record_failure(self, key: Key) -> bool:
         """Count one failure; True when this failure starts a lock-out."""
         now = self._clock.now()
         if self.is_locked(key):
@@ -226,9 +285,76 @@ class LockoutTracker:
             return True
         return False
 
-    def failures(self, key: tuple[str, str]) -> int:
+    def failures(self, key: Key) -> int:
         now = self._clock.now()
         return sum(1 for t in self._failures.get(key, ()) if t > now - self._window)
+
+    def in_flight(self, key: Key) -> int:
+        return self._in_flight.get(key, 0)
+
+    async def admit(self, keys: list[Key], timeout_s: float) -> LoginAttempt:
+        """Reserve one slot per key for a login attempt (waiting up to ``timeout_s`` real
+        seconds for one to free up). Raises LockedOut or AdmissionTimeout."""
+        deadline = time.monotonic() + timeout_s
+        attempt = LoginAttempt(self, [])
+        try:
+            # One global order of acquisition, so two attempts never wait on each other's keys.
+            for key in sorted(set(keys)):
+                await self._reserve(key, deadline)
+                attempt._held.append(key)
+        except BaseException:
+            attempt.close()
+            raise
+        return attempt
+
+    async def _reserve(self, key: Key, deadline: float) -> None:
+        while True:
+            until = self.locked_until(key)
+            if until is not None:
+                raise LockedOut(until)
+            if self.failures(key) + self.in_flight(key) < self._max:
+                self._in_flight[key] = self.in_flight(key) + 1
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AdmissionTimeout
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue = self._waiters.setdefault(key, deque())
+            queue.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                raise AdmissionTimeout from None
+            finally:
+                if waiter in queue:
+                    queue.remove(waiter)
+                if not queue and self._waiters.get(key) is queue:
+                    del self._waiters[key]
+
+    def _release(self, key: Key) -> None:
+        self._drop_slot(key)
+        self._wake(key, everyone=False)  # one slot freed: one waiter may take it
+
+    def _settle_failure(self, key: Key) -> bool:
+        self._drop_slot(key)
+        started = self.record_failure(key)  # the slot becomes a failure: capacity unchanged
+        if started:
+            self._wake(key, everyone=True)  # locked: every waiter is refused now
+        return started
+
+    def _drop_slot(self, key: Key) -> None:
+        n = self._in_flight.get(key, 0) - 1
+        if n > 0:
+            self._in_flight[key] = n
+        else:
+            self._in_flight.pop(key, None)
+
+    def _wake(self, key: Key, everyone: bool) -> None:
+        for waiter in list(self._waiters.get(key, ())):
+            if not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return
 
     def _sweep(self, now: datetime) -> None:
         for key in [k for k, ts in self._failures.items() if not ts or ts[-1] <= now - self._window]:

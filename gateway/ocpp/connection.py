@@ -126,7 +126,12 @@ class Connection:
             self._schemas.check_station_call(call.action, call.payload)
             result = await self._handler(self.ctx, call.action, call.payload)
         except OcppError as exc:
-            return p.build_call_error(call.message_id, exc.code, exc.description, exc.details)
+            try:
+                return p.build_call_error(call.message_id, exc.code, exc.description, exc.details)
+            except (TypeError, ValueError):
+                # Details or description that JSON/UTF-8 cannot carry: the code alone still tells
+                # the station what was wrong, and the socket must never see unsendable text.
+                return p.build_call_error(call.message_id, exc.code)
         except Exception:
             log.exception("%s: handler for %s failed", self.station_id, call.action)
             return p.build_call_error(call.message_id, "InternalError", "the CSMS could not process it")

@@ -2,10 +2,14 @@
 
     GatewayOcppError
     ├── OcppError                    answered to the peer as a CALLERROR (OCPP-J, Part 4 §4.3)
-    │   ├── FormatViolation          payload is not valid per the schema's format
-    │   ├── ProtocolError            payload is incomplete / wrong arity
-    │   ├── PropertyConstraintViolation
-    │   ├── OccurrenceConstraintViolation
+    │   ├── FormatViolation          payload not the action's PDU (extra field), not an object,
+    │   │                            lone surrogate, nested too deep
+    │   ├── ProtocolError            never raised by this CSMS (kept so a peer's CALLERROR with it
+    │   │                            maps to a class): a missing required field is
+    │   │                            OccurrenceConstraintViolation, a wrong-arity frame
+    │   │                            RpcFrameworkError (validation.py, protocol.py)
+    │   ├── PropertyConstraintViolation  bad value: enum, length, range, 32-bit integer, dateTime
+    │   ├── OccurrenceConstraintViolation  required field missing, too few / too many items
     │   ├── TypeConstraintViolation
     │   ├── NotImplementedOcpp       unknown action ("NotImplemented" on the wire)
     │   ├── NotSupported             known action we do not support

@@ -24,7 +24,7 @@ from gateway.db.engine import is_transient, until_committed
 from gateway.db.planning import PlanningRepository
 from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
-from gateway.db.transactions import TransactionRepository
+from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
 from gateway.domain import EvNeeds
 from gateway.ocpp.errors import NotImplementedOcpp
 from gateway.ocpp.meter import samples, summarize
@@ -178,26 +178,49 @@ class Handlers:
 
     # --- E: transactions ------------------------------------------------------------------
     async def transaction_event(self, ctx: StationContext, p: Payload) -> Payload:
-        reply: Payload = {}
         token = p.get("idToken")
-        if token is not None:
-            # E01.FR.?? / C: idTokenInfo SHALL be given when the request carried an idToken.
-            reply["idTokenInfo"] = {"status": await self._token_status(token)}
         now = self._now()
         started = time.perf_counter()
+        attempts = 0
+
+        async def store() -> Recorded:
+            nonlocal attempts
+            attempts += 1
+            reply: Payload = {}
+            if token is not None:
+                # E01/E03 (TransactionEventResponse): idTokenInfo SHALL be given when the request
+                # carried an idToken. The lookup may need the database, so it is part of what is
+                # retried: during an outage the reply is withheld (D5) instead of failing at once,
+                # which would make the station drop the event after its retries.
+                reply["idTokenInfo"] = {"status": await self._token_status(token)}
+            return await self._tx.record_event(ctx.station_id, p, reply, now)
+
         recorded = await until_committed(
-            lambda: self._tx.record_event(ctx.station_id, p, reply, now),
+            store,
             retry_interval_s=self._settings.db_retry_interval_s,
             what=f"storing TransactionEvent of {ctx.station_id}",
             on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc(),
         )
         metrics.DB_WRITE_SECONDS.labels("transaction_event").observe(time.perf_counter() - started)
-        if not recorded.inserted:
-            return recorded.response  # D1: a replay gets the first answer and stores nothing
+        # Who applies an event's side effects (meter samples, domain events, active_tx), and so
+        # exactly once: the call that stored the row. That is this call when the row was
+        # inserted now, and also when an earlier attempt of this call failed after its commit
+        # (the result lost with the connection) and this attempt finds the row it stored
+        # itself: stored_at is this call's own ``now``. Anything else is the station replaying an
+        # event already stored (D1, D4: a new message id after a lost reply): it gets the first
+        # answer and publishes nothing, because its side effects were applied by the call that
+        # stored it (or, if that process died, are rebuilt from the tables at start), and a
+        # second SessionStarted/Updated/Ended or a second set of meter rows would reach the
+        # scheduler, the bus and the history twice. Only idempotent bookkeeping is done for it.
+        owner = recorded.inserted or (attempts > 1 and recorded.stored_at == now)
         info = p["transactionInfo"]
         tid = info["transactionId"]
         tx = recorded.tx
         evse_id = (p.get("evse") or {}).get("id") or (tx.evse_id if tx else None)
+        if not owner:
+            if tx is not None and evse_id is not None:
+                self._note_active(ctx.station_id, evse_id, tid, tx)
+            return recorded.response  # D1: a replay gets the first answer and stores nothing
         if "meterValue" in p and evse_id is not None:
             self._queue_samples(ctx.station_id, evse_id, tid, p["meterValue"])
         if tx is None or evse_id is None:
@@ -226,6 +249,17 @@ class Handlers:
         self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
                                             tx.energy_out_kwh, tx.power_kw, tx.soc, info.get("chargingState")))
         return recorded.response
+
+    def _note_active(self, station_id: str, evse_id: int, tid: str, tx: TxSnapshot) -> None:
+        """A replay's bookkeeping: idempotent, publishes nothing. MeterValues carry no
+        transactionId, so an EVSE whose open transaction this process has not seen (another
+        node or process stored it) learns it here; an ended one is forgotten."""
+        key = (station_id, evse_id)
+        if tx.ended_at is not None:
+            if self.active_tx.get(key) == tid:
+                del self.active_tx[key]
+        elif tx.started_at is not None and key not in self.active_tx:
+            self.active_tx[key] = tid
 
     def _queue_samples(self, station_id: str, evse_id: int, tid: str | None, mvs: list[Payload]) -> None:
         for s in samples(mvs):

@@ -63,7 +63,7 @@ class Readings:
     export_wh_max: float | None = None
     power_w: float | None = None
     power_ts: datetime | None = None
-    soc: float | None = None
+    soc: float | None = None  # percent (0..100), from SoC samples in unit Percent only
     soc_ts: datetime | None = None
 
 
@@ -84,7 +84,11 @@ def summarize(batch: list[Sample]) -> Readings:
             power_import[s.ts] = s.value
         elif s.measurand == "Power.Active.Export":
             power_export[s.ts] = s.value
-        elif s.measurand == "SoC" and (r.soc_ts is None or s.ts >= r.soc_ts):
+        elif s.measurand == "SoC" and s.unit == "Percent" and 0.0 <= s.value <= 100.0 \
+                and (r.soc_ts is None or s.ts >= r.soc_ts):
+            # OCPP 2.0.1 SoC is a percentage (Part 2, Measurand SoC; UnitOfMeasure default
+            # "Percent"): Readings.soc is percent, 0..100, and nothing else gets in, so every
+            # consumer converts by that unit, never by guessing from the magnitude.
             r.soc, r.soc_ts = s.value, s.ts
     stamps = set(power_import) | set(power_export)
     if stamps:

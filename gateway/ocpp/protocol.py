@@ -15,14 +15,30 @@ How each malformed kind maps to a CALLERROR code (OCPP-J 2.0.1 Part 4 §4.2.3, T
 Error Codes"); the message id is "-1" whenever it cannot be read (§4.2.3):
 
     not UTF-8 / not JSON / nesting too deep   RpcFrameworkError   "-1"
+      for the JSON parser
     binary WebSocket frame                    RpcFrameworkError   "-1"  (OCPP-J uses text frames, §3.3)
     not a JSON array, or an empty array       RpcFrameworkError   "-1"
     MessageTypeId not 2, 3 or 4               MessageTypeNotSupported  id if readable, else "-1"
     message id missing, not a string, empty   RpcFrameworkError   "-1"
     message id longer than 36 characters      RpcFrameworkError   "-1"  (§4.1.4: max 36 chars)
+    message id with a lone surrogate          RpcFrameworkError   "-1"  (not text: unreadable, and
+                                                                        no reply could carry it)
     CALL with wrong number of elements        RpcFrameworkError   id
-    CALL action not a non-empty string        RpcFrameworkError   id
+    CALL action not a non-empty string, or    RpcFrameworkError   id
+      with a lone surrogate
     CALL payload not a JSON object            FormatViolation     id
+    CALL payload with a lone surrogate        FormatViolation     id   (a "\ud800" escape: valid
+                                                                        JSON, not Unicode text)
+    CALL payload nested deeper than
+      MAX_PAYLOAD_DEPTH                       FormatViolation     id
+    CALL payload with a number no float
+      can hold (1e400)                        PropertyConstraintViolation  id
+
+A CALLRESULT/CALLERROR carrying such content cannot be used either: it becomes a local
+:class:`CallError` (FormatViolation / PropertyConstraintViolation) for the waiting caller, so the
+caller fails at once instead of waiting for its timeout; nothing is sent to the station.
+Everything we send is UTF-8-encodable text: the builders refuse anything else with ValueError
+before it reaches the socket (an unencodable ``send`` would abort the WebSocket).
     action unknown to the schema set          NotImplemented      id   (decided by the caller)
     payload violates the action's schema      see ``validation.py``
 
@@ -33,7 +49,9 @@ The "one outstanding CALL per direction" rule (Part 4 §4.1.1) lives in :class:`
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import count
@@ -46,6 +64,16 @@ CALLERROR: Final = 4
 MAX_MESSAGE_ID_LENGTH: Final = 36  # Part 4 §4.1.4
 MAX_ERROR_DESCRIPTION_LENGTH: Final = 255  # Part 4 §4.2.3, errorDescription
 UNREADABLE_ID: Final = "-1"  # Part 4 §4.2.3
+# The deepest 2.0.1 PDU nests about 10 levels; vendor data (customData, DataTransfer.data) gets
+# generous room. A hard bound well below Python's recursion limit keeps every later walk (schema
+# validation, the jsonb encoder on the way to Postgres) from overflowing the stack: without it a
+# payload ~960 levels deep passed the parser and then crashed the handler.
+MAX_PAYLOAD_DEPTH: Final = 64
+# A lone UTF-16 surrogate can only enter through a JSON "\uD800"-style escape (websockets
+# decodes the frame as strict UTF-8); this cheap test on the raw text decides whether the
+# decoded frame needs a scan.
+_SURROGATE_ESCAPE = re.compile(r"\\[uU][dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 
@@ -53,8 +81,84 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN / Infinity are Python extensions, not JSON
 
 
-_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+class _NumberOutOfRange(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        # JSON allows 1e400; a double cannot hold it, and an infinity can be neither stored in
+        # jsonb nor sent back as JSON.
+        raise _NumberOutOfRange(text)
+    return value
+
+
+class _Huge:
+    """Stands in for an out-of-range number while the frame is re-read for its id."""
+
+    def __repr__(self) -> str:
+        return "<number out of range>"
+
+
+_HUGE: Final = _Huge()
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+_decode_marking_huge = json.JSONDecoder(
+    parse_constant=_reject_constant,
+    parse_float=lambda t: v if math.isfinite(v := float(t)) else _HUGE,
+).decode
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _encode(value: Any) -> str:
+    """JSON text that is also sendable: a lone surrogate (which UTF-8 cannot encode) raises
+    ValueError here, not UnicodeEncodeError inside websockets, which would abort the socket."""
+    text = _encode_json(value)
+    if not text.isascii() and _SURROGATE.search(text) is not None:
+        raise ValueError("a string is not valid Unicode text (lone surrogate)")
+    return text
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """True when any string in ``value`` (dict keys included) holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v) is not None:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _has_huge(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if v is _HUGE:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when ``value`` nests more than ``limit`` containers (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict | list):
+            if depth > limit:
+                return True
+            children = v.values() if isinstance(v, dict) else v
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +206,7 @@ Parsed = Call | CallResult | CallError | FrameError | Ignored
 
 
 def _readable_id(value: Any) -> str | None:
-    if type(value) is str and 0 < len(value) <= MAX_MESSAGE_ID_LENGTH:
+    if type(value) is str and 0 < len(value) <= MAX_MESSAGE_ID_LENGTH and _SURROGATE.search(value) is None:
         return value
     return None
 
@@ -119,12 +223,42 @@ def parse_frame(text: str | bytes) -> Parsed:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not UTF-8")
+    huge = False
     try:
         msg = _decode(text)
+    except _NumberOutOfRange:
+        # Valid JSON, but a number out of range: read it again with a marker in the number's
+        # place, so the CALLERROR can carry the message id (Part 4 §4.2.3).
+        huge = True
+        try:
+            msg = _decode_marking_huge(text)
+        except (ValueError, RecursionError):
+            return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not valid JSON")
     except ValueError:
         return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not valid JSON")
     except RecursionError:
         return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame nesting is too deep")
+    parsed = _parse_message(msg)
+    if isinstance(parsed, FrameError | Ignored):
+        return parsed
+    if huge and _has_huge(msg):
+        return _bad_content(parsed, "PropertyConstraintViolation", "a number is out of range")
+    content = parsed.payload if isinstance(parsed, Call | CallResult) else parsed.details
+    if _deeper_than(content, MAX_PAYLOAD_DEPTH):
+        return _bad_content(parsed, "FormatViolation", f"payload nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) is not None and has_lone_surrogate(msg):
+        return _bad_content(parsed, "FormatViolation", "payload text is not valid Unicode (lone surrogate)")
+    return parsed
+
+
+def _bad_content(parsed: Call | CallResult | CallError, code: str, description: str) -> FrameError | CallError:
+    """A well-framed message whose content cannot be used (see the module docstring)."""
+    if isinstance(parsed, Call):
+        return FrameError(parsed.message_id, code, description)
+    return CallError(parsed.message_id, code, f"unusable reply: {description}", {})
+
+
+def _parse_message(msg: Any) -> Parsed:
     if type(msg) is not list or not msg:
         return FrameError(UNREADABLE_ID, "RpcFrameworkError", "frame is not a non-empty JSON array")
 
@@ -152,7 +286,7 @@ def _parse_call(msg: list[Any], message_id: str | None) -> Call | FrameError:
     if len(msg) != 4:
         return FrameError(message_id, "RpcFrameworkError", "CALL must be [2, id, action, {payload}]")
     action = msg[2]
-    if type(action) is not str or not action:
+    if type(action) is not str or not action or _SURROGATE.search(action) is not None:
         return FrameError(message_id, "RpcFrameworkError", "CALL action must be a non-empty string")
     payload = msg[3]
     if type(payload) is not dict:

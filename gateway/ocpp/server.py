@@ -8,6 +8,8 @@ Everything that decides whether a station may talk happens in the HTTP handshake
     id empty, > max_station_id_length, ':' in it,
     not printable, not UTF-8 after %-decoding     400   (%-encoded ids are decoded, Part 4 §3.1.1)
     id or remote address locked out               429   (Retry-After; no hashing done)
+    no login slot free for the id or address      wait; 503 after handshake_timeout_s / 2
+      (attempts counted as admitted, S4)          (429 if the key locks meanwhile)
     station directory unavailable                 503   (Retry-After)
     too many password checks queued (restart)     503   (Retry-After; admission control)
     id not registered (and not allow_unknown)     404   (allow_unknown: admitted, also when
@@ -55,7 +57,10 @@ from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.logs import STATION_ID
 from gateway.ocpp.auth import (
+    AdmissionTimeout,
+    LockedOut,
     LockoutTracker,
+    LoginAttempt,
     PasswordVerifier,
     VerifierBusy,
     parse_basic_auth,
@@ -263,14 +268,36 @@ class OcppServer:
         if station_id is None:
             return connection.respond(HTTPStatus.BAD_REQUEST, "Invalid station id\n")
 
-        for key in (("id", station_id), ("addr", remote or "?")):
+        keys = [("id", station_id), ("addr", remote or "?")]
+        for key in keys:
             until = self.lockout.locked_until(key)
             if until is not None:
-                response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many failed logins\n")
-                retry = max(1, int((until - self.clock.now()).total_seconds()) + 1)
-                response.headers["Retry-After"] = str(retry)
-                return response
+                return self._locked_out(connection, until)
+        # S4: the attempt is counted as it is admitted, before the lookup and the slow hash, so
+        # concurrent handshakes cannot run more checks than the lock-out allows (see auth.py).
+        try:
+            attempt = await self.lockout.admit(keys, self.settings.handshake_timeout_s / 2)
+        except LockedOut as exc:
+            return self._locked_out(connection, exc.until)
+        except AdmissionTimeout:
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Busy, try again later\n")
+            response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+            return response
+        try:
+            return await self._authenticate(connection, request, station_id, remote, attempt)
+        finally:
+            attempt.close()  # a slot not settled as a failure (admitted, 503, error) is released
 
+    def _locked_out(self, connection: ServerConnection, until: datetime) -> Response:
+        response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, "Too many failed logins\n")
+        retry = max(1, int((until - self.clock.now()).total_seconds()) + 1)
+        response.headers["Retry-After"] = str(retry)
+        return response
+
+    async def _authenticate(
+        self, connection: ServerConnection, request: Request, station_id: str, remote: str | None,
+        attempt: LoginAttempt,
+    ) -> Response | None:
         try:
             creds = await self.directory.credentials(station_id)
         except Exception:
@@ -284,11 +311,11 @@ class OcppServer:
             if self.settings.allow_unknown_stations:
                 self._admitted[connection] = _Admission(station_id, 1, remote)
                 return None
-            self._failure(None, remote, "unknown_station", f"unknown station id {station_id!r}")
+            self._failure(None, remote, "unknown_station", f"unknown station id {station_id!r}", attempt)
             return connection.respond(HTTPStatus.NOT_FOUND, "Unknown station\n")
 
         if creds.security_profile >= 3:
-            refusal = self._check_certificate(creds, connection, remote)
+            refusal = self._check_certificate(creds, connection, remote, attempt)
             if refusal is not None:
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
             self._admitted[connection] = _Admission(station_id, creds.security_profile, remote)
@@ -299,7 +326,7 @@ class OcppServer:
             self._admitted[connection] = _Admission(station_id, 1, remote)
             return None
         try:
-            refusal = await self._check_credentials(creds, request.headers, remote)
+            refusal = await self._check_credentials(creds, request.headers, remote, attempt)
         except VerifierBusy:
             response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Busy, try again later\n")
             response.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
@@ -312,44 +339,45 @@ class OcppServer:
         return None
 
     async def _check_credentials(
-        self, creds: StationCredentials, headers: Headers, remote: str | None
+        self, creds: StationCredentials, headers: Headers, remote: str | None, attempt: LoginAttempt
     ) -> str | None:
         """None when the station may connect, else the refusal kind (already recorded)."""
         sid = creds.station_id
         if not creds.enabled or creds.password_hash is None:
-            return self._failure(sid, remote, "station_disabled", "disabled or no password set")
+            return self._failure(sid, remote, "station_disabled", "disabled or no password set", attempt)
         if creds.security_profile >= 2 and not self.tls:
-            return self._failure(sid, remote, "insecure_transport", "profile 2 station over plain ws")
+            return self._failure(sid, remote, "insecure_transport", "profile 2 station over plain ws", attempt)
         basic = parse_basic_auth(headers.get("Authorization"))
         if basic is None:
-            return self._failure(sid, remote, "auth_missing", "no usable Basic credentials")
+            return self._failure(sid, remote, "auth_missing", "no usable Basic credentials", attempt)
         username, password = basic
         name_ok = same_text(username, sid)
         # Verify even when the name is wrong so the refusal costs the same time.
         password_ok = await self.verifier.verify(sid, creds.password_hash, password)
         if not (name_ok and password_ok):
             kind = "auth_failed" if name_ok else "auth_username_mismatch"
-            return self._failure(sid, remote, kind, "wrong credentials")
+            return self._failure(sid, remote, kind, "wrong credentials", attempt)
         return None
 
     def _check_certificate(self, creds: StationCredentials, connection: ServerConnection,
-                           remote: str | None) -> str | None:
+                           remote: str | None, attempt: LoginAttempt) -> str | None:
         """Security profile 3 (A00.FR.4xx): the station proves its identity with a TLS client
         certificate signed by the configured CA, whose subject commonName is its id. TLS has
         already verified the chain and validity (a certificate that fails that never gets here:
         the handshake is refused); this checks that there was one and whose it is."""
         sid = creds.station_id
         if not creds.enabled:
-            return self._failure(sid, remote, "station_disabled", "disabled")
+            return self._failure(sid, remote, "station_disabled", "disabled", attempt)
         if self.ssl_context is None or self.settings.tls_client_ca is None:
             return self._failure(sid, remote, "client_certificate_required",
-                                 "profile 3 needs wss with a station CA (--tls-client-ca)")
+                                 "profile 3 needs wss with a station CA (--tls-client-ca)", attempt)
         cert = connection.transport.get_extra_info("peercert")
         if not cert:
-            return self._failure(sid, remote, "client_certificate_required", "no client certificate")
+            return self._failure(sid, remote, "client_certificate_required", "no client certificate", attempt)
         names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
         if not any(same_text(n, sid) for n in names):
-            return self._failure(sid, remote, "certificate_id_mismatch", "certificate commonName is not the station id")
+            return self._failure(sid, remote, "certificate_id_mismatch",
+                                 "certificate commonName is not the station id", attempt)
         return None
 
     def _certificate_refused(self, exc: ssl.SSLCertVerificationError) -> None:
@@ -359,14 +387,15 @@ class OcppServer:
         self._event(None, "client_certificate_refused", f"TLS refused a client certificate: {exc.verify_message}",
                     None)
 
-    def _failure(self, station_id: str | None, remote: str | None, kind: str, detail: str) -> str:
-        """Count a failed login for the id and the address; record a security event."""
+    def _failure(self, station_id: str | None, remote: str | None, kind: str, detail: str,
+                 attempt: LoginAttempt) -> str:
+        """Settle the attempt as a failed login of the id (when known) and the address;
+        record a security event."""
         self._event(station_id, kind, detail, remote)
         keys = ([("id", station_id)] if station_id is not None else []) + [("addr", remote or "?")]
-        for key in keys:
-            if self.lockout.record_failure(key):
-                self._event(station_id, "auth_lockout",
-                            f"{key[0]} locked for {self.settings.auth_lockout_s:g} s", remote)
+        for key in attempt.failed(keys):
+            self._event(station_id, "auth_lockout",
+                        f"{key[0]} locked for {self.settings.auth_lockout_s:g} s", remote)
         return kind
 
     def _event(self, station_id: str | None, kind: str, detail: str, remote: str | None) -> None:

@@ -1,0 +1,207 @@
+"""Station input that is schema-valid (or valid JSON) but used to be lost or crash a handler, over
+a real WebSocket against a real gateway and Postgres (RELIABILITY.md R1, R2, D1, D4, D5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from gateway import events as ev
+from gateway import metrics
+from gateway.db.transactions import Recorded
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
+from tests.ocpp_client import RawStation
+from tests.tcp_proxy import proxied_database_url
+
+EPOCH_MS = 1_735_725_600_000  # a vendor's epoch-milliseconds: past 32 bits
+
+def _nested(message_id: str, depth: int) -> str:
+    """A DataTransfer CALL whose data is ``depth`` nested arrays around 1."""
+    return '[2,"' + message_id + '","DataTransfer",{"vendorId":"v","data":' + "[" * depth + "1" + "]" * depth + "}]"
+
+
+
+@pytest.fixture
+async def station(gateway_server: GatewayHarness) -> AsyncIterator[RawStation]:
+    await gateway_server.add_station("CS-R", PASSWORD)
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-R", PASSWORD)
+    yield st
+    await st.close()
+
+
+async def _reply_by_id_or_unreadable(st: RawStation, frame: str, mid: str) -> list[Any]:
+    loop = asyncio.get_running_loop()
+    futures = {key: loop.create_future() for key in (mid, "-1")}
+    st._replies.update(futures)
+    await st.ws.send(frame)
+    done, _ = await asyncio.wait(futures.values(), timeout=EVENT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    for key in futures:
+        st._replies.pop(key, None)
+    assert done, "no reply"
+    result: list[Any] = done.pop().result()
+    return result
+
+
+async def _alive(st: RawStation) -> None:
+    assert "currentTime" in await st.ok("Heartbeat", {})  # the same socket still answers
+
+
+# --- 1: the 32-bit rule applies where the schema types an integer, never inside vendor data ---
+
+
+async def test_vendor_data_may_hold_numbers_past_32_bits(gateway_server: GatewayHarness, station: RawStation) -> None:
+    p = tx_event("Started", 0, tid="TX-CUST", customData={"vendorId": "com.example", "eventTimeMs": EPOCH_MS})
+    assert (await station.call("TransactionEvent", p))[0] == 3
+    rows = await fetch(gateway_server.database_url,
+                       "SELECT payload FROM transaction_events WHERE transaction_id='TX-CUST'")
+    assert json.loads(rows[0]["payload"])["customData"]["eventTimeMs"] == EPOCH_MS
+    reply = await station.call("DataTransfer", {"vendorId": "com.example", "data": {"ts": EPOCH_MS, "l": [EPOCH_MS]}})
+    assert reply[0] == 3 and reply[2] == {"status": "UnknownVendorId"}
+    # A field the schema types as integer still holds 32 bits (Part 2, primitive datatypes).
+    too_big = tx_event("Updated", 2**31, tid="TX-CUST", timestamp="2026-07-01T08:01:00Z")
+    reply = await station.call("TransactionEvent", too_big)
+    assert reply[2:4] == ["PropertyConstraintViolation", "seqNo: 32-bit integer violated"]
+
+
+# --- 2: the idToken lookup is part of what is withheld during an outage (D5) ---
+
+
+@pytest.fixture
+async def proxy_and_url(clean_db: str) -> Any:
+    proxy, url_for = proxied_database_url(clean_db)
+    port = await proxy.start()
+    yield proxy, url_for(port)
+    await proxy.close()
+
+
+async def test_token_lookup_during_an_outage_withholds_the_reply(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], clean_db: str
+) -> None:
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True)
+    await h.add_station("CS-T", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-T", PASSWORD)
+    retries = metrics.DB_RETRIES.labels("transaction_event")
+    before = retries._value.get()  # type: ignore[attr-defined]
+    await proxy.cut()
+    p = tx_event("Started", 0, tid="TX-OUT", idToken={"idToken": "RFID-NEVER-SEEN", "type": "ISO14443"})
+    pending = asyncio.create_task(st.call("TransactionEvent", p))
+
+    async def retried_or_answered() -> bool:
+        return pending.done() or retries._value.get() > before  # type: ignore[attr-defined]
+
+    await wait_for(retried_or_answered)
+    assert not pending.done(), f"answered during the outage: {pending.result()}"
+    await proxy.restore()
+    reply = await asyncio.wait_for(pending, EVENT_TIMEOUT_S)
+    # The spec's answer: the token is unknown (known_tokens_only), and the event is stored.
+    assert reply[0] == 3 and reply[2] == {"idTokenInfo": {"status": "Unknown"}}
+    rows = await fetch(clean_db, "SELECT seq_no FROM transaction_events WHERE transaction_id='TX-OUT'")
+    assert [r["seq_no"] for r in rows] == [0]
+    await st.close()
+
+
+# --- 6: a commit whose result was lost still applies its side effects, exactly once ---
+
+
+async def test_commit_with_lost_result_applies_side_effects_once(gateway_server: GatewayHarness) -> None:
+    h = gateway_server
+    assert h.gw is not None
+    await h.add_station("CS-A", PASSWORD)
+    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
+    repo = h.gw.transactions
+    real = repo.record_event
+    lost = 0
+
+    async def result_lost_once(*a: Any, **k: Any) -> Recorded:
+        nonlocal lost
+        recorded = await real(*a, **k)  # committed...
+        if lost == 0:
+            lost += 1
+            raise ConnectionResetError("connection lost before the result arrived")  # ...reply lost
+        return recorded
+
+    repo.record_event = result_lost_once  # type: ignore[method-assign]
+    st = await RawStation.connect(h.ocpp_url, "CS-A", PASSWORD)
+    p = tx_event("Started", 0, tid="TX-AMB", meterValue=energy(1_000.0))
+    first = await st.call("TransactionEvent", p)
+    assert first[0] == 3 and lost == 1
+
+    async def one_meter_row() -> bool:
+        return len(await fetch(h.database_url, "SELECT 1 FROM meter_values WHERE transaction_id='TX-AMB'")) == 1
+
+    await wait_for(one_meter_row)
+    published = [type(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
+    assert published == [ev.SessionStarted, ev.SessionUpdated]
+    assert h.gw.handlers.active_tx == {("CS-A", 1): "TX-AMB"}
+    session = h.gw.state.evse("CS-A", 1).session
+    assert session is not None and session.transaction_id == "TX-AMB"
+
+    # The station replays the event with a new message id (its reply was lost): the first
+    # answer again, nothing stored, nothing published, no second meter row.
+    again = await st.call("TransactionEvent", p, message_id="replay-1")
+    assert again[0] == 3 and again[2] == first[2]
+    await h.gw.telemetry.flush()
+    assert await one_meter_row()
+    assert sub.queue.qsize() == 0
+    rows = await fetch(h.database_url, "SELECT 1 FROM transaction_events WHERE transaction_id='TX-AMB'")
+    assert len(rows) == 1
+    await st.close()
+
+
+# --- 3, 8: valid JSON / schema-valid input no handler can take: the CALLERROR, socket alive ---
+
+
+async def test_lone_surrogates_are_refused_and_the_socket_lives(station: RawStation) -> None:
+    # An id that is not text is unreadable: "-1" (Part 4 §4.2.3), and the reply is sendable.
+    reply = await station.send_raw('[2,"\\ud800","Heartbeat",{}]', "-1")
+    assert reply is not None and reply[:3] == [4, "-1", "RpcFrameworkError"]
+    await _alive(station)
+    reply = await station.send_raw('[2,"m-act","Heart\\udc00",{}]', "m-act")
+    assert reply is not None and reply[:3] == [4, "m-act", "RpcFrameworkError"]
+    frame = tx_event("Started", 0, tid="TX-SURR")
+    text = json.dumps([2, "m-surr", "TransactionEvent", frame]).replace("TX-SURR", "TX-\\ud800")
+    reply = await station.send_raw(text, "m-surr")
+    assert reply is not None and reply[:3] == [4, "m-surr", "FormatViolation"]
+    await _alive(station)
+
+
+async def test_schema_valid_timestamps_out_of_range_are_property_violations(station: RawStation) -> None:
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("TransactionEvent", tx_event("Started", 0, tid="TX-Y0", timestamp="0000-01-01T00:00:00Z")),
+        ("StatusNotification", {"timestamp": "9999-12-31T23:59:59-01:00", "connectorStatus": "Available",
+                                "evseId": 1, "connectorId": 1}),
+        ("SecurityEventNotification", {"type": "x", "timestamp": "0001-01-01T00:00:00+01:00"}),
+        ("MeterValues", {"evseId": 1, "meterValue": energy(1.0, ts="0000-06-01T00:00:00Z")}),
+    ]
+    for action, payload in cases:
+        reply = await station.call(action, payload)
+        assert reply[0] == 4 and reply[2] == "PropertyConstraintViolation", (action, reply)
+        await _alive(station)
+    # The edges that a datetime can hold are fine.
+    ok = tx_event("Started", 1, tid="TX-EDGE", timestamp="9999-12-31T23:59:60Z")
+    assert (await station.call("TransactionEvent", ok))[0] == 3
+
+
+async def test_numbers_no_float_can_hold_and_deep_nesting_are_refused(station: RawStation) -> None:
+    raw = json.dumps([2, "m-big", "TransactionEvent", tx_event("Started", 0, tid="TX-BIG", meterValue=energy(123.0))])
+    reply = await station.send_raw(raw.replace('"value": 123.0', '"value": 1e400'), "m-big")
+    assert reply is not None and reply[:3] == [4, "m-big", "PropertyConstraintViolation"]
+    await _alive(station)
+    for depth in (100, 500, 960, 985):
+        mid = f"deep-{depth}"
+        frame = _nested(mid, depth)
+        reply = await _reply_by_id_or_unreadable(station, frame, mid)
+        # Past the bound: FormatViolation with the id; where the JSON parser itself runs out of
+        # stack first (how deep depends on the caller's stack), RpcFrameworkError "-1". Never
+        # InternalError, and never a crash on the way to Postgres.
+        assert reply[:3] in ([4, mid, "FormatViolation"], [4, "-1", "RpcFrameworkError"]), (depth, reply)
+        await _alive(station)
+    shallow = _nested("ok-30", 30)
+    reply = await station.send_raw(shallow, "ok-30")
+    assert reply is not None and reply[0] == 3
