@@ -43,8 +43,14 @@ MQTT_PUBLISHED = Counter("gateway_mqtt_published_total", "MQTT messages the brok
                          registry=REGISTRY)
 MQTT_RECEIVED = Counter("gateway_mqtt_received_total", "MQTT input messages applied", ["input"],
                         registry=REGISTRY)
-MQTT_INVALID = Counter("gateway_mqtt_invalid_total", "MQTT input messages refused (bad topic or payload)",
+MQTT_INVALID = Counter("gateway_mqtt_invalid_total",
+                       "MQTT input messages refused (bad topic or payload, stale, or a cancelled grid event)",
                        ["input"], registry=REGISTRY)
+# Apart from MQTT_INVALID: a valid input the gateway failed to store (database away) is the
+# gateway's fault, not the sender's, and must not hide among bad messages.
+MQTT_APPLY_FAILED = Counter("gateway_mqtt_apply_failed_total",
+                            "Valid MQTT input messages that could not be applied (storing them failed)",
+                            ["input"], registry=REGISTRY)
 MQTT_RECONNECTS = Counter("gateway_mqtt_connects_total", "MQTT connection attempts by outcome", ["outcome"],
                           registry=REGISTRY)
 EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Domain events waiting in a subscriber's queue",

@@ -4,29 +4,48 @@ out; the bridge applies the value through :class:`gateway.bus.site_inputs.SiteIn
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.api.schemas import AwareDateTime, Ident
+from gateway.api.schemas import PRICE_MAX_PER_KWH, SITE_POWER_MAX_KW, AwareDateTime, Ident
+from gateway.bus.site_inputs import check_grid_event
 from gateway.domain import GridEventKind
 
 PAYLOAD_BYTES_MAX = 1_000_000
-POWER_MAX_KW = 100_000.0
-PRICE_MAX_PER_KWH = 100.0
+POWER_MAX_KW = SITE_POWER_MAX_KW  # the bounds REST has (gateway/api/schemas.py)
 
 
 class Invalid(ValueError):
     """A message that is not what the topic's contract says; the text names the first problem."""
 
 
+_NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # Lax datetime parsing reads a number, or a string of digits, as Unix time, guessing seconds
+    # or milliseconds from its size: the contract says RFC 3339 strings, and a time is too
+    # important to the stale-reading rule to rest on a guess.
+    if not isinstance(value, str) or _NUMBER.fullmatch(value.strip()):
+        raise ValueError("a time must be an RFC 3339 string with an offset (e.g. 2026-01-01T08:00:00Z)")
+    return value
+
+
+Time = Annotated[AwareDateTime, BeforeValidator(_rfc3339_text)]
+
+
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as they are, as REST takes them ("42" is not a number, "yes" and 1 are
+    # not booleans; an int is still a float). Times and enums parse from their strings
+    # (strict=False on those types/fields).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class PricePoint(_In):
-    start: AwareDateTime
-    end: AwareDateTime
+    start: Time
+    end: Time
     import_price_per_kwh: float = Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH)
     export_price_per_kwh: float = Field(ge=-PRICE_MAX_PER_KWH, le=PRICE_MAX_PER_KWH)
 
@@ -42,22 +61,22 @@ class Prices(_In):
 
 
 class LoadPoint(_In):
-    start: AwareDateTime
+    start: Time
     power_kw: float = Field(ge=-POWER_MAX_KW, le=POWER_MAX_KW)
 
 
 class BuildingLoad(_In):
     power_kw: float = Field(ge=-POWER_MAX_KW, le=POWER_MAX_KW)
-    ts: AwareDateTime | None = None
+    ts: Time | None = None
     forecast: list[LoadPoint] | None = Field(default=None, max_length=10_000)
 
 
 class GridEventMsg(_In):
     id: Ident
     cancel: bool = False
-    start: AwareDateTime | None = None
-    end: AwareDateTime | None = None
-    kind: GridEventKind | None = None
+    start: Time | None = None
+    end: Time | None = None
+    kind: GridEventKind | None = Field(default=None, strict=False)
     payment_per_kwh: float = Field(default=0.0, ge=0, le=PRICE_MAX_PER_KWH)
     cap_kw: float | None = Field(default=None, ge=0, le=POWER_MAX_KW)
 
@@ -67,10 +86,7 @@ class GridEventMsg(_In):
             return self
         if self.start is None or self.end is None or self.kind is None:
             raise ValueError("start, end and kind are required (or cancel: true)")
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        if self.kind == GridEventKind.IMPORT_CAP and self.cap_kw is None:
-            raise ValueError("an import_cap event needs cap_kw")
+        check_grid_event(self.start, self.end, self.kind, self.cap_kw)  # REST's rules, shared
         return self
 
 
@@ -86,6 +102,10 @@ def parse(name: str, payload: bytes | bytearray | str | Any) -> _In:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Invalid(f"not JSON: {exc}") from None
+    except RecursionError:
+        # json's decoder recurses per [ or {: 100 kB of "[" exhausts the stack. Only a hostile or
+        # broken sender nests that deep, and no topic's contract nests more than three levels.
+        raise Invalid("not JSON this bridge reads: nested too deeply") from None
     try:
         return MODELS[name].model_validate(data)
     except ValidationError as exc:

@@ -8,12 +8,17 @@ reconnects with exponential back-off and jitter, and the buffer drains on reconn
 
 A message leaves the buffer only after the broker accepted it (PUBACK for QoS 1), so a broker
 that dies mid-publish costs a duplicate at worst, never a loss within the bound.
+
+Inputs: the bridge connects with MQTT v5 and a persistent session (clean start off, session
+expiry ``SESSION_EXPIRY_S``) under an identifier fixed for the process, so QoS 1 input sent while
+the link is down waits at the broker and arrives on reconnect. Nothing an input or the broker
+does ends the connection loop for good: an unexpected error is logged and handled as a lost
+connection; only cancellation (``stop``) ends it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -22,11 +27,14 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import events as ev
 from gateway import metrics
 from gateway.bus import inbound, topics
-from gateway.bus.site_inputs import PriceOverride, SiteInputs
+from gateway.bus.site_inputs import PriceOverride, Refused, SiteInputs
 from gateway.clock import to_rfc3339
 from gateway.domain import GridEvent
 
@@ -38,6 +46,11 @@ log = logging.getLogger(__name__)
 # Defaults for settings the bridge reads when ``Settings`` has them (named with their units).
 KEEPALIVE_S = 30
 PUBLISH_TIMEOUT_S = 10.0
+# How long the broker keeps the bridge's session (its subscriptions and the QoS 1 input queued for
+# it) once the link is gone: a link outage up to this long loses no QoS 1 input. It also bounds an
+# orphan: the identifier is new in every process, so the session a stopped or crashed gateway
+# leaves behind is never resumed and the broker drops it (and what it queued) after this long.
+SESSION_EXPIRY_S = 900
 
 PUBLISHED_EVENTS = (ev.StationConnected, ev.StationDisconnected, ev.StatusChanged, ev.SessionStarted,
                     ev.SessionUpdated, ev.SessionEnded, ev.PlanPublished, ev.SiteInputsChanged)
@@ -69,6 +82,7 @@ class MqttBridge:
         self.published = 0
         self.invalid = 0
         self.connects = 0
+        self.apply_failed = 0
         self._site_inputs = SiteInputs(gw)
         self._buf: deque[topics.Outgoing] = deque()
         self._ready = asyncio.Event()  # set while the buffer has something
@@ -186,20 +200,32 @@ class MqttBridge:
         except inbound.Invalid as exc:
             self._refuse(name, topic, str(exc))
             return False
+        except Exception as exc:
+            # parse is meant to turn every bad payload into Invalid; one it did not foresee is
+            # still the sender's message that could not be read, and must not reach the loop.
+            self._refuse(name, topic, f"could not be parsed ({type(exc).__name__})", exc)
+            return False
         try:
             await self._apply(value)
+        except Refused as exc:
+            # Well-formed, but against what was applied before (stale, a cancelled grid event).
+            self._refuse(name, topic, str(exc))
+            return False
         except Exception:
-            # Stored state could not be written (database away): the input is lost, say so.
+            # Stored state could not be written (database away): the input is lost, say so, and
+            # apart from bad messages: this one was fine, the gateway failed it.
             log.exception("MQTT input on %s could not be applied", topic)
-            metrics.MQTT_INVALID.labels(name).inc()
+            self.apply_failed += 1
+            metrics.MQTT_APPLY_FAILED.labels(name).inc()
             return False
         metrics.MQTT_RECEIVED.labels(name).inc()
         return True
 
-    def _refuse(self, name: str, topic: str, reason: str) -> None:
+    def _refuse(self, name: str, topic: str, reason: str, exc: BaseException | None = None) -> None:
         self.invalid += 1
         metrics.MQTT_INVALID.labels(name).inc()
-        log.warning("MQTT message on %s refused: %s", topic, reason)
+        # The payload itself is never logged (it may be megabytes, or 100 kB of "[").
+        log.warning("MQTT message on %s refused: %s", topic, reason, exc_info=exc)
 
     async def _apply(self, value: Any) -> None:
         site = self._site_inputs
@@ -209,7 +235,7 @@ class MqttBridge:
             await site.set_price_overrides(prices, "mqtt")
         elif isinstance(value, inbound.BuildingLoad):
             forecast = None if value.forecast is None else [(p.start, p.power_kw) for p in value.forecast]
-            await site.set_building_load(value.power_kw, forecast, "mqtt")
+            await site.set_building_load(value.power_kw, forecast, "mqtt", ts=value.ts)
         elif isinstance(value, inbound.GridEventMsg):
             if value.cancel:
                 await site.cancel_grid_event(value.id)
@@ -223,26 +249,51 @@ class MqttBridge:
         self.connected = up
         metrics.MQTT_CONNECTED.set(1 if up else 0)
 
+    def _session_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        return props
+
     async def _connection(self) -> None:
         delay = self.reconnect_min_s
         while True:
             try:
+                # clean_start=False on every connect (the identifier is this process's own, so
+                # the first finds no old session): a reconnect resumes the session, and with it
+                # the QoS 1 input the broker queued while the link was down.
                 async with aiomqtt.Client(self.host, self.port, identifier=self._client_id,
+                                          protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+                                          properties=self._session_properties(),
                                           keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S) as client:
                     self.connects += 1
                     metrics.MQTT_RECONNECTS.labels("ok").inc()
+                    # Retained inputs only for a new subscription (first connect, or the session
+                    # expired): a resumed session already had them, and replaying them on every
+                    # link blip would only re-apply old values (or refuse them as stale).
+                    options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
                     for name in topics.INPUTS:
-                        await client.subscribe(topics.input_topic(self.prefix, name), qos=1)
+                        await client.subscribe(topics.input_topic(self.prefix, name), options=options)
                     self._set_connected(True)
                     log.info("MQTT connected to %s:%d", self.host, self.port)
-                    delay = self.reconnect_min_s
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 if self.connected:
                     log.warning("MQTT connection lost: %s (%d messages buffered)", exc, len(self._buf))
+                    # A link that was up and went away: the back-off starts afresh. (Not reset on
+                    # connect: a fault that recurs right after every connect must not spin.)
+                    delay = self.reconnect_min_s
                 else:
                     metrics.MQTT_RECONNECTS.labels("failed").inc()
                     log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
+            except Exception:
+                # A bug, or something the client library did not wrap: ending here would leave
+                # the gateway without MQTT for good and, silently, still reporting "connected".
+                # Treated as a lost connection instead. (CancelledError is no Exception: stop()
+                # still ends the loop.)
+                if not self.connected:
+                    metrics.MQTT_RECONNECTS.labels("failed").inc()
+                log.exception("MQTT bridge: unexpected error; reconnecting (%d messages buffered)",
+                              len(self._buf))
             self._set_connected(False)
             # Real seconds: this waits on an outside service, not on simulated time. Jitter keeps a
             # fleet of gateways from reconnecting in step after a broker restart.
@@ -250,16 +301,16 @@ class MqttBridge:
             delay = min(delay * 2, self.reconnect_max_s)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Send and receive until either fails (the broker went away); then both stop."""
-        tasks = [asyncio.create_task(self._send(client)), asyncio.create_task(self._receive(client))]
+        """Send and receive until either stops (the broker went away, or an error); then both stop."""
+        tasks = [asyncio.create_task(self._send(client), name="mqtt-send"),
+                 asyncio.create_task(self._receive(client), name="mqtt-receive")]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await t
+            # Both awaited whatever either raised: none left pending, no exception unretrieved.
+            await asyncio.gather(*tasks, return_exceptions=True)
         for t in done:
             t.result()
         raise aiomqtt.MqttError("message stream ended")

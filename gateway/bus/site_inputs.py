@@ -2,18 +2,25 @@
 building load and grid events. REST (operator) and MQTT (energy systems) both call it, so the
 order is always the same: validate (the caller), store, apply to ``gw.state``, tell the scheduler
 (``SiteInputsChanged``). :func:`restore` puts the stored values back into the state at start.
+
+Some inputs are refused here, whoever sends them (:class:`Refused`), because they contradict what
+was applied before: a create or update of a cancelled grid event id (a cancel is final), and a
+building load older than the one applied last. Both matter because MQTT replays retained inputs
+on every new subscription, a gateway restart included.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway import billing
 from gateway import events as ev
-from gateway.clock import parse_rfc3339, to_rfc3339
+from gateway.clock import parse_rfc3339, to_rfc3339, utc
 from gateway.db.queries import Queries
 from gateway.domain import GridEvent, GridEventKind, SiteLimits, Tariff, TouPeriod
 
@@ -24,6 +31,66 @@ log = logging.getLogger(__name__)
 
 LIMITS_KEY = "limits"
 BUILDING_LOAD_KEY = "building_load"
+
+GRID_EVENT_SPAN_MAX_DAYS = 31
+# A building-load ``ts`` further ahead of the gateway's clock than this is refused: accepted, it
+# would make every honest reading after it stale until the clock caught up (and a restart would
+# not help, as the time is stored).
+BUILDING_LOAD_TS_AHEAD_MAX = timedelta(minutes=5)
+
+
+class Refused(ValueError):
+    """A well-formed input that contradicts what was applied before; the text says why."""
+
+
+class GridEventCancelled(Refused):
+    def __init__(self, event_id: str) -> None:
+        super().__init__(f"grid event {event_id!r} was cancelled; a cancelled id is final "
+                         "(send the event again under a new id)")
+        self.event_id = event_id
+
+
+class StaleInput(Refused):
+    pass
+
+
+def check_grid_event(start: datetime, end: datetime, kind: GridEventKind, cap_kw: float | None) -> None:
+    """The rules a grid event obeys however it arrives (REST or MQTT), so the two cannot drift
+    apart; raises ``ValueError`` naming the first one broken."""
+    if end <= start:
+        raise ValueError("end must be after start")
+    if (end - start).days > GRID_EVENT_SPAN_MAX_DAYS:
+        raise ValueError(f"a grid event lasts at most {GRID_EVENT_SPAN_MAX_DAYS} days")
+    if kind == GridEventKind.IMPORT_CAP and cap_kw is None:
+        raise ValueError("an import_cap event needs cap_kw")
+
+
+@dataclass(slots=True)
+class _Shared:
+    """What every ``SiteInputs`` of one gateway must agree on: REST and the MQTT bridge each hold
+    their own instance, but "older than the building load applied last" and the order of grid
+    event writes are one gateway's facts, not one caller's."""
+
+    load_at: datetime | None = None  # ts (else application time) of the building load applied last
+    load_by: str = ""
+    load_write: asyncio.Lock = field(default_factory=asyncio.Lock)
+    grid_write: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+_shared: weakref.WeakKeyDictionary[Gateway, _Shared] = weakref.WeakKeyDictionary()
+
+
+def _shared_for(gw: Gateway) -> _Shared:
+    sh = _shared.get(gw)
+    if sh is None:
+        sh = _shared[gw] = _Shared()
+    return sh
+
+
+def _stamp(t: datetime) -> str:
+    # Full precision (to_rfc3339 keeps milliseconds): a stored time rounded down could let a
+    # slightly older reading through after a restart.
+    return utc(t).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +117,7 @@ class SiteInputs:
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
         self._queries = Queries(gw.sessions)
+        self._shared = _shared_for(gw)
 
     def _changed(self, what: str) -> None:
         self._gw.bus.publish(ev.SiteInputsChanged(self._gw.clock.now(), what))
@@ -81,35 +149,63 @@ class SiteInputs:
         self._changed("prices")
 
     async def set_building_load(self, power_kw: float, forecast: list[tuple[datetime, float]] | None,
-                                by: str) -> None:
+                                by: str, ts: datetime | None = None) -> None:
+        """Apply the building's load now. ``ts`` is when the sender measured it; without one the
+        reading counts as taken now. A reading older than the one applied last is refused
+        (:class:`StaleInput`): retained MQTT messages come back on every reconnect and restart,
+        and an old one must not undo a newer value (from MQTT or REST)."""
         gw = self._gw
+        sh = self._shared
+        now = gw.clock.now()
+        if ts is not None:
+            if ts > now + BUILDING_LOAD_TS_AHEAD_MAX:
+                raise Refused(f"ts {to_rfc3339(ts)} is ahead of the gateway's clock ({to_rfc3339(now)}) by more "
+                              f"than {BUILDING_LOAD_TS_AHEAD_MAX.total_seconds():g} s")
+            if sh.load_at is not None and ts < sh.load_at:
+                raise StaleInput(f"stale: ts {to_rfc3339(ts)} is older than the building load applied last "
+                                 f"({to_rfc3339(sh.load_at)})")
+        at = now if ts is None else ts
+        # Checked and taken with no await in between, so two inputs cannot both pass the check.
+        sh.load_at = at if sh.load_at is None else max(sh.load_at, at)
+        sh.load_by = by
         gw.state.building_load_kw = power_kw
-        gw.state.building_load_at = gw.clock.now()
-        gw.state.track_peak(gw.clock.now())
+        gw.state.building_load_at = now
+        gw.state.track_peak(now)
         if forecast is not None:
             gw.state.building_load_forecast = sorted(forecast)
         # The live value changes every few seconds: stored so a restart starts from the last one,
         # applied first so a slow database never delays the scheduler's view.
         try:
-            fc = [{"start": to_rfc3339(t), "power_kw": kw} for t, kw in gw.state.building_load_forecast]
-            await gw.planning.set_setting(BUILDING_LOAD_KEY, {"power_kw": power_kw, "forecast": fc}, by,
-                                          gw.clock.now())
+            # One write at a time, each of the newest value applied (not of its own): writes that
+            # finish out of order can then never leave an older reading (and time) stored.
+            async with sh.load_write:
+                assert sh.load_at is not None
+                fc = [{"start": to_rfc3339(t), "power_kw": kw} for t, kw in gw.state.building_load_forecast]
+                value = {"power_kw": gw.state.building_load_kw, "forecast": fc, "at": _stamp(sh.load_at)}
+                await gw.planning.set_setting(BUILDING_LOAD_KEY, value, sh.load_by, gw.clock.now())
         finally:
             self._changed("building_load")
 
     async def add_grid_event(self, event: GridEvent, source: str) -> None:
+        """Create or update ``event``; :class:`GridEventCancelled` (nothing changed) when its id was
+        cancelled: a cancel is final, so a replayed retained create cannot bring it back."""
         gw = self._gw
-        await gw.planning.upsert_grid_event(event, source, gw.clock.now())
-        gw.state.grid_events[event.id] = event
+        # Serialised with cancels: a cancel landing between this write and the state update
+        # below would otherwise leave a cancelled event in the live state.
+        async with self._shared.grid_write:
+            if not await gw.planning.upsert_grid_event(event, source, gw.clock.now()):
+                raise GridEventCancelled(event.id)
+            gw.state.grid_events[event.id] = event
         self._changed("grid_events")
 
     async def cancel_grid_event(self, event_id: str) -> bool:
         gw = self._gw
-        cancelled = await gw.planning.cancel_grid_event(event_id, gw.clock.now())
-        if gw.state.grid_events.pop(event_id, None) is not None or cancelled:
+        async with self._shared.grid_write:
+            cancelled = await gw.planning.cancel_grid_event(event_id, gw.clock.now())
+            popped = gw.state.grid_events.pop(event_id, None) is not None
+        if popped or cancelled:
             self._changed("grid_events")
         return cancelled
-
 
 async def restore(gw: Gateway) -> None:
     """Load stored limits, the billing period's peak so far, tariff, price overrides, building load
@@ -128,6 +224,10 @@ async def restore(gw: Gateway) -> None:
         gw.state.building_load_kw = float(load.get("power_kw", 0.0))
         gw.state.building_load_forecast = [(parse_rfc3339(f["start"]), float(f["power_kw"]))
                                            for f in load.get("forecast", [])]
+        # Back before the bridge connects, so a retained reading older than it is seen as stale.
+        # (A row stored before this time was kept has none: the next reading is then accepted.)
+        if load.get("at"):
+            _shared_for(gw).load_at = parse_rfc3339(load["at"])
     rec = await q.latest_tariff()
     if rec is not None:
         data, old = rec.periods, gw.state.tariff

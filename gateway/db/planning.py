@@ -91,13 +91,19 @@ class PlanningRepository:
                                 payload=payload, status=status, response=response, sent_at=sent_at))
 
     # --- grid events, tariffs, site settings ----------------------------------------------
-    async def upsert_grid_event(self, ev: GridEvent, source: str, now: datetime) -> None:
+    async def upsert_grid_event(self, ev: GridEvent, source: str, now: datetime) -> bool:
+        """Store ``ev`` (the same id updates it). False, and nothing written, when that id was
+        cancelled: a cancel is final, so a create replayed later (a retained MQTT message after a
+        reconnect) cannot bring the event back. One statement, so a cancel cannot slip in between
+        the check and the write."""
+        t = m.GridEventRecord
         async with self._sessions.begin() as s:
             values = {"start": ev.start, "end": ev.end, "kind": ev.kind.value,
                       "payment_per_kwh": ev.payment_per_kwh, "cap_kw": ev.cap_kw, "source": source}
-            await s.execute(insert(m.GridEventRecord).values(id=ev.id, created_at=now, **values)
-                            .on_conflict_do_update(index_elements=[m.GridEventRecord.id],
-                                                   set_={**values, "cancelled_at": None}))
+            stmt = (insert(t).values(id=ev.id, created_at=now, **values)
+                    .on_conflict_do_update(index_elements=[t.id], set_=values, where=t.cancelled_at.is_(None))
+                    .returning(t.id))
+            return (await s.execute(stmt)).first() is not None
 
     async def cancel_grid_event(self, event_id: str, now: datetime) -> bool:
         async with self._sessions.begin() as s:

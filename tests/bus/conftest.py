@@ -97,10 +97,21 @@ async def recording(url: str, prefix: str) -> AsyncIterator[Recorder]:
                     await client.publish(t, b"", qos=1, retain=True)
 
 
-async def publish(url: str, topic: str, payload: bytes | str) -> None:
+async def publish(url: str, topic: str, payload: bytes | str, *, retain: bool = False) -> None:
     host, port = broker(url)
     async with aiomqtt.Client(host, port) as client:
-        await client.publish(topic, payload, qos=1)
+        await client.publish(topic, payload, qos=1, retain=retain)
+
+
+@contextlib.asynccontextmanager
+async def retained_cleared(url: str, *topics: str) -> AsyncIterator[None]:
+    """Clear what a test retained on ``topics`` when it ends, so the shared broker keeps nothing."""
+    try:
+        yield
+    finally:
+        with contextlib.suppress(aiomqtt.MqttError):
+            for t in topics:
+                await publish(url, t, b"", retain=True)
 
 
 def free_port() -> int:

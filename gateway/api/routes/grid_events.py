@@ -8,14 +8,13 @@ from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import Operator, QueriesDep, SiteInputsDep
-from gateway.api.errors import NotFound, responses
+from gateway.api.errors import Conflict, NotFound, responses
 from gateway.api.schemas import AwareDateTime, Ident, Limit, Model, Offset, Page, UtcDateTime
+from gateway.bus.site_inputs import GridEventCancelled, check_grid_event
 from gateway.db import models as m
 from gateway.domain import GridEvent, GridEventKind
 
 router = APIRouter(prefix="/grid-events", tags=["grid events"], responses=responses(401, 403, 422))
-
-GRID_EVENT_SPAN_MAX_DAYS = 31
 
 
 class GridEventIn(Model):
@@ -30,12 +29,8 @@ class GridEventIn(Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> GridEventIn:
-        if self.end <= self.start:
-            raise ValueError("end must be after start")
-        if (self.end - self.start).days > GRID_EVENT_SPAN_MAX_DAYS:
-            raise ValueError(f"a grid event lasts at most {GRID_EVENT_SPAN_MAX_DAYS} days")
-        if self.kind == GridEventKind.IMPORT_CAP and self.cap_kw is None:
-            raise ValueError("an import_cap event needs cap_kw")
+        # The same rules as MQTT input (gateway.bus.inbound): one function, so they cannot drift.
+        check_grid_event(self.start, self.end, self.kind, self.cap_kw)
         return self
 
 
@@ -60,13 +55,17 @@ def _out(r: m.GridEventRecord) -> GridEventOut:
 IdPath = Path(description="The grid event's id")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, responses=responses(409))
 async def create_grid_event(body: GridEventIn, q: QueriesDep, site: SiteInputsDep,
                             _: Operator) -> GridEventOut:
-    """Stored, applied to the plan inputs, and the site is re-planned."""
+    """Stored, applied to the plan inputs, and the site is re-planned. 409 when the id belongs to
+    a cancelled event: a cancel is final (a new event needs a new id)."""
     event = GridEvent(body.id or str(uuid.uuid4()), body.start, body.end, body.kind, body.payment_per_kwh,
                       body.cap_kw)
-    await site.add_grid_event(event, "rest")
+    try:
+        await site.add_grid_event(event, "rest")
+    except GridEventCancelled as exc:
+        raise Conflict(str(exc), {"id": exc.event_id}) from None
     rec = await q.grid_event(event.id)
     assert rec is not None
     return _out(rec)

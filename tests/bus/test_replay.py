@@ -1,0 +1,172 @@
+"""Retained inputs come back on every (re)connect, and a gateway restart brings them all back.
+A replay must not undo what happened since: a cancelled grid event stays cancelled (its id is
+final, over MQTT and REST alike), and a building load older than the one applied last is stale."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+
+from gateway import metrics
+from gateway.clock import parse_rfc3339, to_rfc3339
+from tests.api.conftest import OPERATOR, eventually
+from tests.bus.conftest import publish, retained_cleared
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+
+
+def _invalid(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value("gateway_mqtt_invalid_total", {"input": name}) or 0.0
+
+
+async def _connected(h: GatewayHarness) -> Any:
+    assert h.gw is not None and h.gw.mqtt is not None
+    bridge = h.gw.mqtt
+
+    async def up() -> bool:
+        return bool(bridge.connected)
+
+    await eventually(up, "the bridge to connect")
+    return bridge
+
+
+async def _fetchrow(database_url: str, sql: str) -> Any:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return await conn.fetchrow(sql)
+    finally:
+        await conn.close()
+
+
+async def test_a_cancelled_grid_event_stays_cancelled(
+    gateway_factory: Any, mqtt_url: str, prefix: str, database_url: str
+) -> None:
+    topic = f"{prefix}/in/grid_events"
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    bridge = await _connected(h)
+    assert h.gw is not None
+    now = h.gw.clock.now()
+    event = {"id": "dso-7", "start": to_rfc3339(now + timedelta(hours=1)),
+             "end": to_rfc3339(now + timedelta(hours=2)), "kind": "import_cap", "cap_kw": 60.0}
+    async with retained_cleared(mqtt_url, topic), \
+            httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        await publish(mqtt_url, topic, json.dumps(event), retain=True)
+
+        async def created() -> bool:
+            return "dso-7" in h.gw.state.grid_events  # type: ignore[union-attr]
+
+        await eventually(created, "the retained grid event to be applied")
+        assert (await api.delete("/api/v1/grid-events/dso-7", headers=OPERATOR)).status_code == 200
+        assert "dso-7" not in h.gw.state.grid_events
+
+        # A restart: the new bridge subscribes and the broker replays the retained create.
+        await h.restart()
+        bridge = await _connected(h)
+
+        async def replay_seen() -> bool:
+            return bool(bridge.invalid >= 1 or "dso-7" in h.gw.state.grid_events)  # type: ignore[union-attr]
+
+        await eventually(replay_seen, "the retained create to be replayed")
+        assert "dso-7" not in h.gw.state.grid_events, "the replay un-cancelled the grid event"
+        row = await _fetchrow(database_url, "SELECT cancelled_at, cap_kw FROM grid_events WHERE id = 'dso-7'")
+        assert row["cancelled_at"] is not None and row["cap_kw"] == 60.0
+
+        # A live MQTT update of the cancelled id is refused too, with a reason, and counted.
+        before, counted = bridge.invalid, _invalid("grid_events")
+        await publish(mqtt_url, topic, json.dumps({**event, "cap_kw": 10.0}))
+
+        async def refused() -> bool:
+            return bool(bridge.invalid > before or "dso-7" in h.gw.state.grid_events)  # type: ignore[union-attr]
+
+        await eventually(refused, "the update of a cancelled grid event to be handled")
+        assert "dso-7" not in h.gw.state.grid_events
+        assert _invalid("grid_events") == counted + 1
+
+        # REST says so with a 409 in the API's error shape, and changes nothing.
+        again = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**event, "cap_kw": 5.0})
+        assert again.status_code == 409, again.text
+        error = again.json()["error"]
+        assert error["code"] == "conflict" and "cancelled" in error["message"]
+        assert error["details"]["id"] == "dso-7"
+        row = await _fetchrow(database_url, "SELECT cancelled_at, cap_kw FROM grid_events WHERE id = 'dso-7'")
+        assert row["cancelled_at"] is not None and row["cap_kw"] == 60.0
+        assert "dso-7" not in h.gw.state.grid_events
+
+        # A new id is what a re-issued event needs, and it works.
+        fresh = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**event, "id": "dso-7b"})
+        assert fresh.status_code == 201, fresh.text
+
+
+async def test_a_stale_building_load_does_not_override_a_newer_one(
+    gateway_factory: Any, mqtt_url: str, prefix: str, database_url: str
+) -> None:
+    topic = f"{prefix}/in/building_load"
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    bridge = await _connected(h)
+    assert h.gw is not None
+    old_ts = h.gw.clock.now() - timedelta(minutes=10)
+    async with retained_cleared(mqtt_url, topic), \
+            httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        await publish(mqtt_url, topic, json.dumps({"power_kw": 11.0, "ts": to_rfc3339(old_ts)}), retain=True)
+
+        async def first_applied() -> bool:
+            return h.gw.state.building_load_kw == 11.0  # type: ignore[union-attr]
+
+        await eventually(first_applied, "the retained building load to be applied")
+        put = await api.put("/api/v1/site/building-load", headers=OPERATOR, json={"power_kw": 22.0})
+        assert put.status_code == 200, put.text
+
+        await h.restart()
+        bridge = await _connected(h)
+
+        async def replay_seen() -> bool:
+            return bool(bridge.invalid >= 1 or h.gw.state.building_load_kw != 22.0)  # type: ignore[union-attr]
+
+        await eventually(replay_seen, "the retained building load to be replayed")
+        assert h.gw.state.building_load_kw == 22.0, "an old retained reading overrode a newer PUT"
+        assert bridge.invalid == 1
+        # What made it stale survived the restart: the PUT's application time, stored with it.
+        stored = await _fetchrow(database_url, "SELECT value FROM site_settings WHERE key = 'building_load'")
+        assert json.loads(stored["value"])["power_kw"] == 22.0
+        assert parse_rfc3339(json.loads(stored["value"])["at"]) > old_ts
+
+        # A reading newer than the PUT applies; one older than that reading is stale.
+        newer = h.gw.clock.now()
+        before = bridge.invalid
+        await publish(mqtt_url, topic, json.dumps({"power_kw": 33.0, "ts": to_rfc3339(newer)}))
+
+        async def newer_applied() -> bool:
+            return h.gw.state.building_load_kw == 33.0  # type: ignore[union-attr]
+
+        await eventually(newer_applied, "a newer reading to be applied")
+        counted = _invalid("building_load")
+        await publish(mqtt_url, topic, json.dumps({"power_kw": 44.0,
+                                                   "ts": to_rfc3339(newer - timedelta(seconds=1))}))
+
+        async def stale_refused() -> bool:
+            return bool(bridge.invalid > before or h.gw.state.building_load_kw != 33.0)  # type: ignore[union-attr]
+
+        await eventually(stale_refused, "the stale reading to be handled")
+        assert h.gw.state.building_load_kw == 33.0 and _invalid("building_load") == counted + 1
+
+        # A reading without ts is "now": applied.
+        await publish(mqtt_url, topic, json.dumps({"power_kw": 55.0}))
+
+        async def now_applied() -> bool:
+            return h.gw.state.building_load_kw == 55.0  # type: ignore[union-attr]
+
+        await eventually(now_applied, "a reading without ts to be applied")
+
+        # A ts far ahead of the gateway's clock would make every later reading stale: refused.
+        before = bridge.invalid
+        await publish(mqtt_url, topic, json.dumps({"power_kw": 66.0,
+                                                   "ts": to_rfc3339(newer + timedelta(days=365))}))
+
+        async def future_handled() -> bool:
+            return bool(bridge.invalid > before or h.gw.state.building_load_kw != 55.0)  # type: ignore[union-attr]
+
+        await eventually(future_handled, "a reading from the future to be handled")
+        assert h.gw.state.building_load_kw == 55.0
