@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import numpy as np
 
+from gateway import sitetime
 from gateway.domain import GridEvent, GridEventKind, SiteLimits, Tariff
 from gateway.scheduler.problem import BoolArr, SiteInputs, TimeGrid
 
@@ -30,8 +31,8 @@ def site_inputs(
     price_overrides: Sequence[tuple[datetime, datetime, float, float]] = (),
     peak_price_steps: tuple[tuple[float, float], ...] = (),
 ) -> SiteInputs:
-    """Prices are taken at each step's start (coarse steps start on the hour, where time-of-use
-    windows change), a price override ``(from, to, import, export)`` replacing the tariff there;
+    """Prices are taken at each step's start (steps start where time-of-use windows and price
+    overrides change: :func:`breakpoints`), a price override ``(from, to, import, export)`` replacing the tariff there;
     ``building_kw`` is the forecast at a step's start. An import cap holds on every step it
     touches (the limit must hold all through); an export request pays on a step in proportion to
     the part of the step it covers."""
@@ -74,14 +75,33 @@ FIRM_DEPARTURE_STEP_S = 900.0
 MAX_FIRM_BREAKPOINTS = 24
 
 
+def tou_edges(tariff: Tariff, start: datetime, end: datetime) -> list[datetime]:
+    """Where ``tariff``'s time-of-use windows open and close in (start, end). On the hour in most
+    zones, where the plan's hourly steps change anyway; not in a zone half an hour off UTC (India),
+    nor for a window from 7:30, and a step is priced at its start."""
+    tz = sitetime.zone(tariff.timezone)
+    hours = sorted({h % 24.0 for p in tariff.periods for h in (p.start_hour, p.end_hour)})
+    day = sitetime.local(start, tariff.timezone).date() - timedelta(days=1)
+    out: list[datetime] = []
+    while hours and datetime.combine(day, time(0), tzinfo=tz) < end:
+        midnight = datetime.combine(day, time(0), tzinfo=tz)
+        out += [t for t in (midnight + timedelta(hours=h) for h in hours) if start < t < end]
+        day += timedelta(days=1)
+    return out
+
+
 def breakpoints(events: Iterable[GridEvent],
                 price_overrides: Iterable[tuple[datetime, datetime, float, float]] = (),
-                firm_departures: Iterable[datetime] = (), now: datetime | None = None) -> list[datetime]:
+                firm_departures: Iterable[datetime] = (), now: datetime | None = None,
+                tariff: Tariff | None = None, until: datetime | None = None) -> list[datetime]:
     """Where the plan's inputs change off the hour, for ``problem.make_grid`` to put step
-    boundaries on: grid events' and price overrides' edges, and departures a driver set after
-    ``now`` (an EV is planned plugged in for the whole steps before it leaves, so on hourly steps
-    a driver leaving at 17:50 would be planned as leaving at 17:00 until the fine steps reach it)."""
+    boundaries on: grid events' and price overrides' edges, the tariff's windows' edges between
+    ``now`` and ``until``, and departures a driver set after ``now`` (an EV is planned plugged in
+    for the whole steps before it leaves, so on hourly steps a driver leaving at 17:50 would be
+    planned as leaving at 17:00 until the fine steps reach it)."""
     out = [t for ev in events for t in (ev.start, ev.end)] + [t for lo, hi, _, _ in price_overrides for t in (lo, hi)]
+    if tariff is not None and now is not None and until is not None:
+        out += tou_edges(tariff, now, until)
     step = FIRM_DEPARTURE_STEP_S
     quarters = sorted({math.floor(t.timestamp() / step) * step for t in firm_departures
                        if now is None or t > now})

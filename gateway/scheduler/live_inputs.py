@@ -91,7 +91,9 @@ class SlotMeta:
     session: Session | None
     resolved: Resolved | None
     delivered_kwh: float  # energy into the EV so far (meter)
-    fixed_kw: float | None  # measured power of an EVSE ignoring its limit (planned as fixed)
+    # The draw planned as fixed: an EVSE ignoring its limit (its measured power), or one whose limit
+    # a push cannot set now (the most it may draw: MpcScheduler._uncontrolled_kw).
+    fixed_kw: float | None
 
 
 def pushed_forecast(points: list[tuple[datetime, float]]) -> Callable[[datetime], float]:
@@ -135,7 +137,7 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings,
     # since resolving every session here would forecast the others' departures for nothing.)
     firm = [st.session.preferences.departure_time for st in state.evses.values()
             if st.session is not None and st.session.preferences.departure_time is not None]
-    cuts = inputs.breakpoints(events, state.price_overrides, firm, now)
+    cuts = inputs.breakpoints(events, state.price_overrides, firm, now, state.tariff, now + horizon)
     demand, steps = demand_pricing(state.tariff.demand_charge_per_kw, now, horizon, start, end, peak0, needed_peaks)
     return inputs.site_inputs(
         make_grid(now, settings.horizon_h * 3600.0, breakpoints=cuts),
@@ -147,9 +149,11 @@ def site_inputs(state: SiteState, now: datetime, settings: Settings,
 
 
 def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
-                 limit_sent_kw: float | None, obs: Observed = Observed(), now: datetime | None = None) -> SessionView:
+                 limit_sent_kw: float | None, obs: Observed = Observed(), now: datetime | None = None,
+                 uncontrolled_kw: float | None = None) -> SessionView:
     """What the gateway knows about the session ``s`` on ``st``; guesses are left ``None``. With
-    ``obs`` and ``now``, the energy is carried forward from the last meter reading."""
+    ``obs`` and ``now``, the energy is carried forward from the last meter reading.
+    ``uncontrolled_kw``: the most the EVSE may draw while the gateway cannot set its limit."""
     spec = st.spec
     delivered = s.stored_kwh(settings.ev_efficiency)
     max_c = spec.max_charge_kw
@@ -164,6 +168,10 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
             max_d = min(max_d, s.needs.ev_max_discharge_kw)
     known = r.capacity_kwh is not None and r.soc is not None
     cap = r.capacity_kwh if known else None
+    if not known and r.reserve_soc > 0:
+        # A reserve is a floor on the battery's charge, which nobody told: the energy counted from
+        # plug-in cannot show where it lies, so the EV is not discharged at all.
+        max_d = 0.0
     e_now = min(max(r.soc or 0.0, 0.0), 1.0) * (cap or 0.0) if known else None
     if now is not None:
         flow = flow_since_reading(obs, now, s.power_kw, max(max_c, 0.0), max(max_d, 0.0), settings.ev_efficiency)
@@ -174,6 +182,9 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
     fixed: float | None = None
     if not full and limit_sent_kw is not None and s.power_kw > limit_sent_kw + settings.noncompliance_tolerance_kw:
         fixed = min(s.power_kw, spec.max_charge_kw)
+    if not full and uncontrolled_kw is not None:
+        # Planned at the most it may draw: the others share only the headroom left.
+        fixed = max(fixed or 0.0, min(uncontrolled_kw, max(max_c, 0.0)))
     return SessionView(
         key=spec.key, arrival=s.started_at, delivered_kwh=max(delivered, 0.0), max_charge_kw=max(max_c, 0.0),
         max_discharge_kw=max(max_d, 0.0), eff_charge=settings.ev_efficiency, eff_discharge=settings.ev_efficiency,
@@ -189,14 +200,14 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
 def slot_for(
     st: EvseState, state: SiteState, grid: TimeGrid, now: datetime, settings: Settings,
     limit_sent_kw: float | None, forecaster: SessionForecaster, rules: SlotRules = SlotRules(),
-    obs: Observed = Observed(),
+    obs: Observed = Observed(), uncontrolled_kw: float | None = None,
 ) -> tuple[SlotInput, SlotMeta]:
     s = st.session
     if s is None:
         return slot_input(None, st.spec.key, grid, now, forecaster, settings.site.name), \
             SlotMeta(st.spec.key, None, None, 0.0, None)
     r = state.resolve(s)
-    v = session_view(st, s, r, settings, limit_sent_kw, obs, now)
+    v = session_view(st, s, r, settings, limit_sent_kw, obs, now, uncontrolled_kw)
     forecaster.note_present(settings.site.name, s.transaction_id, v.arrival, v.departure, v.need_kwh)
     slot = slot_input(v, st.spec.key, grid, now, forecaster, settings.site.name, rules)
     return slot, SlotMeta(st.spec.key, s, r, v.delivered_kwh, v.fixed_kw)
@@ -206,11 +217,12 @@ def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
     forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
     observed: Mapping[str, Observed] | None = None, building: BuildingProfile | None = None,
-    needed_peaks: Sequence[float] = (),
+    needed_peaks: Sequence[float] = (), uncontrolled_kw: Mapping[tuple[str, int], float] | None = None,
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
     """The LP's inputs for the site now; ``observed``: what the live loop saw of each session
     (by transaction id); ``building``: the building's learned profile; ``needed_peaks``: the
-    peaks finished days needed."""
+    peaks finished days needed; ``uncontrolled_kw``: EVSEs whose limit a push cannot set now
+    (offline, a failed or refused push), with the most each may draw."""
     fc = forecaster if forecaster is not None else new_forecaster(settings)
     site = site_inputs(state, now, settings, building, needed_peaks)
     if settings.discharge_only_in_grid_events:
@@ -221,7 +233,8 @@ def build(
     for key in sorted(state.evses):
         st = state.evses[key]
         obs = observed.get(st.session.transaction_id, Observed()) if observed and st.session else Observed()
-        slot, meta = slot_for(st, state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules, obs)
+        slot, meta = slot_for(st, state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules, obs,
+                              (uncontrolled_kw or {}).get(key))
         slots.append(slot)
         metas.append(meta)
     return site, slots, metas

@@ -49,7 +49,7 @@ class CvxModel:
         self.peak_slack = cp.Parameter(n, nonneg=True)
         self.c_imp = cp.Parameter(n)
         self.c_exp = cp.Parameter(n)
-        self.c_charge = cp.Parameter(n, nonneg=True)
+        self.c_charge = cp.Parameter((s, n), nonneg=True)
         self.wear = cp.Parameter(nonneg=True)
         self.demand = cp.Parameter(nonneg=True)
         self.peak0 = cp.Parameter()
@@ -108,7 +108,7 @@ class CvxModel:
                 cons.append(e + cp.reshape(r[:, j], (s, 1), order="F") @ across >= self.risk_target[j])
         obj = (
             self.c_imp @ imp - self.c_exp @ exp
-            + self.c_charge @ cp.sum(a, axis=0)
+            + cp.sum(cp.multiply(self.c_charge, a))
             + self.demand * peak
             + (self.peak_extra @ above if above is not None and self.peak_extra is not None else 0.0)
             + self.wear * cp.sum(b)

@@ -40,7 +40,7 @@ from gateway.scheduler.building import KEEP_DAYS, SLOT_MIN, BuildingProfile
 from gateway.scheduler.forecast import SessionForecaster
 from gateway.scheduler.peak_price import KEEP_DAYS as PEAK_KEEP_DAYS
 from gateway.scheduler.peak_price import DoneSession, NeededPeaks
-from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, greedy_fallback
+from gateway.scheduler.problem import Planner, PlanResult, SiteInputs, SlotInput, TimeGrid, greedy_fallback
 from gateway.scheduler.slots import DrawSeen
 from gateway.state import CompletedSession
 
@@ -67,6 +67,9 @@ NONCOMPLIANCE_WINDOW = timedelta(minutes=15)
 # How long the profiles each EVSE accepted are remembered (the energy since the last meter reading
 # is carried forward over them, up to live_inputs.EXTRAPOLATE_MAX).
 LIMITS_KEPT = max(NONCOMPLIANCE_WINDOW, live_inputs.EXTRAPOLATE_MAX)
+# A station that refused its planned profile runs a safe constant limit and is planned at it; it is
+# sent a plan again after this long (simulated), not at every re-plan (each refusal costs two calls).
+REJECTED_RETRY = timedelta(minutes=30)
 # Completed transactions read from Postgres at start (one read) to seed the departure forecast,
 # the arrival model and the needed peaks: those that ended in the last BOOTSTRAP_DAYS (the needed
 # peaks' days and the one before; at most BOOTSTRAP_SESSIONS_MAX), or the last BOOTSTRAP_SESSIONS
@@ -109,12 +112,18 @@ class MpcScheduler:
         self._debounce: asyncio.TimerHandle | None = None
         self._pending_trigger: str | None = None
         self._aps: AsyncIOScheduler | None = None
+        # The profile each EVSE last accepted (what it runs, unless it rebooted: StationConnected).
         self._sent: dict[tuple[str, int], profiles.TxProfile] = {}
+        # EVSEs whose last push did not land: sent again at the next re-plan even if unchanged.
+        self._retry: set[tuple[str, int]] = set()
+        # EVSEs that refused their plan, since when (they run the safe limit; REJECTED_RETRY).
+        self._rejected: dict[tuple[str, int], datetime] = {}
         # Profiles each EVSE accepted, with when, over the last LIMITS_KEPT (and the one before).
         self._accepted: dict[tuple[str, int], list[tuple[datetime, profiles.TxProfile]]] = {}
         # When each session's meter was last read, and what it said (energy in, out, SoC).
         self._read: dict[str, tuple[datetime, tuple[float | None, ...]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._solving: asyncio.Future[PlanResult] | None = None  # the solver thread's last solve
         self._queued = False  # a re-plan is waiting for the running one
         # Profile records being written (in the background, in order per EVSE).
         self._writes: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -320,6 +329,8 @@ class MpcScheduler:
         if isinstance(event, ev.SessionEnded):
             self._sent.pop(key, None)
             self._accepted.pop(key, None)
+            self._retry.discard(key)
+            self._rejected.pop(key, None)
             self._read.pop(event.transaction_id, None)
             self._drawn.pop(event.transaction_id, None)
             self.full.pop(event.transaction_id, None)
@@ -334,6 +345,8 @@ class MpcScheduler:
             # A station that reconnects may have lost its profiles (reboot): send them again.
             for k in [k for k in self._sent if k[0] == event.station_id]:
                 self._sent.pop(k, None)
+            for k in [k for k in self._rejected if k[0] == event.station_id]:
+                self._rejected.pop(k, None)  # new firmware, maybe: it may take a plan now
             replan = True
         if replan:
             self.request_replan(type(event).__name__)
@@ -409,18 +422,11 @@ class MpcScheduler:
         await self._close_days(now)
         site, slots, metas = live_inputs.build(state, now, self.settings, limits_sent, self.forecaster,
                                                observed=observed, building=self.building,
-                                               needed_peaks=self.peaks.values())
+                                               needed_peaks=self.peaks.values(),
+                                               uncontrolled_kw=self._uncontrolled_kw(now))
         slots += self._expected_arrivals(site.grid, now)
         started = time.perf_counter()
-        try:
-            result = await asyncio.wait_for(
-                asyncio.to_thread(self.planner.solve, site, slots),
-                timeout=self.settings.solver_time_limit_s + 5.0,
-            )
-        except Exception as exc:  # timeout or crash outside the planner's own guard
-            log.error("solver failed (%s): pushing the fallback plan", exc)
-            result = greedy_fallback(site, slots)
-            result.status = f"fallback: {type(exc).__name__}"
+        result = await self._solve(site, slots)
         solve_s = time.perf_counter() - started
         self.solves += 1
         metrics.SOLVES.labels("fallback" if result.fallback else "ok", trigger).inc()
@@ -437,6 +443,34 @@ class MpcScheduler:
         }))
         return outcome
 
+    async def _solve(self, site: SiteInputs, slots: list[SlotInput]) -> PlanResult:
+        """The plan, or the greedy fallback when the solver fails, overruns its time limit, or is
+        still busy with an earlier solve that overran it. A thread cannot be stopped: a solve that
+        timed out runs on, and a second one beside it would share the planner's compiled models
+        (the cvxpy backend's parameters) and the two cores, so none starts until it has ended."""
+        running = self._solving
+        if running is not None and not running.done():
+            log.warning("solver still busy with an earlier solve: pushing the fallback plan")
+            return await self._fallback(site, slots, "solver busy")
+        solving = asyncio.ensure_future(asyncio.to_thread(self.planner.solve, site, slots))
+        # Its outcome is read even when nobody waits for it any more (no "never retrieved" noise).
+        solving.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self._solving = solving
+        try:
+            return await asyncio.wait_for(asyncio.shield(solving), timeout=self.settings.solver_time_limit_s + 5.0)
+        except Exception as exc:  # timeout or crash outside the planner's own guard
+            detail = f": {exc}" if str(exc) else ""  # a TimeoutError says nothing of itself
+            log.error("solver failed (%s%s): pushing the fallback plan", type(exc).__name__, detail)
+            return await self._fallback(site, slots, type(exc).__name__)
+
+    @staticmethod
+    async def _fallback(site: SiteInputs, slots: list[SlotInput], why: str) -> PlanResult:
+        # In a thread as well: at 10,000 EVSEs even the greedy plan takes long enough to hold up
+        # the OCPP traffic on the event loop.
+        result = await asyncio.to_thread(greedy_fallback, site, slots)
+        result.status = f"fallback: {why}"
+        return result
+
     def _expected_arrivals(self, grid: TimeGrid, now: datetime) -> list[SlotInput]:
         """Slots for the EVs expected to plug in over the horizon (after the real ones, so a
         plan's rows still line up with the slot metas)."""
@@ -446,6 +480,36 @@ class MpcScheduler:
             if st.session is not None and st.session.started_at is not None:
                 self.arrivals.arrived(name, st.session.transaction_id, st.session.started_at)
         return self.arrivals.slots(name, grid, now) if self.settings.anticipate_arrivals else []
+
+    def _default_kw(self) -> float:
+        """What an EVSE draws on its TxDefaultProfile (no planned profile in force)."""
+        state = self.gw.state
+        return default_limit_kw(self.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+
+    def _uncontrolled_kw(self, now: datetime) -> dict[tuple[str, int], float]:
+        """EVSEs with a session whose limit a push cannot set now, and the most each may draw
+        from now on (planned as a fixed draw, so the others share only what is left): a station
+        offline runs the last profile it accepted and then its default, and so does one whose
+        last push failed; one that refused its plan runs the safe limit it accepted instead."""
+        horizon_end = now + timedelta(hours=self.settings.horizon_h)
+        registry = self.gw.ocpp.registry
+        out: dict[tuple[str, int], float] = {}
+        for key, st in self.gw.state.evses.items():
+            s = st.session
+            if s is None or not (registry.get(key[0]) is None or key in self._retry or key in self._rejected):
+                continue
+            hist = self._accepted.get(key)
+            prof = hist[-1][1] if hist else None
+            if prof is None or prof.transaction_id != s.transaction_id or prof.end <= now:
+                out[key] = self._default_kw()
+                continue
+            ends = [p.start for p in prof.periods[1:]] + [prof.end]
+            most_w = max(p.limit_w for p, end in zip(prof.periods, ends, strict=True) if end > now)
+            kw = most_w / 1000.0
+            if prof.end < horizon_end:  # then the station's default applies
+                kw = max(kw, self._default_kw())
+            out[key] = max(kw, 0.0)
+        return out
 
     def _note_accepted(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> None:
         self._sent[key] = prof
@@ -504,6 +568,12 @@ class MpcScheduler:
     def _observed(self, now: datetime) -> dict[str, live_inputs.Observed]:
         full = self._full_sessions(now)
         out: dict[str, live_inputs.Observed] = {}
+        # A session replaced on its EVSE without a SessionEnded (a lost message, a reboot) leaves
+        # no reading behind for good.
+        open_tx = {s.transaction_id for s in self.gw.state.sessions()}
+        for table in (self._read, self._drawn):
+            for tx in [tx for tx in table if tx not in open_tx]:
+                del table[tx]
         for s in self.gw.state.sessions():
             read = self._read.get(s.transaction_id)
             read_at = read[0] if read is not None else None
@@ -580,9 +650,9 @@ class MpcScheduler:
         by_key = {(s.station_id, s.evse_id): s for s in plan.sessions}
         sem = asyncio.Semaphore(self.settings.profile_push_concurrency)
         down: list[profiles.TxProfile] = []
+        lowering: list[bool] = []
         up: list[profiles.TxProfile] = []
-        state = self.gw.state
-        default_w = 1000.0 * default_limit_kw(self.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+        default_w = 1000.0 * self._default_kw()
         for meta in metas:
             ps = by_key.get(meta.key)
             if ps is None or meta.session is None:
@@ -590,6 +660,9 @@ class MpcScheduler:
             st = self.gw.state.evses[meta.key]
             if self.gw.ocpp.registry.get(meta.key[0]) is None:
                 continue  # offline: it gets its profile when it is back (StationConnected)
+            since = self._rejected.get(meta.key)
+            if since is not None and now - since < REJECTED_RETRY:
+                continue  # it runs its safe limit, and the plan counts it at that
             prof = profiles.build_profile(
                 station_id=ps.station_id, evse_id=ps.evse_id, transaction_id=ps.transaction_id,
                 starts=plan.starts, end=plan.end, power_kw=ps.power_kw, max_charge_kw=st.spec.max_charge_kw,
@@ -598,15 +671,25 @@ class MpcScheduler:
                 max_periods=self.settings.max_profile_periods, rise_delay_s=self._rise_delay_s(),
             )
             old = self._sent.get(meta.key)
-            if not profiles.differs(old, prof):
+            if meta.key not in self._retry and not profiles.differs(old, prof):
                 continue
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
             old_now = old.limit_at(now) if old is not None else None
             before_w = old_now if old_now is not None else default_w
-            (down if prof.periods[0].limit_w <= before_w else up).append(prof)
+            if prof.periods[0].limit_w <= before_w:
+                down.append(prof)
+                lowering.append(prof.periods[0].limit_w < before_w)
+            else:
+                up.append(prof)
         # Lower limits first, higher ones after they are in force: while profiles travel, the
         # sum of what stations may draw never passes the plan's site total.
         results = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in down)))
+        if any(low and not ok for low, ok in zip(lowering, results, strict=True)):
+            # A station still runs a higher limit than planned: raising the others now could pass
+            # the site limit. They keep theirs; the re-plan counts that station at its old limit.
+            log.warning("a lower limit did not land: %d raised limits held back until the re-plan", len(up))
+            self.request_replan("profile not lowered")
+            return sum(1 for r in results if r), len(results) - sum(1 for r in results if r)
         results += await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in up))
         sent = sum(1 for r in results if r)
         return sent, len(results) - sent
@@ -619,23 +702,32 @@ class MpcScheduler:
             ok = status == "Accepted"
             if ok:
                 self._note_accepted(key, prof, now)
+                self._retry.discard(key)
+                self._rejected.pop(key, None)
             else:
-                self._sent.pop(key, None)
+                # The station runs what it ran before (a refused or unanswered SetChargingProfile
+                # changes nothing there): that stays the limit on record, and the profile is sent
+                # again at the next re-plan.
+                self._retry.add(key)
             metrics.PROFILES.labels("accepted" if ok else status.lower()[:20]).inc()
             self._record_later(prof, plan_id, status, response, now)
             gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
             if status == "Rejected" and not gone:
                 # The station refused the plan (e.g. a negative limit): give it a safe constant
                 # limit so it does not charge unmanaged (K01: the TxProfile id is replaced). Not
-                # when the transaction is gone (the EV left before the gateway heard).
+                # when the transaction is gone (the EV left before the gateway heard). The limit is
+                # its TxDefaultProfile share, which the site keeps room for per EVSE; the re-plan
+                # this asks for counts the station at it, and it gets no plan for REJECTED_RETRY.
+                self._rejected[key] = now
                 safe = profiles.safe_profile(
                     station_id=prof.station_id, evse_id=prof.evse_id, transaction_id=prof.transaction_id,
-                    start=prof.periods[0].start, hours=1.0, limit_kw=self.settings.safe_limit_kw,
+                    start=prof.periods[0].start, hours=1.0, limit_kw=self._default_kw(),
                     stack_level=prof.stack_level)
                 s2, r2 = await self._call_set_profile(safe)
                 if s2 == "Accepted":
                     self._note_accepted(key, safe, now)
                 self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
+                self.request_replan("profile rejected")
             return ok
 
     async def _call_set_profile(self, prof: profiles.TxProfile) -> tuple[str, dict[str, Any] | None]:

@@ -208,7 +208,8 @@ class Mpc(_Base):
         if not ctx.views:
             return {}
         firm = [v.departure for v in ctx.views if v.departure_firm and v.departure is not None]
-        cuts = breakpoints(ep.grid_events, firm_departures=firm, now=ctx.now)
+        cuts = breakpoints(ep.grid_events, firm_departures=firm, now=ctx.now, tariff=ep.tariff,
+                           until=ctx.now + timedelta(seconds=self.horizon_s))
         grid = make_grid(ctx.now, self.horizon_s, breakpoints=cuts)
         horizon = timedelta(seconds=self.horizon_s)
         # With no period end known, a day's share of the charge (no needed peaks passed).

@@ -16,7 +16,8 @@ Objective (currency units)::
   + sum_i unmet_penalty_i w_i u_i                     mobility as a price (site's, or the slot's own)
   + sum_(i,k) unmet_penalty_i w_ik r_ik               the same at each earlier possible departure k
   + EXCESS_PENALTY * sum h (xi + xe) + EPS * sum h (c + d + imp + exp)
-  + early_bias * sum h_t c_t * (hours from now to the middle of step t)
+  + early_bias * sum u_i h_t c_it * (hours from now to the middle of step t)
+                                                      (u_i: 1 to 1.1, higher for the EV due first)
 
 Departures are uncertain: a slot may carry earlier possible departures (``early_targets``), each
 a step at whose end the EV might leave with its probability ``w_ik``; ``r_ik >= target - E``
@@ -272,7 +273,7 @@ class Prepared:
     price_imp: FloatArr  # import price per kWh
     price_exp: FloatArr  # export price per kWh (clipped to the import price)
     pay: FloatArr  # grid-event payment per kWh below the baseline
-    charge_bias: FloatArr  # cost per AC kWh charged in each step (early-charge preference)
+    charge_bias: FloatArr  # cost per AC kWh charged per slot and step (early-charge preference)
     demand_mask: BoolArr  # steps in the current billing period
     wear: FloatArr  # wear * h
     demand: float
@@ -346,7 +347,7 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
         exp_lim=_arr(site.export_limit_kw, n), price_imp=p_imp, price_exp=p_exp,
         pay=np.maximum(_arr(site.export_payment_per_kwh, n), 0.0),
-        charge_bias=site.early_charge_bias_per_kwh_h * (np.cumsum(h) - h / 2),
+        charge_bias=site.early_charge_bias_per_kwh_h * np.outer(_urgency(conn, risks), np.cumsum(h) - h / 2),
         demand_mask=(np.ones(n, dtype=bool) if site.demand_mask is None
                      else np.asarray(site.demand_mask, dtype=bool)[:n]),
         wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
@@ -360,6 +361,29 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         risk_target=np.array([r[2] for r in risks], dtype=float),
         risk_penalty=np.array([r[3] for r in risks], dtype=float),
     )
+
+
+# How much more the earliest-leaving EV prefers charging early than the latest-leaving one does
+# (a share of the early-charge bias). Without it, EVs sharing a binding site limit are a tie the
+# solver breaks anew at every re-plan: limits flipped between 0 and 11 kW from one re-plan to the
+# next and every profile was sent again each time. With it, the one due first is served first.
+URGENCY_SPREAD = 0.1
+
+
+def _urgency(conn: BoolArr, risks: list[tuple[int, int, float, float]]) -> FloatArr:
+    """Per slot, 1 + URGENCY_SPREAD for the EV that may leave first (its earliest possible
+    departure, or its last connected step), down to 1 for the last one; ties by slot order,
+    which is stable from one re-plan to the next. The earliest possible departure, not the last:
+    an EV nobody announced has a wide spread, and ranked by its end it was served after the
+    announced ones and left short (depot: served 99.70 % against 99.79 %)."""
+    s, n = conn.shape
+    due = np.where(conn.any(axis=1), n - 1 - np.argmax(conn[:, ::-1], axis=1), n)
+    for i, at, _, _ in risks:
+        due[i] = min(due[i], at)
+    rank = np.empty(s)
+    rank[np.argsort(due, kind="stable")] = np.arange(s)
+    out: FloatArr = 1.0 + URGENCY_SPREAD * (1.0 - rank / max(s - 1, 1))
+    return out
 
 
 def peak_cost(p: Prepared, peak: float) -> float:
@@ -438,7 +462,8 @@ def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSoluti
 
 
 def greedy_fallback(site: SiteInputs, slots: list[SlotInput]) -> PlanResult:
-    """Earliest departure first, full power within EVSE limits and the site headroom, no discharge."""
+    """Charge floors first (draws the plan does not control), then earliest departure first at full
+    power within EVSE limits and the site headroom; no discharge."""
     t0 = time.perf_counter()
     p = prepare(site, slots)
     raw = greedy_raw(p)
@@ -453,16 +478,26 @@ def greedy_raw(p: Prepared) -> RawSolution:
     room = p.cap - p.e0
     c = np.zeros((s, n))
     for t in range(n):
-        head = max(float(p.imp_lim[t] - p.building[t]), 0.0)
+        head = float(p.imp_lim[t] - p.building[t])
+        # The charge floors first, for every slot: a floor is a draw the plan does not control (a
+        # charger ignoring its limit, planned at its measured power), so the headroom the others
+        # share is what is left after it, whatever their departures.
+        for i in np.flatnonzero(p.conn[:, t]):
+            kw = min(p.cmin[i, t], p.cmax[i, t], room[i] / (p.h[t] * p.eff_c[i]))
+            if kw > 0:
+                c[i, t] = kw
+                head -= kw
+                got = kw * p.h[t] * p.eff_c[i]
+                need[i] = max(need[i] - got, 0.0)
+                room[i] -= got
         for i in order:
-            if not p.conn[i, t]:
+            if not p.conn[i, t] or head <= 0:
                 continue
-            # Honour the charge floor first, then fill the remaining need.
-            want = max(need[i], min(p.cmin[i, t] * p.h[t] * p.eff_c[i], room[i])) / (p.h[t] * p.eff_c[i])
-            kw = min(p.cmax[i, t], want, room[i] / (p.h[t] * p.eff_c[i]), head)
+            kw = min(p.cmax[i, t] - c[i, t], need[i] / (p.h[t] * p.eff_c[i]), room[i] / (p.h[t] * p.eff_c[i]),
+                     head)
             if kw <= 0:
                 continue
-            c[i, t] = kw
+            c[i, t] += kw
             head -= kw
             got = kw * p.h[t] * p.eff_c[i]
             need[i] = max(need[i] - got, 0.0)

@@ -70,7 +70,7 @@ class SessionView:
     need_kwh: float | None  # energy asked for in total since plug-in
     reserve_kwh: float
     charge_now: bool = False  # the driver wants it as fast as the site allows
-    fixed_kw: float | None = None  # measured draw of a charger ignoring its limit
+    fixed_kw: float | None = None  # a draw the plan does not control (ignored limit, or none settable now)
     # The departure is the driver's own, set for this session (the app): planned as given, with no
     # margin, so "by 18:00" means by 18:00 and not 90 minutes before under a demand charge.
     departure_firm: bool = False
@@ -241,9 +241,11 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         early = tuple(sorted((*early, reveal)))
     min_c = 0.0
     if v.fixed_kw is not None:
-        # The charger draws more than it was told: plan its measured draw as fixed so the other
-        # slots make room for it and the site limit still holds.
+        # The charger draws more than it was told, or its limit cannot be set now: plan its draw
+        # as fixed so the other slots make room for it and the site limit still holds; it is
+        # not lent to the grid either.
         min_c = max_c = max(v.fixed_kw, 0.0)
+        max_d, may_discharge = 0.0, False
         cap = max(cap, e_now + max_c * float(np.sum(grid.hours())))
     return SlotInput(
         key=key, connected=connected, energy_kwh=e_now, capacity_kwh=cap,

@@ -149,6 +149,156 @@ async def test_solver_timeout_still_pushes_a_fallback_plan(gateway_factory: Any)
     await st.close()
 
 
+async def test_a_solve_that_overruns_is_never_joined_by_a_second_one(gateway_factory: Any) -> None:
+    import threading
+
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=3600.0, replan_period_s=3600.0,
+                              solver_time_limit_s=0.01)
+    sched = h.gw.scheduler
+    assert sched is not None
+    real_solve = sched.planner.solve
+    gate = threading.Event()
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def held(site_in: Any, slots: Any) -> Any:  # the real solve, held until the gate opens
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            gate.wait(60.0)
+            return real_solve(site_in, slots)
+        finally:
+            with lock:
+                running -= 1
+
+    sched.planner.solve = held  # type: ignore[method-assign]
+    st, _ = await plug_in(h, "CS-O")
+    try:
+        first = await sched.replan("test")  # times out after the limit + 5 s: the fallback goes out
+        assert first is not None and first.result.fallback
+        second = await sched.replan("test")  # the first solve still runs: no second one beside it
+        assert second is not None and second.result.status == "fallback: solver busy"
+        assert most == 1
+        gate.set()
+        done = sched._solving
+        assert done is not None
+        await asyncio.wait_for(asyncio.shield(done), 60.0)
+        third = await sched.replan("test")
+        assert third is not None and not third.result.fallback
+        assert most == 1
+    finally:
+        gate.set()
+        await st.close()
+
+
+async def test_an_offline_station_is_planned_at_the_limit_it_last_accepted(gateway_factory: Any) -> None:
+    from gateway.config import SiteConfig
+
+    # 20 kW for two 11-kW EVSEs. A station that drops off keeps charging on the last profile it
+    # accepted: the plan must leave the other only what is left, or the two pass the limit.
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0,
+                              default_energy_kwh=60.0,
+                              site=SiteConfig(import_limit_kw=20.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
+    sched = h.gw.scheduler
+    assert sched is not None
+    await h.add_station("CS-B", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    a, _ = await planned_plug_in(h, "CS-A", "TX-A")
+    b = await RawStation.connect(h.ocpp_url, "CS-B", PASSWORD)
+    ProfileSink(b)
+    await b.ok("TransactionEvent", tx_event("Started", 0, tid="TX-B", meterValue=energy(0.0)))
+    before = await sched.replan("test")
+    assert before is not None
+    now = h.gw.clock.now()
+    accepted = sched._sent[("CS-A", 1)]
+    await a.close()
+
+    async def gone() -> bool:
+        return h.gw.ocpp.registry.get("CS-A") is None
+
+    await wait_for(gone)
+    most_kw = sched._uncontrolled_kw(h.gw.clock.now())[("CS-A", 1)]
+    assert most_kw >= (accepted.limit_at(now) or 0.0) / 1000.0
+    after = await sched.replan("test")
+    assert after is not None
+    pa, pb = after.session("TX-A"), after.session("TX-B")
+    assert pa is not None and pb is not None
+    assert pa.power_kw[0] == pytest.approx(min(most_kw, 11.0), abs=1e-3)  # planned as what it may draw
+    assert pb.power_kw[0] + min(most_kw, 11.0) <= 20.0 + 1e-3
+    await b.close()
+
+
+async def test_a_station_that_refuses_its_plan_is_planned_at_its_safe_limit_and_left_alone(
+        site: GatewayHarness) -> None:
+    from gateway.scheduler.mpc import REJECTED_RETRY
+
+    sched = site.gw.scheduler
+    assert sched is not None
+    st, sink = await plug_in(site, "CS-Q", status="Rejected")  # the plan refused, the safe limit too
+    await wait_for(lambda: _at_least(sink, 2))
+    sink.status = "Accepted"  # it would take anything now, but is not asked before REJECTED_RETRY
+    rejected_at = sched._rejected[("CS-Q", 1)]
+    calls = len(sink.profiles)
+    for _ in range(3):  # re-plans inside REJECTED_RETRY send it nothing
+        again = await sched.replan("test")
+        assert again is not None
+    assert len(sink.profiles) == calls
+    planned = again.session("TX-CS-Q")
+    assert planned is not None
+    assert site.gw.clock.now() - rejected_at < REJECTED_RETRY
+    # Planned at what it runs (no accepted profile: its default limit), not at what the LP would like.
+    assert planned.power_kw[0] == pytest.approx(sched._default_kw(), abs=1e-3)
+    await st.close()
+
+
+async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_factory: Any) -> None:
+    from dataclasses import replace
+
+    from gateway.config import SiteConfig
+    from gateway.domain import DischargeDialect, PlannedSession
+    from gateway.ocpp import profiles
+    from gateway.scheduler import live_inputs
+
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=3600.0, replan_period_s=3600.0,
+                              site=SiteConfig(import_limit_kw=20.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
+    sched = h.gw.scheduler
+    assert sched is not None
+    a, sink_a = await plug_in(h, "CS-L1", bidi=False)
+    b, sink_b = await plug_in(h, "CS-L2", bidi=False)
+    outcome = await sched.replan("test")
+    assert outcome is not None
+    plan, now = outcome.plan, h.gw.clock.now()
+    _, _, metas = live_inputs.build(h.gw.state, now, h.gw.settings, {})
+
+    def flat(station: str, kw: float) -> PlannedSession:
+        return PlannedSession(station, 1, f"TX-{station}", tuple([kw] * len(plan.starts)))
+
+    # What the stations run now: 11 kW and 9 kW. The new plan swaps them; the station asked to go
+    # down refuses, so the other must not be raised (11 + 11 would pass the 20 kW).
+    for station, kw in (("CS-L1", 11.0), ("CS-L2", 9.0)):
+        ps = flat(station, kw)
+        sched._note_accepted((station, 1), profiles.build_profile(
+            station_id=station, evse_id=1, transaction_id=ps.transaction_id, starts=plan.starts, end=plan.end,
+            power_kw=ps.power_kw, max_charge_kw=11.0, max_discharge_kw=0.0, bidirectional=False,
+            dialect=DischargeDialect.NONE, stack_level=sched.settings.profile_stack_level,
+            max_periods=sched.settings.max_profile_periods), now)
+    sink_a.status = "Rejected"
+    seen_b = len(sink_b.profiles)
+    sent, failed = await sched._push(now, replace(plan, sessions=(flat("CS-L1", 0.0), flat("CS-L2", 11.0))),
+                                     metas, None)
+    assert (sent, failed) == (0, 1)
+    assert len(sink_b.profiles) == seen_b  # held back until the re-plan counts CS-L1 at its 11 kW
+    assert sched._uncontrolled_kw(now)[("CS-L1", 1)] == pytest.approx(11.0)
+    await a.close()
+    await b.close()
+
+
+async def _at_least(sink: ProfileSink, n: int) -> bool:
+    return len(sink.profiles) >= n
+
+
 async def test_grid_event_discharges_only_where_allowed(site: GatewayHarness) -> None:
     gw = site.gw
     assert gw is not None

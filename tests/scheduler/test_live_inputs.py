@@ -101,3 +101,23 @@ def test_an_export_request_is_paid_on_its_own_steps() -> None:
     assert paid[0] == start and paid[-1] < end
     assert all(p in (0.0, 2.0) for p in live.export_payment_per_kwh)
     assert end in starts
+
+
+def test_time_of_use_windows_half_an_hour_off_utc_are_priced_on_their_own_steps() -> None:
+    from gateway.config import Settings, SiteConfig
+    from gateway.domain import Tariff, TouPeriod
+    from gateway.scheduler.live_inputs import site_inputs
+
+    # India is UTC+5:30: a 16:00-21:00 peak window opens at 10:30 UTC, inside an hourly step.
+    settings = Settings(site=SiteConfig(timezone="Asia/Kolkata"))
+    state = SiteState.from_settings(settings)
+    state.tariff = Tariff(periods=(TouPeriod(16.0, 21.0, 0.38, 0.05),), default_import_price=0.20,
+                          default_export_price=0.05, timezone="Asia/Kolkata")
+    now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
+    site = site_inputs(state, now, settings)
+    starts = site.grid.starts()
+    opens, closes = datetime(2026, 7, 1, 10, 30, tzinfo=UTC), datetime(2026, 7, 1, 15, 30, tzinfo=UTC)
+    assert opens in starts and closes in starts
+    i, j = starts.index(opens), starts.index(closes)
+    assert site.import_price[i - 1] == 0.20 and site.import_price[i] == 0.38
+    assert site.import_price[j - 1] == 0.38 and site.import_price[j] == 0.20

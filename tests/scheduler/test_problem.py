@@ -210,6 +210,32 @@ def test_greedy_fallback_respects_limits_and_serves_earliest_departure_first() -
     assert res.power_kw.min() >= 0.0
 
 
+def test_greedy_fallback_gives_a_charger_ignoring_its_limit_its_draw_first() -> None:
+    # A charger that ignores its limit is planned at its measured draw (min = max charge): the
+    # fallback must leave the others only what is left, whoever leaves first, or the plan it
+    # pushes on a solver timeout breaks the site limit as soon as one charger misbehaves.
+    s = site([0.2, 0.2], limit=20.0, building=5.0)
+    early = ev(2, key=1, steps=1, energy=0, target=30)
+    stubborn = ev(2, key=2, steps=2, energy=0, target=30)
+    stubborn.min_charge_kw = stubborn.max_charge_kw = 11.0
+    res = greedy_fallback(s, [early, stubborn])
+    assert res.power_kw[1, 0] == pytest.approx(11.0)
+    assert res.power_kw[0, 0] == pytest.approx(4.0)
+    assert np.all(res.site_import_kw <= 20.0 + 1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evs_sharing_a_binding_limit_are_served_in_the_order_they_leave(backend: str) -> None:
+    # Two EVs, one 11-kW step's worth of headroom at a time, flat prices: which charges first is
+    # a tie on price alone, which a solver may break either way at every re-plan (profiles flip).
+    s = site([0.2] * 6, limit=11.0)
+    late = ev(6, key=1, steps=6, energy=0, target=11)
+    early = ev(6, key=2, steps=4, energy=0, target=11)
+    res = Planner(backend=backend).solve(s, [late, early])
+    assert res.power_kw[1, 0] == pytest.approx(11.0, abs=1e-3)  # due first, served first
+    assert res.power_kw[0, 1] == pytest.approx(11.0, abs=1e-3)
+
+
 def test_idle_slots_get_zero_power() -> None:
     s = site([0.2, 0.1])
     idle = ev(2, key=9)

@@ -164,6 +164,40 @@ def test_a_driver_departure_is_planned_to_the_quarter_hour_before_it() -> None:
     assert ends[int(np.flatnonzero(slots[0].connected)[-1])] == NOW + timedelta(hours=5, minutes=45)
 
 
+def _bidi_session(settings: Settings) -> SiteState:
+    state = SiteState.from_settings(settings)
+    state.evses[KEY] = live_inputs.EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0, max_discharge_kw=11.0,
+                                                      bidirectional=True))
+    state.apply(ev.SessionStarted(NOW - timedelta(hours=1), "CS-1", 1, "TX-1", None))
+    return state
+
+
+def test_a_reserve_nobody_can_check_keeps_the_ev_from_discharging() -> None:
+    settings = Settings()
+    state = _bidi_session(settings)
+    state.set_preferences("TX-1", Preferences(reserve_soc=0.8, allow_discharge=True))
+    # No SoC, no capacity: energy is counted from plug-in, so the floor cannot be placed.
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
+    # Once the EV tells its battery, the reserve is a floor and it may be lent above it.
+    s = state.evses[KEY].session
+    assert s is not None
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9)
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.discharge_allowed and slot.reserve_energy_kwh == pytest.approx(48.0)
+
+
+def test_an_evse_whose_limit_cannot_be_set_is_planned_at_the_most_it_may_draw() -> None:
+    settings = Settings()
+    state = _bidi_session(settings)
+    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), uncontrolled_kw={KEY: 7.0})[1]
+    assert slot.min_charge_kw == slot.max_charge_kw == 7.0
+    assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
+    # Never above what the EVSE can give.
+    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), uncontrolled_kw={KEY: 50.0})[1]
+    assert slot.min_charge_kw == slot.max_charge_kw == 11.0
+
+
 def test_an_ended_session_is_kept_for_the_forecast_with_only_what_was_told() -> None:
     settings = Settings()
     state = SiteState.from_settings(settings)
