@@ -49,7 +49,14 @@ class CvxModel:
         self.peak_slack = cp.Parameter(n, nonneg=True)
         self.c_imp = cp.Parameter(n)
         self.c_exp = cp.Parameter(n)
-        self.c_charge = cp.Parameter((s, n), nonneg=True)
+        self.c_charge = cp.Parameter(n, nonneg=True)
+        # The urgency's share of the early-charge preference, per slot, on the step-time ramp of
+        # the problem this shape was compiled for (a constant: a per-slot Parameter times a
+        # per-step one is not DPP, and a (slots, steps) Parameter compiled to a dense map, out
+        # of memory at 1,000 slots). It only orders EVs that tie, so a later grid of the same
+        # shape, whose steps are a few minutes off, orders them the same.
+        self.urgency = cp.Parameter(s, nonneg=True)
+        self._ramp = np.asarray(p.charge_bias, dtype=float).copy()
         self.wear = cp.Parameter(nonneg=True)
         self.demand = cp.Parameter(nonneg=True)
         self.peak0 = cp.Parameter()
@@ -108,7 +115,8 @@ class CvxModel:
                 cons.append(e + cp.reshape(r[:, j], (s, 1), order="F") @ across >= self.risk_target[j])
         obj = (
             self.c_imp @ imp - self.c_exp @ exp
-            + cp.sum(cp.multiply(self.c_charge, a))
+            + self.c_charge @ cp.sum(a, axis=0)
+            + self.urgency @ (a @ self._ramp)
             + self.demand * peak
             + (self.peak_extra @ above if above is not None and self.peak_extra is not None else 0.0)
             + self.wear * cp.sum(b)
@@ -141,6 +149,7 @@ class CvxModel:
         self.c_imp.value = p.price_imp + p.pay
         self.c_exp.value = p.price_exp + p.pay
         self.c_charge.value = p.charge_bias
+        self.urgency.value = np.maximum(p.urgency - 1.0, 0.0)
         self.wear.value = float(p.wear[0] / h[0]) if len(h) else 0.0
         self.demand.value = p.demand
         self.peak0.value = p.peak0

@@ -273,7 +273,8 @@ class Prepared:
     price_imp: FloatArr  # import price per kWh
     price_exp: FloatArr  # export price per kWh (clipped to the import price)
     pay: FloatArr  # grid-event payment per kWh below the baseline
-    charge_bias: FloatArr  # cost per AC kWh charged per slot and step (early-charge preference)
+    charge_bias: FloatArr  # cost per AC kWh charged in each step (early-charge preference)
+    urgency: FloatArr  # per slot, what the early-charge preference is multiplied by (_urgency)
     demand_mask: BoolArr  # steps in the current billing period
     wear: FloatArr  # wear * h
     demand: float
@@ -347,7 +348,7 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
         exp_lim=_arr(site.export_limit_kw, n), price_imp=p_imp, price_exp=p_exp,
         pay=np.maximum(_arr(site.export_payment_per_kwh, n), 0.0),
-        charge_bias=site.early_charge_bias_per_kwh_h * np.outer(_urgency(conn, risks), np.cumsum(h) - h / 2),
+        charge_bias=site.early_charge_bias_per_kwh_h * (np.cumsum(h) - h / 2), urgency=_urgency(conn, risks),
         demand_mask=(np.ones(n, dtype=bool) if site.demand_mask is None
                      else np.asarray(site.demand_mask, dtype=bool)[:n]),
         wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
