@@ -684,34 +684,38 @@ class MpcScheduler:
         # Lower limits first, higher ones after they are in force: while profiles travel, the
         # sum of what stations may draw never passes the plan's site total.
         results = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in down)))
-        if any(low and not ok for low, ok in zip(lowering, results, strict=True)):
+        stuck = [r for low, r in zip(lowering, results, strict=True) if low and r not in ("Accepted", "TxNotFound")]
+        if stuck and up:
             # A station still runs a higher limit than planned: raising the others now could pass
             # the site limit. They keep theirs; the re-plan counts that station at its old limit.
-            log.warning("a lower limit did not land: %d raised limits held back until the re-plan", len(up))
+            log.warning("%d lower limit(s) did not land (%s): %d raised limits held back until the re-plan",
+                        len(stuck), ", ".join(sorted(set(stuck))), len(up))
             self.request_replan("profile not lowered")
-            return sum(1 for r in results if r), len(results) - sum(1 for r in results if r)
-        results += await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in up))
-        sent = sum(1 for r in results if r)
+        else:
+            results += await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in up))
+        sent = sum(1 for r in results if r == "Accepted")
         return sent, len(results) - sent
 
     async def _send(self, sem: asyncio.Semaphore, prof: profiles.TxProfile, plan_id: int | None,
-                    now: datetime) -> bool:
+                    now: datetime) -> str:
+        """Push one profile: its status, or "TxNotFound" when the transaction has already ended
+        at the station (the EV left before the gateway heard: it draws nothing)."""
         key = (prof.station_id, prof.evse_id)
         async with sem:
             status, response = await self._call_set_profile(prof)
             ok = status == "Accepted"
+            gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
             if ok:
                 self._note_accepted(key, prof, now)
                 self._retry.discard(key)
                 self._rejected.pop(key, None)
-            else:
+            elif not gone:
                 # The station runs what it ran before (a refused or unanswered SetChargingProfile
                 # changes nothing there): that stays the limit on record, and the profile is sent
                 # again at the next re-plan.
                 self._retry.add(key)
             metrics.PROFILES.labels("accepted" if ok else status.lower()[:20]).inc()
             self._record_later(prof, plan_id, status, response, now)
-            gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
             if status == "Rejected" and not gone:
                 # The station refused the plan (e.g. a negative limit): give it a safe constant
                 # limit so it does not charge unmanaged (K01: the TxProfile id is replaced). Not
@@ -728,7 +732,7 @@ class MpcScheduler:
                     self._note_accepted(key, safe, now)
                 self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
                 self.request_replan("profile rejected")
-            return ok
+            return "TxNotFound" if gone else status
 
     async def _call_set_profile(self, prof: profiles.TxProfile) -> tuple[str, dict[str, Any] | None]:
         payload = prof.payload()

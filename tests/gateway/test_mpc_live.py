@@ -23,6 +23,7 @@ class ProfileSink:
     def __init__(self, st: RawStation, status: str = "Accepted") -> None:
         self.st = st
         self.status = status
+        self.reason: str | None = None  # statusInfo.reasonCode of the answers, if any
         self.profiles: list[dict[str, Any]] = []
         self.task = asyncio.create_task(self._run())
 
@@ -31,7 +32,10 @@ class ProfileSink:
             call = await self.st.incoming_calls.get()
             if call[2] == "SetChargingProfile":
                 self.profiles.append(call[3])
-                await self.st.answer(call, {"status": self.status})
+                answer: dict[str, Any] = {"status": self.status}
+                if self.reason is not None:
+                    answer["statusInfo"] = {"reasonCode": self.reason}
+                await self.st.answer(call, answer)
             else:
                 await self.st.answer(call, {"status": "Accepted"})
 
@@ -291,6 +295,14 @@ async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_fac
     assert (sent, failed) == (0, 1)
     assert len(sink_b.profiles) == seen_b  # held back until the re-plan counts CS-L1 at its 11 kW
     assert sched._uncontrolled_kw(now)[("CS-L1", 1)] == pytest.approx(11.0)
+    # A transaction that has ended at the station (the EV left before the gateway heard) draws
+    # nothing: its refusal holds nobody back.
+    sink_a.reason = "TxNotFound"
+    sched._rejected.clear()  # the refusal above would keep CS-L1 from being asked for 30 min
+    sent, failed = await sched._push(now, replace(plan, sessions=(flat("CS-L1", 0.0), flat("CS-L2", 11.0))),
+                                     metas, None)
+    assert (sent, failed) == (1, 1)
+    assert len(sink_b.profiles) == seen_b + 1
     await a.close()
     await b.close()
 
