@@ -207,6 +207,7 @@ class SiteInputs:
             self._changed("grid_events")
         return cancelled
 
+
 async def restore(gw: Gateway) -> None:
     """Load stored limits, the billing period's peak so far, tariff, price overrides, building load
     and open grid events into ``gw.state`` (meant for :meth:`Gateway._load_state`; the site file

@@ -14,6 +14,12 @@ from gateway.db import models as m
 from gateway.domain import ChargeMode, EvNeeds, GridEvent, GridEventKind, Preferences
 
 
+def preferences_of(rec: m.Preference) -> Preferences:
+    """A stored preferences row as the domain's value."""
+    return Preferences(rec.departure_time, rec.energy_kwh, rec.target_soc, rec.reserve_soc,
+                       rec.allow_discharge, ChargeMode(rec.mode) if rec.mode else None)
+
+
 class PlanningRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -45,26 +51,12 @@ class PlanningRepository:
                            n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source)
 
     # --- driver preferences ---------------------------------------------------------------
-    async def set_preferences(
-        self, station_id: str, transaction_id: str, prefs: Preferences, set_by: str, now: datetime
-    ) -> None:
-        async with self._sessions.begin() as s:
-            s.add(m.Preference(
-                station_id=station_id, transaction_id=transaction_id, departure_time=prefs.departure_time,
-                energy_kwh=prefs.energy_kwh, target_soc=prefs.target_soc, reserve_soc=prefs.reserve_soc,
-                allow_discharge=prefs.allow_discharge, mode=prefs.mode.value if prefs.mode else None,
-                set_by=set_by, set_at=now,
-            ))
-
     async def preferences(self, station_id: str, transaction_id: str) -> Preferences | None:
         async with self._sessions() as s:
             p = (await s.execute(select(m.Preference).where(
                 m.Preference.station_id == station_id, m.Preference.transaction_id == transaction_id)
                 .order_by(m.Preference.set_at.desc(), m.Preference.id.desc()).limit(1))).scalar_one_or_none()
-            if p is None:
-                return None
-            return Preferences(p.departure_time, p.energy_kwh, p.target_soc, p.reserve_soc, p.allow_discharge,
-                               ChargeMode(p.mode) if p.mode else None)
+            return None if p is None else preferences_of(p)
 
     # --- plans and profiles ---------------------------------------------------------------
     async def add_plan(

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
 from gateway.db import models as m
-from gateway.domain import ChargeMode, Preferences
+from gateway.db.planning import preferences_of
+from gateway.domain import Preferences
 from gateway.ocpp.meter import Readings, samples, summarize
 
 
@@ -30,7 +31,7 @@ class TxSnapshot:
     energy_out_kwh: float
     power_kw: float | None
     soc: float | None  # percent, as the station reports it and the table stores it
-    charging_state: str | None = None  # read from the table (the recording function does not return it)
+    charging_state: str | None = None  # the last chargingState reported (OCPP 2.0.1 ChargingStateEnumType)
 
     @property
     def soc_fraction(self) -> float | None:
@@ -61,11 +62,6 @@ MAX_GAP_ROWS = 1000  # a seqNo jump larger than this is recorded only for its fi
 # Rows one transactionId lookup returns (open ones first): more than one is already ambiguous, and
 # an answer naming the stations that share an id names at most this many.
 FIND_ROWS_MAX = 20
-
-
-def preferences_of(rec: m.Preference) -> Preferences:
-    return Preferences(rec.departure_time, rec.energy_kwh, rec.target_soc, rec.reserve_soc,
-                       rec.allow_discharge, ChargeMode(rec.mode) if rec.mode else None)
 
 
 class TransactionRepository:

@@ -28,8 +28,9 @@ from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
 from gateway.api.schemas import AwareDateTime, Limit, Model, Offset, Page, StationId, TransactionId, UtcDateTime
 from gateway.app import Gateway
 from gateway.db import models as m
+from gateway.db.planning import preferences_of
 from gateway.db.queries import Queries
-from gateway.db.transactions import TxSnapshot, preferences_of
+from gateway.db.transactions import TxSnapshot
 from gateway.domain import ChargeMode, EvNeeds, PlannedSession, Preferences, Session
 
 log = logging.getLogger(__name__)
