@@ -84,6 +84,18 @@ async def clean_db(database_url: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def proxy_and_url(clean_db: str) -> AsyncIterator[tuple[Any, str]]:
+    """A TCP proxy in front of the test database (cut it to make Postgres go away) and the
+    database URL through it."""
+    from tests.tcp_proxy import proxied_database_url
+
+    proxy, url_for = proxied_database_url(clean_db)
+    port = await proxy.start()
+    yield proxy, url_for(port)
+    await proxy.close()
+
+
+@pytest.fixture
 def mqtt_url() -> str:
     return os.environ.get("GATEWAY_MQTT_URL", "mqtt://127.0.0.1:1883")
 

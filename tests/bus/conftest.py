@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 import aiomqtt
 import pytest
 
-from tests.conftest import EVENT_TIMEOUT_S
+from gateway import metrics
+from tests.api.conftest import eventually
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 HAVE_MOSQUITTO = Path(MOSQUITTO).exists()
@@ -166,3 +168,25 @@ async def private_broker(tmp_path: Path) -> AsyncIterator[Mosquitto]:
     m = Mosquitto(free_port(), tmp_path)
     yield m
     await m.kill()
+
+
+def invalid_count(name: str) -> float:
+    """gateway_mqtt_invalid_total for one input (bad messages)."""
+    return metrics.REGISTRY.get_sample_value("gateway_mqtt_invalid_total", {"input": name}) or 0.0
+
+
+def apply_failed_count(name: str) -> float:
+    """gateway_mqtt_apply_failed_total for one input (good messages not stored)."""
+    return metrics.REGISTRY.get_sample_value("gateway_mqtt_apply_failed_total", {"input": name}) or 0.0
+
+
+async def connected_bridge(h: GatewayHarness) -> Any:
+    """The gateway's MQTT bridge, once it is connected to the broker."""
+    assert h.gw is not None and h.gw.mqtt is not None
+    bridge = h.gw.mqtt
+
+    async def up() -> bool:
+        return bool(bridge.connected)
+
+    await eventually(up, "the bridge to connect")
+    return bridge

@@ -11,27 +11,15 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway import metrics
 from gateway.bus import inbound
 from tests.api.conftest import eventually
-from tests.bus.conftest import publish
+from tests.bus.conftest import connected_bridge, invalid_count, publish
 from tests.conftest import GatewayHarness
-
-
-def _invalid(name: str) -> float:
-    return metrics.REGISTRY.get_sample_value("gateway_mqtt_invalid_total", {"input": name}) or 0.0
 
 
 async def _bridge(gateway_factory: Any, mqtt_url: str, prefix: str) -> Any:
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    assert h.gw is not None and h.gw.mqtt is not None
-    bridge = h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    await eventually(up, "the bridge to connect")
-    return bridge
+    return await connected_bridge(h)
 
 
 def test_deep_nesting_is_invalid_not_a_crash() -> None:
@@ -46,7 +34,7 @@ async def test_deeply_nested_payload_is_refused_and_the_bridge_carries_on(
 ) -> None:
     bridge = await _bridge(gateway_factory, mqtt_url, prefix)
     conn_task = next(t for t in bridge._tasks if t.get_name() == "mqtt-connection")
-    invalid_before, counted_before = bridge.invalid, _invalid("prices")
+    invalid_before, counted_before = bridge.invalid, invalid_count("prices")
 
     await publish(mqtt_url, f"{prefix}/in/prices", "[" * 100_000)
 
@@ -55,7 +43,7 @@ async def test_deeply_nested_payload_is_refused_and_the_bridge_carries_on(
 
     await eventually(refused_or_dead, "the deep payload to be refused")
     assert not conn_task.done(), "the connection task died on a deeply nested payload"
-    assert bridge.invalid == invalid_before + 1 and _invalid("prices") == counted_before + 1
+    assert bridge.invalid == invalid_before + 1 and invalid_count("prices") == counted_before + 1
     assert bridge.connected and bridge.connects == 1
 
     # Still serving: the next input is applied.
@@ -77,10 +65,10 @@ async def test_an_unexpected_error_while_parsing_refuses_the_message(
         raise TypeError("a parser bug")
 
     monkeypatch.setattr(inbound, "parse", broken)
-    before, counted_before = bridge.invalid, _invalid("prices")
+    before, counted_before = bridge.invalid, invalid_count("prices")
     with caplog.at_level(logging.WARNING, logger="gateway.bus.mqtt"):
         assert await bridge.handle_input(f"{prefix}/in/prices", b"{}") is False
-    assert bridge.invalid == before + 1 and _invalid("prices") == counted_before + 1
+    assert bridge.invalid == before + 1 and invalid_count("prices") == counted_before + 1
     assert any(r.exc_info and "a parser bug" in str(r.exc_info[1]) for r in caplog.records)
 
 

@@ -11,26 +11,10 @@ from typing import Any
 import asyncpg
 import httpx
 
-from gateway import metrics
 from gateway.clock import parse_rfc3339, to_rfc3339
 from tests.api.conftest import OPERATOR, eventually
-from tests.bus.conftest import publish, retained_cleared
+from tests.bus.conftest import connected_bridge, invalid_count, publish, retained_cleared
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
-
-
-def _invalid(name: str) -> float:
-    return metrics.REGISTRY.get_sample_value("gateway_mqtt_invalid_total", {"input": name}) or 0.0
-
-
-async def _connected(h: GatewayHarness) -> Any:
-    assert h.gw is not None and h.gw.mqtt is not None
-    bridge = h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    await eventually(up, "the bridge to connect")
-    return bridge
 
 
 async def _fetchrow(database_url: str, sql: str) -> Any:
@@ -46,7 +30,7 @@ async def test_a_cancelled_grid_event_stays_cancelled(
 ) -> None:
     topic = f"{prefix}/in/grid_events"
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    bridge = await _connected(h)
+    bridge = await connected_bridge(h)
     assert h.gw is not None
     now = h.gw.clock.now()
     event = {"id": "dso-7", "start": to_rfc3339(now + timedelta(hours=1)),
@@ -64,7 +48,7 @@ async def test_a_cancelled_grid_event_stays_cancelled(
 
         # A restart: the new bridge subscribes and the broker replays the retained create.
         await h.restart()
-        bridge = await _connected(h)
+        bridge = await connected_bridge(h)
 
         async def replay_seen() -> bool:
             return bool(bridge.invalid >= 1 or "dso-7" in h.gw.state.grid_events)  # type: ignore[union-attr]
@@ -75,7 +59,7 @@ async def test_a_cancelled_grid_event_stays_cancelled(
         assert row["cancelled_at"] is not None and row["cap_kw"] == 60.0
 
         # A live MQTT update of the cancelled id is refused too, with a reason, and counted.
-        before, counted = bridge.invalid, _invalid("grid_events")
+        before, counted = bridge.invalid, invalid_count("grid_events")
         await publish(mqtt_url, topic, json.dumps({**event, "cap_kw": 10.0}))
 
         async def refused() -> bool:
@@ -83,7 +67,7 @@ async def test_a_cancelled_grid_event_stays_cancelled(
 
         await eventually(refused, "the update of a cancelled grid event to be handled")
         assert "dso-7" not in h.gw.state.grid_events
-        assert _invalid("grid_events") == counted + 1
+        assert invalid_count("grid_events") == counted + 1
 
         # REST says so with a 409 in the API's error shape, and changes nothing.
         again = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**event, "cap_kw": 5.0})
@@ -105,7 +89,7 @@ async def test_a_stale_building_load_does_not_override_a_newer_one(
 ) -> None:
     topic = f"{prefix}/in/building_load"
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    bridge = await _connected(h)
+    bridge = await connected_bridge(h)
     assert h.gw is not None
     old_ts = h.gw.clock.now() - timedelta(minutes=10)
     async with retained_cleared(mqtt_url, topic), \
@@ -120,7 +104,7 @@ async def test_a_stale_building_load_does_not_override_a_newer_one(
         assert put.status_code == 200, put.text
 
         await h.restart()
-        bridge = await _connected(h)
+        bridge = await connected_bridge(h)
 
         async def replay_seen() -> bool:
             return bool(bridge.invalid >= 1 or h.gw.state.building_load_kw != 22.0)  # type: ignore[union-attr]
@@ -142,7 +126,7 @@ async def test_a_stale_building_load_does_not_override_a_newer_one(
             return h.gw.state.building_load_kw == 33.0  # type: ignore[union-attr]
 
         await eventually(newer_applied, "a newer reading to be applied")
-        counted = _invalid("building_load")
+        counted = invalid_count("building_load")
         await publish(mqtt_url, topic, json.dumps({"power_kw": 44.0,
                                                    "ts": to_rfc3339(newer - timedelta(seconds=1))}))
 
@@ -150,7 +134,7 @@ async def test_a_stale_building_load_does_not_override_a_newer_one(
             return bool(bridge.invalid > before or h.gw.state.building_load_kw != 33.0)  # type: ignore[union-attr]
 
         await eventually(stale_refused, "the stale reading to be handled")
-        assert h.gw.state.building_load_kw == 33.0 and _invalid("building_load") == counted + 1
+        assert h.gw.state.building_load_kw == 33.0 and invalid_count("building_load") == counted + 1
 
         # A reading without ts is "now": applied.
         await publish(mqtt_url, topic, json.dumps({"power_kw": 55.0}))

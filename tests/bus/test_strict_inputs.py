@@ -12,10 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import metrics
 from gateway.bus import inbound
 from tests.api.conftest import OPERATOR, eventually
-from tests.bus.conftest import publish
+from tests.bus.conftest import apply_failed_count, connected_bridge, invalid_count, publish
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 
 T0 = datetime(2026, 11, 23, 17, 0, tzinfo=UTC)
@@ -90,13 +89,8 @@ async def test_rest_and_mqtt_agree_on_the_grid_event_span(gateway_server: Gatewa
 
 async def test_strict_types_over_the_broker(gateway_factory: Any, mqtt_url: str, prefix: str) -> None:
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    assert h.gw is not None and h.gw.mqtt is not None
-    gw, bridge = h.gw, h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    await eventually(up, "the bridge to connect")
+    bridge = await connected_bridge(h)
+    gw = bridge.gw
     now = gw.clock.now()
     start, end = _z(now + timedelta(hours=1)), _z(now + timedelta(hours=2))
     await publish(mqtt_url, f"{prefix}/in/grid_events",
@@ -123,40 +117,27 @@ async def test_strict_types_over_the_broker(gateway_factory: Any, mqtt_url: str,
     assert "s1" in gw.state.grid_events and "s2" not in gw.state.grid_events
 
 
-def _apply_failed(name: str) -> float:
-    return metrics.REGISTRY.get_sample_value("gateway_mqtt_apply_failed_total", {"input": name}) or 0.0
-
-
-def _invalid(name: str) -> float:
-    return metrics.REGISTRY.get_sample_value("gateway_mqtt_invalid_total", {"input": name}) or 0.0
-
-
 async def test_a_failed_database_write_is_not_counted_as_a_bad_message(
     gateway_factory: Any, mqtt_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    assert h.gw is not None and h.gw.mqtt is not None
-    gw, bridge = h.gw, h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    await eventually(up, "the bridge to connect")
+    bridge = await connected_bridge(h)
+    gw = bridge.gw
 
     async def database_away(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionRefusedError("the database is away")
 
     monkeypatch.setattr(gw.planning, "upsert_grid_event", database_away)
-    failed, invalid = _apply_failed("grid_events"), _invalid("grid_events")
+    failed, invalid = apply_failed_count("grid_events"), invalid_count("grid_events")
     now = gw.clock.now()
     await publish(mqtt_url, f"{prefix}/in/grid_events",
                   json.dumps({"id": "db-1", "start": _z(now + timedelta(hours=1)),
                               "end": _z(now + timedelta(hours=2)), "kind": "import_cap", "cap_kw": 30.0}))
 
     async def counted() -> bool:
-        return _apply_failed("grid_events") > failed or _invalid("grid_events") > invalid
+        return apply_failed_count("grid_events") > failed or invalid_count("grid_events") > invalid
 
     await eventually(counted, "the failed write to be counted")
-    assert _apply_failed("grid_events") == failed + 1
-    assert _invalid("grid_events") == invalid, "a database failure was counted as a bad message"
+    assert apply_failed_count("grid_events") == failed + 1
+    assert invalid_count("grid_events") == invalid, "a database failure was counted as a bad message"
     assert "db-1" not in gw.state.grid_events

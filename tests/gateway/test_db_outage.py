@@ -5,20 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
-
 from tests.conftest import EVENT_TIMEOUT_S
 from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
 from tests.ocpp_client import RawStation
-from tests.tcp_proxy import proxied_database_url
-
-
-@pytest.fixture
-async def proxy_and_url(clean_db: str) -> Any:
-    proxy, url_for = proxied_database_url(clean_db)
-    port = await proxy.start()
-    yield proxy, url_for(port)
-    await proxy.close()
 
 
 async def test_postgres_outage_withholds_replies_and_recovers(

@@ -16,7 +16,6 @@ from gateway.db.transactions import Recorded
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
 from tests.ocpp_client import RawStation
-from tests.tcp_proxy import proxied_database_url
 
 EPOCH_MS = 1_735_725_600_000  # a vendor's epoch-milliseconds: past 32 bits
 
@@ -69,14 +68,6 @@ async def test_vendor_data_may_hold_numbers_past_32_bits(gateway_server: Gateway
 
 
 # --- 2: the idToken lookup is part of what is withheld during an outage (D5) ---
-
-
-@pytest.fixture
-async def proxy_and_url(clean_db: str) -> Any:
-    proxy, url_for = proxied_database_url(clean_db)
-    port = await proxy.start()
-    yield proxy, url_for(port)
-    await proxy.close()
 
 
 async def test_token_lookup_during_an_outage_withholds_the_reply(
