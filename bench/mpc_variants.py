@@ -6,7 +6,7 @@
         [--need-quantile Q] [--plan-penalty P] [--oracle-needs] [--oracle-building] [--exact] [--list-short]
         [--iso15118-share F] [--oracle-arrival-counts] [--building-forecast learned|ems|oracle]
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
-        [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F]
+        [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F] [--urgency-spread S]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
@@ -65,6 +65,9 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   history of announcement errors (``slots.ANNOUNCED_MARGIN``, 90 minutes).
 - ``--reveal-at F``: how far to the earliest possible departure a guessed need is wanted
   (``slots.REVEAL_AT``, 2/3).
+- ``--urgency-spread S``: how much more the EV that may leave first prefers early charging than
+  the last one does (``problem.URGENCY_SPREAD``, 0.1; 0: EVs sharing a limit are a tie), for the
+  MPC and the optimum alike.
 - ``grid_steps_p50_p95_max`` in the output: the steps of the MPC's planning grids (its LP's
   size; grid events' edges and, with ``--exact``, firm departures add to the plain grid's).
 - ``--list-short``: one more JSON line per EV the MPC left short (stay, announcement error, need).
@@ -87,7 +90,7 @@ import numpy as np
 from benchlib import episode_parser
 
 from gateway import sitetime
-from gateway.scheduler import arrivals, building, departure_points, forecast, policies, slots
+from gateway.scheduler import arrivals, building, departure_points, forecast, policies, problem, slots
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.policies import Context, Mpc
@@ -383,6 +386,8 @@ def print_days(runs: list[Any]) -> None:
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
+    ap.add_argument("--urgency-spread", type=float, default=None,
+                    help="problem.URGENCY_SPREAD for the run (0: no tie-break between EVs sharing a limit)")
     ap.add_argument("--reveal-at", type=float, default=None,
                     help="share of the way to the earliest departure a guessed need is wanted by")
     ap.add_argument("--medium-hours", type=float, default=None,
@@ -442,6 +447,8 @@ def main() -> None:
         use_reveal_weight(a.reveal_weight)
     if a.reveal_at is not None:
         slots.REVEAL_AT = a.reveal_at  # type: ignore[misc]
+    if a.urgency_spread is not None:
+        problem.URGENCY_SPREAD = a.urgency_spread
     if a.medium_hours is not None:
         policies.make_grid = functools.partial(policies.make_grid, medium_span_s=a.medium_hours * 3600.0)  # type: ignore[assignment]
     if a.new_site_margin is not None:
@@ -494,6 +501,7 @@ def main() -> None:
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
                       "charge_bias": a.charge_bias, "coarse_step_s": a.coarse_step, "medium_hours": a.medium_hours,
                       "new_site_margin_min": a.new_site_margin, "reveal_at": a.reveal_at,
+                      "urgency_spread": a.urgency_spread,
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread,
