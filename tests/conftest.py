@@ -180,6 +180,20 @@ async def gateway_server(clean_db: str) -> AsyncIterator[GatewayHarness]:
         await h.stop()
 
 
+STATION_PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture
+async def station(gateway_server: GatewayHarness) -> AsyncIterator[Any]:
+    """A registered station "CS-1" connected to ``gateway_server`` with Basic auth (a RawStation)."""
+    from tests.ocpp_client import RawStation
+
+    await gateway_server.add_station("CS-1", STATION_PASSWORD)
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-1", STATION_PASSWORD)
+    yield st
+    await st.close()
+
+
 @pytest.fixture
 async def gateway_factory(clean_db: str) -> AsyncIterator[Any]:
     """Build gateways with custom settings: ``h = await gateway_factory(scheduler_enabled=True)``."""

@@ -183,10 +183,21 @@ def apply_failed_count(name: str) -> float:
 async def connected_bridge(h: GatewayHarness) -> Any:
     """The gateway's MQTT bridge, once it is connected to the broker."""
     assert h.gw is not None and h.gw.mqtt is not None
-    bridge = h.gw.mqtt
+    await bridge_up(h.gw.mqtt)
+    return h.gw.mqtt
 
+
+async def bridge_up(bridge: Any) -> None:
+    """Until ``bridge`` is connected to its broker."""
     async def up() -> bool:
         return bool(bridge.connected)
 
-    await eventually(up, "the bridge to connect")
-    return bridge
+    await eventually(up, "the bridge to (re)connect")
+
+
+async def bridge_down(bridge: Any) -> None:
+    """Until ``bridge`` has noticed its broker is gone."""
+    async def down() -> bool:
+        return not bridge.connected
+
+    await eventually(down, "the bridge to notice the broker is gone")

@@ -13,8 +13,8 @@ from gateway import events as ev
 from gateway import metrics
 from gateway.clock import to_rfc3339
 from gateway.domain import GridEventKind
-from tests.api.conftest import PluggedStation, eventually, plug_in
-from tests.bus.conftest import publish, recording
+from tests.api.conftest import PluggedStation, plug_in
+from tests.bus.conftest import connected_bridge, publish, recording
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 
 
@@ -28,13 +28,7 @@ async def test_published_topics_reach_a_subscriber(gateway_factory: Any, mqtt_ur
     h: GatewayHarness = await gateway_factory(
         mqtt_url=mqtt_url, mqtt_topic_prefix=prefix, scheduler_enabled=True, replan_debounce_s=0.2
     )
-    assert h.gw is not None and h.gw.mqtt is not None
-    bridge = h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    await eventually(up, "the bridge to connect")
+    await connected_bridge(h)
     assert metrics.REGISTRY.get_sample_value("gateway_mqtt_connected") == 1.0
     async with recording(mqtt_url, prefix) as rec:
         st = await plug_in(h, "CS-MQ1", "tx-mq1", "TOKEN-MQ1")
@@ -82,14 +76,8 @@ async def test_inputs_update_state_and_trigger_replans(
     database_url: str,
 ) -> None:
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    gw = h.gw
-    assert gw is not None and gw.mqtt is not None
-    bridge = gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    await eventually(up, "the bridge to connect")
+    bridge = await connected_bridge(h)
+    gw = bridge.gw
     changes = gw.bus.subscribe(ev.SiteInputsChanged)
 
     async def next_change() -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway import metrics
 from tests.api.conftest import eventually, plug_in
-from tests.bus.conftest import Mosquitto, recording
+from tests.bus.conftest import Mosquitto, bridge_down, bridge_up, recording
 from tests.conftest import GatewayHarness
 
 BUFFER_MAX = 5
@@ -30,17 +30,11 @@ async def test_broker_outage_buffers_drops_and_reconnects(
     bridge = h.gw.mqtt
     assert bridge.buffer_max == BUFFER_MAX
 
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    async def down() -> bool:
-        return not bridge.connected
-
-    await eventually(up, "the bridge to connect")
+    await bridge_up(bridge)
     connects = bridge.connects
 
     await private_broker.kill()
-    await eventually(down, "the bridge to notice the broker is gone")
+    await bridge_down(bridge)
     assert metrics.REGISTRY.get_sample_value("gateway_mqtt_connected") == 0.0
 
     # The OCPP path is unaffected: every CALL is answered at once while MQTT is down.
@@ -64,7 +58,7 @@ async def test_broker_outage_buffers_drops_and_reconnects(
     assert bridge.dropped >= 10  # 20+ messages (meter + site power per update) into 5 places
 
     await private_broker.start()  # same port
-    await eventually(up, "the bridge to reconnect by itself")
+    await bridge_up(bridge)  # by itself
     assert bridge.connects == connects + 1
 
     async def drained() -> bool:

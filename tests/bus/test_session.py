@@ -15,7 +15,7 @@ import pytest
 
 from gateway.clock import to_rfc3339
 from tests.api.conftest import eventually
-from tests.bus.conftest import publish, retained_cleared
+from tests.bus.conftest import bridge_down, bridge_up, connected_bridge, publish, retained_cleared
 from tests.conftest import GatewayHarness
 from tests.tcp_proxy import TcpProxy
 
@@ -29,27 +29,25 @@ async def broker_proxy(mqtt_url: str) -> AsyncIterator[TcpProxy]:
     await proxy.close()
 
 
+async def _bridge_behind(gateway_factory: Any, prefix: str, proxy: TcpProxy) -> tuple[Any, Any]:
+    """A gateway whose bridge reaches the broker through ``proxy`` (quick to reconnect), once
+    connected: (gateway, bridge)."""
+    h: GatewayHarness = await gateway_factory(
+        mqtt_url=f"mqtt://127.0.0.1:{proxy.port}", mqtt_topic_prefix=prefix,
+        mqtt_reconnect_min_s=0.2, mqtt_reconnect_max_s=1.0,
+    )
+    bridge = await connected_bridge(h)
+    return bridge.gw, bridge
+
+
 async def test_qos1_input_published_during_a_link_outage_is_delivered(
     gateway_factory: Any, mqtt_url: str, prefix: str, broker_proxy: TcpProxy
 ) -> None:
-    h: GatewayHarness = await gateway_factory(
-        mqtt_url=f"mqtt://127.0.0.1:{broker_proxy.port}", mqtt_topic_prefix=prefix,
-        mqtt_reconnect_min_s=0.2, mqtt_reconnect_max_s=1.0,
-    )
-    assert h.gw is not None and h.gw.mqtt is not None
-    gw, bridge = h.gw, h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    async def down() -> bool:
-        return not bridge.connected
-
-    await eventually(up, "the bridge to connect")
+    gw, bridge = await _bridge_behind(gateway_factory, prefix, broker_proxy)
     client_id = bridge._client_id
 
     await broker_proxy.cut()
-    await eventually(down, "the bridge to notice the link is gone")
+    await bridge_down(bridge)
 
     now = gw.clock.now()
     event = {"id": "gap-1", "start": now.isoformat(), "end": (now + timedelta(hours=2)).isoformat(),
@@ -59,7 +57,7 @@ async def test_qos1_input_published_during_a_link_outage_is_delivered(
     await publish(mqtt_url, f"{prefix}/in/grid_events", json.dumps(event))
 
     await broker_proxy.restore()
-    await eventually(up, "the bridge to reconnect")
+    await bridge_up(bridge)
     assert bridge._client_id == client_id  # the session is found by this identifier
 
     async def delivered() -> bool:
@@ -73,25 +71,12 @@ async def test_a_resumed_session_does_not_replay_retained_inputs(
     gateway_factory: Any, mqtt_url: str, prefix: str, broker_proxy: TcpProxy
 ) -> None:
     topic = f"{prefix}/in/building_load"
-    h: GatewayHarness = await gateway_factory(
-        mqtt_url=f"mqtt://127.0.0.1:{broker_proxy.port}", mqtt_topic_prefix=prefix,
-        mqtt_reconnect_min_s=0.2, mqtt_reconnect_max_s=1.0,
-    )
-    assert h.gw is not None and h.gw.mqtt is not None
-    gw, bridge = h.gw, h.gw.mqtt
-
-    async def up() -> bool:
-        return bool(bridge.connected)
-
-    async def down() -> bool:
-        return not bridge.connected
-
+    gw, bridge = await _bridge_behind(gateway_factory, prefix, broker_proxy)
     def applied(kw: float) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
             return gw.state.building_load_kw == kw
         return check
 
-    await eventually(up, "the bridge to connect")
     now = gw.clock.now()
     async with retained_cleared(mqtt_url, topic):
         old = json.dumps({"power_kw": 12.0, "ts": to_rfc3339(now - timedelta(minutes=2))})
@@ -110,9 +95,9 @@ async def test_a_resumed_session_does_not_replay_retained_inputs(
 
         bridge.handle_input = spy
         await broker_proxy.cut()
-        await eventually(down, "the bridge to notice the link is gone")
+        await bridge_down(bridge)
         await broker_proxy.restore()
-        await eventually(up, "the bridge to reconnect")
+        await bridge_up(bridge)
         # Inputs are handled one after the other, in order: a replay of the retained reading
         # (sent by the broker on the resubscribe, so before this marker) has been handled by the
         # time the marker is applied.

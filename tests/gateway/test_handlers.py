@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,10 +12,10 @@ import pytest
 
 from gateway.clock import ManualClock, parse_rfc3339
 from gateway.ocpp.handlers import NO_PKI
-from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+from tests.conftest import EVENT_TIMEOUT_S, STATION_PASSWORD, GatewayHarness
 from tests.ocpp_client import RawStation
 
-PASSWORD = "correct-horse-battery"
+PASSWORD = STATION_PASSWORD  # what the shared ``station`` fixture logs in with
 T0 = "2026-07-01T08:00:00.000Z"
 
 
@@ -52,14 +52,6 @@ def energy(wh: float, ts: str = T0, power_w: float | None = None, soc: float | N
     if soc is not None:
         sv.append({"value": soc, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}})
     return [{"timestamp": ts, "sampledValue": sv}]
-
-
-@pytest.fixture
-async def station(gateway_server: GatewayHarness) -> AsyncIterator[RawStation]:
-    await gateway_server.add_station("CS-1", PASSWORD)
-    st = await RawStation.connect(gateway_server.ocpp_url, "CS-1", PASSWORD)
-    yield st
-    await st.close()
 
 
 async def test_boot_accepted_with_interval_and_stored(gateway_server: GatewayHarness, station: RawStation) -> None:

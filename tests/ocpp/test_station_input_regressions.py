@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
-
-import pytest
 
 from gateway import events as ev
 from gateway import metrics
@@ -23,14 +20,6 @@ def _nested(message_id: str, depth: int) -> str:
     """A DataTransfer CALL whose data is ``depth`` nested arrays around 1."""
     return '[2,"' + message_id + '","DataTransfer",{"vendorId":"v","data":' + "[" * depth + "1" + "]" * depth + "}]"
 
-
-
-@pytest.fixture
-async def station(gateway_server: GatewayHarness) -> AsyncIterator[RawStation]:
-    await gateway_server.add_station("CS-R", PASSWORD)
-    st = await RawStation.connect(gateway_server.ocpp_url, "CS-R", PASSWORD)
-    yield st
-    await st.close()
 
 
 async def _reply_by_id_or_unreadable(st: RawStation, frame: str, mid: str) -> list[Any]:
