@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import IntEnum
 from typing import Any
 
 from gateway.clock import to_rfc3339
@@ -99,9 +100,11 @@ def build_profile(
     power_kw: Sequence[float], max_charge_kw: float, max_discharge_kw: float, bidirectional: bool,
     dialect: DischargeDialect, stack_level: int, max_periods: int, rise_delay_s: float = 0.0,
 ) -> TxProfile:
-    """``rise_delay_s``: a period that raises the limit starts this much later than planned (never
-    past the next period's start), one that lowers it on time, so that EVSEs trading power at a
-    boundary never both draw the larger share while their stations switch a little apart."""
+    """``rise_delay_s``: a period that moves the limit away from zero (more import or more export)
+    starts this much later than planned (never past the next period's start), one that moves it
+    towards zero on time, and one that turns charge into discharge or back goes to 0 on time and
+    to its limit late: EVSEs trading power at a boundary, either way, never both take the larger
+    share while their stations switch a little apart (see ``move``)."""
     can_discharge = bidirectional and dialect == DischargeDialect.NEGATIVE_LIMIT
     floor_w = -max_discharge_kw * 1000.0 if can_discharge else 0.0
     periods: list[Period] = []
@@ -130,16 +133,42 @@ def build_profile(
                      stack_level, tuple(periods), end)
 
 
+class Move(IntEnum):
+    """How a limit changes, in the order a site's changes are safe to make (``_push`` in
+    gateway/scheduler/mpc.py sends them in this order, each after the one before has landed).
+
+    Site import is the sum of the positive limits, export of the negative ones. While only
+    TOWARD_ZERO changes are in flight every EVSE is between its old limit and 0; then FLIPs
+    (charge <-> discharge) can only add import or export that the new plan has and take away
+    what the old one had; AWAY_FROM_ZERO changes last, when every EVSE is between 0 and its new
+    limit. So no moment in between passes either the old plan's or the new plan's site total.
+    """
+    TOWARD_ZERO = 0
+    FLIP = 1
+    AWAY_FROM_ZERO = 2
+
+
+def move(before_w: float, after_w: float) -> Move:
+    if before_w * after_w < 0:
+        return Move.FLIP
+    if abs(after_w) <= abs(before_w):
+        return Move.TOWARD_ZERO
+    return Move.AWAY_FROM_ZERO
+
+
 def _delay_rises(periods: list[Period], end: datetime, delay_s: float) -> list[Period]:
     first = periods[0].start
     out = [periods[0]]
     for i, p in enumerate(periods[1:], start=1):
-        if p.limit_w > periods[i - 1].limit_w:
+        kind = move(periods[i - 1].limit_w, p.limit_w)
+        if kind != Move.TOWARD_ZERO:
             nxt = periods[i + 1].start if i + 1 < len(periods) else end
             later = min(p.start + timedelta(seconds=delay_s), nxt - timedelta(seconds=1))
-            # Whole-second offsets must keep increasing (K01.FR.35): else the rise stays on time.
-            after_last = round((later - first).total_seconds()) > round((out[-1].start - first).total_seconds())
+            # Whole-second offsets must keep increasing (K01.FR.35): else the change stays on time.
+            after_last = round((later - first).total_seconds()) > round((p.start - first).total_seconds())
             if after_last and later > p.start:
+                if kind == Move.FLIP:
+                    out.append(Period(p.start, 0.0))  # the old direction stops on time
                 p = Period(later, p.limit_w)
         out.append(p)
     return out

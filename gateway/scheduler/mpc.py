@@ -649,9 +649,8 @@ class MpcScheduler:
                     plan_id: int | None) -> tuple[int, int]:
         by_key = {(s.station_id, s.evse_id): s for s in plan.sessions}
         sem = asyncio.Semaphore(self.settings.profile_push_concurrency)
-        down: list[profiles.TxProfile] = []
-        lowering: list[bool] = []
-        up: list[profiles.TxProfile] = []
+        # By how each EVSE's limit in force changes (profiles.Move), and whether it changes at all.
+        phases: list[list[tuple[profiles.TxProfile, bool]]] = [[] for _ in profiles.Move]
         default_w = 1000.0 * self._default_kw()
         for meta in metas:
             ps = by_key.get(meta.key)
@@ -676,23 +675,25 @@ class MpcScheduler:
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
             old_now = old.limit_at(now) if old is not None else None
             before_w = old_now if old_now is not None else default_w
-            if prof.periods[0].limit_w <= before_w:
-                down.append(prof)
-                lowering.append(prof.periods[0].limit_w < before_w)
-            else:
-                up.append(prof)
-        # Lower limits first, higher ones after they are in force: while profiles travel, the
-        # sum of what stations may draw never passes the plan's site total.
-        results = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in down)))
-        stuck = [r for low, r in zip(lowering, results, strict=True) if low and r not in ("Accepted", "TxNotFound")]
-        if stuck and up:
-            # A station still runs a higher limit than planned: raising the others now could pass
-            # the site limit. They keep theirs; the re-plan counts that station at its old limit.
-            log.warning("%d lower limit(s) did not land (%s): %d raised limits held back until the re-plan",
-                        len(stuck), ", ".join(sorted(set(stuck))), len(up))
-            self.request_replan("profile not lowered")
-        else:
-            results += await asyncio.gather(*(self._send(sem, p, plan_id, now) for p in up))
+            after_w = prof.periods[0].limit_w
+            phases[profiles.move(before_w, after_w)].append((prof, after_w != before_w))
+        # Limits going towards zero first, then charge <-> discharge, then away from zero, each
+        # after the one before is in force: while profiles travel, neither the site's import nor
+        # its export passes the old plan's or the new plan's (profiles.Move).
+        results: list[str] = []
+        for i, phase in enumerate(phases):
+            got = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p, _ in phase)))
+            results += got
+            stuck = [r for (_, changed), r in zip(phase, got, strict=True)
+                     if changed and r not in ("Accepted", "TxNotFound")]
+            held = sum(len(later) for later in phases[i + 1:])
+            if stuck and held:
+                # A station still runs its old limit: making the later moves now could pass the
+                # site limit. They keep theirs; the re-plan counts that station at its old limit.
+                log.warning("%d limit change(s) did not land (%s): %d later change(s) held back until the re-plan",
+                            len(stuck), ", ".join(sorted(set(stuck))), held)
+                self.request_replan("profile not lowered")
+                break
         sent = sum(1 for r in results if r == "Accepted")
         return sent, len(results) - sent
 

@@ -307,6 +307,72 @@ async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_fac
     await b.close()
 
 
+async def test_more_export_waits_until_less_export_has_landed(gateway_factory: Any) -> None:
+    """A discharge handed from one EVSE to another: the new discharger starts only once the old
+    one has stopped, and a charger turning into a discharger waits too (profiles.Move)."""
+    from dataclasses import replace
+
+    from gateway.config import SiteConfig
+    from gateway.domain import DischargeDialect, PlannedSession
+    from gateway.ocpp import profiles
+    from gateway.scheduler import live_inputs
+
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=3600.0, replan_period_s=3600.0,
+                              site=SiteConfig(import_limit_kw=20.0, export_limit_kw=10.0, demand_charge_per_kw=0.0))
+    sched = h.gw.scheduler
+    assert sched is not None
+    stations = {sid: await plug_in(h, sid) for sid in ("CS-D1", "CS-D2", "CS-D3")}
+    outcome = await sched.replan("test")
+    assert outcome is not None
+    plan, now = outcome.plan, h.gw.clock.now()
+    _, _, metas = live_inputs.build(h.gw.state, now, h.gw.settings, {})
+
+    def flat(station: str, kw: float) -> PlannedSession:
+        return PlannedSession(station, 1, f"TX-{station}", tuple([kw] * len(plan.starts)))
+
+    def running(kws: dict[str, float]) -> None:
+        for station, kw in kws.items():
+            ps = flat(station, kw)
+            sched._note_accepted((station, 1), profiles.build_profile(
+                station_id=station, evse_id=1, transaction_id=ps.transaction_id, starts=plan.starts,
+                end=plan.end, power_kw=ps.power_kw, max_charge_kw=11.0, max_discharge_kw=11.0,
+                bidirectional=True, dialect=DischargeDialect.NEGATIVE_LIMIT,
+                stack_level=sched.settings.profile_stack_level,
+                max_periods=sched.settings.max_profile_periods), now)
+
+    # D1 exports 10 kW (the site's whole export limit), D2 charges 5, D3 idles. The new plan hands
+    # the export to D2 (a flip) and gives D3 charge: D1 refuses to stop, so neither may follow.
+    running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
+    new_plan = replace(plan, sessions=(flat("CS-D1", 0.0), flat("CS-D2", -10.0), flat("CS-D3", 5.0)))
+    sinks = {sid: sink for sid, (_, sink) in stations.items()}
+    seen = {sid: len(sink.profiles) for sid, sink in sinks.items()}
+    sinks["CS-D1"].status = "Rejected"
+    sent, failed = await sched._push(now, new_plan, metas, None)
+    assert (sent, failed) == (0, 1)
+    assert len(sinks["CS-D2"].profiles) == seen["CS-D2"]  # still charging: its export waits
+    assert len(sinks["CS-D3"].profiles) == seen["CS-D3"]
+
+    # D1 stops as asked: D2's flip goes next, and D3's rise only once the flip has landed.
+    sinks["CS-D1"].status = "Accepted"
+    sched._rejected.clear()
+    running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
+    sinks["CS-D2"].status = "Rejected"
+    seen = {sid: len(sink.profiles) for sid, sink in sinks.items()}
+    sent, failed = await sched._push(now, new_plan, metas, None)
+    assert (sent, failed) == (1, 1)
+    assert len(sinks["CS-D1"].profiles) == seen["CS-D1"] + 1
+    assert len(sinks["CS-D3"].profiles) == seen["CS-D3"]  # D2 still charges 5: D3 may not add 5
+
+    # All accepted: every change lands, the three moves in turn.
+    sinks["CS-D2"].status = "Accepted"
+    sched._rejected.clear()
+    running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
+    sent, failed = await sched._push(now, new_plan, metas, None)
+    assert (sent, failed) == (3, 0)
+    for st, _ in stations.values():
+        await st.close()
+
+
 async def _at_least(sink: ProfileSink, n: int) -> bool:
     return len(sink.profiles) >= n
 

@@ -86,17 +86,25 @@ def test_periods_a_fraction_of_a_second_apart_never_share_a_start_period() -> No
     assert [x["startPeriod"] for x in sched] == [0] + [o + profiles.CLOCK_SKEW_ALLOWANCE_S for o in offsets[1:]]
 
 
-def test_a_raised_limit_starts_late_and_a_lowered_one_on_time() -> None:
+def test_a_limit_moving_away_from_zero_starts_late_and_one_moving_towards_it_on_time() -> None:
     t = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
     starts = [t + timedelta(minutes=5 * i) for i in range(5)]
     p = profiles.build_profile(
         station_id="CS", evse_id=1, transaction_id="TX", starts=starts, end=t + timedelta(minutes=25),
         power_kw=[9.0, 4.0, 6.0, -3.0, 0.0], max_charge_kw=11.0, max_discharge_kw=7.0, bidirectional=True,
         dialect=DischargeDialect.NEGATIVE_LIMIT, stack_level=1, max_periods=10, rise_delay_s=60.0)
-    # Falls (9 -> 4, 6 -> -3 kW) at the boundary; rises (4 -> 6, -3 -> 0 kW) a minute after it.
+    # Towards zero (9 -> 4, -3 -> 0 kW) at the boundary; away from it (4 -> 6) a minute after;
+    # charge to discharge (6 -> -3) stops charging at the boundary and discharges a minute after.
     assert [(q.start - t, q.limit_w) for q in p.periods] == [
         (timedelta(0), 9000.0), (timedelta(minutes=5), 4000.0), (timedelta(minutes=11), 6000.0),
-        (timedelta(minutes=15), -3000.0), (timedelta(minutes=21), 0.0)]
+        (timedelta(minutes=15), 0.0), (timedelta(minutes=16), -3000.0), (timedelta(minutes=20), 0.0)]
+    # More discharge is a move away from zero too: late; less discharge on time.
+    d = profiles.build_profile(
+        station_id="CS", evse_id=1, transaction_id="TX", starts=starts[:3], end=t + timedelta(minutes=15),
+        power_kw=[-2.0, -6.0, -1.0], max_charge_kw=11.0, max_discharge_kw=7.0, bidirectional=True,
+        dialect=DischargeDialect.NEGATIVE_LIMIT, stack_level=1, max_periods=10, rise_delay_s=60.0)
+    assert [(q.start - t, q.limit_w) for q in d.periods] == [
+        (timedelta(0), -2000.0), (timedelta(minutes=6), -6000.0), (timedelta(minutes=10), -1000.0)]
     # A rise never passes the next period's start (here a 30-second step).
     short = profiles.build_profile(
         station_id="CS", evse_id=1, transaction_id="TX", starts=[t, t + timedelta(seconds=300),
@@ -104,3 +112,15 @@ def test_a_raised_limit_starts_late_and_a_lowered_one_on_time() -> None:
         end=t + timedelta(minutes=10), power_kw=[2.0, 5.0, 1.0], max_charge_kw=11.0, max_discharge_kw=0.0,
         bidirectional=False, dialect=DischargeDialect.NONE, stack_level=1, max_periods=10, rise_delay_s=60.0)
     assert [(q.start - t).total_seconds() for q in short.periods] == [0.0, 329.0, 330.0]
+
+
+def test_a_change_of_limit_is_classed_by_where_it_moves_the_site_total() -> None:
+    Move = profiles.Move
+    assert profiles.move(9000.0, 4000.0) == Move.TOWARD_ZERO
+    assert profiles.move(-6000.0, -2000.0) == Move.TOWARD_ZERO  # less export
+    assert profiles.move(-6000.0, 0.0) == Move.TOWARD_ZERO
+    assert profiles.move(3000.0, 3000.0) == Move.TOWARD_ZERO  # unchanged: never waits
+    assert profiles.move(0.0, -4000.0) == Move.AWAY_FROM_ZERO  # more export
+    assert profiles.move(4000.0, 6000.0) == Move.AWAY_FROM_ZERO
+    assert profiles.move(-3000.0, 5000.0) == Move.FLIP
+    assert profiles.move(5000.0, -3000.0) == Move.FLIP
