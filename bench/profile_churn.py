@@ -45,8 +45,8 @@ def main() -> int:
         spec = EvseSpec(f"CS-{i}", 1, max_charge_kw=11.0)
         state.evses[spec.key] = EvseState(spec, online=True)
         state.apply(ev.SessionStarted(now, spec.station_id, 1, f"TX-{i}", None))
-        state.set_preferences(f"TX-{i}", Preferences(departure_time=now + timedelta(hours=3 * (i + 1)),
-                                                     energy_kwh=20.0 + 10.0 * i))
+        state.set_preferences(spec.station_id, f"TX-{i}", Preferences(
+            departure_time=now + timedelta(hours=3 * (i + 1)), energy_kwh=20.0 + 10.0 * i))
         keys.append(spec.key)
     planner = Planner()
     sent: dict[tuple[str, int], profiles.TxProfile] = {}

@@ -153,9 +153,11 @@ class Gateway:
                                  tx.energy_in_kwh, tx.energy_out_kwh, soc=tx.soc_fraction,
                                  power_kw=tx.power_kw or 0.0, charging_state=tx.charging_state)
             self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
-            needs = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
-            if needs is not None:
-                st.session.needs = needs
+            stored = await self.planning.latest_needs_row(tx.station_id, tx.evse_id, tx.started_at)
+            if stored is not None:
+                # Counted from where the EV declared them (0 for rows stored before migration 0006).
+                self.state.set_needs(tx.station_id, tx.evse_id, stored.needs,
+                                     baseline_kwh=stored.baseline_kwh if stored.baseline_kwh is not None else 0.0)
             prefs = await self.planning.preferences(tx.station_id, tx.transaction_id)
             if prefs is not None:
                 st.session.preferences = prefs

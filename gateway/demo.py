@@ -33,6 +33,7 @@ from gateway.config import Settings, SiteConfig, TouPeriodConfig
 from gateway.db import migrate
 from gateway.db.admin import register_stations
 from gateway.db.embedded import embedded_postgres
+from gateway.domain import TxKey
 from gateway.episode import Episode
 from gateway.logs import setup_logging
 from gateway.scheduler.slots import SlotRules, announcement_margin
@@ -71,7 +72,7 @@ class Belief:
 class Beliefs:
     """Per transaction id, what the gateway believed (sampled every STEP_S)."""
 
-    by_tx: dict[str, Belief] = field(default_factory=dict)
+    by_tx: dict[TxKey, Belief] = field(default_factory=dict)
     _last: datetime | None = None
 
     def sample(self, gw: Gateway, now: datetime) -> None:
@@ -82,14 +83,14 @@ class Beliefs:
         margin = SlotRules().announced_margin
         if gw.scheduler is not None:
             margin = announcement_margin(gw.scheduler.forecaster, gw.settings.site.name)
-        live: set[str] = set()
+        live: set[TxKey] = set()
         for s in state.sessions():
-            tx = s.transaction_id
+            tx = s.tx_key
             live.add(tx)
             b = self.by_tx.get(tx)
             if b is None:
                 b = self.by_tx[tx] = Belief(seen_at=now)
-            if b.planned_at is None and gw.scheduler is not None and gw.scheduler.session_plan(tx) is not None:
+            if b.planned_at is None and gw.scheduler is not None and gw.scheduler.session_plan(*tx) is not None:
                 b.planned_at = now
             r = state.resolve(s)
             b.departure, b.departure_source = r.departure, r.departure_source
@@ -354,7 +355,7 @@ def ev_breakdown(episode: Episode, summary: dict[str, Any], beliefs: Beliefs) ->
     rows = []
     for e in summary.get("evs", []):
         a = arrivals[e["id"]]
-        b = beliefs.by_tx.get(e["transaction_id"])
+        b = beliefs.by_tx.get((e["station_id"], e["transaction_id"]))
         departed = parse_rfc3339(e["departed_at"])
         requested, delivered = e["energy_requested_kwh"], e["energy_delivered_kwh"]
         short = max(requested - delivered, 0.0)

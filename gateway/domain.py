@@ -12,6 +12,10 @@ from datetime import datetime
 
 from gateway import sitetime
 
+# A session's identity: a transactionId is unique only at its station (OCPP 2.0.1 leaves its form
+# to the station; some count 1, 2, 3...), so everything kept per session is keyed by both.
+TxKey = tuple[str, str]
+
 
 class DischargeDialect(enum.StrEnum):
     """How a station accepts a discharge command (see gateway/ocpp/profiles.py)."""
@@ -140,10 +144,17 @@ class Session:
     preferences: Preferences = field(default_factory=Preferences)
     # The station's last TransactionEvent chargingState (OCPP 2.0.1 ChargingStateEnumType).
     charging_state: str | None = None
+    # Energy into the battery when the EV declared its needs: their "energy_kwh more" counts from
+    # there (ISO 15118 EnergyAmount is what is still wanted when it is sent).
+    needs_baseline_kwh: float = 0.0
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.station_id, self.evse_id)
+
+    @property
+    def tx_key(self) -> TxKey:
+        return (self.station_id, self.transaction_id)
 
     def stored_kwh(self, efficiency: float) -> float:
         """Energy into the battery since plug-in, from the EVSE meter: what goes in loses

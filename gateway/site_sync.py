@@ -65,15 +65,26 @@ class SiteSync:
     async def apply(self, event: ev.Event) -> None:
         state = self._gw.state
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
-            needs = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
-            if needs is not None:
-                state.set_needs(event.station_id, event.evse_id, needs)
+            row = await self._gw.planning.latest_needs_row(event.station_id, event.evse_id, None)
+            if row is not None:
+                # Another node (or an earlier pass) may have fixed the point already: the same for all.
+                base = state.set_needs(event.station_id, event.evse_id, row.needs, row.baseline_kwh)
+                if base is not None and row.baseline_kwh is None:
+                    await self._store_baseline(row.id, base)
         replan = state.apply(event)
         self.applied += 1
         if state.demand.unsaved and (self._peak_write is None or self._peak_write.done()):
             self._peak_write = asyncio.create_task(self._store_peak(), name="billing-peak")
         for listener in self.listeners:
             listener(event, replan)
+
+    async def _store_baseline(self, row_id: int, kwh: float) -> None:
+        """Kept with the needs, so a restarted gateway counts their energy from the same point."""
+        try:
+            await self._gw.planning.set_needs_baseline(row_id, kwh)
+        except Exception as exc:
+            # The live plan has it; only a restart before the next needs would count from 0.
+            log.warning("needs baseline not stored: %s", exc)
 
     async def _store_peak(self) -> None:
         """Keep the billing period's new peak in Postgres (in the background: a reading is never

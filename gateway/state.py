@@ -83,9 +83,6 @@ class SiteState:
     price_overrides: list[tuple[datetime, datetime, float, float]] = field(default_factory=list)
     # The billing period's peak demand so far (average import over demand intervals).
     demand: DemandMeter = field(default_factory=DemandMeter)
-    # Energy into each EV counted at the moment its needs were declared, so "energy_kwh more"
-    # from NotifyEVChargingNeeds is measured from then on.
-    needs_baseline_kwh: dict[str, float] = field(default_factory=dict)
     # Sessions that ended, oldest first, until the scheduler takes them (``take_completed``).
     completed: deque[CompletedSession] = field(default_factory=lambda: deque(maxlen=COMPLETED_KEPT))
     # The scheduler's forecaster once it runs: what the API shows as a forecast is then what the
@@ -110,9 +107,10 @@ class SiteState:
     def sessions(self) -> list[Session]:
         return [e.session for e in self.evses.values() if e.session is not None]
 
-    def session_by_tx(self, transaction_id: str) -> Session | None:
+    def session_by_tx(self, station_id: str, transaction_id: str) -> Session | None:
+        """A transactionId is only unique at its station (a station may count 1, 2, 3...)."""
         for s in self.sessions():
-            if s.transaction_id == transaction_id:
+            if s.transaction_id == transaction_id and s.station_id == station_id:
                 return s
         return None
 
@@ -152,7 +150,6 @@ class SiteState:
             st = self.evse(event.station_id, event.evse_id)
             if st.session is not None and st.session.transaction_id == event.transaction_id:
                 self.completed.append(self.completion(st, st.session, event.ended_at or event.at))
-                self.needs_baseline_kwh.pop(event.transaction_id, None)
                 st.session = None
                 self.track_peak(event.at)
                 return True
@@ -184,14 +181,19 @@ class SiteState:
         self.completed.clear()
         return out
 
-    def set_needs(self, station_id: str, evse_id: int, needs: EvNeeds) -> None:
+    def set_needs(self, station_id: str, evse_id: int, needs: EvNeeds,
+                  baseline_kwh: float | None = None) -> float | None:
+        """The EV's newest needs; their energy counts from ``baseline_kwh`` (default: the energy
+        in it now, i.e. they have just arrived). Returns the baseline, None without a session."""
         s = self.evse(station_id, evse_id).session
-        if s is not None:
-            s.needs = needs
-            self.needs_baseline_kwh[s.transaction_id] = s.stored_kwh(self.settings.ev_efficiency)
+        if s is None:
+            return None
+        s.needs = needs
+        s.needs_baseline_kwh = s.stored_kwh(self.settings.ev_efficiency) if baseline_kwh is None else baseline_kwh
+        return s.needs_baseline_kwh
 
-    def set_preferences(self, transaction_id: str, prefs: Preferences) -> None:
-        s = self.session_by_tx(transaction_id)
+    def set_preferences(self, station_id: str, transaction_id: str, prefs: Preferences) -> None:
+        s = self.session_by_tx(station_id, transaction_id)
         if s is not None:
             s.preferences = prefs
 
@@ -219,7 +221,7 @@ class SiteState:
         elif p.target_soc is not None and capacity is not None and soc is not None:
             wanted, e_src = delivered + max(0.0, (p.target_soc - soc) * capacity), "driver"
         elif n.energy_kwh is not None:
-            wanted = self.needs_baseline_kwh.get(s.transaction_id, 0.0) + n.energy_kwh
+            wanted = s.needs_baseline_kwh + n.energy_kwh
             e_src = "ev"
         elif n.target_soc is not None and capacity is not None and soc is not None:
             wanted, e_src = delivered + max(0.0, (n.target_soc - soc) * capacity), "ev"

@@ -199,6 +199,8 @@ class EvNeed(Base):
     ev_max_discharge_kw: Mapped[float | None] = mapped_column(Float)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     received_at: Mapped[datetime] = mapped_column(TS)
+    # Energy into the battery when the needs arrived (energy_kwh counts from it; migration 0006).
+    baseline_kwh: Mapped[float | None] = mapped_column(Float)
 
 
 class Preference(Base):

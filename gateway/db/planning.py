@@ -3,6 +3,7 @@ grid events, tariffs, operator site settings, billing peaks and the building's r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models as m
 from gateway.domain import ChargeMode, EvNeeds, GridEvent, GridEventKind, Preferences
+
+
+@dataclass(frozen=True, slots=True)
+class StoredNeeds:
+    id: int
+    needs: EvNeeds
+    baseline_kwh: float | None
 
 
 def preferences_of(rec: m.Preference) -> Preferences:
@@ -39,6 +47,12 @@ class PlanningRepository:
             ))
 
     async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None) -> EvNeeds | None:
+        row = await self.latest_needs_row(station_id, evse_id, since)
+        return None if row is None else row.needs
+
+    async def latest_needs_row(self, station_id: str, evse_id: int, since: datetime | None) -> StoredNeeds | None:
+        """The newest needs of an EVSE (received at or after ``since``), with the row's id and
+        the energy the EV had when they arrived (None until ``set_needs_baseline`` wrote it)."""
         async with self._sessions() as s:
             q = select(m.EvNeed).where(m.EvNeed.station_id == station_id, m.EvNeed.evse_id == evse_id)
             if since is not None:
@@ -47,8 +61,13 @@ class PlanningRepository:
                                  .limit(1))).scalar_one_or_none()
             if n is None:
                 return None
-            return EvNeeds(n.departure_time, n.energy_kwh, n.capacity_kwh, n.soc, n.target_soc, n.min_soc,
-                           n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source)
+            return StoredNeeds(n.id, EvNeeds(n.departure_time, n.energy_kwh, n.capacity_kwh, n.soc, n.target_soc,
+                                             n.min_soc, n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source),
+                               n.baseline_kwh)
+
+    async def set_needs_baseline(self, row_id: int, baseline_kwh: float) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(update(m.EvNeed).where(m.EvNeed.id == row_id).values(baseline_kwh=baseline_kwh))
 
     # --- driver preferences ---------------------------------------------------------------
     async def preferences(self, station_id: str, transaction_id: str) -> Preferences | None:

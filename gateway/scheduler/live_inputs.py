@@ -20,7 +20,7 @@ import numpy as np
 
 from gateway import billing
 from gateway.config import Settings
-from gateway.domain import ChargeMode, DischargeDialect, Session
+from gateway.domain import ChargeMode, DischargeDialect, Session, TxKey
 from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler import inputs
 from gateway.scheduler.building import BuildingProfile, anchored
@@ -208,7 +208,7 @@ def slot_for(
             SlotMeta(st.spec.key, None, None, 0.0, None)
     r = state.resolve(s)
     v = session_view(st, s, r, settings, limit_sent_kw, obs, now, uncontrolled_kw)
-    forecaster.note_present(settings.site.name, s.transaction_id, v.arrival, v.departure, v.need_kwh)
+    forecaster.note_present(settings.site.name, s.tx_key, v.arrival, v.departure, v.need_kwh)
     slot = slot_input(v, st.spec.key, grid, now, forecaster, settings.site.name, rules)
     return slot, SlotMeta(st.spec.key, s, r, v.delivered_kwh, v.fixed_kw)
 
@@ -216,7 +216,7 @@ def slot_for(
 def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
     forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
-    observed: Mapping[str, Observed] | None = None, building: BuildingProfile | None = None,
+    observed: Mapping[TxKey, Observed] | None = None, building: BuildingProfile | None = None,
     needed_peaks: Sequence[float] = (), uncontrolled_kw: Mapping[tuple[str, int], float] | None = None,
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
     """The LP's inputs for the site now; ``observed``: what the live loop saw of each session
@@ -232,7 +232,7 @@ def build(
     metas: list[SlotMeta] = []
     for key in sorted(state.evses):
         st = state.evses[key]
-        obs = observed.get(st.session.transaction_id, Observed()) if observed and st.session else Observed()
+        obs = observed.get(st.session.tx_key, Observed()) if observed and st.session else Observed()
         slot, meta = slot_for(st, state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules, obs,
                               (uncontrolled_kw or {}).get(key))
         slots.append(slot)

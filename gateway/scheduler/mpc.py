@@ -30,7 +30,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from gateway import events as ev
 from gateway import metrics
 from gateway.clock import to_rfc3339
-from gateway.domain import Plan, PlannedSession
+from gateway.domain import Plan, PlannedSession, TxKey
 from gateway.ocpp import profiles
 from gateway.ocpp.defaults import default_limit_kw
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
@@ -93,9 +93,9 @@ class PlanOutcome:
     profiles_sent: int
     profiles_failed: int
 
-    def session(self, transaction_id: str) -> PlannedSession | None:
+    def session(self, station_id: str, transaction_id: str) -> PlannedSession | None:
         for s in self.plan.sessions:
-            if s.transaction_id == transaction_id:
+            if s.transaction_id == transaction_id and s.station_id == station_id:
                 return s
         return None
 
@@ -121,7 +121,7 @@ class MpcScheduler:
         # Profiles each EVSE accepted, with when, over the last LIMITS_KEPT (and the one before).
         self._accepted: dict[tuple[str, int], list[tuple[datetime, profiles.TxProfile]]] = {}
         # When each session's meter was last read, and what it said (energy in, out, SoC).
-        self._read: dict[str, tuple[datetime, tuple[float | None, ...]]] = {}
+        self._read: dict[TxKey, tuple[datetime, tuple[float | None, ...]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._solving: asyncio.Future[PlanResult] | None = None  # the solver thread's last solve
         self._queued = False  # a re-plan is waiting for the running one
@@ -149,10 +149,10 @@ class MpcScheduler:
         # so the site's capacity is not held for a car that will not draw it. Kept while its EVSE
         # is held at zero (SuspendedEVSE), dropped when it draws or gives energy again, when its
         # needs change, or after FULL_RECHECK.
-        self.full: dict[str, datetime] = {}
+        self.full: dict[TxKey, datetime] = {}
         # What each session's EV drew against the limit in force (transaction id): an EV that does
         # not tell its own power limit is planned at the EVSE's rating until it shows a lower one.
-        self._drawn: dict[str, DrawSeen] = {}
+        self._drawn: dict[TxKey, DrawSeen] = {}
 
     def observe(self, done: CompletedSession) -> None:
         name = self.settings.site.name
@@ -188,7 +188,7 @@ class MpcScheduler:
                 continue
             self.forecaster.observe(name, t.started_at, t.ended_at, None, None)
             self.arrivals.observe(name, t.started_at, t.ended_at, self._took(t), self._max_kw(t))
-            self.arrivals.arrived(name, t.transaction_id, t.started_at)
+            self.arrivals.arrived(name, (t.station_id, t.transaction_id), t.started_at)
             n += 1
         if rows:
             # Every session that started after the oldest of these ended is among them or still
@@ -331,16 +331,17 @@ class MpcScheduler:
             self._accepted.pop(key, None)
             self._retry.discard(key)
             self._rejected.pop(key, None)
-            self._read.pop(event.transaction_id, None)
-            self._drawn.pop(event.transaction_id, None)
-            self.full.pop(event.transaction_id, None)
+            key = (event.station_id, event.transaction_id)
+            self._read.pop(key, None)
+            self._drawn.pop(key, None)
+            self.full.pop(key, None)
             for done in self.gw.state.take_completed():
                 self.observe(done)
         if isinstance(event, ev.NeedsUpdated):
             # A new need (EV or driver) may move the car's own charge limit: offer energy again.
             st = self.gw.state.evses.get(key)
             if st is not None and st.session is not None:
-                self.full.pop(st.session.transaction_id, None)
+                self.full.pop(st.session.tx_key, None)
         if isinstance(event, ev.StationConnected):
             # A station that reconnects may have lost its profiles (reboot): send them again.
             for k in [k for k in self._sent if k[0] == event.station_id]:
@@ -478,7 +479,7 @@ class MpcScheduler:
         self.arrivals.watch(name, now)
         for st in self.gw.state.evses.values():
             if st.session is not None and st.session.started_at is not None:
-                self.arrivals.arrived(name, st.session.transaction_id, st.session.started_at)
+                self.arrivals.arrived(name, st.session.tx_key, st.session.started_at)
         return self.arrivals.slots(name, grid, now) if self.settings.anticipate_arrivals else []
 
     def _default_kw(self) -> float:
@@ -556,43 +557,44 @@ class MpcScheduler:
             planned = [lim for lim in lims if lim is not None]
             # Nothing learned while no planned limit was in force (the station's default applies).
             offered = min(planned) if planned and len(planned) == len(lims) else None
-            self._drawn.setdefault(event.transaction_id, DrawSeen()).note(event.power_kw, offered)
+            self._drawn.setdefault((event.station_id, event.transaction_id), DrawSeen()).note(event.power_kw, offered)
         if event.energy_in_kwh is None:
             return  # MeterValues: power and SoC without the transaction's energy registers
         values = (event.energy_in_kwh, event.energy_out_kwh, event.soc)
-        last = self._read.get(event.transaction_id)
+        key = (event.station_id, event.transaction_id)
+        last = self._read.get(key)
         flowing = event.power_kw is not None and abs(event.power_kw) > 1e-3
         if last is None or last[1] != values or not flowing:
-            self._read[event.transaction_id] = (event.at, values)
+            self._read[key] = (event.at, values)
 
-    def _observed(self, now: datetime) -> dict[str, live_inputs.Observed]:
+    def _observed(self, now: datetime) -> dict[TxKey, live_inputs.Observed]:
         full = self._full_sessions(now)
-        out: dict[str, live_inputs.Observed] = {}
+        out: dict[TxKey, live_inputs.Observed] = {}
         # A session replaced on its EVSE without a SessionEnded (a lost message, a reboot) leaves
         # no reading behind for good.
-        open_tx = {s.transaction_id for s in self.gw.state.sessions()}
+        open_tx = {s.tx_key for s in self.gw.state.sessions()}
         for table in (self._read, self._drawn):
             for tx in [tx for tx in table if tx not in open_tx]:
                 del table[tx]
         for s in self.gw.state.sessions():
-            read = self._read.get(s.transaction_id)
+            read = self._read.get(s.tx_key)
             read_at = read[0] if read is not None else None
             limits: tuple[tuple[datetime, float | None], ...] = ()
             if read_at is not None and read_at < now:
                 limits = tuple(self._limits_kw(s.key, max(read_at, now - live_inputs.EXTRAPOLATE_MAX), now))
-            drawn = self._drawn.get(s.transaction_id)
-            out[s.transaction_id] = live_inputs.Observed(full=s.transaction_id in full, read_at=read_at,
+            drawn = self._drawn.get(s.tx_key)
+            out[s.tx_key] = live_inputs.Observed(full=s.tx_key in full, read_at=read_at,
                                                          limits=limits,
                                                          ev_max_kw=drawn.limit_kw() if drawn is not None else None)
         return out
 
-    def _full_sessions(self, now: datetime) -> set[str]:
+    def _full_sessions(self, now: datetime) -> set[TxKey]:
         """Transactions whose EV does not take the energy offered, from the chargingState the
         stations last reported (SuspendedEV; kept with the session in the site state, and read
         from Postgres at start). Measured in the 50-station demo: without it, EVs that had
         reached their own charge limit kept a third of the site's capacity in every plan while
         drawing nothing, and the EVs that did need energy were deferred into the evening."""
-        sessions = {s.transaction_id: s for s in self.gw.state.sessions()}
+        sessions = {s.tx_key: s for s in self.gw.state.sessions()}
         for tx in [tx for tx, since in self.full.items() if tx not in sessions or now - since >= FULL_RECHECK]:
             del self.full[tx]
         for tx, s in sessions.items():
@@ -602,8 +604,8 @@ class MpcScheduler:
                 self.full.pop(tx, None)
         return set(self.full)
 
-    def session_plan(self, transaction_id: str) -> PlannedSession | None:
-        return self.latest.session(transaction_id) if self.latest else None
+    def session_plan(self, station_id: str, transaction_id: str) -> PlannedSession | None:
+        return self.latest.session(station_id, transaction_id) if self.latest else None
 
     def _to_plan(self, now: datetime, result: PlanResult, metas: list[live_inputs.SlotMeta],
                  solve_s: float) -> Plan:
@@ -627,9 +629,10 @@ class MpcScheduler:
         body = {
             "starts": starts,
             "sessions": {
-                s.transaction_id: {"station_id": s.station_id, "evse_id": s.evse_id,
-                                   "power_kw": [round(x, 3) for x in s.power_kw],
-                                   "energy_by_departure_kwh": round(s.energy_by_departure_kwh, 3)}
+                f"{s.station_id}/{s.transaction_id}": {
+                    "station_id": s.station_id, "evse_id": s.evse_id, "transaction_id": s.transaction_id,
+                    "power_kw": [round(x, 3) for x in s.power_kw],
+                    "energy_by_departure_kwh": round(s.energy_by_departure_kwh, 3)}
                 for s in plan.sessions
             },
         }

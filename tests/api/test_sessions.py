@@ -154,7 +154,7 @@ async def test_driver_change_replans_and_reaches_the_charger(gateway_factory: An
     gw = h.gw
 
     async def in_state() -> bool:
-        return gw.state.session_by_tx("tx-mpc") is not None
+        return gw.state.session_by_tx("CS-MPC", "tx-mpc") is not None
 
     await eventually(in_state, "the scheduler to see the session")
     async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:

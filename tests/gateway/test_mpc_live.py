@@ -4,6 +4,7 @@ station side is a raw OCPP-J client that records every SetChargingProfile it is 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -227,7 +228,7 @@ async def test_an_offline_station_is_planned_at_the_limit_it_last_accepted(gatew
     assert most_kw >= (accepted.limit_at(now) or 0.0) / 1000.0
     after = await sched.replan("test")
     assert after is not None
-    pa, pb = after.session("TX-A"), after.session("TX-B")
+    pa, pb = after.session("CS-A", "TX-A"), after.session("CS-B", "TX-B")
     assert pa is not None and pb is not None
     assert pa.power_kw[0] == pytest.approx(min(most_kw, 11.0), abs=1e-3)  # planned as what it may draw
     assert pb.power_kw[0] + min(most_kw, 11.0) <= 20.0 + 1e-3
@@ -249,7 +250,7 @@ async def test_a_station_that_refuses_its_plan_is_planned_at_its_safe_limit_and_
         again = await sched.replan("test")
         assert again is not None
     assert len(sink.profiles) == calls
-    planned = again.session("TX-CS-Q")
+    planned = again.session("CS-Q", "TX-CS-Q")
     assert planned is not None
     assert site.gw.clock.now() - rejected_at < REJECTED_RETRY
     # Planned at what it runs (no accepted profile: its default limit), not at what the LP would like.
@@ -371,6 +372,29 @@ async def test_more_export_waits_until_less_export_has_landed(gateway_factory: A
     assert (sent, failed) == (3, 0)
     for st, _ in stations.values():
         await st.close()
+
+
+async def test_two_stations_counting_transactions_alike_are_planned_apart(site: GatewayHarness) -> None:
+    """A transactionId is only unique at its station: two stations both on transaction "1" get a
+    plan each, and the stored plan keeps both."""
+    sched = site.gw.scheduler
+    assert sched is not None
+    one, sink1 = await plug_in(site, "CS-T1", tid="1")
+    two, sink2 = await plug_in(site, "CS-T2", tid="1")
+    await wait_for(lambda: _at_least(sink1, 1))
+    await wait_for(lambda: _at_least(sink2, 1))
+    outcome = await sched.replan("test")
+    assert outcome is not None
+    p1, p2 = sched.session_plan("CS-T1", "1"), sched.session_plan("CS-T2", "1")
+    assert p1 is not None and p2 is not None and (p1.station_id, p2.station_id) == ("CS-T1", "CS-T2")
+
+    async def stored_both() -> bool:
+        rows = await fetch(site.database_url, "SELECT sessions FROM plans ORDER BY id DESC LIMIT 1")
+        return bool(rows) and {"CS-T1/1", "CS-T2/1"} <= set(json.loads(rows[0]["sessions"])["sessions"])
+
+    await wait_for(stored_both)
+    await one.close()
+    await two.close()
 
 
 async def _at_least(sink: ProfileSink, n: int) -> bool:
@@ -514,7 +538,7 @@ async def test_an_ev_that_stops_taking_energy_is_planned_full_until_it_draws_aga
     # kept for it, and it stays so while its EVSE is held at zero.
     def reported(state: str) -> Any:
         async def seen() -> bool:  # the site state has the station's report (events apply in the background)
-            s = site.gw.state.session_by_tx("TX-S")
+            s = site.gw.state.session_by_tx("CS-S", "TX-S")
             return s is not None and s.charging_state == state
 
         return seen
@@ -526,7 +550,7 @@ async def test_an_ev_that_stops_taking_energy_is_planned_full_until_it_draws_aga
         await wait_for(reported(state))
         outcome = await sched.replan("test")
         assert outcome is not None and max(outcome.plan.sessions[0].power_kw) <= 1e-6
-        assert sched.full.keys() == {"TX-S"}
+        assert sched.full.keys() == {("CS-S", "TX-S")}
     # A restarted gateway reads the last chargingState from Postgres.
     await st.close()
     await site.restart()
@@ -584,9 +608,9 @@ async def test_an_evs_own_power_limit_is_learned_from_its_draw_once_a_limit_has_
 
     sched._note_reading(reading(5, 2.9))  # held by its 3-kW limit
     sched._note_reading(reading(11, 3.1))  # the limit rose a minute ago: the car may still be ramping
-    assert sched._drawn["TX-P"].limit_kw() is None
+    assert sched._drawn[("CS-P", "TX-P")].limit_kw() is None
     sched._note_reading(reading(15, 7.4))  # offered 22 kW for five minutes, takes 7.4: a 7.4-kW car
-    assert sched._drawn["TX-P"].limit_kw() == 7.4
+    assert sched._drawn[("CS-P", "TX-P")].limit_kw() == 7.4
 
 
 async def test_a_first_plan_step_under_a_second_does_not_make_a_rejected_profile(site: GatewayHarness) -> None:

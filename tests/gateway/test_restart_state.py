@@ -57,3 +57,41 @@ async def test_open_sessions_keep_their_energy_need_across_a_restart(gateway_fac
     live = h.gw.state.evses[("CS-RS", 1)].session
     assert live is not None and live.transaction_id == "tx-rs" and live.soc == 0.4
     assert h.gw.state.resolve(live).energy_wanted_kwh == after["resolved"]["energy_wanted_kwh"]
+
+
+async def test_an_energy_request_made_mid_session_counts_from_the_same_point_after_a_restart(
+        gateway_factory: Any) -> None:
+    """ISO 15118 EnergyAmount is what the EV still wants when it says so: 20 kWh asked after 5 kWh
+    went in is 5 * efficiency + 20 kWh in the battery by departure, before a restart and after."""
+    from tests.gateway.test_handlers import fetch, wait_for
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    st = await plug_in(h, "CS-MID", "tx-mid", "TOKEN-MID", evses=[(1, 11.0, 0.0, False)])
+    await st.tx_event("Updated", "tx-mid", energy_wh=5000.0, power_w=7000.0, offset_s=60)
+
+    async def drawn() -> bool:
+        s = h.gw.state.session_by_tx("CS-MID", "tx-mid")  # type: ignore[union-attr]
+        return s is not None and s.energy_in_kwh == 5.0
+
+    await wait_for(drawn)
+    await st.ws.ok("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "AC_three_phase",
+        "acChargingParameters": {"energyAmount": 20000, "evMinCurrent": 6, "evMaxCurrent": 16,
+                                 "evMaxVoltage": 400}}})
+    wanted = 5.0 * h.gw.settings.ev_efficiency + 20.0
+
+    async def stored() -> bool:
+        rows = await fetch(h.database_url, "SELECT baseline_kwh FROM ev_needs WHERE station_id = 'CS-MID'")
+        return bool(rows) and rows[-1]["baseline_kwh"] is not None
+
+    await wait_for(stored)
+    live = h.gw.state.session_by_tx("CS-MID", "tx-mid")
+    assert live is not None and abs(h.gw.state.resolve(live).energy_wanted_kwh - wanted) < 1e-6
+
+    await h.restart()
+    assert h.gw is not None
+    live = h.gw.state.session_by_tx("CS-MID", "tx-mid")
+    assert live is not None and live.needs.energy_kwh == 20.0
+    # Before, the restart counted the 20 kWh from plug-in: 4.6 kWh less to plan for.
+    assert abs(h.gw.state.resolve(live).energy_wanted_kwh - wanted) < 1e-6

@@ -135,10 +135,10 @@ def test_a_driver_preference_reaches_the_live_slot() -> None:
                                                       bidirectional=True))
     state.apply(ev.SessionStarted(NOW, "CS-1", 1, "TX-1", None))
     dep = NOW + timedelta(hours=3)
-    state.set_preferences("TX-1", Preferences(departure_time=dep, energy_kwh=12.0, allow_discharge=False))
+    state.set_preferences("CS-1", "TX-1", Preferences(departure_time=dep, energy_kwh=12.0, allow_discharge=False))
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert last_connected(slot) == dep and slot.target_energy_kwh == 12.0 and not slot.discharge_allowed
-    state.set_preferences("TX-1", Preferences(mode=ChargeMode.CHARGE_NOW))
+    state.set_preferences("CS-1", "TX-1", Preferences(mode=ChargeMode.CHARGE_NOW))
     now_slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert not now_slot.discharge_allowed and last_connected(now_slot) < NOW + timedelta(hours=3)
 
@@ -158,7 +158,7 @@ def test_a_driver_departure_is_planned_to_the_quarter_hour_before_it() -> None:
     ends = [site.grid.start + timedelta(seconds=float(e)) for e in np.cumsum(site.grid.durations_s)]
     assert ends[int(np.flatnonzero(slots[0].connected)[-1])] == NOW + timedelta(hours=5)
     # Set by the driver: a step ends at 14:45, and the plan has the EV until then.
-    state.set_preferences("TX-1", Preferences(departure_time=dep, energy_kwh=12.0))
+    state.set_preferences("CS-1", "TX-1", Preferences(departure_time=dep, energy_kwh=12.0))
     site, slots, _ = live_inputs.build(state, NOW, settings, {}, planning_forecaster())
     ends = [site.grid.start + timedelta(seconds=float(e)) for e in np.cumsum(site.grid.durations_s)]
     assert ends[int(np.flatnonzero(slots[0].connected)[-1])] == NOW + timedelta(hours=5, minutes=45)
@@ -175,7 +175,7 @@ def _bidi_session(settings: Settings) -> SiteState:
 def test_a_reserve_nobody_can_check_keeps_the_ev_from_discharging() -> None:
     settings = Settings()
     state = _bidi_session(settings)
-    state.set_preferences("TX-1", Preferences(reserve_soc=0.8, allow_discharge=True))
+    state.set_preferences("CS-1", "TX-1", Preferences(reserve_soc=0.8, allow_discharge=True))
     # No SoC, no capacity: energy is counted from plug-in, so the floor cannot be placed.
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
@@ -204,7 +204,7 @@ def test_an_ended_session_is_kept_for_the_forecast_with_only_what_was_told() -> 
     state.apply(ev.SessionStarted(NOW, "CS-1", 1, "TX-1", None))
     state.apply(ev.SessionStarted(NOW, "CS-2", 1, "TX-2", None))
     dep = NOW + timedelta(hours=4)
-    state.set_preferences("TX-1", Preferences(departure_time=dep, energy_kwh=12.0))
+    state.set_preferences("CS-1", "TX-1", Preferences(departure_time=dep, energy_kwh=12.0))
     state.apply(ev.SessionEnded(NOW + timedelta(hours=5), "CS-1", 1, "TX-1"))
     state.apply(ev.SessionEnded(NOW + timedelta(hours=2), "CS-2", 1, "TX-2"))
     told, guessed = state.take_completed()
@@ -365,7 +365,7 @@ def test_a_silent_ev_is_planned_at_the_evse_rating_until_its_draw_shows_less() -
     assert s is not None
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert slot.max_charge_kw == 22.0
-    shown = {"TX-1": live_inputs.Observed(ev_max_kw=7.4)}
+    shown = {("CS-1", "TX-1"): live_inputs.Observed(ev_max_kw=7.4)}
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), observed=shown)[1][0]
     assert slot.max_charge_kw == 7.4
     # Offline the same: the evaluator's MPC sees the EVSE's rating for an EV that does not tell
@@ -376,3 +376,22 @@ def test_a_silent_ev_is_planned_at_the_evse_rating_until_its_draw_shows_less() -
     assert known_max_kw(t, known=False) == 22.0 and known_max_kw(t, known=True) == 7.4
     t.drawn.note(7.4, 22.0)
     assert known_max_kw(t, known=False) == 7.4
+
+
+def test_two_stations_with_the_same_transaction_id_keep_their_own_needs_and_preferences() -> None:
+    """A transactionId is unique only at its station: some count 1, 2, 3..."""
+    settings = Settings()
+    state = SiteState.from_settings(settings)
+    for sid in ("CS-1", "CS-2"):
+        state.evses[(sid, 1)] = live_inputs.EvseState(EvseSpec(sid, 1, max_charge_kw=11.0))
+        state.apply(ev.SessionStarted(NOW, sid, 1, "1", None))
+    state.apply(ev.SessionUpdated(NOW, "CS-1", 1, "1", energy_in_kwh=10.0))
+    state.set_needs("CS-1", 1, EvNeeds(energy_kwh=20.0))  # 20 kWh more, with 9.2 in
+    dep = NOW + timedelta(hours=3)
+    state.set_preferences("CS-2", "1", Preferences(departure_time=dep))
+    one, two = state.session_by_tx("CS-1", "1"), state.session_by_tx("CS-2", "1")
+    assert one is not None and two is not None and one is not two
+    # CS-2's session ending does not take CS-1's baseline with it.
+    state.apply(ev.SessionEnded(NOW, "CS-2", 1, "1"))
+    assert state.resolve(one).energy_wanted_kwh == 10.0 * settings.ev_efficiency + 20.0
+    assert state.resolve(one).departure_source == "forecast" and two.preferences.departure_time == dep

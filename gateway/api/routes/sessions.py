@@ -198,8 +198,8 @@ def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
     sched = gw.scheduler
     if sched is None or sched.latest is None:
         return None
-    ps: PlannedSession | None = sched.session_plan(tx.transaction_id)
-    if ps is None or ps.station_id != tx.station_id:
+    ps: PlannedSession | None = sched.session_plan(tx.station_id, tx.transaction_id)
+    if ps is None:
         return None
     return ps, sched.latest
 
