@@ -288,11 +288,24 @@ class MpcScheduler:
         await self.bootstrap_peaks(rows)
         await self.bootstrap_building()
         self.gw.state.forecaster = self.forecaster
-        period_real_s = max(self.gw.clock.real_seconds(self.settings.replan_period_s), 0.05)
+        period_real_s = self.gw.clock.real_seconds(self.settings.replan_period_s)
+        if period_real_s <= 0:
+            # A clock that does not move by itself (ManualClock: tests, step-by-step runs): the
+            # period passes when its simulated time does. Timed in real seconds it would re-plan
+            # every few milliseconds, a full solve each, while simulated time stood still.
+            task = asyncio.create_task(self._periodic_on_clock(), name="replan-periodic")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         self._aps = AsyncIOScheduler()
-        self._aps.add_job(self._periodic, "interval", seconds=period_real_s, coalesce=True, max_instances=1,
-                          misfire_grace_time=None, id="replan")
+        self._aps.add_job(self._periodic, "interval", seconds=max(period_real_s, 0.05), coalesce=True,
+                          max_instances=1, misfire_grace_time=None, id="replan")
         self._aps.start()
+
+    async def _periodic_on_clock(self) -> None:
+        while not self._stopping:
+            await self.gw.clock.sleep(self.settings.replan_period_s)
+            await self._periodic()
 
     async def stop(self) -> None:
         self._stopping = True

@@ -660,6 +660,36 @@ async def test_without_a_pushed_forecast_the_plan_expects_the_buildings_usual_da
     await st.close()
 
 
+async def test_under_a_manual_clock_the_periodic_replan_follows_simulated_time(gateway_factory: Any) -> None:
+    """A clock that does not move by itself re-plans when its time passes a period, not every
+    few milliseconds of real time (a full solve each)."""
+    from datetime import UTC, datetime
+
+    from gateway.clock import ManualClock
+
+    clock = ManualClock(datetime(2026, 7, 1, 8, 2, 30, tzinfo=UTC))
+    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=300.0)
+    sched = h.gw.scheduler
+    assert sched is not None
+    st, sink = await plug_in(h, "CS-MC")
+    await wait_for(lambda: _at_least(sink, 1))
+
+    async def settled() -> bool:  # the plug-in's re-plan, and nothing queued behind it
+        return sched.solves >= 1 and not sched._lock.locked()
+
+    await wait_for(settled)
+    solves = sched.solves
+    await asyncio.sleep(0.3)  # an absence can only be seen by waiting: at 50 ms, six solves before
+    assert sched.solves == solves
+    clock.advance(300.0)
+
+    async def periodic() -> bool:
+        return sched.solves == solves + 1 and sched.latest is not None and sched.latest.trigger == "periodic"
+
+    await wait_for(periodic)
+    await st.close()
+
+
 async def test_the_learned_building_profile_survives_a_restart(gateway_factory: Any) -> None:
     from datetime import UTC, datetime
 
