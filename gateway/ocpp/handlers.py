@@ -161,7 +161,9 @@ class Handlers:
         return {}
 
     # --- C: authorization -----------------------------------------------------------------
-    async def _token_status(self, token: Payload) -> str:
+    async def _token_status(self, token: Payload, *, stale_if_away: bool = False) -> str:
+        """``stale_if_away``: while the database is away, answer with the last status it gave for
+        this token, however old, rather than fail (what no other answer depends on: Authorize)."""
         if token.get("type") == "NoAuthorization" or not self._settings.known_tokens_only:
             return "Accepted"
         key = f"{token['type']}:{token['idToken']}"
@@ -169,12 +171,22 @@ class Handlers:
         real = time.monotonic()
         if hit is not None and real - hit[0] < TOKEN_CACHE_S:
             return hit[1]
-        status = await self._tokens.status(token["idToken"]) or "Unknown"
+        try:
+            status = await self._tokens.status(token["idToken"]) or "Unknown"
+        except Exception as exc:
+            if not (stale_if_away and hit is not None and is_transient(exc)):
+                raise
+            log.warning("token lookup failed (%s): answering its last known status, %s s old", exc,
+                        round(real - hit[0]))
+            return hit[1]
         self._token_cache[key] = (real, status)
         return status
 
     async def authorize(self, ctx: StationContext, p: Payload) -> Payload:
-        return {"idTokenInfo": {"status": await self._token_status(p["idToken"])}}
+        # A driver waits at the station: with the database away, a token it has answered for
+        # before gets that answer (C01: the station would otherwise fall back on its own cache or
+        # refuse); one never seen still fails with InternalError, as no answer can be given.
+        return {"idTokenInfo": {"status": await self._token_status(p["idToken"], stale_if_away=True)}}
 
     # --- E: transactions ------------------------------------------------------------------
     async def transaction_event(self, ctx: StationContext, p: Payload) -> Payload:

@@ -86,6 +86,30 @@ async def test_token_lookup_during_an_outage_withholds_the_reply(
     await st.close()
 
 
+async def test_authorize_during_an_outage_answers_a_token_it_has_seen_before(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], monkeypatch: Any
+) -> None:
+    from gateway.ocpp import handlers
+
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True)
+    await h.add_station("CS-AU", PASSWORD)
+    await h.gw.tokens.add("KNOWN-AU", "ISO14443", h.gw.clock.now())
+    st = await RawStation.connect(h.ocpp_url, "CS-AU", PASSWORD)
+    known = {"idToken": {"idToken": "KNOWN-AU", "type": "ISO14443"}}
+    assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
+    monkeypatch.setattr(handlers, "TOKEN_CACHE_S", 0.0)  # every answer now asks the database
+    await proxy.cut()
+    # The last answer for a token it has seen, instead of InternalError...
+    assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
+    # ...and for one it has never seen there is no answer to give.
+    reply = await st.call("Authorize", {"idToken": {"idToken": "NEVER-AU", "type": "ISO14443"}})
+    assert reply[0] == 4 and reply[2] == "InternalError"
+    await proxy.restore()
+    assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
+    await st.close()
+
+
 # --- 6: a commit whose result was lost still applies its side effects, exactly once ---
 
 
