@@ -57,7 +57,8 @@ def main() -> None:
     m, o, u = res["mpc"], res["optimal"], res["uncontrolled"]
     print(json.dumps({
         "site": a.site, "days": a.days, "seed": a.seed, "peak_levels": a.peak_levels,
-        "savings_capture": round(m["savings_capture"], 4), "savings_capture_bill": round(m["savings_capture_bill"], 4),
+        "savings_capture_total": round(m["savings_capture_total"], 4),
+        "savings_capture": round(m["savings_capture"], 4),
         "bill": round(m["bill"], 2), "bill_optimal": round(o["bill"], 2), "bill_uncontrolled": round(u["bill"], 2),
         "demand_charge": round(m["demand_charge"], 2), "demand_charge_optimal": round(o["demand_charge"], 2),
         "peak_kw": round(m["peak_import_kw"], 1), "peak_kw_optimal": round(o["peak_import_kw"], 1),

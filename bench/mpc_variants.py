@@ -488,7 +488,7 @@ def main() -> None:
     if a.per_day:
         print_days(runs)
     mpc = result["policies"]["mpc"]
-    keys = ("savings_capture", "savings_capture_bill", "energy_cost", "demand_charge", "grid_event_revenue",
+    keys = ("savings_capture_total", "savings_capture", "energy_cost", "demand_charge", "grid_event_revenue",
             "shortfall_cost", "total_cost", "deliverable_served_share")
     print(json.dumps({"site": a.site, "days": a.days, "seed": a.seed, "scenarios": a.scenarios,
                       "departure_points": a.departure_points, "reveal_weight": a.reveal_weight,

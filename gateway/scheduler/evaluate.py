@@ -14,7 +14,9 @@ How results are priced (per policy, summed over episodes):
 - energy a policy fails to deliver is not free: ``shortfall_kwh`` = what was physically deliverable
   (min of the request, the battery room and full EV/EVSE power over the dwell) but not delivered,
   priced at the unmet-energy penalty. ``total_cost`` = bill - revenue + wear + shortfall price, and
-  ``savings_capture`` compares total costs; ``savings_capture_bill`` compares bills alone.
+  ``savings_capture`` compares bills, as the evaluator's JSON contract defines it:
+  (bill_uncontrolled - bill) / (bill_uncontrolled - bill_optimal); ``savings_capture_total``
+  compares total costs, so a policy that saves by leaving EVs short is not credited for it.
 - EV physics: the EV stops charging at its own target (the final request), never below its
   reserve when discharging; an EV is plugged in for the whole 5-minute steps within its stay.
 """
@@ -429,8 +431,8 @@ def summarise(runs: list[Run], names: Sequence[str]) -> dict[str, Any]:
     if "uncontrolled" in out and "optimal" in out:
         u, o = out["uncontrolled"], out["optimal"]
         for res in out.values():
-            res["savings_capture"] = _capture(u["total_cost"], res["total_cost"], o["total_cost"])
-            res["savings_capture_bill"] = _capture(u["bill"], res["bill"], o["bill"])
+            res["savings_capture"] = _capture(u["bill"], res["bill"], o["bill"])
+            res["savings_capture_total"] = _capture(u["total_cost"], res["total_cost"], o["total_cost"])
             res["peak_reduction_capture"] = _capture(u["peak_import_kw_mean"], res["peak_import_kw_mean"],
                                                      o["peak_import_kw_mean"])
     return {"policies": out, "episodes": sorted({r.episode for r in runs})}
@@ -482,7 +484,8 @@ def cli(args: argparse.Namespace) -> int:
 
 def _print_table(result: dict[str, Any]) -> None:
     cols = ("bill", "grid_event_revenue", "total_cost", "peak_import_kw", "deliverable_served_share",
-            "evs_fully_served_share", "limit_excess_kw_max", "savings_capture", "solve_s_p50")
+            "evs_fully_served_share", "limit_excess_kw_max", "savings_capture", "savings_capture_total",
+            "solve_s_p50")
     sys.stderr.write("policy        " + " ".join(f"{c[:12]:>12}" for c in cols) + "\n")
     for name, res in result["policies"].items():
         vals = [res.get(c) for c in cols]

@@ -73,7 +73,7 @@ def _soc(r: Run) -> go.Figure:
 
 
 def _table(result: dict[str, Any]) -> str:
-    cols = ("bill", "grid_event_revenue", "total_cost", "savings_capture", "savings_capture_bill",
+    cols = ("bill", "grid_event_revenue", "total_cost", "savings_capture", "savings_capture_total",
             "peak_import_kw", "energy_requested_kwh", "energy_deliverable_kwh", "energy_delivered_kwh",
             "deliverable_served_share", "evs_fully_served_share", "limit_excess_kw_max", "solve_s_p50",
             "solve_s_p95")

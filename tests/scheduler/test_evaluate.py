@@ -40,6 +40,15 @@ def test_bill_ordering_optimal_mpc_uncontrolled(result: dict[str, dict[str, floa
     assert opt["savings_capture"] == pytest.approx(1.0) and unc["savings_capture"] == pytest.approx(0.0)
 
 
+def test_savings_capture_is_the_bill_formula_and_the_total_is_kept_beside_it(
+        result: dict[str, dict[str, float]]) -> None:
+    opt, mpc, unc = result["optimal"], result["mpc"], result["uncontrolled"]
+    # The JSON contract: (bill_uncontrolled - bill) / (bill_uncontrolled - bill_optimal).
+    assert mpc["savings_capture"] == pytest.approx((unc["bill"] - mpc["bill"]) / (unc["bill"] - opt["bill"]))
+    assert mpc["savings_capture_total"] == pytest.approx(
+        (unc["total_cost"] - mpc["total_cost"]) / (unc["total_cost"] - opt["total_cost"]))
+
+
 def test_controlled_policies_keep_the_site_limit(result: dict[str, dict[str, float]]) -> None:
     assert result["uncontrolled"]["limit_excess_kw_max"] > 0  # the episode's limit binds
     for name in ("greedy", "edf", "mpc", "optimal"):
