@@ -79,6 +79,28 @@ async def test_limits_tariff_building_load_round_trip(
     sub.close()
 
 
+async def test_a_building_load_reading_carries_its_time_and_an_older_one_is_refused(
+    gateway_server: GatewayHarness, api: httpx.AsyncClient
+) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    now = gw.clock.now()
+    url = "/api/v1/site/building-load"
+    newer = await api.put(url, headers=OPERATOR, json={"power_kw": 80.0, "ts": to_rfc3339(now)})
+    assert newer.status_code == 200, newer.text
+    # A reading taken before the one applied (a retry that lost a race, a replayed MQTT message)
+    # must not undo it: 409, and the newer value stays.
+    older = await api.put(url, headers=OPERATOR,
+                          json={"power_kw": 20.0, "ts": to_rfc3339(now - timedelta(minutes=1))})
+    assert older.status_code == 409 and older.json()["error"]["code"] == "stale", older.text
+    assert gw.state.building_load_kw == 80.0
+    ahead = await api.put(url, headers=OPERATOR, json={"power_kw": 20.0, "ts": to_rfc3339(now + timedelta(hours=1))})
+    assert ahead.status_code == 422 and "ahead" in ahead.json()["error"]["message"], ahead.text
+    # Without ts a reading is taken now, as before.
+    assert (await api.put(url, headers=OPERATOR, json={"power_kw": 30.0})).status_code == 200
+    assert gw.state.building_load_kw == 30.0
+
+
 async def test_grid_events_create_list_cancel(gateway_server: GatewayHarness, api: httpx.AsyncClient) -> None:
     gw = gateway_server.gw
     assert gw is not None

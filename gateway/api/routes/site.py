@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import GatewayDep, Operator, SiteInputsDep
-from gateway.api.errors import responses
+from gateway.api.errors import Conflict, Unprocessable, responses
 from gateway.api.schemas import SITE_POWER_MAX_KW, AwareDateTime, Model, SitePowerLimitKw, UtcDateTime
+from gateway.bus.site_inputs import Refused, StaleInput
 from gateway.domain import SiteLimits
 
 router = APIRouter(prefix="/site", tags=["site"], responses=responses(401, 403))
@@ -32,6 +33,9 @@ class BuildingLoadIn(Model):
                             description="Building load now (negative = on-site generation exceeds it)")
     forecast: list[LoadPoint] | None = Field(default=None, max_length=10_000,
                                              description="Step forecast; omitted keeps the current one")
+    ts: AwareDateTime | None = Field(
+        default=None, description="When the reading was taken (default: now). One older than the building load "
+                                  "applied last, from REST or MQTT, is refused with 409 (stale)")
 
     @model_validator(mode="after")
     def _distinct(self) -> BuildingLoadIn:
@@ -81,9 +85,14 @@ async def put_limits(body: Limits, gw: GatewayDep, site: SiteInputsDep, who: Ope
     return _limits_out(gw.state.limits)
 
 
-@router.put("/building-load", responses=responses(422))
+@router.put("/building-load", responses=responses(409, 422))
 async def put_building_load(body: BuildingLoadIn, gw: GatewayDep, site: SiteInputsDep,
                             who: Operator) -> SiteOut:
     forecast = None if body.forecast is None else [(p.start, p.power_kw) for p in body.forecast]
-    await site.set_building_load(body.power_kw, forecast, who.name)
+    try:
+        await site.set_building_load(body.power_kw, forecast, who.name, ts=body.ts)
+    except StaleInput as exc:
+        raise Conflict(str(exc), code="stale") from None
+    except Refused as exc:  # a ts ahead of the gateway's clock
+        raise Unprocessable(str(exc), {"field": "ts"}) from None
     return await get_site(gw, who)
