@@ -110,6 +110,14 @@ class TransactionRepository:
                             row["stored_at"])
         return Recorded(True, response, snap, event_type, row["stored_at"])
 
+    async def has_meter_values(self, station_id: str, transaction_id: str, stamps: list[datetime]) -> bool:
+        """True when any meter value of the transaction at one of ``stamps`` is stored."""
+        mv = m.MeterValue
+        async with self._sessions() as s:
+            q = select(mv.id).where(mv.transaction_id == transaction_id, mv.station_id == station_id,
+                                    mv.ts.in_(stamps)).limit(1)
+            return (await s.execute(q)).first() is not None
+
     async def open_gaps(self, station_id: str, transaction_id: str) -> list[int]:
         async with self._sessions() as s:
             res = await s.execute(select(m.TransactionSeqGap.seq_no).where(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -55,6 +56,7 @@ CERTIFICATE_REFUSALS: dict[str, Payload] = {
 }
 PENDING_RETRY_INTERVAL_S = 30
 TOKEN_CACHE_S = 60.0
+RESUPPLIED_KEPT = 10_000
 TOUCH_EVERY_S = 60.0
 
 
@@ -78,6 +80,10 @@ class Handlers:
         self._token_cache: dict[str, tuple[float, str]] = {}
         # (station, evse) -> transactionId of the session on it; MeterValues carry no transactionId.
         self.active_tx: dict[tuple[str, int], str] = {}
+        # Replayed events stored before this process started whose meter samples were looked for
+        # (see _resupply_samples), so a second replay does not queue them again.
+        self._started_at = clock.now()
+        self._resupplied: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._table: dict[str, Handler] = {
             "BootNotification": self.boot_notification,
             "Heartbeat": self.heartbeat,
@@ -232,6 +238,9 @@ class Handlers:
         if not owner:
             if tx is not None and evse_id is not None:
                 self._note_active(ctx.station_id, evse_id, tid, tx)
+            if ("meterValue" in p and evse_id is not None and recorded.stored_at is not None
+                    and recorded.stored_at < self._started_at):
+                await self._resupply_samples(ctx.station_id, evse_id, tid, p)
             return recorded.response  # D1: a replay gets the first answer and stores nothing
         if "meterValue" in p and evse_id is not None:
             self._queue_samples(ctx.station_id, evse_id, tid, p["meterValue"])
@@ -272,6 +281,35 @@ class Handlers:
                 del self.active_tx[key]
         elif tx.started_at is not None and key not in self.active_tx:
             self.active_tx[key] = tid
+
+    async def _resupply_samples(self, station_id: str, evse_id: int, tid: str, p: Payload) -> None:
+        """A replay of an event an earlier process stored (D4: killed between commit and reply).
+        Its meter samples went to that process's telemetry buffer after the commit, and may have
+        died with it; the event row keeps them in its payload. Queued again when none of them is
+        in meter_values. (When some are, that process got them out; a flush batch ending inside
+        one event's samples would leave the rest missing, the one case not repaired.) A live
+        node's buffer cannot be told from a dead process's: a replay reaching this node of an
+        event another node stored just before this one started, not yet flushed there, would
+        have its samples stored twice."""
+        key = (station_id, tid, int(p["seqNo"]))
+        if key in self._resupplied:
+            return
+        stamps = sorted({s.ts for s in samples(p["meterValue"])})
+        if not stamps:
+            return
+        try:
+            stored = await self._tx.has_meter_values(station_id, tid, stamps)
+        except Exception as exc:
+            # The reply does not wait on this: the station gets its answer, the samples stay in
+            # the event's payload.
+            log.warning("meter values of replayed event %s/%s/%s not checked: %s", *key, exc)
+            return
+        self._resupplied[key] = None
+        while len(self._resupplied) > RESUPPLIED_KEPT:
+            self._resupplied.popitem(last=False)
+        if not stored:
+            log.info("meter values of %s/%s seqNo %s restored from the stored event", *key)
+            self._queue_samples(station_id, evse_id, tid, p["meterValue"])
 
     def _queue_samples(self, station_id: str, evse_id: int, tid: str | None, mvs: list[Payload]) -> None:
         for s in samples(mvs):

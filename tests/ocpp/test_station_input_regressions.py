@@ -158,6 +158,42 @@ async def test_commit_with_lost_result_applies_side_effects_once(gateway_server:
     await st.close()
 
 
+async def test_a_replay_of_an_event_a_dead_process_stored_restores_its_meter_samples(
+        gateway_server: GatewayHarness) -> None:
+    """D4, killed between commit and reply: the event row was committed, its samples were still
+    in that process's telemetry buffer. The station's replay reaching the new process gets the
+    first answer and the samples reach meter_values, once however often it is replayed."""
+    from datetime import timedelta
+
+    h = gateway_server
+    assert h.gw is not None
+    await h.add_station("CS-DEAD", PASSWORD)
+    p = tx_event("Started", 0, tid="TX-DEAD", meterValue=energy(1_000.0, power_w=7_000.0))
+    # What the dead process left: the committed event, stamped with its time, and no samples.
+    earlier = h.gw.clock.now() - timedelta(minutes=2)
+    await h.gw.transactions.record_event("CS-DEAD", p, {}, earlier)
+    st = await RawStation.connect(h.ocpp_url, "CS-DEAD", PASSWORD)
+    sql = "SELECT measurand FROM meter_values WHERE transaction_id='TX-DEAD' ORDER BY measurand"
+
+    async def restored() -> bool:
+        return len(await fetch(h.database_url, sql)) == 2
+
+    for n in range(3):
+        reply = await st.call("TransactionEvent", p, message_id=f"replay-{n}")
+        assert reply[0] == 3 and reply[2] == {}
+        await wait_for(restored)
+        await h.gw.telemetry.flush()
+    rows = await fetch(h.database_url, sql)
+    assert [r["measurand"] for r in rows] == ["Energy.Active.Import.Register", "Power.Active.Import"]
+    # An event this process stored itself is not looked at again (its samples were queued).
+    p1 = tx_event("Updated", 1, tid="TX-DEAD", meterValue=energy(2_000.0, ts="2026-07-01T08:05:00Z"))
+    await st.ok("TransactionEvent", p1)
+    await st.call("TransactionEvent", p1, message_id="replay-own")
+    await h.gw.telemetry.flush()
+    assert len(await fetch(h.database_url, sql)) == 3
+    await st.close()
+
+
 # --- 3, 8: valid JSON / schema-valid input no handler can take: the CALLERROR, socket alive ---
 
 
