@@ -343,6 +343,14 @@ def use_discharge_with_spread() -> None:
     slots.departure_for = departure_for  # type: ignore[assignment]
 
 
+def use_departure_at_whole_steps() -> None:
+    """Each possible departure planned at the last whole step before it (the version before
+    slots.steps_around), instead of shared between the two step ends around it."""
+    from gateway.scheduler import slots
+
+    slots.steps_around = lambda ends, t, last: [(slots.step_ending_by(ends, t, last), 1.0)]
+
+
 def use_one_building_profile() -> None:
     """The learned building profile as before weekdays and weekends were kept apart: one mean
     (a kind never has enough days of its own, so every slot's profile is its all-days mean)."""
@@ -429,6 +437,8 @@ def main() -> None:
                     help="plan the building at this quantile of the profile's days (the code's: their mean)")
     ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
     ap.add_argument("--charge-bias", type=float, default=None, help="per kWh and hour (the code's: 0.001)")
+    ap.add_argument("--departure-in-step", choices=("split", "whole"), default="split",
+                    help="whole: a possible departure planned at the last whole step before it (before)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
     a = ap.parse_args()
@@ -476,6 +486,8 @@ def main() -> None:
         use_building_quantile(a.building_quantile)
     if a.discharge_with_spread:
         use_discharge_with_spread()
+    if a.departure_in_step == "whole":
+        use_departure_at_whole_steps()
     steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
@@ -504,7 +516,7 @@ def main() -> None:
                       "urgency_spread": a.urgency_spread,
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
-                      "discharge_with_spread": a.discharge_with_spread,
+                      "discharge_with_spread": a.discharge_with_spread, "departure_in_step": a.departure_in_step,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "grid_steps_p50_p95_max": [float(np.percentile(steps, q)) for q in (50, 95, 100)],
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))

@@ -34,6 +34,7 @@ from gateway.scheduler import lp_cvxpy, lp_highs
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
 from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
+from gateway.scheduler.slots import steps_around
 
 # (share of the stay, probability): where each slot may leave early (gateway/scheduler/slots.py).
 EARLY_DEPARTURES = ((0.3, 0.05), (0.45, 0.10), (0.6, 0.20), (0.75, 0.20), (0.9, 0.20))
@@ -49,6 +50,7 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime,
     grid: TimeGrid = make_grid(now, 24 * 3600, breakpoints=quarter_hours(now, breaks))
     t = len(grid)
     ends = np.cumsum(grid.durations_s) / 3600
+    step_ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
     hours = np.array([(s.hour + s.minute / 60) for s in grid.starts()])
     price = np.where((hours >= 16) & (hours < 21), 0.38, np.where(hours < 8, 0.12, 0.20))
     slots = []
@@ -56,9 +58,12 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime,
         dwell_h = rng.uniform(1, 20)
         conn = ends <= dwell_h + 1e-9
         target = float(rng.uniform(30, 55))
-        # Earlier possible departures, as the live slots carry them once the site has history.
+        # Earlier possible departures, as the live slots carry them once the site has history:
+        # each shared between the two step ends around it (slots.steps_around).
         last = max(int(np.count_nonzero(conn)) - 1, 0)
-        early = tuple((int(last * f), target, w) for f, w in EARLY_DEPARTURES)
+        early = tuple((k, target, w * share) for f, w in EARLY_DEPARTURES
+                      for k, share in steps_around(step_ends, now.timestamp() + f * dwell_h * 3600, last)
+                      if share > 0)
         slots.append(SlotInput(
             key=("cs", i), connected=conn, energy_kwh=float(rng.uniform(5, 30)),
             capacity_kwh=60.0, target_energy_kwh=target, reserve_energy_kwh=10.0,

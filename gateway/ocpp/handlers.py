@@ -300,7 +300,7 @@ class Handlers:
         try:
             stored = await self._tx.has_meter_values(station_id, tid, stamps)
         except Exception as exc:
-            # The reply does not wait on this: the station gets its answer, the samples stay in
+            # Not a reason to fail the reply: the station gets its answer, the samples stay in
             # the event's payload.
             log.warning("meter values of replayed event %s/%s/%s not checked: %s", *key, exc)
             return

@@ -148,6 +148,22 @@ def step_ending_by(ends: FloatArr, t: float, last: int) -> int:
     return min(max(int(np.searchsorted(ends, t, side="right")) - 1, 0), last)
 
 
+def steps_around(ends: FloatArr, t: float, last: int) -> list[tuple[int, float]]:
+    """A departure at ``t`` (POSIX seconds) as shares of the two step ends around it, by where in
+    its step it falls: ``[(k, 1 - f), (k + 1, f)]``, ``f`` the share of step ``k + 1`` the EV is
+    still there for. Planned at the last whole step before it (:func:`step_ending_by`) alone, a
+    departure late in an hourly step was planned up to an hour early: measured on an export
+    request, an EV announced for 19:18 was charged through the event as if it might leave at
+    17:00 with a probability of one half (docs/benchmarks-scheduler.md, "A departure inside a
+    step"). The plan holds power constant over a step, so the energy at ``t`` lies between the
+    two ends; a shortfall priced at each end with these shares is that, or a little more."""
+    k = step_ending_by(ends, t, last)
+    if k >= last or t <= ends[k]:
+        return [(k, 1.0)]
+    f = float((t - ends[k]) / (ends[k + 1] - ends[k]))
+    return [(k, 1.0 - f), (k + 1, f)] if f < 1.0 else [(k + 1, 1.0)]
+
+
 def reveal_step(ends: FloatArr, now: datetime, last: int, early: tuple[tuple[int, float, float], ...]) -> int:
     """The step by whose end a guessed need is wanted (:data:`REVEAL_AT` of the way to the
     earliest possible departure, or to the plan's end without a spread)."""
@@ -231,8 +247,9 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         # A shortfall at each earlier possible departure, priced by its probability; the last
         # (the connected mask's end) carries the rest.
         early = tuple(
-            (step_ending_by(ends, t.timestamp(), last), full_target, w)
+            (k, full_target, w * share)
             for t, w in zip(scen.times[:-1], scen.weights[:-1], strict=True) if t < grid.end()
+            for k, share in steps_around(ends, t.timestamp(), last) if share > 0
         )
         main_weight = 1.0 - sum(w for _, _, w in early)
     if (rules.reveal_weight > 0 and v.need_kwh is None and not v.charge_now and connected.any()

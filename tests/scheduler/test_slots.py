@@ -222,6 +222,25 @@ def test_the_default_rules_are_the_ones_the_evaluator_uses() -> None:
     assert Mpc().discharge_only_in_grid_events == Settings().discharge_only_in_grid_events
 
 
+def test_a_departure_inside_a_step_is_shared_between_the_step_ends_around_it() -> None:
+    from gateway.scheduler.slots import step_ending_by, steps_around
+
+    grid = make_grid(NOW, 24 * 3600.0)  # 09:00: 5-minute steps, quarter hours, then hourly
+    ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
+    last = len(ends) - 1
+    k = step_ending_by(ends, (NOW + timedelta(hours=8)).timestamp(), last)  # the step ending at 17:00
+    at_1745 = (NOW + timedelta(hours=8, minutes=45)).timestamp()
+    # 17:45 is three quarters into the 17:00-18:00 step: a quarter at 17:00, three at 18:00.
+    # (Planned at 17:00 alone before: three quarters of an hour early.)
+    assert steps_around(ends, at_1745, last) == [(k, pytest.approx(0.25)), (k + 1, pytest.approx(0.75))]
+    assert steps_around(ends, float(ends[k]), last) == [(k, 1.0)]  # on a boundary: that end
+    assert steps_around(ends, float(ends[last]) + 600, last) == [(last, 1.0)]  # nothing after the last
+    # In a slot the shares keep the spread's probabilities: they still sum to one with the rest.
+    fc = morning_history([3, 5, 6, 7, 8, 8, 9, 9, 9, 10])
+    slot = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(reveal_weight=0.0))
+    assert sum(w for _, _, w in slot.early_targets) + slot.unmet_weight == pytest.approx(1.0)
+
+
 def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:
     grid = make_grid(NOW, 24 * 3600.0)
     fc = morning_history([3, 5, 6, 7, 8, 8, 9, 9, 9, 10])
