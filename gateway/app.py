@@ -153,7 +153,7 @@ class Gateway:
                                  tx.energy_in_kwh, tx.energy_out_kwh, soc=tx.soc_fraction,
                                  power_kw=tx.power_kw or 0.0, charging_state=tx.charging_state)
             self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
-            stored = await self.planning.latest_needs_row(tx.station_id, tx.evse_id, tx.started_at)
+            stored = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
             if stored is not None:
                 # Counted from where the EV declared them (0 for rows stored before migration 0006).
                 self.state.set_needs(tx.station_id, tx.evse_id, stored.needs,

@@ -146,8 +146,8 @@ class Settings(BaseSettings):
 
     # Scheduler
     scheduler_enabled: bool = True
-    replan_period_s: float = 300.0
-    replan_debounce_s: float = 2.0
+    replan_period_s: float = Field(default=300.0, gt=0.0)
+    replan_debounce_s: float = Field(default=2.0, ge=0.0)
     solver_time_limit_s: float = 60.0
     horizon_h: float = 24.0
     default_dwell_h: float = 8.0

@@ -65,12 +65,14 @@ class SiteSync:
     async def apply(self, event: ev.Event) -> None:
         state = self._gw.state
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
-            row = await self._gw.planning.latest_needs_row(event.station_id, event.evse_id, None)
+            row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
             if row is not None:
                 # Another node (or an earlier pass) may have fixed the point already: the same for all.
                 base = state.set_needs(event.station_id, event.evse_id, row.needs, row.baseline_kwh)
                 if base is not None and row.baseline_kwh is None:
-                    await self._store_baseline(row.id, base)
+                    kept = await self._store_baseline(row.id, base)
+                    if kept != base:  # another node stored its reading first: count from that one
+                        state.set_needs(event.station_id, event.evse_id, row.needs, kept)
         replan = state.apply(event)
         self.applied += 1
         if state.demand.unsaved and (self._peak_write is None or self._peak_write.done()):
@@ -78,13 +80,15 @@ class SiteSync:
         for listener in self.listeners:
             listener(event, replan)
 
-    async def _store_baseline(self, row_id: int, kwh: float) -> None:
-        """Kept with the needs, so a restarted gateway counts their energy from the same point."""
+    async def _store_baseline(self, row_id: int, kwh: float) -> float:
+        """Kept with the needs, so a restarted gateway (or another node) counts their energy from
+        the same point; returns the one stored first."""
         try:
-            await self._gw.planning.set_needs_baseline(row_id, kwh)
+            return await self._gw.planning.set_needs_baseline(row_id, kwh)
         except Exception as exc:
             # The live plan has it; only a restart before the next needs would count from 0.
             log.warning("needs baseline not stored: %s", exc)
+            return kwh
 
     async def _store_peak(self) -> None:
         """Keep the billing period's new peak in Postgres (in the background: a reading is never

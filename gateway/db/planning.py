@@ -46,11 +46,7 @@ class PlanningRepository:
                 ev_max_discharge_kw=needs.ev_max_discharge_kw, payload=payload, received_at=now,
             ))
 
-    async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None) -> EvNeeds | None:
-        row = await self.latest_needs_row(station_id, evse_id, since)
-        return None if row is None else row.needs
-
-    async def latest_needs_row(self, station_id: str, evse_id: int, since: datetime | None) -> StoredNeeds | None:
+    async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None) -> StoredNeeds | None:
         """The newest needs of an EVSE (received at or after ``since``), with the row's id and
         the energy the EV had when they arrived (None until ``set_needs_baseline`` wrote it)."""
         async with self._sessions() as s:
@@ -65,9 +61,15 @@ class PlanningRepository:
                                              n.min_soc, n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source),
                                n.baseline_kwh)
 
-    async def set_needs_baseline(self, row_id: int, baseline_kwh: float) -> None:
+    async def set_needs_baseline(self, row_id: int, baseline_kwh: float) -> float:
+        """Store ``baseline_kwh`` with the needs unless one is stored already (another node's, or
+        an earlier pass's); returns the one stored, which every node then counts from."""
+        t = m.EvNeed
         async with self._sessions.begin() as s:
-            await s.execute(update(m.EvNeed).where(m.EvNeed.id == row_id).values(baseline_kwh=baseline_kwh))
+            got = (await s.execute(update(t).where(t.id == row_id)
+                                   .values(baseline_kwh=func.coalesce(t.baseline_kwh, baseline_kwh))
+                                   .returning(t.baseline_kwh))).scalar_one_or_none()
+            return baseline_kwh if got is None else float(got)
 
     # --- driver preferences ---------------------------------------------------------------
     async def preferences(self, station_id: str, transaction_id: str) -> Preferences | None:

@@ -297,16 +297,19 @@ class Handlers:
         stamps = sorted({s.ts for s in samples(p["meterValue"])})
         if not stamps:
             return
+        # Taken before the await: a second replay of the same event arriving meanwhile (the
+        # station reconnected) must not queue the samples as well.
+        self._resupplied[key] = None
+        while len(self._resupplied) > RESUPPLIED_KEPT:
+            self._resupplied.popitem(last=False)
         try:
             stored = await self._tx.has_meter_values(station_id, tid, stamps)
         except Exception as exc:
             # Not a reason to fail the reply: the station gets its answer, the samples stay in
-            # the event's payload.
+            # the event's payload, and a later replay looks again.
+            self._resupplied.pop(key, None)
             log.warning("meter values of replayed event %s/%s/%s not checked: %s", *key, exc)
             return
-        self._resupplied[key] = None
-        while len(self._resupplied) > RESUPPLIED_KEPT:
-            self._resupplied.popitem(last=False)
         if not stored:
             log.info("meter values of %s/%s seqNo %s restored from the stored event", *key)
             self._queue_samples(station_id, evse_id, tid, p["meterValue"])

@@ -134,15 +134,14 @@ def build_profile(
 
 
 class Move(IntEnum):
-    """How a limit changes, in the order a site's changes are safe to make (``_push`` in
-    gateway/scheduler/mpc.py sends them in this order, each after the one before has landed).
-
-    Site import is the sum of the positive limits, export of the negative ones. While only
-    TOWARD_ZERO changes are in flight every EVSE is between its old limit and 0; then FLIPs
-    (charge <-> discharge) can only add import or export that the new plan has and take away
-    what the old one had; AWAY_FROM_ZERO changes last, when every EVSE is between 0 and its new
-    limit. So no moment in between passes either the old plan's or the new plan's site total.
-    """
+    """How a limit changes. Site import is the sum of the positive limits, export of the negative
+    ones. ``_push`` (gateway/scheduler/mpc.py) sends TOWARD_ZERO changes first: while they travel
+    every EVSE is between its old limit and 0. AWAY_FROM_ZERO changes follow once those have
+    landed: every EVSE is then between 0 and its new limit. A FLIP (charge <-> discharge) is both:
+    to 0 with the first, to its new limit with the second; sent in one go, two flips the opposite
+    way (+7 -> -7 and -7 -> +7 kW) landing in the wrong order would import or export 14 kW where
+    either plan has 7. So no moment in between passes the old plan's or the new plan's site
+    totals. Inside one schedule the same order holds in time (:func:`build_profile`)."""
     TOWARD_ZERO = 0
     FLIP = 1
     AWAY_FROM_ZERO = 2
@@ -172,6 +171,12 @@ def _delay_rises(periods: list[Period], end: datetime, delay_s: float) -> list[P
                 p = Period(later, p.limit_w)
         out.append(p)
     return out
+
+
+def held_at_zero(prof: TxProfile) -> TxProfile:
+    """``prof``'s transaction held at 0 W until its end: the first half of a flip (:class:`Move`)."""
+    return TxProfile(prof.station_id, prof.evse_id, prof.transaction_id, prof.profile_id, prof.stack_level,
+                     (Period(prof.periods[0].start, 0.0),), prof.end)
 
 
 def safe_profile(

@@ -665,8 +665,10 @@ class MpcScheduler:
                     plan_id: int | None) -> tuple[int, int]:
         by_key = {(s.station_id, s.evse_id): s for s in plan.sessions}
         sem = asyncio.Semaphore(self.settings.profile_push_concurrency)
-        # By how each EVSE's limit in force changes (profiles.Move), and whether it changes at all.
-        phases: list[list[tuple[profiles.TxProfile, bool]]] = [[] for _ in profiles.Move]
+        # Two rounds (profiles.Move): limits going towards zero, then those going away from it; a
+        # flip is in both, at 0 and then at its new limit. Each with whether it changes the limit.
+        toward: list[tuple[profiles.TxProfile, bool]] = []
+        away: list[tuple[profiles.TxProfile, bool]] = []
         default_w = 1000.0 * self._default_kw()
         for meta in metas:
             ps = by_key.get(meta.key)
@@ -692,10 +694,16 @@ class MpcScheduler:
             old_now = old.limit_at(now) if old is not None else None
             before_w = old_now if old_now is not None else default_w
             after_w = prof.periods[0].limit_w
-            phases[profiles.move(before_w, after_w)].append((prof, after_w != before_w))
-        # Limits going towards zero first, then charge <-> discharge, then away from zero, each
-        # after the one before is in force: while profiles travel, neither the site's import nor
-        # its export passes the old plan's or the new plan's (profiles.Move).
+            kind = profiles.move(before_w, after_w)
+            if kind == profiles.Move.FLIP:
+                toward.append((profiles.held_at_zero(prof), True))
+                away.append((prof, True))
+            else:
+                (toward if kind == profiles.Move.TOWARD_ZERO else away).append((prof, after_w != before_w))
+        # Limits going towards zero first, those going away from it once they are in force: while
+        # profiles travel, neither the site's import nor its export passes the old plan's or the
+        # new plan's (profiles.Move).
+        phases = [toward, away]
         results: list[str] = []
         for i, phase in enumerate(phases):
             got = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p, _ in phase)))

@@ -310,7 +310,8 @@ async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_fac
 
 async def test_more_export_waits_until_less_export_has_landed(gateway_factory: Any) -> None:
     """A discharge handed from one EVSE to another: the new discharger starts only once the old
-    one has stopped, and a charger turning into a discharger waits too (profiles.Move)."""
+    one has stopped; a charger turning into a discharger goes to 0 first and discharges only once
+    every change towards zero has landed (profiles.Move)."""
     from dataclasses import replace
 
     from gateway.config import SiteConfig
@@ -327,12 +328,15 @@ async def test_more_export_waits_until_less_export_has_landed(gateway_factory: A
     assert outcome is not None
     plan, now = outcome.plan, h.gw.clock.now()
     _, _, metas = live_inputs.build(h.gw.state, now, h.gw.settings, {})
+    sinks = {sid: sink for sid, (_, sink) in stations.items()}
 
     def flat(station: str, kw: float) -> PlannedSession:
         return PlannedSession(station, 1, f"TX-{station}", tuple([kw] * len(plan.starts)))
 
-    def running(kws: dict[str, float]) -> None:
+    def running(kws: dict[str, float]) -> dict[str, int]:
+        sched._rejected.clear()
         for station, kw in kws.items():
+            sinks[station].status = "Accepted"
             ps = flat(station, kw)
             sched._note_accepted((station, 1), profiles.build_profile(
                 station_id=station, evse_id=1, transaction_id=ps.transaction_id, starts=plan.starts,
@@ -340,36 +344,49 @@ async def test_more_export_waits_until_less_export_has_landed(gateway_factory: A
                 bidirectional=True, dialect=DischargeDialect.NEGATIVE_LIMIT,
                 stack_level=sched.settings.profile_stack_level,
                 max_periods=sched.settings.max_profile_periods), now)
+        return {sid: len(sink.profiles) for sid, sink in sinks.items()}
+
+    def first_limits(station: str, since: int) -> list[float]:
+        return sinks[station].first_limits_w()[since:]
 
     # D1 exports 10 kW (the site's whole export limit), D2 charges 5, D3 idles. The new plan hands
-    # the export to D2 (a flip) and gives D3 charge: D1 refuses to stop, so neither may follow.
-    running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
-    new_plan = replace(plan, sessions=(flat("CS-D1", 0.0), flat("CS-D2", -10.0), flat("CS-D3", 5.0)))
-    sinks = {sid: sink for sid, (_, sink) in stations.items()}
-    seen = {sid: len(sink.profiles) for sid, sink in sinks.items()}
+    # the export to D2 (a flip) and gives D3 charge. D1 refuses to stop: D2 may go to 0 (less
+    # import) but not discharge, and D3 may not start.
+    swap = replace(plan, sessions=(flat("CS-D1", 0.0), flat("CS-D2", -10.0), flat("CS-D3", 5.0)))
+    seen = running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
     sinks["CS-D1"].status = "Rejected"
-    sent, failed = await sched._push(now, new_plan, metas, None)
-    assert (sent, failed) == (0, 1)
-    assert len(sinks["CS-D2"].profiles) == seen["CS-D2"]  # still charging: its export waits
-    assert len(sinks["CS-D3"].profiles) == seen["CS-D3"]
-
-    # D1 stops as asked: D2's flip goes next, and D3's rise only once the flip has landed.
-    sinks["CS-D1"].status = "Accepted"
-    sched._rejected.clear()
-    running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
-    sinks["CS-D2"].status = "Rejected"
-    seen = {sid: len(sink.profiles) for sid, sink in sinks.items()}
-    sent, failed = await sched._push(now, new_plan, metas, None)
+    sent, failed = await sched._push(now, swap, metas, None)
     assert (sent, failed) == (1, 1)
-    assert len(sinks["CS-D1"].profiles) == seen["CS-D1"] + 1
-    assert len(sinks["CS-D3"].profiles) == seen["CS-D3"]  # D2 still charges 5: D3 may not add 5
+    assert first_limits("CS-D2", seen["CS-D2"]) == [0.0]  # held at 0, its discharge held back
+    assert first_limits("CS-D3", seen["CS-D3"]) == []
 
-    # All accepted: every change lands, the three moves in turn.
-    sinks["CS-D2"].status = "Accepted"
-    sched._rejected.clear()
-    running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
-    sent, failed = await sched._push(now, new_plan, metas, None)
-    assert (sent, failed) == (3, 0)
+    # D1 stops as asked but D2 refuses to leave its charge: D3 may not add its 5 kW.
+    seen = running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
+    sinks["CS-D2"].status = "Rejected"
+    sent, failed = await sched._push(now, swap, metas, None)
+    assert (sent, failed) == (1, 1)
+    assert first_limits("CS-D1", seen["CS-D1"]) == [0.0]
+    assert first_limits("CS-D3", seen["CS-D3"]) == []
+
+    # All accepted: towards zero first (D1, and D2 at 0), then away from it (D2's discharge, D3).
+    seen = running({"CS-D1": -10.0, "CS-D2": 5.0, "CS-D3": 0.0})
+    sent, failed = await sched._push(now, swap, metas, None)
+    assert (sent, failed) == (4, 0)
+    assert first_limits("CS-D2", seen["CS-D2"]) == [0.0, -10000.0]
+    assert first_limits("CS-D3", seen["CS-D3"]) == [5000.0]
+
+    # Two flips the opposite way: each goes to 0 before either takes its new direction, so the
+    # site never imports (or exports) both at once.
+    seen = running({"CS-D1": 7.0, "CS-D2": -7.0, "CS-D3": 0.0})
+    crossed = replace(plan, sessions=(flat("CS-D1", -7.0), flat("CS-D2", 7.0), flat("CS-D3", 0.0)))
+    sinks["CS-D2"].status = "Rejected"  # D2 cannot be stopped: D1 must not start exporting
+    sent, failed = await sched._push(now, crossed, metas, None)
+    assert first_limits("CS-D1", seen["CS-D1"]) == [0.0]
+    seen = running({"CS-D1": 7.0, "CS-D2": -7.0, "CS-D3": 0.0})
+    sent, failed = await sched._push(now, crossed, metas, None)
+    assert (sent, failed) == (4, 0)
+    assert first_limits("CS-D1", seen["CS-D1"]) == [0.0, -7000.0]
+    assert first_limits("CS-D2", seen["CS-D2"]) == [0.0, 7000.0]
     for st, _ in stations.values():
         await st.close()
 
@@ -688,6 +705,18 @@ async def test_under_a_manual_clock_the_periodic_replan_follows_simulated_time(g
 
     await wait_for(periodic)
     await st.close()
+
+
+def test_a_replan_period_must_be_positive() -> None:
+    from pydantic import ValidationError
+
+    from gateway.config import Settings
+
+    # Zero would make the periodic re-plan spin (a manual clock's sleep(0) never yields).
+    with pytest.raises(ValidationError, match="replan_period_s"):
+        Settings(replan_period_s=0.0)
+    with pytest.raises(ValidationError, match="replan_debounce_s"):
+        Settings(replan_debounce_s=-1.0)
 
 
 async def test_the_learned_building_profile_survives_a_restart(gateway_factory: Any) -> None:

@@ -89,9 +89,19 @@ async def test_an_energy_request_made_mid_session_counts_from_the_same_point_aft
     live = h.gw.state.session_by_tx("CS-MID", "tx-mid")
     assert live is not None and abs(h.gw.state.resolve(live).energy_wanted_kwh - wanted) < 1e-6
 
+    # The first baseline stored is the one kept: another node's later reading does not move it.
+    row = (await fetch(h.database_url, "SELECT id, baseline_kwh FROM ev_needs WHERE station_id = 'CS-MID'"))[-1]
+    assert await h.gw.planning.set_needs_baseline(row["id"], 99.0) == row["baseline_kwh"]
+
     await h.restart()
     assert h.gw is not None
     live = h.gw.state.session_by_tx("CS-MID", "tx-mid")
     assert live is not None and live.needs.energy_kwh == 20.0
     # Before, the restart counted the 20 kWh from plug-in: 4.6 kWh less to plan for.
     assert abs(h.gw.state.resolve(live).energy_wanted_kwh - wanted) < 1e-6
+    # A session the REST API rebuilds from storage (not in the live state yet) counts the same.
+    h.gw.state.evses[("CS-MID", 1)].session = None
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        got = await api.get("/api/v1/sessions/tx-mid", headers=OPERATOR)
+    assert got.status_code == 200, got.text
+    assert abs(got.json()["resolved"]["energy_wanted_kwh"] - wanted) < 1e-3, got.json()["resolved"]

@@ -235,10 +235,23 @@ def test_a_departure_inside_a_step_is_shared_between_the_step_ends_around_it() -
     assert steps_around(ends, at_1745, last) == [(k, pytest.approx(0.25)), (k + 1, pytest.approx(0.75))]
     assert steps_around(ends, float(ends[k]), last) == [(k, 1.0)]  # on a boundary: that end
     assert steps_around(ends, float(ends[last]) + 600, last) == [(last, 1.0)]  # nothing after the last
-    # In a slot the shares keep the spread's probabilities: they still sum to one with the rest.
-    fc = morning_history([3, 5, 6, 7, 8, 8, 9, 9, 9, 10])
-    slot = slot_input(view(), KEY, grid, NOW, fc, SITE, SlotRules(reveal_weight=0.0))
-    assert sum(w for _, _, w in slot.early_targets) + slot.unmet_weight == pytest.approx(1.0)
+    # In a slot: the same probability as when each point was planned at the step before it, part
+    # of it moved to the later step end (past stays that end inside hourly steps).
+    fc = morning_history([3.75, 5.5, 6.75, 7.5, 8.25, 8.5, 9.75, 9.5, 9.25, 10.5])
+    rules = SlotRules(reveal_weight=0.0)
+    shared = slot_input(view(), KEY, grid, NOW, fc, SITE, rules)
+    from gateway.scheduler import slots as slots_mod
+
+    real = slots_mod.steps_around
+    slots_mod.steps_around = lambda ends, t, last: [(step_ending_by(ends, t, last), 1.0)]
+    try:
+        whole = slot_input(view(), KEY, grid, NOW, fc, SITE, rules)
+    finally:
+        slots_mod.steps_around = real
+    assert sum(w for _, _, w in shared.early_targets) == pytest.approx(sum(w for _, _, w in whole.early_targets))
+    assert shared.unmet_weight == pytest.approx(whole.unmet_weight)
+    later = sum(k * w for k, _, w in shared.early_targets) - sum(k * w for k, _, w in whole.early_targets)
+    assert later > 0.05 and len(shared.early_targets) > len(whole.early_targets)
 
 
 def test_a_spread_of_past_departures_becomes_priced_earlier_deadlines() -> None:

@@ -28,7 +28,7 @@ from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
 from gateway.api.schemas import AwareDateTime, Limit, Model, Offset, Page, StationId, TransactionId, UtcDateTime
 from gateway.app import Gateway
 from gateway.db import models as m
-from gateway.db.planning import preferences_of
+from gateway.db.planning import StoredNeeds, preferences_of
 from gateway.db.queries import Queries
 from gateway.db.transactions import TxSnapshot
 from gateway.domain import ChargeMode, EvNeeds, PlannedSession, Preferences, Session
@@ -182,16 +182,18 @@ def _live(gw: Gateway, tx: TxSnapshot) -> Session | None:
     return live if live is not None and live.transaction_id == tx.transaction_id else None
 
 
-def _session(gw: Gateway, tx: TxSnapshot, needs: EvNeeds | None, prefs: Preferences | None) -> Session | None:
-    """The live session (kept current by events), or one rebuilt from storage."""
+def _session(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: Preferences | None) -> Session | None:
+    """The live session (kept current by events), or one rebuilt from storage (its needs counted
+    from the energy stored with them, as a restarted gateway does)."""
     live = _live(gw, tx)
     if live is not None:
         return live
     if tx.evse_id is None or tx.started_at is None or tx.ended_at is not None:
         return None
     return Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token, tx.energy_in_kwh,
-                   tx.energy_out_kwh, tx.soc_fraction, tx.power_kw or 0.0, needs or EvNeeds(),
-                   prefs or Preferences())
+                   tx.energy_out_kwh, tx.soc_fraction, tx.power_kw or 0.0,
+                   needs.needs if needs is not None else EvNeeds(), prefs or Preferences(),
+                   needs_baseline_kwh=(needs.baseline_kwh or 0.0) if needs is not None else 0.0)
 
 
 def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
@@ -230,7 +232,7 @@ async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot, pref_rec: m.Preferenc
                               power_kw=[round(p, 4) for p in ps.power_kw])
     return SessionDetail(
         **_out(tx),
-        needs=None if needs is None else NeedsOut(**{f: getattr(needs, f) for f in NeedsOut.model_fields}),
+        needs=None if needs is None else NeedsOut(**{f: getattr(needs.needs, f) for f in NeedsOut.model_fields}),
         preferences=None if pref_rec is None or prefs is None else PreferencesOut(
             departure_time=prefs.departure_time, energy_kwh=prefs.energy_kwh, target_soc=prefs.target_soc,
             reserve_soc=prefs.reserve_soc, allow_discharge=prefs.allow_discharge, mode=prefs.mode,
@@ -293,7 +295,7 @@ def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | N
         raise Unprocessable("reserve_soc is above target_soc", {"field": "reserve_soc"})
 
 
-def _apply_live(gw: Gateway, tx: TxSnapshot, needs: EvNeeds | None, prefs: Preferences) -> Callable[[], None]:
+def _apply_live(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: Preferences) -> Callable[[], None]:
     """Put ``prefs`` on the live session; returns what undoes it (if the change is not stored)."""
     assert tx.evse_id is not None
     st = gw.state.evse(tx.station_id, tx.evse_id)
@@ -338,7 +340,7 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
 
     def change(old: Preferences) -> Preferences:
         prefs = _merge(old, body)
-        _validate(prefs, given, now, needs, tx.energy_in_kwh - tx.energy_out_kwh)
+        _validate(prefs, given, now, None if needs is None else needs.needs, tx.energy_in_kwh - tx.energy_out_kwh)
         return prefs
 
     def applied(prefs: Preferences) -> None:
