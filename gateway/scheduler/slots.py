@@ -152,11 +152,12 @@ def steps_around(ends: FloatArr, t: float, last: int) -> list[tuple[int, float]]
     """A departure at ``t`` (POSIX seconds) as shares of the two step ends around it, by where in
     its step it falls: ``[(k, 1 - f), (k + 1, f)]``, ``f`` the share of step ``k + 1`` the EV is
     still there for. Planned at the last whole step before it (:func:`step_ending_by`) alone, a
-    departure late in an hourly step was planned up to an hour early: measured on an export
-    request, an EV announced for 19:18 was charged through the event as if it might leave at
-    17:00 with a probability of one half (docs/benchmarks-scheduler.md, "A departure inside a
-    step"). The plan holds power constant over a step, so the energy at ``t`` lies between the
-    two ends; a shortfall priced at each end with these shares is that, or a little more."""
+    departure late in an hourly step was planned up to an hour early: on an export request
+    ending at 18:00, an EV announced for 19:18 was planned as gone before the end with
+    probability 0.55 (0.32 shared; ``bench/slot_trace.py``, docs/benchmarks-scheduler.md, "A
+    departure inside a step"). The plan holds power constant over a step, so the energy at ``t``
+    lies between the two ends; a shortfall priced at each end with these shares is that, or a
+    little more."""
     k = step_ending_by(ends, t, last)
     if k >= last or t <= ends[k]:
         return [(k, 1.0)]
