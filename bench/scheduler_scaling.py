@@ -5,7 +5,8 @@
 
 A synthetic workplace-like site over 24 h on the live grid (6 x 5 min, 15 min to the hour, then hourly): every slot
 connected from now for 1-20 h, needing 5-45 kWh, with five earlier possible departures priced by
-probability as the live slots carry them, half allowed to discharge; the site limit is 60 %
+probability as the live slots carry them (each shared between the two step ends around it,
+slots.steps_around), half allowed to discharge; the site limit is 60 %
 of the sum of charger ratings so it binds; TOU prices and a demand charge. A re-solve changes
 every slot's energy and the building load forecast (what a 5-minute re-plan changes). Each site
 also carries the 72 aggregate slots of the EVs expected to arrive (gateway/scheduler/arrivals.py),
