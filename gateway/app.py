@@ -30,7 +30,7 @@ from gateway.db.planning import PlanningRepository
 from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import TransactionRepository
-from gateway.domain import DischargeDialect, EvseSpec, Session
+from gateway.domain import DischargeDialect, EvseSpec
 from gateway.logs import setup_logging
 from gateway.ocpp.commands import StationCommands
 from gateway.ocpp.defaults import DefaultProfiles
@@ -147,20 +147,10 @@ class Gateway:
         for tx in await self.transactions.active():
             if tx.evse_id is None or tx.started_at is None:
                 continue
-            st = self.state.evse(tx.station_id, tx.evse_id)
-            # The table keeps SoC in percent as stations report it; the live session holds 0..1.
-            st.session = Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token,
-                                 tx.energy_in_kwh, tx.energy_out_kwh, soc=tx.soc_fraction,
-                                 power_kw=tx.power_kw or 0.0, charging_state=tx.charging_state)
-            self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
-            stored = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
-            if stored is not None:
-                # Counted from where the EV declared them (0 for rows stored before migration 0006).
-                self.state.set_needs(tx.station_id, tx.evse_id, stored.needs,
-                                     baseline_kwh=stored.baseline_kwh if stored.baseline_kwh is not None else 0.0)
+            needs = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
             prefs = await self.planning.preferences(tx.station_id, tx.transaction_id)
-            if prefs is not None:
-                st.session.preferences = prefs
+            self.state.evse(tx.station_id, tx.evse_id).session = tx.as_session(needs, prefs)
+            self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
 
     async def _start_api(self) -> None:
         from gateway.api.app import create_api

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
 from gateway.db import models as m
-from gateway.db.planning import preferences_of
-from gateway.domain import Preferences
+from gateway.db.planning import StoredNeeds, preferences_of
+from gateway.domain import EvNeeds, Preferences, Session
 from gateway.ocpp.meter import Readings, samples, summarize
 
 
@@ -37,6 +37,18 @@ class TxSnapshot:
     def soc_fraction(self) -> float | None:
         """The state of charge as 0..1, the unit the live state, the planner and the API use."""
         return None if self.soc is None else self.soc / 100.0
+
+    def as_session(self, needs: StoredNeeds | None, prefs: Preferences | None) -> Session | None:
+        """The live session this open transaction is, rebuilt from storage (a restart, or the REST
+        API ahead of the events): SoC as 0..1, the EV's needs counted from the energy stored with
+        them (0 for rows from before migration 0006). None unless it is open on an EVSE."""
+        if self.evse_id is None or self.started_at is None or self.ended_at is not None:
+            return None
+        return Session(self.station_id, self.evse_id, self.transaction_id, self.started_at, self.id_token,
+                       self.energy_in_kwh, self.energy_out_kwh, soc=self.soc_fraction, power_kw=self.power_kw or 0.0,
+                       needs=needs.needs if needs is not None else EvNeeds(), preferences=prefs or Preferences(),
+                       charging_state=self.charging_state,
+                       needs_baseline_kwh=(needs.baseline_kwh or 0.0) if needs is not None else 0.0)
 
 
 @dataclass(frozen=True, slots=True)

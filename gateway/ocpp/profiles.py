@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any
@@ -175,8 +175,7 @@ def _delay_rises(periods: list[Period], end: datetime, delay_s: float) -> list[P
 
 def held_at_zero(prof: TxProfile) -> TxProfile:
     """``prof``'s transaction held at 0 W until its end: the first half of a flip (:class:`Move`)."""
-    return TxProfile(prof.station_id, prof.evse_id, prof.transaction_id, prof.profile_id, prof.stack_level,
-                     (Period(prof.periods[0].start, 0.0),), prof.end)
+    return replace(prof, periods=(Period(prof.periods[0].start, 0.0),))
 
 
 def safe_profile(

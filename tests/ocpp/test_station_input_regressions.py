@@ -59,13 +59,19 @@ async def test_vendor_data_may_hold_numbers_past_32_bits(gateway_server: Gateway
 # --- 2: the idToken lookup is part of what is withheld during an outage (D5) ---
 
 
+async def _known_tokens_behind_proxy(gateway_factory: Any, url: str, station_id: str) -> tuple[Any, RawStation]:
+    """A gateway that accepts known idTokens only, its database behind the cuttable proxy at
+    ``url``, and a station connected to it."""
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True)
+    await h.add_station(station_id, PASSWORD)
+    return h, await RawStation.connect(h.ocpp_url, station_id, PASSWORD)
+
+
 async def test_token_lookup_during_an_outage_withholds_the_reply(
     gateway_factory: Any, proxy_and_url: tuple[Any, str], clean_db: str
 ) -> None:
     proxy, url = proxy_and_url
-    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True)
-    await h.add_station("CS-T", PASSWORD)
-    st = await RawStation.connect(h.ocpp_url, "CS-T", PASSWORD)
+    _, st = await _known_tokens_behind_proxy(gateway_factory, url, "CS-T")
     retries = metrics.DB_RETRIES.labels("transaction_event")
     before = retries._value.get()  # type: ignore[attr-defined]
     await proxy.cut()
@@ -92,10 +98,8 @@ async def test_authorize_during_an_outage_answers_a_token_it_has_seen_before(
     from gateway.ocpp import handlers
 
     proxy, url = proxy_and_url
-    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True)
-    await h.add_station("CS-AU", PASSWORD)
+    h, st = await _known_tokens_behind_proxy(gateway_factory, url, "CS-AU")
     await h.gw.tokens.add("KNOWN-AU", "ISO14443", h.gw.clock.now())
-    st = await RawStation.connect(h.ocpp_url, "CS-AU", PASSWORD)
     known = {"idToken": {"idToken": "KNOWN-AU", "type": "ISO14443"}}
     assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
     monkeypatch.setattr(handlers, "TOKEN_CACHE_S", 0.0)  # every answer now asks the database

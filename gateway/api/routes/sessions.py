@@ -186,14 +186,7 @@ def _session(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: Pref
     """The live session (kept current by events), or one rebuilt from storage (its needs counted
     from the energy stored with them, as a restarted gateway does)."""
     live = _live(gw, tx)
-    if live is not None:
-        return live
-    if tx.evse_id is None or tx.started_at is None or tx.ended_at is not None:
-        return None
-    return Session(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at, tx.id_token, tx.energy_in_kwh,
-                   tx.energy_out_kwh, tx.soc_fraction, tx.power_kw or 0.0,
-                   needs.needs if needs is not None else EvNeeds(), prefs or Preferences(),
-                   needs_baseline_kwh=(needs.baseline_kwh or 0.0) if needs is not None else 0.0)
+    return live if live is not None else tx.as_session(needs, prefs)
 
 
 def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
