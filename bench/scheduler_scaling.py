@@ -35,7 +35,7 @@ from gateway.scheduler import lp_cvxpy, lp_highs
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
 from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
-from gateway.scheduler.slots import steps_around
+from gateway.scheduler.slots import step_ending_by, steps_around
 
 # (share of the stay, probability): where each slot may leave early (gateway/scheduler/slots.py).
 EARLY_DEPARTURES = ((0.3, 0.05), (0.45, 0.10), (0.6, 0.20), (0.75, 0.20), (0.9, 0.20))
@@ -190,7 +190,13 @@ def main() -> int:
                     help=f"plan one site as LPs of at most this many slots (default {DEFAULT_MAX_SLOTS_PER_LP})")
     ap.add_argument("--breakpoints", type=int, default=0,
                     help="this many more step boundaries (grid events' edges, drivers' departures)")
+    ap.add_argument("--departure-in-step", choices=("split", "whole"), default="split",
+                    help="whole: each early departure at the last whole step before it (the version before "
+                         "slots.steps_around: half the shortfall rows)")
     args = ap.parse_args()
+    if args.departure_in_step == "whole":
+        global steps_around
+        steps_around = lambda ends, t, last: [(step_ending_by(ends, t, last), 1.0)]  # noqa: E731
     for backend in args.backend:
         for n in args.slots:
             reps = args.resolves if n < 10000 else max(1, min(args.resolves, 3))
