@@ -351,6 +351,33 @@ def use_departure_at_whole_steps() -> None:
     slots.steps_around = lambda ends, t, last: [(slots.step_ending_by(ends, t, last), 1.0)]
 
 
+def use_last_departure_shared() -> None:
+    """The last possible departure too (the connected mask's end) shared between the two step
+    ends around it: the EV planned as plugged in for the step it falls in, the target shared
+    (measured, not kept: docs/benchmarks-scheduler.md, "A departure inside a step")."""
+    made = policies.slot_input
+
+    def slot_input(v: Any, key: Any, grid: TimeGrid, now: datetime, forecaster: Any, site: str,
+                   rules: slots.SlotRules = slots.SlotRules()) -> SlotInput:
+        sl = made(v, key, grid, now, forecaster, site, rules)
+        if v is None or v.charge_now or v.fixed_kw is not None or not sl.connected.any():
+            return sl
+        scen = slots.scenarios_for(v, now, forecaster, site, rules)
+        dep = scen.times[-1] if scen is not None else slots.departure_for(v, now, forecaster, site, rules)[0]
+        ends = grid.start.timestamp() + np.cumsum(grid.durations_s)
+        last = int(np.flatnonzero(sl.connected)[-1])
+        shares = slots.steps_around(ends, dep.timestamp(), len(ends) - 1)
+        if len(shares) != 2 or shares[0][0] != last:
+            return sl
+        connected = sl.connected.copy()
+        connected[last + 1] = True
+        early = tuple(sorted((*sl.early_targets, (last, sl.target_energy_kwh, sl.unmet_weight * shares[0][1]))))
+        return dataclasses.replace(sl, connected=connected, early_targets=early,
+                                   unmet_weight=sl.unmet_weight * shares[1][1])
+
+    policies.slot_input = slot_input  # type: ignore[assignment]
+
+
 def use_one_building_profile() -> None:
     """The learned building profile as before weekdays and weekends were kept apart: one mean
     (a kind never has enough days of its own, so every slot's profile is its all-days mean)."""
@@ -437,8 +464,9 @@ def main() -> None:
                     help="plan the building at this quantile of the profile's days (the code's: their mean)")
     ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
     ap.add_argument("--charge-bias", type=float, default=None, help="per kWh and hour (the code's: 0.001)")
-    ap.add_argument("--departure-in-step", choices=("split", "whole"), default="split",
-                    help="whole: a possible departure planned at the last whole step before it (before)")
+    ap.add_argument("--departure-in-step", choices=("split", "whole", "split-last"), default="split",
+                    help="whole: a possible departure planned at the last whole step before it (before); "
+                         "split-last: the last one shared between step ends too (not kept)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
     a = ap.parse_args()
@@ -486,6 +514,8 @@ def main() -> None:
         use_building_quantile(a.building_quantile)
     if a.discharge_with_spread:
         use_discharge_with_spread()
+    if a.departure_in_step == "split-last":
+        use_last_departure_shared()
     if a.departure_in_step == "whole":
         use_departure_at_whole_steps()
     steps = count_grid_steps()
