@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # OCPP transport
     allow_unknown_stations: bool = False
     known_tokens_only: bool = False
+    # Authorize while the database is away answers a token's last known status (C01) only if the
+    # database gave it within this many seconds: a token blocked during a long outage is not
+    # accepted on an answer from before it.
+    authorize_stale_max_s: float = Field(default=3600.0, ge=0)
     call_timeout_s: float = 30.0
     heartbeat_interval_s: int = 300
     max_frame_bytes: int = 65536

@@ -169,7 +169,8 @@ class Handlers:
     # --- C: authorization -----------------------------------------------------------------
     async def _token_status(self, token: Payload, *, stale_if_away: bool = False) -> str:
         """``stale_if_away``: while the database is away, answer with the last status it gave for
-        this token, however old, rather than fail (what no other answer depends on: Authorize)."""
+        this token rather than fail (what no other answer depends on: Authorize), if it gave it
+        within ``authorize_stale_max_s``."""
         if token.get("type") == "NoAuthorization" or not self._settings.known_tokens_only:
             return "Accepted"
         key = f"{token['type']}:{token['idToken']}"
@@ -180,7 +181,8 @@ class Handlers:
         try:
             status = await self._tokens.status(token["idToken"]) or "Unknown"
         except Exception as exc:
-            if not (stale_if_away and hit is not None and is_transient(exc)):
+            if not (stale_if_away and hit is not None and is_transient(exc)
+                    and real - hit[0] <= self._settings.authorize_stale_max_s):
                 raise
             log.warning("token lookup failed (%s): answering its last known status, %s s old", exc,
                         round(real - hit[0]))

@@ -59,10 +59,11 @@ async def test_vendor_data_may_hold_numbers_past_32_bits(gateway_server: Gateway
 # --- 2: the idToken lookup is part of what is withheld during an outage (D5) ---
 
 
-async def _known_tokens_behind_proxy(gateway_factory: Any, url: str, station_id: str) -> tuple[Any, RawStation]:
-    """A gateway that accepts known idTokens only, its database behind the cuttable proxy at
-    ``url``, and a station connected to it."""
-    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True)
+async def _known_tokens_behind_proxy(gateway_factory: Any, url: str, station_id: str,
+                                     **settings: Any) -> tuple[Any, RawStation]:
+    """A gateway that accepts known idTokens only (and ``settings``), its database behind the
+    cuttable proxy at ``url``, and a station connected to it."""
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1, known_tokens_only=True, **settings)
     await h.add_station(station_id, PASSWORD)
     return h, await RawStation.connect(h.ocpp_url, station_id, PASSWORD)
 
@@ -108,6 +109,26 @@ async def test_authorize_during_an_outage_answers_a_token_it_has_seen_before(
     assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
     # ...and for one it has never seen there is no answer to give.
     reply = await st.call("Authorize", {"idToken": {"idToken": "NEVER-AU", "type": "ISO14443"}})
+    assert reply[0] == 4 and reply[2] == "InternalError"
+    await proxy.restore()
+    assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
+    await st.close()
+
+
+async def test_authorize_during_an_outage_refuses_an_answer_older_than_allowed(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], monkeypatch: Any
+) -> None:
+    from gateway.ocpp import handlers
+
+    proxy, url = proxy_and_url
+    h, st = await _known_tokens_behind_proxy(gateway_factory, url, "CS-AV", authorize_stale_max_s=0.0)
+    await h.gw.tokens.add("KNOWN-AV", "ISO14443", h.gw.clock.now())
+    known = {"idToken": {"idToken": "KNOWN-AV", "type": "ISO14443"}}
+    assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
+    monkeypatch.setattr(handlers, "TOKEN_CACHE_S", 0.0)
+    await proxy.cut()
+    # The database's last answer is older than authorize_stale_max_s: no answer to give.
+    reply = await st.call("Authorize", known)
     assert reply[0] == 4 and reply[2] == "InternalError"
     await proxy.restore()
     assert (await st.ok("Authorize", known))["idTokenInfo"]["status"] == "Accepted"
