@@ -122,13 +122,14 @@ class TransactionRepository:
                             row["stored_at"])
         return Recorded(True, response, snap, event_type, row["stored_at"])
 
-    async def has_meter_values(self, station_id: str, transaction_id: str, stamps: list[datetime]) -> bool:
-        """True when any meter value of the transaction at one of ``stamps`` is stored."""
+    async def stored_samples(self, station_id: str, transaction_id: str,
+                             stamps: list[datetime]) -> set[tuple[datetime, str, str | None, str | None]]:
+        """(ts, measurand, phase, context) of the transaction's meter values stored at ``stamps``."""
         mv = m.MeterValue
         async with self._sessions() as s:
-            q = select(mv.id).where(mv.transaction_id == transaction_id, mv.station_id == station_id,
-                                    mv.ts.in_(stamps)).limit(1)
-            return (await s.execute(q)).first() is not None
+            q = select(mv.ts, mv.measurand, mv.phase, mv.context).where(
+                mv.transaction_id == transaction_id, mv.station_id == station_id, mv.ts.in_(stamps))
+            return {(r.ts, r.measurand, r.phase, r.context) for r in await s.execute(q)}
 
     async def open_gaps(self, station_id: str, transaction_id: str) -> list[int]:
         async with self._sessions() as s:

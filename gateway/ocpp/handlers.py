@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +28,7 @@ from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
 from gateway.domain import EvNeeds
 from gateway.ocpp.errors import NotImplementedOcpp
-from gateway.ocpp.meter import samples, summarize
+from gateway.ocpp.meter import Sample, samples, summarize
 from gateway.ocpp.ports import StationContext
 
 log = logging.getLogger(__name__)
@@ -287,17 +287,16 @@ class Handlers:
     async def _resupply_samples(self, station_id: str, evse_id: int, tid: str, p: Payload) -> None:
         """A replay of an event an earlier process stored (D4: killed between commit and reply).
         Its meter samples went to that process's telemetry buffer after the commit, and may have
-        died with it; the event row keeps them in its payload. Queued again when none of them is
-        in meter_values. (When some are, that process got them out; a flush batch ending inside
-        one event's samples would leave the rest missing, the one case not repaired.) A live
+        died with it, all or (a flush batch ending inside the event's samples) some of them; the
+        event row keeps them in its payload. Those not in meter_values are queued again. A live
         node's buffer cannot be told from a dead process's: a replay reaching this node of an
         event another node stored just before this one started, not yet flushed there, would
         have its samples stored twice."""
         key = (station_id, tid, int(p["seqNo"]))
         if key in self._resupplied:
             return
-        stamps = sorted({s.ts for s in samples(p["meterValue"])})
-        if not stamps:
+        got = list(samples(p["meterValue"]))
+        if not got:
             return
         # Taken before the await: a second replay of the same event arriving meanwhile (the
         # station reconnected) must not queue the samples as well.
@@ -305,19 +304,24 @@ class Handlers:
         while len(self._resupplied) > RESUPPLIED_KEPT:
             self._resupplied.popitem(last=False)
         try:
-            stored = await self._tx.has_meter_values(station_id, tid, stamps)
+            stored = await self._tx.stored_samples(station_id, tid, sorted({s.ts for s in got}))
         except Exception as exc:
             # Not a reason to fail the reply: the station gets its answer, the samples stay in
             # the event's payload, and a later replay looks again.
             self._resupplied.pop(key, None)
             log.warning("meter values of replayed event %s/%s/%s not checked: %s", *key, exc)
             return
-        if not stored:
-            log.info("meter values of %s/%s seqNo %s restored from the stored event", *key)
-            self._queue_samples(station_id, evse_id, tid, p["meterValue"])
+        missing = [s for s in got if (s.ts, s.measurand, s.phase, s.context) not in stored]
+        if missing:
+            log.info("%d of %d meter values of %s/%s seqNo %s restored from the stored event",
+                     len(missing), len(got), *key)
+            self._queue(station_id, evse_id, tid, missing)
 
     def _queue_samples(self, station_id: str, evse_id: int, tid: str | None, mvs: list[Payload]) -> None:
-        for s in samples(mvs):
+        self._queue(station_id, evse_id, tid, samples(mvs))
+
+    def _queue(self, station_id: str, evse_id: int, tid: str | None, got: Iterable[Sample]) -> None:
+        for s in got:
             self._telemetry.add_meter_value(s.ts, station_id, evse_id, tid, s.measurand, s.phase, s.context,
                                             s.value, s.unit)
 

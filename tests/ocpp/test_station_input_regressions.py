@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway import events as ev
 from gateway import metrics
+from gateway.clock import parse_rfc3339
 from gateway.db.transactions import Recorded
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
@@ -216,6 +217,35 @@ async def test_a_replay_of_an_event_a_dead_process_stored_restores_its_meter_sam
     await st.call("TransactionEvent", p1, message_id="replay-own")
     await h.gw.telemetry.flush()
     assert len(await fetch(h.database_url, sql)) == 3
+    await st.close()
+
+
+async def test_a_replay_restores_the_samples_a_dead_process_flushed_only_in_part(
+        gateway_server: GatewayHarness) -> None:
+    """D4, a flush batch that ended inside one event's samples: the one that reached meter_values
+    stays once, the one that died with the process is restored."""
+    from datetime import timedelta
+
+    h = gateway_server
+    assert h.gw is not None
+    await h.add_station("CS-PART", PASSWORD)
+    p = tx_event("Started", 0, tid="TX-PART", meterValue=energy(1_000.0, power_w=7_000.0))
+    await h.gw.transactions.record_event("CS-PART", p, {}, h.gw.clock.now() - timedelta(minutes=2))
+    await fetch(h.database_url, "INSERT INTO meter_values (ts, station_id, evse_id, transaction_id, measurand, value, "
+                "unit) VALUES ($1, 'CS-PART', 1, 'TX-PART', 'Energy.Active.Import.Register', 1000.0, 'Wh')",
+                parse_rfc3339(p["meterValue"][0]["timestamp"]))
+    st = await RawStation.connect(h.ocpp_url, "CS-PART", PASSWORD)
+    sql = "SELECT measurand FROM meter_values WHERE transaction_id='TX-PART' ORDER BY measurand"
+
+    async def restored() -> bool:
+        return len(await fetch(h.database_url, sql)) >= 2
+
+    reply = await st.call("TransactionEvent", p, message_id="replay")
+    assert reply[0] == 3 and reply[2] == {}
+    await wait_for(restored)
+    await h.gw.telemetry.flush()
+    rows = await fetch(h.database_url, sql)
+    assert [r["measurand"] for r in rows] == ["Energy.Active.Import.Register", "Power.Active.Import"]
     await st.close()
 
 
