@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--policies", default="uncontrolled,greedy,edf,mpc,optimal")
     ev.add_argument("--exact", action="store_true", help="give the MPC exact departures and needs")
+    ev.add_argument("--building-forecast", choices=("learned", "ems"), default="learned",
+                    help="what the MPC plans the building with: the profile it learns from the readings "
+                         "(default), or the episode's energy-system day-ahead forecast, as if pushed over MQTT")
     ev.add_argument("--json", help="write results to this file")
     ev.add_argument("--report", help="write an HTML report to this file")
     ev.add_argument("--no-progress", action="store_true")

@@ -466,9 +466,11 @@ def cli(args: argparse.Namespace) -> int:
         if n not in POLICY_NAMES:
             raise SystemExit(f"unknown policy {n!r}; choose from {', '.join(POLICY_NAMES)}")
     penalty = getattr(args, "unmet_penalty", None) or 5.0
+    building = getattr(args, "building_forecast", None) or "learned"
     result, runs = evaluate(episodes, names, exact=args.exact, penalty=penalty,
-                            progress=not args.no_progress)
-    result["settings"] = {"exact": bool(args.exact), "unmet_penalty_per_kwh": penalty, "step_s": STEP_S}
+                            progress=not args.no_progress, building_forecast=building)
+    result["settings"] = {"exact": bool(args.exact), "unmet_penalty_per_kwh": penalty, "step_s": STEP_S,
+                          "building_forecast": building}
     text = json.dumps(result, indent=1, default=str)
     if args.json:
         Path(args.json).write_text(text)

@@ -129,10 +129,12 @@ def test_the_cli_prints_json_a_program_can_read() -> None:
     # Nothing else on stdout: HiGHS's banner is printed from C on the first solver made (1.16 on).
     out = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "evaluate", "--site", "workplace", "--days", "1", "--stations", "4",
-         "--policies", "uncontrolled,mpc", "--no-progress"],
+         "--policies", "uncontrolled,mpc", "--no-progress", "--building-forecast", "ems"],
         capture_output=True, text=True, check=True, timeout=600,
     )
-    assert set(json.loads(out.stdout)["policies"]) == {"uncontrolled", "mpc"}
+    result = json.loads(out.stdout)
+    assert set(result["policies"]) == {"uncontrolled", "mpc"}
+    assert result["settings"]["building_forecast"] == "ems"
 
 
 def test_the_mpc_prices_a_rise_of_the_peak_as_the_live_loop_does() -> None:
