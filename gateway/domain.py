@@ -147,6 +147,12 @@ class Session:
     # Energy into the battery when the EV declared its needs: their "energy_kwh more" counts from
     # there (ISO 15118 EnergyAmount is what is still wanted when it is sent).
     needs_baseline_kwh: float = 0.0
+    # The battery's energy at plug-in on the EV's own scale (SoC x capacity, less what the meter
+    # shows it took before that SoC was read), pinned when both are first known. The energy still
+    # wanted is then counted on the EV's readings: counted through an assumed efficiency, an EV
+    # whose charger and battery lose more than assumed (0.88 where 0.92 is assumed) would be
+    # planned as done with up to 4 % of its request still missing.
+    battery_start_kwh: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:
@@ -161,6 +167,11 @@ class Session:
         ``efficiency`` on the way, what comes out cost more than was metered. Requests (ISO 15118
         EnergyAmount, a driver's kWh) are counted on this, battery, side."""
         return self.energy_in_kwh * efficiency - self.energy_out_kwh / efficiency
+
+    def pin_battery_start(self, capacity_kwh: float | None, efficiency: float) -> None:
+        """Pin :attr:`battery_start_kwh` once the SoC and the battery's capacity are both known."""
+        if self.battery_start_kwh is None and self.soc is not None and capacity_kwh:
+            self.battery_start_kwh = self.soc * capacity_kwh - self.stored_kwh(efficiency)
 
 
 @dataclass(frozen=True, slots=True)

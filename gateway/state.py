@@ -142,6 +142,7 @@ class SiteState:
                 # bus's soc_percent. Session.soc is 0..1. Converted here, once, by that unit, never
                 # guessed from the magnitude (1 % is not 100 %).
                 s.soc = event.soc / 100.0
+                s.pin_battery_start(s.needs.capacity_kwh, self.settings.ev_efficiency)
             if event.charging_state is not None:
                 s.charging_state = event.charging_state
             self.track_peak(event.at)
@@ -190,6 +191,7 @@ class SiteState:
             return None
         s.needs = needs
         s.needs_baseline_kwh = s.stored_kwh(self.settings.ev_efficiency) if baseline_kwh is None else baseline_kwh
+        s.pin_battery_start(needs.capacity_kwh, self.settings.ev_efficiency)
         return s.needs_baseline_kwh
 
     def set_preferences(self, station_id: str, transaction_id: str, prefs: Preferences) -> None:

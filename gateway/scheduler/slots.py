@@ -48,6 +48,10 @@ ANNOUNCED_MARGIN = timedelta(minutes=90)
 # docs/benchmarks-scheduler.md ("A guessed need, wanted early").
 REVEAL_WEIGHT = 0.02
 REVEAL_AT = 2.0 / 3.0
+# The battery's gain on its own readings (SoC x capacity) and on the meter (x the assumed
+# efficiency) agree within this share plus this much, or the readings are not trusted.
+START_AGREES_SHARE = 0.25
+START_AGREES_KWH = 1.0
 # Charge-now: the shortest deadline planned, so a nearly full EV still gets a few steps.
 CHARGE_NOW_MIN = timedelta(minutes=15)
 
@@ -74,6 +78,9 @@ class SessionView:
     # The departure is the driver's own, set for this session (the app): planned as given, with no
     # margin, so "by 18:00" means by 18:00 and not 90 minutes before under a demand charge.
     departure_firm: bool = False
+    # The battery's energy at plug-in on the scale of ``energy_kwh`` where the EV's readings give
+    # it (domain.Session.battery_start_kwh); else it is taken as ``energy_kwh - delivered_kwh``.
+    start_kwh: float | None = None
 
 
 # An EV drawing at least this much less than it is offered shows its own power limit (AC EVs
@@ -223,9 +230,15 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
     need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + rules.topup_kwh)
     if v.energy_kwh is not None and v.capacity_kwh is not None:
         e_now, cap = v.energy_kwh, v.capacity_kwh
+        start = e_now - v.delivered_kwh
+        if v.start_kwh is not None and abs(e_now - v.start_kwh - v.delivered_kwh) <= (
+                START_AGREES_SHARE * v.delivered_kwh + START_AGREES_KWH):
+            # The EV's own readings count what it still wants; where they disagree with the
+            # meter by more than any efficiency would (a SoC stuck or reset), the meter does.
+            start = v.start_kwh
     else:  # energy so far, on a 0-based scale with room for the need and some more
         e_now, cap = v.delivered_kwh, max(need, v.delivered_kwh) + rules.topup_kwh
-    start = e_now - v.delivered_kwh
+        start = 0.0
     target = min(start + need, cap)
     cap = max(target, e_now)  # the EV stops taking energy at its target
     if v.full:

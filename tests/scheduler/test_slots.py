@@ -104,6 +104,39 @@ def test_known_battery_uses_soc_times_capacity_and_a_fixed_draw_is_pinned() -> N
     assert slot.min_charge_kw == slot.max_charge_kw == 7.0
 
 
+def _iso_session_with_need(settings: Settings, need_kwh: float) -> SiteState:
+    """A live session whose EV stated a need and its battery's capacity (60 kWh) at plug-in and
+    read 30 % SoC before any energy flowed."""
+    state = SiteState.from_settings(settings)
+    state.evses[KEY] = live_inputs.EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0))
+    state.apply(ev.SessionStarted(NOW - timedelta(hours=1), "CS-1", 1, "TX-1", None))
+    state.set_needs("CS-1", 1, EvNeeds(departure_time=NOW + timedelta(hours=7), energy_kwh=need_kwh,
+                                       capacity_kwh=60.0))
+    state.apply(ev.SessionUpdated(NOW - timedelta(hours=1), "CS-1", 1, "TX-1", energy_in_kwh=0.0, soc=30.0))
+    return state
+
+
+def test_the_energy_still_wanted_is_counted_on_the_evs_own_readings() -> None:
+    """The meter took 10 kWh and the battery gained 8.8 (0.88 efficiency, 0.92 assumed): the EV
+    still wants 11.2 of its 20, not the 10.8 the meter and the assumed efficiency say."""
+    settings = Settings()
+    state = _iso_session_with_need(settings, 20.0)
+    state.apply(ev.SessionUpdated(NOW, "CS-1", 1, "TX-1", energy_in_kwh=10.0, soc=30.0 + 8.8 / 60.0 * 100.0))
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.energy_kwh == pytest.approx(26.8)
+    assert slot.target_energy_kwh - slot.energy_kwh == pytest.approx(11.2)
+
+
+def test_readings_that_disagree_with_the_meter_leave_the_count_to_the_meter() -> None:
+    """A SoC that stays at 30 % while the meter takes 30 kWh says nothing of the battery: the
+    meter's count (27.6 kWh in, more than the 20 wanted) ends the plan for it."""
+    settings = Settings()
+    state = _iso_session_with_need(settings, 20.0)
+    state.apply(ev.SessionUpdated(NOW, "CS-1", 1, "TX-1", energy_in_kwh=30.0, soc=30.0))
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.target_energy_kwh <= slot.energy_kwh
+
+
 def test_live_and_offline_build_the_same_slot_for_the_same_knowledge() -> None:
     settings = Settings()
     state = SiteState.from_settings(settings)
