@@ -36,7 +36,9 @@ def battery_for(arrival: Arrival) -> EvBattery:
         capacity_kwh=arrival.capacity_kwh,
         soc=arrival.arrival_soc,
         max_charge_kw=arrival.max_charge_kw,
-        max_discharge_kw=arrival.max_discharge_kw if arrival.bidirectional else 0.0,
+        # V2G needs ISO 15118 (-20): basic IEC 61851 signalling can only offer an EV current, never
+        # ask it to give energy back. The evaluator's EVs follow the same rule (evaluate.truths).
+        max_discharge_kw=arrival.max_discharge_kw if arrival.bidirectional and arrival.iso15118 else 0.0,
         eff_charge=arrival.eff_charge,
         eff_discharge=arrival.eff_discharge,
         reserve_soc=arrival.reserve_soc,

@@ -146,7 +146,8 @@ def test_live_and_offline_build_the_same_slot_for_the_same_knowledge() -> None:
     s = state.evses[KEY].session
     assert s is not None
     s.energy_in_kwh = 5.0
-    s.needs = EvNeeds(departure_time=NOW + timedelta(hours=7), capacity_kwh=60.0, soc=0.5, target_soc=0.8)
+    s.needs = EvNeeds(departure_time=NOW + timedelta(hours=7), capacity_kwh=60.0, soc=0.5, target_soc=0.8,
+                      ev_max_discharge_kw=11.0)
     live = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
 
     mpc = Mpc(forecaster=planning_forecaster())
@@ -197,6 +198,21 @@ def test_a_driver_departure_is_planned_to_the_quarter_hour_before_it() -> None:
     assert ends[int(np.flatnonzero(slots[0].connected)[-1])] == NOW + timedelta(hours=5, minutes=45)
 
 
+def test_an_ev_that_declared_no_discharge_power_is_never_planned_to_discharge() -> None:
+    """A bidirectional EVSE and a driver who allows it are not enough: the EV has to say it can
+    (ISO 15118-20's discharge power, in its needs), or there is no V2G to count on."""
+    settings = Settings()
+    state = _bidi_session(settings)
+    s = state.evses[KEY].session
+    assert s is not None
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9)
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9, ev_max_discharge_kw=7.0)
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.discharge_allowed and slot.max_discharge_kw == 7.0
+
+
 def _bidi_session(settings: Settings) -> SiteState:
     state = SiteState.from_settings(settings)
     state.evses[KEY] = live_inputs.EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0, max_discharge_kw=11.0,
@@ -209,13 +225,14 @@ def test_a_reserve_nobody_can_check_keeps_the_ev_from_discharging() -> None:
     settings = Settings()
     state = _bidi_session(settings)
     state.set_preferences("CS-1", "TX-1", Preferences(reserve_soc=0.8, allow_discharge=True))
+    s = state.evses[KEY].session
+    assert s is not None
+    s.needs = EvNeeds(ev_max_discharge_kw=11.0)
     # No SoC, no capacity: energy is counted from plug-in, so the floor cannot be placed.
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
     # Once the EV tells its battery, the reserve is a floor and it may be lent above it.
-    s = state.evses[KEY].session
-    assert s is not None
-    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9)
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9, ev_max_discharge_kw=11.0)
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert slot.discharge_allowed and slot.reserve_energy_kwh == pytest.approx(48.0)
 

@@ -237,6 +237,21 @@ async def test_negative_limit_discharges_a_bidirectional_evse(csms: LoopbackCsms
     await finish(st, task)
 
 
+async def test_a_v2g_ev_without_iso15118_stops_instead_of_discharging(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    """V2G needs ISO 15118: basic signalling cannot ask an EV for energy back, so on a negative
+    limit a bidirectional EVSE holds a plain EV at zero."""
+    st, task, tx = await plugged(csms, clock, bidirectional=True, iso15118=False, announced_departure=None)
+    reply = await csms.call(
+        "CS-1",
+        "SetChargingProfile",
+        {"evseId": 1, "chargingProfile": profile(-5000, tx=tx, start=clock.now())},
+    )
+    assert reply[2]["status"] == "Accepted"
+    assert st.evses[1].power_kw == 0.0
+    assert st.evses[1].export_wh == 0.0
+    await finish(st, task)
+
+
 async def test_unidirectional_evse_rejects_a_discharge_profile(csms: LoopbackCsms, clock: ScaledClock) -> None:
     st, task, tx = await plugged(csms, clock, bidirectional=False)
     reply = await csms.call(
