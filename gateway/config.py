@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     # Plan discharge only inside grid-event windows (export requests). Arbitrage on time-of-use
     # spreads against uncertain departures drained parked cars in the 50-station demo.
     discharge_only_in_grid_events: bool = True
+    # Plan discharge for EVs that did not declare a discharge power too (bidirectional DC chargers
+    # whose V2G cars speak CHAdeMO, not ISO 15118, and tell the station nothing it passes on):
+    # off, only an EV that declared one is discharged (scheduler/live_inputs.session_view).
+    discharge_undeclared_evs: bool = False
     # Keep room (and the peak) in every plan for the EVs expected to plug in over the horizon, as
     # counted per hour of the day from the sessions seen here (gateway/scheduler/arrivals.py).
     anticipate_arrivals: bool = True

@@ -163,11 +163,13 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
         max_c = min(max_c, obs.ev_max_kw)
     max_d = 0.0
     # Only an EV that declared its discharge power (ISO 15118-20, carried in its needs) is planned
-    # to discharge: a bidirectional EVSE cannot make an EV that does not speak V2G give energy
-    # back, and a plan counting on it pre-charges for, and keeps room for, energy it never gets.
+    # to discharge, unless the site says its EVs need not (Settings.discharge_undeclared_evs): a
+    # bidirectional EVSE cannot make an EV that does not speak V2G give energy back, and a plan
+    # counting on it pre-charges for, and keeps room for, energy it never gets.
+    declared = s.needs.ev_max_discharge_kw
     if (spec.bidirectional and st.dialect == DischargeDialect.NEGATIVE_LIMIT and r.allow_discharge
-            and s.needs.ev_max_discharge_kw):
-        max_d = min(spec.max_discharge_kw, s.needs.ev_max_discharge_kw)
+            and (declared or settings.discharge_undeclared_evs)):
+        max_d = min(spec.max_discharge_kw, declared) if declared else spec.max_discharge_kw
     known = r.capacity_kwh is not None and r.soc is not None
     cap = r.capacity_kwh if known else None
     if not known and r.reserve_soc > 0:

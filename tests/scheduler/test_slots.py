@@ -211,6 +211,11 @@ def test_an_ev_that_declared_no_discharge_power_is_never_planned_to_discharge() 
     s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9, ev_max_discharge_kw=7.0)
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert slot.discharge_allowed and slot.max_discharge_kw == 7.0
+    # A site whose V2G cars cannot tell (CHAdeMO behind a DC charger) says so once for all.
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.9)
+    told = settings.model_copy(update={"discharge_undeclared_evs": True})
+    slot = live_inputs.build(state, NOW, told, {}, planning_forecaster())[1][0]
+    assert slot.discharge_allowed and slot.max_discharge_kw == 11.0
 
 
 def _bidi_session(settings: Settings) -> SiteState:
