@@ -439,7 +439,11 @@ def test_an_ev_that_draws_less_than_it_is_offered_shows_its_own_limit() -> None:
     assert seen.limit_kw() is None
     seen.note(7.4, 22.0)  # offered 22 kW, took 7.4: a 7.4-kW car
     assert seen.limit_kw() == 7.4
-    seen.note(3.0, 22.0)  # tapering near full: the highest draw still stands
+    seen.note(3.0, 22.0)  # tapering near full: it takes 3 kW now; planned a little above that
+    assert seen.limit_kw() == pytest.approx(3.0 * 1.25 + 0.5)
+    seen.note(4.25, 4.25)  # it took all of the probe: it is offered more again...
+    assert seen.limit_kw() == pytest.approx(4.25 * 1.25 + 0.5)
+    seen.note(7.4, 22.0)  # ...never above its highest draw
     assert seen.limit_kw() == 7.4
 
 
