@@ -32,6 +32,15 @@ def episode_parser(doc: str | None, days: int) -> argparse.ArgumentParser:
     return ap
 
 
+def use_departures_at_whole_steps() -> None:
+    """Each possible departure planned at the last whole step before it (the version before
+    ``slots.steps_around``), instead of shared between the two step ends around it: the
+    ``--departure-in-step whole`` of the benchmarks that compare the two."""
+    from gateway.scheduler import slots
+
+    slots.steps_around = lambda ends, t, last: [(slots.step_ending_by(ends, t, last), 1.0)]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

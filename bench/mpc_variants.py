@@ -87,7 +87,7 @@ from typing import Any
 
 import highspy
 import numpy as np
-from benchlib import episode_parser
+from benchlib import episode_parser, use_departures_at_whole_steps
 
 from gateway import sitetime
 from gateway.scheduler import arrivals, building, departure_points, forecast, policies, problem, slots
@@ -343,14 +343,6 @@ def use_discharge_with_spread() -> None:
     slots.departure_for = departure_for  # type: ignore[assignment]
 
 
-def use_departure_at_whole_steps() -> None:
-    """Each possible departure planned at the last whole step before it (the version before
-    slots.steps_around), instead of shared between the two step ends around it."""
-    from gateway.scheduler import slots
-
-    slots.steps_around = lambda ends, t, last: [(slots.step_ending_by(ends, t, last), 1.0)]
-
-
 def use_last_departure_shared() -> None:
     """The last possible departure too (the connected mask's end) shared between the two step
     ends around it: the EV planned as plugged in for the step it falls in, the target shared
@@ -517,7 +509,7 @@ def main() -> None:
     if a.departure_in_step == "split-last":
         use_last_departure_shared()
     if a.departure_in_step == "whole":
-        use_departure_at_whole_steps()
+        use_departures_at_whole_steps()
     steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)

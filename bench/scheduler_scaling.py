@@ -30,12 +30,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from benchlib import use_departures_at_whole_steps
 
 from gateway.scheduler import lp_cvxpy, lp_highs
+from gateway.scheduler import slots as slot_rules
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
 from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
-from gateway.scheduler.slots import step_ending_by, steps_around
 
 # (share of the stay, probability): where each slot may leave early (gateway/scheduler/slots.py).
 EARLY_DEPARTURES = ((0.3, 0.05), (0.45, 0.10), (0.6, 0.20), (0.75, 0.20), (0.9, 0.20))
@@ -63,7 +64,7 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime,
         # each shared between the two step ends around it (slots.steps_around).
         last = max(int(np.count_nonzero(conn)) - 1, 0)
         early = tuple((k, target, w * share) for f, w in EARLY_DEPARTURES
-                      for k, share in steps_around(step_ends, now.timestamp() + f * dwell_h * 3600, last)
+                      for k, share in slot_rules.steps_around(step_ends, now.timestamp() + f * dwell_h * 3600, last)
                       if share > 0)
         slots.append(SlotInput(
             key=("cs", i), connected=conn, energy_kwh=float(rng.uniform(5, 30)),
@@ -195,8 +196,7 @@ def main() -> int:
                          "slots.steps_around: half the shortfall rows)")
     args = ap.parse_args()
     if args.departure_in_step == "whole":
-        global steps_around
-        steps_around = lambda ends, t, last: [(step_ending_by(ends, t, last), 1.0)]  # noqa: E731
+        use_departures_at_whole_steps()
     for backend in args.backend:
         for n in args.slots:
             reps = args.resolves if n < 10000 else max(1, min(args.resolves, 3))

@@ -18,10 +18,10 @@ from datetime import datetime, time
 from typing import Any
 
 import numpy as np
-from benchlib import episode_parser
+from benchlib import episode_parser, use_departures_at_whole_steps
 
 from gateway.scheduler import evaluate as ev
-from gateway.scheduler import policies, slots
+from gateway.scheduler import policies
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     key = (station, int(evse))
     lo, hi = time.fromisoformat(a.start), time.fromisoformat(a.end)
     if a.departure_in_step == "whole":
-        slots.steps_around = lambda ends, t, last: [(slots.step_ending_by(ends, t, last), 1.0)]
+        use_departures_at_whole_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations)
     last_day = episodes[-1].start.date()
     act = policies.Mpc.act
