@@ -8,6 +8,7 @@
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
         [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F] [--urgency-spread S]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
+        [--dwell-history site|near]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -55,6 +56,9 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - ``--discharge-with-spread``: an announced EV past its believed departure (announcement less the
   learned margin) may still discharge into an export request while its departure spread has
   points left (the code: no discharge once the believed departure has passed).
+- ``--dwell-history near``: an unannounced EV whose arrival hour has no history within three hours
+  is planned as leaving soon (charged as soon as possible), instead of with the stays of the whole
+  site (``site``, the code's; measured and not kept, docs/benchmarks-scheduler.md).
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--coarse-step S``: the MPC's planning grid with steps of S seconds after the first hour
@@ -329,6 +333,21 @@ def use_building_quantile(q: float) -> None:
     building.BuildingProfile.base = base  # type: ignore[method-assign]
 
 
+def use_dwell_history_near_only() -> None:
+    """Stays looked up in the arrival hour and the three hours either side only, never the whole
+    site's (``forecast.SessionForecaster._similar``); with none there, the forecaster's default
+    (the planning forecaster's: leaving soon)."""
+    from gateway.scheduler import forecast
+
+    similar = forecast.SessionForecaster._similar
+
+    def near_only(self: forecast.SessionForecaster, table: Any, site: str, hour: int,
+                  site_wide: bool = True) -> tuple[list[float], str]:
+        return similar(self, table, site, hour, site_wide and table is not self._dwell)
+
+    forecast.SessionForecaster._similar = near_only  # type: ignore[method-assign]
+
+
 def use_discharge_with_spread() -> None:
     """An announced EV past its believed departure may still be lent to an export request while
     its departure spread has points left (the LP prices the risk), instead of never."""
@@ -450,6 +469,8 @@ def main() -> None:
     ap.add_argument("--building-profile", choices=("by-kind", "all-days"), default="by-kind",
                     help="the learned building profile: weekdays and weekends apart (the code's) or one mean")
     ap.add_argument("--building-fade", type=float, default=None, help="hours (the code's: 3)")
+    ap.add_argument("--dwell-history", choices=("site", "near"), default="site",
+                    help="near: no stays from the whole site for an hour without history of its own (not kept)")
     ap.add_argument("--discharge-with-spread", action="store_true",
                     help="an announced EV past its believed departure may still discharge while its spread lasts")
     ap.add_argument("--building-quantile", type=float, default=None,
@@ -506,6 +527,8 @@ def main() -> None:
         use_building_quantile(a.building_quantile)
     if a.discharge_with_spread:
         use_discharge_with_spread()
+    if a.dwell_history == "near":
+        use_dwell_history_near_only()
     if a.departure_in_step == "split-last":
         use_last_departure_shared()
     if a.departure_in_step == "whole":
@@ -539,6 +562,7 @@ def main() -> None:
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread, "departure_in_step": a.departure_in_step,
+                      "dwell_history": a.dwell_history,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "grid_steps_p50_p95_max": [float(np.percentile(steps, q)) for q in (50, 95, 100)],
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
