@@ -6,6 +6,8 @@ Runs the demo in this process (embedded Postgres unless GATEWAY_DATABASE_URL is 
 and 9000 as `make demo`) and prints one JSON object:
 - ``by_hour``: per hour of the simulated day from 07:00 to 15:00, the mean of the EV power each
   plan put in its first step (``planned_kw``) and the mean EV power metered (``drawn_kw``);
+- ``offline_by_hour``: the evaluator's MPC on the same episode (the energy system's building
+  forecast, as the demo pushes it): the mean EV power per hour, what the live draw compares with;
 - ``by_soc``: at every re-plan from 08:00 to 15:00, for each session with a planned limit in
   force, that limit and what the session draws, summed by whether the EV told its battery
   (``iso``: capacity known) and whether its SoC is at 80 % or more (``taper``): the share drawn.
@@ -22,8 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gateway import cli
+from gateway.scheduler import evaluate as ev
 from gateway.scheduler import live_inputs, problem, slots
+from simulators.scenario import ScenarioOptions, generate
 
 
 def main() -> None:
@@ -32,6 +38,13 @@ def main() -> None:
     ap.add_argument("--time-scale", type=float, default=600.0)
     ap.add_argument("--highest-draw", action="store_true")
     a = ap.parse_args()
+    # The demo's episode (gateway/demo.py), planned offline first, before anything is patched.
+    episode = generate(ScenarioOptions(site="workplace", stations=50, days=1, seed=a.seed,
+                                       bidirectional_share=1.0, grid_event="always"))
+    _, runs = ev.evaluate([episode], ["mpc"], building_forecast="ems")
+    run = runs[0]
+    hours = np.array([t.hour for t in run.times])
+    offline = {h: round(float((run.net_kw - run.building_kw)[hours == h].mean()), 1) for h in range(7, 16)}
     if a.highest_draw:
         slots.DrawSeen.limit_kw = lambda self: self.max_kw if self.limited_by_ev else None  # type: ignore[method-assign]
 
@@ -72,6 +85,7 @@ def main() -> None:
         "highest_draw": a.highest_draw,
         "by_hour": {h: {"planned_kw": round(sum(planned[h]) / max(len(planned[h]), 1), 1),
                         "drawn_kw": round(sum(drawn[h]) / max(len(drawn[h]), 1), 1)} for h in range(7, 16)},
+        "offline_by_hour": offline,
         "by_soc": {k: {**{n: round(v, 1) for n, v in b.items()},
                        "share_drawn": round(b["drawn_kw"] / b["limit_kw"], 3) if b["limit_kw"] else None}
                    for k, b in sorted(by_soc.items())},
