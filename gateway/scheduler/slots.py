@@ -98,10 +98,11 @@ class DrawSeen:
     force) and offline alike. The plan assumes the EVSE's rating for an EV that does not tell its
     own limit; a 7.4-kW car on a 22-kW EVSE planned at 22 kW leaves the rest of the site short and
     itself behind. Once it has drawn clearly less than it was offered, its limit is what it takes
-    now: a battery in its constant-voltage phase takes less and less as it fills (measured live in
-    the demo: EVs above 80 % SoC drew 37 % of the limits sent while the plan counted on all of
-    it), so the latest such draw counts, not the highest. The limit planned is a little above it
-    (``PROBE_SHARE``, ``PROBE_KW``), so an EV whose draw dipped shows when it can take more again."""
+    now: a battery in its constant-voltage phase takes less and less as it fills (in the demo, EVs
+    above 80 % SoC drew 35-37 % of the limits in force while the plan counted on all of it:
+    ``bench/demo_draw.py --highest-draw``), so the latest such draw counts, not the highest. The
+    limit planned is a little above it (``PROBE_SHARE``, ``PROBE_KW``), so an EV whose draw dipped
+    shows when it can take more again."""
 
     max_kw: float = 0.0
     limited_by_ev: bool = False
