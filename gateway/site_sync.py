@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from gateway import events as ev
 from gateway import metrics
+from gateway.domain import Session
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -64,6 +65,7 @@ class SiteSync:
 
     async def apply(self, event: ev.Event) -> None:
         state = self._gw.state
+        pinned = self._battery_start(event)
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
             row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
             if row is not None:
@@ -74,11 +76,36 @@ class SiteSync:
                     if kept != base:  # another node stored its reading first: count from that one
                         state.set_needs(event.station_id, event.evse_id, row.needs, kept)
         replan = state.apply(event)
+        if pinned is not None and pinned.battery_start_kwh is not None:
+            await self._store_battery_start(pinned)
         self.applied += 1
         if state.demand.unsaved and (self._peak_write is None or self._peak_write.done()):
             self._peak_write = asyncio.create_task(self._store_peak(), name="billing-peak")
         for listener in self.listeners:
             listener(event, replan)
+
+    def _battery_start(self, event: ev.Event) -> Session | None:
+        """The session ``event`` may pin the battery's energy at plug-in of (a SoC reading or
+        the EV's needs, while it is not pinned yet): its pin is then stored once."""
+        if not isinstance(event, ev.SessionUpdated | ev.NeedsUpdated):
+            return None
+        st = self._gw.state.evses.get((event.station_id, event.evse_id))
+        s = None if st is None else st.session
+        return s if s is not None and s.battery_start_kwh is None else None
+
+    async def _store_battery_start(self, s: Session) -> None:
+        """Kept with the transaction, so a restarted gateway (or another node) counts the energy
+        the EV still wants from the same point; another node's value, stored first, is adopted."""
+        pinned = s.battery_start_kwh
+        assert pinned is not None
+        try:
+            kept = await self._gw.transactions.set_battery_start(s.station_id, s.transaction_id, pinned)
+        except Exception as exc:
+            # The live plan has it; only a restart before the session ends pins it anew.
+            log.warning("battery start not stored: %s", exc)
+            return
+        if kept is not None:
+            s.battery_start_kwh = kept
 
     async def _store_baseline(self, row_id: int, kwh: float) -> float:
         """Kept with the needs, so a restarted gateway (or another node) counts their energy from

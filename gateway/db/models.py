@@ -128,6 +128,9 @@ class Transaction(Base):
     energy_out_kwh: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     last_power_kw: Mapped[float | None] = mapped_column(Float)
     last_soc: Mapped[float | None] = mapped_column(Float)
+    # The EV battery's energy at plug-in on its own scale, the first value pinned (migration 0007):
+    # a restarted gateway counts the energy still wanted from the same point.
+    battery_start_kwh: Mapped[float | None] = mapped_column(Float)
     max_seq_no: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
     updated_at: Mapped[datetime] = mapped_column(TS)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
@@ -32,6 +32,7 @@ class TxSnapshot:
     power_kw: float | None
     soc: float | None  # percent, as the station reports it and the table stores it
     charging_state: str | None = None  # the last chargingState reported (OCPP 2.0.1 ChargingStateEnumType)
+    battery_start_kwh: float | None = None  # the battery's energy at plug-in, once pinned (migration 0007)
 
     @property
     def soc_fraction(self) -> float | None:
@@ -41,14 +42,16 @@ class TxSnapshot:
     def as_session(self, needs: StoredNeeds | None, prefs: Preferences | None) -> Session | None:
         """The live session this open transaction is, rebuilt from storage (a restart, or the REST
         API ahead of the events): SoC as 0..1, the EV's needs counted from the energy stored with
-        them (0 for rows from before migration 0006). None unless it is open on an EVSE."""
+        them (0 for rows from before migration 0006) and the battery's energy at plug-in where it was
+        pinned (migration 0007). None unless it is open on an EVSE."""
         if self.evse_id is None or self.started_at is None or self.ended_at is not None:
             return None
         return Session(self.station_id, self.evse_id, self.transaction_id, self.started_at, self.id_token,
                        self.energy_in_kwh, self.energy_out_kwh, soc=self.soc_fraction, power_kw=self.power_kw or 0.0,
                        needs=needs.needs if needs is not None else EvNeeds(), preferences=prefs or Preferences(),
                        charging_state=self.charging_state,
-                       needs_baseline_kwh=(needs.baseline_kwh or 0.0) if needs is not None else 0.0)
+                       needs_baseline_kwh=(needs.baseline_kwh or 0.0) if needs is not None else 0.0,
+                       battery_start_kwh=self.battery_start_kwh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,8 @@ class Recorded:
 
 def _snapshot(t: m.Transaction) -> TxSnapshot:
     return TxSnapshot(t.station_id, t.transaction_id, t.evse_id, t.id_token, t.started_at, t.ended_at,
-                      t.energy_in_kwh, t.energy_out_kwh, t.last_power_kw, t.last_soc, t.charging_state)
+                      t.energy_in_kwh, t.energy_out_kwh, t.last_power_kw, t.last_soc, t.charging_state,
+                      t.battery_start_kwh)
 
 
 _RECORD = """
@@ -205,6 +209,17 @@ class TransactionRepository:
             if applied is not None:
                 applied(prefs)
             return rec
+
+    async def set_battery_start(self, station_id: str, transaction_id: str, kwh: float) -> float | None:
+        """Keep the battery's energy at plug-in with the transaction unless one is kept already
+        (another node's, or an earlier pass's); returns the one kept, which every node then counts
+        from (None: no such transaction row)."""
+        t = m.Transaction
+        async with self._sessions.begin() as s:
+            got = (await s.execute(update(t).where(t.station_id == station_id, t.transaction_id == transaction_id)
+                                   .values(battery_start_kwh=func.coalesce(t.battery_start_kwh, kwh))
+                                   .returning(t.battery_start_kwh))).first()
+            return None if got is None or got[0] is None else float(got[0])
 
     async def active(self) -> list[TxSnapshot]:
         async with self._sessions() as s:

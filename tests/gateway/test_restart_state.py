@@ -105,3 +105,50 @@ async def test_an_energy_request_made_mid_session_counts_from_the_same_point_aft
         got = await api.get("/api/v1/sessions/tx-mid", headers=OPERATOR)
     assert got.status_code == 200, got.text
     assert abs(got.json()["resolved"]["energy_wanted_kwh"] - wanted) < 1e-3, got.json()["resolved"]
+
+
+async def test_the_battery_energy_at_plug_in_is_kept_across_a_restart(gateway_factory: Any) -> None:
+    """The energy an ISO 15118 EV still wants is counted on its SoC from its battery's energy at
+    plug-in. Pinned again after a restart, from the SoC then less the meter's energy through the
+    assumed efficiency, it would take in the error of that efficiency on all energy before."""
+    from tests.gateway.test_handlers import fetch, wait_for
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    st = await plug_in(h, "CS-BS", "tx-bs", "TOKEN-BS", evses=[(1, 50.0, 0.0, False)])
+    await st.ws.ok("NotifyEVChargingNeeds", {**NEEDS, "evseId": 1})
+
+    async def reading(seq: int, soc: float, wh: float) -> None:
+        await st.ws.ok("TransactionEvent", {
+            "eventType": "Updated", "timestamp": st.ts(seq), "triggerReason": "MeterValuePeriodic", "seqNo": seq,
+            "transactionInfo": {"transactionId": "tx-bs", "chargingState": "Charging"},
+            "evse": {"id": 1, "connectorId": 1}, "meterValue": [{"timestamp": st.ts(seq), "sampledValue": [
+                {"value": soc, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}},
+                {"value": wh, "measurand": "Energy.Active.Import.Register"}]}]})
+
+    await reading(1, 40, 0.0)  # 40 % of 60 kWh with nothing metered yet: 24 kWh at plug-in
+
+    async def stored() -> bool:
+        rows = await fetch(h.database_url, "SELECT battery_start_kwh FROM transactions WHERE transaction_id = 'tx-bs'")
+        return bool(rows) and rows[0]["battery_start_kwh"] is not None
+
+    await wait_for(stored)
+    rows = await fetch(h.database_url, "SELECT battery_start_kwh FROM transactions WHERE transaction_id = 'tx-bs'")
+    assert abs(rows[0]["battery_start_kwh"] - 24.0) < 1e-6
+    # This EV loses more than the assumed efficiency: 10 kWh metered, 8.4 kWh into the battery.
+    await reading(2, 54, 10_000.0)
+
+    async def charged() -> bool:
+        s = h.gw.state.session_by_tx("CS-BS", "tx-bs")  # type: ignore[union-attr]
+        return s is not None and s.soc == 0.54 and s.energy_in_kwh == 10.0
+
+    await wait_for(charged)
+    # The first value stored is the one kept: another node's later pin does not move it.
+    assert await h.gw.transactions.set_battery_start("CS-BS", "tx-bs", 99.0) == 24.0
+
+    await h.restart()
+    assert h.gw is not None
+    live = h.gw.state.session_by_tx("CS-BS", "tx-bs")
+    assert live is not None and live.soc == 0.54
+    # Pinned anew it would be 32.4 - 10 x 0.92 = 23.2 kWh, and the plan would count 0.8 kWh more in.
+    assert live.battery_start_kwh is not None and abs(live.battery_start_kwh - 24.0) < 1e-6
