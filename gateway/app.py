@@ -144,6 +144,7 @@ class Gateway:
             row = stations.get(e.station_id)
             if row is not None:
                 st.dialect = DischargeDialect(row.discharge_dialect)
+                st.discharge_undeclared_evs = row.discharge_undeclared_evs
         for tx in await self.transactions.active():
             if tx.evse_id is None or tx.started_at is None:
                 continue

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="1: Basic over ws; 2: Basic over wss; 3: TLS client certificate (no password)")
     add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default="negative_limit",
                      help="how the station takes a discharge command (negative W limit on 2.0.1)")
+    add.add_argument("--discharge-undeclared-evs", choices=("yes", "no"), default=None,
+                     help="discharge EVs that did not declare a discharge power (CHAdeMO V2G cars "
+                          "behind a DC charger); default: the site's GATEWAY_DISCHARGE_UNDECLARED_EVS")
     add.add_argument("--evse", action="append", metavar="ID:CHARGE_KW[:DISCHARGE_KW]",
                      help="an EVSE and its power limits (repeatable), e.g. 1:11:11")
     slist = ssub.add_parser("list", help="list registered stations")

@@ -31,6 +31,9 @@ from gateway.scheduler.forecast import SessionForecaster
 class EvseState:
     spec: EvseSpec
     dialect: DischargeDialect = DischargeDialect.NEGATIVE_LIMIT
+    # Whether EVs that did not declare a discharge power are discharged here (None: the site's
+    # Settings.discharge_undeclared_evs).
+    discharge_undeclared_evs: bool | None = None
     status: str | None = None
     session: Session | None = None
     online: bool = False

@@ -40,6 +40,17 @@ def test_station_add_and_list(clean_db: str) -> None:
     assert PASSWORD not in added.stdout + added.stderr
     listed = run(["station", "list"], clean_db)
     assert listed.returncode == 0 and "CS-CLI-1" in listed.stdout
+    dc = run(["station", "add", "CS-CLI-DC", "--password-stdin", "--evse", "1:50:50",
+              "--discharge-undeclared-evs", "yes"], clean_db, stdin=PASSWORD + "\n")
+    assert dc.returncode == 0, dc.stderr
+    rows = asyncio.run(_fetch(clean_db, "SELECT id, discharge_undeclared_evs FROM stations ORDER BY id"))
+    assert [(r["id"], r["discharge_undeclared_evs"]) for r in rows] == [("CS-CLI-1", None), ("CS-CLI-DC", True)]
+
+
+async def _fetch(database_url: str, sql: str) -> list[dict[str, object]]:
+    from tests.gateway.test_handlers import fetch
+
+    return [dict(r) for r in await fetch(database_url, sql)]
 
 
 def test_station_add_refuses_short_password_and_bad_id(clean_db: str) -> None:

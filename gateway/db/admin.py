@@ -99,7 +99,10 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
                 return 2
             hashed = hash_password(password)
         await repo.add(sid, hashed, security_profile=args.security_profile,
-                       discharge_dialect=args.discharge_dialect, now=RealClock().now())
+                       discharge_dialect=args.discharge_dialect,
+                       discharge_undeclared_evs=(None if args.discharge_undeclared_evs is None
+                                                 else args.discharge_undeclared_evs == "yes"),
+                       now=RealClock().now())
         for spec in args.evse or []:
             evse_id, charge, discharge = _parse_evse(spec)
             await repo.upsert_evse(sid, evse_id, max_charge_kw=charge, max_discharge_kw=discharge,

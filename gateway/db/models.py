@@ -50,6 +50,9 @@ class Station(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="true")
     discharge_dialect: Mapped[str] = mapped_column(String(32), default="negative_limit",
                                                    server_default="negative_limit")
+    # Plan EVs that did not declare a discharge power to discharge here (None: the site's
+    # Settings.discharge_undeclared_evs; migration 0008).
+    discharge_undeclared_evs: Mapped[bool | None] = mapped_column(Boolean)
     vendor: Mapped[str | None] = mapped_column(String(50))
     model: Mapped[str | None] = mapped_column(String(50))
     serial_number: Mapped[str | None] = mapped_column(String(25))

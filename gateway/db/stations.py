@@ -32,6 +32,7 @@ class StationRow:
     boot_status: str
     last_seen_at: datetime | None
     connected: bool
+    discharge_undeclared_evs: bool | None = None  # None: the site's setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class EvseRow:
 
 def _row(s: m.Station) -> StationRow:
     return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
-                      s.firmware_version, s.boot_status, s.last_seen_at, s.connected)
+                      s.firmware_version, s.boot_status, s.last_seen_at, s.connected, s.discharge_undeclared_evs)
 
 
 class StationRepository:
@@ -63,24 +64,27 @@ class StationRepository:
 
     async def add(
         self, station_id: str, password_hash: str | None, *, security_profile: int = 1,
-        discharge_dialect: str = "negative_limit", now: datetime,
+        discharge_dialect: str = "negative_limit", discharge_undeclared_evs: bool | None = None,
+        now: datetime,
     ) -> None:
         """Register a station, or replace its password and profile if it exists (the CLI's
         ``station add``; the REST API registers with :meth:`create`, which never replaces)."""
         async with self._sessions.begin() as s:
             stmt = insert(m.Station).values(
                 id=station_id, password_hash=password_hash, security_profile=security_profile,
-                discharge_dialect=discharge_dialect, enabled=True, registered_at=now,
+                discharge_dialect=discharge_dialect, discharge_undeclared_evs=discharge_undeclared_evs,
+                enabled=True, registered_at=now,
             )
             await s.execute(stmt.on_conflict_do_update(
                 index_elements=[m.Station.id],
                 set_={"password_hash": password_hash, "security_profile": security_profile,
-                      "discharge_dialect": discharge_dialect, "enabled": True},
+                      "discharge_dialect": discharge_dialect, "discharge_undeclared_evs": discharge_undeclared_evs,
+                      "enabled": True},
             ))
 
     async def create(
         self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,
-        evses: Sequence[EvseRow] = (), now: datetime,
+        discharge_undeclared_evs: bool | None = None, evses: Sequence[EvseRow] = (), now: datetime,
     ) -> bool:
         """Register a new station with its EVSEs, in one commit; ``False`` (nothing written) if the
         id is taken. The insert itself decides, not an earlier look-up: of two concurrent
@@ -88,7 +92,8 @@ class StationRepository:
         async with self._sessions.begin() as s:
             created = (await s.execute(insert(m.Station).values(
                 id=station_id, password_hash=password_hash, security_profile=security_profile,
-                discharge_dialect=discharge_dialect, enabled=True, registered_at=now,
+                discharge_dialect=discharge_dialect, discharge_undeclared_evs=discharge_undeclared_evs,
+                enabled=True, registered_at=now,
             ).on_conflict_do_nothing(index_elements=[m.Station.id]).returning(m.Station.id))).scalar_one_or_none()
             if created is None:
                 return False

@@ -163,12 +163,15 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
         max_c = min(max_c, obs.ev_max_kw)
     max_d = 0.0
     # Only an EV that declared its discharge power (ISO 15118-20, carried in its needs) is planned
-    # to discharge, unless the site says its EVs need not (Settings.discharge_undeclared_evs): a
+    # to discharge, unless the station, or else the site, says its EVs need not
+    # (EvseState.discharge_undeclared_evs, Settings.discharge_undeclared_evs): a
     # bidirectional EVSE cannot make an EV that does not speak V2G give energy back, and a plan
     # counting on it pre-charges for, and keeps room for, energy it never gets.
     declared = s.needs.ev_max_discharge_kw
+    undeclared_ok = (settings.discharge_undeclared_evs if st.discharge_undeclared_evs is None
+                     else st.discharge_undeclared_evs)
     if (spec.bidirectional and st.dialect == DischargeDialect.NEGATIVE_LIMIT and r.allow_discharge
-            and (declared or settings.discharge_undeclared_evs)):
+            and (declared or undeclared_ok)):
         max_d = min(spec.max_discharge_kw, declared) if declared else spec.max_discharge_kw
     known = r.capacity_kwh is not None and r.soc is not None
     cap = r.capacity_kwh if known else None

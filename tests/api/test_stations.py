@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 import httpx
 import pytest
@@ -115,3 +116,29 @@ async def test_concurrent_registrations_of_one_id_store_exactly_one(
     with pytest.raises(InvalidStatus) as refused:
         await RawStation.connect(gateway_server.ocpp_url, "CS-RACE", passwords[1 - winner])
     assert refused.value.response.status_code == 401
+
+
+async def test_a_station_can_discharge_evs_that_declared_no_discharge_power(gateway_factory: Any) -> None:
+    """Per station, over the site's switch (GATEWAY_DISCHARGE_UNDECLARED_EVS): a DC charger for
+    CHAdeMO V2G cars, which cannot declare a discharge power, beside AC chargers whose EVs must.
+    Kept across a restart; left out, the site's switch holds (null)."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    evse = {"evse_id": 1, "max_charge_kw": 50.0, "max_discharge_kw": 50.0, "bidirectional": True}
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        dc = await api.post("/api/v1/stations", headers=OPERATOR, json={
+            "id": "CS-DC", "password": PASSWORD, "discharge_undeclared_evs": True, "evses": [evse]})
+        assert dc.status_code == 201, dc.text
+        assert dc.json()["discharge_undeclared_evs"] is True
+        ac = await api.post("/api/v1/stations", headers=OPERATOR, json={
+            "id": "CS-AC", "password": PASSWORD, "evses": [{**evse, "max_charge_kw": 11.0}]})
+        assert ac.json()["discharge_undeclared_evs"] is None
+        bad = await api.post("/api/v1/stations", headers=OPERATOR, json={
+            "id": "CS-BAD", "password": PASSWORD, "discharge_undeclared_evs": "sometimes"})
+        assert bad.status_code == 422, bad.text
+    assert h.gw.state.evses[("CS-DC", 1)].discharge_undeclared_evs is True
+    assert h.gw.state.evses[("CS-AC", 1)].discharge_undeclared_evs is None
+    await h.restart()
+    assert h.gw is not None
+    assert h.gw.state.evses[("CS-DC", 1)].discharge_undeclared_evs is True
+    assert h.gw.state.evses[("CS-AC", 1)].discharge_undeclared_evs is None

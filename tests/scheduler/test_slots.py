@@ -216,6 +216,14 @@ def test_an_ev_that_declared_no_discharge_power_is_never_planned_to_discharge() 
     told = settings.model_copy(update={"discharge_undeclared_evs": True})
     slot = live_inputs.build(state, NOW, told, {}, planning_forecaster())[1][0]
     assert slot.discharge_allowed and slot.max_discharge_kw == 11.0
+    # Or per station, over the site's word either way (DC chargers for CHAdeMO V2G cars beside
+    # AC ones, whose undeclared EVs give nothing back).
+    state.evses[KEY].discharge_undeclared_evs = False
+    slot = live_inputs.build(state, NOW, told, {}, planning_forecaster())[1][0]
+    assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
+    state.evses[KEY].discharge_undeclared_evs = True
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.discharge_allowed and slot.max_discharge_kw == 11.0
 
 
 def _bidi_session(settings: Settings) -> SiteState:

@@ -37,6 +37,9 @@ class StationIn(Model):
                           description="HTTP Basic password (OCPP 2.0.1 A00.FR.205: 16..40 chars)")
     security_profile: Literal[1, 2] = Field(default=1, description="1: Basic auth over ws; 2: over wss")
     discharge_dialect: DischargeDialect = Field(default=DischargeDialect.NEGATIVE_LIMIT, strict=False)
+    discharge_undeclared_evs: bool | None = Field(
+        default=None, description="discharge EVs that did not declare a discharge power (ISO 15118-20), e.g. "
+        "CHAdeMO V2G cars behind a DC charger; null: the site's GATEWAY_DISCHARGE_UNDECLARED_EVS")
     evses: list[EvseIn] = Field(default_factory=list, max_length=100)
 
 
@@ -55,6 +58,7 @@ class StationOut(BaseModel):
     enabled: bool
     connected: bool
     discharge_dialect: str
+    discharge_undeclared_evs: bool | None
     vendor: str | None
     model: str | None
     firmware_version: str | None
@@ -71,8 +75,8 @@ async def _out(gw: Gateway, q: Queries, rows: list[StationRow]) -> list[StationO
         out.append(StationOut(
             id=r.id, security_profile=r.security_profile, enabled=r.enabled,
             connected=gw.ocpp.registry.get(r.id) is not None, discharge_dialect=r.discharge_dialect,
-            vendor=r.vendor, model=r.model, firmware_version=r.firmware_version, boot_status=r.boot_status,
-            last_seen_at=r.last_seen_at,
+            discharge_undeclared_evs=r.discharge_undeclared_evs, vendor=r.vendor, model=r.model,
+            firmware_version=r.firmware_version, boot_status=r.boot_status, last_seen_at=r.last_seen_at,
             evses=[EvseOut(evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
                            max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
                            phases=e.phases,
@@ -102,13 +106,15 @@ async def register_station(body: StationIn, gw: GatewayDep, q: QueriesDep, _: Op
     evses = [EvseRow(e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases)
              for e in body.evses]
     if not await gw.stations.create(body.id, pw_hash, security_profile=body.security_profile,
-                                    discharge_dialect=body.discharge_dialect.value, evses=evses,
+                                    discharge_dialect=body.discharge_dialect.value,
+                                    discharge_undeclared_evs=body.discharge_undeclared_evs, evses=evses,
                                     now=gw.clock.now()):
         raise exists  # registered meanwhile by a concurrent request: its password stands
     for e in body.evses:
         gw.state.evse(body.id, e.evse_id).spec = EvseSpec(body.id, e.evse_id, e.max_charge_kw,
                                                           e.max_discharge_kw, e.bidirectional, e.phases)
         gw.state.evse(body.id, e.evse_id).dialect = body.discharge_dialect
+        gw.state.evse(body.id, e.evse_id).discharge_undeclared_evs = body.discharge_undeclared_evs
     return await _one(gw, q, body.id)
 
 
