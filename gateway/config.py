@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     # counted per hour of the day from the sessions seen here (gateway/scheduler/arrivals.py).
     anticipate_arrivals: bool = True
     ev_efficiency: float = 0.92  # charge and discharge efficiency assumed between meter and battery
+    # The SoC at which an EV whose battery the gateway sees (ISO 15118: SoC and capacity) is
+    # planned to start its constant-voltage taper, linear to nothing at 100 % (1.0: planned at
+    # full power to the top). A plan that ignores the taper counts on energy the battery will not
+    # take and is left short near the top (docs/benchmarks-scheduler.md, "The battery's taper").
+    battery_taper_soc: float = Field(default=0.8, ge=0.0, le=1.0)
     default_ev_room_kwh: float = 60.0  # battery room assumed when an EV does not tell its SoC
     noncompliance_tolerance_kw: float = 1.0  # measured power above the sent limit by more: ignored
 

@@ -13,6 +13,10 @@ mid-session. ``surprise`` marks an arrival no history would have predicted.
 The building load is the truth the site meter shows (``values_kw``); ``forecast_kw``, when
 present, is the day-ahead forecast the building's energy system sends, on the same grid: what a
 gateway may plan with, where the truth is only for metering and scoring.
+
+An episode's EVs charge at their ``max_charge_kw`` up to ``EV_CV_SOC``; above it (the battery's
+constant-voltage phase) they take linearly less, towards nothing at 100 %, and stop (full) once
+they would take less than ``EV_TAPER_CUTOFF`` of it (a battery's termination current): at 99.6 %.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ import fastjsonschema
 from gateway import sitetime
 from gateway.clock import parse_rfc3339, to_rfc3339
 from gateway.domain import EvseSpec, GridEvent, GridEventKind, SiteLimits, Tariff, TouPeriod
+
+# The CC-CV taper of every episode EV (the simulators' batteries and the evaluator's physics).
+EV_CV_SOC = 0.8
+EV_TAPER_CUTOFF = 0.02
+
+
+def ev_full_soc(cv_soc: float = EV_CV_SOC, cutoff: float = EV_TAPER_CUTOFF) -> float:
+    """The SoC at which an episode EV's charge ends (its acceptance down to the cutoff)."""
+    return 1.0 - cutoff * (1.0 - cv_soc)
 
 
 class EpisodeError(ValueError):

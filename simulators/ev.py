@@ -3,13 +3,16 @@
 Power is grid side (what the EVSE meter sees), positive = charge, negative = discharge. The battery
 stores ``grid * eff_charge`` when charging and gives ``grid / eff_discharge`` when discharging.
 Above ``cv_soc`` the charger is in the constant-voltage phase: the power the EV accepts falls
-linearly towards ``taper_floor`` of its maximum at 100 %; it stops at ``max_soc`` (the car's own
-charge limit, e.g. the driver's target).
+linearly towards nothing at 100 %, and the charge ends once it is below ``taper_cutoff`` of its
+maximum (a termination current: 99.6 % by default); it stops at ``max_soc`` (the car's own
+charge limit, e.g. the driver's target) if that comes first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from gateway.episode import EV_CV_SOC, EV_TAPER_CUTOFF
 
 SUBSTEP_S = 10.0  # integration step; the taper changes little within 10 s at any AC power
 
@@ -24,8 +27,8 @@ class EvBattery:
     eff_discharge: float = 0.92
     reserve_soc: float = 0.0  # discharge never takes the battery below this
     max_soc: float = 1.0
-    cv_soc: float = 0.8
-    taper_floor: float = 0.1
+    cv_soc: float = EV_CV_SOC
+    taper_cutoff: float = EV_TAPER_CUTOFF
     # Running totals since plug-in, kWh.
     stored_kwh: float = 0.0  # battery side, charged in
     drawn_kwh: float = 0.0  # battery side, discharged out
@@ -51,8 +54,8 @@ class EvBattery:
             return self.max_charge_kw
         # The taper is cell physics: it runs towards 100 %, whatever charge limit the car has.
         span = max(1.0 - self.cv_soc, 1e-9)
-        share = max(self.taper_floor, (1.0 - self.soc) / span)
-        return self.max_charge_kw * share
+        share = (1.0 - self.soc) / span
+        return self.max_charge_kw * share if share >= self.taper_cutoff else 0.0
 
     def discharge_limit_kw(self) -> float:
         """The grid-side power the EV gives now (0 at or below the reserve SoC)."""

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gateway.domain import GridEventKind
-from gateway.episode import Arrival, Episode
+from gateway.episode import EV_CV_SOC, EV_TAPER_CUTOFF, Arrival, Episode, ev_full_soc
 from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
@@ -54,7 +54,7 @@ from gateway.scheduler.policies import (
     check_building_forecast,
 )
 from gateway.scheduler.problem import FloatArr, Planner, SlotInput, uniform_grid
-from gateway.scheduler.slots import DrawSeen
+from gateway.scheduler.slots import DrawSeen, taper_kw_per_kwh
 
 STEP_S = 300.0
 FULLY_SERVED_TOLERANCE_KWH = 0.5
@@ -112,16 +112,44 @@ def truths(ep: Episode) -> list[EvTruth]:
         last = math.floor((a.departure - ep.start).total_seconds() / STEP_S)
         e0 = a.arrival_soc * a.capacity_kwh
         req = final_request(a)
-        stop = min(a.capacity_kwh, e0 + req)
+        stop = min(a.capacity_kwh * ev_full_soc(), e0 + req)
         kw = min(a.max_charge_kw, spec.max_charge_kw)
         dis = (min(a.max_discharge_kw, spec.max_discharge_kw)
                if a.bidirectional and spec.bidirectional and a.iso15118 else 0.0)
-        deliverable = min(req, stop - e0, kw * a.eff_charge * h * max(last - first, 0))
+        deliverable = min(req, charged_kwh(e0, kw, h * max(last - first, 0), a.capacity_kwh, a.max_charge_kw,
+                                           a.eff_charge, stop))
         out.append(EvTruth(arrival=a, key=spec.key, first=first, last=last, e0=e0, stop=stop,
                            reserve=a.reserve_soc * a.capacity_kwh, max_charge_kw=kw, max_discharge_kw=dis,
                            requested=req, deliverable=max(deliverable, 0.0), evse_max_kw=spec.max_charge_kw,
                            energy=e0))
     return out
+
+
+def charged_kwh(e: float, kw: float, hours: float, cap: float, ev_max_kw: float, eff: float, stop: float) -> float:
+    """Battery energy an episode EV at ``e`` kWh takes in ``hours`` when offered ``kw`` (grid side,
+    at most its own ``ev_max_kw``), stopping at ``stop``: constant power until its acceptance
+    falls to ``kw``, then the taper's exponential approach (acceptance linear in the room left,
+    ``gateway.episode.EV_CV_SOC``) until the cutoff (``EV_TAPER_CUTOFF``). The closed form of what
+    the simulators' batteries integrate (simulators/ev.py)."""
+    w = (1.0 - EV_CV_SOC) * cap
+    stop = min(stop, cap - EV_TAPER_CUTOFF * w)
+    if kw <= 0 or hours <= 0 or e >= stop or eff <= 0 or ev_max_kw <= 0:
+        return 0.0
+    kw = min(kw, ev_max_kw)
+    if w <= 0:
+        return min(e + eff * kw * hours, stop) - e
+    e_kw = cap - kw / ev_max_kw * w  # the acceptance falls to kw here
+    if e < e_kw:
+        need = (min(e_kw, stop) - e) / (eff * kw)
+        if need >= hours:
+            return min(e + eff * kw * hours, stop) - e
+        e0, hours = min(e_kw, stop), hours - need
+    else:
+        e0 = e
+    if e0 >= stop:
+        return stop - e
+    k = ev_max_kw / w
+    return min(cap - (cap - e0) * math.exp(-eff * k * hours), stop) - e
 
 
 def _announced(a: Arrival) -> datetime | None:
@@ -165,6 +193,8 @@ def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
         full=t.energy >= t.stop - 1e-6, departure=departure,
         energy_kwh=t.energy if known else None, capacity_kwh=a.capacity_kwh if known else None,
         need_kwh=need, reserve_kwh=t.reserve if known else 0.0, departure_firm=exact,
+        # A battery the gateway sees tapers as the site's settings assume (live: Settings.battery_taper_soc).
+        taper_kw_per_kwh=taper_kw_per_kwh(a.capacity_kwh, a.max_charge_kw, EV_CV_SOC) if known else 0.0,
     )
 
 
@@ -260,8 +290,10 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
             a = t.arrival
             if kw > 0:
                 offered = min(kw, t.offerable_kw)
-                kw = min(kw, t.max_charge_kw, max(t.stop - t.energy, 0.0) / (a.eff_charge * h))
-                t.energy += kw * a.eff_charge * h
+                got = charged_kwh(t.energy, min(kw, t.max_charge_kw), h, a.capacity_kwh, a.max_charge_kw,
+                                  a.eff_charge, t.stop)
+                kw = got / (a.eff_charge * h)
+                t.energy += got
                 t.drawn.note(kw, offered)
             elif kw < 0:
                 kw = -min(-kw, t.max_discharge_kw, max(t.energy - t.reserve, 0.0) * a.eff_discharge / h)
@@ -337,7 +369,9 @@ def optimal_policy(ep: Episode, penalty: float, time_limit_s: float) -> Planned:
                   capacity_kwh=t.stop, target_energy_kwh=t.stop, reserve_energy_kwh=t.reserve,
                   max_charge_kw=t.max_charge_kw, max_discharge_kw=t.max_discharge_kw,
                   eff_charge=t.arrival.eff_charge, eff_discharge=t.arrival.eff_discharge,
-                  discharge_allowed=t.max_discharge_kw > 0)
+                  discharge_allowed=t.max_discharge_kw > 0,
+                  taper_kw_per_kwh=taper_kw_per_kwh(t.arrival.capacity_kwh, t.arrival.max_charge_kw, EV_CV_SOC),
+                  taper_full_kwh=t.arrival.capacity_kwh)
         for t in evs
     ]
     # The bound: one LP over every EV, never split into groups.

@@ -27,7 +27,7 @@ from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.peak_price import demand_pricing
 from gateway.scheduler.problem import SiteInputs, SlotInput, TimeGrid, make_grid
-from gateway.scheduler.slots import SessionView, SlotRules, slot_input
+from gateway.scheduler.slots import SessionView, SlotRules, slot_input, taper_kw_per_kwh
 from gateway.state import EvseState, Resolved, SiteState
 
 # Efficiency assumed for an EV that does not tell (SlotInput's default; ISO 15118 does not carry it).
@@ -201,6 +201,9 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
         # Unknown battery: energy is counted from plug-in, so a floor of 0 is what it came with.
         reserve_kwh=r.reserve_soc * cap if cap is not None else 0.0,
         charge_now=r.mode == ChargeMode.CHARGE_NOW, fixed_kw=fixed, departure_firm=r.departure_source == "driver",
+        # The taper runs on the EV's own power, not the EVSE's (its declared limit where it told it).
+        taper_kw_per_kwh=(taper_kw_per_kwh(cap, s.needs.ev_max_charge_kw or spec.max_charge_kw,
+                                           settings.battery_taper_soc) if cap is not None else 0.0),
     )
 
 

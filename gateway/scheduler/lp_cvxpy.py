@@ -6,6 +6,11 @@ length-T vector scaling the import in the peak epigraph: a Parameter multiplying
 makes DPP compilation explode. That is why the variables are energies per step (kWh), not powers:
 step lengths then only scale right-hand sides, so a new grid of the same length reuses the model.
 Efficiencies are per-slot *constants* (they change the matrix), part of the cache key.
+
+The battery taper (problem.py) multiplies the energy by the step's length, so it is the second
+Parameter times a variable, kept to the tapering slots only (their indices are part of the cache
+key: an EV whose battery becomes known, or leaves, compiles a new model; the highs backend builds
+every LP anew anyway).
 """
 # cvxpy's atoms are re-exported in ways mypy cannot see, and its solve() is untyped.
 # mypy: disable-error-code="attr-defined,no-untyped-call"
@@ -27,7 +32,13 @@ def risks_per_slot(p: Prepared) -> int:
 
 def shape_key(p: Prepared) -> tuple[Any, ...]:
     s, n = p.shape
-    return (s, n, risks_per_slot(p), len(p.peak_levels), tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)))
+    return (s, n, risks_per_slot(p), len(p.peak_levels), tuple(np.round(p.eff_c, 4)), tuple(np.round(p.eff_d, 4)),
+            tuple(int(i) for i in tapering(p)))
+
+
+def tapering(p: Prepared) -> Any:
+    """The slots with a taper row (those with a cell where it may bind)."""
+    return np.unique(p.taper_slot)
 
 
 class CvxModel:
@@ -64,6 +75,12 @@ class CvxModel:
         self.peak_levels = cp.Parameter(nz) if nz else None
         self.peak_extra = cp.Parameter(nz, nonneg=True) if nz else None
         self.unmet = cp.Parameter(s, nonneg=True)
+        # The taper of the slots in ``self.tapered``, at every step: a + G E <= R with G = k h
+        # and R = k h F. A row holds at a step the EV is not plugged in too (a = 0, E <= cap <= F).
+        self.tapered = tapering(p)
+        m = len(self.tapered)
+        self.taper_g = cp.Parameter((m, n), nonneg=True) if m else None
+        self.taper_r = cp.Parameter((m, n)) if m else None
         # Earlier possible departures, dense over (slot, step): the target where there is one and
         # the floor elsewhere (always met), and the price per kWh short there (EPS elsewhere, so the
         # unused shortfall variables stay bounded for the interior-point solver).
@@ -109,6 +126,8 @@ class CvxModel:
             cons.append(above >= peak - self.peak_levels)
         if n > 1:
             cons.append(e[:, 1:] == e[:, :-1] + flow[:, 1:])
+        if self.taper_g is not None and self.taper_r is not None:
+            cons.append(a[self.tapered, :] + cp.multiply(self.taper_g, e[self.tapered, :]) <= self.taper_r)
         across = np.ones((1, n))
         if r is not None:
             for j in range(k):
@@ -157,6 +176,10 @@ class CvxModel:
             self.peak_levels.value = p.peak_levels
             self.peak_extra.value = p.peak_extra
         self.unmet.value = p.unmet_penalty
+        if self.taper_g is not None and self.taper_r is not None:
+            kh = p.taper[self.tapered, None] * h[None, :]
+            self.taper_g.value = kh
+            self.taper_r.value = kh * p.taper_full[self.tapered, None]
         if self.k and self.risk_price is not None:
             s = len(p.e0)
             # The j-th earlier departure of each slot, in the order prepare() listed them.

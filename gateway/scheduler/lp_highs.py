@@ -57,7 +57,8 @@ def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
     hk = p.h[ti]
     # Measured: the reduced charge-only form is slower in HiGHS' IPM (the per-slot sum rows fill
     # the normal equations more than the banded dynamics do), so it is off by default.
-    dis_slot: NDArray[np.bool_] = p.dmax.any(axis=1) | np.full(s, not reduce_charge_only)
+    # (A tapering slot keeps its energy columns: its taper rows read them.)
+    dis_slot: NDArray[np.bool_] = p.dmax.any(axis=1) | (p.taper > 0) | np.full(s, not reduce_charge_only)
     dk = np.flatnonzero(dis_slot[si])
     kd = len(dk)
     sd, td = si[dk], ti[dk]
@@ -156,6 +157,17 @@ def build(p: Prepared, reduce_charge_only: bool = False) -> Built:
         rlo.append(np.where(on_e, p.risk_target, p.risk_target - p.e0[p.risk_slot]))
         rhi.append(np.full(nr, INF))
         r0 += nr
+    # The taper: c + k E <= k F, E the energy at the step's end.
+    nt_ = len(p.taper_slot)
+    if nt_:
+        tr = r0 + np.arange(nt_)
+        ts, tts = p.taper_slot, p.taper_step
+        kk = p.taper[ts]
+        add(tr, oc + np.searchsorted(si * n + ti, ts * n + tts), np.ones(nt_))
+        add(tr, oe + np.searchsorted(sd * n + td, ts * n + tts), kk)
+        rlo.append(np.full(nt_, -INF))
+        rhi.append(kk * p.taper_full[ts])
+        r0 += nt_
     tt = np.arange(n)
     one = np.ones(n)
     # Balance: imp - exp - sum c + sum d = building.

@@ -38,6 +38,15 @@ over the limit (their price dwarfs everything else), so the LP is never infeasib
 is reported. The reserve is a hard floor on battery energy (``min(reserve, E0)`` so an EV that
 arrives below its reserve is feasible; its target is raised to the reserve so it is charged up).
 
+A battery in its constant-voltage phase takes less as it fills: for a slot with
+``taper_kw_per_kwh`` = k > 0 (its battery known), charge power at most ``k (F - E_t)``, ``F``
+its ``taper_full_kwh`` (the battery's capacity, not the target the EV stops at): a linear taper
+from the knee ``F - max_charge / k`` to nothing at full. At the energy the step ends with, not
+its middle: a limit is constant over a step while the battery takes less as it fills, so only
+a limit the battery still takes at the step's end is drawn all through it (at the middle, the
+evaluator's optimum was planned 0.05 kWh more than it got on many EVs). Rows only where the
+battery could pass the knee.
+
 The peak covers the steps of the current billing period (``SiteInputs.demand_mask``).
 ``min_charge_kw`` (a pilot floor) is a lower bound on charge only while the battery has room for
 it and scaled down where the floors alone would break the site limit: convex, so no binaries.
@@ -234,6 +243,12 @@ class SlotInput:
     # at the connected mask's end is weighted ``unmet_weight`` (the rest of the probability).
     early_targets: tuple[tuple[int, float, float], ...] = ()
     unmet_weight: float = 1.0
+    # The constant-voltage taper (see the module docstring): above its knee the battery takes at
+    # most this many kW per kWh of room left (capacity_kwh - energy). 0: none planned (a battery
+    # the gateway cannot see, whose draw shows its taper instead: slots.DrawSeen). The taper
+    # reaches nothing at ``taper_full_kwh`` (the battery's capacity on the scale of energy_kwh).
+    taper_kw_per_kwh: float = 0.0
+    taper_full_kwh: float = 0.0
 
 
 @dataclass
@@ -287,6 +302,10 @@ class Prepared:
     risk_step: NDArray[np.int64]
     risk_target: FloatArr
     risk_penalty: FloatArr
+    taper: FloatArr  # (S) kW per kWh of room above the knee (0: none)
+    taper_full: FloatArr  # (S) where the taper reaches nothing
+    taper_slot: NDArray[np.int64]  # cells where the taper may bind: slot and step
+    taper_step: NDArray[np.int64]
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -342,6 +361,11 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
             if w > 0 and (goal > e0[i] + 1e-9 or (dmax[i].any() and goal > floor[i] + 1e-9)):
                 merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i] * float(w)
     risks = [(i, at, goal, price) for (i, at, goal), price in merged.items()]
+    taper_full = col("taper_full_kwh")
+    taper = np.where(taper_full > e0, np.maximum(col("taper_kw_per_kwh"), 0.0), 0.0)
+    taper_slot, taper_step = _taper_cells(conn, cmax, h, eff_c, e0, taper_full, taper)
+    # A charge floor under a taper could make the LP infeasible near full: none there.
+    cmin[taper_slot, taper_step] = 0.0
     priced = [(lv, x) for lv, x in site.peak_price_steps if x > 0 and math.isfinite(lv)]
     return Prepared(
         h=h, conn=conn, cmax=cmax, cmin=cmin, dmax=dmax, e0=e0, floor=floor, cap=cap, target=target,
@@ -361,7 +385,22 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         risk_step=np.array([r[1] for r in risks], dtype=np.int64),
         risk_target=np.array([r[2] for r in risks], dtype=float),
         risk_penalty=np.array([r[3] for r in risks], dtype=float),
+        taper=taper, taper_full=taper_full, taper_slot=taper_slot, taper_step=taper_step,
     )
+
+
+def _taper_cells(conn: BoolArr, cmax: FloatArr, h: FloatArr, eff: FloatArr, e0: FloatArr, full: FloatArr,
+                 taper: FloatArr) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The connected cells of tapering slots where the taper may bind: the battery, charged at
+    full power from now, could be above the knee by the step's end (elsewhere the row is slack)."""
+    rows = np.flatnonzero(taper > 0)
+    if not len(rows):
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    reach = e0[rows, None] + np.cumsum(cmax[rows] * h[None, :] * eff[rows, None], axis=1)
+    knee = full[rows] - np.max(cmax[rows], axis=1) / taper[rows]
+    si, ti = np.nonzero(conn[rows] & (reach > knee[:, None] - 1e-9))
+    return rows[si].astype(np.int64), ti.astype(np.int64)
 
 
 # How much more the earliest-leaving EV prefers charging early than the latest-leaving one does

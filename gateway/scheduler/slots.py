@@ -81,6 +81,9 @@ class SessionView:
     # The battery's energy at plug-in on the scale of ``energy_kwh`` where the EV's readings give
     # it (domain.Session.battery_start_kwh); else it is taken as ``energy_kwh - delivered_kwh``.
     start_kwh: float | None = None
+    # The battery's constant-voltage taper, kW per kWh of room below ``capacity_kwh`` (known
+    # batteries only; 0: none planned, the draw shows it: DrawSeen).
+    taper_kw_per_kwh: float = 0.0
 
 
 # An EV drawing at least this much less than it is offered shows its own power limit (AC EVs
@@ -124,6 +127,13 @@ class DrawSeen:
         if not self.limited_by_ev:
             return None
         return min(self.max_kw, self.accepts_kw * (1.0 + PROBE_SHARE) + PROBE_KW)
+
+
+def taper_kw_per_kwh(capacity_kwh: float, ev_max_kw: float, cv_soc: float) -> float:
+    """The slope of a linear constant-voltage taper: the kW a battery takes per kWh of room left
+    once past ``cv_soc`` (0 without one)."""
+    span = (1.0 - cv_soc) * capacity_kwh
+    return ev_max_kw / span if span > 0 and ev_max_kw > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,7 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         reveal = (reveal_step(ends, now, last, early), target, rules.reveal_weight)
         early = tuple(sorted((*early, reveal)))
     min_c = 0.0
+    taper = v.taper_kw_per_kwh if v.capacity_kwh is not None and v.energy_kwh is not None else 0.0
     if v.fixed_kw is not None:
         # The charger draws more than it was told, or its limit cannot be set now: plan its draw
         # as fixed so the other slots make room for it and the site limit still holds; it is
@@ -295,10 +306,12 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         min_c = max_c = max(v.fixed_kw, 0.0)
         max_d, may_discharge = 0.0, False
         cap = max(cap, e_now + max_c * float(np.sum(grid.hours())))
+        taper = 0.0  # a draw the plan does not control
     return SlotInput(
         key=key, connected=connected, energy_kwh=e_now, capacity_kwh=cap,
         target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
         max_charge_kw=max(max_c, 0.0), max_discharge_kw=max_d, min_charge_kw=min_c,
         eff_charge=v.eff_charge, eff_discharge=v.eff_discharge,
         discharge_allowed=may_discharge and max_d > 0, early_targets=early, unmet_weight=main_weight,
+        taper_kw_per_kwh=taper, taper_full_kwh=v.capacity_kwh if taper > 0 and v.capacity_kwh is not None else 0.0,
     )

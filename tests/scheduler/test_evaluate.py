@@ -216,3 +216,20 @@ def test_the_building_forecast_option_reaches_the_mpc(monkeypatch: pytest.Monkey
         ev.evaluate([_with_forecast()], ["mpc"], building_forecast="psychic")
     with pytest.raises(ValueError, match="building forecast"):
         Mpc(building_forecast="psychic")
+
+
+@pytest.mark.parametrize(("soc", "offered", "ev_kw", "minutes", "stop_soc"), [
+    (0.5, 11.0, 11.0, 5, 1.0), (0.79, 11.0, 11.0, 60, 1.0), (0.85, 3.0, 11.0, 60, 1.0),
+    (0.7, 7.4, 22.0, 240, 1.0), (0.97, 11.0, 11.0, 120, 1.0), (0.6, 11.0, 11.0, 300, 0.9),
+])
+def test_the_evaluators_evs_take_what_the_simulated_batteries_take(soc: float, offered: float, ev_kw: float,
+                                                                    minutes: float, stop_soc: float) -> None:
+    """The evaluator's closed form of the CC-CV taper against the simulators' battery, which
+    integrates it in 10-s steps: the offline figures are for EVs that charge like the demo's."""
+    from gateway.scheduler.evaluate import charged_kwh
+    from simulators.ev import EvBattery
+
+    b = EvBattery(capacity_kwh=60.0, soc=soc, max_charge_kw=ev_kw, eff_charge=0.9, max_soc=stop_soc)
+    b.step(offered, minutes * 60.0)
+    got = charged_kwh(soc * 60.0, offered, minutes / 60.0, 60.0, ev_kw, 0.9, stop_soc * 60.0)
+    assert got == pytest.approx(b.stored_kwh, rel=0.01, abs=0.02)

@@ -397,3 +397,28 @@ def test_an_ev_at_its_target_is_not_lent_to_an_event_it_may_leave_during(backend
     slot.unmet_weight = 0.95
     res = Planner(backend=backend).solve(s, [slot])
     assert res.power_kw[0, 0] < -1.0 and res.delivered_kwh[0] == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tapering_battery_is_planned_below_its_taper(backend: str) -> None:
+    """A 60 kWh battery at 70 % wanting 98.3 %, with a knee at 80 % (11 kW / (0.2 x 60) kW per kWh of
+    room): each step's charge stays under the taper at the energy the step ends with (so the
+    battery takes it all through the step), so the three cheap hours cannot take it all and the
+    rest is bought dear, where a battery that took 11 kW to the top would need only them."""
+    from dataclasses import replace
+
+    k = 11.0 / (0.2 * 60.0)
+    s = site([0.40, 0.40, 0.10, 0.10, 0.10], penalty=10.0)
+    slot = replace(ev(5, energy=42.0, target=59.0, capacity=60.0), taper_kw_per_kwh=k, taper_full_kwh=60.0)
+    res = Planner(backend=backend).solve(s, [slot])
+    p = res.power_kw[0]
+    e = 42.0 + np.concatenate(([0.0], np.cumsum(p)))  # eff 1, 1-hour steps
+    assert np.all(p <= k * (60.0 - e[1:]) + 1e-4)
+    assert res.delivered_kwh[0] == pytest.approx(17.0, abs=1e-3)  # still all of it, in five hours
+    assert p[0] + p[1] > 1.0  # some of it at the dear price: the cheap hours alone cannot take it
+    # Without the taper the three cheap hours take it all.
+    free = Planner(backend=backend).solve(s, [ev(5, energy=42.0, target=59.0, capacity=60.0)]).power_kw[0]
+    assert free[0] + free[1] == pytest.approx(0.0, abs=1e-3)
+    # Both backends give the same plan.
+    other = Planner(backend="cvxpy" if backend == "highs" else "highs").solve(s, [slot])
+    assert other.objective == pytest.approx(res.objective, abs=1e-3)

@@ -494,3 +494,21 @@ def test_two_stations_with_the_same_transaction_id_keep_their_own_needs_and_pref
     state.apply(ev.SessionEnded(NOW, "CS-2", 1, "1"))
     assert state.resolve(one).energy_wanted_kwh == 10.0 * settings.ev_efficiency + 20.0
     assert state.resolve(one).departure_source == "forecast" and two.preferences.departure_time == dep
+
+
+def test_a_battery_the_gateway_sees_is_planned_with_its_taper() -> None:
+    """SoC and capacity known: the slot carries the taper of the EV's own power (its declared
+    limit) from Settings.battery_taper_soc to nothing at full; unknown, none (DrawSeen shows it)."""
+    settings = Settings()
+    state = _bidi_session(settings)
+    s = state.evses[KEY].session
+    assert s is not None
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.taper_kw_per_kwh == 0.0  # nothing known of the battery
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.5, ev_max_charge_kw=7.4)
+    s.soc = 0.5
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.taper_kw_per_kwh == pytest.approx(7.4 / (0.2 * 60.0))
+    assert slot.taper_full_kwh == pytest.approx(60.0)
+    flat = settings.model_copy(update={"battery_taper_soc": 1.0})
+    assert live_inputs.build(state, NOW, flat, {}, planning_forecaster())[1][0].taper_kw_per_kwh == 0.0

@@ -170,11 +170,13 @@ def _digest_without_forecast(data: dict[str, Any]) -> str:
 def test_the_forecast_changes_no_other_draw_of_an_episode() -> None:
     # Digests of these episodes as generated before they carried a forecast: arrivals, load, limits
     # and grid events must stay those of the seed (benchmarks and stored episodes rely on it).
+    # Re-pinned once, deliberately, when the battery's taper ended at a cutoff instead of a floor
+    # (requests are capped at what the taper lets a stay deliver).
     assert _digest_without_forecast(generate_dict(ScenarioOptions(site="depot", stations=6, days=2, seed=3))) \
-        == "aee599cdc4a2730d1e07a3f673e66571815c30b0c89315d6ccd1defe383243a7"
+        == "5ec56e53b69ab7633b71802cf5e38fec8a13d0ba21c14ff43d9f8d8df00a8766"
     assert _digest_without_forecast(
         generate_dict(ScenarioOptions(site="workplace", stations=6, days=2, seed=4, grid_event="always"))
-    ) == "4873bbca60d3f3b8a52ba58b17b7b0404b646748b8c192998df9a77940a3e52f"
+    ) == "8ccae47b211a66748eb8fe6ba06bce300a870118019cfda08ddf7dccba043bef"
 
 
 def test_the_load_draws_the_same_numbers_with_or_without_a_forecast() -> None:
