@@ -429,6 +429,17 @@ def print_days(runs: list[Any]) -> None:
                           "peak_kw": round(m["peak_import_kw"]), "peak_kw_optimal": round(o["peak_import_kw"])}))
 
 
+def use_no_taper_plan() -> None:
+    """The MPC's views without the battery's taper, as before the LP had one (the evaluator's EVs
+    taper all the same, and the optimum plans it: its slots are built from the truth)."""
+    view_of = ev.view_of
+
+    def untapered(t: Any, now: Any, exact: bool) -> Any:
+        return dataclasses.replace(view_of(t, now, exact), taper_kw_per_kwh=0.0)
+
+    ev.view_of = untapered  # type: ignore[assignment]
+
+
 def main() -> None:
     ap = episode_parser(__doc__, days=5)
     ap.add_argument("--scenarios", choices=("merged", "lower", "fine", "mid", "off"), default="merged")
@@ -482,6 +493,9 @@ def main() -> None:
                          "split-last: the last one shared between step ends too (not kept)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
+    ap.add_argument("--taper-plan", choices=("on", "off"), default="on",
+                    help="off: the MPC plans known batteries at full power to the top (before), "
+                         "the EVs still taper (the optimum plans the taper either way)")
     a = ap.parse_args()
     building = a.building_forecast or ("oracle" if a.oracle_building else "learned")
     if a.oracle_building and building != "oracle":
@@ -533,6 +547,8 @@ def main() -> None:
         use_last_departure_shared()
     if a.departure_in_step == "whole":
         use_departures_at_whole_steps()
+    if a.taper_plan == "off":
+        use_no_taper_plan()
     steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
@@ -562,7 +578,7 @@ def main() -> None:
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread, "departure_in_step": a.departure_in_step,
-                      "dwell_history": a.dwell_history,
+                      "dwell_history": a.dwell_history, "taper_plan": a.taper_plan,
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "grid_steps_p50_p95_max": [float(np.percentile(steps, q)) for q in (50, 95, 100)],
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
