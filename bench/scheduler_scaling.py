@@ -47,6 +47,11 @@ def quarter_hours(now: datetime, n: int) -> list[datetime]:
     return [t for t in (now + timedelta(hours=1, minutes=15 * j) for j in range(2 * n)) if t.minute][:n]
 
 
+# The battery's taper the live loop plans for an EV whose battery it sees (these slots' are known:
+# 11 kW from 80 % of 60 kWh; live_inputs.session_view); 0 with --taper off.
+TAPER_KW_PER_KWH = 11.0 / (0.2 * 60.0)
+
+
 def scenario(n_slots: int, rng: np.random.Generator, now: datetime,
              breaks: int = 0) -> tuple[SiteInputs, list[SlotInput]]:
     grid: TimeGrid = make_grid(now, 24 * 3600, breakpoints=quarter_hours(now, breaks))
@@ -71,6 +76,7 @@ def scenario(n_slots: int, rng: np.random.Generator, now: datetime,
             capacity_kwh=60.0, target_energy_kwh=target, reserve_energy_kwh=10.0,
             max_charge_kw=11.0, max_discharge_kw=11.0, discharge_allowed=bool(i % 2),
             early_targets=early, unmet_weight=1.0 - sum(w for _, w in EARLY_DEPARTURES),
+            taper_kw_per_kwh=TAPER_KW_PER_KWH, taper_full_kwh=60.0,
         ))
     slots += expected_arrivals(n_slots, rng, grid, now)
     limit = 0.6 * 11.0 * n_slots + 20
@@ -194,7 +200,12 @@ def main() -> int:
     ap.add_argument("--departure-in-step", choices=("split", "whole"), default="split",
                     help="whole: each early departure at the last whole step before it (the version before "
                          "slots.steps_around: half the shortfall rows)")
+    ap.add_argument("--taper", choices=("on", "off"), default="on",
+                    help="off: no battery taper rows (the version before the LP planned the taper)")
     args = ap.parse_args()
+    if args.taper == "off":
+        global TAPER_KW_PER_KWH
+        TAPER_KW_PER_KWH = 0.0
     if args.departure_in_step == "whole":
         use_departures_at_whole_steps()
     for backend in args.backend:

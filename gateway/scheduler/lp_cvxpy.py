@@ -10,7 +10,10 @@ Efficiencies are per-slot *constants* (they change the matrix), part of the cach
 The battery taper (problem.py) multiplies the energy by the step's length, so it is the second
 Parameter times a variable, kept to the tapering slots only (their indices are part of the cache
 key: an EV whose battery becomes known, or leaves, compiles a new model; the highs backend builds
-every LP anew anyway).
+every LP anew anyway). Above ``TAPER_SLOTS_MAX`` tapering slots that product is the wall again
+(1,000 slots x 31 steps: 70 s to compile, 40 s per re-solve, against 2.5 s without it), so this
+backend then plans without the taper, as before the LP had one; the highs backend, the default,
+always plans it.
 """
 # cvxpy's atoms are re-exported in ways mypy cannot see, and its solve() is untyped.
 # mypy: disable-error-code="attr-defined,no-untyped-call"
@@ -36,9 +39,13 @@ def shape_key(p: Prepared) -> tuple[Any, ...]:
             tuple(int(i) for i in tapering(p)))
 
 
+TAPER_SLOTS_MAX = 100
+
+
 def tapering(p: Prepared) -> Any:
-    """The slots with a taper row (those with a cell where it may bind)."""
-    return np.unique(p.taper_slot)
+    """The slots with a taper row (those with a cell where it may bind); none above TAPER_SLOTS_MAX."""
+    slots = np.unique(p.taper_slot)
+    return slots if len(slots) <= TAPER_SLOTS_MAX else slots[:0]
 
 
 class CvxModel:

@@ -422,3 +422,21 @@ def test_a_tapering_battery_is_planned_below_its_taper(backend: str) -> None:
     # Both backends give the same plan.
     other = Planner(backend="cvxpy" if backend == "highs" else "highs").solve(s, [slot])
     assert other.objective == pytest.approx(res.objective, abs=1e-3)
+
+
+def test_cvxpy_plans_no_taper_above_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past lp_cvxpy.TAPER_SLOTS_MAX tapering slots the step-length x energy product would take
+    minutes to compile: that backend plans those EVs at full power to the top, as before."""
+    from dataclasses import replace
+
+    from gateway.scheduler import lp_cvxpy
+
+    k = 11.0 / (0.2 * 60.0)
+    s = site([0.40, 0.40, 0.10, 0.10, 0.10], penalty=10.0)
+    slots = [replace(ev(5, key=i, energy=42.0, target=59.0, capacity=60.0), taper_kw_per_kwh=k, taper_full_kwh=60.0)
+             for i in range(2)]
+    tapered = Planner(backend="cvxpy").solve(s, slots).power_kw
+    assert tapered[:, :2].sum() > 1.0  # dear hours bought: the taper binds
+    monkeypatch.setattr(lp_cvxpy, "TAPER_SLOTS_MAX", 1)
+    free = Planner(backend="cvxpy").solve(s, slots).power_kw
+    assert free[:, :2].sum() == pytest.approx(0.0, abs=1e-3)
