@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from gateway.domain import GridEventKind
-from gateway.episode import EV_CV_SOC, EV_TAPER_CUTOFF, Arrival, Episode, ev_full_soc
+from gateway.episode import EV_CV_SOC, Arrival, Episode, ev_full_soc
 from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
 from gateway.scheduler.inputs import discharge_in_events_only, prorated_demand_charge, site_inputs
@@ -132,7 +132,7 @@ def charged_kwh(e: float, kw: float, hours: float, cap: float, ev_max_kw: float,
     ``gateway.episode.EV_CV_SOC``) until the cutoff (``EV_TAPER_CUTOFF``). The closed form of what
     the simulators' batteries integrate (simulators/ev.py)."""
     w = (1.0 - EV_CV_SOC) * cap
-    stop = min(stop, cap - EV_TAPER_CUTOFF * w)
+    stop = min(stop, cap * ev_full_soc())
     if kw <= 0 or hours <= 0 or e >= stop or eff <= 0 or ev_max_kw <= 0:
         return 0.0
     kw = min(kw, ev_max_kw)
