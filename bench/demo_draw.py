@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from gateway import cli
+from gateway.demo import demo_episode
 from gateway.scheduler import evaluate as ev
 from gateway.scheduler import live_inputs, problem, slots
-from simulators.scenario import ScenarioOptions, generate
 
 
 def main() -> None:
@@ -39,8 +39,7 @@ def main() -> None:
     ap.add_argument("--highest-draw", action="store_true")
     a = ap.parse_args()
     # The demo's episode (gateway/demo.py), planned offline first, before anything is patched.
-    episode = generate(ScenarioOptions(site="workplace", stations=50, days=1, seed=a.seed,
-                                       bidirectional_share=1.0, grid_event="always"))
+    episode = demo_episode(50, a.seed)
     _, runs = ev.evaluate([episode], ["mpc"], building_forecast="ems")
     run = runs[0]
     hours = np.array([t.hour for t in run.times])

@@ -27,8 +27,8 @@ from typing import Any
 import asyncpg
 import numpy as np
 
+from gateway.demo import demo_episode
 from gateway.scheduler import evaluate as ev
-from simulators.scenario import ScenarioOptions, generate
 
 CUT_HOURS = (9, 11, 13)
 
@@ -54,8 +54,7 @@ def main() -> None:
     ap.add_argument("--stations", type=int, default=50)
     ap.add_argument("--demo-json", help="the demo's --json file, for the live hourly figures")
     a = ap.parse_args()
-    episode = generate(ScenarioOptions(site="workplace", stations=a.stations, days=1, seed=a.seed,
-                                       bidirectional_share=1.0, grid_event="always"))
+    episode = demo_episode(a.stations, a.seed)
     _, runs = ev.evaluate([episode], ["mpc"], building_forecast="ems")
     run = runs[0]
     txs, series = asyncio.run(live_rows(a.database_url))
@@ -77,7 +76,8 @@ def main() -> None:
             upto = [kwh for ts, kwh in regs if ts <= cut]
             live[i] = upto[-1] - regs[0][1] if upto else 0.0
             j = sum(1 for tm in run.times if tm < cut)
-            offline[i] = float(np.clip(power[t.first:max(min(j, t.last + 1), t.first)], 0.0, None).sum() * h)
+            # Steps first .. last - 1 are the EV's own (the next EV on the EVSE may follow at last).
+            offline[i] = float(np.clip(power[t.first:max(min(j, t.last), t.first)], 0.0, None).sum() * h)
         above = (t.e0 + t.requested) / arr.capacity_kwh > 0.8
         for name in ("all", "iso15118" if arr.iso15118 else "no iso15118",
                      "target above 80 % SoC" if above else "target at or below 80 % SoC"):

@@ -179,11 +179,17 @@ def cli(settings: Settings, args: argparse.Namespace) -> int:
         return 130
 
 
-async def _main(settings: Settings, args: argparse.Namespace) -> int:
+def demo_episode(stations: int, seed: int) -> Episode:
+    """The demo's day: one workplace day, every charger bidirectional, an export request in the
+    afternoon (the benchmarks that replay it offline take it from here)."""
     from simulators.scenario import ScenarioOptions, generate
 
-    episode = generate(ScenarioOptions(site="workplace", stations=args.stations, days=1, seed=args.seed,
-                                       bidirectional_share=1.0, grid_event="always"))
+    return generate(ScenarioOptions(site="workplace", stations=stations, days=1, seed=seed,
+                                    bidirectional_share=1.0, grid_event="always"))
+
+
+async def _main(settings: Settings, args: argparse.Namespace) -> int:
+    episode = demo_episode(args.stations, args.seed)
     with ExitStack() as stack:
         url = settings.database_url
         if not url:
