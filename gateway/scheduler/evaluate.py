@@ -444,8 +444,8 @@ def summarise(runs: list[Run], names: Sequence[str]) -> dict[str, Any]:
         out[name] = {
             "bill": tot["bill"], "energy_cost": tot["energy_cost"], "demand_charge": tot["demand_charge"],
             "grid_event_revenue": tot["grid_event_revenue"], "wear_cost": tot["wear_cost"],
-            "total_cost": tot["total_cost"], "shortfall_kwh": tot["shortfall_kwh"],
-            "shortfall_cost": tot["shortfall_cost"],
+            "discharged_kwh": tot["discharged_kwh"], "total_cost": tot["total_cost"],
+            "shortfall_kwh": tot["shortfall_kwh"], "shortfall_cost": tot["shortfall_cost"],
             "energy_requested_kwh": tot["energy_requested_kwh"],
             "energy_deliverable_kwh": tot["energy_deliverable_kwh"],
             "energy_delivered_kwh": tot["energy_delivered_kwh"],
