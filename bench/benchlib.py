@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -39,6 +40,35 @@ def use_departures_at_whole_steps() -> None:
     from gateway.scheduler import slots
 
     slots.steps_around = lambda ends, t, last: [(slots.step_ending_by(ends, t, last), 1.0)]
+
+
+def use_lent_back(on: bool) -> None:
+    """``SlotRules.lent_back`` for the run (off: energy lent to an export request is priced only
+    by the departure spread, the version before)."""
+    import functools
+
+    from gateway.scheduler import policies
+
+    policies.SlotRules = functools.partial(policies.SlotRules, lent_back=on)  # type: ignore[misc]
+
+
+def lenders(runs: list[Any]) -> dict[str, float]:
+    """The EVs a policy discharged: how many, the kWh they gave, and the kWh they were left short
+    of their deliverable energy."""
+    import numpy as np
+
+    from gateway.scheduler import evaluate as ev
+
+    n, lent, short = 0, 0.0, 0.0
+    h = ev.STEP_S / 3600.0
+    for run in runs:
+        for t in run.evs:
+            out = float(np.maximum(-run.evse_power[t.key][t.first:t.last], 0.0).sum()) * h
+            if out > 0.1:
+                n += 1
+                lent += out
+                short += max(t.deliverable - (t.energy - t.e0), 0.0)
+    return {"evs": n, "discharged_kwh": round(lent, 1), "short_kwh": round(short, 1)}
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
 """The live demo against the evaluator's MPC on the same episode, EV by EV.
 
-    GATEWAY_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/demo gateway demo [--seed 7]
+    GATEWAY_DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1:5432/demo gateway demo [--seed 17]
     .venv/bin/python bench/demo_vs_offline.py --database-url postgresql://postgres@127.0.0.1:5432/demo \
-        [--seed 7] [--demo-json demo.json]
+        [--seed 17] [--demo-json demo.json]
 
 Reads the finished demo's transactions and meter registers from its database, plans the same
 episode offline (`gateway evaluate --building-forecast ems`, as the demo pushes its energy
@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 
-from gateway.demo import demo_episode
+from gateway.demo import DEMO_SEED, demo_episode
 from gateway.scheduler import evaluate as ev
 
 CUT_HOURS = (9, 11, 13)
@@ -50,7 +50,7 @@ async def live_rows(url: str) -> tuple[list[Any], dict[str, list[tuple[datetime,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True, help="the demo run's database")
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=DEMO_SEED)
     ap.add_argument("--stations", type=int, default=50)
     ap.add_argument("--demo-json", help="the demo's --json file, for the live hourly figures")
     a = ap.parse_args()

@@ -8,7 +8,7 @@
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
         [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F] [--urgency-spread S]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
-        [--dwell-history site|near]
+        [--dwell-history site|near] [--lent-back on|off] [--bidirectional-share F] [--grid-event auto|always]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -59,6 +59,13 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
 - ``--dwell-history near``: an unannounced EV whose arrival hour has no history within three hours
   is planned as leaving soon (charged as soon as possible), instead of with the stays of the whole
   site (``site``, the code's; measured and not kept, docs/benchmarks-scheduler.md).
+- ``--lent-back off``: energy an EV lends to an export request is priced only by its departure
+  spread, as before ``SlotRules.lent_back`` (on: it must be back by the believed departure, at
+  the full unmet price). ``lenders`` in the output: the EVs that discharged (count, kWh
+  discharged, kWh they were left short of their deliverable energy).
+- ``--bidirectional-share F``, ``--grid-event always``: episodes with that share of
+  bidirectional EVSEs and an export request every day (the demo's day has 1.0 and ``always``;
+  the generator's defaults otherwise).
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
 - ``--coarse-step S``: the MPC's planning grid with steps of S seconds after the first hour
@@ -91,7 +98,7 @@ from typing import Any
 
 import highspy
 import numpy as np
-from benchlib import episode_parser, use_departures_at_whole_steps
+from benchlib import episode_parser, lenders, use_departures_at_whole_steps, use_lent_back
 
 from gateway import sitetime
 from gateway.scheduler import arrivals, building, departure_points, forecast, policies, problem, slots
@@ -493,6 +500,12 @@ def main() -> None:
                          "split-last: the last one shared between step ends too (not kept)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
+    ap.add_argument("--lent-back", choices=("on", "off"), default="on",
+                    help="off: energy lent to an export request priced only by the departure spread (before)")
+    ap.add_argument("--bidirectional-share", type=float, default=None,
+                    help="share of bidirectional EVSEs in the episodes (the demo's: 1.0)")
+    ap.add_argument("--grid-event", choices=("auto", "always"), default=None,
+                    help="always: an export request every day (the demo's); auto: the generator's")
     ap.add_argument("--taper-plan", choices=("on", "off"), default="on",
                     help="off: the MPC plans known batteries at full power to the top (before), "
                          "the EVs still taper (the optimum plans the taper either way)")
@@ -535,6 +548,10 @@ def main() -> None:
     options: dict[str, Any] = {} if a.iso15118_share is None else {"iso15118_share": a.iso15118_share}
     if a.building_weekend is not None:
         options["building_weekend_factor"] = a.building_weekend
+    if a.bidirectional_share is not None:
+        options["bidirectional_share"] = a.bidirectional_share
+    if a.grid_event is not None:
+        options["grid_event"] = a.grid_event
     if a.building_profile == "all-days":
         use_one_building_profile()
     if a.building_quantile is not None:
@@ -549,6 +566,8 @@ def main() -> None:
         use_departures_at_whole_steps()
     if a.taper_plan == "off":
         use_no_taper_plan()
+    if a.lent_back == "off":
+        use_lent_back(False)
     steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
@@ -578,7 +597,9 @@ def main() -> None:
                       "building_weekend": a.building_weekend,
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread, "departure_in_step": a.departure_in_step,
-                      "dwell_history": a.dwell_history, "taper_plan": a.taper_plan,
+                      "dwell_history": a.dwell_history, "taper_plan": a.taper_plan, "lent_back": a.lent_back,
+                      "bidirectional_share": a.bidirectional_share, "grid_event": a.grid_event,
+                      "lenders": lenders([r for r in runs if r.policy == "mpc"]),
                       **{k: round(float(mpc[k]), 4) for k in keys},
                       "grid_steps_p50_p95_max": [float(np.percentile(steps, q)) for q in (50, 95, 100)],
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))

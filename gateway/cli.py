@@ -163,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(demo)
     demo.add_argument("--stations", type=int, default=50)
     demo.add_argument("--time-scale", type=float, default=600.0)
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=None,
+                      help="the day to simulate (default: gateway.demo.DEMO_SEED, a day whose export "
+                           "request finds V2G cars parked)")
     demo.add_argument("--api-port", type=int, default=8000)
     demo.add_argument("--ocpp-port", type=int, default=9000)
     demo.add_argument("--mqtt-url")

@@ -179,7 +179,14 @@ def cli(settings: Settings, args: argparse.Namespace) -> int:
         return 130
 
 
-def demo_episode(stations: int, seed: int) -> Episode:
+# The demo's day by default. On most of the days the generator draws, the MPC lends a few EVs to
+# the export request; on this one it lends most (66.6 kWh offline), while four drivers use the
+# app, so a first run shows V2G and the REST API at work (``bench/demo_days.py`` plans 24 of them:
+# on seeds 7, 12, 15 and 20, the earlier default among them, it discharges nothing).
+DEMO_SEED = 17
+
+
+def demo_episode(stations: int, seed: int = DEMO_SEED) -> Episode:
     """The demo's day: one workplace day, every charger bidirectional, an export request in the
     afternoon (the benchmarks that replay it offline take it from here)."""
     from simulators.scenario import ScenarioOptions, generate
@@ -189,7 +196,7 @@ def demo_episode(stations: int, seed: int) -> Episode:
 
 
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
-    episode = demo_episode(args.stations, args.seed)
+    episode = demo_episode(args.stations, DEMO_SEED if args.seed is None else args.seed)
     with ExitStack() as stack:
         url = settings.database_url
         if not url:

@@ -153,6 +153,9 @@ class Session:
     # whose charger and battery lose more than assumed (0.88 where 0.92 is assumed) would be
     # planned as done with up to 4 % of its request still missing.
     battery_start_kwh: float | None = None
+    # The highest SoC the EV reported in this session (0..1): what a battery lent to the grid
+    # held before it lent, which it is to have back by its believed departure.
+    high_soc: float | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -81,6 +81,7 @@ class EvTruth:
     deliverable: float
     evse_max_kw: float = 0.0  # what the gateway knows of the power of an EV that does not tell its own
     energy: float = 0.0
+    high: float = 0.0  # the most the battery held so far (set at plug-in)
     drawn: DrawSeen = field(default_factory=DrawSeen)  # what it drew against what it was offered
     curve: list[float] = field(default_factory=list)
 
@@ -192,6 +193,7 @@ def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
         max_discharge_kw=t.max_discharge_kw, eff_charge=a.eff_charge, eff_discharge=a.eff_discharge,
         full=t.energy >= t.stop - 1e-6, departure=departure,
         energy_kwh=t.energy if known else None, capacity_kwh=a.capacity_kwh if known else None,
+        high_kwh=max(t.high, t.energy) if known else None,
         need_kwh=need, reserve_kwh=t.reserve if known else 0.0, departure_firm=exact,
         # A battery the gateway sees tapers as the site's settings assume (live: Settings.battery_taper_soc).
         taper_kw_per_kwh=taper_kw_per_kwh(a.capacity_kwh, a.max_charge_kw, EV_CV_SOC) if known else 0.0,
@@ -294,6 +296,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
                                   a.eff_charge, t.stop)
                 kw = got / (a.eff_charge * h)
                 t.energy += got
+                t.high = max(t.high, t.energy)
                 t.drawn.note(kw, offered)
             elif kw < 0:
                 kw = -min(-kw, t.max_discharge_kw, max(t.energy - t.reserve, 0.0) * a.eff_discharge / h)

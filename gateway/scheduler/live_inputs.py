@@ -197,6 +197,7 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
         max_discharge_kw=max(max_d, 0.0), eff_charge=settings.ev_efficiency, eff_discharge=settings.ev_efficiency,
         full=full, departure=r.departure if r.departure_source != "forecast" else None,
         energy_kwh=e_now, capacity_kwh=cap, start_kwh=s.battery_start_kwh if known else None,
+        high_kwh=s.high_soc * cap if cap is not None and s.high_soc is not None else None,
         need_kwh=r.energy_wanted_kwh if r.energy_source != "forecast" else None,
         # Unknown battery: energy is counted from plug-in, so a floor of 0 is what it came with.
         reserve_kwh=r.reserve_soc * cap if cap is not None else 0.0,

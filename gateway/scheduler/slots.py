@@ -84,6 +84,9 @@ class SessionView:
     # The battery's constant-voltage taper, kW per kWh of room below ``capacity_kwh`` (known
     # batteries only; 0: none planned, the draw shows it: DrawSeen).
     taper_kw_per_kwh: float = 0.0
+    # The most energy the battery held in this session, on the scale of ``energy_kwh`` (None:
+    # ``energy_kwh``): lent to an export request, it is to be back by the believed departure.
+    high_kwh: float | None = None
 
 
 # An EV drawing at least this much less than it is offered shows its own power limit (AC EVs
@@ -153,6 +156,9 @@ class SlotRules:
     # The price (share of the unmet price) of a guessed need not in by REVEAL_AT of the way to the
     # earliest departure; 0: none.
     reveal_weight: float = REVEAL_WEIGHT
+    # Energy lent to an export request must be back by the believed departure (full unmet price;
+    # SlotInput.lent_back_by). False: only the departure spread prices that risk.
+    lent_back: bool = True
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,7 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
     fc = forecaster.forecast(site, v.arrival, now)
     scen = scenarios_for(v, now, forecaster, site, rules)
     dep, may_discharge = departure_for(v, now, forecaster, site, rules)
+    believed = dep
     if scen is not None:
         # Planned until the last scenario; discharge stays off once the one believed departure
         # has passed (an EV that may leave any minute is not a battery to lend).
@@ -307,6 +314,12 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         max_d, may_discharge = 0.0, False
         cap = max(cap, e_now + max_c * float(np.sum(grid.hours())))
         taper = 0.0  # a draw the plan does not control
+    lent_back_by = None
+    if rules.lent_back and may_discharge and max_d > 0 and believed < grid.end():
+        # What the battery has held (before it lent any) is to be there by the believed departure,
+        # up to what the EV wants: energy charged beyond that is still planned against the spread.
+        held = max(e_now, v.high_kwh if v.high_kwh is not None else e_now)
+        lent_back_by = (step_ending_by(ends, believed.timestamp(), last), min(full_target, held))
     return SlotInput(
         key=key, connected=connected, energy_kwh=e_now, capacity_kwh=cap,
         target_energy_kwh=target, reserve_energy_kwh=min(v.reserve_kwh, cap),
@@ -314,4 +327,5 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         eff_charge=v.eff_charge, eff_discharge=v.eff_discharge,
         discharge_allowed=may_discharge and max_d > 0, early_targets=early, unmet_weight=main_weight,
         taper_kw_per_kwh=taper, taper_full_kwh=v.capacity_kwh if taper > 0 and v.capacity_kwh is not None else 0.0,
+        lent_back_by=lent_back_by,
     )

@@ -400,6 +400,48 @@ def test_an_ev_at_its_target_is_not_lent_to_an_event_it_may_leave_during(backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_battery_lent_to_an_event_is_back_by_the_believed_departure(backend: str) -> None:
+    from dataclasses import replace
+
+    # An export request pays 2/kWh in the first hour; the EV is at its target and may leave after
+    # the second hour with probability 0.01. Energy is dear in hours 2-3 and cheap in hour 4.
+    s = site([0.1, 0.3, 0.3, 0.1], pay=[2.0, 0.0, 0.0, 0.0], penalty=10.0)
+    slot = ev(4, energy=20, target=20, discharge=True, eff=0.95)
+    slot.early_targets = ((1, 20.0, 0.01),)
+    slot.unmet_weight = 0.99
+
+    def energy(p: np.ndarray) -> np.ndarray:
+        return 20.0 + np.cumsum(np.where(p > 0, p * 0.95, p / 0.95))
+
+    # Priced by the probability alone (0.1/kWh), the lent energy comes back in the cheap last hour.
+    spread = Planner(backend=backend).solve(s, [slot]).power_kw[0]
+    assert spread[0] < -1.0 and energy(spread)[1] < 20.0 - 1.0
+    # Lent to the grid, it is back by the believed departure (the end of the second hour).
+    lent = Planner(backend=backend).solve(s, [replace(slot, lent_back_by=(1, 20.0))]).power_kw[0]
+    assert lent[0] < -1.0  # still lent: the event pays more than the refill costs
+    assert energy(lent)[1] == pytest.approx(20.0, abs=1e-3)
+    # Nor is it lent after the believed departure: an export request in the third hour is not
+    # served by it, though the spread alone would lend it then too.
+    s.export_payment_per_kwh = np.array([0.0, 0.0, 2.0, 0.0])
+    assert Planner(backend=backend).solve(s, [slot]).power_kw[0, 2] < -1.0
+    late = Planner(backend=backend).solve(s, [replace(slot, lent_back_by=(1, 20.0))]).power_kw[0]
+    assert late[2] == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_believed_departure_binds_only_a_slot_that_may_discharge(backend: str) -> None:
+    from dataclasses import replace
+
+    # No export request in the horizon: the slot cannot discharge, so the believed departure adds
+    # nothing and the energy waits for the cheap last hour, as the spread alone would have it.
+    s = site([0.3, 0.3, 0.3, 0.1], penalty=10.0)
+    s.discharge_mask = np.zeros(4, dtype=bool)
+    slot = replace(ev(4, energy=10, target=20, discharge=True), lent_back_by=(1, 20.0))
+    p = Planner(backend=backend).solve(s, [slot]).power_kw[0]
+    assert p[3] == pytest.approx(10.0, abs=1e-3) and p[:3].sum() == pytest.approx(0.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_tapering_battery_is_planned_below_its_taper(backend: str) -> None:
     """A 60 kWh battery at 70 % wanting 98.3 %, with a knee at 80 % (11 kW / (0.2 x 60) kW per kWh of
     room): each step's charge stays under the taper at the energy the step ends with (so the

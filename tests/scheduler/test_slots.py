@@ -512,3 +512,44 @@ def test_a_battery_the_gateway_sees_is_planned_with_its_taper() -> None:
     assert slot.taper_full_kwh == pytest.approx(60.0)
     flat = settings.model_copy(update={"battery_taper_soc": 1.0})
     assert live_inputs.build(state, NOW, flat, {}, planning_forecaster())[1][0].taper_kw_per_kwh == 0.0
+
+
+def test_a_battery_that_may_be_lent_is_wanted_back_by_its_believed_departure() -> None:
+    """An EV that announced its departure and may discharge gets its target at the believed
+    departure (the announcement less the margin) at the full price, beside its spread; a firm
+    driver's departure or an EV that may not discharge gets none."""
+    grid = make_grid(NOW, 24 * 3600.0)
+    dep = NOW + timedelta(hours=6)
+    fc = morning_history([9.0, 10.0, 11.0, 10.0, 9.5, 10.5])
+    # 30 kWh in the battery now, 38 at its fullest (it has lent 8), 45 wanted.
+    lender = view(departure=dep, need_kwh=20.0, max_discharge_kw=11.0, energy_kwh=30.0, capacity_kwh=60.0,
+                  start_kwh=25.0, high_kwh=38.0)
+    slot = slot_input(lender, KEY, grid, NOW, fc, SITE)
+    assert slot.discharge_allowed and slot.lent_back_by is not None
+    step, energy = slot.lent_back_by
+    ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
+    assert dep - ANNOUNCED_MARGIN - timedelta(hours=1) < ends[step] <= dep - ANNOUNCED_MARGIN
+    assert slot.target_energy_kwh == 45.0
+    assert energy == 38.0  # what it held before it lent, not the rest of its need
+    assert slot_input(replace(lender, high_kwh=None), KEY, grid, NOW, fc, SITE).lent_back_by == (step, 30.0)
+    assert slot_input(lender, KEY, grid, NOW, fc, SITE, SlotRules(lent_back=False)).lent_back_by is None
+    assert slot_input(view(departure=dep, need_kwh=20.0), KEY, grid, NOW, fc, SITE).lent_back_by is None
+    # Past its believed departure it may not discharge, so nothing is lent or wanted back.
+    late = NOW + ANNOUNCED_MARGIN - timedelta(minutes=30)
+    assert slot_input(replace(lender, departure=late), KEY, grid, NOW, fc, SITE).lent_back_by is None
+
+
+def test_live_a_battery_that_lent_is_wanted_back_to_the_most_it_held() -> None:
+    """The gateway keeps the highest SoC an EV reported: lent from 80 % to 70 %, the 48 kWh it
+    held are what it is to have back by its believed departure."""
+    settings = Settings()
+    state = _bidi_session(settings)
+    state.set_needs("CS-1", 1, EvNeeds(departure_time=NOW + timedelta(hours=7), energy_kwh=30.0,
+                                       capacity_kwh=60.0, ev_max_discharge_kw=11.0))
+    state.apply(ev.SessionUpdated(NOW - timedelta(minutes=30), "CS-1", 1, "TX-1", energy_in_kwh=0.0, soc=80.0))
+    state.apply(ev.SessionUpdated(NOW, "CS-1", 1, "TX-1", energy_out_kwh=6.0 * 0.92, soc=70.0))
+    s = state.evses[KEY].session
+    assert s is not None and s.high_soc == pytest.approx(0.8)
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.discharge_allowed and slot.energy_kwh == pytest.approx(42.0)
+    assert slot.lent_back_by is not None and slot.lent_back_by[1] == pytest.approx(48.0)
