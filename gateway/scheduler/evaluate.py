@@ -81,7 +81,7 @@ class EvTruth:
     deliverable: float
     evse_max_kw: float = 0.0  # what the gateway knows of the power of an EV that does not tell its own
     energy: float = 0.0
-    high: float = 0.0  # the most the battery held so far (set at plug-in)
+    high: float = 0.0  # the most the battery held after a step of charging (the view adds the energy now)
     drawn: DrawSeen = field(default_factory=DrawSeen)  # what it drew against what it was offered
     curve: list[float] = field(default_factory=list)
 

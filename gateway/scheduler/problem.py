@@ -27,9 +27,9 @@ deferring saves beats the expected price of leaving it short (the expected unmet
 the departure distribution, in one LP; see gateway/scheduler/slots.py for where the points
 come from).
 
-A slot that may discharge in this plan also wants its target back at ``lent_back_by`` (its
-believed departure) at the full unmet price: energy lent to the grid is not a gamble on the
-driver staying late.
+A slot that may discharge in this plan is not lent after ``lent_back_by`` (its believed
+departure) and wants back by then, at the full unmet price, the energy it held before it lent
+(up to its target): energy lent to the grid is not a gamble on the driver staying late.
 
 Grid-event revenue is settled on the *net* site import below the baseline (the building load
 forecast, i.e. the site without EV activity), both ways: each kWh below it earns the payment, each
@@ -361,6 +361,18 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         steps = np.flatnonzero(conn[i])
         if not len(steps):
             continue
+        if sl.lent_back_by is not None and dmax[i].any():
+            # Priced by the probability of leaving alone, energy lent to the grid was worth the
+            # risk whenever the event paid more than that share of the unmet price: in the demo
+            # (seed 17) three of the four EVs lent left 0.8-9.4 kWh short of what they asked
+            # for. A driver who lends the battery gets it back by the believed departure, and
+            # the battery is not lent after it.
+            step, tgt = sl.lent_back_by
+            at = int(min(max(step, steps[0]), steps[-1]))
+            dmax[i, at + 1:] = 0.0
+            goal = min(max(float(tgt), float(floor[i])), float(cap[i]))
+            if dmax[i].any() and goal > floor[i] + 1e-9:
+                merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i]
         for step, tgt, w in sl.early_targets:
             # Only steps the EV is connected through; a target above the ceiling cannot be met.
             at = int(min(max(step, steps[0]), steps[-1]))
@@ -369,18 +381,6 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
             # EV at its target was lent to a grid event as if it could not leave before the end.
             if w > 0 and (goal > e0[i] + 1e-9 or (dmax[i].any() and goal > floor[i] + 1e-9)):
                 merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i] * float(w)
-        if sl.lent_back_by is not None and dmax[i].any():
-            # Priced by the probability of leaving alone, energy lent to the grid was worth the
-            # risk whenever the event paid more than that share of the unmet price: in the demo
-            # (seed 17) three EVs that discharged 14-39 kWh left 5-9 kWh short of what they
-            # asked for. A driver who lends the battery gets it back by the believed departure,
-            # and the battery is not lent after it.
-            step, tgt = sl.lent_back_by
-            at = int(min(max(step, steps[0]), steps[-1]))
-            dmax[i, at + 1:] = 0.0
-            goal = min(max(float(tgt), float(floor[i])), float(cap[i]))
-            if dmax[i].any() and goal > floor[i] + 1e-9:
-                merged[(i, at, goal)] = merged.get((i, at, goal), 0.0) + penalty[i]
     risks = [(i, at, goal, price) for (i, at, goal), price in merged.items()]
     taper_full = col("taper_full_kwh")
     taper = np.where(taper_full > e0, np.maximum(col("taper_kw_per_kwh"), 0.0), 0.0)
