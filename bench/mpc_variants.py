@@ -8,7 +8,8 @@
         [--building-anchor shift|ratio] [--building-fade H] [--building-hold H] [--charge-bias B] [--per-day]
         [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F] [--urgency-spread S]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
-        [--dwell-history site|near] [--lent-back on|off] [--bidirectional-share F] [--grid-event auto|always]
+        [--dwell-history site|near] [--lent-back on|off] [--need-above]
+        [--bidirectional-share F] [--grid-event auto|always]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -63,6 +64,9 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   spread, as before ``SlotRules.lent_back`` (on: it must be back by the believed departure, at
   the full unmet price). ``lenders`` in the output: the EVs that discharged (count, kWh
   discharged, kWh they were left short of their deliverable energy).
+- ``--need-above``: an unannounced EV that took more than its guessed need is planned for the
+  usual need among the past needs above what it took (``SlotRules.need_above``; not adopted,
+  docs/benchmarks-scheduler.md), instead of 5 kWh more at a time.
 - ``--bidirectional-share F``, ``--grid-event always``: episodes with that share of
   bidirectional EVSEs and an export request every day (the demo's day has 1.0 and ``always``;
   the generator's defaults otherwise).
@@ -500,6 +504,8 @@ def main() -> None:
                          "split-last: the last one shared between step ends too (not kept)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
+    ap.add_argument("--need-above", action="store_true",
+                    help="an unannounced EV past its guessed need planned for the usual need above what it took")
     ap.add_argument("--lent-back", choices=("on", "off"), default="on",
                     help="off: energy lent to an export request priced only by the departure spread (before)")
     ap.add_argument("--bidirectional-share", type=float, default=None,
@@ -568,6 +574,8 @@ def main() -> None:
         use_no_taper_plan()
     if a.lent_back == "off":
         use_lent_back(False)
+    if a.need_above:
+        policies.SlotRules = functools.partial(policies.SlotRules, need_above=True)  # type: ignore[misc]
     steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
@@ -598,6 +606,7 @@ def main() -> None:
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread, "departure_in_step": a.departure_in_step,
                       "dwell_history": a.dwell_history, "taper_plan": a.taper_plan, "lent_back": a.lent_back,
+                      "need_above": a.need_above,
                       "bidirectional_share": a.bidirectional_share, "grid_event": a.grid_event,
                       "lenders": lenders([r for r in runs if r.policy == "mpc"]),
                       **{k: round(float(mpc[k]), 4) for k in keys},

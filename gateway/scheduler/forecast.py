@@ -110,6 +110,14 @@ class SessionForecaster:
         cut = margin.total_seconds() / 3600.0
         return [max(h - cut, 0.0) for h in stays]
 
+    def need_above(self, site: str, arrival: datetime, taken_kwh: float) -> float | None:
+        """The need of an unannounced EV that has already taken ``taken_kwh``: the planned quantile
+        of the past needs above that (sessions of the same arrival hour, or near it, or the site's),
+        ``None`` with fewer than ``MIN_SAMPLES`` of them."""
+        vals, _ = self._similar(self._energy, site, self._hour(arrival))
+        above = [v for v in vals if v > taken_kwh]
+        return float(np.quantile(above, self.energy_quantile)) if len(above) >= MIN_SAMPLES else None
+
     def _peer_lists(self, table: dict[tuple[str, int], dict[object, float]],
                     site: str) -> dict[tuple[str, int], list[float]]:
         return {key: list(vals.values()) for key, vals in table.items() if key[0] == site}

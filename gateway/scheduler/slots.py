@@ -159,6 +159,9 @@ class SlotRules:
     # Energy lent to an export request must be back by the believed departure (full unmet price;
     # SlotInput.lent_back_by). False: only the departure spread prices that risk.
     lent_back: bool = True
+    # An unannounced EV that took more than its guessed need is planned for the usual need among
+    # the past needs above what it took, not TOPUP_KWH more at a time.
+    need_above: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,10 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         # has passed (an EV that may leave any minute is not a battery to lend).
         dep = scen.times[-1]
     need = v.need_kwh if v.need_kwh is not None else max(fc.energy_kwh, v.delivered_kwh + rules.topup_kwh)
+    if v.need_kwh is None and rules.need_above and v.delivered_kwh + rules.topup_kwh > fc.energy_kwh:
+        above = forecaster.need_above(site, v.arrival, v.delivered_kwh)
+        if above is not None:
+            need = max(need, above)
     if v.energy_kwh is not None and v.capacity_kwh is not None:
         e_now, cap = v.energy_kwh, v.capacity_kwh
         start = e_now - v.delivered_kwh

@@ -553,3 +553,22 @@ def test_live_a_battery_that_lent_is_wanted_back_to_the_most_it_held() -> None:
     slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
     assert slot.discharge_allowed and slot.energy_kwh == pytest.approx(42.0)
     assert slot.lent_back_by is not None and slot.lent_back_by[1] == pytest.approx(48.0)
+
+
+def test_a_guessed_need_above_what_was_taken_comes_from_the_larger_past_needs() -> None:
+    """Past needs of 10-40 kWh (75th percentile 32.5): an unannounced EV that took 33 kWh is
+    planned for 5 more (38) by default, and with ``need_above`` for the 75th percentile of the
+    past needs above 33 (36-40: 39); with too few of those (above 38), 5 more again."""
+    fc = planning_forecaster()
+    for day, need in enumerate([10.0, 15.0, 20.0, 25.0, 30.0, 36.0, 37.0, 38.0, 39.0, 40.0]):
+        arr = datetime(2026, 6, 1 + day, 8, 0, tzinfo=UTC)
+        fc.observe(SITE, arr, arr + timedelta(hours=9), need, None)
+    assert fc.need_above(SITE, NOW - timedelta(hours=1), 33.0) == pytest.approx(39.0)
+    assert fc.need_above(SITE, NOW - timedelta(hours=1), 38.0) is None
+    grid = make_grid(NOW, 24 * 3600.0)
+    rules = SlotRules(need_above=True)
+    took = view(arrival=NOW.replace(hour=8), delivered_kwh=33.0)
+    assert slot_input(took, KEY, grid, NOW, fc, SITE).target_energy_kwh == pytest.approx(38.0)
+    assert slot_input(took, KEY, grid, NOW, fc, SITE, rules).target_energy_kwh == pytest.approx(39.0)
+    more = view(arrival=NOW.replace(hour=8), delivered_kwh=38.5)
+    assert slot_input(more, KEY, grid, NOW, fc, SITE, rules).target_energy_kwh == pytest.approx(43.5)
