@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,9 @@ class TxSnapshot:
     soc: float | None  # percent, as the station reports it and the table stores it
     charging_state: str | None = None  # the last chargingState reported (OCPP 2.0.1 ChargingStateEnumType)
     battery_start_kwh: float | None = None  # the battery's energy at plug-in, once pinned (migration 0007)
+    # The highest SoC stored for it (percent, meter_values), where read (:meth:`active`): what a
+    # battery lent to the grid held, to have back by its believed departure after a restart too.
+    high_soc: float | None = None
 
     @property
     def soc_fraction(self) -> float | None:
@@ -42,16 +45,18 @@ class TxSnapshot:
     def as_session(self, needs: StoredNeeds | None, prefs: Preferences | None) -> Session | None:
         """The live session this open transaction is, rebuilt from storage (a restart, or the REST
         API ahead of the events): SoC as 0..1, the EV's needs counted from the energy stored with
-        them (0 for rows from before migration 0006) and the battery's energy at plug-in where it was
-        pinned (migration 0007). None unless it is open on an EVSE."""
+        them (0 for rows from before migration 0006), the battery's energy at plug-in where it was
+        pinned (migration 0007) and the highest SoC it reported. None unless it is open on an EVSE."""
         if self.evse_id is None or self.started_at is None or self.ended_at is not None:
             return None
+        high = max((v for v in (self.high_soc, self.soc) if v is not None), default=None)
         return Session(self.station_id, self.evse_id, self.transaction_id, self.started_at, self.id_token,
                        self.energy_in_kwh, self.energy_out_kwh, soc=self.soc_fraction, power_kw=self.power_kw or 0.0,
                        needs=needs.needs if needs is not None else EvNeeds(), preferences=prefs or Preferences(),
                        charging_state=self.charging_state,
                        needs_baseline_kwh=(needs.baseline_kwh or 0.0) if needs is not None else 0.0,
-                       battery_start_kwh=self.battery_start_kwh)
+                       battery_start_kwh=self.battery_start_kwh,
+                       high_soc=None if high is None else high / 100.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +227,14 @@ class TransactionRepository:
             return None if got is None or got[0] is None else float(got[0])
 
     async def active(self) -> list[TxSnapshot]:
+        """The open transactions, each with the highest SoC its meter values stored."""
+        t, mv = m.Transaction, m.MeterValue
+        high = (select(func.max(mv.value))
+                .where(mv.transaction_id == t.transaction_id, mv.station_id == t.station_id, mv.measurand == "SoC")
+                .scalar_subquery())
         async with self._sessions() as s:
-            res = await s.execute(select(m.Transaction).where(m.Transaction.ended_at.is_(None),
-                                                              m.Transaction.started_at.is_not(None)))
-            return [_snapshot(t) for t in res.scalars()]
+            res = await s.execute(select(t, high).where(t.ended_at.is_(None), t.started_at.is_not(None)))
+            return [replace(_snapshot(row[0]), high_soc=row[1]) for row in res.all()]
 
     async def recently_ended(self, limit: int = 500, since: datetime | None = None) -> list[TxSnapshot]:
         """The last ``limit`` completed transactions (start and end known; ended at or after

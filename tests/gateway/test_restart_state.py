@@ -152,3 +152,36 @@ async def test_the_battery_energy_at_plug_in_is_kept_across_a_restart(gateway_fa
     assert live is not None and live.soc == 0.54
     # Pinned anew it would be 32.4 - 10 x 0.92 = 23.2 kWh, and the plan would count 0.8 kWh more in.
     assert live.battery_start_kwh is not None and abs(live.battery_start_kwh - 24.0) < 1e-6
+
+
+async def test_the_most_a_battery_held_is_kept_across_a_restart(gateway_factory: Any) -> None:
+    """A battery lent to the grid is to hold again, by its believed departure, the most it held:
+    after a restart that is read back from the SoC samples stored, not taken as the SoC then."""
+    from tests.gateway.test_handlers import fetch, wait_for
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    st = await plug_in(h, "CS-HI", "tx-hi", "TOKEN-HI", evses=[(1, 50.0, 50.0, True)])
+    await st.ws.ok("NotifyEVChargingNeeds", {**NEEDS, "evseId": 1})
+
+    async def reading(seq: int, soc: float) -> None:
+        await st.ws.ok("TransactionEvent", {
+            "eventType": "Updated", "timestamp": st.ts(seq), "triggerReason": "MeterValuePeriodic", "seqNo": seq,
+            "transactionInfo": {"transactionId": "tx-hi", "chargingState": "Charging"},
+            "evse": {"id": 1, "connectorId": 1}, "meterValue": [{"timestamp": st.ts(seq), "sampledValue": [
+                {"value": soc, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}}]}]})
+
+    for seq, soc in ((1, 40.0), (2, 70.0), (3, 55.0)):  # charged to 70 %, then lent down to 55 %
+        await reading(seq, soc)
+
+    async def stored() -> bool:
+        rows = await fetch(h.database_url, "SELECT last_soc FROM transactions WHERE transaction_id = 'tx-hi'")
+        return bool(rows) and rows[0]["last_soc"] == 55.0
+
+    await wait_for(stored)
+    live = h.gw.state.session_by_tx("CS-HI", "tx-hi")
+    assert live is not None and live.high_soc == 0.7
+    await h.restart()
+    assert h.gw is not None
+    live = h.gw.state.session_by_tx("CS-HI", "tx-hi")
+    assert live is not None and live.soc == 0.55 and live.high_soc == 0.7
