@@ -1,7 +1,8 @@
 """What the evaluator's MPC believed about one EV on the last day of a run: at each quarter hour
 of a window, its departure as the plan prices it (each possible departure: the time of the step
-end it is priced at and the probability there), its need and what it was planned to draw, and what
-the EVSE drew. The trace behind "A departure inside a step" in docs/benchmarks-scheduler.md:
+end it is priced at and the probability there), its need (and the slot's energy and target, where
+a guessed need shows) and what it was planned to draw, and what the EVSE drew. The trace behind
+"A departure inside a step" in docs/benchmarks-scheduler.md:
 
     .venv/bin/python bench/slot_trace.py --site workplace --days 6 --seed 21 --evse WORK-0008/2 \\
         --from 15:45 --to 18:00 [--departure-in-step whole]
@@ -62,6 +63,9 @@ def main() -> None:
             "departure_points": at,
             "rest_at": [datetime.fromtimestamp(ends[last], now.tzinfo).strftime("%H:%M"), round(sl.unmet_weight, 3)],
             "need_kwh": v.need_kwh, "delivered_kwh": round(v.delivered_kwh, 2),
+            # The slot's energy now and its target, on its scale (from plug-in where the battery
+            # is not known): a guessed need shows here.
+            "slot_energy_kwh": round(sl.energy_kwh, 2), "slot_target_kwh": round(sl.target_energy_kwh, 2),
             "planned_kw_now": round(float(plan.power_kw[i, 0]), 2), "drawn_kw": round(out.get(key, 0.0), 2)}))
         return out
 
