@@ -414,6 +414,14 @@ def shortfall_by_cause(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def lenders(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The EVs lent to the grid: how many, the kWh they gave, and the kWh they still left short of
+    what their stay could have delivered (a driver who lends the battery is to get it back)."""
+    lent = [r for r in rows if r["energy_discharged_kwh"] > 0.1]
+    return {"evs": len(lent), "discharged_kwh": round(sum(r["energy_discharged_kwh"] for r in lent), 1),
+            "short_kwh": round(sum(r["shortfall_kwh"] - r["undeliverable_kwh"] for r in lent), 1)}
+
+
 def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any], live: dict[str, float],
             baseline: dict[str, Any], plans: int, meter: SiteMeter, beliefs: Beliefs) -> dict[str, Any]:
     evs = summary.get("evs", [])
@@ -427,7 +435,7 @@ def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any],
         "live": {**live, "energy_requested_kwh": requested, "energy_delivered_kwh": delivered,
                  "energy_discharged_kwh": sum(e["energy_discharged_kwh"] for e in evs),
                  "evs_fully_served_share": (sum(1 for e in evs if e["fully_served"]) / len(evs)) if evs else 1.0,
-                 "plans": plans, "shortfall_by_cause_kwh": shortfall_by_cause(rows)},
+                 "plans": plans, "shortfall_by_cause_kwh": shortfall_by_cause(rows), "lenders": lenders(rows)},
         "uncontrolled": baseline,
         "evs": rows,
         "site_series": {"times": [to_rfc3339(t) for t in meter.times],
@@ -490,6 +498,8 @@ def _summary_text(result: dict[str, Any]) -> str:
         f"uncontrolled (limit {result['episode']['import_limit_kw']:.0f} kW)",
         f"grid-event revenue           : {live['grid_event_revenue']:.2f}"
         f" ({live['energy_discharged_kwh']:.1f} kWh discharged)",
+        f"EVs lent to the grid         : {live['lenders']['evs']}, left {live['lenders']['short_kwh']:.1f} kWh"
+        " short of what their stay could deliver",
         "shortfall by cause (kWh)     : "
         + ", ".join(f"{k} {v:.1f}" for k, v in live["shortfall_by_cause_kwh"].items()),
         f"plans solved                 : {live['plans']}",

@@ -34,6 +34,8 @@ def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     assert {"bill", "peak_import_kw", "grid_event_revenue"} <= set(live) & set(base)
     assert data["episode"]["building_forecast"] == "energy system day-ahead (heat forecast error sd 0.4)"
     assert "building forecast pushed     : energy system day-ahead" in result.stdout
+    assert live["lenders"]["evs"] == sum(1 for r in data["evs"] if r["energy_discharged_kwh"] > 0.1)
+    assert "EVs lent to the grid         :" in result.stdout
     html = report.read_text()
     assert "Site power" in html and "plotly" in html.lower()
 
@@ -52,3 +54,14 @@ def test_the_energy_system_pushes_its_forecast_never_the_true_load() -> None:
     assert forecast_label(ep) == "energy system day-ahead (heat forecast error sd 0.4)"
     none = replace(ep, building_load=replace(ep.building_load, forecast_kw=None))
     assert pushed_forecast(none) == [] and forecast_label(none) == "none"
+
+
+def test_the_lenders_are_counted_with_what_they_were_left_short() -> None:
+    from gateway.demo import lenders
+
+    def row(out: float, short: float, undeliverable: float) -> dict[str, float]:
+        return {"energy_discharged_kwh": out, "shortfall_kwh": short, "undeliverable_kwh": undeliverable}
+
+    # Only energy the stay could have delivered counts as short; an EV that gave nothing is no lender.
+    rows = [row(14.8, 0.0, 0.0), row(8.1, 1.5, 0.3), row(0.0, 9.0, 0.0), row(40.2, 0.6, 0.0)]
+    assert lenders(rows) == {"evs": 3, "discharged_kwh": 63.1, "short_kwh": 1.8}
