@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -172,7 +173,12 @@ class TransactionSeqGap(Base):
 
 class MeterValue(Base):
     __tablename__ = "meter_values"
-    __table_args__ = (Index(None, "station_id", "ts"), Index(None, "transaction_id", "ts"))
+    __table_args__ = (
+        Index(None, "station_id", "ts"), Index(None, "transaction_id", "ts"),
+        # The highest SoC of a transaction in one index lookup (TransactionRepository.active, migration 0009).
+        Index("ix_meter_values_soc_high", "station_id", "transaction_id", "value",
+              postgresql_where=text("measurand = 'SoC'")),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     ts: Mapped[datetime] = mapped_column(TS)

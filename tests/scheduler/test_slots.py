@@ -515,9 +515,10 @@ def test_a_battery_the_gateway_sees_is_planned_with_its_taper() -> None:
 
 
 def test_a_battery_that_may_be_lent_is_wanted_back_by_its_believed_departure() -> None:
-    """An EV that announced its departure and may discharge gets its target at the believed
-    departure (the announcement less the margin) at the full price, beside its spread; a firm
-    driver's departure or an EV that may not discharge gets none."""
+    """An EV that announced its departure and may discharge wants back, by its believed departure
+    (the announcement less the margin), the most its battery held, up to its target, beside its
+    spread; with the rule off, an EV that may not discharge, or one past its believed departure,
+    none."""
     grid = make_grid(NOW, 24 * 3600.0)
     dep = NOW + timedelta(hours=6)
     fc = morning_history([9.0, 10.0, 11.0, 10.0, 9.5, 10.5])
