@@ -30,6 +30,10 @@ from gateway.api.schemas import (
 )
 from gateway.domain import SiteLimits, Tariff, TouPeriod
 
+# Charge and discharge efficiency assumed between the EVSE's meter and the battery: no EV tells
+# its own, so live planning and the evaluator's online policies both count with this.
+EV_EFFICIENCY = 0.92
+
 
 class _SiteFileModel(BaseModel):
     # As strict as the REST bodies: a misspelt key would silently leave the default in force,
@@ -179,7 +183,7 @@ class Settings(BaseSettings):
     # Keep room (and the peak) in every plan for the EVs expected to plug in over the horizon, as
     # counted per hour of the day from the sessions seen here (gateway/scheduler/arrivals.py).
     anticipate_arrivals: bool = True
-    ev_efficiency: float = 0.92  # charge and discharge efficiency assumed between meter and battery
+    ev_efficiency: float = EV_EFFICIENCY  # charge and discharge efficiency assumed between meter and battery
     # The SoC at which an EV whose battery the gateway sees (ISO 15118: SoC and capacity) is
     # planned to start its constant-voltage taper, linear to nothing at 100 % (1.0: planned at
     # full power to the top). A plan that ignores the taper counts on energy the battery will not

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.config import EV_EFFICIENCY
 from gateway.domain import GridEventKind
 from gateway.episode import EV_CV_SOC, Arrival, Episode, ev_full_soc
 from gateway.episode import load as load_episode
@@ -58,6 +59,8 @@ from gateway.scheduler.slots import DrawSeen, taper_kw_per_kwh
 
 STEP_S = 300.0
 FULLY_SERVED_TOLERANCE_KWH = 0.5
+# The efficiency the online policies count every EV with, as live (Settings.ev_efficiency).
+ASSUMED_EFFICIENCY = EV_EFFICIENCY
 POLICY_NAMES = ("uncontrolled", "greedy", "edf", "mpc", "optimal")
 
 
@@ -81,9 +84,17 @@ class EvTruth:
     deliverable: float
     evse_max_kw: float = 0.0  # what the gateway knows of the power of an EV that does not tell its own
     energy: float = 0.0
+    metered_in: float = 0.0  # kWh through the EVSE's meter into the EV, and out of it
+    metered_out: float = 0.0
     high: float = 0.0  # the most the battery held after a step of charging (the view adds the energy now)
     drawn: DrawSeen = field(default_factory=DrawSeen)  # what it drew against what it was offered
     curve: list[float] = field(default_factory=list)
+
+    @property
+    def stored_seen(self) -> float:
+        """What a gateway counts as gone into the battery: the meter's energy at the efficiency it
+        assumes (``Session.stored_kwh``), not the battery's own (each EV's is its own)."""
+        return self.metered_in * ASSUMED_EFFICIENCY - self.metered_out / ASSUMED_EFFICIENCY
 
     @property
     def offerable_kw(self) -> float:
@@ -189,10 +200,12 @@ def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
         departure, need = a.departure, t.requested
     known = a.iso15118 or exact
     return View(
-        key=t.key, arrival=a.arrival, delivered_kwh=t.energy - t.e0, max_charge_kw=known_max_kw(t, known),
-        max_discharge_kw=t.max_discharge_kw, eff_charge=a.eff_charge, eff_discharge=a.eff_discharge,
+        key=t.key, arrival=a.arrival, delivered_kwh=t.stored_seen, max_charge_kw=known_max_kw(t, known),
+        max_discharge_kw=t.max_discharge_kw, eff_charge=ASSUMED_EFFICIENCY, eff_discharge=ASSUMED_EFFICIENCY,
         full=t.energy >= t.stop - 1e-6, departure=departure,
         energy_kwh=t.energy if known else None, capacity_kwh=a.capacity_kwh if known else None,
+        # Live, pinned at the first SoC reading, at plug-in (Session.pin_battery_start).
+        start_kwh=t.e0 if known else None,
         high_kwh=max(t.high, t.energy) if known else None,
         need_kwh=need, reserve_kwh=t.reserve if known else 0.0, departure_firm=exact,
         # A battery the gateway sees tapers as the site's settings assume (live: Settings.battery_taper_soc).
@@ -276,7 +289,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
             gone = present.pop(k)
             a = gone.arrival
             policy.session_done(ep, a.arrival, a.departure, _known_need(gone), _announced(a), gone.max_charge_kw,
-                                gone.energy - gone.e0)
+                                gone.stored_seen)
         for t in by_first.get(i, []):
             present[t.key] = t
         building[i] = ep.building_load_at(now)
@@ -296,11 +309,13 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
                                   a.eff_charge, t.stop)
                 kw = got / (a.eff_charge * h)
                 t.energy += got
+                t.metered_in += kw * h
                 t.high = max(t.high, t.energy)
                 t.drawn.note(kw, offered)
             elif kw < 0:
                 kw = -min(-kw, t.max_discharge_kw, max(t.energy - t.reserve, 0.0) * a.eff_discharge / h)
                 t.energy += kw / a.eff_discharge * h
+                t.metered_out -= kw * h
             evse_power[k][i] = kw
             total += kw
             t.curve[i] = t.energy / a.capacity_kwh
@@ -310,7 +325,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         progress.step(1, f"{policy.name} {ep.name}")
     for t in present.values():
         policy.session_done(ep, t.arrival.arrival, t.arrival.departure, _known_need(t), _announced(t.arrival),
-                            t.max_charge_kw, t.energy - t.e0)
+                            t.max_charge_kw, t.stored_seen)
     metrics = price_run(ep, evs, net, building, limit, price, p_exp, pay, evse_power, penalty, n)
     solve_times = list(getattr(policy, "solve_times", []))
     return Run(policy=policy.name, episode=ep.name, times=times, net_kw=net, building_kw=building,

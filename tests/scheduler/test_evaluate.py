@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import Settings
 from gateway.domain import Tariff, TouPeriod
 from gateway.episode import Episode, dump
 from gateway.scheduler import evaluate as ev
@@ -82,6 +83,39 @@ def test_physics_clips_setpoints() -> None:
     for t in run.evs:
         assert t.energy <= t.stop + 1e-9
     assert max(p.max() for p in run.evse_power.values()) <= 11.0 + 1e-9
+
+
+def test_policies_count_the_meter_at_the_assumed_efficiency_as_live() -> None:
+    """No EV tells its efficiency: the online policies see the meter's energy at the gateway's
+    assumed efficiency (Session.stored_kwh, Settings.ev_efficiency), not each battery's own, and
+    an EV's SoC (where it reports one) as it is."""
+    seen: list[ev.View] = []
+
+    class Full:
+        name = "full"
+
+        def begin(self, episode: object) -> None:
+            return None
+
+        def act(self, ctx: ev.Context) -> dict[ev.Key, float]:
+            seen.extend(ctx.views)
+            return {v.key: 11.0 for v in ctx.views}
+
+        def session_done(self, *args: object) -> None:
+            return None
+
+    ep = small_episode(3, seed=1)
+    ep = replace(ep, arrivals=[replace(a, eff_charge=0.88) for a in ep.arrivals])
+    run = ev.simulate(ep, Full(), exact=False, penalty=5.0, progress=ev.Progress(1, False))
+    assert {v.eff_charge for v in seen} == {ev.ASSUMED_EFFICIENCY} == {Settings().ev_efficiency}
+    charged = [t for t in run.evs if t.energy > t.e0 + 1.0]
+    assert charged
+    for t in charged:
+        assert t.stored_seen == pytest.approx((t.energy - t.e0) / 0.88 * ev.ASSUMED_EFFICIENCY)
+    last = {v.key: v for v in seen}  # each EVSE's last view (one EV each in this episode)
+    for v in last.values():
+        if v.energy_kwh is not None:
+            assert v.start_kwh is not None and v.energy_kwh - v.start_kwh <= v.delivered_kwh + 1e-9
 
 
 def test_cli_writes_json_and_report(tmp_path: Path) -> None:
