@@ -177,6 +177,12 @@ def _known_need(t: EvTruth) -> float | None:
     return t.requested if a.iso15118 or told else None
 
 
+def _max_kw_done(t: EvTruth) -> float:
+    """The power a finished session is remembered with, as live (``SiteState.completion``): the
+    EV's own limit where it declared one (ISO 15118), else its EVSE's rating."""
+    return t.max_charge_kw if t.arrival.iso15118 else t.evse_max_kw
+
+
 def known_max_kw(t: EvTruth, known: bool) -> float:
     """The charging power the gateway believes ``t`` can take. Live, it knows an EV's own limit
     only when ISO 15118 tells it; otherwise the EVSE's rating, until the EV has drawn clearly less
@@ -288,7 +294,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         for k in [k for k, t in present.items() if t.last <= i]:
             gone = present.pop(k)
             a = gone.arrival
-            policy.session_done(ep, a.arrival, a.departure, _known_need(gone), _announced(a), gone.max_charge_kw,
+            policy.session_done(ep, a.arrival, a.departure, _known_need(gone), _announced(a), _max_kw_done(gone),
                                 gone.stored_seen)
         for t in by_first.get(i, []):
             present[t.key] = t
@@ -325,7 +331,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         progress.step(1, f"{policy.name} {ep.name}")
     for t in present.values():
         policy.session_done(ep, t.arrival.arrival, t.arrival.departure, _known_need(t), _announced(t.arrival),
-                            t.max_charge_kw, t.stored_seen)
+                            _max_kw_done(t), t.stored_seen)
     metrics = price_run(ep, evs, net, building, limit, price, p_exp, pay, evse_power, penalty, n)
     solve_times = list(getattr(policy, "solve_times", []))
     return Run(policy=policy.name, episode=ep.name, times=times, net_kw=net, building_kw=building,

@@ -88,8 +88,9 @@ def test_physics_clips_setpoints() -> None:
 def test_policies_count_the_meter_at_the_assumed_efficiency_as_live() -> None:
     """No EV tells its efficiency: the online policies see the meter's energy at the gateway's
     assumed efficiency (Session.stored_kwh, Settings.ev_efficiency), not each battery's own, and
-    an EV's SoC (where it reports one) as it is."""
+    an EV's SoC (where it reports one) as it is; nor does an EV without ISO 15118 tell its power."""
     seen: list[ev.View] = []
+    remembered: dict[bool, set[float]] = {True: set(), False: set()}  # ISO 15118? -> the powers kept
 
     class Full:
         name = "full"
@@ -101,11 +102,12 @@ def test_policies_count_the_meter_at_the_assumed_efficiency_as_live() -> None:
             seen.extend(ctx.views)
             return {v.key: 11.0 for v in ctx.views}
 
-        def session_done(self, *args: object) -> None:
-            return None
+        def session_done(self, episode: object, arrival: datetime, departure: datetime, requested_kwh: float | None,
+                         announced: datetime | None, max_kw: float, delivered_kwh: float) -> None:
+            remembered[announced is not None].add(max_kw)
 
     ep = small_episode(3, seed=1)
-    ep = replace(ep, arrivals=[replace(a, eff_charge=0.88) for a in ep.arrivals])
+    ep = replace(ep, arrivals=[replace(a, eff_charge=0.88, max_charge_kw=7.4) for a in ep.arrivals])
     run = ev.simulate(ep, Full(), exact=False, penalty=5.0, progress=ev.Progress(1, False))
     assert {v.eff_charge for v in seen} == {ev.ASSUMED_EFFICIENCY} == {Settings().ev_efficiency}
     charged = [t for t in run.evs if t.energy > t.e0 + 1.0]
@@ -116,6 +118,9 @@ def test_policies_count_the_meter_at_the_assumed_efficiency_as_live() -> None:
     for v in last.values():
         if v.energy_kwh is not None:
             assert v.start_kwh is not None and v.energy_kwh - v.start_kwh <= v.delivered_kwh + 1e-9
+    # A finished session is remembered with the power live knows: the EV's declared limit, else
+    # its EVSE's rating (SiteState.completion).
+    assert remembered == {True: {7.4}, False: {11.0}}
 
 
 def test_cli_writes_json_and_report(tmp_path: Path) -> None:
