@@ -57,6 +57,9 @@ class VariableRef:
 
 
 def _evse(evse_id: int | None, connector_id: int | None) -> datatypes.EVSEType | None:
+    if evse_id is None and connector_id is not None:
+        # Dropping it would address the whole station instead of one connector.
+        raise ValueError("connector_id needs evse_id: a connector is numbered within its EVSE")
     return None if evse_id is None else datatypes.EVSEType(id=evse_id, connector_id=connector_id)
 
 

@@ -24,7 +24,7 @@ from gateway.clock import to_rfc3339
 from gateway.domain import DischargeDialect
 
 LIMIT_RESOLUTION_W = 10.0  # stations round limits anyway; finer steps only cause re-sends
-CHANGE_TOLERANCE_W = 100.0  # a new plan closer than this to the last one is not re-sent
+CHANGE_TOLERANCE_W = 100.0  # a new plan this much above the last one (or less) is not re-sent
 # The first period reaches back this far before the plan's start. A station's clock is only as
 # good as the boot round trip it was set from (B01) or its own NTP: one running behind the
 # gateway's would otherwise hold an Absolute profile starting "now" as not yet in force and run
@@ -205,5 +205,10 @@ def differs(old: TxProfile | None, new: TxProfile, *, min_remaining: timedelta =
     for t in moments:
         a, b = old.limit_at(t), new.limit_at(t)
         if a is None or b is None or abs(a - b) > CHANGE_TOLERANCE_W:
+            return True
+        # A smaller limit is re-sent however small the step: the plan fills a binding site limit
+        # exactly, so 50 EVSEs each left 90 W above their new plan would put the site 4.5 kW over
+        # it. A larger one within the tolerance only leaves a little room unused.
+        if abs(b) < abs(a) - LIMIT_RESOLUTION_W / 2:
             return True
     return False

@@ -365,6 +365,17 @@ class MpcScheduler:
         if replan:
             self.request_replan(type(event).__name__)
 
+    def profiles_cleared(self, station_id: str) -> None:
+        """An operator cleared charging profiles on ``station_id`` (ClearChargingProfile, K10):
+        which ones the station decides (criteria may match ours), so every profile of the station
+        is sent again, its default included, and the site re-planned."""
+        for k in [k for k in self._sent if k[0] == station_id]:
+            self._sent.pop(k, None)
+        task = asyncio.create_task(self.gw.default_profiles.send(station_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self.request_replan("ProfilesCleared")
+
     def request_replan(self, trigger: str) -> None:
         """Re-plan within ``replan_debounce_s`` real seconds; a burst of events makes one solve."""
         if self._stopping:
@@ -413,6 +424,17 @@ class MpcScheduler:
             self._lock.release()
 
     # --- one re-plan ----------------------------------------------------------------------
+    def replan_task(self, trigger: str) -> asyncio.Task[PlanOutcome | None]:
+        """:meth:`replan` as a task of the scheduler's own: a caller that stops waiting for it
+        (a REST request's time limit, a client gone) leaves it to finish, since a re-plan cut off
+        mid-push leaves some stations on the new plan and the stored plan on the old one; stop()
+        cancels it like any other. A failure is logged here, whoever awaits it."""
+        task = asyncio.create_task(self.replan(trigger))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
     async def replan(self, trigger: str) -> PlanOutcome | None:
         """Solve now, push what changed, store it all; returns the outcome."""
         if self._stopping:
@@ -677,6 +699,10 @@ class MpcScheduler:
             st = self.gw.state.evses[meta.key]
             if self.gw.ocpp.registry.get(meta.key[0]) is None:
                 continue  # offline: it gets its profile when it is back (StationConnected)
+            if st.session is None or st.session.transaction_id != ps.transaction_id:
+                # Ended (or replaced) while the plan was solved: a profile for it now would be
+                # rejected and hold the EVSE's next session at its safe limit (REJECTED_RETRY).
+                continue
             since = self._rejected.get(meta.key)
             if since is not None and now - since < REJECTED_RETRY:
                 continue  # it runs its safe limit, and the plan counts it at that
@@ -808,3 +834,8 @@ def slot_start(when: datetime) -> datetime:
     step = SLOT_MIN * 60
     ts = when.timestamp()
     return datetime.fromtimestamp(ts - ts % step, tz=UTC)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("re-plan failed", exc_info=task.exception())

@@ -71,6 +71,12 @@ async def test_answer_callerror_offline_and_unknown(gateway_server: GatewayHarne
     assert unknown.status_code == 404
     bad = await api.post(f"{base}/trigger-message", headers=OPERATOR, json={"requested_message": "Coffee"})
     assert bad.status_code == 422
+    # A connector without its EVSE would be dropped and the command reach the whole station.
+    for path, body in (("change-availability", {"operational_status": "Inoperative", "connector_id": 2}),
+                       ("trigger-message", {"requested_message": "StatusNotification", "connector_id": 1})):
+        r = await api.post(f"{base}/{path}", headers=OPERATOR, json=body)
+        assert r.status_code == 422, r.text
+        assert "connector_id needs evse_id" in r.text
 
 
 async def test_timeout_is_504(gateway_factory: Any) -> None:

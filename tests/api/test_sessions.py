@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from gateway import events as ev
 from gateway.clock import parse_rfc3339, to_rfc3339
 from tests.api.conftest import OPERATOR, PluggedStation, eventually, plug_in
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
@@ -189,6 +190,96 @@ async def test_driver_change_replans_and_reaches_the_charger(gateway_factory: An
         assert r2.status_code == 200, r2.text
         d2 = r2.json()["delivery"]
         assert d2["fully_met"] is False and d2["energy_by_departure_kwh"] < 40.0
+    answering.cancel()
+    await st.ws.close()
+
+
+async def test_a_replan_outlasting_the_answer_is_not_cut_off(gateway_factory: Any, monkeypatch: Any) -> None:
+    """The answer waits for the driver's re-plan only so long (REPLAN_WAIT_S); the re-plan goes
+    on past it and pushes its profile: cut off mid-push, stations would run a plan never stored."""
+    from gateway.api.routes import sessions
+
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    assert h.gw is not None and h.gw.scheduler is not None
+    gw = h.gw
+    st = await plug_in(h, "CS-SLOWPUSH", "tx-slow", "TOKEN-SLOW", evses=[(1, 11.0, 0.0, False)])
+    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answering = asyncio.create_task(_answer_profiles(st, seen))
+    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    answering.cancel()
+    monkeypatch.setattr(sessions, "REPLAN_WAIT_S", 0.2)
+    plans = gw.bus.subscribe(ev.PlanPublished)
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.put("/api/v1/sessions/tx-slow/preferences", headers=OPERATOR,
+                          json={"departure_time": to_rfc3339(gw.clock.now() + timedelta(hours=2)),
+                                "energy_kwh": 15.0})
+    assert r.status_code == 200, r.text
+    assert r.json()["delivery"]["replanned"] is False  # answered before the station took the profile
+    call = await asyncio.wait_for(st.ws.incoming_calls.get(), EVENT_TIMEOUT_S)
+    assert call[2] == "SetChargingProfile"
+    await st.ws.answer(call, {"status": "Accepted"})
+    while True:
+        published = await asyncio.wait_for(plans.get(), EVENT_TIMEOUT_S)
+        assert isinstance(published, ev.PlanPublished)
+        if published.summary["trigger"] == "driver":
+            break
+    assert published.summary["profiles_sent"] == 1 and published.summary["profiles_failed"] == 0
+    plans.close()
+    await st.ws.close()
+
+
+async def test_cleared_profiles_are_sent_again(gateway_factory: Any) -> None:
+    """An operator's ClearChargingProfile may leave the station without the plan's limit (or any):
+    the default and the transaction's planned profile go out again though the plan is unchanged."""
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    assert h.gw is not None
+    st = await plug_in(h, "CS-CLEAR", "tx-clear", "TOKEN-CLEAR", evses=[(1, 11.0, 0.0, False)])
+    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answering = asyncio.create_task(_answer_profiles(st, seen))
+    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.post("/api/v1/stations/CS-CLEAR/commands/clear-charging-profile", headers=OPERATOR, json={})
+    assert r.status_code == 200 and r.json()["response"] == {"status": "Accepted"}, r.text
+    purposes = set()
+    while purposes != {"TxDefaultProfile", "TxProfile"}:
+        sent = await asyncio.wait_for(seen.get(), EVENT_TIMEOUT_S)
+        purposes.add(sent["chargingProfile"]["chargingProfilePurpose"])
+    answering.cancel()
+    await st.ws.close()
+
+
+async def test_a_plan_for_a_session_that_ended_while_it_was_solved_is_not_pushed(
+        gateway_factory: Any, monkeypatch: Any) -> None:
+    """The EV left while the site was being solved: its profile would be refused (no such
+    transaction) and the refusal would hold the EVSE's next session at its safe limit."""
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    assert h.gw is not None and h.gw.scheduler is not None
+    gw, sched = h.gw, h.gw.scheduler
+    st = await plug_in(h, "CS-GONE", "tx-gone", "TOKEN-GONE", evses=[(1, 11.0, 0.0, False)])
+    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answering = asyncio.create_task(_answer_profiles(st, seen))
+    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    solving, release = asyncio.Event(), asyncio.Event()
+    solve = sched._solve
+
+    async def held(*args: Any) -> Any:
+        solving.set()
+        await release.wait()
+        return await solve(*args)
+
+    monkeypatch.setattr(sched, "_solve", held)
+    replan = sched.replan_task("test")
+    await asyncio.wait_for(solving.wait(), EVENT_TIMEOUT_S)
+    await st.tx_event("Ended", "tx-gone", energy_wh=1000.0, offset_s=60)
+
+    async def ended() -> bool:
+        return gw.state.session_by_tx("CS-GONE", "tx-gone") is None
+
+    await eventually(ended, "the session to end")
+    release.set()
+    outcome = await asyncio.wait_for(replan, EVENT_TIMEOUT_S)
+    assert outcome is not None and outcome.profiles_sent == 0 and outcome.profiles_failed == 0
+    assert seen.empty() and not sched._rejected
     answering.cancel()
     await st.ws.close()
 

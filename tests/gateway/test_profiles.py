@@ -65,7 +65,11 @@ def test_differs_only_when_the_station_would_act_differently() -> None:
     changed = build([5.0] * 6 + [7.0] * 5 + [0.0] * 12, t=starts(24)[1:])
     assert profiles.differs(old, changed)
     assert profiles.differs(None, later)
-    assert profiles.differs(old, build([5.05] * 12 + [0.0] * 12)) is False  # within tolerance
+    assert profiles.differs(old, build([5.05] * 12 + [0.0] * 12)) is False  # a little more: within tolerance
+    # A little less is sent: under a binding site limit, 50 EVSEs each 90 W above their new plan
+    # would put the site 4.5 kW over it.
+    assert profiles.differs(old, build([4.91] * 12 + [0.0] * 12)) is True
+    assert profiles.differs(old, build([5.0] * 12 + [0.0] * 12)) is False
 
 
 def test_periods_a_fraction_of_a_second_apart_never_share_a_start_period() -> None:

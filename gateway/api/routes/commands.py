@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import GatewayDep, Operator
 from gateway.api.errors import NotFound, responses
@@ -41,10 +41,22 @@ class ResetIn(Model):
     evse_id: int | None = EvseId
 
 
-class TriggerIn(Model):
-    requested_message: MessageTrigger
+class _ConnectorOfEvse(Model):
+    """A connector is numbered within its EVSE (OCPP 2.0.1 EVSEType): one without an EVSE would
+    be dropped from the call and the command would reach the whole station."""
+
     evse_id: int | None = EvseId
     connector_id: int | None = Field(default=None, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _connector_needs_evse(self) -> _ConnectorOfEvse:
+        if self.connector_id is not None and self.evse_id is None:
+            raise ValueError("connector_id needs evse_id: a connector is numbered within its EVSE")
+        return self
+
+
+class TriggerIn(_ConnectorOfEvse):
+    requested_message: MessageTrigger
 
 
 class UnlockIn(Model):
@@ -52,10 +64,8 @@ class UnlockIn(Model):
     connector_id: int = Field(ge=1, le=1000)
 
 
-class AvailabilityIn(Model):
+class AvailabilityIn(_ConnectorOfEvse):
     operational_status: Literal["Operative", "Inoperative"]
-    evse_id: int | None = EvseId
-    connector_id: int | None = Field(default=None, ge=0, le=1000)
 
 
 class ClearProfilesIn(Model):
@@ -117,6 +127,11 @@ async def change_availability(body: AvailabilityIn, gw: GatewayDep, _: Operator,
 async def clear_charging_profile(body: ClearProfilesIn, gw: GatewayDep, _: Operator,
                                  station_id: StationId = StationPath) -> CommandResult:
     await _known(gw, station_id)
-    return await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
+    result = await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
         station_id, body.charging_profile_id, evse_id=body.evse_id, purpose=body.purpose,
         stack_level=body.stack_level))
+    if gw.scheduler is not None and result.response.get("status") == "Accepted":
+        # The station may now run without the plan's limits (or without any): the planner must not
+        # go on counting them in force, nor skip re-sending a plan "unchanged" since.
+        gw.scheduler.profiles_cleared(station_id)
+    return result

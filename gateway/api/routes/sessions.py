@@ -354,11 +354,18 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
 
     replanned = False
     if gw.scheduler is not None:
+        # Shielded: the answer stops waiting after REPLAN_WAIT_S, the re-plan (and its pushes) does
+        # not stop with it (MpcScheduler.replan_task).
+        replan = gw.scheduler.replan_task("driver")
         try:
-            replanned = await asyncio.wait_for(gw.scheduler.replan("driver"), REPLAN_WAIT_S) is not None
+            replanned = await asyncio.wait_for(asyncio.shield(replan), REPLAN_WAIT_S) is not None
+        except TimeoutError:
+            log.warning("re-plan after the driver's change of %s still running after %.0f s; answering "
+                        "without it", tx.transaction_id, REPLAN_WAIT_S)
         except Exception:
-            # The change is stored and the debounced re-plan will still come: report, do not fail.
-            log.exception("re-plan after the driver's change of %s failed", tx.transaction_id)
+            # The change is stored and the debounced re-plan will still come: report, do not fail
+            # (the task logs the failure itself).
+            pass
     detail = await _detail(gw, q, tx, rec)
     assert detail.resolved is not None  # an active session always resolves
     planned = detail.plan.energy_by_departure_kwh if detail.plan is not None else None
