@@ -190,6 +190,10 @@ class Connection:
             self._spawn(self._send_call(nxt))
 
     async def _send_call(self, call: p.OutgoingCall) -> None:
+        if self._outgoing.in_flight is not call:
+            # Abandoned (its caller cancelled) before this task ran: sent now it would be a second
+            # CALL in flight beside the next one (OCPP-J Part 4 §4.1.1), acted on unawaited.
+            return
         try:
             await self.ws.send(call.frame())
         except ConnectionClosed:

@@ -406,6 +406,26 @@ async def test_outgoing_timeout_frees_the_slot_and_late_reply_is_ignored(gw: Gat
     assert await asyncio.wait_for(second, WAIT_S) == {"status": "Accepted"}
 
 
+async def test_a_call_cancelled_before_it_went_out_is_never_sent(gw: Gateway) -> None:
+    """Its caller gave up (cancelled) between taking the slot and the send: sending it anyway would
+    put two CALLs in flight (the next one right behind), the first acted on by nobody's wish."""
+    st = await _station(gw)
+    conn = gw.server.registry.get("CS1")
+    assert conn is not None
+    # What Connection.call does, with its caller giving up within the same tick: the call takes
+    # the free slot (its send is a task not yet run), then is abandoned and the slot freed.
+    first = conn._outgoing.submit("Reset", {"type": "Immediate"})
+    conn._pump()
+    conn._outgoing.abandon(first)
+    second = asyncio.ensure_future(conn.call("Reset", {"type": "OnIdle"}))
+    msg = await st.next_incoming()
+    assert msg[3] == {"type": "OnIdle"}
+    assert (await st.call("Heartbeat", {}))[0] == 3  # round trip: a stray first CALL would be here by now
+    assert st.incoming.empty(), "the cancelled CALL was sent"
+    await st.ws.send(json.dumps([3, msg[1], {"status": "Accepted"}]))
+    assert await asyncio.wait_for(second, WAIT_S) == {"status": "Accepted"}
+
+
 async def test_outgoing_callerror_and_invalid_result_are_raised(gw: Gateway) -> None:
     st = await _station(gw)
     conn = gw.server.registry.get("CS1")
