@@ -5,7 +5,9 @@ unreachable for longer) a charger would otherwise draw its full power. The defau
 at ``safe_limit_kw``, and lower when the site limit shared by every known EVSE is lower, so the
 site limit holds however many EVs plug in at once. The planned TxProfile replaces it for the
 transaction (K01: a TxProfile overrules the TxDefaultProfile); it is sent again after every boot
-because a reboot may have cleared it.
+because a reboot may have cleared it. A lower site limit (or one shared by more EVSEs) lowers it:
+it is sent again to every connected station that took a higher one, and to a station that holds
+a higher one when it reconnects (the planner counts every idle EVSE at the current default).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE_ID = 1  # one per station; TxProfiles use ids derived from their transaction
 DEFAULT_STACK_LEVEL = 0
+LOWER_BY_KW = 0.01  # a default this much above the current one is sent again (the profile's W resolution)
 
 
 def default_limit_kw(safe_limit_kw: float, import_limit_kw: float, evse_count: int) -> float:
@@ -54,9 +57,10 @@ class DefaultProfiles:
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[str]] = set()
         self.sent: dict[str, str] = {}  # station -> last answer (status or error)
+        self.limit_taken: dict[str, float] = {}  # station -> the default (kW) it last accepted
 
     def start(self) -> None:
-        self._sub = self._gw.bus.subscribe(ev.StationBooted)
+        self._sub = self._gw.bus.subscribe(ev.StationBooted, ev.StationConnected, ev.SiteInputsChanged)
         self._task = asyncio.create_task(self._run(), name="default-profiles")
 
     async def stop(self) -> None:
@@ -74,13 +78,31 @@ class DefaultProfiles:
             event = await self._sub.get()
             if isinstance(event, ev.StationBooted):
                 # Never from inside the BootNotification handler: the reply must go out first.
-                task = asyncio.create_task(self.send(event.station_id))
-                self._sends.add(task)
-                task.add_done_callback(self._sends.discard)
+                self._spawn(event.station_id)
+            elif isinstance(event, ev.StationConnected):
+                if self._above(event.station_id, self.limit_kw()):
+                    self._spawn(event.station_id)
+            elif isinstance(event, ev.SiteInputsChanged):
+                limit = self.limit_kw()
+                for sid in [s for s in self.limit_taken if self._above(s, limit)]:
+                    if self._gw.ocpp.registry.get(sid) is not None:
+                        self._spawn(sid)
+
+    def limit_kw(self) -> float:
+        state = self._gw.state
+        return default_limit_kw(self._gw.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+
+    def _above(self, station_id: str, limit: float) -> bool:
+        taken = self.limit_taken.get(station_id)
+        return taken is not None and taken > limit + LOWER_BY_KW
+
+    def _spawn(self, station_id: str) -> None:
+        task = asyncio.create_task(self.send(station_id))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
 
     async def send(self, station_id: str) -> str:
-        state = self._gw.state
-        limit = default_limit_kw(self._gw.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+        limit = self.limit_kw()
         try:
             reply = await self._gw.commands.set_charging_profile(station_id, 0, default_profile(limit))
             status = str(reply.get("status", "Unknown"))
@@ -90,4 +112,6 @@ class DefaultProfiles:
         if status != "Accepted":
             log.warning("%s did not take the default profile: %s", station_id, status)
         self.sent[station_id] = status
+        if status == "Accepted":
+            self.limit_taken[station_id] = limit
         return status

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+import httpx
 
 from gateway.config import SiteConfig
 from gateway.ocpp.defaults import default_limit_kw
-from tests.conftest import GatewayHarness
+from tests.api.conftest import OPERATOR
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.gateway.test_handlers import PASSWORD
 from tests.ocpp_client import RawStation
 
@@ -33,4 +37,30 @@ async def test_boot_is_followed_by_a_safe_default_profile(gateway_factory: Any) 
     assert (prof["chargingProfilePurpose"], prof["chargingProfileKind"]) == ("TxDefaultProfile", "Relative")
     assert prof["chargingSchedule"][0]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 2500}]
     await st.answer(call, {"status": "Accepted"})
+    await st.close()
+
+
+async def test_a_lower_site_limit_lowers_the_default_of_every_connected_station(gateway_factory: Any) -> None:
+    """The planner counts every idle EVSE at the current default: one still holding the default
+    of a higher limit would draw more than it counts."""
+    h: GatewayHarness = await gateway_factory(site=SiteConfig(import_limit_kw=20.0), scheduler_enabled=True,
+                                              replan_period_s=3600.0)
+    for i in range(8):
+        await h.add_station(f"CS-{i}", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    st = await RawStation.connect(h.ocpp_url, "CS-0", PASSWORD)
+    await st.ok("BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}})
+    call = await st.next_call()
+    assert call[3]["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"] == 2500
+    await st.answer(call, {"status": "Accepted"})
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 8.0, "export_kw": 0.0})
+        assert r.status_code == 200, r.text
+    while True:  # the re-plan's calls may come first
+        call = await asyncio.wait_for(st.next_call(), EVENT_TIMEOUT_S)
+        await st.answer(call, {"status": "Accepted"})
+        prof = call[3].get("chargingProfile", {})
+        if call[2] == "SetChargingProfile" and prof.get("chargingProfilePurpose") == "TxDefaultProfile":
+            break
+    assert call[3]["evseId"] == 0
+    assert prof["chargingSchedule"][0]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 1000}]
     await st.close()
