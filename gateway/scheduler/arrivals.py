@@ -63,10 +63,6 @@ def day_kind(site: str, when: datetime) -> str:
     return f"{site}/{'weekend' if sitetime.is_weekend(when.date()) else 'weekday'}"
 
 
-def _block(when: datetime) -> datetime:
-    return when.replace(minute=0, second=0, microsecond=0)
-
-
 @dataclass
 class ArrivalModel:
     """Arrivals per (day kind, hour of day), from plug-ins seen in hours watched whole, and the
@@ -109,7 +105,7 @@ class ArrivalModel:
 
     def watch(self, site: str, now: datetime) -> None:
         """The gateway looked at the site now; closes the previous hour if it was watched whole."""
-        block = _block(now)
+        block = self._block(now)
         cur = self._open.get(site)
         if cur is None or cur[0] != block:
             if cur is not None:
@@ -121,7 +117,7 @@ class ArrivalModel:
 
     def watched(self, site: str, start: datetime, end: datetime) -> None:
         """Mark every whole hour in [start, end) as watched (history loaded at start-up)."""
-        block = _block(start)
+        block = self._block(start)
         if block < start:
             block += HOUR
         while block + HOUR <= end:
@@ -130,6 +126,11 @@ class ArrivalModel:
 
     def _local(self, when: datetime) -> datetime:
         return sitetime.local(when, self.tz)
+
+    def _block(self, when: datetime) -> datetime:
+        """The start of ``when``'s hour on the site's clock (half an hour off UTC in India): the
+        hours arrivals are counted by, so the hour planned is the hour counted."""
+        return self._local(when).replace(minute=0, second=0, microsecond=0).astimezone(when.tzinfo)
 
     def _mark_watched(self, site: str, block: datetime) -> None:
         at = self._local(block)
@@ -183,7 +184,7 @@ class ArrivalModel:
         n = len(grid)
         starts = np.array([s.timestamp() for s in grid.starts()])
         ends = starts + grid.durations_s
-        hour0 = _block(now)
+        hour0 = self._block(now)
         out = []
         for j in range(EXPECTED_SLOTS):
             b0 = hour0 + j * HOUR

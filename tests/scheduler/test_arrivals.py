@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from gateway.scheduler.arrivals import DWELL_GROUPS, EXPECTED_SLOTS, PLANNED_SHARE, ArrivalModel
+from gateway.scheduler.arrivals import ARRIVAL_OFFSET, DWELL_GROUPS, EXPECTED_SLOTS, PLANNED_SHARE, ArrivalModel
 from gateway.scheduler.problem import make_grid
 
 MONDAY = datetime(2026, 7, 6, tzinfo=UTC)
@@ -123,3 +123,24 @@ def test_a_session_seen_for_days_counts_once_and_old_history_is_forgotten() -> N
     m.watch("w", later)
     assert m.remembered() == 0
     assert m.expected("w", later.replace(hour=8)) is None
+
+
+def test_hours_are_the_sites_own_in_a_zone_half_an_hour_off_utc() -> None:
+    """India (+5:30): EVs counted in the 8 o'clock hour are planned in that hour (from its middle,
+    08:30 local, 03:00 UTC), not in the UTC hour that starts at 08:30 local."""
+    m = ArrivalModel(tz="Asia/Kolkata")
+    for d in range(3):
+        day = MONDAY + timedelta(days=d)  # 05:30 local
+        eight = day + timedelta(hours=2, minutes=30)  # 08:00 local
+        watch_day(m, day, [(eight + timedelta(minutes=5 * j), 4.0, 10.0) for j in range(3)])
+    now = MONDAY + timedelta(days=3, hours=1, minutes=40)  # Thursday 07:10 local
+    grid = make_grid(now, 24 * 3600.0)
+    slots = m.slots("w", grid, now)
+    starts = grid.starts()
+    # The hour counted (local 8) is the second block planned (local 7 is the first); its EVs are
+    # due 08:00 local plus the arrival offset, present in the steps they spend at least half of.
+    eights = [s for s in slots[DWELL_GROUPS:2 * DWELL_GROUPS] if s.connected.any()]
+    assert eights and not any(s.connected.any() for s in slots[:DWELL_GROUPS])
+    first = min(starts[int(np.flatnonzero(s.connected)[0])] for s in eights)
+    due = MONDAY + timedelta(days=3, hours=2, minutes=30) + ARRIVAL_OFFSET
+    assert abs(first - due) <= timedelta(minutes=5)  # in UTC hours: half an hour later
