@@ -5,9 +5,10 @@ unreachable for longer) a charger would otherwise draw its full power. The defau
 at ``safe_limit_kw``, and lower when the site limit shared by every known EVSE is lower, so the
 site limit holds however many EVs plug in at once. The planned TxProfile replaces it for the
 transaction (K01: a TxProfile overrules the TxDefaultProfile); it is sent again after every boot
-because a reboot may have cleared it. A lower site limit (or one shared by more EVSEs) lowers it:
-it is sent again to every connected station that took a higher one, and to a station that holds
-a higher one when it reconnects (the planner counts every idle EVSE at the current default).
+because a reboot may have cleared it. A new site limit (or one shared by more EVSEs) moves it:
+it is sent again to every connected station that took another one, and to a station that holds
+another one when it reconnects (the planner counts every idle EVSE at the current default: one
+holding a higher default would draw more than counted).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE_ID = 1  # one per station; TxProfiles use ids derived from their transaction
 DEFAULT_STACK_LEVEL = 0
-LOWER_BY_KW = 0.01  # a default this much above the current one is sent again (the profile's W resolution)
+STALE_BY_KW = 0.01  # a default this far from the current one is sent again (the profile's W resolution)
 
 
 def default_limit_kw(safe_limit_kw: float, import_limit_kw: float, evse_count: int) -> float:
@@ -80,11 +81,11 @@ class DefaultProfiles:
                 # Never from inside the BootNotification handler: the reply must go out first.
                 self._spawn(event.station_id)
             elif isinstance(event, ev.StationConnected):
-                if self._above(event.station_id, self.limit_kw()):
+                if self._stale(event.station_id, self.limit_kw()):
                     self._spawn(event.station_id)
             elif isinstance(event, ev.SiteInputsChanged):
                 limit = self.limit_kw()
-                for sid in [s for s in self.limit_taken if self._above(s, limit)]:
+                for sid in [s for s in self.limit_taken if self._stale(s, limit)]:
                     if self._gw.ocpp.registry.get(sid) is not None:
                         self._spawn(sid)
 
@@ -92,9 +93,9 @@ class DefaultProfiles:
         state = self._gw.state
         return default_limit_kw(self._gw.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
 
-    def _above(self, station_id: str, limit: float) -> bool:
+    def _stale(self, station_id: str, limit: float) -> bool:
         taken = self.limit_taken.get(station_id)
-        return taken is not None and taken > limit + LOWER_BY_KW
+        return taken is not None and abs(taken - limit) > STALE_BY_KW
 
     def _spawn(self, station_id: str) -> None:
         task = asyncio.create_task(self.send(station_id))

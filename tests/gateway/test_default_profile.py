@@ -40,7 +40,7 @@ async def test_boot_is_followed_by_a_safe_default_profile(gateway_factory: Any) 
     await st.close()
 
 
-async def test_a_lower_site_limit_lowers_the_default_of_every_connected_station(gateway_factory: Any) -> None:
+async def test_a_new_site_limit_moves_the_default_of_every_connected_station(gateway_factory: Any) -> None:
     """The planner counts every idle EVSE at the current default: one still holding the default
     of a higher limit would draw more than it counts."""
     h: GatewayHarness = await gateway_factory(site=SiteConfig(import_limit_kw=20.0), scheduler_enabled=True,
