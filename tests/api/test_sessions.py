@@ -284,6 +284,32 @@ async def test_a_plan_for_a_session_that_ended_while_it_was_solved_is_not_pushed
     await st.ws.close()
 
 
+async def test_a_change_to_a_session_that_ended_unseen_leaves_the_live_one_alone(gateway_factory: Any) -> None:
+    """The old session's Ended never came and a new one runs on the EVSE: a driver's change to
+    the old one is stored, and the live session stays the new one (it would otherwise be replaced
+    and its updates ignored, so never planned)."""
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    assert h.gw is not None
+    gw = h.gw
+    st = await plug_in(h, "CS-UNSEEN", "tx-old", "TOKEN-OLD", evses=[(1, 11.0, 0.0, False)])
+    answering = asyncio.create_task(_answer_profiles(st, asyncio.Queue()))
+    await st.tx_event("Started", "tx-new", id_token="TOKEN-NEW", energy_wh=0.0, trigger="CablePluggedIn",
+                      offset_s=600)
+
+    async def new_is_live() -> bool:
+        s = gw.state.evses[("CS-UNSEEN", 1)].session
+        return s is not None and s.transaction_id == "tx-new"
+
+    await eventually(new_is_live, "the new session to be live")
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.put("/api/v1/sessions/tx-old/preferences?station_id=CS-UNSEEN", headers=OPERATOR,
+                          json={"energy_kwh": 10.0})
+    assert r.status_code in (200, 409), r.text
+    assert await new_is_live()
+    answering.cancel()
+    await st.ws.close()
+
+
 async def _quiet(seen: asyncio.Queue[dict[str, Any]]) -> bool:
     """True once no profile arrived for a while (drains what came)."""
     while not seen.empty():

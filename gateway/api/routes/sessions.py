@@ -299,6 +299,10 @@ def _apply_live(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: P
         # The scheduler folds SessionStarted in from its queue; a change that comes first must
         # not be lost, so the session enters the live state here (the later event keeps it).
         replaced = st.session
+        if replaced is not None and tx.started_at is not None and replaced.started_at > tx.started_at:
+            # A later session is live on this EVSE: this one ended without its Ended event reaching
+            # us. The change is stored; the live session is not this one to replace.
+            return lambda: None
         st.session = _session(gw, tx, needs, prefs)
 
         def undo_insert() -> None:
