@@ -185,12 +185,12 @@ def _max_kw_done(t: EvTruth) -> float:
 
 def known_max_kw(t: EvTruth, known: bool) -> float:
     """The charging power the gateway believes ``t`` can take. Live, it knows an EV's own limit
-    only when ISO 15118 tells it; otherwise the EVSE's rating, until the EV has drawn clearly less
-    than it was offered (:class:`gateway.scheduler.slots.DrawSeen`)."""
-    if known:
-        return t.max_charge_kw
+    only when ISO 15118 tells it; otherwise the EVSE's rating. Either way, once the EV has drawn
+    clearly less than it was offered, what it takes now (:class:`gateway.scheduler.slots.DrawSeen`;
+    live_inputs.session_view applies it to every EV)."""
     seen = t.drawn.limit_kw()
-    return t.offerable_kw if seen is None else min(t.offerable_kw, seen)
+    most = t.max_charge_kw if known else t.offerable_kw
+    return most if seen is None else min(most, seen)
 
 
 def view_of(t: EvTruth, now: datetime, exact: bool) -> View:

@@ -475,6 +475,12 @@ def test_a_silent_ev_is_planned_at_the_evse_rating_until_its_draw_shows_less() -
     assert known_max_kw(t, known=False) == 22.0 and known_max_kw(t, known=True) == 7.4
     t.drawn.note(7.4, 22.0)
     assert known_max_kw(t, known=False) == 7.4
+    # An EV that told its limit and now draws less (its taper) is planned at what it takes, as
+    # live (session_view applies the draw seen to every EV).
+    t.drawn.note(3.0, 7.4)
+    seen = t.drawn.limit_kw()
+    assert seen is not None and seen < 7.4
+    assert known_max_kw(t, known=True) == known_max_kw(t, known=False) == seen
 
 
 def test_two_stations_with_the_same_transaction_id_keep_their_own_needs_and_preferences() -> None:
