@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from gateway.db.transactions import TxSnapshot
 
 log = logging.getLogger(__name__)
+# Pushes that failed without an answer: the station may have applied them (a timed-out call, or
+# one the link dropped under, may have reached it).
+UNANSWERED = frozenset({"CallTimeout", "ConnectionReplaced"})
 
 DEBOUNCE_MAX_SIM_S = 30.0
 STOP_WAIT_S = 5.0
@@ -116,6 +119,9 @@ class MpcScheduler:
         self._sent: dict[tuple[str, int], profiles.TxProfile] = {}
         # EVSEs whose last push did not land: sent again at the next re-plan even if unchanged.
         self._retry: set[tuple[str, int]] = set()
+        # A push left unanswered (timed out, or the link dropped under it) may still have been
+        # applied: until one is answered, the EVSE may run it as well as its last accepted one.
+        self._unanswered: dict[tuple[str, int], profiles.TxProfile] = {}
         # EVSEs that refused their plan, since when (they run the safe limit; REJECTED_RETRY).
         self._rejected: dict[tuple[str, int], datetime] = {}
         # Profiles each EVSE accepted, with when, over the last LIMITS_KEPT (and the one before).
@@ -343,6 +349,7 @@ class MpcScheduler:
             self._sent.pop(key, None)
             self._accepted.pop(key, None)
             self._retry.discard(key)
+            self._unanswered.pop(key, None)
             self._rejected.pop(key, None)
             key = (event.station_id, event.transaction_id)
             self._read.pop(key, None)
@@ -535,17 +542,24 @@ class MpcScheduler:
             if s is None or not (registry.get(key[0]) is None or key in self._retry or key in self._rejected):
                 continue
             hist = self._accepted.get(key)
-            prof = hist[-1][1] if hist else None
-            if prof is None or prof.transaction_id != s.transaction_id or prof.end <= now:
-                out[key] = self._default_kw()
-                continue
-            ends = [p.start for p in prof.periods[1:]] + [prof.end]
-            most_w = max(p.limit_w for p, end in zip(prof.periods, ends, strict=True) if end > now)
-            kw = most_w / 1000.0
-            if prof.end < horizon_end:  # then the station's default applies
-                kw = max(kw, self._default_kw())
-            out[key] = max(kw, 0.0)
+            kw = self._most_kw(hist[-1][1] if hist else None, s.transaction_id, now, horizon_end)
+            maybe = self._unanswered.get(key)
+            if maybe is not None:
+                kw = max(kw, self._most_kw(maybe, s.transaction_id, now, horizon_end))
+            out[key] = kw
         return out
+
+    def _most_kw(self, prof: profiles.TxProfile | None, transaction_id: str, now: datetime,
+                 horizon_end: datetime) -> float:
+        """The most an EVSE running ``prof`` may draw from now on (its default where the profile
+        is not this session's, has run out, or runs out within the horizon)."""
+        if prof is None or prof.transaction_id != transaction_id or prof.end <= now:
+            return self._default_kw()
+        ends = [p.start for p in prof.periods[1:]] + [prof.end]
+        kw = max(p.limit_w for p, end in zip(prof.periods, ends, strict=True) if end > now) / 1000.0
+        if prof.end < horizon_end:  # then the station's default applies
+            kw = max(kw, self._default_kw())
+        return max(kw, 0.0)
 
     def _note_accepted(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> None:
         self._sent[key] = prof
@@ -756,6 +770,10 @@ class MpcScheduler:
             status, response = await self._call_set_profile(prof)
             ok = status == "Accepted"
             gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
+            if status in UNANSWERED:
+                self._unanswered[key] = prof
+            else:  # answered (or never sent): what the station runs is known again
+                self._unanswered.pop(key, None)
             if ok:
                 self._note_accepted(key, prof, now)
                 self._retry.discard(key)

@@ -235,6 +235,30 @@ async def test_an_offline_station_is_planned_at_the_limit_it_last_accepted(gatew
     await b.close()
 
 
+async def test_a_push_left_unanswered_counts_as_maybe_in_force(gateway_factory: Any) -> None:
+    """A SetChargingProfile that timed out may have reached the station and been applied: until a
+    push is answered the EVSE is planned at the most of its last accepted profile and that one."""
+    from gateway.config import SiteConfig
+
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0,
+                              default_energy_kwh=60.0, call_timeout_s=0.5,
+                              site=SiteConfig(import_limit_kw=20.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
+    sched = h.gw.scheduler
+    assert sched is not None
+    await h.add_station("CS-U", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    u = await RawStation.connect(h.ocpp_url, "CS-U", PASSWORD)  # answers no call of ours
+    await u.ok("TransactionEvent", tx_event("Started", 0, tid="TX-U", meterValue=energy(0.0)))
+    out = await sched.replan("test")
+    assert out is not None and out.profiles_failed >= 1
+    maybe = sched._unanswered.get(("CS-U", 1))
+    assert maybe is not None and maybe.transaction_id == "TX-U"
+    now = h.gw.clock.now()
+    attempted_kw = (maybe.limit_at(now) or 0.0) / 1000.0
+    assert attempted_kw > sched._default_kw()  # so the check below tells the two apart
+    assert sched._uncontrolled_kw(now)[("CS-U", 1)] >= attempted_kw - 1e-9
+    await u.close()
+
+
 async def test_a_station_that_refuses_its_plan_is_planned_at_its_safe_limit_and_left_alone(
         site: GatewayHarness) -> None:
     from gateway.scheduler.mpc import REJECTED_RETRY
