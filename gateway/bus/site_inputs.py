@@ -75,6 +75,11 @@ class _Shared:
     load_by: str = ""
     load_write: asyncio.Lock = field(default_factory=asyncio.Lock)
     grid_write: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # One tariff row holds the tariff and the price overrides together: a tariff PUT and a price
+    # feed stored at once would each write the other's half as it was, and a restart would bring
+    # back the stale half. Limits likewise: the value stored last must be the value in force.
+    tariff_write: asyncio.Lock = field(default_factory=asyncio.Lock)
+    limits_write: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 _shared: weakref.WeakKeyDictionary[Gateway, _Shared] = weakref.WeakKeyDictionary()
@@ -125,16 +130,18 @@ class SiteInputs:
     async def set_limits(self, limits: SiteLimits, by: str) -> None:
         gw = self._gw
         value = {"import_kw": limits.import_kw, "export_kw": limits.export_kw}
-        await gw.planning.set_setting(LIMITS_KEY, value, by, gw.clock.now())
-        gw.state.limits = limits
+        async with self._shared.limits_write:
+            await gw.planning.set_setting(LIMITS_KEY, value, by, gw.clock.now())
+            gw.state.limits = limits
         self._changed("limits")
 
     async def set_tariff(self, tariff: Tariff, source: str) -> None:
         gw = self._gw
-        await self._queries.add_tariff(source=source, demand_charge_per_kw=tariff.demand_charge_per_kw,
-                                       periods=_tariff_json(tariff, gw.state.price_overrides),
-                                       now=gw.clock.now())
-        gw.state.tariff = tariff
+        async with self._shared.tariff_write:
+            await self._queries.add_tariff(source=source, demand_charge_per_kw=tariff.demand_charge_per_kw,
+                                           periods=_tariff_json(tariff, gw.state.price_overrides),
+                                           now=gw.clock.now())
+            gw.state.tariff = tariff
         self._changed("tariff")
 
     async def set_price_overrides(self, overrides: list[PriceOverride], source: str) -> None:
@@ -142,10 +149,11 @@ class SiteInputs:
         gw = self._gw
         rows = [(o.start, o.end, o.import_price_per_kwh, o.export_price_per_kwh)
                 for o in sorted(overrides, key=lambda o: o.start)]
-        tariff = gw.state.tariff
-        await self._queries.add_tariff(source=source, demand_charge_per_kw=tariff.demand_charge_per_kw,
-                                       periods=_tariff_json(tariff, rows), now=gw.clock.now())
-        gw.state.price_overrides = rows
+        async with self._shared.tariff_write:
+            tariff = gw.state.tariff
+            await self._queries.add_tariff(source=source, demand_charge_per_kw=tariff.demand_charge_per_kw,
+                                           periods=_tariff_json(tariff, rows), now=gw.clock.now())
+            gw.state.price_overrides = rows
         self._changed("prices")
 
     async def set_building_load(self, power_kw: float, forecast: list[tuple[datetime, float]] | None,

@@ -3,13 +3,16 @@ telemetry reads (raw and downsampled with date_bin)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from typing import Any
 
 import httpx
 
 from gateway import events as ev
+from gateway.bus.site_inputs import PriceOverride, SiteInputs
 from gateway.clock import to_rfc3339
-from gateway.domain import GridEventKind
+from gateway.domain import GridEventKind, Tariff, TouPeriod
 from tests.api.conftest import OPERATOR, eventually, plug_in
 from tests.conftest import GatewayHarness
 
@@ -188,3 +191,21 @@ async def test_telemetry_raw_and_downsampled(gateway_server: GatewayHarness, api
     no_filter = await api.get("/api/v1/telemetry/meter-values", headers=OPERATOR)
     assert no_filter.status_code == 422
     await st.ws.close()
+
+
+async def test_a_tariff_and_a_price_feed_stored_at_once_both_survive_a_restart(gateway_factory: Any) -> None:
+    """One tariff row holds the tariff and the price overrides: a REST tariff and an MQTT price
+    feed stored at the same moment must not each write the other's half as it was."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    rest, mqtt = SiteInputs(h.gw), SiteInputs(h.gw)  # each caller holds its own, as live
+    now = h.gw.clock.now().replace(microsecond=0)  # stored to the millisecond
+    tariff = Tariff(periods=(TouPeriod(0, 24, 0.33, 0.05),), demand_charge_per_kw=7.0)
+    feed = [PriceOverride(now + timedelta(hours=1), now + timedelta(hours=2), 0.5, 0.1)]
+    await asyncio.gather(rest.set_tariff(tariff, "rest"), mqtt.set_price_overrides(feed, "mqtt"))
+    await h.restart()
+    gw = h.gw
+    assert gw is not None
+    assert [p.import_price for p in gw.state.tariff.periods] == [0.33]
+    assert [(a, b, i, x) for a, b, i, x in gw.state.price_overrides] == [
+        (feed[0].start, feed[0].end, 0.5, 0.1)]
