@@ -56,6 +56,9 @@ CERTIFICATE_REFUSALS: dict[str, Payload] = {
 }
 PENDING_RETRY_INTERVAL_S = 30
 TOKEN_CACHE_S = 60.0
+# Tokens whose last answer is kept (the most recently asked): a station sending endless made-up
+# tokens must not grow the gateway without bound.
+TOKEN_CACHE_KEPT = 50_000
 RESUPPLIED_KEPT = 10_000
 TOUCH_EVERY_S = 60.0
 
@@ -77,7 +80,7 @@ class Handlers:
         self._telemetry = telemetry
         self._security = security
         self._bus = bus
-        self._token_cache: dict[str, tuple[float, str]] = {}
+        self._token_cache: OrderedDict[str, tuple[float, str]] = OrderedDict()
         # (station, evse) -> transactionId of the session on it; MeterValues carry no transactionId.
         self.active_tx: dict[tuple[str, int], str] = {}
         # Replayed events stored before this process started whose meter samples were looked for
@@ -188,6 +191,9 @@ class Handlers:
                         round(real - hit[0]))
             return hit[1]
         self._token_cache[key] = (real, status)
+        self._token_cache.move_to_end(key)
+        while len(self._token_cache) > TOKEN_CACHE_KEPT:
+            self._token_cache.popitem(last=False)
         return status
 
     async def authorize(self, ctx: StationContext, p: Payload) -> Payload:

@@ -115,6 +115,20 @@ async def test_known_tokens_only_policy(gateway_factory: Any) -> None:
     await st.close()
 
 
+async def test_the_token_cache_keeps_the_latest_tokens_only(gateway_factory: Any, monkeypatch: Any) -> None:
+    """A station presenting endless made-up tokens does not grow the gateway without bound."""
+    from gateway.ocpp import handlers
+
+    monkeypatch.setattr(handlers, "TOKEN_CACHE_KEPT", 3)
+    h = await gateway_factory(known_tokens_only=True)
+    await h.add_station("CS-K", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-K", PASSWORD)
+    for i in range(6):
+        await st.ok("Authorize", {"idToken": {"idToken": f"MADE-UP-{i}", "type": "ISO14443"}})
+    assert list(h.gw.handlers._token_cache) == [f"ISO14443:MADE-UP-{i}" for i in (3, 4, 5)]
+    await st.close()
+
+
 async def test_transaction_lifecycle_energy_and_meter_values(
     gateway_server: GatewayHarness, station: RawStation
 ) -> None:
