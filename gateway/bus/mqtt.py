@@ -22,7 +22,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections import deque
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -85,6 +85,7 @@ class MqttBridge:
         self.apply_failed = 0
         self._site_inputs = SiteInputs(gw)
         self._buf: deque[topics.Outgoing] = deque()
+        self._retained_pending: Counter[str] = Counter()  # retained topics in the buffer, how many of each
         self._ready = asyncio.Event()  # set while the buffer has something
         self._sub: ev.Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -119,13 +120,29 @@ class MqttBridge:
     # --- out ------------------------------------------------------------------------------
     def enqueue(self, msg: topics.Outgoing) -> None:
         if len(self._buf) >= self.buffer_max:
-            # Keep the newest: retained status and power topics only matter in their last value.
-            self._buf.popleft()
+            self._drop_one()
             self.dropped += 1
             metrics.MQTT_DROPPED.inc()
         self._buf.append(msg)
+        if msg.retain:
+            self._retained_pending[msg.topic] += 1
         metrics.MQTT_BUFFERED.set(len(self._buf))
         self._ready.set()
+
+    def _drop_one(self) -> None:
+        """Make room: the oldest message that is not a retained topic's newest value pending (a
+        station's last status must reach the broker after an outage full of meter readings);
+        only when every message is one, the oldest."""
+        i = next((j for j, m in enumerate(self._buf) if not m.retain or self._retained_pending[m.topic] > 1), 0)
+        gone = self._buf[i]
+        del self._buf[i]
+        self._forget(gone)
+
+    def _forget(self, msg: topics.Outgoing) -> None:
+        if msg.retain:
+            self._retained_pending[msg.topic] -= 1
+            if self._retained_pending[msg.topic] <= 0:
+                del self._retained_pending[msg.topic]
 
     async def _events(self) -> None:
         assert self._sub is not None
@@ -179,7 +196,7 @@ class MqttBridge:
                                  timeout=PUBLISH_TIMEOUT_S)
             # Only now is it the broker's: a failure above leaves it first in line for the next try.
             if self._buf and self._buf[0] is msg:
-                self._buf.popleft()
+                self._forget(self._buf.popleft())
             self.published += 1
             metrics.MQTT_PUBLISHED.inc()
             metrics.MQTT_BUFFERED.set(len(self._buf))

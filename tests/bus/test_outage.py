@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from gateway import metrics
+from gateway.bus import topics
 from tests.api.conftest import eventually, plug_in
 from tests.bus.conftest import Mosquitto, bridge_down, bridge_up, recording
 from tests.conftest import GatewayHarness
@@ -74,3 +75,29 @@ async def test_broker_outage_buffers_drops_and_reconnects(
         live = await rec.wait_for(f"{prefix}/stations/CS-OUT/evses/1/meter", energy_in_kwh=5.0)
         assert live["power_kw"] == 6.0
     await st.ws.close()
+
+
+async def test_a_full_buffer_keeps_each_retained_topics_newest_value(gateway_factory: Any, prefix: str) -> None:
+    """Full, the buffer drops the oldest message that is not a retained topic's newest pending
+    value: a station's last status outlives an outage full of meter readings."""
+    h: GatewayHarness = await gateway_factory(mqtt_url="mqtt://127.0.0.1:1", mqtt_topic_prefix=prefix,
+                                              mqtt_buffer_messages_max=3)
+    assert h.gw is not None and h.gw.mqtt is not None
+    bridge = h.gw.mqtt
+    while bridge.buffered:  # what start-up queued (nothing reaches a broker on port 1)
+        bridge._buf.popleft()
+    bridge._retained_pending.clear()
+
+    def msg(topic: str, retain: bool) -> topics.Outgoing:
+        return topics.Outgoing(f"{prefix}/{topic}", b"{}", 1, retain)
+
+    bridge.enqueue(msg("status-a", True))
+    bridge.enqueue(msg("status-a", True))  # supersedes the first
+    bridge.enqueue(msg("status-b", True))
+    bridge.enqueue(msg("meter", False))  # full: the superseded status-a goes
+    assert [(m.topic.split("/")[-1]) for m in bridge._buf] == ["status-a", "status-b", "meter"]
+    bridge.enqueue(msg("meter", False))  # full: the older meter reading goes, both statuses stay
+    assert [(m.topic.split("/")[-1]) for m in bridge._buf] == ["status-a", "status-b", "meter"]
+    bridge.enqueue(msg("status-c", True))  # full: the meter reading goes
+    bridge.enqueue(msg("status-d", True))  # only newest values left: the oldest goes
+    assert [(m.topic.split("/")[-1]) for m in bridge._buf] == ["status-b", "status-c", "status-d"]
