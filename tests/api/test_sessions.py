@@ -133,6 +133,10 @@ async def test_preferences_validation_and_who_when(
         (f"driver:{token['id']}", "charge_now", 20.0),
     ]
     assert all(abs((r["set_at"] - now).total_seconds()) < 60 for r in rows)
+
+    # 25 kWh in since the EV read 50 %: the wish still counts from plug-in, where 30 kWh was the room.
+    await st.tx_event("Updated", "tx-p1", energy_wh=25_000.0, power_w=7000.0, offset_s=60)
+    assert "battery" in await refused({"energy_kwh": 40.0}, "energy_kwh")
     await st.ws.close()
 
 

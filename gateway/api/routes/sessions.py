@@ -262,7 +262,7 @@ def _merge(old: Preferences, body: PreferencesIn) -> Preferences:
 
 
 def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | None,
-              delivered_kwh: float) -> None:
+              taken_before_kwh: float) -> None:
     """The rules a schema cannot state, on the fields this request sets: a stored value is not
     this client's to fix (a departure stored earlier is in the past once it has gone by)."""
     if "departure_time" in given and p.departure_time is not None:
@@ -274,11 +274,12 @@ def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | N
                                 {"field": "departure_time"})
     capacity = needs.capacity_kwh if needs is not None else None
     if "energy_kwh" in given and p.energy_kwh is not None and capacity is not None:
-        # The wish counts from session start, so what is already in the battery adds to its room.
-        room = capacity + delivered_kwh
+        # The wish counts from session start: the room at the SoC reading plus what the EV had
+        # taken by then (``taken_before_kwh``); with no SoC, at most the whole battery.
+        room = capacity
         soc = needs.soc if needs is not None else None
         if soc is not None:
-            room = capacity * (1.0 - soc) + delivered_kwh
+            room = capacity * (1.0 - soc) + taken_before_kwh
         if p.energy_kwh > room + 1e-6:
             raise Unprocessable(f"energy_kwh {p.energy_kwh:g} exceeds what the battery can take "
                                 f"({room:.1f} kWh)",
@@ -337,7 +338,10 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
 
     def change(old: Preferences) -> Preferences:
         prefs = _merge(old, body)
-        _validate(prefs, given, now, None if needs is None else needs.needs, tx.energy_in_kwh - tx.energy_out_kwh)
+        # What the EV had taken when it read its SoC (the needs' baseline, battery side), else now.
+        taken = needs.baseline_kwh if needs is not None and needs.baseline_kwh is not None else (
+            tx.energy_in_kwh - tx.energy_out_kwh)
+        _validate(prefs, given, now, None if needs is None else needs.needs, taken)
         return prefs
 
     def applied(prefs: Preferences) -> None:
