@@ -32,7 +32,6 @@ from gateway import metrics
 from gateway.clock import to_rfc3339
 from gateway.domain import Plan, PlannedSession, TxKey
 from gateway.ocpp import profiles
-from gateway.ocpp.defaults import default_limit_kw
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
@@ -49,11 +48,11 @@ if TYPE_CHECKING:
     from gateway.db.transactions import TxSnapshot
 
 log = logging.getLogger(__name__)
+
+DEBOUNCE_MAX_SIM_S = 30.0
 # Pushes that failed without an answer: the station may have applied them (a timed-out call, or
 # one the link dropped under, may have reached it).
 UNANSWERED = frozenset({"CallTimeout", "ConnectionReplaced"})
-
-DEBOUNCE_MAX_SIM_S = 30.0
 STOP_WAIT_S = 5.0
 # chargingState of an EV that does not take the energy its EVSE offers (OCPP 2.0.1: full, or
 # holding at its own charge limit).
@@ -526,8 +525,7 @@ class MpcScheduler:
 
     def _default_kw(self) -> float:
         """What an EVSE draws on its TxDefaultProfile (no planned profile in force)."""
-        state = self.gw.state
-        return default_limit_kw(self.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+        return float(self.gw.default_profiles.limit_kw())
 
     def _uncontrolled_kw(self, now: datetime) -> dict[tuple[str, int], float]:
         """EVSEs with a session whose limit a push cannot set now, and the most each may draw
