@@ -475,7 +475,9 @@ class MpcScheduler:
         metrics.SOLVE_SECONDS.observe(solve_s)
         plan = self._to_plan(now, result, metas, solve_s)
         plan_id = await self._store_plan(now, trigger, site, slots, result, plan, solve_s)
-        sent, failed = await self._push(now, plan, metas, plan_id)
+        # The push's own moment, not the re-plan's start: the solve and storing the plan may have
+        # taken a minute, and which way each limit moves (and when it was accepted) is from now on.
+        sent, failed = await self._push(self.gw.clock.now(), plan, metas, plan_id)
         outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
         self.latest = outcome
         self.gw.bus.publish(ev.PlanPublished(now, plan_id, result.status, {
@@ -731,7 +733,8 @@ class MpcScheduler:
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
             old_now = old.limit_at(now) if old is not None else None
             before_w = old_now if old_now is not None else default_w
-            after_w = prof.periods[0].limit_w
+            new_now = prof.limit_at(now)
+            after_w = new_now if new_now is not None else prof.periods[0].limit_w
             kind = profiles.move(before_w, after_w)
             if kind == profiles.Move.FLIP:
                 toward.append((profiles.held_at_zero(prof), True))

@@ -830,3 +830,38 @@ async def test_finished_days_price_a_rise_of_the_months_peak(gateway_factory: An
     site, _, _ = live_inputs.build(gw.state, now, gw.settings, {})
     assert site.demand_charge_per_kw == pytest.approx(gw.state.tariff.demand_charge_per_kw / 30)
     assert site.peak_price_steps == ()
+
+
+async def test_profiles_are_pushed_and_accepted_as_of_the_push_not_the_replans_start(
+        gateway_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A solve (and storing its plan) may take a minute: which way each limit moves, and when the
+    station took it, are reckoned at the push."""
+    from datetime import UTC, datetime
+
+    from gateway.clock import ManualClock
+
+    clock = ManualClock(datetime(2026, 7, 1, 8, 2, 30, tzinfo=UTC))
+    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0)
+    sched = h.gw.scheduler
+    assert sched is not None
+    st, sink = await plug_in(h, "CS-LATE")
+    await wait_for(lambda: _at_least(sink, 1))
+
+    async def settled() -> bool:
+        return sched.solves >= 1 and not sched._lock.locked()
+
+    await wait_for(settled)
+    solve = sched._solve
+
+    async def slow(*args: Any) -> Any:
+        clock.advance(60.0)  # the solve takes a simulated minute
+        return await solve(*args)
+
+    monkeypatch.setattr(sched, "_solve", slow)
+    sched._sent.clear()  # so this re-plan pushes again
+    started = clock.now()
+    out = await sched.replan("test")
+    assert out is not None and out.profiles_sent == 1
+    taken_at = sched._accepted[("CS-LATE", 1)][-1][0]
+    assert taken_at == started + timedelta(seconds=60)
+    await st.close()
