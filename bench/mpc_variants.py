@@ -9,7 +9,7 @@
         [--coarse-step S] [--medium-hours H] [--new-site-margin MIN] [--reveal-at F] [--urgency-spread S]
         [--building-weekend F] [--building-profile by-kind|all-days] [--building-quantile Q] [--discharge-with-spread]
         [--dwell-history site|near] [--lent-back on|off] [--need-above]
-        [--bidirectional-share F] [--grid-event auto|always]
+        [--bidirectional-share F] [--grid-event auto|always] [--plug-in-reserve N]
 
 Runs uncontrolled, mpc and optimal (``gateway.scheduler.evaluate``) with one choice changed and
 prints one JSON line: the MPC's savings capture, bill parts, undelivered energy and the choice.
@@ -64,6 +64,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   spread, as before ``SlotRules.lent_back`` (on: it must be back by the believed departure, at
   the full unmet price). ``lenders`` in the output: the EVs that discharged (count, kWh
   discharged, kWh they were left short of their deliverable energy).
+- ``--plug-in-reserve N``: room kept for N EVs plugging into idle EVSEs at once
+  (``Settings.plug_in_reserve_evses``, 4); -1: for every idle EVSE, the live rule until it had a bound.
 - ``--need-above``: an unannounced EV that took more than its guessed need is planned for the
   usual need among the past needs above what it took (``SlotRules.need_above``; not adopted,
   docs/benchmarks-scheduler.md), instead of 5 kWh more at a time.
@@ -330,6 +332,20 @@ def use_charge_bias(bias: float) -> None:
     policies.Planner = Biased  # type: ignore[misc]
 
 
+def use_plug_in_reserve(evses: int) -> None:
+    """The MPC keeps room for ``evses`` EVs plugging in at once (``Mpc.plug_in_reserve_evses``;
+    -1: for every idle EVSE)."""
+    make = ev.make_policy
+
+    def make_with(name: str, penalty: float, forecaster: Any) -> Any:
+        pol = make(name, penalty, forecaster)
+        if isinstance(pol, policies.Mpc):
+            pol.plug_in_reserve_evses = evses if evses >= 0 else 10**9
+        return pol
+
+    ev.make_policy = make_with  # type: ignore[assignment]
+
+
 def use_building_quantile(q: float) -> None:
     """The learned building profile at a quantile of its days (of the same kind) instead of their mean."""
 
@@ -504,6 +520,9 @@ def main() -> None:
                          "split-last: the last one shared between step ends too (not kept)")
     ap.add_argument("--per-day", action="store_true",
                     help="also print one JSON line per day: its savings range and the MPC's gap by part")
+    ap.add_argument("--plug-in-reserve", type=int, default=None,
+                    help="room kept for this many EVs plugging into idle EVSEs at once (Settings."
+                         "plug_in_reserve_evses, 4); -1: every idle EVSE (the rule before)")
     ap.add_argument("--need-above", action="store_true",
                     help="an unannounced EV past its guessed need planned for the usual need above what it took")
     ap.add_argument("--lent-back", choices=("on", "off"), default="on",
@@ -576,6 +595,8 @@ def main() -> None:
         use_lent_back(False)
     if a.need_above:
         policies.SlotRules = functools.partial(policies.SlotRules, need_above=True)  # type: ignore[misc]
+    if a.plug_in_reserve is not None:
+        use_plug_in_reserve(a.plug_in_reserve)
     steps = count_grid_steps()
     episodes = ev.generate_episodes(a.site, a.days, a.seed, a.stations, **options)
     use_peak_floor(a.peak_floor, episodes)
@@ -606,7 +627,7 @@ def main() -> None:
                       "building_profile": a.building_profile, "building_quantile": a.building_quantile,
                       "discharge_with_spread": a.discharge_with_spread, "departure_in_step": a.departure_in_step,
                       "dwell_history": a.dwell_history, "taper_plan": a.taper_plan, "lent_back": a.lent_back,
-                      "need_above": a.need_above,
+                      "need_above": a.need_above, "plug_in_reserve": a.plug_in_reserve,
                       "bidirectional_share": a.bidirectional_share, "grid_event": a.grid_event,
                       "lenders": lenders([r for r in runs if r.policy == "mpc"]),
                       **{k: round(float(mpc[k]), 4) for k in keys},

@@ -183,6 +183,13 @@ class Settings(BaseSettings):
     # Keep room (and the peak) in every plan for the EVs expected to plug in over the horizon, as
     # counted per hour of the day from the sessions seen here (gateway/scheduler/arrivals.py).
     anticipate_arrivals: bool = True
+    # Every plan keeps room under the import limit for this many EVs plugging into idle EVSEs at
+    # once (each draws its TxDefaultProfile until the re-plan its plug-in triggers pushes its
+    # plan, seconds later). Room for every idle EVSE, held over the whole horizon, left 6 % of the
+    # deliverable energy short on a 100-EVSE workplace and a 50-EVSE depot (docs/benchmarks-
+    # scheduler.md, "Room for plug-ins"); more plug-ins than this within one re-plan's latency can
+    # pass the limit by a default each until it lands.
+    plug_in_reserve_evses: int = Field(default=4, ge=0)
     ev_efficiency: float = EV_EFFICIENCY  # charge and discharge efficiency assumed between meter and battery
     # The SoC at which an EV whose battery the gateway sees (ISO 15118: SoC and capacity) is
     # planned to start its constant-voltage taper, linear to nothing at 100 % (1.0: planned at

@@ -146,3 +146,13 @@ def planned_demand_charge(per_kw_month: float, horizon: timedelta, period: timed
     undervalues a rise, day after day: once a week of finished days is known, the price comes
     from the peaks they needed instead (gateway/scheduler/peak_price.py)."""
     return prorated_demand_charge(per_kw_month, min(horizon, period))
+
+
+def keep_room_for_plug_ins(site: SiteInputs, evses: int, per_evse_kw: float) -> None:
+    """Keep room under the import limit for ``evses`` EVs plugging into idle EVSEs: each draws
+    its TxDefaultProfile limit (gateway/ocpp/defaults.py) until its own plan arrives, and the
+    profiles already sent to the others hold until the re-plan, at whatever step the plug-in falls.
+    So the room is kept over the whole horizon; the next re-plan after a plug-in gives it to the
+    newcomer. Live and offline alike."""
+    if evses > 0:
+        site.import_limit_kw = np.maximum(site.import_limit_kw - evses * per_evse_kw, 0.0)

@@ -252,16 +252,11 @@ def build(
 
 
 def reserve_for_plug_ins(site: SiteInputs, state: SiteState, settings: Settings) -> None:
-    """Keep room under the import limit for EVs that plug into idle EVSEs: each draws its
-    TxDefaultProfile limit (gateway/ocpp/defaults.py) until its own plan arrives, and the profiles
-    already sent to the others hold until the re-plan, at whatever step the plug-in falls. So the
-    room is kept over the whole horizon; it shrinks as EVSEs fill, and the next re-plan after a
-    plug-in gives it to the newcomer."""
-    idle = sum(1 for e in state.evses.values() if e.session is None)
-    if idle == 0:
-        return
+    """Room under the import limit for EVs plugging into idle EVSEs (inputs.keep_room_for_plug_ins),
+    at most ``Settings.plug_in_reserve_evses`` of them."""
+    idle = min(sum(1 for e in state.evses.values() if e.session is None), settings.plug_in_reserve_evses)
     per_evse = default_limit_kw(settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
-    site.import_limit_kw = np.maximum(site.import_limit_kw - idle * per_evse, 0.0)
+    inputs.keep_room_for_plug_ins(site, idle, per_evse)
 
 
 def inputs_digest(site: SiteInputs, slots: list[SlotInput]) -> str:

@@ -13,10 +13,11 @@ from typing import Protocol
 
 from gateway.config import Settings
 from gateway.episode import Episode
+from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.building import BuildingProfile, anchored
 from gateway.scheduler.forecast import SessionForecaster, believed_departure
-from gateway.scheduler.inputs import breakpoints, discharge_in_events_only, site_inputs
+from gateway.scheduler.inputs import breakpoints, discharge_in_events_only, keep_room_for_plug_ins, site_inputs
 from gateway.scheduler.peak_price import DoneSession, NeededPeaks, demand_pricing
 from gateway.scheduler.problem import Planner, PlanResult, SlotInput, TimeGrid, make_grid
 from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, slot_input
@@ -24,6 +25,8 @@ from gateway.scheduler.slots import ANNOUNCED_MARGIN, SessionView, SlotRules, sl
 Key = tuple[str, int]
 # The live gateway's default, so the evaluator's MPC and optimum discharge when the live one would.
 DISCHARGE_ONLY_IN_GRID_EVENTS: bool = Settings.model_fields["discharge_only_in_grid_events"].default
+SAFE_LIMIT_KW: float = Settings.model_fields["safe_limit_kw"].default  # the TxDefaultProfile's cap, as live
+PLUG_IN_RESERVE_EVSES: int = Settings.model_fields["plug_in_reserve_evses"].default
 # What the MPC plans the building with: the profile learned from the readings it saw (what a live
 # gateway has without an energy system) or the episode's day-ahead forecast (what an energy system
 # pushes), either anchored to the reading now.
@@ -160,6 +163,8 @@ class Mpc(_Base):
     # Price a rise of a billing period longer than the horizon by the peaks past days needed
     # (gateway/scheduler/peak_price.py); off: a day's share of the charge, the rule before.
     price_peak_levels: bool = True
+    # As live (Settings.plug_in_reserve_evses): room kept for this many EVs plugging in at once.
+    plug_in_reserve_evses: int = PLUG_IN_RESERVE_EVSES
 
     def __post_init__(self) -> None:
         check_building_forecast(self.building_forecast)
@@ -225,6 +230,9 @@ class Mpc(_Base):
         )
         if self.discharge_only_in_grid_events:
             discharge_in_events_only(site)
+        # As live (live_inputs.reserve_for_plug_ins): room for EVs plugging into the idle EVSEs.
+        keep_room_for_plug_ins(site, min(len(self.keys) - len(ctx.views), self.plug_in_reserve_evses),
+                               default_limit_kw(SAFE_LIMIT_KW, ep.limits.import_kw, len(self.keys)))
         views = {v.key: v for v in ctx.views}
         slots = [self._slot(k, views.get(k), grid, ctx.now) for k in self.keys]
         if self.anticipate_arrivals:

@@ -272,3 +272,36 @@ def test_the_evaluators_evs_take_what_the_simulated_batteries_take(soc: float, o
     b.step(offered, minutes * 60.0)
     got = charged_kwh(soc * 60.0, offered, minutes / 60.0, 60.0, ev_kw, 0.9, stop_soc * 60.0)
     assert got == pytest.approx(b.stored_kwh, rel=0.01, abs=0.02)
+
+
+def test_the_mpc_keeps_room_for_plug_ins_at_idle_evses_as_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, an EV plugging into an idle EVSE draws its default until its plan arrives, so every
+    plan keeps that room for a few of them (live_inputs.reserve_for_plug_ins); the evaluator's MPC
+    plans the same."""
+    from gateway.ocpp.defaults import default_limit_kw
+    from gateway.scheduler import policies
+    from gateway.scheduler.problem import Planner
+
+    seen: list[tuple[int, float]] = []  # (EVs present, import limit planned at the first step)
+    solve = Planner.solve
+    present = 0
+
+    def spy(self: Planner, site: Any, slots: Any) -> Any:
+        seen.append((present, float(site.import_limit_kw[0])))
+        return solve(self, site, slots)
+
+    act = policies.Mpc.act
+
+    def counting(self: policies.Mpc, ctx: ev.Context) -> Any:
+        nonlocal present
+        present = len(ctx.views)
+        return act(self, ctx)
+
+    monkeypatch.setattr(Planner, "solve", spy)
+    monkeypatch.setattr(policies.Mpc, "act", counting)
+    ep = small_episode(4, seed=3)
+    ev.evaluate([ep], ["mpc"])
+    per = default_limit_kw(policies.SAFE_LIMIT_KW, ep.limits.import_kw, 4)
+    assert seen and any(n < 4 for n, _ in seen)
+    for n, limit in seen:
+        assert limit == pytest.approx(ep.limits.import_kw - min(4 - n, policies.PLUG_IN_RESERVE_EVSES) * per)

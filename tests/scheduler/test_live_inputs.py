@@ -121,3 +121,25 @@ def test_time_of_use_windows_half_an_hour_off_utc_are_priced_on_their_own_steps(
     i, j = starts.index(opens), starts.index(closes)
     assert site.import_price[i - 1] == 0.20 and site.import_price[i] == 0.38
     assert site.import_price[j - 1] == 0.38 and site.import_price[j] == 0.20
+
+
+def test_room_is_kept_for_a_few_plug_ins_not_for_every_idle_evse() -> None:
+    """Each EV plugging in draws its default until its plan lands (seconds): room for every idle
+    EVSE over the whole horizon left 6 % of the deliverable energy short on the evaluator's sites."""
+    from gateway.config import SiteConfig
+    from gateway.domain import EvseSpec
+    from gateway.ocpp.defaults import default_limit_kw
+    from gateway.scheduler.live_inputs import EvseState, reserve_for_plug_ins, site_inputs
+
+    settings = Settings(site=SiteConfig(import_limit_kw=500.0), plug_in_reserve_evses=4)
+    state = SiteState.from_settings(settings)
+    for i in range(20):
+        state.evses[(f"CS-{i}", 1)] = EvseState(EvseSpec(f"CS-{i}", 1, max_charge_kw=22.0))
+    per = default_limit_kw(settings.safe_limit_kw, 500.0, 20)
+    site = site_inputs(state, T0, settings)
+    before = site.import_limit_kw.copy()
+    reserve_for_plug_ins(site, state, settings)
+    assert site.import_limit_kw == pytest.approx(before - 4 * per)  # 20 idle, room for 4
+    site = site_inputs(state, T0, settings)
+    reserve_for_plug_ins(site, state, Settings(site=SiteConfig(import_limit_kw=500.0), plug_in_reserve_evses=0))
+    assert site.import_limit_kw == pytest.approx(before)
