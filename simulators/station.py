@@ -322,7 +322,10 @@ class Station:
         if evse.session is not None:
             self.unplug(arrival.evse_id)
         tx = Transaction(id=str(uuid.UUID(int=_TX_IDS.getrandbits(128), version=4)), started=now)
-        s = EvSession(arrival, battery_for(arrival), tx, requested_kwh(arrival))
+        # The driver asks for the first request; a change comes at its own time (change_needs).
+        # The car's charge limit is the final one from the start, as the evaluator's EVs stop at
+        # their final request (evaluate.truths).
+        s = EvSession(arrival, battery_for(arrival), tx, arrival.requested_kwh)
         evse.session = s
         offline = not self.connected.is_set()
         evse.status = "Occupied"
@@ -429,7 +432,7 @@ class Station:
             transaction_id=s.transaction.id,
             arrival=s.transaction.started,
             departure=now,
-            requested_kwh=s.requested_kwh,
+            requested_kwh=requested_kwh(s.arrival),  # scored against the final request, as offline
             delivered_kwh=b.stored_kwh - b.drawn_kwh,
             discharged_kwh=b.drawn_kwh,
             imported_kwh=b.imported_kwh,

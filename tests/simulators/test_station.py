@@ -367,6 +367,9 @@ async def test_need_change_renegotiates_for_15118_and_calls_the_driver_app_other
     iso = arrival(clock, after_s=0, dwell_s=5 * 3600, need_change=NeedChange(t + timedelta(hours=1), 30.0))
     st.plug_in(iso)
     await csms.wait_for(lambda: len(csms.calls("NotifyEVChargingNeeds")) == 1)
+    # At plug-in the EV asks for its first request (20 kWh); the change comes at its own time.
+    first = csms.calls("NotifyEVChargingNeeds")[0].payload["chargingNeeds"]["acChargingParameters"]
+    assert first["energyAmount"] == 20000
     st.change_needs(iso)
     await csms.wait_for(lambda: len(csms.calls("NotifyEVChargingNeeds")) == 2)
     # The renegotiation asks for what is still missing of the new 30 kWh.
@@ -380,11 +383,12 @@ async def test_need_change_renegotiates_for_15118_and_calls_the_driver_app_other
     plain = arrival(clock, after_s=0, iso15118=False, need_change=NeedChange(t + timedelta(hours=1), 12.0))
     st.plug_in(plain)
     st.change_needs(plain)
+    # (the driver app's first call carries the first request, its second the new one)
     await asyncio.wait_for(called.wait(), WAIT_S)
     assert len(csms.calls("NotifyEVChargingNeeds")) == 2  # nothing more from the plain car
     tx = st.evses[1].session.transaction.id  # type: ignore[union-attr]
     assert calls[0][:3] == ("CS-1", 1, tx) and calls[0][3]["departure_time"] == to_rfc3339(plain.departure)
-    assert calls[1][3]["energy_kwh"] == 12.0
+    assert calls[0][3]["energy_kwh"] == 20.0 and calls[1][3]["energy_kwh"] == 12.0
     await finish(st, task)
 
 
