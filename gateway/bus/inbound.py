@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.api.schemas import PRICE_MAX_PER_KWH, SITE_POWER_MAX_KW, AwareDateTime, Ident
-from gateway.bus.site_inputs import check_grid_event
+from gateway.bus.site_inputs import check_forecast_starts, check_grid_event
 from gateway.domain import GridEventKind
 
 PAYLOAD_BYTES_MAX = 1_000_000
@@ -69,6 +69,12 @@ class BuildingLoad(_In):
     power_kw: float = Field(ge=-POWER_MAX_KW, le=POWER_MAX_KW)
     ts: Time | None = None
     forecast: list[LoadPoint] | None = Field(default=None, max_length=10_000)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BuildingLoad:
+        if self.forecast is not None:
+            check_forecast_starts([p.start for p in self.forecast])  # REST's rule, shared
+        return self
 
 
 class GridEventMsg(_In):

@@ -54,6 +54,13 @@ class StaleInput(Refused):
     pass
 
 
+def check_forecast_starts(starts: list[datetime]) -> None:
+    """A building-load forecast is a step function: two points at one start would leave its
+    value there to the order they came in (REST and MQTT alike)."""
+    if len(set(starts)) != len(starts):
+        raise ValueError("forecast starts must be distinct")
+
+
 def check_grid_event(start: datetime, end: datetime, kind: GridEventKind, cap_kw: float | None) -> None:
     """The rules a grid event obeys however it arrives (REST or MQTT), so the two cannot drift
     apart; raises ``ValueError`` naming the first one broken."""

@@ -74,6 +74,12 @@ def test_grid_event_span_is_the_rest_rule() -> None:
         inbound.parse("grid_events", json.dumps(_event(end=_z(T0 + timedelta(days=400)))))
 
 
+def test_a_forecast_with_two_points_at_one_start_is_refused_as_rest_refuses_it() -> None:
+    body = {"power_kw": 10, "forecast": [{"start": _z(T0), "power_kw": 3}, {"start": _z(T0), "power_kw": 4}]}
+    with pytest.raises(inbound.Invalid, match="forecast starts must be distinct"):
+        inbound.parse("building_load", json.dumps(body))
+
+
 async def test_rest_and_mqtt_agree_on_the_grid_event_span(gateway_server: GatewayHarness) -> None:
     async with httpx.AsyncClient(base_url=gateway_server.api_url, timeout=EVENT_TIMEOUT_S) as api:
         for days, hours in ((31, 23), (32, 0)):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 from gateway.api.deps import GatewayDep, Operator, SiteInputsDep
 from gateway.api.errors import Conflict, Unprocessable, responses
 from gateway.api.schemas import SITE_POWER_MAX_KW, AwareDateTime, Model, SitePowerLimitKw, UtcDateTime
-from gateway.bus.site_inputs import Refused, StaleInput
+from gateway.bus.site_inputs import Refused, StaleInput, check_forecast_starts
 from gateway.domain import SiteLimits
 
 router = APIRouter(prefix="/site", tags=["site"], responses=responses(401, 403))
@@ -39,8 +39,8 @@ class BuildingLoadIn(Model):
 
     @model_validator(mode="after")
     def _distinct(self) -> BuildingLoadIn:
-        if self.forecast is not None and len({p.start for p in self.forecast}) != len(self.forecast):
-            raise ValueError("forecast starts must be distinct")
+        if self.forecast is not None:
+            check_forecast_starts([p.start for p in self.forecast])  # MQTT's rule too
         return self
 
 
