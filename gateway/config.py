@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     anticipate_arrivals: bool = True
     # Every plan keeps room under the import limit for this many EVs plugging into idle EVSEs at
     # once (each draws its TxDefaultProfile until the re-plan its plug-in triggers pushes its
-    # plan, seconds later). Room for every idle EVSE, held over the whole horizon, left 6 % of the
+    # plan, seconds later). Room for every idle EVSE, held over the whole horizon, left 6-9 % of the
     # deliverable energy short on a 100-EVSE workplace and a 50-EVSE depot (docs/benchmarks-
     # scheduler.md, "Room for plug-ins"); more plug-ins than this within one re-plan's latency can
     # pass the limit by a default each until it lands.

@@ -701,24 +701,33 @@ async def test_without_a_pushed_forecast_the_plan_expects_the_buildings_usual_da
     await st.close()
 
 
-async def test_under_a_manual_clock_the_periodic_replan_follows_simulated_time(gateway_factory: Any) -> None:
-    """A clock that does not move by itself re-plans when its time passes a period, not every
-    few milliseconds of real time (a full solve each)."""
+async def _plugged_on_a_manual_clock(gateway_factory: Any, station_id: str, *,
+                                     replan_period_s: float) -> tuple[Any, Any, Any]:
+    """A scheduling gateway on a clock that moves only when told, one EV plugged in and its
+    plug-in's re-plan done with nothing queued behind it: (clock, scheduler, station)."""
     from datetime import UTC, datetime
 
     from gateway.clock import ManualClock
 
     clock = ManualClock(datetime(2026, 7, 1, 8, 2, 30, tzinfo=UTC))
-    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=300.0)
+    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05,
+                              replan_period_s=replan_period_s)
     sched = h.gw.scheduler
     assert sched is not None
-    st, sink = await plug_in(h, "CS-MC")
+    st, sink = await plug_in(h, station_id)
     await wait_for(lambda: _at_least(sink, 1))
 
-    async def settled() -> bool:  # the plug-in's re-plan, and nothing queued behind it
+    async def settled() -> bool:
         return sched.solves >= 1 and not sched._lock.locked()
 
     await wait_for(settled)
+    return clock, sched, st
+
+
+async def test_under_a_manual_clock_the_periodic_replan_follows_simulated_time(gateway_factory: Any) -> None:
+    """A clock that does not move by itself re-plans when its time passes a period, not every
+    few milliseconds of real time (a full solve each)."""
+    clock, sched, st = await _plugged_on_a_manual_clock(gateway_factory, "CS-MC", replan_period_s=300.0)
     solves = sched.solves
     await asyncio.sleep(0.3)  # an absence can only be seen by waiting: at 50 ms, six solves before
     assert sched.solves == solves
@@ -836,21 +845,7 @@ async def test_profiles_are_pushed_and_accepted_as_of_the_push_not_the_replans_s
         gateway_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A solve (and storing its plan) may take a minute: which way each limit moves, and when the
     station took it, are reckoned at the push."""
-    from datetime import UTC, datetime
-
-    from gateway.clock import ManualClock
-
-    clock = ManualClock(datetime(2026, 7, 1, 8, 2, 30, tzinfo=UTC))
-    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0)
-    sched = h.gw.scheduler
-    assert sched is not None
-    st, sink = await plug_in(h, "CS-LATE")
-    await wait_for(lambda: _at_least(sink, 1))
-
-    async def settled() -> bool:
-        return sched.solves >= 1 and not sched._lock.locked()
-
-    await wait_for(settled)
+    clock, sched, st = await _plugged_on_a_manual_clock(gateway_factory, "CS-LATE", replan_period_s=3600.0)
     solve = sched._solve
 
     async def slow(*args: Any) -> Any:

@@ -125,7 +125,7 @@ def test_time_of_use_windows_half_an_hour_off_utc_are_priced_on_their_own_steps(
 
 def test_room_is_kept_for_a_few_plug_ins_not_for_every_idle_evse() -> None:
     """Each EV plugging in draws its default until its plan lands (seconds): room for every idle
-    EVSE over the whole horizon left 6 % of the deliverable energy short on the evaluator's sites."""
+    EVSE over the whole horizon left 6-9 % of the deliverable energy short on the evaluator's sites."""
     from gateway.config import SiteConfig
     from gateway.domain import EvseSpec
     from gateway.ocpp.defaults import default_limit_kw
