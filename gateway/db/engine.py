@@ -62,15 +62,23 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class GaveUp(Exception):
+    """The caller stopped waiting while the database was away. Whether an attempt committed
+    before the database went is unknown: the caller must be ready to find its row later."""
+
+
 async def until_committed(
     op: Callable[[], Awaitable[T]], *, retry_interval_s: float, what: str,
     on_retry: Callable[[BaseException], None] | None = None,
+    give_up: asyncio.Event | None = None,
 ) -> T:
     """Run ``op`` until it succeeds, retrying while the database is away (RELIABILITY.md D5).
 
     Used where an answer must wait for durability (TransactionEvent): the caller's reply is
     withheld meanwhile, so the station retries on its own timeout and nothing is lost.
-    Non-transient errors propagate at once.
+    Non-transient errors propagate at once. When ``give_up`` is set (the station's connection
+    closed, so no answer can reach it) the retries stop with :class:`GaveUp`, never in the middle
+    of an attempt.
     """
     attempt = 0
     while True:
@@ -85,4 +93,13 @@ async def until_committed(
             if attempt == 1 or attempt % 30 == 0:
                 log.warning("database unavailable while %s (attempt %d): %s", what, attempt, exc)
             # Real seconds: this waits on an outside service, not on simulated time.
-            await asyncio.sleep(min(retry_interval_s * attempt, 5.0))
+            delay = min(retry_interval_s * attempt, 5.0)
+            if give_up is None:
+                await asyncio.sleep(delay)
+                continue
+            try:
+                async with asyncio.timeout(delay):
+                    await give_up.wait()
+            except TimeoutError:
+                continue
+            raise GaveUp(f"{what}: stopped after {attempt} failed attempt(s)") from exc

@@ -25,6 +25,7 @@ from gateway.ocpp.errors import (
     CallErrorReceived,
     CallTimeout,
     ConnectionReplaced,
+    NoReply,
     OcppError,
 )
 from gateway.ocpp.ports import MessageHandler, StationContext
@@ -113,7 +114,8 @@ class Connection:
             while (call := self._incoming.next()) is not None:
                 try:
                     reply = await self._answer(call)
-                    await self.ws.send(reply)
+                    if reply is not None:
+                        await self.ws.send(reply)
                 except ConnectionClosed:
                     return
                 finally:
@@ -121,10 +123,13 @@ class Connection:
         finally:
             self._drain_task = None
 
-    async def _answer(self, call: p.Call) -> str:
+    async def _answer(self, call: p.Call) -> str | None:
         try:
             self._schemas.check_station_call(call.action, call.payload)
             result = await self._handler(self.ctx, call.action, call.payload)
+        except NoReply as exc:
+            log.info("%s: %s %s not answered: %s", self.station_id, call.action, call.message_id, exc)
+            return None
         except OcppError as exc:
             try:
                 return p.build_call_error(call.message_id, exc.code, exc.description, exc.details)
@@ -210,6 +215,7 @@ class Connection:
         """Fail every pending and queued CALL at once; later calls fail fast too."""
         if self._closed_reason is None:
             self._closed_reason = reason
+        self.ctx.closed.set()
         self._incoming.queue.clear()  # not yet started: the station retries them elsewhere
         for call in self._outgoing.close():
             waiter = self._waiters.pop(call.message_id, None)

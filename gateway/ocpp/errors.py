@@ -18,6 +18,8 @@
     │   ├── SecurityError
     │   ├── GenericError
     │   └── InternalError            only for genuine bugs, never for bad input
+    ├── NoReply                      a handler's answer has nowhere to go (its connection closed):
+    │                                nothing is sent, the station replays on its next connection
     └── CallFailed                   raised to *our* caller when a CALL we sent did not succeed
         ├── StationOffline           the station is not connected (fails fast, no queueing)
         ├── CallTimeout              no reply within the call timeout
@@ -32,6 +34,10 @@ from typing import Any
 
 class GatewayOcppError(Exception):
     pass
+
+
+class NoReply(GatewayOcppError):
+    """Raised by a handler that stopped because its station's connection closed."""
 
 
 class OcppError(GatewayOcppError):

@@ -21,13 +21,13 @@ from gateway import events as ev
 from gateway import metrics
 from gateway.clock import Clock, parse_rfc3339, to_rfc3339
 from gateway.config import Settings
-from gateway.db.engine import is_transient, until_committed
+from gateway.db.engine import GaveUp, is_transient, until_committed
 from gateway.db.planning import PlanningRepository
 from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
 from gateway.domain import EvNeeds
-from gateway.ocpp.errors import NotImplementedOcpp
+from gateway.ocpp.errors import NoReply, NotImplementedOcpp
 from gateway.ocpp.meter import Sample, samples, summarize
 from gateway.ocpp.ports import StationContext
 
@@ -60,6 +60,9 @@ TOKEN_CACHE_S = 60.0
 # tokens must not grow the gateway without bound.
 TOKEN_CACHE_KEPT = 50_000
 RESUPPLIED_KEPT = 10_000
+# Events whose storing stopped when their connection closed (see transaction_event), kept until
+# the station's replay claims them: most recent first kept, as for the token cache.
+ABANDONED_KEPT = 10_000
 TOUCH_EVERY_S = 60.0
 
 
@@ -87,6 +90,9 @@ class Handlers:
         # (see _resupply_samples), so a second replay does not queue them again.
         self._started_at = clock.now()
         self._resupplied: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        # (station, transactionId, seqNo) -> the stored-at times of attempts to store that event
+        # which stopped with their connection, any of which may have committed.
+        self._abandoned: OrderedDict[tuple[str, str, int], list[datetime]] = OrderedDict()
         self._table: dict[str, Handler] = {
             "BootNotification": self.boot_notification,
             "Heartbeat": self.heartbeat,
@@ -221,12 +227,28 @@ class Handlers:
                 reply["idTokenInfo"] = {"status": await self._token_status(token)}
             return await self._tx.record_event(ctx.station_id, p, reply, now)
 
-        recorded = await until_committed(
-            store,
-            retry_interval_s=self._settings.db_retry_interval_s,
-            what=f"storing TransactionEvent of {ctx.station_id}",
-            on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc(),
-        )
+        info = p["transactionInfo"]
+        tid = info["transactionId"]
+        event_key = (ctx.station_id, tid, p["seqNo"])
+        try:
+            recorded = await until_committed(
+                store,
+                retry_interval_s=self._settings.db_retry_interval_s,
+                what=f"storing TransactionEvent of {ctx.station_id}",
+                on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc(),
+                give_up=ctx.closed,
+            )
+        except GaveUp as exc:
+            # D5 with the station gone: its reply has nowhere to go, and the station replays
+            # the event on its next connection (E04/D1), so waiting on here for the database
+            # would only hold a retry loop per reconnection. A failed attempt may still have
+            # committed (its result lost with the database's connection): the replay that
+            # finds the row stored at this call's time owns its side effects instead.
+            self._abandoned.setdefault(event_key, []).append(now)
+            self._abandoned.move_to_end(event_key)
+            while len(self._abandoned) > ABANDONED_KEPT:
+                self._abandoned.popitem(last=False)
+            raise NoReply(str(exc)) from exc
         metrics.DB_WRITE_SECONDS.labels("transaction_event").observe(time.perf_counter() - started)
         # Who applies an event's side effects (meter samples, domain events, active_tx), and so
         # exactly once: the call that stored the row. That is this call when the row was
@@ -238,9 +260,12 @@ class Handlers:
         # stored it (or, if that process died, are rebuilt from the tables at start), and a
         # second SessionStarted/Updated/Ended or a second set of meter rows would reach the
         # scheduler, the bus and the history twice. Only idempotent bookkeeping is done for it.
-        owner = recorded.inserted or (attempts > 1 and recorded.stored_at == now)
-        info = p["transactionInfo"]
-        tid = info["transactionId"]
+        # ... or a call that stopped with its connection and stored the row in an attempt whose
+        # result was lost: it applied nothing, so the replay that finds its row does (once: the
+        # claim is taken).
+        abandoned = self._abandoned.pop(event_key, [])
+        owner = (recorded.inserted or (attempts > 1 and recorded.stored_at == now)
+                 or recorded.stored_at in abandoned)
         tx = recorded.tx
         evse_id = (p.get("evse") or {}).get("id") or (tx.evse_id if tx else None)
         if not owner:
@@ -348,11 +373,18 @@ class Handlers:
         needs = needs_from_payload(p)
         tid = self.active_tx.get((ctx.station_id, evse_id))
         now = self._now()
-        await until_committed(
-            lambda: self._planning.add_needs(ctx.station_id, evse_id, tid, needs, p, now),
-            retry_interval_s=self._settings.db_retry_interval_s,
-            what=f"storing NotifyEVChargingNeeds of {ctx.station_id}",
-        )
+        try:
+            await until_committed(
+                lambda: self._planning.add_needs(ctx.station_id, evse_id, tid, needs, p, now),
+                retry_interval_s=self._settings.db_retry_interval_s,
+                what=f"storing NotifyEVChargingNeeds of {ctx.station_id}",
+                give_up=ctx.closed,
+            )
+        except GaveUp as exc:
+            # No answer can reach the station: it cannot take its needs as accepted, and sends
+            # them again or charges by its own limits. Stored twice, the newest row is the one
+            # planned with, so a second copy changes nothing.
+            raise NoReply(str(exc)) from exc
         self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
         # K15.FR.03-ish: Accepted means the CSMS will provide a schedule (the MPC does, within
         # seconds, through SetChargingProfile).

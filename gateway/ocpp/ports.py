@@ -8,6 +8,7 @@ database-backed implementations (``gateway/db``) and the message handlers (``han
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -33,6 +34,9 @@ class StationContext:
     connection_id: int = 0
     # Free for handlers to cache per-connection facts (e.g. boot state); never used by transport.
     scratch: dict[str, Any] = field(default_factory=dict)
+    # Set by the transport when the connection closes: a handler still waiting for the database
+    # may stop, as no reply can reach the station any more (it replays on its next connection).
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StationDirectory(Protocol):

@@ -184,6 +184,74 @@ async def test_commit_with_lost_result_applies_side_effects_once(gateway_server:
     await st.close()
 
 
+async def test_a_withheld_event_stops_with_its_connection_and_the_replay_applies_it_once(
+        gateway_server: GatewayHarness) -> None:
+    """D5 with the station gone: the event's first attempt committed, its result was lost with
+    the database, and the database stays away. When the station's socket closes the retries
+    stop (no reply can reach it; each reconnection used to leave one more loop retrying), and
+    the replay on the next connection finds the row the stopped call stored: it applies the
+    side effects that call never did, once."""
+    h = gateway_server
+    assert h.gw is not None
+    await h.add_station("CS-GONE", PASSWORD)
+    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
+    repo = h.gw.transactions
+    real = repo.record_event
+    away = True
+    calls = 0
+
+    async def committed_then_database_away(*a: Any, **k: Any) -> Recorded:
+        nonlocal calls
+        calls += 1
+        if calls > 1 and away:
+            raise ConnectionRefusedError("the database is away")
+        recorded = await real(*a, **k)
+        if away:
+            raise ConnectionResetError("connection lost before the result arrived")
+        return recorded
+
+    repo.record_event = committed_then_database_away  # type: ignore[method-assign]
+    st = await RawStation.connect(h.ocpp_url, "CS-GONE", PASSWORD)
+    p = tx_event("Started", 0, tid="TX-GONE", meterValue=energy(1_000.0))
+    pending = asyncio.create_task(st.call("TransactionEvent", p))
+
+    async def retrying() -> bool:
+        return calls >= 2
+
+    await wait_for(retrying)
+    await st.close()
+    pending.cancel()
+
+    async def stopped() -> bool:
+        return ("CS-GONE", "TX-GONE", 0) in h.gw.handlers._abandoned
+
+    await wait_for(stopped)
+    stopped_at = calls
+    assert sub.queue.qsize() == 0  # the stopped call applied nothing
+
+    away = False
+    st = await RawStation.connect(h.ocpp_url, "CS-GONE", PASSWORD)
+    reply = await st.call("TransactionEvent", p, message_id="replay-gone")
+    assert reply[0] == 3
+    assert calls == stopped_at + 1  # no loop left retrying beside the replay
+    published = [type(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
+    assert published == [ev.SessionStarted, ev.SessionUpdated]
+    assert h.gw.handlers.active_tx == {("CS-GONE", 1): "TX-GONE"}
+    assert not h.gw.handlers._abandoned  # claimed
+
+    async def one_meter_row() -> bool:
+        return len(await fetch(h.database_url, "SELECT 1 FROM meter_values WHERE transaction_id='TX-GONE'")) == 1
+
+    await wait_for(one_meter_row)
+    # A second replay is a plain replay again: the first answer, nothing published.
+    again = await st.call("TransactionEvent", p, message_id="replay-gone-2")
+    assert again[0] == 3 and again[2] == reply[2]
+    assert sub.queue.qsize() == 0
+    rows = await fetch(h.database_url, "SELECT 1 FROM transaction_events WHERE transaction_id='TX-GONE'")
+    assert len(rows) == 1
+    await st.close()
+
+
 async def test_a_replay_of_an_event_a_dead_process_stored_restores_its_meter_samples(
         gateway_server: GatewayHarness) -> None:
     """D4, killed between commit and reply: the event row was committed, its samples were still
