@@ -27,6 +27,12 @@ from gateway.ocpp.connection import Connection
 from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, StationOffline
 
 Payload = dict[str, Any]
+# TriggerMessage's requested messages that are sent under another action's name (F06).
+TRIGGERED_ACTION = {
+    "SignChargingStationCertificate": "SignCertificate",
+    "SignV2GCertificate": "SignCertificate",
+    "SignCombinedCertificate": "SignCertificate",
+}
 
 
 class Registry(Protocol):
@@ -192,6 +198,10 @@ class StationCommands:
             requested_message=enums.MessageTriggerEnumType(requested_message),
             evse=_evse(evse_id, connector_id),
         )
+        conn = self._registry.get(station_id)
+        if conn is not None:
+            # Before the CALL goes out: the station may answer and send the message at once.
+            conn.ctx.triggered.add(TRIGGERED_ACTION.get(requested_message, requested_message))
         return await self.call(station_id, "TriggerMessage", to_wire(req))
 
     async def get_transaction_status(self, station_id: str, transaction_id: str | None = None) -> Payload:

@@ -27,7 +27,7 @@ from gateway.db.stations import SecurityEventRepository, StationRepository, Toke
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
 from gateway.domain import EvNeeds
-from gateway.ocpp.errors import NoReply, NotImplementedOcpp
+from gateway.ocpp.errors import NoReply, NotImplementedOcpp, SecurityError
 from gateway.ocpp.meter import Sample, samples, summarize
 from gateway.ocpp.ports import StationContext
 
@@ -116,6 +116,12 @@ class Handlers:
         handler = self._table.get(action)
         if handler is None:
             raise NotImplementedOcpp(f"{action} is not handled by this CSMS")
+        boot = ctx.scratch.get("boot_status")
+        if boot in ("Pending", "Rejected") and action != "BootNotification" and action not in ctx.triggered:
+            # B02.FR.09 / B03.FR.07: a station told Pending or Rejected on this connection sends
+            # nothing but BootNotification and what the CSMS triggered, until accepted.
+            raise SecurityError(f"{action} before the boot was accepted (answered {boot}): "
+                                "send BootNotification again")
         started = time.perf_counter()
         try:
             reply = await handler(ctx, payload)

@@ -37,6 +37,9 @@ class StationContext:
     # Set by the transport when the connection closes: a handler still waiting for the database
     # may stop, as no reply can reach the station any more (it replays on its next connection).
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Messages the CSMS asked for with TriggerMessage on this connection: a station whose boot was
+    # answered Pending may send these (B02.FR.09), and nothing else but BootNotification.
+    triggered: set[str] = field(default_factory=set)
 
 
 class StationDirectory(Protocol):

@@ -74,6 +74,31 @@ async def test_boot_pending_per_station_state(gateway_server: GatewayHarness, st
     assert reply["interval"] > 0
 
 
+async def test_a_station_told_pending_sends_only_boot_and_what_was_triggered(
+        gateway_server: GatewayHarness, station: RawStation) -> None:
+    h = gateway_server
+    assert h.gw is not None
+    await fetch(h.database_url, "UPDATE stations SET boot_status='Pending' WHERE id='CS-1'")
+    boot = {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}}
+    assert (await station.ok("BootNotification", boot))["status"] == "Pending"
+    # B02.FR.09: anything else is a SecurityError, and the socket lives.
+    reply = await station.call("Heartbeat", {})
+    assert reply[0] == 4 and reply[2] == "SecurityError" and "Pending" in reply[3]
+    status = {"timestamp": "2026-07-01T08:00:00Z", "connectorStatus": "Available", "evseId": 1, "connectorId": 1}
+    assert (await station.call("StatusNotification", status))[2] == "SecurityError"
+    # ...except what the CSMS asked for with TriggerMessage.
+    trigger = asyncio.create_task(h.gw.commands.trigger_message("CS-1", "StatusNotification", 1, 1))
+    asked = await station.next_call()
+    assert asked[2] == "TriggerMessage"
+    await station.answer(asked, {"status": "Accepted"})
+    assert (await trigger)["status"] == "Accepted"
+    assert await station.ok("StatusNotification", status) == {}
+    # Accepted on the next boot: served as usual.
+    await fetch(h.database_url, "UPDATE stations SET boot_status='Accepted' WHERE id='CS-1'")
+    assert (await station.ok("BootNotification", boot))["status"] == "Accepted"
+    assert "currentTime" in await station.ok("Heartbeat", {})
+
+
 async def test_heartbeat_and_reconnect_without_boot(gateway_server: GatewayHarness, station: RawStation) -> None:
     # No BootNotification on this connection: the station is still served (state from the DB).
     reply = await station.ok("Heartbeat", {})
