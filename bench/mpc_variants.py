@@ -74,6 +74,8 @@ prints one JSON line: the MPC's savings capture, bill parts, undelivered energy 
   the generator's defaults otherwise).
 - ``--charge-bias B``: the MPC's cost per kWh charged and hour from now
   (``SiteInputs.early_charge_bias_per_kwh_h``, 0.001; the optimum keeps the code's).
+- ``--demand-weight W``: the MPC plans the demand charge (and the peak's price steps) at W times
+  the tariff's; the bill is counted at the tariff's (not adopted, docs/benchmarks-scheduler.md).
 - ``--coarse-step S``: the MPC's planning grid with steps of S seconds after the first hour
   (``problem.make_grid``'s ``coarse_step_s``, 3600 in the code; 900: quarter hours to the end).
 - ``--medium-hours H``: quarter-hour steps for H hours from now and on to the full hour, hourly
@@ -332,6 +334,19 @@ def use_charge_bias(bias: float) -> None:
     policies.Planner = Biased  # type: ignore[misc]
 
 
+def use_demand_weight(weight: float) -> None:
+    """The MPC plans the demand charge (and the peak's price steps) at ``weight`` times the tariff's;
+    the bill is still counted at the tariff's."""
+
+    class Weighted(Planner):
+        def solve(self, site: SiteInputs, slots: list[SlotInput]) -> PlanResult:  # type: ignore[override]
+            steps = tuple((level, weight * extra) for level, extra in site.peak_price_steps)
+            return super().solve(dataclasses.replace(site, demand_charge_per_kw=weight * site.demand_charge_per_kw,
+                                                     peak_price_steps=steps), slots)
+
+    policies.Planner = Weighted  # type: ignore[misc]
+
+
 def use_plug_in_reserve(evses: int) -> None:
     """The MPC keeps room for ``evses`` EVs plugging in at once (``Mpc.plug_in_reserve_evses``;
     -1: for every idle EVSE)."""
@@ -515,6 +530,8 @@ def main() -> None:
                     help="plan the building at this quantile of the profile's days (the code's: their mean)")
     ap.add_argument("--building-hold", type=float, default=None, help="hours (the code's: none)")
     ap.add_argument("--charge-bias", type=float, default=None, help="per kWh and hour (the code's: 0.001)")
+    ap.add_argument("--demand-weight", type=float, default=None,
+                    help="the MPC plans the demand charge at this multiple of the tariff's (the code's: 1)")
     ap.add_argument("--departure-in-step", choices=("split", "whole", "split-last"), default="split",
                     help="whole: a possible departure planned at the last whole step before it (before); "
                          "split-last: the last one shared between step ends too (not kept)")
@@ -568,6 +585,8 @@ def main() -> None:
         use_building_anchor(a.building_anchor, a.building_fade, a.building_hold)
     if a.charge_bias is not None:
         use_charge_bias(a.charge_bias)
+    if a.demand_weight is not None:
+        use_demand_weight(a.demand_weight)
     use_solver(a.solver)
     use_arrivals(a.arrivals == "on", a.arrival_scale)
     options: dict[str, Any] = {} if a.iso15118_share is None else {"iso15118_share": a.iso15118_share}
@@ -620,7 +639,8 @@ def main() -> None:
                       "plan_penalty": a.plan_penalty, "iso15118_share": a.iso15118_share,
                       "oracle_arrival_counts": a.oracle_arrival_counts, "building_anchor": a.building_anchor,
                       "building_fade_h": a.building_fade, "building_hold_h": a.building_hold,
-                      "charge_bias": a.charge_bias, "coarse_step_s": a.coarse_step, "medium_hours": a.medium_hours,
+                      "charge_bias": a.charge_bias, "demand_weight": a.demand_weight,
+                      "coarse_step_s": a.coarse_step, "medium_hours": a.medium_hours,
                       "new_site_margin_min": a.new_site_margin, "reveal_at": a.reveal_at,
                       "urgency_spread": a.urgency_spread,
                       "building_weekend": a.building_weekend,
