@@ -104,31 +104,37 @@ class Beliefs:
 
 @dataclass
 class SiteMeter:
-    """Site import sampled from the simulated meters, averaged per 5-minute step."""
+    """The site's net import per 5-minute step of the whole episode, counted as the evaluator
+    counts its baseline: the building's load at each step's start plus what the EVs took from the
+    grid over the step. That EV energy is the rise of the simulated EVSE meters' registers (the
+    sum of import less export), read every simulated minute and interpolated at the step edges:
+    the power setpoints sampled instead overstate what a battery near its taper takes, and a step
+    with no reading (before the fleet starts, or while the event loop lags) would drop its energy
+    from the bill and make the savings look larger."""
 
     episode: Episode
     times: list[datetime] = field(default_factory=list)
     net_kw: list[float] = field(default_factory=list)
     ev_kw: list[float] = field(default_factory=list)
-    _acc: list[tuple[float, float]] = field(default_factory=list)
-    _step: int = -1
+    # (seconds since the episode's start, the EVSEs' net grid energy so far in kWh)
+    _readings: list[tuple[float, float]] = field(default_factory=list)
 
-    def sample(self, now: datetime, ev_power_kw: float) -> None:
-        step = int((now - self.episode.start).total_seconds() // STEP_S)
-        if step != self._step and self._acc:
-            self._close()
-        self._step = step
-        self._acc.append((self.episode.building_load_at(now) + ev_power_kw, ev_power_kw))
-
-    def _close(self) -> None:
-        self.times.append(self.episode.start + timedelta(seconds=STEP_S * self._step))
-        self.net_kw.append(float(np.mean([a for a, _ in self._acc])))
-        self.ev_kw.append(float(np.mean([b for _, b in self._acc])))
-        self._acc.clear()
+    def read(self, now: datetime, ev_net_kwh: float) -> None:
+        t = (now - self.episode.start).total_seconds()
+        if not self._readings or t > self._readings[-1][0]:
+            self._readings.append((t, ev_net_kwh))
 
     def finish(self) -> None:
-        if self._acc:
-            self._close()
+        ep = self.episode
+        n = int((ep.end - ep.start).total_seconds() // STEP_S)
+        # The registers start at zero with the fleet: nothing was taken before the first reading.
+        xs = [0.0] + [t for t, _ in self._readings if t > 0.0]
+        ys = [0.0] + [kwh for t, kwh in self._readings if t > 0.0]
+        energy = np.interp(np.arange(n + 1) * STEP_S, xs, ys)
+        ev_kw = np.diff(energy) / (STEP_S / 3600.0)
+        self.times = [ep.start + timedelta(seconds=STEP_S * i) for i in range(n)]
+        self.ev_kw = [float(x) for x in ev_kw]
+        self.net_kw = [ep.building_load_at(t) + x for t, x in zip(self.times, self.ev_kw, strict=True)]
 
     def bill(self) -> dict[str, float]:
         from gateway.scheduler.inputs import prorated_demand_charge
@@ -245,6 +251,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
         plans = gw.scheduler.solves if gw.scheduler is not None else 0
         await app.close()
         await gw.stop()
+    meter.read(min(clock.now(), episode.end), fleet_net_kwh(fleet))  # up to the fleet's stop
     meter.finish()
     live = meter.bill()
     print(format_summary(summary).splitlines()[-1])
@@ -326,6 +333,11 @@ def forecast_label(episode: Episode) -> str:
     return f"energy system day-ahead (heat forecast error sd {FORECAST_HEAT_SD:g})"
 
 
+def fleet_net_kwh(fleet: Fleet) -> float:
+    """What the simulated EVSEs' meters counted from the grid so far, less what they gave back."""
+    return sum(e.import_wh - e.export_wh for st in fleet.stations.values() for e in st.evses.values()) / 1000.0
+
+
 async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: SiteMeter, fleet: Fleet,
                      beliefs: Beliefs) -> None:
     """What a building energy system would send over MQTT: the load now and its day-ahead forecast."""
@@ -338,7 +350,7 @@ async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: S
     while True:
         now = clock.now()
         gw.state.building_load_kw = episode.building_load_at(now)
-        meter.sample(now, sum(st.power_kw for st in fleet.stations.values()))
+        meter.read(now, fleet_net_kwh(fleet))
         beliefs.sample(gw, now)
         await clock.sleep(SAMPLE_S)
 
@@ -390,6 +402,7 @@ def ev_breakdown(episode: Episode, summary: dict[str, Any], beliefs: Beliefs) ->
             "iso15118": a.iso15118, "surprise": a.surprise, "need_changed": a.need_change is not None,
             "energy_requested_kwh": requested, "energy_deliverable_kwh": e["energy_deliverable_kwh"],
             "energy_delivered_kwh": delivered, "energy_discharged_kwh": e["energy_discharged_kwh"],
+            "energy_exported_kwh": e["energy_exported_kwh"],
             "shortfall_kwh": round(short, 3), "undeliverable_kwh": round(undeliverable, 3),
             "shortfall_cause": cause,
             "gateway": None if b is None else {
@@ -415,10 +428,12 @@ def shortfall_by_cause(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def lenders(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """The EVs lent to the grid: how many, the kWh they gave, and the kWh they still left short of
-    what their stay could have delivered (a driver who lends the battery is to get it back)."""
-    lent = [r for r in rows if r["energy_discharged_kwh"] > 0.1]
-    return {"evs": len(lent), "discharged_kwh": round(sum(r["energy_discharged_kwh"] for r in lent), 1),
+    """The EVs lent to the grid: how many, the kWh they gave (at the grid, as the evaluator counts
+    it and as the event pays for it; the battery gave more, by its losses), and the kWh they still
+    left short of what their stay could have delivered (a driver who lends the battery is to get
+    it back)."""
+    lent = [r for r in rows if r["energy_exported_kwh"] > 0.1]
+    return {"evs": len(lent), "discharged_kwh": round(sum(r["energy_exported_kwh"] for r in lent), 1),
             "short_kwh": round(sum(r["shortfall_kwh"] - r["undeliverable_kwh"] for r in lent), 1)}
 
 
@@ -433,7 +448,8 @@ def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any],
                     "stations": len(episode.stations), "evs": len(evs),
                     "import_limit_kw": episode.limits.import_kw, "building_forecast": forecast_label(episode)},
         "live": {**live, "energy_requested_kwh": requested, "energy_delivered_kwh": delivered,
-                 "energy_discharged_kwh": sum(e["energy_discharged_kwh"] for e in evs),
+                 "energy_discharged_kwh": sum(e["energy_discharged_kwh"] for e in evs),  # battery side
+                 "energy_exported_kwh": sum(e["energy_exported_kwh"] for e in evs),  # grid side
                  "evs_fully_served_share": (sum(1 for e in evs if e["fully_served"]) / len(evs)) if evs else 1.0,
                  "plans": plans, "shortfall_by_cause_kwh": shortfall_by_cause(rows), "lenders": lenders(rows)},
         "uncontrolled": baseline,
@@ -497,7 +513,7 @@ def _summary_text(result: dict[str, Any]) -> str:
         f"peak import                  : {live['peak_import_kw']:.1f} kW vs {base['peak_import_kw']:.1f} kW "
         f"uncontrolled (limit {result['episode']['import_limit_kw']:.0f} kW)",
         f"grid-event revenue           : {live['grid_event_revenue']:.2f}"
-        f" ({live['energy_discharged_kwh']:.1f} kWh discharged)",
+        f" ({live['energy_exported_kwh']:.1f} kWh discharged into the grid)",
         f"EVs lent to the grid         : {live['lenders']['evs']}, left {live['lenders']['short_kwh']:.1f} kWh"
         " short of what their stay could deliver",
         "shortfall by cause (kWh)     : "

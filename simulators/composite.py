@@ -339,7 +339,13 @@ class ProfileStore:
         end = after + within
         moments: set[datetime] = set()
         for p in self.profiles.values():
-            moments |= _breakpoints(p, after, end, txs.get(p.evse_id))
+            if p.evse_id == 0:
+                # A profile on evseId 0 applies to every EVSE: a Relative one runs from each
+                # EVSE's own transaction start.
+                for tx in {None, *txs.values()}:
+                    moments |= _breakpoints(p, after, end, tx)
+            else:
+                moments |= _breakpoints(p, after, end, txs.get(p.evse_id))
         return min(moments) if moments else None
 
     def station_max_w(self, t: datetime) -> float | None:
@@ -368,7 +374,9 @@ class ProfileStore:
             moments |= _breakpoints(p, start, end, tx)
         out: list[CompositePeriod] = []
         for m in sorted(moments):
-            lim = self.limit_w(evse_id, m, tx)
+            # evseId 0 asks for the station's own limit (K08): its caps, not the per-EVSE default
+            # a TxDefaultProfile on evseId 0 sets.
+            lim = self.station_max_w(m) if evse_id == 0 else self.limit_w(evse_id, m, tx)
             if out and out[-1].limit_w == lim:
                 continue
             out.append(CompositePeriod(int((m - start).total_seconds()), lim))

@@ -234,6 +234,12 @@ class Fleet:
     def _deliverable(self, a: Arrival, r: EvResult) -> float:
         return _deliverable_kwh(a, r, self.stations[r.station_id].evses[r.evse_id].spec.max_charge_kw)
 
+    def _peak_15min_kw(self) -> float:
+        """The highest 15-minute average import, the window still open at the end included."""
+        if self._bucket is not None and self._bucket[2]:
+            return max(self.peak_import_15min_kw, self._bucket[1] / self._bucket[2])
+        return self.peak_import_15min_kw
+
     def summary(self) -> dict[str, Any]:
         evs = []
         for a in self.episode.arrivals:
@@ -266,7 +272,7 @@ class Fleet:
                 "peak_import_kw": round(self.peak_import_kw, 3),
                 "peak_import_at": to_rfc3339(self.peak_import_at) if self.peak_import_at else None,
                 "peak_import_stations_kw": self.peak_import_stations,
-                "peak_import_15min_kw": round(self.peak_import_15min_kw, 3),
+                "peak_import_15min_kw": round(self._peak_15min_kw(), 3),
                 "peak_export_kw": round(max(self.peak_export_kw, 0.0), 3),
                 "limit_kw": self.episode.limits.import_kw,
                 "export_limit_kw": self.episode.limits.export_kw,
@@ -288,7 +294,7 @@ class Fleet:
 
 def _deliverable_kwh(a: Arrival, r: EvResult, evse_max_kw: float) -> float:
     dwell = (r.departure - r.arrival).total_seconds()
-    return deliverable_kwh(a.capacity_kwh, a.arrival_soc, min(a.max_charge_kw, evse_max_kw), a.eff_charge, dwell)
+    return deliverable_kwh(a.capacity_kwh, a.arrival_soc, a.max_charge_kw, a.eff_charge, dwell, evse_max_kw)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -163,10 +163,14 @@ def draw_arrival_soc(rng: np.random.Generator, site: SiteModel) -> float:
     return float(np.clip(0.05 + 0.9 * rng.beta(a, b), 0.05, 0.95))
 
 
-def deliverable_kwh(capacity_kwh: float, soc: float, max_kw: float, eff: float, dwell_s: float) -> float:
-    """Energy a battery can take in ``dwell_s`` at ``max_kw`` with the CC-CV taper, no site limit."""
+def deliverable_kwh(capacity_kwh: float, soc: float, max_kw: float, eff: float, dwell_s: float,
+                    evse_max_kw: float | None = None) -> float:
+    """Energy a battery rated ``max_kw`` can take in ``dwell_s`` with the CC-CV taper, no site
+    limit, offered ``evse_max_kw`` (None: its own rating). The taper runs on the battery's own
+    rating, as the simulated EV's does: a 22 kW car on an 11 kW EVSE keeps 11 kW until its
+    acceptance falls below that."""
     b = EvBattery(capacity_kwh=capacity_kwh, soc=soc, max_charge_kw=max_kw, eff_charge=eff)
-    b.step(max_kw, dwell_s)
+    b.step(max_kw if evse_max_kw is None else min(max_kw, evse_max_kw), dwell_s)
     return b.stored_kwh
 
 

@@ -34,7 +34,9 @@ def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     assert {"bill", "peak_import_kw", "grid_event_revenue"} <= set(live) & set(base)
     assert data["episode"]["building_forecast"] == "energy system day-ahead (heat forecast error sd 0.4)"
     assert "building forecast pushed     : energy system day-ahead" in result.stdout
-    assert live["lenders"]["evs"] == sum(1 for r in data["evs"] if r["energy_discharged_kwh"] > 0.1)
+    assert live["lenders"]["evs"] == sum(1 for r in data["evs"] if r["energy_exported_kwh"] > 0.1)
+    # Given at the grid (what the event pays for) is less than what left the batteries.
+    assert live["energy_exported_kwh"] <= live["energy_discharged_kwh"]
     assert "EVs lent to the grid         :" in result.stdout
     html = report.read_text()
     assert "Site power" in html and "plotly" in html.lower()
@@ -60,8 +62,30 @@ def test_the_lenders_are_counted_with_what_they_were_left_short() -> None:
     from gateway.demo import lenders
 
     def row(out: float, short: float, undeliverable: float) -> dict[str, float]:
-        return {"energy_discharged_kwh": out, "shortfall_kwh": short, "undeliverable_kwh": undeliverable}
+        return {"energy_exported_kwh": out, "shortfall_kwh": short, "undeliverable_kwh": undeliverable}
 
     # Only energy the stay could have delivered counts as short; an EV that gave nothing is no lender.
     rows = [row(14.8, 0.0, 0.0), row(8.1, 1.5, 0.3), row(0.0, 9.0, 0.0), row(40.2, 0.6, 0.0)]
     assert lenders(rows) == {"evs": 3, "discharged_kwh": 63.1, "short_kwh": 1.8}
+
+
+def test_the_demo_bills_every_step_of_the_day_from_the_meters_registers() -> None:
+    """Each 5-minute step's EV energy is the registers' rise over it: steps before the fleet's
+    first reading and steps a lagging loop read late keep their energy, and the day has the
+    evaluator's 288 steps, each with the building's load at its start."""
+    from gateway.demo import SiteMeter
+    from simulators.scenario import ScenarioOptions, generate
+
+    ep = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=1))
+    meter = SiteMeter(ep)
+    at = lambda s: ep.start + timedelta(seconds=s)  # noqa: E731
+    meter.read(at(3600), 0.0)
+    meter.read(at(3900), 5.0)   # 5 kWh over one step: 60 kW
+    meter.read(at(4800), 20.0)  # no reading for three steps: 15 kWh spread over them
+    meter.read(at(4800), 99.0)  # a second reading at the same moment is ignored
+    meter.finish()
+    assert len(meter.times) == len(meter.net_kw) == 288 and meter.times[0] == ep.start
+    assert meter.ev_kw[11] == 0.0 and meter.ev_kw[12:16] == pytest.approx([60.0, 60.0, 60.0, 60.0])
+    assert meter.ev_kw[16:] == pytest.approx([0.0] * (288 - 16))  # held after the last reading
+    assert meter.net_kw[12] == pytest.approx(ep.building_load_at(at(3600)) + 60.0)
+    assert sum(meter.ev_kw) * 300 / 3600 == pytest.approx(20.0)

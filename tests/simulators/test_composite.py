@@ -247,3 +247,23 @@ def test_tx_default_on_evse_0_is_a_per_evse_default_not_a_station_total() -> Non
     assert store.limit_w(1, T0, TX) == 3700
     store.install(parse_profile(0, prof(2, "ChargingStationMaxProfile", [(0, 20000)])), None)
     assert store.station_max_w(T0) == 20000
+
+
+def test_the_station_s_composite_is_its_caps_not_the_evse_default() -> None:
+    """GetCompositeSchedule for evseId 0 reports the station's limit: a TxDefaultProfile on
+    evseId 0 is each EVSE's default, not a cap on the station."""
+    store = ProfileStore({0: 3, 1: 3})
+    store.install(parse_profile(0, prof(1, "TxDefaultProfile", [(0, 8200)], kind="Relative")), None)
+    assert [p.limit_w for p in store.composite(0, T0, 3600, None)] == [None]
+    assert [p.limit_w for p in store.composite(1, T0, 3600, TX)] == [8200]
+    store.install(parse_profile(0, prof(2, "ChargingStationMaxProfile", [(0, 20000), (1800, 15000)])), None)
+    assert store.composite(0, T0, 3600, None) == [CompositePeriod(0, 20000), CompositePeriod(1800, 15000)]
+
+
+def test_a_relative_default_on_evse_0_changes_from_each_transaction_s_start() -> None:
+    store = ProfileStore({0: 3, 1: 3, 2: 3})
+    store.install(parse_profile(0, prof(1, "TxDefaultProfile", [(0, 11000), (1800, 3000)], kind="Relative")), None)
+    late = Transaction("tx-2", at(10))
+    assert store.limit_w(2, at(35), late) == 11000 and store.limit_w(2, at(45), late) == 3000
+    # EVSE 2's transaction started at +10 min: its limit drops at +40 min, and the station must know.
+    assert store.next_change(at(35), timedelta(minutes=30), {1: None, 2: late}) == at(40)

@@ -82,3 +82,20 @@ def test_meter_registers_follow_the_energy() -> None:
     evse.advance(1800)
     assert evse.import_wh == pytest.approx(6000)
     assert evse.export_wh == pytest.approx(2000)
+
+
+def test_what_a_stay_can_deliver_tapers_on_the_battery_s_own_rating() -> None:
+    """A 22 kW car on an 11 kW EVSE keeps 11 kW until its own acceptance falls below that, as the
+    simulated battery does and the evaluator counts; planned at the EVSE's rating, its taper would
+    start early and understate what the stay could deliver."""
+    from gateway.scheduler.evaluate import charged_kwh
+    from simulators.models import deliverable_kwh
+
+    cap, soc, eff, hours = 60.0, 0.5, 0.92, 3.5
+    got = deliverable_kwh(cap, soc, 22.0, eff, hours * 3600.0, evse_max_kw=11.0)
+    car = EvBattery(capacity_kwh=cap, soc=soc, max_charge_kw=22.0, eff_charge=eff)
+    for _ in range(int(hours * 3600 / 150)):  # the station's physics tick
+        car.step(min(11.0, car.charge_limit_kw()), 150.0)
+    assert got == pytest.approx(car.stored_kwh, abs=0.05)
+    assert got == pytest.approx(charged_kwh(cap * soc, 11.0, hours, cap, 22.0, eff, cap), abs=0.05)
+    assert got > deliverable_kwh(cap, soc, 11.0, eff, hours * 3600.0) + 1.0  # the EVSE's rating: less
