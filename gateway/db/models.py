@@ -122,6 +122,8 @@ class Transaction(Base):
     connector_id: Mapped[int | None] = mapped_column(Integer)
     id_token: Mapped[str | None] = mapped_column(String(36))
     id_token_type: Mapped[str | None] = mapped_column(String(20))
+    # The seqNo of the event whose token the session keeps: its earliest one with a token (0010).
+    id_token_seq_no: Mapped[int | None] = mapped_column(Integer)
     started_at: Mapped[datetime | None] = mapped_column(TS)
     ended_at: Mapped[datetime | None] = mapped_column(TS)
     stopped_reason: Mapped[str | None] = mapped_column(String(32))

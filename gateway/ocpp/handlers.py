@@ -294,6 +294,11 @@ class Handlers:
         if tx.ended_at is not None:
             if self.active_tx.get(key) == tid:
                 del self.active_tx[key]
+            if p["eventType"] != "Ended":
+                # A late event of a session already ended (E04, D2): its readings are stored and
+                # the session's end was published; its EVSE may hold the next session by now,
+                # whose plan and state a second SessionEnded would wipe.
+                return recorded.response
             # The final meter reading first: what the session took is what the forecasts learn.
             self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
                                                 tx.energy_out_kwh, tx.power_kw, tx.soc))
@@ -307,7 +312,7 @@ class Handlers:
             self._bus.publish(ev.SessionStarted(at, ctx.station_id, evse_id, tid, tx.id_token,
                                                 None if began is None else min(began, at)))
         self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
-                                            tx.energy_out_kwh, tx.power_kw, tx.soc, info.get("chargingState")))
+                                            tx.energy_out_kwh, tx.power_kw, tx.soc, tx.charging_state))
         return recorded.response
 
     def _note_active(self, station_id: str, evse_id: int, tid: str, tx: TxSnapshot) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway import events as ev
 from gateway.clock import ManualClock, parse_rfc3339
 from gateway.ocpp.handlers import NO_PKI
 from tests.conftest import EVENT_TIMEOUT_S, STATION_PASSWORD, GatewayHarness
@@ -204,6 +205,52 @@ async def test_d2_seq_gap_flagged_then_closed_and_ordered(
     events = await gateway_server.gw.transactions.events("CS-1", "TX-1")  # type: ignore[union-attr]
     assert [e.seq_no for e in events] == [0, 1, 2, 3]
     assert [e.offline for e in events] == [False, False, True, False]
+
+
+async def test_a_late_event_keeps_the_newer_readings_and_the_starting_token(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    """D2: an offline event sent late (a lower seqNo) does not replace the newer charging state,
+    power and SoC, in the table or in the live state; and the session keeps the token it was
+    started with when another card stops it (the REST API's driver tokens follow that one)."""
+    h = gateway_server
+    assert h.gw is not None
+    a = {"idToken": "CARD-A", "type": "ISO14443"}
+    await station.ok("TransactionEvent", tx_event("Started", 0, idToken=a, meterValue=energy(0.0, soc=20)))
+    await station.ok("TransactionEvent", tx_event("Updated", 1, transactionInfo={
+        "transactionId": "TX-1", "chargingState": "Charging"}, meterValue=energy(2_000.0, power_w=7_000, soc=30)))
+    await station.ok("TransactionEvent", tx_event("Updated", 3, transactionInfo={
+        "transactionId": "TX-1", "chargingState": "Charging"}, meterValue=energy(6_000.0, power_w=7_000, soc=50)))
+    await station.ok("TransactionEvent", tx_event("Updated", 2, offline=True, transactionInfo={
+        "transactionId": "TX-1", "chargingState": "SuspendedEV"}, meterValue=energy(4_000.0, power_w=0, soc=40)))
+    row = (await fetch(h.database_url, "SELECT * FROM transactions WHERE transaction_id='TX-1'"))[0]
+    assert (row["charging_state"], row["last_power_kw"], row["last_soc"]) == ("Charging", 7.0, 50.0)
+    assert row["energy_in_kwh"] == pytest.approx(6.0)
+    session = h.gw.state.evse("CS-1", 1).session
+    assert session is not None
+    assert (session.charging_state, session.power_kw, session.soc) == ("Charging", 7.0, 0.5)
+    # Another card shown to stop it: the session stays the starter's.
+    b = {"idToken": "CARD-B", "type": "ISO14443"}
+    await station.ok("TransactionEvent", tx_event("Updated", 4, idToken=b, triggerReason="StopAuthorized"))
+    row = (await fetch(h.database_url, "SELECT id_token FROM transactions WHERE transaction_id='TX-1'"))[0]
+    assert row["id_token"] == "CARD-A"
+
+
+async def test_a_late_event_of_an_ended_session_leaves_the_next_session_alone(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    h = gateway_server
+    assert h.gw is not None
+    await station.ok("TransactionEvent", tx_event("Started", 0, tid="TX-A"))
+    await station.ok("TransactionEvent", tx_event("Ended", 2, tid="TX-A"))
+    await station.ok("TransactionEvent", tx_event("Started", 0, tid="TX-B"))
+    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
+    await station.ok("TransactionEvent", tx_event("Updated", 1, tid="TX-A", offline=True,
+                                                  meterValue=energy(1_000.0)))
+    assert sub.queue.qsize() == 0  # no second SessionEnded of TX-A beside TX-B
+    assert h.gw.handlers.active_tx == {("CS-1", 1): "TX-B"}
+    session = h.gw.state.evse("CS-1", 1).session
+    assert session is not None and session.transaction_id == "TX-B"
 
 
 async def test_notify_ev_charging_needs_stored(gateway_server: GatewayHarness, station: RawStation) -> None:
