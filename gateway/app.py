@@ -174,6 +174,7 @@ class Gateway:
     async def stop(self) -> None:
         """Close every station with 1001, stop planning and serving, flush telemetry."""
         await self.ocpp.stop()
+        await self.handlers.close()
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.site_sync.stop()

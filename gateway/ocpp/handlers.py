@@ -10,11 +10,12 @@ the reply after. Rules that come from the spec cite its requirement ids. Storage
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway import events as ev
@@ -60,9 +61,9 @@ TOKEN_CACHE_S = 60.0
 # tokens must not grow the gateway without bound.
 TOKEN_CACHE_KEPT = 50_000
 RESUPPLIED_KEPT = 10_000
-# Events whose storing stopped when their connection closed (see transaction_event), kept until
-# the station's replay claims them: most recent first kept, as for the token cache.
-ABANDONED_KEPT = 10_000
+# Events whose stored-at times are remembered until a call learns the stored row (see
+# _apply_event): most recent first kept, as for the token cache.
+CALLS_KEPT = 10_000
 TOUCH_EVERY_S = 60.0
 
 
@@ -90,9 +91,13 @@ class Handlers:
         # (see _resupply_samples), so a second replay does not queue them again.
         self._started_at = clock.now()
         self._resupplied: OrderedDict[tuple[str, str, int], None] = OrderedDict()
-        # (station, transactionId, seqNo) -> the stored-at times of attempts to store that event
-        # which stopped with their connection, any of which may have committed.
-        self._abandoned: OrderedDict[tuple[str, str, int], list[datetime]] = OrderedDict()
+        # (station, transactionId, seqNo) -> the stored-at times calls of this process gave that
+        # event, until one learns the stored row (_apply_event); and the events being stored in
+        # the background after their connection closed.
+        self._calls: OrderedDict[tuple[str, str, int], set[datetime]] = OrderedDict()
+        self._finishing: dict[tuple[str, str, int], asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[None]] = set()  # EV needs stored likewise
+        self._last_call_time = datetime.min.replace(tzinfo=UTC)
         self._table: dict[str, Handler] = {
             "BootNotification": self.boot_notification,
             "Heartbeat": self.heartbeat,
@@ -216,14 +221,38 @@ class Handlers:
 
     # --- E: transactions ------------------------------------------------------------------
     async def transaction_event(self, ctx: StationContext, p: Payload) -> Payload:
-        token = p.get("idToken")
-        now = self._now()
+        station_id = ctx.station_id
+        event_key = (station_id, p["transactionInfo"]["transactionId"], p["seqNo"])
+        now = self._call_time()
         started = time.perf_counter()
-        attempts = 0
+        self._note_call(event_key, now)
+        store = self._event_store(station_id, p, now)
+        try:
+            recorded = await until_committed(
+                store,
+                retry_interval_s=self._settings.db_retry_interval_s,
+                what=f"storing TransactionEvent of {station_id}",
+                on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc(),
+                give_up=ctx.closed,
+            )
+        except GaveUp as exc:
+            # D5 with the station gone: its reply has nowhere to go, and the station replays the
+            # event on its next connection (E04/D1), where it is withheld again. This one is
+            # stored all the same, in the background (one task per event, however often the
+            # station reconnects meanwhile): a station that has used up its attempts
+            # (TransactionMessageAttempts) will not send it again.
+            if event_key not in self._finishing:
+                task = asyncio.get_running_loop().create_task(self._finish_event(station_id, p, event_key, store))
+                self._finishing[event_key] = task
+                task.add_done_callback(lambda t: self._finished(event_key, t))
+            raise NoReply(str(exc)) from exc
+        metrics.DB_WRITE_SECONDS.labels("transaction_event").observe(time.perf_counter() - started)
+        return await self._apply_event(station_id, p, event_key, recorded)
+
+    def _event_store(self, station_id: str, p: Payload, now: datetime) -> Callable[[], Awaitable[Recorded]]:
+        token = p.get("idToken")
 
         async def store() -> Recorded:
-            nonlocal attempts
-            attempts += 1
             reply: Payload = {}
             if token is not None:
                 # E01/E03 (TransactionEventResponse): idTokenInfo SHALL be given when the request
@@ -231,61 +260,79 @@ class Handlers:
                 # retried: during an outage the reply is withheld (D5) instead of failing at once,
                 # which would make the station drop the event after its retries.
                 reply["idTokenInfo"] = {"status": await self._token_status(token)}
-            return await self._tx.record_event(ctx.station_id, p, reply, now)
+            return await self._tx.record_event(station_id, p, reply, now)
 
+        return store
+
+    def _call_time(self) -> datetime:
+        """Now, but never a time an earlier call was given: the stored-at time tells which call
+        stored an event (_apply_event), also on a clock that stands still (a simulation's)."""
+        now = max(self._now(), self._last_call_time + timedelta(microseconds=1))
+        self._last_call_time = now
+        return now
+
+    def _note_call(self, event_key: tuple[str, str, int], now: datetime) -> None:
+        """Remember, before its first attempt, the stored-at time this call gives the event."""
+        self._calls.setdefault(event_key, set()).add(now)
+        self._calls.move_to_end(event_key)
+        while len(self._calls) > CALLS_KEPT:
+            self._calls.popitem(last=False)
+
+    async def _finish_event(self, station_id: str, p: Payload, event_key: tuple[str, str, int],
+                            store: Callable[[], Awaitable[Recorded]]) -> None:
+        recorded = await until_committed(
+            store, retry_interval_s=self._settings.db_retry_interval_s,
+            what=f"storing TransactionEvent of {station_id} (its connection closed)",
+            on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc())
+        await self._apply_event(station_id, p, event_key, recorded)
+
+    def _finished(self, event_key: tuple[str, str, int], task: asyncio.Task[None]) -> None:
+        self._finishing.pop(event_key, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("storing a TransactionEvent of %s in the background failed", event_key[0],
+                      exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Stop the events and needs still being stored for closed connections (at shutdown). The
+        stations replay their events to the next process; one that committed is rebuilt from the
+        tables at start."""
+        tasks = [*self._finishing.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _apply_event(self, station_id: str, p: Payload, event_key: tuple[str, str, int],
+                           recorded: Recorded) -> Payload:
+        # Who applies an event's side effects (meter samples, domain events, active_tx), and so
+        # exactly once: the first call of this process to learn the stored row, when the row was
+        # stored by a call of this process. Every call notes the stored-at time it gives the
+        # event before its first attempt (_note_call); the row carries the one that committed.
+        # So the owner is found whichever attempt committed, including one whose result was lost
+        # with the database's connection (this call's retry, or the station's replay after the
+        # call stopped with its connection), and whichever call learns it first; the others find
+        # the claim taken. A row stored by another process, or before this one started (D4), is
+        # a replay's (D1: a new message id after a lost reply): it gets the first answer and
+        # publishes nothing, because its side effects were applied by the call that stored it
+        # (or, if that process died, are rebuilt from the tables at start), and a second
+        # SessionStarted/Updated/Ended or a second set of meter rows would reach the scheduler,
+        # the bus and the history twice. Only idempotent bookkeeping is done for it.
+        owner = recorded.stored_at in self._calls.pop(event_key, set())
         info = p["transactionInfo"]
         tid = info["transactionId"]
-        event_key = (ctx.station_id, tid, p["seqNo"])
-        try:
-            recorded = await until_committed(
-                store,
-                retry_interval_s=self._settings.db_retry_interval_s,
-                what=f"storing TransactionEvent of {ctx.station_id}",
-                on_retry=lambda _e: metrics.DB_RETRIES.labels("transaction_event").inc(),
-                give_up=ctx.closed,
-            )
-        except GaveUp as exc:
-            # D5 with the station gone: its reply has nowhere to go, and the station replays
-            # the event on its next connection (E04/D1), so waiting on here for the database
-            # would only hold a retry loop per reconnection. A failed attempt may still have
-            # committed (its result lost with the database's connection): the replay that
-            # finds the row stored at this call's time owns its side effects instead.
-            self._abandoned.setdefault(event_key, []).append(now)
-            self._abandoned.move_to_end(event_key)
-            while len(self._abandoned) > ABANDONED_KEPT:
-                self._abandoned.popitem(last=False)
-            raise NoReply(str(exc)) from exc
-        metrics.DB_WRITE_SECONDS.labels("transaction_event").observe(time.perf_counter() - started)
-        # Who applies an event's side effects (meter samples, domain events, active_tx), and so
-        # exactly once: the call that stored the row. That is this call when the row was
-        # inserted now, and also when an earlier attempt of this call failed after its commit
-        # (the result lost with the connection) and this attempt finds the row it stored
-        # itself: stored_at is this call's own ``now``. Anything else is the station replaying an
-        # event already stored (D1, D4: a new message id after a lost reply): it gets the first
-        # answer and publishes nothing, because its side effects were applied by the call that
-        # stored it (or, if that process died, are rebuilt from the tables at start), and a
-        # second SessionStarted/Updated/Ended or a second set of meter rows would reach the
-        # scheduler, the bus and the history twice. Only idempotent bookkeeping is done for it.
-        # ... or a call that stopped with its connection and stored the row in an attempt whose
-        # result was lost: it applied nothing, so the replay that finds its row does (once: the
-        # claim is taken).
-        abandoned = self._abandoned.pop(event_key, [])
-        owner = (recorded.inserted or (attempts > 1 and recorded.stored_at == now)
-                 or recorded.stored_at in abandoned)
         tx = recorded.tx
         evse_id = (p.get("evse") or {}).get("id") or (tx.evse_id if tx else None)
         if not owner:
             if tx is not None and evse_id is not None:
-                self._note_active(ctx.station_id, evse_id, tid, tx)
+                self._note_active(station_id, evse_id, tid, tx)
             if ("meterValue" in p and evse_id is not None and recorded.stored_at is not None
                     and recorded.stored_at < self._started_at):
-                await self._resupply_samples(ctx.station_id, evse_id, tid, p)
+                await self._resupply_samples(station_id, evse_id, tid, p)
             return recorded.response  # D1: a replay gets the first answer and stores nothing
         if "meterValue" in p and evse_id is not None:
-            self._queue_samples(ctx.station_id, evse_id, tid, p["meterValue"])
+            self._queue_samples(station_id, evse_id, tid, p["meterValue"])
         if tx is None or evse_id is None:
             return recorded.response
-        key = (ctx.station_id, evse_id)
+        key = (station_id, evse_id)
         at = self._now()
         # E04 (offline transactions): a queued event is sent on reconnection, so the gateway's
         # clock would put the start or end of the session at the reconnection; the station's
@@ -300,18 +347,18 @@ class Handlers:
                 # whose plan and state a second SessionEnded would wipe.
                 return recorded.response
             # The final meter reading first: what the session took is what the forecasts learn.
-            self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
+            self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, tx.energy_in_kwh,
                                                 tx.energy_out_kwh, tx.power_kw, tx.soc))
-            self._bus.publish(ev.SessionEnded(at, ctx.station_id, evse_id, tid, info.get("stoppedReason"),
+            self._bus.publish(ev.SessionEnded(at, station_id, evse_id, tid, info.get("stoppedReason"),
                                               min(tx.ended_at, at) if queued else None))
             return recorded.response
         is_new = self.active_tx.get(key) != tid
         self.active_tx[key] = tid
         if is_new:
             began = tx.started_at if queued else None
-            self._bus.publish(ev.SessionStarted(at, ctx.station_id, evse_id, tid, tx.id_token,
+            self._bus.publish(ev.SessionStarted(at, station_id, evse_id, tid, tx.id_token,
                                                 None if began is None else min(began, at)))
-        self._bus.publish(ev.SessionUpdated(at, ctx.station_id, evse_id, tid, tx.energy_in_kwh,
+        self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, tx.energy_in_kwh,
                                             tx.energy_out_kwh, tx.power_kw, tx.soc, tx.charging_state))
         return recorded.response
 
@@ -384,17 +431,25 @@ class Handlers:
         needs = needs_from_payload(p)
         tid = self.active_tx.get((ctx.station_id, evse_id))
         now = self._now()
+
+        async def store() -> None:
+            await self._planning.add_needs(ctx.station_id, evse_id, tid, needs, p, now)
+
+        what = f"storing NotifyEVChargingNeeds of {ctx.station_id}"
         try:
-            await until_committed(
-                lambda: self._planning.add_needs(ctx.station_id, evse_id, tid, needs, p, now),
-                retry_interval_s=self._settings.db_retry_interval_s,
-                what=f"storing NotifyEVChargingNeeds of {ctx.station_id}",
-                give_up=ctx.closed,
-            )
+            await until_committed(store, retry_interval_s=self._settings.db_retry_interval_s, what=what,
+                                  give_up=ctx.closed)
         except GaveUp as exc:
-            # No answer can reach the station: it cannot take its needs as accepted, and sends
-            # them again or charges by its own limits. Stored twice, the newest row is the one
-            # planned with, so a second copy changes nothing.
+            # No answer can reach the station, but the needs are the EV's: stored (and planned
+            # with) once the database is back. Sent again on the next connection, the newest row
+            # is the one planned with, so a second copy changes nothing.
+            async def finish() -> None:
+                await until_committed(store, retry_interval_s=self._settings.db_retry_interval_s, what=what)
+                self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
+
+            task = asyncio.get_running_loop().create_task(finish())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
             raise NoReply(str(exc)) from exc
         self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
         # K15.FR.03-ish: Accepted means the CSMS will provide a schedule (the MPC does, within

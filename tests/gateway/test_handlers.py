@@ -424,3 +424,20 @@ async def test_boot_current_time_is_read_as_the_gateway_answers(gateway_factory:
         await st.close()
     assert reply["status"] == "Accepted"
     assert parse_rfc3339(reply["currentTime"]) == clock.now()
+
+
+async def test_a_replay_on_a_clock_that_stands_still_publishes_nothing(gateway_factory: Any) -> None:
+    """The stored-at time tells which call stored an event; on a simulation's clock that does not
+    move between the event and its replay, the replay must still not count as the one that
+    stored it."""
+    h = await gateway_factory(clock=ManualClock(datetime(2026, 7, 1, 8, tzinfo=UTC)))
+    await h.add_station("CS-M", STATION_PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-M", STATION_PASSWORD)
+    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
+    p = tx_event("Started", 0, meterValue=energy(1_000.0))
+    first = await st.call("TransactionEvent", p)
+    again = await st.call("TransactionEvent", p, message_id="replay-m")
+    assert first[0] == again[0] == 3 and again[2] == first[2]
+    published = [type(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
+    assert published == [ev.SessionStarted, ev.SessionUpdated]
+    await st.close()

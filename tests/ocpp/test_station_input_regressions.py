@@ -184,13 +184,13 @@ async def test_commit_with_lost_result_applies_side_effects_once(gateway_server:
     await st.close()
 
 
-async def test_a_withheld_event_stops_with_its_connection_and_the_replay_applies_it_once(
+async def test_a_withheld_event_whose_connection_closed_is_stored_and_applied_once(
         gateway_server: GatewayHarness) -> None:
     """D5 with the station gone: the event's first attempt committed, its result was lost with
-    the database, and the database stays away. When the station's socket closes the retries
-    stop (no reply can reach it; each reconnection used to leave one more loop retrying), and
-    the replay on the next connection finds the row the stopped call stored: it applies the
-    side effects that call never did, once."""
+    the database, and the database stays away. When the station's socket closes the reply is
+    given up (it has nowhere to go) but the event is not: it is finished in the background once
+    the database is back, its side effects applied once, also if the station never sends it
+    again; the station's replay then gets the first answer and publishes nothing."""
     h = gateway_server
     assert h.gw is not None
     await h.add_station("CS-GONE", PASSWORD)
@@ -211,6 +211,7 @@ async def test_a_withheld_event_stops_with_its_connection_and_the_replay_applies
         return recorded
 
     repo.record_event = committed_then_database_away  # type: ignore[method-assign]
+    key = ("CS-GONE", "TX-GONE", 0)
     st = await RawStation.connect(h.ocpp_url, "CS-GONE", PASSWORD)
     p = tx_event("Started", 0, tid="TX-GONE", meterValue=energy(1_000.0))
     pending = asyncio.create_task(st.call("TransactionEvent", p))
@@ -222,33 +223,91 @@ async def test_a_withheld_event_stops_with_its_connection_and_the_replay_applies
     await st.close()
     pending.cancel()
 
-    async def stopped() -> bool:
-        return ("CS-GONE", "TX-GONE", 0) in h.gw.handlers._abandoned
+    async def in_background() -> bool:
+        return key in h.gw.handlers._finishing
 
-    await wait_for(stopped)
-    stopped_at = calls
-    assert sub.queue.qsize() == 0  # the stopped call applied nothing
+    await wait_for(in_background)
+    assert sub.queue.qsize() == 0  # nothing applied while the database is away
 
-    away = False
-    st = await RawStation.connect(h.ocpp_url, "CS-GONE", PASSWORD)
-    reply = await st.call("TransactionEvent", p, message_id="replay-gone")
-    assert reply[0] == 3
-    assert calls == stopped_at + 1  # no loop left retrying beside the replay
+    away = False  # the station does not come back: the event is finished all the same
+
+    async def applied() -> bool:
+        return sub.queue.qsize() >= 2 and key not in h.gw.handlers._finishing
+
+    await wait_for(applied)
     published = [type(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
     assert published == [ev.SessionStarted, ev.SessionUpdated]
     assert h.gw.handlers.active_tx == {("CS-GONE", 1): "TX-GONE"}
-    assert not h.gw.handlers._abandoned  # claimed
 
     async def one_meter_row() -> bool:
         return len(await fetch(h.database_url, "SELECT 1 FROM meter_values WHERE transaction_id='TX-GONE'")) == 1
 
     await wait_for(one_meter_row)
-    # A second replay is a plain replay again: the first answer, nothing published.
-    again = await st.call("TransactionEvent", p, message_id="replay-gone-2")
-    assert again[0] == 3 and again[2] == reply[2]
+    # The station's replay: the first answer, nothing published, nothing stored twice.
+    st = await RawStation.connect(h.ocpp_url, "CS-GONE", PASSWORD)
+    again = await st.call("TransactionEvent", p, message_id="replay-gone")
+    assert again[0] == 3
+    await h.gw.telemetry.flush()
+    assert await one_meter_row()
     assert sub.queue.qsize() == 0
     rows = await fetch(h.database_url, "SELECT 1 FROM transaction_events WHERE transaction_id='TX-GONE'")
     assert len(rows) == 1
+    await st.close()
+
+
+async def test_a_replay_that_learns_the_row_first_applies_what_the_stopped_call_stored(
+        gateway_server: GatewayHarness) -> None:
+    """The other order: the stopped call's background attempts are still failing when the
+    station's replay, on a new connection, finds the row that call's lost attempt committed. The
+    replay applies its side effects (the row carries a time this process gave), once."""
+    h = gateway_server
+    assert h.gw is not None
+    await h.add_station("CS-GONE2", PASSWORD)
+    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
+    repo = h.gw.transactions
+    real = repo.record_event
+    first = asyncio.Event()
+    calls = 0
+
+    async def first_call_commits_then_its_attempts_fail(*a: Any, **k: Any) -> Recorded:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await real(*a, **k)
+            raise ConnectionResetError("connection lost before the result arrived")
+        if not first.is_set():
+            raise ConnectionRefusedError("the database is away for this call")
+        return await real(*a, **k)
+
+    repo.record_event = first_call_commits_then_its_attempts_fail  # type: ignore[method-assign]
+    key = ("CS-GONE2", "TX-GONE2", 0)
+    st = await RawStation.connect(h.ocpp_url, "CS-GONE2", PASSWORD)
+    p = tx_event("Started", 0, tid="TX-GONE2", meterValue=energy(1_000.0))
+    pending = asyncio.create_task(st.call("TransactionEvent", p))
+
+    async def retrying() -> bool:
+        return calls >= 2
+
+    await wait_for(retrying)
+    await st.close()
+    pending.cancel()
+
+    async def in_background() -> bool:
+        return key in h.gw.handlers._finishing
+
+    await wait_for(in_background)
+    first.set()  # from now on every attempt reaches the database: the replay may come first
+    st = await RawStation.connect(h.ocpp_url, "CS-GONE2", PASSWORD)
+    again = await st.call("TransactionEvent", p, message_id="replay-gone2")
+    assert again[0] == 3
+
+    async def settled() -> bool:
+        return key not in h.gw.handlers._finishing
+
+    await wait_for(settled)
+    published = [type(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
+    assert published == [ev.SessionStarted, ev.SessionUpdated]
+    assert h.gw.handlers.active_tx == {("CS-GONE2", 1): "TX-GONE2"}
     await st.close()
 
 
