@@ -499,6 +499,23 @@ PHASE_VOLTAGE_V = 230.0
 V2X_VENDOR_ID = "org.ocpp-site-gateway.v2x"
 
 
+# Bounds on the V2X facts read from vendor data: a battery of up to 1 MWh, powers up to 1 MW.
+VENDOR_MAX_WH = 1e6
+VENDOR_MAX_W = 1e6
+
+
+def _vendor_number(custom: Payload, key: str, lo: float, hi: float) -> float | None:
+    """A number from vendor data (no schema checks it): a finite one within [lo, hi], else it is
+    left out of the needs (it stays in the stored payload) with a log line."""
+    v = custom.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+        log.info("customData.%s ignored: %r is not a number within %g..%g", key, v, lo, hi)
+        return None
+    return float(v)
+
+
 def needs_from_payload(p: Payload) -> EvNeeds:
     """EvNeeds from a NotifyEVChargingNeeds request (K15/K16/K17).
 
@@ -514,9 +531,9 @@ def needs_from_payload(p: Payload) -> EvNeeds:
     custom = cn.get("customData") or {}
     energy_wh: float | None = None
     max_w: float | None = None
-    capacity_wh: float | None = custom.get("evEnergyCapacity")
-    soc: float | None = custom.get("stateOfCharge")
-    target: float | None = custom.get("evTargetSoC")
+    capacity_wh = _vendor_number(custom, "evEnergyCapacity", 0.0, VENDOR_MAX_WH)
+    soc = _vendor_number(custom, "stateOfCharge", 0.0, 100.0)
+    target = _vendor_number(custom, "evTargetSoC", 0.0, 100.0)
     if ac:
         energy_wh = ac["energyAmount"]
         max_w = ac["evMaxCurrent"] * PHASE_VOLTAGE_V * phases
@@ -526,8 +543,8 @@ def needs_from_payload(p: Payload) -> EvNeeds:
         capacity_wh = dc.get("evEnergyCapacity", capacity_wh)
         soc = dc.get("stateOfCharge", soc)
         target = dc.get("fullSoC", target)
-    discharge_w = custom.get("evMaxDischargePower")
-    min_soc = custom.get("evMinSoC")
+    discharge_w = _vendor_number(custom, "evMaxDischargePower", 0.0, VENDOR_MAX_W)
+    min_soc = _vendor_number(custom, "evMinSoC", 0.0, 100.0)
     return EvNeeds(
         departure_time=parse_rfc3339(dep) if dep else None,
         energy_kwh=None if energy_wh is None else energy_wh / 1000.0,

@@ -197,7 +197,8 @@ def _compile_plan(schema: dict[str, Any]) -> _Node:
 
 
 def _primitive_violation(value: Any, plan: _Node, path: str) -> tuple[str, str] | None:
-    """(path, rule) of the first value breaking a 2.0.1 primitive-type rule, else None.
+    """(path, rule) of the first value breaking a 2.0.1 primitive-type rule, else None. A whole
+    number written as a float where the schema types an integer is made an int on the way.
 
     The 32-bit and dateTime rules apply only where the schema types the field (``plan``); inside
     vendor-defined data (``customData``, ``DataTransfer.data``: stored as jsonb, never read as
@@ -219,10 +220,16 @@ def _primitive_violation(value: Any, plan: _Node, path: str) -> tuple[str, str] 
         if plan.int32 and not INT32_MIN <= value <= INT32_MAX:
             return path, "32-bit integer"
         return None
+    if isinstance(value, float):
+        # The schemas (draft 6) take a whole number written as 1e10 or 3.0 for an integer; one
+        # that fits 32 bits was made an int by the container's walk below.
+        return (path, "32-bit integer") if plan.int32 else None
     if isinstance(value, dict):
         props = plan.properties
         for k, v in value.items():
             sub = props.get(k, _VENDOR) if props is not None else _VENDOR
+            if sub.int32 and isinstance(v, float) and v.is_integer() and INT32_MIN <= v <= INT32_MAX:
+                value[k] = v = int(v)  # what the handlers and the database expect of an integer
             found = (_primitive_violation(k, _VENDOR, path)
                      or _primitive_violation(v, sub, f"{path}.{k}" if path else k))
             if found is not None:
@@ -230,6 +237,8 @@ def _primitive_violation(value: Any, plan: _Node, path: str) -> tuple[str, str] 
     elif isinstance(value, list):
         item = plan.items or _VENDOR
         for i, v in enumerate(value):
+            if item.int32 and isinstance(v, float) and v.is_integer() and INT32_MIN <= v <= INT32_MAX:
+                value[i] = v = int(v)
             found = _primitive_violation(v, item, f"{path}[{i}]")
             if found is not None:
                 return found

@@ -253,6 +253,26 @@ async def test_a_late_event_of_an_ended_session_leaves_the_next_session_alone(
     assert session is not None and session.transaction_id == "TX-B"
 
 
+async def test_vendor_needs_that_are_not_plausible_numbers_are_left_out(
+        gateway_server: GatewayHarness, station: RawStation) -> None:
+    """customData has no schema: a SoC as text, a capacity of 400 digits, a power as a list or a
+    SoC of 500 % are left out of the needs (kept in the stored payload), never an InternalError."""
+    await station.ok("TransactionEvent", tx_event("Started", 0))
+    reply = await station.ok("NotifyEVChargingNeeds", {
+        "evseId": 1,
+        "chargingNeeds": {
+            "requestedEnergyTransfer": "AC_three_phase",
+            "acChargingParameters": {"energyAmount": 20_000, "evMinCurrent": 6, "evMaxCurrent": 16,
+                                     "evMaxVoltage": 400},
+            "customData": {"vendorId": "x", "stateOfCharge": "50", "evEnergyCapacity": 10**400,
+                           "evMaxDischargePower": [1], "evMinSoC": 500, "evTargetSoC": True},
+        }})
+    assert reply["status"] == "Accepted"
+    row = (await fetch(gateway_server.database_url, "SELECT * FROM ev_needs"))[0]
+    assert row["energy_kwh"] == pytest.approx(20.0)
+    assert [row[k] for k in ("soc", "capacity_kwh", "ev_max_discharge_kw", "min_soc", "target_soc")] == [None] * 5
+
+
 async def test_notify_ev_charging_needs_stored(gateway_server: GatewayHarness, station: RawStation) -> None:
     await station.ok("TransactionEvent", tx_event("Started", 0))
     reply = await station.ok("NotifyEVChargingNeeds", {

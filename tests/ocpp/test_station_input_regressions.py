@@ -57,6 +57,18 @@ async def test_vendor_data_may_hold_numbers_past_32_bits(gateway_server: Gateway
     assert reply[2:4] == ["PropertyConstraintViolation", "seqNo: 32-bit integer violated"]
 
 
+async def test_a_whole_number_written_as_a_float_is_an_integer_with_its_32_bits(
+        gateway_server: GatewayHarness, station: RawStation) -> None:
+    reply = await station.call("TransactionEvent", {**tx_event("Started", 0, tid="TX-FLOAT"), "seqNo": 1e10})
+    assert reply[2:4] == ["PropertyConstraintViolation", "seqNo: 32-bit integer violated"]
+    assert (await station.call("TransactionEvent", tx_event("Started", 0, tid="TX-FLOAT")))[0] == 3
+    assert (await station.call("TransactionEvent", {**tx_event("Updated", 3, tid="TX-FLOAT"), "seqNo": 3.0}))[0] == 3
+    rows = await fetch(gateway_server.database_url,
+                       "SELECT seq_no FROM transaction_events WHERE transaction_id='TX-FLOAT' ORDER BY seq_no")
+    assert [r["seq_no"] for r in rows] == [0, 3]
+    await _alive(station)
+
+
 # --- 2: the idToken lookup is part of what is withheld during an outage (D5) ---
 
 
