@@ -26,6 +26,7 @@ from gateway.api.schemas import (
     PricePerKwh,
     SiteName,
     SitePowerLimitKw,
+    check_tou_periods,
     check_tou_window,
 )
 from gateway.domain import SiteLimits, Tariff, TouPeriod
@@ -80,6 +81,11 @@ class SiteConfig(_SiteFileModel):
             TouPeriodConfig(start_hour=21, end_hour=24, import_price=0.16, export_price=0.05),
         ]
     )
+
+    @model_validator(mode="after")
+    def _tou_apart(self) -> SiteConfig:
+        check_tou_periods([(p.start_hour, p.end_hour) for p in self.tou])
+        return self
 
     @field_validator("timezone")
     @classmethod

@@ -67,8 +67,20 @@ AwareDateTime = Annotated[datetime, BeforeValidator(_rfc3339_text), Strict(False
 UtcDateTime = Annotated[datetime, PlainSerializer(to_rfc3339, return_type=str, when_used="json")]
 
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
-Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_PRINTABLE)]
 _NO_SLASH = r"^[^\x00-\x1f\x7f/]+$"
+
+
+def _not_a_dot_segment(v: str) -> str:
+    if v in (".", ".."):
+        raise ValueError("an id cannot be '.' or '..'")
+    return v
+
+
+# An id that names a resource in a path (GET/DELETE /grid-events/{id}): no slash (a client's
+# %2F is decoded before routing, so the resource could be made and never reached) and not "."
+# or ".." (clients and proxies fold those path segments away).
+Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_SLASH),
+                  AfterValidator(_not_a_dot_segment)]
 StationId = Annotated[str, StringConstraints(min_length=1, max_length=48, pattern=r"^[^\x00-\x1f\x7f:/]+$")]
 TransactionId = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=_NO_SLASH)]
 Label = Annotated[str, StringConstraints(max_length=80, pattern=r"^[^\x00-\x1f\x7f]*$")]
@@ -88,9 +100,29 @@ TOU_PERIODS_MAX = 96
 
 
 def check_tou_window(start_hour: float, end_hour: float) -> None:
-    """A window whose end is its start is empty (one ending before its start wraps midnight)."""
-    if start_hour == end_hour:
-        raise ValueError("the window is empty (start_hour == end_hour)")
+    """A window whose end is its start is empty (one ending before its start wraps midnight), and
+    so is 24 to 0."""
+    if start_hour == end_hour or (start_hour == 24 and end_hour == 0):
+        raise ValueError("the window is empty (it ends where it starts)")
+
+
+def _tou_spans(start_hour: float, end_hour: float) -> list[tuple[float, float]]:
+    return [(start_hour, end_hour)] if start_hour < end_hour else [(start_hour, 24.0), (0.0, end_hour)]
+
+
+def check_tou_periods(windows: list[tuple[float, float]]) -> None:
+    """Every window non-empty and no two overlapping: where two overlapped, only the first listed
+    would ever apply, which is a mistake to point out, not to follow silently."""
+    for i, (start, end) in enumerate(windows):
+        try:
+            check_tou_window(start, end)
+        except ValueError as exc:
+            raise ValueError(f"periods[{i}]: {exc}") from None
+    for i, a in enumerate(windows):
+        for j in range(i + 1, len(windows)):
+            b = windows[j]
+            if any(a0 < b1 and b0 < a1 for a0, a1 in _tou_spans(*a) for b0, b1 in _tou_spans(*b)):
+                raise ValueError(f"periods[{i}] and periods[{j}] overlap")
 
 
 Limit = Annotated[int, Field(ge=1, le=1000, description="Page size")]

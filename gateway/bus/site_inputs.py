@@ -66,7 +66,7 @@ def check_grid_event(start: datetime, end: datetime, kind: GridEventKind, cap_kw
     apart; raises ``ValueError`` naming the first one broken."""
     if end <= start:
         raise ValueError("end must be after start")
-    if (end - start).days > GRID_EVENT_SPAN_MAX_DAYS:
+    if end - start > timedelta(days=GRID_EVENT_SPAN_MAX_DAYS):
         raise ValueError(f"a grid event lasts at most {GRID_EVENT_SPAN_MAX_DAYS} days")
     if kind == GridEventKind.IMPORT_CAP and cap_kw is None:
         raise ValueError("an import_cap event needs cap_kw")

@@ -209,3 +209,31 @@ async def test_a_tariff_and_a_price_feed_stored_at_once_both_survive_a_restart(g
     assert [p.import_price for p in gw.state.tariff.periods] == [0.33]
     assert [(a, b, i, x) for a, b, i, x in gw.state.price_overrides] == [
         (feed[0].start, feed[0].end, 0.5, 0.1)]
+
+
+async def test_ids_windows_and_spans_that_could_not_work_are_refused(
+        gateway_server: GatewayHarness, api: httpx.AsyncClient) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    now = gw.clock.now()
+    body = {"start": to_rfc3339(now + timedelta(hours=1)), "end": to_rfc3339(now + timedelta(hours=2)),
+            "kind": "import_cap", "cap_kw": 50.0}
+    # An id that could be created and never fetched or cancelled by its path.
+    for bad in ("feed/42", ".", ".."):
+        r = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**body, "id": bad})
+        assert r.status_code == 422, (bad, r.text)
+    # At most 31 days, not 31 days and 23 hours.
+    long = {**body, "end": to_rfc3339(now + timedelta(hours=1, days=31, minutes=1))}
+    r = await api.post("/api/v1/grid-events", headers=OPERATOR, json=long)
+    assert r.status_code == 422 and "31 days" in r.text
+    # A tariff window from 24 to 0 is empty; two windows sharing hours would leave one unused.
+    tariff = {"demand_charge_per_kw": 10.0, "periods": [
+        {"start_hour": 24, "end_hour": 0, "import_price": 0.3, "export_price": 0.1}]}
+    r = await api.put("/api/v1/tariff", headers=OPERATOR, json=tariff)
+    assert r.status_code == 422 and "empty" in r.text
+    tariff["periods"] = [{"start_hour": 22, "end_hour": 6, "import_price": 0.1, "export_price": 0.05},
+                         {"start_hour": 5, "end_hour": 9, "import_price": 0.3, "export_price": 0.1}]
+    r = await api.put("/api/v1/tariff", headers=OPERATOR, json=tariff)
+    assert r.status_code == 422 and "periods[0] and periods[1] overlap" in r.text
+    tariff["periods"][1]["start_hour"] = 6
+    assert (await api.put("/api/v1/tariff", headers=OPERATOR, json=tariff)).status_code == 200

@@ -16,7 +16,7 @@ from gateway.api.schemas import (
     Model,
     PricePerKwh,
     UtcDateTime,
-    check_tou_window,
+    check_tou_periods,
 )
 from gateway.domain import Tariff, TouPeriod
 
@@ -37,12 +37,8 @@ class TariffIn(Model):
     default_export_price: PricePerKwh = 0.05
 
     @model_validator(mode="after")
-    def _non_empty_windows(self) -> TariffIn:
-        for i, p in enumerate(self.periods):
-            try:
-                check_tou_window(p.start_hour, p.end_hour)
-            except ValueError as exc:
-                raise ValueError(f"periods[{i}]: {exc}") from None
+    def _windows(self) -> TariffIn:
+        check_tou_periods([(p.start_hour, p.end_hour) for p in self.periods])
         return self
 
 
