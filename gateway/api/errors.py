@@ -27,9 +27,11 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from gateway.db.engine import is_transient
 from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, ConnectionReplaced, StationOffline
 
 log = logging.getLogger(__name__)
+DB_RETRY_AFTER_S = 5
 
 
 class ErrorInfo(BaseModel):
@@ -150,6 +152,12 @@ def install(api: FastAPI) -> None:
         return call_failed_response(exc)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            # The database away or restarting (RELIABILITY.md D5): the client's to retry, not a
+            # bug of ours.
+            log.warning("REST request failed, database unavailable: %s", exc)
+            return error_response(503, "database_unavailable", "the database is unavailable: try again shortly",
+                                  headers={"Retry-After": str(DB_RETRY_AFTER_S)})
         log.exception("unhandled error in REST request", exc_info=exc)
         return error_response(500, "internal_error", "internal error")
 

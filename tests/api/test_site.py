@@ -237,3 +237,23 @@ async def test_ids_windows_and_spans_that_could_not_work_are_refused(
     assert r.status_code == 422 and "periods[0] and periods[1] overlap" in r.text
     tariff["periods"][1]["start_hour"] = 6
     assert (await api.put("/api/v1/tariff", headers=OPERATOR, json=tariff)).status_code == 200
+
+
+async def test_the_database_away_is_a_503_to_retry_not_a_500(
+        gateway_server: GatewayHarness, api: httpx.AsyncClient, monkeypatch: Any) -> None:
+    gw = gateway_server.gw
+    assert gw is not None
+    before = gw.state.limits.import_kw
+
+    async def away(*_a: Any, **_k: Any) -> None:
+        raise ConnectionRefusedError("the database is away")
+
+    monkeypatch.setattr(gw.planning, "set_setting", away)
+    r = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 10.0, "export_kw": 10.0})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
+    assert r.headers["Retry-After"] == "5"
+    assert gw.state.limits.import_kw == before  # nothing changed
+    # A building-load reading is in force live at once; only storing it failed.
+    r = await api.put("/api/v1/site/building-load", headers=OPERATOR, json={"power_kw": 321.0})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
+    assert gw.state.building_load_kw == 321.0
