@@ -111,6 +111,8 @@ class MpcScheduler:
         self.latest: PlanOutcome | None = None
         self.solves = 0
         self._lock = asyncio.Lock()
+        # The re-plan replan_task queued that has not started yet (shared by the callers meanwhile).
+        self._waiting_replan: asyncio.Task[PlanOutcome | None] | None = None
         self._debounce: asyncio.TimerHandle | None = None
         self._pending_trigger: str | None = None
         self._aps: AsyncIOScheduler | None = None
@@ -435,11 +437,26 @@ class MpcScheduler:
         (a REST request's time limit, a client gone) leaves it to finish, since a re-plan cut off
         mid-push leaves some stations on the new plan and the stored plan on the old one; stop()
         cancels it like any other. A failure is logged here, whoever awaits it."""
-        task = asyncio.create_task(self.replan(trigger))
+        waiting = self._waiting_replan
+        if waiting is not None and not waiting.done():
+            # One is queued behind the running re-plan and reads the site as it starts, this
+            # caller's change included: many drivers' changes at once share it, instead of
+            # queueing one full re-plan each ahead of the periodic and event ones.
+            return waiting
+        task = asyncio.create_task(self._replan_queued(trigger))
+        self._waiting_replan = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_failure)
         return task
+
+    async def _replan_queued(self, trigger: str) -> PlanOutcome | None:
+        if self._stopping:
+            return None
+        async with self._lock:
+            if self._waiting_replan is asyncio.current_task():
+                self._waiting_replan = None  # started: later changes need the next one
+            return await self._replan_locked(trigger)
 
     async def replan(self, trigger: str) -> PlanOutcome | None:
         """Solve now, push what changed, store it all; returns the outcome."""

@@ -288,6 +288,37 @@ async def test_a_plan_for_a_session_that_ended_while_it_was_solved_is_not_pushed
     await st.ws.close()
 
 
+async def test_drivers_changes_during_a_re_plan_share_the_next_one(gateway_factory: Any, monkeypatch: Any) -> None:
+    """Twenty drivers' changes while a re-plan runs queue one re-plan, which reads all of them
+    as it starts, not twenty (each a full solve and push, ahead of the periodic ones)."""
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    assert h.gw is not None and h.gw.scheduler is not None
+    sched = h.gw.scheduler
+    st = await plug_in(h, "CS-MANY", "tx-many", "TOKEN-MANY", evses=[(1, 11.0, 0.0, False)])
+    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answering = asyncio.create_task(_answer_profiles(st, seen))
+    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    solving, release = asyncio.Event(), asyncio.Event()
+    solve = sched._solve
+
+    async def held(*args: Any) -> Any:
+        solving.set()
+        await release.wait()
+        return await solve(*args)
+
+    monkeypatch.setattr(sched, "_solve", held)
+    running = sched.replan_task("driver")
+    await asyncio.wait_for(solving.wait(), EVENT_TIMEOUT_S)
+    before = sched.solves
+    queued = [sched.replan_task("driver") for _ in range(20)]
+    assert all(t is queued[0] for t in queued) and queued[0] is not running
+    release.set()
+    await asyncio.wait_for(asyncio.gather(running, *queued), EVENT_TIMEOUT_S)
+    assert sched.solves - before <= 3  # the held one, the shared one (and perhaps an event's), not 21
+    answering.cancel()
+    await st.ws.close()
+
+
 async def test_a_change_to_a_session_that_ended_unseen_leaves_the_live_one_alone(gateway_factory: Any) -> None:
     """The old session's Ended never came and a new one runs on the EVSE: a driver's change to
     the old one is stored, and the live session stays the new one (it would otherwise be replaced
