@@ -81,7 +81,15 @@ class Connection:
     async def _on_frame(self, frame: str | bytes) -> None:
         parsed = p.parse_binary() if isinstance(frame, bytes) else p.parse_frame(frame)
         if isinstance(parsed, p.Call):
-            if not self._incoming.receive(parsed):
+            if self._incoming.full and parsed.message_id not in self._incoming.active:
+                # Part 4 §4.1.1: one CALL at a time. Answered at once, so the station learns it
+                # and the gateway holds nothing for it; the socket lives.
+                log.warning("%s: %d CALLs already waiting; %s %s refused", self.station_id,
+                            len(self._incoming.queue), parsed.action, parsed.message_id)
+                await self.ws.send(p.build_call_error(
+                    parsed.message_id, "GenericError",
+                    f"{p.INCOMING_QUEUED_MAX} CALLs already wait for an answer: send one at a time"))
+            elif not self._incoming.receive(parsed):
                 log.info("%s: duplicate message id %s still in progress; dropped",
                          self.station_id, parsed.message_id)
             elif self._drain_task is None:

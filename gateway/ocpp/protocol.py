@@ -381,6 +381,10 @@ class OutgoingCalls:
         return pending
 
 
+# The station's CALLs waiting for their turn, at most (see IncomingCalls.full).
+INCOMING_QUEUED_MAX = 32
+
+
 @dataclass(slots=True)
 class IncomingCalls:
     """The station's CALLs to us, answered one after another in arrival order.
@@ -393,6 +397,13 @@ class IncomingCalls:
 
     queue: deque[Call] = field(default_factory=deque)
     active: set[str] = field(default_factory=set)
+
+    @property
+    def full(self) -> bool:
+        """As many CALLs wait as a station that pipelines a little could mean
+        (``INCOMING_QUEUED_MAX``): one sending more without waiting for answers would grow the
+        gateway without bound while a handler waits (on the database, D5)."""
+        return len(self.queue) >= INCOMING_QUEUED_MAX
 
     def receive(self, call: Call) -> bool:
         """Queue ``call``; False when it duplicates a message id still in progress."""

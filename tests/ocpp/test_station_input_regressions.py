@@ -439,3 +439,39 @@ async def test_numbers_no_float_can_hold_and_deep_nesting_are_refused(station: R
     shallow = _nested("ok-30", 30)
     reply = await station.send_raw(shallow, "ok-30")
     assert reply is not None and reply[0] == 3
+
+
+async def test_a_station_that_does_not_wait_for_answers_is_refused_beyond_a_bound(
+        gateway_server: GatewayHarness, station: RawStation) -> None:
+    """Part 4 §4.1.1: one CALL at a time. While a handler waits (here held), a station that keeps
+    sending gets its CALLs queued up to a bound and then answered at once with GenericError; the
+    socket lives and the queued ones are answered in order."""
+    from gateway.ocpp.protocol import INCOMING_QUEUED_MAX
+
+    h = gateway_server
+    assert h.gw is not None
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = h.gw.handlers._table["DataTransfer"]
+
+    async def held(ctx: Any, p: dict[str, Any]) -> dict[str, Any]:
+        entered.set()
+        await release.wait()
+        return await real(ctx, p)
+
+    h.gw.handlers._table["DataTransfer"] = held
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(station.call("DataTransfer", {"vendorId": "v"}, message_id="held"))
+    await asyncio.wait_for(entered.wait(), EVENT_TIMEOUT_S)
+    replies = {f"hb-{i}": loop.create_future() for i in range(INCOMING_QUEUED_MAX + 8)}
+    station._replies.update(replies)
+    for mid in replies:
+        await station.ws.send(json.dumps([2, mid, "Heartbeat", {}]))
+    done, _ = await asyncio.wait(list(replies.values())[INCOMING_QUEUED_MAX:], timeout=EVENT_TIMEOUT_S)
+    assert len(done) == 8
+    assert all(f.result()[0] == 4 and f.result()[2] == "GenericError" for f in done)
+    assert not any(f.done() for f in list(replies.values())[:INCOMING_QUEUED_MAX])
+    release.set()
+    assert (await asyncio.wait_for(first, EVENT_TIMEOUT_S))[0] == 3
+    answered = await asyncio.wait_for(asyncio.gather(*list(replies.values())[:INCOMING_QUEUED_MAX]), EVENT_TIMEOUT_S)
+    assert all(r[0] == 3 for r in answered)
+    await _alive(station)
