@@ -28,7 +28,7 @@ from gateway.db.stations import SecurityEventRepository, StationRepository, Toke
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
 from gateway.domain import EvNeeds
-from gateway.ocpp.errors import NoReply, NotImplementedOcpp, SecurityError
+from gateway.ocpp.errors import NoReply, NotImplementedOcpp, PropertyConstraintViolation, SecurityError
 from gateway.ocpp.meter import Sample, samples, summarize
 from gateway.ocpp.ports import StationContext
 
@@ -121,6 +121,7 @@ class Handlers:
         handler = self._table.get(action)
         if handler is None:
             raise NotImplementedOcpp(f"{action} is not handled by this CSMS")
+        _check_evse_id(action, payload)
         boot = ctx.scratch.get("boot_status")
         if boot in ("Pending", "Rejected") and action != "BootNotification" and action not in ctx.triggered:
             # B02.FR.09 / B03.FR.07: a station told Pending or Rejected on this connection sends
@@ -497,6 +498,27 @@ class Handlers:
 PHASES = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3}
 PHASE_VOLTAGE_V = 230.0
 V2X_VENDOR_ID = "org.ocpp-site-gateway.v2x"
+
+
+# EVSEs are numbered from 1 on a station (0 is the station itself, where a message allows it:
+# MeterValues' main meter); no station has more than a few dozen. An id past this bound, or 0
+# where an EVSE is meant, would make the gateway keep (and plan, and divide the site limit by) an
+# EVSE that does not exist.
+EVSE_ID_MAX = 64
+_EVSE_FIELDS = {"StatusNotification": 1, "NotifyEVChargingNeeds": 1, "MeterValues": 0}
+
+
+def _check_evse_id(action: str, p: Payload) -> None:
+    if action == "TransactionEvent":
+        evse_id, lowest = (p.get("evse") or {}).get("id"), 1
+    elif action in _EVSE_FIELDS:
+        evse_id, lowest = p.get("evseId"), _EVSE_FIELDS[action]
+    else:
+        return
+    if evse_id is not None and not lowest <= evse_id <= EVSE_ID_MAX:
+        name = "evse.id" if action == "TransactionEvent" else "evseId"
+        raise PropertyConstraintViolation(f"{name}: an EVSE of this station is numbered {lowest}..{EVSE_ID_MAX}",
+                                          {"field": name, "value": evse_id})
 
 
 # Bounds on the V2X facts read from vendor data: a battery of up to 1 MWh, powers up to 1 MW.

@@ -475,3 +475,24 @@ async def test_a_station_that_does_not_wait_for_answers_is_refused_beyond_a_boun
     answered = await asyncio.wait_for(asyncio.gather(*list(replies.values())[:INCOMING_QUEUED_MAX]), EVENT_TIMEOUT_S)
     assert all(r[0] == 3 for r in answered)
     await _alive(station)
+
+
+async def test_an_evse_that_cannot_exist_is_refused_not_kept(
+        gateway_server: GatewayHarness, station: RawStation) -> None:
+    """Schema-valid evseIds no station has (0 where an EVSE is meant, negative, past any real
+    station's count) used to create an EVSE the gateway kept, planned and divided the site's
+    limit by, in memory and in the database, for good."""
+    h = gateway_server
+    assert h.gw is not None
+    before = set(h.gw.state.evses)
+    for evse_id in (0, -7, 999_999, 2_147_483_647):
+        reply = await station.call("StatusNotification", {
+            "timestamp": "2026-07-01T08:00:00Z", "connectorStatus": "Available", "evseId": evse_id, "connectorId": 1})
+        assert reply[0] == 4 and reply[2] == "PropertyConstraintViolation", reply
+    bad_tx = tx_event("Started", 0, tid="TX-EVSE0", evse={"id": 0})
+    assert (await station.call("TransactionEvent", bad_tx))[2] == "PropertyConstraintViolation"
+    # The station's main meter (evseId 0) is fine in MeterValues.
+    assert (await station.call("MeterValues", {"evseId": 0, "meterValue": energy(1.0)}))[0] == 3
+    assert set(h.gw.state.evses) == before
+    assert not await fetch(h.database_url, "SELECT 1 FROM evses WHERE evse_id <> 1 AND station_id = 'CS-1'")
+    await _alive(station)
