@@ -123,11 +123,14 @@ class Handlers:
             raise NotImplementedOcpp(f"{action} is not handled by this CSMS")
         _check_evse_id(action, payload)
         boot = ctx.scratch.get("boot_status")
-        if boot in ("Pending", "Rejected") and action != "BootNotification" and action not in ctx.triggered:
+        if boot in ("Pending", "Rejected") and action != "BootNotification":
             # B02.FR.09 / B03.FR.07: a station told Pending or Rejected on this connection sends
-            # nothing but BootNotification and what the CSMS triggered, until accepted.
-            raise SecurityError(f"{action} before the boot was accepted (answered {boot}): "
-                                "send BootNotification again")
+            # nothing but BootNotification and what the CSMS triggered (one message per
+            # TriggerMessage), until accepted.
+            if action not in ctx.triggered:
+                raise SecurityError(f"{action} before the boot was accepted (answered {boot}): "
+                                    "send BootNotification again")
+            ctx.triggered.discard(action)
         started = time.perf_counter()
         try:
             reply = await handler(ctx, payload)

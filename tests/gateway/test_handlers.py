@@ -94,6 +94,7 @@ async def test_a_station_told_pending_sends_only_boot_and_what_was_triggered(
     await station.answer(asked, {"status": "Accepted"})
     assert (await trigger)["status"] == "Accepted"
     assert await station.ok("StatusNotification", status) == {}
+    assert (await station.call("StatusNotification", status))[2] == "SecurityError"  # one per trigger
     # Accepted on the next boot: served as usual.
     await fetch(h.database_url, "UPDATE stations SET boot_status='Accepted' WHERE id='CS-1'")
     assert (await station.ok("BootNotification", boot))["status"] == "Accepted"
