@@ -39,6 +39,7 @@ import asyncio
 import itertools
 import logging
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -165,6 +166,11 @@ def valid_station_id(raw_segment: str, max_length: int) -> str | None:
     return station_id
 
 
+# How long a disable keeps closing logins that were checked before it (real seconds): longer
+# than any handshake takes.
+SHUT_OUT_S = 60.0
+
+
 class OcppServer:
     """Owns the listening socket, the handshake policy and the connection registry."""
 
@@ -199,6 +205,9 @@ class OcppServer:
         self._admitted: WeakKeyDictionary[ServerConnection, _Admission] = WeakKeyDictionary()
         self._connection_ids = itertools.count(1)
         self._takeovers: dict[str, deque[datetime]] = {}
+        # Stations disabled by this process lately (real seconds, time.monotonic()): a login that
+        # passed its credential check just before the disable must not stay connected after it.
+        self._shut_out: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -437,6 +446,10 @@ class OcppServer:
             connection_id=next(self._connection_ids),
         )
         conn = Connection(ws, ctx, self.handler, adapter.schemas, call_timeout_s=self.settings.call_timeout_s)
+        shut = self._shut_out.get(ctx.station_id)
+        if shut is not None and time.monotonic() - shut < SHUT_OUT_S:
+            await ws.close(1008, "station disabled")
+            return
         old = self.registry._put(conn)
         if old is not None:
             old.replace()
@@ -450,6 +463,20 @@ class OcppServer:
             # Let a CALL being handled finish (e.g. a commit) before the handler task ends,
             # so stop() drains in-flight work within its deadline.
             await conn.wait_handlers()
+
+    async def shut_out(self, station_id: str) -> None:
+        """The station was disabled: close its live connection, and one whose login was checked
+        before the disable and is still being set up (the credential check and the argon2 hash
+        come before the connection is registered). Remembered for SHUT_OUT_S only, so another
+        node's enable is never outlived; later logins are refused by the stored flag."""
+        self._shut_out[station_id] = time.monotonic()
+        conn = self.registry.get(station_id)
+        if conn is not None:
+            await conn.close(1008, "station disabled")
+
+    def let_in(self, station_id: str) -> None:
+        """The station was enabled again."""
+        self._shut_out.pop(station_id, None)
 
     def _note_takeover(self, ctx: StationContext) -> None:
         now = self.clock.now()

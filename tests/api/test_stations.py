@@ -142,3 +142,20 @@ async def test_a_station_can_discharge_evs_that_declared_no_discharge_power(gate
     assert h.gw is not None
     assert h.gw.state.evses[("CS-DC", 1)].discharge_undeclared_evs is True
     assert h.gw.state.evses[("CS-AC", 1)].discharge_undeclared_evs is None
+
+
+async def test_a_login_checked_before_a_disable_does_not_stay_connected(gateway_server: GatewayHarness) -> None:
+    """The credential check (and its argon2 hash) comes before the connection is registered: a
+    disable landing in between found no connection to close, and the station stayed connected.
+    Here the login's check passed (the stored flag still says enabled) after the disable."""
+    h = gateway_server
+    assert h.gw is not None
+    await h.add_station("CS-RACE", PASSWORD)
+    await h.gw.ocpp.shut_out("CS-RACE")  # the disable, with the login already past its check
+    st = await RawStation.connect(h.ocpp_url, "CS-RACE", PASSWORD)
+    await asyncio.wait_for(st.ws.wait_closed(), EVENT_TIMEOUT_S)
+    assert st.ws.close_code == 1008 and h.gw.ocpp.registry.get("CS-RACE") is None
+    h.gw.ocpp.let_in("CS-RACE")  # enabled again
+    st = await RawStation.connect(h.ocpp_url, "CS-RACE", PASSWORD)
+    assert "currentTime" in await st.ok("Heartbeat", {})
+    await st.close()

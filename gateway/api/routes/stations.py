@@ -134,11 +134,11 @@ async def get_station(gw: GatewayDep, q: QueriesDep, _: Operator,
 async def _set_enabled(gw: Gateway, q: Queries, station_id: str, enabled: bool) -> StationOut:
     if not await gw.stations.set_enabled(station_id, enabled):
         raise NotFound(f"no station {station_id!r}")
-    if not enabled:
-        conn = gw.ocpp.registry.get(station_id)
-        if conn is not None:
-            # A disabled station is refused at its next login; end the current one now too.
-            await conn.close(1008, "station disabled")
+    if enabled:
+        gw.ocpp.let_in(station_id)
+    else:
+        # A disabled station is refused at its next login; end the current one now too.
+        await gw.ocpp.shut_out(station_id)
     return await _one(gw, q, station_id)
 
 
