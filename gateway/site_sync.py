@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from gateway import events as ev
 from gateway import metrics
+from gateway.db.engine import is_transient, until_committed
 from gateway.domain import Session
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class SiteSync:
         self.listeners: list[Listener] = []
         self.applied = 0
         self._peak_write: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # events applied again once the database answers
 
     def start(self) -> None:
         self._sub = self._gw.bus.subscribe(*WATCHED)
@@ -46,6 +48,8 @@ class SiteSync:
         if self._peak_write is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._peak_write), 2.0)
+        for retry in list(self._retries):
+            retry.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -67,7 +71,17 @@ class SiteSync:
         state = self._gw.state
         pinned = self._battery_start(event)
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
-            row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
+            try:
+                row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # The EV's needs are stored (their handler waited for that); only reading them
+                # back failed. Applied again in the background once the database answers, so the
+                # plan gets them without holding up every other event meanwhile.
+                log.warning("EV needs of %s/%s not read yet: %s", event.station_id, event.evse_id, exc)
+                self._apply_later(event)
+                return
             if row is not None:
                 # Another node (or an earlier pass) may have fixed the point already: the same for all.
                 base = state.set_needs(event.station_id, event.evse_id, row.needs, row.baseline_kwh)
@@ -83,6 +97,13 @@ class SiteSync:
             self._peak_write = asyncio.create_task(self._store_peak(), name="billing-peak")
         for listener in self.listeners:
             listener(event, replan)
+
+    def _apply_later(self, event: ev.Event) -> None:
+        task = asyncio.create_task(until_committed(
+            lambda: self.apply(event), retry_interval_s=self._gw.settings.db_retry_interval_s,
+            what="reading EV needs back"), name="site-sync-retry")
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
 
     def _battery_start(self, event: ev.Event) -> Session | None:
         """The session ``event`` may pin the battery's energy at plug-in of (a SoC reading or

@@ -462,3 +462,32 @@ async def test_a_replay_on_a_clock_that_stands_still_publishes_nothing(gateway_f
     published = [type(sub.queue.get_nowait()) for _ in range(sub.queue.qsize())]
     assert published == [ev.SessionStarted, ev.SessionUpdated]
     await st.close()
+
+
+async def test_ev_needs_read_back_during_a_database_blip_are_applied_once_it_answers(
+        gateway_server: GatewayHarness, station: RawStation, monkeypatch: Any) -> None:
+    h = gateway_server
+    assert h.gw is not None
+    await station.ok("TransactionEvent", tx_event("Started", 0))
+    real = h.gw.planning.latest_needs
+    failures = 0
+
+    async def blip(*a: Any, **k: Any) -> Any:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise ConnectionRefusedError("the database is away for a moment")
+        return await real(*a, **k)
+
+    monkeypatch.setattr(h.gw.planning, "latest_needs", blip)
+    reply = await station.ok("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "AC_three_phase",
+        "acChargingParameters": {"energyAmount": 30_000, "evMinCurrent": 6, "evMaxCurrent": 16, "evMaxVoltage": 400}}})
+    assert reply["status"] == "Accepted"
+
+    async def planned_with() -> bool:
+        s = h.gw.state.evse("CS-1", 1).session
+        return s is not None and s.needs.energy_kwh == pytest.approx(30.0)
+
+    await wait_for(planned_with)
+    assert failures == 2
