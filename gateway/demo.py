@@ -251,7 +251,8 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
         plans = gw.scheduler.solves if gw.scheduler is not None else 0
         await app.close()
         await gw.stop()
-    meter.read(min(clock.now(), episode.end), fleet_net_kwh(fleet))  # up to the fleet's stop
+    stopped = min(clock.now(), episode.end)
+    meter.read(stopped, sum(st.metered_net_kwh() for st in fleet.stations.values()))  # the stopped fleet's
     meter.finish()
     live = meter.bill()
     print(format_summary(summary).splitlines()[-1])
@@ -333,9 +334,9 @@ def forecast_label(episode: Episode) -> str:
     return f"energy system day-ahead (heat forecast error sd {FORECAST_HEAT_SD:g})"
 
 
-def fleet_net_kwh(fleet: Fleet) -> float:
-    """What the simulated EVSEs' meters counted from the grid so far, less what they gave back."""
-    return sum(e.import_wh - e.export_wh for st in fleet.stations.values() for e in st.evses.values()) / 1000.0
+def fleet_net_kwh(fleet: Fleet, now: datetime) -> float:
+    """What the simulated EVSEs' meters counted from the grid by ``now``, less what they gave back."""
+    return sum(st.metered_net_kwh(now) for st in fleet.stations.values())
 
 
 async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: SiteMeter, fleet: Fleet,
@@ -350,7 +351,7 @@ async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: S
     while True:
         now = clock.now()
         gw.state.building_load_kw = episode.building_load_at(now)
-        meter.read(now, fleet_net_kwh(fleet))
+        meter.read(now, fleet_net_kwh(fleet, now))
         beliefs.sample(gw, now)
         await clock.sleep(SAMPLE_S)
 

@@ -250,6 +250,15 @@ class Station:
     def power_kw(self) -> float:
         return sum(e.power_kw for e in self.evses.values())
 
+    def metered_net_kwh(self, now: datetime | None = None) -> float:
+        """The EVSE meters' import less export (kWh) as of ``now``: the registers move when the
+        physics integrates (every tick), so the running setpoints carry them from the last tick
+        to ``now``, as a real meter would have counted (None: the registers, as of that tick)."""
+        last = self._last_update
+        dt = 0.0 if now is None or last is None else max((now - last).total_seconds(), 0.0)
+        registers = sum(e.import_wh - e.export_wh for e in self.evses.values()) / 1000.0
+        return registers + sum(e.power_kw for e in self.evses.values()) * dt / 3600.0
+
     @property
     def results(self) -> list[EvResult]:
         return [r for e in self.evses.values() for r in e.results]

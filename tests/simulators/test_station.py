@@ -426,3 +426,16 @@ async def test_a_limit_that_moves_nothing_is_not_reported_and_a_state_change_is_
     sampled = moved[0]["meterValue"][0]["sampledValue"]
     assert next(s["value"] for s in sampled if s["measurand"] == "Power.Active.Import") == 0
     await finish(st, task)
+
+
+def test_the_meter_counts_to_now_between_physics_ticks(clock: ScaledClock) -> None:
+    """The registers move at each physics tick; what the meters counted by a moment between two
+    ticks is the registers plus the running power since the last one."""
+    st = Station(spec(), "ws://127.0.0.1:9/ocpp", password="pw-1", clock=clock, config=FAST)
+    evse = st.evses[1]
+    t0 = clock.now()
+    st._last_update = t0
+    evse.import_wh, evse.export_wh, evse.power_kw = 5_000.0, 1_000.0, 11.0
+    assert st.metered_net_kwh() == pytest.approx(4.0)
+    assert st.metered_net_kwh(t0 + timedelta(seconds=90)) == pytest.approx(4.0 + 11.0 * 90 / 3600)
+    assert st.metered_net_kwh(t0 - timedelta(seconds=5)) == pytest.approx(4.0)  # never before the tick
