@@ -16,6 +16,10 @@ from gateway import sitetime
 # to the station; some count 1, 2, 3...), so everything kept per session is keyed by both.
 TxKey = tuple[str, str]
 
+# EVSEs are numbered from 1 on a station (0 is the station itself where a message allows it); the
+# highest id the gateway keeps, from a station's messages and over REST alike.
+EVSE_ID_MAX = 1000
+
 
 class DischargeDialect(enum.StrEnum):
     """How a station accepts a discharge command (see gateway/ocpp/profiles.py)."""

@@ -3,7 +3,8 @@
 A misbehaving station for robustness tests and ``bench/ocpp_fuzz.py``: every station-to-CSMS
 action's request schema (the ``ocpp`` package's bundled set) drives a seeded generator, so a
 failure is reproducible from its seed. Valid payloads stay inside OCPP's own primitive types
-(Part 2: 32-bit integers, printable strings without NUL), which the schemas do not state.
+(Part 2: 32-bit integers, printable strings without NUL; EVSE ids from 1), which the schemas
+do not state.
 A mutation breaks exactly one rule, so the CALLERROR it must draw is known in advance
 (OCPP-J Part 4 §4.2.3, as ``gateway.ocpp.validation`` maps schema keywords to codes).
 """
@@ -18,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from gateway.domain import EVSE_ID_MAX
 
 SCHEMAS = "ocpp.v201.schemas"
 MAX_DEPTH = 6  # below this, optional properties are left out (some schemas nest deeply)
@@ -99,6 +102,12 @@ class FrameFuzzer:
             for name, sub in node.get("properties", {}).items():
                 if name in required or (depth < MAX_DEPTH and rng.random() < 0.5):
                     out[name] = self._value(sub, root, depth + 1)
+            # An EVSE is numbered 1.. on its station (gateway.domain.EVSE_ID_MAX at most), a rule
+            # of OCPP's (EVSEType.id > 0) and of the gateway's that the schemas do not state.
+            if isinstance(out.get("evseId"), int):
+                out["evseId"] = rng.randint(1, EVSE_ID_MAX)
+            if isinstance(out.get("evse"), dict) and "id" in out["evse"]:
+                out["evse"]["id"] = rng.randint(1, EVSE_ID_MAX)
             return out
         if kind == "array":
             lo = int(node.get("minItems", 0))

@@ -27,7 +27,7 @@ from gateway.db.planning import PlanningRepository
 from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
-from gateway.domain import EvNeeds
+from gateway.domain import EVSE_ID_MAX, EvNeeds
 from gateway.ocpp.errors import NoReply, NotImplementedOcpp, PropertyConstraintViolation, SecurityError
 from gateway.ocpp.meter import Sample, samples, summarize
 from gateway.ocpp.ports import StationContext
@@ -503,11 +503,9 @@ PHASE_VOLTAGE_V = 230.0
 V2X_VENDOR_ID = "org.ocpp-site-gateway.v2x"
 
 
-# EVSEs are numbered from 1 on a station (0 is the station itself, where a message allows it:
-# MeterValues' main meter); no station has more than a few dozen. An id past this bound, or 0
-# where an EVSE is meant, would make the gateway keep (and plan, and divide the site limit by) an
-# EVSE that does not exist.
-EVSE_ID_MAX = 64
+# An EVSE id past EVSE_ID_MAX, or 0 where an EVSE is meant (0 is allowed for MeterValues' main
+# meter), would make the gateway keep (and plan, and divide the site limit by) an EVSE that does
+# not exist.
 _EVSE_FIELDS = {"StatusNotification": 1, "NotifyEVChargingNeeds": 1, "MeterValues": 0}
 
 

@@ -65,11 +65,11 @@ def test_ints_are_fine_floats_and_kinds_are_strings() -> None:
 
 
 def test_grid_event_span_is_the_rest_rule() -> None:
-    # REST: refused when (end - start).days > 31, so 31 days and 23 hours still pass.
-    ok = _event(end=_z(T0 + timedelta(days=31, hours=23)))
+    # The same rule as REST: 31 days exactly pass, a minute more does not.
+    ok = _event(end=_z(T0 + timedelta(days=31)))
     assert isinstance(inbound.parse("grid_events", json.dumps(ok)), inbound.GridEventMsg)
     with pytest.raises(inbound.Invalid, match="at most 31 days"):
-        inbound.parse("grid_events", json.dumps(_event(end=_z(T0 + timedelta(days=32)))))
+        inbound.parse("grid_events", json.dumps(_event(end=_z(T0 + timedelta(days=31, minutes=1)))))
     with pytest.raises(inbound.Invalid, match="at most 31 days"):
         inbound.parse("grid_events", json.dumps(_event(end=_z(T0 + timedelta(days=400)))))
 

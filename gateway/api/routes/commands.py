@@ -22,12 +22,13 @@ from gateway.api.deps import GatewayDep, Operator
 from gateway.api.errors import NotFound, responses
 from gateway.api.schemas import Model, StationId
 from gateway.app import Gateway
+from gateway.domain import EVSE_ID_MAX
 
 router = APIRouter(prefix="/stations/{station_id}/commands", tags=["commands"],
                    responses=responses(401, 403, 404, 409, 422, 502, 503, 504))
 
 StationPath = Path(description="The station to command")
-EvseId = Field(default=None, ge=0, le=1000)
+EvseId = Field(default=None, ge=0, le=EVSE_ID_MAX)
 
 MessageTrigger = Literal[
     "BootNotification", "LogStatusNotification", "FirmwareStatusNotification", "Heartbeat", "MeterValues",
@@ -60,7 +61,7 @@ class TriggerIn(_ConnectorOfEvse):
 
 
 class UnlockIn(Model):
-    evse_id: int = Field(ge=1, le=1000)
+    evse_id: int = Field(ge=1, le=EVSE_ID_MAX)
     connector_id: int = Field(ge=1, le=1000)
 
 

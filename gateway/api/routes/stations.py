@@ -15,7 +15,7 @@ from gateway.api.schemas import Limit, Model, Offset, Page, StationId, UtcDateTi
 from gateway.app import Gateway
 from gateway.db.queries import Queries
 from gateway.db.stations import EvseRow, StationRow
-from gateway.domain import DischargeDialect, EvseSpec
+from gateway.domain import EVSE_ID_MAX, DischargeDialect, EvseSpec
 from gateway.ocpp.auth import hash_password
 
 router = APIRouter(prefix="/stations", tags=["stations"], responses=responses(401, 403, 422))
@@ -24,7 +24,7 @@ StationPath = Path(description="The station id (as in ws://host/ocpp/{id})")
 
 
 class EvseIn(Model):
-    evse_id: int = Field(ge=1, le=1000)
+    evse_id: int = Field(ge=1, le=EVSE_ID_MAX)
     max_charge_kw: float = Field(ge=0, le=2000)
     max_discharge_kw: float = Field(default=0.0, ge=0, le=2000)
     bidirectional: bool = False

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from gateway.api.deps import GatewayDep, Operator, QueriesDep
 from gateway.api.errors import Unprocessable, responses
 from gateway.api.schemas import AwareDateTime, Limit, Offset, Page, StationId, TransactionId, UtcDateTime
+from gateway.domain import EVSE_ID_MAX
 
 router = APIRouter(prefix="/telemetry", tags=["telemetry"], responses=responses(401, 403, 422))
 
@@ -50,7 +51,7 @@ class Filters:
         self,
         station_id: StationId | None = Query(default=None),
         transaction_id: TransactionId | None = Query(default=None),
-        evse_id: int | None = Query(default=None, ge=0, le=1000),
+        evse_id: int | None = Query(default=None, ge=0, le=EVSE_ID_MAX),
         measurand: str | None = Query(default=None, pattern=MEASURAND_PATTERN,
                                       description="e.g. Power.Active.Import"),
         start: AwareDateTime | None = Query(default=None, description=f"Default: end - {DEFAULT_WINDOW_H} h"),
