@@ -48,8 +48,10 @@ class SiteSync:
         if self._peak_write is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._peak_write), 2.0)
-        for retry in list(self._retries):
+        retries = list(self._retries)
+        for retry in retries:
             retry.cancel()
+        await asyncio.gather(*retries, return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -67,14 +69,21 @@ class SiteSync:
                 log.exception("site state could not apply %s", type(event).__name__)
             metrics.EVENTS_DROPPED.labels("site_sync").set(self._sub.dropped)
 
-    async def apply(self, event: ev.Event) -> None:
+    async def apply(self, event: ev.Event, *, retried: bool = False) -> None:
+        """Apply ``event`` to the site state and tell the listeners. ``retried``: a NeedsUpdated
+        whose needs could not be read back before (see :meth:`_apply_later`)."""
         state = self._gw.state
+        if retried and isinstance(event, ev.NeedsUpdated):
+            s = state.evses[(event.station_id, event.evse_id)].session \
+                if (event.station_id, event.evse_id) in state.evses else None
+            if s is None or (event.transaction_id is not None and s.transaction_id != event.transaction_id):
+                return  # the EV left meanwhile: the newest needs of its EVSE are not the next EV's
         pinned = self._battery_start(event)
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
             try:
                 row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
             except Exception as exc:
-                if not is_transient(exc):
+                if retried or not is_transient(exc):
                     raise
                 # The EV's needs are stored (their handler waited for that); only reading them
                 # back failed. Applied again in the background once the database answers, so the
@@ -99,8 +108,10 @@ class SiteSync:
             listener(event, replan)
 
     def _apply_later(self, event: ev.Event) -> None:
+        # Retried with until_committed's back-off: the retried apply raises while the database
+        # is away instead of queueing itself again.
         task = asyncio.create_task(until_committed(
-            lambda: self.apply(event), retry_interval_s=self._gw.settings.db_retry_interval_s,
+            lambda: self.apply(event, retried=True), retry_interval_s=self._gw.settings.db_retry_interval_s,
             what="reading EV needs back"), name="site-sync-retry")
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)

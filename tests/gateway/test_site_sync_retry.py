@@ -1,0 +1,35 @@
+"""Site sync: EV needs that could not be read back are applied later, with a back-off."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from gateway import events as ev
+from gateway.site_sync import SiteSync
+
+
+async def test_needs_not_read_back_are_retried_with_a_back_off_not_in_a_loop() -> None:
+    calls = 0
+
+    async def away(*_a: Any) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError("the database is away")
+
+    session = SimpleNamespace(transaction_id="tx", battery_start_kwh=1.0)
+    gw: Any = SimpleNamespace(planning=SimpleNamespace(latest_needs=away),
+                              settings=SimpleNamespace(db_retry_interval_s=60.0),
+                              state=SimpleNamespace(evses={("CS", 1): SimpleNamespace(session=session)}))
+    sync = SiteSync(gw)
+    await sync.apply(ev.NeedsUpdated(datetime.now(UTC), "CS", 1, "tx", "ev"))
+    assert calls == 1 and len(sync._retries) == 1
+    retry = next(iter(sync._retries))
+    for _ in range(100):  # loop turns, not time: a retry that queued itself again would run in each
+        await asyncio.sleep(0)
+    assert calls == 2  # the retry's first attempt, then its back-off (60 s here)
+    assert sync._retries == {retry} and not retry.done()
+    await sync.stop()
+    assert retry.cancelled()
