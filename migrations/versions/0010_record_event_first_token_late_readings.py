@@ -10,9 +10,8 @@ Replaces the function of 0005 (same arguments and result) with two changes:
   card shown to stop a session (StopAuthorized) took it over: the driver tokens of the REST API
   are scoped by that column, and the starter lost the session while the stopper could change it.
   The session now keeps the token of its earliest event that carried one
-  (``transactions.id_token_seq_no``, new); other tokens stay in their events' payloads. A row
-  written before this revision has no seqNo for its token and keeps the one it has until an
-  earlier event brings one.
+  (``transactions.id_token_seq_no``, new); other tokens stay in their events' payloads. Rows
+  written before this revision are given the token of their earliest stored event with one.
 - Late events (D2). An event with a lower seqNo than one already stored (an offline event sent
   late) used to replace the charging state, power and SoC with its older values: a stale
   SuspendedEV made the planner take a charging EV for full. It now fills only what no event has
@@ -78,7 +77,7 @@ BEGIN
     -- The session belongs to the token of its earliest event that carried one (E01-E03: the
     -- token it was authorized with); a later one (a card shown to stop it, StopAuthorized) is
     -- kept in its event's payload and does not take the session over.
-    IF p_token IS NOT NULL AND (t.id_token IS NULL OR t.id_token_seq_no IS NULL OR p_seq < t.id_token_seq_no) THEN
+    IF p_token IS NOT NULL AND (t.id_token IS NULL OR p_seq < t.id_token_seq_no) THEN
         t.id_token := p_token;
         t.id_token_type := p_token_type;
         t.id_token_seq_no := p_seq;
@@ -141,8 +140,22 @@ $$;
 """
 
 
+# Rows written before: the token of each transaction's earliest stored event that carried one
+# (record_event stores NoAuthorization as no token).
+BACKFILL = """
+UPDATE transactions t SET id_token = f.tok, id_token_type = f.typ, id_token_seq_no = f.seq_no
+FROM (SELECT DISTINCT ON (station_id, transaction_id) station_id, transaction_id, seq_no,
+             payload->'idToken'->>'idToken' AS tok, payload->'idToken'->>'type' AS typ
+      FROM transaction_events
+      WHERE payload ? 'idToken' AND payload->'idToken'->>'type' <> 'NoAuthorization'
+      ORDER BY station_id, transaction_id, seq_no) f
+WHERE t.station_id = f.station_id AND t.transaction_id = f.transaction_id
+"""
+
+
 def upgrade() -> None:
     op.add_column("transactions", sa.Column("id_token_seq_no", sa.Integer(), nullable=True))
+    op.execute(BACKFILL)
     op.execute(FUNCTION)
 
 

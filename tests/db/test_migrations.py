@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -56,3 +57,40 @@ def test_upgrade_downgrade_and_models_match(scratch_db: str) -> None:
     assert len(_diff(scratch_db)) > 0  # tables are gone, so the models differ
     migrate.upgrade(scratch_db)
     assert _diff(scratch_db) == []
+
+
+def test_0010_gives_rows_written_before_it_their_starting_token(scratch_db: str) -> None:
+    """A session written before 0010 had its token overwritten by the last event with one (a card
+    shown to stop it); the upgrade gives it back the token of its earliest stored event with one."""
+    import asyncpg
+
+    migrate.upgrade(scratch_db, "0009")
+    dsn = "postgresql://" + scratch_db.split("://", 1)[1]
+
+    async def seed() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("INSERT INTO stations (id) VALUES ('CS')")
+            await conn.execute("INSERT INTO transactions (station_id, transaction_id, id_token, id_token_type, "
+                               "updated_at) VALUES ('CS', 'TX', 'CARD-B', 'ISO14443', now())")
+            for seq, token in ((0, None), (1, {"idToken": "CARD-A", "type": "ISO14443"}), (4, {"idToken": "CARD-B",
+                               "type": "ISO14443"})):
+                payload = {"seqNo": seq} if token is None else {"seqNo": seq, "idToken": token}
+                await conn.execute(
+                    "INSERT INTO transaction_events (station_id, transaction_id, seq_no, event_type, trigger_reason, "
+                    "ts, received_at, payload, response) VALUES ('CS', 'TX', $1, 'Updated', 'Authorized', now(), "
+                    "now(), $2::jsonb, '{}'::jsonb)", seq, json.dumps(payload))
+        finally:
+            await conn.close()
+
+    async def read() -> tuple[str, str, int]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow("SELECT id_token, id_token_type, id_token_seq_no FROM transactions")
+            return row["id_token"], row["id_token_type"], row["id_token_seq_no"]
+        finally:
+            await conn.close()
+
+    asyncio.run(seed())
+    migrate.upgrade(scratch_db)
+    assert asyncio.run(read()) == ("CARD-A", "ISO14443", 1)
