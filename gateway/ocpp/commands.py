@@ -199,10 +199,19 @@ class StationCommands:
             evse=_evse(evse_id, connector_id),
         )
         conn = self._registry.get(station_id)
+        action = TRIGGERED_ACTION.get(requested_message, requested_message)
         if conn is not None:
-            # Before the CALL goes out: the station may answer and send the message at once.
-            conn.ctx.triggered.add(TRIGGERED_ACTION.get(requested_message, requested_message))
-        return await self.call(station_id, "TriggerMessage", to_wire(req))
+            # Before the CALL goes out: the station answers and sends the message at once, and
+            # the message may be handled before this coroutine resumes with the answer.
+            conn.ctx.triggered.add(action)
+        accepted = False
+        try:
+            reply = await self.call(station_id, "TriggerMessage", to_wire(req))
+            accepted = reply.get("status") == "Accepted"
+            return reply
+        finally:
+            if conn is not None and not accepted:
+                conn.ctx.triggered.discard(action)
 
     async def get_transaction_status(self, station_id: str, transaction_id: str | None = None) -> Payload:
         req = call.GetTransactionStatus(transaction_id=transaction_id)

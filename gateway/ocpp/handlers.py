@@ -125,12 +125,11 @@ class Handlers:
         boot = ctx.scratch.get("boot_status")
         if boot in ("Pending", "Rejected") and action != "BootNotification":
             # B02.FR.09 / B03.FR.07: a station told Pending or Rejected on this connection sends
-            # nothing but BootNotification and what the CSMS triggered (one message per
-            # TriggerMessage), until accepted.
+            # nothing but BootNotification and what the CSMS triggered (a trigger without an EVSE
+            # draws one message per EVSE: F06), until accepted.
             if action not in ctx.triggered:
                 raise SecurityError(f"{action} before the boot was accepted (answered {boot}): "
                                     "send BootNotification again")
-            ctx.triggered.discard(action)
         started = time.perf_counter()
         try:
             reply = await handler(ctx, payload)
@@ -156,6 +155,7 @@ class Handlers:
             log.warning("boot of %s answered Pending: database unavailable", ctx.station_id)
             status = "Pending"
         ctx.scratch["boot_status"] = status
+        ctx.triggered.clear()  # what was triggered before this boot was answered is done
         if status == "Accepted":
             self._bus.publish(ev.StationBooted(now, ctx.station_id))
         interval = self._settings.heartbeat_interval_s if status == "Accepted" else PENDING_RETRY_INTERVAL_S

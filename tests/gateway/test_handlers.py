@@ -94,7 +94,13 @@ async def test_a_station_told_pending_sends_only_boot_and_what_was_triggered(
     await station.answer(asked, {"status": "Accepted"})
     assert (await trigger)["status"] == "Accepted"
     assert await station.ok("StatusNotification", status) == {}
-    assert (await station.call("StatusNotification", status))[2] == "SecurityError"  # one per trigger
+    assert await station.ok("StatusNotification", {**status, "evseId": 2}) == {}  # F06: one per EVSE
+    # A trigger the station refused lets nothing through.
+    trigger = asyncio.create_task(h.gw.commands.trigger_message("CS-1", "MeterValues"))
+    asked = await station.next_call()
+    await station.answer(asked, {"status": "Rejected"})
+    assert (await trigger)["status"] == "Rejected"
+    assert (await station.call("MeterValues", {"evseId": 1, "meterValue": energy(1.0)}))[2] == "SecurityError"
     # Accepted on the next boot: served as usual.
     await fetch(h.database_url, "UPDATE stations SET boot_status='Accepted' WHERE id='CS-1'")
     assert (await station.ok("BootNotification", boot))["status"] == "Accepted"
