@@ -17,6 +17,7 @@ client parses one thing; the handlers are installed by :func:`install`.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -124,6 +125,18 @@ def _methods_for(request: Request) -> set[str]:
     return methods
 
 
+DATABASE_MODULES = ("sqlalchemy", "asyncpg", "gateway.db")
+
+
+def _database_away(exc: BaseException) -> bool:
+    """A failure of the database's connection (is_transient) raised by the database layer; a
+    timeout or an OSError of anything else is a bug or another service's, a 500."""
+    if not is_transient(exc):
+        return False
+    return any(frame.f_globals.get("__name__", "").startswith(DATABASE_MODULES)
+               for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
 def install(api: FastAPI) -> None:
     async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
@@ -152,7 +165,7 @@ def install(api: FastAPI) -> None:
         return call_failed_response(exc)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if is_transient(exc):
+        if _database_away(exc):
             # The database away or restarting (RELIABILITY.md D5): the client's to retry, not a
             # bug of ours.
             log.warning("REST request failed, database unavailable: %s", exc)

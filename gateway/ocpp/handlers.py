@@ -15,7 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway import events as ev
@@ -64,6 +64,7 @@ RESUPPLIED_KEPT = 10_000
 # Events whose stored-at times are remembered until a call learns the stored row (see
 # _apply_event): most recent first kept, as for the token cache.
 CALLS_KEPT = 10_000
+CALL_TIME_SLACK = timedelta(seconds=1)
 TOUCH_EVERY_S = 60.0
 
 
@@ -97,7 +98,7 @@ class Handlers:
         self._calls: OrderedDict[tuple[str, str, int], set[datetime]] = OrderedDict()
         self._finishing: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # EV needs stored likewise
-        self._last_call_time = datetime.min.replace(tzinfo=UTC)
+        self._last_call_time: datetime | None = None
         self._table: dict[str, Handler] = {
             "BootNotification": self.boot_notification,
             "Heartbeat": self.heartbeat,
@@ -271,7 +272,11 @@ class Handlers:
     def _call_time(self) -> datetime:
         """Now, but never a time an earlier call was given: the stored-at time tells which call
         stored an event (_apply_event), also on a clock that stands still (a simulation's)."""
-        now = max(self._now(), self._last_call_time + timedelta(microseconds=1))
+        now, last = self._now(), self._last_call_time
+        if last is not None and last - CALL_TIME_SLACK < now <= last:
+            # The same instant (a clock that stands still, or a coarse one): just after the last.
+            # A clock stepped back further (an NTP correction) is followed, not outrun.
+            now = last + timedelta(microseconds=1)
         self._last_call_time = now
         return now
 

@@ -14,7 +14,7 @@ from gateway.bus.site_inputs import PriceOverride, SiteInputs
 from gateway.clock import to_rfc3339
 from gateway.domain import GridEventKind, Tariff, TouPeriod
 from tests.api.conftest import OPERATOR, eventually, plug_in
-from tests.conftest import GatewayHarness
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 
 
 async def test_limits_tariff_building_load_round_trip(
@@ -240,20 +240,33 @@ async def test_ids_windows_and_spans_that_could_not_work_are_refused(
 
 
 async def test_the_database_away_is_a_503_to_retry_not_a_500(
+        gateway_factory: Any, proxy_and_url: tuple[Any, str]) -> None:
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url)
+    gw = h.gw
+    assert gw is not None
+    before = gw.state.limits.import_kw
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        await proxy.cut()
+        r = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 10.0, "export_kw": 10.0})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
+        assert r.headers["Retry-After"] == "5"
+        assert gw.state.limits.import_kw == before  # nothing changed
+        # A building-load reading is in force live at once; only storing it failed.
+        r = await api.put("/api/v1/site/building-load", headers=OPERATOR, json={"power_kw": 321.0})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
+        assert gw.state.building_load_kw == 321.0
+        await proxy.restore()
+
+
+async def test_a_failure_of_something_else_than_the_database_stays_a_500(
         gateway_server: GatewayHarness, api: httpx.AsyncClient, monkeypatch: Any) -> None:
     gw = gateway_server.gw
     assert gw is not None
-    before = gw.state.limits.import_kw
 
-    async def away(*_a: Any, **_k: Any) -> None:
-        raise ConnectionRefusedError("the database is away")
+    def broken(*_a: Any, **_k: Any) -> None:
+        raise TimeoutError("a bug's own timeout, not the database's")
 
-    monkeypatch.setattr(gw.planning, "set_setting", away)
+    monkeypatch.setattr(type(gw.planning), "set_setting", lambda *_a, **_k: broken())
     r = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 10.0, "export_kw": 10.0})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
-    assert r.headers["Retry-After"] == "5"
-    assert gw.state.limits.import_kw == before  # nothing changed
-    # A building-load reading is in force live at once; only storing it failed.
-    r = await api.put("/api/v1/site/building-load", headers=OPERATOR, json={"power_kw": 321.0})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
-    assert gw.state.building_load_kw == 321.0
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
