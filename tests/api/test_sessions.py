@@ -252,6 +252,20 @@ async def test_cleared_profiles_are_sent_again(gateway_factory: Any) -> None:
     await st.ws.close()
 
 
+def _hold_solves(sched: Any, monkeypatch: Any) -> tuple[asyncio.Event, asyncio.Event]:
+    """The scheduler's solves wait, once started (``solving``), until ``release`` is set."""
+    solving, release = asyncio.Event(), asyncio.Event()
+    solve = sched._solve
+
+    async def held(*args: Any) -> Any:
+        solving.set()
+        await release.wait()
+        return await solve(*args)
+
+    monkeypatch.setattr(sched, "_solve", held)
+    return solving, release
+
+
 async def test_a_plan_for_a_session_that_ended_while_it_was_solved_is_not_pushed(
         gateway_factory: Any, monkeypatch: Any) -> None:
     """The EV left while the site was being solved: its profile would be refused (no such
@@ -263,15 +277,7 @@ async def test_a_plan_for_a_session_that_ended_while_it_was_solved_is_not_pushed
     seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     answering = asyncio.create_task(_answer_profiles(st, seen))
     await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
-    solving, release = asyncio.Event(), asyncio.Event()
-    solve = sched._solve
-
-    async def held(*args: Any) -> Any:
-        solving.set()
-        await release.wait()
-        return await solve(*args)
-
-    monkeypatch.setattr(sched, "_solve", held)
+    solving, release = _hold_solves(sched, monkeypatch)
     replan = sched.replan_task("test")
     await asyncio.wait_for(solving.wait(), EVENT_TIMEOUT_S)
     await st.tx_event("Ended", "tx-gone", energy_wh=1000.0, offset_s=60)
@@ -298,15 +304,7 @@ async def test_drivers_changes_during_a_re_plan_share_the_next_one(gateway_facto
     seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     answering = asyncio.create_task(_answer_profiles(st, seen))
     await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
-    solving, release = asyncio.Event(), asyncio.Event()
-    solve = sched._solve
-
-    async def held(*args: Any) -> Any:
-        solving.set()
-        await release.wait()
-        return await solve(*args)
-
-    monkeypatch.setattr(sched, "_solve", held)
+    solving, release = _hold_solves(sched, monkeypatch)
     running = sched.replan_task("driver")
     await asyncio.wait_for(solving.wait(), EVENT_TIMEOUT_S)
     before = sched.solves

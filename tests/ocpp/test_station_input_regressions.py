@@ -196,6 +196,52 @@ async def test_commit_with_lost_result_applies_side_effects_once(gateway_server:
     await st.close()
 
 
+class _FirstCommitLost:
+    """record_event whose first call commits and loses its result with the database, and whose
+    later calls find the database away until ``back`` is set."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.calls, self.back = real, 0, asyncio.Event()
+
+    async def __call__(self, *a: Any, **k: Any) -> Recorded:
+        self.calls += 1
+        if self.calls == 1:
+            await self.real(*a, **k)
+            raise ConnectionResetError("connection lost before the result arrived")
+        if not self.back.is_set():
+            raise ConnectionRefusedError("the database is away")
+        recorded: Recorded = await self.real(*a, **k)
+        return recorded
+
+
+async def _closed_while_withheld(h: GatewayHarness, station_id: str, tid: str
+                                 ) -> tuple[Any, dict[str, Any], tuple[str, str, int], _FirstCommitLost]:
+    """A station's Started event whose first attempt committed with its result lost; the
+    database stays away, the station's socket closes, and the event is left to the background."""
+    assert h.gw is not None
+    await h.add_station(station_id, PASSWORD)
+    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
+    db = _FirstCommitLost(h.gw.transactions.record_event)
+    h.gw.transactions.record_event = db  # type: ignore[method-assign]
+    st = await RawStation.connect(h.ocpp_url, station_id, PASSWORD)
+    p = tx_event("Started", 0, tid=tid, meterValue=energy(1_000.0))
+    pending = asyncio.create_task(st.call("TransactionEvent", p))
+
+    async def retrying() -> bool:
+        return db.calls >= 2
+
+    await wait_for(retrying)
+    await st.close()
+    pending.cancel()
+    key = (station_id, tid, 0)
+
+    async def in_background() -> bool:
+        return h.gw is not None and key in h.gw.handlers._finishing
+
+    await wait_for(in_background)
+    return sub, p, key, db
+
+
 async def test_a_withheld_event_whose_connection_closed_is_stored_and_applied_once(
         gateway_server: GatewayHarness) -> None:
     """D5 with the station gone: the event's first attempt committed, its result was lost with
@@ -205,43 +251,10 @@ async def test_a_withheld_event_whose_connection_closed_is_stored_and_applied_on
     again; the station's replay then gets the first answer and publishes nothing."""
     h = gateway_server
     assert h.gw is not None
-    await h.add_station("CS-GONE", PASSWORD)
-    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
-    repo = h.gw.transactions
-    real = repo.record_event
-    away = True
-    calls = 0
-
-    async def committed_then_database_away(*a: Any, **k: Any) -> Recorded:
-        nonlocal calls
-        calls += 1
-        if calls > 1 and away:
-            raise ConnectionRefusedError("the database is away")
-        recorded = await real(*a, **k)
-        if away:
-            raise ConnectionResetError("connection lost before the result arrived")
-        return recorded
-
-    repo.record_event = committed_then_database_away  # type: ignore[method-assign]
-    key = ("CS-GONE", "TX-GONE", 0)
-    st = await RawStation.connect(h.ocpp_url, "CS-GONE", PASSWORD)
-    p = tx_event("Started", 0, tid="TX-GONE", meterValue=energy(1_000.0))
-    pending = asyncio.create_task(st.call("TransactionEvent", p))
-
-    async def retrying() -> bool:
-        return calls >= 2
-
-    await wait_for(retrying)
-    await st.close()
-    pending.cancel()
-
-    async def in_background() -> bool:
-        return key in h.gw.handlers._finishing
-
-    await wait_for(in_background)
+    sub, p, key, db = await _closed_while_withheld(h, "CS-GONE", "TX-GONE")
     assert sub.queue.qsize() == 0  # nothing applied while the database is away
 
-    away = False  # the station does not come back: the event is finished all the same
+    db.back.set()  # the station does not come back: the event is finished all the same
 
     async def applied() -> bool:
         return sub.queue.qsize() >= 2 and key not in h.gw.handlers._finishing
@@ -274,41 +287,9 @@ async def test_a_replay_that_learns_the_row_first_applies_what_the_stopped_call_
     replay applies its side effects (the row carries a time this process gave), once."""
     h = gateway_server
     assert h.gw is not None
-    await h.add_station("CS-GONE2", PASSWORD)
-    sub = h.gw.bus.subscribe(ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded)
-    repo = h.gw.transactions
-    real = repo.record_event
-    first = asyncio.Event()
-    calls = 0
-
-    async def first_call_commits_then_its_attempts_fail(*a: Any, **k: Any) -> Recorded:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await real(*a, **k)
-            raise ConnectionResetError("connection lost before the result arrived")
-        if not first.is_set():
-            raise ConnectionRefusedError("the database is away for this call")
-        return await real(*a, **k)
-
-    repo.record_event = first_call_commits_then_its_attempts_fail  # type: ignore[method-assign]
-    key = ("CS-GONE2", "TX-GONE2", 0)
-    st = await RawStation.connect(h.ocpp_url, "CS-GONE2", PASSWORD)
-    p = tx_event("Started", 0, tid="TX-GONE2", meterValue=energy(1_000.0))
-    pending = asyncio.create_task(st.call("TransactionEvent", p))
-
-    async def retrying() -> bool:
-        return calls >= 2
-
-    await wait_for(retrying)
-    await st.close()
-    pending.cancel()
-
-    async def in_background() -> bool:
-        return key in h.gw.handlers._finishing
-
-    await wait_for(in_background)
-    first.set()  # from now on every attempt reaches the database: the replay may come first
+    sub, p, key, db = await _closed_while_withheld(h, "CS-GONE2", "TX-GONE2")
+    # The background attempts sleep in their back-off; the replay's reach the database.
+    db.back.set()
     st = await RawStation.connect(h.ocpp_url, "CS-GONE2", PASSWORD)
     again = await st.call("TransactionEvent", p, message_id="replay-gone2")
     assert again[0] == 3
