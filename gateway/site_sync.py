@@ -73,10 +73,9 @@ class SiteSync:
         """Apply ``event`` to the site state and tell the listeners. ``retried``: a NeedsUpdated
         whose needs could not be read back before (see :meth:`_apply_later`)."""
         state = self._gw.state
-        if retried and isinstance(event, ev.NeedsUpdated):
-            s = state.evses[(event.station_id, event.evse_id)].session \
-                if (event.station_id, event.evse_id) in state.evses else None
-            if s is None or (event.transaction_id is not None and s.transaction_id != event.transaction_id):
+        if retried and isinstance(event, ev.NeedsUpdated) and event.transaction_id is not None:
+            st = state.evses.get((event.station_id, event.evse_id))
+            if st is None or st.session is None or st.session.transaction_id != event.transaction_id:
                 return  # the EV left meanwhile: the newest needs of its EVSE are not the next EV's
         pinned = self._battery_start(event)
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
