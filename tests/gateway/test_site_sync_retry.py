@@ -33,3 +33,24 @@ async def test_needs_not_read_back_are_retried_with_a_back_off_not_in_a_loop() -
     assert sync._retries == {retry} and not retry.done()
     await sync.stop()
     assert retry.cancelled()
+
+
+async def test_needs_not_read_back_are_dropped_when_their_ev_has_left() -> None:
+    calls = 0
+
+    async def away(*_a: Any) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionRefusedError("the database is away")
+
+    session = SimpleNamespace(transaction_id="tx", battery_start_kwh=1.0)
+    gw: Any = SimpleNamespace(planning=SimpleNamespace(latest_needs=away),
+                              settings=SimpleNamespace(db_retry_interval_s=60.0),
+                              state=SimpleNamespace(evses={("CS", 1): SimpleNamespace(session=session)}))
+    sync = SiteSync(gw)
+    await sync.apply(ev.NeedsUpdated(datetime.now(UTC), "CS", 1, "tx", "ev"))
+    session.transaction_id = "tx-next"  # the EV left and the next one plugged in before the retry
+    retry = next(iter(sync._retries))
+    await asyncio.wait_for(retry, 5.0)
+    assert calls == 1  # the newest needs of the EVSE were not read for the next EV
+    await sync.stop()
