@@ -95,6 +95,9 @@ async def test_a_station_told_pending_sends_only_boot_and_what_was_triggered(
     assert (await trigger)["status"] == "Accepted"
     assert await station.ok("StatusNotification", status) == {}
     assert await station.ok("StatusNotification", {**status, "evseId": 2}) == {}  # F06: one per EVSE
+    # Answered Pending again: what was triggered before is done.
+    assert (await station.ok("BootNotification", boot))["status"] == "Pending"
+    assert (await station.call("StatusNotification", status))[2] == "SecurityError"
     # A trigger the station refused lets nothing through.
     trigger = asyncio.create_task(h.gw.commands.trigger_message("CS-1", "MeterValues"))
     asked = await station.next_call()
