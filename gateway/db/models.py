@@ -112,7 +112,8 @@ class Transaction(Base):
     __table_args__ = (
         UniqueConstraint("station_id", "transaction_id"),
         Index(None, "ended_at"),
-        Index(None, "id_token"),
+        # An idToken is case-insensitive (OCPP 2.0.1 IdTokenType): looked up by its lower case.
+        Index("ix_transactions_id_token_lower", text("lower(id_token)")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -358,6 +359,7 @@ class StationMessage(Base):
 
 class IdTokenRecord(Base):
     __tablename__ = "id_tokens"
+    __table_args__ = (Index("ix_id_tokens_id_token_lower", text("lower(id_token)")),)
 
     id_token: Mapped[str] = mapped_column(String(36), primary_key=True)
     type: Mapped[str] = mapped_column(String(20))

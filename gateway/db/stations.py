@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -234,9 +234,15 @@ class TokenRepository:
                                                        set_={"type": type_, "status": status}))
 
     async def status(self, id_token: str) -> str | None:
+        """The status of ``id_token`` whatever its case (OCPP 2.0.1: an idToken is
+        case-insensitive; readers write a UID's hex in either case). A token stored in two cases
+        answers with the one written as asked."""
         async with self._sessions() as s:
-            rec = await s.get(m.IdTokenRecord, id_token)
-            return rec.status if rec else None
+            q = (select(m.IdTokenRecord.status)
+                 .where(func.lower(m.IdTokenRecord.id_token) == func.lower(id_token))
+                 .order_by(case((m.IdTokenRecord.id_token == id_token, 0), else_=1)).limit(1))
+            status: str | None = (await s.execute(q)).scalar_one_or_none()
+            return status
 
     async def list(self) -> builtins.list[m.IdTokenRecord]:
         async with self._sessions() as s:

@@ -85,6 +85,12 @@ MAX_GAP_ROWS = 1000  # a seqNo jump larger than this is recorded only for its fi
 FIND_ROWS_MAX = 20
 
 
+def _same_token(id_token: str) -> ColumnElement[bool]:
+    """The transactions of ``id_token`` whatever its case (OCPP 2.0.1: an idToken is
+    case-insensitive); served by the index on lower(id_token)."""
+    return func.lower(m.Transaction.id_token) == func.lower(id_token)
+
+
 class TransactionRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
@@ -170,7 +176,7 @@ class TransactionRepository:
         the same id, so the caller decides what an id that matches several rows means."""
         conds: list[ColumnElement[bool]] = [m.Transaction.transaction_id == transaction_id]
         if id_token is not None:
-            conds.append(m.Transaction.id_token == id_token)
+            conds.append(_same_token(id_token))
         if station_id is not None:
             conds.append(m.Transaction.station_id == station_id)
         open_first = case((m.Transaction.ended_at.is_(None), 0), else_=1)
@@ -256,7 +262,7 @@ class TransactionRepository:
         elif active is False:
             conds.append(m.Transaction.ended_at.is_not(None))
         if id_token is not None:
-            conds.append(m.Transaction.id_token == id_token)
+            conds.append(_same_token(id_token))
         if station_id is not None:
             conds.append(m.Transaction.station_id == station_id)
         where = and_(True, *conds)

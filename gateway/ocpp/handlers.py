@@ -198,7 +198,7 @@ class Handlers:
         within ``authorize_stale_max_s``."""
         if token.get("type") == "NoAuthorization" or not self._settings.known_tokens_only:
             return "Accepted"
-        key = f"{token['type']}:{token['idToken']}"
+        key = f"{token['type']}:{token['idToken'].lower()}"  # an idToken is case-insensitive
         hit = self._token_cache.get(key)
         real = time.monotonic()
         if hit is not None and real - hit[0] < TOKEN_CACHE_S:

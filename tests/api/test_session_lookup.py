@@ -67,3 +67,18 @@ async def test_a_reused_transaction_id_does_not_hijack_the_session(
     assert (await api.get(url, headers=driver_a)).json()["station_id"] == "CS-LA"
     await a.ws.close()
     await b.ws.close()
+
+
+async def test_a_driver_s_id_token_matches_whatever_its_case(
+    gateway_server: GatewayHarness, api: httpx.AsyncClient
+) -> None:
+    """OCPP 2.0.1: an idToken is case-insensitive (a reader may write the UID's hex in either
+    case). A driver token issued for "04a1b2c3" reaches the session the station started with
+    "04A1B2C3", and only that driver's."""
+    await plug_in(gateway_server, "CS-CASE", "tx-case", "04A1B2C3")
+    driver, other = await _driver(api, "04a1b2c3"), await _driver(api, "04a1b2c4")
+    own = await api.get("/api/v1/sessions/tx-case", headers=driver)
+    assert own.status_code == 200, own.text
+    listed = await api.get("/api/v1/sessions", headers=driver)
+    assert [s["transaction_id"] for s in listed.json()["items"]] == ["tx-case"]
+    assert (await api.get("/api/v1/sessions/tx-case", headers=other)).status_code == 404

@@ -106,6 +106,23 @@ async def test_token_lookup_during_an_outage_withholds_the_reply(
     await st.close()
 
 
+async def test_a_known_token_is_known_whatever_its_case(gateway_factory: Any, monkeypatch: Any) -> None:
+    """OCPP 2.0.1: an idToken is case-insensitive; readers write a UID's hex in either case."""
+    from gateway.ocpp import handlers
+
+    monkeypatch.setattr(handlers, "TOKEN_CACHE_S", 0.0)  # every answer from the database
+    h = await gateway_factory(known_tokens_only=True)
+    await h.add_station("CS-TC", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-TC", PASSWORD)
+    await h.gw.tokens.add("04a1b2c3", "ISO14443", h.gw.clock.now())
+    for written in ("04a1b2c3", "04A1B2C3", "04A1b2C3"):
+        reply = await st.ok("Authorize", {"idToken": {"idToken": written, "type": "ISO14443"}})
+        assert reply["idTokenInfo"]["status"] == "Accepted", written
+    reply = await st.ok("Authorize", {"idToken": {"idToken": "04A1B2C4", "type": "ISO14443"}})
+    assert reply["idTokenInfo"]["status"] == "Unknown"
+    await st.close()
+
+
 async def test_authorize_during_an_outage_answers_a_token_it_has_seen_before(
     gateway_factory: Any, proxy_and_url: tuple[Any, str], monkeypatch: Any
 ) -> None:
