@@ -33,8 +33,11 @@ class Outgoing:
 
 
 def segment(text: str) -> str:
-    """An id as one topic level: MQTT wildcards and the level separator cannot appear in it."""
-    return text.replace("/", "_").replace("+", "_").replace("#", "_") or "_"
+    """An id as one topic level: MQTT wildcards and the level separator cannot appear in it, nor
+    control characters or noncharacters (MQTT 5 §1.5.4; Mosquitto drops the connection of a
+    client that publishes one, so a station's transactionId holding U+0001 would stop every
+    publish behind it). Each becomes "_"."""
+    return "".join("_" if c in "/+#" or not c.isprintable() else c for c in text) or "_"
 
 
 def _msg(topic: str, body: dict[str, Any], qos: int, retain: bool = False) -> Outgoing:

@@ -148,3 +148,28 @@ async def test_inputs_update_state_and_trigger_replans(
     )
     assert json.loads(load["value"])["power_kw"] == 33.0 and load["updated_by"] == "mqtt"
     changes.close()
+
+
+def test_a_topic_level_holds_no_wildcard_separator_or_control_character() -> None:
+    from gateway.bus.topics import segment
+
+    assert segment("tx-1") == "tx-1" and segment("äöü 中") == "äöü 中"
+    for raw in ("a/b", "a+b", "a#b", "a\x01b", "a\nb", "a\x85b", "a\uffffb", "a\u2028b"):
+        assert segment(raw) == "a_b", raw
+    assert segment("") == "_"
+
+
+async def test_a_transaction_id_with_a_control_character_does_not_stop_publishing(
+        gateway_factory: Any, mqtt_url: str, prefix: str) -> None:
+    """Schema-valid OCPP (only NUL and lone surrogates are refused), but a topic holding U+0001
+    makes the broker drop the publisher; it was resent first after every reconnect, for good."""
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    await connected_bridge(h)
+    async with recording(mqtt_url, prefix) as rec:
+        st = await plug_in(h, "CS-MQC", "tx\x01c", "TOKEN-MQC")
+        started = await rec.wait_for(f"{prefix}/sessions/tx_c/started")
+        assert started["transaction_id"] == "tx\x01c"
+        await st.ws.ok("StatusNotification",
+                       {"timestamp": st.ts(), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1})
+        assert (await rec.wait_for(f"{prefix}/stations/CS-MQC/evses/1/status"))["status"] == "Occupied"
+        await st.ws.close()
