@@ -83,6 +83,7 @@ class MqttBridge:
         self.invalid = 0
         self.connects = 0
         self.apply_failed = 0
+        self._applying: asyncio.Future[bool] | None = None  # the input being applied
         self._site_inputs = SiteInputs(gw)
         self._buf: deque[topics.Outgoing] = deque()
         self._retained_pending: Counter[str] = Counter()  # retained topics in the buffer, how many of each
@@ -109,6 +110,9 @@ class MqttBridge:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self._applying is not None and not self._applying.done():
+            # An input being applied is let finish (bounded): cut off, it would be half applied.
+            await asyncio.wait([self._applying], timeout=STOP_WAIT_S)
         # A client stuck in its disconnect must not hold up the gateway's shutdown deadline.
         _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
         if pending:
@@ -203,8 +207,18 @@ class MqttBridge:
 
     # --- in -------------------------------------------------------------------------------
     async def _receive(self, client: aiomqtt.Client) -> None:
+        await self._applied()  # in order: the last link's input first
         async for message in client.messages:
-            await self.handle_input(str(message.topic), message.payload)
+            # Shielded: when the link drops (or the send side fails) while an input is applied,
+            # _serve cancels this loop; the input, acknowledged on receipt, must not be cut off
+            # half-way (in memory but not stored, or stored but not in force).
+            self._applying = asyncio.ensure_future(self.handle_input(str(message.topic), message.payload))
+            await asyncio.shield(self._applying)
+
+    async def _applied(self) -> None:
+        """Wait for the input being applied, if any (it never raises: handle_input counts)."""
+        if self._applying is not None and not self._applying.done():
+            await asyncio.shield(self._applying)
 
     async def handle_input(self, topic: str, payload: Any) -> bool:
         """Validate and apply one input message; a bad one is logged and counted, never raised."""

@@ -110,3 +110,48 @@ async def test_a_resumed_session_does_not_replay_retained_inputs(
         # passed the proxy before the cut. Same ts, so it is re-applied, not stale.)
         assert old.encode() not in seen, "the broker replayed the retained reading into the resumed session"
         assert bridge.invalid == 0
+
+
+async def test_an_input_being_applied_when_the_link_drops_is_applied_whole(
+        gateway_factory: Any, mqtt_url: str, prefix: str) -> None:
+    """The input is acknowledged on receipt; the link drops while it is being stored (here a
+    session take-over by another client with the bridge's id). Cutting it off there left the value
+    in force but not stored, and a restart brought the older one back."""
+    import asyncio
+
+    import aiomqtt
+
+    from gateway import events as ev
+
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    bridge = await connected_bridge(h)
+    assert h.gw is not None
+    real = h.gw.planning.set_setting
+    storing, release = asyncio.Event(), asyncio.Event()
+    stored: list[Any] = []
+
+    async def slow(*a: Any, **k: Any) -> None:
+        storing.set()
+        await release.wait()
+        await real(*a, **k)
+        stored.append(a[1])
+
+    h.gw.planning.set_setting = slow  # type: ignore[method-assign]
+    await publish(mqtt_url, f"{prefix}/in/building_load", json.dumps({"power_kw": 77.0}))
+    await asyncio.wait_for(storing.wait(), 30)
+    host, port = urlsplit(mqtt_url).hostname or "127.0.0.1", urlsplit(mqtt_url).port or 1883
+    async with aiomqtt.Client(host, port, identifier=bridge._client_id, protocol=aiomqtt.ProtocolVersion.V5,
+                              clean_start=False):
+        pass
+    # The link is gone; the next publish finds it so and the bridge tears down its loops.
+    h.gw.bus.publish(ev.StationConnected(h.gw.clock.now(), "CS-ANY"))
+    await bridge_down(bridge)
+    release.set()
+
+    async def stored_whole() -> bool:
+        return bool(stored)
+
+    await eventually(stored_whole, "the input to be stored")
+    assert stored[0]["power_kw"] == 77.0 and h.gw.state.building_load_kw == 77.0
+    assert bridge.apply_failed == 0
+    await bridge_up(bridge)
