@@ -198,6 +198,17 @@ async def test_driver_change_replans_and_reaches_the_charger(gateway_factory: An
     await st.ws.close()
 
 
+async def _plugged_and_settled(h: GatewayHarness, station_id: str, tx_id: str, id_token: str
+                               ) -> tuple[PluggedStation, asyncio.Queue[dict[str, Any]], asyncio.Task[None]]:
+    """A station with one 11 kW EVSE and a session on it, answering every profile (into
+    ``seen``), once the plug-in's re-plan has settled."""
+    st = await plug_in(h, station_id, tx_id, id_token, evses=[(1, 11.0, 0.0, False)])
+    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    answering = asyncio.create_task(_answer_profiles(st, seen))
+    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    return st, seen, answering
+
+
 async def test_a_replan_outlasting_the_answer_is_not_cut_off(gateway_factory: Any, monkeypatch: Any) -> None:
     """The answer waits for the driver's re-plan only so long (REPLAN_WAIT_S); the re-plan goes
     on past it and pushes its profile: cut off mid-push, stations would run a plan never stored."""
@@ -206,10 +217,7 @@ async def test_a_replan_outlasting_the_answer_is_not_cut_off(gateway_factory: An
     h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
     assert h.gw is not None and h.gw.scheduler is not None
     gw = h.gw
-    st = await plug_in(h, "CS-SLOWPUSH", "tx-slow", "TOKEN-SLOW", evses=[(1, 11.0, 0.0, False)])
-    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    answering = asyncio.create_task(_answer_profiles(st, seen))
-    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    st, _, answering = await _plugged_and_settled(h, "CS-SLOWPUSH", "tx-slow", "TOKEN-SLOW")
     answering.cancel()
     monkeypatch.setattr(sessions, "REPLAN_WAIT_S", 0.2)
     plans = gw.bus.subscribe(ev.PlanPublished)
@@ -237,10 +245,7 @@ async def test_cleared_profiles_are_sent_again(gateway_factory: Any) -> None:
     the default and the transaction's planned profile go out again though the plan is unchanged."""
     h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
     assert h.gw is not None
-    st = await plug_in(h, "CS-CLEAR", "tx-clear", "TOKEN-CLEAR", evses=[(1, 11.0, 0.0, False)])
-    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    answering = asyncio.create_task(_answer_profiles(st, seen))
-    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    st, seen, answering = await _plugged_and_settled(h, "CS-CLEAR", "tx-clear", "TOKEN-CLEAR")
     async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
         r = await api.post("/api/v1/stations/CS-CLEAR/commands/clear-charging-profile", headers=OPERATOR, json={})
     assert r.status_code == 200 and r.json()["response"] == {"status": "Accepted"}, r.text
@@ -273,10 +278,7 @@ async def test_a_plan_for_a_session_that_ended_while_it_was_solved_is_not_pushed
     h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
     assert h.gw is not None and h.gw.scheduler is not None
     gw, sched = h.gw, h.gw.scheduler
-    st = await plug_in(h, "CS-GONE", "tx-gone", "TOKEN-GONE", evses=[(1, 11.0, 0.0, False)])
-    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    answering = asyncio.create_task(_answer_profiles(st, seen))
-    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    st, seen, answering = await _plugged_and_settled(h, "CS-GONE", "tx-gone", "TOKEN-GONE")
     solving, release = _hold_solves(sched, monkeypatch)
     replan = sched.replan_task("test")
     await asyncio.wait_for(solving.wait(), EVENT_TIMEOUT_S)
@@ -300,10 +302,7 @@ async def test_drivers_changes_during_a_re_plan_share_the_next_one(gateway_facto
     h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
     assert h.gw is not None and h.gw.scheduler is not None
     sched = h.gw.scheduler
-    st = await plug_in(h, "CS-MANY", "tx-many", "TOKEN-MANY", evses=[(1, 11.0, 0.0, False)])
-    seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    answering = asyncio.create_task(_answer_profiles(st, seen))
-    await eventually(lambda: _quiet(seen), "the plug-in re-plan to settle")
+    st, _, answering = await _plugged_and_settled(h, "CS-MANY", "tx-many", "TOKEN-MANY")
     solving, release = _hold_solves(sched, monkeypatch)
     running = sched.replan_task("driver")
     await asyncio.wait_for(solving.wait(), EVENT_TIMEOUT_S)
