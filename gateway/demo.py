@@ -252,7 +252,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
         await app.close()
         await gw.stop()
     stopped = min(clock.now(), episode.end)
-    meter.read(stopped, sum(st.metered_net_kwh() for st in fleet.stations.values()))  # the stopped fleet's
+    meter.read(stopped, fleet_net_kwh(fleet))
     meter.finish()
     live = meter.bill()
     print(format_summary(summary).splitlines()[-1])
@@ -334,8 +334,9 @@ def forecast_label(episode: Episode) -> str:
     return f"energy system day-ahead (heat forecast error sd {FORECAST_HEAT_SD:g})"
 
 
-def fleet_net_kwh(fleet: Fleet, now: datetime) -> float:
-    """What the simulated EVSEs' meters counted from the grid by ``now``, less what they gave back."""
+def fleet_net_kwh(fleet: Fleet, now: datetime | None = None) -> float:
+    """What the simulated EVSEs' meters counted from the grid by ``now``, less what they gave back
+    (None: as of each station's last physics tick, all there is once the fleet has stopped)."""
     return sum(st.metered_net_kwh(now) for st in fleet.stations.values())
 
 
