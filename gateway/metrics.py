@@ -51,6 +51,9 @@ MQTT_INVALID = Counter("gateway_mqtt_invalid_total",
 MQTT_APPLY_FAILED = Counter("gateway_mqtt_apply_failed_total",
                             "Valid MQTT input messages that could not be applied (storing them failed)",
                             ["input"], registry=REGISTRY)
+MQTT_REPLAYED = Counter("gateway_mqtt_replayed_total",
+                        "Retained MQTT inputs skipped as the message applied last on their topic",
+                        ["input"], registry=REGISTRY)
 MQTT_RECONNECTS = Counter("gateway_mqtt_connects_total", "MQTT connection attempts by outcome", ["outcome"],
                           registry=REGISTRY)
 EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Domain events waiting in a subscriber's queue",

@@ -19,6 +19,7 @@ connection; only cancellation (``stop``) ends it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import uuid
@@ -64,6 +65,9 @@ def broker_address(url: str) -> tuple[str, int]:
 
 
 STOP_WAIT_S = 5.0
+# site_settings key under which the digest of the last message applied from an input topic is
+# kept, so a retained replay of that very message (a restart, an expired session) is known as one.
+APPLIED_KEY = "mqtt_applied:{}"
 
 
 class MqttBridge:
@@ -83,6 +87,7 @@ class MqttBridge:
         self.invalid = 0
         self.connects = 0
         self.apply_failed = 0
+        self.replayed = 0
         self._applying: asyncio.Future[bool] | None = None  # the input being applied
         self._site_inputs = SiteInputs(gw)
         self._buf: deque[topics.Outgoing] = deque()
@@ -212,7 +217,8 @@ class MqttBridge:
             # Shielded: when the link drops (or the send side fails) while an input is applied,
             # _serve cancels this loop; the input, acknowledged on receipt, must not be cut off
             # half-way (in memory but not stored, or stored but not in force).
-            self._applying = asyncio.ensure_future(self.handle_input(str(message.topic), message.payload))
+            self._applying = asyncio.ensure_future(
+                self.handle_input(str(message.topic), message.payload, retained=bool(message.retain)))
             await asyncio.shield(self._applying)
 
     async def _applied(self) -> None:
@@ -220,11 +226,23 @@ class MqttBridge:
         if self._applying is not None and not self._applying.done():
             await asyncio.shield(self._applying)
 
-    async def handle_input(self, topic: str, payload: Any) -> bool:
-        """Validate and apply one input message; a bad one is logged and counted, never raised."""
+    async def handle_input(self, topic: str, payload: Any, retained: bool = False) -> bool:
+        """Validate and apply one input message; a bad one is logged and counted, never raised.
+
+        ``retained``: the broker sent it because the bridge subscribed (a restart, or a session
+        that expired), not because someone published it now. If it is the very message this
+        topic applied last, it is skipped: whatever changed since (a REST update of the same grid
+        event or price window, a newer building load without ``ts``) must not be undone by an old
+        message coming round again. A retained message the gateway never applied (published while
+        it was away) is applied like any other."""
         name = topics.input_name(self.prefix, topic)
         if name is None:
             self._refuse("unknown", topic, "not an input topic")
+            return False
+        if isinstance(payload, bytes | bytearray | str) and len(payload) == 0:
+            # MQTT's way to clear a topic's retained message (its subscribers get the empty
+            # message too): the sender withdrew its retained state, it sent nothing wrong.
+            log.debug("MQTT retained message on %s cleared; nothing to apply", topic)
             return False
         try:
             value = inbound.parse(name, payload)
@@ -236,7 +254,13 @@ class MqttBridge:
             # still the sender's message that could not be read, and must not reach the loop.
             self._refuse(name, topic, f"could not be parsed ({type(exc).__name__})", exc)
             return False
+        digest = hashlib.sha256(payload.encode() if isinstance(payload, str) else bytes(payload)).hexdigest()
         try:
+            if retained and await self._applied_last(name) == digest:
+                self.replayed += 1
+                metrics.MQTT_REPLAYED.labels(name).inc()
+                log.info("MQTT retained message on %s skipped: it is the one applied last", topic)
+                return False
             await self._apply(value)
         except Refused as exc:
             # Well-formed, but against what was applied before (stale, a cancelled grid event).
@@ -250,7 +274,21 @@ class MqttBridge:
             metrics.MQTT_APPLY_FAILED.labels(name).inc()
             return False
         metrics.MQTT_RECEIVED.labels(name).inc()
+        await self._note_applied(name, digest)
         return True
+
+    async def _applied_last(self, name: str) -> str | None:
+        row = await self.gw.planning.setting(APPLIED_KEY.format(name))
+        return None if row is None else str(row.get("sha256"))
+
+    async def _note_applied(self, name: str, digest: str) -> None:
+        try:
+            await self.gw.planning.set_setting(APPLIED_KEY.format(name), {"sha256": digest}, "mqtt",
+                                               self.gw.clock.now())
+        except Exception:
+            # The input is applied and stored; only the replay guard is not: a later retained
+            # replay of it is then applied again (as before the guard), so it is worth a warning.
+            log.warning("MQTT input on %s applied, but its digest could not be stored", name, exc_info=True)
 
     def _refuse(self, name: str, topic: str, reason: str, exc: BaseException | None = None) -> None:
         self.invalid += 1

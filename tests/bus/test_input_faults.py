@@ -72,6 +72,20 @@ async def test_an_unexpected_error_while_parsing_refuses_the_message(
     assert any(r.exc_info and "a parser bug" in str(r.exc_info[1]) for r in caplog.records)
 
 
+async def test_a_cleared_retained_message_is_nothing_to_apply(
+    gateway_factory: Any, mqtt_url: str, prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty payload is how MQTT clears a topic's retained message, and subscribers get it
+    too: an energy system withdrawing its retained state sent nothing wrong."""
+    bridge = await _bridge(gateway_factory, mqtt_url, prefix)
+    before, counted_before = bridge.invalid, invalid_count("building_load")
+    with caplog.at_level(logging.WARNING, logger="gateway.bus.mqtt"):
+        assert await bridge.handle_input(f"{prefix}/in/building_load", b"") is False
+    assert bridge.invalid == before and invalid_count("building_load") == counted_before
+    assert bridge.apply_failed == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 async def test_connection_loop_survives_an_unexpected_error_and_stops_on_cancel(
     gateway_factory: Any, mqtt_url: str, prefix: str, caplog: pytest.LogCaptureFixture,
 ) -> None:

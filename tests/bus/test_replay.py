@@ -51,10 +51,11 @@ async def test_a_cancelled_grid_event_stays_cancelled(
         bridge = await connected_bridge(h)
 
         async def replay_seen() -> bool:
-            return bool(bridge.invalid >= 1 or "dso-7" in h.gw.state.grid_events)  # type: ignore[union-attr]
+            return bool(bridge.replayed >= 1 or "dso-7" in h.gw.state.grid_events)  # type: ignore[union-attr]
 
         await eventually(replay_seen, "the retained create to be replayed")
         assert "dso-7" not in h.gw.state.grid_events, "the replay un-cancelled the grid event"
+        assert bridge.replayed == 1 and bridge.invalid == 0
         row = await _fetchrow(database_url, "SELECT cancelled_at, cap_kw FROM grid_events WHERE id = 'dso-7'")
         assert row["cancelled_at"] is not None and row["cap_kw"] == 60.0
 
@@ -107,11 +108,11 @@ async def test_a_stale_building_load_does_not_override_a_newer_one(
         bridge = await connected_bridge(h)
 
         async def replay_seen() -> bool:
-            return bool(bridge.invalid >= 1 or h.gw.state.building_load_kw != 22.0)  # type: ignore[union-attr]
+            return bool(bridge.replayed >= 1 or h.gw.state.building_load_kw != 22.0)  # type: ignore[union-attr]
 
         await eventually(replay_seen, "the retained building load to be replayed")
         assert h.gw.state.building_load_kw == 22.0, "an old retained reading overrode a newer PUT"
-        assert bridge.invalid == 1
+        assert bridge.replayed == 1 and bridge.invalid == 0
         # What made it stale survived the restart: the PUT's application time, stored with it.
         stored = await _fetchrow(database_url, "SELECT value FROM site_settings WHERE key = 'building_load'")
         assert json.loads(stored["value"])["power_kw"] == 22.0
@@ -154,3 +155,81 @@ async def test_a_stale_building_load_does_not_override_a_newer_one(
 
         await eventually(future_handled, "a reading from the future to be handled")
         assert h.gw.state.building_load_kw == 55.0
+
+
+def _replayed_at_least(bridge: Any, n: int) -> Any:
+    async def replayed() -> bool:
+        return bool(bridge.replayed >= n)
+    return replayed
+
+
+async def test_a_replayed_message_does_not_undo_a_newer_rest_change(
+    gateway_factory: Any, mqtt_url: str, prefix: str, database_url: str
+) -> None:
+    """The broker replays a topic's retained message on every new subscription. If that message
+    is the one the gateway applied last from the topic, a REST change made since (here: an update
+    of the same grid event, and a building load, whose MQTT reading had no ``ts``) must stand."""
+    events, loads = f"{prefix}/in/grid_events", f"{prefix}/in/building_load"
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    bridge = await connected_bridge(h)
+    assert h.gw is not None
+    now = h.gw.clock.now()
+    event = {"id": "dso-8", "start": to_rfc3339(now + timedelta(hours=1)),
+             "end": to_rfc3339(now + timedelta(hours=2)), "kind": "import_cap", "cap_kw": 60.0}
+    async with retained_cleared(mqtt_url, events, loads), \
+            httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        await publish(mqtt_url, events, json.dumps(event), retain=True)
+        await publish(mqtt_url, loads, json.dumps({"power_kw": 11.0}), retain=True)
+
+        async def both_applied() -> bool:
+            gw = h.gw
+            assert gw is not None
+            return "dso-8" in gw.state.grid_events and gw.state.building_load_kw == 11.0
+
+        await eventually(both_applied, "the retained inputs to be applied")
+        updated = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**event, "cap_kw": 30.0})
+        assert updated.status_code == 201, updated.text
+        put = await api.put("/api/v1/site/building-load", headers=OPERATOR, json={"power_kw": 22.0})
+        assert put.status_code == 200, put.text
+
+        await h.restart()
+        bridge = await connected_bridge(h)
+
+        async def replays_seen() -> bool:
+            return bridge.replayed >= 2 or bridge.invalid > 0 or bridge.apply_failed > 0
+
+        await eventually(replays_seen, "both retained messages to be replayed")
+        assert bridge.replayed == 2 and bridge.invalid == 0 and bridge.apply_failed == 0
+        assert h.gw.state.grid_events["dso-8"].cap_kw == 30.0, "the replay undid the REST update"
+        assert h.gw.state.building_load_kw == 22.0, "the replay undid the REST PUT"
+        row = await _fetchrow(database_url, "SELECT cap_kw, source FROM grid_events WHERE id = 'dso-8'")
+        assert row["cap_kw"] == 30.0 and row["source"] == "rest"
+
+        # A retained message the gateway never applied (published while it was away) is applied.
+        ports = {"ocpp_port": h.gw.ocpp_port, "api_port": h.gw.api_port}  # the API client's port
+        await h.stop()
+        await publish(mqtt_url, events, json.dumps({**event, "cap_kw": 45.0}), retain=True)
+        h.settings = h.settings.model_copy(update=ports)
+        await h.start()
+        bridge = await connected_bridge(h)
+
+        async def new_one_applied() -> bool:
+            gw = h.gw
+            assert gw is not None
+            return "dso-8" in gw.state.grid_events and gw.state.grid_events["dso-8"].cap_kw == 45.0
+
+        await eventually(new_one_applied, "the retained message published while away to be applied")
+        await eventually(_replayed_at_least(bridge, 1), "the building load's retained message to be replayed")
+        assert h.gw.state.building_load_kw == 22.0  # that one was applied before: skipped again
+
+        # A live message is applied even when it repeats the last one: only replays are skipped.
+        again = await api.post("/api/v1/grid-events", headers=OPERATOR, json={**event, "cap_kw": 35.0})
+        assert again.status_code == 201, again.text
+        await publish(mqtt_url, events, json.dumps({**event, "cap_kw": 45.0}))
+
+        async def repeat_applied() -> bool:
+            gw = h.gw
+            assert gw is not None
+            return gw.state.grid_events["dso-8"].cap_kw == 45.0
+
+        await eventually(repeat_applied, "a live repeat of the last message to be applied")

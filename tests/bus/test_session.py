@@ -89,9 +89,9 @@ async def test_a_resumed_session_does_not_replay_retained_inputs(
         seen: list[bytes] = []
         handle = bridge.handle_input
 
-        async def spy(t: str, payload: Any) -> bool:
+        async def spy(t: str, payload: Any, retained: bool = False) -> bool:
             seen.append(bytes(payload))
-            return bool(await handle(t, payload))
+            return bool(await handle(t, payload, retained))
 
         bridge.handle_input = spy
         await broker_proxy.cut()
