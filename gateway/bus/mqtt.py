@@ -93,6 +93,10 @@ class MqttBridge:
         self._buf: deque[topics.Outgoing] = deque()
         self._retained_pending: Counter[str] = Counter()  # retained topics in the buffer, how many of each
         self._ready = asyncio.Event()  # set while the buffer has something
+        self._empty = asyncio.Event()  # set while it has nothing (a stop waits on it to drain)
+        self._empty.set()
+        self._down = asyncio.Event()  # set while the link is down
+        self._down.set()
         self._sub: ev.Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._client_id = f"{self.prefix}-gateway-{uuid.uuid4().hex[:8]}"
@@ -113,11 +117,29 @@ class MqttBridge:
                        asyncio.create_task(self._connection(), name="mqtt-connection")]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
+        """Publish what is pending and say goodbye, bounded by ``STOP_WAIT_S`` per step.
+
+        The gateway stops its stations first: their disconnects are on the bus, and a stop that
+        dropped them would leave each station's retained ``connected: true`` on the broker."""
+        events = next((t for t in self._tasks if t.get_name() == "mqtt-events"), None)
+        if events is not None:
+            events.cancel()
+            await asyncio.gather(events, return_exceptions=True)
+            self._fold_pending()
+        self.enqueue(topics.gateway_status(self.prefix, False, "stopped", to_rfc3339(self.gw.clock.now())))
         if self._applying is not None and not self._applying.done():
             # An input being applied is let finish (bounded): cut off, it would be half applied.
             await asyncio.wait([self._applying], timeout=STOP_WAIT_S)
+        if self.connected:
+            # Until the buffer is empty, or the link is lost meanwhile (nothing more will go out).
+            waits = [asyncio.ensure_future(self._empty.wait()), asyncio.ensure_future(self._down.wait())]
+            await asyncio.wait(waits, timeout=STOP_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if self._buf:
+                log.warning("MQTT bridge: %d message(s) not published at the stop", len(self._buf))
+        for t in self._tasks:
+            t.cancel()
         # A client stuck in its disconnect must not hold up the gateway's shutdown deadline.
         _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
         if pending:
@@ -127,12 +149,25 @@ class MqttBridge:
         self._set_connected(False)
 
     # --- out ------------------------------------------------------------------------------
+    def _fold_pending(self) -> None:
+        """Turn the events still queued for the bridge into messages (at a stop, the stations'
+        disconnects)."""
+        assert self._sub is not None
+        while not self._sub.queue.empty():
+            e = self._sub.queue.get_nowait()
+            try:
+                for msg in self._messages_for(e):
+                    self.enqueue(msg)
+            except Exception:
+                log.exception("could not turn %s into MQTT messages", type(e).__name__)
+
     def enqueue(self, msg: topics.Outgoing) -> None:
         if len(self._buf) >= self.buffer_max:
             self._drop_one()
             self.dropped += 1
             metrics.MQTT_DROPPED.inc()
         self._buf.append(msg)
+        self._empty.clear()
         if msg.retain:
             self._retained_pending[msg.topic] += 1
         metrics.MQTT_BUFFERED.set(len(self._buf))
@@ -198,6 +233,7 @@ class MqttBridge:
         while True:
             if not self._buf:
                 self._ready.clear()
+                self._empty.set()
                 await self._ready.wait()
                 continue
             msg = self._buf[0]
@@ -206,6 +242,8 @@ class MqttBridge:
             # Only now is it the broker's: a failure above leaves it first in line for the next try.
             if self._buf and self._buf[0] is msg:
                 self._forget(self._buf.popleft())
+            if not self._buf:
+                self._empty.set()
             self.published += 1
             metrics.MQTT_PUBLISHED.inc()
             metrics.MQTT_BUFFERED.set(len(self._buf))
@@ -316,7 +354,17 @@ class MqttBridge:
     # --- the connection -------------------------------------------------------------------
     def _set_connected(self, up: bool) -> None:
         self.connected = up
+        if up:
+            self._down.clear()
+        else:
+            self._down.set()
         metrics.MQTT_CONNECTED.set(1 if up else 0)
+
+    def _will(self) -> aiomqtt.Will:
+        # Published by the broker when the link ends without a DISCONNECT (a crash, a cut link,
+        # a missed keepalive); a clean stop publishes its own goodbye instead.
+        gone = topics.gateway_status(self.prefix, False, "connection_lost")
+        return aiomqtt.Will(gone.topic, gone.payload, qos=gone.qos, retain=gone.retain)
 
     def _session_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
@@ -333,7 +381,13 @@ class MqttBridge:
                 async with aiomqtt.Client(self.host, self.port, identifier=self._client_id,
                                           protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
                                           properties=self._session_properties(),
-                                          keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S) as client:
+                                          keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S,
+                                          will=self._will()) as client:
+                    # First on every link, before what was buffered: a consumer that saw the will
+                    # learns the retained topics are kept true again.
+                    online = topics.gateway_status(self.prefix, True, "connected", to_rfc3339(self.gw.clock.now()))
+                    await client.publish(online.topic, online.payload, qos=online.qos, retain=online.retain,
+                                         timeout=PUBLISH_TIMEOUT_S)
                     self.connects += 1
                     metrics.MQTT_RECONNECTS.labels("ok").inc()
                     # Retained inputs only for a new subscription (first connect, or the session

@@ -8,6 +8,7 @@ Out (JSON, UTC times with ``Z``, units in field names), under ``Settings.mqtt_to
     {p}/sessions/{tx}/started | ended             session start and end          QoS 1
     {p}/site/power                                site import now                QoS 0, retained
     {p}/plans/latest                              the newest plan's summary      QoS 1, retained
+    {p}/gateway/status                            the bridge online / offline    QoS 1, retained (and the will)
 
 In: {p}/in/prices, {p}/in/building_load, {p}/in/grid_events (see :mod:`gateway.bus.inbound`).
 """
@@ -94,3 +95,17 @@ def plan(prefix: str, e: ev.PlanPublished, sessions: list[dict[str, Any]]) -> Ou
     return _msg(f"{prefix}/plans/latest", {"plan_id": e.plan_id, "status": e.status,
                                            "created_at": to_rfc3339(e.at), "summary": e.summary,
                                            "sessions": sessions}, 1, retain=True)
+
+
+def gateway_status_topic(prefix: str) -> str:
+    return f"{prefix}/gateway/status"
+
+
+def gateway_status(prefix: str, online: bool, reason: str, ts: str | None = None) -> Outgoing:
+    """Whether the gateway is there to keep the retained topics true. A station's retained
+    ``connected: true`` outlives a gateway that crashed or lost its link: this topic (the bridge's
+    will when the link is lost without a goodbye) tells a consumer to read those as stale."""
+    body: dict[str, Any] = {"online": online, "reason": reason}
+    if ts is not None:
+        body["ts"] = ts
+    return _msg(gateway_status_topic(prefix), body, 1, retain=True)

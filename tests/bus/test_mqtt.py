@@ -173,3 +173,26 @@ async def test_a_transaction_id_with_a_control_character_does_not_stop_publishin
                        {"timestamp": st.ts(), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1})
         assert (await rec.wait_for(f"{prefix}/stations/CS-MQC/evses/1/status"))["status"] == "Occupied"
         await st.ws.close()
+
+
+async def test_the_gateway_says_it_is_online_and_a_clean_stop_publishes_what_is_pending(
+    gateway_factory: Any, mqtt_url: str, prefix: str
+) -> None:
+    """A stop closes the stations first; their disconnects are published before the bridge goes,
+    so no station is left retained as connected, and the gateway's own status says it stopped."""
+    async with recording(mqtt_url, prefix) as rec:
+        h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+        await connected_bridge(h)
+        online = await rec.wait_for(f"{prefix}/gateway/status", online=True)
+        assert online["reason"] == "connected" and online["ts"].endswith("Z")
+        st = await plug_in(h, "CS-MQ9", "tx-mq9", "TOKEN-MQ9")
+        await rec.wait_for(f"{prefix}/stations/CS-MQ9/status", connected=True)
+
+        await h.stop()
+        await rec.wait_for(f"{prefix}/stations/CS-MQ9/status", connected=False)
+        gone = await rec.wait_for(f"{prefix}/gateway/status", online=False)
+        assert gone["reason"] == "stopped"
+        order = [t for t, _, _ in rec.messages]
+        assert order.index(f"{prefix}/gateway/status", 1) > order.index(f"{prefix}/stations/CS-MQ9/status", 1)
+        await st.ws.close()
+        await h.start()  # as the fixture expects to find it

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.clock import to_rfc3339
 from tests.api.conftest import eventually
-from tests.bus.conftest import bridge_down, bridge_up, connected_bridge, publish, retained_cleared
+from tests.bus.conftest import bridge_down, bridge_up, connected_bridge, publish, recording, retained_cleared
 from tests.conftest import GatewayHarness
 from tests.tcp_proxy import TcpProxy
 
@@ -155,3 +155,25 @@ async def test_an_input_being_applied_when_the_link_drops_is_applied_whole(
     assert stored[0]["power_kw"] == 77.0 and h.gw.state.building_load_kw == 77.0
     assert bridge.apply_failed == 0
     await bridge_up(bridge)
+
+
+async def test_a_lost_link_publishes_the_gateways_will_and_the_next_link_takes_it_back(
+    gateway_factory: Any, mqtt_url: str, prefix: str, broker_proxy: TcpProxy
+) -> None:
+    """A station's retained ``connected: true`` outlives a gateway whose link is gone; the
+    broker's will on ``{p}/gateway/status`` tells consumers to read it as stale."""
+    async with recording(mqtt_url, prefix) as rec:
+        _, bridge = await _bridge_behind(gateway_factory, prefix, broker_proxy)
+        await rec.wait_for(f"{prefix}/gateway/status", online=True)
+        await broker_proxy.cut()
+        await bridge_down(bridge)
+        will = await rec.wait_for(f"{prefix}/gateway/status", online=False)
+        assert will == {"online": False, "reason": "connection_lost"}
+        await broker_proxy.restore()
+        await bridge_up(bridge)
+
+        async def online_again() -> bool:
+            last = [p for t, p, _ in rec.messages if t == f"{prefix}/gateway/status"][-1]
+            return bool(last["online"])
+
+        await eventually(online_again, "the gateway to say it is online again")
