@@ -187,6 +187,25 @@ def safe_profile(
                      stack_level, (Period(start, round(limit_kw * 1000.0)),), start + timedelta(hours=hours))
 
 
+def moves_later(old: TxProfile | None, new: TxProfile, default_w: float, now: datetime) -> list[Move]:
+    """How each limit ``new`` sets after ``now`` moves against what the EVSE would run then
+    (``old``, else its default ``default_w``), at every boundary of either schedule after ``now``
+    in ``new``'s span; moments where nothing changes are left out."""
+    moments = {p.start for p in new.periods if now < p.start < new.end}
+    if old is not None and old.transaction_id == new.transaction_id:
+        moments |= {p.start for p in old.periods if now < p.start < new.end}
+        if now < old.end < new.end:
+            moments.add(old.end)
+    out = []
+    for t in sorted(moments):
+        a = new.limit_at(t)
+        b = old.limit_at(t) if old is not None and old.transaction_id == new.transaction_id else None
+        before = default_w if b is None else b
+        if a is not None and a != before:
+            out.append(move(before, a))
+    return out
+
+
 def differs(old: TxProfile | None, new: TxProfile, *, min_remaining: timedelta = timedelta(hours=1)) -> bool:
     """True when ``new`` would make the station do something else than ``old`` from now on.
 

@@ -92,8 +92,19 @@ class SlotMeta:
     resolved: Resolved | None
     delivered_kwh: float  # energy into the EV so far (meter)
     # The draw planned as fixed: an EVSE ignoring its limit (its measured power), or one whose limit
-    # a push cannot set now (the most it may draw: MpcScheduler._uncontrolled_kw).
+    # a push cannot set now (the most it may draw: MpcScheduler._uncontrolled).
     fixed_kw: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Uncontrolled:
+    """An EVSE whose limit a push cannot set now (offline, a failed or refused push): the range
+    its power may take from now on, from the limits it may be running (MpcScheduler._uncontrolled).
+    The import side counts it at ``most_kw``, the export side at ``least_kw``: one offline EVSE
+    running a discharge limit must not leave the others room to export past the site's limit."""
+
+    most_kw: float  # >= 0
+    least_kw: float = 0.0  # <= 0: a discharge limit it may be running
 
 
 def pushed_forecast(points: list[tuple[datetime, float]]) -> Callable[[datetime], float]:
@@ -189,9 +200,12 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
     fixed: float | None = None
     if not full and limit_sent_kw is not None and s.power_kw > limit_sent_kw + settings.noncompliance_tolerance_kw:
         fixed = min(s.power_kw, spec.max_charge_kw)
-    if not full and uncontrolled_kw is not None:
-        # Planned at the most it may draw: the others share only the headroom left.
-        fixed = max(fixed or 0.0, min(uncontrolled_kw, max(max_c, 0.0)))
+    if uncontrolled_kw is not None:
+        # Planned at the most it may draw (or what it draws now, if more: nothing holds it to a
+        # limit the gateway believes in), the others sharing only the headroom left. Also when
+        # its EV last said it was full: an EV with its own charge timer may start drawing again
+        # and the gateway cannot stop it.
+        fixed = max(fixed or 0.0, min(uncontrolled_kw, max(max_c, 0.0)), min(s.power_kw, spec.max_charge_kw))
     return SessionView(
         key=spec.key, arrival=s.started_at, delivered_kwh=max(delivered, 0.0), max_charge_kw=max(max_c, 0.0),
         max_discharge_kw=max(max_d, 0.0), eff_charge=settings.ev_efficiency, eff_discharge=settings.ev_efficiency,
@@ -228,12 +242,12 @@ def build(
     state: SiteState, now: datetime, settings: Settings, limits_sent_kw: dict[tuple[str, int], float],
     forecaster: SessionForecaster | None = None, rules: SlotRules = SlotRules(),
     observed: Mapping[TxKey, Observed] | None = None, building: BuildingProfile | None = None,
-    needed_peaks: Sequence[float] = (), uncontrolled_kw: Mapping[tuple[str, int], float] | None = None,
+    needed_peaks: Sequence[float] = (), uncontrolled: Mapping[tuple[str, int], Uncontrolled] | None = None,
 ) -> tuple[SiteInputs, list[SlotInput], list[SlotMeta]]:
     """The LP's inputs for the site now; ``observed``: what the live loop saw of each session
     (by transaction id); ``building``: the building's learned profile; ``needed_peaks``: the
-    peaks finished days needed; ``uncontrolled_kw``: EVSEs whose limit a push cannot set now
-    (offline, a failed or refused push), with the most each may draw."""
+    peaks finished days needed; ``uncontrolled``: EVSEs whose limit a push cannot set now
+    (offline, a failed or refused push), with the range each may run."""
     fc = forecaster if forecaster is not None else new_forecaster(settings)
     site = site_inputs(state, now, settings, building, needed_peaks)
     if settings.discharge_only_in_grid_events:
@@ -241,13 +255,21 @@ def build(
     reserve_for_plug_ins(site, state, settings)
     slots: list[SlotInput] = []
     metas: list[SlotMeta] = []
+    unc = uncontrolled or {}
     for key in sorted(state.evses):
         st = state.evses[key]
         obs = observed.get(st.session.tx_key, Observed()) if observed and st.session else Observed()
+        u = unc.get(key)
         slot, meta = slot_for(st, state, site.grid, now, settings, limits_sent_kw.get(key), fc, rules, obs,
-                              (uncontrolled_kw or {}).get(key))
+                              None if u is None else u.most_kw)
         slots.append(slot)
         metas.append(meta)
+        if u is not None and meta.fixed_kw is not None and meta.session is not None:
+            # The plan counts it at fixed_kw; on the export side it may be as low as least_kw (a
+            # discharge limit still in force, or what it discharges now): the others may export
+            # only what is left.
+            least = min(u.least_kw, meta.session.power_kw, 0.0)
+            site.export_limit_kw = site.export_limit_kw - (meta.fixed_kw - least)
     return site, slots, metas
 
 

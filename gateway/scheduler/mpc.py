@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -53,6 +53,11 @@ DEBOUNCE_MAX_SIM_S = 30.0
 # Pushes that failed without an answer: the station may have applied them (a timed-out call, or
 # one the link dropped under, may have reached it).
 UNANSWERED = frozenset({"CallTimeout", "ConnectionReplaced"})
+# A station's refusals of a profile: its answer, or a CALLERROR (NotSupported, a property it
+# cannot take). Either way it runs what it ran before and the same profile would be refused again.
+REFUSED = frozenset({"Rejected", "CallErrorReceived"})
+# A plan's stored id, or the storing still under way (None: not stored).
+PlanId: TypeAlias = "int | asyncio.Future[int | None] | None"
 STOP_WAIT_S = 5.0
 # chargingState of an EV that does not take the energy its EVSE offers (OCPP 2.0.1: full, or
 # holding at its own charge limit).
@@ -469,20 +474,16 @@ class MpcScheduler:
         if self._stopping:
             return None
         now = self.gw.clock.now()
-        limits_sent = {}
-        for key in self._sent:
-            lim = self._highest_recent_limit_kw(key, now)
-            if lim is not None:
-                limits_sent[key] = lim
-        observed = self._observed(now)
+        limits_sent = self._limits_in_force(now)
         state = self.gw.state
+        observed = self._observed(now)
         if state.building_load_at is not None and now - state.building_load_at <= BUILDING_READING_FRESH:
             self._note_building(now, state.building_load_kw)
         await self._close_days(now)
         site, slots, metas = live_inputs.build(state, now, self.settings, limits_sent, self.forecaster,
                                                observed=observed, building=self.building,
                                                needed_peaks=self.peaks.values(),
-                                               uncontrolled_kw=self._uncontrolled_kw(now))
+                                               uncontrolled=self._uncontrolled(now))
         slots += self._expected_arrivals(site.grid, now)
         started = time.perf_counter()
         result = await self._solve(site, slots)
@@ -491,10 +492,16 @@ class MpcScheduler:
         metrics.SOLVES.labels("fallback" if result.fallback else "ok", trigger).inc()
         metrics.SOLVE_SECONDS.observe(solve_s)
         plan = self._to_plan(now, result, metas, solve_s)
-        plan_id = await self._store_plan(now, trigger, site, slots, result, plan, solve_s)
-        # The push's own moment, not the re-plan's start: the solve and storing the plan may have
-        # taken a minute, and which way each limit moves (and when it was accepted) is from now on.
-        sent, failed = await self._push(self.gw.clock.now(), plan, metas, plan_id)
+        # Stored beside the push, not before it: a slow or absent database must not hold up the
+        # profiles (a plug-in's first plan waited out the pool's timeout). Each profile record
+        # waits for the plan's id.
+        storing = asyncio.ensure_future(self._store_plan(now, trigger, site, slots, result, plan, solve_s))
+        # The push's own moment, not the re-plan's start: the solve may have taken a minute, and
+        # which way each limit moves (and when it was accepted) is from now on.
+        try:
+            sent, failed = await self._push(self.gw.clock.now(), plan, metas, storing)
+        finally:
+            plan_id = await asyncio.shield(storing)  # _store_plan never raises
         outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
         self.latest = outcome
         self.gw.bus.publish(ev.PlanPublished(now, plan_id, result.status, {
@@ -503,6 +510,21 @@ class MpcScheduler:
             "profiles_sent": sent, "profiles_failed": failed,
         }))
         return outcome
+
+    def _limits_in_force(self, now: datetime) -> dict[tuple[str, int], float]:
+        """Per EVSE with a limit the gateway knows it runs: the highest of its recent planned
+        limits, else the default its station accepted. A draw above it is one that ignores it."""
+        out = {}
+        for key in self._sent:
+            lim = self._highest_recent_limit_kw(key, now)
+            if lim is not None:
+                out[key] = lim
+        taken = self.gw.default_profiles.limit_taken
+        for key, st in self.gw.state.evses.items():
+            if st.session is not None and key not in out and key[0] in taken:
+                # No planned profile in force (none sent yet, or it ran out): the default.
+                out[key] = taken[key[0]]
+        return out
 
     async def _solve(self, site: SiteInputs, slots: list[SlotInput]) -> PlanResult:
         """The plan, or the greedy fallback when the solver fails, overruns its time limit, or is
@@ -546,37 +568,46 @@ class MpcScheduler:
         """What an EVSE draws on its TxDefaultProfile (no planned profile in force)."""
         return float(self.gw.default_profiles.limit_kw())
 
-    def _uncontrolled_kw(self, now: datetime) -> dict[tuple[str, int], float]:
-        """EVSEs with a session whose limit a push cannot set now, and the most each may draw
-        from now on (planned as a fixed draw, so the others share only what is left): a station
-        offline runs the last profile it accepted and then its default, and so does one whose
-        last push failed; one that refused its plan runs the safe limit it accepted instead."""
+    def _uncontrolled(self, now: datetime) -> dict[tuple[str, int], live_inputs.Uncontrolled]:
+        """EVSEs with a session whose limit a push cannot set now, and the range of limits each
+        may run from now on (planned as a fixed draw at the most, so the others share only what
+        is left, and at the least on the export side): a station offline runs the last profile it
+        accepted and then its default, and so does one whose last push failed; one that refused
+        its plan runs the safe limit it accepted instead."""
         horizon_end = now + timedelta(hours=self.settings.horizon_h)
         registry = self.gw.ocpp.registry
-        out: dict[tuple[str, int], float] = {}
+        out: dict[tuple[str, int], live_inputs.Uncontrolled] = {}
         for key, st in self.gw.state.evses.items():
             s = st.session
             if s is None or not (registry.get(key[0]) is None or key in self._retry or key in self._rejected):
                 continue
             hist = self._accepted.get(key)
-            kw = self._most_kw(hist[-1][1] if hist else None, s.transaction_id, now, horizon_end)
+            running = [hist[-1][1] if hist else None]
             maybe = self._unanswered.get(key)
             if maybe is not None:
-                kw = max(kw, self._most_kw(maybe, s.transaction_id, now, horizon_end))
-            out[key] = kw
+                running.append(maybe)
+            ranges = [self._limit_range_kw(p, s.transaction_id, now, horizon_end) for p in running]
+            out[key] = live_inputs.Uncontrolled(most_kw=max(hi for _, hi in ranges),
+                                                least_kw=min(lo for lo, _ in ranges))
         return out
 
-    def _most_kw(self, prof: profiles.TxProfile | None, transaction_id: str, now: datetime,
-                 horizon_end: datetime) -> float:
-        """The most an EVSE running ``prof`` may draw from now on (its default where the profile
-        is not this session's, has run out, or runs out within the horizon)."""
+    def _uncontrolled_kw(self, now: datetime) -> dict[tuple[str, int], float]:
+        """The most each uncontrolled EVSE may draw (:meth:`_uncontrolled`)."""
+        return {k: u.most_kw for k, u in self._uncontrolled(now).items()}
+
+    def _limit_range_kw(self, prof: profiles.TxProfile | None, transaction_id: str, now: datetime,
+                        horizon_end: datetime) -> tuple[float, float]:
+        """The lowest (<= 0) and highest (>= 0) limit an EVSE running ``prof`` may have from now on
+        (its default where the profile is not this session's, has run out, or runs out within
+        the horizon)."""
         if prof is None or prof.transaction_id != transaction_id or prof.end <= now:
-            return self._default_kw()
+            return 0.0, self._default_kw()
         ends = [p.start for p in prof.periods[1:]] + [prof.end]
-        kw = max(p.limit_w for p, end in zip(prof.periods, ends, strict=True) if end > now) / 1000.0
+        left = [p.limit_w / 1000.0 for p, end in zip(prof.periods, ends, strict=True) if end > now]
+        hi, lo = max(left), min(left)
         if prof.end < horizon_end:  # then the station's default applies
-            kw = max(kw, self._default_kw())
-        return max(kw, 0.0)
+            hi = max(hi, self._default_kw())
+        return min(lo, 0.0), max(hi, 0.0)
 
     def _note_accepted(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> None:
         self._sent[key] = prof
@@ -715,7 +746,7 @@ class MpcScheduler:
             return None
 
     async def _push(self, now: datetime, plan: Plan, metas: list[live_inputs.SlotMeta],
-                    plan_id: int | None) -> tuple[int, int]:
+                    plan_id: PlanId) -> tuple[int, int]:
         by_key = {(s.station_id, s.evse_id): s for s in plan.sessions}
         sem = asyncio.Semaphore(self.settings.profile_push_concurrency)
         # Two rounds (profiles.Move): limits going towards zero, then those going away from it; a
@@ -756,8 +787,17 @@ class MpcScheduler:
             if kind == profiles.Move.FLIP:
                 toward.append((profiles.held_at_zero(prof), True))
                 away.append((prof, True))
+            elif after_w != before_w:
+                (toward if kind == profiles.Move.TOWARD_ZERO else away).append((prof, True))
             else:
-                (toward if kind == profiles.Move.TOWARD_ZERO else away).append((prof, after_w != before_w))
+                # The same limit now; later it may go up or down (a swap with another EVSE planned
+                # at the next step). One that only ever lowers goes with the first round, so a
+                # failure holds back the rises it makes room for, as one lowered now does.
+                later = profiles.moves_later(old, prof, default_w, now)
+                if later and all(k == profiles.Move.TOWARD_ZERO for k in later):
+                    toward.append((prof, True))
+                else:
+                    away.append((prof, bool(later)))
         # Limits going towards zero first, those going away from it once they are in force: while
         # profiles travel, neither the site's import nor its export passes the old plan's or the
         # new plan's (profiles.Move).
@@ -776,10 +816,15 @@ class MpcScheduler:
                             len(stuck), ", ".join(sorted(set(stuck))), held)
                 self.request_replan("profile not lowered")
                 break
+        if any(r not in ("Accepted", "TxNotFound") for r in results):
+            # Some EVSE runs a limit the plan did not count on (its old one, or a safe one); the
+            # others were given the new plan's. A re-plan with that station at what it runs makes
+            # the site add up again within seconds rather than at the next period.
+            self.request_replan("profile not taken")
         sent = sum(1 for r in results if r == "Accepted")
         return sent, len(results) - sent
 
-    async def _send(self, sem: asyncio.Semaphore, prof: profiles.TxProfile, plan_id: int | None,
+    async def _send(self, sem: asyncio.Semaphore, prof: profiles.TxProfile, plan_id: PlanId,
                     now: datetime) -> str:
         """Push one profile: its status, or "TxNotFound" when the transaction has already ended
         at the station (the EV left before the gateway heard: it draws nothing)."""
@@ -788,6 +833,15 @@ class MpcScheduler:
             status, response = await self._call_set_profile(prof)
             ok = status == "Accepted"
             gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
+            st = self.gw.state.evses.get(key)
+            if st is None or st.session is None or st.session.transaction_id != prof.transaction_id:
+                # The session ended while the call waited its turn (its SessionEnded has cleared
+                # the EVSE's tables): what the station said of a transaction that is gone must not
+                # hold the next session on the EVSE at a safe limit (reasonCode TxNotFound is
+                # optional in OCPP 2.0.1, so a plain Rejected is what many stations answer).
+                metrics.PROFILES.labels("accepted" if ok else status.lower()[:20]).inc()
+                self._record_later(prof, plan_id, status, response, now)
+                return "TxNotFound" if gone or not ok else status
             if status in UNANSWERED:
                 self._unanswered[key] = prof
             else:  # answered (or never sent): what the station runs is known again
@@ -803,16 +857,19 @@ class MpcScheduler:
                 self._retry.add(key)
             metrics.PROFILES.labels("accepted" if ok else status.lower()[:20]).inc()
             self._record_later(prof, plan_id, status, response, now)
-            if status == "Rejected" and not gone:
-                # The station refused the plan (e.g. a negative limit): give it a safe constant
-                # limit so it does not charge unmanaged (K01: the TxProfile id is replaced). Not
-                # when the transaction is gone (the EV left before the gateway heard). The limit is
-                # its TxDefaultProfile share, which the site keeps room for per EVSE; the re-plan
-                # this asks for counts the station at it, and it gets no plan for REJECTED_RETRY.
+            if status in REFUSED and not gone:
+                # The station refused the plan (e.g. a negative limit, more periods than it
+                # takes), with Rejected or a CALLERROR: give it a safe constant limit so it does
+                # not charge unmanaged (K01: the TxProfile id is replaced). Not when the
+                # transaction is gone (the EV left before the gateway heard). The limit is its
+                # TxDefaultProfile share, but never above what it runs now or the new plan gives
+                # it now: the others were just given the rest, and a safe profile that raised this
+                # one would pass the site limit until the re-plan. The re-plan this asks for counts
+                # the station at it, and it gets no plan for REJECTED_RETRY.
                 self._rejected[key] = now
                 safe = profiles.safe_profile(
                     station_id=prof.station_id, evse_id=prof.evse_id, transaction_id=prof.transaction_id,
-                    start=prof.periods[0].start, hours=1.0, limit_kw=self._default_kw(),
+                    start=prof.periods[0].start, hours=1.0, limit_kw=self._safe_kw(key, prof, now),
                     stack_level=prof.stack_level)
                 s2, r2 = await self._call_set_profile(safe)
                 if s2 == "Accepted":
@@ -820,6 +877,17 @@ class MpcScheduler:
                 self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
                 self.request_replan("profile rejected")
             return "TxNotFound" if gone else status
+
+    def _safe_kw(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> float:
+        """The safe limit for an EVSE that refused ``prof``: its default share, capped at the
+        higher of what it runs now and what ``prof`` gives it now (0 at the least)."""
+        default_kw = self._default_kw()
+        old = self._sent.get(key)
+        old_now = old.limit_at(now) if old is not None else None
+        before_kw = default_kw if old_now is None else old_now / 1000.0
+        new_now = prof.limit_at(now)
+        after_kw = (new_now if new_now is not None else prof.periods[0].limit_w) / 1000.0
+        return min(default_kw, max(before_kw, after_kw, 0.0))
 
     async def _call_set_profile(self, prof: profiles.TxProfile) -> tuple[str, dict[str, Any] | None]:
         payload = prof.payload()
@@ -832,7 +900,7 @@ class MpcScheduler:
             return type(exc).__name__, {"error": str(exc)}
         return str(resp.get("status", "Unknown")), resp
 
-    def _record_later(self, prof: profiles.TxProfile, plan_id: int | None, status: str,
+    def _record_later(self, prof: profiles.TxProfile, plan_id: PlanId, status: str,
                       response: dict[str, Any] | None, now: datetime) -> None:
         """Store a profile sent without holding up the push (a commit under load takes longer than
         the station's answer), in the order they were sent per EVSE."""
@@ -842,7 +910,8 @@ class MpcScheduler:
         async def write() -> None:
             if before is not None:
                 await asyncio.wait({before})  # whatever became of it
-            await self._record(prof, plan_id, status, response, now)
+            pid = plan_id if plan_id is None or isinstance(plan_id, int) else await asyncio.shield(plan_id)
+            await self._record(prof, pid, status, response, now)
 
         task = asyncio.create_task(write())
         self._writes[key] = task

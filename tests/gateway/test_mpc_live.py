@@ -139,6 +139,37 @@ async def test_rejected_profile_falls_back_to_a_safe_limit(site: GatewayHarness)
     await st.close()
 
 
+async def test_the_push_does_not_wait_for_the_plan_to_be_stored(site: GatewayHarness) -> None:
+    """A slow database (here: storing the plan held until released) must not hold up the
+    profiles; their records carry the plan's id once it is stored."""
+    assert site.gw is not None
+    planning = site.gw.planning
+    store = planning.add_plan
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def slow_add_plan(**kw: Any) -> Any:
+        held.set()
+        await release.wait()
+        return await store(**kw)
+
+    planning.add_plan = slow_add_plan  # type: ignore[method-assign]
+    try:
+        st, _ = await planned_plug_in(site, "CS-SLOWDB", "TX-SLOWDB")
+        assert held.is_set() and not release.is_set()  # pushed while the plan was still being stored
+    finally:
+        release.set()
+
+    async def recorded() -> bool:
+        rows = await fetch(site.database_url, "SELECT plan_id FROM profiles_sent")
+        return len(rows) >= 1 and all(r["plan_id"] is not None for r in rows)
+
+    await wait_for(recorded)
+    plan_ids = {r["id"] for r in await fetch(site.database_url, "SELECT id FROM plans")}
+    assert {r["plan_id"] for r in await fetch(site.database_url, "SELECT plan_id FROM profiles_sent")} <= plan_ids
+    await st.close()
+
+
 async def test_solver_timeout_still_pushes_a_fallback_plan(gateway_factory: Any) -> None:
     h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.05, replan_period_s=3600.0,
                               solver_time_limit_s=1e-9)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway import events as ev
-from gateway.config import Settings
+from gateway.config import Settings, SiteConfig
 from gateway.domain import ChargeMode, EvNeeds, EvseSpec, Preferences
 from gateway.scheduler import live_inputs
 from gateway.scheduler.departure_points import BIN_S, POINTS, departure_points
@@ -253,12 +253,48 @@ def test_a_reserve_nobody_can_check_keeps_the_ev_from_discharging() -> None:
 def test_an_evse_whose_limit_cannot_be_set_is_planned_at_the_most_it_may_draw() -> None:
     settings = Settings()
     state = _bidi_session(settings)
-    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), uncontrolled_kw={KEY: 7.0})[1]
+    site, (slot,), _ = live_inputs.build(state, NOW, settings, {}, planning_forecaster(),
+                                         uncontrolled={KEY: live_inputs.Uncontrolled(7.0)})
     assert slot.min_charge_kw == slot.max_charge_kw == 7.0
     assert not slot.discharge_allowed and slot.max_discharge_kw == 0.0
+    # Counted at 7 kW in the site's net power, it may draw nothing: the export side says so.
+    assert np.allclose(site.export_limit_kw, settings.site.export_limit_kw - 7.0)
     # Never above what the EVSE can give.
-    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), uncontrolled_kw={KEY: 50.0})[1]
+    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(),
+                              uncontrolled={KEY: live_inputs.Uncontrolled(50.0)})[1]
     assert slot.min_charge_kw == slot.max_charge_kw == 11.0
+
+
+def test_an_uncontrolled_evse_running_a_discharge_limit_leaves_the_others_only_the_export_left() -> None:
+    """An offline EVSE whose last accepted profile discharges at 10 kW, planned as a fixed draw
+    at its most (3.7 kW, its default once that profile ends), may still export 10 kW: with an
+    export limit of 10 kW, the others together may then export nothing."""
+    settings = Settings(site=SiteConfig(import_limit_kw=100.0, export_limit_kw=10.0))
+    state = _bidi_session(settings)
+    site, (slot,), (meta,) = live_inputs.build(state, NOW, settings, {}, planning_forecaster(),
+                                               uncontrolled={KEY: live_inputs.Uncontrolled(3.7, -10.0)})
+    assert meta.fixed_kw == slot.max_charge_kw == 3.7
+    # The plan's net power counts +3.7; with the EVSE really at -10 the rest must net >= 0.
+    assert np.allclose(site.export_limit_kw, 10.0 - (3.7 + 10.0))
+
+
+def test_an_uncontrolled_evse_is_planned_at_what_it_draws_when_that_is_more_or_its_ev_said_full() -> None:
+    settings = Settings()
+    state = _bidi_session(settings)
+    s = state.evses[KEY].session
+    assert s is not None
+    # Its station refused every limit and it draws 11 kW: counted at 11, not at the default.
+    s.power_kw = 11.0
+    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(),
+                              uncontrolled={KEY: live_inputs.Uncontrolled(3.7)})[1]
+    assert slot.min_charge_kw == slot.max_charge_kw == 11.0
+    # An EV that said it is full may start again (its own timer) and nothing can hold it.
+    s.power_kw = 0.0
+    s.charging_state = "SuspendedEV"
+    obs = {s.tx_key: live_inputs.Observed(full=True)}
+    slot, = live_inputs.build(state, NOW, settings, {}, planning_forecaster(), observed=obs,
+                              uncontrolled={KEY: live_inputs.Uncontrolled(3.7)})[1]
+    assert slot.min_charge_kw == slot.max_charge_kw == 3.7
 
 
 def test_an_ended_session_is_kept_for_the_forecast_with_only_what_was_told() -> None:

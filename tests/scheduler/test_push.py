@@ -1,0 +1,227 @@
+"""The push of a plan to the stations (MpcScheduler._push), against stations that answer as
+told: which round a profile goes in, what a refusal leaves in force, and what a refusal that
+comes after the EV has left must not do. No sockets: the station's answers are a function."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway import events as ev
+from gateway.config import Settings, SiteConfig
+from gateway.domain import EvseSpec, Plan, PlannedSession
+from gateway.ocpp import profiles
+from gateway.ocpp.defaults import default_limit_kw
+from gateway.ocpp.errors import CallErrorReceived, CallTimeout
+from gateway.scheduler import live_inputs
+from gateway.scheduler.live_inputs import SlotMeta
+from gateway.scheduler.mpc import MpcScheduler
+from gateway.state import EvseState, SiteState
+
+NOW = datetime(2026, 7, 1, 10, 50, 10, tzinfo=UTC)
+Answer = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class _Clock:
+    scale = 1.0
+
+    def now(self) -> datetime:
+        return NOW
+
+    def real_seconds(self, s: float) -> float:
+        return s
+
+
+async def _nothing(**_: Any) -> None:
+    return None
+
+
+def _scheduler(limit_kw: float, stations: str, answer: Answer) -> tuple[MpcScheduler, SiteState, list[str]]:
+    """A scheduler over one 22-kW EVSE per station id in ``stations``, each with a session
+    TX-<id>; ``answer(station_id, profile)`` is the station's reply. Returns the scheduler, the
+    site state and the list of re-plan triggers it asked for."""
+    settings = Settings(site=SiteConfig(import_limit_kw=limit_kw, export_limit_kw=0.0), replan_debounce_s=3600)
+    state = SiteState.from_settings(settings)
+    for sid in stations:
+        state.evses[(sid, 1)] = EvseState(EvseSpec(sid, 1, 22.0), online=True)
+        state.apply(ev.SessionStarted(NOW - timedelta(hours=1), sid, 1, f"TX-{sid}", None))
+
+    async def set_charging_profile(station_id: str, evse_id: int, prof: dict[str, Any]) -> dict[str, Any]:
+        return await answer(station_id, prof)
+
+    default = default_limit_kw(settings.safe_limit_kw, limit_kw, len(stations))
+    gw = SimpleNamespace(
+        settings=settings, state=state, clock=_Clock(), ocpp=SimpleNamespace(registry=dict.fromkeys(stations, 1)),
+        commands=SimpleNamespace(set_charging_profile=set_charging_profile),
+        planning=SimpleNamespace(add_profile_sent=_nothing), bus=SimpleNamespace(publish=lambda e: None),
+        default_profiles=SimpleNamespace(limit_kw=lambda: default, limit_taken={}))
+    sched = MpcScheduler(gw)  # type: ignore[arg-type]
+    asked: list[str] = []
+    sched.request_replan = asked.append  # type: ignore[method-assign]
+    return sched, state, asked
+
+
+STARTS = tuple(NOW + timedelta(minutes=5 * i) for i in range(36))
+END = NOW + timedelta(hours=3)
+
+
+def _profile(state: SiteState, sid: str, kws: list[float]) -> profiles.TxProfile:
+    return profiles.build_profile(station_id=sid, evse_id=1, transaction_id=f"TX-{sid}", starts=STARTS, end=END,
+                                  power_kw=kws, max_charge_kw=22.0, max_discharge_kw=0.0, bidirectional=False,
+                                  dialect=state.evses[(sid, 1)].dialect, stack_level=1, max_periods=24)
+
+
+def _plan(state: SiteState, powers: dict[str, list[float]]) -> tuple[Plan, list[SlotMeta]]:
+    sessions = tuple(PlannedSession(sid, 1, f"TX-{sid}", tuple(kws)) for sid, kws in powers.items())
+    plan = Plan(created_at=NOW, starts=STARTS, end=END, sessions=sessions, status="ok", objective=0.0, terms={},
+                solve_s=0.0, fallback=False)
+    return plan, [SlotMeta((sid, 1), state.evses[(sid, 1)].session, None, 0.0, None) for sid in powers]
+
+
+async def _settled(sched: MpcScheduler) -> None:
+    for t in list(sched._writes.values()):
+        await t
+
+
+def _in_force_kw(sched: MpcScheduler, at: datetime) -> float:
+    return sum((p.limit_at(at) or 0.0) for p in sched._sent.values()) / 1000.0
+
+
+async def test_a_safe_profile_never_raises_an_evse_above_what_it_runs_or_is_planned_now() -> None:
+    """C runs 0 and the new plan keeps it at 0 now (more later); its station refuses the plan.
+    Its safe profile must not raise it to the default share: A and B were just given the rest."""
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        periods = prof["chargingSchedule"][0]["chargingSchedulePeriod"]
+        return {"status": "Rejected" if sid == "C" and len(periods) > 1 else "Accepted"}
+
+    sched, state, asked = _scheduler(20.0, "ABC", answer)
+    for sid, kw in (("A", 11.0), ("B", 9.0), ("C", 0.0)):
+        sched._note_accepted((sid, 1), _profile(state, sid, [kw] * 36), NOW - timedelta(minutes=5))
+    plan, metas = _plan(state, {"A": [7.3] * 36, "B": [12.7] * 36, "C": [0.0] * 12 + [5.0] * 24})
+    await sched._push(NOW, plan, metas, None)
+    await _settled(sched)
+    assert ("C", 1) in sched._rejected
+    assert sched._sent[("C", 1)].limit_at(NOW) == 0.0  # the safe profile, at what it ran
+    assert _in_force_kw(sched, NOW) <= 20.0 + 1e-9
+    assert asked  # and the site is re-planned with C at its safe limit
+
+
+async def test_a_refusal_by_callerror_gets_the_safe_profile_like_a_rejection() -> None:
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        if len(prof["chargingSchedule"][0]["chargingSchedulePeriod"]) > 1:
+            raise CallErrorReceived(sid, "SetChargingProfile", "PropertyConstraintViolation", "too many periods",
+                                    None)
+        return {"status": "Accepted"}
+
+    sched, state, asked = _scheduler(20.0, "A", answer)
+    plan, metas = _plan(state, {"A": [0.0] * 12 + [11.0] * 24})
+    await sched._push(NOW, plan, metas, None)
+    await _settled(sched)
+    assert ("A", 1) in sched._rejected
+    safe = sched._sent[("A", 1)]
+    assert len(safe.periods) == 1 and safe.transaction_id == "TX-A"
+    assert asked
+    # Left alone until REJECTED_RETRY: the same refused profile is not sent at every re-plan.
+    calls: list[str] = []
+
+    async def counting(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        calls.append(sid)
+        return {"status": "Accepted"}
+
+    sched.gw.commands.set_charging_profile = lambda sid, evse, prof: counting(sid, prof)
+    await sched._push(NOW + timedelta(minutes=5), plan, metas, None)
+    assert calls == []
+
+
+async def test_a_refusal_that_comes_after_the_ev_left_does_not_hold_the_next_session() -> None:
+    """The SessionEnded is applied while the call waits its turn at the station, which then
+    answers Rejected without a reasonCode (TxNotFound is optional in OCPP 2.0.1)."""
+    sched: MpcScheduler | None = None
+
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        assert sched is not None
+        if prof["transactionId"] == "TX-C":
+            if state.evses[("C", 1)].session is not None:  # the first call: the EV leaves
+                ended = ev.SessionEnded(NOW, "C", 1, "TX-C")
+                state.apply(ended)
+                sched.on_event(ended, False)
+            return {"status": "Rejected"}
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(50.0, "C", answer)
+    plan, metas = _plan(state, {"C": [11.0] * 36})
+    assert await sched._push(NOW, plan, metas, None) == (0, 1)
+    await _settled(sched)
+    assert ("C", 1) not in sched._rejected and ("C", 1) not in sched._retry
+    assert ("C", 1) not in sched._sent  # no safe profile for a transaction that is gone
+    # The next EV on the EVSE is planned and pushed at once.
+    state.apply(ev.SessionStarted(NOW, "C", 1, "TX-C2", None))
+    assert sched._uncontrolled(NOW) == {}
+    sessions = (PlannedSession("C", 1, "TX-C2", (11.0,) * 36),)
+    plan2 = Plan(created_at=NOW, starts=STARTS, end=END, sessions=sessions, status="ok", objective=0.0, terms={},
+                 solve_s=0.0, fallback=False)
+    metas2 = [SlotMeta(("C", 1), state.evses[("C", 1)].session, None, 0.0, None)]
+    assert await sched._push(NOW, plan2, metas2, None) == (1, 0)
+
+
+async def test_a_swap_planned_for_later_holds_the_rise_back_when_the_lowering_does_not_land() -> None:
+    """Old plan: Y at 11 kW until 12:00, X after. New plan: the swap at 11:00. Neither limit
+    changes now; Y's profile only lowers, so it goes first, and when it times out X's rise is
+    held back (else at 11:00 both run 11 kW on an 11-kW site)."""
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        if sid == "Y":
+            raise CallTimeout(sid, "SetChargingProfile", 30.0)
+        return {"status": "Accepted"}
+
+    sched, state, asked = _scheduler(11.0, "XY", answer)
+    sched._note_accepted(("X", 1), _profile(state, "X", [0.0] * 14 + [11.0] * 22), NOW - timedelta(minutes=5))
+    sched._note_accepted(("Y", 1), _profile(state, "Y", [11.0] * 14 + [0.0] * 22), NOW - timedelta(minutes=5))
+    old_x = sched._sent[("X", 1)]
+    plan, metas = _plan(state, {"X": [0.0] * 2 + [11.0] * 34, "Y": [11.0] * 2 + [0.0] * 34})
+    sent, failed = await sched._push(NOW, plan, metas, None)
+    await _settled(sched)
+    assert (sent, failed) == (0, 1)
+    assert sched._sent[("X", 1)] is old_x  # X's rise was not sent
+    assert asked
+    assert _in_force_kw(sched, NOW + timedelta(minutes=11)) <= 11.0 + 1e-9
+
+
+async def test_any_profile_not_taken_asks_for_a_re_plan() -> None:
+    """A rise that times out leaves its EVSE below what the plan gave it: nothing to hold back,
+    but the site no longer adds up as planned, and the re-plan is what puts it right."""
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        raise CallTimeout(sid, "SetChargingProfile", 30.0)
+
+    sched, state, asked = _scheduler(20.0, "A", answer)
+    plan, metas = _plan(state, {"A": [11.0] * 36})
+    assert await sched._push(NOW, plan, metas, None) == (0, 1)
+    await _settled(sched)
+    assert asked == ["profile not taken"]
+
+
+@pytest.mark.parametrize("old_kw, later_kw, first_round", [(11.0, 0.0, True), (0.0, 11.0, False)])
+def test_a_profile_changing_only_later_is_ordered_by_how_it_moves(old_kw: float, later_kw: float,
+                                                                  first_round: bool) -> None:
+    state = _scheduler(11.0, "X", lambda sid, prof: asyncio.sleep(0, {}))[1]
+    old = _profile(state, "X", [old_kw] * 36)
+    new = _profile(state, "X", [old_kw] * 2 + [later_kw] * 34)
+    kinds = profiles.moves_later(old, new, 3700.0, NOW)
+    assert kinds and all((k == profiles.Move.TOWARD_ZERO) == first_round for k in kinds)
+
+
+def test_with_no_planned_profile_in_force_the_accepted_default_is_the_limit_a_draw_is_held_to() -> None:
+    """A station that took its TxDefaultProfile but whose EV draws past it (no plan yet, or the
+    plan's profile ran out) is planned at what it draws, so the others make room for it."""
+    sched, state, _ = _scheduler(20.0, "AB", lambda sid, prof: asyncio.sleep(0, {}))
+    sched.gw.default_profiles.limit_taken = {"A": 3.7}
+    assert sched._limits_in_force(NOW) == {("A", 1): 3.7}  # B's station never took one
+    session = state.evses[("A", 1)].session
+    assert session is not None
+    session.power_kw = 11.0
+    _, _, metas = live_inputs.build(state, NOW, sched.settings, sched._limits_in_force(NOW))
+    assert {m.key: m.fixed_kw for m in metas} == {("A", 1): 11.0, ("B", 1): None}
