@@ -11,7 +11,7 @@ from typing import Any
 
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import InternalError
-from ocpp.v201 import call_result
+from ocpp.v201 import call_result, datatypes
 
 from gateway.clock import Clock
 from simulators.composite import (
@@ -45,6 +45,7 @@ class SmartCharging:
         *,
         on_change: Callable[[], None],
         send: Callable[[str, dict[str, Any]], None],
+        periods_max: int = 24,
     ) -> None:
         self.evses = evses
         self.profiles = profiles
@@ -52,6 +53,7 @@ class SmartCharging:
         self.clock = clock
         self._on_change = on_change
         self._send = send
+        self.periods_max = periods_max  # SmartChargingCtrlr.PeriodsPerSchedule
 
     def _maybe_fail(self, action: str) -> None:
         if action in self.faults.callerror_actions:
@@ -65,6 +67,8 @@ class SmartCharging:
         self._maybe_fail("SetChargingProfile")
         try:
             profile = parse_profile(evse_id, snake_to_camel_case(profile_snake))
+            if len(profile.periods) > self.periods_max:
+                raise ProfileError(f"PeriodsPerSchedule: {len(profile.periods)} periods, at most {self.periods_max}")
             has_negative = any(p.limit < 0 for p in profile.periods)
             if has_negative and (evse_id == 0 or not self.evses[evse_id].spec.bidirectional):
                 # A unidirectional EVSE cannot honour a discharge order, so it refuses it.
@@ -80,6 +84,24 @@ class SmartCharging:
             )
         self._on_change()
         return call_result.SetChargingProfile(status="Accepted")
+
+    def get_variables(self, requested: list[dict[str, Any]]) -> Any:
+        """The device model this station has: SmartChargingCtrlr.PeriodsPerSchedule (B06)."""
+        self._maybe_fail("GetVariables")
+        results = []
+        for r in requested:
+            component, variable = r.get("component") or {}, r.get("variable") or {}
+            known_component = component.get("name") == "SmartChargingCtrlr"
+            if known_component and variable.get("name") == "PeriodsPerSchedule" and r.get("attribute_type") in (
+                    None, "Actual"):
+                results.append(datatypes.GetVariableResultType(
+                    attribute_status="Accepted", component=component, variable=variable,
+                    attribute_value=str(self.periods_max)))
+            else:
+                results.append(datatypes.GetVariableResultType(
+                    attribute_status="UnknownVariable" if known_component else "UnknownComponent",
+                    component=component, variable=variable))
+        return call_result.GetVariables(get_variable_result=results)
 
     def clear_charging_profile(self, profile_id: int | None, criteria: dict[str, Any] | None) -> Any:
         self._maybe_fail("ClearChargingProfile")

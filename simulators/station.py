@@ -99,6 +99,7 @@ class StationConfig:
     outbox_max: int = 10_000  # oldest periodic samples are dropped first beyond this
     sync_clock_from_boot: bool = True
     validate_messages: bool = True  # schema-check every outgoing CALL (costs ~1 ms each)
+    periods_per_schedule: int = 24  # SmartChargingCtrlr.PeriodsPerSchedule: more is refused
 
 
 @dataclass(slots=True)
@@ -180,6 +181,10 @@ class _Link(ChargePoint):  # type: ignore[misc]
     ) -> None:
         self._station.smart.report_charging_profiles(request_id, charging_profile, evse_id)
 
+    @on(Action.get_variables)  # type: ignore[untyped-decorator]
+    def _get_variables(self, get_variable_data: list[dict[str, Any]], **_: Any) -> Any:
+        return self._station.smart.get_variables(get_variable_data)
+
     @on(Action.get_composite_schedule)  # type: ignore[untyped-decorator]
     def _get_composite_schedule(
         self, duration: int, evse_id: int, charging_rate_unit: str | None = None, **_: Any
@@ -217,6 +222,7 @@ class Station:
             self.clock,
             on_change=self.update,
             send=lambda action, payload: self._queue(action, payload, kind="report"),
+            periods_max=self.config.periods_per_schedule,
         )
         self.booted = asyncio.Event()  # BootNotification accepted (once per power-up)
         self.connected = asyncio.Event()  # booted and the link is up

@@ -31,7 +31,7 @@ from gateway import events as ev
 from gateway import metrics
 from gateway.clock import to_rfc3339
 from gateway.domain import Plan, PlannedSession, TxKey
-from gateway.ocpp import profiles
+from gateway.ocpp import capabilities, profiles
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
 from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
@@ -130,6 +130,10 @@ class MpcScheduler:
         self._unanswered: dict[tuple[str, int], profiles.TxProfile] = {}
         # EVSEs that refused their plan, since when (they run the safe limit; REJECTED_RETRY).
         self._rejected: dict[tuple[str, int], datetime] = {}
+        # The most periods a station takes in a schedule, where it said so after refusing more
+        # (capabilities.periods_per_schedule), and the stations asked since they connected.
+        self._periods_max: dict[str, int] = {}
+        self._periods_asked: set[str] = set()
         # Profiles each EVSE accepted, with when, over the last LIMITS_KEPT (and the one before).
         self._accepted: dict[tuple[str, int], list[tuple[datetime, profiles.TxProfile]]] = {}
         # When each session's meter was last read, and what it said (energy in, out, SoC).
@@ -374,6 +378,7 @@ class MpcScheduler:
                 self._sent.pop(k, None)
             for k in [k for k in self._rejected if k[0] == event.station_id]:
                 self._rejected.pop(k, None)  # new firmware, maybe: it may take a plan now
+            self._periods_asked.discard(event.station_id)  # and be asked again what it takes
             replan = True
         if replan:
             self.request_replan(type(event).__name__)
@@ -384,9 +389,7 @@ class MpcScheduler:
         is sent again, its default included, and the site re-planned."""
         for k in [k for k in self._sent if k[0] == station_id]:
             self._sent.pop(k, None)
-        task = asyncio.create_task(self.gw.default_profiles.send(station_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self.gw.default_profiles.send(station_id))
         self.request_replan("ProfilesCleared")
 
     def request_replan(self, trigger: str) -> None:
@@ -773,7 +776,9 @@ class MpcScheduler:
                 starts=plan.starts, end=plan.end, power_kw=ps.power_kw, max_charge_kw=st.spec.max_charge_kw,
                 max_discharge_kw=st.spec.max_discharge_kw, bidirectional=st.spec.bidirectional,
                 dialect=st.dialect, stack_level=self.settings.profile_stack_level,
-                max_periods=self.settings.max_profile_periods, rise_delay_s=self._rise_delay_s(),
+                max_periods=min(self.settings.max_profile_periods,
+                                self._periods_max.get(ps.station_id, self.settings.max_profile_periods)),
+                rise_delay_s=self._rise_delay_s(),
             )
             old = self._sent.get(meta.key)
             if meta.key not in self._retry and not profiles.differs(old, prof):
@@ -867,6 +872,9 @@ class MpcScheduler:
                 # one would pass the site limit until the re-plan. The re-plan this asks for counts
                 # the station at it, and it gets no plan for REJECTED_RETRY.
                 self._rejected[key] = now
+                if len(prof.periods) > 1 and prof.station_id not in self._periods_asked:
+                    self._periods_asked.add(prof.station_id)
+                    self._spawn(self._learn_periods(prof.station_id, len(prof.periods)))
                 safe = profiles.safe_profile(
                     station_id=prof.station_id, evse_id=prof.evse_id, transaction_id=prof.transaction_id,
                     start=prof.periods[0].start, hours=1.0, limit_kw=self._safe_kw(key, prof, now),
@@ -877,6 +885,25 @@ class MpcScheduler:
                 self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
                 self.request_replan("profile rejected")
             return "TxNotFound" if gone else status
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _learn_periods(self, station_id: str, refused: int) -> None:
+        """After ``station_id`` refused a schedule of ``refused`` periods: if it takes fewer
+        (PeriodsPerSchedule), plan it with at most that many, at once rather than after
+        REJECTED_RETRY on its safe limit."""
+        n = await capabilities.periods_per_schedule(self.gw.commands, station_id)
+        if n is None or n >= refused:
+            return  # it refused for another reason, or does not say: the safe limit stands
+        log.info("%s takes at most %d periods per schedule: its plans are cut to that", station_id, n)
+        self._periods_max[station_id] = n
+        for k in [k for k in self._rejected if k[0] == station_id]:
+            self._rejected.pop(k, None)
+            self._retry.add(k)
+        self.request_replan("periods per schedule")
 
     def _safe_kw(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> float:
         """The safe limit for an EVSE that refused ``prof``: its default share, capped at the

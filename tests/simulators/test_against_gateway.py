@@ -7,6 +7,8 @@ with offline replay, and the fleet runner end to end. Waits are on events with g
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -301,3 +303,39 @@ async def test_fleet_runs_an_episode_against_the_gateway(gateway_factory: Any) -
     assert summary["stations"]["booted"] == 2
     rows = await db_rows(h.database_url, "SELECT count(*) AS n FROM transactions WHERE ended_at IS NOT NULL")
     assert rows[0]["n"] == 3
+
+
+
+def _periods(payload: Any) -> int:
+    body = json.loads(payload) if isinstance(payload, str) else payload
+    return len(body["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"])
+
+
+async def test_a_station_taking_few_periods_per_schedule_gets_its_plan_cut_to_them(
+    gateway_factory: Any, clock: ScaledClock
+) -> None:
+    """A station that takes one period per schedule (SmartChargingCtrlr.PeriodsPerSchedule)
+    refuses the plan's first profile; the gateway reads the variable and sends the plan cut to
+    that, instead of leaving the EVSE on a flat safe limit for half an hour."""
+    h = await gateway_factory(clock=clock, scheduler_enabled=True, replan_debounce_s=0.05,
+                              replan_period_s=3600.0)
+    await h.add_station("SIM-PPS", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    config = dataclasses.replace(CONFIG, periods_per_schedule=1)
+    st = Station(spec("SIM-PPS", False), h.ocpp_url, password=PASSWORD, clock=clock, config=config)
+    task = await run_station(st)
+    st.plug_in(ev("SIM-PPS", clock.now(), dwell_s=10 * 3600, energy_kwh=5.0))
+    sched = h.gw.scheduler
+    assert sched is not None
+    sql = "SELECT status, payload FROM profiles_sent WHERE station_id='SIM-PPS' ORDER BY id"
+
+    async def planned_within_the_cap() -> bool:
+        # "Accepted" is a plan's profile; the safe limit after a refusal is "fallback:...".
+        return any(r["status"] == "Accepted" and _periods(r["payload"]) == 1
+                   for r in await db_rows(h.database_url, sql))
+
+    await eventually(planned_within_the_cap)
+    rows = await db_rows(h.database_url, sql)
+    assert rows[0]["status"] == "Rejected" and _periods(rows[0]["payload"]) > 1
+    assert sched._periods_max == {"SIM-PPS": 1}
+    assert ("SIM-PPS", 1) not in sched._rejected
+    await stop_station(st, task)
