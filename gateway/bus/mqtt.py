@@ -65,6 +65,14 @@ def broker_address(url: str) -> tuple[str, int]:
 
 
 STOP_WAIT_S = 5.0
+# A link that lived this long (real seconds) was a working one: when it drops, the back-off starts
+# again from its minimum. A shorter one (a broker that drops the bridge right after connecting)
+# lets it keep growing, so a fault that recurs on every link cannot make it spin.
+LINK_STABLE_S = 30.0
+# The first message in line is given up after the link dropped this many times in a row while it
+# was being published: a message the broker refuses by dropping the connection (larger than its
+# max_packet_size, say) would otherwise stop every message behind it for good.
+HEAD_ATTEMPTS_MAX = 3
 # site_settings key under which the digest of the last message applied from an input topic is
 # kept, so a retained replay of that very message (a restart, an expired session) is known as one.
 APPLIED_KEY = "mqtt_applied:{}"
@@ -93,6 +101,10 @@ class MqttBridge:
         self._buf: deque[topics.Outgoing] = deque()
         self._retained_pending: Counter[str] = Counter()  # retained topics in the buffer, how many of each
         self._ready = asyncio.Event()  # set while the buffer has something
+        self._in_flight: topics.Outgoing | None = None  # being published on the current link
+        self._head: topics.Outgoing | None = None  # the message publishing last failed on
+        self._head_failures = 0  # links in a row lost while publishing it
+        self.given_up = 0
         self._empty = asyncio.Event()  # set while it has nothing (a stop waits on it to drain)
         self._empty.set()
         self._down = asyncio.Event()  # set while the link is down
@@ -237,8 +249,12 @@ class MqttBridge:
                 await self._ready.wait()
                 continue
             msg = self._buf[0]
+            self._in_flight = msg
             await client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
                                  timeout=PUBLISH_TIMEOUT_S)
+            self._in_flight = None
+            if self._head is msg:
+                self._head, self._head_failures = None, 0
             # Only now is it the broker's: a failure above leaves it first in line for the next try.
             if self._buf and self._buf[0] is msg:
                 self._forget(self._buf.popleft())
@@ -247,6 +263,24 @@ class MqttBridge:
             self.published += 1
             metrics.MQTT_PUBLISHED.inc()
             metrics.MQTT_BUFFERED.set(len(self._buf))
+
+    def _link_lost(self) -> None:
+        """The link went while a message was being published (the broker's answer to it, maybe)."""
+        msg, self._in_flight = self._in_flight, None
+        if msg is None or not self._buf or self._buf[0] is not msg:
+            return
+        if self._head is not msg:
+            self._head, self._head_failures = msg, 0
+        self._head_failures += 1
+        if self._head_failures >= HEAD_ATTEMPTS_MAX and self._buf and self._buf[0] is msg:
+            self._forget(self._buf.popleft())
+            self._head, self._head_failures = None, 0
+            self.given_up += 1
+            self.dropped += 1
+            metrics.MQTT_DROPPED.inc()
+            metrics.MQTT_BUFFERED.set(len(self._buf))
+            log.error("MQTT message on %s (%d bytes) given up: the link was lost %d times in a row while "
+                      "publishing it (does the broker refuse it?)", msg.topic, len(msg.payload), HEAD_ATTEMPTS_MAX)
 
     # --- in -------------------------------------------------------------------------------
     async def _receive(self, client: aiomqtt.Client) -> None:
@@ -373,6 +407,8 @@ class MqttBridge:
 
     async def _connection(self) -> None:
         delay = self.reconnect_min_s
+        loop = asyncio.get_running_loop()
+        up_since = 0.0
         while True:
             try:
                 # clean_start=False on every connect (the identifier is this process's own, so
@@ -397,14 +433,18 @@ class MqttBridge:
                     for name in topics.INPUTS:
                         await client.subscribe(topics.input_topic(self.prefix, name), options=options)
                     self._set_connected(True)
+                    up_since = loop.time()
                     log.info("MQTT connected to %s:%d", self.host, self.port)
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
                 if self.connected:
                     log.warning("MQTT connection lost: %s (%d messages buffered)", exc, len(self._buf))
-                    # A link that was up and went away: the back-off starts afresh. (Not reset on
-                    # connect: a fault that recurs right after every connect must not spin.)
-                    delay = self.reconnect_min_s
+                    self._link_lost()
+                    # A link that worked for a while and went away: the back-off starts afresh.
+                    # (Not on connect, nor after a brief link: a fault that recurs right after
+                    # every connect must not spin.)
+                    if loop.time() - up_since >= LINK_STABLE_S:
+                        delay = self.reconnect_min_s
                 else:
                     metrics.MQTT_RECONNECTS.labels("failed").inc()
                     log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
@@ -417,6 +457,7 @@ class MqttBridge:
                     metrics.MQTT_RECONNECTS.labels("failed").inc()
                 log.exception("MQTT bridge: unexpected error; reconnecting (%d messages buffered)",
                               len(self._buf))
+                self._link_lost()
             self._set_connected(False)
             # Real seconds: this waits on an outside service, not on simulated time. Jitter keeps a
             # fleet of gateways from reconnecting in step after a broker restart.

@@ -7,10 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from gateway import metrics
 from gateway.bus import topics
+from gateway.bus.mqtt import HEAD_ATTEMPTS_MAX
 from tests.api.conftest import eventually, plug_in
-from tests.bus.conftest import Mosquitto, bridge_down, bridge_up, recording
+from tests.bus.conftest import HAVE_MOSQUITTO, Mosquitto, bridge_down, bridge_up, free_port, recording
 from tests.conftest import GatewayHarness
 
 BUFFER_MAX = 5
@@ -101,3 +104,32 @@ async def test_a_full_buffer_keeps_each_retained_topics_newest_value(gateway_fac
     bridge.enqueue(msg("status-c", True))  # full: the meter reading goes
     bridge.enqueue(msg("status-d", True))  # only newest values left: the oldest goes
     assert [(m.topic.split("/")[-1]) for m in bridge._buf] == ["status-b", "status-c", "status-d"]
+
+
+async def test_a_message_the_broker_keeps_refusing_is_given_up_and_the_rest_flows(
+    gateway_factory: Any, prefix: str, tmp_path: Any
+) -> None:
+    """A broker drops a client that publishes a packet over its max_packet_size. The first
+    message in line would then be tried again first on every link, for good, and nothing behind
+    it would ever go out; after HEAD_ATTEMPTS_MAX lost links it is given up (logged, counted)."""
+    if not HAVE_MOSQUITTO:
+        pytest.skip("no mosquitto binary for a private broker")
+    broker = Mosquitto(free_port(), tmp_path)
+    broker.conf.write_text(broker.conf.read_text() + "max_packet_size 1000\n")
+    await broker.start()
+    try:
+        h: GatewayHarness = await gateway_factory(mqtt_url=broker.url, mqtt_topic_prefix=prefix,
+                                                  mqtt_reconnect_min_s=0.05, mqtt_reconnect_max_s=0.2)
+        assert h.gw is not None and h.gw.mqtt is not None
+        bridge = h.gw.mqtt
+        await bridge_up(bridge)
+        async with recording(broker.url, prefix) as rec:
+            dropped = _dropped()
+            bridge.enqueue(topics.Outgoing(f"{prefix}/big", b'"' + b"x" * 4000 + b'"', 1, False))
+            bridge.enqueue(topics.Outgoing(f"{prefix}/small", b'{"behind": "the big one"}', 1, False))
+            await rec.wait_for(f"{prefix}/small")
+            assert bridge.given_up == 1 and _dropped() == dropped + 1
+            assert bridge.connects >= HEAD_ATTEMPTS_MAX
+            assert all(t != f"{prefix}/big" for t, _, _ in rec.messages)
+    finally:
+        await broker.kill()
