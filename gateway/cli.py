@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--days", type=int, default=1)
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--policies", default="uncontrolled,greedy,edf,mpc,optimal")
-    ev.add_argument("--exact", action="store_true", help="give the MPC exact departures and needs")
+    ev.add_argument("--exact", action="store_true",
+                    help="give every policy exact departures and needs, and every EV's battery (SoC, capacity, "
+                         "reserve, own power limit and taper) as an ISO 15118 EV tells it")
     ev.add_argument("--building-forecast", choices=("learned", "ems"), default="learned",
                     help="what the MPC plans the building with: the profile it learns from the readings "
                          "(default), or the episode's energy-system day-ahead forecast, as if pushed over MQTT")

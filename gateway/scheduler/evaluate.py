@@ -288,6 +288,9 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
     history: dict[datetime, float] = {}
     present: dict[Key, EvTruth] = {}
     policy.begin(ep)
+    # A policy object lives through every episode of a run (the MPC learns from the days before):
+    # only the solves of this episode are this run's.
+    solves_before = len(getattr(policy, "solve_times", []))
     peak = 0.0
     times = [start + timedelta(seconds=STEP_S * i) for i in range(n)]
     for i, now in enumerate(times):
@@ -333,7 +336,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         policy.session_done(ep, t.arrival.arrival, t.arrival.departure, _known_need(t), _announced(t.arrival),
                             _max_kw_done(t), t.stored_seen)
     metrics = price_run(ep, evs, net, building, limit, price, p_exp, pay, evse_power, penalty, n)
-    solve_times = list(getattr(policy, "solve_times", []))
+    solve_times = list(getattr(policy, "solve_times", []))[solves_before:]
     return Run(policy=policy.name, episode=ep.name, times=times, net_kw=net, building_kw=building,
                limit_kw=limit, price=price, evse_power=evse_power, evs=evs, solve_times=solve_times,
                metrics=metrics)
@@ -486,6 +489,10 @@ def summarise(runs: list[Run], names: Sequence[str]) -> dict[str, Any]:
             "solve_s_p95": float(np.percentile(st, 95)) if len(st) else 0.0,
             "solves": len(st),
         }
+    for res in out.values():
+        # The key is always there (the JSON's stable shape); null where it cannot be had (both
+        # uncontrolled and optimal must run, and differ).
+        res["savings_capture"] = res["savings_capture_total"] = res["peak_reduction_capture"] = None
     if "uncontrolled" in out and "optimal" in out:
         u, o = out["uncontrolled"], out["optimal"]
         for res in out.values():

@@ -306,3 +306,16 @@ def test_the_mpc_keeps_room_for_plug_ins_at_idle_evses_as_live(monkeypatch: pyte
     assert seen and any(n < 4 for n, _ in seen)
     for n, limit in seen:
         assert limit == pytest.approx(ep.limits.import_kw - min(4 - n, policies.PLUG_IN_RESERVE_EVSES) * per)
+
+
+def test_each_days_run_counts_its_own_solves_and_the_capture_keys_are_always_there() -> None:
+    """One MPC object plans every day of a run (it learns from the days before); the solve
+    times of a day are that day's, not every day's so far."""
+    days = [small_episode(3, seed=5), small_episode(3, seed=6)]
+    out, runs = ev.evaluate(days, ["mpc"], progress=False)
+    first, second = (r for r in runs if r.policy == "mpc")
+    assert first.solve_times and second.solve_times
+    assert out["policies"]["mpc"]["solves"] == len(first.solve_times) + len(second.solve_times)
+    assert second.solve_times[: len(first.solve_times)] != first.solve_times
+    # Without uncontrolled and optimal there is no capture to compute: null, not missing.
+    assert KEYS <= set(out["policies"]["mpc"]) and out["policies"]["mpc"]["savings_capture"] is None
