@@ -70,7 +70,11 @@ class DemandMeter:
                 self._interval = end
             self._add(t0, t, kw0)
         if self._interval is None:
-            self._interval = t - t % self.interval_s
+            # On the site's clock: a 60-minute interval in a zone 5:30 from UTC is 06:00-07:00
+            # local, not 06:30-07:30 (intervals follow on from this one, interval_s apart).
+            offset = sitetime.local(at, self.timezone).utcoffset()
+            off = 0.0 if offset is None else offset.total_seconds()
+            self._interval = t - (t + off) % self.interval_s
         self._last = (t, kw)
 
     def restore(self, period: datetime, peak_kw: float) -> None:

@@ -77,3 +77,15 @@ def test_billing_periods_are_months_from_the_billing_day() -> None:
     assert period_end(at, 15) == datetime(2026, 1, 15, tzinfo=UTC)
     assert period_start(datetime(2026, 12, 20, tzinfo=UTC), 15) == datetime(2026, 12, 15, tzinfo=UTC)
     assert period_end(datetime(2026, 12, 20, tzinfo=UTC), 15) == datetime(2027, 1, 15, tzinfo=UTC)
+
+
+def test_demand_intervals_follow_the_sites_clock() -> None:
+    """An hour's interval in a zone 5:30 from UTC runs 06:00-07:00 local: 100 kW for exactly that
+    hour is a 100-kW peak, not two half-hours of 50."""
+    m = DemandMeter(interval_s=3600.0, timezone="Asia/Kolkata")
+    six_local = datetime(2026, 7, 1, 0, 30, tzinfo=UTC)  # 06:00 IST
+    m.sample(six_local - timedelta(hours=2), 0.0)
+    m.sample(six_local, 100.0)
+    m.sample(six_local + timedelta(hours=1), 0.0)
+    m.sample(six_local + timedelta(hours=3), 0.0)
+    assert m.peak_kw == pytest.approx(100.0)
