@@ -29,7 +29,7 @@ from gateway.db.engine import make_engine, sessionmaker
 from gateway.db.planning import PlanningRepository
 from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
-from gateway.db.transactions import TransactionRepository
+from gateway.db.transactions import TransactionRepository, TxSnapshot
 from gateway.domain import DischargeDialect, EvseSpec
 from gateway.logs import setup_logging
 from gateway.ocpp.commands import StationCommands
@@ -137,6 +137,8 @@ class Gateway:
         and the open sessions with their needs and preferences."""
         await restore_site_inputs(self)
         stations = {s.id: s for s in await self.stations.list(limit=1_000_000)}
+        self.default_profiles.limit_taken.update(
+            {s.id: s.default_limit_kw for s in stations.values() if s.default_limit_kw is not None})
         for e in await self.stations.evses():
             st = self.state.evse(e.station_id, e.evse_id)
             st.spec = EvseSpec(e.station_id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional,
@@ -145,10 +147,21 @@ class Gateway:
             if row is not None:
                 st.dialect = DischargeDialect(row.discharge_dialect)
                 st.discharge_undeclared_evs = row.discharge_undeclared_evs
+        newest: dict[tuple[str, int], TxSnapshot] = {}
         for tx in await self.transactions.active():
             if tx.evse_id is None or tx.started_at is None:
                 continue
-            needs = await self.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
+            key = (tx.station_id, tx.evse_id)
+            known = newest.get(key)
+            if known is None or (known.started_at is not None and tx.started_at > known.started_at):
+                newest[key] = tx
+        for (station_id, evse_id), tx in newest.items():
+            assert tx.started_at is not None
+            # An EVSE carries one transaction: any other left open (its Ended lost) is closed.
+            await self.transactions.supersede(station_id, evse_id, tx.transaction_id, tx.started_at)
+        for tx in newest.values():
+            assert tx.evse_id is not None and tx.started_at is not None
+            needs = await self.planning.session_needs(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at)
             prefs = await self.planning.preferences(tx.station_id, tx.transaction_id)
             self.state.evse(tx.station_id, tx.evse_id).session = tx.as_session(needs, prefs)
             self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id

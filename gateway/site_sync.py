@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 from gateway import events as ev
 from gateway import metrics
 from gateway.db.engine import is_transient, until_committed
-from gateway.domain import Session
+from gateway.db.planning import NEEDS_BEFORE_START, StoredNeeds
+from gateway.domain import EvNeeds, Session
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -91,13 +92,10 @@ class SiteSync:
                 self._apply_later(event)
                 return
             if row is not None:
-                # Another node (or an earlier pass) may have fixed the point already: the same for all.
-                base = state.set_needs(event.station_id, event.evse_id, row.needs, row.baseline_kwh)
-                if base is not None and row.baseline_kwh is None:
-                    kept = await self._store_baseline(row.id, base)
-                    if kept != base:  # another node stored its reading first: count from that one
-                        state.set_needs(event.station_id, event.evse_id, row.needs, kept)
+                await self._adopt_needs(event.station_id, event.evse_id, row)
         replan = state.apply(event)
+        if isinstance(event, ev.SessionStarted):
+            await self._needs_sent_before(event)
         if pinned is not None and pinned.battery_start_kwh is not None:
             await self._store_battery_start(pinned)
         self.applied += 1
@@ -105,6 +103,36 @@ class SiteSync:
             self._peak_write = asyncio.create_task(self._store_peak(), name="billing-peak")
         for listener in self.listeners:
             listener(event, replan)
+
+    async def _needs_sent_before(self, event: ev.SessionStarted) -> None:
+        """Needs the EV sent before its transaction began (a station that starts it when power
+        flows, TxStartPoint PowerPathClosed) found no session to go to: the new session takes
+        them. Only needs of no transaction or of this one, from shortly before it began."""
+        state = self._gw.state
+        st = state.evses.get((event.station_id, event.evse_id))
+        if st is None or st.session is None or st.session.transaction_id != event.transaction_id:
+            return
+        if st.session.needs != EvNeeds():
+            return  # it has its own already
+        try:
+            row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, event.at - NEEDS_BEFORE_START,
+                                                       transaction_id=event.transaction_id)
+        except Exception as exc:
+            log.warning("EV needs sent before %s began not read: %s", event.transaction_id, exc)
+            return
+        if row is not None:
+            await self._adopt_needs(event.station_id, event.evse_id, row)
+
+    async def _adopt_needs(self, station_id: str, evse_id: int, row: StoredNeeds) -> None:
+        """The EVSE's session takes the needs of ``row``, counted from the energy it had when
+        they came. Another node (or an earlier pass) may have fixed that point already: the same
+        for all."""
+        state = self._gw.state
+        base = state.set_needs(station_id, evse_id, row.needs, row.baseline_kwh)
+        if base is not None and row.baseline_kwh is None:
+            kept = await self._store_baseline(row.id, base)
+            if kept != base:  # another node stored its reading first: count from that one
+                state.set_needs(station_id, evse_id, row.needs, kept)
 
     def _apply_later(self, event: ev.Event) -> None:
         # Retried with until_committed's back-off: the retried apply raises while the database

@@ -203,6 +203,12 @@ class SiteState:
         if s is not None:
             s.preferences = prefs
 
+    def prune_grid_events(self, now: datetime) -> None:
+        """Forget grid events that are over: they plan nothing, and a year of hourly events
+        would be walked at every re-plan (they stay in the database)."""
+        for k in [k for k, g in self.grid_events.items() if g.end <= now]:
+            del self.grid_events[k]
+
     def track_peak(self, at: datetime) -> None:
         """The site's import changed at ``at`` (a reading, a session's end, the building load)."""
         self.demand.sample(at, self.site_power_kw())
@@ -221,7 +227,14 @@ class SiteState:
         else:
             departure, dep_src = s.started_at + timedelta(hours=cfg.default_dwell_h), "forecast"
         capacity = n.capacity_kwh
-        soc = s.soc if s.soc is not None else n.soc
+        soc = s.soc
+        if soc is None and n.soc is not None:
+            # The SoC the EV told with its needs, carried forward by the energy metered since (a
+            # station that sends no SoC readings would otherwise leave it there: a target SoC
+            # never reached however much went in, and the battery planned as it was at plug-in).
+            soc = n.soc
+            if capacity:
+                soc = min(max(n.soc + (delivered - s.needs_baseline_kwh) / capacity, 0.0), 1.0)
         if p.energy_kwh is not None:
             wanted, e_src = p.energy_kwh, "driver"
         elif p.target_soc is not None and capacity is not None and soc is not None:

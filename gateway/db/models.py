@@ -65,6 +65,8 @@ class Station(Base):
     last_boot_at: Mapped[datetime | None] = mapped_column(TS)
     last_seen_at: Mapped[datetime | None] = mapped_column(TS)
     connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # The TxDefaultProfile limit (kW) the station last accepted (migration 0012).
+    default_limit_kw: Mapped[float | None] = mapped_column(Float)
 
 
 class Evse(Base):

@@ -4,16 +4,20 @@ grid events, tariffs, operator site settings, billing peaks and the building's r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db import models as m
 from gateway.domain import ChargeMode, EvNeeds, GridEvent, GridEventKind, Preferences
 
+# How long before its transaction's start an EV's needs may come and still be its own: ISO 15118
+# needs arrive before TransactionEvent Started where a station starts the transaction late
+# (TxStartPoint PowerPathClosed), and a station's clock (its started_at) may run ahead of ours.
+NEEDS_BEFORE_START = timedelta(minutes=10)
 
 @dataclass(frozen=True, slots=True)
 class StoredNeeds:
@@ -46,13 +50,17 @@ class PlanningRepository:
                 ev_max_discharge_kw=needs.ev_max_discharge_kw, payload=payload, received_at=now,
             ))
 
-    async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None) -> StoredNeeds | None:
+    async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None,
+                           transaction_id: str | None = None) -> StoredNeeds | None:
         """The newest needs of an EVSE (received at or after ``since``), with the row's id and
-        the energy the EV had when they arrived (None until ``set_needs_baseline`` wrote it)."""
+        the energy the EV had when they arrived (None until ``set_needs_baseline`` wrote it).
+        With ``transaction_id``: only needs of that transaction or of none (sent before it began)."""
         async with self._sessions() as s:
             q = select(m.EvNeed).where(m.EvNeed.station_id == station_id, m.EvNeed.evse_id == evse_id)
             if since is not None:
                 q = q.where(m.EvNeed.received_at >= since)
+            if transaction_id is not None:
+                q = q.where(or_(m.EvNeed.transaction_id.is_(None), m.EvNeed.transaction_id == transaction_id))
             n = (await s.execute(q.order_by(m.EvNeed.received_at.desc(), m.EvNeed.id.desc())
                                  .limit(1))).scalar_one_or_none()
             if n is None:
@@ -60,6 +68,14 @@ class PlanningRepository:
             return StoredNeeds(n.id, EvNeeds(n.departure_time, n.energy_kwh, n.capacity_kwh, n.soc, n.target_soc,
                                              n.min_soc, n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source),
                                n.baseline_kwh)
+
+    async def session_needs(self, station_id: str, evse_id: int, transaction_id: str,
+                            started_at: datetime) -> StoredNeeds | None:
+        """The newest needs of the session ``transaction_id`` that began at ``started_at`` (the
+        station's time): received (our time) from NEEDS_BEFORE_START before it, of this
+        transaction or sent before it began."""
+        return await self.latest_needs(station_id, evse_id, started_at - NEEDS_BEFORE_START,
+                                       transaction_id=transaction_id)
 
     async def set_needs_baseline(self, row_id: int, baseline_kwh: float) -> float:
         """Store ``baseline_kwh`` with the needs unless one is stored already (another node's, or

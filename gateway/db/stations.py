@@ -33,6 +33,7 @@ class StationRow:
     last_seen_at: datetime | None
     connected: bool
     discharge_undeclared_evs: bool | None = None  # None: the site's setting
+    default_limit_kw: float | None = None  # the TxDefaultProfile limit it last accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,8 @@ class EvseRow:
 
 def _row(s: m.Station) -> StationRow:
     return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
-                      s.firmware_version, s.boot_status, s.last_seen_at, s.connected, s.discharge_undeclared_evs)
+                      s.firmware_version, s.boot_status, s.last_seen_at, s.connected, s.discharge_undeclared_evs,
+                      s.default_limit_kw)
 
 
 class StationRepository:
@@ -142,6 +144,10 @@ class StationRepository:
             stmt = insert(m.Station).values(id=station_id, registered_at=now, connected=connected, last_seen_at=now)
             await s.execute(stmt.on_conflict_do_update(index_elements=[m.Station.id],
                                                        set_={"connected": connected, "last_seen_at": now}))
+
+    async def set_default_limit(self, station_id: str, limit_kw: float) -> None:
+        async with self._sessions.begin() as s:
+            await s.execute(update(m.Station).where(m.Station.id == station_id).values(default_limit_kw=limit_kw))
 
     async def touch(self, station_id: str, now: datetime) -> None:
         async with self._sessions.begin() as s:

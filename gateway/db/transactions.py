@@ -18,6 +18,8 @@ from gateway.db.planning import StoredNeeds, preferences_of
 from gateway.domain import EvNeeds, Preferences, Session
 from gateway.ocpp.meter import Readings, samples, summarize
 
+SUPERSEDED = "Superseded"  # stopped_reason of a transaction closed by the next one on its EVSE
+
 
 @dataclass(frozen=True, slots=True)
 class TxSnapshot:
@@ -231,6 +233,20 @@ class TransactionRepository:
                                    .values(battery_start_kwh=func.coalesce(t.battery_start_kwh, kwh))
                                    .returning(t.battery_start_kwh))).first()
             return None if got is None or got[0] is None else float(got[0])
+
+    async def supersede(self, station_id: str, evse_id: int, transaction_id: str, started_at: datetime) -> int:
+        """Close the EVSE's other open transactions that started before ``started_at`` (the start
+        of ``transaction_id``, now on it): their Ended event was lost, and an EVSE carries one
+        transaction at a time. Each ends at that start, with ``stopped_reason`` "Superseded" and
+        the energy last recorded; a late Ended of theirs still writes its own end. Returns how
+        many were closed."""
+        t = m.Transaction
+        async with self._sessions.begin() as s:
+            res = await s.execute(update(t).where(
+                t.station_id == station_id, t.evse_id == evse_id, t.ended_at.is_(None),
+                t.transaction_id != transaction_id, t.started_at < started_at,
+            ).values(ended_at=started_at, stopped_reason=SUPERSEDED))
+            return int(getattr(res, "rowcount", 0) or 0)
 
     async def active(self) -> list[TxSnapshot]:
         """The open transactions, each with the highest SoC its meter values stored."""

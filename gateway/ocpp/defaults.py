@@ -8,7 +8,11 @@ transaction (K01: a TxProfile overrules the TxDefaultProfile); it is sent again 
 because a reboot may have cleared it. A new site limit (or one shared by more EVSEs) moves it:
 it is sent again to every connected station that took another one, and to a station that holds
 another one when it reconnects (the planner counts every idle EVSE at the current default: one
-holding a higher default would draw more than counted).
+holding a higher default would draw more than counted). What each station accepted is stored
+(``stations.default_limit_kw``), since a station keeps its default across a gateway restart and
+most reconnect without booting. The limit shared is the site's import limit, or the lowest import
+cap of a grid event in force now or starting before the next re-plan; it is checked again on
+every re-plan, every change of the site's inputs, and whenever the site learns of another EVSE.
 """
 
 from __future__ import annotations
@@ -16,14 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway import events as ev
 from gateway import metrics
-from gateway.ocpp.errors import GatewayOcppError
+from gateway.domain import GridEventKind
+from gateway.ocpp.errors import CallErrorReceived, GatewayOcppError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.state import SiteState
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,14 @@ STALE_BY_KW = 0.01  # a default this far from the current one is sent again (the
 
 def default_limit_kw(safe_limit_kw: float, import_limit_kw: float, evse_count: int) -> float:
     return max(0.0, min(safe_limit_kw, import_limit_kw / max(evse_count, 1)))
+
+
+def import_limit_kw(state: SiteState, now: datetime, ahead: timedelta) -> float:
+    """The site's import limit, or the lowest import cap of a grid event in force at some moment
+    of [now, now + ahead] (a default is constant: it must hold through the cap)."""
+    caps = [g.cap_kw for g in state.grid_events.values()
+            if g.kind == GridEventKind.IMPORT_CAP and g.cap_kw is not None and g.start <= now + ahead and g.end > now]
+    return min([state.limits.import_kw, *caps])
 
 
 def default_profile(limit_kw: float) -> dict[str, Any]:
@@ -58,10 +73,16 @@ class DefaultProfiles:
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[str]] = set()
         self.sent: dict[str, str] = {}  # station -> last answer (status or error)
-        self.limit_taken: dict[str, float] = {}  # station -> the default (kW) it last accepted
+        # station -> the default (kW) it last accepted (stored; read back at start: Gateway._load_state)
+        self.limit_taken: dict[str, float] = {}
+        self._checked: float | None = None  # the limit the stations were last checked against
 
     def start(self) -> None:
-        self._sub = self._gw.bus.subscribe(ev.StationBooted, ev.StationConnected, ev.SiteInputsChanged)
+        # Besides boots, connects and input changes: every re-plan (at least every period, so a
+        # grid event's cap coming or going is seen in time) and the events that may show the site
+        # an EVSE it did not know (each EVSE is a share of the limit).
+        self._sub = self._gw.bus.subscribe(ev.StationBooted, ev.StationConnected, ev.SiteInputsChanged,
+                                           ev.PlanPublished, ev.StatusChanged, ev.SessionStarted)
         self._task = asyncio.create_task(self._run(), name="default-profiles")
 
     async def stop(self) -> None:
@@ -81,17 +102,26 @@ class DefaultProfiles:
                 # Never from inside the BootNotification handler: the reply must go out first.
                 self._spawn(event.station_id)
             elif isinstance(event, ev.StationConnected):
-                if self._stale(event.station_id, self.limit_kw()):
+                last = self.sent.get(event.station_id)
+                # Another default than the site's now, or a send that got no answer (a timeout, the
+                # link lost): a refusal (Rejected, a CALLERROR) would only be refused again.
+                failed = last is not None and last not in ("Accepted", "Rejected", CallErrorReceived.__name__)
+                if failed or self._stale(event.station_id, self.limit_kw()):
                     self._spawn(event.station_id)
-            elif isinstance(event, ev.SiteInputsChanged):
+            else:
                 limit = self.limit_kw()
+                if limit == self._checked and not isinstance(event, ev.SiteInputsChanged):
+                    continue
+                self._checked = limit
                 for sid in [s for s in self.limit_taken if self._stale(s, limit)]:
                     if self._gw.ocpp.registry.get(sid) is not None:
                         self._spawn(sid)
 
     def limit_kw(self) -> float:
-        state = self._gw.state
-        return default_limit_kw(self._gw.settings.safe_limit_kw, state.limits.import_kw, len(state.evses))
+        gw = self._gw
+        ahead = timedelta(seconds=gw.settings.replan_period_s)
+        return default_limit_kw(gw.settings.safe_limit_kw, import_limit_kw(gw.state, gw.clock.now(), ahead),
+                                len(gw.state.evses))
 
     def _stale(self, station_id: str, limit: float) -> bool:
         taken = self.limit_taken.get(station_id)
@@ -115,4 +145,10 @@ class DefaultProfiles:
         self.sent[station_id] = status
         if status == "Accepted":
             self.limit_taken[station_id] = limit
+            try:
+                await self._gw.stations.set_default_limit(station_id, limit)
+            except Exception as exc:
+                # Known in this process all the same; only a restart before the next accepted
+                # default would not know what the station holds.
+                log.warning("default limit of %s not stored: %s", station_id, exc)
         return status

@@ -367,9 +367,29 @@ class Handlers:
             began = tx.started_at if queued else None
             self._bus.publish(ev.SessionStarted(at, station_id, evse_id, tid, tx.id_token,
                                                 None if began is None else min(began, at)))
+            if tx.started_at is not None:
+                self._close_superseded(station_id, evse_id, tid, tx.started_at)
         self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, tx.energy_in_kwh,
                                             tx.energy_out_kwh, tx.power_kw, tx.soc, tx.charging_state))
         return recorded.response
+
+    def _close_superseded(self, station_id: str, evse_id: int, tid: str, started_at: datetime) -> None:
+        """Close, in the background, what was left open on the EVSE before ``tid`` started: a
+        transaction whose Ended was lost would otherwise come back at the next restart as a
+        session drawing its last power, and be planned and billed."""
+        async def run() -> None:
+            try:
+                n = await self._tx.supersede(station_id, evse_id, tid, started_at)
+            except Exception as exc:
+                log.warning("%s EVSE %d: earlier open transactions not closed: %s", station_id, evse_id, exc)
+                return
+            if n:
+                log.info("%s EVSE %d: %d open transaction(s) before %s closed as superseded", station_id,
+                         evse_id, n, tid)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _note_active(self, station_id: str, evse_id: int, tid: str, tx: TxSnapshot) -> None:
         """A replay's bookkeeping: idempotent, publishes nothing. MeterValues carry no

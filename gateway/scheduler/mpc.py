@@ -479,6 +479,7 @@ class MpcScheduler:
         now = self.gw.clock.now()
         limits_sent = self._limits_in_force(now)
         state = self.gw.state
+        state.prune_grid_events(now)
         observed = self._observed(now)
         if state.building_load_at is not None and now - state.building_load_at <= BUILDING_READING_FRESH:
             self._note_building(now, state.building_load_kw)

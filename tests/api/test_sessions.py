@@ -348,3 +348,22 @@ async def _quiet(seen: asyncio.Queue[dict[str, Any]]) -> bool:
         seen.get_nowait()
     await asyncio.sleep(1.0)
     return seen.empty()
+
+
+async def test_energy_and_target_soc_replace_each_other(gateway_server: GatewayHarness, api: httpx.AsyncClient) -> None:
+    """Two ways of saying how much: the one set last is the one in force. Kept side by side, a
+    kWh set earlier won over a target SoC set later, and both showed as the driver's."""
+    st = await plug_in(gateway_server, "CS-P9", "tx-p9", "TOKEN-P9")
+    await st.ws.ok("NotifyEVChargingNeeds", DC_NEEDS)  # 60 kWh battery at 50 %
+    url = "/api/v1/sessions/tx-p9/preferences"
+    first = await api.put(url, headers=OPERATOR, json={"energy_kwh": 5.0})
+    assert first.status_code == 200, first.text
+    second = await api.put(url, headers=OPERATOR, json={"target_soc": 0.9})
+    assert second.status_code == 200, second.text
+    prefs = second.json()["session"]["preferences"]
+    assert prefs["energy_kwh"] is None and prefs["target_soc"] == 0.9
+    resolved = second.json()["session"]["resolved"]
+    assert resolved["energy_source"] == "driver" and abs(resolved["energy_wanted_kwh"] - 24.0) < 1e-6
+    third = await api.put(url, headers=OPERATOR, json={"energy_kwh": 7.0})
+    prefs = third.json()["session"]["preferences"]
+    assert prefs["energy_kwh"] == 7.0 and prefs["target_soc"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -63,4 +64,72 @@ async def test_a_new_site_limit_moves_the_default_of_every_connected_station(gat
             break
     assert call[3]["evseId"] == 0
     assert prof["chargingSchedule"][0]["chargingSchedulePeriod"] == [{"startPeriod": 0, "limit": 1000}]
+    await st.close()
+
+
+async def _booted_with_default(h: GatewayHarness, station_id: str) -> RawStation:
+    """A station that booted and took its default (answered Accepted)."""
+    st = await RawStation.connect(h.ocpp_url, station_id, PASSWORD)
+    await st.ok("BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}})
+    await _next_default(st)
+    return st
+
+
+async def _next_default(st: RawStation) -> int:
+    """The limit (W) of the next TxDefaultProfile the station is sent, every call answered Accepted."""
+    while True:  # a re-plan's calls may come first
+        call = await asyncio.wait_for(st.next_call(), EVENT_TIMEOUT_S)
+        await st.answer(call, {"status": "Accepted"})
+        prof = call[3].get("chargingProfile", {})
+        if call[2] == "SetChargingProfile" and prof.get("chargingProfilePurpose") == "TxDefaultProfile":
+            return int(prof["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"])
+
+
+async def _eight_evse_site(gateway_factory: Any) -> GatewayHarness:
+    h: GatewayHarness = await gateway_factory(site=SiteConfig(import_limit_kw=20.0), scheduler_enabled=True,
+                                              replan_period_s=3600.0)
+    for i in range(8):
+        await h.add_station(f"CS-{i}", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    return h
+
+
+async def test_what_a_station_holds_is_known_after_a_restart(gateway_factory: Any) -> None:
+    """A station keeps its default across a gateway restart and reconnects without booting: a
+    new site limit must still move it."""
+    h = await _eight_evse_site(gateway_factory)
+    st = await _booted_with_default(h, "CS-0")  # 20 kW / 8 = 2500 W
+    await st.close()
+    await h.restart()
+    st = await RawStation.connect(h.ocpp_url, "CS-0", PASSWORD)  # no BootNotification
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 8.0, "export_kw": 0.0})
+        assert r.status_code == 200, r.text
+    assert await _next_default(st) == 1000
+    await st.close()
+
+
+async def test_more_evses_on_the_site_move_every_default(gateway_factory: Any) -> None:
+    h = await _eight_evse_site(gateway_factory)
+    st = await _booted_with_default(h, "CS-0")
+    for i in range(8, 10):  # ten EVSEs share 20 kW now
+        await h.add_station(f"CS-{i}", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.post("/api/v1/stations", headers=OPERATOR,
+                           json={"id": "CS-10", "password": PASSWORD, "evses": [{"evse_id": 1, "max_charge_kw": 11.0}]})
+        assert r.status_code == 201, r.text
+    assert await _next_default(st) == round(20_000 / 11)
+    await st.close()
+
+
+async def test_an_import_cap_in_force_or_coming_lowers_the_defaults(gateway_factory: Any) -> None:
+    h = await _eight_evse_site(gateway_factory)
+    st = await _booted_with_default(h, "CS-0")
+    assert h.gw is not None
+    now = h.gw.clock.now()
+    event = {"id": "cap-1", "start": (now + timedelta(minutes=2)).isoformat(),
+             "end": (now + timedelta(hours=1)).isoformat(), "kind": "import_cap", "cap_kw": 4.0}
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.post("/api/v1/grid-events", headers=OPERATOR, json=event)
+        assert r.status_code == 201, r.text
+    assert await _next_default(st) == 500  # 4 kW / 8: the cap starts before the next re-plan
     await st.close()

@@ -3,12 +3,16 @@ state of charge is 0..1 in the live state, though the table keeps the station's 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import asyncpg
 import httpx
 
-from tests.api.conftest import OPERATOR, plug_in
+from tests.api.conftest import OPERATOR, PluggedStation, plug_in
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+from tests.gateway.test_handlers import PASSWORD
+from tests.ocpp_client import RawStation
 
 # A 60 kWh EV at 40 % that wants 80 %: 24 kWh to go.
 NEEDS = {
@@ -185,3 +189,122 @@ async def test_the_most_a_battery_held_is_kept_across_a_restart(gateway_factory:
     assert h.gw is not None
     live = h.gw.state.session_by_tx("CS-HI", "tx-hi")
     assert live is not None and live.soc == 0.55 and live.high_soc == 0.7
+
+
+async def _db_row(database_url: str, sql: str) -> Any:
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return await conn.fetchrow(sql)
+    finally:
+        await conn.close()
+
+
+async def test_a_transaction_whose_ended_was_lost_is_closed_by_the_next_and_not_back_after_a_restart(
+    gateway_factory: Any,
+) -> None:
+    """tx-A's Ended never reached the gateway; tx-B started on the same EVSE and ended. Left open
+    in the table, tx-A came back at the next restart as a session drawing its last power."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    st = await plug_in(h, "CS-SUP", "tx-a", "TOKEN-A")
+    await st.tx_event("Updated", "tx-a", energy_wh=1000.0, power_w=11000.0, offset_s=10)
+    # tx-A's Ended is lost; tx-B starts on the same EVSE, and ends.
+    await st.tx_event("Started", "tx-b", id_token="TOKEN-B", energy_wh=0.0, power_w=7000.0,
+                      trigger="CablePluggedIn", offset_s=600)
+    await st.tx_event("Ended", "tx-b", energy_wh=2000.0, power_w=0.0, trigger="EVCommunicationLost",
+                      offset_s=1200)
+
+    async def closed() -> bool:
+        row = await _db_row(h.database_url, "SELECT ended_at, stopped_reason FROM transactions "
+                                            "WHERE transaction_id = 'tx-a'")
+        return row is not None and row["ended_at"] is not None
+
+    deadline = asyncio.get_running_loop().time() + EVENT_TIMEOUT_S
+    while not await closed():
+        assert asyncio.get_running_loop().time() < deadline, "tx-a was not closed"
+        await asyncio.sleep(0.05)
+    a = await _db_row(h.database_url, "SELECT ended_at, stopped_reason FROM transactions WHERE transaction_id = 'tx-a'")
+    b = await _db_row(h.database_url, "SELECT started_at FROM transactions WHERE transaction_id = 'tx-b'")
+    assert a["stopped_reason"] == "Superseded" and a["ended_at"] == b["started_at"]
+    await st.ws.close()
+
+    await h.restart()
+    assert h.gw is not None
+    assert h.gw.state.evses[("CS-SUP", 1)].session is None
+    assert h.gw.state.site_power_kw() == 0.0
+
+
+async def test_a_restart_keeps_only_the_newest_open_transaction_of_an_evse(gateway_factory: Any) -> None:
+    """Two transactions left open on one EVSE (written before the rule above): the newest is the
+    session, the older one is closed."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    st = await plug_in(h, "CS-TWO", "tx-old", "TOKEN-A")
+    await st.tx_event("Started", "tx-new", id_token="TOKEN-B", energy_wh=0.0, power_w=7000.0,
+                      trigger="CablePluggedIn", offset_s=600)
+    await st.ws.close()
+    await h.stop()
+    # As an older version left it: both open.
+    conn = await asyncpg.connect(h.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute("UPDATE transactions SET ended_at = NULL, stopped_reason = NULL "
+                           "WHERE transaction_id = 'tx-old'")
+    finally:
+        await conn.close()
+    await h.start()
+    assert h.gw is not None
+    live = h.gw.state.evses[("CS-TWO", 1)].session
+    assert live is not None and live.transaction_id == "tx-new"
+    old = await _db_row(h.database_url, "SELECT ended_at, stopped_reason FROM transactions "
+                                        "WHERE transaction_id = 'tx-old'")
+    assert old["ended_at"] is not None and old["stopped_reason"] == "Superseded"
+
+
+async def _energy_source(h: GatewayHarness, station_id: str) -> str | None:
+    assert h.gw is not None
+    live = h.gw.state.evses[(station_id, 1)].session
+    return None if live is None else h.gw.state.resolve(live).energy_source
+
+
+async def _until_source(h: GatewayHarness, station_id: str, source: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_TIMEOUT_S
+    while await _energy_source(h, station_id) != source:
+        assert loop.time() < deadline, f"energy source {await _energy_source(h, station_id)}, not {source}"
+        await asyncio.sleep(0.02)
+
+
+async def test_needs_sent_before_the_transaction_began_are_its_own_and_stay_across_a_restart(
+    gateway_factory: Any,
+) -> None:
+    """A station that starts the transaction when power flows (TxStartPoint PowerPathClosed)
+    forwards the EV's ISO 15118 needs before TransactionEvent Started."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-PRE", PASSWORD, evses=[(1, 50.0, 0.0, False)])
+    st = PluggedStation(await RawStation.connect(h.ocpp_url, "CS-PRE", PASSWORD), h.gw.clock.now)
+    await st.boot()
+    await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
+    await st.tx_event("Started", "tx-pre", id_token="TOKEN-PRE", energy_wh=0.0, power_w=7000.0,
+                      trigger="CablePluggedIn")
+    await _until_source(h, "CS-PRE", "ev")
+    await st.ws.close()
+    await h.restart()
+    assert await _energy_source(h, "CS-PRE") == "ev"
+
+
+async def test_needs_stay_across_a_restart_when_the_stations_clock_runs_ahead(gateway_factory: Any) -> None:
+    """The transaction's start is the station's time, the needs' receipt ours: a station clock
+    a minute ahead must not put its needs "before" the session."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-AHEAD", PASSWORD, evses=[(1, 50.0, 0.0, False)])
+    st = PluggedStation(await RawStation.connect(h.ocpp_url, "CS-AHEAD", PASSWORD), h.gw.clock.now)
+    await st.boot()
+    await st.tx_event("Started", "tx-ahead", id_token="TOKEN-AHEAD", energy_wh=0.0, power_w=7000.0,
+                      trigger="CablePluggedIn", offset_s=60)
+    await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
+    await _until_source(h, "CS-AHEAD", "ev")
+    await st.ws.close()
+    await h.restart()
+    assert await _energy_source(h, "CS-AHEAD") == "ev"

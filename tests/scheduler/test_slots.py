@@ -12,7 +12,7 @@ import pytest
 
 from gateway import events as ev
 from gateway.config import Settings, SiteConfig
-from gateway.domain import ChargeMode, EvNeeds, EvseSpec, Preferences
+from gateway.domain import ChargeMode, EvNeeds, EvseSpec, GridEvent, GridEventKind, Preferences
 from gateway.scheduler import live_inputs
 from gateway.scheduler.departure_points import BIN_S, POINTS, departure_points
 from gateway.scheduler.evaluate import EvTruth, known_max_kw
@@ -146,8 +146,9 @@ def test_live_and_offline_build_the_same_slot_for_the_same_knowledge() -> None:
     s = state.evses[KEY].session
     assert s is not None
     s.energy_in_kwh = 5.0
-    s.needs = EvNeeds(departure_time=NOW + timedelta(hours=7), capacity_kwh=60.0, soc=0.5, target_soc=0.8,
-                      ev_max_discharge_kw=11.0)
+    # Told now, with 5 kWh metered: its SoC is 50 % at this energy.
+    state.set_needs("CS-1", 1, EvNeeds(departure_time=NOW + timedelta(hours=7), capacity_kwh=60.0, soc=0.5,
+                                       target_soc=0.8, ev_max_discharge_kw=11.0))
     live = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
 
     mpc = Mpc(forecaster=planning_forecaster())
@@ -615,3 +616,34 @@ def test_a_guessed_need_above_what_was_taken_comes_from_the_larger_past_needs() 
     assert slot_input(took, KEY, grid, NOW, fc, SITE, rules).target_energy_kwh == pytest.approx(39.0)
     more = view(arrival=NOW.replace(hour=8), delivered_kwh=38.5)
     assert slot_input(more, KEY, grid, NOW, fc, SITE, rules).target_energy_kwh == pytest.approx(43.5)
+
+
+def test_a_target_soc_is_reached_by_the_energy_metered_when_no_soc_readings_come() -> None:
+    """The EV told SoC 40 % of 60 kWh with its needs and wants 80 %; the station sends no SoC in
+    its meter values. Each kWh metered since moves the SoC: the target is 24 kWh away at the
+    needs, and met once 24 kWh have gone in, not chased for ever."""
+    settings = Settings()
+    state = _bidi_session(settings)
+    s = state.evses[KEY].session
+    assert s is not None
+    state.set_needs("CS-1", 1, EvNeeds(capacity_kwh=60.0, soc=0.4, target_soc=0.8))
+    still_wanted = []
+    for metered_kwh in (0.0, 10.0, 20.0, 30.0):
+        s.energy_in_kwh = metered_kwh / settings.ev_efficiency  # battery side: metered_kwh
+        r = state.resolve(s)
+        still_wanted.append(r.energy_wanted_kwh - metered_kwh)
+        assert r.soc == pytest.approx(min(0.4 + metered_kwh / 60.0, 1.0))
+    assert still_wanted == pytest.approx([24.0, 14.0, 4.0, 0.0], abs=1e-9)
+    slot = live_inputs.build(state, NOW, settings, {}, planning_forecaster())[1][0]
+    assert slot.energy_kwh == pytest.approx(0.9 * 60.0)  # 40 % + 30 kWh: past the target
+    assert slot.target_energy_kwh <= slot.energy_kwh + 1e-9
+
+
+def test_grid_events_that_are_over_are_forgotten() -> None:
+    state = SiteState.from_settings(Settings())
+    for i in range(3):
+        start = NOW + timedelta(hours=i - 2)
+        state.grid_events[f"e{i}"] = GridEvent(f"e{i}", start, start + timedelta(hours=1), GridEventKind.IMPORT_CAP,
+                                               cap_kw=10.0)
+    state.prune_grid_events(NOW)
+    assert sorted(state.grid_events) == ["e2"]  # e1 ended at NOW: over

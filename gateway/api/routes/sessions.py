@@ -203,7 +203,7 @@ async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot, pref_rec: m.Preferenc
     """The session as GET shows it; ``pref_rec``: the preferences to show (default: those stored last)."""
     needs = None
     if tx.evse_id is not None and tx.started_at is not None:
-        needs = await gw.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
+        needs = await gw.planning.session_needs(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at)
     if pref_rec is None:
         pref_rec = await q.preference_record(tx.station_id, tx.transaction_id)
     prefs = preferences_of(pref_rec) if pref_rec is not None else None
@@ -256,9 +256,15 @@ async def get_session(gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
 
 def _merge(old: Preferences, body: PreferencesIn) -> Preferences:
     given = body.model_fields_set
-    return Preferences(**{f: getattr(body, f) if f in given else getattr(old, f)
-                          for f in ("departure_time", "energy_kwh", "target_soc", "reserve_soc",
-                                    "allow_discharge", "mode")})
+    merged = {f: getattr(body, f) if f in given else getattr(old, f)
+              for f in ("departure_time", "energy_kwh", "target_soc", "reserve_soc", "allow_discharge", "mode")}
+    # Two ways of saying how much: the one this request sets replaces the other (kept, the older
+    # kWh would win over a newer target SoC, whichever the driver meant last).
+    if "target_soc" in given and "energy_kwh" not in given:
+        merged["energy_kwh"] = None
+    elif "energy_kwh" in given and "target_soc" not in given:
+        merged["target_soc"] = None
+    return Preferences(**merged)
 
 
 def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | None,
@@ -332,7 +338,7 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
     if tx.ended_at is not None or tx.evse_id is None or tx.started_at is None:
         raise Conflict("the session is not active", {"transaction_id": transaction_id})
     now = gw.clock.now()
-    needs = await gw.planning.latest_needs(tx.station_id, tx.evse_id, tx.started_at)
+    needs = await gw.planning.session_needs(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at)
     given = set(body.model_fields_set)
     undo: list[Callable[[], None]] = []
 

@@ -9,6 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
 
+from gateway import events as ev
 from gateway.api.deps import GatewayDep, Operator, QueriesDep
 from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
 from gateway.api.schemas import Limit, Model, Offset, Page, StationId, UtcDateTime
@@ -115,6 +116,8 @@ async def register_station(body: StationIn, gw: GatewayDep, q: QueriesDep, _: Op
                                                           e.max_discharge_kw, e.bidirectional, e.phases)
         gw.state.evse(body.id, e.evse_id).dialect = body.discharge_dialect
         gw.state.evse(body.id, e.evse_id).discharge_undeclared_evs = body.discharge_undeclared_evs
+    # More EVSEs share the site's limit: every station's default moves, and the plan keeps room.
+    gw.bus.publish(ev.SiteInputsChanged(gw.clock.now(), "evses"))
     return await _one(gw, q, body.id)
 
 
