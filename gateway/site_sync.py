@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from gateway import events as ev
 from gateway import metrics
 from gateway.db.engine import is_transient, until_committed
 from gateway.db.planning import NEEDS_BEFORE_START, StoredNeeds
-from gateway.domain import EvNeeds, Session
+from gateway.domain import Session
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -40,6 +41,9 @@ class SiteSync:
         self.applied = 0
         self._peak_write: asyncio.Task[None] | None = None
         self._retries: set[asyncio.Task[None]] = set()  # events applied again once the database answers
+        # Per EVSE: the EV needs that came while it had no session (when, and the row), for the
+        # session that begins next (_needs_sent_before). One per EVSE at most.
+        self._early_needs: dict[tuple[str, int], tuple[datetime, StoredNeeds]] = {}
 
     def start(self) -> None:
         self._sub = self._gw.bus.subscribe(*WATCHED)
@@ -91,8 +95,10 @@ class SiteSync:
                 log.warning("EV needs of %s/%s not read yet: %s", event.station_id, event.evse_id, exc)
                 self._apply_later(event)
                 return
-            if row is not None:
-                await self._adopt_needs(event.station_id, event.evse_id, row)
+            if row is not None and not await self._adopt_needs(event.station_id, event.evse_id, row):
+                # No session on the EVSE yet (a station that starts the transaction when power
+                # flows, TxStartPoint PowerPathClosed): kept for the session that begins next.
+                self._early_needs[(event.station_id, event.evse_id)] = (event.at, row)
         replan = state.apply(event)
         if isinstance(event, ev.SessionStarted):
             await self._needs_sent_before(event)
@@ -105,34 +111,36 @@ class SiteSync:
             listener(event, replan)
 
     async def _needs_sent_before(self, event: ev.SessionStarted) -> None:
-        """Needs the EV sent before its transaction began (a station that starts it when power
-        flows, TxStartPoint PowerPathClosed) found no session to go to: the new session takes
-        them. Only needs of no transaction or of this one, from shortly before it began."""
-        state = self._gw.state
-        st = state.evses.get((event.station_id, event.evse_id))
+        """The session that begins takes the needs its EV sent shortly before (kept in memory,
+        so a plug-in costs no query), and they are marked as its own in the table: a restart then
+        finds them with the session, and no later session takes them for its own."""
+        key = (event.station_id, event.evse_id)
+        early = self._early_needs.pop(key, None)
+        if early is None or event.at - early[0] > NEEDS_BEFORE_START:
+            return
+        st = self._gw.state.evses.get(key)
         if st is None or st.session is None or st.session.transaction_id != event.transaction_id:
             return
-        if st.session.needs != EvNeeds():
-            return  # it has its own already
+        row = early[1]
+        await self._adopt_needs(event.station_id, event.evse_id, row)
         try:
-            row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, event.at - NEEDS_BEFORE_START,
-                                                       transaction_id=event.transaction_id)
+            await self._gw.planning.set_needs_transaction(row.id, event.transaction_id)
         except Exception as exc:
-            log.warning("EV needs sent before %s began not read: %s", event.transaction_id, exc)
-            return
-        if row is not None:
-            await self._adopt_needs(event.station_id, event.evse_id, row)
+            log.warning("EV needs sent before %s began not marked as its own: %s", event.transaction_id, exc)
 
-    async def _adopt_needs(self, station_id: str, evse_id: int, row: StoredNeeds) -> None:
+    async def _adopt_needs(self, station_id: str, evse_id: int, row: StoredNeeds) -> bool:
         """The EVSE's session takes the needs of ``row``, counted from the energy it had when
         they came. Another node (or an earlier pass) may have fixed that point already: the same
-        for all."""
+        for all. False when the EVSE has no session."""
         state = self._gw.state
         base = state.set_needs(station_id, evse_id, row.needs, row.baseline_kwh)
-        if base is not None and row.baseline_kwh is None:
+        if base is None:
+            return False
+        if row.baseline_kwh is None:
             kept = await self._store_baseline(row.id, base)
             if kept != base:  # another node stored its reading first: count from that one
                 state.set_needs(station_id, evse_id, row.needs, kept)
+        return True
 
     def _apply_later(self, event: ev.Event) -> None:
         # Retried with until_committed's back-off: the retried apply raises while the database

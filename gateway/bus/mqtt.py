@@ -19,6 +19,7 @@ connection; only cancellation (``stop``) ends it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -65,6 +66,7 @@ def broker_address(url: str) -> tuple[str, int]:
 
 
 STOP_WAIT_S = 5.0
+GOODBYE_TIMEOUT_S = 2.0
 # A link that lived this long (real seconds) was a working one: when it drops, the back-off starts
 # again from its minimum. A shorter one (a broker that drops the bridge right after connecting)
 # lets it keep growing, so a fault that recurs on every link cannot make it spin.
@@ -102,6 +104,7 @@ class MqttBridge:
         self._retained_pending: Counter[str] = Counter()  # retained topics in the buffer, how many of each
         self._ready = asyncio.Event()  # set while the buffer has something
         self._in_flight: topics.Outgoing | None = None  # being published on the current link
+        self._client: aiomqtt.Client | None = None  # the current link's, while it is up
         self._head: topics.Outgoing | None = None  # the message publishing last failed on
         self._head_failures = 0  # links in a row lost while publishing it
         self.given_up = 0
@@ -138,10 +141,10 @@ class MqttBridge:
             events.cancel()
             await asyncio.gather(events, return_exceptions=True)
             self._fold_pending()
-        self.enqueue(topics.gateway_status(self.prefix, False, "stopped", to_rfc3339(self.gw.clock.now())))
-        if self._applying is not None and not self._applying.done():
-            # An input being applied is let finish (bounded): cut off, it would be half applied.
-            await asyncio.wait([self._applying], timeout=STOP_WAIT_S)
+        goodbye = topics.gateway_status(self.prefix, False, "stopped", to_rfc3339(self.gw.clock.now()))
+        self.enqueue(goodbye)
+        await self._applied_bounded()
+        client = self._client
         if self.connected:
             # Until the buffer is empty, or the link is lost meanwhile (nothing more will go out).
             waits = [asyncio.ensure_future(self._empty.wait()), asyncio.ensure_future(self._down.wait())]
@@ -150,15 +153,28 @@ class MqttBridge:
                 w.cancel()
             if self._buf:
                 log.warning("MQTT bridge: %d message(s) not published at the stop", len(self._buf))
+            if goodbye in self._buf and self.connected and client is not None:
+                # Ahead of the rest: the clean DISCONNECT below discards the will, and without the
+                # goodbye the broker would keep "online: true" for a gateway that is gone.
+                with contextlib.suppress(Exception):
+                    await client.publish(goodbye.topic, goodbye.payload, qos=goodbye.qos, retain=goodbye.retain,
+                                         timeout=GOODBYE_TIMEOUT_S)
         for t in self._tasks:
             t.cancel()
         # A client stuck in its disconnect must not hold up the gateway's shutdown deadline.
         _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
         if pending:
             log.warning("MQTT bridge: %d task(s) did not stop within %g s", len(pending), STOP_WAIT_S)
+        # One that came in while the buffer drained is let finish too.
+        await self._applied_bounded()
         if self._sub is not None:
             self._sub.close()
         self._set_connected(False)
+
+    async def _applied_bounded(self) -> None:
+        if self._applying is not None and not self._applying.done():
+            # An input being applied is let finish (bounded): cut off, it would be half applied.
+            await asyncio.wait([self._applying], timeout=STOP_WAIT_S)
 
     # --- out ------------------------------------------------------------------------------
     def _fold_pending(self) -> None:
@@ -435,7 +451,11 @@ class MqttBridge:
                     self._set_connected(True)
                     up_since = loop.time()
                     log.info("MQTT connected to %s:%d", self.host, self.port)
-                    await self._serve(client)
+                    self._client = client
+                    try:
+                        await self._serve(client)
+                    finally:
+                        self._client = None
             except aiomqtt.MqttError as exc:
                 if self.connected:
                     log.warning("MQTT connection lost: %s (%d messages buffered)", exc, len(self._buf))

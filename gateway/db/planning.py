@@ -87,6 +87,12 @@ class PlanningRepository:
                                    .returning(t.baseline_kwh))).scalar_one_or_none()
             return baseline_kwh if got is None else float(got)
 
+    async def set_needs_transaction(self, row_id: int, transaction_id: str) -> None:
+        """Mark needs stored before their transaction began as that transaction's."""
+        async with self._sessions.begin() as s:
+            await s.execute(update(m.EvNeed).where(m.EvNeed.id == row_id, m.EvNeed.transaction_id.is_(None))
+                            .values(transaction_id=transaction_id))
+
     # --- driver preferences ---------------------------------------------------------------
     async def preferences(self, station_id: str, transaction_id: str) -> Preferences | None:
         async with self._sessions() as s:

@@ -11,8 +11,9 @@ another one when it reconnects (the planner counts every idle EVSE at the curren
 holding a higher default would draw more than counted). What each station accepted is stored
 (``stations.default_limit_kw``), since a station keeps its default across a gateway restart and
 most reconnect without booting. The limit shared is the site's import limit, or the lowest import
-cap of a grid event in force now or starting before the next re-plan; it is checked again on
-every re-plan, every change of the site's inputs, and whenever the site learns of another EVSE.
+cap of a grid event in force now or starting before the next re-plan. Every station is checked
+again on every re-plan and every change of the site's inputs (a send that got no answer is tried
+again then), and whenever the limit moves as the site learns of another EVSE.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class DefaultProfiles:
         # station -> the default (kW) it last accepted (stored; read back at start: Gateway._load_state)
         self.limit_taken: dict[str, float] = {}
         self._checked: float | None = None  # the limit the stations were last checked against
+        self._sending_to: set[str] = set()  # stations a send is under way to
 
     def start(self) -> None:
         # Besides boots, connects and input changes: every re-plan (at least every period, so a
@@ -102,19 +104,17 @@ class DefaultProfiles:
                 # Never from inside the BootNotification handler: the reply must go out first.
                 self._spawn(event.station_id)
             elif isinstance(event, ev.StationConnected):
-                last = self.sent.get(event.station_id)
-                # Another default than the site's now, or a send that got no answer (a timeout, the
-                # link lost): a refusal (Rejected, a CALLERROR) would only be refused again.
-                failed = last is not None and last not in ("Accepted", "Rejected", CallErrorReceived.__name__)
-                if failed or self._stale(event.station_id, self.limit_kw()):
+                if self._due(event.station_id, self.limit_kw()):
                     self._spawn(event.station_id)
             else:
                 limit = self.limit_kw()
-                if limit == self._checked and not isinstance(event, ev.SiteInputsChanged):
+                # Every re-plan and input change looks at every station (a send that failed is
+                # tried again); the frequent events only when the limit has moved.
+                if limit == self._checked and not isinstance(event, ev.SiteInputsChanged | ev.PlanPublished):
                     continue
                 self._checked = limit
-                for sid in [s for s in self.limit_taken if self._stale(s, limit)]:
-                    if self._gw.ocpp.registry.get(sid) is not None:
+                for sid in [s for s in {*self.limit_taken, *self.sent} if self._due(s, limit)]:
+                    if self._gw.ocpp.registry.get(sid) is not None and not self._sending(sid):
                         self._spawn(sid)
 
     def limit_kw(self) -> float:
@@ -127,10 +127,25 @@ class DefaultProfiles:
         taken = self.limit_taken.get(station_id)
         return taken is not None and abs(taken - limit) > STALE_BY_KW
 
+    def _due(self, station_id: str, limit: float) -> bool:
+        """Holding another default than the site's now, or its last send got no answer (a
+        timeout, the link lost; a refusal, Rejected or a CALLERROR, would only be refused again)."""
+        last = self.sent.get(station_id)
+        failed = last is not None and last not in ("Accepted", "Rejected", CallErrorReceived.__name__)
+        return failed or (last in (None, "Accepted") and self._stale(station_id, limit))
+
+    def _sending(self, station_id: str) -> bool:
+        return station_id in self._sending_to
+
     def _spawn(self, station_id: str) -> None:
         task = asyncio.create_task(self.send(station_id))
         self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+        self._sending_to.add(station_id)
+
+        def done(t: asyncio.Task[str]) -> None:
+            self._sends.discard(t)
+            self._sending_to.discard(station_id)
+        task.add_done_callback(done)
 
     async def send(self, station_id: str) -> str:
         limit = self.limit_kw()

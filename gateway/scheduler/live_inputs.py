@@ -256,6 +256,7 @@ def build(
     slots: list[SlotInput] = []
     metas: list[SlotMeta] = []
     unc = uncontrolled or {}
+    counted_above_least = 0.0  # over the uncontrolled EVSEs: the draw the plan counts, less the least they may run
     for key in sorted(state.evses):
         st = state.evses[key]
         obs = observed.get(st.session.tx_key, Observed()) if observed and st.session else Observed()
@@ -266,10 +267,19 @@ def build(
         metas.append(meta)
         if u is not None and meta.fixed_kw is not None and meta.session is not None:
             # The plan counts it at fixed_kw; on the export side it may be as low as least_kw (a
-            # discharge limit still in force, or what it discharges now): the others may export
-            # only what is left.
-            least = min(u.least_kw, meta.session.power_kw, 0.0)
-            site.export_limit_kw = site.export_limit_kw - (meta.fixed_kw - least)
+            # discharge limit still in force, or what it discharges now).
+            counted_above_least += meta.fixed_kw - min(u.least_kw, meta.session.power_kw, 0.0)
+    if counted_above_least > 0:
+        # The others may export only what is left. Where nothing is left, none of them may
+        # discharge at all: the LP's export is never negative, so a limit below zero would not
+        # hold them (it would only be a penalty it pays anyway), while the EVSE it counts at its
+        # most may be discharging.
+        left = np.asarray(site.export_limit_kw, dtype=float) - counted_above_least
+        site.export_limit_kw = np.maximum(left, 0.0)
+        if (left < 0).any():
+            mask = (np.ones(len(left), dtype=bool) if site.discharge_mask is None
+                    else np.asarray(site.discharge_mask, dtype=bool).copy())
+            site.discharge_mask = mask & (left >= 0)
     return site, slots, metas
 
 

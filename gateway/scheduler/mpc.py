@@ -569,8 +569,16 @@ class MpcScheduler:
         return self.arrivals.slots(name, grid, now) if self.settings.anticipate_arrivals else []
 
     def _default_kw(self) -> float:
-        """What an EVSE draws on its TxDefaultProfile (no planned profile in force)."""
+        """The TxDefaultProfile limit the site gives now (what a push or a safe profile sends)."""
         return float(self.gw.default_profiles.limit_kw())
+
+    def _held_default_kw(self, station_id: str) -> float:
+        """What an EVSE of ``station_id`` may draw on its TxDefaultProfile (no planned profile in
+        force): the default it last took, where that is above today's (a station offline, or one
+        that missed the new one, during an import cap)."""
+        held = self.gw.default_profiles.limit_taken.get(station_id)
+        now = self._default_kw()
+        return now if held is None else max(held, now)
 
     def _uncontrolled(self, now: datetime) -> dict[tuple[str, int], live_inputs.Uncontrolled]:
         """EVSEs with a session whose limit a push cannot set now, and the range of limits each
@@ -590,7 +598,8 @@ class MpcScheduler:
             maybe = self._unanswered.get(key)
             if maybe is not None:
                 running.append(maybe)
-            ranges = [self._limit_range_kw(p, s.transaction_id, now, horizon_end) for p in running]
+            ranges = [self._limit_range_kw(p, s.transaction_id, now, horizon_end, self._held_default_kw(key[0]))
+                      for p in running]
             out[key] = live_inputs.Uncontrolled(most_kw=max(hi for _, hi in ranges),
                                                 least_kw=min(lo for lo, _ in ranges))
         return out
@@ -600,17 +609,17 @@ class MpcScheduler:
         return {k: u.most_kw for k, u in self._uncontrolled(now).items()}
 
     def _limit_range_kw(self, prof: profiles.TxProfile | None, transaction_id: str, now: datetime,
-                        horizon_end: datetime) -> tuple[float, float]:
+                        horizon_end: datetime, default_kw: float) -> tuple[float, float]:
         """The lowest (<= 0) and highest (>= 0) limit an EVSE running ``prof`` may have from now on
-        (its default where the profile is not this session's, has run out, or runs out within
-        the horizon)."""
+        (its default, ``default_kw``, where the profile is not this session's, has run out, or
+        runs out within the horizon)."""
         if prof is None or prof.transaction_id != transaction_id or prof.end <= now:
-            return 0.0, self._default_kw()
+            return 0.0, default_kw
         ends = [p.start for p in prof.periods[1:]] + [prof.end]
         left = [p.limit_w / 1000.0 for p, end in zip(prof.periods, ends, strict=True) if end > now]
         hi, lo = max(left), min(left)
         if prof.end < horizon_end:  # then the station's default applies
-            hi = max(hi, self._default_kw())
+            hi = max(hi, default_kw)
         return min(lo, 0.0), max(hi, 0.0)
 
     def _note_accepted(self, key: tuple[str, int], prof: profiles.TxProfile, now: datetime) -> None:
@@ -757,7 +766,6 @@ class MpcScheduler:
         # flip is in both, at 0 and then at its new limit. Each with whether it changes the limit.
         toward: list[tuple[profiles.TxProfile, bool]] = []
         away: list[tuple[profiles.TxProfile, bool]] = []
-        default_w = 1000.0 * self._default_kw()
         for meta in metas:
             ps = by_key.get(meta.key)
             if ps is None or meta.session is None:
@@ -785,6 +793,7 @@ class MpcScheduler:
             if meta.key not in self._retry and not profiles.differs(old, prof):
                 continue
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
+            default_w = 1000.0 * self._held_default_kw(meta.key[0])
             old_now = old.limit_at(now) if old is not None else None
             before_w = old_now if old_now is not None else default_w
             new_now = prof.limit_at(now)
@@ -809,9 +818,13 @@ class MpcScheduler:
         # new plan's (profiles.Move).
         phases = [toward, away]
         results: list[str] = []
+        retrying = set(self._retry)
+        newly_failed = False
         for i, phase in enumerate(phases):
             got = list(await asyncio.gather(*(self._send(sem, p, plan_id, now) for p, _ in phase)))
             results += got
+            newly_failed |= any(r not in ("Accepted", "TxNotFound") and (p.station_id, p.evse_id) not in retrying
+                                for (p, _), r in zip(phase, got, strict=True))
             stuck = [r for (_, changed), r in zip(phase, got, strict=True)
                      if changed and r not in ("Accepted", "TxNotFound")]
             held = sum(len(later) for later in phases[i + 1:])
@@ -822,10 +835,12 @@ class MpcScheduler:
                             len(stuck), ", ".join(sorted(set(stuck))), held)
                 self.request_replan("profile not lowered")
                 break
-        if any(r not in ("Accepted", "TxNotFound") for r in results):
+        if newly_failed:
             # Some EVSE runs a limit the plan did not count on (its old one, or a safe one); the
             # others were given the new plan's. A re-plan with that station at what it runs makes
-            # the site add up again within seconds rather than at the next period.
+            # the site add up again within seconds rather than at the next period. Only for a
+            # failure that is new: one already being retried was counted at what it runs, and a
+            # station that keeps timing out would otherwise have the site re-planned every call.
             self.request_replan("profile not taken")
         sent = sum(1 for r in results if r == "Accepted")
         return sent, len(results) - sent
@@ -912,7 +927,7 @@ class MpcScheduler:
         default_kw = self._default_kw()
         old = self._sent.get(key)
         old_now = old.limit_at(now) if old is not None else None
-        before_kw = default_kw if old_now is None else old_now / 1000.0
+        before_kw = self._held_default_kw(key[0]) if old_now is None else old_now / 1000.0
         new_now = prof.limit_at(now)
         after_kw = (new_now if new_now is not None else prof.periods[0].limit_w) / 1000.0
         return min(default_kw, max(before_kw, after_kw, 0.0))

@@ -367,3 +367,8 @@ async def test_energy_and_target_soc_replace_each_other(gateway_server: GatewayH
     third = await api.put(url, headers=OPERATOR, json={"energy_kwh": 7.0})
     prefs = third.json()["session"]["preferences"]
     assert prefs["energy_kwh"] == 7.0 and prefs["target_soc"] is None
+    # A null clears only itself.
+    await api.put(url, headers=OPERATOR, json={"target_soc": 0.8})
+    fourth = await api.put(url, headers=OPERATOR, json={"energy_kwh": None})
+    prefs = fourth.json()["session"]["preferences"]
+    assert prefs["energy_kwh"] is None and prefs["target_soc"] == 0.8

@@ -192,7 +192,9 @@ async def test_the_gateway_says_it_is_online_and_a_clean_stop_publishes_what_is_
         await rec.wait_for(f"{prefix}/stations/CS-MQ9/status", connected=False)
         gone = await rec.wait_for(f"{prefix}/gateway/status", online=False)
         assert gone["reason"] == "stopped"
-        order = [t for t, _, _ in rec.messages]
-        assert order.index(f"{prefix}/gateway/status", 1) > order.index(f"{prefix}/stations/CS-MQ9/status", 1)
+        order = [(t, p) for t, p, _ in rec.messages]
+        went = order.index((f"{prefix}/stations/CS-MQ9/status",
+                            next(p for t, p in order if t.endswith("CS-MQ9/status") and not p["connected"])))
+        assert order.index((f"{prefix}/gateway/status", gone)) > went  # the goodbye is the last word
         await st.ws.close()
         await h.start()  # as the fixture expects to find it

@@ -133,3 +133,27 @@ async def test_an_import_cap_in_force_or_coming_lowers_the_defaults(gateway_fact
         assert r.status_code == 201, r.text
     assert await _next_default(st) == 500  # 4 kW / 8: the cap starts before the next re-plan
     await st.close()
+
+
+async def test_a_default_left_unanswered_is_sent_again_at_the_next_re_plan(gateway_factory: Any) -> None:
+    h: GatewayHarness = await gateway_factory(site=SiteConfig(import_limit_kw=20.0), scheduler_enabled=True,
+                                              replan_period_s=3600.0, call_timeout_s=0.5)
+    for i in range(8):
+        await h.add_station(f"CS-{i}", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    st = await RawStation.connect(h.ocpp_url, "CS-0", PASSWORD)
+    await st.ok("BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}})
+    unanswered = await asyncio.wait_for(st.next_call(), EVENT_TIMEOUT_S)  # the default: left to time out
+    assert unanswered[3]["chargingProfile"]["chargingProfilePurpose"] == "TxDefaultProfile"
+    assert h.gw is not None and h.gw.scheduler is not None
+
+    async def timed_out() -> bool:
+        return h.gw.default_profiles.sent.get("CS-0") == "CallTimeout"  # type: ignore[union-attr]
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_TIMEOUT_S
+    while not await timed_out():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    await h.gw.scheduler.replan("test")
+    assert await _next_default(st) == 2500
+    await st.close()

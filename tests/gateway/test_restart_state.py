@@ -308,3 +308,33 @@ async def test_needs_stay_across_a_restart_when_the_stations_clock_runs_ahead(ga
     await st.ws.close()
     await h.restart()
     assert await _energy_source(h, "CS-AHEAD") == "ev"
+
+
+async def test_needs_sent_before_one_session_are_not_the_next_ones(gateway_factory: Any) -> None:
+    """A's EV sent its needs before A began; A ended; B, an EV that tells nothing, began minutes
+    later. B plans from the forecast, live and after a restart."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-NEXT", PASSWORD, evses=[(1, 50.0, 0.0, False)])
+    st = PluggedStation(await RawStation.connect(h.ocpp_url, "CS-NEXT", PASSWORD), h.gw.clock.now)
+    await st.boot()
+    await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
+    await st.tx_event("Started", "tx-a", id_token="TOKEN-A", energy_wh=0.0, power_w=7000.0, trigger="CablePluggedIn")
+    await _until_source(h, "CS-NEXT", "ev")
+    await st.tx_event("Ended", "tx-a", energy_wh=3000.0, power_w=0.0, trigger="EVCommunicationLost", offset_s=120)
+    await st.tx_event("Started", "tx-b", id_token="TOKEN-B", energy_wh=0.0, power_w=7000.0, trigger="CablePluggedIn",
+                      offset_s=240)
+
+    async def b_live() -> bool:
+        live = h.gw.state.evses[("CS-NEXT", 1)].session  # type: ignore[union-attr]
+        return live is not None and live.transaction_id == "tx-b"
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_TIMEOUT_S
+    while not await b_live():
+        assert loop.time() < deadline, "tx-b did not start"
+        await asyncio.sleep(0.02)
+    assert await _energy_source(h, "CS-NEXT") == "forecast"
+    await st.ws.close()
+    await h.restart()
+    assert await _energy_source(h, "CS-NEXT") == "forecast"

@@ -202,6 +202,11 @@ async def test_any_profile_not_taken_asks_for_a_re_plan() -> None:
     assert await sched._push(NOW, plan, metas, None) == (0, 1)
     await _settled(sched)
     assert asked == ["profile not taken"]
+    # Tried again at the re-plan and still unanswered: it is counted at what it runs already, and
+    # a station that keeps timing out must not have the site re-planned after every call.
+    assert await sched._push(NOW, plan, metas, None) == (0, 1)
+    await _settled(sched)
+    assert asked == ["profile not taken"]
 
 
 @pytest.mark.parametrize("old_kw, later_kw, first_round", [(11.0, 0.0, True), (0.0, 11.0, False)])
@@ -225,3 +230,15 @@ def test_with_no_planned_profile_in_force_the_accepted_default_is_the_limit_a_dr
     session.power_kw = 11.0
     _, _, metas = live_inputs.build(state, NOW, sched.settings, sched._limits_in_force(NOW))
     assert {m.key: m.fixed_kw for m in metas} == {("A", 1): 11.0, ("B", 1): None}
+
+
+def test_an_offline_station_is_counted_at_the_default_it_holds_when_the_sites_is_lower() -> None:
+    """An import cap lowers the default to 2 kW; the offline station still holds the 3.7 kW it
+    took before, and may draw that."""
+    sched, _, _ = _scheduler(20.0, "AB", lambda sid, prof: asyncio.sleep(0, {}))
+    sched.gw.default_profiles.limit_kw = lambda: 2.0
+    sched.gw.default_profiles.limit_taken = {"A": 3.7, "B": 1.0}
+    sched.gw.ocpp.registry = {}  # both offline
+    got = sched._uncontrolled(NOW)
+    assert got[("A", 1)].most_kw == 3.7
+    assert got[("B", 1)].most_kw == 2.0  # it holds less, but may be sent today's at any moment

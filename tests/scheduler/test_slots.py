@@ -18,7 +18,7 @@ from gateway.scheduler.departure_points import BIN_S, POINTS, departure_points
 from gateway.scheduler.evaluate import EvTruth, known_max_kw
 from gateway.scheduler.forecast import MIN_SAMPLES, PLANNED_NEED_QUANTILE, SessionForecaster, planning_forecaster
 from gateway.scheduler.policies import Mpc
-from gateway.scheduler.problem import SlotInput, make_grid
+from gateway.scheduler.problem import Planner, SlotInput, make_grid
 from gateway.scheduler.slots import (
     ANNOUNCED_MARGIN,
     REVEAL_WEIGHT,
@@ -266,17 +266,33 @@ def test_an_evse_whose_limit_cannot_be_set_is_planned_at_the_most_it_may_draw() 
     assert slot.min_charge_kw == slot.max_charge_kw == 11.0
 
 
-def test_an_uncontrolled_evse_running_a_discharge_limit_leaves_the_others_only_the_export_left() -> None:
+@pytest.mark.parametrize("export_limit_kw", [10.0, 30.0])
+def test_an_uncontrolled_evse_running_a_discharge_limit_leaves_the_others_only_the_export_left(
+    export_limit_kw: float,
+) -> None:
     """An offline EVSE whose last accepted profile discharges at 10 kW, planned as a fixed draw
-    at its most (3.7 kW, its default once that profile ends), may still export 10 kW: with an
-    export limit of 10 kW, the others together may then export nothing."""
-    settings = Settings(site=SiteConfig(import_limit_kw=100.0, export_limit_kw=10.0))
-    state = _bidi_session(settings)
-    site, (slot,), (meta,) = live_inputs.build(state, NOW, settings, {}, planning_forecaster(),
-                                               uncontrolled={KEY: live_inputs.Uncontrolled(3.7, -10.0)})
-    assert meta.fixed_kw == slot.max_charge_kw == 3.7
-    # The plan's net power counts +3.7; with the EVSE really at -10 the rest must net >= 0.
-    assert np.allclose(site.export_limit_kw, 10.0 - (3.7 + 10.0))
+    at its most (3.7 kW, its default once that profile ends), may still export 10 kW. A paid
+    export request asks the other EV to discharge: it may export only what is left of the
+    limit, 30 - 13.7 kW, or nothing under a 10-kW limit (a limit below zero would not hold the
+    LP, whose export is never negative: its discharge is off there)."""
+    settings = Settings(site=SiteConfig(import_limit_kw=100.0, export_limit_kw=export_limit_kw))
+    state = SiteState.from_settings(settings)
+    for sid in ("CS-1", "CS-2"):
+        state.evses[(sid, 1)] = live_inputs.EvseState(EvseSpec(sid, 1, max_charge_kw=11.0, max_discharge_kw=11.0,
+                                                               bidirectional=True))
+        state.apply(ev.SessionStarted(NOW - timedelta(hours=1), sid, 1, f"TX-{sid}", None))
+    state.set_needs("CS-2", 1, EvNeeds(departure_time=NOW + timedelta(hours=8), capacity_kwh=60.0, soc=0.9,
+                                       target_soc=0.5, ev_max_discharge_kw=11.0))
+    state.grid_events["x"] = GridEvent("x", NOW, NOW + timedelta(hours=2), GridEventKind.EXPORT_REQUEST, 2.0)
+    site, slots, metas = live_inputs.build(state, NOW, settings, {}, planning_forecaster(),
+                                           uncontrolled={("CS-1", 1): live_inputs.Uncontrolled(3.7, -10.0)})
+    assert metas[0].fixed_kw == slots[0].max_charge_kw == 3.7
+    result = Planner(backend="highs").solve(site, slots)
+    other = np.asarray(result.power_kw[1])
+    real_export = -(np.asarray(site.building_load_kw) + other - 10.0)  # the offline EVSE at -10 kW
+    assert real_export.max() <= export_limit_kw + 1e-6
+    if export_limit_kw > 13.7:
+        assert other.min() < -1.0  # there is room left, and the request pays for it
 
 
 def test_an_uncontrolled_evse_is_planned_at_what_it_draws_when_that_is_more_or_its_ev_said_full() -> None:

@@ -260,9 +260,10 @@ def _merge(old: Preferences, body: PreferencesIn) -> Preferences:
               for f in ("departure_time", "energy_kwh", "target_soc", "reserve_soc", "allow_discharge", "mode")}
     # Two ways of saying how much: the one this request sets replaces the other (kept, the older
     # kWh would win over a newer target SoC, whichever the driver meant last).
-    if "target_soc" in given and "energy_kwh" not in given:
+    # (A null clears only itself.)
+    if "target_soc" in given and body.target_soc is not None and "energy_kwh" not in given:
         merged["energy_kwh"] = None
-    elif "energy_kwh" in given and "target_soc" not in given:
+    elif "energy_kwh" in given and body.energy_kwh is not None and "target_soc" not in given:
         merged["target_soc"] = None
     return Preferences(**merged)
 
