@@ -604,10 +604,6 @@ class MpcScheduler:
                                                 least_kw=min(lo for lo, _ in ranges))
         return out
 
-    def _uncontrolled_kw(self, now: datetime) -> dict[tuple[str, int], float]:
-        """The most each uncontrolled EVSE may draw (:meth:`_uncontrolled`)."""
-        return {k: u.most_kw for k, u in self._uncontrolled(now).items()}
-
     def _limit_range_kw(self, prof: profiles.TxProfile | None, transaction_id: str, now: datetime,
                         horizon_end: datetime, default_kw: float) -> tuple[float, float]:
         """The lowest (<= 0) and highest (>= 0) limit an EVSE running ``prof`` may have from now on

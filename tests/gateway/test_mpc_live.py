@@ -255,7 +255,7 @@ async def test_an_offline_station_is_planned_at_the_limit_it_last_accepted(gatew
         return h.gw.ocpp.registry.get("CS-A") is None
 
     await wait_for(gone)
-    most_kw = sched._uncontrolled_kw(h.gw.clock.now())[("CS-A", 1)]
+    most_kw = sched._uncontrolled(h.gw.clock.now())[("CS-A", 1)].most_kw
     assert most_kw >= (accepted.limit_at(now) or 0.0) / 1000.0
     after = await sched.replan("test")
     assert after is not None
@@ -286,7 +286,7 @@ async def test_a_push_left_unanswered_counts_as_maybe_in_force(gateway_factory: 
     now = h.gw.clock.now()
     attempted_kw = (maybe.limit_at(now) or 0.0) / 1000.0
     assert attempted_kw > sched._default_kw()  # so the check below tells the two apart
-    assert sched._uncontrolled_kw(now)[("CS-U", 1)] >= attempted_kw - 1e-9
+    assert sched._uncontrolled(now)[("CS-U", 1)].most_kw >= attempted_kw - 1e-9
     await u.close()
 
 
@@ -350,7 +350,7 @@ async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_fac
                                      metas, None)
     assert (sent, failed) == (0, 1)
     assert len(sink_b.profiles) == seen_b  # held back until the re-plan counts CS-L1 at its 11 kW
-    assert sched._uncontrolled_kw(now)[("CS-L1", 1)] == pytest.approx(11.0)
+    assert sched._uncontrolled(now)[("CS-L1", 1)].most_kw == pytest.approx(11.0)
     # A transaction that has ended at the station (the EV left before the gateway heard) draws
     # nothing: its refusal holds nobody back.
     sink_a.reason = "TxNotFound"

@@ -11,7 +11,7 @@ import httpx
 
 from tests.api.conftest import OPERATOR, PluggedStation, plug_in
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
-from tests.gateway.test_handlers import PASSWORD
+from tests.gateway.test_handlers import PASSWORD, fetch
 from tests.ocpp_client import RawStation
 
 # A 60 kWh EV at 40 % that wants 80 %: 24 kWh to go.
@@ -192,11 +192,8 @@ async def test_the_most_a_battery_held_is_kept_across_a_restart(gateway_factory:
 
 
 async def _db_row(database_url: str, sql: str) -> Any:
-    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        return await conn.fetchrow(sql)
-    finally:
-        await conn.close()
+    rows = await fetch(database_url, sql)
+    return rows[0] if rows else None
 
 
 async def test_a_transaction_whose_ended_was_lost_is_closed_by_the_next_and_not_back_after_a_restart(
@@ -260,6 +257,15 @@ async def test_a_restart_keeps_only_the_newest_open_transaction_of_an_evse(gatew
     assert old["ended_at"] is not None and old["stopped_reason"] == "Superseded"
 
 
+async def _booted(h: GatewayHarness, station_id: str) -> PluggedStation:
+    """A registered, connected and booted station with one 50-kW EVSE and nothing plugged in."""
+    assert h.gw is not None
+    await h.add_station(station_id, PASSWORD, evses=[(1, 50.0, 0.0, False)])
+    st = PluggedStation(await RawStation.connect(h.ocpp_url, station_id, PASSWORD), h.gw.clock.now)
+    await st.boot()
+    return st
+
+
 async def _energy_source(h: GatewayHarness, station_id: str) -> str | None:
     assert h.gw is not None
     live = h.gw.state.evses[(station_id, 1)].session
@@ -281,9 +287,7 @@ async def test_needs_sent_before_the_transaction_began_are_its_own_and_stay_acro
     forwards the EV's ISO 15118 needs before TransactionEvent Started."""
     h: GatewayHarness = await gateway_factory()
     assert h.gw is not None
-    await h.add_station("CS-PRE", PASSWORD, evses=[(1, 50.0, 0.0, False)])
-    st = PluggedStation(await RawStation.connect(h.ocpp_url, "CS-PRE", PASSWORD), h.gw.clock.now)
-    await st.boot()
+    st = await _booted(h, "CS-PRE")
     await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
     await st.tx_event("Started", "tx-pre", id_token="TOKEN-PRE", energy_wh=0.0, power_w=7000.0,
                       trigger="CablePluggedIn")
@@ -298,9 +302,7 @@ async def test_needs_stay_across_a_restart_when_the_stations_clock_runs_ahead(ga
     a minute ahead must not put its needs "before" the session."""
     h: GatewayHarness = await gateway_factory()
     assert h.gw is not None
-    await h.add_station("CS-AHEAD", PASSWORD, evses=[(1, 50.0, 0.0, False)])
-    st = PluggedStation(await RawStation.connect(h.ocpp_url, "CS-AHEAD", PASSWORD), h.gw.clock.now)
-    await st.boot()
+    st = await _booted(h, "CS-AHEAD")
     await st.tx_event("Started", "tx-ahead", id_token="TOKEN-AHEAD", energy_wh=0.0, power_w=7000.0,
                       trigger="CablePluggedIn", offset_s=60)
     await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
@@ -315,9 +317,7 @@ async def test_needs_sent_before_one_session_are_not_the_next_ones(gateway_facto
     later. B plans from the forecast, live and after a restart."""
     h: GatewayHarness = await gateway_factory()
     assert h.gw is not None
-    await h.add_station("CS-NEXT", PASSWORD, evses=[(1, 50.0, 0.0, False)])
-    st = PluggedStation(await RawStation.connect(h.ocpp_url, "CS-NEXT", PASSWORD), h.gw.clock.now)
-    await st.boot()
+    st = await _booted(h, "CS-NEXT")
     await st.ws.ok("NotifyEVChargingNeeds", NEEDS)
     await st.tx_event("Started", "tx-a", id_token="TOKEN-A", energy_wh=0.0, power_w=7000.0, trigger="CablePluggedIn")
     await _until_source(h, "CS-NEXT", "ev")
