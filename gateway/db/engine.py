@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from asyncpg import exceptions as pg_exc
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -24,16 +26,47 @@ def normalize_url(url: str) -> str:
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         normalize_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        # No pre-ping (a round trip per checkout on the hot path): a connection that died with
-        # the server fails its first use, is discarded, and the caller's retry takes a new one.
+        # No pre-ping (a round trip per checkout on the hot path): a pooled connection whose
+        # server side is gone is found by the check below, which costs no round trip.
         pool_pre_ping=False,
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
+    event.listen(engine.sync_engine, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection asyncpg knows is closed (the server restarted or ended the session;
+    asyncpg notices at once, or at the failed use) is not handed out: the pool opens a new one.
+    Without this, a connection that failed inside code using asyncpg directly (the telemetry
+    COPY, TransactionEvent's SQL function) went back to the pool and was handed to every retry,
+    which kept failing with "connection is closed" while the database was up."""
+    raw = getattr(dbapi_conn, "driver_connection", None)
+    if raw is not None and raw.is_closed():
+        raise sa_exc.DisconnectionError("pooled connection is closed")
+
+
+@contextlib.asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The asyncpg connection under a pooled one, for what the ORM does not do (COPY, a SQL
+    function's row). A failure on it, or a cancellation in the middle of a call, invalidates the
+    pooled connection: SQLAlchemy never saw the error, and would hand the same connection (closed,
+    or left half-way through an operation) to the caller's retry."""
+    async with engine.connect() as sa_conn:
+        raw = await sa_conn.get_raw_connection()
+        driver = raw.driver_connection
+        assert driver is not None
+        try:
+            yield driver
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await sa_conn.invalidate()
+            raise
 
 
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -55,6 +88,10 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, pg_exc.InterfaceError):
         return "connection is closed" in str(exc).lower()
+    if isinstance(exc, pg_exc.InternalClientError):
+        # The connection was left in the middle of an operation (the server ended the session
+        # under it, or a call on it was cancelled): it is invalidated, and a retry takes another.
+        return "operation" in str(exc).lower() and "in progress" in str(exc).lower()
     if isinstance(exc, sa_exc.DBAPIError):
         text = f"{type(exc.orig).__name__} {exc.orig}".lower()
         markers = ("connection", "cannotconnectnow", "adminshutdown", "shutdown", "closed", "terminat")

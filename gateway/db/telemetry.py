@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import metrics
-from gateway.db.engine import is_transient
+from gateway.db.engine import driver_connection, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,14 @@ TABLES: dict[str, tuple[str, ...]] = {
     "status_history": ("station_id", "evse_id", "connector_id", "status", "ts", "received_at"),
 }
 
+
+
+def row_refused(exc: BaseException) -> bool:
+    """The database refused the data itself: SQLSTATE class 22 (a value it cannot take) or 23 (a
+    constraint). Anything else (the database away, read-only, out of disk or memory) says
+    nothing about the rows, which are kept and written later."""
+    state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(state, str) and state[:2] in ("22", "23")
 
 class TelemetryWriter:
     def __init__(
@@ -103,14 +111,22 @@ class TelemetryWriter:
             try:
                 await self.flush()
             except Exception as exc:
-                if not is_transient(exc):
-                    # Not the database being away: a row it refuses. Find it, or it would block
-                    # every row behind it forever.
+                if row_refused(exc):
+                    # A row the database refuses (bad data, a constraint). Find it, or it would
+                    # block every row behind it forever.
                     await self._drop_poison()
                     continue
-                log.warning("telemetry write deferred, database unavailable: %s", exc)
+                # The database away, or refusing every write for now (read-only after a
+                # failover, disk full, out of memory): nothing is dropped, it is tried again.
+                level = logging.WARNING if is_transient(exc) else logging.ERROR
+                log.log(level, "telemetry write deferred (%d rows kept): %s", self._size, exc)
                 metrics.DB_RETRIES.labels("telemetry").inc()
                 if self._closing:
+                    # Lost with the process: counted as dropped, so the loss is on record.
+                    log.error("telemetry writer stopped with %d rows unwritten", self._size)
+                    for table, buf in self._buffers.items():
+                        self.dropped[table] += len(buf)
+                        metrics.DROPPED_ROWS.labels(table).inc(len(buf))
                     return
                 await asyncio.sleep(self._retry)
                 continue
@@ -126,14 +142,11 @@ class TelemetryWriter:
                 row = buf.popleft()
                 self._size -= 1
                 try:
-                    async with self._engine.connect() as conn:
-                        raw = await conn.get_raw_connection()
-                        driver = raw.driver_connection
-                        assert driver is not None
+                    async with driver_connection(self._engine) as driver:
                         await driver.copy_records_to_table(table, records=[row], columns=list(TABLES[table]))
                     self.written[table] += 1
                 except Exception as exc:
-                    if is_transient(exc):
+                    if not row_refused(exc):
                         buf.appendleft(row)
                         self._size += 1
                         return
@@ -148,10 +161,7 @@ class TelemetryWriter:
         self._size -= n
         started = time.perf_counter()
         try:
-            async with self._engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                driver = raw.driver_connection
-                assert driver is not None
+            async with driver_connection(self._engine) as driver:
                 await driver.copy_records_to_table(table, records=rows, columns=list(TABLES[table]))
         except BaseException:
             # Not durable: put the batch back in front, in order, for the next attempt.

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
 from gateway.db import models as m
+from gateway.db.engine import driver_connection
 from gateway.db.planning import StoredNeeds, preferences_of
 from gateway.domain import EvNeeds, Preferences, Session
 from gateway.ocpp.meter import Readings, samples, summarize
@@ -118,9 +119,7 @@ class TransactionRepository:
         if token is not None and token.get("type") == "NoAuthorization":
             token = None
         r = summarize(list(samples(payload["meterValue"]))) if "meterValue" in payload else Readings()
-        async with self._engine.connect() as sa_conn:
-            raw = await sa_conn.get_raw_connection()
-            c: Any = raw.driver_connection
+        async with driver_connection(self._engine) as c:
             row = await c.fetchrow(
                 _RECORD, station_id, tid, payload["seqNo"], event_type, payload["triggerReason"],
                 parse_rfc3339(payload["timestamp"]), bool(payload.get("offline", False)), now,

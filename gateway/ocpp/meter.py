@@ -14,7 +14,14 @@ from gateway.clock import parse_rfc3339
 DEFAULT_MEASURAND = "Energy.Active.Import.Register"  # OCPP 2.0.1 SampledValueType default
 _UNIT_SCALE = {"kWh": ("Wh", 1000.0), "kW": ("W", 1000.0), "kvarh": ("varh", 1000.0), "kvar": ("var", 1000.0),
                "kVA": ("VA", 1000.0)}
-_DEFAULT_UNITS = {"Energy": "Wh", "Power": "W", "SoC": "Percent", "Current": "A", "Voltage": "V"}
+# The unit a measurand is in when the station names none (OCPP 2.0.1 UnitOfMeasureType's default
+# is "Wh", but a reactive or apparent quantity, or a power factor, is not in Wh or W): the longest
+# prefix of the measurand's name that is listed.
+_DEFAULT_UNITS = {"Energy": "Wh", "Energy.Reactive": "varh", "Energy.Apparent": "VAh", "Power": "W",
+                  "Power.Reactive": "var", "Power.Factor": None, "SoC": "Percent", "Current": "A", "Voltage": "V"}
+# Larger than any reading a meter can give (a petawatt-hour): a number past it would only overflow
+# the sums the database makes of readings (a transaction's energy, the REST buckets' averages).
+VALUE_MAX = 1e15
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,7 @@ def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
         for sv in mv.get("sampledValue", []):
             measurand = sv.get("measurand", DEFAULT_MEASURAND)
             uom = sv.get("unitOfMeasure") or {}
-            unit = uom.get("unit") or _DEFAULT_UNITS.get(measurand.split(".")[0])
+            unit = uom.get("unit") or _default_unit(measurand)
             try:
                 value = float(sv["value"]) * (10.0 ** uom.get("multiplier", 0))
             except OverflowError:
@@ -43,14 +50,23 @@ def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
             if unit in _UNIT_SCALE:
                 unit, scale = _UNIT_SCALE[unit]
                 value *= scale
-            if not math.isfinite(value):
-                # A schema-valid reading no float can hold (a multiplier of 10^400, say): it says
-                # nothing about the session; the message is still answered (and a TransactionEvent
-                # still stored as received).
+            if not math.isfinite(value) or abs(value) > VALUE_MAX:
+                # A schema-valid reading no float can hold (a multiplier of 10^400, say), or none
+                # a meter gives: it says nothing about the session; the message is still answered
+                # (and a TransactionEvent still stored as received).
                 log.warning("meter value %r x 10^%r %r out of range: sample skipped", sv["value"],
                             uom.get("multiplier", 0), unit)
                 continue
             yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"))
+
+
+def _default_unit(measurand: str) -> str | None:
+    parts = measurand.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in _DEFAULT_UNITS:
+            return _DEFAULT_UNITS[prefix]
+    return None
 
 
 @dataclass(slots=True)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import asyncpg
 from asyncpg import exceptions as pg_exc
 
+from gateway import metrics
 from gateway.db.engine import is_transient, make_engine
-from gateway.db.telemetry import TelemetryWriter
+from gateway.db.telemetry import TelemetryWriter, row_refused
 from tests.gateway.test_handlers import fetch, wait_for
 
 T = datetime(2026, 7, 1, 8, tzinfo=UTC)
@@ -45,3 +47,46 @@ def test_a_lost_connection_is_transient_a_refused_row_is_not() -> None:
     assert is_transient(pg_exc.AdminShutdownError("terminating connection due to administrator command"))
     assert not is_transient(pg_exc.InterfaceError("cannot perform operation: another operation is in progress"))
     assert not is_transient(pg_exc.NotNullViolationError("null value in column"))
+
+
+def test_only_a_refusal_of_the_data_itself_drops_a_row() -> None:
+    assert row_refused(pg_exc.StringDataRightTruncationError("value too long"))  # 22001
+    assert row_refused(pg_exc.UniqueViolationError("duplicate key"))  # 23505
+    assert not row_refused(pg_exc.ReadOnlySQLTransactionError("read-only transaction"))  # 25006: a failover
+    assert not row_refused(pg_exc.DiskFullError("could not extend file"))  # 53100
+    assert not row_refused(pg_exc.UndefinedTableError("relation does not exist"))  # 42P01
+    assert not row_refused(RuntimeError("a bug"))
+
+
+async def test_rows_are_kept_while_the_database_refuses_every_write_and_written_after(clean_db: str) -> None:
+    """A database that refuses every write for a while (read-only after a failover, disk full;
+    here the table is away) is no bad row: before, the writer took it for one and dropped the
+    whole buffer row by row within seconds."""
+    engine = make_engine(clean_db, pool_size=2)
+    writer = TelemetryWriter(engine, max_rows=1000, flush_rows=5, flush_interval_s=0.05, retry_interval_s=0.05)
+    admin = await asyncpg.connect(clean_db.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await admin.execute("ALTER TABLE meter_values RENAME TO meter_values_away")
+        try:
+            for i in range(20):
+                writer.add_meter_value(T, "CS-1", 1, None, "Energy.Active.Import.Register", None, None, float(i), "Wh")
+            writer.start()
+
+            async def tried_and_kept() -> bool:
+                return metrics.DB_RETRIES.labels("telemetry")._value.get() > retries + 2  # type: ignore[attr-defined]
+
+            retries = metrics.DB_RETRIES.labels("telemetry")._value.get()  # type: ignore[attr-defined]
+            await wait_for(tried_and_kept)
+            assert writer.dropped["meter_values"] == 0 and writer.buffered == 20
+        finally:
+            await admin.execute("ALTER TABLE meter_values_away RENAME TO meter_values")
+
+        async def written() -> bool:
+            return len(await fetch(clean_db, "SELECT 1 FROM meter_values")) == 20
+
+        await wait_for(written)
+        assert writer.dropped["meter_values"] == 0
+    finally:
+        await admin.close()
+        await writer.close()
+        await engine.dispose()

@@ -75,3 +75,29 @@ async def test_telemetry_buffer_is_bounded_and_counts_drops(
     rows = await fetch(clean_db, "SELECT min(value) AS lo, max(value) AS hi FROM meter_values WHERE station_id='CS-B'")
     assert (rows[0]["lo"], rows[0]["hi"]) == (30.0, 79.0)
     await st.close()
+
+
+async def test_connections_the_server_ended_are_not_handed_out_again(gateway_factory: Any, clean_db: str) -> None:
+    """Postgres ends every session of the gateway (a restart, an operator's pg_terminate_backend)
+    and is back at once. A pooled connection that failed inside code using asyncpg directly (the
+    telemetry COPY, TransactionEvent's SQL function) went back to the pool and was handed to
+    every retry: replies withheld and meter values buffered while the database was up."""
+    h = await gateway_factory(db_retry_interval_s=0.1)
+    await h.add_station("CS-T", PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-T", PASSWORD)
+    await st.ok("TransactionEvent", tx_event("Started", 0, tid="TX-T", meterValue=energy(0.0)))
+    await st.ok("MeterValues", {"evseId": 1, "meterValue": energy(100.0)})
+
+    async def written(n: int) -> bool:
+        return len(await fetch(clean_db, "SELECT 1 FROM meter_values WHERE station_id='CS-T'")) == n
+
+    await wait_for(lambda: written(2))
+    await fetch(clean_db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    reply = await asyncio.wait_for(st.call("TransactionEvent", tx_event("Updated", 1, tid="TX-T",
+                                                                         meterValue=energy(2_000.0))),
+                                   EVENT_TIMEOUT_S)
+    assert reply[0] == 3
+    await st.ok("MeterValues", {"evseId": 1, "meterValue": energy(2_500.0)})
+    await wait_for(lambda: written(4))
+    await st.close()

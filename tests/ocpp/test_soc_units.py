@@ -61,3 +61,4 @@ async def test_one_percent_from_a_station_is_one_percent(gateway_server: Gateway
 
     await wait_for(updated)
     await st.close()
+
