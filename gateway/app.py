@@ -148,17 +148,21 @@ class Gateway:
                 st.dialect = DischargeDialect(row.discharge_dialect)
                 st.discharge_undeclared_evs = row.discharge_undeclared_evs
         newest: dict[tuple[str, int], TxSnapshot] = {}
+        crowded: set[tuple[str, int]] = set()  # EVSEs with more than one open transaction
         for tx in await self.transactions.active():
             if tx.evse_id is None or tx.started_at is None:
                 continue
             key = (tx.station_id, tx.evse_id)
             known = newest.get(key)
+            if known is not None:
+                crowded.add(key)
             if known is None or (known.started_at is not None and tx.started_at > known.started_at):
                 newest[key] = tx
-        for (station_id, evse_id), tx in newest.items():
+        for key in crowded:
+            tx = newest[key]
             assert tx.started_at is not None
             # An EVSE carries one transaction: any other left open (its Ended lost) is closed.
-            await self.transactions.supersede(station_id, evse_id, tx.transaction_id, tx.started_at)
+            await self.transactions.supersede(key[0], key[1], tx.transaction_id, tx.started_at)
         for tx in newest.values():
             assert tx.evse_id is not None and tx.started_at is not None
             needs = await self.planning.session_needs(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at)

@@ -182,12 +182,14 @@ class MqttBridge:
         disconnects)."""
         assert self._sub is not None
         while not self._sub.queue.empty():
-            e = self._sub.queue.get_nowait()
-            try:
-                for msg in self._messages_for(e):
-                    self.enqueue(msg)
-            except Exception:
-                log.exception("could not turn %s into MQTT messages", type(e).__name__)
+            self._enqueue_for(self._sub.queue.get_nowait())
+
+    def _enqueue_for(self, e: ev.Event) -> None:
+        try:
+            for msg in self._messages_for(e):
+                self.enqueue(msg)
+        except Exception:
+            log.exception("could not turn %s into MQTT messages", type(e).__name__)
 
     def enqueue(self, msg: topics.Outgoing) -> None:
         if len(self._buf) >= self.buffer_max:
@@ -219,12 +221,7 @@ class MqttBridge:
     async def _events(self) -> None:
         assert self._sub is not None
         while True:
-            e = await self._sub.get()
-            try:
-                for msg in self._messages_for(e):
-                    self.enqueue(msg)
-            except Exception:
-                log.exception("could not turn %s into MQTT messages", type(e).__name__)
+            self._enqueue_for(await self._sub.get())
             metrics.EVENT_QUEUE_DEPTH.labels("mqtt").set(self._sub.queue.qsize())
             metrics.EVENTS_DROPPED.labels("mqtt").set(self._sub.dropped)
 
@@ -288,7 +285,7 @@ class MqttBridge:
         if self._head is not msg:
             self._head, self._head_failures = msg, 0
         self._head_failures += 1
-        if self._head_failures >= HEAD_ATTEMPTS_MAX and self._buf and self._buf[0] is msg:
+        if self._head_failures >= HEAD_ATTEMPTS_MAX:
             self._forget(self._buf.popleft())
             self._head, self._head_failures = None, 0
             self.given_up += 1

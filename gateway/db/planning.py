@@ -19,6 +19,7 @@ from gateway.domain import ChargeMode, EvNeeds, GridEvent, GridEventKind, Prefer
 # (TxStartPoint PowerPathClosed), and a station's clock (its started_at) may run ahead of ours.
 NEEDS_BEFORE_START = timedelta(minutes=10)
 
+
 @dataclass(frozen=True, slots=True)
 class StoredNeeds:
     id: int

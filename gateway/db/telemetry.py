@@ -30,13 +30,13 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
-
 def row_refused(exc: BaseException) -> bool:
     """The database refused the data itself: SQLSTATE class 22 (a value it cannot take) or 23 (a
     constraint). Anything else (the database away, read-only, out of disk or memory) says
     nothing about the rows, which are kept and written later."""
     state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
     return isinstance(state, str) and state[:2] in ("22", "23")
+
 
 class TelemetryWriter:
     def __init__(

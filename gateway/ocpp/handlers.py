@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -387,7 +387,11 @@ class Handlers:
                 log.info("%s EVSE %d: %d open transaction(s) before %s closed as superseded", station_id,
                          evse_id, n, tid)
 
-        task = asyncio.get_running_loop().create_task(run())
+        self._in_background(run())
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the replies, kept until it ends (``close`` stops what is left)."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -476,9 +480,7 @@ class Handlers:
                 await until_committed(store, retry_interval_s=self._settings.db_retry_interval_s, what=what)
                 self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
 
-            task = asyncio.get_running_loop().create_task(finish())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(finish())
             raise NoReply(str(exc)) from exc
         self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
         # K15.FR.03-ish: Accepted means the CSMS will provide a schedule (the MPC does, within

@@ -191,15 +191,16 @@ def moves_later(old: TxProfile | None, new: TxProfile, default_w: float, now: da
     """How each limit ``new`` sets after ``now`` moves against what the EVSE would run then
     (``old``, else its default ``default_w``), at every boundary of either schedule after ``now``
     in ``new``'s span; moments where nothing changes are left out."""
+    same = old if old is not None and old.transaction_id == new.transaction_id else None
     moments = {p.start for p in new.periods if now < p.start < new.end}
-    if old is not None and old.transaction_id == new.transaction_id:
-        moments |= {p.start for p in old.periods if now < p.start < new.end}
-        if now < old.end < new.end:
-            moments.add(old.end)
+    if same is not None:
+        moments |= {p.start for p in same.periods if now < p.start < new.end}
+        if now < same.end < new.end:
+            moments.add(same.end)
     out = []
     for t in sorted(moments):
         a = new.limit_at(t)
-        b = old.limit_at(t) if old is not None and old.transaction_id == new.transaction_id else None
+        b = same.limit_at(t) if same is not None else None
         before = default_w if b is None else b
         if a is not None and a != before:
             out.append(move(before, a))

@@ -25,16 +25,23 @@ async def _fetchrow(database_url: str, sql: str) -> Any:
         await conn.close()
 
 
-async def test_a_cancelled_grid_event_stays_cancelled(
-    gateway_factory: Any, mqtt_url: str, prefix: str, database_url: str
-) -> None:
-    topic = f"{prefix}/in/grid_events"
+async def _bridged_with_a_cap(gateway_factory: Any, mqtt_url: str, prefix: str,
+                              event_id: str) -> tuple[GatewayHarness, Any, dict[str, Any]]:
+    """A gateway whose bridge is connected, and a 60-kW import cap starting in an hour to send it."""
     h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
     bridge = await connected_bridge(h)
     assert h.gw is not None
     now = h.gw.clock.now()
-    event = {"id": "dso-7", "start": to_rfc3339(now + timedelta(hours=1)),
+    event = {"id": event_id, "start": to_rfc3339(now + timedelta(hours=1)),
              "end": to_rfc3339(now + timedelta(hours=2)), "kind": "import_cap", "cap_kw": 60.0}
+    return h, bridge, event
+
+
+async def test_a_cancelled_grid_event_stays_cancelled(
+    gateway_factory: Any, mqtt_url: str, prefix: str, database_url: str
+) -> None:
+    topic = f"{prefix}/in/grid_events"
+    h, bridge, event = await _bridged_with_a_cap(gateway_factory, mqtt_url, prefix, "dso-7")
     async with retained_cleared(mqtt_url, topic), \
             httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
         await publish(mqtt_url, topic, json.dumps(event), retain=True)
@@ -170,12 +177,7 @@ async def test_a_replayed_message_does_not_undo_a_newer_rest_change(
     is the one the gateway applied last from the topic, a REST change made since (here: an update
     of the same grid event, and a building load, whose MQTT reading had no ``ts``) must stand."""
     events, loads = f"{prefix}/in/grid_events", f"{prefix}/in/building_load"
-    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
-    bridge = await connected_bridge(h)
-    assert h.gw is not None
-    now = h.gw.clock.now()
-    event = {"id": "dso-8", "start": to_rfc3339(now + timedelta(hours=1)),
-             "end": to_rfc3339(now + timedelta(hours=2)), "kind": "import_cap", "cap_kw": 60.0}
+    h, bridge, event = await _bridged_with_a_cap(gateway_factory, mqtt_url, prefix, "dso-8")
     async with retained_cleared(mqtt_url, events, loads), \
             httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
         await publish(mqtt_url, events, json.dumps(event), retain=True)
