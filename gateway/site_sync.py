@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WATCHED = (ev.SessionStarted, ev.SessionUpdated, ev.SessionEnded, ev.NeedsUpdated, ev.SiteInputsChanged,
-           ev.StatusChanged, ev.StationConnected, ev.StationDisconnected)
+           ev.StatusChanged, ev.StationConnected, ev.StationDisconnected, ev.StationBooted)
 
 # Called with each applied event and whether it changes what the site should plan.
 Listener = Callable[[ev.Event, bool], None]

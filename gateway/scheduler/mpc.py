@@ -121,8 +121,13 @@ class MpcScheduler:
         self._debounce: asyncio.TimerHandle | None = None
         self._pending_trigger: str | None = None
         self._aps: AsyncIOScheduler | None = None
-        # The profile each EVSE last accepted (what it runs, unless it rebooted: StationConnected).
+        # The profile each EVSE last accepted (what it runs, unless its station rebooted since:
+        # StationBooted).
         self._sent: dict[tuple[str, int], profiles.TxProfile] = {}
+        # EVSEs of a station that reconnected: sent their profile again even if unchanged (it
+        # may have rebooted without a word yet), which way it moves still judged against the last
+        # one it accepted (a link that only dropped leaves the station running that).
+        self._resend: set[tuple[str, int]] = set()
         # EVSEs whose last push did not land: sent again at the next re-plan even if unchanged.
         self._retry: set[tuple[str, int]] = set()
         # A push left unanswered (timed out, or the link dropped under it) may still have been
@@ -359,6 +364,7 @@ class MpcScheduler:
             self._sent.pop(key, None)
             self._accepted.pop(key, None)
             self._retry.discard(key)
+            self._resend.discard(key)
             self._unanswered.pop(key, None)
             self._rejected.pop(key, None)
             key = (event.station_id, event.transaction_id)
@@ -373,12 +379,22 @@ class MpcScheduler:
             if st is not None and st.session is not None:
                 self.full.pop(st.session.tx_key, None)
         if isinstance(event, ev.StationConnected):
-            # A station that reconnects may have lost its profiles (reboot): send them again.
-            for k in [k for k in self._sent if k[0] == event.station_id]:
-                self._sent.pop(k, None)
+            # A station that reconnects may have lost its profiles (a reboot) or not (the link
+            # dropped): its profiles are sent again, and until it says it booted each is taken to
+            # run the last one it accepted, so a limit lowered from that goes out in the first
+            # round, before the rises it makes room for (profiles.Move). Judged against its
+            # default instead, a lowering that stays above the default would travel with them.
+            self._resend.update(k for k in self._sent if k[0] == event.station_id)
             for k in [k for k in self._rejected if k[0] == event.station_id]:
                 self._rejected.pop(k, None)  # new firmware, maybe: it may take a plan now
             self._periods_asked.discard(event.station_id)  # and be asked again what it takes
+            replan = True
+        if isinstance(event, ev.StationBooted):
+            # B01: a station boots only when it (re)starts; what it ran before is gone, and it
+            # runs its default until sent a profile.
+            for k in [k for k in self._sent if k[0] == event.station_id]:
+                self._sent.pop(k, None)
+                self._resend.discard(k)
             replan = True
         if replan:
             self.request_replan(type(event).__name__)
@@ -786,7 +802,7 @@ class MpcScheduler:
                 rise_delay_s=self._rise_delay_s(),
             )
             old = self._sent.get(meta.key)
-            if meta.key not in self._retry and not profiles.differs(old, prof):
+            if meta.key not in self._retry and meta.key not in self._resend and not profiles.differs(old, prof):
                 continue
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
             default_w = 1000.0 * self._held_default_kw(meta.key[0])
@@ -866,6 +882,7 @@ class MpcScheduler:
             if ok:
                 self._note_accepted(key, prof, now)
                 self._retry.discard(key)
+                self._resend.discard(key)
                 self._rejected.pop(key, None)
             elif not gone:
                 # The station runs what it ran before (a refused or unanswered SetChargingProfile

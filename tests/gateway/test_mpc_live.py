@@ -363,6 +363,72 @@ async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_fac
     await b.close()
 
 
+async def test_a_station_back_without_a_boot_is_judged_against_the_profile_it_ran(gateway_factory: Any) -> None:
+    """A station whose link dropped runs the last profile it accepted: after it reconnects, a limit
+    lowered from that one (but still above its default) goes out first, and a rise that needs the
+    room waits for it. Once the station says it booted, it runs its default."""
+    from dataclasses import replace
+
+    from gateway.config import SiteConfig
+    from gateway.domain import DischargeDialect, PlannedSession
+    from gateway.ocpp import profiles
+    from gateway.scheduler import live_inputs
+
+    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=3600.0, replan_period_s=3600.0,
+                              site=SiteConfig(import_limit_kw=20.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
+    sched = h.gw.scheduler
+    assert sched is not None
+    a, sink_a = await plug_in(h, "CS-R1", bidi=False)
+    b, sink_b = await plug_in(h, "CS-R2", bidi=False)
+    outcome = await sched.replan("test")
+    assert outcome is not None
+    plan, now = outcome.plan, h.gw.clock.now()
+    default_kw = sched._held_default_kw("CS-R1")
+    assert default_kw < 10.5  # so CS-R1's new limit below is a lowering from 11 but a rise from the default
+
+    def flat(station: str, kw: float) -> PlannedSession:
+        return PlannedSession(station, 1, f"TX-{station}", tuple([kw] * len(plan.starts)))
+
+    for station, kw in (("CS-R1", 11.0), ("CS-R2", 9.0)):  # what they run: 20 kW in all
+        ps = flat(station, kw)
+        sched._note_accepted((station, 1), profiles.build_profile(
+            station_id=station, evse_id=1, transaction_id=ps.transaction_id, starts=plan.starts, end=plan.end,
+            power_kw=ps.power_kw, max_charge_kw=11.0, max_discharge_kw=0.0, bidirectional=False,
+            dialect=DischargeDialect.NONE, stack_level=sched.settings.profile_stack_level,
+            max_periods=sched.settings.max_profile_periods), now)
+    await a.close()
+
+    async def gone() -> bool:
+        return h.gw.ocpp.registry.get("CS-R1") is None
+
+    await wait_for(gone)
+    a = await RawStation.connect(h.ocpp_url, "CS-R1", PASSWORD)  # back, no BootNotification
+    sink_a.task.cancel()
+    sink_a = ProfileSink(a, "Rejected")
+
+    async def back() -> bool:  # the scheduler hears of it as the site state does
+        return h.gw.state.evses[("CS-R1", 1)].online
+
+    await wait_for(back)
+    _, _, metas = live_inputs.build(h.gw.state, h.gw.clock.now(), h.gw.settings, {})
+    seen_b = len(sink_b.profiles)
+    swapped = replace(plan, sessions=(flat("CS-R1", default_kw + 0.5), flat("CS-R2", 19.5 - default_kw)))
+    sent, failed = await sched._push(h.gw.clock.now(), swapped, metas, None)
+    assert [p["evseId"] for p in sink_a.profiles[-2:]] == [1, 1]  # its plan (refused), then a safe limit
+    assert (sent, failed) == (0, 1)
+    assert len(sink_b.profiles) == seen_b  # 11 + (9.5 - ...) would pass the 20 kW while CS-R1 runs 11
+    # A boot: the station restarted and lost what it ran.
+    assert ("CS-R1", 1) in sched._sent
+    await a.ok("BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}})
+
+    async def rebooted() -> bool:
+        return ("CS-R1", 1) not in sched._sent
+
+    await wait_for(rebooted)
+    await a.close()
+    await b.close()
+
+
 async def test_more_export_waits_until_less_export_has_landed(gateway_factory: Any) -> None:
     """A discharge handed from one EVSE to another: the new discharger starts only once the old
     one has stopped; a charger turning into a discharger goes to 0 first and discharges only once
