@@ -159,3 +159,23 @@ async def test_a_login_checked_before_a_disable_does_not_stay_connected(gateway_
     st = await RawStation.connect(h.ocpp_url, "CS-RACE", PASSWORD)
     assert "currentTime" in await st.ok("Heartbeat", {})
     await st.close()
+
+
+async def test_ids_in_the_path_are_held_to_the_rules_of_ids_in_bodies(api: httpx.AsyncClient) -> None:
+    """An id in the path is checked like one in a body: a NUL, a ':' or one too long is a 422
+    naming the field, never a 500 from the database nor a 404 for an id that cannot exist."""
+    bad_station = ["a%00b", "a:b", "x" * 49]
+    bad_tx = ["a%00b", "x" * 37]
+    bad_event = ["a%00b", "x" * 65]
+    calls = [("GET", f"/api/v1/stations/{s}", None) for s in bad_station]
+    calls += [("POST", f"/api/v1/stations/{s}/disable", None) for s in bad_station]
+    calls += [("POST", f"/api/v1/stations/{s}/commands/reset", {}) for s in bad_station]
+    calls += [("GET", f"/api/v1/sessions/{t}", None) for t in bad_tx]
+    calls += [("PUT", f"/api/v1/sessions/{t}/preferences", {}) for t in bad_tx]
+    calls += [("GET", f"/api/v1/grid-events/{e}", None) for e in bad_event]
+    calls += [("DELETE", f"/api/v1/grid-events/{e}", None) for e in bad_event]
+    for method, url, body in calls:
+        r = await api.request(method, url, headers=OPERATOR, json=body)
+        assert r.status_code == 422, (method, url, r.status_code, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "validation_error" and error["details"]["errors"][0]["loc"][0] == "path", r.text

@@ -13,7 +13,7 @@ Commands to one station queue behind each other (one CALL in flight per station)
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field, model_validator
@@ -27,7 +27,9 @@ from gateway.domain import EVSE_ID_MAX
 router = APIRouter(prefix="/stations/{station_id}/commands", tags=["commands"],
                    responses=responses(401, 403, 404, 409, 422, 502, 503, 504))
 
-StationPath = Path(description="The station to command")
+# Annotated, not a default: as `x: StationId = Path()` FastAPI drops the type's length and
+# pattern (a NUL in the path reached the database as a 500).
+StationPath = Annotated[StationId, Path(description="The station to command")]
 EvseId = Field(default=None, ge=0, le=EVSE_ID_MAX)
 
 MessageTrigger = Literal[
@@ -95,14 +97,14 @@ async def _known(gw: Gateway, station_id: str) -> None:
 
 @router.post("/reset")
 async def reset(body: ResetIn, gw: GatewayDep, _: Operator,
-                station_id: StationId = StationPath) -> CommandResult:
+                station_id: StationPath) -> CommandResult:
     await _known(gw, station_id)
     return await _run(gw, station_id, "Reset", gw.commands.reset(station_id, body.type, body.evse_id))
 
 
 @router.post("/trigger-message")
 async def trigger_message(body: TriggerIn, gw: GatewayDep, _: Operator,
-                          station_id: StationId = StationPath) -> CommandResult:
+                          station_id: StationPath) -> CommandResult:
     await _known(gw, station_id)
     return await _run(gw, station_id, "TriggerMessage", gw.commands.trigger_message(
         station_id, body.requested_message, body.evse_id, body.connector_id))
@@ -110,7 +112,7 @@ async def trigger_message(body: TriggerIn, gw: GatewayDep, _: Operator,
 
 @router.post("/unlock-connector")
 async def unlock_connector(body: UnlockIn, gw: GatewayDep, _: Operator,
-                           station_id: StationId = StationPath) -> CommandResult:
+                           station_id: StationPath) -> CommandResult:
     await _known(gw, station_id)
     return await _run(gw, station_id, "UnlockConnector",
                       gw.commands.unlock_connector(station_id, body.evse_id, body.connector_id))
@@ -118,7 +120,7 @@ async def unlock_connector(body: UnlockIn, gw: GatewayDep, _: Operator,
 
 @router.post("/change-availability")
 async def change_availability(body: AvailabilityIn, gw: GatewayDep, _: Operator,
-                              station_id: StationId = StationPath) -> CommandResult:
+                              station_id: StationPath) -> CommandResult:
     await _known(gw, station_id)
     return await _run(gw, station_id, "ChangeAvailability", gw.commands.change_availability(
         station_id, body.operational_status, body.evse_id, body.connector_id))
@@ -126,7 +128,7 @@ async def change_availability(body: AvailabilityIn, gw: GatewayDep, _: Operator,
 
 @router.post("/clear-charging-profile")
 async def clear_charging_profile(body: ClearProfilesIn, gw: GatewayDep, _: Operator,
-                                 station_id: StationId = StationPath) -> CommandResult:
+                                 station_id: StationPath) -> CommandResult:
     await _known(gw, station_id)
     result = await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
         station_id, body.charging_profile_id, evse_id=body.evse_id, purpose=body.purpose,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field, model_validator
@@ -52,7 +53,9 @@ def _out(r: m.GridEventRecord) -> GridEventOut:
                         created_at=r.created_at, cancelled_at=r.cancelled_at)
 
 
-IdPath = Path(description="The grid event's id")
+# Annotated, not a default: as `x: Ident = Path()` FastAPI drops the type's length and
+# pattern (a NUL in the path reached the database as a 500).
+IdPath = Annotated[Ident, Path(description="The grid event's id")]
 
 
 @router.post("", status_code=201, responses=responses(409))
@@ -82,7 +85,7 @@ async def list_grid_events(
 
 @router.get("/{event_id}", responses=responses(404))
 async def get_grid_event(
-    q: QueriesDep, _: Operator, event_id: Ident = IdPath,
+    q: QueriesDep, _: Operator, event_id: IdPath,
     include_cancelled: bool = Query(default=False, description="Also find a cancelled event"),
 ) -> GridEventOut:
     """A cancelled event is gone unless asked for with include_cancelled."""
@@ -94,7 +97,7 @@ async def get_grid_event(
 
 @router.delete("/{event_id}", responses=responses(404))
 async def cancel_grid_event(q: QueriesDep, site: SiteInputsDep, _: Operator,
-                            event_id: Ident = IdPath) -> GridEventOut:
+                            event_id: IdPath) -> GridEventOut:
     """Cancel an event (kept, with its cancel time); the site is re-planned without it."""
     if not await site.cancel_grid_event(event_id):
         raise NotFound(f"no open grid event {event_id!r}")

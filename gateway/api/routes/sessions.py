@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field
@@ -46,7 +46,9 @@ REPLAN_WAIT_S = 30.0
 # "Fully met" allows for the solver's rounding.
 MET_TOLERANCE_KWH = 0.05
 
-TxPath = Path(description="The OCPP transactionId the station assigned")
+# Annotated, not a default: as `x: TransactionId = Path()` FastAPI drops the type's length and
+# pattern (a NUL in the path reached the database as a 500).
+TxPath = Annotated[TransactionId, Path(description="The OCPP transactionId the station assigned")]
 StationQuery = Query(default=None, description="The station that assigned the transactionId: needed only "
                                                "when several stations used the same id (409 otherwise)")
 
@@ -248,7 +250,7 @@ async def list_sessions(
 
 @router.get("/{transaction_id}", responses=responses(404, 409))
 async def get_session(gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
-                      transaction_id: TransactionId = TxPath,
+                      transaction_id: TxPath,
                       station_id: StationId | None = StationQuery) -> SessionDetail:
     """409 (``ambiguous_session``) when stations share the id and none of them is picked."""
     return await _detail(gw, q, await _visible(gw, who, transaction_id, station_id))
@@ -326,7 +328,7 @@ def _apply_live(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: P
 
 @router.put("/{transaction_id}/preferences", responses=responses(404, 409))
 async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, who: CurrentPrincipal,
-                          transaction_id: TransactionId = TxPath,
+                          transaction_id: TxPath,
                           station_id: StationId | None = StationQuery) -> PreferencesResult:
     """Change departure, energy or SoC wanted, reserve, discharge permission or mode.
 

@@ -4,7 +4,7 @@ enable/disable."""
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field
@@ -21,7 +21,9 @@ from gateway.ocpp.auth import hash_password
 
 router = APIRouter(prefix="/stations", tags=["stations"], responses=responses(401, 403, 422))
 
-StationPath = Path(description="The station id (as in ws://host/ocpp/{id})")
+# Annotated, not a default: as `x: StationId = Path()` FastAPI drops the type's length and
+# pattern (a NUL in the path reached the database as a 500).
+StationPath = Annotated[StationId, Path(description="The station id (as in ws://host/ocpp/{id})")]
 
 
 class EvseIn(Model):
@@ -130,7 +132,7 @@ async def list_stations(gw: GatewayDep, q: QueriesDep, _: Operator, limit: Limit
 
 @router.get("/{station_id}", responses=responses(404))
 async def get_station(gw: GatewayDep, q: QueriesDep, _: Operator,
-                      station_id: StationId = StationPath) -> StationOut:
+                      station_id: StationPath) -> StationOut:
     return await _one(gw, q, station_id)
 
 
@@ -147,13 +149,13 @@ async def _set_enabled(gw: Gateway, q: Queries, station_id: str, enabled: bool) 
 
 @router.post("/{station_id}/disable", responses=responses(404))
 async def disable_station(gw: GatewayDep, q: QueriesDep, _: Operator,
-                          station_id: StationId = StationPath) -> StationOut:
+                          station_id: StationPath) -> StationOut:
     """Refuse the station's logins from now on (and close its live connection)."""
     return await _set_enabled(gw, q, station_id, False)
 
 
 @router.post("/{station_id}/enable", responses=responses(404))
 async def enable_station(gw: GatewayDep, q: QueriesDep, _: Operator,
-                         station_id: StationId = StationPath) -> StationOut:
+                         station_id: StationPath) -> StationOut:
     return await _set_enabled(gw, q, station_id, True)
 
