@@ -259,7 +259,7 @@ class PlanRecord(Base):
 
 class ProfileSent(Base):
     __tablename__ = "profiles_sent"
-    __table_args__ = (Index(None, "station_id", "sent_at"), Index(None, "transaction_id"))
+    __table_args__ = (Index(None, "station_id", "sent_at"), Index(None, "transaction_id"), Index(None, "plan_id"))
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     plan_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("plans.id", ondelete="SET NULL"))

@@ -9,8 +9,14 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import load_only
 
 from gateway.db import models as m
+
+# The columns a plan's summary shows (GET /api/v1/plans).
+PLAN_SUMMARY = (m.PlanRecord.id, m.PlanRecord.created_at, m.PlanRecord.trigger, m.PlanRecord.status,
+                m.PlanRecord.fallback, m.PlanRecord.objective, m.PlanRecord.solve_s, m.PlanRecord.horizon_start,
+                m.PlanRecord.horizon_end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +138,9 @@ class Queries:
     async def plans(self, limit: int, offset: int) -> tuple[list[m.PlanRecord], int]:
         async with self._sessions() as s:
             total = (await s.execute(select(func.count()).select_from(m.PlanRecord))).scalar_one()
-            rows = (await s.execute(select(m.PlanRecord).order_by(m.PlanRecord.id.desc())
-                                    .limit(limit).offset(offset))).scalars()
+            # Only what a summary shows: a plan's per-session powers are megabytes at fleet scale.
+            rows = (await s.execute(select(m.PlanRecord).options(load_only(*PLAN_SUMMARY))
+                                    .order_by(m.PlanRecord.id.desc()).limit(limit).offset(offset))).scalars()
             return list(rows), int(total)
 
     async def plan(self, plan_id: int | None) -> m.PlanRecord | None:
