@@ -53,12 +53,17 @@ def main() -> None:
                             penalty=PENALTY, progress=bar))
     runs.append(ev.simulate(scored, ev.optimal_policy(scored, PENALTY, 600.0), exact=False, penalty=PENALTY,
                             progress=bar))
-    res = ev.summarise(runs, ["uncontrolled", "mpc", "optimal"])["policies"]
+    summary = ev.summarise(runs, ["uncontrolled", "mpc", "optimal"])
+    res = summary["policies"]
     m, o, u = res["mpc"], res["optimal"], res["uncontrolled"]
+
+    def rounded(x: float | None) -> float | None:
+        return None if x is None else round(x, 4)
+
     print(json.dumps({
         "site": a.site, "days": a.days, "seed": a.seed, "peak_levels": a.peak_levels,
-        "savings_capture_total": round(m["savings_capture_total"], 4),
-        "savings_capture": round(m["savings_capture"], 4),
+        "savings_capture_total": rounded(m["savings_capture_total"]),
+        "savings_capture": rounded(m["savings_capture"]), "warnings": summary["warnings"],
         "bill": round(m["bill"], 2), "bill_optimal": round(o["bill"], 2), "bill_uncontrolled": round(u["bill"], 2),
         "demand_charge": round(m["demand_charge"], 2), "demand_charge_optimal": round(o["demand_charge"], 2),
         "peak_kw": round(m["peak_import_kw"], 1), "peak_kw_optimal": round(o["peak_import_kw"], 1),

@@ -650,7 +650,8 @@ def main() -> None:
                       "need_above": a.need_above, "plug_in_reserve": a.plug_in_reserve,
                       "bidirectional_share": a.bidirectional_share, "grid_event": a.grid_event,
                       "lenders": lenders([r for r in runs if r.policy == "mpc"]),
-                      **{k: round(float(mpc[k]), 4) for k in keys},
+                      **{k: None if mpc[k] is None else round(float(mpc[k]), 4) for k in keys},
+                      "warnings": result["warnings"],
                       "grid_steps_p50_p95_max": [float(np.percentile(steps, q)) for q in (50, 95, 100)],
                       "optimal_total_cost": round(float(result["policies"]["optimal"]["total_cost"]), 2)}))
 

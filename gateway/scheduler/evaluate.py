@@ -246,6 +246,8 @@ class Run:
     evs: list[EvTruth]
     solve_times: list[float]
     metrics: dict[str, float]
+    # The plan played back was a fallback, not the LP's optimum (``optimal`` only).
+    not_optimal: bool = False
 
 
 class Progress:
@@ -339,7 +341,7 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
     solve_times = list(getattr(policy, "solve_times", []))[solves_before:]
     return Run(policy=policy.name, episode=ep.name, times=times, net_kw=net, building_kw=building,
                limit_kw=limit, price=price, evse_power=evse_power, evs=evs, solve_times=solve_times,
-               metrics=metrics)
+               metrics=metrics, not_optimal=isinstance(policy, Planned) and policy.fallback)
 
 
 def price_run(ep: Episode, evs: list[EvTruth], net: FloatArr, building: FloatArr, limit: FloatArr,
@@ -405,7 +407,7 @@ def optimal_policy(ep: Episode, penalty: float, time_limit_s: float) -> Planned:
     plan = Planner(backend="highs", time_limit_s=time_limit_s, decompose_above_slots=None).solve(site, slots)
     pol = Planned()
     pol.solve_times = [plan.solve_s]
-    pol.status = plan.status  # type: ignore[attr-defined]
+    pol.status, pol.fallback = plan.status, plan.fallback
     times = grid.starts()
     for i, t in enumerate(evs):
         for j in range(t.first, t.last):
@@ -488,19 +490,28 @@ def summarise(runs: list[Run], names: Sequence[str]) -> dict[str, Any]:
             "solve_s_p50": float(np.percentile(st, 50)) if len(st) else 0.0,
             "solve_s_p95": float(np.percentile(st, 95)) if len(st) else 0.0,
             "solves": len(st),
+            "not_optimal_episodes": sorted(r.episode for r in mine if r.not_optimal),
         }
     for res in out.values():
         # The key is always there (the JSON's stable shape); null where it cannot be had (both
         # uncontrolled and optimal must run, and differ).
         res["savings_capture"] = res["savings_capture_total"] = res["peak_reduction_capture"] = None
-    if "uncontrolled" in out and "optimal" in out:
+    warnings = []
+    failed = out.get("optimal", {}).get("not_optimal_episodes")
+    if failed:
+        # A greedy plan in the optimum's place would make every policy's capture look better
+        # than it is: no capture from it.
+        warnings.append(f"the perfect-foresight LP found no optimum on {len(failed)} episode(s) "
+                        f"({', '.join(failed[:5])}{', ...' if len(failed) > 5 else ''}): it played a "
+                        "fallback plan, so no savings capture is computed; give it more time")
+    elif "uncontrolled" in out and "optimal" in out:
         u, o = out["uncontrolled"], out["optimal"]
         for res in out.values():
             res["savings_capture"] = _capture(u["bill"], res["bill"], o["bill"])
             res["savings_capture_total"] = _capture(u["total_cost"], res["total_cost"], o["total_cost"])
             res["peak_reduction_capture"] = _capture(u["peak_import_kw_mean"], res["peak_import_kw_mean"],
                                                      o["peak_import_kw_mean"])
-    return {"policies": out, "episodes": sorted({r.episode for r in runs})}
+    return {"policies": out, "episodes": sorted({r.episode for r in runs}), "warnings": warnings}
 
 
 def _capture(base: float, value: float, best: float) -> float | None:
@@ -558,3 +569,5 @@ def _print_table(result: dict[str, Any]) -> None:
         vals = [res.get(c) for c in cols]
         sys.stderr.write(f"{name:<13} " + " ".join(
             f"{v:12.3f}" if isinstance(v, float) else f"{v!s:>12}" for v in vals) + "\n")
+    for warning in result.get("warnings", []):
+        sys.stderr.write(f"warning: {warning}\n")

@@ -260,6 +260,8 @@ class Planned(_Base):
     def __init__(self) -> None:
         super().__init__()
         self.setpoints: dict[tuple[Key, datetime], float] = {}
+        self.status = ""
+        self.fallback = False  # the LP gave no optimum (a time-out): these setpoints are no bound
 
     def act(self, ctx: Context) -> dict[Key, float]:
         return {v.key: self.setpoints.get((v.key, ctx.now), 0.0) for v in ctx.views}

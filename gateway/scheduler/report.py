@@ -1,8 +1,8 @@
 """The evaluator's HTML report: one self-contained file (plotly.js inlined, no network to view).
 
 Time series are drawn for the first episode (the bill table covers all of them): site power
-against the limit with building load and price, per-EVSE power heatmaps, SoC curves, and the
-bill's parts per policy.
+against the limit with building load and price, per-EV power heatmaps (one row per EV over its
+stay), SoC curves per policy, and the bill's parts per policy.
 """
 
 from __future__ import annotations
@@ -54,12 +54,15 @@ def _site(runs: list[Run]) -> go.Figure:
 
 
 def _heatmap(r: Run) -> go.Figure:
-    keys = list(r.evse_power)
-    z = np.array([r.evse_power[k] for k in keys])
-    fig = go.Figure(go.Heatmap(z=z, x=r.times, y=[f"{k[0]}/{k[1]}" for k in keys], colorscale="RdBu",
-                               zmid=0.0, colorbar={"title": "kW"}))
-    fig.update_layout(title=f"Power per EVSE: {r.policy} (+ charge, - discharge)",
-                      height=max(300, 8 * len(keys)))
+    """One row per EV: its EVSE's power while it was plugged in (blank before and after)."""
+    z = np.full((len(r.evs), len(r.times)), np.nan)
+    for i, t in enumerate(r.evs):
+        z[i, t.first:t.last] = r.evse_power[t.key][t.first:t.last]
+    labels = [f"{t.arrival.id} ({t.key[0]}/{t.key[1]})" for t in r.evs]
+    fig = go.Figure(go.Heatmap(z=z, x=r.times, y=labels, colorscale="RdBu", zmid=0.0,
+                               colorbar={"title": "kW"}, hoverongaps=False))
+    fig.update_layout(title=f"Power per EV: {r.policy} (+ charge, - discharge)",
+                      height=max(300, 8 * len(r.evs)))
     return fig
 
 
@@ -95,13 +98,14 @@ def write_report(path: str | Path, result: dict[str, Any], runs: list[Run]) -> N
     if mine:
         figs.append(_site(mine))
         figs += [_heatmap(r) for r in mine]
-        figs += [_soc(r) for r in mine if r.policy in ("mpc", "optimal")]
+        figs += [_soc(r) for r in mine]
     parts = [pio.to_html(f, include_plotlyjs=(i == 0), full_html=False) for i, f in enumerate(figs)]
     eps = ", ".join(html.escape(e) for e in result.get("episodes", []))
     body = "\n".join(f"<div>{p}</div>" for p in parts)
+    warnings = "".join(f"<p><strong>Warning:</strong> {html.escape(w)}</p>" for w in result.get("warnings", []))
     Path(path).write_text(
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Charging policy evaluation</title>"
         "<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
-        f"<h1>Charging policy evaluation</h1><p>Episodes: {eps}</p>{_table(result)}{body}</body></html>\n"
+        f"<h1>Charging policy evaluation</h1><p>Episodes: {eps}</p>{warnings}{_table(result)}{body}</body></html>\n"
     )

@@ -319,3 +319,32 @@ def test_each_days_run_counts_its_own_solves_and_the_capture_keys_are_always_the
     assert second.solve_times[: len(first.solve_times)] != first.solve_times
     # Without uncontrolled and optimal there is no capture to compute: null, not missing.
     assert KEYS <= set(out["policies"]["mpc"]) and out["policies"]["mpc"]["savings_capture"] is None
+
+
+def test_an_optimum_that_timed_out_is_no_baseline_for_the_capture() -> None:
+    """Where the perfect-foresight LP runs out of time it plays the greedy fallback: scored as
+    the optimum, it would make every policy's capture look better than it is."""
+    ep = small_episode(3, seed=7)
+    out, runs = ev.evaluate([ep], ["uncontrolled", "greedy", "optimal"], optimal_time_limit_s=1e-6)
+    assert next(r for r in runs if r.policy == "optimal").not_optimal
+    assert out["policies"]["optimal"]["not_optimal_episodes"] == [ep.name]
+    assert all(res["savings_capture"] is None and res["savings_capture_total"] is None
+               for res in out["policies"].values())
+    assert out["warnings"] and "no optimum" in out["warnings"][0]
+    fine, _ = ev.evaluate([ep], ["uncontrolled", "optimal"])
+    assert fine["warnings"] == [] and fine["policies"]["optimal"]["savings_capture"] == pytest.approx(1.0)
+
+
+def test_the_report_draws_each_evs_power_over_its_stay_and_every_policys_soc() -> None:
+    from gateway.scheduler import report
+
+    ep = small_episode(3, seed=2)
+    _, runs = ev.evaluate([ep], ["uncontrolled", "greedy"])
+    run = runs[0]
+    z = report._heatmap(run).data[0].z
+    assert len(z) == len(run.evs)  # a row per EV, not per EVSE
+    for row, t in zip(z, run.evs, strict=True):
+        assert all(math.isnan(v) for v in row[:t.first]) and all(math.isnan(v) for v in row[t.last:])
+        assert list(row[t.first:t.last]) == pytest.approx(list(run.evse_power[t.key][t.first:t.last]))
+    titles = [f.layout.title.text for f in (report._soc(r) for r in runs)]
+    assert [t.split(":")[1].split("(")[0].strip() for t in titles] == ["uncontrolled", "greedy"]
