@@ -14,7 +14,8 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import uvicorn
@@ -26,8 +27,9 @@ from gateway.clock import Clock, make_clock
 from gateway.config import Settings
 from gateway.db import migrate
 from gateway.db.engine import make_engine, sessionmaker
+from gateway.db.models import Evse
 from gateway.db.planning import PlanningRepository
-from gateway.db.stations import SecurityEventRepository, StationRepository, TokenRepository
+from gateway.db.stations import SecurityEventRepository, StationRepository, StationRow, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import TransactionRepository, TxSnapshot
 from gateway.domain import DischargeDialect, EvseSpec
@@ -52,6 +54,10 @@ class _Observer:
     async def station_connected(self, ctx: StationContext) -> None:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
         self._gw.bus.publish(ev.StationConnected(self._gw.clock.now(), ctx.station_id))
+        # Registered from another process (`gateway station add --evse`, `gateway sim --register`)
+        # while this one ran: its EVSEs' ratings are read as it comes, in the background (a slow
+        # database must not hold up the connection).
+        self._gw.spawn(self._gw.refresh_station(ctx.station_id))
         with contextlib.suppress(Exception):
             await self._gw.stations.set_connected(ctx.station_id, True, self._gw.clock.now())
 
@@ -106,6 +112,7 @@ class Gateway:
         self.mqtt: Any = None
         self._uvicorn: uvicorn.Server | None = None
         self._api_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.ocpp_port = 0
         self.api_port = 0
 
@@ -140,13 +147,7 @@ class Gateway:
         self.default_profiles.limit_taken.update(
             {s.id: s.default_limit_kw for s in stations.values() if s.default_limit_kw is not None})
         for e in await self.stations.evses():
-            st = self.state.evse(e.station_id, e.evse_id)
-            st.spec = EvseSpec(e.station_id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional,
-                               e.phases)
-            row = stations.get(e.station_id)
-            if row is not None:
-                st.dialect = DischargeDialect(row.discharge_dialect)
-                st.discharge_undeclared_evs = row.discharge_undeclared_evs
+            self._adopt_evse(e, stations.get(e.station_id))
         newest: dict[tuple[str, int], TxSnapshot] = {}
         crowded: set[tuple[str, int]] = set()  # EVSEs with more than one open transaction
         for tx in await self.transactions.active():
@@ -170,6 +171,37 @@ class Gateway:
             self.state.evse(tx.station_id, tx.evse_id).session = tx.as_session(needs, prefs)
             self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
 
+    def _adopt_evse(self, e: Evse, row: StationRow | None) -> bool:
+        """Put a registered EVSE (ratings, its station's discharge dialect) in the live state;
+        True when that changed what the site plans with."""
+        st = self.state.evse(e.station_id, e.evse_id)
+        before = (st.spec, st.dialect, st.discharge_undeclared_evs)
+        st.spec = EvseSpec(e.station_id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases)
+        if row is not None:
+            st.dialect = DischargeDialect(row.discharge_dialect)
+            st.discharge_undeclared_evs = row.discharge_undeclared_evs
+        return (st.spec, st.dialect, st.discharge_undeclared_evs) != before
+
+    async def refresh_station(self, station_id: str) -> None:
+        """Read a station's registration again (see :meth:`_Observer.station_connected`); the site
+        is re-planned if its EVSEs changed."""
+        try:
+            row = await self.stations.get(station_id)
+            evses = await self.stations.evses([station_id])
+        except Exception as exc:  # what was known stands; the next connection reads it again
+            log.warning("registration of %s not read again: %s", station_id, exc)
+            return
+        changed = [self._adopt_evse(e, row) for e in evses]
+        if any(changed):
+            log.info("%s: EVSE ratings or discharge dialect registered meanwhile, now in force", station_id)
+            self.bus.publish(ev.SiteInputsChanged(self.clock.now(), "evses"))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background until it ends or the gateway stops."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _start_api(self) -> None:
         from gateway.api.app import create_api
 
@@ -192,6 +224,9 @@ class Gateway:
         """Close every station with 1001, stop planning and serving, flush telemetry."""
         await self.ocpp.stop()
         await self.handlers.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.site_sync.stop()
@@ -212,7 +247,13 @@ async def run_until_signal(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await gw.start()
+    try:
+        await gw.start()
+    except BaseException:
+        # A start that failed half way (a port taken, a database not migrated) closes what it had
+        # opened: stations already connected get their 1001, the pool is given back.
+        await gw.stop()
+        raise
     await stop.wait()
     log.info("shutting down: closing stations with 1001")
     await gw.stop()
@@ -221,7 +262,7 @@ async def run_until_signal(settings: Settings) -> None:
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level, settings.log_json)
     if not settings.database_url:
-        print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)")
+        print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)", file=sys.stderr)
         return 2
     asyncio.run(run_until_signal(settings))
     return 0

@@ -338,3 +338,34 @@ async def test_needs_sent_before_one_session_are_not_the_next_ones(gateway_facto
     await st.ws.close()
     await h.restart()
     assert await _energy_source(h, "CS-NEXT") == "forecast"
+
+
+async def test_a_station_registered_by_another_process_is_planned_at_its_ratings(gateway_factory: Any) -> None:
+    """`gateway station add --evse` and `gateway sim --register` write to the database while the
+    gateway runs: the station's EVSEs come into the live state when it connects, not only at
+    the next restart (until then it was planned at the built-in default, one-way)."""
+    from gateway import events as ev
+    from gateway.db.admin import register_for_sim
+    from gateway.domain import EvseSpec
+    from gateway.episode import StationSpec
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    changed = h.gw.bus.subscribe(ev.SiteInputsChanged)
+    await register_for_sim(h.database_url, [StationSpec("LATE-1", (
+        EvseSpec("LATE-1", 1, max_charge_kw=22.0, max_discharge_kw=11.0, bidirectional=True),))], PASSWORD)
+    assert ("LATE-1", 1) not in h.gw.state.evses
+    st = await RawStation.connect(h.ocpp_url, "LATE-1", PASSWORD)
+
+    async def rated() -> bool:
+        e = h.gw.state.evses.get(("LATE-1", 1))
+        return e is not None and e.spec.max_charge_kw == 22.0
+
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while not await rated():
+            await asyncio.sleep(0.02)
+        assert (await changed.get()).what == "evses"  # the site is planned again with it
+    spec = h.gw.state.evses[("LATE-1", 1)].spec
+    assert (spec.max_discharge_kw, spec.bidirectional) == (11.0, True)
+    changed.close()
+    await st.close()
