@@ -45,7 +45,13 @@ def _with_db(url: str, dbname: str) -> str:
 
 
 async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(_plain(url))
+    """Run ``sql`` (CREATE / DROP DATABASE) on the server of ``url``: through its database, or
+    the server's ``postgres`` database where that one does not exist (a stock server has no
+    ``test``)."""
+    try:
+        conn = await asyncpg.connect(_plain(url))
+    except asyncpg.InvalidCatalogNameError:
+        conn = await asyncpg.connect(_plain(_with_db(url, "postgres")))
     try:
         await conn.execute(sql)
     finally:
