@@ -1,7 +1,7 @@
 """Build and re-solve time of the site LP against slots x horizon steps, on the live planning code.
 
     .venv/bin/python bench/scheduler_scaling.py [--slots 10 100 1000 10000] [--backend highs cvxpy]
-        [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP]] [--breakpoints N]
+        [--resolves 5] [--json] [--sites N] [--decompose [SLOTS_PER_LP] | --one-lp] [--breakpoints N]
         [--taper on|off] [--cvxpy-taper-slots N]
 
 A synthetic workplace-like site over 24 h on the live grid (6 x 5 min, 15 min to the hour, then hourly): every slot
@@ -13,9 +13,11 @@ every slot's energy and the building load forecast (what a 5-minute re-plan chan
 also carries the 72 aggregate slots of the EVs expected to arrive (gateway/scheduler/arrivals.py),
 as the live loop plans them; ``slots`` counts the EVSE slots only.
 
-``--decompose``: one site planned by :class:`gateway.scheduler.decompose.DecomposedPlanner`, as LPs of
-at most SLOTS_PER_LP slots sharing the site's headroom (sizes at or below it stay one LP); the row
-then also gives ``lps`` (LPs solved per round of the last re-plan).
+Each size is planned as the live ``Planner`` plans it: one LP up to ``DECOMPOSE_ABOVE_SLOTS`` slots
+(the expected arrivals' included), above that as LPs of at most 250 slots sharing the site's
+headroom (:class:`gateway.scheduler.decompose.DecomposedPlanner`); ``lps_per_round`` gives the LPs
+solved per coordination round of the last re-plan. ``--decompose [SLOTS_PER_LP]``: split at any
+size, into LPs of at most SLOTS_PER_LP; ``--one-lp``: one LP at any size.
 
 ``--breakpoints N``: N more step boundaries on quarter hours off the hour from 08:15 on, as grid
 events' edges and drivers' departures add them (``inputs.breakpoints``: at most 24 for drivers'
@@ -42,7 +44,16 @@ from gateway.scheduler import lp_cvxpy, lp_highs
 from gateway.scheduler import slots as slot_rules
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.decompose import DEFAULT_MAX_SLOTS_PER_LP, DecomposedPlanner
-from gateway.scheduler.problem import Planner, Prepared, SiteInputs, SlotInput, TimeGrid, make_grid, prepare
+from gateway.scheduler.problem import (
+    DECOMPOSE_ABOVE_SLOTS,
+    Planner,
+    Prepared,
+    SiteInputs,
+    SlotInput,
+    TimeGrid,
+    make_grid,
+    prepare,
+)
 
 # (share of the stay, probability): where each slot may leave early (gateway/scheduler/slots.py).
 EARLY_DEPARTURES = ((0.3, 0.05), (0.45, 0.10), (0.6, 0.20), (0.75, 0.20), (0.9, 0.20))
@@ -126,17 +137,18 @@ def measure_sites(n_slots: int, sites: int, backend: str, resolves: int) -> dict
     cases = [scenario(per, rng, now) for _ in range(sites)]
     planners = [Planner(backend=backend, time_limit_s=120.0, decompose_above_slots=None) for _ in range(sites)]
     t0 = time.perf_counter()
-    for site, slots in cases:
-        prepare(site, slots)
+    for site, slots in cases:  # as measure(): the model each site's solve starts from
+        assemble(prepare(site, slots), backend)
     build_s = time.perf_counter() - t0
     for pl, (site, slots) in zip(planners, cases, strict=True):
         pl.solve(site, slots)
     times = []
     fallback = False
     for _ in range(resolves):
+        for site, slots in cases:  # the inputs change before the clock starts, as in measure()
+            perturb(site, slots, rng)
         t0 = time.perf_counter()
         for pl, (site, slots) in zip(planners, cases, strict=True):
-            perturb(site, slots, rng)
             fallback |= pl.solve(site, slots).fallback
         times.append(time.perf_counter() - t0)
     return {"slots": n_slots, "sites": sites, "steps": len(cases[0][0].grid), "backend": backend,
@@ -154,10 +166,13 @@ def assemble(p: Prepared, backend: str) -> None:
 
 
 def measure(n_slots: int, backend: str, resolves: int, decompose: int | None = None,
-            breaks: int = 0) -> dict[str, object]:
+            breaks: int = 0, one_lp: bool = False) -> dict[str, object]:
     rng = np.random.default_rng(n_slots)
     now = datetime(2026, 7, 1, 7, 0, tzinfo=UTC)
     site, slots = scenario(n_slots, rng, now, breaks)
+    if decompose is None and not one_lp and len(slots) > DECOMPOSE_ABOVE_SLOTS:
+        # What the live Planner does with this many slots (the expected arrivals' included).
+        decompose = min(DEFAULT_MAX_SLOTS_PER_LP, DECOMPOSE_ABOVE_SLOTS)
     base = Planner(backend=backend, time_limit_s=120.0, decompose_above_slots=None)
     split = DecomposedPlanner(max_slots_per_lp=decompose, planner=base) if decompose else None
     t0 = time.perf_counter()
@@ -182,11 +197,11 @@ def measure(n_slots: int, backend: str, resolves: int, decompose: int | None = N
         "resolve_s_max": round(max(times), 4), "status": statuses[-1],
         "fallback": any(s.startswith("fallback") for s in statuses),
         "limit_excess_kw_max": round(res.terms["limit_excess_kw_max"], 6),
-        "unmet_kwh": round(float(res.unmet_kwh.sum()), 2),
+        "unmet_kwh": round(float(res.unmet_kwh.sum()), 2), "lps_per_round": [1],
     }
     if split is not None:
         row["max_slots_per_lp"] = decompose
-        row["lps"] = split.last_solves_per_round
+        row["lps_per_round"] = split.last_solves_per_round
     return row
 
 
@@ -201,6 +216,8 @@ def main() -> int:
     ap.add_argument("--decompose", type=int, nargs="?", const=DEFAULT_MAX_SLOTS_PER_LP, default=None,
                     metavar="SLOTS_PER_LP",
                     help=f"plan one site as LPs of at most this many slots (default {DEFAULT_MAX_SLOTS_PER_LP})")
+    ap.add_argument("--one-lp", action="store_true",
+                    help=f"one LP whatever the size (the live Planner splits above {DECOMPOSE_ABOVE_SLOTS} slots)")
     ap.add_argument("--breakpoints", type=int, default=0,
                     help="this many more step boundaries (grid events' edges, drivers' departures)")
     ap.add_argument("--departure-in-step", choices=("split", "whole"), default="split",
@@ -226,13 +243,13 @@ def main() -> int:
                 row = measure_sites(n, args.sites, backend, reps)
                 print(json.dumps(row) if args.json else row, flush=True)
                 continue
-            row = measure(n, backend, reps, args.decompose, args.breakpoints)
+            row = measure(n, backend, reps, args.decompose, args.breakpoints, args.one_lp)
             if args.json:
                 print(json.dumps(row), flush=True)
             else:
                 print(f"{backend:6s} slots={n:6d} steps={row['steps']} build={row['build_s']:.3f}s "
                       f"first={row['first_solve_s']:.3f}s resolve_median={row['resolve_s_median']:.3f}s "
-                      f"status={row['status']}" + (f" lps={row['lps']}" if "lps" in row else ""), flush=True)
+                      f"status={row['status']} lps={row['lps_per_round']}", flush=True)
     return 0
 
 

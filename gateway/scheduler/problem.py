@@ -82,9 +82,12 @@ highs_banner.silence()  # at import, while single-threaded: see the module
 
 # Above any plausible unmet-energy price, so the LP only exceeds a limit when building load forces it.
 EXCESS_PENALTY_PER_KWH = 1000.0
-# Above this many slots one LP no longer re-plans within seconds (docs/benchmarks-scheduler.md):
-# the site is planned as groups (gateway/scheduler/decompose.py).
-DECOMPOSE_ABOVE_SLOTS = 1000
+# Above this many slots (the expected arrivals' included) the site is planned as groups
+# (gateway/scheduler/decompose.py): one LP grows faster than its slots. Measured where groups of
+# 250 start to pay (bench/scheduler_scaling.py, 31 steps, 2026-11-25): at 1,000 EVSEs one LP
+# 2.0 s against 2.9 s split (and split plans a little worse: 0.4 % on its objective); at 2,000,
+# 8.5 s against 7.2 s; at 3,000, 14.5 s against 9.1 s.
+DECOMPOSE_ABOVE_SLOTS = 1500
 # Breaks ties toward no needless flow; keeps charge and discharge apart under negative prices.
 EPS_PER_KWH = 1e-4
 
