@@ -85,11 +85,21 @@ async def run(args: argparse.Namespace, database_url: str) -> int:
     expected = await conn.fetchval("SELECT coalesce(sum(max_seq_no + 1), 0) FROM transactions")
     gaps = await conn.fetchval("SELECT count(*) FROM transaction_seq_gaps WHERE closed_at IS NULL")
     await conn.close()
-    # Unique (station, transactionId, seqNo) makes duplicates impossible; what could go wrong is a
-    # lost event, which would leave a seqNo gap below a transaction's highest seqNo.
-    print(f"transaction events stored={stored} (seqNos 0..max of every transaction: {expected}), "
+    # The stations' side: every TransactionEvent they queued, the ones the CSMS answered (it
+    # answers only once stored), and the ones still unsent when the fleet stopped. Unique
+    # (station, transactionId, seqNo) makes duplicates impossible; a lost event is one answered
+    # and not stored, or stored events short of the seqNos below a transaction's highest.
+    queued = sum(st.tx_queued for st in fleet.stations.values())
+    acked = sum(st.tx_acked for st in fleet.stations.values())
+    dropped = sum(st.tx_dropped for st in fleet.stations.values())
+    unsent = queued - acked - dropped
+    print(f"transaction events: sent and answered={acked}, stored={stored}, unsent at stop={unsent}, "
+          f"dropped by the stations={dropped}; seqNos 0..max of every transaction: {expected}, "
           f"open gaps={gaps}")
-    return 0 if stored == expected and gaps == 0 else 1
+    # An event stored whose answer was lost with the link is retried and answered again: so
+    # stored == answered once every station has emptied its outbox.
+    ok = stored == acked and unsent == 0 and dropped == 0 and stored == expected and gaps == 0
+    return 0 if ok else 1
 
 
 def main() -> int:

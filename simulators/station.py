@@ -231,6 +231,9 @@ class Station:
         self.connections = 0  # how many times the link came up
         self.heartbeats_sent = 0
         self.calls_failed = 0
+        # TransactionEvents queued, answered by the CSMS, and dropped unsent (periodic ones, past
+        # outbox_max): what a bench checks the CSMS's stored events against.
+        self.tx_queued = self.tx_acked = self.tx_dropped = 0
         # Adopt the CSMS's time at boot only inside this window (a fleet passes its episode's):
         # a gateway on another calendar would otherwise put every arrival in the past or future.
         self.clock_window: tuple[datetime, datetime] | None = None
@@ -631,6 +634,7 @@ class Station:
         on_reply: Callable[[dict[str, Any]], None] | None = None,
         periodic: bool = False,
     ) -> None:
+        self.tx_queued += 1
         self._queue("TransactionEvent", payload, kind="tx-periodic" if periodic else "tx", on_reply=on_reply)
 
     def _trim_outbox(self) -> None:
@@ -639,6 +643,7 @@ class Station:
         for i, item in enumerate(self._outbox):
             if item.kind == "tx-periodic" and i > 0:
                 del self._outbox[i]
+                self.tx_dropped += 1
                 return
 
     def _queue_status(self, evse: EvseState, now: datetime) -> None:
@@ -717,6 +722,8 @@ class Station:
                 log.error("%s: dropping schema-invalid %s: %s", self.id, item.action, exc)
                 if self._outbox and self._outbox[0] is item:
                     self._outbox.popleft()
+                if item.kind.startswith("tx"):
+                    self.tx_dropped += 1
                 continue
             except (TimeoutError, OCPPError) as exc:
                 self.calls_failed += 1
@@ -734,6 +741,8 @@ class Station:
                 continue
             if self._outbox and self._outbox[0] is item:
                 self._outbox.popleft()
+            if item.kind.startswith("tx"):
+                self.tx_acked += 1
             if item.on_reply is not None:
                 item.on_reply(reply)
 

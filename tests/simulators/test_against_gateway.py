@@ -157,6 +157,9 @@ async def test_boot_and_full_transaction_reach_postgres(gateway_server: Any) -> 
     needs = await db_rows(db, "SELECT energy_kwh FROM ev_needs WHERE station_id='SIM-1'")
     assert needs and needs[0]["energy_kwh"] == pytest.approx(15.0)
     await stop_station(st, task)
+    # The station's own count of what it sent (benches check the CSMS against it): every event
+    # queued was answered, and the gateway stored each once.
+    assert st.tx_queued == st.tx_acked == len(events) and st.tx_dropped == 0
 
 
 async def _unplug_at(st: Station, after_s: float) -> None:
