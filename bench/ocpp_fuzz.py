@@ -59,14 +59,20 @@ async def run(port: int, frames: int, seed: int, valid_share: float) -> dict[str
             else:
                 answers[f"{'CALLRESULT' if kind == 'valid' else reply[2]} ({kind})"] += 1
         await ws.send(json.dumps([2, "last", "Heartbeat", {}]))
-        alive = json.loads(await asyncio.wait_for(ws.recv(), 30))[0] == 3
+        while True:  # the gateway may send a CALL of its own first: answer it and read on
+            last = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if last[0] == 2:
+                await ws.send(json.dumps([4, last[1], "NotImplemented", "fuzzer", {}]))
+                continue
+            break
+        alive = last[0] == 3 and last[1] == "last"
     took = time.perf_counter() - started
     return {"frames": frames, "seed": seed, "answers": dict(sorted(answers.items())), "wrong": len(wrong),
             "wrong_first": wrong[:20], "socket_alive_after": alive, "seconds": round(took, 1),
             "frames_per_s": round(frames / took, 1)}
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--database-url", required=True, help="a Postgres server; a fresh database is made on it")
     ap.add_argument("--frames", type=int, default=10_000)
@@ -83,7 +89,9 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=20)
     print(json.dumps(result))
+    # A run that found a wrong answer, a closed socket or a dead gateway fails, whatever it printed.
+    return 0 if result["wrong"] == 0 and result["socket_alive_after"] and result["gateway_running"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -246,7 +246,8 @@ async def run(args: argparse.Namespace, url: str, gateway_pid: int | None) -> in
         await asyncio.sleep(args.duration)
     if gateway_pid:
         end = rss_kib(gateway_pid)
-        print(f"gateway RSS at end {end and end / 1024:.1f} MiB")
+        print(f"gateway RSS at end {end / 1024:.1f} MiB" if end is not None
+              else "gateway RSS at end: no such process (the gateway died)")
     print(f"errors: {sum(stats.errors.values())} {stats.errors or ''}")
     await asyncio.gather(*(st.ws.close() for st in live if st.ws is not None), return_exceptions=True)
     return 0 if not stats.errors else 1
