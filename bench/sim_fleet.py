@@ -8,7 +8,8 @@ the figures are the simulator's alone. Every station has two EVSEs with an EV ch
 (so every meter interval produces two TransactionEvents), a heartbeat, and the physics loop, all
 on a real-time clock (scale 1). Reported per N: the worst and 99th-percentile lateness of the
 stations' periodic work (meter and heartbeat timers), the event-loop lag seen by a 100 ms probe,
-the messages the CSMS received against those due, the backlog left in the outboxes, and CPU use.
+the TransactionEvents answered within the window against the periodic ones due in it, the backlog
+left in the outboxes, and CPU use (with the loopback CSMS, also what it received over the whole run).
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ async def run_one(
     gc.callbacks.append(on_gc)
     probe = asyncio.create_task(_probe(lags, stop))
     cpu1, wall1 = time.process_time(), time.monotonic()
+    acked1 = sum(s.tx_acked for s in stations)
     await asyncio.sleep(duration_s)
     cpu2, wall2 = time.process_time(), time.monotonic()
+    acked2 = sum(s.tx_acked for s in stations)
     stop.set()
     await probe
     gc.callbacks.remove(on_gc)
@@ -147,6 +150,10 @@ async def run_one(
         "loop_lag_p99_s": round(sorted(lags)[int(0.99 * (len(lags) - 1))], 3) if lags else None,
         "loop_lag_mean_s": round(statistics.fmean(lags), 4) if lags else None,
         "outbox_backlog": backlog,
+        # Answered within the measured window, against the periodic ones due in it (2 EVSEs per
+        # station): short of it, the simulator fell behind.
+        "tx_answered_in_window": acked2 - acked1,
+        "periodic_tx_due_in_window": int(n * 2 * duration_s / meter_s),
         "gc_pause_max_s": round(max(gc_pauses, default=0.0), 3),
         "cpu_share": round((cpu2 - cpu1) / (wall2 - wall1), 3),
         "setup_cpu_s": round(cpu1 - cpu0, 2),
@@ -180,9 +187,7 @@ def main() -> None:
             stop_ev.set()
             counts = count_q.get(timeout=30)
             proc.join(10)
-            due_tx = n * 2 * args.duration / args.meter_interval
-            result["csms_received"] = counts
-            result["periodic_tx_due_in_window"] = int(due_tx)
+            result["csms_received_whole_run"] = counts  # boot storm and wind-down included
         print(result, flush=True)
 
 
