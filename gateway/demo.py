@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import socket
+import sys
 import tempfile
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -153,7 +155,10 @@ class SiteMeter:
         peak = float(imp.max(initial=0.0))
         return {"bill": energy_cost + demand * peak, "energy_cost": energy_cost, "demand_charge": demand * peak,
                 "grid_event_revenue": float(h * pay @ (building - net)), "peak_import_kw": peak,
-                "limit_excess_kw_max": float(np.maximum(net - ep.limits.import_kw, 0.0).max(initial=0.0))}
+                # Both ways, as the evaluator counts it: import over the import limit, export over
+                # the export limit.
+                "limit_excess_kw_max": float(np.maximum(np.maximum(net - ep.limits.import_kw, 0.0),
+                                                        np.maximum(-net - ep.limits.export_kw, 0.0)).max(initial=0.0))}
 
 
 def _port_or_any(port: int) -> int:
@@ -178,7 +183,14 @@ def site_config(ep: Episode) -> SiteConfig:
 
 
 def cli(settings: Settings, args: argparse.Namespace) -> int:
-    setup_logging("WARNING", settings.log_json)
+    if getattr(args, "config", None):
+        # The demo's site is its episode's (limits, tariff, grid event): the offline baseline it is
+        # compared with is planned on the same one.
+        print("gateway demo: error: --config is not used by the demo (its site comes with the simulated "
+              "day); give it to `gateway serve`", file=sys.stderr)
+        return 2
+    # Quiet unless asked: the fleet's progress line shares the terminal.
+    setup_logging(getattr(args, "log_level", None) or "WARNING", settings.log_json)
     try:
         return asyncio.run(_main(settings, args))
     except KeyboardInterrupt:
@@ -251,6 +263,10 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
         plans = gw.scheduler.solves if gw.scheduler is not None else 0
         await app.close()
         await gw.stop()
+    with contextlib.suppress(asyncio.CancelledError):
+        # A feed that failed on the way left the meter unread since: its error ends the demo
+        # rather than a bill drawn through the gap.
+        await feeder
     stopped = min(clock.now(), episode.end)
     meter.read(stopped, fleet_net_kwh(fleet))
     meter.finish()

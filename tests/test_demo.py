@@ -89,3 +89,26 @@ def test_the_demo_bills_every_step_of_the_day_from_the_meters_registers() -> Non
     assert meter.ev_kw[16:] == pytest.approx([0.0] * (288 - 16))  # held after the last reading
     assert meter.net_kw[12] == pytest.approx(ep.building_load_at(at(3600)) + 60.0)
     assert sum(meter.ev_kw) * 300 / 3600 == pytest.approx(20.0)
+
+
+def test_the_demos_limit_check_counts_export_over_the_export_limit_too() -> None:
+    """The demo fails on any site-limit excess, as the evaluator counts it: import over the import
+    limit or export over the export limit."""
+    from dataclasses import replace
+
+    from gateway.demo import SiteMeter
+    from simulators.scenario import ScenarioOptions, generate
+
+    ep = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=1))
+    ep = replace(ep, limits=replace(ep.limits, export_kw=50.0))
+    meter = SiteMeter(ep)
+    meter.times, meter.net_kw = [ep.start, ep.start + timedelta(minutes=5)], [10.0, -80.0]
+    assert meter.bill()["limit_excess_kw_max"] == pytest.approx(30.0)
+
+
+def test_the_demo_refuses_a_site_file_it_would_not_use(tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("[site]\nimport_limit_kw = 100\n")
+    result = subprocess.run([GATEWAY, "demo", "--config", str(site)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 2 and "--config is not used by the demo" in result.stderr
