@@ -7,6 +7,7 @@ import asyncio
 import os
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -23,9 +24,17 @@ def _url() -> str:
     return str(url)
 
 
+# Any constant: the key of the lock every migrating process takes (pg_advisory_xact_lock).
+MIGRATION_LOCK_KEY = 0x6761_7465_7761_79  # "gateway"
+
+
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        # Nodes started with --migrate on one database at once: one migrates, the others wait
+        # here until it commits and then read a version with nothing left to do (the version is
+        # read after the lock is taken). Released with the transaction.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         context.run_migrations()
 
 

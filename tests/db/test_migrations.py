@@ -94,3 +94,21 @@ def test_0010_gives_rows_written_before_it_their_starting_token(scratch_db: str)
     asyncio.run(seed())
     migrate.upgrade(scratch_db)
     assert asyncio.run(read()) == ("CARD-A", "ISO14443", 1)
+
+
+def test_nodes_migrating_one_fresh_database_at_once_all_succeed(scratch_db: str) -> None:
+    """Several gateways started with --migrate on one new database: one migrates, the others wait
+    for it and find nothing left to do (without a lock they raced to create the same tables)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    gateway = str(Path(sys.executable).with_name("gateway"))
+    env = {**os.environ, "GATEWAY_DATABASE_URL": scratch_db}
+    # Processes, as nodes are (alembic's context is one per process: not threads).
+    procs = [subprocess.Popen([gateway, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert _diff(scratch_db) == []
