@@ -7,16 +7,61 @@ Flags override ``GATEWAY_*`` environment variables; each subcommand hands a type
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.clock import parse_rfc3339
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
 from gateway.config import Settings, SiteFileError
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """Settings from env, overridden by every flag the user actually gave."""
+class UsageError(Exception):
+    """A flag or ``GATEWAY_*`` variable the gateway refuses: reported as argparse reports a bad
+    flag (``gateway: error: ...``, exit status 2), one line per problem, without a traceback."""
+
+
+class OperatorError(Exception):
+    """The settings are fine but the world is not ready (the database not migrated, a port in
+    use): one line, exit status 1."""
+
+
+# Never echoed back in an error: they may carry a password or the operator key.
+_SECRET_SETTINGS = frozenset({"database_url", "mqtt_url", "api_key"})
+# The flags whose setting has another name.
+_FLAG_OF = {"scheduler_enabled": "--no-scheduler"}
+
+
+def _name(field: str, given: dict[str, Any]) -> str:
+    """The setting as the operator gave it: its variable when that is where it came from, else
+    its flag (given, or the default it has when neither is)."""
+    env = f"GATEWAY_{field.upper()}"
+    if field not in given and env in {k.upper() for k in os.environ}:  # pydantic-settings ignores case
+        return env
+    return _FLAG_OF.get(field, "--" + field.replace("_", "-"))
+
+
+def _problem(err: Any, given: dict[str, Any]) -> str:
+    """One pydantic error as a line naming the flag or environment variable."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    loc = err["loc"]
+    if not loc:  # a check across settings: its message names them (config._tls_complete)
+        return msg
+    field = str(loc[0])
+    name = _name(field, given) + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    value = err.get("input")
+    shown = (f" (got {value!r})" if field not in _SECRET_SETTINGS and isinstance(value, str | int | float)
+             and repr(value) not in msg else "")
+    return f"{name}: {msg}{shown}"
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave as flags (they override the environment)."""
     names = (
         "database_url", "mqtt_url", "api_key", "ocpp_host", "ocpp_port", "api_host", "api_port",
         "tls_cert", "tls_key", "tls_client_ca", "config", "time_scale", "call_timeout_s", "heartbeat_interval_s",
@@ -29,8 +74,21 @@ def _settings(args: argparse.Namespace) -> Settings:
     if getattr(args, "no_scheduler", False):
         overrides["scheduler_enabled"] = False
     if getattr(args, "sim_start", None):
-        overrides["sim_start"] = parse_rfc3339(args.sim_start)
-    return Settings(**overrides).with_site_file()
+        overrides["sim_start"] = args.sim_start  # RFC 3339, parsed (and refused) by Settings
+    return overrides
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings from env, overridden by every flag the user actually gave; :class:`UsageError`
+    naming each flag or variable that is refused."""
+    overrides = _overrides(args)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise UsageError("\n".join(_problem(err, overrides) for err in exc.errors())) from None
+    except SettingsError as exc:  # a GATEWAY_* variable holding JSON that does not parse
+        raise UsageError(str(exc)) from None
+    return settings.with_site_file()
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -178,32 +236,148 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Only what the operator can fix is reported as one line; anything else is a bug and keeps
+    # its traceback.
     try:
         return _run(args)
+    except UsageError as exc:
+        for line in str(exc).splitlines():
+            print(f"gateway: error: {line}", file=sys.stderr)
+        return 2
     except SiteFileError as exc:
         # A typo in the site file is the operator's to fix: say where, not how Python got there.
         print(f"gateway: bad site file:\n{exc}", file=sys.stderr)
         return 2
+    except OperatorError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Not for `db`: a missing table while migrating is a migration's bug, not advice to migrate.
+        missing = _missing_table(exc) if args.command != "db" else None
+        if missing is None:
+            raise
+        print(f"gateway: error: the database is not migrated ({missing}): "
+              "run `gateway db upgrade` (or serve --migrate)", file=sys.stderr)
+        return 1
+
+
+def _missing_table(exc: BaseException) -> str | None:
+    """Postgres's words when ``exc`` is (or was caused by) a table that does not exist: a
+    database the gateway's migrations never ran on (SQLAlchemy wraps asyncpg's error)."""
+    from asyncpg.exceptions import UndefinedTableError
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, UndefinedTableError):
+            return str(cur)
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _check_tls(settings: Settings, given: dict[str, Any]) -> None:
+    """Every TLS file given can be read and loaded, before anything starts. (Settings already
+    refused half a set-up; a path that is wrong would otherwise fail inside the OCPP server with
+    a traceback that names no setting.)"""
+    for field in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(settings, field)
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"{_name(field, given)}: cannot read {str(path)!r}: {exc.strerror}") from None
+    if settings.tls_cert is None or settings.tls_key is None:
+        return
+    # Loaded as the server will load them (gateway/ocpp/server.py build_ssl_context), one at a
+    # time so the error names the setting at fault.
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    except ssl.SSLError as exc:
+        raise UsageError(f"{_name('tls_cert', given)} / {_name('tls_key', given)}: not a PEM certificate "
+                         f"and its private key ({exc.reason or exc})") from None
+    if settings.tls_client_ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(settings.tls_client_ca))
+        except ssl.SSLError as exc:
+            raise UsageError(f"{_name('tls_client_ca', given)}: not a PEM CA bundle "
+                             f"({exc.reason or exc})") from None
+
+
+def _check_listen(settings: Settings, given: dict[str, Any]) -> None:
+    """Both ports can be listened on, before the database, the scheduler or the bus start: a
+    port in use used to end the gateway with a traceback once all of them were up. (Bound the
+    way the servers bind, with SO_REUSEADDR, then released; a port taken in between still
+    fails the real bind, which :func:`_serve` reports.)"""
+    ports = [("ocpp", settings.ocpp_host, settings.ocpp_port), ("api", settings.api_host, settings.api_port)]
+    if settings.ocpp_port == settings.api_port != 0:
+        raise UsageError(f"{_name('ocpp_port', given)} and {_name('api_port', given)} are both "
+                         f"{settings.ocpp_port}")
+    for what, host, port in ports:
+        if port == 0:  # any free port
+            continue
+        try:
+            addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise UsageError(f"{_name(what + '_host', given)}: {host!r}: {exc.strerror}") from None
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise OperatorError(f"{_name(what + '_port', given)} {port}: address {host}:{port} "
+                                            "already in use (another gateway running?)") from None
+                    if exc.errno == errno.EADDRNOTAVAIL:
+                        raise UsageError(f"{_name(what + '_host', given)}: {host!r} is not an address of "
+                                         "this machine") from None
+                    if exc.errno == errno.EACCES:  # a port below 1024 without the privilege
+                        raise OperatorError(f"{_name(what + '_port', given)} {port}: {exc.strerror}") from None
+                    raise
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    given = _overrides(args)
+    if not settings.database_url:
+        raise UsageError("no database URL (--database-url or GATEWAY_DATABASE_URL)")
+    _check_tls(settings, given)
+    _check_listen(settings, given)
+    from gateway.app import serve
+
+    try:
+        return serve(settings)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise OperatorError(f"cannot listen (OCPP {settings.ocpp_host}:{settings.ocpp_port}, API "
+                            f"{settings.api_host}:{settings.api_port}): address already in use") from None
 
 
 def _run(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "serve":
-        from gateway.app import serve
+        return _serve(args)
+    if cmd in ("db", "station", "token"):
+        from gateway.logs import setup_logging
 
-        return serve(_settings(args))
-    if cmd == "db":
-        from gateway.db import migrate
+        settings = _settings(args)
+        # As serve does: --log-level and --log-json are accepted here too, and the migrations'
+        # and the database's log lines are the ones that explain a failure.
+        setup_logging(settings.log_level, settings.log_json)
+        if cmd == "db":
+            from gateway.db import migrate
 
-        return migrate.cli(_settings(args), args)
-    if cmd == "station":
+            return migrate.cli(settings, args)
         from gateway.db import admin
 
-        return admin.station_cli(_settings(args), args)
-    if cmd == "token":
-        from gateway.db import admin
-
-        return admin.token_cli(_settings(args), args)
+        return (admin.station_cli if cmd == "station" else admin.token_cli)(settings, args)
     if cmd == "sim":
         from simulators import fleet
 

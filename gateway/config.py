@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,11 +29,19 @@ from gateway.api.schemas import (
     check_tou_periods,
     check_tou_window,
 )
+from gateway.clock import parse_rfc3339
+from gateway.db.engine import normalize_url
 from gateway.domain import SiteLimits, Tariff, TouPeriod
+from gateway.logs import log_level_name
 
 # Charge and discharge efficiency assumed between the EVSE's meter and the battery: no EV tells
 # its own, so live planning and the evaluator's online policies both count with this.
 EV_EFFICIENCY = 0.92
+
+PORT_MAX = 65535
+# The stations.id column (and every station_id column) is varchar(48): a longer id admitted at the
+# WebSocket would fail at its first write instead of being refused at the door.
+STATION_ID_COLUMN_LENGTH = 48
 
 
 class _SiteFileModel(BaseModel):
@@ -117,9 +125,11 @@ class Settings(BaseSettings):
     mqtt_reconnect_max_s: float = 10.0
     api_key: str | None = None
     ocpp_host: str = "0.0.0.0"
-    ocpp_port: int = 9000
+    # 0: any free port (tests, the demo). Out of range, the bind failed only after the scheduler
+    # and the database were up.
+    ocpp_port: int = Field(default=9000, ge=0, le=PORT_MAX)
     api_host: str = "0.0.0.0"
-    api_port: int = 8000
+    api_port: int = Field(default=8000, ge=0, le=PORT_MAX)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     # CA bundle (PEM) that signs station certificates: security profile 3 (TLS client certificates)
@@ -129,8 +139,8 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
-    # Time (simulation)
-    time_scale: float = 1.0
+    # Time (simulation): a scale of 0, below or not finite stops or reverses the clock.
+    time_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     sim_start: datetime | None = None
 
     # OCPP transport
@@ -140,10 +150,10 @@ class Settings(BaseSettings):
     # database gave it within this many seconds: a token blocked during a long outage is not
     # accepted on an answer from before it.
     authorize_stale_max_s: float = Field(default=3600.0, ge=0)
-    call_timeout_s: float = 30.0
-    heartbeat_interval_s: int = 300
+    call_timeout_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False)
+    heartbeat_interval_s: int = Field(default=300, ge=1)
     max_frame_bytes: int = 65536
-    max_station_id_length: int = 48
+    max_station_id_length: int = Field(default=STATION_ID_COLUMN_LENGTH, ge=1, le=STATION_ID_COLUMN_LENGTH)
     auth_failures_per_minute_max: int = 10
     auth_lockout_s: float = 60.0
     credential_cache_s: float = 300.0
@@ -170,7 +180,9 @@ class Settings(BaseSettings):
     # value the offline evaluator prices shortfalls at).
     unmet_energy_penalty_per_kwh: float = 5.0
     safe_limit_kw: float = 3.7  # constant limit sent when a planned profile is refused
-    scheduler_backend: str = "auto"  # "highs" (direct) or "cvxpy" (DPP); auto = highs
+    # "highs" (direct) or "cvxpy" (DPP); auto = highs. Only the names Planner takes: a typo used
+    # to be planned with highs without a word.
+    scheduler_backend: Literal["auto", "highs", "cvxpy"] = "auto"
     profile_stack_level: int = 1
     max_profile_periods: int = 24  # OCPP PeriodsPerSchedule most stations accept
     # A period that raises an EVSE's limit starts this long (simulated seconds) after the plan's
@@ -207,6 +219,56 @@ class Settings(BaseSettings):
 
     site: SiteConfig = Field(default_factory=SiteConfig)
 
+    # Checked when the settings are read, so a typo in a flag or GATEWAY_* variable is one clear
+    # error before anything starts, not a traceback from deep inside a running gateway.
+
+    @field_validator("database_url", "mqtt_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        # GATEWAY_MQTT_URL= (set but empty) has always meant "off", as an unset one does.
+        return None if v == "" else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            normalize_url(v)  # the engine's own rule: raises naming the form it takes
+        return v
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            # The bridge's own parser, so what passes here is what it connects to. Imported here:
+            # the bridge pulls in the MQTT client and much of the gateway.
+            from gateway.bus.mqtt import broker_address
+
+            broker_address(v)
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, v: str) -> str:
+        return log_level_name(v)
+
+    @field_validator("sim_start", mode="before")
+    @classmethod
+    def _rfc3339(cls, v: Any) -> Any:
+        # RFC 3339 as everywhere else (an offset required), not pydantic's looser datetime forms.
+        return parse_rfc3339(v) if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Settings:
+        # Half a TLS set-up used to be dropped without a word and the gateway served plain ws
+        # (station passwords in clear) to an operator who had asked for wss.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            raise ValueError(f"{setting_name(given)} is set but {setting_name(missing)} is not: TLS needs both")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError(f"{setting_name('tls_client_ca')} needs a server certificate too: "
+                             f"{setting_name('tls_cert')} and {setting_name('tls_key')}")
+        return self
+
     def with_site_file(self) -> Settings:
         """Return a copy with the TOML site file (if any) applied to ``site``.
 
@@ -214,6 +276,11 @@ class Settings(BaseSettings):
         if self.config is None:
             return self
         return self.model_copy(update={"site": load_site_file(Path(self.config))})
+
+
+def setting_name(name: str) -> str:
+    """How an operator sets the setting ``name``: its flag and its environment variable."""
+    return f"--{name.replace('_', '-')} (GATEWAY_{name.upper()})"
 
 
 class SiteFileError(ValueError):

@@ -42,7 +42,19 @@ def _station_field(record: logging.LogRecord) -> bool:
     return True
 
 
+def log_level_name(level: str) -> str:
+    """``level`` as the logging module names it (``debug`` -> ``DEBUG``); ValueError naming the
+    levels there are otherwise. Settings check ``--log-level`` with this, so a typo is refused
+    when the settings are read, not as a traceback from ``setLevel`` once a command runs."""
+    name = level.strip().upper()
+    if name not in logging.getLevelNamesMapping():
+        raise ValueError(f"unknown log level {level!r} (one of DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    return name
+
+
 def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
+    # Checked before the handlers are replaced: a bad level leaves logging as it was.
+    level = log_level_name(level)
     handler = logging.StreamHandler(sys.stderr)
     if as_json:
         handler.setFormatter(JsonFormatter())
@@ -51,8 +63,10 @@ def setup_logging(level: str = "INFO", as_json: bool = False) -> None:
         handler.addFilter(_station_field)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("websockets", "uvicorn.access"):
+    root.setLevel(level)
+    # alembic announces each of its plugins at INFO when it is imported, which the db, station
+    # and token commands do after logging is set up.
+    for noisy in ("websockets", "uvicorn.access", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A periodic re-plan skipped because the previous one still runs is the coalescing we asked for.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -19,6 +19,9 @@ from gateway.ocpp.auth import hash_password
 from gateway.ocpp.server import valid_station_id
 
 MIN_PASSWORD_LENGTH = 16  # OCPP 2.0.1 A00.FR.205: BasicAuthPassword is 16 to 40 characters
+# `station list` reads the stations a page at a time (the repository's default page is 1000, and
+# the list used to stop there without a word).
+STATION_LIST_PAGE = 1000
 
 
 async def register_stations(
@@ -42,15 +45,48 @@ async def register_for_sim(database_url: str, stations: Sequence[StationSpec], p
         await engine.dispose()
 
 
-def _parse_evse(text: str) -> tuple[int, float, float]:
-    """``ID:CHARGE_KW[:DISCHARGE_KW]``, e.g. ``1:11:11`` for a bidirectional 11 kW EVSE."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise argparse.ArgumentTypeError("--evse takes ID:CHARGE_KW[:DISCHARGE_KW]")
-    try:
-        return int(parts[0]), float(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad --evse {text!r}: {exc}") from exc
+class EvseSpecError(ValueError):
+    """An ``--evse`` the gateway refuses; the message names the flag and the value."""
+
+
+# The parts of ``ID:CHARGE_KW[:DISCHARGE_KW]`` by the REST body's field names, for messages.
+_EVSE_PARTS = {"evse_id": "ID", "max_charge_kw": "CHARGE_KW", "max_discharge_kw": "DISCHARGE_KW"}
+
+
+def parse_evses(specs: Sequence[str] | None) -> list[tuple[int, float, float]]:
+    """Every ``--evse ID:CHARGE_KW[:DISCHARGE_KW]`` (e.g. ``1:11:11`` for a bidirectional 11 kW
+    EVSE) as ``(evse_id, charge_kw, discharge_kw)``, checked against the REST API's bounds (its
+    ``EvseIn``: the id from 1, powers 0 to 2000 kW and finite) and for repeated ids.
+
+    All of them are read before anything is written: a bad one after the station row had been
+    committed left a station without its EVSEs (and a traceback)."""
+    from pydantic import ValidationError
+
+    # The REST body itself, so the two ways in cannot drift apart. Imported here: the API
+    # module pulls in FastAPI, which only this command needs.
+    from gateway.api.routes.stations import EvseIn
+
+    out: list[tuple[int, float, float]] = []
+    for text in specs or []:
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise EvseSpecError(f"bad --evse {text!r}: takes ID:CHARGE_KW[:DISCHARGE_KW], e.g. 1:11:11")
+        try:
+            evse_id, charge = int(parts[0]), float(parts[1])
+            discharge = float(parts[2]) if len(parts) == 3 else 0.0
+        except ValueError:
+            raise EvseSpecError(f"bad --evse {text!r}: ID is a whole number and the powers are kW, "
+                                "e.g. 1:11:11") from None
+        try:
+            evse = EvseIn(evse_id=evse_id, max_charge_kw=charge, max_discharge_kw=discharge)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            part = _EVSE_PARTS.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "value"
+            raise EvseSpecError(f"bad --evse {text!r}: {part}: {err['msg']}") from None
+        if any(e[0] == evse.evse_id for e in out):
+            raise EvseSpecError(f"bad --evse {text!r}: EVSE {evse.evse_id} is given more than once")
+        out.append((evse.evse_id, evse.max_charge_kw, evse.max_discharge_kw))
+    return out
 
 
 def _run(settings: Settings, args: argparse.Namespace,
@@ -81,6 +117,11 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
         if sid is None:
             print(f"error: invalid station id {args.station_id!r}", file=sys.stderr)
             return 2
+        try:
+            evses = parse_evses(args.evse)
+        except EvseSpecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         hashed: str | None = None
         if args.security_profile >= 3:
             # The certificate is the credential (its commonName is the station id); a password
@@ -103,22 +144,33 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
                        discharge_undeclared_evs=(None if args.discharge_undeclared_evs is None
                                                  else args.discharge_undeclared_evs == "yes"),
                        now=RealClock().now())
-        for spec in args.evse or []:
-            evse_id, charge, discharge = _parse_evse(spec)
+        for evse_id, charge, discharge in evses:
             await repo.upsert_evse(sid, evse_id, max_charge_kw=charge, max_discharge_kw=discharge,
                                    bidirectional=discharge > 0)
         print(f"station {sid} registered (security profile {args.security_profile})")
     elif args.station_command == "list":
-        print(f"{'id':<24} {'profile':>7} {'enabled':>7} {'online':>6}  {'vendor/model':<30} last seen")
-        for s in await repo.list():
-            vm = f"{s.vendor or '-'}/{s.model or '-'}"
-            seen = s.last_seen_at.isoformat() if s.last_seen_at else "-"
-            print(f"{s.id:<24} {s.security_profile:>7} {s.enabled!s:>7} {s.connected!s:>6}  {vm:<30} {seen}")
+        offset = 0
+        while True:
+            # Pages by offset in id order: a station registered meanwhile may shift one into the
+            # next page (listed twice) or out of it, as with any listing of a changing table.
+            page = await repo.list(limit=STATION_LIST_PAGE, offset=offset)
+            if offset == 0:  # after the first read: no header above a database error
+                print(f"{'id':<24} {'profile':>7} {'enabled':>7} {'online':>6}  {'vendor/model':<30} last seen")
+            for s in page:
+                vm = f"{s.vendor or '-'}/{s.model or '-'}"
+                seen = s.last_seen_at.isoformat() if s.last_seen_at else "-"
+                print(f"{s.id:<24} {s.security_profile:>7} {s.enabled!s:>7} {s.connected!s:>6}  {vm:<30} {seen}")
+            if len(page) < STATION_LIST_PAGE:
+                break
+            offset += len(page)
     elif args.station_command == "disable":
         if not await repo.set_enabled(args.station_id, False):
             print(f"error: no station {args.station_id!r}", file=sys.stderr)
             return 1
-        print(f"station {args.station_id} disabled")
+        # Only the flag: this process cannot reach the running gateway's connections (the REST
+        # disable, served by the gateway itself, also closes the live one).
+        print(f"station {args.station_id} disabled: refused from its next connection; a live connection "
+              f"stays up until it ends (POST /api/v1/stations/{args.station_id}/disable also closes it)")
     return 0
 
 

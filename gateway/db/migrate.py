@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -37,7 +38,7 @@ async def upgrade_async(database_url: str, revision: str = "head") -> None:
 
 def cli(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.database_url:
-        print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)")
+        print("error: no database URL (--database-url or GATEWAY_DATABASE_URL)", file=sys.stderr)
         return 2
     if args.db_command == "upgrade":
         upgrade(settings.database_url, args.revision)

@@ -534,9 +534,17 @@ def reporting_refusals(on_refused: Callable[[ssl.SSLCertVerificationError], None
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """TLS for security profiles 2 and 3 when a certificate and key are configured (TLS >= 1.2,
-    A00.FR.308); station certificates are requested when a station CA is configured."""
-    if settings.tls_cert is None or settings.tls_key is None:
+    A00.FR.308); station certificates are requested when a station CA is configured.
+
+    ``None`` (plain ws) only when no TLS setting is given. Half a set-up raises ValueError: it used
+    to fall back to plain ws without a word, and an operator who asked for wss got stations
+    sending their passwords in clear. Settings refuses it when read; this guards copies made
+    around the validation (``model_copy``) and any other caller."""
+    if settings.tls_cert is None and settings.tls_key is None and settings.tls_client_ca is None:
         return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        missing = " and ".join(n for n in ("tls_cert", "tls_key") if getattr(settings, n) is None)
+        raise ValueError(f"TLS is half configured: no {missing}")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
