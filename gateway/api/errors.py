@@ -87,6 +87,17 @@ class Unprocessable(ApiError):
     code = "validation_error"
 
 
+class NotStored(ApiError):
+    """Applied to the live site, but the database could not keep it: in force now, gone after a
+    restart unless sent again."""
+
+    status = 503
+    code = "not_stored"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": str(DB_RETRY_AFTER_S)})
+
+
 def error_response(status: int, code: str, message: str, details: dict[str, Any] | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorBody(error=ErrorInfo(code=code, message=message, details=details or {}))
@@ -128,7 +139,7 @@ def _methods_for(request: Request) -> set[str]:
 DATABASE_MODULES = ("sqlalchemy", "asyncpg", "gateway.db")
 
 
-def _database_away(exc: BaseException) -> bool:
+def database_away(exc: BaseException) -> bool:
     """A failure of the database's connection (is_transient) raised by the database layer; a
     timeout or an OSError of anything else is a bug or another service's, a 500."""
     if not is_transient(exc):
@@ -165,7 +176,7 @@ def install(api: FastAPI) -> None:
         return call_failed_response(exc)
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if _database_away(exc):
+        if database_away(exc):
             # The database away or restarting (RELIABILITY.md D5): the client's to retry, not a
             # bug of ours.
             log.warning("REST request failed, database unavailable: %s", exc)

@@ -252,9 +252,11 @@ async def test_the_database_away_is_a_503_to_retry_not_a_500(
         assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
         assert r.headers["Retry-After"] == "5"
         assert gw.state.limits.import_kw == before  # nothing changed
-        # A building-load reading is in force live at once; only storing it failed.
+        # A building-load reading is in force live at once; only storing it failed, and the
+        # answer says so (not a plain "unavailable" for a value the plan already uses).
         r = await api.put("/api/v1/site/building-load", headers=OPERATOR, json={"power_kw": 321.0})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_stored", r.text
+        assert "applied" in r.json()["error"]["message"] and r.headers["Retry-After"] == "5"
         assert gw.state.building_load_kw == 321.0
         await proxy.restore()
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import GatewayDep, Operator, SiteInputsDep
-from gateway.api.errors import Conflict, Unprocessable, responses
+from gateway.api.errors import Conflict, NotStored, Unprocessable, database_away, responses
 from gateway.api.schemas import SITE_POWER_MAX_KW, AwareDateTime, Model, SitePowerLimitKw, UtcDateTime
 from gateway.bus.site_inputs import Refused, StaleInput, check_forecast_starts
 from gateway.domain import SiteLimits
@@ -95,4 +95,11 @@ async def put_building_load(body: BuildingLoadIn, gw: GatewayDep, site: SiteInpu
         raise Conflict(str(exc), code="stale") from None
     except Refused as exc:  # a ts ahead of the gateway's clock
         raise Unprocessable(str(exc), {"field": "ts"}) from None
+    except Exception as exc:
+        if not database_away(exc):
+            raise
+        # The reading went live before the write (a slow database never delays the plan): the
+        # answer says so, rather than a plain "unavailable, try again" for what is in force.
+        raise NotStored("the building load is applied (the plan uses it now) but could not be stored: send "
+                        "it again to keep it across a restart") from None
     return await get_site(gw, who)
