@@ -44,6 +44,10 @@ from gateway.state import SiteState
 
 log = logging.getLogger(__name__)
 
+# The longest wait between two reads of a connected station's registration while the database
+# is away.
+REFRESH_RETRY_MAX_S = 60.0
+
 
 class _Observer:
     """Connection bookkeeping: the station row, the connected gauge and the domain event."""
@@ -184,13 +188,20 @@ class Gateway:
 
     async def refresh_station(self, station_id: str) -> None:
         """Read a station's registration again (see :meth:`_Observer.station_connected`); the site
-        is re-planned if its EVSEs changed."""
-        try:
-            row = await self.stations.get(station_id)
-            evses = await self.stations.evses([station_id])
-        except Exception as exc:  # what was known stands; the next connection reads it again
-            log.warning("registration of %s not read again: %s", station_id, exc)
-            return
+        is re-planned if its EVSEs changed. Tried again while the database is away, as long as the
+        station stays connected (a connection may last days)."""
+        wait = self.settings.db_retry_interval_s
+        while True:
+            try:
+                row = await self.stations.get(station_id)
+                evses = await self.stations.evses([station_id])
+                break
+            except Exception as exc:  # what was known stands meanwhile
+                log.warning("registration of %s not read again yet: %s", station_id, exc)
+            await asyncio.sleep(wait)
+            wait = min(2 * wait, REFRESH_RETRY_MAX_S)
+            if self.ocpp.registry.get(station_id) is None:
+                return  # gone: its next connection reads it
         changed = [self._adopt_evse(e, row) for e in evses]
         if any(changed):
             log.info("%s: EVSE ratings or discharge dialect registered meanwhile, now in force", station_id)

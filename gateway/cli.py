@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import socket
 import ssl
 import sys
 from collections.abc import Sequence
@@ -253,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:
         # Not for `db`: a missing table while migrating is a migration's bug, not advice to migrate.
-        missing = _missing_table(exc) if args.command != "db" else None
+        # Nor when it just migrated (serve --migrate): the advice would be what failed.
+        missing = _missing_table(exc) if args.command != "db" and not getattr(args, "migrate", False) else None
         if missing is None:
             raise
         print(f"gateway: error: the database is not migrated ({missing}): "
@@ -307,51 +307,17 @@ def _check_tls(settings: Settings, given: dict[str, Any]) -> None:
                              f"({exc.reason or exc})") from None
 
 
-def _check_listen(settings: Settings, given: dict[str, Any]) -> None:
-    """Both ports can be listened on, before the database, the scheduler or the bus start: a
-    port in use used to end the gateway with a traceback once all of them were up. (Bound the
-    way the servers bind, with SO_REUSEADDR, then released; a port taken in between still
-    fails the real bind, which :func:`_serve` reports.)"""
-    ports = [("ocpp", settings.ocpp_host, settings.ocpp_port), ("api", settings.api_host, settings.api_port)]
-    if settings.ocpp_port == settings.api_port != 0:
-        raise UsageError(f"{_name('ocpp_port', given)} and {_name('api_port', given)} are both "
-                         f"{settings.ocpp_port}")
-    for what, host, port in ports:
-        if port == 0:  # any free port
-            continue
-        try:
-            addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        except socket.gaierror as exc:
-            raise UsageError(f"{_name(what + '_host', given)}: {host!r}: {exc.strerror}") from None
-        for family, kind, proto, _, address in addresses:
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds
-                try:
-                    probe.bind(address)
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        raise OperatorError(f"{_name(what + '_port', given)} {port}: address {host}:{port} "
-                                            "already in use (another gateway running?)") from None
-                    if exc.errno == errno.EADDRNOTAVAIL:
-                        raise UsageError(f"{_name(what + '_host', given)}: {host!r} is not an address of "
-                                         "this machine") from None
-                    if exc.errno == errno.EACCES:  # a port below 1024 without the privilege
-                        raise OperatorError(f"{_name(what + '_port', given)} {port}: {exc.strerror}") from None
-                    raise
-
-
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     given = _overrides(args)
     if not settings.database_url:
         raise UsageError("no database URL (--database-url or GATEWAY_DATABASE_URL)")
     _check_tls(settings, given)
-    _check_listen(settings, given)
     from gateway.app import serve
 
     try:
+        # A port in use fails the real bind (asyncio's and uvicorn's own rules on which addresses a
+        # host means); the start then closes what it had opened (app.run_until_signal).
         return serve(settings)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:

@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     auth_failures_per_minute_max: int = 10
     auth_lockout_s: float = 60.0
     credential_cache_s: float = 300.0
+    # While the database is away, a station logs in against its registration as read within
+    # this many seconds (its password still checked), so a dropped link can come back.
+    credentials_stale_max_s: float = Field(default=3600.0, ge=0)
     handshake_timeout_s: float = 10.0
     shutdown_drain_s: float = 8.0
     ws_ping_interval_s: float | None = 60.0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import secrets
@@ -256,17 +255,22 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
                   driver_app=app, config=stations)
     app.fleet = fleet
     feeder = asyncio.create_task(_feed_site(gw, episode, clock, meter, fleet, beliefs))
+    day = asyncio.create_task(fleet.run(until=episode.end))
     try:
-        summary = await fleet.run(until=episode.end)
+        # A feed that fails on the way (the meter unread since, the building load frozen) ends
+        # the day at once with its error, rather than a bill drawn through the gap at the end.
+        await asyncio.wait({day, feeder}, return_when=asyncio.FIRST_COMPLETED)
+        if feeder.done():
+            day.cancel()
+            feeder.result()  # raises what stopped it
+        summary = await day
     finally:
-        feeder.cancel()
+        for task in (feeder, day):
+            task.cancel()
+        await asyncio.gather(feeder, day, return_exceptions=True)
         plans = gw.scheduler.solves if gw.scheduler is not None else 0
         await app.close()
         await gw.stop()
-    with contextlib.suppress(asyncio.CancelledError):
-        # A feed that failed on the way left the meter unread since: its error ends the demo
-        # rather than a bill drawn through the gap.
-        await feeder
     stopped = min(clock.now(), episode.end)
     meter.read(stopped, fleet_net_kwh(fleet))
     meter.finish()

@@ -4,6 +4,7 @@ gateway/db/migrate.py, else from GATEWAY_DATABASE_URL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 
 from alembic import context
@@ -34,7 +35,12 @@ def _run(connection: Connection) -> None:
         # Nodes started with --migrate on one database at once: one migrates, the others wait
         # here until it commits and then read a version with nothing left to do (the version is
         # read after the lock is taken). Released with the transaction.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        key = {"key": MIGRATION_LOCK_KEY}
+        if not connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), key).scalar():
+            # Said, so a node that waits on a stuck migration is not a silent hang.
+            logging.getLogger("gateway.migrate").warning(
+                "another process is migrating this database: waiting for it to finish")
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), key)
         context.run_migrations()
 
 

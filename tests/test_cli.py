@@ -127,3 +127,29 @@ def test_a_typo_in_the_site_file_is_named_without_a_traceback(tmp_path: Path) ->
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert "site.import_limit_kW: unknown key" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_the_api_and_ocpp_may_share_a_port_on_different_addresses(clean_db: str) -> None:
+    """What the servers can bind is for them to say: one port on two addresses is a valid set-up."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [GATEWAY, "serve", "--ocpp-host", "127.0.0.1", "--ocpp-port", str(port), "--api-host", "127.0.0.2",
+         "--api-port", str(port), "--database-url", clean_db, "--no-scheduler"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        async with httpx.AsyncClient() as client:
+            deadline = time.monotonic() + EVENT_TIMEOUT_S
+            while proc.poll() is None:
+                try:
+                    if (await client.get(f"http://127.0.0.2:{port}/api/v1/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "gateway did not come up"
+                await asyncio.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -208,6 +208,11 @@ class OcppServer:
         # Stations disabled by this process lately (real seconds, time.monotonic()): a login that
         # passed its credential check just before the disable must not stay connected after it.
         self._shut_out: dict[str, float] = {}
+        # Each station's registration as last read (real seconds, time.monotonic()): while the
+        # database is away, a station whose link dropped logs in against it (its password still
+        # checked) for credentials_stale_max_s, instead of being refused until the database is
+        # back. Forgotten on a disable.
+        self._creds_read: dict[str, tuple[float, StationCredentials]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -309,13 +314,24 @@ class OcppServer:
     ) -> Response | None:
         try:
             creds = await self.directory.credentials(station_id)
-        except Exception:
-            # The directory (database) is unavailable: tell the station to retry later rather
-            # than refusing its credentials.
-            log.exception("station directory lookup failed for %s", station_id)
-            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Try again later\n")
-            response.headers["Retry-After"] = "10"
-            return response
+        except Exception as exc:
+            seen = self._creds_read.get(station_id)
+            if seen is not None and time.monotonic() - seen[0] <= self.settings.credentials_stale_max_s:
+                log.warning("station directory unavailable (%s): %s checked against its registration read "
+                            "%.0f s ago", exc, station_id, time.monotonic() - seen[0])
+                creds = seen[1]
+            else:
+                # The directory (database) is unavailable: tell the station to retry later rather
+                # than refusing its credentials.
+                log.exception("station directory lookup failed for %s", station_id)
+                response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Try again later\n")
+                response.headers["Retry-After"] = "10"
+                return response
+        else:
+            if creds is None:
+                self._creds_read.pop(station_id, None)
+            else:
+                self._creds_read[station_id] = (time.monotonic(), creds)
         if creds is None:
             if self.settings.allow_unknown_stations:
                 self._admitted[connection] = _Admission(station_id, 1, remote)
@@ -470,6 +486,7 @@ class OcppServer:
         come before the connection is registered). Remembered for SHUT_OUT_S only, so another
         node's enable is never outlived; later logins are refused by the stored flag."""
         self._shut_out[station_id] = time.monotonic()
+        self._creds_read.pop(station_id, None)
         conn = self.registry.get(station_id)
         if conn is not None:
             await conn.close(1008, "station disabled")

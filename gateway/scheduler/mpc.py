@@ -395,6 +395,8 @@ class MpcScheduler:
             for k in [k for k in self._sent if k[0] == event.station_id]:
                 self._sent.pop(k, None)
                 self._resend.discard(k)
+            for k in [k for k in self._unanswered if k[0] == event.station_id]:
+                self._unanswered.pop(k, None)  # whatever it may have taken is gone with the reboot
             replan = True
         if replan:
             self.request_replan(type(event).__name__)

@@ -101,3 +101,35 @@ async def test_connections_the_server_ended_are_not_handed_out_again(gateway_fac
     await st.ok("MeterValues", {"evseId": 1, "meterValue": energy(2_500.0)})
     await wait_for(lambda: written(4))
     await st.close()
+
+
+async def test_a_station_reconnecting_while_the_database_is_away_gets_its_ratings_once_it_is_back(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], clean_db: str
+) -> None:
+    """Its registration is read again once the database answers, not at its next connection (which
+    may be days away)."""
+    from gateway.db.admin import register_for_sim
+    from gateway.domain import EvseSpec
+    from gateway.episode import StationSpec
+
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1)
+
+    def rated(kw: float) -> list[StationSpec]:
+        return [StationSpec("CS-R", (EvseSpec("CS-R", 1, max_charge_kw=kw, max_discharge_kw=0.0),))]
+
+    async def planned_at(kw: float) -> bool:
+        e = h.gw.state.evses.get(("CS-R", 1))
+        return e is not None and e.spec.max_charge_kw == kw
+
+    await register_for_sim(clean_db, rated(11.0), PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-R", PASSWORD)  # its credentials are cached now
+    await wait_for(lambda: planned_at(11.0))
+    await st.close()
+    await register_for_sim(clean_db, rated(22.0), PASSWORD)  # re-rated by another process
+    await proxy.cut()
+    st = await RawStation.connect(h.ocpp_url, "CS-R", PASSWORD)
+    assert not await planned_at(22.0)
+    await proxy.restore()
+    await wait_for(lambda: planned_at(22.0))
+    await st.close()

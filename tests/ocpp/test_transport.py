@@ -528,6 +528,36 @@ async def test_directory_outage_is_503_not_a_credential_failure(start_gateway: S
     assert gw.server.lockout.failures(("id", "CS1")) == 0
 
 
+async def test_during_an_outage_a_station_read_before_logs_in_against_that_registration(
+        start_gateway: StartGateway) -> None:
+    """A link that drops while the database is away comes back: the station's registration as read
+    last stands in (its password still checked); one never read, or disabled since, waits for the
+    database (503)."""
+
+    class FlakyDirectory(MemoryDirectory):
+        down = False
+
+        async def credentials(self, station_id: str) -> Any:
+            if self.down:
+                raise ConnectionRefusedError("database down")
+            return await super().credentials(station_id)
+
+    directory = FlakyDirectory()
+    directory.add("CS1", PASSWORD, password_hash=PASSWORD_HASH)
+    directory.add("CS2", PASSWORD, password_hash=PASSWORD_HASH)
+    gw = await start_gateway(directory)
+    first = await _station(gw)
+    await first.ws.close()
+    directory.down = True
+    again = await _station(gw)  # read before the outage
+    assert (await again.call("Heartbeat", {}))[0] == 3
+    await again.ws.close()
+    assert await _refused(gw, "CS1", "wrong-password-123456") == 401
+    assert await _refused(gw, "CS2", PASSWORD) == 503  # never read: nothing to stand in
+    await gw.server.shut_out("CS1")
+    assert await _refused(gw, "CS1", PASSWORD) == 503  # disabled since: not on the old read
+
+
 async def test_allow_unknown_stations_admits_unknown_and_passwordless_only(start_gateway: StartGateway) -> None:
     directory = MemoryDirectory()
     directory.add("NOPW", None)
