@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 # The longest wait between two reads of a connected station's registration while the database
 # is away.
 REFRESH_RETRY_MAX_S = 60.0
+# How long a stop waits for background writes (connected flags) before cancelling them.
+BACKGROUND_STOP_WAIT_S = 2.0
 
 
 class _Observer:
@@ -54,6 +56,30 @@ class _Observer:
 
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
+        # Per station, its newest write of the connected flag (they go in order, in the background).
+        self._flag_writes: dict[str, asyncio.Task[None]] = {}
+
+    def _write_connected(self, station_id: str, connected: bool) -> None:
+        """Store the connected flag in the background: the connection is served meanwhile (a slow
+        or absent database held every station's first messages for the pool's timeout), and one
+        station's writes land in the order they happened."""
+        before = self._flag_writes.get(station_id)
+        now = self._gw.clock.now()
+
+        async def write() -> None:
+            if before is not None:
+                await asyncio.wait({before})
+            with contextlib.suppress(Exception):  # the flag is informative; the registry decides
+                await self._gw.stations.set_connected(station_id, connected, now)
+
+        task = self._gw.spawn(write())
+        self._flag_writes[station_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._flag_writes.get(station_id) is t:
+                del self._flag_writes[station_id]
+
+        task.add_done_callback(done)
 
     async def station_connected(self, ctx: StationContext) -> None:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
@@ -62,16 +88,14 @@ class _Observer:
         # while this one ran: its EVSEs' ratings are read as it comes, in the background (a slow
         # database must not hold up the connection).
         self._gw.spawn(self._gw.refresh_station(ctx.station_id))
-        with contextlib.suppress(Exception):
-            await self._gw.stations.set_connected(ctx.station_id, True, self._gw.clock.now())
+        self._write_connected(ctx.station_id, True)
 
     async def station_disconnected(self, ctx: StationContext, close_code: int | None) -> None:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
         if self._gw.ocpp.registry.get(ctx.station_id) is not None:
             return  # replaced by a newer connection: the station is still online
         self._gw.bus.publish(ev.StationDisconnected(self._gw.clock.now(), ctx.station_id))
-        with contextlib.suppress(Exception):
-            await self._gw.stations.set_connected(ctx.station_id, False, self._gw.clock.now())
+        self._write_connected(ctx.station_id, False)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -207,11 +231,12 @@ class Gateway:
             log.info("%s: EVSE ratings or discharge dialect registered meanwhile, now in force", station_id)
             self.bus.publish(ev.SiteInputsChanged(self.clock.now(), "evses"))
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` in the background until it ends or the gateway stops."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _start_api(self) -> None:
         from gateway.api.app import create_api
@@ -235,6 +260,8 @@ class Gateway:
         """Close every station with 1001, stop planning and serving, flush telemetry."""
         await self.ocpp.stop()
         await self.handlers.close()
+        if self._background:  # the stations' last connected flags, briefly
+            await asyncio.wait(self._background, timeout=BACKGROUND_STOP_WAIT_S)
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

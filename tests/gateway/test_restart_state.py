@@ -369,3 +369,40 @@ async def test_a_station_registered_by_another_process_is_planned_at_its_ratings
     assert (spec.max_discharge_kw, spec.bidirectional) == (11.0, True)
     changed.close()
     await st.close()
+
+
+async def test_a_slow_database_does_not_hold_up_a_new_connection(gateway_factory: Any) -> None:
+    """The connected flag is stored in the background, in order per station: a station is served
+    while that write waits (it held the first messages for the pool's timeout), and the flag
+    ends as the last connection left it."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-SLOW", PASSWORD)
+    stations = h.gw.stations
+    real = stations.set_connected
+    release = asyncio.Event()
+
+    async def slow(station_id: str, connected: bool, now: Any) -> None:
+        await release.wait()
+        await real(station_id, connected, now)
+
+    stations.set_connected = slow  # type: ignore[method-assign]
+    st = await RawStation.connect(h.ocpp_url, "CS-SLOW", PASSWORD)
+    assert "currentTime" in await asyncio.wait_for(st.ok("Heartbeat", {}), EVENT_TIMEOUT_S)
+    await st.close()
+
+    async def gone() -> bool:
+        return h.gw is not None and h.gw.ocpp.registry.get("CS-SLOW") is None
+
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while not await gone():
+            await asyncio.sleep(0.02)
+    release.set()  # the connect's write, then the disconnect's
+
+    writes = h.gw.ocpp.observer._flag_writes
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while "CS-SLOW" in writes:  # both written
+            await asyncio.sleep(0.02)
+    rows = await fetch(h.database_url, "SELECT connected, last_seen_at FROM stations WHERE id='CS-SLOW'")
+    assert rows[0]["connected"] is False and rows[0]["last_seen_at"] is not None
+    stations.set_connected = real  # type: ignore[method-assign]
