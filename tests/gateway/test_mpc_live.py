@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -313,37 +313,52 @@ async def test_a_station_that_refuses_its_plan_is_planned_at_its_safe_limit_and_
     await st.close()
 
 
-async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_factory: Any) -> None:
-    from dataclasses import replace
+Plugged = tuple[RawStation, ProfileSink]
 
+
+async def _two_running(gateway_factory: Any, first: str, second: str) -> tuple[
+        GatewayHarness, Any, Callable[[str, float], Any], Plugged, Plugged]:
+    """Two one-way 11-kW EVSEs on a 20-kW site, planned once, each noted as running a flat profile:
+    ``first`` at 11 kW, ``second`` at 9 kW. Returns the gateway, the plan, a maker of flat planned
+    sessions, and each station with its sink."""
     from gateway.config import SiteConfig
     from gateway.domain import DischargeDialect, PlannedSession
     from gateway.ocpp import profiles
-    from gateway.scheduler import live_inputs
 
     h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=3600.0, replan_period_s=3600.0,
                               site=SiteConfig(import_limit_kw=20.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
     sched = h.gw.scheduler
     assert sched is not None
-    a, sink_a = await plug_in(h, "CS-L1", bidi=False)
-    b, sink_b = await plug_in(h, "CS-L2", bidi=False)
+    a = await plug_in(h, first, bidi=False)
+    b = await plug_in(h, second, bidi=False)
     outcome = await sched.replan("test")
     assert outcome is not None
     plan, now = outcome.plan, h.gw.clock.now()
-    _, _, metas = live_inputs.build(h.gw.state, now, h.gw.settings, {})
 
     def flat(station: str, kw: float) -> PlannedSession:
         return PlannedSession(station, 1, f"TX-{station}", tuple([kw] * len(plan.starts)))
 
-    # What the stations run now: 11 kW and 9 kW. The new plan swaps them; the station asked to go
-    # down refuses, so the other must not be raised (11 + 11 would pass the 20 kW).
-    for station, kw in (("CS-L1", 11.0), ("CS-L2", 9.0)):
+    for station, kw in ((first, 11.0), (second, 9.0)):
         ps = flat(station, kw)
         sched._note_accepted((station, 1), profiles.build_profile(
             station_id=station, evse_id=1, transaction_id=ps.transaction_id, starts=plan.starts, end=plan.end,
             power_kw=ps.power_kw, max_charge_kw=11.0, max_discharge_kw=0.0, bidirectional=False,
             dialect=DischargeDialect.NONE, stack_level=sched.settings.profile_stack_level,
             max_periods=sched.settings.max_profile_periods), now)
+    return h, plan, flat, a, b
+
+
+async def test_raised_limits_wait_until_the_lowered_ones_have_landed(gateway_factory: Any) -> None:
+    from dataclasses import replace
+
+    from gateway.scheduler import live_inputs
+
+    # What the stations run now: 11 kW and 9 kW. The new plan swaps them; the station asked to go
+    # down refuses, so the other must not be raised (11 + 11 would pass the 20 kW).
+    h, plan, flat, (a, sink_a), (b, sink_b) = await _two_running(gateway_factory, "CS-L1", "CS-L2")
+    sched = h.gw.scheduler
+    now = h.gw.clock.now()
+    _, _, metas = live_inputs.build(h.gw.state, now, h.gw.settings, {})
     sink_a.status = "Rejected"
     seen_b = len(sink_b.profiles)
     sent, failed = await sched._push(now, replace(plan, sessions=(flat("CS-L1", 0.0), flat("CS-L2", 11.0))),
@@ -369,33 +384,12 @@ async def test_a_station_back_without_a_boot_is_judged_against_the_profile_it_ra
     room waits for it. Once the station says it booted, it runs its default."""
     from dataclasses import replace
 
-    from gateway.config import SiteConfig
-    from gateway.domain import DischargeDialect, PlannedSession
-    from gateway.ocpp import profiles
     from gateway.scheduler import live_inputs
 
-    h = await gateway_factory(scheduler_enabled=True, replan_debounce_s=3600.0, replan_period_s=3600.0,
-                              site=SiteConfig(import_limit_kw=20.0, export_limit_kw=0.0, demand_charge_per_kw=0.0))
+    h, plan, flat, (a, sink_a), (b, sink_b) = await _two_running(gateway_factory, "CS-R1", "CS-R2")
     sched = h.gw.scheduler
-    assert sched is not None
-    a, sink_a = await plug_in(h, "CS-R1", bidi=False)
-    b, sink_b = await plug_in(h, "CS-R2", bidi=False)
-    outcome = await sched.replan("test")
-    assert outcome is not None
-    plan, now = outcome.plan, h.gw.clock.now()
     default_kw = sched._held_default_kw("CS-R1")
     assert default_kw < 10.5  # so CS-R1's new limit below is a lowering from 11 but a rise from the default
-
-    def flat(station: str, kw: float) -> PlannedSession:
-        return PlannedSession(station, 1, f"TX-{station}", tuple([kw] * len(plan.starts)))
-
-    for station, kw in (("CS-R1", 11.0), ("CS-R2", 9.0)):  # what they run: 20 kW in all
-        ps = flat(station, kw)
-        sched._note_accepted((station, 1), profiles.build_profile(
-            station_id=station, evse_id=1, transaction_id=ps.transaction_id, starts=plan.starts, end=plan.end,
-            power_kw=ps.power_kw, max_charge_kw=11.0, max_discharge_kw=0.0, bidirectional=False,
-            dialect=DischargeDialect.NONE, stack_level=sched.settings.profile_stack_level,
-            max_periods=sched.settings.max_profile_periods), now)
     await a.close()
 
     async def gone() -> bool:
