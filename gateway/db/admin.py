@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.clock import RealClock
 from gateway.config import Settings
 from gateway.db.engine import make_engine, sessionmaker
-from gateway.db.stations import StationRepository, TokenRepository
+from gateway.db.stations import EvseRow, StationRepository, TokenRepository
 from gateway.episode import StationSpec
 from gateway.ocpp.auth import hash_password
 from gateway.ocpp.server import valid_station_id
@@ -30,11 +30,8 @@ async def register_stations(
     """Register simulated (or surveyed) stations with one password and their EVSE limits."""
     hashed = hash_password(password)
     for st in stations:
-        await repo.add(st.id, hashed, security_profile=1, now=now)
-        for e in st.evses:
-            await repo.upsert_evse(st.id, e.evse_id, max_charge_kw=e.max_charge_kw,
-                                   max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
-                                   phases=e.phases)
+        await repo.add(st.id, hashed, security_profile=1, now=now, evses=[
+            EvseRow(e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases) for e in st.evses])
 
 
 async def register_for_sim(database_url: str, stations: Sequence[StationSpec], password: str) -> None:
@@ -143,10 +140,9 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
                        discharge_dialect=args.discharge_dialect,
                        discharge_undeclared_evs=(None if args.discharge_undeclared_evs is None
                                                  else args.discharge_undeclared_evs == "yes"),
+                       evses=[EvseRow(evse_id, charge, discharge, discharge > 0)
+                              for evse_id, charge, discharge in evses],
                        now=RealClock().now())
-        for evse_id, charge, discharge in evses:
-            await repo.upsert_evse(sid, evse_id, max_charge_kw=charge, max_discharge_kw=discharge,
-                                   bidirectional=discharge > 0)
         print(f"station {sid} registered (security profile {args.security_profile})")
     elif args.station_command == "list":
         offset = 0

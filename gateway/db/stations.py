@@ -42,7 +42,7 @@ class EvseRow:
     max_charge_kw: float
     max_discharge_kw: float
     bidirectional: bool
-    phases: int
+    phases: int | None = None  # None: the column's default for a new EVSE, kept for one known
 
 
 def _row(s: m.Station) -> StationRow:
@@ -67,10 +67,11 @@ class StationRepository:
     async def add(
         self, station_id: str, password_hash: str | None, *, security_profile: int = 1,
         discharge_dialect: str = "negative_limit", discharge_undeclared_evs: bool | None = None,
-        now: datetime,
+        evses: Sequence[EvseRow] = (), now: datetime,
     ) -> None:
         """Register a station, or replace its password and profile if it exists (the CLI's
-        ``station add``; the REST API registers with :meth:`create`, which never replaces)."""
+        ``station add``; the REST API registers with :meth:`create`, which never replaces), with
+        ``evses`` (their ratings replaced too), in one commit: a failure part-way leaves nothing."""
         async with self._sessions.begin() as s:
             stmt = insert(m.Station).values(
                 id=station_id, password_hash=password_hash, security_profile=security_profile,
@@ -83,6 +84,14 @@ class StationRepository:
                       "discharge_dialect": discharge_dialect, "discharge_undeclared_evs": discharge_undeclared_evs,
                       "enabled": True},
             ))
+            for e in evses:
+                ratings: dict[str, Any] = {"max_charge_kw": e.max_charge_kw, "max_discharge_kw": e.max_discharge_kw,
+                                           "bidirectional": e.bidirectional}
+                if e.phases is not None:
+                    ratings["phases"] = e.phases
+                await s.execute(insert(m.Evse).values(station_id=station_id, evse_id=e.evse_id, **ratings)
+                                .on_conflict_do_update(index_elements=[m.Evse.station_id, m.Evse.evse_id],
+                                                       set_=ratings))
 
     async def create(
         self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,
@@ -102,7 +111,8 @@ class StationRepository:
             for e in evses:
                 await s.execute(insert(m.Evse).values(
                     station_id=station_id, evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
-                    max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional, phases=e.phases))
+                    max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
+                    **({} if e.phases is None else {"phases": e.phases})))
             return True
 
     async def set_enabled(self, station_id: str, enabled: bool) -> bool:

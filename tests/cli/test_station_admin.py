@@ -113,3 +113,27 @@ def test_admin_commands_log_as_asked(clean_db: str, cmd: list[str]) -> None:
     assert any(r["level"] == "DEBUG" for r in records), result.stderr
     quiet = gateway([*cmd, "--log-level", "ERROR"], clean_db)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+
+
+async def test_a_station_and_its_evses_are_stored_in_one_commit(clean_db: str) -> None:
+    """A write that fails part-way (here the second EVSE's id is refused) leaves no
+    station without its EVSEs; a re-registration replaces the ratings and keeps a known phase count."""
+    from gateway.clock import RealClock
+    from gateway.db.engine import make_engine, sessionmaker
+    from gateway.db.stations import EvseRow, StationRepository
+
+    engine = make_engine(clean_db, pool_size=1)
+    repo = StationRepository(sessionmaker(engine))
+    now = RealClock().now()
+    try:
+        too_big = EvseRow(2**40, 11.0, 0.0, False)  # no integer column takes it
+        with pytest.raises(Exception):  # noqa: B017  # whichever layer refuses it first
+            await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 11.0, 0.0, False), too_big])
+        assert await fetch(clean_db, "SELECT id FROM stations WHERE id='CS-ONE'") == []
+        await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 11.0, 0.0, False, phases=1)])
+        await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 22.0, 11.0, True)])
+        rows = await fetch(clean_db, "SELECT max_charge_kw, max_discharge_kw, bidirectional, phases FROM evses "
+                                     "WHERE station_id='CS-ONE'")
+        assert [tuple(r) for r in rows] == [(22.0, 11.0, True, 1)]
+    finally:
+        await engine.dispose()
