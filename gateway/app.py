@@ -39,6 +39,7 @@ from gateway.ocpp.defaults import DefaultProfiles
 from gateway.ocpp.handlers import Handlers
 from gateway.ocpp.ports import StationContext
 from gateway.ocpp.server import OcppServer
+from gateway.ordered import OrderedWrites
 from gateway.site_sync import SiteSync
 from gateway.state import SiteState
 
@@ -56,30 +57,20 @@ class _Observer:
 
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
-        # Per station, its newest write of the connected flag (they go in order, in the background).
-        self._flag_writes: dict[str, asyncio.Task[None]] = {}
+        # The connected flags being written, in order per station.
+        self.flag_writes: OrderedWrites[str] = OrderedWrites(gw.spawn)
 
     def _write_connected(self, station_id: str, connected: bool) -> None:
         """Store the connected flag in the background: the connection is served meanwhile (a slow
         or absent database held every station's first messages for the pool's timeout), and one
         station's writes land in the order they happened."""
-        before = self._flag_writes.get(station_id)
         now = self._gw.clock.now()
 
         async def write() -> None:
-            if before is not None:
-                await asyncio.wait({before})
             with contextlib.suppress(Exception):  # the flag is informative; the registry decides
                 await self._gw.stations.set_connected(station_id, connected, now)
 
-        task = self._gw.spawn(write())
-        self._flag_writes[station_id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._flag_writes.get(station_id) is t:
-                del self._flag_writes[station_id]
-
-        task.add_done_callback(done)
+        self.flag_writes.add(station_id, write)
 
     async def station_connected(self, ctx: StationContext) -> None:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
@@ -200,14 +191,22 @@ class Gateway:
             self.handlers.active_tx[(tx.station_id, tx.evse_id)] = tx.transaction_id
 
     def _adopt_evse(self, e: Evse, row: StationRow | None) -> bool:
-        """Put a registered EVSE (ratings, its station's discharge dialect) in the live state;
-        True when that changed what the site plans with."""
-        st = self.state.evse(e.station_id, e.evse_id)
+        """A stored EVSE and its station's row into the live state (:meth:`adopt_evse`)."""
+        spec = EvseSpec(e.station_id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases)
+        if row is None:
+            return self.adopt_evse(spec)
+        return self.adopt_evse(spec, DischargeDialect(row.discharge_dialect), row.discharge_undeclared_evs)
+
+    def adopt_evse(self, spec: EvseSpec, dialect: DischargeDialect | None = None,
+                   discharge_undeclared_evs: bool | None = None) -> bool:
+        """Put a registered EVSE (its ratings; its station's discharge dialect and switch, where
+        ``dialect`` is given) in the live state; True when that changed what the site plans with."""
+        st = self.state.evse(spec.station_id, spec.evse_id)
         before = (st.spec, st.dialect, st.discharge_undeclared_evs)
-        st.spec = EvseSpec(e.station_id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases)
-        if row is not None:
-            st.dialect = DischargeDialect(row.discharge_dialect)
-            st.discharge_undeclared_evs = row.discharge_undeclared_evs
+        st.spec = spec
+        if dialect is not None:
+            st.dialect = dialect
+            st.discharge_undeclared_evs = discharge_undeclared_evs
         return (st.spec, st.dialect, st.discharge_undeclared_evs) != before
 
     async def refresh_station(self, station_id: str) -> None:

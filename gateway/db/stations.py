@@ -45,6 +45,18 @@ class EvseRow:
     phases: int | None = None  # None: the column's default for a new EVSE, kept for one known
 
 
+async def _put_evses(s: AsyncSession, station_id: str, evses: Sequence[EvseRow]) -> None:
+    """Write ``evses`` of ``station_id`` in the session's transaction, replacing the ratings of
+    any stored (a phase count left out keeps the stored one, or the column's default)."""
+    for e in evses:
+        ratings: dict[str, Any] = {"max_charge_kw": e.max_charge_kw, "max_discharge_kw": e.max_discharge_kw,
+                                   "bidirectional": e.bidirectional}
+        if e.phases is not None:
+            ratings["phases"] = e.phases
+        await s.execute(insert(m.Evse).values(station_id=station_id, evse_id=e.evse_id, **ratings)
+                        .on_conflict_do_update(index_elements=[m.Evse.station_id, m.Evse.evse_id], set_=ratings))
+
+
 def _row(s: m.Station) -> StationRow:
     return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
                       s.firmware_version, s.boot_status, s.last_seen_at, s.connected, s.discharge_undeclared_evs,
@@ -84,14 +96,7 @@ class StationRepository:
                       "discharge_dialect": discharge_dialect, "discharge_undeclared_evs": discharge_undeclared_evs,
                       "enabled": True},
             ))
-            for e in evses:
-                ratings: dict[str, Any] = {"max_charge_kw": e.max_charge_kw, "max_discharge_kw": e.max_discharge_kw,
-                                           "bidirectional": e.bidirectional}
-                if e.phases is not None:
-                    ratings["phases"] = e.phases
-                await s.execute(insert(m.Evse).values(station_id=station_id, evse_id=e.evse_id, **ratings)
-                                .on_conflict_do_update(index_elements=[m.Evse.station_id, m.Evse.evse_id],
-                                                       set_=ratings))
+            await _put_evses(s, station_id, evses)
 
     async def create(
         self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,
@@ -108,11 +113,7 @@ class StationRepository:
             ).on_conflict_do_nothing(index_elements=[m.Station.id]).returning(m.Station.id))).scalar_one_or_none()
             if created is None:
                 return False
-            for e in evses:
-                await s.execute(insert(m.Evse).values(
-                    station_id=station_id, evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
-                    max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
-                    **({} if e.phases is None else {"phases": e.phases})))
+            await _put_evses(s, station_id, evses)
             return True
 
     async def set_enabled(self, station_id: str, enabled: bool) -> bool:

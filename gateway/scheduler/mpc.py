@@ -33,6 +33,7 @@ from gateway.clock import to_rfc3339
 from gateway.domain import Plan, PlannedSession, TxKey
 from gateway.ocpp import capabilities, profiles
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
+from gateway.ordered import OrderedWrites
 from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.building import KEEP_DAYS, SLOT_MIN, BuildingProfile
@@ -147,7 +148,7 @@ class MpcScheduler:
         self._solving: asyncio.Future[PlanResult] | None = None  # the solver thread's last solve
         self._queued = False  # a re-plan is waiting for the running one
         # Profile records being written (in the background, in order per EVSE).
-        self._writes: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._writes: OrderedWrites[tuple[str, int]] = OrderedWrites()
         self._stopping = False
         # What a session nobody described will do (dwell, energy, how late announcements run):
         # learned from every session that ends here, as the offline evaluator's MPC learns it.
@@ -343,8 +344,8 @@ class MpcScheduler:
             self._lock.release()
         except TimeoutError:
             log.warning("scheduler stopped with a re-plan still running")
-        if self._writes:  # the last profile records, briefly
-            await asyncio.wait(list(self._writes.values()), timeout=STOP_WAIT_S)
+        if writes := self._writes.tasks():  # the last profile records, briefly
+            await asyncio.wait(writes, timeout=STOP_WAIT_S)
         if self._building_writes:
             await asyncio.wait(list(self._building_writes), timeout=STOP_WAIT_S)
         if self._building_slot is not None:  # the slot in progress: its reading so far
@@ -962,23 +963,11 @@ class MpcScheduler:
                       response: dict[str, Any] | None, now: datetime) -> None:
         """Store a profile sent without holding up the push (a commit under load takes longer than
         the station's answer), in the order they were sent per EVSE."""
-        key = (prof.station_id, prof.evse_id)
-        before = self._writes.get(key)
-
         async def write() -> None:
-            if before is not None:
-                await asyncio.wait({before})  # whatever became of it
             pid = plan_id if plan_id is None or isinstance(plan_id, int) else await asyncio.shield(plan_id)
             await self._record(prof, pid, status, response, now)
 
-        task = asyncio.create_task(write())
-        self._writes[key] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._writes.get(key) is t:
-                del self._writes[key]
-
-        task.add_done_callback(done)
+        self._writes.add((prof.station_id, prof.evse_id), write)
 
     async def _record(self, prof: profiles.TxProfile, plan_id: int | None, status: str,
                       response: dict[str, Any] | None, now: datetime) -> None:

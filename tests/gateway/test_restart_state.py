@@ -399,9 +399,9 @@ async def test_a_slow_database_does_not_hold_up_a_new_connection(gateway_factory
             await asyncio.sleep(0.02)
     release.set()  # the connect's write, then the disconnect's
 
-    writes = h.gw.ocpp.observer._flag_writes
+    writes = h.gw.ocpp.observer.flag_writes
     async with asyncio.timeout(EVENT_TIMEOUT_S):
-        while "CS-SLOW" in writes:  # both written
+        while writes.pending("CS-SLOW"):  # both written
             await asyncio.sleep(0.02)
     rows = await fetch(h.database_url, "SELECT connected, last_seen_at FROM stations WHERE id='CS-SLOW'")
     assert rows[0]["connected"] is False and rows[0]["last_seen_at"] is not None

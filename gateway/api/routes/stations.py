@@ -114,10 +114,8 @@ async def register_station(body: StationIn, gw: GatewayDep, q: QueriesDep, _: Op
                                     now=gw.clock.now()):
         raise exists  # registered meanwhile by a concurrent request: its password stands
     for e in body.evses:
-        gw.state.evse(body.id, e.evse_id).spec = EvseSpec(body.id, e.evse_id, e.max_charge_kw,
-                                                          e.max_discharge_kw, e.bidirectional, e.phases)
-        gw.state.evse(body.id, e.evse_id).dialect = body.discharge_dialect
-        gw.state.evse(body.id, e.evse_id).discharge_undeclared_evs = body.discharge_undeclared_evs
+        gw.adopt_evse(EvseSpec(body.id, e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases),
+                      body.discharge_dialect, body.discharge_undeclared_evs)
     # More EVSEs share the site's limit: every station's default moves, and the plan keeps room.
     gw.bus.publish(ev.SiteInputsChanged(gw.clock.now(), "evses"))
     return await _one(gw, q, body.id)
