@@ -205,6 +205,32 @@ def measure(n_slots: int, backend: str, resolves: int, decompose: int | None = N
     return row
 
 
+def use_highs_options(pairs: list[str]) -> None:
+    """Set each KEY=VALUE on every HiGHS model the highs back-end solves, over its own options
+    (set as the model is passed in, after them)."""
+    import highspy
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        value: object = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        options[key] = value
+    pass_model = highspy.Highs.passModel
+
+    def with_options(self: highspy.Highs, *a: object) -> object:
+        for key, value in options.items():
+            self.setOptionValue(key, value)
+        return pass_model(self, *a)
+
+    highspy.Highs.passModel = with_options  # type: ignore[method-assign]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slots", type=int, nargs="+", default=[10, 100, 1000, 10000])
@@ -216,6 +242,9 @@ def main() -> int:
     ap.add_argument("--decompose", type=int, nargs="?", const=DEFAULT_MAX_SLOTS_PER_LP, default=None,
                     metavar="SLOTS_PER_LP",
                     help=f"plan one site as LPs of at most this many slots (default {DEFAULT_MAX_SLOTS_PER_LP})")
+    ap.add_argument("--highs-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a HiGHS option over the live back-end's (e.g. simplex_strategy=2 with threads=2 "
+                         "and parallel=on: the parallel dual simplex); repeatable")
     ap.add_argument("--one-lp", action="store_true",
                     help=f"one LP whatever the size (the live Planner splits above {DECOMPOSE_ABOVE_SLOTS} slots)")
     ap.add_argument("--breakpoints", type=int, default=0,
@@ -234,6 +263,8 @@ def main() -> int:
         TAPER_KW_PER_KWH = 0.0
     if args.cvxpy_taper_slots is not None:
         lp_cvxpy.TAPER_SLOTS_MAX = args.cvxpy_taper_slots
+    if args.highs_option:
+        use_highs_options(args.highs_option)
     if args.departure_in_step == "whole":
         use_departures_at_whole_steps()
     for backend in args.backend:
