@@ -84,7 +84,7 @@ def _plan(state: SiteState, powers: dict[str, list[float]]) -> tuple[Plan, list[
 
 
 async def _settled(sched: MpcScheduler) -> None:
-    for t in list(sched._writes.values()):
+    for t in sched._writes.tasks():
         await t
 
 
