@@ -29,6 +29,7 @@ from gateway.db import migrate
 from gateway.db.engine import make_engine, sessionmaker
 from gateway.db.models import Evse
 from gateway.db.planning import PlanningRepository
+from gateway.db.station_changes import StationChangeListener
 from gateway.db.stations import SecurityEventRepository, StationRepository, StationRow, TokenRepository
 from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import TransactionRepository, TxSnapshot
@@ -76,9 +77,9 @@ class _Observer:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
         self._gw.bus.publish(ev.StationConnected(self._gw.clock.now(), ctx.station_id))
         # Registered from another process (`gateway station add --evse`, `gateway sim --register`)
-        # while this one ran: its EVSEs' ratings are read as it comes, in the background (a slow
-        # database must not hold up the connection).
-        self._gw.spawn(self._gw.refresh_station(ctx.station_id))
+        # while this one ran, or while no notification reached it: its EVSEs' ratings are read as
+        # it comes, in the background (a slow database must not hold up the connection).
+        self._gw.read_registration(ctx.station_id)
         self._write_connected(ctx.station_id, True)
 
     async def station_disconnected(self, ctx: StationContext, close_code: int | None) -> None:
@@ -132,6 +133,12 @@ class Gateway:
         self._uvicorn: uvicorn.Server | None = None
         self._api_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Registration changes written by any process (another node's REST API, `gateway station
+        # add|disable`), read again one after the other per station.
+        self._refreshes: OrderedWrites[str] = OrderedWrites(self.spawn)
+        self.station_changes = StationChangeListener(
+            self.engine, self.registration_changed, self._read_connected_stations,
+            retry_interval_s=settings.db_retry_interval_s)
         self.ocpp_port = 0
         self.api_port = 0
 
@@ -140,6 +147,7 @@ class Gateway:
             await migrate.upgrade_async(self.settings.database_url or "")
         await self._load_state()
         self.telemetry.start()
+        self.station_changes.start()
         self.site_sync.start()
         if self.settings.scheduler_enabled:
             from gateway.scheduler.mpc import MpcScheduler
@@ -209,10 +217,29 @@ class Gateway:
             st.discharge_undeclared_evs = discharge_undeclared_evs
         return (st.spec, st.dialect, st.discharge_undeclared_evs) != before
 
+    def registration_changed(self, station_id: str) -> None:
+        """Another process (or this one) changed the station's registration: the copy read at its
+        last login is not used while the database is away (its password may have changed), and it
+        is read again (:meth:`read_registration`)."""
+        self.ocpp.forget_registration(station_id)
+        self.read_registration(station_id)
+
+    def read_registration(self, station_id: str) -> None:
+        """:meth:`refresh_station` in the background, after any read of the station still under
+        way: reads land in the order they were asked for."""
+        self._refreshes.add(station_id, lambda: self.refresh_station(station_id))
+
+    def _read_connected_stations(self) -> None:
+        """Listening (again): changes notified while no one listened are lost, so every station
+        connected here is read again."""
+        for station_id in self.ocpp.registry.connected_ids():
+            self.read_registration(station_id)
+
     async def refresh_station(self, station_id: str) -> None:
-        """Read a station's registration again (see :meth:`_Observer.station_connected`); the site
-        is re-planned if its EVSEs changed. Tried again while the database is away, as long as the
-        station stays connected (a connection may last days)."""
+        """Read a station's registration again (at its connection, and whenever any process
+        changed it: :mod:`gateway.db.station_changes`): a disabled station's live connection is
+        closed, and the site is re-planned if its EVSEs changed. Tried again while the database is
+        away, as long as the station stays connected (a connection may last days)."""
         wait = self.settings.db_retry_interval_s
         while True:
             try:
@@ -225,6 +252,10 @@ class Gateway:
             wait = min(2 * wait, REFRESH_RETRY_MAX_S)
             if self.ocpp.registry.get(station_id) is None:
                 return  # gone: its next connection reads it
+        if row is not None and not row.enabled:
+            await self.ocpp.shut_out(station_id)  # disabled by any node or `gateway station disable`
+            return
+        self.ocpp.let_in(station_id)  # enabled again (a disable heard earlier is not outlived)
         changed = [self._adopt_evse(e, row) for e in evses]
         if any(changed):
             log.info("%s: EVSE ratings or discharge dialect registered meanwhile, now in force", station_id)
@@ -257,6 +288,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Close every station with 1001, stop planning and serving, flush telemetry."""
+        await self.station_changes.stop()
         await self.ocpp.stop()
         await self.handlers.close()
         if self._background:  # the stations' last connected flags, briefly

@@ -163,10 +163,10 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
         if not await repo.set_enabled(args.station_id, False):
             print(f"error: no station {args.station_id!r}", file=sys.stderr)
             return 1
-        # Only the flag: this process cannot reach the running gateway's connections (the REST
-        # disable, served by the gateway itself, also closes the live one).
-        print(f"station {args.station_id} disabled: refused from its next connection; a live connection "
-              f"stays up until it ends (POST /api/v1/stations/{args.station_id}/disable also closes it)")
+        # The running gateways hear the change (gateway/db/station_changes.py): the one holding
+        # the station's connection closes it.
+        print(f"station {args.station_id} disabled: its logins are refused and a running gateway closes "
+              f"its live connection")
     return 0
 
 

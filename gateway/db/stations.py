@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway import metrics
 from gateway.db import models as m
+from gateway.db.station_changes import announce
 from gateway.ocpp.ports import StationCredentials
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ class StationRepository:
                       "enabled": True},
             ))
             await _put_evses(s, station_id, evses)
+            await announce(s, station_id)
 
     async def create(
         self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,
@@ -114,13 +116,17 @@ class StationRepository:
             if created is None:
                 return False
             await _put_evses(s, station_id, evses)
+            await announce(s, station_id)
             return True
 
     async def set_enabled(self, station_id: str, enabled: bool) -> bool:
         async with self._sessions.begin() as s:
             res = await s.execute(update(m.Station).where(m.Station.id == station_id)
                                   .values(enabled=enabled))
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return False
+            await announce(s, station_id)  # the node holding its connection acts on it
+            return True
 
     async def get(self, station_id: str) -> StationRow | None:
         async with self._sessions() as s:
@@ -193,6 +199,7 @@ class StationRepository:
                     index_elements=[m.Evse.station_id, m.Evse.evse_id], set_=values))
             else:
                 await s.execute(stmt.on_conflict_do_nothing())
+            await announce(s, station_id)
 
     async def evses(self, station_ids: Sequence[str] | None = None) -> builtins.list[m.Evse]:
         async with self._sessions() as s:

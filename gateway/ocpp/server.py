@@ -495,6 +495,11 @@ class OcppServer:
         """The station was enabled again."""
         self._shut_out.pop(station_id, None)
 
+    def forget_registration(self, station_id: str) -> None:
+        """The station's registration changed (its password may have): the copy read at its last
+        login is not used while the database is away; its next login reads the new one."""
+        self._creds_read.pop(station_id, None)
+
     def _note_takeover(self, ctx: StationContext) -> None:
         now = self.clock.now()
         times = self._takeovers.setdefault(ctx.station_id, deque())

@@ -150,7 +150,14 @@ async def test_a_login_checked_before_a_disable_does_not_stay_connected(gateway_
     Here the login's check passed (the stored flag still says enabled) after the disable."""
     h = gateway_server
     assert h.gw is not None
+    gw = h.gw
+    await asyncio.wait_for(gw.station_changes.listening.wait(), EVENT_TIMEOUT_S)
+    heard = gw.station_changes.heard
     await h.add_station("CS-RACE", PASSWORD)
+    # The registration's own notification read first (that read lets an enabled station in).
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while gw.station_changes.heard == heard or gw._refreshes.pending("CS-RACE"):
+            await asyncio.sleep(0.01)
     await h.gw.ocpp.shut_out("CS-RACE")  # the disable, with the login already past its check
     st = await RawStation.connect(h.ocpp_url, "CS-RACE", PASSWORD)
     await asyncio.wait_for(st.ws.wait_closed(), EVENT_TIMEOUT_S)

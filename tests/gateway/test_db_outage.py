@@ -126,10 +126,47 @@ async def test_a_station_reconnecting_while_the_database_is_away_gets_its_rating
     st = await RawStation.connect(h.ocpp_url, "CS-R", PASSWORD)  # its credentials are cached now
     await wait_for(lambda: planned_at(11.0))
     await st.close()
-    await register_for_sim(clean_db, rated(22.0), PASSWORD)  # re-rated by another process
     await proxy.cut()
+    # Re-rated by another process while this gateway cannot hear it (its NOTIFY is lost).
+    await register_for_sim(clean_db, rated(22.0), PASSWORD)
     st = await RawStation.connect(h.ocpp_url, "CS-R", PASSWORD)
     assert not await planned_at(22.0)
     await proxy.restore()
     await wait_for(lambda: planned_at(22.0))
     await st.close()
+
+
+async def test_a_password_changed_by_another_process_is_never_checked_against_the_old_one(
+    gateway_factory: Any, proxy_and_url: tuple[Any, str], clean_db: str
+) -> None:
+    """While the database is away a station logs in against its registration as last read; once
+    any process changed that registration (a new password), the copy read before is dropped."""
+    from websockets.exceptions import InvalidStatus
+
+    from gateway.db.admin import register_for_sim
+    from gateway.domain import EvseSpec
+    from gateway.episode import StationSpec
+
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1)
+    spec = [StationSpec("CS-PW", (EvseSpec("CS-PW", 1, max_charge_kw=11.0, max_discharge_kw=0.0),))]
+    await asyncio.wait_for(h.gw.station_changes.listening.wait(), EVENT_TIMEOUT_S)
+    await register_for_sim(clean_db, spec, PASSWORD)
+    st = await RawStation.connect(h.ocpp_url, "CS-PW", PASSWORD)  # its registration read at login
+    await st.close()
+    heard = h.gw.station_changes.heard
+    await register_for_sim(clean_db, spec, "a-new-password-of-20chars")  # `gateway station add` again
+    await wait_for(lambda: _true(h.gw.station_changes.heard > heard))
+    await proxy.cut()
+    try:
+        old = await RawStation.connect(h.ocpp_url, "CS-PW", PASSWORD)
+    except InvalidStatus as exc:
+        assert exc.response.status_code == 503  # the registration cannot be read: try later
+    else:
+        await old.close()
+        raise AssertionError("the old password was accepted after the change")
+    await proxy.restore()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -1,0 +1,117 @@
+"""A registration written by another process (`gateway station add|disable`, another node's REST
+API) reaches the running gateway through Postgres' NOTIFY: a station connected here gets its new
+ratings, or its connection closed, at once rather than at its next connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from gateway import events as ev
+from gateway.db.engine import make_engine, sessionmaker
+from gateway.db.stations import EvseRow, StationRepository
+from gateway.ocpp.auth import hash_password
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
+from tests.gateway.test_handlers import PASSWORD, fetch
+from tests.ocpp_client import RawStation
+
+
+@contextlib.asynccontextmanager
+async def another_process(database_url: str) -> AsyncIterator[StationRepository]:
+    """The station table as `gateway station ...` writes it: its own engine, not the gateway's."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        yield StationRepository(sessionmaker(engine))
+    finally:
+        await engine.dispose()
+
+
+async def _until(check: Any, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_TIMEOUT_S
+    while not check():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def _connected(h: GatewayHarness, station_id: str) -> RawStation:
+    assert h.gw is not None
+    await asyncio.wait_for(h.gw.station_changes.listening.wait(), EVENT_TIMEOUT_S)
+    st = await RawStation.connect(h.ocpp_url, station_id, PASSWORD)
+    gw = h.gw
+    await _until(lambda: gw.ocpp.registry.get(station_id) is not None, "not connected")
+    await _until(lambda: not gw._refreshes.pending(station_id), "registration not read at connection")
+    return st
+
+
+async def test_ratings_registered_by_another_process_apply_to_a_connected_station(gateway_factory: Any) -> None:
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    gw = h.gw
+    await h.add_station("CS-CHG", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    st = await _connected(h, "CS-CHG")
+    changed = gw.bus.subscribe(ev.SiteInputsChanged)
+    async with another_process(h.database_url) as repo:
+        await repo.add("CS-CHG", hash_password(PASSWORD), evses=[EvseRow(1, 22.0, 11.0, True)], now=gw.clock.now())
+
+    def rated() -> bool:
+        e = gw.state.evses.get(("CS-CHG", 1))
+        return e is not None and e.spec.max_charge_kw == 22.0
+
+    await _until(rated, "the new ratings did not reach the connected station's EVSE")
+    spec = gw.state.evses[("CS-CHG", 1)].spec
+    assert (spec.max_discharge_kw, spec.bidirectional) == (11.0, True)
+    assert (await asyncio.wait_for(changed.get(), EVENT_TIMEOUT_S)).what == "evses"  # planned again with them
+    assert gw.ocpp.registry.get("CS-CHG") is not None  # a ratings change leaves the connection up
+    changed.close()
+    await st.close()
+
+
+async def test_a_disable_by_another_process_closes_the_live_connection_and_an_enable_lets_it_back(
+        gateway_factory: Any) -> None:
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-OFF", PASSWORD)
+    st = await _connected(h, "CS-OFF")
+    async with another_process(h.database_url) as repo:
+        assert await repo.set_enabled("CS-OFF", False)
+        try:
+            await asyncio.wait_for(st.ws.wait_closed(), EVENT_TIMEOUT_S)
+        except TimeoutError:
+            raise AssertionError("the disabled station's connection stayed up") from None
+        assert st.ws.close_code == 1008
+        # Enabled again elsewhere: this node does not keep it out for its shut-out window.
+        assert await repo.set_enabled("CS-OFF", True)
+    gw = h.gw
+    await _until(lambda: not gw._refreshes.pending("CS-OFF"), "the enable was not read")
+    back = await RawStation.connect(h.ocpp_url, "CS-OFF", PASSWORD)
+    try:
+        assert "currentTime" in await asyncio.wait_for(back.ok("Heartbeat", {}), EVENT_TIMEOUT_S)
+    except ConnectionClosed:
+        raise AssertionError("the station enabled again was still shut out") from None
+    await back.close()
+
+
+async def test_changes_made_while_not_listening_are_read_when_listening_again(gateway_factory: Any) -> None:
+    """A NOTIFY sent while the listening connection is down is lost: listening again re-reads
+    every station connected here."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    gw = h.gw
+    await h.add_station("CS-MISS", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    st = await _connected(h, "CS-MISS")
+    # Written with no notification (as one sent while no one listened), then the listening
+    # connection is ended by the server.
+    await fetch(h.database_url, "UPDATE evses SET max_charge_kw = 7.4 WHERE station_id = 'CS-MISS'")
+    assert gw.state.evses[("CS-MISS", 1)].spec.max_charge_kw == 11.0
+    ended = await fetch(h.database_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'gateway-station-changes' AND datname = current_database()")
+    assert ended, "no listening connection found"
+    await _until(lambda: gw.state.evses[("CS-MISS", 1)].spec.max_charge_kw == 7.4,
+                 "the change made while not listening was not read")
+    assert gw.station_changes.listening.is_set()
+    await st.close()
