@@ -372,3 +372,31 @@ async def test_energy_and_target_soc_replace_each_other(gateway_server: GatewayH
     fourth = await api.put(url, headers=OPERATOR, json={"energy_kwh": None})
     prefs = fourth.json()["session"]["preferences"]
     assert prefs["energy_kwh"] is None and prefs["target_soc"] == 0.8
+
+
+async def test_profiles_are_sent_again_after_a_clear_the_station_never_answered(gateway_factory: Any) -> None:
+    """A ClearChargingProfile that timed out may have been carried out (the reply lost): the
+    default and the planned profile go out again, as after an Accepted."""
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2, call_timeout_s=1.0)
+    assert h.gw is not None
+    st, seen, answering = await _plugged_and_settled(h, "CS-CLEARLOST", "tx-cl", "TOKEN-CL")
+    answering.cancel()
+
+    async def answer_profiles_only() -> None:
+        while True:
+            call = await st.ws.incoming_calls.get()
+            if call[2] == "SetChargingProfile":
+                await seen.put(call[3])
+                await st.ws.answer(call, {"status": "Accepted"})  # a ClearChargingProfile: no reply
+
+    answering = asyncio.create_task(answer_profiles_only())
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.post("/api/v1/stations/CS-CLEARLOST/commands/clear-charging-profile",
+                           headers=OPERATOR, json={})
+    assert r.status_code == 504 and r.json()["error"]["code"] == "station_timeout", r.text
+    purposes = set()
+    while purposes != {"TxDefaultProfile", "TxProfile"}:
+        sent = await asyncio.wait_for(seen.get(), EVENT_TIMEOUT_S)
+        purposes.add(sent["chargingProfile"]["chargingProfilePurpose"])
+    answering.cancel()
+    await st.ws.close()

@@ -23,6 +23,7 @@ from gateway.api.errors import NotFound, responses
 from gateway.api.schemas import Model, StationId
 from gateway.app import Gateway
 from gateway.domain import EVSE_ID_MAX
+from gateway.ocpp.errors import CallTimeout, ConnectionReplaced
 
 router = APIRouter(prefix="/stations/{station_id}/commands", tags=["commands"],
                    responses=responses(401, 403, 404, 409, 422, 502, 503, 504))
@@ -130,9 +131,17 @@ async def change_availability(body: AvailabilityIn, gw: GatewayDep, _: Operator,
 async def clear_charging_profile(body: ClearProfilesIn, gw: GatewayDep, _: Operator,
                                  station_id: StationPath) -> CommandResult:
     await _known(gw, station_id)
-    result = await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
-        station_id, body.charging_profile_id, evse_id=body.evse_id, purpose=body.purpose,
-        stack_level=body.stack_level))
+    try:
+        result = await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
+            station_id, body.charging_profile_id, evse_id=body.evse_id, purpose=body.purpose,
+            stack_level=body.stack_level))
+    except (CallTimeout, ConnectionReplaced):
+        # Sent, and no answer: the station may have cleared them all the same (K10), so they
+        # are counted as cleared (sending them again costs a CALL; missing a clear, a site
+        # running without the plan's limits). The 504 (or 503) still tells the operator.
+        if gw.scheduler is not None:
+            gw.scheduler.profiles_cleared(station_id)
+        raise
     if gw.scheduler is not None and result.response.get("status") == "Accepted":
         # The station may now run without the plan's limits (or without any): the planner must not
         # go on counting them in force, nor skip re-sending a plan "unchanged" since.
