@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import site
 import sys
 from pathlib import Path
 
@@ -13,12 +14,24 @@ from alembic.config import Config
 from gateway.config import Settings
 from gateway.db.engine import normalize_url
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# Beside the source (a checkout, an editable install), else where a wheel installs them
+# (pyproject.toml's data-files, under the install's prefix: a venv, the system, the user's base).
+_INSTALLED = Path("share") / "ocpp-site-gateway" / "migrations"
+PLACES = (Path(__file__).resolve().parents[2] / "migrations", Path(sys.prefix) / _INSTALLED,
+          Path(site.getuserbase()) / _INSTALLED)
+
+
+def migrations_dir() -> Path:
+    for place in PLACES:
+        if (place / "env.py").is_file():
+            return place
+    raise FileNotFoundError("the Alembic migrations were not found in any of: "
+                            + ", ".join(str(p) for p in PLACES))
 
 
 def alembic_config(database_url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["database_url"] = normalize_url(database_url)
     return cfg
 
