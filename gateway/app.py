@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 # The longest wait between two reads of a connected station's registration while the database
 # is away.
 REFRESH_RETRY_MAX_S = 60.0
+# Registration reads at once: a bulk registration (`gateway sim --register` of a thousand
+# stations) notifies once per station, and its reads must not take the pool the stations'
+# messages are stored through.
+REGISTRATION_READS_AT_ONCE = 2
 # How long a stop waits for background writes (connected flags) before cancelling them.
 BACKGROUND_STOP_WAIT_S = 2.0
 
@@ -136,6 +140,7 @@ class Gateway:
         # Registration changes written by any process (another node's REST API, `gateway station
         # add|disable`), read again one after the other per station.
         self._refreshes: OrderedWrites[str] = OrderedWrites(self.spawn)
+        self._registration_reads = asyncio.Semaphore(REGISTRATION_READS_AT_ONCE)
         self.station_changes = StationChangeListener(
             self.engine, self.registration_changed, self._read_connected_stations,
             retry_interval_s=settings.db_retry_interval_s)
@@ -243,8 +248,9 @@ class Gateway:
         wait = self.settings.db_retry_interval_s
         while True:
             try:
-                row = await self.stations.get(station_id)
-                evses = await self.stations.evses([station_id])
+                async with self._registration_reads:
+                    row = await self.stations.get(station_id)
+                    evses = await self.stations.evses([station_id])
                 break
             except Exception as exc:  # what was known stands meanwhile
                 log.warning("registration of %s not read again yet: %s", station_id, exc)
