@@ -1,4 +1,4 @@
-"""RELIABILITY R2 at full size: schema-generated CALLs of every station-to-CSMS 2.0.1 action
+"""docs/reliability.md R2 at full size: schema-generated CALLs of every station-to-CSMS 2.0.1 action
 against `gateway serve` on a fresh database, over one authenticated WebSocket.
 
     .venv/bin/python bench/ocpp_fuzz.py --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/test \

@@ -1,5 +1,5 @@
 """D3: N stations each send M queued offline TransactionEvents on reconnect; how long until all
-are stored exactly once (RELIABILITY.md target: 100 x 200 = 20,000 within 60 s).
+are stored exactly once (docs/reliability.md D3; the target: 100 x 200 = 20,000 within 60 s).
 
 Starts `gateway serve` on a fresh database (created on the server of --database-url, dropped at
 the end), opens N raw OCPP-J stations that send their backlog one CALL at a time (as real stations

@@ -177,7 +177,7 @@ def install(api: FastAPI) -> None:
 
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
         if database_away(exc):
-            # The database away or restarting (RELIABILITY.md D5): the client's to retry, not a
+            # The database away or restarting (docs/reliability.md D5): the client's to retry, not a
             # bug of ours.
             log.warning("REST request failed, database unavailable: %s", exc)
             return error_response(503, "database_unavailable", "the database is unavailable: try again shortly",

@@ -1,6 +1,6 @@
 """The MQTT bridge: domain events out, prices / building load / grid events in.
 
-It never stands in the OCPP path's way (RELIABILITY.md M2): events reach it through its own
+It never stands in the OCPP path's way (docs/reliability.md M2): events reach it through its own
 bus subscription, become messages in a bounded buffer, and a single sender task drains the
 buffer while the broker is there. While it is not, the buffer fills to ``buffer_max`` and then
 drops its oldest message (counted in ``gateway_mqtt_dropped_total``); the connection loop

@@ -109,7 +109,7 @@ async def until_committed(
     on_retry: Callable[[BaseException], None] | None = None,
     give_up: asyncio.Event | None = None,
 ) -> T:
-    """Run ``op`` until it succeeds, retrying while the database is away (RELIABILITY.md D5).
+    """Run ``op`` until it succeeds, retrying while the database is away (docs/reliability.md D5).
 
     Used where an answer must wait for durability (TransactionEvent): the caller's reply is
     withheld meanwhile, so the station retries on its own timeout and nothing is lost.

@@ -3,7 +3,7 @@ a batch at a time, so a burst of samples costs one round-trip per batch, not one
 
 The buffer is bounded (``meter_buffer_rows_max`` rows over all tables). While the database is
 away rows wait in it; when it is full the oldest rows are dropped and counted
-(``gateway_db_dropped_rows_total``), never the OCPP path's time (RELIABILITY.md D5).
+(``gateway_db_dropped_rows_total``), never the OCPP path's time (docs/reliability.md D5).
 """
 
 from __future__ import annotations

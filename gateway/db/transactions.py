@@ -1,4 +1,4 @@
-"""Transactions and their events: idempotent on (station, transactionId, seqNo) (RELIABILITY.md D1),
+"""Transactions and their events: idempotent on (station, transactionId, seqNo) (docs/reliability.md D1),
 seqNo gaps flagged and closed (D2), offline events kept as offline."""
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ def _verify_before(deadline: float, password_hash: str | None, password: str) ->
 class PasswordVerifier:
     """argon2 verification off the event loop, with a short-lived cache of successes.
 
-    Admission control for reconnect storms (RELIABILITY.md L3/L4): a verification is accepted
+    Admission control for reconnect storms (docs/reliability.md L3/L4): a verification is accepted
     only if the work queued ahead of it can finish within ``budget_s`` at the measured cost per
     hash, and work still queued when its budget is over is skipped, so the pool never burns CPU
     on handshakes that already timed out. Refused work raises :class:`VerifierBusy` (HTTP 503).
@@ -230,7 +230,7 @@ class LoginAttempt:
 class LockoutTracker:
     """At most ``failures_max`` failed logins per minute per key, then locked for ``lockout_s``.
 
-    Keys are station ids and remote addresses (RELIABILITY.md S4), tracked separately, e.g.
+    Keys are station ids and remote addresses (docs/reliability.md S4), tracked separately, e.g.
     ``("id", "CS1")`` and ``("addr", "10.0.0.7")``. Time comes from the Clock.
 
     S4 must hold under concurrency too: an attempt is counted when it is *admitted*

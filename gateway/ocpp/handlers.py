@@ -3,7 +3,7 @@
 The transport has validated the request against its schema before a handler runs and validates
 the reply after. Rules that come from the spec cite its requirement ids. Storage rules:
 - a TransactionEvent is answered only after its row is committed; while the database is away
-  the reply is withheld and the station retries (E01-E06, RELIABILITY.md D1, D5);
+  the reply is withheld and the station retries (E01-E06, docs/reliability.md D1, D5);
 - status and meter samples go through the batched telemetry writer (bounded, drops counted);
 - notifications the gateway keeps but does not act on are stored as received.
 """

@@ -2,7 +2,7 @@
 
 Everything that decides whether a station may talk happens in the HTTP handshake
 (``process_request``), so no frame reaches OCPP handling before authentication
-(RELIABILITY.md S1/S2/S4):
+(docs/reliability.md S1/S2/S4):
 
     path not /ocpp/{id}                           404
     id empty, > max_station_id_length, ':' in it,
@@ -408,7 +408,7 @@ class OcppServer:
     def _certificate_refused(self, exc: ssl.SSLCertVerificationError) -> None:
         """TLS refused a station's certificate (another CA's, expired, revoked...): the handshake
         fails before any HTTP, so no id is known, and the TLS layer does not tell us the peer's
-        address either; the refusal is still a security event (RELIABILITY S3)."""
+        address either; the refusal is still a security event (docs/reliability.md S3)."""
         self._event(None, "client_certificate_refused", f"TLS refused a client certificate: {exc.verify_message}",
                     None)
 

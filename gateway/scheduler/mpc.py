@@ -6,7 +6,7 @@ and within ``replan_debounce_s`` real seconds of any event that changes what the
 re-planned with one LP (:class:`gateway.scheduler.problem.Planner`, run in a worker thread so the
 OCPP loop keeps answering). The first steps of the plan go to each charger as its TxProfile
 (:mod:`gateway.ocpp.profiles`), re-sent only when they change. On a solver failure or timeout the
-planner's limit-respecting fallback is pushed instead, never nothing (RELIABILITY.md M1).
+planner's limit-respecting fallback is pushed instead, never nothing (docs/reliability.md M1).
 Every solve and every profile sent is stored (profile records in the background, in order).
 
 What the loop adds to the site state from how each session behaves (:class:`live_inputs.Observed`):

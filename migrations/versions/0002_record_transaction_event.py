@@ -5,7 +5,7 @@ Revises: 0001
 Create Date: 2026-11-23
 
 The TransactionEvent write is the gateway's hottest path. This function stores the event
-(idempotent on station, transactionId, seqNo: RELIABILITY.md D1), merges it into its
+(idempotent on station, transactionId, seqNo: docs/reliability.md D1), merges it into its
 transaction row, and records/closes seqNo gaps (D2), in one statement and so one round trip
 and one implicit transaction. Python computes the meter summary; SQL merges it.
 """

@@ -14,7 +14,7 @@ Replaces the function of 0002 (which stays as applied) with two changes:
   the energy from (highest, lowest) on every reading, whatever the order (same for export).
   Rows written by 0002 out of order keep their understated energy until a higher reading
   arrives.
-- Replays. A replay (same station, transactionId, seqNo: RELIABILITY.md D1) still stores
+- Replays. A replay (same station, transactionId, seqNo: docs/reliability.md D1) still stores
   nothing and returns the first answer, and now also the transaction as stored and the
   ``received_at`` of the stored event, so the caller can tell its own earlier commit (whose
   result was lost with the connection) from a station's replay, and apply the side effects

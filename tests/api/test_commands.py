@@ -99,7 +99,7 @@ async def test_timeout_is_504(gateway_factory: Any) -> None:
 async def test_concurrent_commands_queue_one_call_in_flight(
     gateway_server: GatewayHarness, api: httpx.AsyncClient
 ) -> None:
-    """RELIABILITY.md R3: 20 REST commands at once reach the station one CALL at a time."""
+    """docs/reliability.md R3: 20 REST commands at once reach the station one CALL at a time."""
     ws = await _connect(gateway_server, "CS-R3")
     in_flight_max = 0
 

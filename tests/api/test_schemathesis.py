@@ -1,4 +1,4 @@
-"""RELIABILITY.md A1: schemathesis, every check (auth included), against the OpenAPI spec of a
+"""docs/reliability.md A1: schemathesis, every check (auth included), against the OpenAPI spec of a
 real gateway (real Postgres, real HTTP).
 
 The schemathesis CLI runs in a child process against the gateway's REST port. It cannot run

@@ -1,4 +1,4 @@
-"""RELIABILITY.md M2: the broker goes away. OCPP carries on, the bridge buffers to its bound and
+"""docs/reliability.md M2: the broker goes away. OCPP carries on, the bridge buffers to its bound and
 counts what it drops, and reconnects by itself when the broker is back; the newest messages
 (here: the station's last status) are delivered then."""
 

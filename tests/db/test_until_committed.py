@@ -1,4 +1,4 @@
-"""The retry rule for writes whose answer waits on durability (RELIABILITY.md D5)."""
+"""The retry rule for writes whose answer waits on durability (docs/reliability.md D5)."""
 
 from __future__ import annotations
 

@@ -362,7 +362,7 @@ async def test_security_event_notification_stored(gateway_server: GatewayHarness
 
 
 async def test_every_station_action_has_a_handler(gateway_server: GatewayHarness) -> None:
-    # RELIABILITY R2: a valid CALL of any station-to-CSMS action is answered with a CALLRESULT.
+    # docs/reliability.md R2: a valid CALL of any station-to-CSMS action is answered with a CALLRESULT.
     from gateway.ocpp.validation import V201_STATION_ACTIONS
 
     assert gateway_server.gw is not None

@@ -1,4 +1,4 @@
-"""RELIABILITY R2 over a real WebSocket and Postgres: schema-generated CALLs of every
+"""docs/reliability.md R2 over a real WebSocket and Postgres: schema-generated CALLs of every
 station-to-CSMS action, valid and broken in one known way. Every valid one is answered with a
 schema-valid CALLRESULT; every broken one with the CALLERROR its fault calls for (OCPP-J Part 4);
 the connection lives throughout. ``bench/ocpp_fuzz.py`` runs the same for 10,000 frames."""

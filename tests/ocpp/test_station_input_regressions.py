@@ -1,5 +1,5 @@
 """Station input that is schema-valid (or valid JSON) but used to be lost or crash a handler, over
-a real WebSocket against a real gateway and Postgres (RELIABILITY.md R1, R2, D1, D4, D5)."""
+a real WebSocket against a real gateway and Postgres (docs/reliability.md R1, R2, D1, D4, D5)."""
 
 from __future__ import annotations
 

@@ -66,7 +66,7 @@ def _client_ctx(ca: trustme.CA, leaf: trustme.LeafCert | None) -> ssl.SSLContext
 async def test_profile3_station_logs_in_with_its_certificate_and_nothing_else_does(
     start_gateway: StartGateway, tls_files: tuple[trustme.CA, Path, Path], tmp_path: Path
 ) -> None:
-    # RELIABILITY S3: a station CA; its certificate for P3 is the only way in for P3.
+    # docs/reliability.md S3: a station CA; its certificate for P3 is the only way in for P3.
     server_ca, cert_path, key_path = tls_files
     station_ca, foreign_ca = trustme.CA(), trustme.CA()
     ca_file = tmp_path / "stations-ca.pem"

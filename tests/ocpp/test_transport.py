@@ -1,4 +1,4 @@
-"""The OCPP transport over real WebSockets on port 0 (RELIABILITY.md S1, S2, S4, S5, S6, R1)."""
+"""The OCPP transport over real WebSockets on port 0 (docs/reliability.md S1, S2, S4, S5, S6, R1)."""
 
 from __future__ import annotations
 
