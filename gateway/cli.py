@@ -9,15 +9,25 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from gateway.config import Settings, SiteFileError
+
+# `gateway --help` prints this as it is: the module's docstring is for readers of the code.
+DESCRIPTION = (
+    "OCPP 2.0.1 charge-point gateway: run the central system (serve), migrate its database (db), "
+    "register stations and idTokens (station, token), simulate stations against it (sim), generate "
+    "and evaluate simulated days offline (scenario, evaluate), or watch all of it on one "
+    "accelerated day (demo). A flag overrides the GATEWAY_* environment variable of the same setting "
+    "(GATEWAY_DATABASE_URL for the database URL). Run gateway COMMAND --help for a command's options."
+)
 
 
 class UsageError(Exception):
@@ -90,9 +100,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings.with_site_file()
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, *, site_file: bool = True) -> None:
     p.add_argument("--database-url", help="postgresql+asyncpg://... (env GATEWAY_DATABASE_URL)")
-    p.add_argument("--config", help="TOML site file (limits, tariff)")
+    # A command without a site file still takes the flag, unlisted, so that its own refusal
+    # (which says where the file belongs) answers rather than argparse's "unrecognized arguments".
+    p.add_argument("--config", help="TOML site file (limits, tariff)" if site_file else argparse.SUPPRESS)
     p.add_argument("--log-level")
     p.add_argument("--log-json", action="store_true", help="one JSON object per log line")
 
@@ -103,7 +115,7 @@ def _add_time(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gateway", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the central system until SIGTERM/SIGINT")
@@ -219,11 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
 
     demo = sub.add_parser("demo", help="gateway + simulated workplace through one accelerated day")
-    _add_common(demo)
+    _add_common(demo, site_file=False)
     demo.add_argument("--stations", type=int, default=50)
     demo.add_argument("--time-scale", type=float, default=600.0)
     demo.add_argument("--seed", type=int, default=None,
-                      help="the day to simulate (default: gateway.demo.DEMO_SEED, a day whose export "
+                      help="the day to simulate (default: a day chosen for the demo, whose export "
                            "request finds V2G cars parked)")
     demo.add_argument("--api-port", type=int, default=8000)
     demo.add_argument("--ocpp-port", type=int, default=9000)
@@ -251,28 +263,115 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        # Not for `db`: a missing table while migrating is a migration's bug, not advice to migrate.
-        # Nor when it just migrated (serve --migrate): the advice would be what failed.
-        missing = _missing_table(exc) if args.command != "db" and not getattr(args, "migrate", False) else None
-        if missing is None:
-            raise
-        print(f"gateway: error: the database is not migrated ({missing}): "
-              "run `gateway db upgrade` (or serve --migrate)", file=sys.stderr)
+        problem = _database_problem(exc, args)
+        if problem is None:
+            # Not for `db`: a missing table while migrating is a migration's bug, not advice to
+            # migrate. Nor when it just migrated (serve --migrate): the advice would be what failed.
+            missing = _missing_table(exc) if args.command != "db" and not getattr(args, "migrate", False) else None
+            if missing is None:
+                raise
+            problem = f"the database is not migrated ({missing}): run `gateway db upgrade` (or serve --migrate)"
+        print(f"gateway: error: {problem}", file=sys.stderr)
         return 1
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it was raised from or while handling (SQLAlchemy wraps asyncpg's errors)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        yield cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
 
 
 def _missing_table(exc: BaseException) -> str | None:
     """Postgres's words when ``exc`` is (or was caused by) a table that does not exist: a
-    database the gateway's migrations never ran on (SQLAlchemy wraps asyncpg's error)."""
+    database the gateway's migrations never ran on."""
     from asyncpg.exceptions import UndefinedTableError
 
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, UndefinedTableError):
-            return str(cur)
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
+    return next((str(cur) for cur in _causes(exc) if isinstance(cur, UndefinedTableError)), None)
+
+
+def _database_url(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The database URL the command was given, and the setting the operator gave it as (every
+    command that opens the database reads the flag, else the variable, as :class:`Settings` does)."""
+    flag = getattr(args, "database_url", None)
+    if flag:
+        return flag, "--database-url"
+    env = next((v for k, v in os.environ.items() if k.upper() == "GATEWAY_DATABASE_URL"), None)
+    return env or None, ("GATEWAY_DATABASE_URL" if env else "--database-url")
+
+
+def _database_place(url: str | None) -> tuple[str, str] | None:
+    """``host:port`` and the database name of ``url``, as libpq's defaults fill them in; never
+    the URL itself, which may hold a password."""
+    if not url:
+        return None
+    from sqlalchemy.engine import make_url
+
+    from gateway.db.engine import normalize_url
+
+    try:
+        u = make_url(normalize_url(url))
+    except Exception:  # sim --register's URL is not checked by Settings: no place rather than a traceback
+        return None
+    host = u.host or str(u.query.get("host") or "localhost")
+    port = u.port or 5432
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), u.database or u.username or ""
+
+
+def _while_connecting(exc: BaseException) -> bool:
+    """``exc`` came out of asyncpg opening a connection: an OSError or a time-out there is the
+    database being unreachable, where the same error elsewhere (the simulator's WebSocket, a file)
+    is not about the database at all."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module == "asyncpg.connect_utils" or (module == "asyncpg.connection" and code.co_name == "connect"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    """Why a connection could not be opened, in words (asyncio's own text names the address)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"host not found: {exc.strerror}" if exc.strerror else "host not found"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    return str(exc) or type(exc).__name__
+
+
+def _database_problem(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line when the database the command was given cannot be used (nothing listening, no
+    such database, the login refused, the server not taking connections), naming it by host, port
+    and name; ``None`` for anything else, which is a bug and keeps its traceback."""
+    from asyncpg import exceptions as pg
+
+    url, setting = _database_url(args)
+    place = _database_place(url)
+    hostport, name = place if place is not None else ("", "")
+    at, on = (f" at {hostport}", f" on {hostport}") if hostport else ("", "")
+    database = f'the database "{name}"' if name else "the database"
+    # The demo's embedded Postgres has no URL the operator could correct.
+    check = f": check {setting}" if url else ""
+    for cur in _causes(exc):
+        if isinstance(cur, pg.InvalidCatalogNameError):
+            return f"{cur}{on}{check}"
+        if isinstance(cur, pg.InvalidAuthorizationSpecificationError):  # the role, its password, pg_hba.conf
+            return f"{database}{at} refused the login ({cur}){check}"
+        if isinstance(cur, pg.CannotConnectNowError | pg.TooManyConnectionsError):
+            return f"{database}{at} is not taking connections ({cur}): try again later"
+        if isinstance(cur, pg.PostgresConnectionError | pg.AdminShutdownError | pg.CrashShutdownError):
+            return f"lost the connection to {database}{at} ({cur})"
+        if isinstance(cur, OSError | TimeoutError) and _while_connecting(cur):
+            return f"cannot reach {database}{at} ({_unreachable_reason(cur)}){check}"
     return None
 
 

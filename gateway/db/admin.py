@@ -136,14 +136,20 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
                 print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
                 return 2
             hashed = hash_password(password)
-        await repo.add(sid, hashed, security_profile=args.security_profile,
-                       discharge_dialect=args.discharge_dialect,
-                       discharge_undeclared_evs=(None if args.discharge_undeclared_evs is None
-                                                 else args.discharge_undeclared_evs == "yes"),
-                       evses=[EvseRow(evse_id, charge, discharge, discharge > 0)
-                              for evse_id, charge, discharge in evses],
-                       now=RealClock().now())
-        print(f"station {sid} registered (security profile {args.security_profile})")
+        # Read first only for the message: whether the row is new is the upsert's own answer.
+        before = await repo.get(sid)
+        inserted = await repo.add(sid, hashed, security_profile=args.security_profile,
+                                  discharge_dialect=args.discharge_dialect,
+                                  discharge_undeclared_evs=(None if args.discharge_undeclared_evs is None
+                                                            else args.discharge_undeclared_evs == "yes"),
+                                  evses=[EvseRow(evse_id, charge, discharge, discharge > 0)
+                                         for evse_id, charge, discharge in evses],
+                                  now=RealClock().now())
+        if inserted:
+            print(f"station {sid} registered (security profile {args.security_profile})")
+        else:
+            print(_replaced(sid, args.security_profile, hashed is not None, [e[0] for e in evses],
+                            re_enabled=before is not None and not before.enabled))
     elif args.station_command == "list":
         offset = 0
         while True:
@@ -168,6 +174,18 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
         print(f"station {args.station_id} disabled: its logins are refused and a running gateway closes "
               f"its live connection")
     return 0
+
+
+def _replaced(sid: str, security_profile: int, password: bool, evse_ids: Sequence[int], *,
+              re_enabled: bool) -> str:
+    """What re-running ``station add`` on a registered id did: the documented way to change a
+    password, which replaces everything else the command sets (and re-enables the station)."""
+    parts = ["password" if password else "password (removed: the certificate is the credential)",
+             f"security profile ({security_profile})", "discharge settings"]
+    if evse_ids:  # EVSEs not given keep their ratings
+        parts.append("ratings of EVSE " + ", ".join(str(i) for i in evse_ids))
+    line = f"station {sid} updated: {', '.join(parts[:-1])} and {parts[-1]} replaced"
+    return line + ("; enabled (it was disabled)" if re_enabled else "")
 
 
 def token_cli(settings: Settings, args: argparse.Namespace) -> int:

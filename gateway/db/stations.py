@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Boolean, case, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -81,24 +81,29 @@ class StationRepository:
         self, station_id: str, password_hash: str | None, *, security_profile: int = 1,
         discharge_dialect: str = "negative_limit", discharge_undeclared_evs: bool | None = None,
         evses: Sequence[EvseRow] = (), now: datetime,
-    ) -> None:
+    ) -> bool:
         """Register a station, or replace its password and profile if it exists (the CLI's
         ``station add``; the REST API registers with :meth:`create`, which never replaces), with
-        ``evses`` (their ratings replaced too), in one commit: a failure part-way leaves nothing."""
+        ``evses`` (their ratings replaced too), in one commit: a failure part-way leaves nothing.
+        ``True`` when the station is new, ``False`` when an existing one was replaced."""
         async with self._sessions.begin() as s:
             stmt = insert(m.Station).values(
                 id=station_id, password_hash=password_hash, security_profile=security_profile,
                 discharge_dialect=discharge_dialect, discharge_undeclared_evs=discharge_undeclared_evs,
                 enabled=True, registered_at=now,
             )
-            await s.execute(stmt.on_conflict_do_update(
+            # The statement itself tells, not a look-up before it (a concurrent add could come
+            # between): a row the upsert inserted has no deleting transaction yet (xmax 0), a row
+            # it updated has this one.
+            inserted = (await s.execute(stmt.on_conflict_do_update(
                 index_elements=[m.Station.id],
                 set_={"password_hash": password_hash, "security_profile": security_profile,
                       "discharge_dialect": discharge_dialect, "discharge_undeclared_evs": discharge_undeclared_evs,
                       "enabled": True},
-            ))
+            ).returning(literal_column("xmax = 0", Boolean)))).scalar_one()
             await _put_evses(s, station_id, evses)
             await announce(s, station_id)
+            return bool(inserted)
 
     async def create(
         self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,

@@ -102,6 +102,31 @@ def test_station_disable_says_what_it_does(clean_db: str) -> None:
     assert [r["enabled"] for r in rows] == [False]
 
 
+def test_station_add_on_a_registered_id_says_what_it_replaced(clean_db: str) -> None:
+    """Re-running `station add` is how a password is changed: it replaces the rest the command
+    sets too and re-enables a disabled station, and says so rather than "registered" again."""
+    first = gateway(["station", "add", "CS-AGAIN", "--password-stdin", "--evse", "1:11", "--evse", "2:11"],
+                    clean_db, stdin=PASSWORD + "\n")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "station CS-AGAIN registered (security profile 1)\n"
+
+    again = gateway(["station", "add", "CS-AGAIN", "--password-stdin", "--security-profile", "2",
+                     "--evse", "1:22:11"], clean_db, stdin="another-long-password\n")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ("station CS-AGAIN updated: password, security profile (2), discharge settings "
+                            "and ratings of EVSE 1 replaced\n")
+
+    assert gateway(["station", "disable", "CS-AGAIN"], clean_db).returncode == 0
+    reenabled = gateway(["station", "add", "CS-AGAIN", "--security-profile", "3"], clean_db)
+    assert reenabled.returncode == 0, reenabled.stderr
+    assert reenabled.stdout == ("station CS-AGAIN updated: password (removed: the certificate is the credential), "
+                                "security profile (3) and discharge settings replaced; enabled (it was disabled)\n")
+    rows = asyncio.run(fetch(clean_db, "SELECT security_profile, enabled, password_hash FROM stations"))
+    assert [tuple(r) for r in rows] == [(3, True, None)]
+    evses = asyncio.run(fetch(clean_db, "SELECT evse_id, max_charge_kw FROM evses ORDER BY evse_id"))
+    assert [tuple(r) for r in evses] == [(1, 22.0), (2, 11.0)]  # EVSE 2, not given again, is kept
+
+
 @pytest.mark.parametrize("cmd", [["station", "list"], ["token", "list"], ["db", "current"]])
 def test_admin_commands_log_as_asked(clean_db: str, cmd: list[str]) -> None:
     result = gateway([*cmd, "--log-level", "DEBUG", "--log-json"], clean_db)
@@ -129,8 +154,8 @@ async def test_a_station_and_its_evses_are_stored_in_one_commit(clean_db: str) -
         with pytest.raises(Exception):  # noqa: B017  # whichever layer refuses it first
             await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 11.0, 0.0, False), too_big])
         assert await fetch(clean_db, "SELECT id FROM stations WHERE id='CS-ONE'") == []
-        await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 11.0, 0.0, False, phases=1)])
-        await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 22.0, 11.0, True)])
+        assert await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 11.0, 0.0, False, phases=1)]) is True
+        assert await repo.add("CS-ONE", "h", now=now, evses=[EvseRow(1, 22.0, 11.0, True)]) is False
         rows = await fetch(clean_db, "SELECT max_charge_kw, max_discharge_kw, bidirectional, phases FROM evses "
                                      "WHERE station_id='CS-ONE'")
         assert [tuple(r) for r in rows] == [(22.0, 11.0, True, 1)]
