@@ -73,7 +73,7 @@ class _Observer:
 
         async def write() -> None:
             with contextlib.suppress(Exception):  # the flag is informative; the registry decides
-                await self._gw.stations.set_connected(station_id, connected, now)
+                await self._gw.stations.set_connected(station_id, connected, now, self._gw.settings.node_id)
 
         self.flag_writes.add(station_id, write)
 
@@ -137,6 +137,7 @@ class Gateway:
         self._uvicorn: uvicorn.Server | None = None
         self._api_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._released: list[str] = []  # stations marked disconnected at start (see _load_state)
         # Registration changes written by any process (another node's REST API, `gateway station
         # add|disable`), read again one after the other per station.
         self._refreshes: OrderedWrites[str] = OrderedWrites(self.spawn)
@@ -167,6 +168,10 @@ class Gateway:
 
             self.mqtt = MqttBridge(self)
             await self.mqtt.start()
+        for station_id in self._released:
+            # Said on the bus (so MQTT's retained station status) before any station is let in.
+            self.bus.publish(ev.StationDisconnected(self.clock.now(), station_id))
+        self._released = []
         self.ocpp_port = await self.ocpp.start()
         await self._start_api()
         log.info("gateway up: OCPP on port %d, REST on port %d", self.ocpp_port, self.api_port)
@@ -175,6 +180,13 @@ class Gateway:
         """Rebuild the live picture from Postgres: site inputs set over REST/MQTT, EVSEs, dialects
         and the open sessions with their needs and preferences."""
         await restore_site_inputs(self)
+        # Stations this node held when it last stopped without closing them (a crash, SIGKILL):
+        # no connection is open here yet, so none is connected through this node. Another node's
+        # stations are left to it.
+        self._released = await self.stations.release_node(self.settings.node_id)
+        if self._released:
+            log.info("%d station(s) held by this node (%s) before it stopped marked disconnected",
+                     len(self._released), self.settings.node_id)
         stations = {s.id: s for s in await self.stations.list(limit=1_000_000)}
         self.default_profiles.limit_taken.update(
             {s.id: s.default_limit_kw for s in stations.values() if s.default_limit_kw is not None})

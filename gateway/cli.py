@@ -74,7 +74,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     names = (
         "database_url", "mqtt_url", "api_key", "ocpp_host", "ocpp_port", "api_host", "api_port",
         "tls_cert", "tls_key", "tls_client_ca", "config", "time_scale", "call_timeout_s", "heartbeat_interval_s",
-        "log_level",
+        "log_level", "node_id",
     )
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     for flag in ("migrate", "allow_unknown_stations", "known_tokens_only", "log_json"):
@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-port", type=int)
     serve.add_argument("--mqtt-url", help="mqtt://host:port (env GATEWAY_MQTT_URL); MQTT is off when unset")
     serve.add_argument("--api-key", help="operator API key (env GATEWAY_API_KEY)")
+    serve.add_argument("--node-id", help="this gateway among those sharing the database (env GATEWAY_NODE_ID; "
+                                         "default: the host name)")
     serve.add_argument("--tls-cert", help="server certificate (PEM) for security profile 2")
     serve.add_argument("--tls-key", help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", help="CA bundle (PEM) of station certificates, for security profile 3")

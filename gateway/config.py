@@ -9,6 +9,7 @@ plan the site with a default limit.
 
 from __future__ import annotations
 
+import socket
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from gateway.logs import log_level_name
 EV_EFFICIENCY = 0.92
 
 PORT_MAX = 65535
+NODE_ID_MAX = 64  # stations.connected_node
 # The stations.id column (and every station_id column) is varchar(48): a longer id admitted at the
 # WebSocket would fail at its first write instead of being refused at the door.
 STATION_ID_COLUMN_LENGTH = 48
@@ -124,6 +126,11 @@ class Settings(BaseSettings):
     mqtt_reconnect_min_s: float = 0.5
     mqtt_reconnect_max_s: float = 10.0
     api_key: str | None = None
+    # This process among the gateways sharing a database: the node a station's connected flag
+    # names, so a node clears only its own stations' flags (at start, those a crash left set).
+    # The host name by default; nodes sharing a host (or a host name) need one each.
+    node_id: str = Field(default_factory=lambda: socket.gethostname()[:NODE_ID_MAX] or "gateway",
+                         min_length=1, max_length=NODE_ID_MAX)
     ocpp_host: str = "0.0.0.0"
     # 0: any free port (tests, the demo). Out of range, the bind failed only after the scheduler
     # and the database were up.

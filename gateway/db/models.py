@@ -1,5 +1,5 @@
 """SQLAlchemy 2 models. The schema changes only through Alembic (migrations/); a test checks
-that these models and the migrated DDL agree (RELIABILITY.md A2)."""
+that these models and the migrated DDL agree (docs/reliability.md A2)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,7 @@ class Station(Base):
     last_boot_at: Mapped[datetime | None] = mapped_column(TS)
     last_seen_at: Mapped[datetime | None] = mapped_column(TS)
     connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    connected_node: Mapped[str | None] = mapped_column(String(64))  # the node holding the connection
     # The TxDefaultProfile limit (kW) the station last accepted (migration 0012).
     default_limit_kw: Mapped[float | None] = mapped_column(Float)
 

@@ -160,12 +160,25 @@ class StationRepository:
             st.last_seen_at = now
             return st.boot_status
 
-    async def set_connected(self, station_id: str, connected: bool, now: datetime) -> None:
-        """One statement: creates the row of a station admitted unregistered (dev mode) too."""
+    async def set_connected(self, station_id: str, connected: bool, now: datetime, node: str) -> None:
+        """One statement: creates the row of a station admitted unregistered (dev mode) too. A
+        connection is written with the ``node`` holding it; a disconnect only by that node (or
+        over a flag no node holds), so a node that notices an old connection close after the
+        station came back through another one leaves that one's flag alone."""
         async with self._sessions.begin() as s:
-            stmt = insert(m.Station).values(id=station_id, registered_at=now, connected=connected, last_seen_at=now)
-            await s.execute(stmt.on_conflict_do_update(index_elements=[m.Station.id],
-                                                       set_={"connected": connected, "last_seen_at": now}))
+            held = {"connected": connected, "connected_node": node if connected else None, "last_seen_at": now}
+            stmt = insert(m.Station).values(id=station_id, registered_at=now, **held)
+            ours = m.Station.connected_node.is_(None) | (m.Station.connected_node == node)
+            await s.execute(stmt.on_conflict_do_update(index_elements=[m.Station.id], set_=held,
+                                                       where=None if connected else ours))
+
+    async def release_node(self, node: str) -> builtins.list[str]:
+        """Mark disconnected the stations ``node`` held (at its start: none is connected through
+        it yet, whatever a crash left in the table); their ids."""
+        async with self._sessions.begin() as s:
+            res = await s.execute(update(m.Station).where(m.Station.connected, m.Station.connected_node == node)
+                                  .values(connected=False, connected_node=None).returning(m.Station.id))
+            return sorted(res.scalars())
 
     async def set_default_limit(self, station_id: str, limit_kw: float) -> None:
         async with self._sessions.begin() as s:

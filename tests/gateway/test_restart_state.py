@@ -382,9 +382,9 @@ async def test_a_slow_database_does_not_hold_up_a_new_connection(gateway_factory
     real = stations.set_connected
     release = asyncio.Event()
 
-    async def slow(station_id: str, connected: bool, now: Any) -> None:
+    async def slow(station_id: str, connected: bool, now: Any, node: str) -> None:
         await release.wait()
-        await real(station_id, connected, now)
+        await real(station_id, connected, now, node)
 
     stations.set_connected = slow  # type: ignore[method-assign]
     st = await RawStation.connect(h.ocpp_url, "CS-SLOW", PASSWORD)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -115,3 +116,43 @@ async def test_changes_made_while_not_listening_are_read_when_listening_again(ga
                  "the change made while not listening was not read")
     assert gw.station_changes.listening.is_set()
     await st.close()
+
+
+async def test_a_nodes_start_clears_the_connected_flags_it_left_and_only_those(clean_db: str) -> None:
+    """A node killed with stations connected left their flags set (`gateway station list` and
+    MQTT's retained status said "connected" until each came back); another node's stay."""
+    from gateway.app import Gateway
+    from tests.conftest import gateway_settings
+
+    async with another_process(clean_db) as repo:
+        for sid in ("CS-MINE", "CS-THEIRS"):
+            await repo.add(sid, hash_password(PASSWORD), now=datetime.now(UTC))
+        await repo.set_connected("CS-MINE", True, datetime.now(UTC), "node-a")  # then node-a crashed
+        await repo.set_connected("CS-THEIRS", True, datetime.now(UTC), "node-b")
+    gw = Gateway(gateway_settings(clean_db, node_id="node-a"))
+    said = gw.bus.subscribe(ev.StationDisconnected)
+    await gw.start()
+    try:
+        rows = {r["id"]: (r["connected"], r["connected_node"]) for r in await fetch(
+            clean_db, "SELECT id, connected, connected_node FROM stations")}
+        assert rows == {"CS-MINE": (False, None), "CS-THEIRS": (True, "node-b")}
+        told = await asyncio.wait_for(said.get(), EVENT_TIMEOUT_S)  # MQTT's retained status follows it
+        assert isinstance(told, ev.StationDisconnected) and told.station_id == "CS-MINE"
+        assert said.queue.empty()
+    finally:
+        said.close()
+        await gw.stop()
+
+
+async def test_a_late_disconnect_on_one_node_leaves_the_flag_another_node_set(clean_db: str) -> None:
+    now = datetime.now(UTC)
+    async with another_process(clean_db) as repo:
+        await repo.add("CS-MOVED", hash_password(PASSWORD), now=now)
+        await repo.set_connected("CS-MOVED", True, now, "node-a")
+        await repo.set_connected("CS-MOVED", True, now, "node-b")  # came back through node-b
+        await repo.set_connected("CS-MOVED", False, now, "node-a")  # node-a sees its old socket close
+        row = await repo.get("CS-MOVED")
+        assert row is not None and row.connected
+        await repo.set_connected("CS-MOVED", False, now, "node-b")
+        row = await repo.get("CS-MOVED")
+        assert row is not None and not row.connected
