@@ -286,10 +286,38 @@ class Fleet:
                 "connections": sum(s.connections for s in stations),
                 "calls_failed": sum(s.calls_failed for s in stations),
                 "max_lag_real_s": round(max((s.max_lag_real_s for s in stations), default=0.0), 4),
+                "not_booted": not_booted_reasons(stations),
             },
             "fully_served_tolerance_kwh": FULLY_SERVED_TOLERANCE_KWH,
             "evs_not_arrived": len(self.episode.arrivals) - len(evs),
         }
+
+
+def not_booted_reasons(stations: list[Station]) -> dict[str, int]:
+    """How many stations did not boot, by why (the latest thing that stopped each)."""
+    out: dict[str, int] = {}
+    for st in stations:
+        if st.booted.is_set():
+            continue
+        if st.boot_status is not None:
+            why = f"connected, BootNotification answered {st.boot_status}"
+        elif st.last_connect_failure is not None:
+            why = st.last_connect_failure
+        elif st.connections:
+            why = "connected, BootNotification unanswered"
+        else:
+            why = "no connection attempt finished before the run ended"
+        out[why] = out.get(why, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def not_booted_message(summary: dict[str, Any]) -> str | None:
+    """The line ``gateway sim`` ends with when some stations never booted (None: all did)."""
+    st = summary["stations"]
+    if st["booted"] >= st["count"]:
+        return None
+    reasons = "; ".join(f"{n} {why}" for why, n in st.get("not_booted", {}).items())
+    return f"only {st['booted']}/{st['count']} stations booted" + (f": {reasons}" if reasons else "")
 
 
 def _deliverable_kwh(a: Arrival, r: EvResult, evse_max_kw: float) -> float:
@@ -307,11 +335,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     site = summary["site"]
     served = sum(1 for e in summary["evs"] if e["fully_served"])
+    every = site.get("sample_interval_s", 60.0)
+    every_text = f"{every / 60:g} min" if every % 60 == 0 else f"{every:g} s"
+    # Two peaks that differ by design: the highest single sample of the site's power, and the
+    # highest 15-minute average of those samples (the interval demand charges are billed on).
     lines.append(
         f"fully served {served}/{len(summary['evs'])} "
         f"(tolerance {summary['fully_served_tolerance_kwh']} kWh); "
-        f"site peak import {site['peak_import_kw']:.1f} kW (15-min {site['peak_import_15min_kw']:.1f}) "
-        f"vs limit {site['limit_kw']:g} kW"
+        f"site peak import {site['peak_import_kw']:.1f} kW (power sampled every {every_text}), "
+        f"{site['peak_import_15min_kw']:.1f} kW (15-min average) vs limit {site['limit_kw']:g} kW"
     )
     return "\n".join(lines)
 
@@ -355,9 +387,9 @@ def cli(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
-    if summary["stations"]["booted"] < summary["stations"]["count"]:
-        booted, count = summary["stations"]["booted"], summary["stations"]["count"]
-        print(f"gateway sim: only {booted}/{count} stations booted", file=sys.stderr)
+    failed = not_booted_message(summary)
+    if failed is not None:
+        print(f"gateway sim: {failed}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import functools
 import itertools
 import json
 import logging
 import random
+import re
 import uuid
 import zlib
 from collections import deque
@@ -38,7 +40,7 @@ from ocpp.routing import after, on
 from ocpp.v201 import ChargePoint
 from ocpp.v201.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from gateway.clock import Clock, parse_rfc3339, to_rfc3339
@@ -66,6 +68,40 @@ ocpp.messages.ASYNC_VALIDATION = False
 # Transaction ids must not repeat across runs against the same database: seeded once from the OS.
 _TX_IDS = random.Random()
 _window_warned = False
+
+# What each refusal of the gateway's handshake means to whoever runs the fleet
+# (gateway/ocpp/server.py decides them); any other status is reported as it is.
+_HTTP_MEANING = {
+    400: "station id not accepted",
+    401: "password not accepted: check --password, or the station is disabled or has no password",
+    404: "not registered: pass --register, or add it with `gateway station add`",
+    429: "locked out after failed logins: wait for the lock-out to lift, then use the right password",
+    503: "gateway busy or its database unavailable",
+}
+
+
+def connect_failure(exc: BaseException, base_url: str) -> str:
+    """Why a connection attempt failed, in the words the fleet's operator acts on: stations that
+    failed alike are counted under the same words (``Station.connect_failures``)."""
+    if isinstance(exc, InvalidStatus):
+        code = exc.response.status_code
+        meaning = _HTTP_MEANING.get(code)
+        return f"refused with HTTP {code}" + (f" ({meaning})" if meaning else "")
+    if isinstance(exc, ConnectionRefusedError) or _all_refused(exc):
+        return f"connection refused (is the gateway running at {base_url}?)"
+    if isinstance(exc, TimeoutError):
+        return f"timed out connecting to {base_url}"
+    if isinstance(exc, InvalidHandshake):
+        return f"handshake failed: {exc}"
+    return f"could not connect to {base_url}: {exc}"
+
+
+def _all_refused(exc: BaseException) -> bool:
+    """A host with several addresses (localhost: ::1 and 127.0.0.1) refused on each: asyncio
+    raises one plain OSError that lists them."""
+    codes = re.findall(r"\[Errno (\d+)\]", str(exc)) if isinstance(exc, OSError) and exc.errno is None else []
+    return bool(codes) and all(int(c) == errno.ECONNREFUSED for c in codes)
+
 
 # (station_id, evse_id, transaction_id, preferences) -> None: how a driver's app tells the CSMS
 # what a car without ISO 15118 cannot (departure, energy). Preference keys follow the REST API.
@@ -207,7 +243,8 @@ class Station:
     ) -> None:
         self.spec = spec
         self.id = spec.id
-        self.url = url.rstrip("/") + "/" + spec.id
+        self.base_url = url.rstrip("/")
+        self.url = self.base_url + "/" + spec.id
         self.password = password
         self.config = config or StationConfig()
         self.faults = faults or Faults()
@@ -231,6 +268,9 @@ class Station:
         self.connections = 0  # how many times the link came up
         self.heartbeats_sent = 0
         self.calls_failed = 0
+        # Failed connection attempts by reason (connect_failure), and the latest reason.
+        self.connect_failures: dict[str, int] = {}
+        self.last_connect_failure: str | None = None
         # TransactionEvents queued, answered by the CSMS, and dropped unsent (periodic ones, past
         # outbox_max): what a bench checks the CSMS's stored events against.
         self.tx_queued = self.tx_acked = self.tx_dropped = 0
@@ -786,7 +826,7 @@ class Station:
                 )
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 failures += 1
-                log.debug("%s: connect failed (%s)", self.id, exc)
+                self._note_connect_failure(exc)
                 continue
             failures = 0
             self._ws = ws
@@ -798,6 +838,15 @@ class Station:
                 self._ws = None
                 with contextlib.suppress(Exception):
                     await ws.close()
+
+    def _note_connect_failure(self, exc: BaseException) -> None:
+        reason = connect_failure(exc, self.base_url)
+        seen = self.connect_failures.get(reason, 0)
+        self.connect_failures[reason] = seen + 1
+        self.last_connect_failure = reason
+        # Once per reason: the retries repeat it every few seconds, and a 404 or a refused
+        # connection would otherwise look like a fleet that merely has not booted yet.
+        (log.debug if seen else log.warning)("%s: cannot connect: %s", self.id, reason)
 
     async def _pause(self, sleeper: Awaitable[None]) -> None:
         """Wait for ``sleeper`` unless the station is stopped first."""

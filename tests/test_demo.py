@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import to_rfc3339
 from tests.test_cli import GATEWAY
 
 
@@ -38,6 +39,11 @@ def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     # Given at the grid (what the event pays for) is less than what left the batteries.
     assert live["energy_exported_kwh"] <= live["energy_discharged_kwh"]
     assert "EVs lent to the grid         :" in result.stdout
+    # Each peak says what it is averaged over; the files are named where they were written.
+    assert "(power sampled every 1 min)" in result.stdout and "(15-min average)" in result.stdout
+    assert "peak import (5-min average)  :" in result.stdout
+    assert f"report (HTML)                : {report.resolve()}" in result.stdout
+    assert f"summary (JSON)               : {summary.resolve()}" in result.stdout
     html = report.read_text()
     assert "Site power" in html and "plotly" in html.lower()
 
@@ -104,6 +110,58 @@ def test_the_demos_limit_check_counts_export_over_the_export_limit_too() -> None
     meter = SiteMeter(ep)
     meter.times, meter.net_kw = [ep.start, ep.start + timedelta(minutes=5)], [10.0, -80.0]
     assert meter.bill()["limit_excess_kw_max"] == pytest.approx(30.0)
+
+
+def test_a_limit_excess_fails_the_demo_saying_by_how_much_and_when(capsys: pytest.CaptureFixture[str]) -> None:
+    """``make demo`` shows only "Error 1" for the exit code: the demo itself says why."""
+    from dataclasses import replace
+
+    from gateway.demo import SiteMeter, exit_status
+    from simulators.scenario import ScenarioOptions, generate
+
+    ep = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=1))
+    ep = replace(ep, limits=replace(ep.limits, import_kw=100.0, export_kw=50.0))
+    meter = SiteMeter(ep)
+    at = [ep.start + timedelta(minutes=5 * i) for i in range(4)]
+    meter.times, meter.net_kw = at, [90.0, 100.0, 112.5, 101.0]
+    assert exit_status(meter) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "gateway demo: FAILED: the site exceeded its import limit of 100 kW by 12.500 kW at worst "
+        f"(the 5-minute average from {to_rfc3339(at[2])}; 2 of 4 steps over a limit)"]
+
+    meter.net_kw = [90.0, -60.0, 100.0, 100.0 + 1e-9]  # the export limit counts; float noise does not
+    assert exit_status(meter) == 1
+    assert "exceeded its export limit of 50 kW by 10.000 kW" in capsys.readouterr().err
+
+    meter.net_kw = [90.0, -50.0, 100.0, 100.0 + 1e-9]
+    assert exit_status(meter) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_summary_says_which_peak_is_which_and_where_the_files_are(tmp_path: Path) -> None:
+    from gateway.demo import _summary_text
+
+    live = {"energy_delivered_kwh": 90.0, "energy_requested_kwh": 100.0, "evs_fully_served_share": 0.8,
+            "bill": 120.0, "peak_import_kw": 684.0, "grid_event_revenue": 3.0, "energy_exported_kwh": 12.0,
+            "lenders": {"evs": 2, "short_kwh": 0.5}, "shortfall_by_cause_kwh": {"undeliverable": 1.0},
+            "plans": 40}
+    result = {"live": live, "uncontrolled": {"bill": 150.0, "peak_import_kw": 702.3},
+              "episode": {"import_limit_kw": 820.0, "building_forecast": "none"}}
+    text = _summary_text(result, report=Path("demo-report.html"), json_file=tmp_path / "s.json")
+    assert ("peak import (5-min average)  : 684.0 kW vs 702.3 kW uncontrolled (limit 820 kW); "
+            "the peak the demand charge bills") in text.splitlines()
+    assert f"report (HTML)                : {Path.cwd() / 'demo-report.html'}" in text.splitlines()
+    assert f"summary (JSON)               : {tmp_path / 's.json'}" in text.splitlines()
+
+
+def test_the_fleets_line_says_what_each_of_its_peaks_is() -> None:
+    from simulators.fleet import format_summary
+
+    site = {"peak_import_kw": 691.2, "peak_import_15min_kw": 682.3, "limit_kw": 820.0, "sample_interval_s": 60.0}
+    line = format_summary({"evs": [], "site": site, "fully_served_tolerance_kwh": 0.5}).splitlines()[-1]
+    assert line.endswith("site peak import 691.2 kW (power sampled every 1 min), 682.3 kW (15-min average) "
+                         "vs limit 820 kW")
 
 
 def test_the_demo_refuses_a_site_file_it_would_not_use(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -556,18 +556,37 @@ def cli(args: argparse.Namespace) -> int:
         from gateway.scheduler.report import write_report
 
         write_report(args.report, result, runs)
-    _print_table(result)
+    # The table is for reading; stdout carries it unless the JSON is printed there for a program.
+    _print_table(result, sys.stdout if args.json else sys.stderr)
     return 0
 
 
-def _print_table(result: dict[str, Any]) -> None:
-    cols = ("bill", "grid_event_revenue", "total_cost", "peak_import_kw", "deliverable_served_share",
-            "evs_fully_served_share", "limit_excess_kw_max", "savings_capture", "savings_capture_total",
-            "solve_s_p50")
-    sys.stderr.write("policy        " + " ".join(f"{c[:12]:>12}" for c in cols) + "\n")
-    for name, res in result["policies"].items():
-        vals = [res.get(c) for c in cols]
-        sys.stderr.write(f"{name:<13} " + " ".join(
-            f"{v:12.3f}" if isinstance(v, float) else f"{v!s:>12}" for v in vals) + "\n")
+TABLE_KEYS = ("bill", "grid_event_revenue", "total_cost", "peak_import_kw", "deliverable_served_share",
+              "evs_fully_served_share", "limit_excess_kw_max", "savings_capture", "savings_capture_total",
+              "solve_s_p50")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The results as a table: one row per metric, named by its key in the JSON, and one column
+    per policy. Metrics run down the side because their full names are long: as columns, ten of
+    them would not fit a terminal's width."""
+    names = list(result["policies"])
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "n/a"  # no capture without both uncontrolled and optimal (see summarise)
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    rows = [[key, *(cell(result["policies"][n].get(key)) for n in names)] for key in TABLE_KEYS]
+    header = ["metric", *names]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    return "\n".join(
+        "  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))])
+        for r in (header, *rows))
+
+
+def _print_table(result: dict[str, Any], out: TextIO) -> None:
+    out.write(format_table(result) + "\n")
+    out.flush()
     for warning in result.get("warnings", []):
         sys.stderr.write(f"warning: {warning}\n")
