@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--register", action="store_true",
                      help="first register the episode's stations (with --password) in the gateway's database")
     sim.add_argument("--database-url", help="the gateway's database for --register (env GATEWAY_DATABASE_URL)")
+    sim.add_argument("--api-url", help="the gateway's REST API (e.g. http://127.0.0.1:8000): send it the "
+                                       "episode's site limits, tariff, grid events and building load")
+    sim.add_argument("--api-key", help="the operator key for --api-url (env GATEWAY_API_KEY)")
 
     scen = sub.add_parser("scenario", help="generate episodes")
     scsub = scen.add_subparsers(dest="scenario_command", required=True)

@@ -41,6 +41,7 @@ from gateway.scheduler.slots import SlotRules, announcement_margin
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH
 from simulators.fleet import Fleet
 from simulators.models import FORECAST_HEAT_SD
+from simulators.site_feed import pushed_forecast
 from simulators.station import StationConfig
 
 log = logging.getLogger(__name__)
@@ -370,16 +371,6 @@ async def _register(gw: Gateway, episode: Episode, password: str) -> None:
     await register_stations(gw.stations, episode.stations, password, now)
     for g in episode.grid_events:
         await gw.planning.upsert_grid_event(g, "demo", now)
-
-
-def pushed_forecast(episode: Episode) -> list[tuple[datetime, float]]:
-    """The day-ahead forecast the building's energy system pushes: the episode's (never its true
-    load, which no energy system knows in advance); none when the episode has none, and the gateway
-    plans with the profile it learns and the reading now."""
-    bl = episode.building_load
-    if bl is None or bl.forecast_kw is None:
-        return []
-    return [(bl.start + timedelta(seconds=bl.step_s * i), kw) for i, kw in enumerate(bl.forecast_kw)]
 
 
 def forecast_label(episode: Episode) -> str:

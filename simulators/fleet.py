@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from gateway.clock import Clock, ScaledClock, parse_rfc3339, to_rfc3339
 from gateway.episode import Arrival, Episode, EpisodeError, load
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH, EvResult, EvseState
 from simulators.models import deliverable_kwh
+from simulators.site_feed import SiteFeed, SiteFeedError
 from simulators.station import DriverApp, Faults, Station, StationConfig
 from simulators.station_clock import StationClock
 
@@ -361,8 +363,6 @@ def cli(args: argparse.Namespace) -> int:
         print(f"gateway sim: {exc}", file=sys.stderr)
         return 2
     if getattr(args, "register", False):
-        import os
-
         from gateway.db.admin import register_for_sim
 
         url = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
@@ -376,14 +376,44 @@ def cli(args: argparse.Namespace) -> int:
     clock = ScaledClock(start, scale)
     until = parse_rfc3339(args.until) if getattr(args, "until", None) else None
     fleet = Fleet(episode, args.url, password=args.password, clock=clock, progress=not args.no_progress)
+    api_url = getattr(args, "api_url", None)
+    api_key = getattr(args, "api_key", None) or os.environ.get("GATEWAY_API_KEY")
+    if api_url and not api_key:
+        print("gateway sim: --api-url needs --api-key (or GATEWAY_API_KEY)", file=sys.stderr)
+        return 2
+    if not api_url:
+        print("gateway sim: the gateway plans with its own site limits, tariff and building load; "
+              "--api-url and --api-key send it the episode's", file=sys.stderr)
 
     async def main() -> dict[str, Any]:
-        return await fleet.run(until=until)
+        if not api_url:
+            return await fleet.run(until=until)
+        assert api_key is not None
+        feed = SiteFeed(api_url, api_key, episode, clock)
+        try:
+            await feed.start()
+            feeding = asyncio.create_task(feed.run())
+            day = asyncio.create_task(fleet.run(until=until))
+            # A feed refused on the way ends the run with its error: the rest of the day would be
+            # planned on inputs the summary does not describe.
+            await asyncio.wait({day, feeding}, return_when=asyncio.FIRST_COMPLETED)
+            if feeding.done():
+                day.cancel()  # its own stop closes the stations
+                await asyncio.gather(day, return_exceptions=True)
+                feeding.result()
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+            return await day
+        finally:
+            await feed.close()
 
     try:
         summary = asyncio.run(main())
     except KeyboardInterrupt:
         summary = fleet.summary()
+    except SiteFeedError as exc:
+        print(f"gateway sim: the site's inputs were refused: {exc}", file=sys.stderr)
+        return 2
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -51,8 +51,9 @@ def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
 def test_the_energy_system_pushes_its_forecast_never_the_true_load() -> None:
     from dataclasses import replace
 
-    from gateway.demo import forecast_label, pushed_forecast
+    from gateway.demo import forecast_label
     from simulators.scenario import ScenarioOptions, generate
+    from simulators.site_feed import pushed_forecast
 
     ep = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=1))
     assert ep.building_load is not None and ep.building_load.forecast_kw is not None

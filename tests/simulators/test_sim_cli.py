@@ -80,3 +80,52 @@ async def test_gateway_sim_registers_its_stations_with_the_real_gateway(tmp_path
     for spec in episode.stations:
         row = await gateway_server.gw.stations.get(spec.id)
         assert row is not None and row.vendor is not None  # registered, then booted with its password
+
+
+async def test_gateway_sim_sends_the_episodes_site_to_the_gateway(tmp_path: Path, gateway_factory: Any) -> None:
+    """With --api-url and --api-key the gateway plans the site the fleet's summary measures: the
+    episode's limits, tariff, grid events and building load (its limit was the gateway's own)."""
+    from gateway.episode import dump
+    from simulators.scenario import ScenarioOptions, generate
+    from simulators.site_feed import pushed_forecast
+
+    h = await gateway_factory()
+    episode = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=2))
+    assert episode.grid_events and pushed_forecast(episode)  # a day with an event and a forecast
+    ep_path = tmp_path / "ep.json"
+    dump(episode, ep_path)
+    assert h.gw.state.limits.import_kw != episode.limits.import_kw
+    until = (episode.start + timedelta(hours=9)).isoformat()  # past the morning's readings
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "sim", "--url", h.ocpp_url, "--episode", str(ep_path),
+        "--time-scale", "3600", "--password", "fleet-password-000001", "--register", "--database-url",
+        h.database_url, "--until", until, "--no-progress", "--api-url", h.api_url, "--api-key", "test-operator-key",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, stderr.decode()
+    state = h.gw.state
+    assert (state.limits.import_kw, state.limits.export_kw) == (episode.limits.import_kw, episode.limits.export_kw)
+    assert [(p.start_hour, p.end_hour, p.import_price) for p in state.tariff.periods] == [
+        (p.start_hour, p.end_hour, p.import_price) for p in episode.tariff.periods]
+    assert state.tariff.demand_charge_per_kw == episode.tariff.demand_charge_per_kw
+    assert set(state.grid_events) == {g.id for g in episode.grid_events}
+    # The last reading sent: the building's load at a simulated minute of the run's last hour.
+    loads = {episode.building_load_at(episode.start + timedelta(minutes=m)) for m in range(8 * 60, 9 * 60 + 1)}
+    assert state.building_load_kw in loads
+    assert state.building_load_forecast and set(state.building_load_forecast) <= set(pushed_forecast(episode))
+
+
+async def test_gateway_sim_stops_when_the_gateway_refuses_the_site(tmp_path: Path, gateway_factory: Any) -> None:
+    h = await gateway_factory()
+    ep_path = tmp_path / "ep.json"
+    assert main(["scenario", "generate", "--site", "workplace", "--stations", "1", "--seed", "4",
+                 "-o", str(ep_path)]) == 0
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.cli", "sim", "--url", h.ocpp_url, "--episode", str(ep_path),
+        "--time-scale", "3600", "--password", "fleet-password-000001", "--no-progress",
+        "--api-url", h.api_url, "--api-key", "not-the-operator-key",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert "operator key was refused" in lines[-1] and "Traceback" not in stderr.decode(), lines
