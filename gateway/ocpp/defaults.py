@@ -154,9 +154,12 @@ class DefaultProfiles:
             status = str(reply.get("status", "Unknown"))
         except GatewayOcppError as exc:
             status = type(exc).__name__
+            why = str(exc)  # the class name alone said "ConnectionReplaced" for a plain close
+        else:
+            why = status
         metrics.PROFILES.labels("default_" + status.lower()[:20]).inc()
         if status != "Accepted":
-            log.warning("%s did not take the default profile: %s", station_id, status)
+            log.warning("%s did not take the default profile: %s", station_id, why)
         self.sent[station_id] = status
         if status == "Accepted":
             self.limit_taken[station_id] = limit

@@ -424,8 +424,8 @@ class OcppServer:
         return kind
 
     def _event(self, station_id: str | None, kind: str, detail: str, remote: str | None) -> None:
-        log.warning("security event %s station=%s remote=%s: %s", kind, station_id, remote, detail)
-        # Recorded in the background: a slow sink must not slow the handshake down.
+        # Recorded (and logged, once) by the sink, in the background: a slow sink must not slow
+        # the handshake down.
         self._spawn(self._record(station_id, kind, detail, remote))
 
     async def _record(self, station_id: str | None, kind: str, detail: str, remote: str | None) -> None:
