@@ -449,8 +449,12 @@ def _run(args: argparse.Namespace) -> int:
 
         return (admin.station_cli if cmd == "station" else admin.token_cli)(settings, args)
     if cmd == "sim":
+        from gateway.logs import setup_logging
         from simulators import fleet
 
+        # Why stations cannot connect (a warning per station and reason) and what the site feed
+        # could not send, with the time they happened.
+        setup_logging("WARNING")
         return fleet.cli(args)
     if cmd == "scenario":
         from simulators import scenario
