@@ -291,11 +291,13 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _missing_table(exc: BaseException) -> str | None:
-    """Postgres's words when ``exc`` is (or was caused by) a table that does not exist: a
-    database the gateway's migrations never ran on."""
-    from asyncpg.exceptions import UndefinedTableError
+    """Postgres's words when ``exc`` is (or was caused by) a table or column that does not
+    exist: a database the gateway's migrations never ran on, or not since the gateway was
+    upgraded (a new column)."""
+    from asyncpg.exceptions import UndefinedColumnError, UndefinedTableError
 
-    return next((str(cur) for cur in _causes(exc) if isinstance(cur, UndefinedTableError)), None)
+    return next((str(cur) for cur in _causes(exc) if isinstance(cur, UndefinedTableError | UndefinedColumnError)),
+                None)
 
 
 def _database_url(args: argparse.Namespace) -> tuple[str | None, str]:

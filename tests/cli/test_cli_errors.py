@@ -157,3 +157,15 @@ def test_a_port_in_use_is_one_line(clean_db: str, busy: str) -> None:
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("gateway: error: ")]
     assert len(errors) == 1 and "in use" in errors[0] and port in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("cmd", [["serve", "--ocpp-port", "0", "--api-port", "0", "--no-scheduler"],
+                                 ["station", "list"]])
+def test_a_database_a_migration_behind_says_to_migrate(unmigrated_db: str, cmd: list[str]) -> None:
+    """After an upgrade of the gateway, before `db upgrade`: a column the code reads is missing
+    (not a table), which is the same advice."""
+    assert gateway(["db", "upgrade", "0013", "--database-url", unmigrated_db]).returncode == 0
+    result = gateway([*cmd, "--database-url", unmigrated_db])
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "gateway: error: the database is not migrated" in result.stderr and "gateway db upgrade" in result.stderr
