@@ -389,7 +389,9 @@ def cli(args: argparse.Namespace) -> int:
         if not api_url:
             return await fleet.run(until=until)
         assert api_key is not None
-        feed = SiteFeed(api_url, api_key, episode, clock)
+        # The fleet's clock, which takes on the gateway's time when the stations boot: readings
+        # stamped on the episode's clock would be as old as the fleet started late.
+        feed = SiteFeed(api_url, api_key, episode, fleet.clock)
         try:
             await feed.start()
             feeding = asyncio.create_task(feed.run())
@@ -403,6 +405,9 @@ def cli(args: argparse.Namespace) -> int:
                 feeding.result()
             feeding.cancel()
             await asyncio.gather(feeding, return_exceptions=True)
+            if feed.readings_stale and not feed.readings_sent:
+                print(f"gateway sim: none of the {feed.readings_stale} building-load readings was applied (each "
+                      "older than one the gateway had): it planned with an earlier run's", file=sys.stderr)
             return await day
         finally:
             await feed.close()

@@ -77,6 +77,7 @@ class SiteFeed:
         self._forecast_sent_at: datetime | None = None
         self._unreachable = False
         self.readings_sent = 0
+        self.readings_stale = 0  # refused as older than one the gateway applied
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -112,19 +113,32 @@ class SiteFeed:
         try:
             r = await self._send("PUT", "/api/v1/site/building-load", body)
         except httpx.TransportError as exc:
-            if not self._unreachable:
-                log.warning("building load not sent (the gateway's REST API did not answer: %s); "
-                            "trying again at the next reading", exc)
-            self._unreachable = True
+            self._not_applied(f"the gateway's REST API did not answer: {exc}")
+            return
+        if r.status_code >= 500:
+            # The gateway riding out its database's absence (503 not_stored: applied, not kept)
+            # or busy: the next reading goes as usual.
+            self._not_applied(f"HTTP {r.status_code}: {_reason(r)}")
             return
         self._unreachable = False
         if r.status_code == 409:
-            return  # a newer reading (the energy system's own, over MQTT) is already applied
+            # A newer reading is applied: the energy system's own over MQTT, or one a gateway
+            # restarted on the same database kept from an earlier run on the same simulated day.
+            if not self.readings_stale:
+                log.warning("building load at %s refused as older than one the gateway applied (%s); "
+                            "the gateway plans with that one until the readings pass it", to_rfc3339(now), _reason(r))
+            self.readings_stale += 1
+            return
         if r.status_code >= 400:
             raise SiteFeedError(f"PUT /api/v1/site/building-load: HTTP {r.status_code}: {_reason(r)}")
         if "forecast" in body:
             self._forecast_sent_at = now
         self.readings_sent += 1
+
+    def _not_applied(self, why: str) -> None:
+        if not self._unreachable:
+            log.warning("building load not sent (%s); sending the next reading as usual", why)
+        self._unreachable = True
 
     async def run(self) -> None:
         """A reading every simulated minute, until cancelled."""

@@ -1,0 +1,77 @@
+"""The simulated site's inputs sent to a real gateway's REST API (simulators/site_feed.py): what
+the gateway refuses for now is said and the run goes on; what it refuses for good ends it."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from gateway.clock import ManualClock
+from simulators.scenario import ScenarioOptions, generate
+from simulators.site_feed import SiteFeed, SiteFeedError
+
+KEY = "test-operator-key"
+
+
+def _episode() -> Any:
+    return generate(ScenarioOptions(site="workplace", stations=1, days=1, seed=2))
+
+
+async def test_a_reading_older_than_the_applied_one_is_counted_and_said_once(
+        gateway_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway restarted on the same database keeps an earlier run's later reading: each of
+    this run's is refused (409) until they pass it; the fleet says so instead of ending."""
+    h = await gateway_factory()
+    ep = _episode()
+    earlier = SiteFeed(h.api_url, KEY, ep, ManualClock(ep.start + timedelta(hours=10)))
+    try:
+        await earlier.start()  # the earlier run's reading at 10:00
+        assert earlier.readings_sent == 1
+    finally:
+        await earlier.close()
+    feed = SiteFeed(h.api_url, KEY, ep, ManualClock(ep.start + timedelta(hours=8)))
+    try:
+        with caplog.at_level(logging.WARNING, logger="simulators.site_feed"):
+            await feed.start()
+            await feed.send_reading()
+            await feed.send_reading()
+        assert (feed.readings_sent, feed.readings_stale) == (0, 3)
+        assert len([r for r in caplog.records if "older than one the gateway applied" in r.message]) == 1
+    finally:
+        await feed.close()
+
+
+async def test_a_gateway_whose_database_is_away_is_sent_the_next_reading(
+        gateway_factory: Any, proxy_and_url: tuple[Any, str], caplog: pytest.LogCaptureFixture) -> None:
+    """503 (applied, not stored) is the gateway riding out an outage: the feed goes on."""
+    proxy, url = proxy_and_url
+    h = await gateway_factory(database_url=url, db_retry_interval_s=0.1)
+    ep = _episode()
+    clock = ManualClock(ep.start + timedelta(hours=8))
+    feed = SiteFeed(h.api_url, KEY, ep, clock)
+    try:
+        await feed.start()
+        await proxy.cut()
+        clock.advance(60)
+        with caplog.at_level(logging.WARNING, logger="simulators.site_feed"):
+            await feed.send_reading()  # no SiteFeedError
+        assert any("HTTP 503" in r.message for r in caplog.records)
+        await proxy.restore()
+        clock.advance(60)
+        await feed.send_reading()
+        assert feed.readings_sent == 2
+    finally:
+        await feed.close()
+
+
+async def test_a_refused_key_ends_the_feed(gateway_factory: Any) -> None:
+    h = await gateway_factory()
+    feed = SiteFeed(h.api_url, "not-the-key", _episode(), ManualClock(_episode().start))
+    try:
+        with pytest.raises(SiteFeedError, match="operator key was refused"):
+            await feed.start()
+    finally:
+        await feed.close()
