@@ -31,6 +31,9 @@ SOLVE_SECONDS = Histogram("gateway_scheduler_solve_seconds", "Scheduler solve ti
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 PROFILES = Counter("gateway_profiles_total", "Charging profiles sent", ["outcome"], registry=REGISTRY)
 MQTT_CONNECTED = Gauge("gateway_mqtt_connected", "1 when the MQTT bridge is connected", registry=REGISTRY)
+REGISTRATIONS_LISTENING = Gauge(
+    "gateway_registration_changes_listening",
+    "1 while the gateway hears registration changes from other processes (Postgres LISTEN)", registry=REGISTRY)
 MQTT_BUFFERED = Gauge("gateway_mqtt_buffered_messages", "MQTT messages waiting to be published",
                       registry=REGISTRY)
 MQTT_DROPPED = Counter("gateway_mqtt_dropped_total", "MQTT messages dropped because the buffer was full",

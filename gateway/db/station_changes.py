@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from gateway import metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,12 @@ class StationChangeListener:
 
     def __init__(self, engine: AsyncEngine, on_change: Callable[[str], None], on_listening: Callable[[], None],
                  retry_interval_s: float = 1.0) -> None:
-        # The pool's own connection parameters (host, socket directory, TLS, credentials).
-        self._args, self._kwargs = engine.dialect.create_connect_args(engine.url)
+        # The pool's own connection parameters (host, socket directory, TLS, credentials), less
+        # those only SQLAlchemy's adapter takes (prepared_statement_cache_size, common behind
+        # PgBouncer, made every attempt fail with a TypeError).
+        self._args, kwargs = engine.dialect.create_connect_args(engine.url)
+        accepted = inspect.signature(asyncpg.connect).parameters
+        self._kwargs = {k: v for k, v in kwargs.items() if k in accepted}
         self._on_change = on_change
         self._on_listening = on_listening
         self._retry_s = retry_interval_s
@@ -87,6 +94,7 @@ class StationChangeListener:
                 log.warning("listening for registration changes stopped: %s; listening again", exc)
             finally:
                 self.listening.clear()
+                metrics.REGISTRATIONS_LISTENING.set(0)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5.0)
             await asyncio.sleep(self._retry_s)
@@ -96,6 +104,7 @@ class StationChangeListener:
         conn.add_termination_listener(lambda _c: lost.set())
         await conn.add_listener(CHANNEL, self._heard)
         self.listening.set()
+        metrics.REGISTRATIONS_LISTENING.set(1)
         self._on_listening()
         while not lost.is_set():
             try:

@@ -129,15 +129,18 @@ async def test_a_nodes_start_clears_the_connected_flags_it_left_and_only_those(c
             await repo.add(sid, hash_password(PASSWORD), now=datetime.now(UTC))
         await repo.set_connected("CS-MINE", True, datetime.now(UTC), "node-a")  # then node-a crashed
         await repo.set_connected("CS-THEIRS", True, datetime.now(UTC), "node-b")
+        await repo.add("CS-OLD", hash_password(PASSWORD), now=datetime.now(UTC))
+    # Set by a gateway from before 0014, which named no node.
+    await fetch(clean_db, "UPDATE stations SET connected = true WHERE id = 'CS-OLD'")
     gw = Gateway(gateway_settings(clean_db, node_id="node-a"))
     said = gw.bus.subscribe(ev.StationDisconnected)
     await gw.start()
     try:
         rows = {r["id"]: (r["connected"], r["connected_node"]) for r in await fetch(
             clean_db, "SELECT id, connected, connected_node FROM stations")}
-        assert rows == {"CS-MINE": (False, None), "CS-THEIRS": (True, "node-b")}
-        told = await asyncio.wait_for(said.get(), EVENT_TIMEOUT_S)  # MQTT's retained status follows it
-        assert isinstance(told, ev.StationDisconnected) and told.station_id == "CS-MINE"
+        assert rows == {"CS-MINE": (False, None), "CS-THEIRS": (True, "node-b"), "CS-OLD": (False, None)}
+        told = [await asyncio.wait_for(said.get(), EVENT_TIMEOUT_S) for _ in range(2)]  # MQTT's retained status
+        assert {e.station_id for e in told if isinstance(e, ev.StationDisconnected)} == {"CS-MINE", "CS-OLD"}
         assert said.queue.empty()
     finally:
         said.close()
@@ -156,3 +159,56 @@ async def test_a_late_disconnect_on_one_node_leaves_the_flag_another_node_set(cl
         await repo.set_connected("CS-MOVED", False, now, "node-b")
         row = await repo.get("CS-MOVED")
         assert row is not None and not row.connected
+
+
+async def test_the_listener_connects_with_the_pools_adapter_options(clean_db: str, gateway_factory: Any) -> None:
+    """A URL option only SQLAlchemy's adapter takes (``prepared_statement_cache_size``, set behind
+    PgBouncer) kept the listener from ever connecting, silently but for a warning a minute."""
+    from gateway import metrics
+
+    sep = "&" if "?" in clean_db else "?"
+    h: GatewayHarness = await gateway_factory(database_url=f"{clean_db}{sep}prepared_statement_cache_size=0")
+    assert h.gw is not None
+    await asyncio.wait_for(h.gw.station_changes.listening.wait(), EVENT_TIMEOUT_S)
+    assert metrics.REGISTRATIONS_LISTENING._value.get() == 1  # type: ignore[attr-defined]
+
+
+async def test_a_credential_read_under_way_when_the_registration_changes_is_not_kept(gateway_factory: Any) -> None:
+    """The login's read began before a new password was committed and ended after its
+    notification: kept, the old hash would log in during the next outage."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    gw = h.gw
+    await h.add_station("CS-RACEPW", PASSWORD)
+    real = gw.stations.credentials
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(station_id: str) -> Any:
+        creds = await real(station_id)  # the old registration
+        reading.set()
+        await release.wait()
+        return creds
+
+    gw.stations.credentials = slow  # type: ignore[method-assign]
+    login = asyncio.create_task(RawStation.connect(h.ocpp_url, "CS-RACEPW", PASSWORD))
+    await asyncio.wait_for(reading.wait(), EVENT_TIMEOUT_S)
+    gw.registration_changed("CS-RACEPW")  # the new password's notification, mid-read
+    release.set()
+    st = await asyncio.wait_for(login, EVENT_TIMEOUT_S)
+    assert "CS-RACEPW" not in gw.ocpp._creds_read
+    gw.stations.credentials = real  # type: ignore[method-assign]
+    await st.close()
+
+
+async def test_an_enable_read_before_a_disable_does_not_lift_it(gateway_factory: Any) -> None:
+    import time
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    server = h.gw.ocpp
+    read_from = time.monotonic()  # a read of the station, found enabled...
+    await server.shut_out("CS-LATER")  # ...then a disable lands
+    server.let_in("CS-LATER", enabled_as_of=read_from)
+    assert "CS-LATER" in server._shut_out
+    server.let_in("CS-LATER", enabled_as_of=time.monotonic())  # a read after it found it enabled again
+    assert "CS-LATER" not in server._shut_out
