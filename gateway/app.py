@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 
@@ -259,6 +260,7 @@ class Gateway:
         away, as long as the station stays connected (a connection may last days)."""
         wait = self.settings.db_retry_interval_s
         while True:
+            read_from = time.monotonic()
             try:
                 async with self._registration_reads:
                     row = await self.stations.get(station_id)
@@ -273,7 +275,8 @@ class Gateway:
         if row is not None and not row.enabled:
             await self.ocpp.shut_out(station_id)  # disabled by any node or `gateway station disable`
             return
-        self.ocpp.let_in(station_id)  # enabled again (a disable heard earlier is not outlived)
+        # Enabled again: a disable heard before this read is not outlived (one after it stands).
+        self.ocpp.let_in(station_id, enabled_as_of=read_from)
         changed = [self._adopt_evse(e, row) for e in evses]
         if any(changed):
             log.info("%s: EVSE ratings or discharge dialect registered meanwhile, now in force", station_id)

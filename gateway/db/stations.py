@@ -174,9 +174,11 @@ class StationRepository:
 
     async def release_node(self, node: str) -> builtins.list[str]:
         """Mark disconnected the stations ``node`` held (at its start: none is connected through
-        it yet, whatever a crash left in the table); their ids."""
+        it yet, whatever a crash left in the table), and those a gateway from before the flag
+        named its node left set; their ids."""
         async with self._sessions.begin() as s:
-            res = await s.execute(update(m.Station).where(m.Station.connected, m.Station.connected_node == node)
+            held = (m.Station.connected_node == node) | m.Station.connected_node.is_(None)
+            res = await s.execute(update(m.Station).where(m.Station.connected, held)
                                   .values(connected=False, connected_node=None).returning(m.Station.id))
             return sorted(res.scalars())
 

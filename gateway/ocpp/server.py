@@ -213,6 +213,8 @@ class OcppServer:
         # checked) for credentials_stale_max_s, instead of being refused until the database is
         # back. Forgotten on a disable.
         self._creds_read: dict[str, tuple[float, StationCredentials]] = {}
+        # Bumped when a station's registration changes: a credential read under way then is not kept.
+        self._creds_changes: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -312,6 +314,7 @@ class OcppServer:
         self, connection: ServerConnection, request: Request, station_id: str, remote: str | None,
         attempt: LoginAttempt,
     ) -> Response | None:
+        changes = self._creds_changes.get(station_id, 0)
         try:
             creds = await self.directory.credentials(station_id)
         except Exception as exc:
@@ -330,7 +333,8 @@ class OcppServer:
         else:
             if creds is None:
                 self._creds_read.pop(station_id, None)
-            else:
+            elif self._creds_changes.get(station_id, 0) == changes:
+                # Not a read that began before a change (a new password) and ended after it.
                 self._creds_read[station_id] = (time.monotonic(), creds)
         if creds is None:
             if self.settings.allow_unknown_stations:
@@ -486,19 +490,24 @@ class OcppServer:
         come before the connection is registered). Remembered for SHUT_OUT_S only, so another
         node's enable is never outlived; later logins are refused by the stored flag."""
         self._shut_out[station_id] = time.monotonic()
-        self._creds_read.pop(station_id, None)
+        self.forget_registration(station_id)
         conn = self.registry.get(station_id)
         if conn is not None:
             await conn.close(1008, "station disabled")
 
-    def let_in(self, station_id: str) -> None:
-        """The station was enabled again."""
-        self._shut_out.pop(station_id, None)
+    def let_in(self, station_id: str, enabled_as_of: float | None = None) -> None:
+        """The station was enabled again (as a read begun at ``enabled_as_of``, monotonic
+        seconds, found it: a disable since then stands)."""
+        shut = self._shut_out.get(station_id)
+        if shut is not None and (enabled_as_of is None or shut < enabled_as_of):
+            del self._shut_out[station_id]
 
     def forget_registration(self, station_id: str) -> None:
         """The station's registration changed (its password may have): the copy read at its last
-        login is not used while the database is away; its next login reads the new one."""
+        login is not used while the database is away, nor one being read now; its next login
+        reads the new one."""
         self._creds_read.pop(station_id, None)
+        self._creds_changes[station_id] = self._creds_changes.get(station_id, 0) + 1
 
     def _note_takeover(self, ctx: StationContext) -> None:
         now = self.clock.now()
