@@ -318,7 +318,13 @@ def slot_input(v: SessionView | None, key: Key, grid: TimeGrid, now: datetime, f
         reveal = (reveal_step(ends, now, last, early), target, rules.reveal_weight)
         early = tuple(sorted((*early, reveal)))
     if deadline is not None and deadline < dep and connected.any() and target > e_now + 1e-6:
-        early = tuple(sorted((*early, (step_ending_by(ends, deadline.timestamp(), last), full_target, 1.0))))
+        # Wanted by the last step ending before the deadline, and by the end of the step it falls
+        # in: what full power cannot fit before it goes into that step, not the day's cheapest hour.
+        k = step_ending_by(ends, deadline.timestamp(), last)
+        wanted = [(k, full_target, 1.0)]
+        if ends[k] < deadline.timestamp() and k + 1 <= last:
+            wanted.append((k + 1, full_target, 1.0))
+        early = tuple(sorted((*early, *wanted)))
     min_c = 0.0
     taper = v.taper_kw_per_kwh if v.capacity_kwh is not None and v.energy_kwh is not None else 0.0
     if v.fixed_kw is not None:

@@ -93,13 +93,16 @@ def test_charge_now_is_an_early_deadline_without_discharge() -> None:
     # 11 kWh more at 11 kW x 0.92: about 65 minutes, not the 10 h the driver would stay. Wanted
     # whole, at the full unmet price, by the last step ending by then (10:00; the next is hourly)...
     ends = [grid.start + timedelta(seconds=float(e)) for e in np.cumsum(grid.durations_s)]
-    assert [(ends[k], t, w) for k, t, w in slot.early_targets] == [(NOW + timedelta(hours=1), 16.0, 1.0)]
+    assert [(ends[k], t, w) for k, t, w in slot.early_targets] == [(NOW + timedelta(hours=1), 16.0, 1.0),
+                                                                    (NOW + timedelta(hours=2), 16.0, 1.0)]
     # ...and plugged in until the driver leaves, so what the hour cannot take comes after it.
     assert last_connected(slot) == NOW + timedelta(hours=10)
     # Energy dearer now than later, and still full power until 10:00 (where the driver was told
     # 9.8 of the 11 kWh, the plan ending at the deadline's step), the rest in the next step.
     n = len(grid)
+    # (and cheapest of all in the evening, where the rest would go with the deadline alone)
     price = np.where(np.array(ends) <= NOW + timedelta(hours=1), 0.40, 0.10)
+    price[np.array(ends) > NOW + timedelta(hours=8)] = 0.02
     site = SiteInputs(grid=grid, import_price=price, export_price=np.zeros(n), building_load_kw=np.zeros(n),
                       import_limit_kw=np.full(n, 100.0), export_limit_kw=np.full(n, 100.0),
                       demand_charge_per_kw=0.0, peak_so_far_kw=0.0, export_payment_per_kwh=np.zeros(n),
@@ -110,6 +113,9 @@ def test_charge_now_is_an_early_deadline_without_discharge() -> None:
     assert np.all(plan.power_kw[0][by_ten] > 11.0 - 1e-6)
     assert float(plan.delivered_kwh[0]) == pytest.approx(11.0, abs=1e-3)
     assert float(plan.unmet_kwh[0]) == pytest.approx(0.0, abs=1e-3)
+    after_ten = int(np.flatnonzero(by_ten)[-1]) + 1
+    assert plan.power_kw[0][after_ten] > 0.5  # the rest in the deadline's own step
+    assert np.all(plan.power_kw[0][after_ten + 1:] < 1e-6)
 
 
 def test_known_battery_uses_soc_times_capacity_and_a_fixed_draw_is_pinned() -> None:
