@@ -36,7 +36,9 @@ from simulators.station import DriverApp, Faults, Station, StationConfig
 from simulators.station_clock import StationClock
 
 PasswordSource = str | Callable[[str], str | None] | None
-DEMAND_WINDOW_S = 900  # demand charges bill the average over 15 minutes
+# The demand interval most utilities bill on (the gateway's meter too; the demo and the
+# evaluator bill 5-minute averages).
+DEMAND_WINDOW_S = 900
 DRAIN_REAL_S = 10.0  # at the end, how long to wait for stations to deliver their outboxes
 
 
@@ -340,7 +342,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     every = site.get("sample_interval_s", 60.0)
     every_text = f"{every / 60:g} min" if every % 60 == 0 else f"{every:g} s"
     # Two peaks that differ by design: the highest single sample of the site's power, and the
-    # highest 15-minute average of those samples (the interval demand charges are billed on).
+    # highest 15-minute average of those samples (the interval most utilities bill demand on;
+    # the demo bills 5-minute averages).
     lines.append(
         f"fully served {served}/{len(summary['evs'])} "
         f"(tolerance {summary['fully_served_tolerance_kwh']} kWh); "

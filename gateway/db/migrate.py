@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import site
 import sys
+import sysconfig
 from pathlib import Path
 
 from alembic import command
@@ -18,7 +19,8 @@ from gateway.db.engine import normalize_url
 # (pyproject.toml's data-files, under the install's prefix: a venv, the system, the user's base).
 _INSTALLED = Path("share") / "ocpp-site-gateway" / "migrations"
 PLACES = (Path(__file__).resolve().parents[2] / "migrations", Path(sys.prefix) / _INSTALLED,
-          Path(site.getuserbase()) / _INSTALLED)
+          # where the scheme puts data files when that is not the prefix (Debian's /usr/local)
+          Path(sysconfig.get_path("data")) / _INSTALLED, Path(site.getuserbase()) / _INSTALLED)
 
 
 def migrations_dir() -> Path:
