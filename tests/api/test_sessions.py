@@ -240,6 +240,14 @@ async def test_a_replan_outlasting_the_answer_is_not_cut_off(gateway_factory: An
     await st.ws.close()
 
 
+async def _default_and_planned_profiles_sent(seen: asyncio.Queue[dict[str, Any]]) -> None:
+    """Until the station has been sent its default and its transaction's planned profile again."""
+    purposes = set()
+    while purposes != {"TxDefaultProfile", "TxProfile"}:
+        sent = await asyncio.wait_for(seen.get(), EVENT_TIMEOUT_S)
+        purposes.add(sent["chargingProfile"]["chargingProfilePurpose"])
+
+
 async def test_cleared_profiles_are_sent_again(gateway_factory: Any) -> None:
     """An operator's ClearChargingProfile may leave the station without the plan's limit (or any):
     the default and the transaction's planned profile go out again though the plan is unchanged."""
@@ -249,10 +257,7 @@ async def test_cleared_profiles_are_sent_again(gateway_factory: Any) -> None:
     async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
         r = await api.post("/api/v1/stations/CS-CLEAR/commands/clear-charging-profile", headers=OPERATOR, json={})
     assert r.status_code == 200 and r.json()["response"] == {"status": "Accepted"}, r.text
-    purposes = set()
-    while purposes != {"TxDefaultProfile", "TxProfile"}:
-        sent = await asyncio.wait_for(seen.get(), EVENT_TIMEOUT_S)
-        purposes.add(sent["chargingProfile"]["chargingProfilePurpose"])
+    await _default_and_planned_profiles_sent(seen)
     answering.cancel()
     await st.ws.close()
 
@@ -394,9 +399,6 @@ async def test_profiles_are_sent_again_after_a_clear_the_station_never_answered(
         r = await api.post("/api/v1/stations/CS-CLEARLOST/commands/clear-charging-profile",
                            headers=OPERATOR, json={})
     assert r.status_code == 504 and r.json()["error"]["code"] == "station_timeout", r.text
-    purposes = set()
-    while purposes != {"TxDefaultProfile", "TxProfile"}:
-        sent = await asyncio.wait_for(seen.get(), EVENT_TIMEOUT_S)
-        purposes.add(sent["chargingProfile"]["chargingProfilePurpose"])
+    await _default_and_planned_profiles_sent(seen)
     answering.cancel()
     await st.ws.close()

@@ -7,9 +7,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from gateway.cli import main
 from gateway.clock import ScaledClock
 from gateway.domain import EvseSpec
-from gateway.episode import StationSpec, load
+from gateway.episode import StationSpec
 from simulators.station import Station, StationConfig
+from tests.simulators.sim_process import episode_file, run_sim
 
 START = datetime(2026, 7, 1, 8, 0, tzinfo=UTC)
 FAST = StationConfig(retry_backoff_wait_minimum_real_s=0.05, retry_backoff_random_range_real_s=0.05,
@@ -123,18 +122,9 @@ async def test_the_stations_that_never_booted_are_counted_by_reason() -> None:
 
 
 async def test_gateway_sim_says_why_unregistered_stations_did_not_boot(tmp_path: Path, gateway_server: Any) -> None:
-    ep_path = tmp_path / "ep.json"
-    gen = ["scenario", "generate", "--site", "workplace", "--stations", "2", "--seed", "4", "-o", str(ep_path)]
-    assert main(gen) == 0
-    episode = load(ep_path)
-    until = (episode.start + timedelta(hours=1)).isoformat()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "sim", "--url", gateway_server.ocpp_url, "--episode", str(ep_path),
-        "--time-scale", "3600", "--password", "fleet-password-000001", "--until", until, "--no-progress",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, raw = await asyncio.wait_for(proc.communicate(), 120)
-    stderr = raw.decode()
-    assert proc.returncode == 1, stderr
+    ep_path, episode = episode_file(tmp_path, stations=2, seed=4)
+    code, stderr = await run_sim(gateway_server.ocpp_url, ep_path, episode, hours=1)
+    assert code == 1, stderr
     meaning = "refused with HTTP 404 (not registered: pass --register, or add it with `gateway station add`)"
     for s in episode.stations:
         assert stderr.count(f"{s.id}: cannot connect: {meaning}") == 1, stderr

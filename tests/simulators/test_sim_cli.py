@@ -13,6 +13,7 @@ from gateway.cli import main
 from gateway.clock import RealClock
 from gateway.episode import load
 from simulators.loopback_csms import LoopbackCsms
+from tests.simulators.sim_process import episode_file, run_sim
 
 
 async def test_gateway_sim_writes_the_summary(tmp_path: Path) -> None:
@@ -65,18 +66,10 @@ async def test_gateway_sim_writes_the_summary(tmp_path: Path) -> None:
 
 async def test_gateway_sim_registers_its_stations_with_the_real_gateway(tmp_path: Path, gateway_server: Any) -> None:
     """`--register` puts the episode's stations in the gateway's database so Basic auth admits them."""
-    ep_path = tmp_path / "ep.json"
-    gen = ["scenario", "generate", "--site", "workplace", "--stations", "2", "--seed", "4", "-o", str(ep_path)]
-    assert main(gen) == 0
-    episode = load(ep_path)
-    until = (episode.start + timedelta(hours=2)).isoformat()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "sim", "--url", gateway_server.ocpp_url, "--episode", str(ep_path),
-        "--time-scale", "3600", "--password", "fleet-password-000001", "--register", "--database-url",
-        gateway_server.database_url, "--until", until, "--no-progress",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, stderr = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, stderr.decode()
+    ep_path, episode = episode_file(tmp_path, stations=2, seed=4)
+    code, stderr = await run_sim(gateway_server.ocpp_url, ep_path, episode, "--register", "--database-url",
+                                 gateway_server.database_url, hours=2)
+    assert code == 0, stderr
     for spec in episode.stations:
         row = await gateway_server.gw.stations.get(spec.id)
         assert row is not None and row.vendor is not None  # registered, then booted with its password
@@ -85,24 +78,16 @@ async def test_gateway_sim_registers_its_stations_with_the_real_gateway(tmp_path
 async def test_gateway_sim_sends_the_episodes_site_to_the_gateway(tmp_path: Path, gateway_factory: Any) -> None:
     """With --api-url and --api-key the gateway plans the site the fleet's summary measures: the
     episode's limits, tariff, grid events and building load (its limit was the gateway's own)."""
-    from gateway.episode import dump
-    from simulators.scenario import ScenarioOptions, generate
     from simulators.site_feed import pushed_forecast
 
     h = await gateway_factory()
-    episode = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=2))
+    ep_path, episode = episode_file(tmp_path, stations=2, seed=2)
     assert episode.grid_events and pushed_forecast(episode)  # a day with an event and a forecast
-    ep_path = tmp_path / "ep.json"
-    dump(episode, ep_path)
     assert h.gw.state.limits.import_kw != episode.limits.import_kw
-    until = (episode.start + timedelta(hours=9)).isoformat()  # past the morning's readings
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "sim", "--url", h.ocpp_url, "--episode", str(ep_path),
-        "--time-scale", "3600", "--password", "fleet-password-000001", "--register", "--database-url",
-        h.database_url, "--until", until, "--no-progress", "--api-url", h.api_url, "--api-key", "test-operator-key",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, stderr = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode == 0, stderr.decode()
+    code, stderr = await run_sim(  # past the morning's readings
+        h.ocpp_url, ep_path, episode, "--register", "--database-url", h.database_url,
+        "--api-url", h.api_url, "--api-key", "test-operator-key", hours=9)
+    assert code == 0, stderr
     state = h.gw.state
     assert (state.limits.import_kw, state.limits.export_kw) == (episode.limits.import_kw, episode.limits.export_kw)
     assert [(p.start_hour, p.end_hour, p.import_price) for p in state.tariff.periods] == [
@@ -117,15 +102,9 @@ async def test_gateway_sim_sends_the_episodes_site_to_the_gateway(tmp_path: Path
 
 async def test_gateway_sim_stops_when_the_gateway_refuses_the_site(tmp_path: Path, gateway_factory: Any) -> None:
     h = await gateway_factory()
-    ep_path = tmp_path / "ep.json"
-    assert main(["scenario", "generate", "--site", "workplace", "--stations", "1", "--seed", "4",
-                 "-o", str(ep_path)]) == 0
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "sim", "--url", h.ocpp_url, "--episode", str(ep_path),
-        "--time-scale", "3600", "--password", "fleet-password-000001", "--no-progress",
-        "--api-url", h.api_url, "--api-key", "not-the-operator-key",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 2
-    lines = stderr.decode().strip().splitlines()
-    assert "operator key was refused" in lines[-1] and "Traceback" not in stderr.decode(), lines
+    ep_path, episode = episode_file(tmp_path, stations=1, seed=4)
+    code, stderr = await run_sim(h.ocpp_url, ep_path, episode, "--api-url", h.api_url,
+                                 "--api-key", "not-the-operator-key", timeout_s=60)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert "operator key was refused" in lines[-1] and "Traceback" not in stderr, lines
