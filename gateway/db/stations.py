@@ -35,6 +35,7 @@ class StationRow:
     connected: bool
     discharge_undeclared_evs: bool | None = None  # None: the site's setting
     default_limit_kw: float | None = None  # the TxDefaultProfile limit it last accepted
+    connected_node: str | None = None  # the gateway node holding its connection, per the flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,7 @@ async def _put_evses(s: AsyncSession, station_id: str, evses: Sequence[EvseRow])
 def _row(s: m.Station) -> StationRow:
     return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
                       s.firmware_version, s.boot_status, s.last_seen_at, s.connected, s.discharge_undeclared_evs,
-                      s.default_limit_kw)
+                      s.default_limit_kw, s.connected_node)
 
 
 class StationRepository:

@@ -212,3 +212,30 @@ async def test_an_enable_read_before_a_disable_does_not_lift_it(gateway_factory:
     assert "CS-LATER" in server._shut_out
     server.let_in("CS-LATER", enabled_as_of=time.monotonic())  # a read after it found it enabled again
     assert "CS-LATER" not in server._shut_out
+
+
+async def test_two_nodes_on_one_database_see_and_disable_each_others_stations(gateway_factory: Any) -> None:
+    """A station connected to node A is shown connected (through A) by node B's REST API, and
+    B's disable closes it on A."""
+    import httpx
+
+    from tests.api.conftest import OPERATOR
+
+    a: GatewayHarness = await gateway_factory(node_id="node-a")
+    b: GatewayHarness = await gateway_factory(node_id="node-b")
+    assert a.gw is not None and b.gw is not None
+    await asyncio.wait_for(b.gw.station_changes.listening.wait(), EVENT_TIMEOUT_S)
+    await a.add_station("CS-TWO", PASSWORD)
+    st = await _connected(a, "CS-TWO")
+    gw_a = a.gw
+    await _until(lambda: not gw_a.ocpp.observer.flag_writes.pending("CS-TWO"), "flag not written")
+    async with httpx.AsyncClient(base_url=b.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        seen = (await api.get("/api/v1/stations/CS-TWO", headers=OPERATOR)).json()
+        assert (seen["connected"], seen["connected_node"]) == (True, "node-a")
+        r = await api.post("/api/v1/stations/CS-TWO/disable", headers=OPERATOR)
+        assert r.status_code == 200, r.text
+    try:
+        await asyncio.wait_for(st.ws.wait_closed(), EVENT_TIMEOUT_S)
+    except TimeoutError:
+        raise AssertionError("node B's disable left the connection on node A up") from None
+    assert st.ws.close_code == 1008

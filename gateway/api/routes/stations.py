@@ -59,7 +59,8 @@ class StationOut(BaseModel):
     id: str
     security_profile: int
     enabled: bool
-    connected: bool
+    connected: bool = Field(description="Live on this node, or on another node sharing the database (its flag)")
+    connected_node: str | None = Field(default=None, description="The gateway node holding the connection")
     discharge_dialect: str
     discharge_undeclared_evs: bool | None
     vendor: str | None
@@ -75,9 +76,14 @@ async def _out(gw: Gateway, q: Queries, rows: list[StationRow]) -> list[StationO
     out = []
     for r in rows:
         mine = sorted((e for e in evses if e.station_id == r.id), key=lambda e: e.evse_id)
+        # Here, this node's registry decides (its own flag may lag a write); elsewhere, the flag
+        # the holding node wrote.
+        here = gw.ocpp.registry.get(r.id) is not None
+        node = gw.settings.node_id if here else (
+            r.connected_node if r.connected and r.connected_node != gw.settings.node_id else None)
         out.append(StationOut(
             id=r.id, security_profile=r.security_profile, enabled=r.enabled,
-            connected=gw.ocpp.registry.get(r.id) is not None, discharge_dialect=r.discharge_dialect,
+            connected=node is not None, connected_node=node, discharge_dialect=r.discharge_dialect,
             discharge_undeclared_evs=r.discharge_undeclared_evs, vendor=r.vendor, model=r.model,
             firmware_version=r.firmware_version, boot_status=r.boot_status, last_seen_at=r.last_seen_at,
             evses=[EvseOut(evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
