@@ -157,11 +157,13 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
             # next page (listed twice) or out of it, as with any listing of a changing table.
             page = await repo.list(limit=STATION_LIST_PAGE, offset=offset)
             if offset == 0:  # after the first read: no header above a database error
-                print(f"{'id':<24} {'profile':>7} {'enabled':>7} {'online':>6}  {'vendor/model':<30} last seen")
+                print(f"{'id':<24} {'profile':>7} {'enabled':>7} {'online (node)':<16} {'vendor/model':<30} last seen")
             for s in page:
                 vm = f"{s.vendor or '-'}/{s.model or '-'}"
                 seen = s.last_seen_at.isoformat() if s.last_seen_at else "-"
-                print(f"{s.id:<24} {s.security_profile:>7} {s.enabled!s:>7} {s.connected!s:>6}  {vm:<30} {seen}")
+                # The gateway node holding its connection (several may share the database).
+                online = (s.connected_node or "yes") if s.connected else "no"
+                print(f"{s.id:<24} {s.security_profile:>7} {s.enabled!s:>7} {online:<16} {vm:<30} {seen}")
             if len(page) < STATION_LIST_PAGE:
                 break
             offset += len(page)

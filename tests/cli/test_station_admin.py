@@ -161,3 +161,21 @@ async def test_a_station_and_its_evses_are_stored_in_one_commit(clean_db: str) -
         assert [tuple(r) for r in rows] == [(22.0, 11.0, True, 1)]
     finally:
         await engine.dispose()
+
+
+def test_station_list_names_the_node_holding_each_connection(clean_db: str) -> None:
+    for sid in ("CS-ON", "CS-OFF"):
+        assert gateway(["station", "add", sid, "--password-stdin"], clean_db, stdin=PASSWORD + "\n").returncode == 0
+
+    async def connect_on_node() -> None:
+        conn = await asyncpg.connect(clean_db.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            await conn.execute("UPDATE stations SET connected = true, connected_node = 'node-7' WHERE id = 'CS-ON'")
+        finally:
+            await conn.close()
+
+    asyncio.run(connect_on_node())
+    listed = gateway(["station", "list"], clean_db)
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[3] for line in listed.stdout.splitlines()[1:]}
+    assert rows == {"CS-ON": "node-7", "CS-OFF": "no"}
