@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from gateway.config import Settings, SiteFileError
+from gateway.config import Settings, SiteFileError, env_setting
 
 # `gateway --help` prints this as it is: the module's docstring is for readers of the code.
 DESCRIPTION = (
@@ -306,7 +306,7 @@ def _database_url(args: argparse.Namespace) -> tuple[str | None, str]:
     flag = getattr(args, "database_url", None)
     if flag:
         return flag, "--database-url"
-    env = next((v for k, v in os.environ.items() if k.upper() == "GATEWAY_DATABASE_URL"), None)
+    env = env_setting("DATABASE_URL")
     return env or None, ("GATEWAY_DATABASE_URL" if env else "--database-url")
 
 

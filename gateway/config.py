@@ -9,6 +9,7 @@ plan the site with a default limit.
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 from datetime import datetime
@@ -113,6 +114,13 @@ class SiteConfig(_SiteFileModel):
             demand_charge_per_kw=self.demand_charge_per_kw,
             timezone=self.timezone,
         )
+
+
+def env_setting(name: str) -> str | None:
+    """The ``GATEWAY_<NAME>`` variable as :class:`Settings` reads it (any case), for commands
+    that take one setting without building them all."""
+    want = f"GATEWAY_{name}".upper()
+    return next((v for k, v in os.environ.items() if k.upper() == want), None)
 
 
 class Settings(BaseSettings):

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.clock import Clock, ScaledClock, parse_rfc3339, to_rfc3339
+from gateway.config import env_setting
 from gateway.episode import Arrival, Episode, EpisodeError, load
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH, EvResult, EvseState
 from simulators.models import deliverable_kwh
@@ -368,7 +368,7 @@ def cli(args: argparse.Namespace) -> int:
     if getattr(args, "register", False):
         from gateway.db.admin import register_for_sim
 
-        url = args.database_url or os.environ.get("GATEWAY_DATABASE_URL")
+        url = args.database_url or env_setting("DATABASE_URL")
         if not url or not args.password:
             print("gateway sim: --register needs --password and --database-url (or GATEWAY_DATABASE_URL)",
                   file=sys.stderr)
@@ -380,7 +380,7 @@ def cli(args: argparse.Namespace) -> int:
     until = parse_rfc3339(args.until) if getattr(args, "until", None) else None
     fleet = Fleet(episode, args.url, password=args.password, clock=clock, progress=not args.no_progress)
     api_url = getattr(args, "api_url", None)
-    api_key = getattr(args, "api_key", None) or os.environ.get("GATEWAY_API_KEY")
+    api_key = getattr(args, "api_key", None) or env_setting("API_KEY")
     if api_url and not api_key:
         print("gateway sim: --api-url needs --api-key (or GATEWAY_API_KEY)", file=sys.stderr)
         return 2

@@ -76,3 +76,16 @@ def test_the_tls_setup_never_quietly_serves_plain_ws(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tls_cert"):
         build_ssl_context(ca_only)
     assert build_ssl_context(Settings()) is None
+
+
+def test_one_setting_is_read_from_the_environment_in_any_case_as_settings_read_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`gateway sim --register` and `--api-url` take the database URL and the operator key
+    from the environment without building every setting: in any case, as Settings does."""
+    from gateway.config import env_setting
+
+    monkeypatch.delenv("GATEWAY_DATABASE_URL", raising=False)  # the suite's own
+    monkeypatch.setenv("gateway_database_url", "postgresql://u@h/db")
+    assert env_setting("DATABASE_URL") == "postgresql://u@h/db" == Settings().database_url
+    monkeypatch.delenv("gateway_database_url")
+    assert env_setting("DATABASE_URL") is None
