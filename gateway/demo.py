@@ -39,7 +39,7 @@ from gateway.episode import Episode
 from gateway.logs import setup_logging
 from gateway.scheduler.slots import SlotRules, announcement_margin
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH
-from simulators.fleet import Fleet
+from simulators.fleet import Fleet, run_fed
 from simulators.models import FORECAST_HEAT_SD
 from simulators.site_feed import pushed_forecast
 from simulators.station import StationConfig
@@ -290,20 +290,11 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     fleet = Fleet(episode, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", password=password, clock=clock, progress=True,
                   driver_app=app, config=stations)
     app.fleet = fleet
-    feeder = asyncio.create_task(_feed_site(gw, episode, clock, meter, fleet, beliefs))
-    day = asyncio.create_task(fleet.run(until=episode.end))
     try:
         # A feed that fails on the way (the meter unread since, the building load frozen) ends
         # the day at once with its error, rather than a bill drawn through the gap at the end.
-        await asyncio.wait({day, feeder}, return_when=asyncio.FIRST_COMPLETED)
-        if feeder.done():
-            day.cancel()
-            feeder.result()  # raises what stopped it
-        summary = await day
+        summary = await run_fed(fleet.run(until=episode.end), _feed_site(gw, episode, clock, meter, fleet, beliefs))
     finally:
-        for task in (feeder, day):
-            task.cancel()
-        await asyncio.gather(feeder, day, return_exceptions=True)
         plans = gw.scheduler.solves if gw.scheduler is not None else 0
         await app.close()
         await gw.stop()

@@ -21,10 +21,10 @@ import contextlib
 import gc
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from gateway.clock import Clock, ScaledClock, parse_rfc3339, to_rfc3339
 from gateway.config import env_setting
@@ -36,6 +36,7 @@ from simulators.station import DriverApp, Faults, Station, StationConfig
 from simulators.station_clock import StationClock
 
 PasswordSource = str | Callable[[str], str | None] | None
+T = TypeVar("T")
 # The demand interval most utilities bill on (the gateway's meter too; the demo and the
 # evaluator bill 5-minute averages).
 DEMAND_WINDOW_S = 900
@@ -297,6 +298,26 @@ class Fleet:
         }
 
 
+async def run_fed(day: Coroutine[Any, Any, T], feed: Coroutine[Any, Any, None]) -> T:
+    """Run a fleet's ``day`` beside what ``feed``s the gateway the site's inputs (the demo's
+    in-process feed, ``gateway sim --api-url``'s REST one). A feed that ends first, failed, ends
+    the day at once with its error: the rest would be planned on inputs the summary does not
+    describe, and billed through the gap."""
+    feeding, running = asyncio.create_task(feed), asyncio.create_task(day)
+    try:
+        await asyncio.wait({running, feeding}, return_when=asyncio.FIRST_COMPLETED)
+        if feeding.done():
+            running.cancel()  # the fleet's own stop closes its stations
+            await asyncio.gather(running, return_exceptions=True)
+            feeding.result()  # raises what stopped it
+            raise RuntimeError("the site feed ended before the day")
+        return await running
+    finally:
+        for task in (feeding, running):
+            task.cancel()
+        await asyncio.gather(feeding, running, return_exceptions=True)
+
+
 def not_booted_reasons(stations: list[Station]) -> dict[str, int]:
     """How many stations did not boot, by why (the latest thing that stopped each)."""
     out: dict[str, int] = {}
@@ -397,21 +418,11 @@ def cli(args: argparse.Namespace) -> int:
         feed = SiteFeed(api_url, api_key, episode, fleet.clock)
         try:
             await feed.start()
-            feeding = asyncio.create_task(feed.run())
-            day = asyncio.create_task(fleet.run(until=until))
-            # A feed refused on the way ends the run with its error: the rest of the day would be
-            # planned on inputs the summary does not describe.
-            await asyncio.wait({day, feeding}, return_when=asyncio.FIRST_COMPLETED)
-            if feeding.done():
-                day.cancel()  # its own stop closes the stations
-                await asyncio.gather(day, return_exceptions=True)
-                feeding.result()
-            feeding.cancel()
-            await asyncio.gather(feeding, return_exceptions=True)
+            summary = await run_fed(fleet.run(until=until), feed.run())
             if feed.readings_stale and not feed.readings_sent:
                 print(f"gateway sim: none of the {feed.readings_stale} building-load readings was applied (each "
                       "older than one the gateway had): it planned with an earlier run's", file=sys.stderr)
-            return await day
+            return summary
         finally:
             await feed.close()
 

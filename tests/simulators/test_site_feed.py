@@ -75,3 +75,42 @@ async def test_a_refused_key_ends_the_feed(gateway_factory: Any) -> None:
             await feed.start()
     finally:
         await feed.close()
+
+
+async def test_a_feed_that_fails_ends_the_day_with_its_error_and_a_day_that_ends_stops_the_feed() -> None:
+    """The demo's and `gateway sim --api-url`'s shared rule (simulators.fleet.run_fed)."""
+    import asyncio
+
+    from simulators.fleet import run_fed
+
+    day_cancelled = asyncio.Event()
+
+    async def long_day() -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            day_cancelled.set()
+            raise
+        return "never"
+
+    async def failing_feed() -> None:
+        raise SiteFeedError("PUT /api/v1/site/limits: HTTP 422: refused")
+
+    with pytest.raises(SiteFeedError, match="HTTP 422"):
+        await asyncio.wait_for(run_fed(long_day(), failing_feed()), 10)
+    assert day_cancelled.is_set()
+
+    feed_cancelled = asyncio.Event()
+
+    async def endless_feed() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            feed_cancelled.set()
+            raise
+
+    async def short_day() -> str:
+        return "summary"
+
+    assert await asyncio.wait_for(run_fed(short_day(), endless_feed()), 10) == "summary"
+    assert feed_cancelled.is_set()
