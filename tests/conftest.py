@@ -19,6 +19,7 @@ from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.db import migrate
 from gateway.db.embedded import embedded_postgres
+from gateway.db.stations import EvseRow
 from gateway.ocpp.auth import hash_password
 
 # Generous: tests wait on events, never on fixed sleeps, and a slow CI box must not flake.
@@ -157,10 +158,9 @@ class GatewayHarness:
             self._hash_cache[password] = hash_password(password)
         now = self.gw.clock.now()
         await self.gw.stations.add(station_id, self._hash_cache[password], security_profile=security_profile,
-                                   discharge_dialect=discharge_dialect, now=now)
+                                   discharge_dialect=discharge_dialect, now=now,
+                                   evses=[EvseRow(*e) for e in evses or []])
         for evse_id, charge, discharge, bidi in evses or []:
-            await self.gw.stations.upsert_evse(station_id, evse_id, max_charge_kw=charge,
-                                               max_discharge_kw=discharge, bidirectional=bidi)
             self.gw.state.with_spec(station_id, evse_id, max_charge_kw=charge, max_discharge_kw=discharge,
                                     bidirectional=bidi)
 

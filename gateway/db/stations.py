@@ -205,23 +205,6 @@ class StationRepository:
                 where=m.Connector.status_at <= ts,  # a late (offline) report never overwrites a newer one
             ))
 
-    async def upsert_evse(
-        self, station_id: str, evse_id: int, *, max_charge_kw: float | None = None,
-        max_discharge_kw: float | None = None, bidirectional: bool | None = None,
-        phases: int | None = None,
-    ) -> None:
-        values = {k: v for k, v in {"max_charge_kw": max_charge_kw, "max_discharge_kw": max_discharge_kw,
-                                    "bidirectional": bidirectional, "phases": phases}.items()
-                  if v is not None}
-        async with self._sessions.begin() as s:
-            stmt = insert(m.Evse).values(station_id=station_id, evse_id=evse_id, **values)
-            if values:
-                await s.execute(stmt.on_conflict_do_update(
-                    index_elements=[m.Evse.station_id, m.Evse.evse_id], set_=values))
-            else:
-                await s.execute(stmt.on_conflict_do_nothing())
-            await announce(s, station_id)
-
     async def evses(self, station_ids: Sequence[str] | None = None) -> builtins.list[m.Evse]:
         async with self._sessions() as s:
             q = select(m.Evse)
