@@ -49,9 +49,8 @@ _FLAG_OF = {"scheduler_enabled": "--no-scheduler"}
 def _name(field: str, given: dict[str, Any]) -> str:
     """The setting as the operator gave it: its variable when that is where it came from, else
     its flag (given, or the default it has when neither is)."""
-    env = f"GATEWAY_{field.upper()}"
-    if field not in given and env in {k.upper() for k in os.environ}:  # pydantic-settings ignores case
-        return env
+    if field not in given and env_setting(field.upper()) is not None:
+        return f"GATEWAY_{field.upper()}"
     return _FLAG_OF.get(field, "--" + field.replace("_", "-"))
 
 

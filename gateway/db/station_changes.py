@@ -79,8 +79,8 @@ class StationChangeListener:
         wait = self._retry_s
         while True:
             try:
-                conn = await asyncpg.connect(*self._args, **{**self._kwargs, "timeout": 5.0}, server_settings={
-                    "application_name": "gateway-station-changes"})
+                named = {**self._kwargs.get("server_settings", {}), "application_name": "gateway-station-changes"}
+                conn = await asyncpg.connect(*self._args, **{**self._kwargs, "timeout": 5.0, "server_settings": named})
             except Exception as exc:  # the database away, or refusing: try again, never give up
                 log.warning("not listening for registration changes yet: %s", exc)
                 await asyncio.sleep(wait)
