@@ -41,7 +41,7 @@ from gateway.ocpp.defaults import DefaultProfiles
 from gateway.ocpp.handlers import Handlers
 from gateway.ocpp.ports import StationContext
 from gateway.ocpp.server import OcppServer
-from gateway.ordered import OrderedWrites
+from gateway.ordered import OrderedTasks
 from gateway.site_sync import SiteSync
 from gateway.state import SiteState
 
@@ -64,7 +64,7 @@ class _Observer:
     def __init__(self, gw: Gateway) -> None:
         self._gw = gw
         # The connected flags being written, in order per station.
-        self.flag_writes: OrderedWrites[str] = OrderedWrites(gw.spawn)
+        self.flag_writes: OrderedTasks[str] = OrderedTasks(gw.spawn)
 
     def _write_connected(self, station_id: str, connected: bool) -> None:
         """Store the connected flag in the background: the connection is served meanwhile (a slow
@@ -141,7 +141,7 @@ class Gateway:
         self._released: list[str] = []  # stations marked disconnected at start (see _load_state)
         # Registration changes written by any process (another node's REST API, `gateway station
         # add|disable`), read again one after the other per station.
-        self._refreshes: OrderedWrites[str] = OrderedWrites(self.spawn)
+        self._refreshes: OrderedTasks[str] = OrderedTasks(self.spawn)
         self._registration_reads = asyncio.Semaphore(REGISTRATION_READS_AT_ONCE)
         self.station_changes = StationChangeListener(
             self.engine, self.registration_changed, self._read_connected_stations,

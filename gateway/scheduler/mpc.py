@@ -33,7 +33,7 @@ from gateway.clock import to_rfc3339
 from gateway.domain import Plan, PlannedSession, TxKey
 from gateway.ocpp import capabilities, profiles
 from gateway.ocpp.errors import CallFailed, GatewayOcppError
-from gateway.ordered import OrderedWrites
+from gateway.ordered import OrderedTasks
 from gateway.scheduler import live_inputs
 from gateway.scheduler.arrivals import ArrivalModel
 from gateway.scheduler.building import KEEP_DAYS, SLOT_MIN, BuildingProfile
@@ -148,7 +148,7 @@ class MpcScheduler:
         self._solving: asyncio.Future[PlanResult] | None = None  # the solver thread's last solve
         self._queued = False  # a re-plan is waiting for the running one
         # Profile records being written (in the background, in order per EVSE).
-        self._writes: OrderedWrites[tuple[str, int]] = OrderedWrites()
+        self._writes: OrderedTasks[tuple[str, int]] = OrderedTasks()
         self._stopping = False
         # What a session nobody described will do (dwell, energy, how late announcements run):
         # learned from every session that ends here, as the offline evaluator's MPC learns it.
