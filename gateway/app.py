@@ -256,14 +256,15 @@ class Gateway:
     async def refresh_station(self, station_id: str) -> None:
         """Read a station's registration again (at its connection, and whenever any process
         changed it: :mod:`gateway.db.station_changes`): a disabled station's live connection is
-        closed, and the site is re-planned if its EVSEs changed. Tried again while the database is
-        away, as long as the station stays connected (a connection may last days)."""
+        closed, as is one logged in with a password since replaced, and the site is re-planned if
+        its EVSEs changed. Tried again while the database is away, as long as the station stays
+        connected (a connection may last days)."""
         wait = self.settings.db_retry_interval_s
         while True:
             read_from = time.monotonic()
             try:
                 async with self._registration_reads:
-                    row = await self.stations.get(station_id)
+                    found = await self.stations.registration(station_id)
                     evses = await self.stations.evses([station_id])
                 break
             except Exception as exc:  # what was known stands meanwhile
@@ -272,9 +273,13 @@ class Gateway:
             wait = min(2 * wait, REFRESH_RETRY_MAX_S)
             if self.ocpp.registry.get(station_id) is None:
                 return  # gone: its next connection reads it
+        row, creds = found if found is not None else (None, None)
         if row is not None and not row.enabled:
             await self.ocpp.shut_out(station_id)  # disabled by any node or `gateway station disable`
             return
+        # A new password (`station add` again) or security profile ends a session logged in on the
+        # old one: a password is replaced because it leaked, or the station's set-up changed.
+        await self.ocpp.check_terms(station_id, creds, read_from)
         # Enabled again: a disable heard before this read is not outlived (one after it stands).
         self.ocpp.let_in(station_id, enabled_as_of=read_from)
         changed = [self._adopt_evse(e, row) for e in evses]

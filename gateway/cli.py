@@ -152,17 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     station = sub.add_parser("station", help="register and list stations")
     ssub = station.add_subparsers(dest="station_command", required=True)
-    add = ssub.add_parser("add", help="register a station (password read from stdin)")
+    add = ssub.add_parser("add", help="register a station (password read from stdin), or change one: "
+                                      "what is not given is kept")
     add.add_argument("station_id")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the Basic-auth password from stdin (profiles 1 and 2: required)")
-    add.add_argument("--security-profile", type=int, choices=(1, 2, 3), default=1,
-                     help="1: Basic over ws; 2: Basic over wss; 3: TLS client certificate (no password)")
-    add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default="negative_limit",
-                     help="how the station takes a discharge command (negative W limit on 2.0.1)")
-    add.add_argument("--discharge-undeclared-evs", choices=("yes", "no"), default=None,
+    # On a registered station, a setting not given is kept as it is.
+    add.add_argument("--security-profile", type=int, choices=(1, 2, 3), default=None,
+                     help="1: Basic over ws; 2: Basic over wss; 3: TLS client certificate (no password); "
+                          "a new station: 1")
+    add.add_argument("--discharge-dialect", choices=("none", "negative_limit"), default=None,
+                     help="how the station takes a discharge command (negative W limit on 2.0.1); "
+                          "a new station: negative_limit")
+    add.add_argument("--discharge-undeclared-evs", choices=("yes", "no", "site"), default=None,
                      help="discharge EVs that did not declare a discharge power (CHAdeMO V2G cars "
-                          "behind a DC charger); default: the site's GATEWAY_DISCHARGE_UNDECLARED_EVS")
+                          "behind a DC charger); site (a new station's): the site's "
+                          "GATEWAY_DISCHARGE_UNDECLARED_EVS")
     add.add_argument("--evse", action="append", metavar="ID:CHARGE_KW[:DISCHARGE_KW]",
                      help="an EVSE and its power limits (repeatable), e.g. 1:11:11")
     slist = ssub.add_parser("list", help="list registered stations")

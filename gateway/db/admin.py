@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.clock import RealClock
 from gateway.config import Settings
 from gateway.db.engine import make_engine, sessionmaker
-from gateway.db.stations import EvseRow, StationRepository, TokenRepository
+from gateway.db.stations import KEEP, EvseRow, StationRepository, TokenRepository
 from gateway.episode import StationSpec
-from gateway.ocpp.auth import hash_password
+from gateway.ocpp.auth import hash_password, verify_password
 from gateway.ocpp.server import valid_station_id
 
 MIN_PASSWORD_LENGTH = 16  # OCPP 2.0.1 A00.FR.205: BasicAuthPassword is 16 to 40 characters
@@ -27,10 +27,20 @@ STATION_LIST_PAGE = 1000
 async def register_stations(
     repo: StationRepository, stations: Sequence[StationSpec], password: str, now: datetime,
 ) -> None:
-    """Register simulated (or surveyed) stations with one password and their EVSE limits."""
-    hashed = hash_password(password)
+    """Register simulated (or surveyed) stations with one password and their EVSE limits. A
+    station registered before with this same password keeps its stored hash: a new hash would
+    read as a new password, and the gateway ends a session whose password changed."""
+    stored = await repo.password_hashes([st.id for st in stations])
+    same: dict[str, bool] = {}  # a stored hash -> whether the password matches it (one check each)
+    hashed: str | None = None
     for st in stations:
-        await repo.add(st.id, hashed, security_profile=1, now=now, evses=[
+        use = stored.get(st.id)
+        if use is not None and use not in same:
+            same[use] = await asyncio.to_thread(verify_password, use, password)
+        if use is None or not same[use]:
+            hashed = hashed or await asyncio.to_thread(hash_password, password)
+            use = hashed
+        await repo.add(st.id, use, now=now, evses=[
             EvseRow(e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases) for e in st.evses])
 
 
@@ -119,8 +129,14 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
         except EvseSpecError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        # Read first: what is not given is kept, a password given again keeps its hash, and the
+        # message says what changed. Whether the row is new is the upsert's own answer.
+        found = await repo.registration(sid)
+        before, creds = found if found is not None else (None, None)
+        profile = args.security_profile or (creds.security_profile if creds is not None else 1)
         hashed: str | None = None
-        if args.security_profile >= 3:
+        password_changed = creds is not None and creds.password_hash is not None
+        if profile >= 3:
             # The certificate is the credential (its commonName is the station id); a password
             # would never be asked for.
             if args.password_stdin:
@@ -135,21 +151,23 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
             if len(password) < MIN_PASSWORD_LENGTH or len(password) > 40:
                 print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
                 return 2
-            hashed = hash_password(password)
-        # Read first only for the message: whether the row is new is the upsert's own answer.
-        before = await repo.get(sid)
+            # The same password keeps its stored hash: a new hash reads as a new password, and a
+            # running gateway ends the station's session when its password changes.
+            if creds is not None and creds.password_hash is not None and verify_password(creds.password_hash,
+                                                                                         password):
+                hashed, password_changed = creds.password_hash, False
+            else:
+                hashed, password_changed = hash_password(password), True
+        undeclared = {None: KEEP, "site": None, "yes": True, "no": False}[args.discharge_undeclared_evs]
         inserted = await repo.add(sid, hashed, security_profile=args.security_profile,
-                                  discharge_dialect=args.discharge_dialect,
-                                  discharge_undeclared_evs=(None if args.discharge_undeclared_evs is None
-                                                            else args.discharge_undeclared_evs == "yes"),
+                                  discharge_dialect=args.discharge_dialect, discharge_undeclared_evs=undeclared,
                                   evses=[EvseRow(evse_id, charge, discharge, discharge > 0)
                                          for evse_id, charge, discharge in evses],
                                   now=RealClock().now())
-        if inserted:
-            print(f"station {sid} registered (security profile {args.security_profile})")
+        if inserted or before is None:
+            print(f"station {sid} registered (security profile {profile})")
         else:
-            print(_replaced(sid, args.security_profile, hashed is not None, [e[0] for e in evses],
-                            re_enabled=before is not None and not before.enabled))
+            print(_replaced(sid, args, password_changed, [e[0] for e in evses], re_enabled=not before.enabled))
     elif args.station_command == "list":
         offset = 0
         while True:
@@ -178,15 +196,30 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
     return 0
 
 
-def _replaced(sid: str, security_profile: int, password: bool, evse_ids: Sequence[int], *,
+def _replaced(sid: str, args: argparse.Namespace, password_changed: bool, evse_ids: Sequence[int], *,
               re_enabled: bool) -> str:
     """What re-running ``station add`` on a registered id did: the documented way to change a
-    password, which replaces everything else the command sets (and re-enables the station)."""
-    parts = ["password" if password else "password (removed: the certificate is the credential)",
-             f"security profile ({security_profile})", "discharge settings"]
+    password, the security profile, the discharge settings or ratings; what the command does not
+    give is kept (and a disabled station is enabled again)."""
+    parts = []
+    if password_changed:
+        parts.append("password" if args.password_stdin else "password (removed: the certificate is the credential)")
+    if args.security_profile is not None:
+        parts.append(f"security profile ({args.security_profile})")
+    if args.discharge_dialect is not None:
+        parts.append(f"discharge dialect ({args.discharge_dialect})")
+    if args.discharge_undeclared_evs is not None:
+        parts.append(f"discharge of undeclared EVs ({args.discharge_undeclared_evs})")
     if evse_ids:  # EVSEs not given keep their ratings
         parts.append("ratings of EVSE " + ", ".join(str(i) for i in evse_ids))
-    line = f"station {sid} updated: {', '.join(parts[:-1])} and {parts[-1]} replaced"
+    if not parts:
+        line = f"station {sid} unchanged"
+    elif len(parts) == 1:
+        line = f"station {sid} updated: {parts[0]} replaced"
+    else:
+        line = f"station {sid} updated: {', '.join(parts[:-1])} and {parts[-1]} replaced"
+    if not password_changed and args.password_stdin:
+        line += " (the password given is the one registered: kept)"
     return line + ("; enabled (it was disabled)" if re_enabled else "")
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import builtins
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Boolean, case, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -17,6 +18,15 @@ from gateway import metrics
 from gateway.db import models as m
 from gateway.db.station_changes import announce
 from gateway.ocpp.ports import StationCredentials
+
+
+class Keep(enum.Enum):
+    """A setting :meth:`StationRepository.add` leaves as it is on a registered station."""
+
+    KEEP = "keep"
+
+
+KEEP: Final = Keep.KEEP
 
 log = logging.getLogger(__name__)
 
@@ -79,32 +89,47 @@ class StationRepository:
             return StationCredentials(st.id, st.password_hash, st.security_profile, st.enabled)
 
     async def add(
-        self, station_id: str, password_hash: str | None, *, security_profile: int = 1,
-        discharge_dialect: str = "negative_limit", discharge_undeclared_evs: bool | None = None,
+        self, station_id: str, password_hash: str | None, *, security_profile: int | None = None,
+        discharge_dialect: str | None = None, discharge_undeclared_evs: bool | Keep | None = KEEP,
         evses: Sequence[EvseRow] = (), now: datetime,
     ) -> bool:
-        """Register a station, or replace its password and profile if it exists (the CLI's
-        ``station add``; the REST API registers with :meth:`create`, which never replaces), with
-        ``evses`` (their ratings replaced too), in one commit: a failure part-way leaves nothing.
+        """Register a station, or replace its password if it exists (the CLI's ``station add``;
+        the REST API registers with :meth:`create`, which never replaces), with ``evses`` (their
+        ratings replaced too), in one commit: a failure part-way leaves nothing. The security
+        profile and discharge settings are replaced where given and kept where not (a new station
+        gets profile 1, the ``negative_limit`` dialect and the site's default for undeclared EVs),
+        so re-running the command to change one thing does not quietly reset the others.
         ``True`` when the station is new, ``False`` when an existing one was replaced."""
+        given: dict[str, Any] = {"password_hash": password_hash, "enabled": True}
+        if security_profile is not None:
+            given["security_profile"] = security_profile
+        if discharge_dialect is not None:
+            given["discharge_dialect"] = discharge_dialect
+        if discharge_undeclared_evs is not KEEP:
+            given["discharge_undeclared_evs"] = discharge_undeclared_evs
         async with self._sessions.begin() as s:
             stmt = insert(m.Station).values(
-                id=station_id, password_hash=password_hash, security_profile=security_profile,
-                discharge_dialect=discharge_dialect, discharge_undeclared_evs=discharge_undeclared_evs,
+                id=station_id, password_hash=password_hash, security_profile=security_profile or 1,
+                discharge_dialect=discharge_dialect or "negative_limit",
+                discharge_undeclared_evs=None if discharge_undeclared_evs is KEEP else discharge_undeclared_evs,
                 enabled=True, registered_at=now,
             )
             # The statement itself tells, not a look-up before it (a concurrent add could come
             # between): a row the upsert inserted has no deleting transaction yet (xmax 0), a row
             # it updated has this one.
             inserted = (await s.execute(stmt.on_conflict_do_update(
-                index_elements=[m.Station.id],
-                set_={"password_hash": password_hash, "security_profile": security_profile,
-                      "discharge_dialect": discharge_dialect, "discharge_undeclared_evs": discharge_undeclared_evs,
-                      "enabled": True},
+                index_elements=[m.Station.id], set_=given,
             ).returning(literal_column("xmax = 0", Boolean)))).scalar_one()
             await _put_evses(s, station_id, evses)
             await announce(s, station_id)
             return bool(inserted)
+
+    async def password_hashes(self, station_ids: Sequence[str]) -> dict[str, str | None]:
+        """The stored password hash of each of ``station_ids`` that is registered."""
+        async with self._sessions() as s:
+            res = await s.execute(select(m.Station.id, m.Station.password_hash)
+                                  .where(m.Station.id.in_(list(station_ids))))
+            return {sid: h for sid, h in res.tuples()}
 
     async def create(
         self, station_id: str, password_hash: str, *, security_profile: int, discharge_dialect: str,
@@ -133,6 +158,14 @@ class StationRepository:
                 return False
             await announce(s, station_id)  # the node holding its connection acts on it
             return True
+
+    async def registration(self, station_id: str) -> tuple[StationRow, StationCredentials] | None:
+        """The station's row and the credentials a login is checked against, in one read."""
+        async with self._sessions() as s:
+            st = await s.get(m.Station, station_id)
+            if st is None:
+                return None
+            return _row(st), StationCredentials(st.id, st.password_hash, st.security_profile, st.enabled)
 
     async def get(self, station_id: str) -> StationRow | None:
         async with self._sessions() as s:

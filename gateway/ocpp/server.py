@@ -28,7 +28,9 @@ Everything that decides whether a station may talk happens in the HTTP handshake
 After the handshake a connection without an acceptable subprotocol is closed with 1002. The
 newest *authenticated* connection for a station id replaces the live one (its pending CALLs fail
 at once and its socket closes within ``TAKEOVER_CLOSE_TIMEOUT_S``); a refused handshake never
-touches the live one.
+touches the live one. A live session ends (1008) when its station is disabled, or when a later
+read of its registration finds another password or security profile than it logged in with
+(:meth:`OcppServer.check_terms`).
 
 OCPP versions plug in as :class:`VersionAdapter` values keyed by subprotocol.
 """
@@ -119,6 +121,21 @@ class _Admission:
     station_id: str
     security_profile: int
     remote_address: str | None
+    # What the login was checked against (:func:`login_terms`), and when that registration was
+    # read (real seconds, time.monotonic()): a later read that finds other terms ends the session.
+    terms: tuple[str | None, int] = (None, 1)
+    read_at: float = 0.0
+
+
+def login_terms(creds: StationCredentials | None) -> tuple[str | None, int]:
+    """The parts of a registration a live session was admitted on: its password (as stored) and
+    security profile. A certificate station's password is not asked for, so it is not part of its
+    terms; an unknown station admitted in DEV mode logged in as an unregistered profile 1 one."""
+    if creds is None:
+        return (None, 1)
+    if creds.security_profile >= 3:
+        return (None, creds.security_profile)
+    return (creds.password_hash, creds.security_profile)
 
 
 class ConnectionRegistry:
@@ -203,6 +220,8 @@ class OcppServer:
         self.port: int | None = None
         self._server: Server | None = None
         self._admitted: WeakKeyDictionary[ServerConnection, _Admission] = WeakKeyDictionary()
+        # What each live connection was admitted on (see check_terms).
+        self._sessions: dict[Connection, _Admission] = {}
         self._connection_ids = itertools.count(1)
         self._takeovers: dict[str, deque[datetime]] = {}
         # Stations disabled by this process lately (real seconds, time.monotonic()): a login that
@@ -315,6 +334,7 @@ class OcppServer:
         attempt: LoginAttempt,
     ) -> Response | None:
         changes = self._creds_changes.get(station_id, 0)
+        read_at = time.monotonic()
         try:
             creds = await self.directory.credentials(station_id)
         except Exception as exc:
@@ -322,7 +342,7 @@ class OcppServer:
             if seen is not None and time.monotonic() - seen[0] <= self.settings.credentials_stale_max_s:
                 log.warning("station directory unavailable (%s): %s checked against its registration read "
                             "%.0f s ago", exc, station_id, time.monotonic() - seen[0])
-                creds = seen[1]
+                read_at, creds = seen
             else:
                 # The directory (database) is unavailable: tell the station to retry later rather
                 # than refusing its credentials.
@@ -335,10 +355,10 @@ class OcppServer:
                 self._creds_read.pop(station_id, None)
             elif self._creds_changes.get(station_id, 0) == changes:
                 # Not a read that began before a change (a new password) and ended after it.
-                self._creds_read[station_id] = (time.monotonic(), creds)
+                self._creds_read[station_id] = (read_at, creds)
         if creds is None:
             if self.settings.allow_unknown_stations:
-                self._admitted[connection] = _Admission(station_id, 1, remote)
+                self._admitted[connection] = _Admission(station_id, 1, remote, login_terms(None), read_at)
                 return None
             self._failure(None, remote, "unknown_station", f"unknown station id {station_id!r}", attempt)
             return connection.respond(HTTPStatus.NOT_FOUND, "Unknown station\n")
@@ -347,12 +367,13 @@ class OcppServer:
             refusal = self._check_certificate(creds, connection, remote, attempt)
             if refusal is not None:
                 return connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
-            self._admitted[connection] = _Admission(station_id, creds.security_profile, remote)
+            self._admitted[connection] = _Admission(station_id, creds.security_profile, remote,
+                                                    login_terms(creds), read_at)
             return None
         if creds.password_hash is None and creds.enabled and self.settings.allow_unknown_stations:
             # DEV mode: a station registered without a password (e.g. auto-registered on an
             # earlier visit) is admitted like an unknown one.
-            self._admitted[connection] = _Admission(station_id, 1, remote)
+            self._admitted[connection] = _Admission(station_id, 1, remote, login_terms(creds), read_at)
             return None
         try:
             refusal = await self._check_credentials(creds, request.headers, remote, attempt)
@@ -364,7 +385,8 @@ class OcppServer:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
             response.headers["WWW-Authenticate"] = 'Basic realm="OCPP", charset="UTF-8"'
             return response
-        self._admitted[connection] = _Admission(station_id, creds.security_profile, remote)
+        self._admitted[connection] = _Admission(station_id, creds.security_profile, remote,
+                                                login_terms(creds), read_at)
         return None
 
     async def _check_credentials(
@@ -471,6 +493,7 @@ class OcppServer:
             await ws.close(1008, "station disabled")
             return
         old = self.registry._put(conn)
+        self._sessions[conn] = admission
         if old is not None:
             old.replace()
             self._note_takeover(ctx)
@@ -479,6 +502,7 @@ class OcppServer:
             await conn.run()
         finally:
             self.registry._remove(conn)
+            self._sessions.pop(conn, None)
             await self._notify_disconnected(ctx, ws.close_code)
             # Let a CALL being handled finish (e.g. a commit) before the handler task ends,
             # so stop() drains in-flight work within its deadline.
@@ -494,6 +518,23 @@ class OcppServer:
         conn = self.registry.get(station_id)
         if conn is not None:
             await conn.close(1008, "station disabled")
+
+    async def check_terms(self, station_id: str, creds: StationCredentials | None, read_at: float) -> None:
+        """The station's registration as read at ``read_at`` (monotonic seconds): a live session
+        admitted on an earlier read of other terms (another password, another security profile,
+        the station removed) is closed, so a password replaced because it leaked stops working at
+        once rather than at the station's next reconnection. The station then logs in again with
+        what it holds. A read older than the session's own login says nothing about it."""
+        conn = self.registry.get(station_id)
+        admission = self._sessions.get(conn) if conn is not None else None
+        if conn is None or admission is None or admission.read_at >= read_at:
+            return
+        if admission.terms == login_terms(creds):
+            return
+        self._event(station_id, "credentials_changed",
+                    "registration changed since its login (password or security profile): session closed",
+                    admission.remote_address)
+        await conn.close(1008, "credentials changed")
 
     def let_in(self, station_id: str, enabled_as_of: float | None = None) -> None:
         """The station was enabled again (as a read begun at ``enabled_as_of``, monotonic

@@ -103,9 +103,11 @@ def test_station_disable_says_what_it_does(clean_db: str) -> None:
 
 
 def test_station_add_on_a_registered_id_says_what_it_replaced(clean_db: str) -> None:
-    """Re-running `station add` is how a password is changed: it replaces the rest the command
-    sets too and re-enables a disabled station, and says so rather than "registered" again."""
-    first = gateway(["station", "add", "CS-AGAIN", "--password-stdin", "--evse", "1:11", "--evse", "2:11"],
+    """Re-running `station add` is how a password (or profile, or discharge setting) is changed:
+    it replaces what the command gives, keeps what it does not, re-enables a disabled station, and
+    says so rather than "registered" again."""
+    first = gateway(["station", "add", "CS-AGAIN", "--password-stdin", "--evse", "1:11", "--evse", "2:11",
+                     "--discharge-dialect", "none", "--discharge-undeclared-evs", "yes"],
                     clean_db, stdin=PASSWORD + "\n")
     assert first.returncode == 0, first.stderr
     assert first.stdout == "station CS-AGAIN registered (security profile 1)\n"
@@ -113,18 +115,40 @@ def test_station_add_on_a_registered_id_says_what_it_replaced(clean_db: str) -> 
     again = gateway(["station", "add", "CS-AGAIN", "--password-stdin", "--security-profile", "2",
                      "--evse", "1:22:11"], clean_db, stdin="another-long-password\n")
     assert again.returncode == 0, again.stderr
-    assert again.stdout == ("station CS-AGAIN updated: password, security profile (2), discharge settings "
-                            "and ratings of EVSE 1 replaced\n")
+    assert again.stdout == "station CS-AGAIN updated: password, security profile (2) and ratings of EVSE 1 replaced\n"
+    kept = asyncio.run(fetch(clean_db, "SELECT discharge_dialect, discharge_undeclared_evs FROM stations"))
+    assert [tuple(r) for r in kept] == [("none", True)]  # not given again: not reset to the defaults
 
     assert gateway(["station", "disable", "CS-AGAIN"], clean_db).returncode == 0
-    reenabled = gateway(["station", "add", "CS-AGAIN", "--security-profile", "3"], clean_db)
+    reenabled = gateway(["station", "add", "CS-AGAIN", "--security-profile", "3", "--discharge-undeclared-evs",
+                         "site"], clean_db)
     assert reenabled.returncode == 0, reenabled.stderr
     assert reenabled.stdout == ("station CS-AGAIN updated: password (removed: the certificate is the credential), "
-                                "security profile (3) and discharge settings replaced; enabled (it was disabled)\n")
-    rows = asyncio.run(fetch(clean_db, "SELECT security_profile, enabled, password_hash FROM stations"))
-    assert [tuple(r) for r in rows] == [(3, True, None)]
+                                "security profile (3) and discharge of undeclared EVs (site) replaced; "
+                                "enabled (it was disabled)\n")
+    rows = asyncio.run(fetch(clean_db, "SELECT security_profile, enabled, password_hash, discharge_dialect, "
+                                       "discharge_undeclared_evs FROM stations"))
+    assert [tuple(r) for r in rows] == [(3, True, None, "none", None)]
     evses = asyncio.run(fetch(clean_db, "SELECT evse_id, max_charge_kw FROM evses ORDER BY evse_id"))
     assert [tuple(r) for r in evses] == [(1, 22.0), (2, 11.0)]  # EVSE 2, not given again, is kept
+
+
+def test_station_add_with_the_registered_password_keeps_its_hash(clean_db: str) -> None:
+    """A new hash of the same password would read as a new password, and a running gateway ends
+    the session of a station whose password changed: changing a rating must not do that."""
+    assert gateway(["station", "add", "CS-SAME", "--password-stdin", "--security-profile", "2"],
+                   clean_db, stdin=PASSWORD + "\n").returncode == 0
+    before = asyncio.run(fetch(clean_db, "SELECT password_hash FROM stations"))
+    again = gateway(["station", "add", "CS-SAME", "--password-stdin", "--evse", "1:22"], clean_db,
+                    stdin=PASSWORD + "\n")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == ("station CS-SAME updated: ratings of EVSE 1 replaced "
+                            "(the password given is the one registered: kept)\n")
+    after = asyncio.run(fetch(clean_db, "SELECT password_hash, security_profile FROM stations"))
+    assert [tuple(r) for r in after] == [(before[0]["password_hash"], 2)]  # profile not given: kept
+    changed = gateway(["station", "add", "CS-SAME", "--password-stdin"], clean_db, stdin="another-long-password\n")
+    assert changed.stdout == "station CS-SAME updated: password replaced\n"
+    assert asyncio.run(fetch(clean_db, "SELECT password_hash FROM stations"))[0][0] != before[0]["password_hash"]
 
 
 @pytest.mark.parametrize("cmd", [["station", "list"], ["token", "list"], ["db", "current"]])

@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway import events as ev
 from gateway.db.engine import make_engine, sessionmaker
@@ -19,6 +20,8 @@ from gateway.ocpp.auth import hash_password
 from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.gateway.test_handlers import PASSWORD, fetch
 from tests.ocpp_client import RawStation
+
+NEW_PASSWORD = "a-new-password-of-24-chars"
 
 
 @contextlib.asynccontextmanager
@@ -57,7 +60,8 @@ async def test_ratings_registered_by_another_process_apply_to_a_connected_statio
     st = await _connected(h, "CS-CHG")
     changed = gw.bus.subscribe(ev.SiteInputsChanged)
     async with another_process(h.database_url) as repo:
-        await repo.add("CS-CHG", hash_password(PASSWORD), evses=[EvseRow(1, 22.0, 11.0, True)], now=gw.clock.now())
+        same = (await repo.password_hashes(["CS-CHG"]))["CS-CHG"]  # as `station add` keeps it for the same password
+        await repo.add("CS-CHG", same, evses=[EvseRow(1, 22.0, 11.0, True)], now=gw.clock.now())
 
     def rated() -> bool:
         e = gw.state.evses.get(("CS-CHG", 1))
@@ -95,6 +99,106 @@ async def test_a_disable_by_another_process_closes_the_live_connection_and_an_en
     except ConnectionClosed:
         raise AssertionError("the station enabled again was still shut out") from None
     await back.close()
+
+
+async def _closed(st: RawStation, what: str) -> None:
+    try:
+        await asyncio.wait_for(st.ws.wait_closed(), EVENT_TIMEOUT_S)
+    except TimeoutError:
+        raise AssertionError(what) from None
+    assert st.ws.close_code == 1008
+
+
+async def test_a_password_replaced_elsewhere_ends_the_session_logged_in_with_the_old_one(
+        gateway_factory: Any) -> None:
+    """A password is replaced because it leaked: a session opened with it ends at once, and only
+    the new one logs in again."""
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-PW", PASSWORD)
+    st = await _connected(h, "CS-PW")
+    async with another_process(h.database_url) as repo:
+        await repo.add("CS-PW", hash_password(NEW_PASSWORD), now=h.gw.clock.now())
+    await _closed(st, "the session logged in with the replaced password stayed up")
+    events = await fetch(h.database_url, "SELECT kind FROM security_events WHERE station_id = 'CS-PW'")
+    assert [r["kind"] for r in events] == ["credentials_changed"]
+    with pytest.raises(InvalidStatus):
+        await RawStation.connect(h.ocpp_url, "CS-PW", PASSWORD)
+    back = await RawStation.connect(h.ocpp_url, "CS-PW", NEW_PASSWORD)
+    assert "currentTime" in await asyncio.wait_for(back.ok("Heartbeat", {}), EVENT_TIMEOUT_S)
+    await back.close()
+
+
+async def test_a_security_profile_raised_elsewhere_ends_a_session_it_no_longer_allows(gateway_factory: Any) -> None:
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    await h.add_station("CS-PROF", PASSWORD)
+    st = await _connected(h, "CS-PROF")
+    async with another_process(h.database_url) as repo:
+        same = (await repo.password_hashes(["CS-PROF"]))["CS-PROF"]
+        await repo.add("CS-PROF", same, security_profile=2, now=h.gw.clock.now())  # TLS from now on
+    await _closed(st, "a profile 1 session stayed up on a station registered for profile 2")
+    with pytest.raises(InvalidStatus):  # plain ws: refused
+        await RawStation.connect(h.ocpp_url, "CS-PROF", PASSWORD)
+
+
+async def test_a_read_older_than_the_login_does_not_end_the_session(gateway_factory: Any) -> None:
+    """A read of the registration begun before the station's login says nothing about the
+    terms it logged in on (a read of the new password may have been the login's own)."""
+    import time
+
+    from gateway.ocpp.ports import StationCredentials
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    server = h.gw.ocpp
+    before = time.monotonic()
+    await h.add_station("CS-OLD", PASSWORD)
+    st = await _connected(h, "CS-OLD")
+    other = StationCredentials("CS-OLD", hash_password(NEW_PASSWORD), 1, True)
+    await server.check_terms("CS-OLD", other, before)
+    assert "currentTime" in await asyncio.wait_for(st.ok("Heartbeat", {}), EVENT_TIMEOUT_S)
+    await server.check_terms("CS-OLD", other, time.monotonic())
+    await _closed(st, "a read after the login that found another password left the session up")
+
+
+async def test_a_station_admitted_unregistered_keeps_its_session_until_given_a_password(gateway_factory: Any) -> None:
+    """DEV mode: the row its connection creates (no password) is what it logged in on; a
+    password registered for it later ends the session."""
+    h: GatewayHarness = await gateway_factory(allow_unknown_stations=True)
+    assert h.gw is not None
+    gw = h.gw
+    st = await _connected(h, "CS-DEV")
+    await _until(lambda: not gw.ocpp.observer.flag_writes.pending("CS-DEV"), "flag not written")
+    assert (await fetch(h.database_url, "SELECT password_hash FROM stations WHERE id = 'CS-DEV'"))[0][0] is None
+    gw.registration_changed("CS-DEV")  # read again, now that its row exists
+    await _until(lambda: not gw._refreshes.pending("CS-DEV"), "registration not read")
+    assert "currentTime" in await asyncio.wait_for(st.ok("Heartbeat", {}), EVENT_TIMEOUT_S)
+    async with another_process(h.database_url) as repo:
+        await repo.add("CS-DEV", hash_password(NEW_PASSWORD), now=gw.clock.now())
+    await _closed(st, "a session without a password stayed up once the station had one")
+
+
+async def test_registering_again_with_the_same_password_keeps_the_session(gateway_factory: Any) -> None:
+    """`sim --register` run again (new ratings, the same password) keeps the stored hash, so the
+    connected station is re-rated without being sent away."""
+    from gateway.db.admin import register_for_sim
+    from gateway.domain import EvseSpec
+    from gateway.episode import StationSpec
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    gw = h.gw
+    await h.add_station("CS-KEEP", PASSWORD, evses=[(1, 11.0, 0.0, False)])
+    st = await _connected(h, "CS-KEEP")
+    live = gw.ocpp.registry.get("CS-KEEP")
+    rerated = EvseSpec("CS-KEEP", 1, max_charge_kw=22.0, max_discharge_kw=0.0)
+    await register_for_sim(h.database_url, [StationSpec("CS-KEEP", (rerated,))], PASSWORD)
+    await _until(lambda: gw.state.evses[("CS-KEEP", 1)].spec.max_charge_kw == 22.0, "the new rating was not read")
+    await _until(lambda: not gw._refreshes.pending("CS-KEEP"), "registration not read")
+    assert gw.ocpp.registry.get("CS-KEEP") is live and not live.closed
+    assert "currentTime" in await asyncio.wait_for(st.ok("Heartbeat", {}), EVENT_TIMEOUT_S)
+    await st.close()
 
 
 async def test_changes_made_while_not_listening_are_read_when_listening_again(gateway_factory: Any) -> None:
