@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from gateway import sitetime
 from gateway.clock import Clock, to_rfc3339
 from gateway.episode import Episode
 
@@ -82,7 +83,7 @@ class SiteFeed:
     async def close(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
         r = await self._http.request(method, path, json=body)
         if r.status_code in (401, 403):
             raise SiteFeedError(f"{method} {path}: HTTP {r.status_code}: the operator key was refused "
@@ -93,6 +94,7 @@ class SiteFeed:
         """The limits, tariff and grid events; then the first reading. Any refusal is a
         :class:`SiteFeedError` naming what and why (the gateway's own words)."""
         try:
+            await self._check_site_clock()
             for method, path, body in site_requests(self.episode):
                 r = await self._send(method, path, body)
                 if r.status_code >= 400:
@@ -100,6 +102,25 @@ class SiteFeed:
         except httpx.TransportError as exc:
             raise SiteFeedError(f"the gateway's REST API at {self._http.base_url} did not answer: {exc}") from exc
         await self.send_reading()
+
+    async def _check_site_clock(self) -> None:
+        """The tariff's hours are sent as the episode states them, and the gateway reads them on
+        its site's clock: where the two clocks tell different hours during the episode, every
+        price would land on the wrong hour. Refused before anything is sent."""
+        r = await self._send("GET", "/api/v1/tariff", None)
+        if r.status_code >= 400:
+            raise SiteFeedError(f"GET /api/v1/tariff: HTTP {r.status_code}: {_reason(r)}")
+        gateway_tz = str(r.json().get("timezone", sitetime.UTC_NAME))
+        episode_tz = self.episode.tariff.timezone
+        try:
+            differs = clock_differs(gateway_tz, episode_tz, self.episode.start, self.episode.end)
+        except sitetime.UnknownTimezoneError as exc:
+            raise SiteFeedError(f"the gateway's site time zone: {exc}") from exc
+        if differs is not None:
+            raise SiteFeedError(
+                f"the episode's tariff hours are on {episode_tz} time and the gateway's site is on {gateway_tz} "
+                f"(at {to_rfc3339(differs)} they tell different hours), so its prices would fall on the wrong "
+                f"hours: start the gateway with a site file (--config) whose [site] timezone is {episode_tz!r}")
 
     async def send_reading(self) -> None:
         """The building's load now, and the forecast when it is due. A gateway that does not answer
@@ -145,6 +166,18 @@ class SiteFeed:
         while True:
             await self.clock.sleep(READING_EVERY_SIM_S)
             await self.send_reading()
+
+
+def clock_differs(a: str, b: str, start: datetime, end: datetime) -> datetime | None:
+    """The first hour from ``start`` to ``end`` at which zones ``a`` and ``b`` tell different
+    local times (None: the same clock all along, as "UTC" and "Etc/UTC" are)."""
+    at = start
+    while True:
+        if sitetime.local(at, a).replace(tzinfo=None) != sitetime.local(at, b).replace(tzinfo=None):
+            return at
+        if at >= end:
+            return None
+        at = min(at + timedelta(hours=1), end)
 
 
 def _reason(r: httpx.Response) -> str:

@@ -114,3 +114,37 @@ async def test_a_feed_that_fails_ends_the_day_with_its_error_and_a_day_that_ends
 
     assert await asyncio.wait_for(run_fed(short_day(), endless_feed()), 10) == "summary"
     assert feed_cancelled.is_set()
+
+
+def test_two_zones_are_one_clock_only_where_they_tell_the_same_hours() -> None:
+    from datetime import UTC, datetime
+
+    from simulators.site_feed import clock_differs
+
+    jan = datetime(2027, 1, 4, tzinfo=UTC)
+    assert clock_differs("UTC", "Etc/UTC", jan, jan + timedelta(days=20)) is None
+    assert clock_differs("UTC", "Europe/London", jan, jan + timedelta(days=20)) is None  # GMT in winter
+    spring = datetime(2027, 3, 20, tzinfo=UTC)
+    assert clock_differs("UTC", "Europe/London", spring, spring + timedelta(days=20)) == datetime(
+        2027, 3, 28, 1, tzinfo=UTC)  # British Summer Time begins
+    assert clock_differs("UTC", "Europe/Berlin", jan, jan) == jan
+
+
+async def test_a_gateway_on_another_clock_than_the_episodes_tariff_is_refused_before_anything_is_sent(
+        gateway_factory: Any) -> None:
+    """The tariff's hours would price the wrong hours: the feed says which zones and what to set,
+    and leaves the gateway's tariff and limits as they were."""
+    from gateway.config import SiteConfig
+
+    h = await gateway_factory(site=SiteConfig(timezone="America/New_York", import_limit_kw=321.0))
+    ep = _episode()
+    assert ep.tariff.timezone == "UTC"
+    feed = SiteFeed(h.api_url, KEY, ep, ManualClock(ep.start + timedelta(hours=8)))
+    try:
+        with pytest.raises(SiteFeedError, match=r"on UTC time and the gateway's site is on America/New_York.*"
+                                                r"\[site\] timezone is 'UTC'"):
+            await feed.start()
+    finally:
+        await feed.close()
+    assert h.gw.state.limits.import_kw == 321.0
+    assert feed.readings_sent == 0
