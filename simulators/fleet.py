@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import logging
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import datetime, timedelta
@@ -41,6 +42,40 @@ T = TypeVar("T")
 # evaluator bill 5-minute averages).
 DEMAND_WINDOW_S = 900
 DRAIN_REAL_S = 10.0  # at the end, how long to wait for stations to deliver their outboxes
+
+
+class ProgressLine(logging.Filter):
+    """The progress line, redrawn in place with a carriage return: a log record written to the
+    same stream meanwhile (a station that cannot connect, the site feed's warnings) would
+    otherwise start at the end of it. Attached to the root handlers writing there, it ends the
+    line first; the next redraw starts a new one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__()
+        self.stream = stream
+        self.open = False
+
+    def end(self) -> None:
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.end()
+        return True
+
+    def _handlers(self) -> list[logging.Handler]:
+        return [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is self.stream]
+
+    def attach(self) -> None:
+        for h in self._handlers():
+            h.addFilter(self)
+
+    def detach(self) -> None:
+        for h in self._handlers():
+            h.removeFilter(self)
 
 
 class Fleet:
@@ -68,6 +103,7 @@ class Fleet:
         self.progress = progress
         self.freeze_gc = freeze_gc
         self._stream = progress_stream or sys.stderr
+        self._line = ProgressLine(self._stream)
         self.stations: dict[str, Station] = {}
         self.arrivals: dict[str, Arrival] = {a.id: a for a in episode.arrivals}
         self.arrived: dict[str, asyncio.Event] = {a.id: asyncio.Event() for a in episode.arrivals}
@@ -142,6 +178,7 @@ class Fleet:
         self._tasks.append(asyncio.create_task(self._watch_boots(), name="fleet-boots"))
         self._tasks.append(asyncio.create_task(self._sampler(), name="fleet-sampler"))
         if self.progress:
+            self._line.attach()
             self._tasks.append(asyncio.create_task(self._progress_loop(), name="fleet-progress"))
 
     async def _run_station(self, st: Station, delay_real_s: float) -> None:
@@ -193,8 +230,8 @@ class Fleet:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), DRAIN_REAL_S)
         if self.progress:
-            self._stream.write("\n")
-            self._stream.flush()
+            self._line.end()
+            self._line.detach()
 
     async def _sampler(self) -> None:
         while True:
@@ -232,6 +269,7 @@ class Fleet:
                 f"  import {self.site_import_kw(now):7.1f} kW (peak {self.peak_import_kw:.1f})"
             )
             self._stream.flush()
+            self._line.open = True
             await asyncio.sleep(1.0)
 
     # ---- results ----------------------------------------------------------------------------

@@ -141,3 +141,41 @@ def test_a_host_that_refused_on_every_address_reads_as_refused() -> None:
     mixed = OSError("Multiple exceptions: [Errno 111] Connect call failed ('127.0.0.1', 9000), "
                     "[Errno 99] Cannot assign requested address")
     assert connect_failure(mixed, url).startswith(f"could not connect to {url}: Multiple exceptions")
+
+
+async def test_a_warning_during_the_progress_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    """The progress line is redrawn in place: a warning logged to the same terminal meanwhile
+    used to be written at its end."""
+    import io
+    import re
+
+    from simulators.fleet import Fleet
+    from simulators.scenario import ScenarioOptions, generate
+
+    episode = generate(ScenarioOptions(site="workplace", stations=1, days=1, seed=3))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fleet = Fleet(episode, f"ws://127.0.0.1:{port}/ocpp", password="x" * 16,
+                  clock=ScaledClock(episode.start, scale=1.0), progress=True, progress_stream=stream)
+    try:
+        await fleet.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while "(peak" not in stream.getvalue():
+            assert loop.time() < deadline, "no progress line drawn"
+            await asyncio.sleep(0.02)
+        logging.getLogger("simulators.station").warning("a station's warning")
+        await fleet.stop()
+        logging.getLogger("simulators.station").warning("after the run")
+    finally:
+        root.removeHandler(handler)
+    out = stream.getvalue()
+    assert "WARNING a station's warning\n" in out
+    assert re.search(r"\(peak [\d.]+\)[^\r\n]", out) is None, out  # nothing written after a progress line
+    assert out.endswith("\nWARNING after the run\n") and "\n\n" not in out, out  # ended once, never twice
