@@ -351,6 +351,10 @@ async def test_a_station_registered_by_another_process_is_planned_at_its_ratings
 
     h: GatewayHarness = await gateway_factory()
     assert h.gw is not None
+    # Not heard as it is written: the registration's notification could bring the ratings in
+    # before the connection does (tests/gateway/test_station_changes.py), and this is about the
+    # connection's own read (a notification nobody heard is lost).
+    await h.gw.station_changes.stop()
     changed = h.gw.bus.subscribe(ev.SiteInputsChanged)
     await register_for_sim(h.database_url, [StationSpec("LATE-1", (
         EvseSpec("LATE-1", 1, max_charge_kw=22.0, max_discharge_kw=11.0, bidirectional=True),))], PASSWORD)
