@@ -66,15 +66,18 @@ class _Observer:
         # The connected flags being written, in order per station.
         self.flag_writes: OrderedTasks[str] = OrderedTasks(gw.spawn)
 
-    def _write_connected(self, station_id: str, connected: bool) -> None:
+    def _write_connected(self, ctx: StationContext, connected: bool) -> None:
         """Store the connected flag in the background: the connection is served meanwhile (a slow
         or absent database held every station's first messages for the pool's timeout), and one
-        station's writes land in the order they happened."""
+        station's writes land in the order they happened (across nodes, by when each connection
+        was opened: :meth:`StationRepository.set_connected`)."""
         now = self._gw.clock.now()
+        station_id = ctx.station_id
 
         async def write() -> None:
             with contextlib.suppress(Exception):  # the flag is informative; the registry decides
-                await self._gw.stations.set_connected(station_id, connected, now, self._gw.settings.node_id)
+                await self._gw.stations.set_connected(station_id, connected, now, self._gw.settings.node_id,
+                                                      ctx.opened_at)
 
         self.flag_writes.add(station_id, write)
 
@@ -85,14 +88,14 @@ class _Observer:
         # while this one ran, or while no notification reached it: its EVSEs' ratings are read as
         # it comes, in the background (a slow database must not hold up the connection).
         self._gw.read_registration(ctx.station_id)
-        self._write_connected(ctx.station_id, True)
+        self._write_connected(ctx, True)
 
     async def station_disconnected(self, ctx: StationContext, close_code: int | None) -> None:
         metrics.STATIONS_CONNECTED.set(self._gw.ocpp.registry.count())
         if self._gw.ocpp.registry.get(ctx.station_id) is not None:
             return  # replaced by a newer connection: the station is still online
         self._gw.bus.publish(ev.StationDisconnected(self._gw.clock.now(), ctx.station_id))
-        self._write_connected(ctx.station_id, False)
+        self._write_connected(ctx, False)
 
 
 class _EmbeddedUvicorn(uvicorn.Server):

@@ -66,6 +66,9 @@ class Station(Base):
     last_seen_at: Mapped[datetime | None] = mapped_column(TS)
     connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     connected_node: Mapped[str | None] = mapped_column(String(64))  # the node holding the connection
+    # When that connection (or the last one, once disconnected) was opened, on the wall clock the
+    # nodes share: orders the writes of connections through different nodes (migration 0015).
+    connected_since: Mapped[datetime | None] = mapped_column(TS)
     # The TxDefaultProfile limit (kW) the station last accepted (migration 0012).
     default_limit_kw: Mapped[float | None] = mapped_column(Float)
 

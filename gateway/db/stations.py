@@ -194,17 +194,29 @@ class StationRepository:
             st.last_seen_at = now
             return st.boot_status
 
-    async def set_connected(self, station_id: str, connected: bool, now: datetime, node: str) -> None:
+    async def set_connected(self, station_id: str, connected: bool, now: datetime, node: str,
+                            since: datetime | None = None) -> None:
         """One statement: creates the row of a station admitted unregistered (dev mode) too. A
-        connection is written with the ``node`` holding it; a disconnect only by that node (or
-        over a flag no node holds), so a node that notices an old connection close after the
-        station came back through another one leaves that one's flag alone."""
+        connection is written with the ``node`` holding it and ``since`` when it was opened (wall
+        clock); a disconnect only by that node, for that connection (or over a flag no node
+        holds). So the write of an older connection, landing late, never replaces a newer one's,
+        and a node that notices an old connection close after the station came back through
+        another one leaves that one's flag alone."""
         async with self._sessions.begin() as s:
-            held = {"connected": connected, "connected_node": node if connected else None, "last_seen_at": now}
+            held: dict[str, Any] = {"connected": connected, "connected_node": node if connected else None,
+                                    "last_seen_at": now}
+            if connected and since is not None:
+                held["connected_since"] = since
             stmt = insert(m.Station).values(id=station_id, registered_at=now, **held)
-            ours = m.Station.connected_node.is_(None) | (m.Station.connected_node == node)
-            await s.execute(stmt.on_conflict_do_update(index_elements=[m.Station.id], set_=held,
-                                                       where=None if connected else ours))
+            row_since = m.Station.connected_since
+            if connected:
+                newer = None if since is None else (row_since.is_(None) | (row_since <= since))
+            else:
+                this = m.Station.connected_node == node
+                if since is not None:
+                    this = this & (row_since.is_(None) | (row_since == since))
+                newer = m.Station.connected_node.is_(None) | this
+            await s.execute(stmt.on_conflict_do_update(index_elements=[m.Station.id], set_=held, where=newer))
 
     async def release_node(self, node: str) -> builtins.list[str]:
         """Mark disconnected the stations ``node`` held (at its start: none is connected through

@@ -40,6 +40,9 @@ class StationContext:
     # Messages the CSMS asked for with TriggerMessage on this connection: a station whose boot was
     # answered Pending may send these (B02.FR.09), and nothing else but BootNotification.
     triggered: set[str] = field(default_factory=set)
+    # When the connection was opened on the wall clock the nodes share (connected_at is on the
+    # gateway's clock, which a simulation runs faster): orders connections across nodes.
+    opened_at: datetime | None = None
 
 
 class StationDirectory(Protocol):

@@ -56,7 +56,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from gateway.clock import Clock
+from gateway.clock import Clock, RealClock
 from gateway.config import Settings
 from gateway.logs import STATION_ID
 from gateway.ocpp.auth import (
@@ -486,6 +486,7 @@ class OcppServer:
             connected_at=self.clock.now(),
             ocpp_version=adapter.ocpp_version,
             connection_id=next(self._connection_ids),
+            opened_at=RealClock().now(),
         )
         conn = Connection(ws, ctx, self.handler, adapter.schemas, call_timeout_s=self.settings.call_timeout_s)
         shut = self._shut_out.get(ctx.station_id)

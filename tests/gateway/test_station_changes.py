@@ -265,6 +265,37 @@ async def test_a_late_disconnect_on_one_node_leaves_the_flag_another_node_set(cl
         assert row is not None and not row.connected
 
 
+async def test_an_older_connections_write_landing_late_leaves_the_newer_ones_flag(clean_db: str) -> None:
+    """Each write carries when its connection was opened: node-a's write for the station's older
+    connection, landing after node-b's for the newer one (a slow pool, a database blip), changes
+    nothing, nor does its disconnect, nor an older connection's disconnect on one node."""
+    from datetime import timedelta
+
+    now = datetime.now(UTC)
+    older, newer = now, now + timedelta(seconds=2)
+
+    async def flag() -> tuple[bool, str | None]:
+        row = await repo.get("CS-LATE")
+        assert row is not None
+        return row.connected, row.connected_node
+
+    async with another_process(clean_db) as repo:
+        await repo.add("CS-LATE", hash_password(PASSWORD), now=now)
+        await repo.set_connected("CS-LATE", True, now, "node-b", newer)
+        await repo.set_connected("CS-LATE", True, now, "node-a", older)  # late
+        assert await flag() == (True, "node-b")
+        await repo.set_connected("CS-LATE", False, now, "node-a", older)
+        assert await flag() == (True, "node-b")
+        await repo.set_connected("CS-LATE", False, now, "node-b", older)  # node-b's own older connection
+        assert await flag() == (True, "node-b")
+        await repo.set_connected("CS-LATE", False, now, "node-b", newer)
+        assert await flag() == (False, None)
+        await repo.set_connected("CS-LATE", True, now, "node-a", older)  # older than the last one: late too
+        assert await flag() == (False, None)
+        await repo.set_connected("CS-LATE", True, now, "node-a", newer + timedelta(seconds=1))
+        assert await flag() == (True, "node-a")
+
+
 async def test_the_listener_connects_with_the_pools_adapter_options(clean_db: str, gateway_factory: Any) -> None:
     """A URL option only SQLAlchemy's adapter takes (``prepared_statement_cache_size``, set behind
     PgBouncer) kept the listener from ever connecting, silently but for a warning a minute."""
