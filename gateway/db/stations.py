@@ -201,7 +201,8 @@ class StationRepository:
         clock); a disconnect only by that node, for that connection (or over a flag no node
         holds). So the write of an older connection, landing late, never replaces a newer one's,
         and a node that notices an old connection close after the station came back through
-        another one leaves that one's flag alone."""
+        another one leaves that one's flag alone. Nodes' clocks are taken to agree (NTP) to well
+        under the time a station takes to reconnect."""
         async with self._sessions.begin() as s:
             held: dict[str, Any] = {"connected": connected, "connected_node": node if connected else None,
                                     "last_seen_at": now}
