@@ -160,7 +160,8 @@ def _request_validator(action: str) -> Callable[[Any], Any]:
     text = resources.files("ocpp.v201.schemas").joinpath(f"{action}Request.json").read_text()
     schema = json.loads(text)
     schema.pop("$id", None)
-    validator: Callable[[Any], Any] = fastjsonschema.compile(schema)
+    # What the CSMS sent, as it sent it: no schema defaults written into it.
+    validator: Callable[[Any], Any] = fastjsonschema.compile(schema, use_default=False)
     return validator
 
 

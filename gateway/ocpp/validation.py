@@ -110,7 +110,10 @@ class SchemaSet:
             if name not in self._names:
                 raise NotImplementedOcpp(f"unknown action {action!r}")
             schema = json.loads(self._dir.joinpath(name).read_text(encoding="utf-8"))
-            found = self._cache[key] = (fastjsonschema.compile(schema), _compile_plan(schema))
+            # use_default=False: fastjsonschema otherwise writes the schema's defaults into the payload
+            # it checks (a unitOfMeasure without a unit became "Wh", so an SoC reading was lost, and
+            # the stored payload was no longer the one received).
+            found = self._cache[key] = (fastjsonschema.compile(schema, use_default=False), _compile_plan(schema))
         return found
 
     def check_station_call(self, action: str, payload: dict[str, Any]) -> None:

@@ -192,6 +192,32 @@ async def test_transaction_lifecycle_energy_and_meter_values(
     assert rows[0]["transaction_id"] == "TX-1"
 
 
+async def test_a_reading_without_a_unit_keeps_its_measurands_unit_and_the_payload_is_stored_as_sent(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    """The schema's default unit ("Wh") used to be written into the payload as it was checked:
+    an SoC sent without a unit became a reading in Wh, lost to the plan, and the stored payload
+    was no longer the one received."""
+    import json
+
+    payload = tx_event("Started", 0, meterValue=[{"timestamp": T0, "sampledValue": [
+        {"value": 55, "measurand": "SoC", "unitOfMeasure": {"multiplier": 0}},
+        {"value": 7400, "measurand": "Power.Active.Import"}]}])
+    sent = json.loads(json.dumps(payload))
+    await station.ok("TransactionEvent", payload)
+    tx = (await fetch(gateway_server.database_url, "SELECT last_soc, last_power_kw FROM transactions"))[0]
+    assert (tx["last_soc"], tx["last_power_kw"]) == (55, pytest.approx(7.4))
+    stored = (await fetch(gateway_server.database_url, "SELECT payload FROM transaction_events"))[0]["payload"]
+    assert json.loads(stored) == sent
+
+    async def rows() -> bool:
+        return len(await fetch(gateway_server.database_url, "SELECT 1 FROM meter_values")) == 2
+
+    await wait_for(rows)
+    units = await fetch(gateway_server.database_url, "SELECT measurand, unit FROM meter_values ORDER BY measurand")
+    assert [tuple(r) for r in units] == [("Power.Active.Import", "W"), ("SoC", "Percent")]
+
+
 async def test_d1_replays_store_once_and_get_the_same_answer(
     gateway_server: GatewayHarness, station: RawStation
 ) -> None:
