@@ -66,3 +66,17 @@ def test_a_reading_no_float_can_hold_is_skipped_not_fatal() -> None:
         {"value": 1e308, "unitOfMeasure": {"unit": "kWh"}},
         {"value": 7.0, "unitOfMeasure": {"unit": "kWh", "multiplier": -1}}]}]
     assert [(s.value, s.unit) for s in samples(mv)] == [(pytest.approx(700.0), "Wh")]
+
+
+@pytest.mark.parametrize("seqs", [(2**31 - 1, 0), (2_147_483_000, 2_147_483_600), (0, 2**31 - 1)])
+async def test_seq_nos_near_the_32_bit_limit_are_stored(gateway_server: GatewayHarness, seqs: tuple[int, int]) -> None:
+    """The gap bookkeeping added to the highest seqNo in 32 bits: past 2**31 - 1 every later event
+    of the transaction got InternalError, and was never stored."""
+    await gateway_server.add_station("CS-SEQ", PASSWORD)
+    st = await RawStation.connect(gateway_server.ocpp_url, "CS-SEQ", PASSWORD)
+    first, second = seqs
+    await st.ok("TransactionEvent", tx_event("Started", 0, seqNo=first, transactionInfo={"transactionId": "T-S"}))
+    await st.ok("TransactionEvent", tx_event("Updated", 1, seqNo=second, transactionInfo={"transactionId": "T-S"}))
+    rows = await fetch(gateway_server.database_url, "SELECT seq_no FROM transaction_events ORDER BY seq_no")
+    assert [r["seq_no"] for r in rows] == sorted(seqs)
+    await st.close()
