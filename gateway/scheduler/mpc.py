@@ -361,13 +361,18 @@ class MpcScheduler:
         key = (getattr(event, "station_id", ""), getattr(event, "evse_id", 0))
         if isinstance(event, ev.SessionUpdated):
             self._note_reading(event)
+        if isinstance(event, ev.SessionStarted):
+            # What the EVSE's tables hold of another transaction (one superseded before its end
+            # was heard) is not what the EVSE runs for this one.
+            self._forget_evse(key, but=event.transaction_id)
         if isinstance(event, ev.SessionEnded):
-            self._sent.pop(key, None)
-            self._accepted.pop(key, None)
-            self._retry.discard(key)
-            self._resend.discard(key)
-            self._unanswered.pop(key, None)
-            self._rejected.pop(key, None)
+            st = self.gw.state.evses.get(key)
+            if st is not None and st.session is not None and st.session.transaction_id != event.transaction_id:
+                # The late end of a transaction the EVSE's next session superseded (E04, D2):
+                # its tables are that session's now, and only what is left of this one goes.
+                self._forget_evse(key, only=event.transaction_id)
+            else:
+                self._forget_evse(key)
             key = (event.station_id, event.transaction_id)
             self._read.pop(key, None)
             self._drawn.pop(key, None)
@@ -401,6 +406,32 @@ class MpcScheduler:
             replan = True
         if replan:
             self.request_replan(type(event).__name__)
+
+    def _forget_evse(self, key: tuple[str, int], *, only: str | None = None, but: str | None = None) -> None:
+        """Drop what the EVSE's tables hold: of every transaction, of transaction ``only``, or of
+        every transaction ``but`` this one. The tables without a transaction (retry, re-send,
+        refused) are the EVSE's session's: they go with every transaction, and with every one but
+        ``but`` when nothing of ``but`` is known yet (they were about the one before)."""
+
+        def gone(prof: profiles.TxProfile) -> bool:
+            return prof.transaction_id == only if only is not None else prof.transaction_id != but
+
+        sent, unanswered = self._sent.get(key), self._unanswered.get(key)
+        accepted = self._accepted.get(key, [])
+        kept = [(at, p) for at, p in accepted if not gone(p)]
+        if kept:
+            self._accepted[key] = kept
+        else:
+            self._accepted.pop(key, None)
+        if unanswered is not None and gone(unanswered):
+            self._unanswered.pop(key, None)
+        ours = [p for p in (sent, unanswered, *(p for _, p in accepted)) if p is not None and not gone(p)]
+        if sent is not None and gone(sent):
+            self._sent.pop(key, None)
+        if only is None and not ours:
+            self._retry.discard(key)
+            self._resend.discard(key)
+            self._rejected.pop(key, None)
 
     def profiles_cleared(self, station_id: str) -> None:
         """An operator cleared charging profiles on ``station_id`` (ClearChargingProfile, K10):
@@ -912,7 +943,10 @@ class MpcScheduler:
                     start=prof.periods[0].start, hours=1.0, limit_kw=self._safe_kw(key, prof, now),
                     stack_level=prof.stack_level)
                 s2, r2 = await self._call_set_profile(safe)
-                if s2 == "Accepted":
+                st = self.gw.state.evses.get(key)
+                if s2 == "Accepted" and st is not None and st.session is not None \
+                        and st.session.transaction_id == prof.transaction_id:
+                    # Not when the session ended while the call waited: the next one's tables.
                     self._note_accepted(key, safe, now)
                 self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
                 self.request_replan("profile rejected")

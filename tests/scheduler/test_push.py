@@ -242,3 +242,70 @@ def test_an_offline_station_is_counted_at_the_default_it_holds_when_the_sites_is
     got = sched._uncontrolled(NOW)
     assert got[("A", 1)].most_kw == 3.7
     assert got[("B", 1)].most_kw == 2.0  # it holds less, but may be sent today's at any moment
+
+
+async def test_a_late_end_of_a_superseded_transaction_leaves_the_next_sessions_profile_on_record() -> None:
+    """TX-OLD's Ended comes after TX-C started on the same EVSE (E04: sent late). Wiping the
+    EVSE's tables then judged C's lowering against the default, as a rise, sent beside A's rise:
+    C's timed out and A's landed, 26 kW on a 20-kW site."""
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        if sid == "C":
+            raise CallTimeout(sid, "SetChargingProfile", 30.0)
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(20.0, "AC", answer)
+    sched._note_accepted(("A", 1), _profile(state, "A", [9.0] * 36), NOW - timedelta(minutes=5))
+    sched._note_accepted(("C", 1), _profile(state, "C", [11.0] * 36), NOW - timedelta(minutes=5))
+    late = ev.SessionEnded(NOW, "C", 1, "TX-OLD")
+    state.apply(late)
+    sched.on_event(late, False)
+    assert sched._sent[("C", 1)].transaction_id == "TX-C" and ("C", 1) in sched._accepted
+    plan, metas = _plan(state, {"A": [15.0] * 36, "C": [5.0] * 36})
+    await sched._push(NOW, plan, metas, None)
+    await _settled(sched)
+    assert _in_force_kw(sched, NOW) <= 20.0 + 1e-9
+
+
+async def test_a_session_starting_over_an_unended_one_drops_what_the_evse_held_for_it() -> None:
+    """TX-C is superseded by TX-C2 before its end is heard: its profile is not what the EVSE
+    runs now, and its refusal must not keep the new EV on a safe limit; its end, heard later,
+    leaves TX-C2's profile alone."""
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(20.0, "C", answer)
+    sched._note_accepted(("C", 1), _profile(state, "C", [11.0] * 36), NOW - timedelta(minutes=5))
+    sched._rejected[("C", 1)] = NOW - timedelta(minutes=1)
+    sched._retry.add(("C", 1))
+    started = ev.SessionStarted(NOW, "C", 1, "TX-C2", None)
+    state.apply(started)
+    sched.on_event(started, False)
+    assert ("C", 1) not in sched._sent and ("C", 1) not in sched._accepted
+    assert ("C", 1) not in sched._rejected and ("C", 1) not in sched._retry
+    new = profiles.build_profile(station_id="C", evse_id=1, transaction_id="TX-C2", starts=STARTS, end=END,
+                                 power_kw=[7.0] * 36, max_charge_kw=22.0, max_discharge_kw=0.0, bidirectional=False,
+                                 dialect=state.evses[("C", 1)].dialect, stack_level=1, max_periods=24)
+    sched._note_accepted(("C", 1), new, NOW)
+    late = ev.SessionEnded(NOW, "C", 1, "TX-C")
+    state.apply(late)
+    sched.on_event(late, False)
+    assert sched._sent[("C", 1)] is new and [p for _, p in sched._accepted[("C", 1)]] == [new]
+
+
+async def test_a_safe_profile_taken_after_the_ev_left_is_not_kept_for_the_next_session() -> None:
+    sched: MpcScheduler | None = None
+
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        assert sched is not None
+        if len(prof["chargingSchedule"][0]["chargingSchedulePeriod"]) > 1:
+            return {"status": "Rejected"}  # the plan
+        ended = ev.SessionEnded(NOW, "C", 1, "TX-C")  # the EV leaves while the safe profile waits
+        state.apply(ended)
+        sched.on_event(ended, False)
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(20.0, "C", answer)
+    plan, metas = _plan(state, {"C": [0.0] * 12 + [11.0] * 24})
+    await sched._push(NOW, plan, metas, None)
+    await _settled(sched)
+    assert ("C", 1) not in sched._sent and ("C", 1) not in sched._accepted
