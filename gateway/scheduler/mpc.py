@@ -622,12 +622,17 @@ class MpcScheduler:
         """The TxDefaultProfile limit the site gives now (what a push or a safe profile sends)."""
         return float(self.gw.default_profiles.limit_kw())
 
-    def _held_default_kw(self, station_id: str) -> float:
-        """What an EVSE of ``station_id`` may draw on its TxDefaultProfile (no planned profile in
-        force): the default it last took, where that is above today's (a station offline, or one
-        that missed the new one, during an import cap)."""
-        held = self.gw.default_profiles.limit_taken.get(station_id)
+    def _held_default_kw(self, key: tuple[str, int]) -> float:
+        """What the EVSE may draw on its TxDefaultProfile (no planned profile in force): the
+        default it last took, where that is above today's (a station offline, or one that missed
+        the new one, during an import cap); its rating where its station refused the default and
+        never took one (no smart charging: it charges unmanaged)."""
+        defaults = self.gw.default_profiles
+        held = defaults.limit_taken.get(key[0])
         now = self._default_kw()
+        if held is None and defaults.sent.get(key[0]) in REFUSED:
+            st = self.gw.state.evses.get(key)
+            return now if st is None else max(now, st.spec.max_charge_kw)
         return now if held is None else max(held, now)
 
     def _uncontrolled(self, now: datetime) -> dict[tuple[str, int], live_inputs.Uncontrolled]:
@@ -648,7 +653,7 @@ class MpcScheduler:
             maybe = self._unanswered.get(key)
             if maybe is not None:
                 running.append(maybe)
-            ranges = [self._limit_range_kw(p, s.transaction_id, now, horizon_end, self._held_default_kw(key[0]))
+            ranges = [self._limit_range_kw(p, s.transaction_id, now, horizon_end, self._held_default_kw(key))
                       for p in running]
             out[key] = live_inputs.Uncontrolled(most_kw=max(hi for _, hi in ranges),
                                                 least_kw=min(lo for lo, _ in ranges))
@@ -839,7 +844,7 @@ class MpcScheduler:
             if meta.key not in self._retry and meta.key not in self._resend and not profiles.differs(old, prof):
                 continue
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
-            default_w = 1000.0 * self._held_default_kw(meta.key[0])
+            default_w = 1000.0 * self._held_default_kw(meta.key)
             old_now = old.limit_at(now) if old is not None else None
             before_w = old_now if old_now is not None else default_w
             new_now = prof.limit_at(now)
@@ -977,7 +982,7 @@ class MpcScheduler:
         default_kw = self._default_kw()
         old = self._sent.get(key)
         old_now = old.limit_at(now) if old is not None else None
-        before_kw = self._held_default_kw(key[0]) if old_now is None else old_now / 1000.0
+        before_kw = self._held_default_kw(key) if old_now is None else old_now / 1000.0
         new_now = prof.limit_at(now)
         after_kw = (new_now if new_now is not None else prof.periods[0].limit_w) / 1000.0
         return min(default_kw, max(before_kw, after_kw, 0.0))

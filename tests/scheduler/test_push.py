@@ -59,7 +59,7 @@ def _scheduler(limit_kw: float, stations: str, answer: Answer) -> tuple[MpcSched
         settings=settings, state=state, clock=_Clock(), ocpp=SimpleNamespace(registry=dict.fromkeys(stations, 1)),
         commands=SimpleNamespace(set_charging_profile=set_charging_profile),
         planning=SimpleNamespace(add_profile_sent=_nothing), bus=SimpleNamespace(publish=lambda e: None),
-        default_profiles=SimpleNamespace(limit_kw=lambda: default, limit_taken={}))
+        default_profiles=SimpleNamespace(limit_kw=lambda: default, limit_taken={}, sent={}))
     sched = MpcScheduler(gw)  # type: ignore[arg-type]
     asked: list[str] = []
     sched.request_replan = asked.append  # type: ignore[method-assign]
@@ -309,3 +309,20 @@ async def test_a_safe_profile_taken_after_the_ev_left_is_not_kept_for_the_next_s
     await sched._push(NOW, plan, metas, None)
     await _settled(sched)
     assert ("C", 1) not in sched._sent and ("C", 1) not in sched._accepted
+
+
+@pytest.mark.parametrize(("answer", "most_kw"), [("CallErrorReceived", 22.0), ("Rejected", 22.0), ("Accepted", None)])
+def test_a_station_that_refused_its_default_is_counted_at_its_rating(answer: str, most_kw: float | None) -> None:
+    """A station without smart charging refuses the TxDefaultProfile (and every plan): with no
+    profile of ours in force it charges unmanaged, up to its EVSE's rating, not at the default."""
+    async def never(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("nothing is sent here")
+
+    sched, _, _ = _scheduler(50.0, "C", never)
+    defaults = sched.gw.default_profiles
+    defaults.sent["C"] = answer
+    if answer == "Accepted":
+        defaults.limit_taken["C"] = 7.0
+    sched._rejected[("C", 1)] = NOW
+    counted = sched._uncontrolled(NOW)[("C", 1)].most_kw
+    assert counted == (most_kw if most_kw is not None else max(7.0, sched._default_kw()))
