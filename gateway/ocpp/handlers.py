@@ -483,8 +483,14 @@ class Handlers:
             self._in_background(finish())
             raise NoReply(str(exc)) from exc
         self._bus.publish(ev.NeedsUpdated(now, ctx.station_id, evse_id, tid, "ev"))
-        # K15.FR.03-ish: Accepted means the CSMS will provide a schedule (the MPC does, within
-        # seconds, through SetChargingProfile).
+        if not self._settings.scheduler_enabled:
+            # No schedule will come (nothing plans the site), and K15.FR.03 keeps Accepted for a
+            # CSMS that provides one; the needs are kept all the same (REST, and the planner once
+            # it is on).
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "NoScheduler",
+                                                         "additionalInfo": "smart charging is off at this CSMS"}}
+        # K15.FR.03: Accepted means the CSMS provides a schedule: the MPC's re-plan sends the EVSE
+        # a TxProfile within seconds, even an unchanged one (MpcScheduler.on_event).
         return {"status": "Accepted"}
 
     # --- A/L/N/P: security, firmware, diagnostics, data transfer --------------------------

@@ -384,6 +384,13 @@ class MpcScheduler:
             st = self.gw.state.evses.get(key)
             if st is not None and st.session is not None:
                 self.full.pop(st.session.tx_key, None)
+            if event.source == "ev":
+                # K15.FR.03/K17.FR.03: the needs were answered Accepted, and the station's ISO
+                # 15118 stack waits for a TxProfile to answer the EV: one goes at the next push
+                # even if the plan did not change, and even to an EVSE that refused its last one
+                # (refused again, it gets its safe profile).
+                self._resend.add(key)
+                self._rejected.pop(key, None)
         if isinstance(event, ev.StationConnected):
             # A station that reconnects may have lost its profiles (a reboot) or not (the link
             # dropped): its profiles are sent again, and until it says it booted each is taken to

@@ -303,7 +303,7 @@ async def test_vendor_needs_that_are_not_plausible_numbers_are_left_out(
             "customData": {"vendorId": "x", "stateOfCharge": "50", "evEnergyCapacity": 10**400,
                            "evMaxDischargePower": [1], "evMinSoC": 500, "evTargetSoC": True},
         }})
-    assert reply["status"] == "Accepted"
+    assert reply["status"] == "Rejected"  # answered as usual; this gateway plans nothing (no scheduler)
     row = (await fetch(gateway_server.database_url, "SELECT * FROM ev_needs"))[0]
     assert row["energy_kwh"] == pytest.approx(20.0)
     assert [row[k] for k in ("soc", "capacity_kwh", "ev_max_discharge_kw", "min_soc", "target_soc")] == [None] * 5
@@ -320,7 +320,9 @@ async def test_notify_ev_charging_needs_stored(gateway_server: GatewayHarness, s
             "customData": {"vendorId": "org.example.v2x", "evMaxDischargePower": 7_000, "evMinSoC": 20,
                            "stateOfCharge": 40, "evEnergyCapacity": 60_000},
         }})
-    assert reply["status"] == "Accepted"
+    # This gateway plans nothing (its scheduler is off): no schedule will follow (K15.FR.03 keeps
+    # Accepted for a CSMS that sends one), and the needs are stored all the same.
+    assert reply["status"] == "Rejected" and reply["statusInfo"]["reasonCode"] == "NoScheduler"
     row = (await fetch(gateway_server.database_url, "SELECT * FROM ev_needs"))[0]
     assert row["transaction_id"] == "TX-1"
     assert row["energy_kwh"] == pytest.approx(30.0)
@@ -519,7 +521,7 @@ async def test_ev_needs_read_back_during_a_database_blip_are_applied_once_it_ans
     reply = await station.ok("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": {
         "requestedEnergyTransfer": "AC_three_phase",
         "acChargingParameters": {"energyAmount": 30_000, "evMinCurrent": 6, "evMaxCurrent": 16, "evMaxVoltage": 400}}})
-    assert reply["status"] == "Accepted"
+    assert reply["status"] == "Rejected"  # answered as usual; this gateway plans nothing (no scheduler)
 
     async def retried_a_few_times() -> bool:
         return failures >= 4

@@ -326,3 +326,27 @@ def test_a_station_that_refused_its_default_is_counted_at_its_rating(answer: str
     sched._rejected[("C", 1)] = NOW
     counted = sched._uncontrolled(NOW)[("C", 1)].most_kw
     assert counted == (most_kw if most_kw is not None else max(7.0, sched._default_kw()))
+
+
+async def test_charging_needs_from_the_ev_are_answered_with_a_profile_even_when_the_plan_is_the_same() -> None:
+    """K15/K17: the station's ISO 15118 stack waits for a TxProfile after NotifyEVChargingNeeds
+    was accepted; an unchanged plan used to send nothing, and an EVSE that refused its last plan
+    nothing for REJECTED_RETRY."""
+    sent: list[str] = []
+
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        sent.append(sid)
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(50.0, "CD", answer)
+    plan, metas = _plan(state, {"C": [11.0] * 36, "D": [11.0] * 36})
+    assert await sched._push(NOW, plan, metas, None) == (2, 0)
+    assert await sched._push(NOW, plan, metas, None) == (0, 0)  # unchanged: nothing to send
+    sched._rejected[("D", 1)] = NOW
+    sent.clear()
+    for sid in "CD":
+        sched.on_event(ev.NeedsUpdated(NOW, sid, 1, f"TX-{sid}", "ev"), False)
+    sched.on_event(ev.NeedsUpdated(NOW, "C", 1, "TX-C", "driver"), False)
+    assert await sched._push(NOW, plan, metas, None) == (2, 0)
+    assert sorted(sent) == ["C", "D"]
+    assert await sched._push(NOW, plan, metas, None) == (0, 0)  # once
