@@ -120,6 +120,10 @@ class MpcScheduler:
         # The re-plan replan_task queued that has not started yet (shared by the callers meanwhile).
         self._waiting_replan: asyncio.Task[PlanOutcome | None] | None = None
         self._debounce: asyncio.TimerHandle | None = None
+        # The re-plan asked for around the earliest end of a profile in force (one cut to the
+        # periods its station takes ends before the plan), and the end it was for.
+        self._ends_timer: asyncio.TimerHandle | None = None
+        self._end_asked: datetime | None = None
         self._pending_trigger: str | None = None
         self._aps: AsyncIOScheduler | None = None
         # The profile each EVSE last accepted (what it runs, unless its station rebooted since:
@@ -333,8 +337,9 @@ class MpcScheduler:
         self._stopping = True
         if self._aps is not None:
             self._aps.shutdown(wait=False)
-        if self._debounce is not None:
-            self._debounce.cancel()
+        for timer in (self._debounce, self._ends_timer):
+            if timer is not None:
+                timer.cancel()
         for t in list(self._tasks):
             t.cancel()
         # Let a re-plan in progress finish before the engine goes away, but never hold up the
@@ -455,10 +460,34 @@ class MpcScheduler:
             return
         self._pending_trigger = trigger
         if self._debounce is None:
-            # Real seconds, but never more than DEBOUNCE_MAX_SIM_S of simulated time, so an
-            # accelerated clock does not turn a short pause into minutes of unplanned charging.
-            delay = min(self.settings.replan_debounce_s, self.gw.clock.real_seconds(DEBOUNCE_MAX_SIM_S))
-            self._debounce = asyncio.get_running_loop().call_later(delay, self._fire)
+            self._debounce = asyncio.get_running_loop().call_later(self._debounce_real_s(), self._fire)
+
+    def _debounce_real_s(self) -> float:
+        # Real seconds, but never more than DEBOUNCE_MAX_SIM_S of simulated time, so an
+        # accelerated clock does not turn a short pause into minutes of unplanned charging.
+        return min(self.settings.replan_debounce_s, self.gw.clock.real_seconds(DEBOUNCE_MAX_SIM_S))
+
+    def _replan_around_profile_ends(self, plan_end: datetime, solve_s: float) -> None:
+        """A profile cut to the periods its station takes (profiles.build_profile), or a safe
+        one, ends before the plan does, and the EVSE then runs its default, which the plan did
+        not count. A re-plan is asked for ahead of the earliest such end, by two solves and the
+        debounce, so the next profile lands first; where that re-plan could not reach past it (a
+        station that takes one period, the plan's step ending there), right after it."""
+        if self._ends_timer is not None:
+            self._ends_timer.cancel()
+            self._ends_timer = None
+        now = self.gw.clock.now()
+        ends = [p.end for p in self._sent.values() if now < p.end < plan_end]
+        if not ends:
+            return
+        end = min(ends)
+        until_real = self.gw.clock.real_seconds((end - now).total_seconds())
+        if end != self._end_asked:
+            delay = max(0.0, until_real - 2.0 * solve_s - self._debounce_real_s() - 1.0)
+        else:
+            delay = until_real + 1.0
+        self._end_asked = end
+        self._ends_timer = asyncio.get_running_loop().call_later(delay, self.request_replan, "profile ends")
 
     def _fire(self) -> None:
         self._debounce = None
@@ -561,6 +590,7 @@ class MpcScheduler:
         # which way each limit moves (and when it was accepted) is from now on.
         try:
             sent, failed = await self._push(self.gw.clock.now(), plan, metas, storing)
+            self._replan_around_profile_ends(plan.end, solve_s)
         finally:
             plan_id = await asyncio.shield(storing)  # _store_plan never raises
         outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
