@@ -19,6 +19,7 @@ that arrive while a re-plan runs make one more re-plan, not one each.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ class PlanOutcome:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _Pushed:
+    """A re-plan pushed, its plan still being stored (the re-plan lock is not held for that)."""
+
+    seq: int
+    at: datetime
+    plan: Plan
+    result: PlanResult
+    trigger: str
+    solve_s: float
+    sent: int
+    failed: int
+    storing: asyncio.Future[int | None]
+
+
 class MpcScheduler:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
@@ -115,6 +131,10 @@ class MpcScheduler:
         self.planner = Planner(time_limit_s=self.settings.solver_time_limit_s,
                                backend=self.settings.scheduler_backend)
         self.latest: PlanOutcome | None = None
+        # Re-plans numbered as pushed: one stored after a later one is not published over it.
+        self._pushes = itertools.count(1)
+        self._published_seq = 0
+        self._storing: set[asyncio.Future[int | None]] = set()  # plans pushed, still being stored
         self.solves = 0
         self._lock = asyncio.Lock()
         # The re-plan replan_task queued that has not started yet (shared by the callers meanwhile).
@@ -349,6 +369,8 @@ class MpcScheduler:
             self._lock.release()
         except TimeoutError:
             log.warning("scheduler stopped with a re-plan still running")
+        if self._storing:  # plans pushed and still being stored, briefly
+            await asyncio.wait(list(self._storing), timeout=STOP_WAIT_S)
         if writes := self._writes.tasks():  # the last profile records, briefly
             await asyncio.wait(writes, timeout=STOP_WAIT_S)
         if self._building_writes:
@@ -519,11 +541,14 @@ class MpcScheduler:
         finally:
             self._queued = False  # acquired (or cancelled): the next trigger may wait
         try:
-            await self._replan_locked(trigger)
+            pushed = await self._replan_locked(trigger)
         except Exception:
             log.exception("re-plan (%s) failed", trigger)
+            return
         finally:
             self._lock.release()
+        if pushed is not None:
+            await self._published(pushed)
 
     # --- one re-plan ----------------------------------------------------------------------
     def replan_task(self, trigger: str) -> asyncio.Task[PlanOutcome | None]:
@@ -550,16 +575,36 @@ class MpcScheduler:
         async with self._lock:
             if self._waiting_replan is asyncio.current_task():
                 self._waiting_replan = None  # started: later changes need the next one
-            return await self._replan_locked(trigger)
+            pushed = await self._replan_locked(trigger)
+        return None if pushed is None else await self._published(pushed)
 
     async def replan(self, trigger: str) -> PlanOutcome | None:
         """Solve now, push what changed, store it all; returns the outcome."""
         if self._stopping:
             return None
         async with self._lock:
-            return await self._replan_locked(trigger)
+            pushed = await self._replan_locked(trigger)
+        return None if pushed is None else await self._published(pushed)
 
-    async def _replan_locked(self, trigger: str) -> PlanOutcome | None:
+    async def _published(self, pushed: _Pushed) -> PlanOutcome:
+        """Once the pushed plan is stored (or could not be): the outcome, made the latest and
+        published unless a later re-plan's already was. Outside the re-plan lock: a database
+        that is slow or away (the pool's timeout, a command's) must not hold up the next
+        re-plan, which may be the one that puts the site back under its limit."""
+        plan_id = await asyncio.shield(pushed.storing)  # _store_plan never raises
+        outcome = PlanOutcome(plan_id, pushed.plan, pushed.result, pushed.trigger, pushed.sent, pushed.failed)
+        if pushed.seq > self._published_seq:
+            self._published_seq = pushed.seq
+            self.latest = outcome
+            result = pushed.result
+            self.gw.bus.publish(ev.PlanPublished(pushed.at, plan_id, result.status, {
+                "trigger": pushed.trigger, "sessions": len(pushed.plan.sessions), "solve_s": round(pushed.solve_s, 4),
+                "fallback": result.fallback, "objective": round(result.objective, 4),
+                "profiles_sent": pushed.sent, "profiles_failed": pushed.failed,
+            }))
+        return outcome
+
+    async def _replan_locked(self, trigger: str) -> _Pushed | None:
         if self._stopping:
             return None
         now = self.gw.clock.now()
@@ -586,21 +631,17 @@ class MpcScheduler:
         # profiles (a plug-in's first plan waited out the pool's timeout). Each profile record
         # waits for the plan's id.
         storing = asyncio.ensure_future(self._store_plan(now, trigger, site, slots, result, plan, solve_s))
+        self._storing.add(storing)
+        storing.add_done_callback(self._storing.discard)
         # The push's own moment, not the re-plan's start: the solve may have taken a minute, and
         # which way each limit moves (and when it was accepted) is from now on.
         try:
             sent, failed = await self._push(self.gw.clock.now(), plan, metas, storing)
-            self._replan_around_profile_ends(plan.end, solve_s)
-        finally:
-            plan_id = await asyncio.shield(storing)  # _store_plan never raises
-        outcome = PlanOutcome(plan_id, plan, result, trigger, sent, failed)
-        self.latest = outcome
-        self.gw.bus.publish(ev.PlanPublished(now, plan_id, result.status, {
-            "trigger": trigger, "sessions": len(plan.sessions), "solve_s": round(solve_s, 4),
-            "fallback": result.fallback, "objective": round(result.objective, 4),
-            "profiles_sent": sent, "profiles_failed": failed,
-        }))
-        return outcome
+        except BaseException:
+            await asyncio.shield(storing)  # the plan as far as it went is kept all the same
+            raise
+        self._replan_around_profile_ends(plan.end, solve_s)
+        return _Pushed(next(self._pushes), now, plan, result, trigger, solve_s, sent, failed, storing)
 
     def _limits_in_force(self, now: datetime) -> dict[tuple[str, int], float]:
         """Per EVSE with a limit the gateway knows it runs: the highest of its recent planned

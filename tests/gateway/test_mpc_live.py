@@ -13,7 +13,7 @@ import pytest
 
 from gateway import events as ev
 from gateway.domain import GridEvent, GridEventKind
-from tests.conftest import GatewayHarness
+from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.gateway.test_handlers import PASSWORD, energy, fetch, tx_event, wait_for
 from tests.ocpp_client import RawStation
 
@@ -168,6 +168,41 @@ async def test_the_push_does_not_wait_for_the_plan_to_be_stored(site: GatewayHar
     plan_ids = {r["id"] for r in await fetch(site.database_url, "SELECT id FROM plans")}
     assert {r["plan_id"] for r in await fetch(site.database_url, "SELECT plan_id FROM profiles_sent")} <= plan_ids
     await st.close()
+
+
+async def test_a_plan_still_being_stored_does_not_hold_up_the_next_re_plan(site: GatewayHarness) -> None:
+    """The re-plan lock used to be held until the plan was stored: a database at its pool's
+    timeout kept the next re-plan (maybe the one that puts the site back under its limit) waiting
+    that long. A plan stored after a later one is not published over it."""
+    assert site.gw is not None and site.gw.scheduler is not None
+    sched = site.gw.scheduler
+    planning = site.gw.planning
+    store = planning.add_plan
+    release = asyncio.Event()
+    calls = 0
+
+    async def first_held(**kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await release.wait()
+        return await store(**kw)
+
+    planning.add_plan = first_held  # type: ignore[method-assign]
+    try:
+        first = asyncio.create_task(sched.replan("test-first"))
+        async def storing() -> bool:
+            return calls == 1
+
+        await wait_for(storing)
+        second = await asyncio.wait_for(sched.replan("test-second"), EVENT_TIMEOUT_S)
+        assert second is not None and second.plan_id is not None and not first.done()
+        assert sched.latest is second
+    finally:
+        release.set()
+    outcome = await asyncio.wait_for(first, EVENT_TIMEOUT_S)
+    assert outcome is not None and outcome.plan_id is not None
+    assert sched.latest is second  # the older plan, stored last, is not the latest
 
 
 async def test_solver_timeout_still_pushes_a_fallback_plan(gateway_factory: Any) -> None:
