@@ -435,6 +435,7 @@ class MpcScheduler:
             for k in [k for k in self._sent if k[0] == event.station_id]:
                 self._sent.pop(k, None)
                 self._resend.discard(k)
+            self._forget_accepted(event.station_id)
             for k in [k for k in self._unanswered if k[0] == event.station_id]:
                 self._unanswered.pop(k, None)  # whatever it may have taken is gone with the reboot
             replan = True
@@ -467,12 +468,20 @@ class MpcScheduler:
             self._resend.discard(key)
             self._rejected.pop(key, None)
 
+    def _forget_accepted(self, station_id: str) -> None:
+        """The station's profiles are gone (a reboot, a clear): what its EVSEs accepted before is
+        no longer a limit they were offered, and a reading is not judged against it (an EV on
+        the default would read as one that cannot take what the old profile gave)."""
+        for k in [k for k in self._accepted if k[0] == station_id]:
+            self._accepted.pop(k, None)
+
     def profiles_cleared(self, station_id: str) -> None:
         """An operator cleared charging profiles on ``station_id`` (ClearChargingProfile, K10):
         which ones the station decides (criteria may match ours), so every profile of the station
         is sent again, its default included, and the site re-planned."""
         for k in [k for k in self._sent if k[0] == station_id]:
             self._sent.pop(k, None)
+        self._forget_accepted(station_id)
         self._spawn(self.gw.default_profiles.send(station_id))
         self.request_replan("ProfilesCleared")
 

@@ -386,3 +386,23 @@ async def test_a_re_plan_is_asked_for_before_a_profile_cut_short_runs_out() -> N
     sched._note_accepted(("C", 1), _profile(state, "C", [11.0] * 36), NOW)  # to the plan's end: nothing
     sched._replan_around_profile_ends(END, solve_s=2.0)
     assert sched._ends_timer is None
+
+
+@pytest.mark.parametrize("how", ["boot", "clear"])
+async def test_a_reboot_or_a_clear_forgets_the_limits_the_evses_had_accepted(how: str) -> None:
+    """Kept, an EV back on its default (3.7 kW) while the old profile said 11 would read as one
+    that cannot take more, and be planned at what it draws from then on."""
+    async def accept(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(50.0, "CD", accept)
+    for sid in "CD":
+        sched._note_accepted((sid, 1), _profile(state, sid, [11.0] * 36), NOW - timedelta(minutes=10))
+    sched.gw.default_profiles.send = lambda sid: _nothing()  # the default is sent again: not here
+    if how == "boot":
+        sched.on_event(ev.StationBooted(NOW, "C"), False)
+    else:
+        sched.profiles_cleared("C")
+    assert ("C", 1) not in sched._accepted and ("C", 1) not in sched._sent
+    assert sched._limits_kw(("C", 1), NOW - timedelta(minutes=5), NOW) == [(NOW - timedelta(minutes=5), None)]
+    assert ("D", 1) in sched._accepted  # another station's stay
