@@ -27,6 +27,7 @@ class Bucket:
     measurand: str
     phase: str | None
     unit: str | None
+    location: str | None
     avg: float
     min: float
     max: float
@@ -123,15 +124,16 @@ class Queries:
         mv = m.MeterValue
         where = _meter_filter(station_id, transaction_id, evse_id, measurand, start, end)
         bucket = func.date_bin(timedelta(seconds=bucket_s), mv.ts, start).label("bucket")
-        keys = (bucket, mv.station_id, mv.evse_id, mv.measurand, mv.phase, mv.unit)
+        keys = (bucket, mv.station_id, mv.evse_id, mv.measurand, mv.phase, mv.unit, mv.location)
         grouped = (select(*keys, func.avg(mv.value), func.min(mv.value), func.max(mv.value), func.count())
                    .where(where).group_by(*keys))
         async with self._sessions() as s:
             total = (await s.execute(select(func.count()).select_from(grouped.subquery()))).scalar_one()
             res = await s.execute(grouped.order_by(bucket, mv.station_id, mv.evse_id, mv.measurand,
-                                                   mv.phase.nulls_first()).limit(limit).offset(offset))
-            out = [Bucket(r[0], r[1], r[2], r[3], r[4], r[5], float(r[6]), float(r[7]), float(r[8]),
-                          int(r[9])) for r in res.all()]
+                                                   mv.phase.nulls_first(), mv.location.nulls_first())
+                                  .limit(limit).offset(offset))
+            out = [Bucket(r[0], r[1], r[2], r[3], r[4], r[5], r[6], float(r[7]), float(r[8]), float(r[9]),
+                          int(r[10])) for r in res.all()]
             return out, int(total)
 
     # --- plans and profiles ---------------------------------------------------------------

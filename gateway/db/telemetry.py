@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 TABLES: dict[str, tuple[str, ...]] = {
     "meter_values": (
         "ts", "station_id", "evse_id", "transaction_id", "measurand", "phase", "context", "value", "unit",
+        "location",
     ),
     "status_history": ("station_id", "evse_id", "connector_id", "status", "ts", "received_at"),
 }
@@ -76,10 +77,10 @@ class TelemetryWriter:
 
     def add_meter_value(
         self, ts: datetime, station_id: str, evse_id: int, transaction_id: str | None, measurand: str,
-        phase: str | None, context: str | None, value: float, unit: str | None,
+        phase: str | None, context: str | None, value: float, unit: str | None, location: str | None = None,
     ) -> None:
         self.add("meter_values", (ts, station_id, evse_id, transaction_id, measurand, phase, context,
-                                  value, unit))
+                                  value, unit, location))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="telemetry-writer")

@@ -139,13 +139,14 @@ class TransactionRepository:
         return Recorded(True, response, snap, event_type, row["stored_at"])
 
     async def stored_samples(self, station_id: str, transaction_id: str,
-                             stamps: list[datetime]) -> set[tuple[datetime, str, str | None, str | None]]:
-        """(ts, measurand, phase, context) of the transaction's meter values stored at ``stamps``."""
+                             stamps: list[datetime]) -> set[tuple[datetime, str, str | None, str | None, str | None]]:
+        """(ts, measurand, phase, context, location) of the transaction's meter values stored at
+        ``stamps``."""
         mv = m.MeterValue
         async with self._sessions() as s:
-            q = select(mv.ts, mv.measurand, mv.phase, mv.context).where(
+            q = select(mv.ts, mv.measurand, mv.phase, mv.context, mv.location).where(
                 mv.transaction_id == transaction_id, mv.station_id == station_id, mv.ts.in_(stamps))
-            return {(r.ts, r.measurand, r.phase, r.context) for r in await s.execute(q)}
+            return {(r.ts, r.measurand, r.phase, r.context, r.location) for r in await s.execute(q)}
 
     async def open_gaps(self, station_id: str, transaction_id: str) -> list[int]:
         async with self._sessions() as s:

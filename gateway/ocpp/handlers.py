@@ -433,7 +433,7 @@ class Handlers:
             self._resupplied.pop(key, None)
             log.warning("meter values of replayed event %s/%s/%s not checked: %s", *key, exc)
             return
-        missing = [s for s in got if (s.ts, s.measurand, s.phase, s.context) not in stored]
+        missing = [s for s in got if (s.ts, s.measurand, s.phase, s.context, s.location) not in stored]
         if missing:
             log.info("%d of %d meter values of %s/%s seqNo %s restored from the stored event",
                      len(missing), len(got), *key)
@@ -445,7 +445,7 @@ class Handlers:
     def _queue(self, station_id: str, evse_id: int, tid: str | None, got: Iterable[Sample]) -> None:
         for s in got:
             self._telemetry.add_meter_value(s.ts, station_id, evse_id, tid, s.measurand, s.phase, s.context,
-                                            s.value, s.unit)
+                                            s.value, s.unit, s.location)
 
     async def meter_values(self, ctx: StationContext, p: Payload) -> Payload:
         evse_id = p["evseId"]

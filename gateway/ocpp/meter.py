@@ -34,6 +34,10 @@ class Sample:
     unit: str | None
     phase: str | None
     context: str | None
+    # Where the meter is (OCPP 2.0.1 LocationEnumType; absent: Outlet, the EVSE's side). A
+    # station may also report its Inlet (its grid connection: every EVSE together), the Cable or
+    # the EV (an SoC).
+    location: str | None = None
 
 
 def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
@@ -57,7 +61,7 @@ def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
                 log.warning("meter value %r x 10^%r %r out of range: sample skipped", sv["value"],
                             uom.get("multiplier", 0), unit)
                 continue
-            yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"))
+            yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"), sv.get("location"))
 
 
 def _default_unit(measurand: str) -> str | None:
@@ -90,6 +94,11 @@ def summarize(batch: list[Sample]) -> Readings:
     for s in batch:
         if s.phase is not None:
             continue  # per-phase values would double count the totals
+        if s.location not in (None, "Outlet") and not s.measurand.startswith("SoC"):
+            # The session's energy and power are what went through its EVSE (Outlet): the
+            # station's Inlet register counts every EVSE, and mixed in it made a session of
+            # 10 kWh read as 1,240 (registers are compared highest to lowest).
+            continue
         if s.measurand == "Energy.Active.Import.Register":
             r.import_wh_min = s.value if r.import_wh_min is None else min(r.import_wh_min, s.value)
             r.import_wh_max = s.value if r.import_wh_max is None else max(r.import_wh_max, s.value)

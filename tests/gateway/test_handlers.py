@@ -218,6 +218,33 @@ async def test_a_reading_without_a_unit_keeps_its_measurands_unit_and_the_payloa
     assert [tuple(r) for r in units] == [("Power.Active.Import", "W"), ("SoC", "Percent")]
 
 
+async def test_a_stations_inlet_register_is_stored_as_such_and_not_counted_as_the_sessions_energy(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    """SampledValue.location: the Inlet register counts every EVSE of the station; mixed with
+    the EVSE's own (Outlet, the default), a 12.5-kWh session read as 1,252 kWh."""
+    def readings(outlet_wh: float, inlet_wh: float) -> list[dict[str, Any]]:
+        return [{"timestamp": T0, "sampledValue": [
+            {"value": outlet_wh, "measurand": "Energy.Active.Import.Register"},
+            {"value": inlet_wh, "measurand": "Energy.Active.Import.Register", "location": "Inlet"},
+            {"value": 50_000, "measurand": "Power.Active.Import", "location": "Inlet"},
+            {"value": 7_000, "measurand": "Power.Active.Import", "location": "Outlet"}]}]
+
+    await station.ok("TransactionEvent", tx_event("Started", 0, meterValue=readings(10_000.0, 1_250_000.0)))
+    await station.ok("TransactionEvent", tx_event("Ended", 1, meterValue=readings(22_500.0, 1_262_000.0)))
+    tx = (await fetch(gateway_server.database_url, "SELECT energy_in_kwh, last_power_kw FROM transactions"))[0]
+    assert tx["energy_in_kwh"] == pytest.approx(12.5) and tx["last_power_kw"] == pytest.approx(7.0)
+
+    async def rows() -> bool:
+        return len(await fetch(gateway_server.database_url, "SELECT 1 FROM meter_values")) == 8
+
+    await wait_for(rows)
+    inlet = await fetch(gateway_server.database_url,
+                        "SELECT value FROM meter_values WHERE location = 'Inlet' AND measurand LIKE 'Energy%' "
+                        "ORDER BY value")
+    assert [r["value"] for r in inlet] == [1_250_000.0, 1_262_000.0]
+
+
 async def test_d1_replays_store_once_and_get_the_same_answer(
     gateway_server: GatewayHarness, station: RawStation
 ) -> None:

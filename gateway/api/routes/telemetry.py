@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.api.deps import GatewayDep, Operator, QueriesDep
 from gateway.api.errors import Unprocessable, responses
@@ -29,6 +29,8 @@ class MeterValueOut(BaseModel):
     context: str | None
     value: float
     unit: str | None
+    location: str | None = Field(description="Where the meter is (OCPP LocationEnumType); null: Outlet, the "
+                                             "EVSE's side. A station's Inlet reading counts all its EVSEs")
 
 
 class BucketOut(BaseModel):
@@ -38,6 +40,7 @@ class BucketOut(BaseModel):
     measurand: str
     phase: str | None
     unit: str | None
+    location: str | None
     avg: float
     min: float
     max: float
@@ -84,7 +87,7 @@ async def meter_values(gw: GatewayDep, q: QueriesDep, _: Operator, f: FiltersDep
                                        limit=limit, offset=offset)
     items = [MeterValueOut(ts=r.ts, station_id=r.station_id, evse_id=r.evse_id,
                            transaction_id=r.transaction_id, measurand=r.measurand, phase=r.phase,
-                           context=r.context, value=r.value, unit=r.unit)
+                           context=r.context, value=r.value, unit=r.unit, location=r.location)
              for r in rows]
     return Page(items=items, total=total, limit=limit, offset=offset)
 
@@ -96,12 +99,13 @@ async def meter_value_buckets(
                                                            "aligned on start"),
     limit: Limit = 1000, offset: Offset = 0,
 ) -> Page[BucketOut]:
-    """Samples averaged per bucket, per station, EVSE, measurand and phase."""
+    """Samples averaged per bucket, per station, EVSE, measurand, phase and meter location."""
     start, end = f.window(gw.clock.now())
     rows, total = await q.meter_buckets(station_id=f.station_id, transaction_id=f.transaction_id,
                                         evse_id=f.evse_id, measurand=f.measurand, start=start, end=end,
                                         bucket_s=bucket_s, limit=limit, offset=offset)
     items = [BucketOut(start=b.start, station_id=b.station_id, evse_id=b.evse_id, measurand=b.measurand,
-                       phase=b.phase, unit=b.unit, avg=b.avg, min=b.min, max=b.max, count=b.count)
+                       phase=b.phase, unit=b.unit, location=b.location, avg=b.avg, min=b.min, max=b.max,
+                       count=b.count)
              for b in rows]
     return Page(items=items, total=total, limit=limit, offset=offset)
