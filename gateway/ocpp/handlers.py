@@ -572,6 +572,18 @@ def _vendor_number(custom: Payload, key: str, lo: float, hi: float) -> float | N
     return float(v)
 
 
+def _at_least(value: float | None, low: float, *, above: bool = False) -> float | None:
+    """``value`` where it is >= ``low`` (> ``low`` with ``above``), else None (not told)."""
+    if value is None or value < low or (above and value == low):
+        return None
+    return float(value)
+
+
+def _within(value: float | None, low: float, high: float, otherwise: float | None) -> float | None:
+    """``value`` where it is given and within [low, high], else ``otherwise``."""
+    return float(value) if value is not None and low <= value <= high else otherwise
+
+
 def needs_from_payload(p: Payload) -> EvNeeds:
     """EvNeeds from a NotifyEVChargingNeeds request (K15/K16/K17).
 
@@ -590,15 +602,22 @@ def needs_from_payload(p: Payload) -> EvNeeds:
     capacity_wh = _vendor_number(custom, "evEnergyCapacity", 0.0, VENDOR_MAX_WH)
     soc = _vendor_number(custom, "stateOfCharge", 0.0, 100.0)
     target = _vendor_number(custom, "evTargetSoC", 0.0, 100.0)
+    # The schema bounds none of these numbers from below: a negative energy, current or power
+    # (an EV's firmware, a station's bug) says nothing usable, and is taken as not told rather
+    # than planned as an EV that takes nothing (it was: a 0-W profile for the whole stay).
     if ac:
-        energy_wh = ac["energyAmount"]
-        max_w = ac["evMaxCurrent"] * PHASE_VOLTAGE_V * phases
+        energy_wh = _at_least(ac["energyAmount"], 0.0)
+        current = _at_least(ac["evMaxCurrent"], 0.0, above=True)
+        max_w = None if current is None else current * PHASE_VOLTAGE_V * phases
     if dc:
-        energy_wh = dc.get("energyAmount", energy_wh)
-        max_w = dc.get("evMaxPower") or dc["evMaxCurrent"] * dc["evMaxVoltage"]
-        capacity_wh = dc.get("evEnergyCapacity", capacity_wh)
-        soc = dc.get("stateOfCharge", soc)
-        target = dc.get("fullSoC", target)
+        energy_wh = _at_least(dc.get("energyAmount"), 0.0) if "energyAmount" in dc else energy_wh
+        current, voltage = _at_least(dc["evMaxCurrent"], 0.0, above=True), _at_least(dc["evMaxVoltage"], 0.0,
+                                                                                     above=True)
+        max_w = _at_least(dc.get("evMaxPower"), 0.0, above=True) or (
+            None if current is None or voltage is None else current * voltage)
+        capacity_wh = _at_least(dc.get("evEnergyCapacity"), 0.0, above=True) or capacity_wh
+        soc = _within(dc.get("stateOfCharge"), 0.0, 100.0, soc)
+        target = _within(dc.get("fullSoC"), 0.0, 100.0, target)
     discharge_w = _vendor_number(custom, "evMaxDischargePower", 0.0, VENDOR_MAX_W)
     min_soc = _vendor_number(custom, "evMinSoC", 0.0, 100.0)
     return EvNeeds(

@@ -562,3 +562,25 @@ async def test_ev_needs_read_back_during_a_database_blip_are_applied_once_it_ans
         return s is not None and s.needs.energy_kwh == pytest.approx(30.0)
 
     await wait_for(planned_with)
+
+
+def test_negative_ev_needs_are_taken_as_not_told() -> None:
+    """The schema bounds energyAmount, evMaxCurrent and evMaxPower from neither side: negative
+    ones made the plan a 0-W profile for the whole stay."""
+    from gateway.ocpp.handlers import needs_from_payload
+
+    ac = needs_from_payload({"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "AC_three_phase",
+        "acChargingParameters": {"energyAmount": -20_000, "evMinCurrent": 6, "evMaxCurrent": -16,
+                                 "evMaxVoltage": 400}}})
+    assert (ac.energy_kwh, ac.ev_max_charge_kw) == (None, None)
+    dc = needs_from_payload({"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "DC",
+        "dcChargingParameters": {"evMaxCurrent": 200, "evMaxVoltage": 400, "evMaxPower": -50_000,
+                                 "energyAmount": 30_000, "evEnergyCapacity": -1}}})
+    assert dc.ev_max_charge_kw == pytest.approx(80.0)  # current x voltage where the power is nonsense
+    assert dc.energy_kwh == pytest.approx(30.0) and dc.capacity_kwh is None
+    zero = needs_from_payload({"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "AC_single_phase",
+        "acChargingParameters": {"energyAmount": 0, "evMinCurrent": 0, "evMaxCurrent": 0, "evMaxVoltage": 230}}})
+    assert (zero.energy_kwh, zero.ev_max_charge_kw) == (0.0, None)  # needs nothing: told; 0 A: not
