@@ -129,6 +129,9 @@ class EvNeeds:
     ev_max_charge_kw: float | None = None
     ev_max_discharge_kw: float | None = None
     source: str = "ev"  # "ev", "driver", "forecast"
+    # The most entries the EV takes in a schedule (ISO 15118 MaxEntriesSAScheduleTuple, sent as
+    # NotifyEVChargingNeeds.maxScheduleTuples): its TxProfile has no more periods than that.
+    max_schedule_tuples: int | None = None
 
 
 @dataclass(slots=True)

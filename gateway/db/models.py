@@ -219,6 +219,7 @@ class EvNeed(Base):
     min_soc: Mapped[float | None] = mapped_column(Float)
     ev_max_charge_kw: Mapped[float | None] = mapped_column(Float)
     ev_max_discharge_kw: Mapped[float | None] = mapped_column(Float)
+    max_schedule_tuples: Mapped[int | None] = mapped_column(Integer)  # migration 0018
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     received_at: Mapped[datetime] = mapped_column(TS)
     # Energy into the battery when the needs arrived (energy_kwh counts from it; migration 0006).

@@ -48,7 +48,8 @@ class PlanningRepository:
                 departure_time=needs.departure_time, energy_kwh=needs.energy_kwh,
                 capacity_kwh=needs.capacity_kwh, soc=needs.soc, target_soc=needs.target_soc,
                 min_soc=needs.min_soc, ev_max_charge_kw=needs.ev_max_charge_kw,
-                ev_max_discharge_kw=needs.ev_max_discharge_kw, payload=payload, received_at=now,
+                ev_max_discharge_kw=needs.ev_max_discharge_kw, max_schedule_tuples=needs.max_schedule_tuples,
+                payload=payload, received_at=now,
             ))
 
     async def latest_needs(self, station_id: str, evse_id: int, since: datetime | None,
@@ -67,7 +68,8 @@ class PlanningRepository:
             if n is None:
                 return None
             return StoredNeeds(n.id, EvNeeds(n.departure_time, n.energy_kwh, n.capacity_kwh, n.soc, n.target_soc,
-                                             n.min_soc, n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source),
+                                             n.min_soc, n.ev_max_charge_kw, n.ev_max_discharge_kw, n.source,
+                                             n.max_schedule_tuples),
                                n.baseline_kwh)
 
     async def session_needs(self, station_id: str, evse_id: int, transaction_id: str,

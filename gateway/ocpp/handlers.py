@@ -584,6 +584,12 @@ def _within(value: float | None, low: float, high: float, otherwise: float | Non
     return float(value) if value is not None and low <= value <= high else otherwise
 
 
+def schedule_tuples(p: Payload | None) -> int | None:
+    """A NotifyEVChargingNeeds request's ``maxScheduleTuples`` where it is a usable count."""
+    n = (p or {}).get("maxScheduleTuples")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
 def needs_from_payload(p: Payload) -> EvNeeds:
     """EvNeeds from a NotifyEVChargingNeeds request (K15/K16/K17).
 
@@ -630,5 +636,6 @@ def needs_from_payload(p: Payload) -> EvNeeds:
         ev_max_charge_kw=None if max_w is None else max_w / 1000.0,
         ev_max_discharge_kw=None if discharge_w is None else discharge_w / 1000.0,
         source="ev",
+        max_schedule_tuples=schedule_tuples(p),
     )
 

@@ -924,7 +924,9 @@ class MpcScheduler:
                 max_discharge_kw=st.spec.max_discharge_kw, bidirectional=st.spec.bidirectional,
                 dialect=st.dialect, stack_level=self.settings.profile_stack_level,
                 max_periods=min(self.settings.max_profile_periods,
-                                self._periods_max.get(ps.station_id, self.settings.max_profile_periods)),
+                                self._periods_max.get(ps.station_id, self.settings.max_profile_periods),
+                                # K15: the EV's own limit on schedule entries, where it gave one.
+                                meta.session.needs.max_schedule_tuples or self.settings.max_profile_periods),
                 rise_delay_s=self._rise_delay_s(),
             )
             old = self._sent.get(meta.key)

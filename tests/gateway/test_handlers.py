@@ -339,7 +339,7 @@ async def test_vendor_needs_that_are_not_plausible_numbers_are_left_out(
 async def test_notify_ev_charging_needs_stored(gateway_server: GatewayHarness, station: RawStation) -> None:
     await station.ok("TransactionEvent", tx_event("Started", 0))
     reply = await station.ok("NotifyEVChargingNeeds", {
-        "evseId": 1,
+        "evseId": 1, "maxScheduleTuples": 5,
         "chargingNeeds": {
             "requestedEnergyTransfer": "AC_three_phase", "departureTime": "2026-07-01T17:30:00Z",
             "acChargingParameters": {"energyAmount": 30_000, "evMinCurrent": 6, "evMaxCurrent": 16,
@@ -357,6 +357,10 @@ async def test_notify_ev_charging_needs_stored(gateway_server: GatewayHarness, s
     assert row["ev_max_charge_kw"] == pytest.approx(16 * 230 * 3 / 1000)
     assert row["ev_max_discharge_kw"] == pytest.approx(7.0)
     assert row["min_soc"] == pytest.approx(0.2) and row["capacity_kwh"] == pytest.approx(60.0)
+    assert row["max_schedule_tuples"] == 5
+    assert gateway_server.gw is not None
+    stored = await gateway_server.gw.planning.latest_needs("CS-1", 1, None)
+    assert stored is not None and stored.needs.max_schedule_tuples == 5
 
 
 NOTIFICATIONS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [

@@ -5,6 +5,7 @@ comes after the EV has left must not do. No sockets: the station's answers are a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -406,3 +407,20 @@ async def test_a_reboot_or_a_clear_forgets_the_limits_the_evses_had_accepted(how
     assert ("C", 1) not in sched._accepted and ("C", 1) not in sched._sent
     assert sched._limits_kw(("C", 1), NOW - timedelta(minutes=5), NOW) == [(NOW - timedelta(minutes=5), None)]
     assert ("D", 1) in sched._accepted  # another station's stay
+
+
+async def test_an_evs_limit_on_schedule_entries_caps_its_profile() -> None:
+    """NotifyEVChargingNeeds.maxScheduleTuples (K15): the EV takes no more schedule entries."""
+    got: list[int] = []
+
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        got.append(len(prof["chargingSchedule"][0]["chargingSchedulePeriod"]))
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(50.0, "C", answer)
+    session = state.evses[("C", 1)].session
+    assert session is not None
+    session.needs = dataclasses.replace(session.needs, max_schedule_tuples=3)
+    plan, metas = _plan(state, {"C": [11.0, 7.0, 3.0, 11.0, 7.0, 3.0] * 6})
+    await sched._push(NOW, plan, metas, None)
+    assert got == [3]
