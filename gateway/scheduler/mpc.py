@@ -503,7 +503,8 @@ class MpcScheduler:
         one, ends before the plan does, and the EVSE then runs its default, which the plan did
         not count. A re-plan is asked for ahead of the earliest such end, by two solves and the
         debounce, so the next profile lands first; where that re-plan could not reach past it (a
-        station that takes one period, the plan's step ending there), right after it."""
+        station that takes one period, the plan's step ending there), right after it. Not on a
+        clock that stands still (the evaluator's, tests'): no real time passes toward the end."""
         if self._ends_timer is not None:
             self._ends_timer.cancel()
             self._ends_timer = None
@@ -513,12 +514,22 @@ class MpcScheduler:
             return
         end = min(ends)
         until_real = self.gw.clock.real_seconds((end - now).total_seconds())
-        if end != self._end_asked:
-            delay = max(0.0, until_real - 2.0 * solve_s - self._debounce_real_s() - 1.0)
+        if until_real <= 0.0:
+            return
+        lead = 2.0 * solve_s + self._debounce_real_s() + 1.0
+        if until_real > lead:
+            delay = until_real - lead  # ahead of it (a routine re-plan before then moves nothing)
+        elif end == self._end_asked:
+            delay = until_real + 1.0  # asked for ahead of it already, and the end stayed: after it
         else:
-            delay = until_real + 1.0
-        self._end_asked = end
-        self._ends_timer = asyncio.get_running_loop().call_later(delay, self.request_replan, "profile ends")
+            delay = 0.0  # a re-plan came too late to ask ahead: at once
+
+        def fire() -> None:
+            self._ends_timer = None
+            self._end_asked = end
+            self.request_replan("profile ends")
+
+        self._ends_timer = asyncio.get_running_loop().call_later(delay, fire)
 
     def _fire(self) -> None:
         self._debounce = None

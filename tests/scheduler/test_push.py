@@ -356,35 +356,52 @@ async def test_charging_needs_from_the_ev_are_answered_with_a_profile_even_when_
 async def test_a_re_plan_is_asked_for_before_a_profile_cut_short_runs_out() -> None:
     """A station that takes few periods gets a profile ending long before the plan; after it the
     EVSE runs its default, which the plan did not count: the next re-plan comes before that end
-    (by the debounce and two solves), and right after it where that re-plan could not reach past
-    it."""
+    (by the debounce and two solves), whatever routine re-plans come meanwhile, and right after
+    it where the re-plan asked for could not reach past it."""
     async def accept(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
         return {"status": "Accepted"}
 
     sched, state, asked = _scheduler(50.0, "C", accept)
+    at = [NOW]
+    sched.gw.clock = SimpleNamespace(now=lambda: at[0], real_seconds=lambda s: s, scale=1.0)
     short = profiles.build_profile(station_id="C", evse_id=1, transaction_id="TX-C", starts=STARTS, end=END,
                                    power_kw=[11.0, 7.0, 11.0] * 12, max_charge_kw=22.0, max_discharge_kw=0.0,
                                    bidirectional=False, dialect=state.evses[("C", 1)].dialect, stack_level=1,
                                    max_periods=2)
-    assert short.end == NOW + timedelta(minutes=10)
+    end = NOW + timedelta(minutes=10)
+    assert short.end == end
     sched._note_accepted(("C", 1), short, NOW)
     loop = asyncio.get_running_loop()
-    sched._replan_around_profile_ends(END, solve_s=2.0)
-    timer = sched._ends_timer
-    assert timer is not None
     lead = 2 * 2.0 + sched._debounce_real_s() + 1.0
-    assert timer.when() - loop.time() == pytest.approx(600.0 - lead, abs=0.5)
-    sched._replan_around_profile_ends(END, solve_s=2.0)  # the re-plan gave the same end
-    assert sched._ends_timer is not None and sched._ends_timer.when() - loop.time() == pytest.approx(601.0, abs=0.5)
+
+    def timer_in() -> float:
+        assert sched._ends_timer is not None
+        return sched._ends_timer.when() - loop.time()
+
+    sched._replan_around_profile_ends(END, solve_s=2.0)
+    assert timer_in() == pytest.approx(600.0 - lead, abs=0.5)
+    at[0] = NOW + timedelta(minutes=2)  # a routine re-plan meanwhile, the same end: still ahead of it
+    sched._replan_around_profile_ends(END, solve_s=2.0)
+    assert timer_in() == pytest.approx(480.0 - lead, abs=0.5)
+    at[0] = end - timedelta(seconds=lead)  # the re-plan asked for; it could not reach past the end
+    sched._ends_timer.cancel()
+    sched._end_asked = end
+    sched._replan_around_profile_ends(END, solve_s=2.0)
+    assert timer_in() == pytest.approx(lead + 1.0, abs=0.5)  # right after the end
     soon = profiles.build_profile(station_id="C", evse_id=1, transaction_id="TX-C", starts=STARTS, end=END,
                                   power_kw=[11.0] + [7.0] * 35, max_charge_kw=22.0, max_discharge_kw=0.0,
                                   bidirectional=False, dialect=state.evses[("C", 1)].dialect, stack_level=1,
                                   max_periods=1)
+    at[0] = NOW
     sched._note_accepted(("C", 1), soon, NOW)  # ends in 5 minutes, within the lead: at once
     sched._replan_around_profile_ends(END, solve_s=200.0)
     await asyncio.sleep(0.05)
-    assert asked == ["profile ends"]
+    assert asked == ["profile ends"] and sched._end_asked == soon.end
     sched._note_accepted(("C", 1), _profile(state, "C", [11.0] * 36), NOW)  # to the plan's end: nothing
+    sched._replan_around_profile_ends(END, solve_s=2.0)
+    assert sched._ends_timer is None
+    sched._note_accepted(("C", 1), short, NOW)
+    sched.gw.clock = SimpleNamespace(now=lambda: NOW, real_seconds=lambda s: 0.0, scale=0.0)  # standing still
     sched._replan_around_profile_ends(END, solve_s=2.0)
     assert sched._ends_timer is None
 
