@@ -107,6 +107,8 @@ class SiteFeed:
         """The tariff's hours are sent as the episode states them, and the gateway reads them on
         its site's clock: where the two clocks tell different hours during the episode, every
         price would land on the wrong hour. Refused before anything is sent."""
+        if not self.episode.tariff.periods:
+            return  # a flat tariff: no hour to put on the wrong clock
         r = await self._send("GET", "/api/v1/tariff", None)
         if r.status_code >= 400:
             raise SiteFeedError(f"GET /api/v1/tariff: HTTP {r.status_code}: {_reason(r)}")

@@ -40,7 +40,10 @@ async def register_stations(
         if use is None or not same[use]:
             hashed = hashed or await asyncio.to_thread(hash_password, password)
             use = hashed
-        await repo.add(st.id, use, now=now, evses=[
+        # A simulated station logs in with Basic auth over ws and takes negative limits: what an
+        # earlier registration of the id set otherwise is replaced, as the rest of it is.
+        await repo.add(st.id, use, security_profile=1, discharge_dialect="negative_limit",
+                       discharge_undeclared_evs=None, now=now, evses=[
             EvseRow(e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional, e.phases) for e in st.evses])
 
 

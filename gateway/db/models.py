@@ -199,7 +199,7 @@ class MeterValue(Base):
     context: Mapped[str | None] = mapped_column(String(24))
     value: Mapped[float] = mapped_column(Float)
     unit: Mapped[str | None] = mapped_column(String(20))
-    location: Mapped[str | None] = mapped_column(String(8))  # LocationEnumType; NULL: Outlet (migration 0017)
+    location: Mapped[str | None] = mapped_column(String(8))  # LocationEnumType; NULL: Outlet, said or not (0017)
 
 
 class EvNeed(Base):

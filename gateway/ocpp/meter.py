@@ -34,9 +34,9 @@ class Sample:
     unit: str | None
     phase: str | None
     context: str | None
-    # Where the meter is (OCPP 2.0.1 LocationEnumType; absent: Outlet, the EVSE's side). A
-    # station may also report its Inlet (its grid connection: every EVSE together), the Cable or
-    # the EV (an SoC).
+    # Where the meter is (OCPP 2.0.1 LocationEnumType), None for Outlet (the EVSE's side, the
+    # default), whether said or not: one meter is one series. A station may also report its Inlet
+    # (its grid connection: every EVSE together), the Cable or the EV (an SoC).
     location: str | None = None
 
 
@@ -61,7 +61,9 @@ def samples(meter_values: list[dict[str, Any]]) -> Iterator[Sample]:
                 log.warning("meter value %r x 10^%r %r out of range: sample skipped", sv["value"],
                             uom.get("multiplier", 0), unit)
                 continue
-            yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"), sv.get("location"))
+            location = sv.get("location")
+            yield Sample(ts, measurand, value, unit, sv.get("phase"), sv.get("context"),
+                         None if location == "Outlet" else location)
 
 
 def _default_unit(measurand: str) -> str | None:
@@ -94,7 +96,7 @@ def summarize(batch: list[Sample]) -> Readings:
     for s in batch:
         if s.phase is not None:
             continue  # per-phase values would double count the totals
-        if s.location not in (None, "Outlet") and not s.measurand.startswith("SoC"):
+        if s.location is not None and not s.measurand.startswith("SoC"):
             # The session's energy and power are what went through its EVSE (Outlet): the
             # station's Inlet register counts every EVSE, and mixed in it made a session of
             # 10 kWh read as 1,240 (registers are compared highest to lowest).

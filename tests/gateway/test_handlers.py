@@ -243,6 +243,10 @@ async def test_a_stations_inlet_register_is_stored_as_such_and_not_counted_as_th
                         "SELECT value FROM meter_values WHERE location = 'Inlet' AND measurand LIKE 'Energy%' "
                         "ORDER BY value")
     assert [r["value"] for r in inlet] == [1_250_000.0, 1_262_000.0]
+    # The EVSE's own meter is one series, its location said ("Outlet") or not.
+    outlet = await fetch(gateway_server.database_url, "SELECT DISTINCT location FROM meter_values "
+                                                      "WHERE measurand LIKE 'Power%' AND value = 7000")
+    assert [r["location"] for r in outlet] == [None]
 
 
 async def test_d1_replays_store_once_and_get_the_same_answer(

@@ -386,9 +386,12 @@ async def test_a_slow_database_does_not_hold_up_a_new_connection(gateway_factory
     real = stations.set_connected
     release = asyncio.Event()
 
-    async def slow(station_id: str, connected: bool, now: Any, node: str) -> None:
+    written: list[bool] = []
+
+    async def slow(station_id: str, connected: bool, *rest: Any) -> None:
         await release.wait()
-        await real(station_id, connected, now, node)
+        await real(station_id, connected, *rest)
+        written.append(connected)
 
     stations.set_connected = slow  # type: ignore[method-assign]
     st = await RawStation.connect(h.ocpp_url, "CS-SLOW", PASSWORD)
@@ -407,6 +410,7 @@ async def test_a_slow_database_does_not_hold_up_a_new_connection(gateway_factory
     async with asyncio.timeout(EVENT_TIMEOUT_S):
         while writes.pending("CS-SLOW"):  # both written
             await asyncio.sleep(0.02)
+    assert written == [True, False]  # in the order they happened
     rows = await fetch(h.database_url, "SELECT connected, last_seen_at FROM stations WHERE id='CS-SLOW'")
     assert rows[0]["connected"] is False and rows[0]["last_seen_at"] is not None
     stations.set_connected = real  # type: ignore[method-assign]

@@ -120,7 +120,15 @@ async def test_a_password_replaced_elsewhere_ends_the_session_logged_in_with_the
     async with another_process(h.database_url) as repo:
         await repo.add("CS-PW", hash_password(NEW_PASSWORD), now=h.gw.clock.now())
     await _closed(st, "the session logged in with the replaced password stayed up")
-    events = await fetch(h.database_url, "SELECT kind FROM security_events WHERE station_id = 'CS-PW'")
+    events: list[Any] = []
+
+    async def recorded() -> bool:  # written in the background
+        events[:] = await fetch(h.database_url, "SELECT kind FROM security_events WHERE station_id = 'CS-PW'")
+        return bool(events)
+
+    async with asyncio.timeout(EVENT_TIMEOUT_S):
+        while not await recorded():
+            await asyncio.sleep(0.02)
     assert [r["kind"] for r in events] == ["credentials_changed"]
     with pytest.raises(InvalidStatus):
         await RawStation.connect(h.ocpp_url, "CS-PW", PASSWORD)
@@ -374,3 +382,19 @@ async def test_two_nodes_on_one_database_see_and_disable_each_others_stations(ga
     except TimeoutError:
         raise AssertionError("node B's disable left the connection on node A up") from None
     assert st.ws.close_code == 1008
+
+
+async def test_registering_for_the_simulator_sets_what_a_simulated_station_needs(clean_db: str) -> None:
+    """`sim --register` over an id an operator registered otherwise: its stations log in with
+    Basic auth over ws and take negative limits, so those are set again (not kept)."""
+    from gateway.db.admin import register_for_sim
+    from gateway.domain import EvseSpec
+    from gateway.episode import StationSpec
+
+    async with another_process(clean_db) as repo:
+        await repo.add("CS-SIM", None, security_profile=3, discharge_dialect="none", discharge_undeclared_evs=True,
+                       now=datetime.now(UTC))
+    await register_for_sim(clean_db, [StationSpec("CS-SIM", (EvseSpec("CS-SIM", 1, 11.0, 11.0, True),))], PASSWORD)
+    rows = await fetch(clean_db, "SELECT security_profile, discharge_dialect, discharge_undeclared_evs, "
+                                 "password_hash IS NOT NULL AS has_password FROM stations")
+    assert [tuple(r) for r in rows] == [(1, "negative_limit", None, True)]

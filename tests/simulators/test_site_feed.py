@@ -148,3 +148,19 @@ async def test_a_gateway_on_another_clock_than_the_episodes_tariff_is_refused_be
         await feed.close()
     assert h.gw.state.limits.import_kw == 321.0
     assert feed.readings_sent == 0
+
+
+async def test_a_flat_tariff_is_sent_to_a_gateway_on_any_clock(gateway_factory: Any) -> None:
+    import dataclasses
+
+    from gateway.config import SiteConfig
+
+    h = await gateway_factory(site=SiteConfig(timezone="America/New_York"))
+    ep = _episode()
+    ep = dataclasses.replace(ep, tariff=dataclasses.replace(ep.tariff, periods=()))
+    feed = SiteFeed(h.api_url, KEY, ep, ManualClock(ep.start + timedelta(hours=8)))
+    try:
+        await feed.start()
+    finally:
+        await feed.close()
+    assert feed.readings_sent == 1

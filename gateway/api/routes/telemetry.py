@@ -30,7 +30,8 @@ class MeterValueOut(BaseModel):
     value: float
     unit: str | None
     location: str | None = Field(description="Where the meter is (OCPP LocationEnumType); null: Outlet, the "
-                                             "EVSE's side. A station's Inlet reading counts all its EVSEs")
+                                             "EVSE's side (the default, said or not). A station's Inlet "
+                                             "reading counts all its EVSEs")
 
 
 class BucketOut(BaseModel):
