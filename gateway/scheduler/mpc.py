@@ -655,11 +655,8 @@ class MpcScheduler:
         storing.add_done_callback(self._storing.discard)
         # The push's own moment, not the re-plan's start: the solve may have taken a minute, and
         # which way each limit moves (and when it was accepted) is from now on.
-        try:
-            sent, failed = await self._push(self.gw.clock.now(), plan, metas, storing)
-        except BaseException:
-            await asyncio.shield(storing)  # the plan as far as it went is kept all the same
-            raise
+        # A push that fails leaves the storing to finish on its own (stop() waits for it briefly).
+        sent, failed = await self._push(self.gw.clock.now(), plan, metas, storing)
         self._replan_around_profile_ends(plan.end, solve_s)
         return _Pushed(next(self._pushes), now, plan, result, trigger, solve_s, sent, failed, storing)
 
