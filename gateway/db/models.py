@@ -3,6 +3,7 @@ that these models and the migrated DDL agree (docs/reliability.md A2)."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Uuid,
     func,
     text,
 )
@@ -111,6 +113,17 @@ class StatusHistory(Base):
     status: Mapped[str] = mapped_column(String(20))
     ts: Mapped[datetime] = mapped_column(TS)
     received_at: Mapped[datetime] = mapped_column(TS)
+
+
+class TelemetryBatch(Base):
+    """A telemetry batch written (migration 0019): a batch whose commit's answer was lost (a
+    connection reset after COMMIT, a timeout) is not written twice when tried again."""
+
+    __tablename__ = "telemetry_batches"
+    __table_args__ = (Index(None, "written_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    written_at: Mapped[datetime] = mapped_column(TS, nullable=False)
 
 
 class Transaction(Base):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,10 @@ TABLES: dict[str, tuple[str, ...]] = {
     ),
     "status_history": ("station_id", "evse_id", "connector_id", "status", "ts", "received_at"),
 }
+# How long a written batch's id is kept (telemetry_batches, migration 0019): longer than any
+# retry of a batch whose commit's answer was lost can come after it.
+BATCH_IDS_KEPT = "7 days"
+PRUNE_EVERY_S = 3600.0
 
 
 def row_refused(exc: BaseException) -> bool:
@@ -50,6 +55,11 @@ class TelemetryWriter:
         self._interval = flush_interval_s
         self._retry = retry_interval_s
         self._buffers: dict[str, deque[tuple[Any, ...]]] = {t: deque() for t in TABLES}
+        # The batch of each table being written, with its id, until it is known to be stored: one
+        # tried again after a failure is the same batch, so a commit whose answer was lost is not
+        # written twice. Its rows still count as buffered.
+        self._pending: dict[str, tuple[uuid.UUID, list[tuple[Any, ...]]] | None] = dict.fromkeys(TABLES)
+        self._pruned_at: float | None = None
         self._size = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -66,6 +76,12 @@ class TelemetryWriter:
         if self._size >= self._max_rows:
             # Drop the oldest row of the fullest table: keep what is newest, count what is lost.
             victim = max(self._buffers, key=lambda t: len(self._buffers[t]))
+            if not self._buffers[victim]:
+                # Every row kept is in a batch being written (which may be stored already, so
+                # none of it is dropped): this one is what is lost.
+                self.dropped[table] += 1
+                metrics.DROPPED_ROWS.labels(table).inc()
+                return
             self._buffers[victim].popleft()
             self._size -= 1
             self.dropped[victim] += 1
@@ -99,7 +115,7 @@ class TelemetryWriter:
     async def flush(self) -> None:
         """Write everything buffered now (raises if the database is away)."""
         for table in TABLES:
-            while self._buffers[table]:
+            while self._pending[table] is not None or self._buffers[table]:
                 await self._write_batch(table)
 
     async def _run(self) -> None:
@@ -126,8 +142,10 @@ class TelemetryWriter:
                     # Lost with the process: counted as dropped, so the loss is on record.
                     log.error("telemetry writer stopped with %d rows unwritten", self._size)
                     for table, buf in self._buffers.items():
-                        self.dropped[table] += len(buf)
-                        metrics.DROPPED_ROWS.labels(table).inc(len(buf))
+                        pending = self._pending[table]
+                        lost = len(buf) + (len(pending[1]) if pending is not None else 0)
+                        self.dropped[table] += lost
+                        metrics.DROPPED_ROWS.labels(table).inc(lost)
                     return
                 await asyncio.sleep(self._retry)
                 continue
@@ -139,12 +157,16 @@ class TelemetryWriter:
         and counted (they are the ones that made the batch fail)."""
         for table in TABLES:
             buf = self._buffers[table]
+            pending = self._pending[table]
+            if pending is not None:
+                # Refused, so rolled back: nothing of it is stored, its rows go one by one.
+                buf.extendleft(reversed(pending[1]))
+                self._pending[table] = None
             for _ in range(min(len(buf), self._flush_rows)):
                 row = buf.popleft()
                 self._size -= 1
                 try:
-                    async with driver_connection(self._engine) as driver:
-                        await driver.copy_records_to_table(table, records=[row], columns=list(TABLES[table]))
+                    await self._store(table, uuid.uuid4(), [row])
                     self.written[table] += 1
                 except Exception as exc:
                     if not row_refused(exc):
@@ -156,19 +178,53 @@ class TelemetryWriter:
                     log.error("telemetry row refused by the database and dropped (%s): %s", table, exc)
 
     async def _write_batch(self, table: str) -> None:
-        buf = self._buffers[table]
-        n = min(len(buf), self._flush_rows)
-        rows = [buf.popleft() for _ in range(n)]
-        self._size -= n
+        pending = self._pending[table]
+        if pending is None:
+            buf = self._buffers[table]
+            pending = self._pending[table] = (uuid.uuid4(), [buf.popleft() for _ in range(min(len(buf),
+                                                                                             self._flush_rows))])
+        batch_id, rows = pending
         started = time.perf_counter()
+        sent: list[bool] = []
         try:
-            async with driver_connection(self._engine) as driver:
-                await driver.copy_records_to_table(table, records=rows, columns=list(TABLES[table]))
+            fresh = await self._store(table, batch_id, rows, sent)
         except BaseException:
-            # Not durable: put the batch back in front, in order, for the next attempt.
-            buf.extendleft(reversed(rows))
-            self._size += n
+            if not sent:
+                # No connection was had: nothing of it can be stored. Back in front of the rest,
+                # where a full buffer may drop its oldest rows as before.
+                self._buffers[table].extendleft(reversed(rows))
+                self._pending[table] = None
+            # Else it may have been stored: it stays pending, the same batch for the next attempt.
             raise
+        self._pending[table] = None
+        self._size -= len(rows)
+        if not fresh:
+            log.info("telemetry batch of %d %s rows was stored by an attempt whose answer was lost: not "
+                     "written again", len(rows), table)
         metrics.DB_WRITE_SECONDS.labels(f"copy_{table}").observe(time.perf_counter() - started)
-        self.written[table] += n
-        metrics.BUFFERED_ROWS.labels(table).set(len(buf))
+        self.written[table] += len(rows)
+        metrics.BUFFERED_ROWS.labels(table).set(len(self._buffers[table]))
+
+    async def _store(self, table: str, batch_id: uuid.UUID, rows: list[tuple[Any, ...]],
+                     sent: list[bool] | None = None) -> bool:
+        """COPY ``rows`` with the batch's id in one transaction; False (nothing written) where
+        that id is already stored. ``sent`` is appended to once a connection is had (from then
+        on a failure may come after the commit)."""
+        async with driver_connection(self._engine) as driver:
+            if sent is not None:
+                sent.append(True)
+            return await self._store_on(driver, table, batch_id, rows)
+
+    async def _store_on(self, driver: Any, table: str, batch_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> bool:
+        async with driver.transaction():
+            fresh = await driver.fetchval(
+                "INSERT INTO telemetry_batches (id, written_at) VALUES ($1, now()) ON CONFLICT (id) DO NOTHING "
+                "RETURNING true", batch_id)
+            if fresh:
+                await driver.copy_records_to_table(table, records=rows, columns=list(TABLES[table]))
+            now = time.monotonic()
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+                await driver.execute(f"DELETE FROM telemetry_batches WHERE written_at < now() - interval "
+                                     f"'{BATCH_IDS_KEPT}'")
+                self._pruned_at = now
+        return bool(fresh)

@@ -4,6 +4,7 @@ counted instead of blocking every row behind it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from asyncpg import exceptions as pg_exc
@@ -88,5 +89,39 @@ async def test_rows_are_kept_while_the_database_refuses_every_write_and_written_
         assert writer.dropped["meter_values"] == 0
     finally:
         await admin.close()
+        await writer.close()
+        await engine.dispose()
+
+
+async def test_a_batch_whose_commit_answer_was_lost_is_not_written_twice(clean_db: str) -> None:
+    """The COPY committed and the connection broke before the answer (or a timeout hit then):
+    the batch was put back and written again, and meter_values, which has no natural key, held
+    those rows twice."""
+    engine = make_engine(clean_db, pool_size=2)
+    writer = TelemetryWriter(engine, max_rows=1000, flush_rows=50, flush_interval_s=0.05, retry_interval_s=0.05)
+    real = writer._store
+    lost = 0
+
+    async def answer_lost(*a: Any) -> bool:
+        nonlocal lost
+        stored = await real(*a)
+        if lost == 0:
+            lost += 1
+            raise pg_exc.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return stored
+
+    writer._store = answer_lost  # type: ignore[method-assign]
+    for i in range(20):
+        writer.add_meter_value(T, "CS-1", 1, None, "Energy.Active.Import.Register", None, None, float(i), "Wh")
+    writer.start()
+    try:
+        async def settled() -> bool:
+            return writer.buffered == 0
+
+        await wait_for(settled)
+        rows = await fetch(clean_db, "SELECT value FROM meter_values ORDER BY value")
+        assert [r["value"] for r in rows] == [float(i) for i in range(20)]
+        assert lost == 1 and writer.written["meter_values"] == 20 and writer.dropped["meter_values"] == 0
+    finally:
         await writer.close()
         await engine.dispose()
