@@ -303,6 +303,29 @@ async def test_a_late_event_keeps_the_newer_readings_and_the_starting_token(
     assert row["id_token"] == "CARD-A"
 
 
+@pytest.mark.parametrize("stop", ["StopAuthorized", "Ended"])
+async def test_a_card_that_only_stops_a_tokenless_session_does_not_become_its_owner(
+    gateway_server: GatewayHarness, station: RawStation, stop: str
+) -> None:
+    """A session started without a token (free vend, NoAuthorization) and stopped with a card:
+    that card's driver token could read and change the session, as its first token."""
+    await station.ok("TransactionEvent", tx_event("Started", 0, meterValue=energy(0.0)))
+    stranger = {"idToken": "STRANGER", "type": "ISO14443"}
+    if stop == "StopAuthorized":
+        await station.ok("TransactionEvent", tx_event("Updated", 1, idToken=stranger, triggerReason="StopAuthorized"))
+    else:
+        await station.ok("TransactionEvent", tx_event("Ended", 1, idToken=stranger, meterValue=energy(2_000.0)))
+    row = (await fetch(gateway_server.database_url, "SELECT id_token FROM transactions WHERE transaction_id='TX-1'"))[0]
+    assert row["id_token"] is None
+    # A card that authorizes it later (triggerReason Authorized) is its owner.
+    if stop == "StopAuthorized":
+        owner = {"idToken": "OWNER", "type": "ISO14443"}
+        await station.ok("TransactionEvent", tx_event("Updated", 2, idToken=owner, triggerReason="Authorized"))
+        row = (await fetch(gateway_server.database_url,
+                           "SELECT id_token FROM transactions WHERE transaction_id='TX-1'"))[0]
+        assert row["id_token"] == "OWNER"
+
+
 async def test_a_late_event_of_an_ended_session_leaves_the_next_session_alone(
     gateway_server: GatewayHarness, station: RawStation
 ) -> None:
