@@ -402,3 +402,28 @@ async def test_profiles_are_sent_again_after_a_clear_the_station_never_answered(
     await _default_and_planned_profiles_sent(seen)
     answering.cancel()
     await st.ws.close()
+
+
+async def test_a_stored_change_is_not_answered_as_a_database_failure(
+        gateway_server: GatewayHarness, api: httpx.AsyncClient, monkeypatch: Any) -> None:
+    """The answer read the needs again after the commit: a database failing just then answered
+    503 database_unavailable ("nothing was stored, try again") for a change stored and in force."""
+    from sqlalchemy.exc import OperationalError
+
+    assert gateway_server.gw is not None
+    await plug_in(gateway_server, "CS-P10", "tx-p10", "TOKEN-P10")
+    planning = gateway_server.gw.planning
+    real = planning.session_needs
+    calls = 0
+
+    async def first_only(*a: Any, **k: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OperationalError("SELECT", {}, ConnectionResetError("the database went away"))
+        return await real(*a, **k)
+
+    monkeypatch.setattr(planning, "session_needs", first_only)
+    r = await api.put("/api/v1/sessions/tx-p10/preferences", headers=OPERATOR, json={"mode": "charge_now"})
+    assert r.status_code == 200, r.text
+    assert r.json()["session"]["preferences"]["mode"] == "charge_now"

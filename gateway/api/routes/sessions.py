@@ -201,13 +201,16 @@ def _planned(gw: Gateway, tx: TxSnapshot) -> tuple[PlannedSession, Any] | None:
     return ps, sched.latest
 
 
-async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot, pref_rec: m.Preference | None = None) -> SessionDetail:
-    """The session as GET shows it; ``pref_rec``: the preferences to show (default: those stored last)."""
+async def _detail(gw: Gateway, q: Queries, tx: TxSnapshot) -> SessionDetail:
+    """The session as GET shows it."""
     needs = None
     if tx.evse_id is not None and tx.started_at is not None:
         needs = await gw.planning.session_needs(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at)
-    if pref_rec is None:
-        pref_rec = await q.preference_record(tx.station_id, tx.transaction_id)
+    return _detail_of(gw, tx, needs, await q.preference_record(tx.station_id, tx.transaction_id))
+
+
+def _detail_of(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, pref_rec: m.Preference | None) -> SessionDetail:
+    """The session with the needs and preferences given (read by the caller)."""
     prefs = preferences_of(pref_rec) if pref_rec is not None else None
     live = _session(gw, tx, needs, prefs)
     resolved = None
@@ -383,7 +386,10 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
             # The change is stored and the debounced re-plan will still come: report, do not fail
             # (the task logs the failure itself).
             pass
-    detail = await _detail(gw, q, tx, rec)
+    # No database read from here on: the change is stored and in force, and an answer saying the
+    # database failed would tell the driver it was not (docs/api.md, 503). The needs shown are
+    # those the change was checked against.
+    detail = _detail_of(gw, tx, needs, rec)
     assert detail.resolved is not None  # an active session always resolves
     planned = detail.plan.energy_by_departure_kwh if detail.plan is not None else None
     wanted = detail.resolved.energy_wanted_kwh
