@@ -75,9 +75,12 @@ LINK_STABLE_S = 30.0
 # was being published: a message the broker refuses by dropping the connection (larger than its
 # max_packet_size, say) would otherwise stop every message behind it for good.
 HEAD_ATTEMPTS_MAX = 3
-# site_settings key under which the digest of the last message applied from an input topic is
-# kept, so a retained replay of that very message (a restart, an expired session) is known as one.
+# site_settings key under which the digests of the last messages applied from an input topic
+# are kept, newest first, so a retained replay of one of them (a restart, an expired session) is
+# known as one. Not only the last: a retained message followed by live ones that were not
+# retained is still the broker's retained copy, and would otherwise undo them on the replay.
 APPLIED_KEY = "mqtt_applied:{}"
+APPLIED_KEPT = 32
 
 
 class MqttBridge:
@@ -98,6 +101,7 @@ class MqttBridge:
         self.connects = 0
         self.apply_failed = 0
         self.replayed = 0
+        self._applied_digests: dict[str, list[str]] = {}
         self._applying: asyncio.Future[bool] | None = None  # the input being applied
         self._site_inputs = SiteInputs(gw)
         self._buf: deque[topics.Outgoing] = deque()
@@ -341,10 +345,10 @@ class MqttBridge:
             return False
         digest = hashlib.sha256(payload.encode() if isinstance(payload, str) else bytes(payload)).hexdigest()
         try:
-            if retained and await self._applied_last(name) == digest:
+            if retained and digest in await self._applied_recently(name):
                 self.replayed += 1
                 metrics.MQTT_REPLAYED.labels(name).inc()
-                log.info("MQTT retained message on %s skipped: it is the one applied last", topic)
+                log.info("MQTT retained message on %s skipped: it was applied already", topic)
                 return False
             await self._apply(value)
         except Refused as exc:
@@ -362,14 +366,22 @@ class MqttBridge:
         await self._note_applied(name, digest)
         return True
 
-    async def _applied_last(self, name: str) -> str | None:
-        row = await self.gw.planning.setting(APPLIED_KEY.format(name))
-        return None if row is None else str(row.get("sha256"))
+    async def _applied_recently(self, name: str) -> list[str]:
+        """The digests of the last messages applied from input ``name``, newest first (read from
+        the database once per process: it outlives restarts)."""
+        known = self._applied_digests.get(name)
+        if known is None:
+            row = await self.gw.planning.setting(APPLIED_KEY.format(name))
+            recent = [] if row is None else row.get("recent") or [row.get("sha256")]
+            known = self._applied_digests[name] = [str(d) for d in recent if d]
+        return known
 
     async def _note_applied(self, name: str, digest: str) -> None:
         try:
-            await self.gw.planning.set_setting(APPLIED_KEY.format(name), {"sha256": digest}, "mqtt",
-                                               self.gw.clock.now())
+            recent = [digest, *(d for d in await self._applied_recently(name) if d != digest)][:APPLIED_KEPT]
+            self._applied_digests[name] = recent
+            await self.gw.planning.set_setting(APPLIED_KEY.format(name), {"sha256": digest, "recent": recent},
+                                               "mqtt", self.gw.clock.now())
         except Exception:
             # The input is applied and stored; only the replay guard is not: a later retained
             # replay of it is then applied again (as before the guard), so it is worth a warning.

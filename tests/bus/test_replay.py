@@ -235,3 +235,43 @@ async def test_a_replayed_message_does_not_undo_a_newer_rest_change(
             return gw.state.grid_events["dso-8"].cap_kw == 45.0
 
         await eventually(repeat_applied, "a live repeat of the last message to be applied")
+
+
+async def test_a_retained_message_followed_by_live_ones_does_not_come_back_over_them(
+    gateway_factory: Any, mqtt_url: str, prefix: str
+) -> None:
+    """Prices published retained, then new prices not retained: the broker keeps the first as
+    the topic's retained copy. Only the last digest was remembered, so a restart applied the
+    old prices again over the new ones."""
+    topic = f"{prefix}/in/prices"
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    bridge = await connected_bridge(h)
+    assert h.gw is not None
+    now = h.gw.clock.now()
+    start, end = to_rfc3339(now + timedelta(hours=1)), to_rfc3339(now + timedelta(hours=2))
+
+    def prices(price: float) -> str:
+        return json.dumps({"prices": [{"start": start, "end": end, "import_price_per_kwh": price,
+                                       "export_price_per_kwh": 0.05}]})
+
+    def price_now() -> float | None:
+        assert h.gw is not None
+        overrides = list(h.gw.state.price_overrides)
+        return overrides[0][2] if overrides else None
+
+    async with retained_cleared(mqtt_url, topic):
+        await publish(mqtt_url, topic, prices(0.10), retain=True)
+        await eventually(lambda: _true(price_now() == 0.10), "the retained prices to be applied")
+        await publish(mqtt_url, topic, prices(0.50))
+        await eventually(lambda: _true(price_now() == 0.50), "the live prices to be applied")
+
+        await h.restart()
+        bridge = await connected_bridge(h)
+        await eventually(lambda: _true(bridge.replayed >= 1 or price_now() != 0.50),
+                         "the retained prices to be replayed")
+        assert price_now() == 0.50, "the old retained prices came back over the newer ones"
+        assert bridge.replayed == 1
+
+
+async def _true(value: bool) -> bool:
+    return value
