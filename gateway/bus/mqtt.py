@@ -463,6 +463,9 @@ class MqttBridge:
                     self._client = client
                     try:
                         await self._serve(client)
+                    except Exception:
+                        await self._link_torn(client)
+                        raise
                     finally:
                         self._client = None
             except aiomqtt.MqttError as exc:
@@ -492,6 +495,17 @@ class MqttBridge:
             # fleet of gateways from reconnecting in step after a broker restart.
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.reconnect_max_s)
+
+    async def _link_torn(self, client: aiomqtt.Client) -> None:
+        """The bridge ends a link itself (a publish or subscribe that timed out, an error): the
+        client then sends a normal DISCONNECT, which discards the will, and the broker would keep
+        "online: true" through the back-off, or for good if the gateway stops meanwhile. Said
+        here while the link may still carry it; where it cannot, the broker sees no DISCONNECT
+        either and publishes the will."""
+        lost = topics.gateway_status(self.prefix, False, "connection_lost", to_rfc3339(self.gw.clock.now()))
+        with contextlib.suppress(Exception):
+            await client.publish(lost.topic, lost.payload, qos=lost.qos, retain=lost.retain,
+                                 timeout=GOODBYE_TIMEOUT_S)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Send and receive until either stops (the broker went away, or an error); then both stop."""

@@ -13,7 +13,15 @@ from gateway import metrics
 from gateway.bus import topics
 from gateway.bus.mqtt import HEAD_ATTEMPTS_MAX
 from tests.api.conftest import eventually, plug_in
-from tests.bus.conftest import HAVE_MOSQUITTO, Mosquitto, bridge_down, bridge_up, free_port, recording
+from tests.bus.conftest import (
+    HAVE_MOSQUITTO,
+    Mosquitto,
+    bridge_down,
+    bridge_up,
+    connected_bridge,
+    free_port,
+    recording,
+)
 from tests.conftest import GatewayHarness
 
 BUFFER_MAX = 5
@@ -133,3 +141,30 @@ async def test_a_message_the_broker_keeps_refusing_is_given_up_and_the_rest_flow
             assert all(t != f"{prefix}/big" for t, _, _ in rec.messages)
     finally:
         await broker.kill()
+
+
+async def test_a_link_the_bridge_ends_itself_says_the_gateway_is_offline(
+    gateway_factory: Any, mqtt_url: str, prefix: str, monkeypatch: Any
+) -> None:
+    """A publish that times out makes the bridge end its link, with a normal DISCONNECT that
+    discards the will: the broker kept "online: true" through the back-off (and for good if the
+    gateway stopped meanwhile)."""
+    import aiomqtt
+
+    async with recording(mqtt_url, prefix) as rec:
+        h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix,
+                                                  mqtt_reconnect_min_s=30.0, mqtt_reconnect_max_s=30.0)
+        bridge = await connected_bridge(h)
+        await rec.wait_for(f"{prefix}/gateway/status", online=True)
+        real = aiomqtt.Client.publish
+
+        async def times_out(self: Any, topic: str, *a: Any, **k: Any) -> Any:
+            if topic.endswith("/stuck"):
+                raise aiomqtt.MqttError("Operation timed out")  # no PUBACK within the publish timeout
+            return await real(self, topic, *a, **k)
+
+        monkeypatch.setattr(aiomqtt.Client, "publish", times_out)
+        bridge.enqueue(topics.Outgoing(f"{prefix}/stuck", b"{}", 1, False))
+        await bridge_down(bridge)
+        said = await rec.wait_for(f"{prefix}/gateway/status", online=False)
+        assert said["reason"] == "connection_lost"
