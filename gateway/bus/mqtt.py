@@ -53,6 +53,11 @@ PUBLISH_TIMEOUT_S = 10.0
 # orphan: the identifier is new in every process, so the session a stopped or crashed gateway
 # leaves behind is never resumed and the broker drops it (and what it queued) after this long.
 SESSION_EXPIRY_S = 900
+# The largest packet the broker may send us (MQTT v5 Maximum Packet Size; it drops larger ones
+# for this client): a payload is read whole into memory before inbound's 1-MB check refuses it,
+# and a broker's own limit is often hundreds of MB. Above that check, so a payload a little
+# over 1 MB still arrives and is refused with a reason and counted.
+MAX_PACKET_BYTES = 16 * 1024 * 1024
 
 PUBLISHED_EVENTS = (ev.StationConnected, ev.StationDisconnected, ev.StatusChanged, ev.SessionStarted,
                     ev.SessionUpdated, ev.SessionEnded, ev.PlanPublished, ev.SiteInputsChanged)
@@ -428,6 +433,7 @@ class MqttBridge:
     def _session_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.MaximumPacketSize = MAX_PACKET_BYTES
         return props
 
     async def _connection(self) -> None:

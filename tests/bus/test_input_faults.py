@@ -11,6 +11,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+from gateway import metrics
 from gateway.bus import inbound
 from tests.api.conftest import eventually
 from tests.bus.conftest import connected_bridge, invalid_count, publish
@@ -130,3 +131,27 @@ async def test_connection_loop_survives_an_unexpected_error_and_stops_on_cancel(
     await bridge.stop()
     assert conn_task.done() and conn_task.cancelled()
     assert not bridge.connected
+
+
+async def test_a_payload_larger_than_the_packet_limit_never_reaches_the_gateway(
+        gateway_factory: Any, mqtt_url: str, prefix: str) -> None:
+    """Read whole into memory before the 1-MB check, a 200-MB payload (under many brokers' own
+    limit) cost that much memory: the bridge tells the broker the largest packet it takes."""
+    from gateway.bus.mqtt import MAX_PACKET_BYTES
+
+    h: GatewayHarness = await gateway_factory(mqtt_url=mqtt_url, mqtt_topic_prefix=prefix)
+    bridge = await connected_bridge(h)
+    before = bridge.invalid
+    await publish(mqtt_url, f"{prefix}/in/prices", "x" * (MAX_PACKET_BYTES + 1))
+    await publish(mqtt_url, f"{prefix}/in/prices", "x" * 1_500_000)  # over the payload limit, under the packet's
+    await publish(mqtt_url, f"{prefix}/in/prices", json.dumps({"prices": []}))  # then one to apply
+
+    async def applied() -> bool:
+        return bool(bridge.invalid > before and metrics_received() > received)
+
+    def metrics_received() -> float:
+        return float(metrics.MQTT_RECEIVED.labels("prices")._value.get())  # type: ignore[attr-defined]
+
+    received = metrics_received()
+    await eventually(applied, "the 1.5-MB payload to be refused and the next message applied")
+    assert bridge.invalid == before + 1  # the larger one was never delivered
