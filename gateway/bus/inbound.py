@@ -3,6 +3,7 @@ out; the bridge applies the value through :class:`gateway.bus.site_inputs.SiteIn
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from typing import Annotated, Any
@@ -58,6 +59,18 @@ class PricePoint(_In):
 
 class Prices(_In):
     prices: list[PricePoint] = Field(max_length=10_000)
+
+    @model_validator(mode="after")
+    def _apart(self) -> Prices:
+        # Overlapping windows would leave the price in the overlap to the order inside the
+        # message (the last window found wins): refused, as REST refuses overlapping tariff
+        # periods and forecast points at one start.
+        ordered = sorted(self.prices, key=lambda p: p.start)
+        for before, after in itertools.pairwise(ordered):
+            if after.start < before.end:
+                raise ValueError(f"price windows overlap: one from {before.start.isoformat()} to "
+                                 f"{before.end.isoformat()}, one from {after.start.isoformat()}")
+        return self
 
 
 class LoadPoint(_In):

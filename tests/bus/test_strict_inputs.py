@@ -147,3 +147,17 @@ async def test_a_failed_database_write_is_not_counted_as_a_bad_message(
     assert apply_failed_count("grid_events") == failed + 1
     assert invalid_count("grid_events") == invalid, "a database failure was counted as a bad message"
     assert "db-1" not in gw.state.grid_events
+
+
+def test_overlapping_price_windows_are_refused() -> None:
+    """The price in an overlap was left to the order of the windows inside the message."""
+    def window(start_h: int, end_h: int, price: float) -> dict[str, Any]:
+        return {"start": _z(T0 + timedelta(hours=start_h)), "end": _z(T0 + timedelta(hours=end_h)),
+                "import_price_per_kwh": price, "export_price_per_kwh": 0.05}
+
+    with pytest.raises(inbound.Invalid, match="overlap"):
+        inbound.parse("prices", json.dumps({"prices": [window(0, 2, 0.5), window(0, 18, 0.1)]}))
+    with pytest.raises(inbound.Invalid, match="overlap"):
+        inbound.parse("prices", json.dumps({"prices": [window(3, 5, 0.5), window(1, 4, 0.1)]}))
+    apart = inbound.parse("prices", json.dumps({"prices": [window(2, 4, 0.5), window(0, 2, 0.1)]}))
+    assert isinstance(apart, inbound.Prices) and len(apart.prices) == 2  # touching is fine
