@@ -129,8 +129,10 @@ class Settings(BaseSettings):
     # Wiring
     database_url: str | None = None
     mqtt_url: str | None = None
-    mqtt_topic_prefix: str = "gateway"
-    mqtt_buffer_messages_max: int = 10_000
+    # No MQTT wildcard (+, #) or NUL in it: the broker refuses publishing to such a topic, and the
+    # bridge would reconnect for ever.
+    mqtt_topic_prefix: str = Field(default="gateway", min_length=1, max_length=200, pattern=r"^[^+#\x00]+$")
+    mqtt_buffer_messages_max: int = Field(default=10_000, ge=1)
     mqtt_reconnect_min_s: float = 0.5
     mqtt_reconnect_max_s: float = 10.0
     api_key: str | None = None
