@@ -213,18 +213,15 @@ class TelemetryWriter:
         async with driver_connection(self._engine) as driver:
             if sent is not None:
                 sent.append(True)
-            return await self._store_on(driver, table, batch_id, rows)
-
-    async def _store_on(self, driver: Any, table: str, batch_id: uuid.UUID, rows: list[tuple[Any, ...]]) -> bool:
-        async with driver.transaction():
-            fresh = await driver.fetchval(
-                "INSERT INTO telemetry_batches (id, written_at) VALUES ($1, now()) ON CONFLICT (id) DO NOTHING "
-                "RETURNING true", batch_id)
-            if fresh:
-                await driver.copy_records_to_table(table, records=rows, columns=list(TABLES[table]))
-            now = time.monotonic()
-            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
-                await driver.execute(f"DELETE FROM telemetry_batches WHERE written_at < now() - interval "
-                                     f"'{BATCH_IDS_KEPT}'")
-                self._pruned_at = now
+            async with driver.transaction():
+                fresh = await driver.fetchval(
+                    "INSERT INTO telemetry_batches (id, written_at) VALUES ($1, now()) ON CONFLICT (id) DO NOTHING "
+                    "RETURNING true", batch_id)
+                if fresh:
+                    await driver.copy_records_to_table(table, records=rows, columns=list(TABLES[table]))
+                now = time.monotonic()
+                if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+                    await driver.execute(f"DELETE FROM telemetry_batches WHERE written_at < now() - interval "
+                                         f"'{BATCH_IDS_KEPT}'")
+                    self._pruned_at = now
         return bool(fresh)
