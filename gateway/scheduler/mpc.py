@@ -55,9 +55,6 @@ DEBOUNCE_MAX_SIM_S = 30.0
 # Pushes that failed without an answer: the station may have applied them (a timed-out call, or
 # one the link dropped under, may have reached it).
 UNANSWERED = frozenset({"CallTimeout", "ConnectionReplaced"})
-# The call timeout of a push to a station whose last push went unanswered (seconds; it gets
-# call_timeout_s otherwise): a stuck station costs each re-plan this long, not the whole timeout.
-UNANSWERED_RETRY_TIMEOUT_S = 5.0
 # A station's refusals of a profile: its answer, or a CALLERROR (NotSupported, a property it
 # cannot take). Either way it runs what it ran before and the same profile would be refused again.
 REFUSED = frozenset({"Rejected", "CallErrorReceived"})
@@ -1089,14 +1086,9 @@ class MpcScheduler:
 
     async def _call_set_profile(self, prof: profiles.TxProfile) -> tuple[str, dict[str, Any] | None]:
         payload = prof.payload()
-        # A station whose last push went unanswered (connected, but its OCPP side hangs) is
-        # given less time: every re-plan, and a driver's answer waiting on one, would otherwise
-        # wait out the whole call timeout for it at each try.
-        stuck = any(k[0] == prof.station_id for k in self._unanswered)
-        timeout_s = min(UNANSWERED_RETRY_TIMEOUT_S, self.settings.call_timeout_s) if stuck else None
         try:
             resp = await self.gw.commands.set_charging_profile(
-                prof.station_id, prof.evse_id, payload["chargingProfile"], timeout_s)
+                prof.station_id, prof.evse_id, payload["chargingProfile"])
         except GatewayOcppError as exc:  # CallFailed, or our own payload refused by validation (a bug)
             if not isinstance(exc, CallFailed):
                 log.error("SetChargingProfile payload for %s refused by validation: %s", prof.station_id, exc)

@@ -52,9 +52,7 @@ def _scheduler(limit_kw: float, stations: str, answer: Answer) -> tuple[MpcSched
         state.evses[(sid, 1)] = EvseState(EvseSpec(sid, 1, 22.0), online=True)
         state.apply(ev.SessionStarted(NOW - timedelta(hours=1), sid, 1, f"TX-{sid}", None))
 
-    async def set_charging_profile(station_id: str, evse_id: int, prof: dict[str, Any],
-                                   timeout_s: float | None = None) -> dict[str, Any]:
-        timeouts.append((station_id, timeout_s))
+    async def set_charging_profile(station_id: str, evse_id: int, prof: dict[str, Any]) -> dict[str, Any]:
         return await answer(station_id, prof)
 
     default = default_limit_kw(settings.safe_limit_kw, limit_kw, len(stations))
@@ -64,8 +62,6 @@ def _scheduler(limit_kw: float, stations: str, answer: Answer) -> tuple[MpcSched
         planning=SimpleNamespace(add_profile_sent=_nothing), bus=SimpleNamespace(publish=lambda e: None),
         default_profiles=SimpleNamespace(limit_kw=lambda: default, limit_taken={}, sent={}))
     sched = MpcScheduler(gw)  # type: ignore[arg-type]
-    timeouts: list[tuple[str, float | None]] = []
-    sched.timeouts = timeouts  # type: ignore[attr-defined]  # (station, timeout_s) of each push
     asked: list[str] = []
     sched.request_replan = asked.append  # type: ignore[method-assign]
     return sched, state, asked
@@ -138,7 +134,7 @@ async def test_a_refusal_by_callerror_gets_the_safe_profile_like_a_rejection() -
         calls.append(sid)
         return {"status": "Accepted"}
 
-    sched.gw.commands.set_charging_profile = lambda sid, evse, prof, *_: counting(sid, prof)
+    sched.gw.commands.set_charging_profile = lambda sid, evse, prof: counting(sid, prof)
     await sched._push(NOW + timedelta(minutes=5), plan, metas, None)
     assert calls == []
 
@@ -445,23 +441,3 @@ async def test_an_evs_limit_on_schedule_entries_caps_its_profile() -> None:
     plan, metas = _plan(state, {"C": [11.0, 7.0, 3.0, 11.0, 7.0, 3.0] * 6})
     await sched._push(NOW, plan, metas, None)
     assert got == [3]
-
-
-async def test_a_station_that_left_a_push_unanswered_is_given_less_time_at_the_next() -> None:
-    """A station whose OCPP side hangs while its socket lives: every re-plan, and a driver's
-    answer waiting on one, waited out the whole call timeout for it at each try."""
-    from gateway.scheduler.mpc import UNANSWERED_RETRY_TIMEOUT_S
-
-    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
-        if sid == "M":
-            raise CallTimeout(sid, "SetChargingProfile", 30.0)
-        return {"status": "Accepted"}
-
-    sched, state, _ = _scheduler(50.0, "AM", answer)
-    plan, metas = _plan(state, {"A": [7.0] * 36, "M": [7.0] * 36})
-    await sched._push(NOW, plan, metas, None)
-    timeouts = sched.timeouts  # type: ignore[attr-defined]
-    assert sorted(timeouts) == [("A", None), ("M", None)]
-    timeouts.clear()
-    await sched._push(NOW, plan, metas, None)  # M is tried again (_retry), A's profile is unchanged
-    assert timeouts == [("M", UNANSWERED_RETRY_TIMEOUT_S)]
