@@ -47,9 +47,11 @@ class ResetIn(Model):
 
 class _ConnectorOfEvse(Model):
     """A connector is numbered within its EVSE (OCPP 2.0.1 EVSEType): one without an EVSE would
-    be dropped from the call and the command would reach the whole station."""
+    be dropped from the call and the command would reach the whole station. EVSEType's id is a
+    number > 0 (its schema's description): the whole station is no EVSE at all, not EVSE 0."""
 
-    evse_id: int | None = EvseId
+    evse_id: int | None = Field(default=None, ge=1, le=EVSE_ID_MAX,
+                                description="The EVSE (from 1); left out: the whole station")
     connector_id: int | None = Field(default=None, ge=0, le=1000)
 
     @model_validator(mode="after")
