@@ -158,6 +158,11 @@ def install(api: FastAPI) -> None:
         errors = _validation_details(exc)
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         message = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
+        if any(e["type"] == "json_invalid" for e in errors):
+            # A body that is not JSON at all is a malformed request (400, as the OpenAPI says),
+            # not JSON that breaks a rule (422).
+            return error_response(400, "bad_request", f"the body is not readable JSON: {message}",
+                                  {"errors": errors})
         return error_response(422, "validation_error", message, {"errors": errors})
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:

@@ -94,3 +94,15 @@ async def test_errors_have_one_shape(api: httpx.AsyncClient) -> None:
     err = bad.json()["error"]
     assert err["code"] == "validation_error" and "limit" in err["message"]
     assert err["details"]["errors"][0]["loc"] == ["query", "limit"]
+
+
+async def test_a_body_that_is_not_json_is_a_400_as_the_openapi_says(api: httpx.AsyncClient) -> None:
+    """Every /api/v1 operation lists 400 "The body is not readable JSON"; it answered 422."""
+    for body in (b"{not json", b'{"import_kw": 10'):
+        r = await api.put("/api/v1/site/limits", headers={**OPERATOR, "Content-Type": "application/json"},
+                          content=body)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "bad_request" and "not readable JSON" in err["message"]
+    rule = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": -5, "export_kw": 1})
+    assert rule.status_code == 422  # readable JSON against a rule stays a 422
