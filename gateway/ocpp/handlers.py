@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -572,16 +573,12 @@ def _vendor_number(custom: Payload, key: str, lo: float, hi: float) -> float | N
     return float(v)
 
 
-def _at_least(value: float | None, low: float, *, above: bool = False) -> float | None:
-    """``value`` where it is >= ``low`` (> ``low`` with ``above``), else None (not told)."""
-    if value is None or value < low or (above and value == low):
+def _usable(value: float | None, *, high: float = math.inf, positive: bool = False) -> float | None:
+    """A number the schema bounds from neither side, where it says something: from 0 (above 0
+    with ``positive``) to ``high``; else None, as if not told."""
+    if value is None or value < 0.0 or value > high or (positive and value == 0.0):
         return None
     return float(value)
-
-
-def _within(value: float | None, low: float, high: float, otherwise: float | None) -> float | None:
-    """``value`` where it is given and within [low, high], else ``otherwise``."""
-    return float(value) if value is not None and low <= value <= high else otherwise
 
 
 def schedule_tuples(p: Payload | None) -> int | None:
@@ -612,18 +609,18 @@ def needs_from_payload(p: Payload) -> EvNeeds:
     # (an EV's firmware, a station's bug) says nothing usable, and is taken as not told rather
     # than planned as an EV that takes nothing (it was: a 0-W profile for the whole stay).
     if ac:
-        energy_wh = _at_least(ac["energyAmount"], 0.0)
-        current = _at_least(ac["evMaxCurrent"], 0.0, above=True)
+        energy_wh = _usable(ac["energyAmount"])
+        current = _usable(ac["evMaxCurrent"], positive=True)
         max_w = None if current is None else current * PHASE_VOLTAGE_V * phases
     if dc:
-        energy_wh = _at_least(dc.get("energyAmount"), 0.0) if "energyAmount" in dc else energy_wh
-        current, voltage = _at_least(dc["evMaxCurrent"], 0.0, above=True), _at_least(dc["evMaxVoltage"], 0.0,
-                                                                                     above=True)
-        max_w = _at_least(dc.get("evMaxPower"), 0.0, above=True) or (
+        energy_wh = _usable(dc.get("energyAmount")) if "energyAmount" in dc else energy_wh
+        current, voltage = _usable(dc["evMaxCurrent"], positive=True), _usable(dc["evMaxVoltage"], positive=True)
+        max_w = _usable(dc.get("evMaxPower"), positive=True) or (
             None if current is None or voltage is None else current * voltage)
-        capacity_wh = _at_least(dc.get("evEnergyCapacity"), 0.0, above=True) or capacity_wh
-        soc = _within(dc.get("stateOfCharge"), 0.0, 100.0, soc)
-        target = _within(dc.get("fullSoC"), 0.0, 100.0, target)
+        capacity_wh = _usable(dc.get("evEnergyCapacity"), positive=True) or capacity_wh
+        dc_soc, dc_full = _usable(dc.get("stateOfCharge"), high=100.0), _usable(dc.get("fullSoC"), high=100.0)
+        soc = soc if dc_soc is None else dc_soc
+        target = target if dc_full is None else dc_full
     discharge_w = _vendor_number(custom, "evMaxDischargePower", 0.0, VENDOR_MAX_W)
     min_soc = _vendor_number(custom, "evMinSoC", 0.0, 100.0)
     return EvNeeds(
