@@ -24,22 +24,37 @@ MIN_PASSWORD_LENGTH = 16  # OCPP 2.0.1 A00.FR.205: BasicAuthPassword is 16 to 40
 STATION_LIST_PAGE = 1000
 
 
+class PasswordHashes:
+    """The hash to store for one password: a station's stored hash where the password is the
+    one it was made from, else a new one (made once). A new hash of the same password would read
+    as a new password, and a running gateway ends the session of a station whose password
+    changed. Each stored hash is checked once (argon2 is slow on purpose)."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self._same: dict[str, bool] = {}
+        self._new: str | None = None
+
+    async def for_station(self, stored: str | None) -> tuple[str, bool]:
+        """(the hash to store, whether it is a new one)."""
+        if stored is not None and stored not in self._same:
+            self._same[stored] = await asyncio.to_thread(verify_password, stored, self.password)
+        if stored is not None and self._same[stored]:
+            return stored, False
+        if self._new is None:
+            self._new = await asyncio.to_thread(hash_password, self.password)
+        return self._new, True
+
+
 async def register_stations(
     repo: StationRepository, stations: Sequence[StationSpec], password: str, now: datetime,
 ) -> None:
-    """Register simulated (or surveyed) stations with one password and their EVSE limits. A
-    station registered before with this same password keeps its stored hash: a new hash would
-    read as a new password, and the gateway ends a session whose password changed."""
+    """Register simulated (or surveyed) stations with one password and their EVSE limits; one
+    registered before with this password keeps its stored hash (:class:`PasswordHashes`)."""
     stored = await repo.password_hashes([st.id for st in stations])
-    same: dict[str, bool] = {}  # a stored hash -> whether the password matches it (one check each)
-    hashed: str | None = None
+    hashes = PasswordHashes(password)
     for st in stations:
-        use = stored.get(st.id)
-        if use is not None and use not in same:
-            same[use] = await asyncio.to_thread(verify_password, use, password)
-        if use is None or not same[use]:
-            hashed = hashed or await asyncio.to_thread(hash_password, password)
-            use = hashed
+        use, _ = await hashes.for_station(stored.get(st.id))
         # A simulated station logs in with Basic auth over ws and takes negative limits: what an
         # earlier registration of the id set otherwise is replaced, as the rest of it is.
         await repo.add(st.id, use, security_profile=1, discharge_dialect="negative_limit",
@@ -154,13 +169,8 @@ async def _station(settings: Settings, args: argparse.Namespace, sessions: async
             if len(password) < MIN_PASSWORD_LENGTH or len(password) > 40:
                 print(f"error: the password must be {MIN_PASSWORD_LENGTH} to 40 characters", file=sys.stderr)
                 return 2
-            # The same password keeps its stored hash: a new hash reads as a new password, and a
-            # running gateway ends the station's session when its password changes.
-            if creds is not None and creds.password_hash is not None and verify_password(creds.password_hash,
-                                                                                         password):
-                hashed, password_changed = creds.password_hash, False
-            else:
-                hashed, password_changed = hash_password(password), True
+            hashed, password_changed = await PasswordHashes(password).for_station(
+                creds.password_hash if creds is not None else None)
         undeclared = {None: KEEP, "site": None, "yes": True, "no": False}[args.discharge_undeclared_evs]
         inserted = await repo.add(sid, hashed, security_profile=args.security_profile,
                                   discharge_dialect=args.discharge_dialect, discharge_undeclared_evs=undeclared,
