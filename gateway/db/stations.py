@@ -75,6 +75,10 @@ def _row(s: m.Station) -> StationRow:
                       s.default_limit_kw, s.connected_node)
 
 
+def _credentials(s: m.Station) -> StationCredentials:
+    return StationCredentials(s.id, s.password_hash, s.security_profile, s.enabled)
+
+
 class StationRepository:
     """Implements :class:`gateway.ocpp.ports.StationDirectory` and the station bookkeeping."""
 
@@ -86,7 +90,7 @@ class StationRepository:
             st = await s.get(m.Station, station_id)
             if st is None:
                 return None
-            return StationCredentials(st.id, st.password_hash, st.security_profile, st.enabled)
+            return _credentials(st)
 
     async def add(
         self, station_id: str, password_hash: str | None, *, security_profile: int | None = None,
@@ -165,7 +169,7 @@ class StationRepository:
             st = await s.get(m.Station, station_id)
             if st is None:
                 return None
-            return _row(st), StationCredentials(st.id, st.password_hash, st.security_profile, st.enabled)
+            return _row(st), _credentials(st)
 
     async def get(self, station_id: str) -> StationRow | None:
         async with self._sessions() as s:
