@@ -158,6 +158,12 @@ class MpcScheduler:
         # A push left unanswered (timed out, or the link dropped under it) may still have been
         # applied: until one is answered, the EVSE may run it as well as its last accepted one.
         self._unanswered: dict[tuple[str, int], profiles.TxProfile] = {}
+        # Stations whose last push timed out (the socket lives, the station does not answer):
+        # planned as uncontrolled, and pushed to in the background (_in_flight), so that one
+        # hung station does not hold every re-plan, and every driver's answer, for the call
+        # timeout. The first answer it gives takes it back into the plan.
+        self._hung: set[str] = set()
+        self._in_flight: dict[tuple[str, int], profiles.TxProfile] = {}
         # EVSEs that refused their plan, since when (they run the safe limit; REJECTED_RETRY).
         self._rejected: dict[tuple[str, int], datetime] = {}
         # The most periods a station takes in a schedule, where it said so after refusing more
@@ -428,6 +434,7 @@ class MpcScheduler:
             for k in [k for k in self._rejected if k[0] == event.station_id]:
                 self._rejected.pop(k, None)  # new firmware, maybe: it may take a plan now
             self._periods_asked.discard(event.station_id)  # and be asked again what it takes
+            self._hung.discard(event.station_id)  # a new link: its pushes are waited for again
             replan = True
         if isinstance(event, ev.StationBooted):
             # B01: a station boots only when it (re)starts; what it ran before is gone, and it
@@ -438,6 +445,7 @@ class MpcScheduler:
             self._forget_accepted(event.station_id)
             for k in [k for k in self._unanswered if k[0] == event.station_id]:
                 self._unanswered.pop(k, None)  # whatever it may have taken is gone with the reboot
+            self._hung.discard(event.station_id)
             replan = True
         if replan:
             self.request_replan(type(event).__name__)
@@ -741,13 +749,12 @@ class MpcScheduler:
         out: dict[tuple[str, int], live_inputs.Uncontrolled] = {}
         for key, st in self.gw.state.evses.items():
             s = st.session
-            if s is None or not (registry.get(key[0]) is None or key in self._retry or key in self._rejected):
+            if s is None or not (registry.get(key[0]) is None or key in self._retry or key in self._rejected
+                                 or key[0] in self._hung):
                 continue
             hist = self._accepted.get(key)
             running = [hist[-1][1] if hist else None]
-            maybe = self._unanswered.get(key)
-            if maybe is not None:
-                running.append(maybe)
+            running += [p for p in (self._unanswered.get(key), self._in_flight.get(key)) if p is not None]
             ranges = [self._limit_range_kw(p, s.transaction_id, now, horizon_end, self._held_default_kw(key))
                       for p in running]
             out[key] = live_inputs.Uncontrolled(most_kw=max(hi for _, hi in ranges),
@@ -940,6 +947,13 @@ class MpcScheduler:
             old = self._sent.get(meta.key)
             if meta.key not in self._retry and meta.key not in self._resend and not profiles.differs(old, prof):
                 continue
+            if meta.key[0] in self._hung:
+                # Planned as uncontrolled (_uncontrolled): no other EVSE's limit waits for this
+                # one's, so it is not waited for either. One push at a time per EVSE.
+                if meta.key not in self._in_flight:
+                    self._in_flight[meta.key] = prof
+                    self._spawn(self._send_detached(prof, plan_id, now))
+                continue
             # Without a planned profile the EVSE runs on its TxDefaultProfile.
             default_w = 1000.0 * self._held_default_kw(meta.key)
             old_now = old.limit_at(now) if old is not None else None
@@ -1000,6 +1014,7 @@ class MpcScheduler:
         key = (prof.station_id, prof.evse_id)
         async with sem:
             status, response = await self._call_set_profile(prof)
+            self._note_answering(prof.station_id, status, response)
             ok = status == "Accepted"
             gone = ((response or {}).get("statusInfo") or {}).get("reasonCode") == "TxNotFound"
             st = self.gw.state.evses.get(key)
@@ -1053,6 +1068,25 @@ class MpcScheduler:
                 self._record_later(safe, plan_id, f"fallback:{s2}", r2, now)
                 self.request_replan("profile rejected")
             return "TxNotFound" if gone else status
+
+    async def _send_detached(self, prof: profiles.TxProfile, plan_id: PlanId, now: datetime) -> None:
+        """Push to an EVSE of a station that left its last push unanswered, outside the re-plan
+        (started by _push, which put ``prof`` in _in_flight)."""
+        key = (prof.station_id, prof.evse_id)
+        try:
+            await self._send(asyncio.Semaphore(1), prof, plan_id, now)
+        finally:
+            if self._in_flight.get(key) is prof:
+                self._in_flight.pop(key, None)
+
+    def _note_answering(self, station_id: str, status: str, response: dict[str, Any] | None) -> None:
+        """Keep _hung: a timed-out push puts the station in, any answer (an accepted or refused
+        profile, a CALLERROR) takes it out and has the site re-planned with it under control."""
+        if status == "CallTimeout":
+            self._hung.add(station_id)
+        elif station_id in self._hung and (status == "CallErrorReceived" or "status" in (response or {})):
+            self._hung.discard(station_id)
+            self.request_replan("station answers again")
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

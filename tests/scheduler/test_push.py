@@ -203,11 +203,49 @@ async def test_any_profile_not_taken_asks_for_a_re_plan() -> None:
     assert await sched._push(NOW, plan, metas, None) == (0, 1)
     await _settled(sched)
     assert asked == ["profile not taken"]
-    # Tried again at the re-plan and still unanswered: it is counted at what it runs already, and
-    # a station that keeps timing out must not have the site re-planned after every call.
-    assert await sched._push(NOW, plan, metas, None) == (0, 1)
+    # Tried again at the re-plan (in the background, the station being one that does not answer)
+    # and still unanswered: it is counted at what it runs already, and a station that keeps
+    # timing out must not have the site re-planned after every call.
+    assert await sched._push(NOW, plan, metas, None) == (0, 0)
+    await asyncio.gather(*sched._tasks)
     await _settled(sched)
     assert asked == ["profile not taken"]
+    assert sched._uncontrolled(NOW).keys() == {("A", 1)}
+
+
+async def test_a_station_that_stopped_answering_does_not_hold_the_push_to_the_others() -> None:
+    """H's push timed out: its socket lives, it answers nothing. The next push must not wait out
+    H's call timeout (30 s by default, at every re-plan, with each driver's answer behind it): H is
+    planned as uncontrolled, its profile goes in the background, one at a time, and its first
+    answer takes it back into the plan."""
+    release = asyncio.Event()
+    calls: list[str] = []
+
+    async def answer(sid: str, prof: dict[str, Any]) -> dict[str, Any]:
+        calls.append(sid)
+        if sid == "H" and calls.count("H") == 1:
+            raise CallTimeout(sid, "SetChargingProfile", 30.0)
+        if sid == "H":
+            await release.wait()
+        return {"status": "Accepted"}
+
+    sched, state, asked = _scheduler(20.0, "AH", answer)
+    plan, metas = _plan(state, {"A": [9.0] * 36, "H": [9.0] * 36})
+    assert await sched._push(NOW, plan, metas, None) == (1, 1)
+    assert ("H", 1) in sched._uncontrolled(NOW)
+    plan2, metas2 = _plan(state, {"A": [11.0] * 36, "H": [9.0] * 36})
+    assert await asyncio.wait_for(sched._push(NOW, plan2, metas2, None), 10.0) == (1, 0)
+    assert sorted(calls) == ["A", "A", "H", "H"] and ("H", 1) in sched._in_flight
+    in_flight = sched._in_flight[("H", 1)]
+    assert sched._uncontrolled(NOW)[("H", 1)].most_kw == 9.0  # what it may be running by now
+    plan3, metas3 = _plan(state, {"A": [10.0] * 36, "H": [10.0] * 36})
+    assert await asyncio.wait_for(sched._push(NOW, plan3, metas3, None), 10.0) == (1, 0)
+    assert calls.count("H") == 2  # one push at a time
+    release.set()
+    await asyncio.gather(*sched._tasks)
+    await _settled(sched)
+    assert sched._sent[("H", 1)] is in_flight and ("H", 1) not in sched._in_flight
+    assert "station answers again" in asked and sched._uncontrolled(NOW) == {}
 
 
 @pytest.mark.parametrize("old_kw, later_kw, first_round", [(11.0, 0.0, True), (0.0, 11.0, False)])
