@@ -427,3 +427,43 @@ async def test_a_stored_change_is_not_answered_as_a_database_failure(
     r = await api.put("/api/v1/sessions/tx-p10/preferences", headers=OPERATOR, json={"mode": "charge_now"})
     assert r.status_code == 200, r.text
     assert r.json()["session"]["preferences"]["mode"] == "charge_now"
+
+
+async def test_a_change_that_fails_to_commit_keeps_a_session_its_start_event_confirmed_meanwhile(
+        gateway_factory: Any, monkeypatch: Any) -> None:
+    """The change came before the live state had the session (its SessionStarted still in the
+    scheduler's queue), so it put the session there; the SessionStarted was folded in while the
+    commit ran (and kept it), then the commit failed. Undoing the change used to take the session
+    out of the live state again: planned as an idle EVSE until the station said more."""
+    from sqlalchemy.exc import OperationalError
+
+    h: GatewayHarness = await gateway_factory(scheduler_enabled=True, replan_debounce_s=0.2)
+    gw = h.gw
+    assert gw is not None and gw.scheduler is not None
+    st = await plug_in(h, "CS-P11", "tx-p11", "TOKEN-P11")
+
+    async def live() -> bool:
+        return gw.state.session_by_tx("CS-P11", "tx-p11") is not None
+
+    await eventually(live, "the session in the live state")
+    evse = gw.state.evse("CS-P11", 1)
+    session = evse.session
+    assert session is not None
+    evse.session = None  # as if its SessionStarted had not been folded in yet
+    real = gw.transactions.change_preferences
+
+    async def commit_fails(*a: Any, applied: Any = None, **k: Any) -> Any:
+        def applied_then_started(prefs: Any) -> None:
+            applied(prefs)
+            gw.state.apply(ev.SessionStarted(gw.clock.now(), "CS-P11", 1, "tx-p11", None, session.started_at))
+        await real(*a, applied=applied_then_started, **k)
+        raise OperationalError("COMMIT", {}, ConnectionResetError("the database went away"))
+
+    monkeypatch.setattr(gw.transactions, "change_preferences", commit_fails)
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.put("/api/v1/sessions/tx-p11/preferences", headers=OPERATOR, json={"mode": "charge_now"})
+    assert r.status_code >= 500, r.text  # (a 500 here: raised by the test, not the database layer)
+    kept = gw.state.session_by_tx("CS-P11", "tx-p11")
+    assert kept is not None  # still planned
+    assert kept.preferences.mode is None  # the change is undone
+    await st.ws.close()

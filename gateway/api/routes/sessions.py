@@ -301,8 +301,11 @@ def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | N
         raise Unprocessable("reserve_soc is above target_soc", {"field": "reserve_soc"})
 
 
-def _apply_live(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: Preferences) -> Callable[[], None]:
-    """Put ``prefs`` on the live session; returns what undoes it (if the change is not stored)."""
+def _apply_live(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: Preferences,
+                stored: Preferences) -> Callable[[], None]:
+    """Put ``prefs`` on the live session; returns what undoes it (if the change is not stored),
+    which puts back the preferences in force before: those ``stored``, for a session this
+    change brought into the live state."""
     assert tx.evse_id is not None
     st = gw.state.evse(tx.station_id, tx.evse_id)
     live = _live(gw, tx)
@@ -311,21 +314,25 @@ def _apply_live(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, prefs: P
             return lambda: None
         # The scheduler folds SessionStarted in from its queue; a change that comes first must
         # not be lost, so the session enters the live state here (the later event keeps it).
+        # Undone, the session stays: it is active in storage, and taking it out again would
+        # lose the SessionStarted folded in meanwhile (which kept it).
         replaced = st.session
         if replaced is not None and tx.started_at is not None and replaced.started_at > tx.started_at:
             # A later session is live on this EVSE: this one ended without its Ended event reaching
             # us. The change is stored; the live session is not this one to replace.
             return lambda: None
-        st.session = _session(gw, tx, needs, prefs)
-
-        def undo_insert() -> None:
-            st.session = replaced
-        return undo_insert
-    before = live.preferences
+        live = st.session = tx.as_session(needs, prefs)
+        if live is None:  # not open on an EVSE (the caller checked it is)
+            return lambda: None
+        before = stored
+    else:
+        before = live.preferences
     live.preferences = prefs
+    target = live
 
     def undo() -> None:
-        live.preferences = before
+        if target.preferences is prefs:  # not a change stored after this one failed
+            target.preferences = before
     return undo
 
 
@@ -347,8 +354,10 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
     needs = await gw.planning.session_needs(tx.station_id, tx.evse_id, tx.transaction_id, tx.started_at)
     given = set(body.model_fields_set)
     undo: list[Callable[[], None]] = []
+    stored: list[Preferences] = []
 
     def change(old: Preferences) -> Preferences:
+        stored.append(old)
         prefs = _merge(old, body)
         # What the EV had taken when it read its SoC (the needs' baseline, battery side), else now.
         taken = needs.baseline_kwh if needs is not None and needs.baseline_kwh is not None else (
@@ -358,7 +367,7 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
 
     def applied(prefs: Preferences) -> None:
         # Under the row lock: the live state takes concurrent changes in the order they are stored.
-        undo.append(_apply_live(gw, tx, needs, prefs))
+        undo.append(_apply_live(gw, tx, needs, prefs, stored[-1]))
 
     try:
         rec = await gw.transactions.change_preferences(tx.station_id, tx.transaction_id, change,
