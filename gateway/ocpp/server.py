@@ -525,13 +525,24 @@ class OcppServer:
         admitted on an earlier read of other terms (another password, another security profile,
         the station removed) is closed, so a password replaced because it leaked stops working at
         once rather than at the station's next reconnection. The station then logs in again with
-        what it holds. A read older than the session's own login says nothing about it."""
+        what it holds. A read older than the session's own login says nothing about it, nor does
+        one that began after the login's but ran before it (a busy pool): the registration is read
+        once more before the session is closed."""
         conn = self.registry.get(station_id)
         admission = self._sessions.get(conn) if conn is not None else None
         if conn is None or admission is None or admission.read_at >= read_at:
             return
         if admission.terms == login_terms(creds):
             return
+        try:
+            fresh = await self.directory.credentials(station_id)
+        except Exception as exc:  # the read that found other terms stands
+            log.warning("registration of %s not read again before closing its session: %s", station_id, exc)
+        else:
+            if admission.terms == login_terms(fresh):
+                return
+        if self.registry.get(station_id) is not conn:
+            return  # gone, or replaced by a login of its own meanwhile
         self._event(station_id, "credentials_changed",
                     "registration changed since its login (password or security profile): session closed",
                     admission.remote_address)
