@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,8 +62,10 @@ TOKEN_CACHE_S = 60.0
 # tokens must not grow the gateway without bound.
 TOKEN_CACHE_KEPT = 50_000
 RESUPPLIED_KEPT = 10_000
-# Events whose stored-at times are remembered until a call learns the stored row (see
-# _apply_event): most recent first kept, as for the token cache.
+# Events no call is storing any more (a call that failed) whose stored-at times are still
+# remembered, in case a replay finds the row one of them committed (see _apply_event): the most
+# recent kept. An event a call or a background task is storing is never forgotten, however many
+# stations are in the middle of one (an outage of a large fleet).
 CALLS_KEPT = 10_000
 CALL_TIME_SLACK = timedelta(seconds=1)
 TOUCH_EVERY_S = 60.0
@@ -96,7 +98,9 @@ class Handlers:
         # (station, transactionId, seqNo) -> the stored-at times calls of this process gave that
         # event, until one learns the stored row (_apply_event); and the events being stored in
         # the background after their connection closed.
-        self._calls: OrderedDict[tuple[str, str, int], set[datetime]] = OrderedDict()
+        self._calls: dict[tuple[str, str, int], set[datetime]] = {}
+        self._storing: Counter[tuple[str, str, int]] = Counter()  # calls and tasks storing it now
+        self._left: OrderedDict[tuple[str, str, int], None] = OrderedDict()  # of _calls, no one's
         self._finishing: dict[tuple[str, str, int], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()  # EV needs stored likewise
         self._last_call_time: datetime | None = None
@@ -232,6 +236,14 @@ class Handlers:
         now = self._call_time()
         started = time.perf_counter()
         self._note_call(event_key, now)
+        try:
+            return await self._store_event(ctx, p, event_key, now, started)
+        finally:
+            self._done_storing(event_key)
+
+    async def _store_event(self, ctx: StationContext, p: Payload, event_key: tuple[str, str, int],
+                           now: datetime, started: float) -> Payload:
+        station_id = ctx.station_id
         store = self._event_store(station_id, p, now)
         try:
             recorded = await until_committed(
@@ -250,6 +262,7 @@ class Handlers:
             if event_key not in self._finishing:
                 task = asyncio.get_running_loop().create_task(self._finish_event(station_id, p, event_key, store))
                 self._finishing[event_key] = task
+                self._storing[event_key] += 1  # until _finished
                 task.add_done_callback(lambda t: self._finished(event_key, t))
             raise NoReply(str(exc)) from exc
         metrics.DB_WRITE_SECONDS.labels("transaction_event").observe(time.perf_counter() - started)
@@ -284,9 +297,20 @@ class Handlers:
     def _note_call(self, event_key: tuple[str, str, int], now: datetime) -> None:
         """Remember, before its first attempt, the stored-at time this call gives the event."""
         self._calls.setdefault(event_key, set()).add(now)
-        self._calls.move_to_end(event_key)
-        while len(self._calls) > CALLS_KEPT:
-            self._calls.popitem(last=False)
+        self._storing[event_key] += 1
+        self._left.pop(event_key, None)
+
+    def _done_storing(self, event_key: tuple[str, str, int]) -> None:
+        """A call or background task stopped storing the event. If none learnt the stored row, its
+        times join the bounded set kept for a replay."""
+        self._storing[event_key] -= 1
+        if self._storing[event_key] > 0:
+            return
+        del self._storing[event_key]
+        if event_key in self._calls:
+            self._left[event_key] = None
+            while len(self._left) > CALLS_KEPT:
+                self._calls.pop(self._left.popitem(last=False)[0], None)
 
     async def _finish_event(self, station_id: str, p: Payload, event_key: tuple[str, str, int],
                             store: Callable[[], Awaitable[Recorded]]) -> None:
@@ -298,6 +322,7 @@ class Handlers:
 
     def _finished(self, event_key: tuple[str, str, int], task: asyncio.Task[None]) -> None:
         self._finishing.pop(event_key, None)
+        self._done_storing(event_key)
         if not task.cancelled() and task.exception() is not None:
             log.error("storing a TransactionEvent of %s in the background failed", event_key[0],
                       exc_info=task.exception())
@@ -327,6 +352,7 @@ class Handlers:
         # SessionStarted/Updated/Ended or a second set of meter rows would reach the scheduler,
         # the bus and the history twice. Only idempotent bookkeeping is done for it.
         owner = recorded.stored_at in self._calls.pop(event_key, set())
+        self._left.pop(event_key, None)
         info = p["transactionInfo"]
         tid = info["transactionId"]
         tx = recorded.tx

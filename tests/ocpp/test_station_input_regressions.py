@@ -321,6 +321,34 @@ async def test_a_replay_that_learns_the_row_first_applies_what_the_stopped_call_
     await st.close()
 
 
+async def test_an_event_being_stored_is_never_forgotten_however_many_are_kept(
+        gateway_server: GatewayHarness, station: RawStation, monkeypatch: Any) -> None:
+    """Which call stored an event is remembered for a bounded number of events no call is storing
+    any more (a call that failed), never for one being stored: a fleet larger than the bound, in
+    the middle of its calls during an outage, must not have its events taken for replays (no
+    SessionStarted, samples left in the payload)."""
+    from gateway.ocpp import handlers as handlers_module
+
+    h = gateway_server
+    assert h.gw is not None
+    monkeypatch.setattr(handlers_module, "CALLS_KEPT", 0)
+    sub = h.gw.bus.subscribe(ev.SessionStarted)
+    assert (await station.call("TransactionEvent", tx_event("Started", 0, tid="TX-KEPT")))[0] == 3
+    started = await asyncio.wait_for(sub.queue.get(), EVENT_TIMEOUT_S)
+    assert isinstance(started, ev.SessionStarted) and started.transaction_id == "TX-KEPT"
+
+    real = h.gw.transactions.record_event
+
+    async def broken(*a: Any, **k: Any) -> Recorded:
+        raise ValueError("not a database outage: the call fails")
+
+    h.gw.transactions.record_event = broken  # type: ignore[method-assign]
+    failed = await station.call("TransactionEvent", tx_event("Started", 0, tid="TX-FAILS"))
+    assert failed[0] == 4
+    assert h.gw.handlers._calls == {}  # a failed call's times are the bounded kind
+    h.gw.transactions.record_event = real  # type: ignore[method-assign]
+
+
 async def test_a_replay_of_an_event_a_dead_process_stored_restores_its_meter_samples(
         gateway_server: GatewayHarness) -> None:
     """D4, killed between commit and reply: the event row was committed, its samples were still
