@@ -1,6 +1,7 @@
 """A real TCP proxy for fault injection: put it between the gateway and Postgres (or a broker),
 then ``await proxy.cut()`` to drop every connection and refuse new ones, ``await proxy.restore()``
-to accept again on the same port."""
+to accept again on the same port; ``freeze()`` keeps every connection open but passes nothing on,
+as a hung server would, until ``thaw()``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -41,6 +44,7 @@ class TcpProxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(65536):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
@@ -61,6 +65,12 @@ class TcpProxy:
         self._writers.clear()
         for t in list(self._pipes):
             t.cancel()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     async def restore(self) -> None:
         await self.start()

@@ -141,10 +141,17 @@ class MqttBridge:
                        asyncio.create_task(self._connection(), name="mqtt-connection")]
 
     async def stop(self) -> None:
-        """Publish what is pending and say goodbye, bounded by ``STOP_WAIT_S`` per step.
+        """Publish what is pending and say goodbye, all within ``STOP_WAIT_S``: a broker that
+        hangs must not hold the gateway's shutdown past its deadline (L3: gone within 10 s).
 
         The gateway stops its stations first: their disconnects are on the bus, and a stop that
         dropped them would leave each station's retained ``connected: true`` on the broker."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_WAIT_S
+
+        def left(reserve: float = 0.0) -> float:
+            return max(deadline - reserve - loop.time(), 0.0)
+
         events = next((t for t in self._tasks if t.get_name() == "mqtt-events"), None)
         if events is not None:
             events.cancel()
@@ -152,38 +159,41 @@ class MqttBridge:
             self._fold_pending()
         goodbye = topics.gateway_status(self.prefix, False, "stopped", to_rfc3339(self.gw.clock.now()))
         self.enqueue(goodbye)
-        await self._applied_bounded()
+        await self._applied_bounded(left())
         client = self._client
         if self.connected:
-            # Until the buffer is empty, or the link is lost meanwhile (nothing more will go out).
+            # Until the buffer is empty, or the link is lost meanwhile (nothing more will go out);
+            # time kept back for the goodbye.
             waits = [asyncio.ensure_future(self._empty.wait()), asyncio.ensure_future(self._down.wait())]
-            await asyncio.wait(waits, timeout=STOP_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=left(GOODBYE_TIMEOUT_S), return_when=asyncio.FIRST_COMPLETED)
             for w in waits:
                 w.cancel()
             if self._buf:
                 log.warning("MQTT bridge: %d message(s) not published at the stop", len(self._buf))
-            if goodbye in self._buf and self.connected and client is not None:
+            if goodbye in self._buf and self.connected and client is not None and left() > 0:
                 # Ahead of the rest: the clean DISCONNECT below discards the will, and without the
                 # goodbye the broker would keep "online: true" for a gateway that is gone.
                 with contextlib.suppress(Exception):
                     await client.publish(goodbye.topic, goodbye.payload, qos=goodbye.qos, retain=goodbye.retain,
-                                         timeout=GOODBYE_TIMEOUT_S)
+                                         timeout=min(GOODBYE_TIMEOUT_S, left()))
         for t in self._tasks:
             t.cancel()
         # A client stuck in its disconnect must not hold up the gateway's shutdown deadline.
-        _, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+        _, pending = await asyncio.wait(self._tasks, timeout=max(left(), 0.1))
         if pending:
             log.warning("MQTT bridge: %d task(s) did not stop within %g s", len(pending), STOP_WAIT_S)
-        # One that came in while the buffer drained is let finish too.
-        await self._applied_bounded()
+        # One that came in while the buffer drained is let finish too, in what time is left.
+        await self._applied_bounded(left())
         if self._sub is not None:
             self._sub.close()
         self._set_connected(False)
 
-    async def _applied_bounded(self) -> None:
+    async def _applied_bounded(self, timeout_s: float) -> None:
         if self._applying is not None and not self._applying.done():
             # An input being applied is let finish (bounded): cut off, it would be half applied.
-            await asyncio.wait([self._applying], timeout=STOP_WAIT_S)
+            await asyncio.wait([self._applying], timeout=timeout_s)
+            if not self._applying.done():
+                log.warning("MQTT bridge: an input was still being applied at the stop")
 
     # --- out ------------------------------------------------------------------------------
     def _fold_pending(self) -> None:

@@ -5,6 +5,7 @@ the broker replay retained inputs the bridge already had."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from gateway.bus import mqtt as mqtt_module
 from gateway.clock import to_rfc3339
 from tests.api.conftest import eventually
 from tests.bus.conftest import bridge_down, bridge_up, connected_bridge, publish, recording, retained_cleared
@@ -177,3 +179,22 @@ async def test_a_lost_link_publishes_the_gateways_will_and_the_next_link_takes_i
             return bool(last["online"])
 
         await eventually(online_again, "the gateway to say it is online again")
+
+
+async def test_a_stop_with_a_hung_broker_keeps_to_one_deadline(
+    gateway_factory: Any, prefix: str, broker_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that holds the connection open and answers nothing: the stop's drain, goodbye
+    and disconnect share one deadline, so the gateway's shutdown keeps to its own (L3)."""
+    monkeypatch.setattr(mqtt_module, "STOP_WAIT_S", 3.0)
+    monkeypatch.setattr(mqtt_module, "GOODBYE_TIMEOUT_S", 3.0)
+    _, bridge = await _bridge_behind(gateway_factory, prefix, broker_proxy)
+    broker_proxy.freeze()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await bridge.stop()
+    # Each step on its own bound took 3 s to drain, 3 s for the goodbye and up to 3 s for the
+    # client's disconnect; one deadline is 3 s, and the margin is for a loaded machine.
+    assert loop.time() - began < 3.0 + 1.5
+    assert not bridge.connected
+    broker_proxy.thaw()
