@@ -78,14 +78,15 @@ class SiteSync:
         """Apply ``event`` to the site state and tell the listeners. ``retried``: a NeedsUpdated
         whose needs could not be read back before (see :meth:`_apply_later`)."""
         state = self._gw.state
-        if retried and isinstance(event, ev.NeedsUpdated) and event.transaction_id is not None:
-            st = state.evses.get((event.station_id, event.evse_id))
-            if st is None or st.session is None or st.session.transaction_id != event.transaction_id:
-                return  # the EV left meanwhile: the newest needs of its EVSE are not the next EV's
+        if isinstance(event, ev.NeedsUpdated) and event.transaction_id is not None and not self._still_on(event):
+            # The EV left meanwhile (a retried read, or needs stored in the background after an
+            # outage and published once it ended): they are not the next EV's, and not kept for it.
+            return
         pinned = self._battery_start(event)
         if isinstance(event, ev.NeedsUpdated) and event.source == "ev":
             try:
-                row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None)
+                row = await self._gw.planning.latest_needs(event.station_id, event.evse_id, None,
+                                                           event.transaction_id)
             except Exception as exc:
                 if retried or not is_transient(exc):
                     raise
@@ -95,6 +96,8 @@ class SiteSync:
                 log.warning("EV needs of %s/%s not read yet: %s", event.station_id, event.evse_id, exc)
                 self._apply_later(event)
                 return
+            if event.transaction_id is not None and not self._still_on(event):
+                return  # it left while they were read (a retry runs beside the events' own loop)
             if row is not None and not await self._adopt_needs(event.station_id, event.evse_id, row):
                 # No session on the EVSE yet (a station that starts the transaction when power
                 # flows, TxStartPoint PowerPathClosed): kept for the session that begins next.
@@ -133,14 +136,22 @@ class SiteSync:
         they came. Another node (or an earlier pass) may have fixed that point already: the same
         for all. False when the EVSE has no session."""
         state = self._gw.state
-        base = state.set_needs(station_id, evse_id, row.needs, row.baseline_kwh)
+        st = state.evses.get((station_id, evse_id))
+        tx = None if st is None or st.session is None else st.session.transaction_id
+        base = state.set_needs(station_id, evse_id, row.needs, row.baseline_kwh, tx)
         if base is None:
             return False
         if row.baseline_kwh is None:
             kept = await self._store_baseline(row.id, base)
             if kept != base:  # another node stored its reading first: count from that one
-                state.set_needs(station_id, evse_id, row.needs, kept)
+                # Only if the session is still the one they were given to (a retried read runs
+                # beside the events' loop, and the EV may have left while the baseline was stored).
+                state.set_needs(station_id, evse_id, row.needs, kept, tx)
         return True
+
+    def _still_on(self, event: ev.NeedsUpdated) -> bool:
+        st = self._gw.state.evses.get((event.station_id, event.evse_id))
+        return st is not None and st.session is not None and st.session.transaction_id == event.transaction_id
 
     def _apply_later(self, event: ev.Event) -> None:
         # Retried with until_committed's back-off: the retried apply raises while the database

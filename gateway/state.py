@@ -187,11 +187,12 @@ class SiteState:
         return out
 
     def set_needs(self, station_id: str, evse_id: int, needs: EvNeeds,
-                  baseline_kwh: float | None = None) -> float | None:
+                  baseline_kwh: float | None = None, transaction_id: str | None = None) -> float | None:
         """The EV's newest needs; their energy counts from ``baseline_kwh`` (default: the energy
-        in it now, i.e. they have just arrived). Returns the baseline, None without a session."""
+        in it now, i.e. they have just arrived). With ``transaction_id``: only for that session
+        (the needs were read while it was on the EVSE). Returns the baseline, None without one."""
         s = self.evse(station_id, evse_id).session
-        if s is None:
+        if s is None or (transaction_id is not None and s.transaction_id != transaction_id):
             return None
         s.needs = needs
         s.needs_baseline_kwh = s.stored_kwh(self.settings.ev_efficiency) if baseline_kwh is None else baseline_kwh

@@ -54,3 +54,86 @@ async def test_needs_not_read_back_are_dropped_when_their_ev_has_left() -> None:
     await asyncio.wait_for(retry, 5.0)
     assert away.calls == 1  # the newest needs of the EVSE were not read for the next EV
     await sync.stop()
+
+
+def _site_with_session(tid: str) -> Any:
+    from datetime import timedelta
+
+    from gateway.config import Settings
+    from gateway.domain import EvseSpec
+    from gateway.state import EvseState, SiteState
+
+    state = SiteState.from_settings(Settings())
+    state.evses[("CS", 1)] = EvseState(EvseSpec("CS", 1, max_charge_kw=11.0))
+    state.apply(ev.SessionStarted(T0 - timedelta(hours=1), "CS", 1, tid, None))
+    return state
+
+
+T0 = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+
+
+async def test_needs_read_back_while_their_ev_leaves_are_not_given_to_the_next_one() -> None:
+    """A retried read runs beside the events' own loop: EV A leaves and EV B plugs in while it
+    waits for the database. A's needs (a 60-kWh ask, its departure) went onto B's session."""
+    from datetime import timedelta
+
+    from gateway.db.planning import StoredNeeds
+    from gateway.domain import EvNeeds
+
+    state = _site_with_session("TX-A")
+    a_needs = StoredNeeds(7, EvNeeds(departure_time=T0 + timedelta(hours=1), energy_kwh=60.0), 0.0)
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    calls = 0
+
+    async def latest_needs(*_a: Any) -> StoredNeeds:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionRefusedError("the database is away")
+        reading.set()
+        await release.wait()
+        return a_needs
+
+    async def stored(_row: int, kwh: float) -> float:
+        return kwh
+
+    gw: Any = SimpleNamespace(state=state, settings=SimpleNamespace(db_retry_interval_s=0.01),
+                              planning=SimpleNamespace(latest_needs=latest_needs, set_needs_baseline=stored))
+    sync = SiteSync(gw)
+    await sync.apply(ev.NeedsUpdated(T0, "CS", 1, "TX-A", "ev"))
+    await asyncio.wait_for(reading.wait(), 5.0)
+    state.apply(ev.SessionEnded(T0, "CS", 1, "TX-A", "EVDisconnected", None))
+    state.apply(ev.SessionStarted(T0, "CS", 1, "TX-B", None))
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*sync._retries), 5.0)
+    s = state.evses[("CS", 1)].session
+    assert s is not None and s.transaction_id == "TX-B"
+    assert s.needs.energy_kwh is None and s.needs.departure_time is None
+    await sync.stop()
+
+
+async def test_needs_published_after_their_session_ended_are_not_kept_for_the_next() -> None:
+    """Needs stored in the background after an outage are published once the database is back,
+    which can be after their session ended: they were kept as needs sent before the next
+    session, and the next EV to plug in took them."""
+    from datetime import timedelta
+
+    from gateway.db.planning import StoredNeeds
+    from gateway.domain import EvNeeds
+
+    state = _site_with_session("TX-A")
+    state.apply(ev.SessionEnded(T0, "CS", 1, "TX-A", "EVDisconnected", None))
+    reads = 0
+
+    async def latest_needs(*_a: Any) -> StoredNeeds:
+        nonlocal reads
+        reads += 1
+        return StoredNeeds(7, EvNeeds(departure_time=T0 + timedelta(hours=1), energy_kwh=60.0), 0.0)
+
+    gw: Any = SimpleNamespace(state=state, settings=SimpleNamespace(db_retry_interval_s=0.01),
+                              planning=SimpleNamespace(latest_needs=latest_needs))
+    sync = SiteSync(gw)
+    await sync.apply(ev.NeedsUpdated(T0, "CS", 1, "TX-A", "ev"))
+    assert sync._early_needs == {} and reads == 0
+    await sync.stop()
