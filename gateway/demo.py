@@ -94,7 +94,7 @@ class Beliefs:
                 b = self.by_tx[tx] = Belief(seen_at=now)
             if b.planned_at is None and gw.scheduler is not None and gw.scheduler.session_plan(*tx) is not None:
                 b.planned_at = now
-            r = state.resolve(s)
+            r = state.resolve(s, now)
             b.departure, b.departure_source = r.departure, r.departure_source
             b.plan_by = r.departure - margin if r.departure_source == "ev" else r.departure
             b.need_kwh, b.need_source = r.energy_wanted_kwh, r.energy_source

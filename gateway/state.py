@@ -215,19 +215,24 @@ class SiteState:
         self.demand.sample(at, self.site_power_kw())
 
     # --- the inputs of one session --------------------------------------------------------
-    def resolve(self, s: Session) -> Resolved:
+    def resolve(self, s: Session, now: datetime | None = None) -> Resolved:
+        """``now``: when a forecast departure is asked for (default: at plug-in), so what the API
+        shows is what the plan assumes, never a time already past."""
         p, n, cfg = s.preferences, s.needs, self.settings
+        asked_at = max(now, s.started_at) if now is not None else s.started_at
         delivered = s.stored_kwh(cfg.ev_efficiency)
         if p.departure_time is not None:
             departure, dep_src = p.departure_time, "driver"
         elif n.departure_time is not None:
             departure, dep_src = n.departure_time, "ev"
         elif self.forecaster is not None:
-            departure, dep_src = self.forecaster.forecast(cfg.site.name, s.started_at, s.started_at).departure, \
+            departure, dep_src = self.forecaster.forecast(cfg.site.name, s.started_at, asked_at).departure, \
                 "forecast"
         else:
             departure, dep_src = s.started_at + timedelta(hours=cfg.default_dwell_h), "forecast"
-        capacity = n.capacity_kwh
+        # A battery of 0 kWh is one nobody told (a vendor field set to 0): taken as known, it made
+        # every target 0 and the EV was planned to get nothing.
+        capacity = n.capacity_kwh if n.capacity_kwh is not None and n.capacity_kwh > 0 else None
         soc = s.soc
         if soc is None and n.soc is not None:
             # The SoC the EV told with its needs, carried forward by the energy metered since (a
@@ -246,7 +251,7 @@ class SiteState:
         elif n.target_soc is not None and capacity is not None and soc is not None:
             wanted, e_src = delivered + max(0.0, (n.target_soc - soc) * capacity), "ev"
         elif self.forecaster is not None:
-            wanted, e_src = self.forecaster.forecast(cfg.site.name, s.started_at, s.started_at).energy_kwh, "forecast"
+            wanted, e_src = self.forecaster.forecast(cfg.site.name, s.started_at, asked_at).energy_kwh, "forecast"
         else:
             wanted, e_src = cfg.default_energy_kwh, "forecast"
         mode = p.mode or ChargeMode.SMART

@@ -628,7 +628,7 @@ def needs_from_payload(p: Payload) -> EvNeeds:
     custom = cn.get("customData") or {}
     energy_wh: float | None = None
     max_w: float | None = None
-    capacity_wh = _vendor_number(custom, "evEnergyCapacity", 0.0, VENDOR_MAX_WH)
+    capacity_wh = _usable(_vendor_number(custom, "evEnergyCapacity", 0.0, VENDOR_MAX_WH), positive=True)
     soc = _vendor_number(custom, "stateOfCharge", 0.0, 100.0)
     target = _vendor_number(custom, "evTargetSoC", 0.0, 100.0)
     # The schema bounds none of these numbers from below: a negative energy, current or power

@@ -13,7 +13,7 @@ completed session. Site prices, limits and events go through the evaluator's
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -49,6 +49,12 @@ class Observed:
     # The limit (kW, None: no planned profile) in force from each moment on, since ``read_at``.
     limits: tuple[tuple[datetime, float | None], ...] = ()
     ev_max_kw: float | None = None  # the EV's own power limit as its draw showed it (slots.DrawSeen)
+    # The session's last SoC reading: when (the gateway's clock), and the meter as it stood then
+    # (battery-side kWh since plug-in, and when that had been read). A SoC can come without the
+    # energy registers (MeterValues), so the energy since it is not the flow since ``read_at``.
+    soc_at: datetime | None = None
+    soc_meter_kwh: float = 0.0
+    soc_meter_read_at: datetime | None = None
 
 
 # No more than this is extrapolated past a meter reading.
@@ -181,9 +187,10 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
     declared = s.needs.ev_max_discharge_kw
     undeclared_ok = (settings.discharge_undeclared_evs if st.discharge_undeclared_evs is None
                      else st.discharge_undeclared_evs)
+    # A declared 0 W is an EV that says it gives nothing back, not one that did not say.
     if (spec.bidirectional and st.dialect == DischargeDialect.NEGATIVE_LIMIT and r.allow_discharge
-            and (declared or undeclared_ok)):
-        max_d = min(spec.max_discharge_kw, declared) if declared else spec.max_discharge_kw
+            and (declared is not None or undeclared_ok)):
+        max_d = min(spec.max_discharge_kw, declared) if declared is not None else spec.max_discharge_kw
     known = r.capacity_kwh is not None and r.soc is not None
     cap = r.capacity_kwh if known else None
     if not known and r.reserve_soc > 0:
@@ -193,12 +200,27 @@ def session_view(st: EvseState, s: Session, r: Resolved, settings: Settings,
     e_now = min(max(r.soc or 0.0, 0.0), 1.0) * (cap or 0.0) if known else None
     if now is not None:
         flow = flow_since_reading(obs, now, s.power_kw, max(max_c, 0.0), max(max_d, 0.0), settings.ev_efficiency)
+        gained = flow
+        if s.soc is not None and obs.soc_at is not None and obs.soc_at <= now:
+            # The battery was at the session's SoC when it was read; since then it gained what the
+            # meter counts from that moment: the meter now (carried forward) less the meter then
+            # (carried forward from its own reading to the SoC's). A SoC newer than the registers
+            # is not counted again with the flow between them, nor an older one left behind by
+            # the registers read after it.
+            then = replace(obs, read_at=obs.soc_meter_read_at)
+            at_soc = obs.soc_meter_kwh + flow_since_reading(then, obs.soc_at, s.power_kw, max(max_c, 0.0),
+                                                            max(max_d, 0.0), settings.ev_efficiency)
+            gained = delivered + flow - at_soc
         delivered += flow
         if e_now is not None and cap is not None:
-            e_now = min(max(e_now + flow, 0.0), cap)
+            e_now = min(max(e_now + gained, 0.0), cap)
     full = obs.full
     fixed: float | None = None
-    if not full and limit_sent_kw is not None and s.power_kw > limit_sent_kw + settings.noncompliance_tolerance_kw:
+    # Ignoring a limit is drawing more than it allows: an EV told to discharge that gives less
+    # back, or none, draws nothing it was not allowed (a discharge limit allows up to 0 kW of
+    # import), and is planned as usual, not frozen at its draw.
+    if (not full and limit_sent_kw is not None
+            and s.power_kw > max(limit_sent_kw, 0.0) + settings.noncompliance_tolerance_kw):
         fixed = min(s.power_kw, spec.max_charge_kw)
     if uncontrolled_kw is not None:
         # Planned at the most it may draw (or what it draws now, if more: nothing holds it to a

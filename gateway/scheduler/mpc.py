@@ -174,6 +174,9 @@ class MpcScheduler:
         self._accepted: dict[tuple[str, int], list[tuple[datetime, profiles.TxProfile]]] = {}
         # When each session's meter was last read, and what it said (energy in, out, SoC).
         self._read: dict[TxKey, tuple[datetime, tuple[float | None, ...]]] = {}
+        # Each session's last SoC reading: when, the SoC (%), and the meter then (battery-side
+        # kWh, and when the registers had been read), see live_inputs.Observed.soc_at.
+        self._soc_read: dict[TxKey, tuple[datetime, float, float, datetime | None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._solving: asyncio.Future[PlanResult] | None = None  # the solver thread's last solve
         self._queued = False  # a re-plan is waiting for the running one
@@ -408,6 +411,7 @@ class MpcScheduler:
                 self._forget_evse(key)
             key = (event.station_id, event.transaction_id)
             self._read.pop(key, None)
+            self._soc_read.pop(key, None)
             self._drawn.pop(key, None)
             self.full.pop(key, None)
             for done in self.gw.state.take_completed():
@@ -821,14 +825,24 @@ class MpcScheduler:
             # Nothing learned while no planned limit was in force (the station's default applies).
             offered = min(planned) if planned and len(planned) == len(lims) else None
             self._drawn.setdefault((event.station_id, event.transaction_id), DrawSeen()).note(event.power_kw, offered)
-        if event.energy_in_kwh is None:
-            return  # MeterValues: power and SoC without the transaction's energy registers
-        values = (event.energy_in_kwh, event.energy_out_kwh, event.soc)
         key = (event.station_id, event.transaction_id)
-        last = self._read.get(key)
         flowing = event.power_kw is not None and abs(event.power_kw) > 1e-3
-        if last is None or last[1] != values or not flowing:
-            self._read[key] = (event.at, values)
+        # MeterValues carry power and SoC without the transaction's energy registers.
+        if event.energy_in_kwh is not None:
+            values = (event.energy_in_kwh, event.energy_out_kwh, event.soc)
+            last = self._read.get(key)
+            if last is None or last[1] != values or not flowing:
+                self._read[key] = (event.at, values)
+        if event.soc is not None:
+            seen = self._soc_read.get(key)
+            st = self.gw.state.evses.get((event.station_id, event.evse_id))
+            s = None if st is None else st.session
+            if (s is not None and s.transaction_id == event.transaction_id
+                    and (seen is None or seen[1] != event.soc or not flowing)):
+                # A SoC that repeats while power flows is the same reading, not a newer one.
+                read = self._read.get(key)
+                self._soc_read[key] = (event.at, event.soc, s.stored_kwh(self.settings.ev_efficiency),
+                                       read[0] if read is not None else None)
 
     def _observed(self, now: datetime) -> dict[TxKey, live_inputs.Observed]:
         full = self._full_sessions(now)
@@ -836,19 +850,26 @@ class MpcScheduler:
         # A session replaced on its EVSE without a SessionEnded (a lost message, a reboot) leaves
         # no reading behind for good.
         open_tx = {s.tx_key for s in self.gw.state.sessions()}
-        for table in (self._read, self._drawn):
+        tables: tuple[dict[TxKey, Any], ...] = (self._read, self._drawn, self._soc_read)
+        for table in tables:
             for tx in [tx for tx in table if tx not in open_tx]:
                 del table[tx]
         for s in self.gw.state.sessions():
             read = self._read.get(s.tx_key)
             read_at = read[0] if read is not None else None
+            soc = self._soc_read.get(s.tx_key)
+            soc_at, soc_meter_kwh, soc_meter_read_at = (soc[0], soc[2], soc[3]) if soc else (None, 0.0, None)
+            # Limits from the oldest reading the carry-forwards start at.
+            since = min((t for t in (read_at, soc_meter_read_at) if t is not None), default=None)
             limits: tuple[tuple[datetime, float | None], ...] = ()
-            if read_at is not None and read_at < now:
-                limits = tuple(self._limits_kw(s.key, max(read_at, now - live_inputs.EXTRAPOLATE_MAX), now))
+            if since is not None and since < now:
+                limits = tuple(self._limits_kw(s.key, max(since, now - live_inputs.EXTRAPOLATE_MAX), now))
             drawn = self._drawn.get(s.tx_key)
             out[s.tx_key] = live_inputs.Observed(full=s.tx_key in full, read_at=read_at,
-                                                         limits=limits,
-                                                         ev_max_kw=drawn.limit_kw() if drawn is not None else None)
+                                                 limits=limits,
+                                                 ev_max_kw=drawn.limit_kw() if drawn is not None else None,
+                                                 soc_at=soc_at, soc_meter_kwh=soc_meter_kwh,
+                                                 soc_meter_read_at=soc_meter_read_at)
         return out
 
     def _full_sessions(self, now: datetime) -> set[TxKey]:

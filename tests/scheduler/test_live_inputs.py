@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,148 @@ def test_room_is_kept_for_a_few_plug_ins_not_for_every_idle_evse() -> None:
     site = site_inputs(state, T0, settings)
     reserve_for_plug_ins(site, state, Settings(site=SiteConfig(import_limit_kw=500.0), plug_in_reserve_evses=0))
     assert site.import_limit_kw == pytest.approx(before)
+
+
+# --- a session's view: what its EV and its meter say -------------------------------------
+
+
+def _bidi_session(settings: Settings, now: datetime = T0) -> SiteState:
+    from gateway import events as ev
+    from gateway.domain import EvseSpec
+    from gateway.state import EvseState
+
+    state = SiteState.from_settings(settings)
+    state.evses[("CS-1", 1)] = EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0, max_discharge_kw=11.0,
+                                                  bidirectional=True))
+    state.apply(ev.SessionStarted(now - timedelta(hours=1), "CS-1", 1, "TX-1", None))
+    return state
+
+
+def _slot_and_meta(state: SiteState, settings: Settings, limits: dict[tuple[str, int], float],
+                   observed: dict[tuple[str, str], Observed] | None = None) -> tuple[Any, Any]:
+    from gateway.scheduler.forecast import planning_forecaster
+    from gateway.scheduler.live_inputs import build
+
+    _, slots, metas = build(state, T0, settings, limits, planning_forecaster(), observed=observed)
+    return slots[0], metas[0]
+
+
+@pytest.mark.parametrize("power_kw", [-3.0, 0.0])
+def test_an_ev_giving_back_less_than_a_discharge_limit_allows_is_not_taken_for_one_ignoring_it(
+        power_kw: float) -> None:
+    """Ignoring a limit is drawing more than it allows; under a discharge limit that is drawing
+    from the grid at all. An EV discharging less, or idle, is planned as usual: it was frozen at
+    its draw (0 kW or -3 kW planned as 0), with discharge refused, for the length of the event."""
+    from gateway.domain import EvNeeds
+
+    settings = Settings()
+    state = _bidi_session(settings)
+    s = state.evses[("CS-1", 1)].session
+    assert s is not None
+    s.needs = EvNeeds(capacity_kwh=60.0, soc=0.7, target_soc=0.8, ev_max_discharge_kw=11.0,
+                      departure_time=T0 + timedelta(hours=8))
+    s.power_kw = power_kw
+    slot, meta = _slot_and_meta(state, settings, {("CS-1", 1): -7.0})
+    assert meta.fixed_kw is None
+    assert slot.discharge_allowed and slot.max_discharge_kw == 11.0 and slot.max_charge_kw == 11.0
+    # Drawing from the grid under a discharge limit is ignoring it.
+    s.power_kw = 4.0
+    slot, meta = _slot_and_meta(state, settings, {("CS-1", 1): -7.0})
+    assert meta.fixed_kw == 4.0 and not slot.discharge_allowed
+
+
+def test_an_ev_that_declares_no_discharge_power_is_not_discharged_where_undeclared_evs_are() -> None:
+    from dataclasses import replace
+
+    from gateway.domain import EvNeeds
+
+    settings = Settings(discharge_undeclared_evs=True)
+    state = _bidi_session(settings)
+    s = state.evses[("CS-1", 1)].session
+    assert s is not None
+    needs = EvNeeds(capacity_kwh=60.0, soc=0.7, target_soc=0.8, departure_time=T0 + timedelta(hours=8))
+    for declared, expected in ((0.0, 0.0), (0.5, 0.5), (None, 11.0)):
+        s.needs = replace(needs, ev_max_discharge_kw=declared)
+        slot, _ = _slot_and_meta(state, settings, {})
+        assert slot.max_discharge_kw == expected, declared
+
+
+def test_a_battery_of_0_kwh_is_one_nobody_told() -> None:
+    """A vendor's evEnergyCapacity of 0 made every target 0: the EV was planned to get nothing of
+    the 20 kWh it asked for."""
+    from gateway.domain import EvNeeds
+    from gateway.ocpp.handlers import needs_from_payload
+
+    needs = needs_from_payload({"evseId": 1, "chargingNeeds": {
+        "requestedEnergyTransfer": "AC_three_phase",
+        "acChargingParameters": {"energyAmount": 20000, "evMinCurrent": 6, "evMaxCurrent": 16, "evMaxVoltage": 400},
+        "customData": {"vendorId": "v", "stateOfCharge": 30, "evEnergyCapacity": 0}}})
+    assert needs.capacity_kwh is None and needs.soc == 0.3
+    settings = Settings()
+    state = _bidi_session(settings)
+    s = state.evses[("CS-1", 1)].session
+    assert s is not None
+    # Also one stored before the rule (or from another path): 0 kWh is not a battery.
+    state.set_needs("CS-1", 1, EvNeeds(energy_kwh=20.0, capacity_kwh=0.0, soc=0.3,
+                                       departure_time=T0 + timedelta(hours=8)))
+    assert state.resolve(s).capacity_kwh is None
+    slot, _ = _slot_and_meta(state, settings, {})
+    assert slot.target_energy_kwh - slot.energy_kwh == pytest.approx(20.0)
+
+
+def test_a_soc_read_without_the_energy_registers_is_not_counted_again_with_the_flow_before_it() -> None:
+    """Clock-aligned MeterValues carry SoC and power but not the transaction's registers: the
+    battery then stands at that SoC, and only the flow after it is added (it was the flow since
+    the older register reading, counting the minutes between them twice)."""
+    from gateway import events as ev
+    from gateway.domain import EvNeeds, EvseSpec
+    from gateway.state import EvseState
+
+    settings = Settings(ev_efficiency=0.92)
+    cap, power, eff = 60.0, 11.0, 0.92
+    state = SiteState.from_settings(settings)
+    state.evses[("CS-1", 1)] = EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0))
+    start = T0 - timedelta(hours=2)
+    state.apply(ev.SessionStarted(start, "CS-1", 1, "TX-1", None))
+    state.set_needs("CS-1", 1, EvNeeds(capacity_kwh=cap, soc=0.2, energy_kwh=40.0,
+                                       departure_time=T0 + timedelta(hours=6)))
+
+    def battery(t: datetime) -> float:
+        return 0.2 * cap + power * eff * (t - start) / timedelta(hours=1)
+
+    registers_at, soc_at = T0 - timedelta(minutes=15), T0 - timedelta(minutes=1)
+    e_in = power * (registers_at - start) / timedelta(hours=1)
+    state.apply(ev.SessionUpdated(registers_at, "CS-1", 1, "TX-1", energy_in_kwh=e_in, energy_out_kwh=0.0,
+                                  power_kw=power, soc=100 * battery(registers_at) / cap))
+    meter_then = state.evses[("CS-1", 1)].session.stored_kwh(eff)  # type: ignore[union-attr]
+    state.apply(ev.SessionUpdated(soc_at, "CS-1", 1, "TX-1", power_kw=power, soc=100 * battery(soc_at) / cap))
+    obs = Observed(read_at=registers_at, limits=((registers_at, 11.0),), soc_at=soc_at,
+                   soc_meter_kwh=meter_then, soc_meter_read_at=registers_at)
+    slot, _ = _slot_and_meta(state, settings, {}, {("CS-1", "TX-1"): obs})
+    assert slot.energy_kwh == pytest.approx(battery(T0), abs=1e-6)  # it read 2.36 kWh more
+    # The other order: a SoC older than the registers read after it is carried forward by them.
+    later = T0 - timedelta(minutes=5)
+    state.apply(ev.SessionUpdated(later, "CS-1", 1, "TX-1", energy_in_kwh=power * (later - start) / timedelta(hours=1),
+                                  energy_out_kwh=0.0, power_kw=power))
+    obs = Observed(read_at=later, limits=((registers_at, 11.0),), soc_at=soc_at,
+                   soc_meter_kwh=meter_then, soc_meter_read_at=registers_at)
+    slot, _ = _slot_and_meta(state, settings, {}, {("CS-1", "TX-1"): obs})
+    assert slot.energy_kwh == pytest.approx(battery(T0), abs=1e-6)
+
+
+def test_a_forecast_departure_shown_is_the_one_the_plan_assumes_never_one_already_past() -> None:
+    from gateway import events as ev
+    from gateway.domain import EvseSpec
+    from gateway.scheduler.live_inputs import new_forecaster
+    from gateway.state import EvseState
+
+    settings = Settings()
+    state = SiteState.from_settings(settings)
+    state.forecaster = new_forecaster(settings)
+    state.evses[("CS-1", 1)] = EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0))
+    state.apply(ev.SessionStarted(T0 - timedelta(hours=3), "CS-1", 1, "TX-1", None))
+    s = state.evses[("CS-1", 1)].session
+    assert s is not None
+    r = state.resolve(s, T0)
+    assert r.departure_source == "forecast"
+    assert r.departure == state.forecaster.forecast(settings.site.name, s.started_at, T0).departure > T0

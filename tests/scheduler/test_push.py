@@ -479,3 +479,28 @@ async def test_an_evs_limit_on_schedule_entries_caps_its_profile() -> None:
     plan, metas = _plan(state, {"C": [11.0, 7.0, 3.0, 11.0, 7.0, 3.0] * 6})
     await sched._push(NOW, plan, metas, None)
     assert got == [3]
+
+
+def test_a_soc_reading_keeps_the_meter_as_it_stood_then() -> None:
+    """A SoC from MeterValues comes without the registers: the scheduler keeps when it was read
+    and the meter then (the last registers, and when they were read), so the battery is carried
+    forward from the SoC and not from the older registers as well (live_inputs.session_view)."""
+    async def accept(_sid: str, _prof: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    sched, state, _ = _scheduler(100.0, "A", accept)
+    registers_at, soc_at = NOW - timedelta(minutes=15), NOW - timedelta(minutes=1)
+    for e in (ev.SessionUpdated(registers_at, "A", 1, "TX-A", energy_in_kwh=10.0, energy_out_kwh=0.0,
+                                power_kw=11.0, soc=40.0),
+              ev.SessionUpdated(soc_at, "A", 1, "TX-A", power_kw=11.0, soc=44.0)):
+        state.apply(e)
+        sched._note_reading(e)
+    obs = sched._observed(NOW)[("A", "TX-A")]
+    assert obs.read_at == registers_at and obs.soc_at == soc_at
+    assert obs.soc_meter_read_at == registers_at
+    assert obs.soc_meter_kwh == pytest.approx(10.0 * state.settings.ev_efficiency)
+    # The same SoC told again while power flows is the same reading.
+    again = ev.SessionUpdated(NOW, "A", 1, "TX-A", power_kw=11.0, soc=44.0)
+    state.apply(again)
+    sched._note_reading(again)
+    assert sched._observed(NOW)[("A", "TX-A")].soc_at == soc_at

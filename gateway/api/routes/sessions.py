@@ -215,7 +215,7 @@ def _detail_of(gw: Gateway, tx: TxSnapshot, needs: StoredNeeds | None, pref_rec:
     live = _session(gw, tx, needs, prefs)
     resolved = None
     if live is not None:
-        r = gw.state.resolve(live)
+        r = gw.state.resolve(live, gw.clock.now())
         resolved = ResolvedOut(departure_time=r.departure, departure_source=r.departure_source,
                                energy_wanted_kwh=round(r.energy_wanted_kwh, 4), energy_source=r.energy_source,
                                reserve_soc=r.reserve_soc, allow_discharge=r.allow_discharge, mode=r.mode)
