@@ -194,6 +194,8 @@ class Gateway:
         stations = {s.id: s for s in await self.stations.list(limit=1_000_000)}
         self.default_profiles.limit_taken.update(
             {s.id: s.default_limit_kw for s in stations.values() if s.default_limit_kw is not None})
+        self.default_profiles.sent.update(
+            {s.id: s.default_answer for s in stations.values() if s.default_answer is not None})
         for e in await self.stations.evses():
             self._adopt_evse(e, stations.get(e.station_id))
         newest: dict[tuple[str, int], TxSnapshot] = {}

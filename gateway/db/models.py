@@ -73,6 +73,8 @@ class Station(Base):
     connected_since: Mapped[datetime | None] = mapped_column(TS)
     # The TxDefaultProfile limit (kW) the station last accepted (migration 0012).
     default_limit_kw: Mapped[float | None] = mapped_column(Float)
+    # Its last definite answer to one: Accepted, Rejected or CallErrorReceived (migration 0021).
+    default_answer: Mapped[str | None] = mapped_column(String(32))
 
 
 class Evse(Base):

@@ -46,6 +46,7 @@ class StationRow:
     discharge_undeclared_evs: bool | None = None  # None: the site's setting
     default_limit_kw: float | None = None  # the TxDefaultProfile limit it last accepted
     connected_node: str | None = None  # the gateway node holding its connection, per the flag
+    default_answer: str | None = None  # its last definite answer to a TxDefaultProfile
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ async def _put_evses(s: AsyncSession, station_id: str, evses: Sequence[EvseRow])
 def _row(s: m.Station) -> StationRow:
     return StationRow(s.id, s.security_profile, s.enabled, s.discharge_dialect, s.vendor, s.model,
                       s.firmware_version, s.boot_status, s.last_seen_at, s.connected, s.discharge_undeclared_evs,
-                      s.default_limit_kw, s.connected_node)
+                      s.default_limit_kw, s.connected_node, s.default_answer)
 
 
 def _credentials(s: m.Station) -> StationCredentials:
@@ -233,9 +234,14 @@ class StationRepository:
                                   .values(connected=False, connected_node=None).returning(m.Station.id))
             return sorted(res.scalars())
 
-    async def set_default_limit(self, station_id: str, limit_kw: float) -> None:
+    async def set_default_answer(self, station_id: str, answer: str, limit_kw: float | None) -> None:
+        """The station's answer to a TxDefaultProfile, with the limit when it took it (a refusal
+        leaves in force the one it took before)."""
+        values: dict[str, Any] = {"default_answer": answer}
+        if limit_kw is not None:
+            values["default_limit_kw"] = limit_kw
         async with self._sessions.begin() as s:
-            await s.execute(update(m.Station).where(m.Station.id == station_id).values(default_limit_kw=limit_kw))
+            await s.execute(update(m.Station).where(m.Station.id == station_id).values(**values))
 
     async def touch(self, station_id: str, now: datetime) -> None:
         async with self._sessions.begin() as s:

@@ -8,12 +8,13 @@ transaction (K01: a TxProfile overrules the TxDefaultProfile); it is sent again 
 because a reboot may have cleared it. A new site limit (or one shared by more EVSEs) moves it:
 it is sent again to every connected station that took another one, and to a station that holds
 another one when it reconnects (the planner counts every idle EVSE at the current default: one
-holding a higher default would draw more than counted). What each station accepted is stored
-(``stations.default_limit_kw``), since a station keeps its default across a gateway restart and
-most reconnect without booting. The limit shared is the site's import limit, or the lowest import
-cap of a grid event in force now or starting before the next re-plan. Every station is checked
-again on every re-plan and every change of the site's inputs (a send that got no answer is tried
-again then), and whenever the limit moves as the site learns of another EVSE.
+holding a higher default would draw more than counted). What each station accepted, or that it
+refused, is stored (``stations.default_limit_kw``, ``default_answer``), since a station keeps its
+default across a gateway restart and most reconnect without booting. The limit shared is the
+site's import limit, or the lowest import cap of a grid event in force now or starting before the
+next re-plan. Every station is checked again on every re-plan and every change of the site's
+inputs (a send that got no answer is tried again then), and whenever the limit moves as the site
+learns of another EVSE.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PROFILE_ID = 1  # one per station; TxProfiles use ids derived from their transaction
 DEFAULT_STACK_LEVEL = 0
 STALE_BY_KW = 0.01  # a default this far from the current one is sent again (the profile's W resolution)
+# Answers that say what the station holds, stored so a restarted gateway knows it too (a station
+# that refused charges unmanaged, and is planned at its rating: MpcScheduler._held_default_kw).
+DEFINITE = ("Accepted", "Rejected", CallErrorReceived.__name__)
 
 
 def default_limit_kw(safe_limit_kw: float, import_limit_kw: float, evse_count: int) -> float:
@@ -131,7 +135,7 @@ class DefaultProfiles:
         """Holding another default than the site's now, or its last send got no answer (a
         timeout, the link lost; a refusal, Rejected or a CALLERROR, would only be refused again)."""
         last = self.sent.get(station_id)
-        failed = last is not None and last not in ("Accepted", "Rejected", CallErrorReceived.__name__)
+        failed = last is not None and last not in DEFINITE
         return failed or (last in (None, "Accepted") and self._stale(station_id, limit))
 
     def _sending(self, station_id: str) -> bool:
@@ -163,10 +167,12 @@ class DefaultProfiles:
         self.sent[station_id] = status
         if status == "Accepted":
             self.limit_taken[station_id] = limit
+        if status in DEFINITE:
             try:
-                await self._gw.stations.set_default_limit(station_id, limit)
+                await self._gw.stations.set_default_answer(station_id, status,
+                                                           limit if status == "Accepted" else None)
             except Exception as exc:
-                # Known in this process all the same; only a restart before the next accepted
-                # default would not know what the station holds.
-                log.warning("default limit of %s not stored: %s", station_id, exc)
+                # Known in this process all the same; only a restart before the next definite
+                # answer would not know what the station holds.
+                log.warning("default profile answer of %s not stored: %s", station_id, exc)
         return status

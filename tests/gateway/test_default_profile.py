@@ -157,3 +157,34 @@ async def test_a_default_left_unanswered_is_sent_again_at_the_next_re_plan(gatew
     await h.gw.scheduler.replan("test")
     assert await _next_default(st) == 2500
     await st.close()
+
+
+async def test_a_refused_default_is_known_after_a_restart(gateway_factory: Any) -> None:
+    """A station that refused its default charges unmanaged, at its rating, and is planned so.
+    After a restart it reconnects without booting: the refusal was forgotten (only acceptances
+    were stored), and its EVSE was counted at the 2.5-kW default instead of its 11 kW."""
+    h = await _eight_evse_site(gateway_factory)
+    st = await RawStation.connect(h.ocpp_url, "CS-0", PASSWORD)
+    await st.ok("BootNotification", {"reason": "PowerUp", "chargingStation": {"model": "M", "vendorName": "V"}})
+    call = await asyncio.wait_for(st.next_call(), EVENT_TIMEOUT_S)
+    assert call[3]["chargingProfile"]["chargingProfilePurpose"] == "TxDefaultProfile"
+    await st.answer(call, {"status": "Rejected"})
+    assert h.gw is not None
+
+    async def stored() -> bool:
+        assert h.gw is not None
+        rows = await h.gw.stations.list(limit=100)
+        return any(r.id == "CS-0" and r.default_answer == "Rejected" for r in rows)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_TIMEOUT_S
+    while not await stored():
+        assert loop.time() < deadline
+        await asyncio.sleep(0.05)
+    await st.close()
+    await h.restart()
+    st = await RawStation.connect(h.ocpp_url, "CS-0", PASSWORD)  # no BootNotification
+    assert h.gw is not None and h.gw.scheduler is not None
+    assert h.gw.default_profiles.sent.get("CS-0") == "Rejected"
+    assert h.gw.scheduler._held_default_kw(("CS-0", 1)) == 11.0
+    await st.close()
