@@ -249,10 +249,13 @@ class TransactionRepository:
             return int(getattr(res, "rowcount", 0) or 0)
 
     async def active(self) -> list[TxSnapshot]:
-        """The open transactions, each with the highest SoC its meter values stored."""
+        """The open transactions, each with the highest SoC its meter values stored: of the
+        samples the live state takes for a SoC (gateway.ocpp.meter.summarize), a percentage of
+        0..100, not per phase; meter_values stores every sample as received."""
         t, mv = m.Transaction, m.MeterValue
         high = (select(func.max(mv.value))
-                .where(mv.transaction_id == t.transaction_id, mv.station_id == t.station_id, mv.measurand == "SoC")
+                .where(mv.transaction_id == t.transaction_id, mv.station_id == t.station_id, mv.measurand == "SoC",
+                       mv.unit == "Percent", mv.value.between(0.0, 100.0), mv.phase.is_(None))
                 .scalar_subquery())
         async with self._sessions() as s:
             res = await s.execute(select(t, high).where(t.ended_at.is_(None), t.started_at.is_not(None)))

@@ -168,15 +168,18 @@ async def test_the_most_a_battery_held_is_kept_across_a_restart(gateway_factory:
     st = await plug_in(h, "CS-HI", "tx-hi", "TOKEN-HI", evses=[(1, 50.0, 50.0, True)])
     await st.ws.ok("NotifyEVChargingNeeds", {**NEEDS, "evseId": 1})
 
-    async def reading(seq: int, soc: float) -> None:
+    async def reading(seq: int, soc: float, unit: str = "Percent") -> None:
         await st.ws.ok("TransactionEvent", {
             "eventType": "Updated", "timestamp": st.ts(seq), "triggerReason": "MeterValuePeriodic", "seqNo": seq,
             "transactionInfo": {"transactionId": "tx-hi", "chargingState": "Charging"},
             "evse": {"id": 1, "connectorId": 1}, "meterValue": [{"timestamp": st.ts(seq), "sampledValue": [
-                {"value": soc, "measurand": "SoC", "unitOfMeasure": {"unit": "Percent"}}]}]})
+                {"value": soc, "measurand": "SoC", "unitOfMeasure": {"unit": unit}}]}]})
 
-    for seq, soc in ((1, 40.0), (2, 70.0), (3, 55.0)):  # charged to 70 %, then lent down to 55 %
-        await reading(seq, soc)
+    # Charged to 70 %, then lent down to 55 %; between them two samples that are no SoC the
+    # live state takes (255 %: some stations' "unknown"; a value in Wh), stored all the same.
+    for seq, soc, unit in ((1, 40.0, "Percent"), (2, 70.0, "Percent"), (3, 255.0, "Percent"), (4, 5000.0, "Wh"),
+                           (5, 55.0, "Percent")):
+        await reading(seq, soc, unit)
 
     async def stored() -> bool:
         rows = await fetch(h.database_url, "SELECT last_soc FROM transactions WHERE transaction_id = 'tx-hi'")
