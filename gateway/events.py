@@ -2,14 +2,17 @@
 the scheduler and the MQTT bridge subscribe. Publishing never blocks and never fails the publisher.
 
 Nothing polls the database to find work: an event is how one part tells another that something
-changed. Subscribers get their own bounded queue; a subscriber that falls behind loses the oldest
-events and the loss is counted (``dropped``), never the publisher's time.
+changed. Subscribers get their own bounded queue; a subscriber that falls behind loses events and
+the loss is counted (``dropped``), never the publisher's time. The oldest reading or status goes
+first (a newer one of the same kind follows it); a session's start or end, a connect, a boot or
+new needs only once the queue holds nothing else, since nothing repeats them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -107,22 +110,69 @@ class PlanPublished(Event):
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+# Events that state what is so now, each followed by a newer one of its kind: the first to go
+# when a subscriber falls behind.
+REPEATED: tuple[type[Event], ...] = (SessionUpdated, StatusChanged, PlanPublished)
+
+
+class EventQueue:
+    """FIFO of one subscriber's events, bounded at ``maxsize`` (0: not bounded, as for
+    asyncio.Queue): when full, the oldest of the ``REPEATED`` kinds is dropped, or, with none
+    queued, the oldest of all. Two deques of (sequence, event) keep every operation O(1)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._seq = 0
+        self._repeated: deque[tuple[int, Event]] = deque()
+        self._others: deque[tuple[int, Event]] = deque()
+        self._ready = asyncio.Event()
+
+    def qsize(self) -> int:
+        return len(self._repeated) + len(self._others)
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= self.qsize()
+
+    def drop_one(self) -> None:
+        (self._repeated or self._others).popleft()
+
+    def put_nowait(self, event: Event) -> None:
+        self._seq += 1
+        (self._repeated if isinstance(event, REPEATED) else self._others).append((self._seq, event))
+        self._ready.set()
+
+    def get_nowait(self) -> Event:
+        a, b = self._repeated, self._others
+        if not a and not b:
+            raise asyncio.QueueEmpty
+        first = a if a and (not b or a[0][0] < b[0][0]) else b
+        event = first.popleft()[1]
+        if not a and not b:
+            self._ready.clear()
+        return event
+
+    async def get(self) -> Event:
+        while self.empty():
+            self._ready.clear()
+            await self._ready.wait()
+        return self.get_nowait()
+
+
 class Subscription:
     def __init__(self, bus: EventBus, types: tuple[type[Event], ...], maxsize: int) -> None:
         self._bus = bus
         self.types = types
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self.queue = EventQueue(maxsize)
         self.dropped = 0
 
     def offer(self, event: Event) -> None:
         if self.types and not isinstance(event, self.types):
             return
         if self.queue.full():
-            # Drop the oldest: the newest state matters more to every subscriber we have.
-            try:
-                self.queue.get_nowait()
-            except asyncio.QueueEmpty:  # pragma: no cover - raced with a consumer
-                pass
+            self.queue.drop_one()
             self.dropped += 1
         self.queue.put_nowait(event)
 
