@@ -83,6 +83,9 @@ Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_N
                   AfterValidator(_not_a_dot_segment)]
 StationId = Annotated[str, StringConstraints(min_length=1, max_length=48, pattern=r"^[^\x00-\x1f\x7f:/]+$")]
 TransactionId = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=_NO_SLASH)]
+# OCPP makes a transactionId unique at its station only (stations may count 1, 2, 3...).
+TX_ID_SCOPE = ("A transactionId is unique at its station only: without station_id, the sessions of that id "
+               "at every station (each row says its station)")
 Label = Annotated[str, StringConstraints(max_length=80, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 # --- site inputs (REST and the TOML site file) ------------------------------------------------

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from gateway.api.deps import Operator, QueriesDep
 from gateway.api.errors import NotFound, responses
-from gateway.api.schemas import Limit, Offset, Page, StationId, TransactionId, UtcDateTime
+from gateway.api.schemas import TX_ID_SCOPE, Limit, Offset, Page, StationId, TransactionId, UtcDateTime
 from gateway.db import models as m
 
 router = APIRouter(tags=["plans"], responses=responses(401, 403, 422))
@@ -85,7 +85,7 @@ async def get_plan(q: QueriesDep, _: Operator,
 async def list_profiles_sent(
     q: QueriesDep, _: Operator,
     station_id: StationId | None = Query(default=None),
-    transaction_id: TransactionId | None = Query(default=None),
+    transaction_id: TransactionId | None = Query(default=None, description=TX_ID_SCOPE),
     plan_id: int | None = Query(default=None, ge=1, le=2**62),
     limit: Limit = 100, offset: Offset = 0,
 ) -> Page[ProfileSentOut]:

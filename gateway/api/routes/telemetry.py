@@ -10,7 +10,16 @@ from pydantic import BaseModel, Field
 
 from gateway.api.deps import GatewayDep, Operator, QueriesDep
 from gateway.api.errors import Unprocessable, responses
-from gateway.api.schemas import AwareDateTime, Limit, Offset, Page, StationId, TransactionId, UtcDateTime
+from gateway.api.schemas import (
+    TX_ID_SCOPE,
+    AwareDateTime,
+    Limit,
+    Offset,
+    Page,
+    StationId,
+    TransactionId,
+    UtcDateTime,
+)
 from gateway.domain import EVSE_ID_MAX
 
 router = APIRouter(prefix="/telemetry", tags=["telemetry"], responses=responses(401, 403, 422))
@@ -54,7 +63,7 @@ class Filters:
     def __init__(
         self,
         station_id: StationId | None = Query(default=None),
-        transaction_id: TransactionId | None = Query(default=None),
+        transaction_id: TransactionId | None = Query(default=None, description=TX_ID_SCOPE),
         evse_id: int | None = Query(default=None, ge=0, le=EVSE_ID_MAX),
         measurand: str | None = Query(default=None, pattern=MEASURAND_PATTERN,
                                       description="e.g. Power.Active.Import"),
