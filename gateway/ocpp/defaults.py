@@ -3,7 +3,10 @@
 Between a plug-in and the first planned TxProfile (a re-plan takes a moment, and a station can be
 unreachable for longer) a charger would otherwise draw its full power. The default caps each EVSE
 at ``safe_limit_kw``, and lower when the site limit shared by every known EVSE is lower, so the
-site limit holds however many EVs plug in at once. The planned TxProfile replaces it for the
+EVs' draw stays within the site limit however many plug in at once. The building's own load is
+not taken off that share (it moves all the time, and every move would resend every default): the
+planner counts every idle EVSE at the default beside the building's forecast, and keeps room for a
+few plug-ins between re-plans. The planned TxProfile replaces it for the
 transaction (K01: a TxProfile overrules the TxDefaultProfile); it is sent again after every boot
 because a reboot may have cleared it. A new site limit (or one shared by more EVSEs) moves it:
 it is sent again to every connected station that took another one, and to a station that holds
@@ -111,7 +114,12 @@ class DefaultProfiles:
                 if self._due(event.station_id, self.limit_kw()):
                     self._spawn(event.station_id)
             else:
-                limit = self.limit_kw()
+                # The EVSE a status or a session names may not be in the site state yet: the site
+                # sync applies the same event from its own queue, maybe later, and nothing would
+                # look again until the next re-plan.
+                named = ((event.station_id, event.evse_id) if isinstance(event, ev.StatusChanged | ev.SessionStarted)
+                         else None)
+                limit = self.limit_kw(named)
                 # Every re-plan and input change looks at every station (a send that failed is
                 # tried again); the frequent events only when the limit has moved.
                 if limit == self._checked and not isinstance(event, ev.SiteInputsChanged | ev.PlanPublished):
@@ -119,13 +127,14 @@ class DefaultProfiles:
                 self._checked = limit
                 for sid in [s for s in {*self.limit_taken, *self.sent} if self._due(s, limit)]:
                     if self._gw.ocpp.registry.get(sid) is not None and not self._sending(sid):
-                        self._spawn(sid)
+                        self._spawn(sid, limit)
 
-    def limit_kw(self) -> float:
+    def limit_kw(self, also: tuple[str, int] | None = None) -> float:
+        """Today's default: the limit shared by every EVSE the site knows, and ``also``."""
         gw = self._gw
         ahead = timedelta(seconds=gw.settings.replan_period_s)
-        return default_limit_kw(gw.settings.safe_limit_kw, import_limit_kw(gw.state, gw.clock.now(), ahead),
-                                len(gw.state.evses))
+        count = len(gw.state.evses) + (also is not None and also not in gw.state.evses)
+        return default_limit_kw(gw.settings.safe_limit_kw, import_limit_kw(gw.state, gw.clock.now(), ahead), count)
 
     def _stale(self, station_id: str, limit: float) -> bool:
         taken = self.limit_taken.get(station_id)
@@ -141,8 +150,8 @@ class DefaultProfiles:
     def _sending(self, station_id: str) -> bool:
         return station_id in self._sending_to
 
-    def _spawn(self, station_id: str) -> None:
-        task = asyncio.create_task(self.send(station_id))
+    def _spawn(self, station_id: str, limit: float | None = None) -> None:
+        task = asyncio.create_task(self.send(station_id, limit))
         self._sends.add(task)
         self._sending_to.add(station_id)
 
@@ -151,8 +160,10 @@ class DefaultProfiles:
             self._sending_to.discard(station_id)
         task.add_done_callback(done)
 
-    async def send(self, station_id: str) -> str:
-        limit = self.limit_kw()
+    async def send(self, station_id: str, limit: float | None = None) -> str:
+        """Send the station ``limit`` (default: today's) as its default."""
+        if limit is None:
+            limit = self.limit_kw()
         try:
             reply = await self._gw.commands.set_charging_profile(station_id, 0, default_profile(limit))
             status = str(reply.get("status", "Unknown"))

@@ -188,3 +188,45 @@ async def test_a_refused_default_is_known_after_a_restart(gateway_factory: Any) 
     assert h.gw.default_profiles.sent.get("CS-0") == "Rejected"
     assert h.gw.scheduler._held_default_kw(("CS-0", 1)) == 11.0
     await st.close()
+
+
+async def test_an_evse_named_by_a_status_before_the_site_state_knows_it_moves_the_defaults() -> None:
+    """The site sync applies a StatusNotification's event from its own queue, maybe after the
+    defaults do: the EVSE it names is counted all the same (nothing looked again until the next
+    re-plan, every default a ninth too high meanwhile)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from gateway import events as ev
+    from gateway.config import Settings
+    from gateway.domain import EvseSpec
+    from gateway.ocpp.defaults import DefaultProfiles
+    from gateway.state import EvseState, SiteState
+
+    now = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
+    settings = Settings(site=SiteConfig(import_limit_kw=20.0), replan_period_s=3600.0)
+    state = SiteState.from_settings(settings)
+    for i in range(8):
+        state.evses[(f"CS-{i}", 1)] = EvseState(EvseSpec(f"CS-{i}", 1, 11.0))
+    sent: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+
+    async def set_charging_profile(station_id: str, _evse: int, prof: dict[str, Any]) -> dict[str, Any]:
+        sent.put_nowait((station_id, prof["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"]))
+        return {"status": "Accepted"}
+
+    async def set_default_answer(*_a: Any) -> None:
+        return None
+
+    bus = ev.EventBus()
+    gw: Any = SimpleNamespace(settings=settings, state=state, bus=bus, clock=SimpleNamespace(now=lambda: now),
+                              ocpp=SimpleNamespace(registry={"CS-0": object()}),
+                              commands=SimpleNamespace(set_charging_profile=set_charging_profile),
+                              stations=SimpleNamespace(set_default_answer=set_default_answer))
+    defaults = DefaultProfiles(gw)
+    defaults.limit_taken["CS-0"] = 2.5  # 20 kW shared by 8
+    defaults.start()
+    try:
+        bus.publish(ev.StatusChanged(now, "CS-9", 1, 1, "Available"))  # not in the site state yet
+        assert await asyncio.wait_for(sent.get(), EVENT_TIMEOUT_S) == ("CS-0", round(20_000 / 9))
+    finally:
+        await defaults.stop()
