@@ -163,6 +163,9 @@ class Session:
     # The highest SoC the EV reported in this session (0..1): what a battery lent to the grid
     # held before it lent, which it is to have back by its believed departure.
     high_soc: float | None = None
+    # Whether ``soc`` was read with the energy registers (a TransactionEvent), not alone (MeterValues
+    # carry no registers): only then does the meter show what went in before it was read.
+    soc_with_registers: bool = True
 
     @property
     def key(self) -> tuple[str, int]:
@@ -179,8 +182,11 @@ class Session:
         return self.energy_in_kwh * efficiency - self.energy_out_kwh / efficiency
 
     def pin_battery_start(self, capacity_kwh: float | None, efficiency: float) -> None:
-        """Pin :attr:`battery_start_kwh` once the SoC and the battery's capacity are both known."""
-        if self.battery_start_kwh is None and self.soc is not None and capacity_kwh:
+        """Pin :attr:`battery_start_kwh` once the SoC and the battery's capacity are both known,
+        from a SoC read with the registers: a newer SoC less an older meter would count the energy
+        between them twice, and the EV would be planned to take that much more for its stay."""
+        if (self.battery_start_kwh is None and self.soc is not None and self.soc_with_registers
+                and capacity_kwh):
             self.battery_start_kwh = self.soc * capacity_kwh - self.stored_kwh(efficiency)
 
 

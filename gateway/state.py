@@ -145,6 +145,7 @@ class SiteState:
                 # bus's soc_percent. Session.soc is 0..1. Converted here, once, by that unit, never
                 # guessed from the magnitude (1 % is not 100 %).
                 s.soc = event.soc / 100.0
+                s.soc_with_registers = event.energy_in_kwh is not None
                 s.high_soc = s.soc if s.high_soc is None else max(s.high_soc, s.soc)
                 s.pin_battery_start(s.needs.capacity_kwh, self.settings.ev_efficiency)
             if event.charging_state is not None:

@@ -289,3 +289,27 @@ def test_a_forecast_departure_shown_is_the_one_the_plan_assumes_never_one_alread
     r = state.resolve(s, T0)
     assert r.departure_source == "forecast"
     assert r.departure == state.forecaster.forecast(settings.site.name, s.started_at, T0).departure > T0
+
+
+def test_the_battery_at_plug_in_is_pinned_from_a_soc_read_with_the_registers() -> None:
+    """A SoC from MeterValues is newer than the registers: pinned against them, the battery at
+    plug-in read the energy between the two readings as already there, and the EV was planned
+    to take that much more for its whole stay."""
+    from gateway import events as ev
+    from gateway.domain import EvNeeds, EvseSpec
+    from gateway.state import EvseState
+
+    settings = Settings(ev_efficiency=1.0)
+    state = SiteState.from_settings(settings)
+    state.evses[("CS-1", 1)] = EvseState(EvseSpec("CS-1", 1, max_charge_kw=11.0))
+    state.apply(ev.SessionStarted(T0, "CS-1", 1, "TX-1", None))
+    state.set_needs("CS-1", 1, EvNeeds(capacity_kwh=50.0, energy_kwh=20.0))
+    s = state.evses[("CS-1", 1)].session
+    assert s is not None
+    # Plugged in at 20 % (10 kWh); the registers read 2 kWh at 17:10, the SoC alone 26 % (13 kWh) at 17:20.
+    state.apply(ev.SessionUpdated(minutes(10), "CS-1", 1, "TX-1", energy_in_kwh=2.0, energy_out_kwh=0.0, power_kw=11.0))
+    state.apply(ev.SessionUpdated(minutes(20), "CS-1", 1, "TX-1", power_kw=11.0, soc=26.0))
+    assert s.battery_start_kwh is None  # 13 - 2 would have said 11
+    state.apply(ev.SessionUpdated(minutes(25), "CS-1", 1, "TX-1", energy_in_kwh=4.0, energy_out_kwh=0.0,
+                                  power_kw=11.0, soc=28.0))
+    assert s.battery_start_kwh == pytest.approx(10.0)
