@@ -423,7 +423,7 @@ async def test_a_station_back_without_a_boot_is_judged_against_the_profile_it_ra
 
     h, plan, flat, (a, sink_a), (b, sink_b) = await _two_running(gateway_factory, "CS-R1", "CS-R2")
     sched = h.gw.scheduler
-    default_kw = sched._held_default_kw("CS-R1")
+    default_kw = sched._held_default_kw(("CS-R1", 1))
     assert default_kw < 10.5  # so CS-R1's new limit below is a lowering from 11 but a rise from the default
     await a.close()
 
