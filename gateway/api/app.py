@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import __version__, metrics
 from gateway.api import errors
+from gateway.api.body_limit import BodyLimit
 from gateway.api.routes import (
     commands,
     driver_tokens,
@@ -57,6 +58,7 @@ def create_api(gw: Gateway) -> FastAPI:
                    driver_tokens):
         v1.include_router(module.router)
     api.include_router(v1)
+    api.add_middleware(BodyLimit)
 
     @api.get("/metrics", include_in_schema=False)
     async def prometheus() -> PlainTextResponse:
