@@ -75,7 +75,7 @@ class CvxModel:
         # shape, whose steps are a few minutes off, orders them the same.
         self.urgency = cp.Parameter(s, nonneg=True)
         self._ramp = np.asarray(p.charge_bias, dtype=float).copy()
-        self.wear = cp.Parameter(nonneg=True)
+        self.wear = cp.Parameter(n, nonneg=True)  # per AC kWh discharged in each step
         self.demand = cp.Parameter(nonneg=True)
         self.peak0 = cp.Parameter()
         nz = len(p.peak_levels)  # priced peak levels (part of the shape key)
@@ -145,7 +145,7 @@ class CvxModel:
             + self.urgency @ (a @ self._ramp)
             + self.demand * peak
             + (self.peak_extra @ above if above is not None and self.peak_extra is not None else 0.0)
-            + self.wear * cp.sum(b)
+            + self.wear @ cp.sum(b, axis=0)
             + self.unmet @ u
             + (self.risk_price @ cp.vec(r, order="F") if r is not None and self.risk_price is not None else 0.0)
             + EXCESS_PENALTY_PER_KWH * cp.sum(xi + xe)
@@ -176,7 +176,7 @@ class CvxModel:
         self.c_exp.value = p.price_exp + p.pay
         self.c_charge.value = p.charge_bias
         self.urgency.value = np.maximum(p.urgency - 1.0, 0.0)
-        self.wear.value = float(p.wear[0] / h[0]) if len(h) else 0.0
+        self.wear.value = p.wear / h
         self.demand.value = p.demand
         self.peak0.value = p.peak0
         if self.peak_levels is not None and self.peak_extra is not None:

@@ -303,7 +303,7 @@ class Prepared:
     charge_bias: FloatArr  # cost per AC kWh charged in each step (early-charge preference)
     urgency: FloatArr  # per slot, what the early-charge preference is multiplied by (_urgency)
     demand_mask: BoolArr  # steps in the current billing period
-    wear: FloatArr  # wear * h
+    wear: FloatArr  # (wear + the cost that keeps charge and discharge apart, _cycling_cost) * h
     demand: float
     peak0: float
     peak_levels: FloatArr  # (J) levels above which the peak costs peak_extra more per kW
@@ -322,6 +322,22 @@ class Prepared:
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.conn.shape[0]), int(self.conn.shape[1]))
+
+
+def _cycling_cost(p_exp: FloatArr, pay: FloatArr, round_trip: FloatArr, dmax: FloatArr) -> FloatArr:
+    """Per step, a cost per AC kWh discharged that makes charging and discharging at once never
+    pay: at a negative price, running both burns battery energy to take more of the paid-for
+    import, worth |price| x (1 - round trip) per kWh charged; a discharged kWh then costs
+    |price| x (1 / round trip - 1). EPS_PER_KWH alone keeps them apart only while that is below
+    it, and the plan's netted power would not be the LP's energy path (the EV planned past its
+    capacity). Discharging at a negative price loses money anyway, so the cost moves nothing
+    else. The most negative marginal price of the step (export, clipped to the import price,
+    with any event payment) and the most lossy slot that may discharge."""
+    lends = dmax.any(axis=1)
+    if not lends.any():
+        return np.zeros_like(p_exp)
+    worst = float(np.min(round_trip[lends]))
+    return np.maximum(-(p_exp + pay), 0.0) * max(1.0 / max(worst, 1e-3) - 1.0, 0.0)
 
 
 def _arr(x: Any, n: int) -> FloatArr:
@@ -347,7 +363,10 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
     eff_c = np.clip(col("eff_charge"), 0.05, 1.0)
     eff_d = np.clip(col("eff_discharge"), 0.05, 1.0)
     cmax = conn * np.maximum(col("max_charge_kw"), 0.0)[:, None]
-    allowed = np.array([sl.discharge_allowed for sl in slots], dtype=bool)
+    # An EV below its reserve is not lent this plan: its floor is where it stands (a reserve
+    # cannot bound a battery already under it), so a plan that charged it past the reserve could
+    # drain it back under. A re-plan once it is above lends it against the reserve itself.
+    allowed = np.array([sl.discharge_allowed for sl in slots], dtype=bool) & (e0 >= col("reserve_energy_kwh") - 1e-9)
     dmax = conn * (np.maximum(col("max_discharge_kw"), 0.0) * allowed)[:, None]
     if site.discharge_mask is not None:
         dmax = dmax * np.asarray(site.discharge_mask, dtype=bool)[None, :n]
@@ -357,6 +376,7 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
                          cap - e0, np.maximum(imp_lim - building, 0.0))
     p_imp = _arr(site.import_price, n)
     p_exp = np.minimum(_arr(site.export_price, n), p_imp)
+    pay = np.maximum(_arr(site.export_payment_per_kwh, n), 0.0)
     penalty = np.array([site.unmet_penalty_per_kwh if sl.unmet_penalty_per_kwh is None
                         else sl.unmet_penalty_per_kwh for sl in slots], dtype=float)
     merged: dict[tuple[int, int, float], float] = {}
@@ -395,11 +415,11 @@ def prepare(site: SiteInputs, slots: list[SlotInput]) -> Prepared:
         h=h, conn=conn, cmax=cmax, cmin=cmin, dmax=dmax, e0=e0, floor=floor, cap=cap, target=target,
         eff_c=eff_c, eff_d=eff_d, building=building, imp_lim=imp_lim,
         exp_lim=_arr(site.export_limit_kw, n), price_imp=p_imp, price_exp=p_exp,
-        pay=np.maximum(_arr(site.export_payment_per_kwh, n), 0.0),
+        pay=pay,
         charge_bias=site.early_charge_bias_per_kwh_h * (np.cumsum(h) - h / 2), urgency=_urgency(conn, risks),
         demand_mask=(np.ones(n, dtype=bool) if site.demand_mask is None
                      else np.asarray(site.demand_mask, dtype=bool)[:n]),
-        wear=np.full(n, float(site.wear_cost_per_kwh)) * h,
+        wear=(float(site.wear_cost_per_kwh) + _cycling_cost(p_exp, pay, eff_c * eff_d, dmax)) * h,
         demand=float(site.demand_charge_per_kw), peak0=float(site.peak_so_far_kw),
         # Levels under the peak so far would only add a constant: priced from the peak so far.
         peak_levels=np.array([max(float(lv), float(site.peak_so_far_kw)) for lv, _ in priced], dtype=np.float64),
@@ -512,7 +532,7 @@ def finish(site: SiteInputs, slots: list[SlotInput], p: Prepared, raw: RawSoluti
     terms = {
         "energy_cost": float((p.price_imp * p.h) @ imp - (p.price_exp * p.h) @ exp),
         "demand_charge": peak_cost(p, peak),
-        "wear": float(p.wear @ d.sum(axis=0)),
+        "wear": float((site.wear_cost_per_kwh * p.h) @ d.sum(axis=0)),  # p.wear: with the cycling cost
         "grid_event_revenue": float((p.pay * p.h) @ (p.building - site_kw)),
         "unmet_penalty": float(p.unmet_penalty @ unmet),
         # Expected price of leaving short at an earlier possible departure.

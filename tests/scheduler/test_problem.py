@@ -94,12 +94,33 @@ def test_discharge_only_when_allowed_and_paid(backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_no_simultaneous_charge_and_discharge_with_negative_prices(backend: str) -> None:
-    s = site([-0.05, -0.05, 0.3], export_price=-0.05, pay=[0.2, 0.0, 0.0], building=5.0)
+@pytest.mark.parametrize("price", [-0.05, -0.2, -0.5])
+def test_no_simultaneous_charge_and_discharge_with_negative_prices(backend: str, price: float) -> None:
+    """At -0.2 running both burnt battery energy to import more of the paid-for power (11 kW
+    each way), and the netted plan took the EV past its capacity (60.3 of 60 kWh)."""
+    s = site([price, price, 0.3], export_price=price, pay=[0.2, 0.0, 0.0], building=5.0)
     slots = [ev(3, key=i, energy=55, target=58, capacity=60, reserve=10, discharge=True, eff=0.92)
              for i in range(3)]
     res = Planner(backend=backend).solve(s, slots)
     assert res.terms["simultaneous_kw_max"] < 1e-3
+    for i in range(3):
+        net = res.power_kw[i]
+        e = 55 + np.cumsum(np.where(net > 0, net * 0.92, net / 0.92))
+        assert e.max() <= 60 + 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_ev_below_its_reserve_is_not_drained_back_under_it(backend: str) -> None:
+    """Arrived at 15 kWh with a 20-kWh reserve: its floor is where it stands, so a plan that
+    charged it past the reserve drained it back to 15 in a paying event an hour later."""
+    s = site([0.10, 0.30, 0.10, 0.10], pay=[0.0, 1.0, 0.0, 0.0], building=30.0)
+    res = Planner(backend=backend).solve(s, [ev(4, energy=15, target=30, capacity=60, reserve=20,
+                                                discharge=True, eff=0.92)])
+    assert (res.power_kw[0] >= -1e-6).all()
+    # One at its reserve is lent as before.
+    res = Planner(backend=backend).solve(s, [ev(4, energy=25, target=30, capacity=60, reserve=20,
+                                                discharge=True, eff=0.92)])
+    assert res.power_kw[0][1] < -1.0
 
 
 @settings(max_examples=12, deadline=None)
