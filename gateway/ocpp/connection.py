@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from gateway.ocpp import protocol as p
 from gateway.ocpp.errors import (
     CallErrorReceived,
+    CallNotSent,
     CallTimeout,
     ConnectionReplaced,
     NoReply,
@@ -54,6 +55,8 @@ class Connection:
         self._outgoing = p.OutgoingCalls()
         self._incoming = p.IncomingCalls()
         self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        # Each waiting call's timeout and its length, moved on when its frame goes out (call).
+        self._deadlines: dict[str, tuple[asyncio.Timeout, float]] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed_reason: str | None = None
@@ -101,6 +104,12 @@ class Connection:
             await self.ws.send(parsed.reply())
         else:
             log.info("%s: ignored frame: %s", self.station_id, parsed.reason)
+            if parsed.message_id is not None:
+                # A reply to our call in the wrong shape is the station's answer all the same:
+                # failed now, not left to time out (the scheduler would take the station for a
+                # hung one). Never answered back (Part 4: a response gets no response).
+                self._on_reply(p.CallError(parsed.message_id, "FormatViolation",
+                                           f"malformed reply: {parsed.reason}", {}))
 
     def _on_reply(self, reply: p.CallResult | p.CallError) -> None:
         call = self._outgoing.reply_for(reply.message_id)
@@ -176,13 +185,20 @@ class Connection:
         call = self._outgoing.submit(action, payload)
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters[call.message_id] = waiter
-        self._pump()
         try:
-            async with asyncio.timeout(timeout):
+            # The timeout is the station's time to answer, counted again from when the frame goes
+            # out (_send_call): a call queued behind others (one in flight at a time) for part of
+            # it is not one the station left unanswered. The wait for its turn has the same bound.
+            async with asyncio.timeout(timeout) as deadline:
+                self._deadlines[call.message_id] = (deadline, timeout)
+                self._pump()
                 result = await waiter
         except TimeoutError:
+            if not call.sent:
+                raise CallNotSent(self.station_id, action, timeout) from None
             raise CallTimeout(self.station_id, action, timeout) from None
         finally:
+            self._deadlines.pop(call.message_id, None)
             if not waiter.done() or waiter.cancelled():
                 self._waiters.pop(call.message_id, None)
                 self._outgoing.abandon(call)
@@ -211,6 +227,11 @@ class Connection:
             await self.ws.send(call.frame())
         except ConnectionClosed:
             self._shut("connection closed")
+            return
+        call.sent = True
+        deadline = self._deadlines.get(call.message_id)
+        if deadline is not None and not deadline[0].expired():
+            deadline[0].reschedule(asyncio.get_running_loop().time() + deadline[1])
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

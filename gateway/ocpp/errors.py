@@ -127,6 +127,16 @@ class CallTimeout(CallFailed):
         self.timeout_s = timeout_s
 
 
+class CallNotSent(CallTimeout):
+    """The CALL waited its turn (one in flight at a time, OCPP-J Part 4 §4.1.1) for the whole
+    timeout and never went out: the station was busy with earlier ones, not silent."""
+
+    def __init__(self, station_id: str, action: str, timeout_s: float) -> None:
+        CallFailed.__init__(self, station_id, action,
+                            f"not sent within {timeout_s:g} s: the station's earlier calls were still pending")
+        self.timeout_s = timeout_s
+
+
 class ConnectionReplaced(CallFailed):
     def __init__(self, station_id: str, action: str, reason: str = "connection closed") -> None:
         super().__init__(station_id, action, reason)

@@ -102,10 +102,23 @@ class _Huge:
 
 
 _HUGE: Final = _Huge()
-_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float).decode
+# Python refuses to convert an integer of more than 4,300 digits (a ValueError json reports as
+# invalid JSON): such a number is valid JSON out of range, like 1e400, and answered as one.
+INT_DIGITS_MAX = 4000
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > INT_DIGITS_MAX:
+        raise _NumberOutOfRange(text[:20] + "...")
+    return int(text)
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                           parse_int=_bounded_int).decode
 _decode_marking_huge = json.JSONDecoder(
     parse_constant=_reject_constant,
     parse_float=lambda t: v if math.isfinite(v := float(t)) else _HUGE,
+    parse_int=lambda t: int(t) if len(t) <= INT_DIGITS_MAX else _HUGE,
 ).decode
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -326,6 +339,7 @@ class OutgoingCall:
     message_id: str
     action: str
     payload: dict[str, Any]
+    sent: bool = False  # its frame went out (set by the connection)
 
     def frame(self) -> str:
         return build_call(self.message_id, self.action, self.payload)

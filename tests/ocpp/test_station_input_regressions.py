@@ -453,6 +453,12 @@ async def test_numbers_no_float_can_hold_and_deep_nesting_are_refused(station: R
     reply = await station.send_raw(raw.replace('"value": 123.0', '"value": 1e400'), "m-big")
     assert reply is not None and reply[:3] == [4, "m-big", "PropertyConstraintViolation"]
     await _alive(station)
+    # An integer past Python's 4,300-digit conversion limit is valid JSON out of range too: it
+    # was answered as unreadable JSON under "-1".
+    raw = json.dumps([2, "m-long", "DataTransfer", {"vendorId": "v", "data": 7}])
+    reply = await station.send_raw(raw.replace('"data": 7', '"data": ' + "9" * 4301), "m-long")
+    assert reply is not None and reply[:3] == [4, "m-long", "PropertyConstraintViolation"]
+    await _alive(station)
     for depth in (100, 500, 960, 985):
         mid = f"deep-{depth}"
         frame = _nested(mid, depth)

@@ -406,6 +406,39 @@ async def test_outgoing_timeout_frees_the_slot_and_late_reply_is_ignored(gw: Gat
     assert await asyncio.wait_for(second, WAIT_S) == {"status": "Accepted"}
 
 
+async def test_a_call_queued_behind_others_has_its_whole_timeout_from_when_it_goes_out(gw: Gateway) -> None:
+    """One CALL in flight at a time: a call that waited its turn for most of its timeout was
+    taken for one the station left unanswered (CallTimeout), and the scheduler took a station
+    that answered every call it got for a hung one. Its timeout now counts from its send; one
+    that never went out says so (CallNotSent)."""
+    from gateway.ocpp.errors import CallNotSent
+
+    st = await _station(gw)
+    conn = gw.server.registry.get("CS1")
+    assert conn is not None
+    loop = asyncio.get_running_loop()
+    first = asyncio.ensure_future(conn.call("Reset", {"type": "Immediate"}, timeout_s=0.5))
+    msg1 = await st.next_incoming()  # never answered
+    queued_at = loop.time()
+    second = asyncio.ensure_future(conn.call("Reset", {"type": "OnIdle"}, timeout_s=0.6))
+    with pytest.raises(CallTimeout) as info:
+        await first
+    assert not isinstance(info.value, CallNotSent)
+    msg2 = await st.next_incoming()  # sent with 0.1-0.6 s of its budget left
+    assert msg2[3] == {"type": "OnIdle"}
+    while loop.time() < queued_at + 0.7:  # past its first deadline, within the one from its send
+        await asyncio.sleep(0.05)
+    await st.ws.send(json.dumps([3, msg2[1], {"status": "Accepted"}]))
+    assert await asyncio.wait_for(second, WAIT_S) == {"status": "Accepted"}
+    # A call whose turn never comes within its timeout was never sent.
+    blocking = asyncio.ensure_future(conn.call("Reset", {"type": "Immediate"}, timeout_s=WAIT_S))
+    await st.next_incoming()
+    with pytest.raises(CallNotSent):
+        await conn.call("Reset", {"type": "OnIdle"}, timeout_s=0.2)
+    blocking.cancel()
+    assert msg1[1] != msg2[1]
+
+
 async def test_a_call_cancelled_before_it_went_out_is_never_sent(gw: Gateway) -> None:
     """Its caller gave up (cancelled) between taking the slot and the send: sending it anyway would
     put two CALLs in flight (the next one right behind), the first acted on by nobody's wish."""
@@ -447,6 +480,22 @@ async def test_outgoing_callerror_and_invalid_result_are_raised(gw: Gateway) -> 
         await asyncio.wait_for(call, WAIT_S)
     assert info.value.code == "PropertyConstraintViolation"
     assert info.value.description.startswith("invalid CALLRESULT")
+
+
+async def test_a_reply_in_the_wrong_shape_fails_the_call_at_once(gw: Gateway) -> None:
+    """[3, id, null] answers the call all the same: it was dropped, and the caller sat out its
+    timeout (and the scheduler took the station for a hung one)."""
+    st = await _station(gw)
+    conn = gw.server.registry.get("CS1")
+    assert conn is not None
+    call = asyncio.ensure_future(conn.call("Reset", {"type": "Immediate"}, timeout_s=60.0))
+    msg = await st.next_incoming()
+    await st.ws.send(json.dumps([3, msg[1], None]))
+    with pytest.raises(CallErrorReceived) as info:
+        await asyncio.wait_for(call, WAIT_S)
+    assert info.value.code == "FormatViolation"
+    assert (await st.call("Heartbeat", {}))[0] == 3
+    assert st.incoming.empty()  # a response gets no response
 
 
 async def test_commands_build_wire_payloads_and_fail_fast_offline(gw: Gateway) -> None:
