@@ -214,7 +214,12 @@ async def test_solver_timeout_still_pushes_a_fallback_plan(gateway_factory: Any)
         return len(sink.profiles) >= 1
 
     await wait_for(got)
-    plans = await fetch(h.database_url, "SELECT fallback, status FROM plans")
+
+    async def stored() -> bool:  # a pushed plan is stored after its push, outside the re-plan lock
+        return bool(await fetch(h.database_url, "SELECT 1 FROM plans"))
+
+    await wait_for(stored)
+    plans = await fetch(h.database_url, "SELECT fallback, status FROM plans ORDER BY id")
     assert plans[-1]["fallback"] is True
     assert sink.first_limits_w()[0] > 0  # the fallback charges, within limits
     await st.close()
