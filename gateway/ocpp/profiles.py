@@ -164,8 +164,12 @@ def _delay_rises(periods: list[Period], end: datetime, delay_s: float) -> list[P
             nxt = periods[i + 1].start if i + 1 < len(periods) else end
             later = min(p.start + timedelta(seconds=delay_s), nxt - timedelta(seconds=1))
             # Whole-second offsets must keep increasing (K01.FR.35): else the change stays on time.
-            after_last = round((later - first).total_seconds()) > round((p.start - first).total_seconds())
-            if after_last and later > p.start:
+            offset = round((later - first).total_seconds())
+            after_last = offset > round((p.start - first).total_seconds())
+            # ...and stay before the next one's (round() takes halves to even: x - 1 and x can
+            # round alike, two equal startPeriods the station refuses).
+            before_next = offset < round((nxt - first).total_seconds())
+            if after_last and before_next and later > p.start:
                 if kind == Move.FLIP:
                     out.append(Period(p.start, 0.0))  # the old direction stops on time
                 p = Period(later, p.limit_w)
@@ -228,7 +232,10 @@ def differs(old: TxProfile | None, new: TxProfile, *, min_remaining: timedelta =
             return True
         # A smaller limit is re-sent however small the step: the plan fills a binding site limit
         # exactly, so 50 EVSEs each left 90 W above their new plan would put the site 4.5 kW over
-        # it. A larger one within the tolerance only leaves a little room unused.
-        if abs(b) < abs(a) - LIMIT_RESOLUTION_W / 2:
+        # it. A larger one within the tolerance only leaves a little room unused. Import and
+        # export are bounded apart: +40 W to -50 W lowers the import the EVSE may draw (to none)
+        # though the size grew, and -40 W to +50 W lowers its export.
+        if (max(b, 0.0) < max(a, 0.0) - LIMIT_RESOLUTION_W / 2
+                or max(-b, 0.0) < max(-a, 0.0) - LIMIT_RESOLUTION_W / 2):
             return True
     return False

@@ -39,6 +39,29 @@ def test_payload_is_schema_valid() -> None:
     V201.check("SetChargingProfile", build([5.0, -2.0, 0.0]).payload(), request=True)
 
 
+def test_a_flip_between_charge_and_discharge_is_sent_however_small() -> None:
+    """+40 W to -50 W: the size grew within the tolerance, and the EVSE kept drawing the 40 W
+    the plan no longer counted (and -40 W to +50 W kept its export)."""
+    assert profiles.differs(build([0.04] * 12), build([-0.05] * 12))
+    assert profiles.differs(build([-0.04] * 12), build([0.05] * 12))
+    assert not profiles.differs(build([0.0] * 12), build([0.09] * 12))  # a small rise: room unused
+
+
+def test_a_delayed_rise_never_shares_its_start_with_the_next_period() -> None:
+    """A plan starting on a half second: a rise delayed to a second before the next period
+    rounded to the same startPeriod (round() takes halves to even), which K01.FR.35 refuses."""
+    now = datetime(2026, 1, 1, 12, 0, 59, 500000, tzinfo=UTC)
+    b1 = datetime(2026, 1, 1, 12, 5, tzinfo=UTC)
+    bp = b1 + timedelta(seconds=60)
+    prof = profiles.build_profile(
+        station_id="S", evse_id=1, transaction_id="tx", starts=[now, b1, bp, bp + timedelta(seconds=240)],
+        end=bp + timedelta(seconds=540), power_kw=[3.0, 7.0, 5.0, 11.0], max_charge_kw=11.0, max_discharge_kw=0.0,
+        bidirectional=False, dialect=DischargeDialect.NONE, stack_level=1, max_periods=24, rise_delay_s=60.0)
+    sched = prof.payload()["chargingProfile"]["chargingSchedule"][0]
+    offsets = [p["startPeriod"] for p in sched["chargingSchedulePeriod"]]
+    assert offsets == sorted(set(offsets)) and offsets[-1] < sched["duration"]
+
+
 def test_discharge_only_where_the_dialect_and_hardware_allow() -> None:
     assert min(x.limit_w for x in build([-5.0, 2.0], bidi=False).periods) == 0.0
     assert min(x.limit_w for x in build([-5.0, 2.0], dialect=DischargeDialect.NONE).periods) == 0.0
