@@ -53,7 +53,7 @@ def create_api(gw: Gateway) -> FastAPI:
     api.state.site_inputs = SiteInputs(gw)
     errors.install(api)
 
-    v1 = APIRouter(prefix="/api/v1", responses=errors.responses(400))
+    v1 = APIRouter(prefix="/api/v1", responses={**errors.responses(400), **errors.database_responses()})
     for module in (health, stations, commands, sessions, site, tariff, grid_events, telemetry, plans,
                    driver_tokens):
         v1.include_router(module.router)

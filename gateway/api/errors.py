@@ -203,5 +203,14 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             403: "Operator key required", 404: "Not found", 409: "Conflict",
             422: "Invalid request (reason in error.message)",
             502: "The station answered with a CALLERROR (error.details.ocpp_error_code)",
-            503: "The station's connection closed during the call", 504: "The station did not answer in time"}
+            503: "The station's connection closed during the call, or the database is unavailable "
+                 "(error.code; Retry-After)",
+            504: "The station did not answer in time"}
     return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}
+
+
+def database_responses() -> dict[int | str, dict[str, Any]]:
+    """The 503 any operation that reads or writes the database can answer (on_unexpected)."""
+    return {503: {"model": ErrorBody, "description": "The database is unavailable, or the change was not "
+                                                      "stored (error.code database_unavailable or not_stored; "
+                                                      "Retry-After)"}}

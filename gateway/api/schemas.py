@@ -81,7 +81,8 @@ def _not_a_dot_segment(v: str) -> str:
 # or ".." (clients and proxies fold those path segments away).
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=_NO_SLASH),
                   AfterValidator(_not_a_dot_segment)]
-StationId = Annotated[str, StringConstraints(min_length=1, max_length=48, pattern=r"^[^\x00-\x1f\x7f:/]+$")]
+StationId = Annotated[str, StringConstraints(min_length=1, max_length=48, pattern=r"^[^\x00-\x1f\x7f:/]+$"),
+                      AfterValidator(_not_a_dot_segment)]
 TransactionId = Annotated[str, StringConstraints(min_length=1, max_length=36, pattern=_NO_SLASH)]
 # OCPP makes a transactionId unique at its station only (stations may count 1, 2, 3...).
 TX_ID_SCOPE = ("A transactionId is unique at its station only: without station_id, the sessions of that id "

@@ -78,8 +78,10 @@ async def test_answer_callerror_offline_and_unknown(gateway_server: GatewayHarne
         assert r.status_code == 422, r.text
         assert "connector_id needs evse_id" in r.text
     # EVSEType's id is > 0: EVSE 0 is refused here with a reason, not by the station as a 502.
+    # ResetRequest's evseId names one EVSE instead of the station: EVSE 0 went to the station.
     for path, body in (("change-availability", {"operational_status": "Inoperative", "evse_id": 0}),
-                       ("trigger-message", {"requested_message": "StatusNotification", "evse_id": 0})):
+                       ("trigger-message", {"requested_message": "StatusNotification", "evse_id": 0}),
+                       ("reset", {"type": "Immediate", "evse_id": 0})):
         r = await api.post(f"{base}/{path}", headers=OPERATOR, json=body)
         assert r.status_code == 422, r.text
         assert "evse_id" in r.text

@@ -186,3 +186,24 @@ async def test_ids_in_the_path_are_held_to_the_rules_of_ids_in_bodies(api: httpx
         assert r.status_code == 422, (method, url, r.status_code, r.text)
         error = r.json()["error"]
         assert error["code"] == "validation_error" and error["details"]["errors"][0]["loc"][0] == "path", r.text
+
+
+async def test_a_station_id_that_a_path_would_fold_away_is_refused(api: httpx.AsyncClient) -> None:
+    """"." and ".." were registered, then out of reach of every client that folds dot segments
+    (GET /stations/.. is GET /stations)."""
+    for sid in (".", ".."):
+        r = await api.post("/api/v1/stations", headers=OPERATOR, json={"id": sid, "password": "a-long-password-1"})
+        assert r.status_code == 422, r.text
+        assert "cannot be '.' or '..'" in r.text
+    r = await api.get("/api/v1/stations/%2E%2E", headers=OPERATOR)
+    assert r.status_code == 422, r.text
+
+
+async def test_every_operation_says_it_may_answer_503(api: httpx.AsyncClient) -> None:
+    """The database away is a 503 on any operation that reads or writes it (as the building
+    load's not_stored): the description listed it for none of them."""
+    spec = (await api.get("/openapi.json")).json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert "503" in op["responses"], (method, path)
+

@@ -42,7 +42,9 @@ MessageTrigger = Literal[
 
 class ResetIn(Model):
     type: Literal["Immediate", "OnIdle"] = "Immediate"
-    evse_id: int | None = EvseId
+    # ResetRequest's evseId names one EVSE instead of the whole station; EVSE ids start at 1.
+    evse_id: int | None = Field(default=None, ge=1, le=EVSE_ID_MAX,
+                                description="One EVSE to reset; leave out for the whole station")
 
 
 class _ConnectorOfEvse(Model):
