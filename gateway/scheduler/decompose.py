@@ -176,10 +176,15 @@ def _initial_groups(site: SiteInputs, p: Prepared, n_groups: int) -> list[_Group
     # The peak floor is a scalar: share it as each group's mean weight over the billing steps.
     mask = p.demand_mask if p.demand_mask.any() else np.ones(n, dtype=bool)
     w_peak = w_imp[:, mask].mean(axis=1)
+    # Where the building alone is over the import limit (an import cap), only discharge brings the
+    # site back under it: that part of the building goes by each group's discharge power, so a
+    # group that has little cannot be left over its share while another's batteries sit idle.
+    over = np.maximum(p.building - p.imp_lim, 0.0)
     groups = []
     for g, members in enumerate(idx):
         gsite = dataclasses.replace(
-            site, building_load_kw=w_imp[g] * p.building, import_limit_kw=w_imp[g] * p.imp_lim,
+            site, building_load_kw=w_imp[g] * (p.building - over) + w_exp[g] * over,
+            import_limit_kw=w_imp[g] * p.imp_lim,
             export_limit_kw=w_exp[g] * p.exp_lim, peak_so_far_kw=float(w_peak[g] * p.peak0),
             peak_price_steps=tuple((float(w_peak[g] * lv), x) for lv, x in site.peak_price_steps),
         )
