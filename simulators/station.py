@@ -258,7 +258,7 @@ class Station:
             self.profiles,
             self.faults,
             self.clock,
-            on_change=self.update,
+            on_change=self._profiles_changed,
             send=lambda action, payload: self._queue(action, payload, kind="report"),
             periods_max=self.config.periods_per_schedule,
         )
@@ -291,6 +291,9 @@ class Station:
         self._stop_event = asyncio.Event()
         self._offline_until: datetime | None = None
         self._last_update: datetime | None = None
+        # Set when the profiles change: the physics loop's next wake-up was worked out from the
+        # ones installed before (a new period inside its sleep took effect a tick late).
+        self._profiles_moved = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._started_acked: dict[str, asyncio.Event] = {}
 
@@ -301,13 +304,13 @@ class Station:
         return sum(e.power_kw for e in self.evses.values())
 
     def metered_net_kwh(self, now: datetime | None = None) -> float:
-        """The EVSE meters' import less export (kWh) as of ``now``: the registers move when the
-        physics integrates (every tick), so the running setpoints carry them from the last tick
-        to ``now``, as a real meter would have counted (None: the registers, as of that tick)."""
-        last = self._last_update
-        dt = 0.0 if now is None or last is None else max((now - last).total_seconds(), 0.0)
-        registers = sum(e.import_wh - e.export_wh for e in self.evses.values()) / 1000.0
-        return registers + sum(e.power_kw for e in self.evses.values()) * dt / 3600.0
+        """The EVSE meters' import less export (kWh) as of ``now``: the physics is integrated up
+        to ``now`` first, as a real meter counts continuously (None: the registers as of the last
+        tick). Carrying the last setpoint forward instead counted full power past the moment an
+        EV filled up or tapered, and the next tick took it back."""
+        if now is not None and self._last_update is not None and now > self._last_update:
+            self.update(now)
+        return sum(e.import_wh - e.export_wh for e in self.evses.values()) / 1000.0
 
     @property
     def results(self) -> list[EvResult]:
@@ -586,17 +589,32 @@ class Station:
             if p > 0:
                 setpoints[eid] = p * share
 
+    def _profiles_changed(self) -> None:
+        """A profile was set or cleared: applied now, and the physics loop looks again for the
+        next boundary."""
+        self.update()
+        self._profiles_moved.set()
+
     async def _physics_loop(self) -> None:
         step = max(self.config.physics_step_sim_s, self.config.physics_min_step_real_s * self.clock.scale)
         while True:
             now = self.clock.now()
             wake = now + timedelta(seconds=step)
             # A profile period that starts before the next tick takes effect at its boundary, not
-            # up to a tick late (at a high time scale a tick is minutes of simulated time).
+            # up to a tick late (at a high time scale a tick is minutes of simulated time); a
+            # profile set meanwhile wakes the loop to look again.
             txs = {eid: e.session.transaction if e.session else None for eid, e in self.evses.items()}
             boundary = self.profiles.next_change(now, timedelta(seconds=step), txs)
-            await self.clock.sleep_until(min(wake, boundary) if boundary is not None else wake)
-            self.update()
+            self._profiles_moved.clear()
+            sleep = asyncio.ensure_future(self.clock.sleep_until(min(wake, boundary) if boundary is not None else wake))
+            moved = asyncio.ensure_future(self._profiles_moved.wait())
+            try:
+                await asyncio.wait([sleep, moved], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (sleep, moved):
+                    t.cancel()
+            if sleep.done() and not sleep.cancelled():
+                self.update()
 
     async def _meter_loop(self) -> None:
         """TransactionEvent Updated with MeterValuePeriodic every TxUpdatedInterval (E02 / J02)."""

@@ -222,6 +222,33 @@ async def test_profile_is_applied_and_reported(csms: LoopbackCsms, clock: Scaled
     await finish(st, task)
 
 
+async def test_a_period_starting_inside_the_physics_sleep_is_applied_at_its_start(
+        csms: LoopbackCsms, clock: ScaledClock) -> None:
+    """The physics loop sleeps until its next tick or the next boundary of the profiles it had:
+    a profile set meanwhile, with a period starting before that tick, was applied a tick late (up
+    to 150 simulated s at the demo's scale, past the gateway's own rise delay). Here the tick is
+    ten simulated hours away, and so is the next meter reading (which also applies them)."""
+    from dataclasses import replace
+
+    from simulators.station import Station
+
+    st = Station(spec(), csms.url, password="pw-1", clock=clock,
+                 config=replace(FAST, physics_step_sim_s=36_000.0, meter_interval_sim_s=36_000.0))
+    task = await started(st, [arrival(clock, dwell_s=20 * 3600)])
+    await asyncio.wait_for(_until(lambda: st.evses[1].power_kw > 0), WAIT_S)
+    tx = st.evses[1].session.transaction.id  # type: ignore[union-attr]
+    now = clock.now()
+    prof = profile(11000, tx=tx, start=now - timedelta(seconds=60))
+    prof["chargingSchedule"][0]["chargingSchedulePeriod"] = [{"startPeriod": 0, "limit": 11000},
+                                                             {"startPeriod": 240, "limit": 2000}]
+    reply = await csms.call("CS-1", "SetChargingProfile", {"evseId": 1, "chargingProfile": prof})
+    assert reply[2]["status"] == "Accepted"
+    await asyncio.wait_for(_until(lambda: st.evses[1].power_kw == pytest.approx(2.0)), WAIT_S)
+    due = now + timedelta(seconds=180)
+    assert st._last_update is not None and (st._last_update - due).total_seconds() < 600  # not ten hours
+    await finish(st, task)
+
+
 async def test_negative_limit_discharges_a_bidirectional_evse(csms: LoopbackCsms, clock: ScaledClock) -> None:
     st, task, tx = await plugged(csms, clock, bidirectional=True)
     reply = await csms.call(
@@ -430,12 +457,33 @@ async def test_a_limit_that_moves_nothing_is_not_reported_and_a_state_change_is_
 
 def test_the_meter_counts_to_now_between_physics_ticks(clock: ScaledClock) -> None:
     """The registers move at each physics tick; what the meters counted by a moment between two
-    ticks is the registers plus the running power since the last one."""
-    st = Station(spec(), "ws://127.0.0.1:9/ocpp", password="pw-1", clock=clock, config=FAST)
-    evse = st.evses[1]
+    ticks is the registers plus what flowed since the last one (the physics integrated to it)."""
+    from gateway.clock import ManualClock
+
     t0 = clock.now()
+    st = Station(spec(), "ws://127.0.0.1:9/ocpp", password="pw-1", clock=ManualClock(t0), config=FAST)
+    evse = st.evses[1]
     st._last_update = t0
-    evse.import_wh, evse.export_wh, evse.power_kw = 5_000.0, 1_000.0, 11.0
+    st.plug_in(Arrival(id="EV-1", station_id="CS-1", evse_id=1, arrival=t0, departure=t0 + timedelta(hours=4),
+                       arrival_soc=0.2, capacity_kwh=60.0, energy_kwh=30.0, max_charge_kw=11.0, id_token="T"))
+    evse.import_wh, evse.export_wh = 5_000.0, 1_000.0
+    assert evse.power_kw == pytest.approx(11.0)
     assert st.metered_net_kwh() == pytest.approx(4.0)
-    assert st.metered_net_kwh(t0 + timedelta(seconds=90)) == pytest.approx(4.0 + 11.0 * 90 / 3600)
     assert st.metered_net_kwh(t0 - timedelta(seconds=5)) == pytest.approx(4.0)  # never before the tick
+    assert st.metered_net_kwh(t0 + timedelta(seconds=90)) == pytest.approx(4.0 + 11.0 * 90 / 3600)
+
+
+def test_the_meter_never_counts_energy_an_ev_did_not_take() -> None:
+    """Read between two physics ticks, the meter carried the last setpoint forward: an EV that
+    filled up 30 s after plug-in read 0.18 kWh, then 0.37, and the tick took it back to 0.09."""
+    from gateway.clock import ManualClock
+
+    t0 = datetime(2026, 7, 1, 8, tzinfo=UTC)
+    st = Station(spec(bidirectional=False), "ws://127.0.0.1:9/ocpp", clock=ManualClock(t0))
+    st._last_update = t0
+    st.plug_in(Arrival(id="EV-1", station_id="CS-1", evse_id=1, arrival=t0, departure=t0 + timedelta(hours=4),
+                       arrival_soc=0.5, capacity_kwh=60.0, energy_kwh=0.085, max_charge_kw=11.0, id_token="T"))
+    readings = [st.metered_net_kwh(t0 + timedelta(seconds=s)) for s in (60, 120, 150)]
+    assert readings[0] == pytest.approx(readings[1]) == pytest.approx(readings[2])
+    assert readings[2] == pytest.approx(st.evses[1].import_wh / 1000.0)
+    assert readings[2] < 0.1
