@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.clock import parse_rfc3339
@@ -24,6 +24,8 @@ _DEFAULT_UNITS = {"Energy": "Wh", "Energy.Reactive": "varh", "Energy.Apparent": 
 VALUE_MAX = 1e15
 
 log = logging.getLogger(__name__)
+# Power samples of one batch this close to its latest are one reading (see summarize).
+SAME_READING = timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +121,17 @@ def summarize(batch: list[Sample]) -> Readings:
             r.soc, r.soc_ts = s.value, s.ts
     stamps = set(power_import) | set(power_export)
     if stamps:
+        # One reading of the power: the latest import and export sampled together. Some stations
+        # put each measurand in its own meterValue, milliseconds apart; taken at the one latest
+        # timestamp, the other direction read 0 (7 kW charging read as 0). A direction with no
+        # reading near the latest is 0: an EVSE that turned to discharging reports export only.
         latest = max(stamps)
-        r.power_w = power_import.get(latest, 0.0) - power_export.get(latest, 0.0)
+        near = latest - SAME_READING
+
+        def at(series: dict[datetime, float]) -> float:
+            ts = max((t for t in series if t >= near), default=None)
+            return 0.0 if ts is None else series[ts]
+
+        r.power_w = at(power_import) - at(power_export)
         r.power_ts = latest
     return r
