@@ -10,6 +10,7 @@ plan the site with a default limit.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from datetime import datetime
@@ -46,6 +47,9 @@ NODE_ID_MAX = 64  # stations.connected_node
 # WebSocket would fail at its first write instead of being refused at the door.
 STATION_ID_COLUMN_LENGTH = 48
 
+
+# An RFC 3339 date-time with its offset (Z or +hh:mm), as REST and MQTT take them.
+RFC3339_WITH_OFFSET = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 class _SiteFileModel(BaseModel):
     # As strict as the REST bodies: a misspelt key would silently leave the default in force,
@@ -133,8 +137,9 @@ class Settings(BaseSettings):
     # bridge would reconnect for ever.
     mqtt_topic_prefix: str = Field(default="gateway", min_length=1, max_length=200, pattern=r"^[^+#\x00]+$")
     mqtt_buffer_messages_max: int = Field(default=10_000, ge=1)
-    mqtt_reconnect_min_s: float = 0.5
-    mqtt_reconnect_max_s: float = 10.0
+    # Above 0 (and min at most max): a back-off of 0 reconnected in a tight loop while the broker was away.
+    mqtt_reconnect_min_s: float = Field(default=0.5, gt=0.0)
+    mqtt_reconnect_max_s: float = Field(default=10.0, gt=0.0)
     api_key: str | None = None
     # This process among the gateways sharing a database: the node a station's connected flag
     # names, so a node clears only its own stations' flags (at start, those a crash left set).
@@ -182,9 +187,9 @@ class Settings(BaseSettings):
     ws_ping_interval_s: float | None = 60.0
 
     # Storage
-    db_pool_size: int = 20  # plus as many again on overflow; Postgres allows 100 by default
+    db_pool_size: int = Field(default=20, ge=1)  # plus as many again on overflow; Postgres allows 100 by default
     meter_buffer_rows_max: int = 200_000
-    meter_flush_rows: int = 2_000
+    meter_flush_rows: int = Field(default=2_000, ge=1)
     meter_flush_interval_s: float = 0.5
     db_retry_interval_s: float = 1.0
 
@@ -192,8 +197,8 @@ class Settings(BaseSettings):
     scheduler_enabled: bool = True
     replan_period_s: float = Field(default=300.0, gt=0.0)
     replan_debounce_s: float = Field(default=2.0, ge=0.0)
-    solver_time_limit_s: float = 60.0
-    horizon_h: float = 24.0
+    solver_time_limit_s: float = Field(default=60.0, gt=0.0)
+    horizon_h: float = Field(default=24.0, gt=0.0)
     default_dwell_h: float = 8.0
     default_energy_kwh: float = 20.0
     # Mobility as a price: what a kWh a driver asked for and did not get costs the plan (the same
@@ -204,13 +209,14 @@ class Settings(BaseSettings):
     # to be planned with highs without a word.
     scheduler_backend: Literal["auto", "highs", "cvxpy"] = "auto"
     profile_stack_level: int = 1
-    max_profile_periods: int = 24  # OCPP PeriodsPerSchedule most stations accept
+    max_profile_periods: int = Field(default=24, ge=1)  # OCPP PeriodsPerSchedule most stations accept
     # A period that raises an EVSE's limit starts this long (simulated seconds) after the plan's
     # boundary, one that lowers it on time: stations switch a little apart (clocks, their own
     # control loops), and a rise here meeting a late fall there would pass the site limit. At
     # least 0.1 s of real time when the clock is scaled (simulations).
     profile_rise_delay_s: float = 10.0
-    profile_push_concurrency: int = 100
+    # At least one: 0 made every push wait for good (asyncio.Semaphore(0)).
+    profile_push_concurrency: int = Field(default=100, ge=1)
     # Plan discharge only inside grid-event windows (export requests). Arbitrage on time-of-use
     # spreads against uncertain departures drained parked cars in the 50-station demo.
     discharge_only_in_grid_events: bool = True
@@ -228,7 +234,8 @@ class Settings(BaseSettings):
     # scheduler.md, "Room for plug-ins"); more plug-ins than this within one re-plan's latency can
     # pass the limit by a default each until it lands.
     plug_in_reserve_evses: int = Field(default=4, ge=0)
-    ev_efficiency: float = EV_EFFICIENCY  # charge and discharge efficiency assumed between meter and battery
+    # Charge and discharge efficiency assumed between meter and battery.
+    ev_efficiency: float = Field(default=EV_EFFICIENCY, gt=0.0, le=1.0)
     # The SoC at which an EV whose battery the gateway sees (ISO 15118: SoC and capacity) is
     # planned to start its constant-voltage taper, linear to nothing at 100 % (1.0: planned at
     # full power to the top). A plan that ignores the taper counts on energy the battery will not
@@ -266,6 +273,15 @@ class Settings(BaseSettings):
             broker_address(v)
         return v
 
+    @field_validator("mqtt_topic_prefix")
+    @classmethod
+    def _printable_prefix(cls, v: str) -> str:
+        # A control character or noncharacter in a topic: Mosquitto drops the connection on every
+        # publish (MQTT 5 §1.5.4), and the bridge would reconnect for ever (topics.segment).
+        if not all(c.isprintable() for c in v):
+            raise ValueError("must be printable text (no control characters)")
+        return v
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, v: str) -> str:
@@ -274,8 +290,20 @@ class Settings(BaseSettings):
     @field_validator("sim_start", mode="before")
     @classmethod
     def _rfc3339(cls, v: Any) -> Any:
-        # RFC 3339 as everywhere else (an offset required), not pydantic's looser datetime forms.
-        return parse_rfc3339(v) if isinstance(v, str) else v
+        # RFC 3339 as everywhere else (an offset required), not pydantic's looser datetime forms:
+        # a local wall-clock time without one was read as UTC, shifted by the site's offset.
+        if isinstance(v, str):
+            if not RFC3339_WITH_OFFSET.match(v.strip()):
+                raise ValueError(f"{v!r} is not an RFC 3339 time with a UTC offset (e.g. 2026-07-01T08:00:00Z)")
+            return parse_rfc3339(v)
+        return v
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> Settings:
+        if self.mqtt_reconnect_min_s > self.mqtt_reconnect_max_s:
+            raise ValueError(f"{setting_name('mqtt_reconnect_min_s')} ({self.mqtt_reconnect_min_s:g}) is above "
+                             f"{setting_name('mqtt_reconnect_max_s')} ({self.mqtt_reconnect_max_s:g})")
+        return self
 
     @model_validator(mode="after")
     def _tls_complete(self) -> Settings:

@@ -23,8 +23,11 @@ class UnknownTimezoneError(ValueError):
 def zone(name: str) -> ZoneInfo:
     """The IANA zone ``name`` ("Europe/Berlin"); a clear error for a name that is not one."""
     try:
+        if name.lower() == "localtime":  # the host's zone, whatever it is: not a site's
+            raise ValueError(name)
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # OSError: a tzdata folder's name ("Europe") reads as a directory, not a zone.
         raise UnknownTimezoneError(f"unknown time zone {name!r} (an IANA name such as 'Europe/Berlin' "
                                    f"or 'UTC')") from exc
 

@@ -26,7 +26,7 @@ import random
 import uuid
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -67,7 +67,17 @@ def broker_address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
         raise ValueError("MQTT URL must look like mqtt://host:port")
+    if parts.port == 0:
+        raise ValueError("MQTT URL: port 0 is no broker's port")
     return parts.hostname, parts.port or 1883
+
+
+def broker_login(url: str) -> tuple[str | None, str | None]:
+    """The user name and password of mqtt://user:password@host (percent-decoded), if given: a
+    broker that requires a login refused the bridge for ever when they were left out."""
+    parts = urlsplit(url)
+    return (None if parts.username is None else unquote(parts.username),
+            None if parts.password is None else unquote(parts.password))
 
 
 STOP_WAIT_S = 5.0
@@ -95,6 +105,7 @@ class MqttBridge:
             raise ValueError("the MQTT bridge needs Settings.mqtt_url")
         self.gw = gw
         self.host, self.port = broker_address(settings.mqtt_url)
+        self._username, self._password = broker_login(settings.mqtt_url)
         self.prefix = settings.mqtt_topic_prefix.rstrip("/")
         self.buffer_max: int = settings.mqtt_buffer_messages_max
         self.reconnect_min_s: float = settings.mqtt_reconnect_min_s
@@ -450,12 +461,14 @@ class MqttBridge:
         delay = self.reconnect_min_s
         loop = asyncio.get_running_loop()
         up_since = 0.0
+        failed_for: str | None = None  # why the last connect failed
         while True:
             try:
                 # clean_start=False on every connect (the identifier is this process's own, so
                 # the first finds no old session): a reconnect resumes the session, and with it
                 # the QoS 1 input the broker queued while the link was down.
                 async with aiomqtt.Client(self.host, self.port, identifier=self._client_id,
+                                          username=self._username, password=self._password,
                                           protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
                                           properties=self._session_properties(),
                                           keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S,
@@ -466,6 +479,7 @@ class MqttBridge:
                     await client.publish(online.topic, online.payload, qos=online.qos, retain=online.retain,
                                          timeout=PUBLISH_TIMEOUT_S)
                     self.connects += 1
+                    failed_for = None
                     metrics.MQTT_RECONNECTS.labels("ok").inc()
                     # Retained inputs only for a new subscription (first connect, or the session
                     # expired): a resumed session already had them, and replaying them on every
@@ -495,7 +509,12 @@ class MqttBridge:
                         delay = self.reconnect_min_s
                 else:
                     metrics.MQTT_RECONNECTS.labels("failed").inc()
-                    log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
+                    # Said once per reason (a broker away, a login refused), then kept quiet while
+                    # the same reason recurs at every back-off.
+                    reason = str(exc)
+                    (log.debug if reason == failed_for else log.warning)(
+                        "MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
+                    failed_for = reason
             except Exception:
                 # A bug, or something the client library did not wrap: ending here would leave
                 # the gateway without MQTT for good and, silently, still reporting "connected".

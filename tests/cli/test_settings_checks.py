@@ -34,6 +34,25 @@ from gateway.ocpp.server import build_ssl_context
     ({"mqtt_url": "mqtt://broker:99999"}, "mqtt_url"),
     ({"call_timeout_s": 0.0}, "call_timeout_s"),
     ({"heartbeat_interval_s": 0}, "heartbeat_interval_s"),
+    # Values that passed and broke at run time: 0 pushes at once waited for good, a back-off of 0
+    # reconnected in a tight loop, and the rest built empty grids or divided by nothing.
+    ({"profile_push_concurrency": 0}, "profile_push_concurrency"),
+    ({"horizon_h": 0}, "horizon_h"),
+    ({"ev_efficiency": 0}, "ev_efficiency"),
+    ({"ev_efficiency": 1.5}, "ev_efficiency"),
+    ({"solver_time_limit_s": -1}, "solver_time_limit_s"),
+    ({"max_profile_periods": 0}, "max_profile_periods"),
+    ({"db_pool_size": -3}, "db_pool_size"),
+    ({"meter_flush_rows": 0}, "meter_flush_rows"),
+    ({"mqtt_reconnect_min_s": 0}, "mqtt_reconnect_min_s"),
+    ({"mqtt_reconnect_max_s": -1}, "mqtt_reconnect_max_s"),
+    ({"mqtt_topic_prefix": "gw\x01"}, "mqtt_topic_prefix"),  # Mosquitto drops such a publish
+    ({"mqtt_topic_prefix": "gw\uffff"}, "mqtt_topic_prefix"),
+    ({"mqtt_url": "mqtt://broker:0"}, "mqtt_url"),
+    # A time without its offset was read as UTC: a local wall-clock time moved by the site's offset.
+    ({"sim_start": "2026-01-01T08:00:00"}, "sim_start"),
+    ({"sim_start": "2026-01-01"}, "sim_start"),
+    ({"sim_start": "20260101T080000Z"}, "sim_start"),
 ])
 def test_a_bad_setting_is_refused_naming_it(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -92,3 +111,29 @@ def test_one_setting_is_read_from_the_environment_in_any_case_as_settings_read_i
     assert env_setting("DATABASE_URL") == "postgresql://u@h/db" == Settings().database_url
     monkeypatch.delenv("gateway_database_url")
     assert env_setting("DATABASE_URL") is None
+
+
+def test_a_reconnect_back_off_that_starts_above_its_most_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(mqtt_reconnect_min_s=20.0, mqtt_reconnect_max_s=10.0)
+    assert "GATEWAY_MQTT_RECONNECT_MIN_S" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["Europe", "localtime"])
+def test_a_site_zone_that_is_no_iana_zone_is_one_clear_error(name: str) -> None:
+    """"Europe" (a tzdata folder) escaped as IsADirectoryError, a traceback and exit 1."""
+    from gateway.config import SiteConfig
+
+    with pytest.raises(ValidationError) as info:
+        SiteConfig(timezone=name)
+    assert "unknown time zone" in str(info.value)
+
+
+def test_a_login_in_the_mqtt_url_reaches_the_broker() -> None:
+    """mqtt://user:password@host was accepted and the login dropped: a broker that requires one
+    refused the bridge for ever."""
+    from gateway.bus.mqtt import broker_login
+
+    assert broker_login("mqtt://gw%40site:p%3Ass@broker:1883") == ("gw@site", "p:ss")
+    assert broker_login("mqtt://broker") == (None, None)
+
