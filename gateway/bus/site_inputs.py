@@ -113,8 +113,12 @@ class PriceOverride:
     export_price_per_kwh: float
 
 
-def _tariff_json(t: Tariff, overrides: list[tuple[datetime, datetime, float, float]]) -> dict[str, Any]:
+def _tariff_json(t: Tariff, overrides: list[tuple[datetime, datetime, float, float]], *,
+                 tariff_set: bool) -> dict[str, Any]:
+    """A tariffs row. ``tariff_set``: the tariff itself was set (REST), not only carried along
+    beside a new price forecast; only a set one outlasts the site file at a restart (restore)."""
     return {
+        "tariff_set": tariff_set,
         "timezone": t.timezone,
         "periods": [{"start_hour": p.start_hour, "end_hour": p.end_hour, "import_price": p.import_price,
                      "export_price": p.export_price} for p in t.periods],
@@ -146,7 +150,7 @@ class SiteInputs:
         gw = self._gw
         async with self._shared.tariff_write:
             await self._queries.add_tariff(source=source, demand_charge_per_kw=tariff.demand_charge_per_kw,
-                                           periods=_tariff_json(tariff, gw.state.price_overrides),
+                                           periods=_tariff_json(tariff, gw.state.price_overrides, tariff_set=True),
                                            now=gw.clock.now())
             gw.state.tariff = tariff
         self._changed("tariff")
@@ -159,7 +163,7 @@ class SiteInputs:
         async with self._shared.tariff_write:
             tariff = gw.state.tariff
             await self._queries.add_tariff(source=source, demand_charge_per_kw=tariff.demand_charge_per_kw,
-                                           periods=_tariff_json(tariff, rows), now=gw.clock.now())
+                                           periods=_tariff_json(tariff, rows, tariff_set=False), now=gw.clock.now())
             gw.state.price_overrides = rows
         self._changed("prices")
 
@@ -244,16 +248,22 @@ async def restore(gw: Gateway) -> None:
         # (A row stored before this time was kept has none: the next reading is then accepted.)
         if load.get("at"):
             _shared_for(gw).load_at = parse_rfc3339(load["at"])
-    rec = await q.latest_tariff()
-    if rec is not None:
-        data, old = rec.periods, gw.state.tariff
+    # The tariff from the newest row that set it (REST), else the site file's: a row a price feed
+    # wrote carries a copy of the tariff then in force, and taken as set it froze the site file's
+    # tariff for good after the first MQTT price message. Rows from before the flag count as set.
+    tariff_rec = await q.latest_tariff(tariff_set=True)
+    if tariff_rec is not None:
+        data, old = tariff_rec.periods, gw.state.tariff
         gw.state.tariff = Tariff(
             periods=tuple(TouPeriod(**p) for p in data.get("periods", [])),
-            demand_charge_per_kw=rec.demand_charge_per_kw,
+            demand_charge_per_kw=tariff_rec.demand_charge_per_kw,
             default_import_price=float(data.get("default_import_price", old.default_import_price)),
             default_export_price=float(data.get("default_export_price", old.default_export_price)),
             timezone=gw.settings.site.timezone,
         )
+    rec = await q.latest_tariff()
+    if rec is not None:
+        data = rec.periods
         gw.state.price_overrides = [
             (parse_rfc3339(o["start"]), parse_rfc3339(o["end"]), float(o["import_price_per_kwh"]),
              float(o["export_price_per_kwh"])) for o in data.get("overrides", [])]

@@ -176,10 +176,15 @@ class Queries:
             s.add(m.TariffRecord(created_at=now, source=source, demand_charge_per_kw=demand_charge_per_kw,
                                  periods=periods))
 
-    async def latest_tariff(self) -> m.TariffRecord | None:
+    async def latest_tariff(self, *, tariff_set: bool = False) -> m.TariffRecord | None:
+        """The newest tariffs row; with ``tariff_set``, the newest that set the tariff itself
+        (not one a price forecast wrote: its ``tariff_set`` is false; older rows have none)."""
+        t = m.TariffRecord
+        q = select(t)
+        if tariff_set:
+            q = q.where(t.periods["tariff_set"].as_boolean().is_not(False))
         async with self._sessions() as s:
-            return (await s.execute(select(m.TariffRecord).order_by(m.TariffRecord.id.desc())
-                                    .limit(1))).scalar_one_or_none()
+            return (await s.execute(q.order_by(t.id.desc()).limit(1))).scalar_one_or_none()
 
     async def grid_event(self, event_id: str) -> m.GridEventRecord | None:
         async with self._sessions() as s:

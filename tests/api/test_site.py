@@ -211,6 +211,34 @@ async def test_a_tariff_and_a_price_feed_stored_at_once_both_survive_a_restart(g
         (feed[0].start, feed[0].end, 0.5, 0.1)]
 
 
+async def test_a_price_feed_does_not_freeze_the_site_files_tariff(gateway_factory: Any) -> None:
+    """A price forecast's row carries a copy of the tariff then in force. Taken at a restart as a
+    tariff someone set, it froze the site file's: after one MQTT price message, an edited file's
+    tariff and demand charge were ignored for good. A tariff set over REST still outlasts it."""
+    from gateway.config import SiteConfig, TouPeriodConfig
+
+    h: GatewayHarness = await gateway_factory(site=SiteConfig(demand_charge_per_kw=15.0))
+    assert h.gw is not None
+    now = h.gw.clock.now().replace(microsecond=0)
+    feed = [PriceOverride(now + timedelta(hours=1), now + timedelta(hours=2), 0.5, 0.1)]
+    await SiteInputs(h.gw).set_price_overrides(feed, "mqtt")
+    edited = SiteConfig(demand_charge_per_kw=40.0,
+                        tou=[TouPeriodConfig(start_hour=0, end_hour=24, import_price=0.5, export_price=0.0)])
+    h.settings = h.settings.model_copy(update={"site": edited})
+    await h.restart()
+    assert h.gw is not None
+    assert h.gw.state.tariff.demand_charge_per_kw == 40.0
+    assert [p.import_price for p in h.gw.state.tariff.periods] == [0.5]
+    assert [(a, b) for a, b, _, _ in h.gw.state.price_overrides] == [(feed[0].start, feed[0].end)]
+    # Set over REST, then a feed again: the REST tariff is the one kept.
+    await SiteInputs(h.gw).set_tariff(Tariff(periods=(TouPeriod(0, 24, 0.33, 0.05),), demand_charge_per_kw=7.0),
+                                      "rest")
+    await SiteInputs(h.gw).set_price_overrides(feed, "mqtt")
+    await h.restart()
+    assert h.gw is not None
+    assert h.gw.state.tariff.demand_charge_per_kw == 7.0
+
+
 async def test_ids_windows_and_spans_that_could_not_work_are_refused(
         gateway_server: GatewayHarness, api: httpx.AsyncClient) -> None:
     gw = gateway_server.gw
