@@ -210,6 +210,12 @@ class MpcScheduler:
         self._drawn: dict[TxKey, DrawSeen] = {}
 
     def observe(self, done: CompletedSession) -> None:
+        if done.departure <= done.arrival:
+            # A station clock reset, a lost Started: as bootstrap skips such rows. One negative
+            # stay planned every later EV of its arrival hour as leaving now.
+            log.info("a session ending at or before its start is not learned from (%s .. %s)",
+                     done.arrival, done.departure)
+            return
         name = self.settings.site.name
         self.forecaster.observe(name, done.arrival, done.departure, done.requested_kwh, done.announced)
         self.arrivals.observe(name, done.arrival, done.departure, done.delivered_kwh, done.max_kw)

@@ -37,6 +37,10 @@ from gateway.scheduler.problem import Planner, SiteInputs, SlotInput, uniform_gr
 # of day seen), and how many are kept (the season moves on).
 MIN_DAYS = 7
 KEEP_DAYS = 28
+# A session plugged in longer than this no longer holds its arrival day open: a station gone
+# away mid-transaction (or a car left for weeks) kept every later day unfinished for good, the
+# peak's price on old days, and every later session in memory.
+HOLD_DAYS_MAX = 7
 STEP_S = 900.0  # the hindsight LP's steps: the demand interval most tariffs bill
 # A kWh a finished day's EV took that the hindsight LP cannot deliver is priced far above any
 # peak, so the needed peak is what delivering it takes (up to the site limit).
@@ -133,7 +137,7 @@ class NeededPeaks:
         if self._first is None:
             return 0
         today = self.day(now)
-        busy = {self.day(a) for a in still_plugged}
+        busy = {d for d in (self.day(a) for a in still_plugged) if (today - d).days <= HOLD_DAYS_MAX}
         d = self._first if self._closed is None else self._closed + timedelta(days=1)
         done = 0
         while d < today and d not in busy:

@@ -83,3 +83,19 @@ def test_days_finish_once_none_of_their_evs_is_plugged_in() -> None:
     peaks.observe(DoneSession(at(1, 8), at(1, 9), 50.0, 50.0))
     assert peaks.close_days(at(3, 2), [], flat, 500.0) == 0
     assert len(peaks.values()) == 3
+
+
+def test_a_session_that_never_ends_holds_its_day_open_only_so_long() -> None:
+    """A station gone away mid-transaction left its session plugged in for good: no later day
+    ever finished (the peak priced on old days) and every later session stayed in memory."""
+    from gateway.scheduler.peak_price import HOLD_DAYS_MAX
+
+    peaks = NeededPeaks(eff=1.0)
+    flat = lambda when: 50.0  # noqa: E731
+    stuck = at(0, 8)
+    peaks.watch(at(0, 0))
+    for d in range(1, 30):
+        peaks.observe(DoneSession(at(d, 8), at(d, 10), 10.0, 11.0))
+    assert peaks.close_days(at(HOLD_DAYS_MAX, 9), [stuck], flat, 500.0) == 0  # held, as a long stay may be
+    assert peaks.close_days(at(30, 9), [stuck], flat, 500.0) == 30
+    assert not peaks._open

@@ -504,3 +504,22 @@ def test_a_soc_reading_keeps_the_meter_as_it_stood_then() -> None:
     state.apply(again)
     sched._note_reading(again)
     assert sched._observed(NOW)[("A", "TX-A")].soc_at == soc_at
+
+
+def test_a_session_ending_before_it_began_is_not_learned_from() -> None:
+    """Start-up skips such rows; the live path took one: a negative stay, and every later EV of
+    that arrival hour was forecast as leaving now."""
+    from gateway.state import CompletedSession
+
+    async def accept(_sid: str, _prof: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    sched, _, _ = _scheduler(100.0, "A", accept)
+    name = sched.settings.site.name
+    for d in range(10):
+        arr = NOW - timedelta(days=d + 1)
+        sched.observe(CompletedSession(("A", 1), arr, arr + timedelta(hours=9), 10.0, None, 11.0, 10.0))
+    before = sched.forecaster.forecast(name, NOW, NOW).departure
+    sched.observe(CompletedSession(("A", 1), NOW, NOW - timedelta(hours=24), 10.0, None, 11.0, 10.0))
+    assert sched.forecaster.forecast(name, NOW, NOW).departure == before
+    assert sched.observed == 10
