@@ -275,8 +275,11 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     gw = Gateway(cfg, clock)
     await _register(gw, episode, password)
     await gw.start()
+    # A key made for this run is shown so the REST API can be tried; the operator's own is never
+    # printed (it is a secret, and they know it).
+    shown = "GATEWAY_API_KEY" if settings.api_key else api_key
     print(f"gateway up: OCPP ws://127.0.0.1:{gw.ocpp_port}/ocpp, REST http://127.0.0.1:{gw.api_port}/docs "
-          f"(operator key: {api_key})", flush=True)
+          f"(operator key: {shown})", flush=True)
     print(f"simulating {episode.name or 'a workplace day'}: {len(episode.stations)} bidirectional chargers, "
           f"{len(episode.arrivals)} EVs, site limit {episode.limits.import_kw:.0f} kW, "
           f"{len(episode.grid_events)} grid event(s), at {args.time_scale:g}x", flush=True)
