@@ -249,10 +249,11 @@ class Settings(BaseSettings):
     # Checked when the settings are read, so a typo in a flag or GATEWAY_* variable is one clear
     # error before anything starts, not a traceback from deep inside a running gateway.
 
-    @field_validator("database_url", "mqtt_url", mode="before")
+    @field_validator("database_url", "mqtt_url", "config", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
-        # GATEWAY_MQTT_URL= (set but empty) has always meant "off", as an unset one does.
+        # GATEWAY_MQTT_URL= (set but empty) has always meant "off", as an unset one does; an
+        # empty GATEWAY_CONFIG was read as the site file "." (a directory).
         return None if v == "" else v
 
     @field_validator("database_url")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -50,7 +51,19 @@ def with_url(cmd: list[str], url: str) -> list[str]:
 
 
 def url_of(server_url: str, **parts: str | int) -> str:
-    return make_url(server_url).set(**parts).render_as_string(hide_password=False)  # type: ignore[arg-type]
+    url = make_url(server_url)
+    if "host" in parts:
+        # A TCP host and port instead of the embedded server's Unix socket: its ?host=<dir> would
+        # still win, and the error would be that socket's (no such file), not the port's.
+        url = url.difference_update_query(["host"])
+    return url.set(**parts).render_as_string(hide_password=False)  # type: ignore[arg-type]
+
+
+def _where(server: Any) -> str:
+    """The server as the error names it: host and port, the Unix socket's directory as host for
+    the embedded server (its URL's ?host=)."""
+    host = server.host or server.query.get("host")
+    return f"{host}:{server.port or 5432}"
 
 
 def error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -85,7 +98,7 @@ def test_a_missing_database_is_one_line(database_server_url: str, tmp_path: Path
     server = make_url(database_server_url)
     url = url_of(database_server_url, database=name, password=SECRET)
     line = error_line(gateway(with_url(DATABASE_COMMANDS[cmd], url), tmp_path))
-    assert f'database "{name}" does not exist on {server.host}:{server.port or 5432}' in line
+    assert f'database "{name}" does not exist on {_where(server)}' in line
 
 
 @pytest.mark.parametrize("cmd", ["serve", "db upgrade", "station list", "token add", "sim --register"])
@@ -94,7 +107,7 @@ def test_an_unknown_role_is_one_line(database_server_url: str, tmp_path: Path, c
     server = make_url(database_server_url)
     url = url_of(database_server_url, username=role, password=SECRET)
     line = error_line(gateway(with_url(DATABASE_COMMANDS[cmd], url), tmp_path))
-    assert f"at {server.host}:{server.port or 5432} refused the login" in line
+    assert f"at {_where(server)} refused the login" in line
     assert f'role "{role}" does not exist' in line
 
 

@@ -74,6 +74,7 @@ def test_good_settings_are_read_as_meant() -> None:
     assert s.log_level == "DEBUG"
     assert s.sim_start is not None and s.sim_start.isoformat() == "2026-07-01T08:00:00+00:00"
     assert Settings(mqtt_url="").mqtt_url is None and Settings(database_url="").database_url is None
+    assert Settings(config="").config is None  # not the site file "."
 
 
 @pytest.mark.parametrize(("given", "missing"), [
