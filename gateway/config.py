@@ -10,10 +10,8 @@ plan the site with a default limit.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import tomllib
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +22,7 @@ from gateway import sitetime
 from gateway.api.schemas import (
     PRICE_MAX_PER_KWH,
     TOU_PERIODS_MAX,
+    AwareDateTime,
     DemandChargePerKw,
     HourOfDay,
     PricePerKwh,
@@ -32,7 +31,6 @@ from gateway.api.schemas import (
     check_tou_periods,
     check_tou_window,
 )
-from gateway.clock import parse_rfc3339
 from gateway.db.engine import normalize_url
 from gateway.domain import SiteLimits, Tariff, TouPeriod
 from gateway.logs import log_level_name
@@ -47,9 +45,6 @@ NODE_ID_MAX = 64  # stations.connected_node
 # WebSocket would fail at its first write instead of being refused at the door.
 STATION_ID_COLUMN_LENGTH = 48
 
-
-# An RFC 3339 date-time with its offset (Z or +hh:mm), as REST and MQTT take them.
-RFC3339_WITH_OFFSET = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 class _SiteFileModel(BaseModel):
     # As strict as the REST bodies: a misspelt key would silently leave the default in force,
@@ -163,7 +158,9 @@ class Settings(BaseSettings):
 
     # Time (simulation): a scale of 0, below or not finite stops or reverses the clock.
     time_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
-    sim_start: datetime | None = None
+    # RFC 3339 with an offset, as REST and MQTT take times: a local wall-clock time without one
+    # was read as UTC, shifted by the site's offset.
+    sim_start: AwareDateTime | None = None
 
     # OCPP transport
     allow_unknown_stations: bool = False
@@ -288,16 +285,6 @@ class Settings(BaseSettings):
     def _log_level(cls, v: str) -> str:
         return log_level_name(v)
 
-    @field_validator("sim_start", mode="before")
-    @classmethod
-    def _rfc3339(cls, v: Any) -> Any:
-        # RFC 3339 as everywhere else (an offset required), not pydantic's looser datetime forms:
-        # a local wall-clock time without one was read as UTC, shifted by the site's offset.
-        if isinstance(v, str):
-            if not RFC3339_WITH_OFFSET.match(v.strip()):
-                raise ValueError(f"{v!r} is not an RFC 3339 time with a UTC offset (e.g. 2026-07-01T08:00:00Z)")
-            return parse_rfc3339(v)
-        return v
 
     @model_validator(mode="after")
     def _reconnect_order(self) -> Settings:
