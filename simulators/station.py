@@ -142,7 +142,8 @@ class StationConfig:
 class _Outgoing:
     action: str
     payload: dict[str, Any]
-    kind: str  # "tx" (kept and retried), "needs" (kept), "status"/"meter"/"report" (dropped offline)
+    # "tx": kept and retried; "needs": kept, retried on timeout; "status"/"meter"/"report": dropped offline
+    kind: str
     on_reply: Callable[[dict[str, Any]], None] | None = None
     attempts: int = 0
 
@@ -765,7 +766,8 @@ class Station:
     async def _sender_loop(self, link: _Link) -> None:
         """Deliver the outbox in order, one CALL at a time. A TransactionEvent that gets no reply
         is sent again with a new message id, up to ``transaction_attempts`` times (E-block,
-        MessageAttempts); after that it stays queued and is tried again later."""
+        MessageAttempts); after that it stays queued and is tried again later. An unanswered
+        NotifyEVChargingNeeds is sent again as often, then dropped."""
         cfg = self.config
         while True:
             if not self._outbox:
@@ -788,6 +790,15 @@ class Station:
                 self.calls_failed += 1
                 item.attempts += 1
                 log.debug("%s: %s failed (%s), attempt %d", self.id, item.action, exc, item.attempts)
+                # An unanswered charging need is asked again like a transaction message (the EV's
+                # departure is worth more than a few seconds' wait); a refused one, or one asked
+                # MessageAttempts times, is given up: a CALLERROR will not change on its own.
+                retry_needs = (
+                    item.kind == "needs" and isinstance(exc, TimeoutError) and item.attempts < cfg.transaction_attempts
+                )
+                if retry_needs:
+                    await asyncio.sleep(cfg.transaction_retry_interval_real_s * item.attempts)
+                    continue
                 if not item.kind.startswith("tx"):
                     if self._outbox and self._outbox[0] is item:
                         self._outbox.popleft()

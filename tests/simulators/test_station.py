@@ -324,6 +324,18 @@ async def test_unanswered_transaction_event_is_retried_with_new_message_ids(
     await finish(st, task)
 
 
+async def test_unanswered_charging_needs_are_asked_again(csms: LoopbackCsms, clock: ScaledClock) -> None:
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st)
+    csms.silence["NotifyEVChargingNeeds"] = 1
+    st.plug_in(arrival(clock, after_s=0))
+    await csms.wait_for(lambda: len(csms.calls("NotifyEVChargingNeeds")) >= 2)
+    first, second = csms.calls("NotifyEVChargingNeeds")[:2]
+    assert first.message_id != second.message_id
+    assert first.payload == second.payload  # the same need, asked again after the timeout
+    await finish(st, task)
+
+
 async def test_after_three_failed_attempts_the_message_stays_queued(csms: LoopbackCsms, clock: ScaledClock) -> None:
     st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
     task = await started(st)
