@@ -123,14 +123,19 @@ def env_setting(name: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+    # No inf or nan anywhere: an infinite back-off or period waits for good, a nan compares false
+    # with every bound.
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", allow_inf_nan=False)
 
     # Wiring
     database_url: str | None = None
     mqtt_url: str | None = None
     # No MQTT wildcard (+, #) or NUL in it: the broker refuses publishing to such a topic, and the
-    # bridge would reconnect for ever.
-    mqtt_topic_prefix: str = Field(default="gateway", min_length=1, max_length=200, pattern=r"^[^+#\x00]+$")
+    # bridge would reconnect for ever. Nor a leading $: topics so named are the broker's own
+    # (MQTT 5 §4.7.2); Mosquitto acknowledged publishes under $SYS and kept none of them, and "#"
+    # subscribers never see a $ topic.
+    mqtt_topic_prefix: str = Field(default="gateway", min_length=1, max_length=200,
+                                   pattern=r"^[^+#$\x00][^+#\x00]*$")
     mqtt_buffer_messages_max: int = Field(default=10_000, ge=1)
     # Above 0 (and min at most max): a back-off of 0 reconnected in a tight loop while the broker was away.
     mqtt_reconnect_min_s: float = Field(default=0.5, gt=0.0)
@@ -157,7 +162,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # Time (simulation): a scale of 0, below or not finite stops or reverses the clock.
-    time_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    # At most a million: a day in a tenth of a second already; 1e12 ran the clock past year 9999
+    # within a second.
+    time_scale: float = Field(default=1.0, gt=0.0, le=1e6, allow_inf_nan=False)
     # RFC 3339 with an offset, as REST and MQTT take times: a local wall-clock time without one
     # was read as UTC, shifted by the site's offset.
     sim_start: AwareDateTime | None = None
@@ -171,24 +178,26 @@ class Settings(BaseSettings):
     authorize_stale_max_s: float = Field(default=3600.0, ge=0)
     call_timeout_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False)
     heartbeat_interval_s: int = Field(default=300, ge=1)
-    max_frame_bytes: int = 65536
+    max_frame_bytes: int = Field(default=65536, ge=1024)  # a BootNotification is several hundred bytes
     max_station_id_length: int = Field(default=STATION_ID_COLUMN_LENGTH, ge=1, le=STATION_ID_COLUMN_LENGTH)
-    auth_failures_per_minute_max: int = 10
-    auth_lockout_s: float = 60.0
-    credential_cache_s: float = 300.0
+    auth_failures_per_minute_max: int = Field(default=10, ge=1)
+    auth_lockout_s: float = Field(default=60.0, ge=0.0)
+    credential_cache_s: float = Field(default=300.0, ge=0.0)
     # While the database is away, a station logs in against its registration as read within
     # this many seconds (its password still checked), so a dropped link can come back.
     credentials_stale_max_s: float = Field(default=3600.0, ge=0)
-    handshake_timeout_s: float = 10.0
-    shutdown_drain_s: float = 8.0
-    ws_ping_interval_s: float | None = 60.0
+    handshake_timeout_s: float = Field(default=10.0, gt=0.0)
+    shutdown_drain_s: float = Field(default=8.0, ge=0.0)
+    # None (or an empty value, "none", "off", 0) turns WebSocket pings off; 0 passed to the
+    # transport as both interval and timeout closed every station at once (1011).
+    ws_ping_interval_s: float | None = Field(default=60.0, gt=0.0)
 
     # Storage
     db_pool_size: int = Field(default=20, ge=1)  # plus as many again on overflow; Postgres allows 100 by default
-    meter_buffer_rows_max: int = 200_000
+    meter_buffer_rows_max: int = Field(default=200_000, ge=1)
     meter_flush_rows: int = Field(default=2_000, ge=1)
-    meter_flush_interval_s: float = 0.5
-    db_retry_interval_s: float = 1.0
+    meter_flush_interval_s: float = Field(default=0.5, gt=0.0)
+    db_retry_interval_s: float = Field(default=1.0, gt=0.0)
 
     # Scheduler
     scheduler_enabled: bool = True
@@ -196,22 +205,22 @@ class Settings(BaseSettings):
     replan_debounce_s: float = Field(default=2.0, ge=0.0)
     solver_time_limit_s: float = Field(default=60.0, gt=0.0)
     horizon_h: float = Field(default=24.0, gt=0.0)
-    default_dwell_h: float = 8.0
-    default_energy_kwh: float = 20.0
+    default_dwell_h: float = Field(default=8.0, gt=0.0)
+    default_energy_kwh: float = Field(default=20.0, ge=0.0)
     # Mobility as a price: what a kWh a driver asked for and did not get costs the plan (the same
     # value the offline evaluator prices shortfalls at).
-    unmet_energy_penalty_per_kwh: float = 5.0
-    safe_limit_kw: float = 3.7  # constant limit sent when a planned profile is refused
+    unmet_energy_penalty_per_kwh: float = Field(default=5.0, ge=0.0)
+    safe_limit_kw: float = Field(default=3.7, ge=0.0)  # constant limit sent when a planned profile is refused
     # "highs" (direct) or "cvxpy" (DPP); auto = highs. Only the names Planner takes: a typo used
     # to be planned with highs without a word.
     scheduler_backend: Literal["auto", "highs", "cvxpy"] = "auto"
-    profile_stack_level: int = 1
+    profile_stack_level: int = Field(default=1, ge=0)  # OCPP stackLevel is >= 0
     max_profile_periods: int = Field(default=24, ge=1)  # OCPP PeriodsPerSchedule most stations accept
     # A period that raises an EVSE's limit starts this long (simulated seconds) after the plan's
     # boundary, one that lowers it on time: stations switch a little apart (clocks, their own
     # control loops), and a rise here meeting a late fall there would pass the site limit. At
     # least 0.1 s of real time when the clock is scaled (simulations).
-    profile_rise_delay_s: float = 10.0
+    profile_rise_delay_s: float = Field(default=10.0, ge=0.0)
     # At least one: 0 made every push wait for good (asyncio.Semaphore(0)).
     profile_push_concurrency: int = Field(default=100, ge=1)
     # Plan discharge only inside grid-event windows (export requests). Arbitrage on time-of-use
@@ -238,13 +247,24 @@ class Settings(BaseSettings):
     # full power to the top). A plan that ignores the taper counts on energy the battery will not
     # take and is left short near the top (docs/benchmarks-scheduler.md, "The battery's taper").
     battery_taper_soc: float = Field(default=0.8, ge=0.0, le=1.0)
-    default_ev_room_kwh: float = 60.0  # battery room assumed when an EV does not tell its SoC
-    noncompliance_tolerance_kw: float = 1.0  # measured power above the sent limit by more: ignored
+    default_ev_room_kwh: float = Field(default=60.0, gt=0.0)  # battery room assumed when an EV does not tell its SoC
+    # Measured power above the sent limit by more than this counts as not following it.
+    noncompliance_tolerance_kw: float = Field(default=1.0, ge=0.0)
 
     site: SiteConfig = Field(default_factory=SiteConfig)
 
     # Checked when the settings are read, so a typo in a flag or GATEWAY_* variable is one clear
     # error before anything starts, not a traceback from deep inside a running gateway.
+
+    @field_validator("ws_ping_interval_s", mode="before")
+    @classmethod
+    def _ping_off(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none", "null", "off")):
+            return None
+        try:
+            return None if float(v) == 0 else v
+        except (TypeError, ValueError):
+            return v  # the field's own parser names what is wrong
 
     @field_validator("database_url", "mqtt_url", "config", mode="before")
     @classmethod

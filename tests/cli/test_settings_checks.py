@@ -53,6 +53,20 @@ from gateway.ocpp.server import build_ssl_context
     ({"sim_start": "2026-01-01T08:00:00"}, "sim_start"),
     ({"sim_start": "2026-01-01"}, "sim_start"),
     ({"sim_start": "20260101T080000Z"}, "sim_start"),
+    # Accepted and then broken at run time: an infinite back-off waited for days, a negative retry
+    # or flush interval spun, a $ prefix was acknowledged by the broker and kept nowhere.
+    ({"mqtt_reconnect_max_s": math.inf}, "mqtt_reconnect_max_s"),
+    ({"replan_period_s": math.inf}, "replan_period_s"),
+    ({"shutdown_drain_s": math.nan}, "shutdown_drain_s"),
+    ({"db_retry_interval_s": -1}, "db_retry_interval_s"),
+    ({"meter_flush_interval_s": 0}, "meter_flush_interval_s"),
+    ({"handshake_timeout_s": -5}, "handshake_timeout_s"),
+    ({"max_frame_bytes": -1}, "max_frame_bytes"),
+    ({"meter_buffer_rows_max": 0}, "meter_buffer_rows_max"),
+    ({"safe_limit_kw": -3}, "safe_limit_kw"),
+    ({"time_scale": 1e12}, "time_scale"),
+    ({"ws_ping_interval_s": -5}, "ws_ping_interval_s"),
+    ({"mqtt_topic_prefix": "$SYS/gateway"}, "mqtt_topic_prefix"),
 ])
 def test_a_bad_setting_is_refused_naming_it(overrides: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
@@ -138,3 +152,12 @@ def test_a_login_in_the_mqtt_url_reaches_the_broker() -> None:
     assert broker_login("mqtt://gw%40site:p%3Ass@broker:1883") == ("gw@site", "p:ss")
     assert broker_login("mqtt://broker") == (None, None)
 
+
+
+@pytest.mark.parametrize("given", ["", "0", "none", "off", "None"])
+def test_websocket_pings_are_turned_off_from_the_environment(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    # 0 used to reach the transport as a 0-s ping timeout, which closed every station at once.
+    monkeypatch.setenv("GATEWAY_WS_PING_INTERVAL_S", given)
+    assert Settings().ws_ping_interval_s is None
+    monkeypatch.setenv("GATEWAY_WS_PING_INTERVAL_S", "30")
+    assert Settings().ws_ping_interval_s == 30.0
