@@ -91,10 +91,29 @@ class Uncontrolled(_Base):
         return {v.key: (0.0 if v.full else v.max_charge_kw) for v in ctx.views}
 
 
-def _fill(order: list[View], headroom_kw: float) -> dict[Key, float]:
+def _can_take_kw(v: View, step_s: float) -> float:
+    """The most ``v`` takes over a step: its power, less where what it still needs (or its
+    battery's room) is less than a step at full power."""
+    if v.full:
+        return 0.0
+    kw = v.max_charge_kw
+    per_kw = v.eff_charge * step_s / 3600.0  # battery kWh per grid kW over the step
+    if per_kw <= 0:
+        return kw
+    if v.need_kwh is not None:
+        kw = min(kw, max(v.need_kwh - v.delivered_kwh, 0.0) / per_kw)
+    if v.energy_kwh is not None and v.capacity_kwh is not None:
+        kw = min(kw, max(v.capacity_kwh - v.energy_kwh, 0.0) / per_kw)
+    return kw
+
+
+def _fill(order: list[View], headroom_kw: float, step_s: float) -> dict[Key, float]:
+    """Each EV in ``order`` gets what it can take within what is left: an EV a few minutes from
+    full holds no more of the site's headroom than it will draw (holding its whole power left
+    the EVs after it idle for the step, and the baseline worse than it is)."""
     out: dict[Key, float] = {}
     for v in order:
-        kw = 0.0 if v.full else min(v.max_charge_kw, max(headroom_kw, 0.0))
+        kw = min(_can_take_kw(v, step_s), max(headroom_kw, 0.0))
         out[v.key] = kw
         headroom_kw -= kw
     return out
@@ -107,7 +126,7 @@ class Greedy(_Base):
 
     def act(self, ctx: Context) -> dict[Key, float]:
         order = sorted(ctx.views, key=lambda v: v.arrival)
-        return _fill(order, ctx.import_limit_kw - ctx.building_kw)
+        return _fill(order, ctx.import_limit_kw - ctx.building_kw, ctx.step_s)
 
 
 class Edf(_Base):
@@ -130,7 +149,7 @@ class Edf(_Base):
             fc = self.forecaster.forecast(site, v.arrival, ctx.now)
             return believed_departure(v.departure, fc.departure, ctx.now)[0]
 
-        return _fill(sorted(ctx.views, key=deadline), ctx.import_limit_kw - ctx.building_kw)
+        return _fill(sorted(ctx.views, key=deadline), ctx.import_limit_kw - ctx.building_kw, ctx.step_s)
 
     def session_done(self, episode: Episode, arrival: datetime, departure: datetime,
                      requested_kwh: float | None, announced: datetime | None, max_kw: float,
