@@ -23,6 +23,7 @@ The single rule set for what the planner assumes about a session, used by the li
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -113,6 +114,9 @@ class DrawSeen:
     max_kw: float = 0.0
     limited_by_ev: bool = False
     accepts_kw: float = 0.0  # what it takes now, as its latest readings showed
+    refused_kw: float = math.inf  # the lowest offer it drew clearly less than
+    refused_drawing_kw: float = 0.0  # what it drew then
+    took_offer: bool = False  # its latest reading took what it was offered
 
     def note(self, drawn_kw: float, offered_kw: float | None) -> None:
         self.max_kw = max(self.max_kw, drawn_kw)
@@ -121,15 +125,29 @@ class DrawSeen:
         if offered_kw - drawn_kw > EV_LIMIT_TOLERANCE_KW:
             self.limited_by_ev = True
             self.accepts_kw = drawn_kw
+            if offered_kw < self.refused_kw:
+                self.refused_kw, self.refused_drawing_kw = offered_kw, drawn_kw
+            self.took_offer = False
         else:  # it took what it was offered: it takes at least that
             self.accepts_kw = max(self.accepts_kw, drawn_kw)
+            self.took_offer = True
+            if drawn_kw > self.refused_drawing_kw + EV_LIMIT_TOLERANCE_KW:
+                # It takes clearly more than when it refused: that refusal was a state it has left.
+                self.refused_kw = math.inf
 
     def limit_kw(self) -> float | None:
         """The EV's own limit once its draw showed one (then above ``MIN_DRAW_KW``), else None:
-        what it takes now, plus the probe, never above its highest draw."""
+        what it takes now, plus the probe, capped at its highest draw. Above that only when it took
+        all of its latest offer and the probe is below every offer it refused: a 7.4-kW car is
+        planned at 7.4 kW once one probe above showed it takes no more, and one whose first draw
+        was a dip (a cold battery) climbs back by probes instead of being held at the dip for the
+        rest of its stay."""
         if not self.limited_by_ev:
             return None
-        return min(self.max_kw, self.accepts_kw * (1.0 + PROBE_SHARE) + PROBE_KW)
+        probe = self.accepts_kw * (1.0 + PROBE_SHARE) + PROBE_KW
+        if self.took_offer and probe < self.refused_kw:
+            return probe
+        return min(self.max_kw, probe)
 
 
 def taper_kw_per_kwh(capacity_kwh: float, ev_max_kw: float, cv_soc: float) -> float:

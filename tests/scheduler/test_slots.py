@@ -528,8 +528,28 @@ def test_an_ev_that_draws_less_than_it_is_offered_shows_its_own_limit() -> None:
     assert seen.limit_kw() == pytest.approx(3.0 * 1.25 + 0.5)
     seen.note(4.25, 4.25)  # it took all of the probe: it is offered more again...
     assert seen.limit_kw() == pytest.approx(4.25 * 1.25 + 0.5)
-    seen.note(7.4, 22.0)  # ...never above its highest draw
+    seen.note(7.4, 22.0)  # ...not above its highest draw while it refuses more,
     assert seen.limit_kw() == 7.4
+    seen.note(7.4, 7.4)  # once above it while it takes all it is offered (under every refused offer),
+    assert seen.limit_kw() == pytest.approx(7.4 * 1.25 + 0.5)
+    seen.note(7.4, 7.4 * 1.25 + 0.5)  # and that probe refused too: a 7.4-kW car, planned at 7.4
+    assert seen.limit_kw() == 7.4
+    seen.note(7.4, 7.4)
+    assert seen.limit_kw() == 7.4
+
+
+def test_an_ev_whose_first_draw_was_a_dip_is_probed_back_up_to_its_power() -> None:
+    # An 11-kW car on an 11-kW EVSE whose battery is cold: 3 kW at first. Held at its highest draw
+    # it would be offered 3 kW, take 3 kW and never show it takes more again.
+    seen = DrawSeen()
+    seen.note(3.0, 11.0)
+    offers = []
+    for _ in range(10):
+        offer = min(11.0, seen.limit_kw() or 11.0)  # the callers clamp to the EV's and EVSE's ratings
+        offers.append(offer)
+        seen.note(min(offer, 11.0), offer)  # warm now: it takes all it is offered
+    assert offers[:2] == [3.0, pytest.approx(3.0 * 1.25 + 0.5)]
+    assert offers[-1] == 11.0
 
 
 def test_a_silent_ev_is_planned_at_the_evse_rating_until_its_draw_shows_less() -> None:
