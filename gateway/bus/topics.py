@@ -33,12 +33,20 @@ class Outgoing:
     retain: bool
 
 
+def _escaped(c: str) -> str:
+    if c in "%/+#" or not c.isprintable():
+        return "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+    return c
+
+
 def segment(text: str) -> str:
     """An id as one topic level: MQTT wildcards and the level separator cannot appear in it, nor
     control characters or noncharacters (MQTT 5 §1.5.4; Mosquitto drops the connection of a
     client that publishes one, so a station's transactionId holding U+0001 would stop every
-    publish behind it). Each becomes "_"."""
-    return "".join("_" if c in "/+#" or not c.isprintable() else c for c in text) or "_"
+    publish behind it). Each is percent-encoded (its UTF-8 bytes as %XX), "%" itself too, so two
+    ids never share a topic: "_" for all of them put CP#1, CP+1 and CP_1 on one retained status.
+    An empty id is "%" alone, which no escaped id is."""
+    return "".join(_escaped(c) for c in text) or "%"
 
 
 def _msg(topic: str, body: dict[str, Any], qos: int, retain: bool = False) -> Outgoing:

@@ -154,9 +154,15 @@ def test_a_topic_level_holds_no_wildcard_separator_or_control_character() -> Non
     from gateway.bus.topics import segment
 
     assert segment("tx-1") == "tx-1" and segment("äöü 中") == "äöü 中"
-    for raw in ("a/b", "a+b", "a#b", "a\x01b", "a\nb", "a\x85b", "a\uffffb", "a\u2028b"):
-        assert segment(raw) == "a_b", raw
-    assert segment("") == "_"
+    escaped = {"a/b": "a%2Fb", "a+b": "a%2Bb", "a#b": "a%23b", "a\x01b": "a%01b", "a\nb": "a%0Ab",
+               "a\x85b": "a%C2%85b", "a\uffffb": "a%EF%BF%BFb", "a\u2028b": "a%E2%80%A8b", "a%b": "a%25b"}
+    for raw, want in escaped.items():
+        assert segment(raw) == want, raw
+    assert segment("") == "%"
+    # Ids that differ get topics that differ (a shared one let stations overwrite each other's
+    # retained status): "_" stands for itself.
+    ids = ["CP#1", "CP+1", "CP_1", "CP%231", "CP/1", "", "%", "_"]
+    assert len({segment(i) for i in ids}) == len(ids)
 
 
 async def test_a_transaction_id_with_a_control_character_does_not_stop_publishing(
@@ -167,7 +173,7 @@ async def test_a_transaction_id_with_a_control_character_does_not_stop_publishin
     await connected_bridge(h)
     async with recording(mqtt_url, prefix) as rec:
         st = await plug_in(h, "CS-MQC", "tx\x01c", "TOKEN-MQC")
-        started = await rec.wait_for(f"{prefix}/sessions/tx_c/started")
+        started = await rec.wait_for(f"{prefix}/sessions/tx%01c/started")
         assert started["transaction_id"] == "tx\x01c"
         await st.ws.ok("StatusNotification",
                        {"timestamp": st.ts(), "connectorStatus": "Occupied", "evseId": 1, "connectorId": 1})
