@@ -129,8 +129,11 @@ class Queries:
                    .where(where).group_by(*keys))
         async with self._sessions() as s:
             total = (await s.execute(select(func.count()).select_from(grouped.subquery()))).scalar_one()
+            # Ordered by every key grouped by: groups differing only in one left out (the unit)
+            # would come in whatever order the plan gives, and OFFSET paging skip or repeat them.
             res = await s.execute(grouped.order_by(bucket, mv.station_id, mv.evse_id, mv.measurand,
-                                                   mv.phase.nulls_first(), mv.location.nulls_first())
+                                                   mv.phase.nulls_first(), mv.unit.nulls_first(),
+                                                   mv.location.nulls_first())
                                   .limit(limit).offset(offset))
             out = [Bucket(r[0], r[1], r[2], r[3], r[4], r[5], r[6], float(r[7]), float(r[8]), float(r[9]),
                           int(r[10])) for r in res.all()]

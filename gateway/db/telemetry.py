@@ -59,6 +59,9 @@ class TelemetryWriter:
         # tried again after a failure is the same batch, so a commit whose answer was lost is not
         # written twice. Its rows still count as buffered.
         self._pending: dict[str, tuple[uuid.UUID, list[tuple[Any, ...]]] | None] = dict.fromkeys(TABLES)
+        # The table whose write raised last: a refusal is about its batch alone (another table's
+        # pending batch may be stored, its commit's answer lost).
+        self._raised_in: str | None = None
         self._pruned_at: float | None = None
         self._size = 0
         self._wake = asyncio.Event()
@@ -113,9 +116,14 @@ class TelemetryWriter:
                 log.warning("telemetry writer closed with %d rows unwritten", self._size)
 
     async def flush(self) -> None:
-        """Write everything buffered now (raises if the database is away)."""
-        for table in TABLES:
-            while self._pending[table] is not None or self._buffers[table]:
+        """Write everything buffered now (raises if the database is away). One batch of each
+        table a round: a table under sustained load (meter values) does not hold the others'
+        rows (status history) back until it is drained."""
+        while True:
+            tables = [t for t in TABLES if self._pending[t] is not None or self._buffers[t]]
+            if not tables:
+                return
+            for table in tables:
                 await self._write_batch(table)
 
     async def _run(self) -> None:
@@ -131,7 +139,8 @@ class TelemetryWriter:
                 if row_refused(exc):
                     # A row the database refuses (bad data, a constraint). Find it, or it would
                     # block every row behind it forever.
-                    await self._drop_poison()
+                    assert self._raised_in is not None  # only a table's write talks to the database
+                    await self._drop_poison(self._raised_in)
                     continue
                 # The database away, or refusing every write for now (read-only after a
                 # failover, disk full, out of memory): nothing is dropped, it is tried again.
@@ -152,30 +161,35 @@ class TelemetryWriter:
             if self._closing:
                 return
 
-    async def _drop_poison(self) -> None:
-        """Write the head batch of each table row by row; rows the database refuses are dropped
-        and counted (they are the ones that made the batch fail)."""
-        for table in TABLES:
-            buf = self._buffers[table]
-            pending = self._pending[table]
-            if pending is not None:
-                # Refused, so rolled back: nothing of it is stored, its rows go one by one.
-                buf.extendleft(reversed(pending[1]))
+    async def _drop_poison(self, table: str) -> None:
+        """Write the head batch of ``table`` (whose write the database refused) row by row; rows
+        the database refuses are dropped and counted (they are the ones that made the batch fail).
+
+        Only this table's batch is known to be rolled back: another table's pending batch may be
+        stored, its commit's answer lost, and stays pending to be tried again with its own id."""
+        buf = self._buffers[table]
+        pending = self._pending[table]
+        if pending is not None:
+            # Refused, so rolled back: nothing of it is stored, its rows go one by one.
+            buf.extendleft(reversed(pending[1]))
+            self._pending[table] = None
+        for _ in range(min(len(buf), self._flush_rows)):
+            # Each row is a batch of its own, pending with its id until it is known to be stored:
+            # one whose commit's answer is lost is tried again with the same id, not written twice.
+            self._pending[table] = (uuid.uuid4(), [buf.popleft()])
+            try:
+                await self._write_batch(table)
+            except Exception as exc:
+                if not row_refused(exc):
+                    # Kept (pending, or back in the buffer when no connection was had): the next
+                    # flush goes on with it.
+                    return
+                # Refused, so rolled back: nothing of it is stored.
                 self._pending[table] = None
-            for _ in range(min(len(buf), self._flush_rows)):
-                row = buf.popleft()
                 self._size -= 1
-                try:
-                    await self._store(table, uuid.uuid4(), [row])
-                    self.written[table] += 1
-                except Exception as exc:
-                    if not row_refused(exc):
-                        buf.appendleft(row)
-                        self._size += 1
-                        return
-                    self.dropped[table] += 1
-                    metrics.DROPPED_ROWS.labels(table).inc()
-                    log.error("telemetry row refused by the database and dropped (%s): %s", table, exc)
+                self.dropped[table] += 1
+                metrics.DROPPED_ROWS.labels(table).inc()
+                log.error("telemetry row refused by the database and dropped (%s): %s", table, exc)
 
     async def _write_batch(self, table: str) -> None:
         pending = self._pending[table]
@@ -189,6 +203,7 @@ class TelemetryWriter:
         try:
             fresh = await self._store(table, batch_id, rows, sent)
         except BaseException:
+            self._raised_in = table
             if not sent:
                 # No connection was had: nothing of it can be stored. Back in front of the rest,
                 # where a full buffer may drop its oldest rows as before.
