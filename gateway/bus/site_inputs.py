@@ -247,7 +247,15 @@ async def restore(gw: Gateway) -> None:
         # Back before the bridge connects, so a retained reading older than it is seen as stale.
         # (A row stored before this time was kept has none: the next reading is then accepted.)
         if load.get("at"):
-            _shared_for(gw).load_at = parse_rfc3339(load["at"])
+            at = parse_rfc3339(load["at"])
+            now = gw.clock.now()
+            if at > now + BUILDING_LOAD_TS_AHEAD_MAX:
+                # Stored on another clock (a simulation's scaled or later start on this
+                # database): every reading until this clock caught up would be refused as stale.
+                log.warning("stored building load time %s is ahead of the clock (%s): not kept",
+                            to_rfc3339(at), to_rfc3339(now))
+            else:
+                _shared_for(gw).load_at = at
     # The tariff from the newest row that set it (REST), else the site file's: a row a price feed
     # wrote carries a copy of the tariff then in force, and taken as set it froze the site file's
     # tariff for good after the first MQTT price message. Rows from before the flag count as set.

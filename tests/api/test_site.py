@@ -300,3 +300,24 @@ async def test_a_failure_of_something_else_than_the_database_stays_a_500(
     monkeypatch.setattr(type(gw.planning), "set_setting", lambda *_a, **_k: broken())
     r = await api.put("/api/v1/site/limits", headers=OPERATOR, json={"import_kw": 10.0, "export_kw": 10.0})
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+
+
+async def test_a_stored_building_load_time_ahead_of_the_clock_does_not_refuse_every_reading(
+        gateway_factory: Any) -> None:
+    # A simulation (a scaled clock, a later start) stored its reading's time days ahead of the
+    # real clock on the same database: every reading with a time was refused as stale until the
+    # clock caught up with it.
+    from gateway.bus.site_inputs import BUILDING_LOAD_KEY
+
+    h: GatewayHarness = await gateway_factory()
+    assert h.gw is not None
+    ahead = h.gw.clock.now() + timedelta(days=2)
+    await h.gw.planning.set_setting(BUILDING_LOAD_KEY, {"power_kw": 70.0, "forecast": [], "at": to_rfc3339(ahead)},
+                                    "test", h.gw.clock.now())
+    await h.restart()
+    assert h.gw.state.building_load_kw == 70.0  # the value is still what the site had last
+    async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
+        r = await api.put("/api/v1/site/building-load", headers=OPERATOR,
+                          json={"power_kw": 40.0, "ts": to_rfc3339(h.gw.clock.now())})
+    assert r.status_code == 200, r.text
+    assert h.gw.state.building_load_kw == 40.0
