@@ -21,6 +21,7 @@ they would take less than ``EV_TAPER_CUTOFF`` of it (a battery's termination cur
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -169,8 +170,32 @@ def schema() -> dict[str, Any]:
     return result
 
 
-def _opt_time(v: str | None) -> datetime | None:
-    return parse_rfc3339(v) if v else None
+def _time(text: str, where: str) -> datetime:
+    """``text`` parsed; a timestamp the schema's format lets through but no datetime can hold
+    (year 0000, 30 February) is a bad episode, refused as such rather than as a bare ValueError."""
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise EpisodeError(f"{where}: bad timestamp {text!r}: {exc}") from exc
+
+
+def _opt_time(v: str | None, where: str) -> datetime | None:
+    return _time(v, where) if v else None
+
+
+# OCPP's IdTokenType.idToken (and the schema's id_token) holds at most this many characters.
+ID_TOKEN_MAX = 36
+
+
+def default_id_token(arrival_id: str) -> str:
+    """The token of an arrival whose file names none: its id, or for an id too long to be a token
+    a deterministic one (its head and a hash of it) of at most ``ID_TOKEN_MAX`` characters, so
+    an episode written back by :func:`dump` is one :func:`load` accepts (the schema's maxLength)
+    and the simulators send an idToken OCPP accepts."""
+    if len(arrival_id) <= ID_TOKEN_MAX:
+        return arrival_id
+    digest = hashlib.sha256(arrival_id.encode()).hexdigest()[:12]
+    return f"{arrival_id[:ID_TOKEN_MAX - len(digest) - 1]}-{digest}"
 
 
 def from_dict(data: dict[str, Any]) -> Episode:
@@ -211,16 +236,17 @@ def from_dict(data: dict[str, Any]) -> Episode:
     arrivals = []
     for a in data["arrivals"]:
         nc = a.get("need_change")
+        where = f"arrival {a['id']}"
         arrivals.append(
             Arrival(
                 id=a["id"],
                 station_id=a["station_id"],
                 evse_id=a["evse_id"],
-                arrival=parse_rfc3339(a["arrival"]),
-                departure=parse_rfc3339(a["departure"]),
+                arrival=_time(a["arrival"], f"{where}: arrival"),
+                departure=_time(a["departure"], f"{where}: departure"),
                 arrival_soc=a["arrival_soc"],
                 capacity_kwh=a["capacity_kwh"],
-                announced_departure=_opt_time(a.get("announced_departure")),
+                announced_departure=_opt_time(a.get("announced_departure"), f"{where}: announced_departure"),
                 energy_kwh=a.get("energy_kwh"),
                 target_soc=a.get("target_soc"),
                 reserve_soc=a.get("reserve_soc", 0.0),
@@ -228,15 +254,15 @@ def from_dict(data: dict[str, Any]) -> Episode:
                 max_discharge_kw=a.get("max_discharge_kw", 0.0),
                 bidirectional=a.get("bidirectional", False),
                 iso15118=a.get("iso15118", False),
-                id_token=a.get("id_token", "") or a["id"],
+                id_token=a.get("id_token", "") or default_id_token(a["id"]),
                 eff_charge=a.get("eff_charge", 0.92),
                 eff_discharge=a.get("eff_discharge", 0.92),
                 surprise=a.get("surprise", False),
                 need_change=(
                     NeedChange(
-                        at=parse_rfc3339(nc["at"]),
+                        at=_time(nc["at"], f"{where}: need_change.at"),
                         energy_kwh=nc.get("energy_kwh"),
-                        departure=_opt_time(nc.get("departure")),
+                        departure=_opt_time(nc.get("departure"), f"{where}: need_change.departure"),
                     )
                     if nc
                     else None
@@ -244,8 +270,8 @@ def from_dict(data: dict[str, Any]) -> Episode:
             )
         )
     episode = Episode(
-        start=parse_rfc3339(data["start"]),
-        end=parse_rfc3339(data["end"]),
+        start=_time(data["start"], "start"),
+        end=_time(data["end"], "end"),
         limits=SiteLimits(data["site"]["import_limit_kw"], data["site"]["export_limit_kw"]),
         tariff=tariff,
         stations=stations,
@@ -254,8 +280,8 @@ def from_dict(data: dict[str, Any]) -> Episode:
         grid_events=tuple(
             GridEvent(
                 id=g["id"],
-                start=parse_rfc3339(g["start"]),
-                end=parse_rfc3339(g["end"]),
+                start=_time(g["start"], f"grid event {g['id']}: start"),
+                end=_time(g["end"], f"grid event {g['id']}: end"),
                 kind=GridEventKind(g["kind"]),
                 payment_per_kwh=g.get("payment_per_kwh", 0.0),
                 cap_kw=g.get("cap_kw"),
@@ -281,12 +307,21 @@ def _load_series(bl: dict[str, Any] | None) -> LoadSeries | None:
         raise EpisodeError(
             f"building_load.forecast_kw has {len(fc)} values, values_kw {len(values)}: they share one grid"
         )
-    return LoadSeries(parse_rfc3339(bl["start"]), bl["step_s"], values, tuple(fc) if fc is not None else None)
+    start = _time(bl["start"], "building_load.start")
+    return LoadSeries(start, bl["step_s"], values, tuple(fc) if fc is not None else None)
 
 
 def _check_consistency(ep: Episode) -> None:
     if ep.end <= ep.start:
         raise EpisodeError("episode end must be after its start")
+    _check_stations(ep)
+    _check_building_load(ep)
+    for g in ep.grid_events:
+        if g.end <= g.start:
+            raise EpisodeError(f"grid event {g.id} ends before it starts")
+        if g.kind == GridEventKind.IMPORT_CAP and g.cap_kw is None:
+            # Read as no cap at all: the site would be planned and scored as if the event never came.
+            raise EpisodeError(f"grid event {g.id} is an import cap without cap_kw")
     evses = {e.key for e in ep.evses}
     busy: dict[tuple[str, int], list[Arrival]] = {}
     for a in ep.arrivals:
@@ -294,12 +329,50 @@ def _check_consistency(ep: Episode) -> None:
             raise EpisodeError(f"arrival {a.id} uses unknown EVSE {a.station_id}/{a.evse_id}")
         if a.departure <= a.arrival:
             raise EpisodeError(f"arrival {a.id} departs before it arrives")
+        if a.arrival < ep.start:
+            # The replay starts at the episode's start: such an EV would never be plugged in, yet
+            # its energy would count as deliverable. (A departure after the end is fine: the
+            # evaluator's window runs on until the last EV has left.)
+            raise EpisodeError(f"arrival {a.id} arrives before the episode starts")
+        nc = a.need_change
+        if nc is not None and not a.arrival <= nc.at < a.departure:
+            # A change before plug-in or after the EV left could never be told to the gateway.
+            raise EpisodeError(f"arrival {a.id}: need_change.at is outside its stay")
         busy.setdefault((a.station_id, a.evse_id), []).append(a)
     for key, items in busy.items():
         items.sort(key=lambda x: x.arrival)
         for prev, nxt in itertools.pairwise(items):
             if nxt.arrival < prev.departure:
                 raise EpisodeError(f"arrivals {prev.id} and {nxt.id} overlap on EVSE {key[0]}/{key[1]}")
+
+
+def _check_stations(ep: Episode) -> None:
+    """Station ids and EVSE ids are keys (the simulators connect one station per id, the
+    evaluator meters one EVSE per key): a repeated one would merge two into one."""
+    seen: set[str] = set()
+    for s in ep.stations:
+        if s.id in seen:
+            raise EpisodeError(f"station id {s.id} is repeated")
+        seen.add(s.id)
+        ids = [e.evse_id for e in s.evses]
+        for evse_id in ids:
+            if ids.count(evse_id) > 1:
+                raise EpisodeError(f"station {s.id} has EVSE id {evse_id} more than once")
+
+
+def _check_building_load(ep: Episode) -> None:
+    """The load must cover the episode: outside its series :meth:`LoadSeries.at` repeats the
+    nearest value (meant for the evaluator's run-on past the end until the last EV leaves), so a
+    series that stopped early would silently repeat its last value, and an empty one read 0 kW."""
+    bl = ep.building_load
+    if bl is None:
+        return
+    covered_until = bl.start + timedelta(seconds=bl.step_s * len(bl.values_kw))
+    if bl.start > ep.start or covered_until < ep.end:
+        raise EpisodeError(
+            f"building_load covers {to_rfc3339(bl.start)} to {to_rfc3339(covered_until)}, "
+            f"not the episode's {to_rfc3339(ep.start)} to {to_rfc3339(ep.end)}"
+        )
 
 
 def to_dict(ep: Episode) -> dict[str, Any]:

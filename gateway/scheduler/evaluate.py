@@ -15,8 +15,11 @@ How results are priced (per policy, summed over episodes):
   (min of the request, the battery room and full EV/EVSE power over the dwell) but not delivered,
   priced at the unmet-energy penalty. ``total_cost`` = bill - revenue + wear + shortfall price, and
   ``savings_capture`` compares bills, as the evaluator's JSON contract defines it:
-  (bill_uncontrolled - bill) / (bill_uncontrolled - bill_optimal); ``savings_capture_total``
-  compares total costs, so a policy that saves by leaving EVs short is not credited for it.
+  (bill_uncontrolled - bill) / (bill_uncontrolled - bill_optimal), null where the optimum's bill
+  is not below uncontrolled's (it minimises the total, and V2G revenue can cost it bill);
+  ``savings_capture_total`` compares total costs, so a policy that saves by leaving EVs short is
+  not credited for it.
+- grid events are settled per step as the LP plans them (``site_limits``).
 - EV physics: the EV stops charging at its own target (the final request), never below its
   reserve when discharging; an EV is plugged in for the whole 5-minute steps within its stay.
 """
@@ -36,7 +39,6 @@ from typing import Any, TextIO
 import numpy as np
 
 from gateway.config import EV_EFFICIENCY
-from gateway.domain import GridEventKind
 from gateway.episode import EV_CV_SOC, Arrival, Episode, ev_full_soc
 from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
@@ -219,16 +221,19 @@ def view_of(t: EvTruth, now: datetime, exact: bool) -> View:
     )
 
 
-def site_limits_at(ep: Episode, when: datetime) -> tuple[float, float]:
-    """(import limit, export-request payment) in force at ``when``."""
-    lim, pay = ep.limits.import_kw, 0.0
-    for g in ep.grid_events:
-        if g.active_at(when):
-            if g.kind == GridEventKind.IMPORT_CAP and g.cap_kw is not None:
-                lim = min(lim, g.cap_kw)
-            elif g.kind == GridEventKind.EXPORT_REQUEST:
-                pay = max(pay, g.payment_per_kwh)
-    return lim, pay
+def site_limits(ep: Episode, start: datetime, n: int) -> tuple[FloatArr, FloatArr]:
+    """(import limit, export-request payment) of each of the ``n`` steps from ``start``, by the
+    rule the LP plans with (:func:`gateway.scheduler.inputs.site_inputs`): an import cap holds on
+    every step it touches, an export request pays in proportion to the part of the step it
+    covers. Read at each step's start instead, an event off the 5-minute grid would be settled
+    otherwise than it was planned (a cap from 10:02 missing its first step)."""
+    site = site_inputs(
+        uniform_grid(start, STEP_S, n), tariff=ep.tariff, limits=ep.limits, events=ep.grid_events,
+        building_kw=lambda _: 0.0, demand_charge_per_kw=0.0, peak_so_far_kw=0.0, wear_cost_per_kwh=0.0,
+        unmet_penalty_per_kwh=0.0,
+    )
+    return (np.asarray(site.import_limit_kw, dtype=float).copy(),
+            np.asarray(site.export_payment_per_kwh, dtype=float).copy())
 
 
 @dataclass
@@ -283,9 +288,8 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
     evse_power = {k: np.zeros(n) for k in keys}
     net = np.zeros(n)
     building = np.zeros(n)
-    limit = np.zeros(n)
+    limit, pay = site_limits(ep, start, n)
     price = np.zeros(n)
-    pay = np.zeros(n)
     p_exp = np.zeros(n)
     history: dict[datetime, float] = {}
     present: dict[Key, EvTruth] = {}
@@ -304,7 +308,6 @@ def simulate(ep: Episode, policy: Policy, *, exact: bool, penalty: float, progre
         for t in by_first.get(i, []):
             present[t.key] = t
         building[i] = ep.building_load_at(now)
-        limit[i], pay[i] = site_limits_at(ep, now)
         price[i], p_exp[i] = ep.tariff.prices_at(now)
         views = [view_of(t, now, exact) for t in present.values()]
         ctx = Context(now=now, step_s=STEP_S, building_kw=building[i], import_limit_kw=limit[i],
@@ -360,6 +363,10 @@ def price_run(ep: Episode, evs: list[EvTruth], net: FloatArr, building: FloatArr
     delivered = np.array([max(t.energy - t.e0, 0.0) for t in evs])
     requested = np.array([t.requested for t in evs])
     deliverable = np.array([t.deliverable for t in evs])
+    # Fully served: the request, or all the battery takes where that is less (the charge ends at
+    # ``stop``, 99.6 % for a request to 100 %: a big battery would miss the tolerance whatever any
+    # policy did). The battery-room part of ``deliverable``, without its dwell and power limits.
+    fillable = np.array([min(t.requested, max(t.stop - t.e0, 0.0)) for t in evs])
     shortfall = float(np.maximum(deliverable - delivered, 0.0).sum())
     excess = np.maximum(np.maximum(net - limit, exp - ep.limits.export_kw), 0.0)
     bill = energy_cost + demand_cost
@@ -371,7 +378,7 @@ def price_run(ep: Episode, evs: list[EvTruth], net: FloatArr, building: FloatArr
         "shortfall_kwh": shortfall, "shortfall_cost": shortfall * penalty,
         "total_cost": bill - revenue + wear + shortfall * penalty,
         "evs": float(len(evs)),
-        "evs_fully_served": float((delivered >= requested - FULLY_SERVED_TOLERANCE_KWH).sum()),
+        "evs_fully_served": float((delivered >= fillable - FULLY_SERVED_TOLERANCE_KWH).sum()),
         "evs_deliverable_served": float((delivered >= deliverable - FULLY_SERVED_TOLERANCE_KWH).sum()),
         "peak_import_kw": peak, "limit_excess_kw_max": float(excess.max(initial=0.0)),
         "limit_excess_steps": float((excess > 1e-6).sum()),
@@ -433,6 +440,15 @@ def bill_by(mpc: Mpc, ep: Episode) -> None:
     mpc.period_end = window(ep)[0] + mpc.period
 
 
+def check_names(names: Sequence[str]) -> None:
+    """Each policy once: runs are summed by policy name, so a repeated one would count twice."""
+    if not names:
+        raise ValueError(f"no policies to evaluate; choose from {', '.join(POLICY_NAMES)}")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ValueError(f"policy {name!r} is named more than once")
+
+
 def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool = False,
              penalty: float = 5.0, progress: bool = False, optimal_time_limit_s: float = 600.0,
              building_forecast: str = "learned") -> tuple[dict[str, Any], list[Run]]:
@@ -440,6 +456,9 @@ def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool =
     ``building_forecast``: what the MPC plans the building with (``policies.BUILDING_FORECASTS``:
     the profile it learns, or the episode's energy-system forecast where there is one)."""
     check_building_forecast(building_forecast)
+    check_names(names)
+    if not episodes:
+        raise ValueError("no episodes to evaluate")
     total = sum(window(ep)[1] for ep in episodes) * len(names)
     bar = Progress(total, progress)
     runs: list[Run] = []
@@ -514,8 +533,16 @@ def summarise(runs: list[Run], names: Sequence[str]) -> dict[str, Any]:
     return {"policies": out, "episodes": sorted({r.episode for r in runs}), "warnings": warnings}
 
 
+CAPTURE_MIN_GAP = 1e-9
+
+
 def _capture(base: float, value: float, best: float) -> float | None:
-    return (base - value) / (base - best) if abs(base - best) > 1e-9 else None
+    """The share of uncontrolled's excess over the optimum that ``value`` saves; None where the
+    optimum is not below uncontrolled. It minimises the total cost, not each part: with V2G
+    revenue its bill (or its peak) may exceed uncontrolled's, and the ratio would then be
+    inverted (a policy saving more scoring less) or divided by next to nothing."""
+    gap = base - best
+    return (base - value) / gap if gap > CAPTURE_MIN_GAP else None
 
 
 def generate_episodes(site: str, days: int, seed: int, stations: int, **options: Any) -> list[Episode]:
@@ -541,6 +568,10 @@ def cli(args: argparse.Namespace) -> int:
     for n in names:
         if n not in POLICY_NAMES:
             raise SystemExit(f"unknown policy {n!r}; choose from {', '.join(POLICY_NAMES)}")
+    try:
+        check_names(names)  # before the episodes are generated: a typo costs no run
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     penalty = getattr(args, "unmet_penalty", None) or 5.0
     building = getattr(args, "building_forecast", None) or "learned"
     result, runs = evaluate(episodes, names, exact=args.exact, penalty=penalty,
@@ -574,7 +605,9 @@ def format_table(result: dict[str, Any]) -> str:
 
     def cell(v: Any) -> str:
         if v is None:
-            return "n/a"  # no capture without both uncontrolled and optimal (see summarise)
+            # No capture without both uncontrolled and optimal, or where the optimum is not below
+            # uncontrolled (see summarise and _capture).
+            return "n/a"
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     rows = [[key, *(cell(result["policies"][n].get(key)) for n in names)] for key in TABLE_KEYS]

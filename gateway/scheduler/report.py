@@ -86,7 +86,11 @@ def _table(result: dict[str, Any]) -> str:
         cells = []
         for c in cols:
             v = res.get(c)
-            cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
+            if v is None:
+                # A capture that cannot be had (see evaluate.summarise): read as the table prints it.
+                cells.append("<td>n/a</td>")
+            else:
+                cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else f"<td>{html.escape(str(v))}</td>")
         rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
