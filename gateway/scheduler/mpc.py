@@ -729,7 +729,9 @@ class MpcScheduler:
         for st in self.gw.state.evses.values():
             if st.session is not None and st.session.started_at is not None:
                 self.arrivals.arrived(name, st.session.tx_key, st.session.started_at)
-        return self.arrivals.slots(name, grid, now) if self.settings.anticipate_arrivals else []
+        if not self.settings.anticipate_arrivals:
+            return []
+        return self.arrivals.slots(name, grid, now, eff_charge=self.settings.ev_efficiency)
 
     def _default_kw(self) -> float:
         """The TxDefaultProfile limit the site gives now (what a push or a safe profile sends)."""

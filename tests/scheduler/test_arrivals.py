@@ -103,6 +103,8 @@ def test_expected_slots_keep_room_from_the_second_step_on() -> None:
     assert stays[0] == pytest.approx(1.5) and stays[-1] == pytest.approx(6.5)
     assert not any(s.connected.any() or s.target_energy_kwh for s in slots[DWELL_GROUPS:])
     assert np.all([s.max_discharge_kw == 0.0 for s in slots])
+    # Their needs are battery-side energy, drawn at the efficiency the site's EVs are planned with.
+    assert all(s.eff_charge == 0.85 for s in m.slots("w", grid, now, eff_charge=0.85))
 
 
 def test_a_session_seen_for_days_counts_once_and_old_history_is_forgotten() -> None:
