@@ -178,9 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="idTokens accepted under --known-tokens-only")
     tsub = token.add_subparsers(dest="token_command", required=True)
-    tadd = tsub.add_parser("add")
-    tadd.add_argument("id_token")
-    tadd.add_argument("--type", default="ISO14443")
+    tadd = tsub.add_parser("add", help="accept an idToken (or change the type of one accepted)")
+    tadd.add_argument("id_token", help="up to 36 printable characters, e.g. an RFID card's UID in hex")
+    # Checked by `token add` itself (gateway.db.admin.check_id_token) against the OCPP library's
+    # enum rather than listed here as choices: importing that library would slow every command.
+    tadd.add_argument("--type", default="ISO14443",
+                      help="the OCPP 2.0.1 IdTokenEnumType: Central, eMAID, ISO14443 (default), ISO15693, "
+                           "KeyCode, Local, MacAddress or NoAuthorization")
     tlist = tsub.add_parser("list")
     for leaf in (tadd, tlist):
         _add_common(leaf)

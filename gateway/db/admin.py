@@ -236,7 +236,53 @@ def _replaced(sid: str, args: argparse.Namespace, password_changed: bool, evse_i
     return line + ("; enabled (it was disabled)" if re_enabled else "")
 
 
+class IdTokenError(ValueError):
+    """An idToken or type ``token add`` refuses; the message names the problem and the value."""
+
+
+def check_id_token(id_token: str, type_: str) -> None:
+    """Refuse what OCPP 2.0.1's IdTokenType does not allow, before anything is written: an
+    empty, over-long (the column is 36 characters: Postgres' truncation error came out as a
+    traceback) or non-printable idToken, and a type not in IdTokenEnumType.
+
+    The idToken is checked with the REST API's own rule (``DriverTokenIn``, the idToken a driver
+    token is bound to), so the two ways an idToken is entered agree; the type with the OCPP
+    library's enum, the one the gateway's own messages are built with."""
+    from ocpp.v201.enums import IdTokenEnumType
+    from pydantic import ValidationError
+
+    # Imported here, as in parse_evses: the API module pulls in FastAPI, only this command needs it.
+    from gateway.api.routes.driver_tokens import DriverTokenIn
+
+    try:
+        DriverTokenIn(id_token=id_token)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx = err.get("ctx", {})
+        problem = {
+            "string_too_short": "it is empty",
+            "string_too_long": f"{len(id_token)} characters, at most {ctx.get('max_length')}",
+            "string_pattern_mismatch": "it has a non-printable character",
+        }.get(err["type"], str(err["msg"]))
+        raise IdTokenError(f"invalid idToken {id_token!r}: {problem}") from None
+    # The REST pattern refuses ASCII control characters only; an argument pasted into a shell
+    # can also carry invisible ones (a zero-width or non-breaking space, a C1 control) that no
+    # reader sends, so the token would never match.
+    if not id_token.isprintable():
+        raise IdTokenError(f"invalid idToken {id_token!r}: it has a non-printable character")
+    types = [t.value for t in IdTokenEnumType]
+    if type_ not in types:
+        raise IdTokenError(f"unknown idToken type {type_!r}: one of {', '.join(types)}")
+
+
 def token_cli(settings: Settings, args: argparse.Namespace) -> int:
+    if args.token_command == "add":
+        # Before the engine is made: a refused token never reaches the database.
+        try:
+            check_id_token(args.id_token, args.type)
+        except IdTokenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return _run(settings, args, _token)
 
 
