@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--url", default="ws://127.0.0.1:9000/ocpp")
     src = sim.add_mutually_exclusive_group(required=True)
     src.add_argument("--episode", help="episode JSON file")
-    src.add_argument("--stations", type=int, help="N generic stations (workplace episode)")
+    src.add_argument("--stations", type=_positive_int, help="N generic stations (workplace episode)")
     sim.add_argument("--password", help="Basic-auth password for every station")
     sim.add_argument("--json", help="write the end-of-run summary to this file")
     sim.add_argument("--seed", type=int, default=1)
@@ -211,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     scsub = scen.add_subparsers(dest="scenario_command", required=True)
     gen = scsub.add_parser("generate", help="write an episode JSON file")
     gen.add_argument("--site", choices=("workplace", "depot", "public", "residential"), default="workplace")
-    gen.add_argument("--stations", type=int, default=50)
-    gen.add_argument("--days", type=int, default=1)
+    gen.add_argument("--stations", type=_positive_int, default=50)
+    gen.add_argument("--days", type=_positive_int, default=1)
     gen.add_argument("--seed", type=int, default=1)
     gen.add_argument("--start", help="first day, RFC 3339 (default 2026-07-01T00:00:00Z)")
     gen.add_argument("--bidirectional-share", type=float, default=0.5)
@@ -229,8 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = ev.add_mutually_exclusive_group(required=True)
     src.add_argument("--episode", action="append", help="episode JSON file (repeatable)")
     src.add_argument("--site", choices=("workplace", "depot", "public", "residential"))
-    ev.add_argument("--stations", type=int, default=50)
-    ev.add_argument("--days", type=int, default=1)
+    ev.add_argument("--stations", type=_positive_int, default=50)
+    ev.add_argument("--days", type=_positive_int, default=1)
     ev.add_argument("--seed", type=int, default=1)
     ev.add_argument("--policies", default="uncontrolled,greedy,edf,mpc,optimal")
     ev.add_argument("--exact", action="store_true",
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="gateway + simulated workplace through one accelerated day")
     _add_common(demo, site_file=False)
-    demo.add_argument("--stations", type=int, default=50)
+    demo.add_argument("--stations", type=_positive_int, default=50)
     demo.add_argument("--time-scale", type=float, default=600.0)
     demo.add_argument("--seed", type=int, default=None,
                       help="the day to simulate (default: a day chosen for the demo, whose export "
@@ -256,6 +257,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--report", default="demo-report.html")
     demo.add_argument("--json", default="demo-summary.json")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """A count of days or stations: 0 or less ran nothing, or failed deep inside with a traceback."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {v}")
+    return v
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    """Refuse an output file that cannot be written before a run that may take hours, whose
+    results were lost at its end. Checked without creating it, so a refused run leaves nothing."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent.resolve()
+    if p.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) \
+            or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{flag}: cannot write {path!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -471,9 +495,15 @@ def _run(args: argparse.Namespace) -> int:
 
         return scenario.cli(args)
     if cmd == "evaluate":
+        from gateway.episode import EpisodeError
         from gateway.scheduler import evaluate
 
-        return evaluate.cli(args)
+        _check_writable("--json", args.json)
+        _check_writable("--report", args.report)
+        try:
+            return evaluate.cli(args)
+        except EpisodeError as exc:  # a missing, unreadable or inconsistent episode file
+            raise UsageError(str(exc)) from None
     if cmd == "demo":
         from gateway import demo
 
