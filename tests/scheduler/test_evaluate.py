@@ -353,23 +353,30 @@ def test_the_report_draws_each_evs_power_over_its_stay_and_every_policys_soc() -
 def test_greedy_and_edf_hold_no_more_headroom_than_an_ev_takes_this_step() -> None:
     # EV A needs 0.3 kWh more (under 2 minutes at 11 kW); B needs 20 kWh. With 22 kW of headroom
     # A holding its whole 22 kW would leave B idle for the step while A draws about 3.9 kW.
-    from gateway.scheduler.policies import Edf, Greedy
+    from gateway.scheduler.policies import TAKE_MARGIN, Edf, Greedy
     from gateway.scheduler.slots import SessionView
 
     now = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
 
-    def view(key: tuple[str, int], arrived_h: float, need: float, delivered: float) -> SessionView:
-        return SessionView(key=key, arrival=now - timedelta(hours=arrived_h), delivered_kwh=delivered,
+    def view(key: tuple[str, int], arrived_h: float, need: float, energy: float | None) -> SessionView:
+        # An ISO 15118 EV: 20 kWh in its battery at plug-in, ``energy`` now.
+        return SessionView(key=key, arrival=now - timedelta(hours=arrived_h), delivered_kwh=0.0,
                            max_charge_kw=22.0, max_discharge_kw=0.0, eff_charge=0.92, eff_discharge=0.92,
-                           full=False, departure=now + timedelta(hours=1), energy_kwh=None, capacity_kwh=None,
-                           need_kwh=need, reserve_kwh=0.0)
+                           full=False, departure=now + timedelta(hours=1), energy_kwh=energy,
+                           capacity_kwh=None if energy is None else 60.0, need_kwh=need, reserve_kwh=0.0,
+                           start_kwh=None if energy is None else 20.0)
 
-    a = view(("CS-A", 1), 2.0, need=10.0, delivered=9.7)
-    b = view(("CS-B", 1), 1.0, need=20.0, delivered=0.0)
+    a = view(("CS-A", 1), 2.0, need=10.0, energy=29.7)
+    b = view(("CS-B", 1), 1.0, need=20.0, energy=20.0)
     ctx = Context(now=now, step_s=300.0, building_kw=0.0, import_limit_kw=22.0, peak_so_far_kw=0.0,
                   views=[a, b], building_history={})
     for policy in (Greedy(), Edf()):
         policy.begin(small_episode(1, seed=3))
         out = policy.act(ctx)
-        assert out[a.key] == pytest.approx(0.3 / (0.92 * 300 / 3600))
+        assert out[a.key] == pytest.approx(0.3 * TAKE_MARGIN / (0.92 * 300 / 3600))
         assert out[b.key] == pytest.approx(22.0 - out[a.key])
+    # Without its battery's readings the meter is no measure of what is left (the EV's own
+    # efficiency is not the one assumed): full power.
+    blind = replace(a, energy_kwh=None, capacity_kwh=None, start_kwh=None, delivered_kwh=9.7)
+    out = Greedy().act(replace(ctx, views=[blind, b]))
+    assert out[blind.key] == 22.0 and out[b.key] == 0.0
