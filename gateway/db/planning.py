@@ -158,8 +158,14 @@ class PlanningRepository:
             return list((await s.execute(q)).scalars())
 
     async def active_grid_events(self, after: datetime) -> list[GridEvent]:
-        return [GridEvent(r.id, r.start, r.end, GridEventKind(r.kind), r.payment_per_kwh, r.cap_kw)
-                for r in await self.grid_events() if r.end > after]
+        """The events not cancelled that end after ``after``, filtered in the database: every
+        event a site ever had was read back at each start to keep a handful."""
+        async with self._sessions() as s:
+            q = (select(m.GridEventRecord)
+                 .where(m.GridEventRecord.cancelled_at.is_(None), m.GridEventRecord.end > after)
+                 .order_by(m.GridEventRecord.start))
+            rows = (await s.execute(q)).scalars()
+            return [GridEvent(r.id, r.start, r.end, GridEventKind(r.kind), r.payment_per_kwh, r.cap_kw) for r in rows]
 
     async def raise_peak(self, site: str, period_start: datetime, peak_kw: float, now: datetime) -> float:
         """Store ``peak_kw`` as the period's peak unless a higher one is stored; returns the stored one."""
