@@ -71,10 +71,12 @@ class ArrivalModel:
 
     tz: str = sitetime.UTC_NAME
 
-    # (kind, date, hour) -> EVs that plugged in then
-    _counts: dict[tuple[str, date, int], int] = field(default_factory=lambda: defaultdict(int))
-    # (kind, hour) -> dates on which that hour was watched whole
-    _watched: dict[tuple[str, int], set[date]] = field(default_factory=lambda: defaultdict(set))
+    # (kind, date, hour, fold) -> EVs that plugged in then. The fold tells the two hours apart
+    # that a night the clocks go back has under one local hour: counted as one hour watched once,
+    # that hour's arrivals came out twice as many as any other day's.
+    _counts: dict[tuple[str, date, int, int], int] = field(default_factory=lambda: defaultdict(int))
+    # (kind, hour) -> (date, fold) on which that hour was watched whole
+    _watched: dict[tuple[str, int], set[tuple[date, int]]] = field(default_factory=lambda: defaultdict(set))
     _stats: dict[tuple[str, int], list[tuple[float, float, float]]] = field(
         default_factory=lambda: defaultdict(list))
     # the hour being watched now: (site, start of the hour, first look, last look)
@@ -89,7 +91,7 @@ class ArrivalModel:
             return
         self._seen[session] = arrival
         at = self._local(arrival)
-        self._counts[(day_kind(site, at), at.date(), at.hour)] += 1
+        self._counts[(day_kind(site, at), at.date(), at.hour, at.fold)] += 1
 
     def observe(self, site: str, arrival: datetime, departure: datetime, energy_kwh: float,
                 max_kw: float) -> None:
@@ -134,7 +136,7 @@ class ArrivalModel:
 
     def _mark_watched(self, site: str, block: datetime) -> None:
         at = self._local(block)
-        self._watched[(day_kind(site, at), at.hour)].add(at.date())
+        self._watched[(day_kind(site, at), at.hour)].add((at.date(), at.fold))
 
     def _close(self, site: str, block: datetime, first: datetime, last: datetime) -> None:
         if first - block <= WATCH_TOLERANCE and block + HOUR - last <= WATCH_TOLERANCE:
@@ -152,7 +154,7 @@ class ArrivalModel:
         for key in [k for k in self._counts if k[1] < oldest]:
             del self._counts[key]
         for dates in self._watched.values():
-            for d in [d for d in dates if d < oldest]:
+            for d in [d for d in dates if d[0] < oldest]:
                 dates.discard(d)
 
     def remembered(self) -> int:
@@ -167,7 +169,7 @@ class ArrivalModel:
         rows = self._stats.get((kind, hour), [])
         if not days or not rows:
             return None
-        count = sum(self._counts.get((kind, d, hour), 0) for d in days)
+        count = sum(self._counts.get((kind, d, hour, fold), 0) for d, fold in days)
         a = np.asarray(sorted(rows, key=lambda r: r[1]), dtype=float)
         groups = []
         for part in np.array_split(a, min(DWELL_GROUPS, len(a))):

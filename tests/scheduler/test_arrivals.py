@@ -146,3 +146,19 @@ def test_hours_are_the_sites_own_in_a_zone_half_an_hour_off_utc() -> None:
     first = min(starts[int(np.flatnonzero(s.connected)[0])] for s in eights)
     due = MONDAY + timedelta(days=3, hours=2, minutes=30) + ARRIVAL_OFFSET
     assert abs(first - due) <= timedelta(minutes=5)  # in UTC hours: half an hour later
+
+
+def test_the_hour_repeated_when_the_clocks_go_back_counts_as_two_watched_hours() -> None:
+    # Europe/Berlin, 27 Oct 2024: 02:00-03:00 local comes twice. One EV an hour, every real hour:
+    # each local hour of that Sunday expects one, the repeated one included (it counted two).
+    m = ArrivalModel(tz="Europe/Berlin")
+    start = datetime(2024, 10, 26, 22, 0, tzinfo=UTC)  # 00:00 local on the Sunday
+    for h in range(25):  # 25 real hours in that local day
+        arr = start + timedelta(hours=h, minutes=10)
+        m.arrived("w", f"S{h}", arr)
+        m.observe("w", arr, arr + timedelta(minutes=30), 5.0, 11.0)
+    m.watched("w", start, start + timedelta(hours=25))
+    for local_hour_utc in (start + timedelta(hours=1), start + timedelta(hours=2), start + timedelta(hours=3),
+                           start + timedelta(hours=4)):
+        exp = m.expected("w", local_hour_utc)
+        assert exp is not None and exp.per_day == pytest.approx(1.0), local_hour_utc
