@@ -16,6 +16,7 @@ import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from gateway.db.telemetry import TelemetryWriter
 from gateway.db.transactions import Recorded, TransactionRepository, TxSnapshot
 from gateway.domain import EVSE_ID_MAX, EvNeeds
 from gateway.ocpp.errors import NoReply, NotImplementedOcpp, PropertyConstraintViolation, SecurityError
-from gateway.ocpp.meter import Sample, samples, summarize
+from gateway.ocpp.meter import Readings, Sample, samples, summarize
 from gateway.ocpp.ports import StationContext
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,15 @@ RESUPPLIED_KEPT = 10_000
 CALLS_KEPT = 10_000
 CALL_TIME_SLACK = timedelta(seconds=1)
 TOUCH_EVERY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventReading:
+    """What one TransactionEvent read: whether it had energy registers, its power and its SoC (%)."""
+
+    registers: bool
+    power_kw: float | None
+    soc: float | None
 
 
 class Handlers:
@@ -383,8 +393,9 @@ class Handlers:
                 # whose plan and state a second SessionEnded would wipe.
                 return recorded.response
             # The final meter reading first: what the session took is what the forecasts learn.
+            reading = self._reading(p, queued, tx)
             self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, tx.energy_in_kwh,
-                                                tx.energy_out_kwh, tx.power_kw, tx.soc))
+                                                tx.energy_out_kwh, reading.power_kw, reading.soc))
             self._bus.publish(ev.SessionEnded(at, station_id, evse_id, tid, info.get("stoppedReason"),
                                               min(tx.ended_at, at) if queued else None))
             return recorded.response
@@ -396,9 +407,38 @@ class Handlers:
                                                 None if began is None else min(began, at)))
             if tx.started_at is not None:
                 self._close_superseded(station_id, evse_id, tid, tx.started_at)
-        self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, tx.energy_in_kwh,
-                                            tx.energy_out_kwh, tx.power_kw, tx.soc, tx.charging_state))
+        reading = self._reading(p, queued, tx)
+        energy_in = energy_out = None
+        if reading.registers or is_new:
+            # The session's energies (the stored sums) when this event read its registers, or for a
+            # session this process did not hold yet.
+            energy_in, energy_out = tx.energy_in_kwh, tx.energy_out_kwh
+            if is_new and not reading.registers and reading.soc is not None:
+                # Apart: an SoC is paired with the energies as one reading only when read with
+                # registers (Session.soc_with_registers pins the battery's start from the pair).
+                self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, energy_in, energy_out))
+                energy_in = energy_out = None
+        self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, energy_in, energy_out,
+                                            reading.power_kw, reading.soc, tx.charging_state))
         return recorded.response
+
+    @staticmethod
+    def _reading(p: Payload, queued: bool, tx: TxSnapshot) -> EventReading:
+        """What this TransactionEvent itself read. Not the stored row's power and SoC as such:
+        they are the last a TransactionEvent carried, and MeterValues since may have read newer
+        ones; published with every event, they put a session's SoC and power back to old values
+        (and an old SoC, paired with the newest energies, pinned a wrong battery start). A queued
+        event (E04, offline), or a late one whose readings the row did not take (D2: a lower seqNo
+        than one stored), read them before the events already here: not the EV's now."""
+        r = summarize(list(samples(p["meterValue"]))) if "meterValue" in p else Readings()
+        registers = r.import_wh_max is not None or r.export_wh_max is not None
+        if queued:
+            return EventReading(registers, None, None)
+        power = None if r.power_w is None else r.power_w / 1000.0
+        if power is not None and (tx.power_kw is None or abs(tx.power_kw - power) > 1e-9):
+            power = None
+        soc = r.soc if r.soc is not None and tx.soc is not None and abs(tx.soc - r.soc) <= 1e-9 else None
+        return EventReading(registers, power, soc)
 
     def _close_superseded(self, station_id: str, evse_id: int, tid: str, started_at: datetime) -> None:
         """Close, in the background, what was left open on the EVSE before ``tid`` started: a

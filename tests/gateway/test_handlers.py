@@ -303,6 +303,32 @@ async def test_a_late_event_keeps_the_newer_readings_and_the_starting_token(
     assert row["id_token"] == "CARD-A"
 
 
+async def test_a_transaction_event_without_readings_leaves_newer_meter_values_alone(
+    gateway_server: GatewayHarness, station: RawStation
+) -> None:
+    """The SoC and power of a session are what was read last: a TransactionEvent that read none
+    (a trigger, a chargingState change) used to publish the row's, those of the last
+    TransactionEvent that did, over what MeterValues read since."""
+    h = gateway_server
+    assert h.gw is not None
+    await station.ok("TransactionEvent", tx_event("Started", 0, meterValue=energy(1_000.0, power_w=11_000, soc=20)))
+    await station.ok("MeterValues", {"evseId": 1, "meterValue": energy(5_000.0, power_w=0, soc=50)})
+    session = h.gw.state.evse("CS-1", 1).session
+    assert session is not None
+
+    async def metered() -> bool:
+        return session.soc == 0.5
+
+    await wait_for(metered)
+    await station.ok("TransactionEvent", tx_event("Updated", 1, triggerReason="ChargingStateChanged",
+                                                  transactionInfo={"transactionId": "TX-1",
+                                                                   "chargingState": "SuspendedEV"}))
+    await station.ok("Heartbeat", {})  # the event's own publications are folded in by now
+    assert (session.soc, session.power_kw, session.charging_state) == (0.5, 0.0, "SuspendedEV")
+    # The SoC was read without registers: it is not paired with the session's energy.
+    assert session.soc_with_registers is False
+
+
 @pytest.mark.parametrize("stop", ["StopAuthorized", "Ended"])
 async def test_a_card_that_only_stops_a_tokenless_session_does_not_become_its_owner(
     gateway_server: GatewayHarness, station: RawStation, stop: str
