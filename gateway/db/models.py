@@ -152,6 +152,10 @@ class Transaction(Base):
     charging_state: Mapped[str | None] = mapped_column(String(20))
     meter_start_import_wh: Mapped[float | None] = mapped_column(Float)
     meter_start_export_wh: Mapped[float | None] = mapped_column(Float)
+    # The seqNo of the event whose reading set each start (0022): only an earlier event's lower
+    # reading moves it (one sent late); a later one's is a glitch or a meter reset.
+    meter_start_import_seq: Mapped[int | None] = mapped_column(BigInteger)
+    meter_start_export_seq: Mapped[int | None] = mapped_column(BigInteger)
     energy_in_kwh: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     energy_out_kwh: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     last_power_kw: Mapped[float | None] = mapped_column(Float)
