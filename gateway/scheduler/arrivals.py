@@ -208,6 +208,11 @@ class ArrivalModel:
                     # an EV due at half past is there for half of its hour).
                     overlap = np.minimum(ends, leave) - np.maximum(starts, arrive)
                     conn = overlap >= 0.5 * grid.durations_s - 1e-6
+                    if not conn.any() and overlap.max() > 0:
+                        # A stay shorter than half of every step it touches (under half an hour
+                        # on the hourly steps): in the step it spends most of, rather than left
+                        # out of every plan (a site of short visits kept no room for any).
+                        conn[int(np.argmax(overlap))] = True
                     # Only the part of their stay inside the horizon is theirs to charge in it.
                     inside = (min(leave, ends[-1]) - arrive) / max(leave - arrive, 1.0)
                     need = count * grp.energy_kwh * max(inside, 0.0)

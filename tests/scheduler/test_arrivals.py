@@ -162,3 +162,16 @@ def test_the_hour_repeated_when_the_clocks_go_back_counts_as_two_watched_hours()
                            start + timedelta(hours=4)):
         exp = m.expected("w", local_hour_utc)
         assert exp is not None and exp.per_day == pytest.approx(1.0), local_hour_utc
+
+
+def test_visits_shorter_than_half_an_hour_keep_room_in_the_step_they_come_in() -> None:
+    m = ArrivalModel()
+    for d in range(3):  # each day at 9 h: three 15-minute visits of 3 kWh
+        day = MONDAY + timedelta(days=d)
+        watch_day(m, day, [(day + timedelta(hours=9, minutes=2 * j), 0.25, 3.0) for j in range(3)])
+    now = MONDAY + timedelta(days=3, hours=7, minutes=20)
+    grid = make_grid(now, 24 * 3600.0)
+    slots = [s for s in m.slots("w", grid, now) if s.target_energy_kwh > 0]
+    # Under half of any hourly step: they were in none, so no plan kept room for them.
+    assert slots and all(int(s.connected.sum()) == 1 for s in slots)
+    assert sum(s.target_energy_kwh for s in slots) == pytest.approx(PLANNED_SHARE * 3 * 3.0)
