@@ -41,6 +41,10 @@ def _add_month(d: datetime, months: int) -> datetime:
     return d.replace(year=d.year + m // 12, month=m % 12 + 1)
 
 
+# A sample stamped at most this much before the last one is the site's power from the last one on.
+LATE_SAMPLE_S = 10.0
+
+
 @dataclass
 class DemandMeter:
     interval_s: float = 900.0
@@ -59,7 +63,13 @@ class DemandMeter:
         """The site imports ``kw`` from ``at`` on (negative: it exports)."""
         t = at.timestamp()
         if self._last is not None and t < self._last[0]:
-            return  # an older reading than one already counted changes nothing
+            if self._last[0] - t > LATE_SAMPLE_S:
+                return  # an older reading than one already counted changes nothing
+            # Stamped a little before the last one (the site's power is sampled as each input is
+            # applied, and a session's change can be stamped when it was published, before a
+            # building reading applied meanwhile): the site's power from now on, not dropped,
+            # or a 50-kW start counted only from the next reading (the interval read 0.06 kW).
+            t = self._last[0]
         if self._last is not None:
             t0, kw0 = self._last
             while self._interval is not None and t >= self._interval + self.interval_s:

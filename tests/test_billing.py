@@ -89,3 +89,13 @@ def test_demand_intervals_follow_the_sites_clock() -> None:
     m.sample(six_local + timedelta(hours=1), 0.0)
     m.sample(six_local + timedelta(hours=3), 0.0)
     assert m.peak_kw == pytest.approx(100.0)
+
+
+def test_a_reading_stamped_a_little_before_the_last_one_counts_from_then_on() -> None:
+    # The site's power sampled as each input is applied: a session's start stamped when it was
+    # published can come after a building reading stamped later. It is the site's power from then on.
+    m = DemandMeter(interval_s=900.0)
+    feed(m, [(0, 0.0), (1, 0.0)])
+    m.sample(T0 + timedelta(minutes=1) - timedelta(seconds=0.1), 50.0)
+    feed(m, [(15, 50.0)])
+    assert m.peak_kw == pytest.approx(50.0 * 14 / 15)
