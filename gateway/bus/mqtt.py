@@ -11,9 +11,13 @@ that dies mid-publish costs a duplicate at worst, never a loss within the bound.
 
 Inputs: the bridge connects with MQTT v5 and a persistent session (clean start off, session
 expiry ``SESSION_EXPIRY_S``) under an identifier fixed for the process, so QoS 1 input sent while
-the link is down waits at the broker and arrives on reconnect. Nothing an input or the broker
-does ends the connection loop for good: an unexpected error is logged and handled as a lost
-connection; only cancellation (``stop``) ends it.
+the link is down waits at the broker and arrives on reconnect. A QoS 1 input is acknowledged only
+once it has been handled (applied, or refused and counted): one received but not yet handled when
+a link goes is still the broker's, which sends it again on the next link of the session. The
+broker sends at most ``INPUTS_UNACKED_MAX`` of them ahead (MQTT v5 Receive Maximum); the rest wait
+at the broker, not in this process's memory. Nothing an input or the broker does ends the
+connection loop for good: an unexpected error is logged and handled as a lost connection; only
+the stop ends it, and no new link is made once it has begun.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import events as ev
@@ -58,6 +64,17 @@ SESSION_EXPIRY_S = 900
 # and a broker's own limit is often hundreds of MB. Above that check, so a payload a little
 # over 1 MB still arrives and is refused with a reason and counted.
 MAX_PACKET_BYTES = 16 * 1024 * 1024
+# How many QoS 1 inputs the broker may have sent without the bridge's acknowledgement (MQTT v5
+# Receive Maximum). Inputs are acknowledged once handled, one after the other, so the rest wait
+# at the broker (in the session, which outlives a lost link) rather than in the client's queue:
+# without the bound, a burst of large inputs behind a slow apply all sat in memory (300 payloads
+# of 0.9 MB held 263 MB). A few ahead keep the next input at hand while one is applied.
+INPUTS_UNACKED_MAX = 8
+# QoS 0 input is never acknowledged, so Receive Maximum does not bound it: one that arrives while
+# this many messages wait already is dropped (the client library logs it). QoS 1 input always
+# fits, as at most INPUTS_UNACKED_MAX of it can be waiting; dropped, it would never be acknowledged
+# and would hold one of the broker's slots for the rest of the link.
+INPUTS_QUEUED_QOS0_MAX = 8
 
 PUBLISHED_EVENTS = (ev.StationConnected, ev.StationDisconnected, ev.StatusChanged, ev.SessionStarted,
                     ev.SessionUpdated, ev.SessionEnded, ev.PlanPublished, ev.SiteInputsChanged)
@@ -98,6 +115,26 @@ APPLIED_KEY = "mqtt_applied:{}"
 APPLIED_KEPT = 32
 
 
+class _InputQueue(asyncio.Queue[aiomqtt.Message]):
+    """The client's queue of received input, bounded for QoS 0 (see ``INPUTS_QUEUED_QOS0_MAX``)."""
+
+    def put_nowait(self, item: aiomqtt.Message) -> None:
+        if item.qos == 0 and self.qsize() >= INPUTS_QUEUED_QOS0_MAX:
+            raise asyncio.QueueFull  # the client library catches it and drops the message
+        super().put_nowait(item)
+
+
+def _reason_name(code: int) -> str:
+    try:
+        return str(ReasonCode(PacketTypes.SUBACK, identifier=code).getName())
+    except Exception:  # a code paho does not know
+        return "unknown"
+
+
+def _key(topic: str, payload: bytes | bytearray) -> tuple[str, bytes]:
+    return topic, hashlib.sha256(payload).digest()
+
+
 class MqttBridge:
     def __init__(self, gw: Gateway) -> None:
         settings = gw.settings
@@ -125,6 +162,15 @@ class MqttBridge:
         self._ready = asyncio.Event()  # set while the buffer has something
         self._in_flight: topics.Outgoing | None = None  # being published on the current link
         self._client: aiomqtt.Client | None = None  # the current link's, while it is up
+        self._stopping = False  # set when stop() begins: no link is made after that
+        self._link: aiomqtt.Client | None = None  # the client connected, from connect to disconnect
+        # The input handled last on a link that was gone before it could be acknowledged: the
+        # broker sends it again on the next link (same session), where it is acknowledged, not
+        # applied a second time.
+        self._handled_unacked: tuple[str, bytes] | None = None
+        # The input topics whose subscription the broker refused on the current link, with the
+        # SUBACK reason code: the link is up, but those inputs never arrive.
+        self.subscriptions_refused: dict[str, int] = {}
         self._head: topics.Outgoing | None = None  # the message publishing last failed on
         self._head_failures = 0  # links in a row lost while publishing it
         self.given_up = 0
@@ -157,6 +203,9 @@ class MqttBridge:
 
         The gateway stops its stations first: their disconnects are on the bus, and a stop that
         dropped them would leave each station's retained ``connected: true`` on the broker."""
+        # First: a link made from here on would say "online" after the goodbye, and its clean
+        # DISCONNECT would discard the will, leaving the gateway retained as online for good.
+        self._stopping = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STOP_WAIT_S
 
@@ -171,7 +220,6 @@ class MqttBridge:
         goodbye = topics.gateway_status(self.prefix, False, "stopped", to_rfc3339(self.gw.clock.now()))
         self.enqueue(goodbye)
         await self._applied_bounded(left())
-        client = self._client
         if self.connected:
             # Until the buffer is empty, or the link is lost meanwhile (nothing more will go out);
             # time kept back for the goodbye.
@@ -181,12 +229,20 @@ class MqttBridge:
                 w.cancel()
             if self._buf:
                 log.warning("MQTT bridge: %d message(s) not published at the stop", len(self._buf))
-            if goodbye in self._buf and self.connected and client is not None and left() > 0:
-                # Ahead of the rest: the clean DISCONNECT below discards the will, and without the
-                # goodbye the broker would keep "online: true" for a gateway that is gone.
-                with contextlib.suppress(Exception):
-                    await client.publish(goodbye.topic, goodbye.payload, qos=goodbye.qos, retain=goodbye.retain,
-                                         timeout=min(GOODBYE_TIMEOUT_S, left()))
+        # The link up now, if any (read after the waits: the one there before them may be gone).
+        # Also one still saying "online" and subscribing: the goodbye then goes out after that.
+        client = self._client
+        if goodbye in self._buf and client is not None and left() > 0:
+            # Ahead of the rest: the clean DISCONNECT below discards the will, and without the
+            # goodbye the broker would keep "online: true" for a gateway that is gone.
+            with contextlib.suppress(Exception):
+                await client.publish(goodbye.topic, goodbye.payload, qos=goodbye.qos, retain=goodbye.retain,
+                                     timeout=min(GOODBYE_TIMEOUT_S, left()))
+        if self._link is not None:
+            # Its DISCONNECT, once the tasks are cancelled, waits on the client's own timeout
+            # (PUBLISH_TIMEOUT_S): kept within what is left, so that a DISCONNECT that cannot be
+            # written (a hung broker) ends the connection task before the stop gives up on it.
+            self._link.timeout = max(left() - 0.1, 0.0)
         for t in self._tasks:
             t.cancel()
         # A client stuck in its disconnect must not hold up the gateway's shutdown deadline.
@@ -330,11 +386,46 @@ class MqttBridge:
         await self._applied()  # in order: the last link's input first
         async for message in client.messages:
             # Shielded: when the link drops (or the send side fails) while an input is applied,
-            # _serve cancels this loop; the input, acknowledged on receipt, must not be cut off
-            # half-way (in memory but not stored, or stored but not in force).
-            self._applying = asyncio.ensure_future(
-                self.handle_input(str(message.topic), message.payload, retained=bool(message.retain)))
+            # _serve cancels this loop; the input must not be cut off half-way (in memory but not
+            # stored, or stored but not in force).
+            self._applying = asyncio.ensure_future(self._take(client, message))
             await asyncio.shield(self._applying)
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> bool:
+        """Handle one received input, then acknowledge it on its link (QoS 1)."""
+        topic, payload = str(message.topic), message.payload
+        key = _key(topic, payload) if isinstance(payload, bytes | bytearray) else None
+        again, self._handled_unacked = self._handled_unacked, None
+        if again is not None and key == again and message.qos > 0:
+            # The broker's resend of the input handled as the last link went (it never got the
+            # acknowledgement): handled already, so only acknowledged. The broker resends what
+            # was unacknowledged first on a resumed session, so only the first input is compared.
+            log.info("MQTT input on %s handled already on the last link; acknowledged", topic)
+            self._acknowledge(client, message, key)
+            return False
+        try:
+            done = await self.handle_input(topic, payload, retained=bool(message.retain))
+        except Exception:
+            # handle_input counts what goes wrong and never raises; should it, the message is
+            # still acknowledged below: sent again, it would only fail again, for ever.
+            log.exception("MQTT input on %s could not be handled", topic)
+            done = False
+        # Handled (applied, refused or failed, each counted): now the broker may forget it. Not
+        # before: a link torn down meanwhile would lose it with the client's queue.
+        self._acknowledge(client, message, key)
+        return done
+
+    def _acknowledge(self, client: aiomqtt.Client, message: aiomqtt.Message, key: tuple[str, bytes] | None) -> None:
+        if message.qos == 0:
+            return
+        # Only on the link the bridge still serves: one being torn down may or may not carry it,
+        # and only one certainly not acknowledged is certainly sent again (and then skipped).
+        if self._client is client:
+            # paho has no public handle on aiomqtt's client; manual_ack_set(True) made this ours.
+            rc = client._client.ack(message.mid, message.qos)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+        self._handled_unacked = key
 
     async def _applied(self) -> None:
         """Wait for the input being applied, if any (it never raises: handle_input counts)."""
@@ -455,7 +546,34 @@ class MqttBridge:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it untyped
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.MaximumPacketSize = MAX_PACKET_BYTES
+        props.ReceiveMaximum = INPUTS_UNACKED_MAX
         return props
+
+    def _ending(self) -> bool:
+        """The stop has begun, or the connection task is being cancelled: the connection loop
+        ends, whatever exception surfaced (aiomqtt's exit replaces a CancelledError with the
+        MqttError of a DISCONNECT it could not send)."""
+        task = asyncio.current_task()
+        return self._stopping or (task is not None and task.cancelling() > 0)
+
+    async def _subscribe_inputs(self, client: aiomqtt.Client) -> None:
+        # Retained inputs only for a new subscription (first connect, or the session expired): a
+        # resumed session already had them, and replaying them on every link blip would only
+        # re-apply old values (or refuse them as stale).
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+        refused: dict[str, int] = {}
+        for name in topics.INPUTS:
+            topic = topics.input_topic(self.prefix, name)
+            granted = await client.subscribe(topic, options=options)
+            # A code of 0x80 or more is a refusal (not authorised, say): the link works, but this
+            # input never arrives on it, which nothing else would show.
+            codes = [c.value if isinstance(c, ReasonCode) else int(c) for c in granted]
+            code = next((c for c in codes if c >= 0x80), None)
+            if code is not None:
+                refused[topic] = code
+                log.error("MQTT broker refused the subscription to %s (reason code 0x%02X %s): input %s is "
+                          "not received on this link", topic, code, _reason_name(code), name)
+        self.subscriptions_refused = refused
 
     async def _connection(self) -> None:
         delay = self.reconnect_min_s
@@ -463,42 +581,58 @@ class MqttBridge:
         up_since = 0.0
         failed_for: str | None = None  # why the last connect failed
         while True:
+            if self._ending():
+                raise asyncio.CancelledError
             try:
                 # clean_start=False on every connect (the identifier is this process's own, so
                 # the first finds no old session): a reconnect resumes the session, and with it
-                # the QoS 1 input the broker queued while the link was down.
-                async with aiomqtt.Client(self.host, self.port, identifier=self._client_id,
-                                          username=self._username, password=self._password,
-                                          protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
-                                          properties=self._session_properties(),
-                                          keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S,
-                                          will=self._will()) as client:
-                    # First on every link, before what was buffered: a consumer that saw the will
-                    # learns the retained topics are kept true again.
-                    online = topics.gateway_status(self.prefix, True, "connected", to_rfc3339(self.gw.clock.now()))
-                    await client.publish(online.topic, online.payload, qos=online.qos, retain=online.retain,
-                                         timeout=PUBLISH_TIMEOUT_S)
-                    self.connects += 1
-                    failed_for = None
-                    metrics.MQTT_RECONNECTS.labels("ok").inc()
-                    # Retained inputs only for a new subscription (first connect, or the session
-                    # expired): a resumed session already had them, and replaying them on every
-                    # link blip would only re-apply old values (or refuse them as stale).
-                    options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-                    for name in topics.INPUTS:
-                        await client.subscribe(topics.input_topic(self.prefix, name), options=options)
-                    self._set_connected(True)
-                    up_since = loop.time()
-                    log.info("MQTT connected to %s:%d", self.host, self.port)
+                # the QoS 1 input the broker queued while the link was down, or sent on the last
+                # link and never acknowledged.
+                client = aiomqtt.Client(self.host, self.port, identifier=self._client_id,
+                                        username=self._username, password=self._password,
+                                        protocol=aiomqtt.ProtocolVersion.V5, clean_start=False,
+                                        properties=self._session_properties(), queue_type=_InputQueue,
+                                        keepalive=KEEPALIVE_S, timeout=PUBLISH_TIMEOUT_S,
+                                        will=self._will())
+                # paho acknowledges a QoS 1 input as it arrives, and aiomqtt has no option for
+                # this: _take acknowledges each once handled (see the module's docstring).
+                client._client.manual_ack_set(True)
+                self._link = client
+                async with client:
+                    if self._ending():
+                        # Connected just as the stop began: no "online" for a gateway going away.
+                        raise asyncio.CancelledError
+                    # From here: a stop that begins while this link says "online" or subscribes
+                    # sends its goodbye on it, after the "online".
                     self._client = client
                     try:
+                        # First on every link, before what was buffered: a consumer that saw the
+                        # will learns the retained topics are kept true again.
+                        online = topics.gateway_status(self.prefix, True, "connected",
+                                                       to_rfc3339(self.gw.clock.now()))
+                        await client.publish(online.topic, online.payload, qos=online.qos, retain=online.retain,
+                                             timeout=PUBLISH_TIMEOUT_S)
+                        self.connects += 1
+                        failed_for = None
+                        metrics.MQTT_RECONNECTS.labels("ok").inc()
+                        await self._subscribe_inputs(client)
+                        self._set_connected(True)
+                        up_since = loop.time()
+                        log.info("MQTT connected to %s:%d", self.host, self.port)
                         await self._serve(client)
                     except Exception:
+                        # Before the goodbye: an input handled from now on is not acknowledged on
+                        # this link, and so is known to come again (see _acknowledge).
+                        self._client = None
                         await self._link_torn(client)
                         raise
                     finally:
                         self._client = None
             except aiomqtt.MqttError as exc:
+                if self._ending():
+                    # Never a reconnect after (or during) the stop: the bridge would come back
+                    # online after the gateway said goodbye.
+                    raise asyncio.CancelledError from exc
                 if self.connected:
                     log.warning("MQTT connection lost: %s (%d messages buffered)", exc, len(self._buf))
                     self._link_lost()
@@ -515,16 +649,20 @@ class MqttBridge:
                     (log.debug if reason == failed_for else log.warning)(
                         "MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
                     failed_for = reason
-            except Exception:
+            except Exception as exc:
+                if self._ending():
+                    raise asyncio.CancelledError from exc
                 # A bug, or something the client library did not wrap: ending here would leave
                 # the gateway without MQTT for good and, silently, still reporting "connected".
                 # Treated as a lost connection instead. (CancelledError is no Exception: stop()
-                # still ends the loop.)
+                # still ends the loop, and so does any error once it is ending, above.)
                 if not self.connected:
                     metrics.MQTT_RECONNECTS.labels("failed").inc()
                 log.exception("MQTT bridge: unexpected error; reconnecting (%d messages buffered)",
                               len(self._buf))
                 self._link_lost()
+            finally:
+                self._link = None
             self._set_connected(False)
             # Real seconds: this waits on an outside service, not on simulated time. Jitter keeps a
             # fleet of gateways from reconnecting in step after a broker restart.
