@@ -29,7 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway.db.engine import is_transient
-from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, ConnectionReplaced, StationOffline
+from gateway.ocpp.errors import (
+    CallErrorReceived,
+    CallFailed,
+    CallNotSent,
+    CallTimeout,
+    ConnectionReplaced,
+    StationOffline,
+)
 
 log = logging.getLogger(__name__)
 DB_RETRY_AFTER_S = 5
@@ -109,6 +116,11 @@ def call_failed_response(exc: CallFailed) -> JSONResponse:
     details: dict[str, Any] = {"station_id": exc.station_id, "action": exc.action}
     if isinstance(exc, StationOffline):
         return error_response(409, "station_offline", str(exc), details)
+    if isinstance(exc, CallNotSent):
+        # Before CallTimeout, its base: the station never got this one (it waited its timeout
+        # behind earlier calls), so unlike a timeout nothing may have happened, and sending it
+        # again is safe.
+        return error_response(504, "call_not_sent", str(exc), {**details, "timeout_s": exc.timeout_s})
     if isinstance(exc, CallTimeout):
         return error_response(504, "station_timeout", str(exc), {**details, "timeout_s": exc.timeout_s})
     if isinstance(exc, CallErrorReceived):
@@ -205,7 +217,8 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             502: "The station answered with a CALLERROR (error.details.ocpp_error_code)",
             503: "The station's connection closed during the call, or the database is unavailable "
                  "(error.code; Retry-After)",
-            504: "The station did not answer in time"}
+            504: "The station did not answer in time, or the call never went out behind the station's "
+                 "earlier ones (error.code station_timeout or call_not_sent)"}
     return {s: {"model": ErrorBody, "description": text.get(s, "Error")} for s in statuses}
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, select, update
+from sqlalchemy import ColumnElement, and_, case, func, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.clock import parse_rfc3339
@@ -276,10 +276,14 @@ class TransactionRepository:
         limit: int = 100, offset: int = 0,
     ) -> tuple[list[TxSnapshot], int]:
         conds: list[ColumnElement[bool]] = []
+        # Active as the API shows it: started and not ended. A row an Updated made before its
+        # Started (the station's Started still on its way) is not active yet, and is listed
+        # with the inactive ones, as it is shown.
+        is_active = and_(m.Transaction.started_at.is_not(None), m.Transaction.ended_at.is_(None))
         if active is True:
-            conds.append(m.Transaction.ended_at.is_(None))
+            conds.append(is_active)
         elif active is False:
-            conds.append(m.Transaction.ended_at.is_not(None))
+            conds.append(not_(is_active))
         if id_token is not None:
             conds.append(_same_token(id_token))
         if station_id is not None:

@@ -3,9 +3,13 @@ not carry the command out the error says why:
 
 - 404 ``not_found``: no such station registered
 - 409 ``station_offline``: the station is not connected (nothing was sent)
+- 409 ``station_on_other_node``: another gateway node holds its connection (``details.connected_node``;
+  nothing was sent: send the command to that node)
 - 502 ``station_error``: the station answered with a CALLERROR (``details.ocpp_error_code``)
 - 503 ``station_disconnected``: its connection closed while the call was pending
 - 504 ``station_timeout``: no answer within ``call_timeout_s``
+- 504 ``call_not_sent``: the call waited ``call_timeout_s`` behind the station's earlier calls and
+  never went out (the station got nothing; sending it again is safe)
 
 Commands to one station queue behind each other (one CALL in flight per station).
 """
@@ -19,11 +23,12 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, Field, model_validator
 
 from gateway.api.deps import GatewayDep, Operator
-from gateway.api.errors import NotFound, responses
+from gateway.api.errors import Conflict, NotFound, responses
+from gateway.api.routes.stations import holding_node
 from gateway.api.schemas import Model, StationId
 from gateway.app import Gateway
 from gateway.domain import EVSE_ID_MAX
-from gateway.ocpp.errors import CallTimeout, ConnectionReplaced
+from gateway.ocpp.errors import CallNotSent, CallTimeout, ConnectionReplaced
 
 router = APIRouter(prefix="/stations/{station_id}/commands", tags=["commands"],
                    responses=responses(401, 403, 404, 409, 422, 502, 503, 504))
@@ -54,7 +59,10 @@ class _ConnectorOfEvse(Model):
 
     evse_id: int | None = Field(default=None, ge=1, le=EVSE_ID_MAX,
                                 description="The EVSE (from 1); left out: the whole station")
-    connector_id: int | None = Field(default=None, ge=0, le=1000)
+    # OCPP 2.0.1 numbers the connectors of each EVSE from 1 (Part 1's 3-tier model; Part 2's
+    # EVSEType.connectorId): connector 0 is no connector, and was forwarded to the station as one.
+    connector_id: int | None = Field(default=None, ge=1, le=1000,
+                                     description="The connector within evse_id (from 1)")
 
     @model_validator(mode="after")
     def _connector_needs_evse(self) -> _ConnectorOfEvse:
@@ -96,8 +104,17 @@ async def _run(gw: Gateway, station_id: str, action: str, call: Awaitable[dict[s
 
 
 async def _known(gw: Gateway, station_id: str) -> None:
-    if await gw.stations.get(station_id) is None:
+    """404 for a station never registered; 409 ``station_on_other_node`` for one whose connection
+    another gateway node holds (its flag, as GET /stations shows it): only that node can send it
+    a CALL, and "not connected" would contradict GET /stations/{id}."""
+    row = await gw.stations.get(station_id)
+    if row is None:
         raise NotFound(f"no station {station_id!r}")
+    node = holding_node(gw, row)
+    if node is not None and node != gw.settings.node_id:
+        raise Conflict(f"station {station_id!r} is connected to gateway node {node!r}, not this one "
+                       f"({gw.settings.node_id!r}): send the command to that node",
+                       {"station_id": station_id, "connected_node": node}, code="station_on_other_node")
 
 
 @router.post("/reset")
@@ -139,6 +156,12 @@ async def clear_charging_profile(body: ClearProfilesIn, gw: GatewayDep, _: Opera
         result = await _run(gw, station_id, "ClearChargingProfile", gw.commands.clear_charging_profile(
             station_id, body.charging_profile_id, evse_id=body.evse_id, purpose=body.purpose,
             stack_level=body.stack_level))
+    except CallNotSent:
+        # Never went out: it waited its whole timeout behind the station's earlier calls (one in
+        # flight, OCPP-J Part 4 §4.1.1), so the station cleared nothing and the profiles the
+        # scheduler counts are still in force. Re-sending them all and re-planning would be a
+        # storm of CALLs onto a station already too busy to take this one.
+        raise
     except (CallTimeout, ConnectionReplaced):
         # Sent, and no answer: the station may have cleared them all the same (K10), so they
         # are counted as cleared (sending them again costs a CALL; missing a clear, a site

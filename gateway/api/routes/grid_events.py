@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field, model_validator
 
-from gateway.api.deps import Operator, QueriesDep, SiteInputsDep
+from gateway.api.deps import GatewayDep, Operator, QueriesDep, SiteInputsDep
 from gateway.api.errors import Conflict, NotFound, responses
 from gateway.api.schemas import AwareDateTime, Ident, Limit, Model, Offset, Page, UtcDateTime
 from gateway.bus.site_inputs import GridEventCancelled, check_grid_event
@@ -59,19 +59,27 @@ IdPath = Annotated[Ident, Path(description="The grid event's id")]
 
 
 @router.post("", status_code=201, responses=responses(409))
-async def create_grid_event(body: GridEventIn, q: QueriesDep, site: SiteInputsDep,
+async def create_grid_event(body: GridEventIn, gw: GatewayDep, q: QueriesDep, site: SiteInputsDep,
                             _: Operator) -> GridEventOut:
     """Stored, applied to the plan inputs, and the site is re-planned. 409 when the id belongs to
     a cancelled event: a cancel is final (a new event needs a new id)."""
     event = GridEvent(body.id or str(uuid.uuid4()), body.start, body.end, body.kind, body.payment_per_kwh,
                       body.cap_kw)
+    # Read before the write, never after it: once the event is committed, a failed read would
+    # answer 503 "nothing was stored, try again", and a retry without an id would store the event
+    # twice. An update keeps its created_at; a new event's is now (read here, a moment before
+    # SiteInputs reads the clock for the row: the two can differ by the wait for its write lock,
+    # until add_grid_event hands back the row it wrote).
+    prior = await q.grid_event(event.id) if body.id is not None else None
+    at = gw.clock.now()
     try:
         await site.add_grid_event(event, "rest")
     except GridEventCancelled as exc:
         raise Conflict(str(exc), {"id": exc.event_id}) from None
-    rec = await q.grid_event(event.id)
-    assert rec is not None
-    return _out(rec)
+    created_at = prior.created_at if prior is not None else at
+    return GridEventOut(id=event.id, start=event.start, end=event.end, kind=event.kind,
+                        payment_per_kwh=event.payment_per_kwh, cap_kw=event.cap_kw, source="rest",
+                        created_at=created_at, cancelled_at=None)
 
 
 @router.get("")
@@ -96,11 +104,16 @@ async def get_grid_event(
 
 
 @router.delete("/{event_id}", responses=responses(404))
-async def cancel_grid_event(q: QueriesDep, site: SiteInputsDep, _: Operator,
+async def cancel_grid_event(gw: GatewayDep, q: QueriesDep, site: SiteInputsDep, _: Operator,
                             event_id: IdPath) -> GridEventOut:
     """Cancel an event (kept, with its cancel time); the site is re-planned without it."""
+    # Read before the cancel, as for a create: after its commit a failed read would say nothing
+    # was stored. (cancelled_at: this clock read, as created_at above.)
+    prior = await q.grid_event(event_id)
+    at = gw.clock.now()
     if not await site.cancel_grid_event(event_id):
         raise NotFound(f"no open grid event {event_id!r}")
-    rec = await q.grid_event(event_id)
-    assert rec is not None
-    return _out(rec)
+    if prior is None:  # created between the read and the cancel: only a read can tell what it was
+        prior = await q.grid_event(event_id)
+        assert prior is not None
+    return _out(prior).model_copy(update={"cancelled_at": at})

@@ -27,6 +27,7 @@ from gateway.api.deps import CurrentPrincipal, GatewayDep, Principal, QueriesDep
 from gateway.api.errors import Conflict, NotFound, Unprocessable, responses
 from gateway.api.schemas import AwareDateTime, Limit, Model, Offset, Page, StationId, TransactionId, UtcDateTime
 from gateway.app import Gateway
+from gateway.clock import to_rfc3339
 from gateway.db import models as m
 from gateway.db.planning import StoredNeeds, preferences_of
 from gateway.db.queries import Queries
@@ -139,9 +140,13 @@ class SessionDetail(SessionOut):
 class Delivery(BaseModel):
     departure_time: UtcDateTime
     energy_wanted_kwh: float
-    energy_by_departure_kwh: float | None
-    fully_met: bool | None = Field(description="null when no plan could be made (scheduler disabled)")
-    replanned: bool
+    energy_by_departure_kwh: float | None = Field(description="What the re-plan this change triggered delivers "
+                                                              "by departure; null when there was none "
+                                                              "(replanned false, or the scheduler disabled)")
+    fully_met: bool | None = Field(description="null when energy_by_departure_kwh is")
+    replanned: bool = Field(description="false: the re-plan failed or was still running after "
+                                        f"{REPLAN_WAIT_S:.0f} s (it comes later); session.plan is then "
+                                        "the plan made before this change")
 
 
 class PreferencesResult(BaseModel):
@@ -279,8 +284,9 @@ def _validate(p: Preferences, given: set[str], now: datetime, needs: EvNeeds | N
     this client's to fix (a departure stored earlier is in the past once it has gone by)."""
     if "departure_time" in given and p.departure_time is not None:
         if p.departure_time <= now:
+            # RFC 3339 with Z, as every time the API writes (docs/api.md, Conventions).
             raise Unprocessable("departure_time is in the past", {"field": "departure_time",
-                                                                   "now": now.isoformat()})
+                                                                   "now": to_rfc3339(now)})
         if p.departure_time > now + timedelta(days=DEPARTURE_AHEAD_MAX_DAYS):
             raise Unprocessable(f"departure_time is more than {DEPARTURE_AHEAD_MAX_DAYS} days ahead",
                                 {"field": "departure_time"})
@@ -400,7 +406,9 @@ async def set_preferences(body: PreferencesIn, gw: GatewayDep, q: QueriesDep, wh
     # those the change was checked against.
     detail = _detail_of(gw, tx, needs, rec)
     assert detail.resolved is not None  # an active session always resolves
-    planned = detail.plan.energy_by_departure_kwh if detail.plan is not None else None
+    # Only a plan made after this change answers it: without the re-plan, the plan in force was
+    # made for the request before, and its energy would pass for what the new one gets.
+    planned = detail.plan.energy_by_departure_kwh if replanned and detail.plan is not None else None
     wanted = detail.resolved.energy_wanted_kwh
     return PreferencesResult(session=detail, delivery=Delivery(
         departure_time=detail.resolved.departure_time,

@@ -4,6 +4,7 @@ enable/disable."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path
@@ -18,6 +19,11 @@ from gateway.db.queries import Queries
 from gateway.db.stations import EvseRow, StationRow
 from gateway.domain import EVSE_ID_MAX, DischargeDialect, EvseSpec
 from gateway.ocpp.auth import hash_password
+
+# What a station registered and never booted shows (models.Station.boot_status's default).
+NEW_BOOT_STATUS = "Accepted"
+# An EVSE stored without phases has the column's default (models.Evse.phases).
+DEFAULT_PHASES = 3
 
 router = APIRouter(prefix="/stations", tags=["stations"], responses=responses(401, 403, 422))
 
@@ -71,35 +77,47 @@ class StationOut(BaseModel):
     evses: list[EvseOut]
 
 
-async def _out(gw: Gateway, q: Queries, rows: list[StationRow]) -> list[StationOut]:
-    evses = await q.evses([r.id for r in rows])
-    out = []
-    for r in rows:
-        mine = sorted((e for e in evses if e.station_id == r.id), key=lambda e: e.evse_id)
-        # Here, this node's registry decides (its own flag may lag a write); elsewhere, the flag
-        # the holding node wrote.
-        here = gw.ocpp.registry.get(r.id) is not None
-        node = gw.settings.node_id if here else (
-            r.connected_node if r.connected and r.connected_node != gw.settings.node_id else None)
-        out.append(StationOut(
-            id=r.id, security_profile=r.security_profile, enabled=r.enabled,
-            connected=node is not None, connected_node=node, discharge_dialect=r.discharge_dialect,
-            discharge_undeclared_evs=r.discharge_undeclared_evs, vendor=r.vendor, model=r.model,
-            firmware_version=r.firmware_version, boot_status=r.boot_status, last_seen_at=r.last_seen_at,
-            evses=[EvseOut(evse_id=e.evse_id, max_charge_kw=e.max_charge_kw,
-                           max_discharge_kw=e.max_discharge_kw, bidirectional=e.bidirectional,
-                           phases=e.phases,
-                           status=gw.state.evses[(r.id, e.evse_id)].status
-                           if (r.id, e.evse_id) in gw.state.evses else None)
-                   for e in mine]))
+def holding_node(gw: Gateway, r: StationRow) -> str | None:
+    """The gateway node holding ``r``'s connection, None when no node does. Here, this node's
+    registry decides (its own flag may lag a write); elsewhere, the flag the holding node wrote."""
+    if gw.ocpp.registry.get(r.id) is not None:
+        return gw.settings.node_id
+    return r.connected_node if r.connected and r.connected_node != gw.settings.node_id else None
+
+
+def _station_out(gw: Gateway, r: StationRow, evses: list[EvseRow]) -> StationOut:
+    """Built from values already read or written: no database access."""
+    node = holding_node(gw, r)
+    return StationOut(
+        id=r.id, security_profile=r.security_profile, enabled=r.enabled,
+        connected=node is not None, connected_node=node, discharge_dialect=r.discharge_dialect,
+        discharge_undeclared_evs=r.discharge_undeclared_evs, vendor=r.vendor, model=r.model,
+        firmware_version=r.firmware_version, boot_status=r.boot_status, last_seen_at=r.last_seen_at,
+        evses=[EvseOut(evse_id=e.evse_id, max_charge_kw=e.max_charge_kw, max_discharge_kw=e.max_discharge_kw,
+                       bidirectional=e.bidirectional, phases=e.phases if e.phases is not None else DEFAULT_PHASES,
+                       status=gw.state.evses[(r.id, e.evse_id)].status
+                       if (r.id, e.evse_id) in gw.state.evses else None)
+               for e in sorted(evses, key=lambda e: e.evse_id)])
+
+
+async def _evses(q: Queries, station_ids: list[str]) -> dict[str, list[EvseRow]]:
+    out: dict[str, list[EvseRow]] = {i: [] for i in station_ids}
+    for e in await q.evses(station_ids):
+        out[e.station_id].append(EvseRow(e.evse_id, e.max_charge_kw, e.max_discharge_kw, e.bidirectional,
+                                         e.phases))
     return out
+
+
+async def _out(q: Queries, gw: Gateway, rows: list[StationRow]) -> list[StationOut]:
+    evses = await _evses(q, [r.id for r in rows])
+    return [_station_out(gw, r, evses[r.id]) for r in rows]
 
 
 async def _one(gw: Gateway, q: Queries, station_id: str) -> StationOut:
     row = await gw.stations.get(station_id)
     if row is None:
         raise NotFound(f"no station {station_id!r}")
-    return (await _out(gw, q, [row]))[0]
+    return (await _out(q, gw, [row]))[0]
 
 
 @router.post("", status_code=201, responses=responses(409))
@@ -124,14 +142,21 @@ async def register_station(body: StationIn, gw: GatewayDep, q: QueriesDep, _: Op
                       body.discharge_dialect, body.discharge_undeclared_evs)
     # More EVSEs share the site's limit: every station's default moves, and the plan keeps room.
     gw.bus.publish(ev.SiteInputsChanged(gw.clock.now(), "evses"))
-    return await _one(gw, q, body.id)
+    # The answer is what was just written, not a read back: the registration is committed, and a
+    # database gone by now would answer 503 "nothing was stored" for a station that is (and the
+    # retry a 409). A new row has no boot yet; its boot status is the column's default.
+    row = StationRow(id=body.id, security_profile=body.security_profile, enabled=True,
+                     discharge_dialect=body.discharge_dialect.value, vendor=None, model=None,
+                     firmware_version=None, boot_status=NEW_BOOT_STATUS, last_seen_at=None, connected=False,
+                     discharge_undeclared_evs=body.discharge_undeclared_evs)
+    return _station_out(gw, row, evses)
 
 
 @router.get("")
 async def list_stations(gw: GatewayDep, q: QueriesDep, _: Operator, limit: Limit = 100,
                         offset: Offset = 0) -> Page[StationOut]:
     rows = await gw.stations.list(limit=limit, offset=offset)
-    return Page(items=await _out(gw, q, rows), total=await q.station_count(), limit=limit, offset=offset)
+    return Page(items=await _out(q, gw, rows), total=await q.station_count(), limit=limit, offset=offset)
 
 
 @router.get("/{station_id}", responses=responses(404))
@@ -141,6 +166,12 @@ async def get_station(gw: GatewayDep, q: QueriesDep, _: Operator,
 
 
 async def _set_enabled(gw: Gateway, q: Queries, station_id: str, enabled: bool) -> StationOut:
+    # Read before the write, not after: once the change is committed, a read failing with the
+    # database would answer 503 "nothing was stored" for a change that was.
+    row = await gw.stations.get(station_id)
+    if row is None:
+        raise NotFound(f"no station {station_id!r}")
+    evses = (await _evses(q, [station_id]))[station_id]
     if not await gw.stations.set_enabled(station_id, enabled):
         raise NotFound(f"no station {station_id!r}")
     if enabled:
@@ -148,7 +179,7 @@ async def _set_enabled(gw: Gateway, q: Queries, station_id: str, enabled: bool) 
     else:
         # A disabled station is refused at its next login; end the current one now too.
         await gw.ocpp.shut_out(station_id)
-    return await _one(gw, q, station_id)
+    return _station_out(gw, replace(row, enabled=enabled), evses)
 
 
 @router.post("/{station_id}/disable", responses=responses(404))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -25,6 +26,13 @@ from gateway.domain import EVSE_ID_MAX
 router = APIRouter(prefix="/telemetry", tags=["telemetry"], responses=responses(401, 403, 422))
 
 DEFAULT_WINDOW_H = 24
+# The longest window one request reads: a month of one station's samples (tens of thousands of
+# rows at 1/min per measurand). Unbounded, start=1970 made the database scan the whole history
+# (and count it) for one page.
+WINDOW_MAX_DAYS = 31
+# The most buckets a window may split into: date_bin groups the whole window before the page is
+# cut, so 31 days of 1-s buckets would be millions of groups for a page of 1,000.
+BUCKETS_MAX = 100_000
 MEASURAND_PATTERN = r"^[A-Za-z0-9.]{1,50}$"
 
 
@@ -67,7 +75,8 @@ class Filters:
         evse_id: int | None = Query(default=None, ge=0, le=EVSE_ID_MAX),
         measurand: str | None = Query(default=None, pattern=MEASURAND_PATTERN,
                                       description="e.g. Power.Active.Import"),
-        start: AwareDateTime | None = Query(default=None, description=f"Default: end - {DEFAULT_WINDOW_H} h"),
+        start: AwareDateTime | None = Query(default=None, description=f"Default: end - {DEFAULT_WINDOW_H} h; "
+                                                                     f"at most {WINDOW_MAX_DAYS} days before end"),
         end: AwareDateTime | None = Query(default=None, description="Default: now (exclusive)"),
     ) -> None:
         self.station_id, self.transaction_id, self.evse_id, self.measurand = (
@@ -81,6 +90,12 @@ class Filters:
         start = self._start or end - timedelta(hours=DEFAULT_WINDOW_H)
         if end <= start:
             raise Unprocessable("end must be after start", {"field": "end"})
+        if end - start > timedelta(days=WINDOW_MAX_DAYS):
+            # Named after the bound the caller gave: a start alone is measured from now.
+            raise Unprocessable(f"the window from start to end is longer than {WINDOW_MAX_DAYS} days: "
+                                "read a longer span in several requests",
+                                {"field": "start" if self._start is not None else "end",
+                                 "max_days": WINDOW_MAX_DAYS})
         return start, end
 
 
@@ -106,11 +121,16 @@ async def meter_values(gw: GatewayDep, q: QueriesDep, _: Operator, f: FiltersDep
 async def meter_value_buckets(
     gw: GatewayDep, q: QueriesDep, _: Operator, f: FiltersDep,
     bucket_s: int = Query(ge=1, le=7 * 86400, description="Bucket width in seconds (Postgres date_bin), "
-                                                           "aligned on start"),
+                                                           f"aligned on start; at most {BUCKETS_MAX} buckets "
+                                                           "in the window"),
     limit: Limit = 1000, offset: Offset = 0,
 ) -> Page[BucketOut]:
     """Samples averaged per bucket, per station, EVSE, measurand, phase and meter location."""
     start, end = f.window(gw.clock.now())
+    buckets = math.ceil((end - start).total_seconds() / bucket_s)
+    if buckets > BUCKETS_MAX:
+        raise Unprocessable(f"{buckets} buckets of {bucket_s} s: at most {BUCKETS_MAX} (a wider bucket_s or a "
+                            "shorter window)", {"field": "bucket_s", "max_buckets": BUCKETS_MAX})
     rows, total = await q.meter_buckets(station_id=f.station_id, transaction_id=f.transaction_id,
                                         evse_id=f.evse_id, measurand=f.measurand, start=start, end=end,
                                         bucket_s=bucket_s, limit=limit, offset=offset)
