@@ -24,7 +24,7 @@ from ocpp.v201 import call, datatypes, enums
 from gateway import metrics
 from gateway.config import Settings
 from gateway.ocpp.connection import Connection
-from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallTimeout, StationOffline
+from gateway.ocpp.errors import CallErrorReceived, CallFailed, CallNotSent, CallTimeout, StationOffline
 
 Payload = dict[str, Any]
 # TriggerMessage's requested messages that are sent under another action's name (F06).
@@ -105,7 +105,10 @@ class StationCommands:
         try:
             reply = await conn.call(action, payload, timeout_s)
         except CallFailed as exc:
-            outcome = {CallTimeout: "timeout", CallErrorReceived: "callerror"}.get(type(exc), "failed")
+            # CallNotSent (a CallTimeout that never went out) counted apart: it says the station's
+            # queue is backed up, not that the station fell silent.
+            outcome = {CallTimeout: "timeout", CallNotSent: "not_sent",
+                       CallErrorReceived: "callerror"}.get(type(exc), "failed")
             metrics.CALLS_SENT.labels(action, outcome).inc()
             raise
         finally:

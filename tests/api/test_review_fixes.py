@@ -68,10 +68,18 @@ async def test_a_clear_that_was_never_sent_is_not_counted_as_a_clear(
     # A call the station takes its time over holds the station's one slot (OCPP-J: one CALL in flight).
     slow = asyncio.create_task(gw.commands.call("CS-BUSY", "Reset", {"type": "OnIdle"}, EVENT_TIMEOUT_S))
     await asyncio.wait_for(held, EVENT_TIMEOUT_S)
+    from gateway.metrics import REGISTRY
+
+    def not_sent() -> float:
+        labels = {"action": "ClearChargingProfile", "outcome": "not_sent"}
+        return REGISTRY.get_sample_value("gateway_ocpp_calls_sent_total", labels) or 0.0
+
+    before = not_sent()
     async with httpx.AsyncClient(base_url=h.api_url, timeout=EVENT_TIMEOUT_S) as api:
         r = await api.post("/api/v1/stations/CS-BUSY/commands/clear-charging-profile", headers=OPERATOR, json={})
     assert r.status_code == 504, r.text
     assert r.json()["error"]["code"] == "call_not_sent", r.text
+    assert not_sent() == before + 1  # counted as not sent, not as a failure of the station
     assert "ClearChargingProfile" not in actions  # it never went out ...
     assert cleared == []  # ... so the profiles in force are not taken as cleared
     await ws.answer(await held, {"status": "Accepted"})
