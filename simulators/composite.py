@@ -11,6 +11,8 @@ How the composite is formed (OCPP 2.0.1 Part 2, section K "Smart Charging" and u
 - ``TxProfile`` overrules ``TxDefaultProfile`` (the transaction layer);
 - the result is the minimum of the transaction layer, ``ChargingStationMaxProfile`` and
   ``ChargingStationExternalConstraints``;
+- the same id replaces a profile (K01.FR.05); another id in the same slot (EVSE, purpose, stack
+  level, and transaction for a TxProfile) with overlapping validity is rejected (K01.FR.06/.39);
 - limits in A become W as ``limit * phases * 230 V`` (phases: the period's ``numberPhases``,
   default 3, capped by the EVSE's phases); a negative W limit means discharge.
 """
@@ -139,11 +141,18 @@ def period_limit_w(period: Period, unit: str, evse_phases: int) -> float:
     return period.limit * phases * VOLTAGE_V
 
 
-def _schedule_start(p: Profile, t: datetime, tx: Transaction | None) -> datetime | None:
-    """When the schedule instance in force at ``t`` began, or None when none is."""
+def _schedule_start(
+    p: Profile, t: datetime, tx: Transaction | None, anchor: datetime | None = None
+) -> datetime | None:
+    """When the schedule instance in force at ``t`` began, or None when none is.
+
+    ``anchor``: where a Relative schedule starts outside a transaction (a composite schedule's
+    start, K08); without one, at ``t`` itself ("now")."""
     if p.kind == "Relative":
-        # Relative schedules run from the start of the transaction; outside one, from "now".
-        return tx.started if tx is not None else t
+        # Relative schedules run from the start of the transaction; outside one, from the anchor.
+        if tx is not None:
+            return tx.started
+        return anchor if anchor is not None else t
     assert p.start_schedule is not None
     if p.kind == "Recurring":
         assert p.recurrency is not None
@@ -166,11 +175,14 @@ def _applies(p: Profile, t: datetime, tx: Transaction | None) -> bool:
     return True
 
 
-def profile_limit_w(p: Profile, t: datetime, tx: Transaction | None, evse_phases: int) -> float | None:
-    """The limit (W) ``p`` sets at ``t``, or None when it sets none then."""
+def profile_limit_w(
+    p: Profile, t: datetime, tx: Transaction | None, evse_phases: int, anchor: datetime | None = None
+) -> float | None:
+    """The limit (W) ``p`` sets at ``t``, or None when it sets none then (``anchor``: see
+    :func:`_schedule_start`)."""
     if not _applies(p, t, tx):
         return None
-    start = _schedule_start(p, t, tx)
+    start = _schedule_start(p, t, tx, anchor)
     if start is None:
         return None
     offset = (t - start).total_seconds()
@@ -185,13 +197,15 @@ def profile_limit_w(p: Profile, t: datetime, tx: Transaction | None, evse_phases
     return None if current is None else period_limit_w(current, p.unit, evse_phases)
 
 
-def _winner(profiles: Iterable[Profile], t: datetime, tx: Transaction | None, phases: int) -> float | None:
+def _winner(
+    profiles: Iterable[Profile], t: datetime, tx: Transaction | None, phases: int, anchor: datetime | None = None
+) -> float | None:
     """Highest stack level among the valid profiles of one purpose; an EVSE-specific profile beats
     a station-wide (evseId 0) one of the same stack level."""
     best: tuple[int, int] | None = None
     value: float | None = None
     for p in profiles:
-        lim = profile_limit_w(p, t, tx, phases)
+        lim = profile_limit_w(p, t, tx, phases, anchor)
         if lim is None:
             continue
         key = (p.stack_level, 1 if p.evse_id else 0)
@@ -229,6 +243,20 @@ def _breakpoints(p: Profile, start: datetime, end: datetime, tx: Transaction | N
     return out
 
 
+def limit_source(p: Profile) -> str:
+    """Where a profile's limit comes from (chargingLimitSource, K09): external constraints from a
+    local energy management system, everything else from the CSMS (the CSO)."""
+    return "EMS" if p.purpose is Purpose.EXTERNAL else "CSO"
+
+
+def _validity_overlaps(a: Profile, b: Profile, now: datetime | None) -> bool:
+    """Whether the validity periods [validFrom, validTo) of ``a`` and ``b`` share a moment; a
+    missing validFrom means from ``now`` (unbounded without it), a missing validTo for ever."""
+    starts = [v for v in (a.valid_from, b.valid_from, now) if v is not None]
+    ends = [v for v in (a.valid_to, b.valid_to) if v is not None]
+    return not starts or not ends or max(starts) < min(ends)
+
+
 @dataclass(frozen=True, slots=True)
 class CompositePeriod:
     start_s: int  # seconds after the composite's start
@@ -242,8 +270,14 @@ class ProfileStore:
     evse_phases: dict[int, int]
     profiles: dict[int, Profile] = field(default_factory=dict)  # by profile id
 
-    def install(self, profile: Profile, tx: Transaction | None) -> None:
-        """Install a parsed profile after the checks that need the station's state (K01)."""
+    def install(self, profile: Profile, tx: Transaction | None, now: datetime | None = None) -> None:
+        """Install a parsed profile after the checks that need the station's state (K01).
+
+        The same id replaces the installed profile (K01.FR.05). A profile with another id but the
+        same purpose and stack level on the same EVSE (and, for a TxProfile, the same transaction)
+        whose validity overlaps is rejected: two profiles never compete at one stack level
+        (K01.FR.06, K01.FR.39). ``now``: where a profile without validFrom starts to be valid (and
+        one whose validTo has passed no longer counts); without it, validity is unbounded below."""
         if profile.evse_id != 0 and profile.evse_id not in self.evse_phases:
             raise ProfileError("EvseDoesNotExist")  # K01.FR.28
         if profile.purpose is Purpose.TX:
@@ -251,17 +285,19 @@ class ProfileStore:
                 raise ProfileError("TxProfileEvseHasNoActiveTransaction")  # K01.FR.09
             if profile.transaction_id != tx.id:
                 raise ProfileError("TxProfileTransactionNotOnEvse")  # K01.FR.33
-        # Same id replaces (K01.FR.05); so does the same purpose and stack level on the same EVSE
-        # (and transaction), so that two profiles never compete at one stack level (K01.FR.39).
-        for old in list(self.profiles.values()):
+        for old in self.profiles.values():
             same_slot = (
-                old.evse_id == profile.evse_id
+                old.id != profile.id
+                and old.evse_id == profile.evse_id
                 and old.purpose is profile.purpose
                 and old.stack_level == profile.stack_level
-                and old.transaction_id == profile.transaction_id
+                and (profile.purpose is not Purpose.TX or old.transaction_id == profile.transaction_id)
             )
-            if old.id == profile.id or same_slot:
-                del self.profiles[old.id]
+            if same_slot and _validity_overlaps(old, profile, now):
+                raise ProfileError(
+                    f"DuplicateProfile: profile {old.id} has purpose {old.purpose} and stackLevel "
+                    f"{old.stack_level} on evseId {old.evse_id}"
+                )
         self.profiles[profile.id] = profile
 
     def clear(
@@ -271,11 +307,14 @@ class ProfileStore:
         purpose: str | None = None,
         stack_level: int | None = None,
     ) -> int:
-        """Remove the profiles matching every given criterion (K10); return how many went."""
+        """Remove the profiles matching every given criterion (K10); return how many went.
+        ChargingStationExternalConstraints are never cleared: they come from a local energy
+        management system, not from the CSMS (K10, K01.FR.22)."""
         gone = [
             p.id
             for p in self.profiles.values()
-            if (profile_id is None or p.id == profile_id)
+            if p.purpose is not Purpose.EXTERNAL
+            and (profile_id is None or p.id == profile_id)
             and (evse_id is None or p.evse_id == evse_id)
             and (purpose is None or p.purpose == purpose)
             and (stack_level is None or p.stack_level == stack_level)
@@ -295,13 +334,17 @@ class ProfileStore:
         purpose: str | None = None,
         stack_level: int | None = None,
         ids: Iterable[int] | None = None,
+        sources: Iterable[str] | None = None,
     ) -> list[Profile]:
-        """Profiles matching GetChargingProfiles criteria (K09)."""
+        """Profiles matching GetChargingProfiles criteria (K09); ``sources``: the
+        chargingLimitSource values asked for (see :func:`limit_source`)."""
         wanted = set(ids) if ids is not None else None
+        from_sources = set(sources) if sources is not None else None
         return [
             p
             for p in self.profiles.values()
-            if (evse_id is None or p.evse_id == evse_id)
+            if (from_sources is None or limit_source(p) in from_sources)
+            and (evse_id is None or p.evse_id == evse_id)
             and (purpose is None or p.purpose == purpose)
             and (stack_level is None or p.stack_level == stack_level)
             and (wanted is None or p.id in wanted)
@@ -312,22 +355,25 @@ class ProfileStore:
             return [p for p in self.profiles.values() if p.evse_id == 0]
         return [p for p in self.profiles.values() if p.evse_id in (0, evse_id)]
 
-    def limit_w(self, evse_id: int, t: datetime, tx: Transaction | None) -> float | None:
-        """The composite limit (W) for ``evse_id`` at ``t``; None when no profile limits it."""
+    def limit_w(
+        self, evse_id: int, t: datetime, tx: Transaction | None, anchor: datetime | None = None
+    ) -> float | None:
+        """The composite limit (W) for ``evse_id`` at ``t``; None when no profile limits it.
+        ``anchor``: where Relative schedules start when there is no transaction."""
         phases = self.evse_phases.get(evse_id, DEFAULT_PHASES)
         relevant = self._relevant(evse_id)
         by_purpose: dict[Purpose, list[Profile]] = {pp: [] for pp in Purpose}
         for p in relevant:
             by_purpose[p.purpose].append(p)
-        tx_layer = _winner(by_purpose[Purpose.TX], t, tx, phases)
+        tx_layer = _winner(by_purpose[Purpose.TX], t, tx, phases, anchor)
         if tx_layer is None:
-            tx_layer = _winner(by_purpose[Purpose.TX_DEFAULT], t, tx, phases)
+            tx_layer = _winner(by_purpose[Purpose.TX_DEFAULT], t, tx, phases, anchor)
         limits = [
             v
             for v in (
                 tx_layer,
-                _winner(by_purpose[Purpose.MAX], t, tx, phases),
-                _winner(by_purpose[Purpose.EXTERNAL], t, tx, phases),
+                _winner(by_purpose[Purpose.MAX], t, tx, phases, anchor),
+                _winner(by_purpose[Purpose.EXTERNAL], t, tx, phases, anchor),
             )
             if v is not None
         ]
@@ -348,7 +394,7 @@ class ProfileStore:
                 moments |= _breakpoints(p, after, end, txs.get(p.evse_id))
         return min(moments) if moments else None
 
-    def station_max_w(self, t: datetime) -> float | None:
+    def station_max_w(self, t: datetime, anchor: datetime | None = None) -> float | None:
         """The cap on the whole station's import: ChargingStationMaxProfile (and external
         constraints) on evseId 0. A TxDefaultProfile on evseId 0 is *not* a station total: it is
         the default of every EVSE (K01.FR.?), and applies per EVSE through :meth:`limit_w`."""
@@ -357,8 +403,8 @@ class ProfileStore:
         limits = [
             v
             for v in (
-                _winner([p for p in station if p.purpose == Purpose.MAX], t, None, phases),
-                _winner([p for p in station if p.purpose == Purpose.EXTERNAL], t, None, phases),
+                _winner([p for p in station if p.purpose == Purpose.MAX], t, None, phases, anchor),
+                _winner([p for p in station if p.purpose == Purpose.EXTERNAL], t, None, phases, anchor),
             )
             if v is not None
         ]
@@ -375,8 +421,12 @@ class ProfileStore:
         out: list[CompositePeriod] = []
         for m in sorted(moments):
             # evseId 0 asks for the station's own limit (K08): its caps, not the per-EVSE default
-            # a TxDefaultProfile on evseId 0 sets.
-            lim = self.station_max_w(m) if evse_id == 0 else self.limit_w(evse_id, m, tx)
+            # a TxDefaultProfile on evseId 0 sets. Without a transaction a Relative schedule runs
+            # from the composite's start (as _breakpoints anchors it), not from each moment.
+            if evse_id == 0:
+                lim = self.station_max_w(m, anchor=start)
+            else:
+                lim = self.limit_w(evse_id, m, tx, anchor=start)
             if out and out[-1].limit_w == lim:
                 continue
             out.append(CompositePeriod(int((m - start).total_seconds()), lim))
@@ -392,12 +442,19 @@ def composite_to_wire(
     unit: str,
     evse_phases: int,
     default_limit_w: float,
+    max_discharge_w: float | None = None,
 ) -> dict[str, Any]:
-    """A GetCompositeSchedule ``schedule`` (K08); stretches without a profile show the EVSE's maximum."""
+    """A GetCompositeSchedule ``schedule`` (K08); stretches without a profile show the EVSE's maximum.
+
+    What the EVSE can do bounds what it reports: a limit above its maximum (``default_limit_w``)
+    shows that maximum, a discharge limit beyond ``max_discharge_w`` (when given; 0 for an EVSE
+    that cannot discharge) shows that much discharge."""
     factor = 1.0 if unit == "W" else 1.0 / (evse_phases * VOLTAGE_V)
     rows = []
     for cp in periods:
-        lim = default_limit_w if cp.limit_w is None else cp.limit_w
+        lim = default_limit_w if cp.limit_w is None else min(cp.limit_w, default_limit_w)
+        if max_discharge_w is not None and lim < -max_discharge_w:
+            lim = -max_discharge_w + 0.0  # no -0.0 on the wire
         row: dict[str, Any] = {"startPeriod": cp.start_s, "limit": round(lim * factor, 1)}
         if unit == "A":
             row["numberPhases"] = evse_phases

@@ -24,6 +24,20 @@ from websockets.http11 import Request, Response
 from gateway.clock import Clock, to_rfc3339
 
 
+def _well_formed(msg: Any) -> bool:
+    """An OCPP-J frame with the elements its type needs: CALL [2, id, action, {payload}],
+    CALLRESULT [3, id, {payload}], CALLERROR [4, id, code, description, {details}]."""
+    if not isinstance(msg, list) or len(msg) < 2 or not isinstance(msg[1], str):
+        return False
+    if msg[0] == 2:
+        return len(msg) == 4 and isinstance(msg[2], str) and isinstance(msg[3], dict)
+    if msg[0] == 3:
+        return len(msg) == 3
+    if msg[0] == 4:
+        return len(msg) == 5
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     station_id: str
@@ -117,8 +131,11 @@ class LoopbackCsms:
         mid = f"csms-{next(self._ids)}"
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending[mid] = fut
-        await ws.send(json.dumps([2, mid, action, payload]))
-        return await asyncio.wait_for(fut, wait_s)
+        try:
+            await ws.send(json.dumps([2, mid, action, payload]))
+            return await asyncio.wait_for(fut, wait_s)
+        finally:
+            self._pending.pop(mid, None)  # answered, timed out or the send failed: forget it
 
     def _reply(self, r: Received) -> dict[str, Any]:
         now = to_rfc3339(self.clock.now())
@@ -147,6 +164,14 @@ class LoopbackCsms:
                     kind = msg[0]
                 except (ValueError, IndexError, KeyError, TypeError):
                     await ws.send(json.dumps([4, "-1", "RpcFrameworkError", "unreadable frame", {}]))
+                    continue
+                if not _well_formed(msg):
+                    # A CALL (or a frame of no known type) too short or with fields of the wrong
+                    # type draws a CALLERROR, with its message id when that can be read; a broken
+                    # reply is dropped (a CALLERROR is never answered). The link stays up.
+                    if kind not in (3, 4):
+                        mid = msg[1] if isinstance(msg, list) and len(msg) > 1 and isinstance(msg[1], str) else "-1"
+                        await ws.send(json.dumps([4, mid, "RpcFrameworkError", "malformed frame", {}]))
                     continue
                 if kind == 2:
                     r = Received(station_id, msg[2], msg[3], msg[1], conn_no)

@@ -86,6 +86,9 @@ def charging_needs(evse: EvseState, departure: datetime | None, energy_kwh: floa
     return needs
 
 
+_CONTEXT_FROM_TRIGGER = "<from trigger>"
+
+
 def transaction_event(
     evse: EvseState,
     *,
@@ -93,13 +96,19 @@ def transaction_event(
     trigger: str,
     when: datetime,
     offline: bool,
-    context: str | None = "Sample.Periodic",
+    context: str | None = _CONTEXT_FROM_TRIGGER,
     with_token: bool = False,
     stopped_reason: str | None = None,
 ) -> dict[str, Any]:
-    """A TransactionEvent request (E01-E07); the seqNo is drawn from the session here."""
+    """A TransactionEvent request (E01-E07); the seqNo is drawn from the session here.
+
+    ``context``: the meter value's ReadingContext, None for no meter value. By default it follows
+    the trigger: ``Sample.Periodic`` for MeterValuePeriodic, ``Trigger`` for a reading taken
+    because of an event (ChargingStateChanged, ChargingRateChanged, ...)."""
     s = evse.session
     assert s is not None
+    if context == _CONTEXT_FROM_TRIGGER:
+        context = "Sample.Periodic" if trigger == "MeterValuePeriodic" else "Trigger"
     info: dict[str, Any] = {
         "transactionId": s.transaction.id,
         "chargingState": s.charging_state,

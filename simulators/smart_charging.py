@@ -20,6 +20,7 @@ from simulators.composite import (
     Purpose,
     Transaction,
     composite_to_wire,
+    limit_source,
     parse_profile,
 )
 from simulators.evse import EvseState
@@ -32,6 +33,7 @@ REASON_CODES = {
     "EvseDoesNotExist": "UnknownEvse",
     "UnsupportedChargingRateUnit": "UnsupportedRateUnit",
     "DischargeNotSupported": "NoDischarge",
+    "DuplicateProfile": "DuplicateProfile",
 }
 
 
@@ -67,16 +69,24 @@ class SmartCharging:
         self._maybe_fail("SetChargingProfile")
         try:
             profile = parse_profile(evse_id, snake_to_camel_case(profile_snake))
+            if evse_id != 0 and evse_id not in self.evses:
+                raise ProfileError("EvseDoesNotExist")  # K01.FR.28
+            if profile.purpose is Purpose.EXTERNAL:
+                # External constraints come from a local EMS, never from the CSMS (K01.FR.22).
+                raise ProfileError("ExternalConstraintsNotFromCsms")
             if len(profile.periods) > self.periods_max:
                 raise ProfileError(f"PeriodsPerSchedule: {len(profile.periods)} periods, at most {self.periods_max}")
             has_negative = any(p.limit < 0 for p in profile.periods)
-            if has_negative and (evse_id == 0 or not self.evses[evse_id].spec.bidirectional):
-                # A unidirectional EVSE cannot honour a discharge order, so it refuses it.
+            # A unidirectional EVSE cannot honour a discharge order, so it refuses it. On evseId 0
+            # the profile reaches every EVSE: taken when one of them can discharge; the others
+            # hold a negative limit at zero (EvseState.setpoint_kw), they never discharge.
+            targets = list(self.evses.values()) if evse_id == 0 else [self.evses[evse_id]]
+            if has_negative and not any(e.spec.bidirectional for e in targets):
                 raise ProfileError("DischargeNotSupported")
             if has_negative and profile.purpose is Purpose.MAX:
                 raise ProfileError("NegativeMaxProfile")
-            self.profiles.install(profile, self.tx_on(evse_id))
-        except (ProfileError, KeyError) as exc:
+            self.profiles.install(profile, self.tx_on(evse_id), now=self.clock.now())
+        except ProfileError as exc:
             detail = str(exc).strip("'")
             reason = REASON_CODES.get(detail.split(":")[0], "InvalidProfile")
             return call_result.SetChargingProfile(
@@ -121,6 +131,7 @@ class SmartCharging:
             purpose=criterion.get("charging_profile_purpose"),
             stack_level=criterion.get("stack_level"),
             ids=criterion.get("charging_profile_id"),
+            sources=criterion.get("charging_limit_source"),  # K09: e.g. ["EMS"] matches no CSMS profile
         )
 
     def get_charging_profiles(self, request_id: int, criterion: dict[str, Any], evse_id: int | None) -> Any:
@@ -133,14 +144,15 @@ class SmartCharging:
         reports but the last."""
         if "GetChargingProfiles" in self.faults.callerror_actions:
             return
-        by_evse: dict[int, list[dict[str, Any]]] = {}
+        # One report per EVSE and chargingLimitSource (a report carries one source).
+        by_evse: dict[tuple[int, str], list[dict[str, Any]]] = {}
         for p in self._matching(criterion, evse_id):
-            by_evse.setdefault(p.evse_id, []).append(dict(p.raw))
+            by_evse.setdefault((p.evse_id, limit_source(p)), []).append(dict(p.raw))
         items = sorted(by_evse.items())
-        for i, (eid, profiles) in enumerate(items):
+        for i, ((eid, source), profiles) in enumerate(items):
             payload: dict[str, Any] = {
                 "requestId": request_id,
-                "chargingLimitSource": "CSO",
+                "chargingLimitSource": source,
                 "chargingProfile": profiles,
                 "evseId": eid,
             }
@@ -154,12 +166,11 @@ class SmartCharging:
             return call_result.GetCompositeSchedule(status="Rejected", status_info={"reasonCode": "UnknownEVSE"})
         now = self.clock.now()
         periods = self.profiles.composite(evse_id, now, duration, self.tx_on(evse_id))
-        if evse_id == 0:
-            phases = max((e.spec.phases for e in self.evses.values()), default=3)
-            default_w = sum(e.spec.max_charge_kw for e in self.evses.values()) * 1000.0
-        else:
-            phases = self.evses[evse_id].spec.phases
-            default_w = self.evses[evse_id].spec.max_charge_kw * 1000.0
+        # The EVSE's hardware bounds the composite (K08): a profile above its maximum reads as it.
+        evses = list(self.evses.values()) if evse_id == 0 else [self.evses[evse_id]]
+        phases = max((e.spec.phases for e in evses), default=3)
+        default_w = sum(e.spec.max_charge_kw for e in evses) * 1000.0
+        discharge_w = sum(e.spec.max_discharge_kw for e in evses if e.spec.bidirectional) * 1000.0
         schedule = composite_to_wire(
             periods,
             evse_id=evse_id,
@@ -168,5 +179,6 @@ class SmartCharging:
             unit=unit or "W",
             evse_phases=phases,
             default_limit_w=default_w,
+            max_discharge_w=discharge_w,
         )
         return call_result.GetCompositeSchedule(status="Accepted", schedule=schedule)

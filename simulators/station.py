@@ -297,6 +297,8 @@ class Station:
         self._profiles_moved = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._started_acked: dict[str, asyncio.Event] = {}
+        # Transactions authorized offline whose token the CSMS then refused (energy suspended).
+        self._deauthorized: set[str] = set()
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -508,6 +510,7 @@ class Station:
         evse.limit_kw = None
         self.profiles.end_transaction(s.transaction.id)
         self._started_acked.pop(s.transaction.id, None)
+        self._deauthorized.discard(s.transaction.id)
         evse.status = "Available"
         self._queue_status(evse, now)
         if self.on_departure is not None:
@@ -564,6 +567,8 @@ class Station:
                 s.reported_limit_kw = evse.limit_kw
             rate_moved = limit_moved and s.authorized and _changed(evse.power_kw, before_kw)
             state = evse.charging_state_for(evse.target_kw, evse.limit_kw)
+            if s.transaction.id in self._deauthorized:
+                state = "SuspendedEVSE"  # the EVSE holds the energy off: the token was refused
             state_moved = state != s.charging_state
             s.charging_state = state
             if state_moved or rate_moved:
@@ -574,6 +579,7 @@ class Station:
                         trigger="ChargingStateChanged" if state_moved else "ChargingRateChanged",
                         when=now,
                         offline=not self.connected.is_set(),
+                        context="Trigger",  # sampled because of the event, not the interval
                     )
                 )
 
@@ -726,19 +732,28 @@ class Station:
         info = reply.get("idTokenInfo") or {}
         status = info.get("status", "Accepted")
         if s.authorized and status != "Accepted":
-            # Authorized offline and now refused: stop the energy flow (E05-style deauthorization).
+            # Authorized offline and now refused: the EVSE suspends the energy flow (C15 / E05
+            # deauthorization). The energy up to now flowed under the offline authorization; the
+            # Deauthorized event goes first and carries the new state, so the CSMS never sees a
+            # state change ahead of the reason for it. The transaction stays open until the EV
+            # leaves (StopTxOnInvalidId false).
+            now = self.clock.now()
+            self.update(now)
             s.authorized = False
-            self.update()
+            self._deauthorized.add(tx_id)
+            evse.target_kw = evse.power_kw = 0.0
+            s.charging_state = "SuspendedEVSE"
             self._queue_tx(
                 messages.transaction_event(
                     evse,
                     event_type="Updated",
                     trigger="Deauthorized",
-                    when=self.clock.now(),
-                    offline=False,
-                    context=None,
+                    when=now,
+                    offline=not self.connected.is_set(),
+                    context="Trigger",
                 )
             )
+            self.update(now)  # applies the suspension; nothing further to report
             return
         s.authorized = status == "Accepted"
         self.update()
@@ -845,19 +860,13 @@ class Station:
             if self._stopping:
                 break
             try:
-                ws = await connect(
-                    self.url,
-                    subprotocols=[SUBPROTOCOL],
-                    additional_headers=self._auth_header(),
-                    open_timeout=self.config.open_timeout_real_s,
-                    ping_interval=self.config.ping_interval_real_s,
-                    compression=None,
-                    proxy=None,
-                )
+                ws = await self._connect_unless_stopped()
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 failures += 1
                 self._note_connect_failure(exc)
                 continue
+            if ws is None:
+                break  # stop() came while connecting
             failures = 0
             self._ws = ws
             self.connections += 1
@@ -868,6 +877,38 @@ class Station:
                 self._ws = None
                 with contextlib.suppress(Exception):
                     await ws.close()
+
+    async def _connect_unless_stopped(self) -> ClientConnection | None:
+        """Open the WebSocket, or give up and return None when :meth:`stop` comes first. stop()
+        has no link to close while a handshake is in progress: a connection completing after it
+        would otherwise be served and :meth:`run` would never return."""
+        attempt = asyncio.ensure_future(
+            connect(
+                self.url,
+                subprotocols=[SUBPROTOCOL],
+                additional_headers=self._auth_header(),
+                open_timeout=self.config.open_timeout_real_s,
+                ping_interval=self.config.ping_interval_real_s,
+                compression=None,
+                proxy=None,
+            )
+        )
+        stop = asyncio.ensure_future(self._stop_event.wait())
+        waited = False
+        try:
+            await asyncio.wait({attempt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            waited = True
+        finally:
+            stop.cancel()
+            attempt.cancel()  # no-op once it has finished
+            results = await asyncio.gather(attempt, stop, return_exceptions=True)
+            if (self._stopping or not waited) and isinstance(results[0], ClientConnection):
+                # The handshake finished in the same moment as the stop (or cancellation).
+                with contextlib.suppress(Exception):
+                    await results[0].close()
+        if self._stopping:
+            return None
+        return attempt.result()  # the connection, or the reason it failed
 
     def _note_connect_failure(self, exc: BaseException) -> None:
         reason = connect_failure(exc, self.base_url)
@@ -909,7 +950,21 @@ class Station:
         # A reconnect needs no new BootNotification.
         for evse in self.evses.values():
             self._queue_status(evse, now)
-        await asyncio.gather(self._heartbeat_loop(link), self._sender_loop(link))
+        # Both loops live and die with this link: when one ends (a send on a closed link raises
+        # ConnectionClosed), the other is cancelled and awaited here, so it never runs on after the
+        # link has gone (gather would leave it running).
+        loops = [
+            asyncio.create_task(self._heartbeat_loop(link), name=f"{self.id}-heartbeat"),
+            asyncio.create_task(self._sender_loop(link), name=f"{self.id}-sender"),
+        ]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()  # re-raise what ended it
+        finally:
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
 
     async def _boot(self, link: _Link) -> None:
         """BootNotification until Accepted (B01-B03); adopt the CSMS's time and interval."""

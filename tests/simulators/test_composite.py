@@ -181,12 +181,73 @@ def test_evse_specific_default_beats_station_wide_default_at_equal_level() -> No
     assert st.limit_w(2, at(1), None) == 6000  # EVSE 2 only has the station-wide default
 
 
-def test_same_id_or_same_slot_replaces() -> None:
+def test_same_id_replaces_and_another_id_in_the_same_slot_is_rejected() -> None:
+    """K01.FR.05: the same id replaces. K01.FR.06: another id with the same purpose and stack
+    level on the same EVSE, valid at the same time, is rejected (1.6 replaced it)."""
     st = store_with((1, prof(1, "TxDefaultProfile", [(0, 6000)])))
     st.install(parse_profile(1, prof(1, "TxDefaultProfile", [(0, 5000)], level=3)), TX)
-    st.install(parse_profile(1, prof(7, "TxDefaultProfile", [(0, 2000)], level=3)), TX)
-    assert list(st.profiles) == [7]
-    assert st.limit_w(1, at(1), TX) == 2000
+    with pytest.raises(ProfileError, match="DuplicateProfile"):
+        st.install(parse_profile(1, prof(7, "TxDefaultProfile", [(0, 2000)], level=3)), TX)
+    assert list(st.profiles) == [1]
+    assert st.limit_w(1, at(1), TX) == 5000
+    # Another stack level, purpose or EVSE is another slot.
+    st.install(parse_profile(1, prof(8, "TxDefaultProfile", [(0, 2000)], level=4)), TX)
+    st.install(parse_profile(2, prof(9, "TxDefaultProfile", [(0, 2000)], level=3)), None)
+    assert sorted(st.profiles) == [1, 8, 9]
+
+
+def test_a_second_tx_profile_of_the_same_transaction_and_level_is_rejected() -> None:
+    """K01.FR.39: TxProfiles with the same transactionId and stackLevel cannot coexist."""
+    st = store_with((1, prof(1, "TxProfile", [(0, 3000)], tx="tx-1", level=2)))
+    with pytest.raises(ProfileError, match="DuplicateProfile"):
+        st.install(parse_profile(1, prof(2, "TxProfile", [(0, 4000)], tx="tx-1", level=2)), TX)
+    st.install(parse_profile(1, prof(1, "TxProfile", [(0, 4000)], tx="tx-1", level=2)), TX)  # same id: replaces
+    assert st.limit_w(1, at(1), TX) == 4000
+
+
+def test_the_same_slot_is_free_when_the_validity_periods_do_not_overlap() -> None:
+    day = timedelta(days=1)
+    st = store_with((1, prof(1, "TxDefaultProfile", [(0, 6000)], validTo=to_rfc3339(T0 + day))))
+    st.install(parse_profile(1, prof(2, "TxDefaultProfile", [(0, 2000)], validFrom=to_rfc3339(T0 + day))), TX)
+    assert st.limit_w(1, at(1), TX) == 6000 and st.limit_w(1, T0 + day, TX) == 2000
+    with pytest.raises(ProfileError, match="DuplicateProfile"):
+        st.install(parse_profile(1, prof(3, "TxDefaultProfile", [(0, 1000)], validFrom=to_rfc3339(T0))), TX)
+    # One whose validTo has passed no longer holds its slot against a profile valid from now.
+    st.install(parse_profile(1, prof(4, "TxDefaultProfile", [(0, 1000)], level=5, validTo=to_rfc3339(at(1)))), TX)
+    st.install(parse_profile(1, prof(5, "TxDefaultProfile", [(0, 500)], level=5)), TX, now=at(2))
+    assert {4, 5} <= set(st.profiles)
+
+
+def test_a_relative_profile_without_transaction_runs_from_the_composite_s_start() -> None:
+    """K08: without a transaction a Relative schedule counts from the composite's start; each
+    moment used to be read at offset 0, so the drop after an hour never showed."""
+    st = ProfileStore({1: 3})
+    st.install(parse_profile(1, prof(1, "TxDefaultProfile", [(0, 11000), (3600, 2000)], kind="Relative")), None)
+    assert st.composite(1, T0, 7200, None) == [CompositePeriod(0, 11000), CompositePeriod(3600, 2000)]
+    # With a transaction it still counts from the transaction's start (here 30 min before T0).
+    tx = Transaction("tx-1", T0 - timedelta(minutes=30))
+    assert st.composite(1, T0, 7200, tx) == [CompositePeriod(0, 11000), CompositePeriod(1800, 2000)]
+
+
+def test_external_constraints_are_not_cleared_by_the_csms() -> None:
+    """K10: ClearChargingProfile leaves ChargingStationExternalConstraints (from a local EMS)."""
+    st = store_with(
+        (0, prof(1, "ChargingStationExternalConstraints", [(0, 8000)])),
+        (1, prof(2, "TxDefaultProfile", [(0, 6000)])),
+    )
+    assert st.clear() == 1
+    assert st.clear(profile_id=1) == 0 and st.clear(purpose="ChargingStationExternalConstraints") == 0
+    assert list(st.profiles) == [1]
+
+
+def test_the_composite_on_the_wire_is_capped_at_the_evse_s_hardware() -> None:
+    periods = [CompositePeriod(0, 50000), CompositePeriod(600, -20000), CompositePeriod(1200, None)]
+    wire = composite_to_wire(periods, evse_id=1, start=T0, duration_s=1800, unit="W", evse_phases=3,
+                             default_limit_w=11000, max_discharge_w=7000)
+    assert [p["limit"] for p in wire["chargingSchedulePeriod"]] == [11000, -7000, 11000]
+    unidirectional = composite_to_wire(periods, evse_id=1, start=T0, duration_s=1800, unit="W", evse_phases=3,
+                                       default_limit_w=11000, max_discharge_w=0.0)
+    assert [p["limit"] for p in unidirectional["chargingSchedulePeriod"]] == [11000, 0.0, 11000]
 
 
 @pytest.mark.parametrize(

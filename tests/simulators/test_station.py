@@ -499,3 +499,112 @@ def test_the_meter_never_counts_energy_an_ev_did_not_take() -> None:
     assert readings[0] == pytest.approx(readings[1]) == pytest.approx(readings[2])
     assert readings[2] == pytest.approx(st.evses[1].import_wh / 1000.0)
     assert readings[2] < 0.1
+
+
+async def test_stop_during_the_handshake_makes_run_return(clock: ScaledClock) -> None:
+    """stop() while connect() was in progress had no link to close: the connection completed
+    afterwards was served and run() never returned."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    class SlowHandshake(LoopbackCsms):
+        async def _check(self, conn: Any, request: Any) -> Any:  # type: ignore[override]
+            entered.set()
+            await release.wait()
+            return None
+
+    c = SlowHandshake(clock, heartbeat_interval_s=120)
+    await c.start()
+    try:
+        st = Station(spec(), c.url, clock=clock, config=FAST)
+        task = asyncio.create_task(st.run([]))
+        await asyncio.wait_for(entered.wait(), WAIT_S)
+        await st.stop()
+        release.set()  # the handshake may complete now: the station must not take it up
+        await asyncio.wait_for(task, WAIT_S)
+        assert st.connections == 0 and not st.connected.is_set()
+    finally:
+        release.set()
+        await c.stop()
+
+
+async def test_a_failed_sender_takes_the_heartbeat_loop_down_with_the_link(clock: ScaledClock) -> None:
+    """gather() left the heartbeat loop running on a dead link (and past run()) when the sender
+    raised (a send on a closed link raises ConnectionClosed)."""
+    from websockets.exceptions import ConnectionClosedError
+
+    # A day between heartbeats: the first is due 12-36 simulated hours (24-72 real s) after
+    # connecting, so a heartbeat loop left behind is still waiting when the link is back.
+    c = LoopbackCsms(clock, password="pw-1", heartbeat_interval_s=86_400)
+    await c.start()
+    try:
+        st = Station(spec(), c.url, password="pw-1", clock=clock, config=FAST)
+        heartbeats: list[asyncio.Task[Any]] = []
+        real_heartbeat, real_sender = st._heartbeat_loop, st._sender_loop
+
+        async def heartbeat(link: Any) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            heartbeats.append(task)
+            await real_heartbeat(link)
+
+        async def sender(link: Any) -> None:
+            if st.connections == 1:
+                raise ConnectionClosedError(None, None)
+            await real_sender(link)
+
+        st._heartbeat_loop = heartbeat  # type: ignore[method-assign]
+        st._sender_loop = sender  # type: ignore[method-assign]
+        task = asyncio.create_task(st.run([]))
+        await asyncio.wait_for(_until(lambda: st.connections >= 2 and len(heartbeats) >= 2), WAIT_S)
+        assert heartbeats[0].done()  # the first link's loop ended with it
+        await finish(st, task)
+        assert all(t.done() for t in heartbeats)
+    finally:
+        await c.stop()
+
+
+async def test_a_token_refused_after_offline_authorization_is_deauthorized_first(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    """The Deauthorized event comes before any state change, with chargingState SuspendedEVSE
+    (the EVSE holds the energy off); the CSMS never sees EVConnected ahead of the reason."""
+    csms.token_status["BLOCKED"] = "Blocked"
+    st = Station(spec(), csms.url, password="pw-1", clock=clock, config=FAST)
+    task = await started(st)
+    st.drop_link(offline_for_s=600)
+    await asyncio.wait_for(_until(lambda: not st.connected.is_set()), WAIT_S)
+    st.plug_in(arrival(clock, after_s=0, id_token="BLOCKED", iso15118=False, announced_departure=None))
+    assert st.evses[1].power_kw > 0  # authorized offline
+    await csms.wait_for(lambda: any(e["triggerReason"] == "Deauthorized" for e in tx_events(csms)))
+    events = tx_events(csms)
+    i = next(i for i, e in enumerate(events) if e["triggerReason"] == "Deauthorized")
+    assert events[i]["transactionInfo"]["chargingState"] == "SuspendedEVSE"
+    assert "EVConnected" not in [e["transactionInfo"]["chargingState"] for e in events[2:i]]
+    assert st.evses[1].power_kw == 0.0
+    imported = st.evses[1].import_wh
+    # Later events keep the suspension (no ChargingStateChanged to EVConnected) and no energy flows.
+    await csms.wait_for(lambda: len(tx_events(csms)) >= i + 3)
+    later = tx_events(csms)[i + 1:]
+    assert {e["transactionInfo"]["chargingState"] for e in later} == {"SuspendedEVSE"}
+    assert "ChargingStateChanged" not in [e["triggerReason"] for e in later]
+    st.update()
+    assert st.evses[1].import_wh == imported and st.evses[1].power_kw == 0.0
+    assert st.evses[1].session is not None  # the transaction goes on until the EV leaves
+    await finish(st, task)
+
+
+async def test_meter_values_sampled_for_an_event_have_the_trigger_context(
+    csms: LoopbackCsms, clock: ScaledClock
+) -> None:
+    st, task, tx = await plugged(csms, clock, bidirectional=True)
+    await csms.call(
+        "CS-1", "SetChargingProfile", {"evseId": 1, "chargingProfile": profile(2500, tx=tx, start=clock.now())}
+    )
+    triggers = ("ChargingStateChanged", "ChargingRateChanged", "MeterValuePeriodic")
+    await csms.wait_for(lambda: set(triggers) <= {e["triggerReason"] for e in tx_events(csms)})
+    for e in tx_events(csms):
+        if e["triggerReason"] not in triggers:
+            continue
+        contexts = {s["context"] for s in e["meterValue"][0]["sampledValue"]}
+        assert contexts == ({"Sample.Periodic"} if e["triggerReason"] == "MeterValuePeriodic" else {"Trigger"})
+    await finish(st, task)
