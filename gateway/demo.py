@@ -7,28 +7,43 @@ energy system sends the building's load now and the episode's day-ahead forecast
 true load to come). At the end it prints what the drivers got, what the site paid and earned, the
 same day under uncontrolled charging (the offline evaluator on the same episode), and writes an
 HTML report and a JSON summary.
+
+The simulated day begins only once the gateway is up and every station booted (``DemoClock``).
+The demo exits 1, saying why on stderr, when its figures do not describe the day it set out to
+show: the site over a limit, a station that never booted or whose task failed, an EV due that never
+plugged in, no plan or only fallback plans, the event loop lagging by simulated minutes, or a
+worker thread (a hung solve) still busy at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
+import os
 import secrets
 import socket
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import httpx
 import numpy as np
 
+from gateway import metrics
 from gateway.app import Gateway
+from gateway.bus.site_inputs import SiteInputs
 from gateway.clock import ScaledClock, parse_rfc3339, to_rfc3339
 from gateway.config import Settings, SiteConfig, TouPeriodConfig
 from gateway.db import migrate
@@ -39,12 +54,14 @@ from gateway.episode import Episode
 from gateway.logs import setup_logging
 from gateway.scheduler.slots import SlotRules, announcement_margin
 from simulators.evse import FULLY_SERVED_TOLERANCE_KWH
-from simulators.fleet import Fleet, run_fed
+from simulators.fleet import Fleet, run_failures, run_fed
 from simulators.models import FORECAST_HEAT_SD
 from simulators.site_feed import pushed_forecast
 from simulators.station import StationConfig
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 STEP_S = 300  # the bill is computed on 5-minute averages, as the evaluator does
 SAMPLE_S = 60
@@ -53,6 +70,114 @@ SAMPLE_S = 60
 # the gateway heard of plug-ins, meter values and departures 30-60 simulated minutes late in the
 # afternoon. An hour is 6 real seconds at 600x, and liveness needs no more.
 HEARTBEAT_SIM_S = 3600
+# The building's load is sent when it changes, and at least this often (simulated seconds).
+LOAD_REFRESH_SIM_S = 900
+# How long the day waits for every station to boot (real seconds): one that never does (refused,
+# unreachable) is then left out, and the demo fails naming it.
+BOOT_WAIT_REAL_S = 30.0
+# An EV that plugged in later than this after its arrival time is flagged (simulated minutes):
+# its stay, and what it could be given, was shorter than the episode's.
+PLUG_IN_LATE_MIN = 5.0
+# The worst lateness of the stations' timed work (simulated minutes) the demo accepts: beyond it
+# the machine, not the gateway, decided when things happened (one 5-minute step of the bill).
+LAG_LIMIT_SIM_MIN = 5.0
+# At the end, how long a worker thread (a solve) still running is waited for (real seconds).
+WORKERS_STOP_WAIT_S = 10.0
+
+
+class DemoClock(ScaledClock):
+    """The demo's scaled clock: it stands at its start until :meth:`begin`, so the simulated day
+    begins once the gateway is up and the stations booted. Started before, at 600x the few real
+    seconds of start-up were half an hour of the day: the EVs due then plugged in late. A sleep
+    begun meanwhile wakes at the simulated time it was for (not after as many real seconds, when
+    the clock may still stand at its start)."""
+
+    def __init__(self, start: datetime, scale: float) -> None:
+        super().__init__(start, scale)
+        self._began: float | None = None  # real monotonic seconds at begin()
+        self._begun = asyncio.Event()
+
+    def now(self) -> datetime:
+        if self._began is None:
+            return self.start
+        return self.start + timedelta(seconds=(time.monotonic() - self._began) * self.scale)
+
+    async def sleep(self, seconds: float) -> None:
+        if self._began is None:
+            wake = self.start + timedelta(seconds=max(0.0, seconds))
+            await self._begun.wait()
+            seconds = (wake - self.now()).total_seconds()
+        await super().sleep(seconds)
+
+    def begin(self) -> None:
+        if self._began is None:
+            self._began = time.monotonic()
+            self._begun.set()
+
+    @property
+    def began(self) -> bool:
+        return self._began is not None
+
+
+class WorkerPool(ThreadPoolExecutor):
+    """The demo's default executor (``asyncio.to_thread``'s). A thread cannot be stopped, and
+    ``asyncio.run`` waits for every worker at its end: a hung solve (one past its time limit, which
+    the scheduler already replaced by its fallback) kept the demo from ever exiting. This pool waits
+    for running work a bounded time at shutdown; :meth:`busy` tells what is left."""
+
+    def __init__(self, stop_wait_s: float = WORKERS_STOP_WAIT_S) -> None:
+        super().__init__(thread_name_prefix="demo-worker")
+        self.stop_wait_s = stop_wait_s
+        self._running: set[Future[Any]] = set()
+        self._running_lock = threading.Lock()
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        fut = super().submit(fn, *args, **kwargs)
+        with self._running_lock:
+            self._running.add(fut)
+        fut.add_done_callback(self._finished)
+        return fut
+
+    def _finished(self, fut: Future[Any]) -> None:
+        with self._running_lock:
+            self._running.discard(fut)
+
+    def busy(self) -> int:
+        """Work submitted and not finished (running, or queued behind what runs)."""
+        with self._running_lock:
+            return len(self._running)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+        if wait:
+            with self._running_lock:
+                running = list(self._running)
+            wait_futures(running, timeout=self.stop_wait_s)
+
+
+def run_bounded(main: Coroutine[Any, Any, int], workers: WorkerPool) -> int:
+    """``asyncio.run(main)`` with ``workers`` as the default executor; if a worker is still busy at
+    the end (past ``workers.stop_wait_s``), say so and end the process at once with a failure:
+    the interpreter would otherwise wait for that thread at exit, for ever. ``main`` has cleaned up
+    by then (the embedded Postgres is stopped inside it)."""
+
+    async def with_workers() -> int:
+        asyncio.get_running_loop().set_default_executor(workers)
+        return await main
+
+    try:
+        status = asyncio.run(with_workers())
+    except KeyboardInterrupt:
+        status = 130
+    busy = workers.busy()
+    if busy:
+        print(f"gateway demo: FAILED: {busy} worker thread(s) still busy {workers.stop_wait_s:g} s after the "
+              "day ended (a solve that ignored its time limit?); exiting without waiting for them",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status or 1)
+    return status
 
 
 @dataclass
@@ -186,14 +311,33 @@ def limit_exceeded(meter: SiteMeter) -> str | None:
             f"{steps} of {len(excess)} steps over a limit)")
 
 
-def exit_status(meter: SiteMeter) -> int:
-    """The demo's exit code: 1 when the site went over a limit, said on stderr (``make demo``
-    would otherwise report only its Error 1), else 0."""
-    failure = limit_exceeded(meter)
-    if failure is None:
-        return 0
-    print(f"gateway demo: FAILED: {failure}", file=sys.stderr)
-    return 1
+def exit_status(meter: SiteMeter, failures: Iterable[str] = ()) -> int:
+    """The demo's exit code: 1 when the site went over a limit or anything in ``failures`` (see
+    :func:`run_problems`) happened, each said on stderr (``make demo`` would otherwise report only
+    its Error 1), else 0."""
+    found = [f for f in (limit_exceeded(meter), *failures) if f is not None]
+    for failure in found:
+        print(f"gateway demo: FAILED: {failure}", file=sys.stderr)
+    return 1 if found else 0
+
+
+def run_problems(result: dict[str, Any]) -> list[str]:
+    """Why the demo's figures do not describe the day it set out to show (empty: they do): what
+    the fleet lost (stations that never booted or failed, EVs that never plugged in), no plan or
+    only fallback plans, and the event loop lagging by more than ``LAG_LIMIT_SIM_MIN``."""
+    live = result["live"]
+    out = run_failures(result["fleet"])
+    plans, fallback = live["plans"], live["plans_fallback"]
+    if plans == 0:
+        out.append("the scheduler made no plan: the EVs charged on the stations' defaults")
+    elif fallback >= plans:
+        out.append(f"all {plans} plans were the scheduler's fallback (greedy), none solved: see the log "
+                   "(--log-level WARNING shows each solver failure)")
+    lag = live["max_lag_sim_min"]
+    if lag > LAG_LIMIT_SIM_MIN:
+        out.append(f"the event loop lagged by up to {lag:.1f} simulated minutes (limit {LAG_LIMIT_SIM_MIN:g}): "
+                   "the machine is too busy for this time scale; try a lower --time-scale")
+    return out
 
 
 def _port_or_any(port: int) -> int:
@@ -226,10 +370,7 @@ def cli(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     # Quiet unless asked: the fleet's progress line shares the terminal.
     setup_logging(getattr(args, "log_level", None) or "WARNING", settings.log_json)
-    try:
-        return asyncio.run(_main(settings, args))
-    except KeyboardInterrupt:
-        return 130
+    return run_bounded(_main(settings, args), WorkerPool())
 
 
 # The demo's day by default. On most of the days the generator draws, the MPC lends a few EVs to
@@ -248,6 +389,20 @@ def demo_episode(stations: int, seed: int = DEMO_SEED) -> Episode:
                                     bidirectional_share=1.0, grid_event="always"))
 
 
+async def transactions_held(url: str) -> int:
+    """How many charging transactions the database at ``url`` holds."""
+    from sqlalchemy import text
+
+    from gateway.db.engine import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text("SELECT count(*) FROM transactions"))).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 async def _main(settings: Settings, args: argparse.Namespace) -> int:
     episode = demo_episode(args.stations, DEMO_SEED if args.seed is None else args.seed)
     with ExitStack() as stack:
@@ -257,7 +412,28 @@ async def _main(settings: Settings, args: argparse.Namespace) -> int:
             print("starting an embedded Postgres (no GATEWAY_DATABASE_URL given) ...", flush=True)
             url = stack.enter_context(embedded_postgres(Path(data) / "pgdata"))
         await migrate.upgrade_async(url)
+        if settings.database_url and (held := await transactions_held(url)):
+            # The scheduler learns dwell, arrivals and peaks from the sessions it finds: an earlier
+            # run's on this date would tell it the very day it is about to be shown.
+            print(f"gateway demo: error: the database given (--database-url / GATEWAY_DATABASE_URL) already "
+                  f"holds {held} charging transaction(s), an earlier run's: the gateway would learn the day "
+                  "it simulates from them; give --database-url an empty database, or none for an embedded one",
+                  file=sys.stderr)
+            return 2
         return await _run(settings, args, episode, url)
+
+
+def solve_counts() -> tuple[int, int]:
+    """The scheduler's solves so far in this process, and how many of them were its fallback
+    (greedy) plan: ``MpcScheduler.solves`` counts both alike; the solves metric tells them apart."""
+    total = fallback = 0
+    for family in metrics.SOLVES.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                total += int(sample.value)
+                if sample.labels.get("status") == "fallback":
+                    fallback += int(sample.value)
+    return total, fallback
 
 
 async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, url: str) -> int:
@@ -265,7 +441,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
 
     password = secrets.token_urlsafe(18)
     api_key = settings.api_key or secrets.token_urlsafe(18)
-    clock = ScaledClock(episode.start, args.time_scale)
+    clock = DemoClock(episode.start, args.time_scale)  # stands still until everything is up
     cfg = settings.model_copy(update={
         "database_url": url, "api_key": api_key, "site": site_config(episode), "time_scale": args.time_scale,
         "ocpp_host": "127.0.0.1", "api_host": "127.0.0.1", "ocpp_port": _port_or_any(args.ocpp_port),
@@ -273,44 +449,60 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
         "replan_debounce_s": 0.5, "heartbeat_interval_s": HEARTBEAT_SIM_S,
     })
     gw = Gateway(cfg, clock)
-    await _register(gw, episode, password)
-    await gw.start()
-    # A key made for this run is shown so the REST API can be tried; the operator's own is never
-    # printed (it is a secret, and they know it).
-    shown = "GATEWAY_API_KEY" if settings.api_key else api_key
-    print(f"gateway up: OCPP ws://127.0.0.1:{gw.ocpp_port}/ocpp, REST http://127.0.0.1:{gw.api_port}/docs "
-          f"(operator key: {shown})", flush=True)
-    print(f"simulating {episode.name or 'a workplace day'}: {len(episode.stations)} bidirectional chargers, "
-          f"{len(episode.arrivals)} EVs, site limit {episode.limits.import_kw:.0f} kW, "
-          f"{len(episode.grid_events)} grid event(s), at {args.time_scale:g}x", flush=True)
-    meter = SiteMeter(episode)
-    beliefs = Beliefs()
-    app = DriverApp(f"http://127.0.0.1:{gw.api_port}", api_key, clock)
-    # Sampling every 15 simulated minutes: at 600x a 1-minute cadence would be 1,000 TransactionEvents
-    # a second from 100 EVSEs, more than one gateway core commits (docs/benchmarks.md), and every
-    # station's queue (one CALL in flight) would fall hours of simulated time behind.
-    stations = StationConfig(meter_interval_sim_s=900.0, aligned_interval_sim_s=0.0)
-    fleet = Fleet(episode, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", password=password, clock=clock, progress=True,
-                  driver_app=app, config=stations)
-    app.fleet = fleet
+    app: DriverApp | None = None
+    solves_before = solve_counts()
     try:
+        # Inside the try: a start that fails half way still closes what it opened.
+        await _register(gw, episode, password)
+        await gw.start()
+        # A key made for this run is shown so the REST API can be tried; the operator's own is never
+        # printed (it is a secret, and they know it).
+        shown = "GATEWAY_API_KEY" if settings.api_key else api_key
+        print(f"gateway up: OCPP ws://127.0.0.1:{gw.ocpp_port}/ocpp, REST http://127.0.0.1:{gw.api_port}/docs "
+              f"(operator key: {shown})", flush=True)
+        print(f"simulating {episode.name or 'a workplace day'}: {len(episode.stations)} bidirectional chargers, "
+              f"{len(episode.arrivals)} EVs, site limit {episode.limits.import_kw:.0f} kW, "
+              f"{len(episode.grid_events)} grid event(s), at {args.time_scale:g}x", flush=True)
+        meter = SiteMeter(episode)
+        beliefs = Beliefs()
+        app = DriverApp(f"http://127.0.0.1:{gw.api_port}", api_key, clock)
+        # Sampling every 15 simulated minutes: at 600x a 1-minute cadence would be 1,000 TransactionEvents
+        # a second from 100 EVSEs, more than one gateway core commits (docs/benchmarks.md), and every
+        # station's queue (one CALL in flight) would fall hours of simulated time behind.
+        stations = StationConfig(meter_interval_sim_s=900.0, aligned_interval_sim_s=0.0)
+        fleet = Fleet(episode, f"ws://127.0.0.1:{gw.ocpp_port}/ocpp", password=password, clock=clock,
+                      progress=True, driver_app=app, config=stations)
+        app.fleet = fleet
         # A feed that fails on the way (the meter unread since, the building load frozen) ends
         # the day at once with its error, rather than a bill drawn through the gap at the end.
         summary = await run_fed(fleet.run(until=episode.end), _feed_site(gw, episode, clock, meter, fleet, beliefs))
     finally:
-        plans = gw.scheduler.solves if gw.scheduler is not None else 0
-        await app.close()
+        solves_after = solve_counts()
+        if app is not None:
+            await app.close()
         await gw.stop()
+    plans, fallback = solves_after[0] - solves_before[0], solves_after[1] - solves_before[1]
     stopped = min(clock.now(), episode.end)
     meter.read(stopped, fleet_net_kwh(fleet))
     meter.finish()
     live = meter.bill()
     print(format_summary(summary).splitlines()[-1])
     print(f"driver app: {app.updates} preference updates over REST ({app.failures} refused)")
-    baseline = _offline_baseline(episode)
-    result = _report(args, episode, summary, live, baseline, plans, meter, beliefs)
+    penalty = unmet_penalty_per_kwh()
+    baseline = _offline_baseline(episode, penalty)
+    lag_sim_min = summary["stations"]["max_lag_real_s"] * args.time_scale / 60.0
+    result = _report(args, episode, summary, live, baseline, Plans(plans, fallback), meter, beliefs,
+                     penalty=penalty, lag_sim_min=lag_sim_min)
     print(_summary_text(result, report=Path(args.report), json_file=Path(args.json)))
-    return exit_status(meter)
+    return exit_status(meter, run_problems(result))
+
+
+@dataclass(frozen=True)
+class Plans:
+    """The re-plans the scheduler pushed over the run, and how many were its fallback plan."""
+
+    made: int
+    fallback: int
 
 
 class DriverApp:
@@ -380,28 +572,68 @@ def fleet_net_kwh(fleet: Fleet, now: datetime | None = None) -> float:
     return sum(st.metered_net_kwh(now) for st in fleet.stations.values())
 
 
-async def _feed_site(gw: Gateway, episode: Episode, clock: ScaledClock, meter: SiteMeter, fleet: Fleet,
+async def _feed_site(gw: Gateway, episode: Episode, clock: DemoClock, meter: SiteMeter, fleet: Fleet,
                      beliefs: Beliefs) -> None:
-    """What a building energy system would send over MQTT: the load now and its day-ahead forecast."""
-    from gateway import events as ev
-
+    """What a building energy system would send over MQTT (the load now, with its day-ahead
+    forecast first), applied as the bridge applies it (``SiteInputs``: the reading's time, the
+    peak so far, the stored value, a re-plan); and once every station booted, the day begins.
+    A reading goes when the load changes (each step of the episode's series) and at least every
+    ``LOAD_REFRESH_SIM_S``: each one re-plans, and fifteen identical ones a step would only make
+    the scheduler solve the same site again."""
+    site = SiteInputs(gw)
     for g in episode.grid_events:
-        gw.state.grid_events[g.id] = g
-    gw.state.building_load_forecast = pushed_forecast(episode)
-    gw.bus.publish(ev.SiteInputsChanged(clock.now(), "demo site"))
+        await site.add_grid_event(g, "demo")
+    sent = (clock.now(), episode.building_load_at(clock.now()))
+    await site.set_building_load(sent[1], pushed_forecast(episode), "demo site")
+    boots = asyncio.ensure_future(fleet.booted.wait())
+    try:
+        await asyncio.wait_for(asyncio.shield(boots), BOOT_WAIT_REAL_S)
+    except TimeoutError:
+        up = sum(1 for st in fleet.stations.values() if st.booted.is_set())
+        print(f"only {up}/{len(fleet.stations)} stations booted in {BOOT_WAIT_REAL_S:g} s: the day starts "
+              "without the rest", file=sys.stderr, flush=True)
+    finally:
+        boots.cancel()
+    clock.begin()
     while True:
         now = clock.now()
-        gw.state.building_load_kw = episode.building_load_at(now)
         meter.read(now, fleet_net_kwh(fleet, now))
+        kw = episode.building_load_at(now)
+        if kw != sent[1] or (now - sent[0]).total_seconds() >= LOAD_REFRESH_SIM_S:
+            await site.set_building_load(kw, None, "demo site")
+            sent = (now, kw)
         beliefs.sample(gw, now)
         await clock.sleep(SAMPLE_S)
 
 
-def _offline_baseline(episode: Episode) -> dict[str, Any]:
+def unmet_penalty_per_kwh() -> float:
+    """The offline evaluator's unmet-energy penalty (per kWh deliverable but not delivered): its
+    ``evaluate`` default, which prices the uncontrolled baseline's shortfall and the live one's."""
     from gateway.scheduler.evaluate import evaluate
 
-    result, _runs = evaluate([episode], ["uncontrolled"], progress=False)
+    return float(inspect.signature(evaluate).parameters["penalty"].default)
+
+
+def _offline_baseline(episode: Episode, penalty: float) -> dict[str, Any]:
+    from gateway.scheduler.evaluate import evaluate
+
+    result, _runs = evaluate([episode], ["uncontrolled"], penalty=penalty, progress=False)
     return dict(result["policies"]["uncontrolled"])
+
+
+def live_total_cost(episode: Episode, rows: list[dict[str, Any]], live: dict[str, float],
+                    penalty: float) -> dict[str, float]:
+    """The live run priced as the evaluator prices a policy (``evaluate.price_run``): total cost =
+    bill - grid-event revenue + wear + shortfall x ``penalty``, the shortfall being each EV's
+    energy deliverable over its planned stay (``evaluate.truths``) less what it got (an EV that
+    never plugged in got nothing). A bill alone is lower the less is delivered."""
+    from gateway.scheduler.evaluate import truths
+
+    got = {r["id"]: max(r["energy_delivered_kwh"], 0.0) for r in rows}
+    shortfall = sum(max(t.deliverable - got.get(t.arrival.id, 0.0), 0.0) for t in truths(episode))
+    wear = episode.wear_cost_per_kwh * sum(r["energy_exported_kwh"] for r in rows)
+    return {"shortfall_kwh": shortfall, "shortfall_cost": shortfall * penalty, "wear_cost": wear,
+            "total_cost": live["bill"] - live["grid_event_revenue"] + wear + shortfall * penalty}
 
 
 def _minutes(a: datetime | None, b: datetime) -> float | None:
@@ -409,11 +641,15 @@ def _minutes(a: datetime | None, b: datetime) -> float | None:
 
 
 def ev_breakdown(episode: Episode, summary: dict[str, Any], beliefs: Beliefs) -> list[dict[str, Any]]:
-    """One row per EV: what it was, what it got, what the gateway believed, and why it fell short.
+    """One row per EV of the episode due in the run: what it was, what it got, what the gateway
+    believed, and why it fell short.
 
     The shortfall (``requested - delivered``) is split into what no policy could deliver
     (``undeliverable_kwh``: above what the battery takes at full power over the real stay) and the
-    rest, put down to one cause: ``left_before_planned`` (it left before the departure it announced
+    rest, put down to one cause: ``not_arrived`` (it never plugged in: its station never booted or
+    failed; it counts as delivered nothing), ``plugged_in_late`` (it plugged in more than
+    ``PLUG_IN_LATE_MIN`` after its arrival time), ``not_seen`` (the gateway never had the session in
+    its state at any sample), ``left_before_planned`` (it left before the departure it announced
     less the margin the plan keeps for announcements that run late), ``unannounced`` (the gateway
     only had a forecast of its departure or need) or ``scheduled_short`` (it stayed as long as the
     plan assumed and still fell short: capacity, deferral, late data).
@@ -424,27 +660,33 @@ def ev_breakdown(episode: Episode, summary: dict[str, Any], beliefs: Beliefs) ->
         a = arrivals[e["id"]]
         b = beliefs.by_tx.get((e["station_id"], e["transaction_id"]))
         departed = parse_rfc3339(e["departed_at"])
+        plugged_in = parse_rfc3339(e["plugged_in_at"]) if e.get("plugged_in_at") else a.arrival
+        late_min = max((plugged_in - a.arrival).total_seconds() / 60.0, 0.0)
         requested, delivered = e["energy_requested_kwh"], e["energy_delivered_kwh"]
         short = max(requested - delivered, 0.0)
         undeliverable = min(max(requested - e["energy_deliverable_kwh"], 0.0), short)
         rest = short - undeliverable
         cause = None
         if rest > FULLY_SERVED_TOLERANCE_KWH:
-            if b is not None and b.departure_source != "forecast" and b.plan_by is not None \
-                    and b.plan_by > departed:
+            if late_min > PLUG_IN_LATE_MIN:
+                cause = "plugged_in_late"
+            elif b is None:
+                cause = "not_seen"
+            elif b.departure_source != "forecast" and b.plan_by is not None and b.plan_by > departed:
                 cause = "left_before_planned"
-            elif b is None or b.departure_source == "forecast" or b.need_source == "forecast":
+            elif b.departure_source == "forecast" or b.need_source == "forecast":
                 cause = "unannounced"
             else:
                 cause = "scheduled_short"
         rows.append({
             "id": a.id, "station_id": a.station_id, "evse_id": a.evse_id, "transaction_id": e["transaction_id"],
-            "arrival": to_rfc3339(a.arrival), "departure": e["departed_at"],
+            "arrival": to_rfc3339(a.arrival), "plugged_in": to_rfc3339(plugged_in),
+            "plugged_in_late_min": round(late_min, 1), "departure": e["departed_at"],
             "announced_departure": to_rfc3339(a.announced_departure) if a.announced_departure else None,
             "iso15118": a.iso15118, "surprise": a.surprise, "need_changed": a.need_change is not None,
             "energy_requested_kwh": requested, "energy_deliverable_kwh": e["energy_deliverable_kwh"],
             "energy_delivered_kwh": delivered, "energy_discharged_kwh": e["energy_discharged_kwh"],
-            "energy_exported_kwh": e["energy_exported_kwh"],
+            "energy_exported_kwh": e["energy_exported_kwh"], "fully_served": e["fully_served"],
             "shortfall_kwh": round(short, 3), "undeliverable_kwh": round(undeliverable, 3),
             "shortfall_cause": cause,
             "gateway": None if b is None else {
@@ -457,7 +699,30 @@ def ev_breakdown(episode: Episode, summary: dict[str, Any], beliefs: Beliefs) ->
                 "believed_need_kwh": None if b.need_kwh is None else round(b.need_kwh, 3),
                 "need_source": b.need_source, "delivered_kwh": round(b.delivered_kwh, 3)},
         })
+    for m in summary.get("evs_missing", []):
+        a = arrivals[m["id"]]
+        requested = m["energy_requested_kwh"]
+        undeliverable = max(requested - m["energy_deliverable_kwh"], 0.0)
+        rows.append({
+            "id": a.id, "station_id": a.station_id, "evse_id": a.evse_id, "transaction_id": None,
+            "arrival": to_rfc3339(a.arrival), "plugged_in": None, "plugged_in_late_min": None, "departure": None,
+            "announced_departure": to_rfc3339(a.announced_departure) if a.announced_departure else None,
+            "iso15118": a.iso15118, "surprise": a.surprise, "need_changed": a.need_change is not None,
+            "energy_requested_kwh": requested, "energy_deliverable_kwh": m["energy_deliverable_kwh"],
+            "energy_delivered_kwh": 0.0, "energy_discharged_kwh": 0.0, "energy_exported_kwh": 0.0,
+            "fully_served": requested <= FULLY_SERVED_TOLERANCE_KWH,
+            "shortfall_kwh": round(requested, 3), "undeliverable_kwh": round(undeliverable, 3),
+            "shortfall_cause": "not_arrived" if requested - undeliverable > FULLY_SERVED_TOLERANCE_KWH else None,
+            "not_arrived_why": m["why"], "gateway": None,
+        })
     return rows
+
+
+def late_plug_ins(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The EVs that plugged in more than ``PLUG_IN_LATE_MIN`` after their arrival time."""
+    late = [r for r in rows if (r["plugged_in_late_min"] or 0.0) > PLUG_IN_LATE_MIN]
+    return {"evs": len(late), "ids": [r["id"] for r in late],
+            "worst_min": max((r["plugged_in_late_min"] for r in late), default=0.0)}
 
 
 def shortfall_by_cause(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -479,21 +744,32 @@ def lenders(rows: list[dict[str, Any]]) -> dict[str, float]:
             "short_kwh": round(sum(r["shortfall_kwh"] - r["undeliverable_kwh"] for r in lent), 1)}
 
 
+def live_figures(episode: Episode, summary: dict[str, Any], live: dict[str, float], rows: list[dict[str, Any]],
+                 plans: Plans, penalty: float, lag_sim_min: float) -> dict[str, Any]:
+    """The live run's totals, over every EV due (``rows``: an EV that never plugged in asked for
+    its energy and got none; it is no EV that was not there)."""
+    return {**live, "evs": len(rows),
+            "energy_requested_kwh": sum(r["energy_requested_kwh"] for r in rows),
+            "energy_delivered_kwh": sum(r["energy_delivered_kwh"] for r in rows),
+            "energy_discharged_kwh": sum(r["energy_discharged_kwh"] for r in rows),  # battery side
+            "energy_exported_kwh": sum(r["energy_exported_kwh"] for r in rows),  # grid side
+            "evs_fully_served_share": (sum(1 for r in rows if r["fully_served"]) / len(rows)) if rows else 1.0,
+            "evs_not_arrived": len(summary.get("evs_missing", [])),
+            **live_total_cost(episode, rows, live, penalty), "unmet_penalty_per_kwh": penalty,
+            "plans": plans.made, "plans_fallback": plans.fallback, "max_lag_sim_min": round(lag_sim_min, 2),
+            "late_plug_ins": late_plug_ins(rows),
+            "shortfall_by_cause_kwh": shortfall_by_cause(rows), "lenders": lenders(rows)}
+
+
 def _report(args: argparse.Namespace, episode: Episode, summary: dict[str, Any], live: dict[str, float],
-            baseline: dict[str, Any], plans: int, meter: SiteMeter, beliefs: Beliefs) -> dict[str, Any]:
-    evs = summary.get("evs", [])
-    requested = sum(e["energy_requested_kwh"] for e in evs)
-    delivered = sum(e["energy_delivered_kwh"] for e in evs)
+            baseline: dict[str, Any], plans: Plans, meter: SiteMeter, beliefs: Beliefs, *, penalty: float,
+            lag_sim_min: float) -> dict[str, Any]:
     rows = ev_breakdown(episode, summary, beliefs)
     result = {
         "episode": {"name": episode.name, "start": to_rfc3339(episode.start), "end": to_rfc3339(episode.end),
-                    "stations": len(episode.stations), "evs": len(evs),
+                    "stations": len(episode.stations), "evs": len(episode.arrivals),
                     "import_limit_kw": episode.limits.import_kw, "building_forecast": forecast_label(episode)},
-        "live": {**live, "energy_requested_kwh": requested, "energy_delivered_kwh": delivered,
-                 "energy_discharged_kwh": sum(e["energy_discharged_kwh"] for e in evs),  # battery side
-                 "energy_exported_kwh": sum(e["energy_exported_kwh"] for e in evs),  # grid side
-                 "evs_fully_served_share": (sum(1 for e in evs if e["fully_served"]) / len(evs)) if evs else 1.0,
-                 "plans": plans, "shortfall_by_cause_kwh": shortfall_by_cause(rows), "lenders": lenders(rows)},
+        "live": live_figures(episode, summary, live, rows, plans, penalty, lag_sim_min),
         "uncontrolled": baseline,
         "evs": rows,
         "site_series": {"times": [to_rfc3339(t) for t in meter.times],
@@ -531,8 +807,9 @@ def _write_html(path: Path, result: dict[str, Any], episode: Episode, meter: Sit
                      for name, d in (("gateway (live)", live), ("uncontrolled", base))])
     fig.update_layout(title="The day's bill by part", barmode="group")
     rows = "".join(f"<tr><td>{k}</td><td>{live.get(k, '')}</td><td>{base.get(k, '')}</td></tr>"
-                   for k in ("bill", "peak_import_kw", "grid_event_revenue", "energy_requested_kwh",
-                             "energy_delivered_kwh", "evs_fully_served_share", "limit_excess_kw_max"))
+                   for k in ("bill", "total_cost", "shortfall_kwh", "peak_import_kw", "grid_event_revenue",
+                             "energy_requested_kwh", "energy_delivered_kwh", "evs_fully_served_share",
+                             "limit_excess_kw_max"))
     path.write_text(
         "<html><head><meta charset='utf-8'><title>Demo report</title></head><body>"
         f"<h1>Demo: {result['episode']['name']}</h1>"
@@ -544,14 +821,20 @@ def _write_html(path: Path, result: dict[str, Any], episode: Episode, meter: Sit
 
 def _summary_text(result: dict[str, Any], report: Path, json_file: Path) -> str:
     live, base = result["live"], result["uncontrolled"]
-    saved = base["bill"] - live["bill"]
+    saved = base["total_cost"] - live["total_cost"]
+    late = live["late_plug_ins"]
+    missing = f", {live['evs_not_arrived']} never plugged in" if live["evs_not_arrived"] else ""
     return "\n".join([
         "",
         "=== demo summary ===",
         f"energy delivered / requested : {live['energy_delivered_kwh']:.1f} / {live['energy_requested_kwh']:.1f} kWh"
-        f" ({100 * live['evs_fully_served_share']:.0f}% of EVs fully served)",
-        f"bill (energy + demand)       : {live['bill']:.2f} vs {base['bill']:.2f} uncontrolled"
-        f" (saved {saved:.2f})",
+        f" ({100 * live['evs_fully_served_share']:.0f}% of {live['evs']} EVs fully served{missing})",
+        # A bill is lower the less is delivered: each beside what it bought.
+        f"bill (energy + demand)       : {live['bill']:.2f} for {live['energy_delivered_kwh']:.1f} kWh delivered vs "
+        f"{base['bill']:.2f} uncontrolled for {base['energy_delivered_kwh']:.1f} kWh",
+        f"total cost, like for like    : {live['total_cost']:.2f} vs {base['total_cost']:.2f} uncontrolled"
+        f" (saved {saved:.2f}): bill - grid-event revenue + wear + {live['unmet_penalty_per_kwh']:.2f}/kWh x"
+        f" deliverable energy not delivered ({live['shortfall_kwh']:.1f} vs {base['shortfall_kwh']:.1f} kWh)",
         # The fleet's line above has the peak of its 1-minute power samples and of their 15-minute
         # averages; the bill is drawn on the meters' 5-minute averages, as the evaluator's is.
         f"peak import (5-min average)  : {live['peak_import_kw']:.1f} kW vs {base['peak_import_kw']:.1f} kW "
@@ -562,7 +845,12 @@ def _summary_text(result: dict[str, Any], report: Path, json_file: Path) -> str:
         " short of what their stay could deliver",
         "shortfall by cause (kWh)     : "
         + ", ".join(f"{k} {v:.1f}" for k, v in live["shortfall_by_cause_kwh"].items()),
-        f"plans solved                 : {live['plans']}",
+        f"plans                        : {live['plans']} ({live['plans_fallback']} fallback)",
+        f"event-loop lag (worst)       : {live['max_lag_sim_min']:.1f} simulated min"
+        f" (limit {LAG_LIMIT_SIM_MIN:g})",
+        f"EVs plugged in late          : {late['evs']}"
+        + (f" (> {PLUG_IN_LATE_MIN:g} min after their arrival time, worst {late['worst_min']:.1f} min)"
+           if late["evs"] else ""),
         f"building forecast pushed     : {result['episode']['building_forecast']}",
         f"report (HTML)                : {report.resolve()}",
         f"summary (JSON)               : {json_file.resolve()}",

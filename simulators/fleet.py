@@ -7,10 +7,13 @@ As a library::
     await fleet.departed["EV-00001"].wait()  # hooks: arrived / departed events per EV
     fleet.evse("WORK-0001", 1).power_kw      # per-EVSE power and applied limit (limit_kw)
 
-The summary (also ``--json FILE``) is ``{"evs": [...], "site": {...}, "stations": {...}}``; an EV is
-``fully_served`` when the net energy stored in its battery reached its (final) request within
-``FULLY_SERVED_TOLERANCE_KWH`` (0.5 kWh). Site import is building load + the sum of EVSE powers,
-sampled every ``sample_interval_s`` of simulated time.
+The summary (also ``--json FILE``) is ``{"evs": [...], "evs_missing": [...], "site": {...},
+"stations": {...}}``; an EV is ``fully_served`` when the net energy stored in its battery reached its
+(final) request within ``FULLY_SERVED_TOLERANCE_KWH`` (0.5 kWh). ``evs`` are the EVs that came and
+went; ``evs_missing`` the ones due before the run ended that never plugged in (their station never
+booted, or its task failed), each with why: they count as served nothing (``run_failures``), never
+as EVs that were not there. Site import is building load + the sum of EVSE powers, sampled every
+``sample_interval_s`` of simulated time.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import gc
 import json
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -30,11 +33,13 @@ from typing import Any, TextIO, TypeVar
 from gateway.clock import Clock, ScaledClock, parse_rfc3339, to_rfc3339
 from gateway.config import env_setting
 from gateway.episode import Arrival, Episode, EpisodeError, load
-from simulators.evse import FULLY_SERVED_TOLERANCE_KWH, EvResult, EvseState
+from simulators.evse import FULLY_SERVED_TOLERANCE_KWH, EvResult, EvseState, requested_kwh
 from simulators.models import deliverable_kwh
 from simulators.site_feed import SiteFeed, SiteFeedError
 from simulators.station import DriverApp, Faults, Station, StationConfig
 from simulators.station_clock import StationClock
+
+log = logging.getLogger(__name__)
 
 PasswordSource = str | Callable[[str], str | None] | None
 T = TypeVar("T")
@@ -78,6 +83,27 @@ class ProgressLine(logging.Filter):
             h.removeFilter(self)
 
 
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class FleetStation(Station):
+    """A station of a fleet: what ended its EVs' task early is kept (``Station.run`` gathers its
+    tasks' exceptions away, and the EVs it was to plug in then silently never came)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failure: str | None = None
+
+    async def run_arrivals(self, arrivals: Iterable[Arrival]) -> None:
+        try:
+            await super().run_arrivals(arrivals)
+        except Exception as exc:
+            self.failure = f"its EVs' task failed: {_why(exc)}"
+            log.error("%s: %s", self.id, self.failure)
+            raise
+
+
 class Fleet:
     def __init__(
         self,
@@ -104,11 +130,15 @@ class Fleet:
         self.freeze_gc = freeze_gc
         self._stream = progress_stream or sys.stderr
         self._line = ProgressLine(self._stream)
-        self.stations: dict[str, Station] = {}
+        self.stations: dict[str, FleetStation] = {}
         self.arrivals: dict[str, Arrival] = {a.id: a for a in episode.arrivals}
         self.arrived: dict[str, asyncio.Event] = {a.id: asyncio.Event() for a in episode.arrivals}
         self.departed: dict[str, asyncio.Event] = {a.id: asyncio.Event() for a in episode.arrivals}
         self.results: dict[str, EvResult] = {}
+        # What failed while running, by station id (or the fleet's own task's name): a station's
+        # task that raised, a stop that raised, a task that did not stop.
+        self.failures: dict[str, str] = {}
+        self._ended_at: datetime | None = None  # when stop() began: arrivals before it were due
         self.booted = asyncio.Event()  # every station has booted
         self.peak_import_kw = 0.0
         # When the peak was sampled and what each station drew then: a site-limit excess says who.
@@ -124,7 +154,7 @@ class Fleet:
         self.stagger_real_s = stagger_real_s if stagger_real_s is not None else min(5.0, 0.002 * n)
         for spec in episode.stations:
             pw = password(spec.id) if callable(password) else password
-            st = Station(
+            st = FleetStation(
                 spec,
                 url,
                 password=pw,
@@ -144,7 +174,7 @@ class Fleet:
 
     # ---- hooks ------------------------------------------------------------------------------
 
-    def station(self, station_id: str) -> Station:
+    def station(self, station_id: str) -> FleetStation:
         return self.stations[station_id]
 
     def evse(self, station_id: str, evse_id: int) -> EvseState:
@@ -184,7 +214,12 @@ class Fleet:
     async def _run_station(self, st: Station, delay_real_s: float) -> None:
         if delay_real_s > 0:
             await asyncio.sleep(delay_real_s)
-        await st.run(self._by_station.get(st.id, []))
+        try:
+            await st.run(self._by_station.get(st.id, []))
+        except Exception as exc:
+            self.failures[st.id] = f"its task failed: {_why(exc)}"
+            log.error("%s: %s", st.id, self.failures[st.id])
+            raise
 
     async def _watch_boots(self) -> None:
         first = True
@@ -215,7 +250,10 @@ class Fleet:
         return self.summary()
 
     async def stop(self) -> None:
-        """Unplug every EV still connected, drain the outboxes (briefly), close every link."""
+        """Unplug every EV still connected, drain the outboxes (briefly), close every link. What
+        failed on the way (a station's task, its stop) is kept in ``failures``, not dropped."""
+        if self._ended_at is None:
+            self._ended_at = self.clock.now()
         for st in self.stations.values():
             for eid, e in st.evses.items():
                 if e.session is not None:
@@ -223,12 +261,28 @@ class Fleet:
         waiting = [st.drained.wait() for st in self.stations.values() if st.connected.is_set()]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*waiting), DRAIN_REAL_S)
-        await asyncio.gather(*(st.stop() for st in self.stations.values()), return_exceptions=True)
+        stations = list(self.stations.values())
+        stopped = await asyncio.gather(*(st.stop() for st in stations), return_exceptions=True)
+        for st, res in zip(stations, stopped, strict=True):
+            if isinstance(res, Exception):
+                self.failures.setdefault(st.id, f"its stop failed: {_why(res)}")
         for t in self._tasks:
             if t.get_name() in ("fleet-sampler", "fleet-progress", "fleet-boots"):
                 t.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), DRAIN_REAL_S)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=DRAIN_REAL_S)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in self._tasks:
+                name = t.get_name().removeprefix("fleet-")
+                if t in pending:
+                    self.failures.setdefault(name, f"its task did not stop within {DRAIN_REAL_S:g} s")
+                elif not t.cancelled() and (exc := t.exception()) is not None:
+                    self.failures.setdefault(name, f"its task failed: {_why(exc)}")
+        for st in stations:
+            if st.failure is not None:
+                self.failures.setdefault(st.id, st.failure)
         if self.progress:
             self._line.end()
             self._line.detach()
@@ -299,11 +353,39 @@ class Fleet:
             return max(self.peak_import_15min_kw, self._bucket[1] / self._bucket[2])
         return self.peak_import_15min_kw
 
+    def _missing(self, a: Arrival) -> dict[str, Any]:
+        """An EV due that never plugged in: what it asked for and could have had (over its planned
+        stay), and why it never came."""
+        st = self.stations.get(a.station_id)
+        evse = st.evses.get(a.evse_id) if st is not None else None
+        dwell = (a.departure - a.arrival).total_seconds()
+        deliverable = deliverable_kwh(a.capacity_kwh, a.arrival_soc, a.max_charge_kw, a.eff_charge, dwell,
+                                      evse.spec.max_charge_kw if evse is not None else None)
+        if st is None or evse is None:
+            why = f"its station or EVSE ({a.station_id}/{a.evse_id}) is not in the episode"
+        elif a.station_id in self.failures:
+            why = f"station {a.station_id}: {self.failures[a.station_id]}"
+        elif not st.booted.is_set():
+            why = f"station {a.station_id} never booted"
+        else:
+            why = f"station {a.station_id} booted but never plugged it in"
+        return {"id": a.id, "station_id": a.station_id, "evse_id": a.evse_id, "arrival": to_rfc3339(a.arrival),
+                "planned_departure": to_rfc3339(a.departure), "energy_requested_kwh": round(requested_kwh(a), 3),
+                "energy_deliverable_kwh": round(deliverable, 3), "why": why}
+
     def summary(self) -> dict[str, Any]:
         evs = []
+        missing = []
+        # Arrivals before the run ended were due; later ones (a run ``until`` an earlier time) were not.
+        ended = self._ended_at or self.clock.now()
+        not_due = 0
         for a in self.episode.arrivals:
             r = self.results.get(a.id)
             if r is None:
+                if a.arrival < ended:
+                    missing.append(self._missing(a))
+                else:
+                    not_due += 1
                 continue
             evs.append(
                 {
@@ -320,6 +402,8 @@ class Fleet:
                     "arrival_soc": round(r.arrival_soc, 4),
                     "departure_soc": round(r.departure_soc, 4),
                     "fully_served": r.fully_served,
+                    "arrival": to_rfc3339(a.arrival),
+                    "plugged_in_at": to_rfc3339(r.arrival),
                     "departed_at": to_rfc3339(r.departure),
                     "planned_departure": to_rfc3339(a.departure),
                 }
@@ -346,9 +430,12 @@ class Fleet:
                 "calls_failed": sum(s.calls_failed for s in stations),
                 "max_lag_real_s": round(max((s.max_lag_real_s for s in stations), default=0.0), 4),
                 "not_booted": not_booted_reasons(stations),
+                "failed": dict(sorted(self.failures.items())),
             },
             "fully_served_tolerance_kwh": FULLY_SERVED_TOLERANCE_KWH,
-            "evs_not_arrived": len(self.episode.arrivals) - len(evs),
+            "evs_missing": missing,
+            "evs_not_arrived": len(missing),
+            "evs_not_due": not_due,
         }
 
 
@@ -372,7 +459,7 @@ async def run_fed(day: Coroutine[Any, Any, T], feed: Coroutine[Any, Any, None]) 
         await asyncio.gather(feeding, running, return_exceptions=True)
 
 
-def not_booted_reasons(stations: list[Station]) -> dict[str, int]:
+def not_booted_reasons(stations: Sequence[Station]) -> dict[str, int]:
     """How many stations did not boot, by why (the latest thing that stopped each)."""
     out: dict[str, int] = {}
     for st in stations:
@@ -399,6 +486,26 @@ def not_booted_message(summary: dict[str, Any]) -> str | None:
     return f"only {st['booted']}/{st['count']} stations booted" + (f": {reasons}" if reasons else "")
 
 
+def run_failures(summary: dict[str, Any]) -> list[str]:
+    """Why a fleet's summary does not describe the whole day (empty: it does): stations that never
+    booted, station tasks that failed, EVs due that never plugged in."""
+    out = []
+    booted = not_booted_message(summary)
+    if booted is not None:
+        out.append(booted)
+    failed = summary["stations"].get("failed", {})
+    if failed:
+        shown = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3])
+        out.append(f"{len(failed)} station task(s) failed ({shown}{'; ...' if len(failed) > 3 else ''})")
+    missing = summary.get("evs_missing", [])
+    if missing:
+        requested = sum(e["energy_requested_kwh"] for e in missing)
+        shown = ", ".join(e["id"] for e in missing[:5])
+        out.append(f"{len(missing)} EV(s) due never plugged in ({shown}{', ...' if len(missing) > 5 else ''}; "
+                   f"{requested:.1f} kWh requested, counted as delivered 0): {missing[0]['why']}")
+    return out
+
+
 def _deliverable_kwh(a: Arrival, r: EvResult, evse_max_kw: float) -> float:
     dwell = (r.departure - r.arrival).total_seconds()
     return deliverable_kwh(a.capacity_kwh, a.arrival_soc, a.max_charge_kw, a.eff_charge, dwell, evse_max_kw)
@@ -412,15 +519,19 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"{e['energy_discharged_kwh']:8.2f} {e['departure_soc'] * 100:4.0f}%  "
             + ("yes" if e["fully_served"] else "NO")
         )
+    for m in summary.get("evs_missing", []):
+        lines.append(f"{m['id']:<12} {m['energy_requested_kwh']:8.2f} {0.0:8.2f} {0.0:8.2f} {'':>5}  "
+                     "NO (never plugged in)")
     site = summary["site"]
     served = sum(1 for e in summary["evs"] if e["fully_served"])
+    due = len(summary["evs"]) + len(summary.get("evs_missing", []))
     every = site.get("sample_interval_s", 60.0)
     every_text = f"{every / 60:g} min" if every % 60 == 0 else f"{every:g} s"
     # Two peaks that differ by design: the highest single sample of the site's power, and the
     # highest 15-minute average of those samples (the interval most utilities bill demand on;
     # the demo bills 5-minute averages).
     lines.append(
-        f"fully served {served}/{len(summary['evs'])} "
+        f"fully served {served}/{due} "
         f"(tolerance {summary['fully_served_tolerance_kwh']} kWh); "
         f"site peak import {site['peak_import_kw']:.1f} kW (power sampled every {every_text}), "
         f"{site['peak_import_15min_kw']:.1f} kW (15-min average) vs limit {site['limit_kw']:g} kW"
@@ -490,11 +601,10 @@ def cli(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
-    failed = not_booted_message(summary)
-    if failed is not None:
-        print(f"gateway sim: {failed}", file=sys.stderr)
-        return 1
-    return 0
+    failed = run_failures(summary)
+    for why in failed:
+        print(f"gateway sim: {why}", file=sys.stderr)
+    return 1 if failed else 0
 
 
-__all__ = ["Fleet", "PasswordSource", "cli", "format_summary"]
+__all__ = ["Fleet", "FleetStation", "PasswordSource", "cli", "format_summary", "run_failures"]

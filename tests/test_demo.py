@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import subprocess
-from datetime import timedelta
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.clock import to_rfc3339
 from tests.test_cli import GATEWAY
+
+
+async def _count(url: str, sql: str) -> int:
+    from sqlalchemy import text
+
+    from gateway.db.engine import make_engine
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return int((await conn.execute(text(sql))).scalar_one())
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.timeout(600)
@@ -46,6 +63,27 @@ def test_demo_runs_a_day_and_reports(clean_db: str, tmp_path: Path) -> None:
     assert f"summary (JSON)               : {summary.resolve()}" in result.stdout
     html = report.read_text()
     assert "Site power" in html and "plotly" in html.lower()
+    # Every EV of the day came (none left out of the totals), none late: the day began only once
+    # the stations were up. Plans are told from fallbacks; the loop kept up.
+    assert data["fleet"]["evs_missing"] == [] and len(data["evs"]) == data["episode"]["evs"]
+    assert all(r["plugged_in_late_min"] <= 5.0 for r in data["evs"]), data["evs"]
+    assert "EVs plugged in late          : 0" in result.stdout
+    assert re.search(r"^plans +: \d+ \(\d+ fallback\)$", result.stdout, re.M)
+    assert live["plans_fallback"] < live["plans"] and live["max_lag_sim_min"] <= 5.0
+    assert "total cost, like for like    :" in result.stdout
+    assert live["total_cost"] == pytest.approx(live["bill"] - live["grid_event_revenue"] + live["wear_cost"]
+                                               + 5.0 * live["shortfall_kwh"])
+    # The building's load came through the gateway's input path: stored, and learned from.
+    assert asyncio.run(_count(clean_db, "SELECT count(*) FROM site_settings WHERE key = 'building_load'")) == 1
+    assert asyncio.run(_count(clean_db, "SELECT count(*) FROM building_readings")) > 0
+    # A second run on the same database would learn the very day it shows: refused.
+    again = subprocess.run(
+        [GATEWAY, "demo", "--stations", "6", "--time-scale", "2000", "--api-port", "0", "--ocpp-port", "0",
+         "--json", str(tmp_path / "again.json"), "--report", str(tmp_path / "again.html")],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert again.returncode == 2, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "already holds" in again.stderr and "give --database-url an empty database" in again.stderr
+    assert not (tmp_path / "again.json").exists()
 
 
 def test_the_energy_system_pushes_its_forecast_never_the_true_load() -> None:
@@ -143,17 +181,213 @@ def test_a_limit_excess_fails_the_demo_saying_by_how_much_and_when(capsys: pytes
 def test_the_summary_says_which_peak_is_which_and_where_the_files_are(tmp_path: Path) -> None:
     from gateway.demo import _summary_text
 
-    live = {"energy_delivered_kwh": 90.0, "energy_requested_kwh": 100.0, "evs_fully_served_share": 0.8,
-            "bill": 120.0, "peak_import_kw": 684.0, "grid_event_revenue": 3.0, "energy_exported_kwh": 12.0,
-            "lenders": {"evs": 2, "short_kwh": 0.5}, "shortfall_by_cause_kwh": {"undeliverable": 1.0},
-            "plans": 40}
-    result = {"live": live, "uncontrolled": {"bill": 150.0, "peak_import_kw": 702.3},
-              "episode": {"import_limit_kw": 820.0, "building_forecast": "none"}}
-    text = _summary_text(result, report=Path("demo-report.html"), json_file=tmp_path / "s.json")
+    text = _summary_text(_result(), report=Path("demo-report.html"), json_file=tmp_path / "s.json")
     assert ("peak import (5-min average)  : 684.0 kW vs 702.3 kW uncontrolled (limit 820 kW); "
             "the peak the demand charge bills") in text.splitlines()
     assert f"report (HTML)                : {Path.cwd() / 'demo-report.html'}" in text.splitlines()
     assert f"summary (JSON)               : {tmp_path / 's.json'}" in text.splitlines()
+
+
+def _result(**live: Any) -> dict[str, Any]:
+    base = {"energy_delivered_kwh": 90.0, "energy_requested_kwh": 100.0, "evs_fully_served_share": 0.8, "evs": 10,
+            "evs_not_arrived": 0, "bill": 120.0, "peak_import_kw": 684.0, "grid_event_revenue": 3.0,
+            "energy_exported_kwh": 12.0, "lenders": {"evs": 2, "short_kwh": 0.5},
+            "shortfall_by_cause_kwh": {"undeliverable": 1.0}, "plans": 40, "plans_fallback": 0,
+            "total_cost": 117.0, "shortfall_kwh": 0.0, "unmet_penalty_per_kwh": 5.0, "max_lag_sim_min": 0.4,
+            "late_plug_ins": {"evs": 0, "ids": [], "worst_min": 0.0}}
+    return {"live": {**base, **live},
+            "uncontrolled": {"bill": 150.0, "peak_import_kw": 702.3, "energy_delivered_kwh": 95.0,
+                             "total_cost": 150.0, "shortfall_kwh": 0.0},
+            "episode": {"import_limit_kw": 820.0, "building_forecast": "none"},
+            "fleet": {"evs": [], "evs_missing": [], "stations": {"count": 5, "booted": 5, "failed": {}}}}
+
+
+def test_the_summary_prices_energy_not_delivered_and_tells_fallback_plans(tmp_path: Path) -> None:
+    """A bill is lower the less is delivered: each bill is shown with what it bought, and the
+    saving is on the evaluator's total cost, where a shortfall is priced (a run whose solves all
+    failed delivered a third and showed the bigger saving)."""
+    from gateway.demo import _summary_text
+
+    result = _result(bill=100.0, energy_delivered_kwh=37.4, total_cost=560.0, shortfall_kwh=92.0, plans=129,
+                     plans_fallback=129, late_plug_ins={"evs": 2, "ids": ["EV-1", "EV-2"], "worst_min": 31.0},
+                     max_lag_sim_min=7.25, evs_not_arrived=2)
+    lines = _summary_text(result, report=tmp_path / "r.html", json_file=tmp_path / "s.json").splitlines()
+    assert "bill (energy + demand)       : 100.00 for 37.4 kWh delivered vs 150.00 uncontrolled for 95.0 kWh" in lines
+    assert ("total cost, like for like    : 560.00 vs 150.00 uncontrolled (saved -410.00): bill - grid-event "
+            "revenue + wear + 5.00/kWh x deliverable energy not delivered (92.0 vs 0.0 kWh)") in lines
+    assert "energy delivered / requested : 37.4 / 100.0 kWh (80% of 10 EVs fully served, 2 never plugged in)" in lines
+    assert "plans                        : 129 (129 fallback)" in lines
+    assert "event-loop lag (worst)       : 7.2 simulated min (limit 5)" in lines
+    assert ("EVs plugged in late          : 2 (> 5 min after their arrival time, worst 31.0 min)") in lines
+    assert not any("saved" in line for line in lines if line.startswith("bill"))
+
+
+def test_the_demo_fails_saying_why_when_its_figures_do_not_describe_the_day(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.demo import SiteMeter, exit_status, run_problems
+    from simulators.scenario import ScenarioOptions, generate
+
+    assert run_problems(_result()) == []
+    assert run_problems(_result(plans=0)) == ["the scheduler made no plan: the EVs charged on the stations' defaults"]
+    all_fallback = run_problems(_result(plans=12, plans_fallback=12))
+    assert all_fallback[0].startswith("all 12 plans were the scheduler's fallback")
+    assert run_problems(_result(plans=12, plans_fallback=11)) == []
+    assert run_problems(_result(max_lag_sim_min=6.0))[0].startswith(
+        "the event loop lagged by up to 6.0 simulated minutes (limit 5)")
+    lost = _result()
+    lost["fleet"] = {"evs": [], "stations": {"count": 5, "booted": 4, "not_booted": {"refused": 1},
+                                             "failed": {"CS-2": "its task failed: RuntimeError: x"}},
+                     "evs_missing": [{"id": "EV-9", "energy_requested_kwh": 12.0, "why": "station CS-5 never booted"}]}
+    problems = run_problems(lost)
+    assert problems == ["only 4/5 stations booted: 1 refused",
+                        "1 station task(s) failed (CS-2: its task failed: RuntimeError: x)",
+                        "1 EV(s) due never plugged in (EV-9; 12.0 kWh requested, counted as delivered 0): "
+                        "station CS-5 never booted"]
+    ep = generate(ScenarioOptions(site="workplace", stations=2, days=1, seed=1))
+    meter = SiteMeter(ep)
+    meter.times, meter.net_kw = [ep.start], [0.0]
+    assert exit_status(meter, problems) == 1
+    assert capsys.readouterr().err.splitlines() == [f"gateway demo: FAILED: {p}" for p in problems]
+
+
+def _row(summary_ev: dict[str, Any]) -> dict[str, Any]:
+    return {"energy_discharged_kwh": 0.0, "energy_exported_kwh": 0.0, "energy_imported_kwh": 0.0,
+            "transaction_id": "tx", **summary_ev}
+
+
+def test_every_ev_due_counts_and_each_shortfall_has_its_own_cause() -> None:
+    """An EV that never plugged in asked for its energy and got none (it was counted as an EV that
+    was not there, and the saving rose); one the gateway never saw is not "unannounced"; one that
+    plugged in late is flagged."""
+    from gateway.clock import to_rfc3339 as rfc
+    from gateway.demo import PLUG_IN_LATE_MIN, Beliefs, Plans, ev_breakdown, late_plug_ins, live_figures
+    from gateway.scheduler.evaluate import truths
+    from simulators.evse import requested_kwh
+    from simulators.scenario import ScenarioOptions, generate
+
+    ep = generate(ScenarioOptions(site="workplace", stations=3, days=1, seed=5))
+    a, b, c = ep.arrivals[:3]
+
+    def came(x: Any, delivered: float, late_min: float = 0.0) -> dict[str, Any]:
+        return _row({"id": x.id, "station_id": x.station_id, "evse_id": x.evse_id, "transaction_id": f"tx-{x.id}",
+                     "energy_requested_kwh": requested_kwh(x), "energy_delivered_kwh": delivered,
+                     "energy_deliverable_kwh": requested_kwh(x) + 5.0, "fully_served": delivered >= requested_kwh(x),
+                     "arrival": rfc(x.arrival), "plugged_in_at": rfc(x.arrival + timedelta(minutes=late_min)),
+                     "departed_at": rfc(x.departure)})
+
+    summary = {"evs": [came(a, requested_kwh(a)), came(b, 0.0, late_min=25.0), came(c, 1.0)],
+               "evs_missing": [{"id": x.id, "station_id": x.station_id, "evse_id": x.evse_id,
+                                "energy_requested_kwh": requested_kwh(x), "energy_deliverable_kwh": requested_kwh(x),
+                                "why": "station never booted"} for x in ep.arrivals[3:]]}
+    rows = ev_breakdown(ep, summary, Beliefs())
+    by_id = {r["id"]: r for r in rows}
+    assert len(rows) == len(ep.arrivals)
+    assert by_id[a.id]["shortfall_cause"] is None
+    assert by_id[b.id]["shortfall_cause"] == "plugged_in_late" and by_id[b.id]["plugged_in_late_min"] == 25.0
+    assert by_id[c.id]["shortfall_cause"] == "not_seen"  # no belief sampled: the gateway never had it
+    for x in ep.arrivals[3:]:
+        r = by_id[x.id]
+        assert r["shortfall_cause"] == "not_arrived" and r["energy_delivered_kwh"] == 0.0
+        assert r["shortfall_kwh"] == pytest.approx(requested_kwh(x), abs=1e-3) and not r["fully_served"]
+    assert late_plug_ins(rows) == {"evs": 1, "ids": [b.id], "worst_min": 25.0}
+    assert 25.0 > PLUG_IN_LATE_MIN
+
+    live = {"bill": 100.0, "grid_event_revenue": 4.0}
+    figures = live_figures(ep, summary, live, rows, Plans(10, 3), 5.0, 1.5)
+    assert figures["evs"] == len(ep.arrivals) and figures["evs_not_arrived"] == len(ep.arrivals) - 3
+    assert figures["energy_requested_kwh"] == pytest.approx(sum(requested_kwh(x) for x in ep.arrivals), abs=0.01)
+    assert figures["energy_delivered_kwh"] == pytest.approx(requested_kwh(a) + 1.0)
+    assert figures["evs_fully_served_share"] == pytest.approx(1 / len(ep.arrivals))
+    assert (figures["plans"], figures["plans_fallback"], figures["max_lag_sim_min"]) == (10, 3, 1.5)
+    # The evaluator's shortfall: each EV's deliverable over its planned stay less what it got.
+    got = {a.id: requested_kwh(a), c.id: 1.0}
+    shortfall = sum(max(t.deliverable - got.get(t.arrival.id, 0.0), 0.0) for t in truths(ep))
+    assert figures["shortfall_kwh"] == pytest.approx(shortfall) and shortfall > 0
+    assert figures["total_cost"] == pytest.approx(100.0 - 4.0 + 5.0 * shortfall)
+    assert figures["shortfall_by_cause_kwh"]["not_arrived"] > 0
+
+
+def test_the_live_shortfall_is_priced_at_the_evaluators_penalty() -> None:
+    import inspect
+
+    from gateway.demo import unmet_penalty_per_kwh
+    from gateway.scheduler.evaluate import evaluate
+
+    assert unmet_penalty_per_kwh() == inspect.signature(evaluate).parameters["penalty"].default
+
+
+def test_the_solve_count_tells_fallback_plans_from_solved_ones() -> None:
+    from gateway import metrics
+    from gateway.demo import solve_counts
+
+    before = solve_counts()
+    metrics.SOLVES.labels("ok", "test").inc()
+    metrics.SOLVES.labels("fallback", "test").inc(2)
+    after = solve_counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 2)
+
+
+async def test_the_demo_day_begins_only_when_told() -> None:
+    """Start-up (the gateway, the stations' boots) takes no simulated time: a sleep begun before
+    wakes at the simulated time it was for, never early while the clock stood at its start."""
+    from gateway.demo import DemoClock
+
+    ep_start = datetime(2026, 7, 1, tzinfo=UTC)
+    clock = DemoClock(ep_start, 1e6)  # 60 simulated seconds are 60 real microseconds
+    woke: list[datetime] = []
+
+    async def plug_in_at_one_minute() -> None:
+        await clock.sleep_until(ep_start + timedelta(minutes=1))
+        woke.append(clock.now())
+
+    task = asyncio.create_task(plug_in_at_one_minute())
+    done, _ = await asyncio.wait({task}, timeout=0.2)  # far longer than the sleep's real time
+    assert not done and clock.now() == ep_start and not clock.began
+    clock.begin()
+    await task
+    assert woke[0] >= ep_start + timedelta(minutes=1)
+
+
+def test_a_hung_worker_thread_does_not_keep_the_demo_from_exiting(tmp_path: Path) -> None:
+    """asyncio.run waits for every worker thread at its end, and the interpreter at exit: a solve
+    that never returns kept the demo running for good. It now exits, failed, saying why."""
+    script = tmp_path / "hung.py"
+    script.write_text(
+        "import asyncio, threading\n"
+        "from gateway.demo import WorkerPool, run_bounded\n"
+        "never = threading.Event()\n"
+        "async def main() -> int:\n"
+        "    asyncio.get_running_loop().run_in_executor(None, never.wait)  # a solve that never returns\n"
+        "    return 0\n"
+        "raise SystemExit(run_bounded(main(), WorkerPool(stop_wait_s=0.1)))\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 1, result.stderr
+    assert "1 worker thread(s) still busy 0.1 s after the day ended" in result.stderr
+
+
+async def test_a_start_that_fails_is_cleaned_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from gateway import demo
+    from gateway.app import Gateway
+    from gateway.config import Settings
+
+    stopped: list[Gateway] = []
+
+    async def refused(*_: Any) -> None:
+        raise RuntimeError("registration refused")
+
+    async def stop(self: Gateway) -> None:
+        stopped.append(self)
+
+    monkeypatch.setattr(demo, "_register", refused)
+    monkeypatch.setattr(Gateway, "stop", stop)
+    settings = Settings(database_url="postgresql+asyncpg://nobody@127.0.0.1:9/none", api_key="k")
+    args = argparse.Namespace(time_scale=600.0, ocpp_port=0, api_port=0, mqtt_url=None)
+    with pytest.raises(RuntimeError, match="registration refused"):
+        await demo._run(settings, args, demo.demo_episode(2), "postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    assert len(stopped) == 1
 
 
 def test_the_fleets_line_says_what_each_of_its_peaks_is() -> None:
