@@ -35,6 +35,9 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=False,
         pool_timeout=10,
         connect_args={"timeout": 5, "command_timeout": 30},
+        # Bound values stay out of error messages: an idToken (or a password being set) in
+        # "[parameters: ...]" reached the logs through every error logged with its text.
+        hide_parameters=True,
     )
     event.listen(engine.sync_engine, "checkout", _refuse_closed)
     return engine
@@ -73,9 +76,34 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+# SQLSTATEs that say "not now", not "never": too many connections (53300: three nodes' pools
+# pass Postgres' default of 100), the server out of disk or memory (53100, 53200), read-only after
+# a failover (25006), a serialization failure or deadlock (40001, 40P01), the server shutting
+# down or refusing connections for now (57P01-03). Their messages carry none of the words below
+# ("sorry, too many clients already"): by text alone they were taken for bugs, and a
+# TransactionEvent was answered InternalError (or dropped) instead of held until stored.
+TRANSIENT_SQLSTATES = frozenset({"53300", "53100", "53200", "25006", "40001", "40P01", "57P01", "57P02", "57P03"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a database error, through SQLAlchemy's wrapping where there is one."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code
+        e = getattr(e, "orig", None) or e.__cause__
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
     """True when the failure is the database being unreachable or restarting, not our bug."""
     if isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)):
+        return True
+    code = _sqlstate(exc)
+    if code is not None and (code.startswith("08") or code in TRANSIENT_SQLSTATES):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
