@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 import tempfile
@@ -161,14 +162,37 @@ def run_bounded(main: Coroutine[Any, Any, int], workers: WorkerPool) -> int:
     the interpreter would otherwise wait for that thread at exit, for ever. ``main`` has cleaned up
     by then (the embedded Postgres is stopped inside it)."""
 
+    terminated = False
+
     async def with_workers() -> int:
-        asyncio.get_running_loop().set_default_executor(workers)
-        return await main
+        nonlocal terminated
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(workers)
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_term() -> None:
+            # SIGTERM (timeout, docker stop, systemd) as Ctrl-C is: the run is cancelled and its
+            # clean-up runs. The default action killed the process at once, leaving the embedded
+            # Postgres running and its data directory behind.
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
 
     try:
         status = asyncio.run(with_workers())
     except KeyboardInterrupt:
         status = 130
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        status = 128 + signal.SIGTERM
     busy = workers.busy()
     if busy:
         print(f"gateway demo: FAILED: {busy} worker thread(s) still busy {workers.stop_wait_s:g} s after the "

@@ -366,6 +366,36 @@ def test_a_hung_worker_thread_does_not_keep_the_demo_from_exiting(tmp_path: Path
     assert "1 worker thread(s) still busy 0.1 s after the day ended" in result.stderr
 
 
+def test_sigterm_runs_the_demos_clean_up(tmp_path: Path) -> None:
+    """SIGTERM (timeout, docker stop) killed the demo outright: its embedded Postgres kept running
+    and its data directory stayed. It now ends the run as Ctrl-C does, clean-up included."""
+    import signal
+
+    marker = tmp_path / "cleaned"
+    script = tmp_path / "term.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from gateway.demo import WorkerPool, run_bounded\n"
+        "async def main() -> int:\n"
+        "    try:\n"
+        "        print('ready', flush=True)\n"
+        "        await asyncio.Event().wait()\n"
+        "        return 0\n"
+        "    finally:\n"
+        f"        open({str(marker)!r}, 'w').close()  # what stops the embedded Postgres\n"
+        "raise SystemExit(run_bounded(main(), WorkerPool(stop_wait_s=0.1)))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert marker.exists()
+
+
 async def test_a_start_that_fails_is_cleaned_up(monkeypatch: pytest.MonkeyPatch) -> None:
     import argparse
 
