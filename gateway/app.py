@@ -327,6 +327,10 @@ class Gateway:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        # Flushed now: only the stations' handlers feed it, and they are closed. Last, it waited
+        # behind the scheduler, MQTT and the API (several 5-s waits each), and a process killed at
+        # its stop deadline lost meter values the stations had been answered for.
+        await self.telemetry.close()
         if self.scheduler is not None:
             await self.scheduler.stop()
         await self.site_sync.stop()
@@ -337,7 +341,6 @@ class Gateway:
             self._uvicorn.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._api_task, 5)
-        await self.telemetry.close()
         await self.engine.dispose()
 
 
