@@ -356,6 +356,9 @@ def _database_place(url: str | None) -> tuple[str, str] | None:
     except Exception:  # sim --register's URL is not checked by Settings: no place rather than a traceback
         return None
     host = u.host or str(u.query.get("host") or "localhost")
+    # A password holding an unescaped "@" is split at its first one: the rest of it would be
+    # shown as part of the host ("postgres:S3cret@PW@db" named the host "PW@db").
+    host = host.rpartition("@")[2]
     port = u.port or 5432
     return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), u.database or u.username or ""
 

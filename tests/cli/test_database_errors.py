@@ -122,3 +122,11 @@ def test_a_connection_error_not_from_the_database_keeps_its_traceback(monkeypatc
     monkeypatch.setattr(cli, "_run", refused)
     with pytest.raises(ConnectionRefusedError):
         cli.main(["station", "list", "--database-url", "postgresql://u@127.0.0.1:5432/gw"])
+
+
+def test_a_password_with_an_unescaped_at_sign_is_not_shown_as_the_host() -> None:
+    from gateway.cli import _database_place
+
+    # The URL parser splits at the first "@": the password's rest read as the host's start.
+    assert _database_place("postgresql://postgres:S3cret@PW@127.0.0.1:5432/db") == ("127.0.0.1:5432", "db")
+    assert _database_place("postgresql://u:pw@db.example:5433/app") == ("db.example:5433", "app")
