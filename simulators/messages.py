@@ -86,9 +86,6 @@ def charging_needs(evse: EvseState, departure: datetime | None, energy_kwh: floa
     return needs
 
 
-_CONTEXT_FROM_TRIGGER = "<from trigger>"
-
-
 def transaction_event(
     evse: EvseState,
     *,
@@ -96,19 +93,13 @@ def transaction_event(
     trigger: str,
     when: datetime,
     offline: bool,
-    context: str | None = _CONTEXT_FROM_TRIGGER,
+    context: str | None = "Sample.Periodic",
     with_token: bool = False,
     stopped_reason: str | None = None,
 ) -> dict[str, Any]:
-    """A TransactionEvent request (E01-E07); the seqNo is drawn from the session here.
-
-    ``context``: the meter value's ReadingContext, None for no meter value. By default it follows
-    the trigger: ``Sample.Periodic`` for MeterValuePeriodic, ``Trigger`` for a reading taken
-    because of an event (ChargingStateChanged, ChargingRateChanged, ...)."""
+    """A TransactionEvent request (E01-E07); the seqNo is drawn from the session here."""
     s = evse.session
     assert s is not None
-    if context == _CONTEXT_FROM_TRIGGER:
-        context = "Sample.Periodic" if trigger == "MeterValuePeriodic" else "Trigger"
     info: dict[str, Any] = {
         "transactionId": s.transaction.id,
         "chargingState": s.charging_state,

@@ -504,6 +504,7 @@ class Station:
             exported_kwh=b.exported_kwh,
             arrival_soc=s.arrival.arrival_soc,
             departure_soc=b.soc,
+            capacity_kwh=s.arrival.capacity_kwh,
         )
         evse.results.append(result)
         evse.session = None

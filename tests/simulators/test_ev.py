@@ -99,3 +99,21 @@ def test_what_a_stay_can_deliver_tapers_on_the_battery_s_own_rating() -> None:
     assert got == pytest.approx(car.stored_kwh, abs=0.05)
     assert got == pytest.approx(charged_kwh(cap * soc, 11.0, hours, cap, 22.0, eff, cap), abs=0.05)
     assert got > deliverable_kwh(cap, soc, 11.0, eff, hours * 3600.0) + 1.0  # the EVSE's rating: less
+
+
+def test_a_big_battery_filled_as_far_as_it_goes_is_fully_served_as_the_evaluator_counts() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.episode import ev_full_soc
+    from simulators.evse import EvResult
+
+    t = datetime(2026, 7, 1, tzinfo=UTC)
+    # 150 kWh from 20 % asking for 100 %: the battery stops at 99.6 %, 0.6 kWh under the request.
+    full = 150.0 * ev_full_soc() - 30.0
+    r = EvResult(id="EV", station_id="CS", evse_id=1, transaction_id="T", arrival=t, departure=t,
+                 requested_kwh=120.0, delivered_kwh=full, discharged_kwh=0.0, imported_kwh=full / 0.92,
+                 exported_kwh=0.0, arrival_soc=0.2, departure_soc=ev_full_soc(), capacity_kwh=150.0)
+    assert r.fully_served
+    from dataclasses import replace
+
+    assert not replace(r, delivered_kwh=full - 1.0).fully_served
