@@ -318,7 +318,7 @@ class Gateway:
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
-        """Close every station with 1001, stop planning and serving, flush telemetry."""
+        """Close every station with 1001, flush telemetry, stop planning and serving."""
         await self.station_changes.stop()
         await self.ocpp.stop()
         await self.handlers.close()

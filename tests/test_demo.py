@@ -307,15 +307,6 @@ def test_every_ev_due_counts_and_each_shortfall_has_its_own_cause() -> None:
     assert figures["shortfall_by_cause_kwh"]["not_arrived"] > 0
 
 
-def test_the_live_shortfall_is_priced_at_the_evaluators_penalty() -> None:
-    import inspect
-
-    from gateway.demo import unmet_penalty_per_kwh
-    from gateway.scheduler.evaluate import evaluate
-
-    assert unmet_penalty_per_kwh() == inspect.signature(evaluate).parameters["penalty"].default
-
-
 def test_the_solve_count_tells_fallback_plans_from_solved_ones() -> None:
     from gateway import metrics
     from gateway.demo import solve_counts

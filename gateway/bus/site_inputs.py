@@ -205,22 +205,23 @@ class SiteInputs:
         finally:
             self._changed("building_load")
 
-    async def add_grid_event(self, event: GridEvent, source: str) -> None:
+    async def add_grid_event(self, event: GridEvent, source: str, now: datetime | None = None) -> None:
         """Create or update ``event``; :class:`GridEventCancelled` (nothing changed) when its id was
-        cancelled: a cancel is final, so a replayed retained create cannot bring it back."""
+        cancelled: a cancel is final, so a replayed retained create cannot bring it back. ``now``:
+        the time stored with it (the clock's when None; a caller answering with it passes it)."""
         gw = self._gw
         # Serialised with cancels: a cancel landing between this write and the state update
         # below would otherwise leave a cancelled event in the live state.
         async with self._shared.grid_write:
-            if not await gw.planning.upsert_grid_event(event, source, gw.clock.now()):
+            if not await gw.planning.upsert_grid_event(event, source, now or gw.clock.now()):
                 raise GridEventCancelled(event.id)
             gw.state.grid_events[event.id] = event
         self._changed("grid_events")
 
-    async def cancel_grid_event(self, event_id: str) -> bool:
+    async def cancel_grid_event(self, event_id: str, now: datetime | None = None) -> bool:
         gw = self._gw
         async with self._shared.grid_write:
-            cancelled = await gw.planning.cancel_grid_event(event_id, gw.clock.now())
+            cancelled = await gw.planning.cancel_grid_event(event_id, now or gw.clock.now())
             popped = gw.state.grid_events.pop(event_id, None) is not None
         if popped or cancelled:
             self._changed("grid_events")

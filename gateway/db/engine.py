@@ -85,7 +85,7 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 TRANSIENT_SQLSTATES = frozenset({"53300", "53100", "53200", "25006", "40001", "40P01", "57P01", "57P02", "57P03"})
 
 
-def _sqlstate(exc: BaseException) -> str | None:
+def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of a database error, through SQLAlchemy's wrapping where there is one."""
     seen: set[int] = set()
     e: BaseException | None = exc
@@ -102,7 +102,7 @@ def is_transient(exc: BaseException) -> bool:
     """True when the failure is the database being unreachable or restarting, not our bug."""
     if isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError)):
         return True
-    code = _sqlstate(exc)
+    code = sqlstate(exc)
     if code is not None and (code.startswith("08") or code in TRANSIENT_SQLSTATES):
         return True
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:

@@ -150,13 +150,6 @@ class PlanningRepository:
                 .values(cancelled_at=now))
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
-    async def grid_events(self, *, include_cancelled: bool = False) -> list[m.GridEventRecord]:
-        async with self._sessions() as s:
-            q = select(m.GridEventRecord).order_by(m.GridEventRecord.start)
-            if not include_cancelled:
-                q = q.where(m.GridEventRecord.cancelled_at.is_(None))
-            return list((await s.execute(q)).scalars())
-
     async def active_grid_events(self, after: datetime) -> list[GridEvent]:
         """The events not cancelled that end after ``after``, filtered in the database: every
         event a site ever had was read back at each start to keep a handful."""

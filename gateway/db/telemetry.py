@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway import metrics
-from gateway.db.engine import driver_connection, is_transient
+from gateway.db.engine import driver_connection, is_transient, sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def row_refused(exc: BaseException) -> bool:
     """The database refused the data itself: SQLSTATE class 22 (a value it cannot take) or 23 (a
     constraint). Anything else (the database away, read-only, out of disk or memory) says
     nothing about the rows, which are kept and written later."""
-    state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
-    return isinstance(state, str) and state[:2] in ("22", "23")
+    state = sqlstate(exc)
+    return state is not None and state[:2] in ("22", "23")
 
 
 class TelemetryWriter:

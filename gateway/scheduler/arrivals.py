@@ -14,12 +14,13 @@ site's second day, half the real arrivals).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 import numpy as np
 
 from gateway import sitetime
+from gateway.config import EV_EFFICIENCY
 from gateway.scheduler.problem import SlotInput, TimeGrid
 
 HOUR = timedelta(hours=1)
@@ -177,13 +178,13 @@ class ArrivalModel:
                                        dwell_h=float(np.median(part[:, 1])), max_kw=float(part[:, 2].mean())))
         return ExpectedArrivals(per_day=count / len(days), groups=groups)
 
-    def slots(self, site: str, grid: TimeGrid, now: datetime, eff_charge: float | None = None) -> list[SlotInput]:
+    def slots(self, site: str, grid: TimeGrid, now: datetime, eff_charge: float = EV_EFFICIENCY) -> list[SlotInput]:
         """Aggregate slots for the EVs expected to arrive in each coming hour, one per group of
         similar stays (an hour's short visits need their energy sooner than its long stays).
         Never applied to a charger: they only keep the arrivals' energy, power and peak in the
         plan. Always ``EXPECTED_SLOTS`` x ``DWELL_GROUPS`` slots, so the problem's shape does not
         change between re-plans. ``eff_charge``: the efficiency the site's EVs are planned with
-        (their needs are battery-side energy; ``SlotInput``'s default where None)."""
+        (their needs are battery-side energy)."""
         n = len(grid)
         starts = np.array([s.timestamp() for s in grid.starts()])
         ends = starts + grid.durations_s
@@ -219,8 +220,8 @@ class ArrivalModel:
                     kw = count * grp.max_kw
                     if need <= 0.1 or not conn.any():
                         conn, need, kw = np.zeros(n, dtype=bool), 0.0, 0.0
-                slot = SlotInput(key=("~expected", j * DWELL_GROUPS + g), connected=conn, energy_kwh=0.0,
-                                 capacity_kwh=need, target_energy_kwh=need, reserve_energy_kwh=0.0,
-                                 max_charge_kw=kw, max_discharge_kw=0.0, unmet_weight=EXPECTED_UNMET_WEIGHT)
-                out.append(slot if eff_charge is None else replace(slot, eff_charge=eff_charge))
+                out.append(SlotInput(key=("~expected", j * DWELL_GROUPS + g), connected=conn, energy_kwh=0.0,
+                                     capacity_kwh=need, target_energy_kwh=need, reserve_energy_kwh=0.0,
+                                     max_charge_kw=kw, max_discharge_kw=0.0, unmet_weight=EXPECTED_UNMET_WEIGHT,
+                                     eff_charge=eff_charge))
         return out

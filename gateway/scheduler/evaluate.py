@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from gateway.config import EV_EFFICIENCY
+from gateway.config import EV_EFFICIENCY, UNMET_PENALTY_PER_KWH
 from gateway.episode import EV_CV_SOC, Arrival, Episode, ev_full_soc
 from gateway.episode import load as load_episode
 from gateway.scheduler.forecast import SessionForecaster, planning_forecaster
@@ -450,7 +450,7 @@ def check_names(names: Sequence[str]) -> None:
 
 
 def evaluate(episodes: Sequence[Episode], names: Sequence[str], *, exact: bool = False,
-             penalty: float = 5.0, progress: bool = False, optimal_time_limit_s: float = 600.0,
+             penalty: float = UNMET_PENALTY_PER_KWH, progress: bool = False, optimal_time_limit_s: float = 600.0,
              building_forecast: str = "learned") -> tuple[dict[str, Any], list[Run]]:
     """Run every policy over every episode (in order, so forecasters learn from earlier ones).
     ``building_forecast``: what the MPC plans the building with (``policies.BUILDING_FORECASTS``:
@@ -560,19 +560,19 @@ def generate_episodes(site: str, days: int, seed: int, stations: int, **options:
 
 
 def cli(args: argparse.Namespace) -> int:
-    if args.episode:
-        episodes = [load_episode(p) for p in args.episode]
-    else:
-        episodes = generate_episodes(args.site, args.days, args.seed, args.stations)
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     for n in names:
         if n not in POLICY_NAMES:
             raise SystemExit(f"unknown policy {n!r}; choose from {', '.join(POLICY_NAMES)}")
     try:
-        check_names(names)  # before the episodes are generated: a typo costs no run
+        check_names(names)  # before the episodes are read or generated: a typo costs no run
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
-    penalty = getattr(args, "unmet_penalty", None) or 5.0
+    if args.episode:
+        episodes = [load_episode(p) for p in args.episode]
+    else:
+        episodes = generate_episodes(args.site, args.days, args.seed, args.stations)
+    penalty = getattr(args, "unmet_penalty", None) or UNMET_PENALTY_PER_KWH
     building = getattr(args, "building_forecast", None) or "learned"
     result, runs = evaluate(episodes, names, exact=args.exact, penalty=penalty,
                             progress=not args.no_progress, building_forecast=building)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from gateway.config import Settings
+from gateway.config import UNMET_PENALTY_PER_KWH, Settings
 from gateway.episode import Episode
 from gateway.ocpp.defaults import default_limit_kw
 from gateway.scheduler.arrivals import ArrivalModel
@@ -169,7 +169,7 @@ class Edf(_Base):
 class Mpc(_Base):
     """Re-plans the whole site every step with the LP over 24 h and applies the first step."""
 
-    unmet_penalty_per_kwh: float = 5.0
+    unmet_penalty_per_kwh: float = UNMET_PENALTY_PER_KWH
     horizon_s: float = 24 * 3600.0
     time_limit_s: float = 60.0
     announced_margin: timedelta = ANNOUNCED_MARGIN  # used until history shows how late EVs announce

@@ -67,13 +67,11 @@ async def create_grid_event(body: GridEventIn, gw: GatewayDep, q: QueriesDep, si
                       body.cap_kw)
     # Read before the write, never after it: once the event is committed, a failed read would
     # answer 503 "nothing was stored, try again", and a retry without an id would store the event
-    # twice. An update keeps its created_at; a new event's is now (read here, a moment before
-    # SiteInputs reads the clock for the row: the two can differ by the wait for its write lock,
-    # until add_grid_event hands back the row it wrote).
+    # twice. An update keeps its created_at; a new event's is ``at``, the time stored with it.
     prior = await q.grid_event(event.id) if body.id is not None else None
     at = gw.clock.now()
     try:
-        await site.add_grid_event(event, "rest")
+        await site.add_grid_event(event, "rest", at)
     except GridEventCancelled as exc:
         raise Conflict(str(exc), {"id": exc.event_id}) from None
     created_at = prior.created_at if prior is not None else at
@@ -108,10 +106,10 @@ async def cancel_grid_event(gw: GatewayDep, q: QueriesDep, site: SiteInputsDep, 
                             event_id: IdPath) -> GridEventOut:
     """Cancel an event (kept, with its cancel time); the site is re-planned without it."""
     # Read before the cancel, as for a create: after its commit a failed read would say nothing
-    # was stored. (cancelled_at: this clock read, as created_at above.)
+    # was stored. (cancelled_at: ``at``, the time stored with it.)
     prior = await q.grid_event(event_id)
     at = gw.clock.now()
-    if not await site.cancel_grid_event(event_id):
+    if not await site.cancel_grid_event(event_id, at):
         raise NotFound(f"no open grid event {event_id!r}")
     if prior is None:  # created between the read and the cancel: only a read can tell what it was
         prior = await q.grid_event(event_id)

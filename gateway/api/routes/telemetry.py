@@ -91,11 +91,10 @@ class Filters:
         if end <= start:
             raise Unprocessable("end must be after start", {"field": "end"})
         if end - start > timedelta(days=WINDOW_MAX_DAYS):
-            # Named after the bound the caller gave: a start alone is measured from now.
+            # Only a start given can make it so long (one left out is 24 h before the end).
             raise Unprocessable(f"the window from start to end is longer than {WINDOW_MAX_DAYS} days: "
                                 "read a longer span in several requests",
-                                {"field": "start" if self._start is not None else "end",
-                                 "max_days": WINDOW_MAX_DAYS})
+                                {"field": "start", "max_days": WINDOW_MAX_DAYS})
         return start, end
 
 
