@@ -19,6 +19,11 @@ async def test_plans_and_the_profiles_each_sent_are_listed_newest_first(gateway_
     sched = h.gw.scheduler
     assert sched is not None
     st, _ = await planned_plug_in(h, "CS-P", "TX-P")
+
+    async def stored() -> bool:  # a plan is stored after its push (and a profile may be the default)
+        return sched.latest is not None and sched.latest.plan_id is not None
+
+    await wait_for(stored)
     first = sched.latest
     assert first is not None and first.plan_id is not None
 
