@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +71,9 @@ class Recorded:
     # When the stored event was received: ``now`` of the call that stored it. A replay whose
     # stored_at is the caller's own ``now`` is the caller's own earlier commit (its result lost).
     stored_at: datetime | None = None
+    # What this event's meter values read (the summary the function was given), so the caller
+    # does not parse them again.
+    readings: Readings = field(default_factory=Readings)
 
 
 def _snapshot(t: m.Transaction) -> TxSnapshot:
@@ -135,8 +138,8 @@ class TransactionRepository:
         if not row["inserted"]:
             stored = row["response"]  # SQLAlchemy's asyncpg codec already decodes jsonb
             return Recorded(False, json.loads(stored) if isinstance(stored, str) else stored, snap, event_type,
-                            row["stored_at"])
-        return Recorded(True, response, snap, event_type, row["stored_at"])
+                            row["stored_at"], r)
+        return Recorded(True, response, snap, event_type, row["stored_at"], r)
 
     async def stored_samples(self, station_id: str, transaction_id: str,
                              stamps: list[datetime]) -> set[tuple[datetime, str, str | None, str | None, str | None]]:

@@ -393,7 +393,7 @@ class Handlers:
                 # whose plan and state a second SessionEnded would wipe.
                 return recorded.response
             # The final meter reading first: what the session took is what the forecasts learn.
-            reading = self._reading(p, queued, tx)
+            reading = self._reading(recorded.readings, queued, tx)
             self._bus.publish(ev.SessionUpdated(at, station_id, evse_id, tid, tx.energy_in_kwh,
                                                 tx.energy_out_kwh, reading.power_kw, reading.soc))
             self._bus.publish(ev.SessionEnded(at, station_id, evse_id, tid, info.get("stoppedReason"),
@@ -407,7 +407,7 @@ class Handlers:
                                                 None if began is None else min(began, at)))
             if tx.started_at is not None:
                 self._close_superseded(station_id, evse_id, tid, tx.started_at)
-        reading = self._reading(p, queued, tx)
+        reading = self._reading(recorded.readings, queued, tx)
         energy_in = energy_out = None
         if reading.registers or is_new:
             # The session's energies (the stored sums) when this event read its registers, or for a
@@ -423,14 +423,14 @@ class Handlers:
         return recorded.response
 
     @staticmethod
-    def _reading(p: Payload, queued: bool, tx: TxSnapshot) -> EventReading:
+    def _reading(r: Readings, queued: bool, tx: TxSnapshot) -> EventReading:
         """What this TransactionEvent itself read. Not the stored row's power and SoC as such:
         they are the last a TransactionEvent carried, and MeterValues since may have read newer
         ones; published with every event, they put a session's SoC and power back to old values
         (and an old SoC, paired with the newest energies, pinned a wrong battery start). A queued
         event (E04, offline), or a late one whose readings the row did not take (D2: a lower seqNo
-        than one stored), read them before the events already here: not the EV's now."""
-        r = summarize(list(samples(p["meterValue"]))) if "meterValue" in p else Readings()
+        than one stored), read them before the events already here: not the EV's now. ``r``: the
+        event's own readings, as ``record_event`` summarised them."""
         registers = r.import_wh_max is not None or r.export_wh_max is not None
         if queued:
             return EventReading(registers, None, None)
