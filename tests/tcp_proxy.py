@@ -20,6 +20,7 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._gates: list[asyncio.Event] = []  # one per connection: stall() holds those open now
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -36,15 +37,19 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_w}
+        gate = asyncio.Event()
+        gate.set()
+        self._gates.append(gate)
         for src, dst in ((reader, up_w), (up_r, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+            task = asyncio.create_task(self._pipe(src, dst, gate))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event) -> None:
         try:
             while data := await src.read(65536):
                 await self._flowing.wait()
+                await gate.wait()
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
@@ -59,12 +64,23 @@ class TcpProxy:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        await self.reset()
+
+    async def reset(self) -> None:
+        """Reset the live connections; new ones are still let through."""
         for w in list(self._writers):
             with contextlib.suppress(Exception):
                 w.transport.abort()
         self._writers.clear()
+        self._gates.clear()
         for t in list(self._pipes):
             t.cancel()
+
+    def stall(self) -> None:
+        """Hang the connections open now (open, nothing passes either way, as with a hung
+        server); later connections pass freely."""
+        for gate in self._gates:
+            gate.clear()
 
     def freeze(self) -> None:
         self._flowing.clear()

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -32,79 +31,16 @@ from tests.conftest import EVENT_TIMEOUT_S, GatewayHarness
 from tests.tcp_proxy import TcpProxy
 
 
-class StallingProxy:
-    """A TCP proxy whose ``stall()`` hangs the connections open at that moment (open, nothing
-    passes either way, as with a hung broker) while later connections pass freely; ``cut()``
-    resets every connection."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._gates: list[asyncio.Event] = []
-        self._writers: list[asyncio.StreamWriter] = []
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        gate = asyncio.Event()
-        gate.set()
-        self._gates.append(gate)
-        self._writers += [writer, up_w]
-        for src, dst in ((reader, up_w), (up_r, writer)):
-            task = asyncio.create_task(self._pipe(src, dst, gate))
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event) -> None:
-        try:
-            while data := await src.read(65536):
-                await gate.wait()
-                dst.write(data)
-                await dst.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                dst.close()
-
-    def stall(self) -> None:
-        for gate in self._gates:
-            gate.clear()
-
-    async def cut(self) -> None:
-        for w in self._writers:
-            with contextlib.suppress(Exception):
-                w.transport.abort()
-        self._writers.clear()
-        for t in list(self._pipes):
-            t.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        await self.cut()
-
-
 def _broker(mqtt_url: str) -> tuple[str, int]:
     parts = urlsplit(mqtt_url)
     return parts.hostname or "127.0.0.1", parts.port or 1883
 
 
 @pytest.fixture
-async def stalling_proxy(mqtt_url: str) -> AsyncIterator[StallingProxy]:
-    proxy = StallingProxy(*_broker(mqtt_url))
+async def stalling_proxy(mqtt_url: str) -> AsyncIterator[TcpProxy]:
+    """A proxy to the broker whose ``stall()`` hangs the links open then, as a hung broker would,
+    while a reconnect passes; ``reset()`` resets every link."""
+    proxy = TcpProxy(*_broker(mqtt_url))
     await proxy.start()
     yield proxy
     await proxy.close()
@@ -158,7 +94,7 @@ async def _round_trip(bridge: Any, prefix: str) -> None:
 
 # --- 1: the stop ends the connection loop ------------------------------------------------------
 async def test_a_stop_whose_disconnect_cannot_be_written_never_reconnects(
-    gateway_factory: Any, prefix: str, stalling_proxy: StallingProxy, monkeypatch: pytest.MonkeyPatch
+    gateway_factory: Any, prefix: str, stalling_proxy: TcpProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cancelled in aiomqtt's exit, whose DISCONNECT could not go out, the connection task got an
     MqttError instead of its cancellation, took it for a lost link and reconnected after the stop
@@ -184,7 +120,7 @@ async def test_a_stop_whose_disconnect_cannot_be_written_never_reconnects(
 
 # --- 2: no reconnect during the stop, no retained online after it --------------------------------
 async def test_a_link_lost_during_the_stop_is_not_replaced_and_online_is_not_left_retained(
-    gateway_factory: Any, mqtt_url: str, prefix: str, stalling_proxy: StallingProxy,
+    gateway_factory: Any, mqtt_url: str, prefix: str, stalling_proxy: TcpProxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The link is torn down (a publish that timed out) while the stop waits for the buffer to
@@ -205,7 +141,7 @@ async def test_a_link_lost_during_the_stop_is_not_replaced_and_online_is_not_lef
 
         # The stalled link dies for good: the broker publishes the will. The last status must
         # say offline (a later link's "online" would outlast it).
-        await stalling_proxy.cut()
+        await stalling_proxy.reset()
 
         async def last_says_offline() -> bool:
             last = [p for t, p, _ in rec.messages if t == status][-1]
